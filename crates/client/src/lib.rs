@@ -1,0 +1,243 @@
+//! hongbao client library: typed calls for the whole API, with failover.
+//!
+//! A `Client` knows a list of endpoints (routers first, home region first; nodes work too). Each
+//! call gets one request id, generated once and reused on every retry, so a retry after a
+//! timeout or a failover can never move money twice. On NotLeader the client follows the leader
+//! hint; on Unavailable / Timeout / Overloaded it backs off and tries the next endpoint, all
+//! within the call's deadline.
+
+pub mod money;
+
+use hongbao_proto::v1::{
+    cluster_client::ClusterClient, packets_client::PacketsClient, wallet_client::WalletClient, *,
+};
+use hongbao_proto::{detail_of, ErrorCode, ErrorDetail};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+/// Bounds on retrying: a call gives up at its deadline or after this many attempts.
+pub const MAX_ATTEMPTS: u32 = 64;
+const BACKOFF_START: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// One attempt may take at most this long, so a stuck node does not eat the whole deadline.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A failed call: the domain detail (code, message, leader hint, challenge id).
+#[derive(Debug, Clone)]
+pub struct ClientError {
+    pub detail: ErrorDetail,
+}
+
+impl ClientError {
+    pub fn code(&self) -> ErrorCode {
+        self.detail.code()
+    }
+    /// The outcome is unknown (the request may or may not have been applied): re-sending the
+    /// same request id settles it.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self.code(), ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::NotLeader | ErrorCode::Overloaded)
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code().as_str_name(), self.detail.message)
+    }
+}
+impl std::error::Error for ClientError {}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A fresh 16-byte request id.
+pub fn new_request_id() -> Vec<u8> {
+    rand::random::<[u8; 16]>().to_vec()
+}
+
+pub struct Client {
+    endpoints: Vec<String>,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Index into `endpoints` that answered last; calls start there.
+    preferred: Mutex<usize>,
+    pub deadline: Duration,
+}
+
+impl Client {
+    /// `endpoints` are `host:port` gRPC addresses, in order of preference.
+    pub fn new(endpoints: Vec<String>) -> Client {
+        assert!(!endpoints.is_empty(), "a client needs at least one endpoint");
+        Client {
+            endpoints,
+            channels: Mutex::new(HashMap::new()),
+            preferred: Mutex::new(0),
+            deadline: Duration::from_secs(10),
+        }
+    }
+
+    pub fn with_deadline(mut self, d: Duration) -> Client {
+        self.deadline = d;
+        self
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    fn channel(&self, addr: &str) -> Channel {
+        let mut map = self.channels.lock().expect("channel map lock");
+        map.entry(addr.to_string())
+            .or_insert_with(|| {
+                Endpoint::from_shared(format!("http://{addr}"))
+                    .expect("valid endpoint address")
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .connect_lazy()
+            })
+            .clone()
+    }
+
+    /// Runs `f` against endpoints until it succeeds, fails with a definite domain error, or the
+    /// deadline passes. `f` must send the same request (same request id) each time.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let start = Instant::now();
+        let mut idx = *self.preferred.lock().expect("preferred lock");
+        let mut hint: Option<String> = None;
+        let mut backoff = BACKOFF_START;
+        let mut last = ErrorDetail { code: ErrorCode::Unavailable as i32, message: "no attempt made".into(), ..Default::default() };
+        for attempt in 0..MAX_ATTEMPTS {
+            let left = self.deadline.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let addr = hint.take().unwrap_or_else(|| self.endpoints[idx % self.endpoints.len()].clone());
+            let fut = f(self.channel(&addr));
+            let res = tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), fut).await;
+            let status = match res {
+                Ok(Ok(resp)) => {
+                    if let Some(pos) = self.endpoints.iter().position(|e| *e == addr) {
+                        *self.preferred.lock().expect("preferred lock") = pos;
+                    }
+                    return Ok(resp.into_inner());
+                }
+                Ok(Err(status)) => status,
+                Err(_) => tonic::Status::deadline_exceeded(format!("attempt to {addr} timed out")),
+            };
+            let d = detail_of(&status);
+            tracing::debug!(attempt, addr, code = d.code().as_str_name(), msg = %d.message, "call failed");
+            match d.code() {
+                ErrorCode::NotLeader if !d.leader_hint_addr.is_empty() && d.leader_hint_addr != addr => {
+                    // Only follow hints to nodes; routers do their own leader following.
+                    hint = Some(d.leader_hint_addr.clone());
+                }
+                ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::Overloaded => {
+                    idx += 1;
+                    tokio::time::sleep(backoff.min(self.deadline.saturating_sub(start.elapsed()))).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                _ => return Err(ClientError { detail: d }),
+            }
+            last = d;
+        }
+        if last.code() == ErrorCode::Ok {
+            last.code = ErrorCode::Timeout as i32;
+        }
+        last.message = format!("gave up after {:?}: {}", start.elapsed(), last.message);
+        Err(ClientError { detail: last })
+    }
+
+    // ---------------- wallet ----------------
+
+    pub async fn open_account(&self, user: u64, device: &str) -> Result<WalletReply> {
+        let req = OpenAccountRequest { request_id: new_request_id(), user, device: device.into() };
+        self.call(|ch| { let r = req.clone(); async move { WalletClient::new(ch).open_account(r).await } }).await
+    }
+
+    pub async fn top_up(&self, request_id: Vec<u8>, user: u64, amount_cents: u64) -> Result<WalletReply> {
+        let req = TopUpRequest { request_id, user, amount_cents };
+        self.call(|ch| { let r = req.clone(); async move { WalletClient::new(ch).top_up(r).await } }).await
+    }
+
+    pub async fn withdraw(&self, req: WithdrawRequest) -> Result<WalletReply> {
+        self.call(|ch| { let r = req.clone(); async move { WalletClient::new(ch).withdraw(r).await } }).await
+    }
+
+    pub async fn transfer(&self, req: TransferRequest) -> Result<WalletReply> {
+        self.call(|ch| { let r = req.clone(); async move { WalletClient::new(ch).transfer(r).await } }).await
+    }
+
+    pub async fn balance(&self, user: u64) -> Result<BalanceReply> {
+        let req = BalanceRequest { user, allow_stale: false };
+        self.call(|ch| { let r = req; async move { WalletClient::new(ch).balance(r).await } }).await
+    }
+
+    pub async fn statement(&self, user: u64, limit: u32) -> Result<StatementReply> {
+        let req = StatementRequest { user, limit, allow_stale: false };
+        self.call(|ch| { let r = req; async move { WalletClient::new(ch).statement(r).await } }).await
+    }
+
+    pub async fn challenge_code(&self, user: u64, device: &str) -> Result<ChallengeCodeReply> {
+        let req = ChallengeCodeRequest { user, device: device.into() };
+        self.call(|ch| { let r = req.clone(); async move { WalletClient::new(ch).challenge_code(r).await } }).await
+    }
+
+    pub async fn set_risk(&self, user: u64, frozen: bool, grade: &str) -> Result<BalanceReply> {
+        let req = SetRiskRequest { request_id: new_request_id(), user, frozen, risk_grade: grade.into() };
+        self.call(|ch| { let r = req.clone(); async move { WalletClient::new(ch).set_risk(r).await } }).await
+    }
+
+    // ---------------- packets ----------------
+
+    pub async fn send_packet(&self, req: SendPacketRequest) -> Result<SendPacketReply> {
+        self.call(|ch| { let r = req.clone(); async move { PacketsClient::new(ch).send(r).await } }).await
+    }
+
+    pub async fn grab(&self, request_id: Vec<u8>, packet_id: u64, grabber: u64, password: &str) -> Result<GrabReply> {
+        let req = GrabRequest { request_id, packet_id, grabber, password: password.into() };
+        self.call(|ch| { let r = req.clone(); async move { PacketsClient::new(ch).grab(r).await } }).await
+    }
+
+    pub async fn show_packet(&self, packet_id: u64) -> Result<PacketView> {
+        let req = ShowPacketRequest { packet_id, allow_stale: false };
+        self.call(|ch| { let r = req; async move { PacketsClient::new(ch).show(r).await } }).await
+    }
+
+    // ---------------- cluster ----------------
+
+    pub async fn status(&self) -> Result<StatusReply> {
+        self.call(|ch| async move { ClusterClient::new(ch).status(StatusRequest { local_only: false }).await }).await
+    }
+
+    pub async fn audit(&self) -> Result<AuditReply> {
+        self.call(|ch| async move { ClusterClient::new(ch).audit(AuditRequest {}).await }).await
+    }
+
+    pub async fn transfer_leader(&self, shard: u32, to_node: u64) -> Result<TransferLeaderReply> {
+        self.call(|ch| async move { ClusterClient::new(ch).transfer_leader(TransferLeaderRequest { shard, to_node }).await }).await
+    }
+
+    pub async fn drain(&self, region: &str) -> Result<DrainReply> {
+        let req = DrainRequest { region: region.into() };
+        self.call(|ch| { let r = req.clone(); async move { ClusterClient::new(ch).drain(r).await } }).await
+    }
+
+    pub async fn undrain(&self, region: &str) -> Result<DrainReply> {
+        let req = DrainRequest { region: region.into() };
+        self.call(|ch| { let r = req.clone(); async move { ClusterClient::new(ch).undrain(r).await } }).await
+    }
+
+    /// Asks one specific endpoint (no failover): for status of a single node.
+    pub async fn status_of(&self, addr: &str) -> Result<StatusReply> {
+        let mut c = ClusterClient::new(self.channel(addr));
+        match tokio::time::timeout(Duration::from_secs(2), c.status(StatusRequest { local_only: true })).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(ClientError { detail: detail_of(&s) }),
+            Err(_) => Err(ClientError { detail: ErrorDetail { code: ErrorCode::Timeout as i32, message: format!("{addr} timed out"), ..Default::default() } }),
+        }
+    }
+}

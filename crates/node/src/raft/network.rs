@@ -1,0 +1,216 @@
+//! Raft transport, client side: openraft's messages to other nodes over gRPC.
+//!
+//! openraft's request/response types are bincode-encoded into the `payload` bytes of
+//! `RaftMessage`; `shard` picks the Raft group on the receiving node. Snapshots stream as bounded
+//! chunks read from the snapshot file, never loaded whole.
+
+use crate::raft::state_machine::SnapshotFile;
+use crate::raft::types::{NodeId, TypeConfig, Vote};
+use crate::storage::{decode, encode};
+use hongbao_ledger::ShardId;
+use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
+use hongbao_proto::v1::{RaftMessage, RaftReply, SnapshotChunk};
+use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, RaftNetworkV2};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Snapshot chunk size: bounded so a chunk never dominates memory or a gRPC frame.
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// gRPC message limit for Raft traffic (a batch of entries plus framing).
+pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
+
+/// Connections to the other nodes, shared by every shard's Raft on this node.
+pub struct Peers {
+    pub self_id: NodeId,
+    addrs: HashMap<NodeId, String>,
+    channels: Mutex<HashMap<NodeId, Channel>>,
+}
+
+impl Peers {
+    pub fn new(self_id: NodeId, addrs: HashMap<NodeId, String>) -> Peers {
+        Peers { self_id, addrs, channels: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn addr(&self, node: NodeId) -> Option<&str> {
+        self.addrs.get(&node).map(|s| s.as_str())
+    }
+
+    pub fn channel(&self, node: NodeId) -> Option<Channel> {
+        let addr = self.addrs.get(&node)?;
+        let mut map = self.channels.lock().expect("channels lock");
+        Some(
+            map.entry(node)
+                .or_insert_with(|| {
+                    Endpoint::from_shared(format!("http://{addr}"))
+                        .expect("topology addresses are valid")
+                        .connect_timeout(Duration::from_millis(300))
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(1))
+                        .keep_alive_timeout(Duration::from_secs(2))
+                        .connect_lazy()
+                })
+                .clone(),
+        )
+    }
+}
+
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub shard: ShardId,
+    pub peers: Arc<Peers>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Network {
+        Network { shard: self.shard, target, peers: self.peers.clone() }
+    }
+}
+
+pub struct Network {
+    shard: ShardId,
+    target: NodeId,
+    peers: Arc<Peers>,
+}
+
+fn unreachable<E: std::fmt::Display>(e: E) -> Unreachable<TypeConfig> {
+    Unreachable::new(&std::io::Error::other(e.to_string()))
+}
+
+fn network_err<E: std::fmt::Display>(e: E) -> NetworkError<TypeConfig> {
+    NetworkError::new(&std::io::Error::other(e.to_string()))
+}
+
+impl Network {
+    fn client(&self) -> Result<RaftTransportClient<Channel>, Unreachable<TypeConfig>> {
+        let ch = self.peers.channel(self.target).ok_or_else(|| unreachable(format!("unknown node {}", self.target)))?;
+        Ok(RaftTransportClient::new(ch)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE))
+    }
+
+    fn message<T: serde::Serialize>(&self, req: &T) -> RaftMessage {
+        RaftMessage { shard: self.shard, from_node: self.peers.self_id, payload: encode(req) }
+    }
+
+    /// Sends one RPC and decodes the remote `Result<Resp, RaftError>`.
+    async fn rpc<Req, Resp, F, Fut>(&self, req: &Req, ttl: Duration, call: F) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: FnOnce(RaftTransportClient<Channel>, RaftMessage) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftReply>, tonic::Status>>,
+    {
+        let client = self.client()?;
+        let msg = self.message(req);
+        let reply = match tokio::time::timeout(ttl, call(client, msg)).await {
+            Err(_) => return Err(RPCError::Unreachable(unreachable(format!("node {} timed out after {ttl:?}", self.target)))),
+            Ok(Err(s)) if s.code() == tonic::Code::Unavailable => return Err(RPCError::Unreachable(unreachable(s))),
+            Ok(Err(s)) => return Err(RPCError::Network(network_err(s))),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        if !reply.error.is_empty() {
+            return Err(RPCError::Network(network_err(reply.error)));
+        }
+        let res: Result<Resp, RaftError<TypeConfig>> = decode(&reply.payload).map_err(|e| RPCError::Network(network_err(e)))?;
+        res.map_err(|e| RPCError::Network(network_err(e)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Network {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(&rpc, option.hard_ttl(), |mut c, m| async move { c.append(m).await }).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(&rpc, option.hard_ttl(), |mut c, m| async move { c.vote(m).await }).await
+    }
+
+    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(&rpc, option.hard_ttl(), |mut c, m| async move { c.pre_vote(m).await }).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(&req, option.hard_ttl(), |mut c, m| async move { c.transfer_leader(m).await }).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::storage::Snapshot<TypeConfig, SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client().map_err(StreamingError::Unreachable)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
+        let shard = self.shard;
+        let from = self.peers.self_id;
+        let path = snapshot.snapshot.path.clone();
+        let meta = encode(&snapshot.meta);
+        let vote = encode(&vote);
+        // Reads the file chunk by chunk on a blocking thread; the channel bounds memory.
+        let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut f = std::fs::File::open(&path)?;
+            let mut first = true;
+            loop {
+                let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+                let mut n = 0;
+                while n < buf.len() {
+                    let k = f.read(&mut buf[n..])?;
+                    if k == 0 {
+                        break;
+                    }
+                    n += k;
+                }
+                buf.truncate(n);
+                let done = n < SNAPSHOT_CHUNK;
+                let chunk = SnapshotChunk {
+                    shard,
+                    from_node: from,
+                    vote: if first { vote.clone() } else { vec![] },
+                    meta: if first { meta.clone() } else { vec![] },
+                    data: buf,
+                    done,
+                };
+                first = false;
+                if tx.blocking_send(chunk).is_err() || done {
+                    return Ok(());
+                }
+            }
+        });
+        let send = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = send => r,
+        };
+        reader.await.map_err(|e| StreamingError::Network(network_err(e)))?.map_err(|e| StreamingError::Network(network_err(e)))?;
+        let reply = reply.map_err(|s| StreamingError::Network(network_err(s)))?.into_inner();
+        if !reply.error.is_empty() {
+            return Err(StreamingError::Network(network_err(reply.error)));
+        }
+        let res: Result<SnapshotResponse<TypeConfig>, String> =
+            decode(&reply.payload).map_err(|e| StreamingError::Network(network_err(e)))?;
+        res.map_err(|e| StreamingError::Network(network_err(e)))
+    }
+}

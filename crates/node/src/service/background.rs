@@ -1,0 +1,160 @@
+//! Work each shard leader does on its own: the expiry sweeper (refund what is left of expired
+//! packets) and the relay (deliver outbox credits to other shards exactly once).
+//!
+//! Both read only replicated state and propose commands, so a new leader simply resumes where
+//! the old one stopped: the outbox and the packets' expiry index are in the state machine.
+
+use crate::host::{detail, Host};
+use crate::storage::{decode, encode};
+use hongbao_ledger::{Code, Command, RequestId, ShardId};
+use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
+use hongbao_proto::v1::RaftMessage;
+use hongbao_proto::{ErrorCode, ErrorDetail};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Expired packets refunded per sweep and shard.
+const SWEEP_BATCH: usize = 64;
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+/// Credits sent to one destination in one relay batch.
+pub const RELAY_BATCH: usize = 256;
+const RELAY_EVERY: Duration = Duration::from_millis(10);
+const RELAY_BACKOFF_MAX: Duration = Duration::from_secs(2);
+const RELAY_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub fn spawn_all(host: Arc<Host>, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for shard in host.shards.keys().copied() {
+        tasks.push(tokio::spawn(sweeper(host.clone(), shard, stop.clone())));
+        tasks.push(tokio::spawn(relay(host.clone(), shard, stop.clone())));
+    }
+    tasks
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
+}
+
+/// A request id for a system command, derived from what it does (these commands are idempotent
+/// by their own sequence numbers / state, so the id only has to be well-formed).
+fn system_id(tag: u8, shard: ShardId, a: u64, b: u64) -> RequestId {
+    let mut id = [0u8; 16];
+    id[0] = 0xff;
+    id[1] = tag;
+    id[2..4].copy_from_slice(&(shard as u16).to_be_bytes());
+    id[4..10].copy_from_slice(&a.to_be_bytes()[2..]);
+    id[10..16].copy_from_slice(&b.to_be_bytes()[2..]);
+    RequestId(id)
+}
+
+async fn sweeper(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_EVERY) => {},
+            _ = stop.changed() => return,
+        }
+        let Ok(shard) = host.shard(shard_id) else { return };
+        if !host.is_leader(shard) {
+            continue;
+        }
+        let expired = hongbao_ledger::view::expired_packets(&host.store(shard_id), now_ms(), SWEEP_BATCH);
+        for packet in expired {
+            let id = system_id(b'x', shard_id, packet.0, 0);
+            match host.propose(shard_id, id, Command::ExpirePacket { packet }).await {
+                Ok(o) => {
+                    tracing::info!(shard = shard_id, packet = packet.0, code = ?o.code, "expired packet swept");
+                    metrics::counter!("hongbao_packets_expired_total").increment(1);
+                }
+                Err(d) => {
+                    tracing::debug!(shard = shard_id, packet = packet.0, msg = %d.message, "sweep failed; will retry");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn relay(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<bool>) {
+    let mut backoff = RELAY_EVERY;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {},
+            _ = stop.changed() => return,
+        }
+        let Ok(shard) = host.shard(shard_id) else { return };
+        if !host.is_leader(shard) {
+            backoff = RELAY_EVERY * 10;
+            continue;
+        }
+        let mut failed = false;
+        let mut backlog = 0u64;
+        for dest in host.topology.shards.iter().map(|s| s.id).filter(|d| *d != shard_id) {
+            let batch = hongbao_ledger::view::outbox(&host.store(shard_id), dest, 0, RELAY_BATCH);
+            if batch.is_empty() {
+                continue;
+            }
+            backlog += batch.len() as u64;
+            let last = batch.last().expect("non-empty").seq;
+            let credit = Command::Credit { source: shard_id, entries: batch };
+            let id = system_id(b'c', shard_id, dest as u64, last);
+            match deliver(&host, dest, id, credit).await {
+                Ok(()) => {
+                    let mark = Command::MarkDelivered { dest, up_to_seq: last };
+                    if let Err(d) = host.propose(shard_id, system_id(b'd', shard_id, dest as u64, last), mark).await {
+                        tracing::debug!(shard = shard_id, dest, msg = %d.message, "mark delivered failed; will redo");
+                        failed = true;
+                    } else {
+                        metrics::counter!("hongbao_relay_delivered_total").increment(1);
+                    }
+                }
+                Err(d) => {
+                    tracing::debug!(shard = shard_id, dest, code = ?d.code(), msg = %d.message, "credit delivery failed; will retry");
+                    failed = true;
+                }
+            }
+        }
+        metrics::gauge!("hongbao_relay_backlog", "shard" => shard_id.to_string()).set(backlog as f64);
+        backoff = if failed { (backoff * 2).clamp(Duration::from_millis(50), RELAY_BACKOFF_MAX) } else { RELAY_EVERY };
+    }
+}
+
+/// Proposes a credit on the destination shard's leader: locally if we lead it, else over gRPC
+/// to the leader our replica knows of, else to each replica in turn (one will hint the leader).
+async fn deliver(host: &Host, dest: ShardId, id: RequestId, cmd: Command) -> Result<(), ErrorDetail> {
+    let check = |code: Code| -> Result<(), ErrorDetail> {
+        if code == Code::Ok {
+            Ok(())
+        } else {
+            Err(detail(ErrorCode::Internal, format!("credit rejected by shard {dest}: {code:?}"), dest))
+        }
+    };
+    if let Ok(s) = host.shard(dest) {
+        if host.is_leader(s) {
+            return check(host.propose(dest, id, cmd).await?.code);
+        }
+    }
+    let known = host.shard(dest).ok().and_then(|s| s.raft.metrics().borrow().current_leader);
+    let mut candidates: Vec<u64> = known.into_iter().collect();
+    if let Some(s) = host.topology.shard(dest) {
+        candidates.extend(s.replicas.iter().copied().filter(|r| Some(*r) != known));
+    }
+    let req = hongbao_ledger::Request { id, time_ms: 0, cmd };
+    let payload = encode(&req);
+    let mut last = detail(ErrorCode::Unavailable, format!("no replica of shard {dest} reachable"), dest);
+    for node in candidates {
+        let Some(ch) = host.peers.channel(node) else { continue };
+        let mut c = RaftTransportClient::new(ch);
+        let msg = RaftMessage { shard: dest, from_node: host.node_id, payload: payload.clone() };
+        match tokio::time::timeout(RELAY_CALL_TIMEOUT, c.propose(msg)).await {
+            Ok(Ok(r)) => {
+                let o: hongbao_ledger::Outcome = decode(&r.into_inner().payload).map_err(|e| detail(ErrorCode::Internal, e.to_string(), dest))?;
+                return check(o.code);
+            }
+            Ok(Err(s)) => last = hongbao_proto::detail_of(&s),
+            Err(_) => last = detail(ErrorCode::Timeout, format!("node {node} timed out"), dest),
+        }
+    }
+    Err(last)
+}

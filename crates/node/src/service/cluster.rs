@@ -1,0 +1,246 @@
+//! Cluster admin on a node: status (this node, or fanned out to all), audit over all shards,
+//! leader transfer, drain / undrain of a region.
+
+use crate::host::{detail, Host};
+use hongbao_proto::v1::cluster_client::ClusterClient;
+use hongbao_proto::v1::cluster_server::Cluster;
+use hongbao_proto::v1::*;
+use hongbao_proto::{status, ErrorCode};
+use openraft::ServerState;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// Bound on any one node-to-node admin call.
+const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct ClusterService {
+    pub host: Arc<Host>,
+}
+
+fn role(s: &ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+impl ClusterService {
+    fn local_status(&self) -> NodeStatus {
+        let h = &self.host;
+        let mut shards = Vec::new();
+        for s in h.shards.values() {
+            let m = s.raft.metrics().borrow().clone();
+            let lag = match (&m.replication, m.last_log_index) {
+                (Some(rep), Some(last)) => rep
+                    .values()
+                    .map(|matched| last.saturating_sub(matched.as_ref().map(|l| l.index).unwrap_or(0)))
+                    .max()
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            shards.push(ShardStatus {
+                shard: s.id,
+                node: h.node_id,
+                region: h.region.clone(),
+                role: role(&m.state).into(),
+                leader: m.current_leader.unwrap_or(0),
+                term: m.current_term,
+                last_log_index: m.last_log_index.unwrap_or(0),
+                committed: m.committed.map(|l| l.index).unwrap_or(0),
+                applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+                lag,
+                home_region: s.home_region.clone(),
+            });
+        }
+        let addr = h.topology.node(h.node_id).map(|n| n.addr.clone()).unwrap_or_default();
+        NodeStatus { node: h.node_id, region: h.region.clone(), addr, up: true, shards, error: String::new() }
+    }
+
+    fn client(&self, node: u64) -> Option<ClusterClient<tonic::transport::Channel>> {
+        self.host.peers.channel(node).map(ClusterClient::new)
+    }
+
+    /// Every node's status; unreachable nodes appear as down with the error.
+    pub async fn all_status(&self) -> StatusReply {
+        let mut nodes = Vec::new();
+        let calls = self.host.topology.nodes.iter().map(|n| {
+            let me = n.id == self.host.node_id;
+            let client = self.client(n.id);
+            let (id, region, addr) = (n.id, n.region.clone(), n.addr.clone());
+            let local = if me { Some(self.local_status()) } else { None };
+            async move {
+                if let Some(l) = local {
+                    return l;
+                }
+                let res = match client {
+                    Some(mut c) => tokio::time::timeout(ADMIN_CALL_TIMEOUT, c.status(StatusRequest { local_only: true })).await,
+                    None => return NodeStatus { node: id, region, addr, up: false, shards: vec![], error: "no address".into() },
+                };
+                match res {
+                    Ok(Ok(r)) => r.into_inner().nodes.into_iter().next().unwrap_or_default(),
+                    Ok(Err(s)) => NodeStatus { node: id, region, addr, up: false, shards: vec![], error: s.message().to_string() },
+                    Err(_) => NodeStatus { node: id, region, addr, up: false, shards: vec![], error: "timed out".into() },
+                }
+            }
+        });
+        for n in futures::future::join_all(calls).await {
+            nodes.push(n);
+        }
+        let mut regions: BTreeMap<String, bool> = BTreeMap::new();
+        for n in &nodes {
+            *regions.entry(n.region.clone()).or_insert(false) |= n.up;
+        }
+        let drained = self.host.drained_regions();
+        StatusReply {
+            nodes,
+            regions: regions
+                .into_iter()
+                .map(|(region, up)| RegionStatus { drained: drained.contains(&region), region, up })
+                .collect(),
+        }
+    }
+
+    /// The node currently leading `shard`, as seen by the cluster (our replica first).
+    async fn leader_of(&self, shard: u32) -> Option<u64> {
+        if let Some(s) = self.host.shards.get(&shard) {
+            if let Some(l) = s.raft.metrics().borrow().current_leader {
+                return Some(l);
+            }
+        }
+        let st = self.all_status().await;
+        st.nodes.iter().flat_map(|n| n.shards.iter()).find(|s| s.shard == shard && s.role == "leader").map(|s| s.node)
+    }
+
+    async fn shard_totals(&self, shard: u32) -> Result<ShardTotals, Status> {
+        let leader = self.leader_of(shard).await.ok_or_else(|| status(detail(ErrorCode::Unavailable, format!("shard {shard} has no leader"), shard)))?;
+        if leader == self.host.node_id {
+            return crate::service::api::shard_totals(&self.host, shard).await.map_err(status);
+        }
+        let mut c = self.client(leader).ok_or_else(|| Status::internal("leader has no address"))?;
+        match tokio::time::timeout(ADMIN_CALL_TIMEOUT, c.shard_totals_of(ShardTotalsRequest { shard })).await {
+            Ok(r) => r.map(|r| r.into_inner()),
+            Err(_) => Err(status(detail(ErrorCode::Timeout, format!("shard {shard}: totals timed out"), shard))),
+        }
+    }
+
+    async fn move_leader(&self, shard: u32, to: u64) -> Result<(), Status> {
+        let leader = self.leader_of(shard).await.ok_or_else(|| status(detail(ErrorCode::Unavailable, format!("shard {shard} has no leader"), shard)))?;
+        if leader == to {
+            return Ok(());
+        }
+        if leader == self.host.node_id {
+            return self.host.transfer_leader(shard, to).await.map_err(status);
+        }
+        let mut c = self.client(leader).ok_or_else(|| Status::internal("leader has no address"))?;
+        tokio::time::timeout(ADMIN_CALL_TIMEOUT * 3, c.transfer_leader(TransferLeaderRequest { shard, to_node: to }))
+            .await
+            .map_err(|_| Status::deadline_exceeded("leader transfer timed out"))??;
+        Ok(())
+    }
+
+    async fn broadcast_drain(&self, region: &str, drained: bool) {
+        self.host.set_drained(region, drained);
+        let peers: Vec<u64> = self.host.topology.nodes.iter().map(|n| n.id).filter(|id| *id != self.host.node_id).collect();
+        for id in peers {
+            if let Some(mut c) = self.client(id) {
+                let req = DrainRequest { region: format!("{}{region}", if drained { LOCAL_DRAIN } else { LOCAL_UNDRAIN }) };
+                let _ = tokio::time::timeout(ADMIN_CALL_TIMEOUT, c.drain(req)).await;
+            }
+        }
+    }
+}
+
+/// Prefixes on a drain request that mean "record this on your node only" (no fan-out).
+const LOCAL_DRAIN: &str = "local-drain:";
+const LOCAL_UNDRAIN: &str = "local-undrain:";
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        if req.get_ref().local_only {
+            return Ok(Response::new(StatusReply { nodes: vec![self.local_status()], regions: vec![] }));
+        }
+        Ok(Response::new(self.all_status().await))
+    }
+
+    async fn shard_totals_of(&self, req: Request<ShardTotalsRequest>) -> Result<Response<ShardTotals>, Status> {
+        let shard = req.get_ref().shard;
+        crate::service::api::shard_totals(&self.host, shard).await.map(Response::new).map_err(status)
+    }
+
+    async fn audit(&self, _req: Request<AuditRequest>) -> Result<Response<AuditReply>, Status> {
+        // Two passes (see docs/design.md, "audit"): money is checked per shard on one consistent
+        // read each; the cross-shard check compares what each destination had received in pass 1
+        // with what each source had sent by pass 2, so a credit in motion can't look doubled.
+        let ids: Vec<u32> = self.host.topology.shards.iter().map(|s| s.id).collect();
+        let mut first = Vec::new();
+        for id in &ids {
+            first.push(self.shard_totals(*id).await?);
+        }
+        let mut second = Vec::new();
+        for id in &ids {
+            second.push(self.shard_totals(*id).await?);
+        }
+        Ok(Response::new(crate::audit::check(&first, &second)))
+    }
+
+    async fn transfer_leader(&self, req: Request<TransferLeaderRequest>) -> Result<Response<TransferLeaderReply>, Status> {
+        let r = req.into_inner();
+        let shard = self.host.topology.shard(r.shard).ok_or_else(|| Status::not_found(format!("no shard {}", r.shard)))?;
+        if !shard.replicas.contains(&r.to_node) {
+            return Err(Status::invalid_argument(format!("node {} holds no replica of shard {}", r.to_node, r.shard)));
+        }
+        self.move_leader(r.shard, r.to_node).await?;
+        Ok(Response::new(TransferLeaderReply {}))
+    }
+
+    async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
+        let region = req.into_inner().region;
+        if let Some(r) = region.strip_prefix(LOCAL_DRAIN) {
+            self.host.set_drained(r, true);
+            return Ok(Response::new(DrainReply { moved: vec![] }));
+        }
+        if let Some(r) = region.strip_prefix(LOCAL_UNDRAIN) {
+            self.host.set_drained(r, false);
+            return Ok(Response::new(DrainReply { moved: vec![] }));
+        }
+        if !self.host.topology.regions.iter().any(|r| r.name == region) {
+            return Err(Status::not_found(format!("no region {region}")));
+        }
+        self.broadcast_drain(&region, true).await;
+        let st = self.all_status().await;
+        let mut moved = Vec::new();
+        for s in &self.host.topology.shards {
+            let leader = st.nodes.iter().flat_map(|n| n.shards.iter()).find(|x| x.shard == s.id && x.role == "leader").map(|x| x.node);
+            let Some(leader) = leader else { continue };
+            if self.host.topology.region_of(leader) != Some(region.as_str()) {
+                continue;
+            }
+            let target = self.host.failover_target(s.id, &st, Some(&region));
+            if let Some(to) = target {
+                self.move_leader(s.id, to).await?;
+                moved.push(format!("shard {}: leader {leader} -> {to}", s.id));
+            }
+        }
+        Ok(Response::new(DrainReply { moved }))
+    }
+
+    async fn undrain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
+        let region = req.into_inner().region;
+        self.broadcast_drain(&region, false).await;
+        let st = self.all_status().await;
+        let mut moved = Vec::new();
+        for s in self.host.topology.shards.iter().filter(|s| s.home == region) {
+            if let Some(to) = self.host.home_replica(s.id, &st) {
+                self.move_leader(s.id, to).await?;
+                moved.push(format!("shard {}: leader -> {to} (home)", s.id));
+            }
+        }
+        Ok(Response::new(DrainReply { moved }))
+    }
+}

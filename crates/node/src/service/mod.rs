@@ -1,0 +1,4 @@
+pub mod api;
+pub mod background;
+pub mod cluster;
+pub mod raft;

@@ -1,0 +1,112 @@
+//! Raft transport, server side: hands openraft messages to the right shard's Raft, and accepts
+//! proposals forwarded by other nodes (the cross-shard relay).
+
+use crate::host::Host;
+use crate::raft::state_machine::SnapshotFile;
+use crate::raft::types::{SnapshotMeta, TypeConfig, Vote};
+use crate::storage::{decode, encode};
+use hongbao_proto::v1::raft_transport_server::RaftTransport;
+use hongbao_proto::v1::{RaftMessage, RaftReply, SnapshotChunk};
+use openraft::errors::RaftError;
+use std::io::Write;
+use std::sync::Arc;
+use tonic::{Request, Response, Status, Streaming};
+
+/// A snapshot larger than this is refused rather than filling the disk.
+const MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
+
+pub struct RaftService {
+    pub host: Arc<Host>,
+}
+
+fn reply<T: serde::Serialize>(res: &T) -> Result<Response<RaftReply>, Status> {
+    Ok(Response::new(RaftReply { payload: encode(res), error: String::new() }))
+}
+
+impl RaftService {
+    fn shard(&self, id: u32) -> Result<&Arc<crate::host::Shard>, Status> {
+        self.host.shard(id).map_err(hongbao_proto::status)
+    }
+}
+
+fn bad(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("undecodable raft payload: {e}"))
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftService {
+    async fn append(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let m = req.into_inner();
+        let shard = self.shard(m.shard)?;
+        let rpc = decode(&m.payload).map_err(bad)?;
+        let res: Result<_, RaftError<TypeConfig>> = shard.raft.append_entries(rpc).await;
+        reply(&res)
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let m = req.into_inner();
+        let shard = self.shard(m.shard)?;
+        let rpc = decode(&m.payload).map_err(bad)?;
+        let res: Result<_, RaftError<TypeConfig>> = shard.raft.vote(rpc).await;
+        reply(&res)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let m = req.into_inner();
+        let shard = self.shard(m.shard)?;
+        let rpc = decode(&m.payload).map_err(bad)?;
+        let res: Result<_, RaftError<TypeConfig>> = shard.raft.pre_vote(rpc).await;
+        reply(&res)
+    }
+
+    async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let m = req.into_inner();
+        let shard = self.shard(m.shard)?;
+        let rpc = decode(&m.payload).map_err(bad)?;
+        let res: Result<_, RaftError<TypeConfig>> = shard.raft.handle_transfer_leader(rpc).await.map_err(RaftError::Fatal);
+        reply(&res)
+    }
+
+    async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftReply>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let shard = self.shard(first.shard)?.clone();
+        let vote: Vote = decode(&first.vote).map_err(bad)?;
+        let meta: SnapshotMeta = decode(&first.meta).map_err(bad)?;
+        let dir = self.host.data_dir.join("snapshots");
+        std::fs::create_dir_all(&dir).map_err(|e| Status::internal(e.to_string()))?;
+        let path = dir.join(format!("shard-{}.snap.receiving", shard.id));
+        let mut f = std::fs::File::create(&path).map_err(|e| Status::internal(e.to_string()))?;
+        let mut total = 0u64;
+        let mut chunk = Some(first);
+        while let Some(c) = chunk {
+            total += c.data.len() as u64;
+            if total > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted("snapshot too large"));
+            }
+            f.write_all(&c.data).map_err(|e| Status::internal(e.to_string()))?;
+            if c.done {
+                break;
+            }
+            chunk = stream.message().await?;
+            if chunk.is_none() {
+                return Err(Status::aborted("snapshot stream ended before its last chunk"));
+            }
+        }
+        f.sync_all().map_err(|e| Status::internal(e.to_string()))?;
+        drop(f);
+        tracing::info!(shard = shard.id, bytes = total, last = ?meta.last_log_id, "snapshot received");
+        let snapshot = openraft::storage::Snapshot { meta, snapshot: SnapshotFile { path } };
+        let res: Result<_, String> = shard.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string());
+        reply(&res)
+    }
+
+    async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let m = req.into_inner();
+        let r: hongbao_ledger::Request = decode(&m.payload).map_err(bad)?;
+        match self.host.propose(m.shard, r.id, r.cmd).await {
+            Ok(outcome) => reply(&outcome),
+            Err(d) => Err(hongbao_proto::status(d)),
+        }
+    }
+}

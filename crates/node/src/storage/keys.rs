@@ -1,0 +1,87 @@
+//! Key layout of the one RocksDB a node keeps for all its shards (TiKV-style prefixes).
+//!
+//! Every key starts with `0x01 shard(u32 BE)`, so one shard's data is one contiguous range that
+//! can be scanned, snapshotted or deleted on its own. The byte after the shard names the table:
+//!
+//! | table | key                         | value                                   |
+//! |-------|-----------------------------|-----------------------------------------|
+//! | `L`   | `L index(u64 BE)`           | Raft log entry (bincode)                |
+//! | `v`   | `v`                         | Raft vote                               |
+//! | `c`   | `c`                         | last committed log id                   |
+//! | `p`   | `p`                         | last purged log id                      |
+//! | `m`   | `m`                         | state machine meta: last applied, membership |
+//! | `s`   | `s`                         | meta of the last snapshot built/installed |
+//! | `D`   | `D <ledger key>`            | ledger state (the ledger owns its keys)  |
+//!
+//! Big-endian numbers keep log entries in index order for range scans.
+
+use hongbao_ledger::ShardId;
+
+const SHARD_PREFIX: u8 = 0x01;
+
+pub fn shard_prefix(shard: ShardId) -> [u8; 5] {
+    let s = shard.to_be_bytes();
+    [SHARD_PREFIX, s[0], s[1], s[2], s[3]]
+}
+
+fn key(shard: ShardId, table: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(6 + rest.len());
+    k.extend_from_slice(&shard_prefix(shard));
+    k.push(table);
+    k.extend_from_slice(rest);
+    k
+}
+
+pub fn log(shard: ShardId, index: u64) -> Vec<u8> {
+    key(shard, b'L', &index.to_be_bytes())
+}
+
+/// Index of a log key, the inverse of [`log`].
+pub fn log_index(k: &[u8]) -> u64 {
+    assert_eq!(k.len(), 14, "log key has prefix(5) + table(1) + index(8)");
+    u64::from_be_bytes(k[6..14].try_into().expect("8 bytes"))
+}
+
+pub fn vote(shard: ShardId) -> Vec<u8> {
+    key(shard, b'v', &[])
+}
+pub fn committed(shard: ShardId) -> Vec<u8> {
+    key(shard, b'c', &[])
+}
+pub fn purged(shard: ShardId) -> Vec<u8> {
+    key(shard, b'p', &[])
+}
+pub fn sm_meta(shard: ShardId) -> Vec<u8> {
+    key(shard, b'm', &[])
+}
+pub fn snapshot_meta(shard: ShardId) -> Vec<u8> {
+    key(shard, b's', &[])
+}
+pub fn data(shard: ShardId, ledger_key: &[u8]) -> Vec<u8> {
+    key(shard, b'D', ledger_key)
+}
+/// `[start, end)` of a shard's ledger data.
+pub fn data_range(shard: ShardId) -> (Vec<u8>, Vec<u8>) {
+    (key(shard, b'D', &[]), key(shard, b'D' + 1, &[]))
+}
+/// `[start, end)` of a shard's log.
+pub fn log_range(shard: ShardId) -> (Vec<u8>, Vec<u8>) {
+    (key(shard, b'L', &[]), key(shard, b'L' + 1, &[]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_sort_by_index_and_stay_inside_their_shard() {
+        assert!(log(1, 9) < log(1, 10));
+        assert!(log(1, u64::MAX) < log(2, 0));
+        let (a, b) = log_range(1);
+        assert!(a <= log(1, 0) && log(1, u64::MAX) < b);
+        assert_eq!(log_index(&log(7, 123456)), 123456);
+        let (a, b) = data_range(1);
+        assert!(a <= data(1, b"\xff\xff") && data(1, b"\xff\xff") < b);
+        assert!(vote(1) < a || vote(1) >= b);
+    }
+}

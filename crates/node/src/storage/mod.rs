@@ -1,0 +1,120 @@
+//! The node's one RocksDB: every shard's Raft log, vote and ledger state, in shard-prefixed
+//! keys (see `keys`). A thin wrapper that turns RocksDB errors into `io::Error` (what openraft's
+//! storage traits speak) and makes the sync choice explicit at every write.
+
+pub mod keys;
+
+use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use std::io;
+use std::path::Path;
+
+pub struct Db {
+    db: DB,
+}
+
+pub fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).expect("in-memory values always serialize")
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> io::Result<T> {
+    bincode::deserialize(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt value: {e}")))
+}
+
+fn io_err(e: rocksdb::Error) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl Db {
+    pub fn open(path: &Path) -> io::Result<Db> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        // Several shards append concurrently: let their synced writes share one WAL fsync.
+        opts.set_enable_pipelined_write(true);
+        opts.increase_parallelism(2);
+        opts.set_max_background_jobs(2);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_write_buffer_size(64 << 20);
+        let db = DB::open(&opts, path).map_err(io_err)?;
+        Ok(Db { db })
+    }
+
+    pub fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        self.db.get(key).map_err(io_err)
+    }
+
+    /// Up to `limit` pairs in `[start, end)`, ascending.
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator(IteratorMode::From(start, Direction::Forward)) {
+            let (k, v) = item.map_err(io_err)?;
+            if &*k >= end || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The last pair in `[start, end)`.
+    pub fn last_in_range(&self, start: &[u8], end: &[u8]) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let mut it = self.db.iterator(IteratorMode::From(end, Direction::Reverse));
+        while let Some(item) = it.next() {
+            let (k, v) = item.map_err(io_err)?;
+            if &*k >= end {
+                continue; // `From(end, Reverse)` may start at `end` itself.
+            }
+            if &*k < start {
+                return Ok(None);
+            }
+            return Ok(Some((k.to_vec(), v.to_vec())));
+        }
+        Ok(None)
+    }
+
+    pub fn batch(&self) -> Batch {
+        Batch { wb: WriteBatch::default() }
+    }
+
+    /// Durable when it returns: the WAL is fsynced (and with it every earlier write).
+    pub fn write_synced(&self, b: Batch) -> io::Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(b.wb, &wo).map_err(io_err)
+    }
+
+    /// In the WAL but not yet fsynced: used where a loss is repaired by replaying the Raft log.
+    pub fn write_unsynced(&self, b: Batch) -> io::Result<()> {
+        self.db.write(b.wb).map_err(io_err)
+    }
+
+    /// A consistent point-in-time view (for snapshots and reads that must not tear).
+    pub fn snapshot(&self) -> rocksdb::Snapshot<'_> {
+        self.db.snapshot()
+    }
+
+    pub fn raw(&self) -> &DB {
+        &self.db
+    }
+}
+
+pub struct Batch {
+    wb: WriteBatch,
+}
+
+impl Batch {
+    pub fn put(&mut self, k: &[u8], v: &[u8]) {
+        self.wb.put(k, v);
+    }
+    pub fn delete(&mut self, k: &[u8]) {
+        self.wb.delete(k);
+    }
+    pub fn delete_range(&mut self, from: &[u8], to: &[u8]) {
+        self.wb.delete_range(from, to);
+    }
+    pub fn len(&self) -> usize {
+        self.wb.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.wb.is_empty()
+    }
+}

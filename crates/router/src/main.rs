@@ -1,0 +1,58 @@
+//! `hongbao-router`: a stateless gRPC front for clients. It serves the same public API as the
+//! nodes, maps each request to its shard (user → slot → shard; packet id → shard), sends it to
+//! the shard's leader, follows NotLeader hints, and fails over to other replicas when a node or a
+//! whole region is unreachable, always re-sending the same request (same request id).
+
+mod route;
+
+use clap::Parser;
+use hongbao_proto::v1::{cluster_server::ClusterServer, packets_server::PacketsServer, wallet_server::WalletServer};
+use hongbao_topology::Topology;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "hongbao-router", about = "hongbao cross-region router")]
+struct Args {
+    #[arg(long)]
+    topology: PathBuf,
+    /// This router's region; its address comes from the topology unless --addr is given.
+    #[arg(long)]
+    region: String,
+    #[arg(long)]
+    addr: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).init();
+    let topology = Arc::new(Topology::load(&args.topology).map_err(anyhow::Error::msg)?);
+    let addr = match args.addr {
+        Some(a) => a,
+        None => topology
+            .routers
+            .iter()
+            .find(|r| r.region == args.region)
+            .map(|r| r.addr.clone())
+            .ok_or_else(|| anyhow::anyhow!("no router for region {} in the topology", args.region))?,
+    };
+    let router = route::Router::new(topology.clone(), args.region.clone());
+    let health = tokio::spawn(route::health_loop(router.clone()));
+    tracing::info!(region = %args.region, %addr, "router started");
+    let svc = route::RouterService { router: router.clone() };
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(WalletServer::new(svc.clone()).max_decoding_message_size(route::MAX_REQUEST_BYTES))
+        .add_service(PacketsServer::new(svc.clone()).max_decoding_message_size(route::MAX_REQUEST_BYTES))
+        .add_service(ClusterServer::new(svc))
+        .serve_with_shutdown(addr.parse()?, async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+        })
+        .await?;
+    health.abort();
+    Ok(())
+}

@@ -1,0 +1,313 @@
+//! Routing: leader tracking, health checks, forwarding with retries.
+
+use hongbao_proto::v1::cluster_client::ClusterClient;
+use hongbao_proto::v1::cluster_server::Cluster;
+use hongbao_proto::v1::packets_client::PacketsClient;
+use hongbao_proto::v1::packets_server::Packets;
+use hongbao_proto::v1::wallet_client::WalletClient;
+use hongbao_proto::v1::wallet_server::Wallet;
+use hongbao_proto::v1::*;
+use hongbao_proto::{detail_of, error, ErrorCode};
+use hongbao_topology::{NodeId, ShardId, Topology};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+/// A routed request gives up after this long (below the client's per-attempt timeout, so the
+/// client hears a clear UNAVAILABLE and can try another router with the same request id).
+const ROUTE_DEADLINE: Duration = Duration::from_millis(2500);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
+const MAX_ATTEMPTS: usize = 16;
+const HEALTH_EVERY: Duration = Duration::from_millis(150);
+const HEALTH_TIMEOUT: Duration = Duration::from_millis(400);
+/// Requests in flight per shard through this router; beyond it, RESOURCE_EXHAUSTED.
+pub const MAX_INFLIGHT_PER_SHARD: usize = 10_000;
+
+#[derive(Default, Clone, Copy)]
+struct Health {
+    up: bool,
+    fails: u32,
+}
+
+pub struct Router {
+    pub topology: Arc<Topology>,
+    pub region: String,
+    channels: HashMap<NodeId, Channel>,
+    leaders: RwLock<HashMap<ShardId, NodeId>>,
+    health: RwLock<HashMap<NodeId, Health>>,
+    inflight: HashMap<ShardId, Arc<Semaphore>>,
+}
+
+impl Router {
+    pub fn new(topology: Arc<Topology>, region: String) -> Arc<Router> {
+        let channels = topology
+            .nodes
+            .iter()
+            .map(|n| {
+                let ch = Endpoint::from_shared(format!("http://{}", n.addr))
+                    .expect("valid node address")
+                    .connect_timeout(Duration::from_millis(300))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(1))
+                    .keep_alive_timeout(Duration::from_secs(1))
+                    .connect_lazy();
+                (n.id, ch)
+            })
+            .collect();
+        let inflight = topology.shards.iter().map(|s| (s.id, Arc::new(Semaphore::new(MAX_INFLIGHT_PER_SHARD)))).collect();
+        // Until health checks say otherwise, assume every node is up.
+        let health = topology.nodes.iter().map(|n| (n.id, Health { up: true, fails: 0 })).collect();
+        Arc::new(Router { topology, region, channels, leaders: RwLock::new(HashMap::new()), health: RwLock::new(health), inflight })
+    }
+
+    fn is_up(&self, node: NodeId) -> bool {
+        self.health.read().expect("health lock").get(&node).map(|h| h.up).unwrap_or(false)
+    }
+
+    /// Nodes to try for `shard`, best first: known leader, then up replicas in this region, then
+    /// other up replicas, then the rest (they may have come back before the health check saw it).
+    fn candidates(&self, shard: ShardId) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        if let Some(l) = self.leaders.read().expect("leaders lock").get(&shard) {
+            if self.is_up(*l) {
+                out.push(*l);
+            }
+        }
+        let Some(s) = self.topology.shard(shard) else { return out };
+        let mut reps: Vec<NodeId> = s.replicas.clone();
+        reps.sort_by_key(|r| (!self.is_up(*r), self.topology.region_of(*r) != Some(self.region.as_str())));
+        for r in reps {
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    fn set_leader(&self, shard: ShardId, node: NodeId) {
+        let mut l = self.leaders.write().expect("leaders lock");
+        if l.insert(shard, node) != Some(node) {
+            tracing::info!(shard, leader = node, "leader changed");
+            metrics::counter!("hongbao_router_leader_changes_total").increment(1);
+        }
+    }
+
+    fn node_by_addr(&self, addr: &str) -> Option<NodeId> {
+        self.topology.nodes.iter().find(|n| n.addr == addr).map(|n| n.id)
+    }
+
+    /// Sends `req` to the leader of `shard`, following hints and failing over, within the
+    /// deadline. The request (and so its request id) is the same on every attempt.
+    pub async fn forward<Q, T, F, Fut>(&self, shard: ShardId, req: Q, call: F) -> Result<Response<T>, Status>
+    where
+        Q: Clone,
+        F: Fn(Channel, Q) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let sem = self.inflight.get(&shard).ok_or_else(|| error(ErrorCode::UnknownShard, format!("no shard {shard}")))?;
+        let _permit = sem.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("hongbao_router_overloaded_total").increment(1);
+            error(ErrorCode::Overloaded, format!("router: {MAX_INFLIGHT_PER_SHARD} requests in flight for shard {shard}"))
+        })?;
+        let start = Instant::now();
+        let mut last = error(ErrorCode::Unavailable, format!("shard {shard}: no replica reachable"));
+        let mut hinted: Option<NodeId> = None;
+        let mut tried_round = 0usize;
+        for _ in 0..MAX_ATTEMPTS {
+            let left = ROUTE_DEADLINE.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let cands = self.candidates(shard);
+            let node = match hinted.take() {
+                Some(n) => n,
+                None => {
+                    let n = cands[tried_round % cands.len()];
+                    tried_round += 1;
+                    n
+                }
+            };
+            let ch = self.channels.get(&node).expect("every node has a channel").clone();
+            let res = tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), call(ch, req.clone())).await;
+            let status = match res {
+                Ok(Ok(r)) => {
+                    self.set_leader(shard, node);
+                    return Ok(r);
+                }
+                Ok(Err(s)) => s,
+                Err(_) => Status::deadline_exceeded(format!("node {node} did not answer in time")),
+            };
+            let d = detail_of(&status);
+            match d.code() {
+                ErrorCode::NotLeader => {
+                    if let Some(l) = self.node_by_addr(&d.leader_hint_addr).or(Some(d.leader_hint_node).filter(|n| *n != 0)) {
+                        self.set_leader(shard, l);
+                        hinted = Some(l);
+                    }
+                }
+                ErrorCode::Unavailable | ErrorCode::Timeout => {
+                    // No leader yet (election) or node gone: give the cluster a moment.
+                    tokio::time::sleep(Duration::from_millis(50).min(ROUTE_DEADLINE.saturating_sub(start.elapsed()))).await;
+                }
+                _ => return Err(status),
+            }
+            last = status;
+        }
+        metrics::counter!("hongbao_router_gave_up_total").increment(1);
+        Err(last)
+    }
+
+    /// Any node that answers, for cluster-wide admin calls.
+    pub async fn any_node<T, F, Fut>(&self, call: F) -> Result<Response<T>, Status>
+    where
+        F: Fn(ClusterClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let mut nodes: Vec<NodeId> = self.topology.nodes.iter().map(|n| n.id).collect();
+        nodes.sort_by_key(|n| (!self.is_up(*n), self.topology.region_of(*n) != Some(self.region.as_str())));
+        let mut last = error(ErrorCode::Unavailable, "no node reachable");
+        for n in nodes {
+            let c = ClusterClient::new(self.channels[&n].clone());
+            match tokio::time::timeout(Duration::from_secs(30), call(c)).await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(s)) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => last = s,
+                Ok(Err(s)) => return Err(s),
+                Err(_) => last = error(ErrorCode::Timeout, format!("node {n} timed out")),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Polls every node's local status: liveness, and who leads each shard.
+pub async fn health_loop(router: Arc<Router>) {
+    loop {
+        let polls = router.topology.nodes.iter().map(|n| {
+            let mut c = ClusterClient::new(router.channels[&n.id].clone());
+            let id = n.id;
+            async move { (id, tokio::time::timeout(HEALTH_TIMEOUT, c.status(StatusRequest { local_only: true })).await) }
+        });
+        for (id, res) in futures::future::join_all(polls).await {
+            let ok = matches!(res, Ok(Ok(_)));
+            {
+                let mut h = router.health.write().expect("health lock");
+                let e = h.entry(id).or_default();
+                let was = e.up;
+                // Two misses in a row mark a node down: one slow answer is not a failure.
+                e.fails = if ok { 0 } else { e.fails + 1 };
+                e.up = ok || (e.up && e.fails < 2);
+                if was != e.up {
+                    tracing::warn!(node = id, up = e.up, "node health changed");
+                }
+            }
+            if let Ok(Ok(r)) = res {
+                for n in r.into_inner().nodes {
+                    for s in n.shards {
+                        if s.role == "leader" {
+                            router.set_leader(s.shard, n.node);
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(HEALTH_EVERY).await;
+    }
+}
+
+#[derive(Clone)]
+pub struct RouterService {
+    pub router: Arc<Router>,
+}
+
+impl RouterService {
+    fn user(&self, user: u64) -> ShardId {
+        self.router.topology.shard_of_user(user)
+    }
+}
+
+/// Forwards a wallet RPC keyed by a user id.
+macro_rules! wallet_call {
+    ($self:ident, $req:ident, $user:expr, $method:ident) => {{
+        let r = $req.into_inner();
+        let shard = $self.user($user(&r));
+        $self.router.forward(shard, r, |ch, r| async move { WalletClient::new(ch).$method(r).await }).await
+    }};
+}
+
+#[tonic::async_trait]
+impl Wallet for RouterService {
+    async fn open_account(&self, req: Request<OpenAccountRequest>) -> Result<Response<WalletReply>, Status> {
+        wallet_call!(self, req, |r: &OpenAccountRequest| r.user, open_account)
+    }
+    async fn top_up(&self, req: Request<TopUpRequest>) -> Result<Response<WalletReply>, Status> {
+        wallet_call!(self, req, |r: &TopUpRequest| r.user, top_up)
+    }
+    async fn withdraw(&self, req: Request<WithdrawRequest>) -> Result<Response<WalletReply>, Status> {
+        wallet_call!(self, req, |r: &WithdrawRequest| r.user, withdraw)
+    }
+    async fn transfer(&self, req: Request<TransferRequest>) -> Result<Response<WalletReply>, Status> {
+        wallet_call!(self, req, |r: &TransferRequest| r.from, transfer)
+    }
+    async fn balance(&self, req: Request<BalanceRequest>) -> Result<Response<BalanceReply>, Status> {
+        wallet_call!(self, req, |r: &BalanceRequest| r.user, balance)
+    }
+    async fn statement(&self, req: Request<StatementRequest>) -> Result<Response<StatementReply>, Status> {
+        wallet_call!(self, req, |r: &StatementRequest| r.user, statement)
+    }
+    async fn challenge_code(&self, req: Request<ChallengeCodeRequest>) -> Result<Response<ChallengeCodeReply>, Status> {
+        wallet_call!(self, req, |r: &ChallengeCodeRequest| r.user, challenge_code)
+    }
+    async fn set_risk(&self, req: Request<SetRiskRequest>) -> Result<Response<BalanceReply>, Status> {
+        wallet_call!(self, req, |r: &SetRiskRequest| r.user, set_risk)
+    }
+}
+
+#[tonic::async_trait]
+impl Packets for RouterService {
+    async fn send(&self, req: Request<SendPacketRequest>) -> Result<Response<SendPacketReply>, Status> {
+        let r = req.into_inner();
+        let shard = self.user(r.sender);
+        self.router.forward(shard, r, |ch, r| async move { PacketsClient::new(ch).send(r).await }).await
+    }
+    async fn grab(&self, req: Request<GrabRequest>) -> Result<Response<GrabReply>, Status> {
+        let r = req.into_inner();
+        let shard = Topology::shard_of_packet(r.packet_id);
+        self.router.forward(shard, r, |ch, r| async move { PacketsClient::new(ch).grab(r).await }).await
+    }
+    async fn show(&self, req: Request<ShowPacketRequest>) -> Result<Response<PacketView>, Status> {
+        let r = req.into_inner();
+        let shard = Topology::shard_of_packet(r.packet_id);
+        self.router.forward(shard, r, |ch, r| async move { PacketsClient::new(ch).show(r).await }).await
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for RouterService {
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        self.router.any_node(|mut c| async move { c.status(StatusRequest { local_only: false }).await }).await
+    }
+    async fn audit(&self, _req: Request<AuditRequest>) -> Result<Response<AuditReply>, Status> {
+        self.router.any_node(|mut c| async move { c.audit(AuditRequest {}).await }).await
+    }
+    async fn shard_totals_of(&self, req: Request<ShardTotalsRequest>) -> Result<Response<ShardTotals>, Status> {
+        let r = req.into_inner();
+        self.router.any_node(|mut c| async move { c.shard_totals_of(r).await }).await
+    }
+    async fn transfer_leader(&self, req: Request<TransferLeaderRequest>) -> Result<Response<TransferLeaderReply>, Status> {
+        let r = req.into_inner();
+        self.router.any_node(|mut c| async move { c.transfer_leader(r).await }).await
+    }
+    async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
+        let r = req.into_inner();
+        self.router.any_node(|mut c| { let r = r.clone(); async move { c.drain(r).await } }).await
+    }
+    async fn undrain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
+        let r = req.into_inner();
+        self.router.any_node(|mut c| { let r = r.clone(); async move { c.undrain(r).await } }).await
+    }
+}

@@ -1,0 +1,322 @@
+//! The cluster map: regions, nodes, shards (Raft groups) and the slot table, read from a TOML
+//! file under `deploy/`. Node, router and client all place data with this one crate, so a user
+//! or packet maps to the same shard everywhere.
+//!
+//! Placement, as in Ant's LDC: `slot = user_id % slots`, and the slot table names the shard that
+//! owns each slot. A packet id carries its shard in its high 16 bits, so a grab is routed
+//! without a lookup.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+pub type NodeId = u64;
+pub type ShardId = u32;
+pub type UserId = u64;
+
+/// Bounds that keep a topology file sane; a typo should fail loudly, not allocate wildly.
+pub const MAX_NODES: usize = 64;
+pub const MAX_SHARDS: usize = 256;
+pub const MAX_SLOTS: u32 = 10_000;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// Number of slots users are hashed into (`user_id % slots`).
+    pub slots: u32,
+    pub regions: Vec<Region>,
+    pub nodes: Vec<Node>,
+    pub shards: Vec<Shard>,
+    #[serde(default)]
+    pub routers: Vec<Router>,
+    /// Simulated WAN latency between region pairs, applied by the Raft transport filter.
+    #[serde(default)]
+    pub links: Vec<Link>,
+    /// Ledger settings that must be identical on every replica (e.g. packet ttl in tests).
+    #[serde(default)]
+    pub ledger: LedgerSettings,
+    /// Raft timing. Defaults suit a loopback cluster with WAN-like links.
+    #[serde(default)]
+    pub raft: RaftSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub id: NodeId,
+    pub region: String,
+    /// gRPC address: Raft transport, public API and admin on one server.
+    pub addr: String,
+    /// HTTP address for Prometheus metrics.
+    pub metrics_addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    pub id: ShardId,
+    /// The region whose node should lead this shard when it is healthy.
+    pub home: String,
+    /// Nodes holding a replica (voters).
+    pub replicas: Vec<NodeId>,
+    /// Slots `[from, to)` owned by this shard.
+    pub slots: Vec<[u32; 2]>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Router {
+    pub region: String,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub a: String,
+    pub b: String,
+    pub latency_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSettings {
+    /// Packet lifetime; design default 24 h.
+    pub packet_ttl_ms: Option<u64>,
+    /// How long request ids are remembered for idempotent replay; default 24 h.
+    pub dedup_retention_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Take a snapshot after this many applied entries since the last one.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot, so a briefly lagging follower catches up by log.
+    pub keep_behind_snapshot: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_every: 20_000,
+            keep_behind_snapshot: 5_000,
+        }
+    }
+}
+
+impl Topology {
+    pub fn load(path: &Path) -> Result<Topology, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        Topology::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Topology, String> {
+        let t: Topology = toml::from_str(text).map_err(|e| e.to_string())?;
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// Checks everything the rest of the system assumes, so a bad file fails at start-up.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.slots == 0 || self.slots > MAX_SLOTS {
+            return Err(format!("slots must be 1..={MAX_SLOTS}"));
+        }
+        if self.nodes.is_empty() || self.nodes.len() > MAX_NODES {
+            return Err(format!("need 1..={MAX_NODES} nodes"));
+        }
+        if self.shards.is_empty() || self.shards.len() > MAX_SHARDS {
+            return Err(format!("need 1..={MAX_SHARDS} shards"));
+        }
+        let regions: BTreeSet<&str> = self.regions.iter().map(|r| r.name.as_str()).collect();
+        if regions.len() != self.regions.len() {
+            return Err("duplicate region name".into());
+        }
+        let mut ids = BTreeSet::new();
+        for n in &self.nodes {
+            if n.id == 0 || !ids.insert(n.id) {
+                return Err(format!("node id {} is zero or duplicated", n.id));
+            }
+            if !regions.contains(n.region.as_str()) {
+                return Err(format!("node {} names unknown region {}", n.id, n.region));
+            }
+        }
+        let mut owner: Vec<Option<ShardId>> = vec![None; self.slots as usize];
+        let mut shard_ids = BTreeSet::new();
+        for s in &self.shards {
+            // Shard ids go into the high 16 bits of packet ids.
+            if s.id == 0 || s.id > u16::MAX as u32 || !shard_ids.insert(s.id) {
+                return Err(format!("shard id {} is zero, too large or duplicated", s.id));
+            }
+            if !regions.contains(s.home.as_str()) {
+                return Err(format!("shard {} has unknown home region {}", s.id, s.home));
+            }
+            if s.replicas.is_empty() {
+                return Err(format!("shard {} has no replicas", s.id));
+            }
+            let uniq: BTreeSet<_> = s.replicas.iter().collect();
+            if uniq.len() != s.replicas.len() {
+                return Err(format!("shard {} lists a replica twice", s.id));
+            }
+            for r in &s.replicas {
+                if !ids.contains(r) {
+                    return Err(format!("shard {} names unknown node {}", s.id, r));
+                }
+            }
+            for [from, to] in &s.slots {
+                if from >= to || *to > self.slots {
+                    return Err(format!("shard {} has bad slot range [{from},{to})", s.id));
+                }
+                for slot in *from..*to {
+                    if let Some(other) = owner[slot as usize] {
+                        return Err(format!("slot {slot} owned by shards {other} and {}", s.id));
+                    }
+                    owner[slot as usize] = Some(s.id);
+                }
+            }
+        }
+        if let Some(slot) = owner.iter().position(|o| o.is_none()) {
+            return Err(format!("slot {slot} is owned by no shard"));
+        }
+        for r in &self.routers {
+            if !regions.contains(r.region.as_str()) {
+                return Err(format!("router {} names unknown region {}", r.addr, r.region));
+            }
+        }
+        for l in &self.links {
+            if !regions.contains(l.a.as_str()) || !regions.contains(l.b.as_str()) {
+                return Err(format!("link {}-{} names an unknown region", l.a, l.b));
+            }
+        }
+        if self.raft.election_timeout_min_ms <= self.raft.heartbeat_ms
+            || self.raft.election_timeout_max_ms <= self.raft.election_timeout_min_ms
+        {
+            return Err("raft: need heartbeat < election_timeout_min < election_timeout_max".into());
+        }
+        Ok(())
+    }
+
+    pub fn slot_of(&self, user: UserId) -> u32 {
+        (user % self.slots as u64) as u32
+    }
+
+    /// The shard owning a user's wallet. Total: validate() guarantees every slot has an owner.
+    pub fn shard_of_user(&self, user: UserId) -> ShardId {
+        let slot = self.slot_of(user);
+        self.shards
+            .iter()
+            .find(|s| s.slots.iter().any(|[f, t]| (*f..*t).contains(&slot)))
+            .map(|s| s.id)
+            .expect("validated topology owns every slot")
+    }
+
+    /// The shard that owns a packet: encoded in the packet id's high 16 bits.
+    pub fn shard_of_packet(packet_id: u64) -> ShardId {
+        (packet_id >> 48) as ShardId
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    pub fn shard(&self, id: ShardId) -> Option<&Shard> {
+        self.shards.iter().find(|s| s.id == id)
+    }
+
+    /// Shards with a replica on `node`.
+    pub fn shards_on(&self, node: NodeId) -> Vec<&Shard> {
+        self.shards.iter().filter(|s| s.replicas.contains(&node)).collect()
+    }
+
+    pub fn nodes_in(&self, region: &str) -> Vec<&Node> {
+        self.nodes.iter().filter(|n| n.region == region).collect()
+    }
+
+    pub fn region_of(&self, node: NodeId) -> Option<&str> {
+        self.node(node).map(|n| n.region.as_str())
+    }
+
+    /// One-way simulated latency between two regions (0 inside a region or when unset).
+    pub fn link_latency_ms(&self, a: &str, b: &str) -> u64 {
+        if a == b {
+            return 0;
+        }
+        self.links
+            .iter()
+            .find(|l| (l.a == a && l.b == b) || (l.a == b && l.b == a))
+            .map(|l| l.latency_ms)
+            .unwrap_or(0)
+    }
+
+    /// A user id homed in `shard`, counting from `start`; handy for demos and tests.
+    pub fn user_in_shard(&self, shard: ShardId, start: UserId) -> UserId {
+        (start..start + self.slots as u64)
+            .find(|u| self.shard_of_user(*u) == shard)
+            .expect("every shard owns at least one slot")
+    }
+
+    /// Slot ranges per shard, for display.
+    pub fn slot_table(&self) -> BTreeMap<ShardId, Vec<[u32; 2]>> {
+        self.shards.iter().map(|s| (s.id, s.slots.clone())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_topology() -> Topology {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local-3x1.toml");
+        Topology::load(&path).expect("shipped topology is valid")
+    }
+
+    #[test]
+    fn shipped_topologies_are_valid() {
+        for f in ["local-3x1.toml", "local-3x3.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(f);
+            Topology::load(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn every_user_maps_to_exactly_one_shard_by_slot() {
+        let t = default_topology();
+        for u in 0..1000u64 {
+            let s = t.shard_of_user(u);
+            assert!(t.shard(s).is_some());
+            assert_eq!(s, t.shard_of_user(u + t.slots as u64), "same slot, same shard");
+        }
+        for s in &t.shards {
+            assert_eq!(t.shard_of_user(t.user_in_shard(s.id, 1000)), s.id);
+        }
+    }
+
+    #[test]
+    fn packet_id_names_its_shard() {
+        assert_eq!(Topology::shard_of_packet((3u64 << 48) | 12345), 3);
+    }
+
+    #[test]
+    fn overlapping_or_missing_slots_are_rejected() {
+        let base = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local-3x1.toml"),
+        )
+        .unwrap();
+        let overlap = base.replacen("slots = [[0, 34]]", "slots = [[0, 40]]", 1);
+        assert!(Topology::parse(&overlap).unwrap_err().contains("owned by shards"));
+        let gap = base.replacen("slots = [[0, 34]]", "slots = [[0, 30]]", 1);
+        assert!(Topology::parse(&gap).unwrap_err().contains("owned by no shard"));
+    }
+}

@@ -1,0 +1,35 @@
+# Shared set-up for every script: installs what a fresh machine lacks and picks the build dir.
+# Sourced, not run. Idempotent and quiet when everything is already there.
+
+HONGBAO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Outside the clone, so CI runs and later sessions on this machine reuse one RocksDB build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hongbao/target}"
+HONGBAO_BIN="$CARGO_TARGET_DIR/release"
+
+ensure_system_deps() {
+  # librocksdb-sys compiles RocksDB from source and generates bindings with libclang.
+  local missing=()
+  command -v clang >/dev/null 2>&1 || missing+=(clang)
+  if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+    missing+=(libclang-dev)
+  fi
+  command -v g++ >/dev/null 2>&1 || missing+=(g++)
+  command -v make >/dev/null 2>&1 || missing+=(make)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing system packages: ${missing[*]}" >&2
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+  fi
+  command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+}
+
+# One profile everywhere: release with overflow checks (see Cargo.toml).
+build_all() {
+  ensure_system_deps
+  (cd "$HONGBAO_ROOT" && cargo build --release --workspace --bins "$@")
+}

@@ -1,0 +1,257 @@
+//! Test harness: real `hongbao-node` and `hongbao-router` processes on loopback, each with its
+//! own RocksDB in a temp dir, talking real gRPC. Used by the multi-process tests in `tests/`.
+
+use hongbao_client::Client;
+use hongbao_topology::Topology;
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where cargo put the binaries: the test executable lives in `<target>/release/deps/`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/release");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built; run scripts/test (it builds every binary first)", p.display());
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("addr").port()
+}
+
+pub struct Spec {
+    pub regions: Vec<&'static str>,
+    pub nodes_per_region: usize,
+    pub routers: bool,
+    pub packet_ttl_ms: Option<u64>,
+    /// Raft: take a snapshot every this many entries (small in tests to exercise snapshots).
+    pub snapshot_every: u64,
+    pub keep_behind_snapshot: u64,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            regions: vec!["shenzhen", "shanghai", "tianjin"],
+            nodes_per_region: 1,
+            routers: false,
+            packet_ttl_ms: None,
+            snapshot_every: 20_000,
+            keep_behind_snapshot: 5_000,
+        }
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub topology_path: PathBuf,
+    pub topology: Topology,
+    nodes: BTreeMap<u64, Child>,
+    routers: BTreeMap<String, Child>,
+}
+
+impl Cluster {
+    /// Writes a topology (3 shards, one homed per region, one replica per region) and starts
+    /// every node (and router).
+    pub fn start(spec: Spec) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("hongbao-test-").tempdir().expect("temp dir");
+        let mut t = String::from("slots = 100\n");
+        t += &format!("regions = [{}]\n", spec.regions.iter().map(|r| format!("{{ name = \"{r}\" }}")).collect::<Vec<_>>().join(", "));
+        t += "nodes = [\n";
+        let mut id = 0u64;
+        let mut by_region: Vec<Vec<u64>> = vec![];
+        for r in &spec.regions {
+            let mut ids = vec![];
+            for _ in 0..spec.nodes_per_region {
+                id += 1;
+                t += &format!("  {{ id = {id}, region = \"{r}\", addr = \"127.0.0.1:{}\", metrics_addr = \"127.0.0.1:{}\" }},\n", free_port(), free_port());
+                ids.push(id);
+            }
+            by_region.push(ids);
+        }
+        t += "]\n";
+        if spec.routers {
+            t += "routers = [\n";
+            for r in &spec.regions {
+                t += &format!("  {{ region = \"{r}\", addr = \"127.0.0.1:{}\" }},\n", free_port());
+            }
+            t += "]\n";
+        }
+        let n = spec.regions.len() as u32;
+        for (i, r) in spec.regions.iter().enumerate() {
+            let i32_ = i as u32;
+            let from = i32_ * 100 / n;
+            let to = (i32_ + 1) * 100 / n;
+            // One replica per region: the k-th node of each region for shard k (mod nodes).
+            let reps: Vec<String> = by_region.iter().map(|ids| ids[i % ids.len()].to_string()).collect();
+            t += &format!("[[shards]]\nid = {}\nhome = \"{r}\"\nreplicas = [{}]\nslots = [[{from}, {to}]]\n", i + 1, reps.join(", "));
+        }
+        t += "[ledger]\n";
+        if let Some(ttl) = spec.packet_ttl_ms {
+            t += &format!("packet_ttl_ms = {ttl}\n");
+        }
+        t += &format!("[raft]\nsnapshot_every = {}\nkeep_behind_snapshot = {}\n", spec.snapshot_every, spec.keep_behind_snapshot);
+        let topology = Topology::parse(&t).unwrap_or_else(|e| panic!("test topology invalid: {e}\n{t}"));
+        let topology_path = dir.path().join("topology.toml");
+        std::fs::write(&topology_path, &t).expect("write topology");
+        let mut c = Cluster { dir, topology_path, topology, nodes: BTreeMap::new(), routers: BTreeMap::new() };
+        let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
+        for id in ids {
+            c.start_node(id);
+        }
+        let regions: Vec<String> = c.topology.routers.iter().map(|r| r.region.clone()).collect();
+        for r in regions {
+            c.start_router(&r);
+        }
+        c
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(format!("{name}.log"))).expect("log file")
+    }
+
+    pub fn start_node(&mut self, id: u64) {
+        assert!(!self.nodes.contains_key(&id), "node {id} already running");
+        let child = Command::new(bin("hongbao-node"))
+            .arg("--topology")
+            .arg(&self.topology_path)
+            .arg("--node-id")
+            .arg(id.to_string())
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("node-{id}")))
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::from(self.log(&format!("node-{id}"))))
+            .stderr(Stdio::from(self.log(&format!("node-{id}"))))
+            .spawn()
+            .expect("start hongbao-node");
+        self.nodes.insert(id, child);
+    }
+
+    pub fn start_router(&mut self, region: &str) {
+        let child = Command::new(bin("hongbao-router"))
+            .arg("--topology")
+            .arg(&self.topology_path)
+            .arg("--region")
+            .arg(region)
+            .stdout(Stdio::from(self.log(&format!("router-{region}"))))
+            .stderr(Stdio::from(self.log(&format!("router-{region}"))))
+            .spawn()
+            .expect("start hongbao-router");
+        self.routers.insert(region.to_string(), child);
+    }
+
+    /// kill -9: no chance to flush anything that was not already synced.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.nodes.remove(&id) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        self.kill(id);
+        self.start_node(id);
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes.contains_key(&id)
+    }
+
+    pub fn signal(&self, id: u64, sig: &str) {
+        if let Some(c) = self.nodes.get(&id) {
+            let _ = Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status();
+        }
+    }
+
+    pub fn nodes_in(&self, region: &str) -> Vec<u64> {
+        self.topology.nodes_in(region).iter().map(|n| n.id).collect()
+    }
+
+    /// A client that talks straight to the nodes (follows NotLeader hints).
+    pub fn node_client(&self) -> Client {
+        Client::new(self.topology.nodes.iter().map(|n| n.addr.clone()).collect())
+    }
+
+    /// A client that talks to the routers, home region first.
+    pub fn router_client(&self, home: &str) -> Client {
+        let mut r: Vec<_> = self.topology.routers.iter().collect();
+        r.sort_by_key(|x| x.region != home);
+        Client::new(r.iter().map(|x| x.addr.clone()).collect())
+    }
+
+    /// Waits until every shard has a leader that answers a linearizable read.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let c = self.node_client().with_deadline(Duration::from_secs(2));
+        let start = Instant::now();
+        loop {
+            let mut ok = true;
+            for s in &self.topology.shards {
+                let user = self.topology.user_in_shard(s.id, 1);
+                if c.balance(user).await.map_err(|e| e.code()).err().map(|code| code != hongbao_proto::ErrorCode::UnknownUser).unwrap_or(false) {
+                    ok = false;
+                }
+            }
+            if ok {
+                return;
+            }
+            assert!(start.elapsed() < timeout, "cluster not ready after {timeout:?}; logs in {}", self.dir.path().display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Who leads each shard right now (from any node that answers).
+    pub async fn leaders(&self) -> BTreeMap<u32, u64> {
+        let c = self.node_client().with_deadline(Duration::from_secs(3));
+        let mut out = BTreeMap::new();
+        if let Ok(st) = c.status().await {
+            for n in st.nodes {
+                for s in n.shards {
+                    if s.role == "leader" {
+                        out.insert(s.shard, n.node);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Keep the temp dir (logs, data) for a failed test to be inspected.
+    pub fn keep_on_failure(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.nodes) {
+            let _ = Command::new("kill").arg("-CONT").arg(c.id().to_string()).status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (_, mut c) in std::mem::take(&mut self.routers) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let kept = self.dir.path().to_path_buf();
+            // Leak the temp dir so its logs survive for the failure report.
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            let _ = dir.keep();
+            eprintln!("cluster logs kept in {}", kept.display());
+            for entry in std::fs::read_dir(&kept).into_iter().flatten().flatten() {
+                let p = entry.path();
+                if p.extension().map(|e| e == "log").unwrap_or(false) {
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                    eprintln!("--- tail of {} ---", p.display());
+                    for l in tail.iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Multi-process tests of the replicated node: real processes, real RocksDB, real gRPC.
+//! Run by `scripts/test` (serially: each test runs its own cluster).
+
+use hongbao_client::{new_request_id, Client};
+use hongbao_proto::v1::BalanceRequest;
+use hongbao_proto::ErrorCode;
+use hongbao_tests::{Cluster, Spec};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const READY: Duration = Duration::from_secs(30);
+
+/// Opens `n` accounts on each shard and returns them.
+async fn open_users(c: &Cluster, client: &Client, per_shard: u64) -> Vec<u64> {
+    let mut users = vec![];
+    for s in &c.topology.shards {
+        let mut u = 1000;
+        for _ in 0..per_shard {
+            u = c.topology.user_in_shard(s.id, u + 1);
+            client.open_account(u, "phone").await.expect("open account");
+            users.push(u);
+        }
+    }
+    users
+}
+
+/// A stale (local replica) balance read from one specific node.
+async fn local_balance(c: &Cluster, node: u64, user: u64) -> Option<u64> {
+    let addr = c.topology.node(node)?.addr.clone();
+    let mut w = hongbao_proto::v1::wallet_client::WalletClient::connect(format!("http://{addr}")).await.ok()?;
+    w.balance(BalanceRequest { user, allow_stale: true }).await.ok().map(|r| r.into_inner().balance_cents)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_replicate_and_a_new_leader_serves_within_bounded_time_after_leader_kill() {
+    let mut c = Cluster::start(Spec::default());
+    c.wait_ready(READY).await;
+    let client = c.node_client();
+    let users = open_users(&c, &client, 2).await;
+    for u in &users {
+        client.top_up(new_request_id(), *u, 10_000).await.expect("top up");
+    }
+    // Every replica applies every write.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in c.topology.nodes.iter().map(|n| n.id).collect::<Vec<_>>() {
+        for u in &users {
+            loop {
+                if local_balance(&c, n, *u).await == Some(10_000) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {n} never applied the top-up of {u}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    let leaders = c.leaders().await;
+    let victim = leaders[&1];
+    let killed_at = Instant::now();
+    c.kill(victim);
+    let user = c.topology.user_in_shard(1, 5000);
+    client.open_account(user, "phone").await.expect("a new leader takes writes");
+    let took = killed_at.elapsed();
+    println!("shard 1 served again {took:?} after its leader (node {victim}) was killed");
+    assert!(took < Duration::from_secs(5), "failover took {took:?}");
+    for u in &users {
+        assert_eq!(client.balance(*u).await.expect("balance").balance_cents, 10_000, "acknowledged top-up lost");
+    }
+
+    // The restarted node catches up by log.
+    client.top_up(new_request_id(), user, 777).await.expect("top up after failover");
+    c.start_node(victim);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while local_balance(&c, victim, user).await != Some(777) {
+        assert!(Instant::now() < deadline, "restarted node {victim} did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_purged_log_catches_up_by_snapshot() {
+    let mut c = Cluster::start(Spec { snapshot_every: 100, keep_behind_snapshot: 20, ..Spec::default() });
+    c.wait_ready(READY).await;
+    let client = c.node_client();
+    let users = open_users(&c, &client, 1).await;
+    let leaders = c.leaders().await;
+    // A node that leads nothing, so writes keep flowing while it is down.
+    let lagger = c.topology.nodes.iter().map(|n| n.id).find(|n| !leaders.values().any(|l| l == n)).unwrap_or(3);
+    c.kill(lagger);
+    let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
+    for i in 0..400u64 {
+        let u = users[(i as usize) % users.len()];
+        client.top_up(new_request_id(), u, 1 + i).await.expect("top up while a node is down");
+        *expected.entry(u).or_default() += 1 + i;
+    }
+    c.start_node(lagger);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (u, want) in &expected {
+        while local_balance(&c, lagger, *u).await != Some(*want) {
+            assert!(Instant::now() < deadline, "node {lagger} did not catch up on user {u}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let log = std::fs::read_to_string(c.dir.path().join(format!("node-{lagger}.log"))).unwrap();
+    assert!(log.contains("snapshot installed"), "node {lagger} should have caught up by snapshot (log was purged)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_the_same_request_id_across_a_leader_change_moves_money_once() {
+    let mut c = Cluster::start(Spec::default());
+    c.wait_ready(READY).await;
+    let client = c.node_client();
+    let user = c.topology.user_in_shard(2, 100);
+    client.open_account(user, "phone").await.unwrap();
+    let rid = new_request_id();
+    let first = client.top_up(rid.clone(), user, 5_000).await.unwrap();
+    assert_eq!(first.balance_cents, 5_000);
+    let old = c.leaders().await[&2];
+    c.kill(old);
+    // Same id, same payload, to whichever node leads now.
+    let again = client.top_up(rid.clone(), user, 5_000).await.unwrap();
+    assert_eq!(again.balance_cents, 5_000, "the retry returns the first result");
+    assert_ne!(c.leaders().await.get(&2), Some(&old));
+    assert_eq!(client.balance(user).await.unwrap().balance_cents, 5_000, "money moved once");
+    // Same id, different payload: its own error, nothing moves.
+    let err = client.top_up(rid, user, 6_000).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::RequestIdReused);
+    assert_eq!(client.balance(user).await.unwrap().balance_cents, 5_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9_of_nodes_and_the_money_adds_up() {
+    let mut c = Cluster::start(Spec { snapshot_every: 300, keep_behind_snapshot: 50, ..Spec::default() });
+    c.wait_ready(READY).await;
+    let client = std::sync::Arc::new(c.node_client().with_deadline(Duration::from_secs(15)));
+    let users = open_users(&c, &client, 3).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Writers: each top-up has its own request id; an unknown outcome is settled by re-sending
+    // the same id until it answers, exactly as a real client must.
+    let mut writers = vec![];
+    for (w, u) in users.iter().copied().enumerate() {
+        let client = client.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = 0u64;
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let amount = 1 + (w as u64 * 7 + i) % 50;
+                let rid = new_request_id();
+                loop {
+                    match client.top_up(rid.clone(), u, amount).await {
+                        Ok(_) => {
+                            acked += amount;
+                            break;
+                        }
+                        Err(e) if e.outcome_unknown() => tokio::time::sleep(Duration::from_millis(50)).await,
+                        Err(e) => panic!("top-up rejected: {e}"),
+                    }
+                }
+            }
+            (u, acked)
+        }));
+    }
+    let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let victim = ids[round % ids.len()];
+        c.kill(victim);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        c.start_node(victim);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for w in writers {
+        let (u, acked) = w.await.unwrap();
+        let b = client.balance(u).await.unwrap().balance_cents;
+        assert_eq!(b, acked, "user {u}: balance {b} but acknowledged top-ups {acked}: lost or doubled");
+        total += acked;
+    }
+    assert!(total > 0, "the workload made progress");
+    let audit = client.audit().await.unwrap();
+    assert!(audit.balanced, "audit: {:?}", audit.problems);
+    assert_eq!(audit.total_topups_cents, total);
+    assert_eq!(audit.total_balances_cents, total);
+}
