@@ -1,0 +1,131 @@
+//! Ledger limits. Part of the replicated behaviour: every replica must use the same values
+//! (they come from the topology file).
+
+use crate::money::Cents;
+use crate::types::RiskGrade;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// Packet total limit on ordinary days (200.00 yuan).
+    pub max_packet_total: Cents,
+    /// (month, day, limit) in China time: e.g. May 20th allows 520.00.
+    pub special_days: Vec<(u32, u32, Cents)>,
+    pub max_count: u32,
+    pub packet_ttl_ms: u64,
+    /// Largest single top-up, withdrawal or transfer.
+    pub max_amount: Cents,
+    /// Withdrawal fee in per mille: 1 = 0.1 %.
+    pub fee_per_mille: u64,
+    pub min_fee: Cents,
+    /// Lifetime fee-free withdrawal per user.
+    pub free_withdrawal: Cents,
+    pub dedup_retention_ms: u64,
+    /// Dedup entries dropped per applied command, so GC cost per command is bounded.
+    pub dedup_gc_per_apply: usize,
+    pub statement_keep: u64,
+    /// Sends, transfers and withdrawals from an unknown device at or above this need a challenge.
+    pub challenge_threshold: Cents,
+    pub challenge_ttl_ms: u64,
+    pub daily_limit_normal: Cents,
+    pub daily_limit_elevated: Cents,
+    /// Longest device id, phrase, greeting (bytes).
+    pub max_string: usize,
+    /// Most entries in one Credit batch.
+    pub max_credit_batch: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            max_packet_total: Cents(200_00),
+            special_days: vec![(5, 20, Cents(520_00))],
+            max_count: 100,
+            packet_ttl_ms: 24 * 3600 * 1000,
+            max_amount: Cents(50_000_00),
+            fee_per_mille: 1,
+            min_fee: Cents(10),
+            free_withdrawal: Cents(1_000_00),
+            dedup_retention_ms: 24 * 3600 * 1000,
+            dedup_gc_per_apply: 16,
+            statement_keep: 1000,
+            challenge_threshold: Cents(100_00),
+            challenge_ttl_ms: 5 * 60 * 1000,
+            daily_limit_normal: Cents(5_000_00),
+            daily_limit_elevated: Cents(1_000_00),
+            max_string: 128,
+            max_credit_batch: 1024,
+        }
+    }
+}
+
+/// Days since 1970-01-01 in China time (UTC+8): the "day" of daily limits.
+pub fn china_day(time_ms: u64) -> u64 {
+    (time_ms + 8 * 3600 * 1000) / 86_400_000
+}
+
+/// (month, day) of a day number (proleptic Gregorian; Howard Hinnant's civil_from_days).
+pub fn month_day(days: u64) -> (u32, u32) {
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (m, d)
+}
+
+impl LedgerConfig {
+    pub fn packet_limit(&self, time_ms: u64) -> Cents {
+        let (m, d) = month_day(china_day(time_ms));
+        self.special_days.iter().find(|(sm, sd, _)| *sm == m && *sd == d).map(|(_, _, c)| *c).unwrap_or(self.max_packet_total)
+    }
+
+    /// None: this grade may not send at all.
+    pub fn daily_limit(&self, grade: RiskGrade) -> Option<Cents> {
+        match grade {
+            RiskGrade::Normal => Some(self.daily_limit_normal),
+            RiskGrade::Elevated => Some(self.daily_limit_elevated),
+            RiskGrade::High => None,
+        }
+    }
+
+    /// Fee on withdrawing `amount` when `already` was withdrawn before (lifetime).
+    /// 0.1 % rounded up to the cent, at least `min_fee`, on the part above the free quota.
+    pub fn withdrawal_fee(&self, amount: Cents, already: Cents) -> Cents {
+        let free_left = self.free_withdrawal.0.saturating_sub(already.0);
+        let chargeable = amount.0.saturating_sub(free_left);
+        if chargeable == 0 {
+            return Cents(0);
+        }
+        let fee = (chargeable as u128 * self.fee_per_mille as u128).div_ceil(1000) as u64;
+        Cents(fee.max(self.min_fee.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar_days_and_special_day_limits() {
+        assert_eq!(month_day(0), (1, 1));
+        // 2026-05-20 00:30 China time = 2026-05-19 16:30 UTC.
+        let t = 1_779_208_200_000u64;
+        assert_eq!(month_day(china_day(t)), (5, 20));
+        let c = LedgerConfig::default();
+        assert_eq!(c.packet_limit(t), Cents(520_00));
+        assert_eq!(c.packet_limit(t - 3600 * 1000), Cents(200_00), "May 19th 23:30 in China");
+    }
+
+    #[test]
+    fn withdrawal_fee_has_a_free_quota_a_minimum_and_rounds_up() {
+        let c = LedgerConfig::default();
+        assert_eq!(c.withdrawal_fee(Cents(500_00), Cents(0)), Cents(0));
+        assert_eq!(c.withdrawal_fee(Cents(1_000_00), Cents(0)), Cents(0));
+        assert_eq!(c.withdrawal_fee(Cents(1_000_01), Cents(0)), Cents(10), "minimum fee");
+        assert_eq!(c.withdrawal_fee(Cents(200_00), Cents(1_000_00)), Cents(20));
+        assert_eq!(c.withdrawal_fee(Cents(123_45), Cents(2_000_00)), Cents(13), "12.345 rounds up");
+    }
+}

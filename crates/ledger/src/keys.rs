@@ -1,0 +1,133 @@
+//! Ledger key layout: one prefix byte per table, big-endian numbers so ranges scan in order.
+//!
+//! | prefix | key                          | value            |
+//! |--------|------------------------------|------------------|
+//! | `t`    | `t`                          | Totals           |
+//! | `a`    | `a user`                     | Account          |
+//! | `m`    | `m user seq`                 | StatementEntry   |
+//! | `p`    | `p packet`                   | Packet           |
+//! | `c`    | `c packet index`             | Claim            |
+//! | `g`    | `g packet grabber`           | claim index (u32)|
+//! | `x`    | `x expires_ms packet`        | () expiry index  |
+//! | `o`    | `o dest seq`                 | CreditEntry      |
+//! | `s`    | `s dest`                     | PairState (sent) |
+//! | `r`    | `r source`                   | PairState (received) |
+//! | `q`    | `q request_id`               | DedupEntry       |
+//! | `d`    | `d time_ms request_id`       | () dedup expiry index |
+//! | `h`    | `h challenge_id`             | Challenge        |
+
+use crate::types::{PacketId, RequestId, ShardId, UserId};
+
+fn k(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut v = vec![prefix];
+    for p in parts {
+        v.extend_from_slice(p);
+    }
+    v
+}
+
+pub fn totals() -> Vec<u8> {
+    vec![b't']
+}
+pub fn account(u: UserId) -> Vec<u8> {
+    k(b'a', &[&u.to_be_bytes()])
+}
+pub fn accounts_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![b'a'], vec![b'a' + 1])
+}
+pub fn statement(u: UserId, seq: u64) -> Vec<u8> {
+    k(b'm', &[&u.to_be_bytes(), &seq.to_be_bytes()])
+}
+pub fn packet(p: PacketId) -> Vec<u8> {
+    k(b'p', &[&p.0.to_be_bytes()])
+}
+pub fn packets_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![b'p'], vec![b'p' + 1])
+}
+pub fn claim(p: PacketId, index: u32) -> Vec<u8> {
+    k(b'c', &[&p.0.to_be_bytes(), &index.to_be_bytes()])
+}
+pub fn claims_of(p: PacketId) -> (Vec<u8>, Vec<u8>) {
+    (k(b'c', &[&p.0.to_be_bytes()]), k(b'c', &[&(p.0 + 1).to_be_bytes()]))
+}
+pub fn grabbed(p: PacketId, u: UserId) -> Vec<u8> {
+    k(b'g', &[&p.0.to_be_bytes(), &u.to_be_bytes()])
+}
+pub fn expiry(expires_ms: u64, p: PacketId) -> Vec<u8> {
+    k(b'x', &[&expires_ms.to_be_bytes(), &p.0.to_be_bytes()])
+}
+/// Expiry index entries with expiry time `< until_ms`.
+pub fn expiry_until(until_ms: u64) -> (Vec<u8>, Vec<u8>) {
+    (vec![b'x'], k(b'x', &[&until_ms.to_be_bytes()]))
+}
+pub fn expiry_packet(key: &[u8]) -> PacketId {
+    PacketId(u64::from_be_bytes(key[9..17].try_into().expect("expiry key layout")))
+}
+pub fn outbox(dest: ShardId, seq: u64) -> Vec<u8> {
+    k(b'o', &[&dest.to_be_bytes(), &seq.to_be_bytes()])
+}
+/// Outbox records to `dest` with seq in `[from_seq, ∞)`.
+pub fn outbox_from(dest: ShardId, from_seq: u64) -> (Vec<u8>, Vec<u8>) {
+    let end = match dest.checked_add(1) {
+        Some(next) => k(b'o', &[&next.to_be_bytes()]),
+        None => vec![b'o' + 1],
+    };
+    (outbox(dest, from_seq), end)
+}
+pub fn outbox_all() -> (Vec<u8>, Vec<u8>) {
+    (vec![b'o'], vec![b'o' + 1])
+}
+pub fn sent(dest: ShardId) -> Vec<u8> {
+    k(b's', &[&dest.to_be_bytes()])
+}
+pub fn sent_all() -> (Vec<u8>, Vec<u8>) {
+    (vec![b's'], vec![b's' + 1])
+}
+pub fn received(source: ShardId) -> Vec<u8> {
+    k(b'r', &[&source.to_be_bytes()])
+}
+pub fn received_all() -> (Vec<u8>, Vec<u8>) {
+    (vec![b'r'], vec![b'r' + 1])
+}
+pub fn shard_of_pair_key(key: &[u8]) -> ShardId {
+    u32::from_be_bytes(key[1..5].try_into().expect("pair key layout"))
+}
+pub fn dedup(id: &RequestId) -> Vec<u8> {
+    k(b'q', &[&id.0])
+}
+pub fn dedup_expiry(time_ms: u64, id: &RequestId) -> Vec<u8> {
+    k(b'd', &[&time_ms.to_be_bytes(), &id.0])
+}
+pub fn dedup_expiry_until(until_ms: u64) -> (Vec<u8>, Vec<u8>) {
+    (vec![b'd'], k(b'd', &[&until_ms.to_be_bytes()]))
+}
+pub fn dedup_expiry_id(key: &[u8]) -> RequestId {
+    RequestId(key[9..25].try_into().expect("dedup expiry key layout"))
+}
+pub fn challenge(id: u64) -> Vec<u8> {
+    k(b'h', &[&id.to_be_bytes()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_range_covers_exactly_one_destination() {
+        let (a, b) = outbox_from(2, 1);
+        assert!(a <= outbox(2, 1) && outbox(2, u64::MAX) < b);
+        assert!(outbox(3, 0) >= b);
+        assert!(outbox(1, u64::MAX) < a);
+        let (a, b) = outbox_from(u32::MAX, 0);
+        assert!(a <= outbox(u32::MAX, u64::MAX) && outbox(u32::MAX, u64::MAX) < b);
+    }
+
+    #[test]
+    fn index_keys_round_trip() {
+        let p = PacketId::new(3, 77);
+        assert_eq!(expiry_packet(&expiry(123, p)), p);
+        let id = RequestId([7; 16]);
+        assert_eq!(dedup_expiry_id(&dedup_expiry(5, &id)), id);
+        assert_eq!(shard_of_pair_key(&sent(9)), 9);
+    }
+}

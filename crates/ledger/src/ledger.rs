@@ -1,0 +1,626 @@
+//! The state machine: `Ledger::apply` runs one command against the state seen through an
+//! overlay of the batch's pending writes.
+//!
+//! Every command follows the same shape (TigerBeetle style): checks in a fixed order, each with
+//! its own code and no side effect; after the last check the command must succeed, so the apply
+//! phase uses `expect` on arithmetic that the checks already proved safe. The conservation
+//! identity is asserted after every command.
+
+use crate::config::{china_day, LedgerConfig};
+use crate::keys;
+use crate::money::Cents;
+use crate::split::{self, fnv1a};
+use crate::state::*;
+use crate::store::{Overlay, Store, WriteSet};
+use crate::types::*;
+
+pub struct Ledger<'a, S: Store + ?Sized> {
+    shard: ShardId,
+    config: &'a LedgerConfig,
+    db: Overlay<'a, S>,
+    totals: Totals,
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).expect("ledger records serialize")
+}
+
+fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> T {
+    // A record that no longer decodes is corruption: stopping beats guessing with money.
+    bincode::deserialize(b).expect("ledger record decodes")
+}
+
+fn add(a: Cents, b: Cents) -> Cents {
+    a.checked_add(b).expect("checked before apply")
+}
+fn sub(a: Cents, b: Cents) -> Cents {
+    a.checked_sub(b).expect("checked before apply")
+}
+
+/// What a command's checks decided: reject with a code, or go ahead.
+type Check<T> = Result<T, Code>;
+
+impl<'a, S: Store + ?Sized> Ledger<'a, S> {
+    pub fn new(shard: ShardId, config: &'a LedgerConfig, store: &'a S) -> Ledger<'a, S> {
+        let totals = store.get(&keys::totals()).map(|b| dec(&b)).unwrap_or_default();
+        Ledger { shard, config, db: Overlay { store, writes: WriteSet::default() }, totals }
+    }
+
+    /// The writes of every command applied so far, to commit in one batch.
+    pub fn into_writes(mut self) -> WriteSet {
+        let t = enc(&self.totals);
+        self.db.put(keys::totals(), t);
+        self.db.writes
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
+        self.db.get(key).map(|b| dec(&b))
+    }
+    fn put<T: serde::Serialize>(&mut self, key: Vec<u8>, v: &T) {
+        self.db.put(key, enc(v));
+    }
+
+    /// Applies one command. Never panics on bad input: every rejection is a code.
+    pub fn apply(&mut self, req: &Request) -> Outcome {
+        // Time only from the command, and never backwards.
+        let now = req.time_ms.max(self.totals.last_time_ms);
+        self.totals.last_time_ms = now;
+        self.gc_dedup(now);
+
+        let system = req.cmd.is_system();
+        let fingerprint = fnv1a(&[&enc(&req.cmd)]);
+        if !system {
+            if let Some(seen) = self.get::<DedupEntry>(&keys::dedup(&req.id)) {
+                return if seen.fingerprint == fingerprint { seen.outcome } else { Outcome::err(Code::RequestIdReused) };
+            }
+        }
+        let outcome = self.execute(req, now);
+        if !system {
+            self.put(keys::dedup(&req.id), &DedupEntry { fingerprint, time_ms: now, outcome: outcome.clone() });
+            self.db.put(keys::dedup_expiry(now, &req.id), vec![]);
+        }
+        assert!(self.totals.identity_holds(), "conservation broken after {:?}: {:?}", req.cmd, self.totals);
+        outcome
+    }
+
+    /// Forgets request ids older than the retention, a bounded number per command.
+    fn gc_dedup(&mut self, now: u64) {
+        let Some(until) = now.checked_sub(self.config.dedup_retention_ms) else { return };
+        let (a, b) = keys::dedup_expiry_until(until);
+        for (k, _) in self.db.scan(&a, &b, self.config.dedup_gc_per_apply) {
+            let id = keys::dedup_expiry_id(&k);
+            self.db.delete(keys::dedup(&id));
+            self.db.delete(k);
+        }
+    }
+
+    fn execute(&mut self, req: &Request, now: u64) -> Outcome {
+        let res = match &req.cmd {
+            Command::OpenAccount { user, device } => self.open_account(*user, device),
+            Command::TopUp { user, amount } => self.top_up(req, now, *user, *amount),
+            Command::Withdraw { user, amount, device, verification } => self.withdraw(req, now, *user, *amount, device, verification.as_ref()),
+            Command::Transfer { from, to, to_shard, amount, device, verification } => {
+                self.transfer(req, now, *from, *to, *to_shard, *amount, device, verification.as_ref())
+            }
+            Command::SendPacket { sender, kind, device, verification, greeting } => self.send_packet(req, now, *sender, kind, device, verification.as_ref(), greeting),
+            Command::Grab { packet, grabber, grabber_shard, password } => self.grab(req, now, *packet, *grabber, *grabber_shard, password.as_deref()),
+            Command::Credit { source, entries } => self.credit(req, now, *source, entries),
+            Command::MarkDelivered { dest, up_to_seq } => self.mark_delivered(*dest, *up_to_seq),
+            Command::ExpirePacket { packet } => self.expire(req, now, *packet),
+            Command::SetRisk { user, frozen, grade } => self.set_risk(*user, *frozen, *grade),
+        };
+        match res {
+            Ok(o) => o,
+            Err(code) => Outcome::err(code),
+        }
+    }
+
+    // ------------------------------------------------------------------ helpers
+
+    fn account(&self, user: UserId) -> Check<Account> {
+        self.get(&keys::account(user)).ok_or(Code::UnknownUser)
+    }
+
+    fn valid_string(&self, s: &str, allow_empty: bool) -> Check<()> {
+        if (!allow_empty && s.is_empty()) || s.len() > self.config.max_string {
+            return Err(Code::InvalidArgument);
+        }
+        Ok(())
+    }
+
+    fn check_amount(&self, amount: Cents) -> Check<()> {
+        if amount.is_zero() {
+            return Err(Code::AmountZero);
+        }
+        if amount > self.config.max_amount {
+            return Err(Code::AmountOverflow);
+        }
+        Ok(())
+    }
+
+    /// Frozen, risk grade and daily limit, for money leaving by send or transfer.
+    fn check_sender(&self, acct: &Account, amount: Cents, now: u64) -> Check<()> {
+        if acct.frozen {
+            return Err(Code::AccountFrozen);
+        }
+        let limit = self.config.daily_limit(acct.grade).ok_or(Code::RiskGradeBlocked)?;
+        let today = if acct.day == china_day(now) { acct.sent_today } else { Cents(0) };
+        let after = today.checked_add(amount).ok_or(Code::AmountOverflow)?;
+        if after > limit {
+            return Err(Code::DailyLimitExceeded);
+        }
+        Ok(())
+    }
+
+    /// New device at or above the threshold needs a live challenge. Returns Ok(Some(id)) when a
+    /// verification will be consumed, Ok(None) when none is needed, Err(ChallengeRequired) with
+    /// a fresh challenge created (the one state change a rejection makes: issuing the code).
+    fn check_device(&mut self, req: &Request, now: u64, acct: &mut Account, device: &str, amount: Cents, v: Option<&Verification>) -> Result<Option<u64>, Outcome> {
+        if device == acct.device || amount < self.config.challenge_threshold {
+            return Ok(None);
+        }
+        match v {
+            None => {
+                let id = self.totals.next_challenge;
+                self.totals.next_challenge += 1;
+                let code = (fnv1a(&[&req.id.0, &id.to_be_bytes()]) % 1_000_000) as u32;
+                self.put(keys::challenge(id), &Challenge { user: acct.user, code, expires_ms: now + self.config.challenge_ttl_ms, used: false });
+                acct.last_challenge = Some(id);
+                self.put(keys::account(acct.user), &*acct);
+                Err(Outcome { code: Code::ChallengeRequired, reply: Reply::Challenge { challenge_id: id } })
+            }
+            Some(v) => match self.get::<Challenge>(&keys::challenge(v.challenge_id)) {
+                Some(c) if c.user == acct.user && !c.used && now < c.expires_ms && c.code == v.code => Ok(Some(v.challenge_id)),
+                _ => Err(Outcome::err(Code::ChallengeInvalid)),
+            },
+        }
+    }
+
+    fn use_challenge(&mut self, id: Option<u64>) {
+        if let Some(id) = id {
+            let mut c: Challenge = self.get(&keys::challenge(id)).expect("checked challenge exists");
+            c.used = true;
+            self.put(keys::challenge(id), &c);
+        }
+    }
+
+    fn statement(&mut self, acct: &mut Account, now: u64, kind: EntryKind, delta: i64, req: &Request) {
+        let e = StatementEntry { time_ms: now, kind, delta, balance_after: acct.balance, request: req.id };
+        self.put(keys::statement(acct.user, acct.stmt_next), &e);
+        acct.stmt_next += 1;
+        // Keep a bounded history: drop the oldest entry once over the limit.
+        while acct.stmt_next - acct.stmt_first > self.config.statement_keep {
+            self.db.delete(keys::statement(acct.user, acct.stmt_first));
+            acct.stmt_first += 1;
+        }
+    }
+
+    fn new_account(user: UserId, device: &str) -> Account {
+        Account {
+            user,
+            balance: Cents(0),
+            frozen: false,
+            grade: RiskGrade::Normal,
+            device: device.to_string(),
+            withdrawn: Cents(0),
+            day: 0,
+            sent_today: Cents(0),
+            stmt_first: 0,
+            stmt_next: 0,
+            last_challenge: None,
+        }
+    }
+
+    fn credit_wallet(&mut self, acct: &mut Account, amount: Cents) {
+        acct.balance = add(acct.balance, amount);
+        self.totals.balances = add(self.totals.balances, amount);
+    }
+
+    fn debit_wallet(&mut self, acct: &mut Account, amount: Cents) {
+        acct.balance = sub(acct.balance, amount);
+        self.totals.balances = sub(self.totals.balances, amount);
+    }
+
+    fn count_sent(acct: &mut Account, amount: Cents, now: u64) {
+        let day = china_day(now);
+        if acct.day != day {
+            acct.day = day;
+            acct.sent_today = Cents(0);
+        }
+        acct.sent_today = add(acct.sent_today, amount);
+    }
+
+    /// Queues money for a user on another shard: an outbox record with the next sequence number.
+    fn outbox(&mut self, dest: ShardId, user: UserId, amount: Cents, origin: Origin) {
+        let mut pair: PairState = self.get(&keys::sent(dest)).unwrap_or_default();
+        pair.seq += 1;
+        pair.cents = add(pair.cents, amount);
+        self.put(keys::sent(dest), &pair);
+        self.put(keys::outbox(dest, pair.seq), &CreditEntry { seq: pair.seq, user, amount, origin });
+        self.totals.outbox_pending = add(self.totals.outbox_pending, amount);
+        self.totals.outbox_records += 1;
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    fn open_account(&mut self, user: UserId, device: &str) -> Check<Outcome> {
+        if user == 0 {
+            return Err(Code::InvalidArgument);
+        }
+        self.valid_string(device, false)?;
+        if self.get::<Account>(&keys::account(user)).is_some() {
+            return Err(Code::UserExists);
+        }
+        let acct = Self::new_account(user, device);
+        self.put(keys::account(user), &acct);
+        self.totals.accounts += 1;
+        Ok(Outcome::ok(Reply::Wallet { user, balance: Cents(0), fee: Cents(0), credit_in_flight: false }))
+    }
+
+    fn top_up(&mut self, req: &Request, now: u64, user: UserId, amount: Cents) -> Check<Outcome> {
+        self.check_amount(amount)?;
+        let mut acct = self.account(user)?;
+        if acct.balance.checked_add(amount).is_none() || self.totals.topups.checked_add(amount).is_none() || self.totals.balances.checked_add(amount).is_none() {
+            return Err(Code::AmountOverflow);
+        }
+        // After this point the top-up must succeed.
+        self.credit_wallet(&mut acct, amount);
+        self.totals.topups = add(self.totals.topups, amount);
+        self.statement(&mut acct, now, EntryKind::TopUp, amount.0 as i64, req);
+        self.put(keys::account(user), &acct);
+        Ok(Outcome::ok(Reply::Wallet { user, balance: acct.balance, fee: Cents(0), credit_in_flight: false }))
+    }
+
+    fn withdraw(&mut self, req: &Request, now: u64, user: UserId, amount: Cents, device: &str, v: Option<&Verification>) -> Check<Outcome> {
+        self.check_amount(amount)?;
+        self.valid_string(device, true)?;
+        let mut acct = self.account(user)?;
+        if acct.frozen {
+            return Err(Code::AccountFrozen);
+        }
+        let fee = self.config.withdrawal_fee(amount, acct.withdrawn);
+        let cost = amount.checked_add(fee).ok_or(Code::AmountOverflow)?;
+        if acct.balance < cost {
+            return Err(Code::InsufficientFunds);
+        }
+        if acct.withdrawn.checked_add(amount).is_none() || self.totals.withdrawals.checked_add(amount).is_none() || self.totals.fees.checked_add(fee).is_none() {
+            return Err(Code::AmountOverflow);
+        }
+        let challenge = match self.check_device(req, now, &mut acct, device, amount, v) {
+            Ok(c) => c,
+            Err(o) => return Ok(o),
+        };
+        // After this point the withdrawal must succeed.
+        self.use_challenge(challenge);
+        self.debit_wallet(&mut acct, cost);
+        acct.withdrawn = add(acct.withdrawn, amount);
+        self.totals.withdrawals = add(self.totals.withdrawals, amount);
+        self.totals.fees = add(self.totals.fees, fee);
+        self.statement(&mut acct, now, EntryKind::Withdraw { fee }, -(cost.0 as i64), req);
+        self.put(keys::account(user), &acct);
+        Ok(Outcome::ok(Reply::Wallet { user, balance: acct.balance, fee, credit_in_flight: false }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transfer(&mut self, req: &Request, now: u64, from: UserId, to: UserId, to_shard: ShardId, amount: Cents, device: &str, v: Option<&Verification>) -> Check<Outcome> {
+        self.check_amount(amount)?;
+        self.valid_string(device, true)?;
+        if from == to {
+            return Err(Code::SelfTransfer);
+        }
+        if to == 0 || to_shard == 0 {
+            return Err(Code::InvalidArgument);
+        }
+        let mut src = self.account(from)?;
+        let local = to_shard == self.shard;
+        let mut dst = if local { Some(self.account(to)?) } else { None };
+        self.check_sender(&src, amount, now)?;
+        if src.balance < amount {
+            return Err(Code::InsufficientFunds);
+        }
+        if let Some(d) = &dst {
+            if d.balance.checked_add(amount).is_none() {
+                return Err(Code::AmountOverflow);
+            }
+        }
+        let challenge = match self.check_device(req, now, &mut src, device, amount, v) {
+            Ok(c) => c,
+            Err(o) => return Ok(o),
+        };
+        // After this point the transfer must succeed.
+        self.use_challenge(challenge);
+        self.debit_wallet(&mut src, amount);
+        Self::count_sent(&mut src, amount, now);
+        self.statement(&mut src, now, EntryKind::TransferOut { to, to_shard }, -(amount.0 as i64), req);
+        self.put(keys::account(from), &src);
+        match dst.as_mut() {
+            Some(d) => {
+                self.credit_wallet(d, amount);
+                self.statement(d, now, EntryKind::TransferIn { from, from_shard: self.shard }, amount.0 as i64, req);
+                self.put(keys::account(to), &*d);
+            }
+            None => self.outbox(to_shard, to, amount, Origin::Transfer { from }),
+        }
+        Ok(Outcome::ok(Reply::Wallet { user: from, balance: src.balance, fee: Cents(0), credit_in_flight: !local }))
+    }
+
+    /// Validates a packet's shape; returns (total, count).
+    fn check_kind(&self, sender: UserId, kind: &PacketKind, now: u64) -> Check<(Cents, u32)> {
+        let count_ok = |c: u32| if c == 0 || c > self.config.max_count { Err(Code::CountOutOfRange) } else { Ok(()) };
+        let (total, count) = match kind {
+            PacketKind::Lucky { total, count } => {
+                count_ok(*count)?;
+                (*total, *count)
+            }
+            PacketKind::Password { total, count, phrase } => {
+                count_ok(*count)?;
+                self.valid_string(phrase, false)?;
+                (*total, *count)
+            }
+            PacketKind::Fixed { per_share, count } => {
+                count_ok(*count)?;
+                if per_share.is_zero() {
+                    return Err(Code::AmountZero);
+                }
+                let total = per_share.0.checked_mul(*count as u64).ok_or(Code::AmountOverflow)?;
+                (Cents(total), *count)
+            }
+            PacketKind::Exclusive { amount, recipient, recipient_shard } => {
+                if *recipient == sender {
+                    return Err(Code::SelfTransfer);
+                }
+                if *recipient == 0 || *recipient_shard == 0 {
+                    return Err(Code::InvalidArgument);
+                }
+                (*amount, 1)
+            }
+        };
+        if total.is_zero() {
+            return Err(Code::AmountZero);
+        }
+        if total > self.config.packet_limit(now) {
+            return Err(Code::TotalTooLarge);
+        }
+        if total.0 < count as u64 {
+            return Err(Code::ShareTooSmall);
+        }
+        Ok((total, count))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_packet(&mut self, req: &Request, now: u64, sender: UserId, kind: &PacketKind, device: &str, v: Option<&Verification>, greeting: &str) -> Check<Outcome> {
+        self.valid_string(device, true)?;
+        self.valid_string(greeting, true)?;
+        let (total, count) = self.check_kind(sender, kind, now)?;
+        let mut acct = self.account(sender)?;
+        self.check_sender(&acct, total, now)?;
+        if acct.balance < total {
+            return Err(Code::InsufficientFunds);
+        }
+        if self.totals.escrow.checked_add(total).is_none() || self.totals.next_packet_seq + 1 >= (1 << PacketId::SEQ_BITS) {
+            return Err(Code::AmountOverflow);
+        }
+        let challenge = match self.check_device(req, now, &mut acct, device, total, v) {
+            Ok(c) => c,
+            Err(o) => return Ok(o),
+        };
+        // After this point the send must succeed.
+        self.use_challenge(challenge);
+        self.totals.next_packet_seq += 1;
+        let id = PacketId::new(self.shard, self.totals.next_packet_seq);
+        let seed = fnv1a(&[&req.id.0, &self.shard.to_be_bytes(), &id.0.to_be_bytes()]);
+        let expires_ms = now + self.config.packet_ttl_ms;
+        self.debit_wallet(&mut acct, total);
+        Self::count_sent(&mut acct, total, now);
+        self.totals.escrow = add(self.totals.escrow, total);
+        self.totals.open_packets += 1;
+        self.statement(&mut acct, now, EntryKind::PacketSend { packet: id }, -(total.0 as i64), req);
+        self.put(keys::account(sender), &acct);
+        let p = Packet {
+            id,
+            sender,
+            kind: kind.clone(),
+            total,
+            count,
+            remaining: total,
+            remaining_count: count,
+            seed,
+            created_ms: now,
+            expires_ms,
+            refunded: None,
+            greeting: greeting.to_string(),
+        };
+        self.put(keys::packet(id), &p);
+        self.db.put(keys::expiry(expires_ms, id), vec![]);
+        Ok(Outcome::ok(Reply::Sent { packet: id, expires_ms, balance: acct.balance }))
+    }
+
+    fn grab(&mut self, req: &Request, now: u64, packet: PacketId, grabber: UserId, grabber_shard: ShardId, password: Option<&str>) -> Check<Outcome> {
+        if packet.shard() != self.shard {
+            return Err(Code::WrongShard);
+        }
+        if grabber == 0 || grabber_shard == 0 {
+            return Err(Code::InvalidArgument);
+        }
+        let mut p: Packet = self.get(&keys::packet(packet)).ok_or(Code::UnknownPacket)?;
+        if self.db.get(&keys::grabbed(packet, grabber)).is_some() {
+            return Err(Code::AlreadyGrabbed);
+        }
+        if now >= p.expires_ms || p.refunded.is_some() {
+            return Err(Code::PacketExpired);
+        }
+        if p.remaining_count == 0 {
+            return Err(Code::PacketExhausted);
+        }
+        match &p.kind {
+            PacketKind::Exclusive { recipient, .. } if *recipient != grabber => return Err(Code::NotRecipient),
+            PacketKind::Password { phrase, .. } if password != Some(phrase.as_str()) => return Err(Code::WrongPassword),
+            _ => {}
+        }
+        let local = grabber_shard == self.shard;
+        let mut wallet = if local { Some(self.account(grabber)?) } else { None };
+        let index = p.count - p.remaining_count;
+        let amount = match &p.kind {
+            PacketKind::Lucky { .. } | PacketKind::Password { .. } => Cents(split::share(p.seed, index, p.remaining.0, p.remaining_count)),
+            PacketKind::Fixed { per_share, .. } => *per_share,
+            PacketKind::Exclusive { amount, .. } => *amount,
+        };
+        assert!(amount.0 >= 1 && amount <= p.remaining, "share within what is left");
+        assert!(p.remaining.0 - amount.0 >= (p.remaining_count - 1) as u64, "a cent left for every later share");
+        if let Some(w) = &wallet {
+            if w.balance.checked_add(amount).is_none() {
+                return Err(Code::AmountOverflow);
+            }
+        }
+        // After this point the grab must succeed.
+        p.remaining = sub(p.remaining, amount);
+        p.remaining_count -= 1;
+        self.totals.escrow = sub(self.totals.escrow, amount);
+        if p.remaining_count == 0 {
+            assert!(p.remaining.is_zero(), "a fully grabbed packet has nothing left");
+            self.db.delete(keys::expiry(p.expires_ms, packet));
+            self.totals.open_packets -= 1;
+        }
+        self.put(keys::packet(packet), &p);
+        self.put(keys::claim(packet, index), &Claim { grabber, amount, index, time_ms: now });
+        self.put(keys::grabbed(packet, grabber), &index);
+        match wallet.as_mut() {
+            Some(w) => {
+                self.credit_wallet(w, amount);
+                self.statement(w, now, EntryKind::PacketGrab { packet }, amount.0 as i64, req);
+                self.put(keys::account(grabber), &*w);
+            }
+            None => self.outbox(grabber_shard, grabber, amount, Origin::Grab { packet }),
+        }
+        Ok(Outcome::ok(Reply::Grabbed { packet, amount, index, remaining_count: p.remaining_count, remaining: p.remaining, credit_in_flight: !local }))
+    }
+
+    fn credit(&mut self, req: &Request, now: u64, source: ShardId, entries: &[CreditEntry]) -> Check<Outcome> {
+        if source == self.shard || source == 0 || entries.is_empty() || entries.len() > self.config.max_credit_batch {
+            return Err(Code::InvalidArgument);
+        }
+        let mut pair: PairState = self.get(&keys::received(source)).unwrap_or_default();
+        // Pass 1, no side effects: order, amounts and overflow.
+        let mut expect = pair.seq + 1;
+        let mut sum = Cents(0);
+        let mut per_user: std::collections::BTreeMap<UserId, Cents> = Default::default();
+        for e in entries {
+            if e.seq < expect {
+                continue; // already applied: a redelivery
+            }
+            if e.seq > expect {
+                return Err(Code::CreditOutOfOrder);
+            }
+            if e.amount.is_zero() || e.user == 0 {
+                return Err(Code::InvalidArgument);
+            }
+            expect += 1;
+            sum = sum.checked_add(e.amount).ok_or(Code::AmountOverflow)?;
+            let u = per_user.entry(e.user).or_default();
+            *u = u.checked_add(e.amount).ok_or(Code::AmountOverflow)?;
+        }
+        for (user, amount) in &per_user {
+            let bal = self.get::<Account>(&keys::account(*user)).map(|a| a.balance).unwrap_or_default();
+            if bal.checked_add(*amount).is_none() {
+                return Err(Code::AmountOverflow);
+            }
+        }
+        if self.totals.balances.checked_add(sum).is_none() || self.totals.credits_in.checked_add(sum).is_none() || pair.cents.checked_add(sum).is_none() {
+            return Err(Code::AmountOverflow);
+        }
+        // After this point the credit must succeed.
+        let (mut applied, mut skipped) = (0u32, 0u32);
+        for e in entries {
+            if e.seq <= pair.seq {
+                skipped += 1;
+                continue;
+            }
+            let mut acct = match self.get::<Account>(&keys::account(e.user)) {
+                Some(a) => a,
+                None => {
+                    // Money is never bounced: a wallet that does not exist yet is opened.
+                    self.totals.accounts += 1;
+                    Self::new_account(e.user, "")
+                }
+            };
+            self.credit_wallet(&mut acct, e.amount);
+            let kind = match e.origin {
+                Origin::Transfer { from } => EntryKind::TransferIn { from, from_shard: source },
+                Origin::Grab { packet } => EntryKind::PacketGrab { packet },
+            };
+            self.statement(&mut acct, now, kind, e.amount.0 as i64, req);
+            self.put(keys::account(e.user), &acct);
+            pair.seq = e.seq;
+            pair.cents = add(pair.cents, e.amount);
+            self.totals.credits_in = add(self.totals.credits_in, e.amount);
+            applied += 1;
+        }
+        self.put(keys::received(source), &pair);
+        Ok(Outcome::ok(Reply::Credited { applied, skipped }))
+    }
+
+    fn mark_delivered(&mut self, dest: ShardId, up_to: u64) -> Check<Outcome> {
+        let sent: PairState = self.get(&keys::sent(dest)).unwrap_or_default();
+        if up_to > sent.seq {
+            return Err(Code::InvalidArgument);
+        }
+        let (a, _) = keys::outbox_from(dest, 0);
+        let b = keys::outbox(dest, up_to.saturating_add(1));
+        let rows = self.db.scan(&a, &b, self.config.max_credit_batch * 4);
+        // After this point the command must succeed.
+        let mut amount = Cents(0);
+        let n = rows.len() as u32;
+        for (k, v) in rows {
+            let e: CreditEntry = dec(&v);
+            amount = add(amount, e.amount);
+            self.db.delete(k);
+        }
+        self.totals.outbox_pending = sub(self.totals.outbox_pending, amount);
+        self.totals.credits_out_delivered = add(self.totals.credits_out_delivered, amount);
+        self.totals.outbox_records -= n as u64;
+        Ok(Outcome::ok(Reply::Delivered { records: n, amount }))
+    }
+
+    fn expire(&mut self, req: &Request, now: u64, packet: PacketId) -> Check<Outcome> {
+        if packet.shard() != self.shard {
+            return Err(Code::WrongShard);
+        }
+        let mut p: Packet = self.get(&keys::packet(packet)).ok_or(Code::UnknownPacket)?;
+        if !p.is_open() {
+            // Already refunded or fully grabbed: nothing to do, and that is fine (the sweeper
+            // may re-send after a leader change).
+            return Ok(Outcome::ok(Reply::Expired { refunded: Cents(0) }));
+        }
+        if now < p.expires_ms {
+            return Err(Code::PacketNotExpired);
+        }
+        let mut sender = self.account(p.sender)?;
+        if sender.balance.checked_add(p.remaining).is_none() {
+            return Err(Code::AmountOverflow);
+        }
+        // After this point the refund must succeed.
+        let refund = p.remaining;
+        self.totals.escrow = sub(self.totals.escrow, refund);
+        self.credit_wallet(&mut sender, refund);
+        self.statement(&mut sender, now, EntryKind::PacketRefund { packet }, refund.0 as i64, req);
+        self.put(keys::account(p.sender), &sender);
+        p.remaining = Cents(0);
+        p.refunded = Some(refund);
+        self.db.delete(keys::expiry(p.expires_ms, packet));
+        self.totals.open_packets -= 1;
+        self.put(keys::packet(packet), &p);
+        Ok(Outcome::ok(Reply::Expired { refunded: refund }))
+    }
+
+    fn set_risk(&mut self, user: UserId, frozen: bool, grade: RiskGrade) -> Check<Outcome> {
+        let mut acct = self.account(user)?;
+        acct.frozen = frozen;
+        acct.grade = grade;
+        self.put(keys::account(user), &acct);
+        Ok(Outcome::ok(Reply::Risk { user, frozen, grade }))
+    }
+}

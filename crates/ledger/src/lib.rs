@@ -1,0 +1,32 @@
+//! hongbao-ledger: the money rules of hongbao as a pure, deterministic state machine.
+//!
+//! No I/O, no clock, no threads: the same commands applied to the same state give the same
+//! bytes on every replica. The node runs it inside openraft's state machine, backed by RocksDB;
+//! tests run it on `MemStore`.
+//!
+//! - `types`: commands (`Command`), results (`Outcome`, `Code`, `Reply`), ids.
+//! - `ledger`: `Ledger::apply`, checks in a fixed order, then an apply phase that must succeed.
+//! - `split`: the double-average lucky split.
+//! - `view`: read-only queries, the relay's outbox, the sweeper's expired packets, the audit.
+//! - `store`: the tiny storage trait (`get`, `scan`) and the `WriteSet` a batch produces.
+//! - `keys`, `state`: key layout and records.
+//!
+//! Conservation, per shard, asserted after every command and recomputed by `view::audit`:
+//! `Σ balances + escrow + outbox pending + fees = top-ups − withdrawals + credits in − credits out`.
+
+pub mod config;
+pub mod keys;
+pub mod ledger;
+pub mod money;
+pub mod split;
+pub mod state;
+pub mod store;
+pub mod types;
+pub mod view;
+
+pub use config::LedgerConfig;
+pub use ledger::Ledger;
+pub use money::Cents;
+pub use state::{Account, Claim, Packet, PairState, StatementEntry, Totals};
+pub use store::{MemStore, Store, WriteSet};
+pub use types::*;

@@ -1,0 +1,143 @@
+//! Records the ledger keeps (bincode values under the keys of `keys.rs`).
+
+use crate::money::Cents;
+use crate::types::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub user: UserId,
+    pub balance: Cents,
+    pub frozen: bool,
+    pub grade: RiskGrade,
+    /// The device the account was opened on ("" for wallets opened by an incoming credit).
+    pub device: String,
+    /// Lifetime withdrawn, for the fee-free quota.
+    pub withdrawn: Cents,
+    /// China day of `sent_today`.
+    pub day: u64,
+    pub sent_today: Cents,
+    /// Statement entries are numbered `stmt_first .. stmt_next`.
+    pub stmt_first: u64,
+    pub stmt_next: u64,
+    pub last_challenge: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Packet {
+    pub id: PacketId,
+    pub sender: UserId,
+    pub kind: PacketKind,
+    pub total: Cents,
+    pub count: u32,
+    pub remaining: Cents,
+    pub remaining_count: u32,
+    pub seed: u64,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    /// Set once the remainder went back to the sender.
+    pub refunded: Option<Cents>,
+    pub greeting: String,
+}
+
+impl Packet {
+    /// Still holds escrow: neither fully grabbed nor refunded.
+    pub fn is_open(&self) -> bool {
+        self.remaining_count > 0 && self.refunded.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub grabber: UserId,
+    pub amount: Cents,
+    pub index: u32,
+    pub time_ms: u64,
+}
+
+/// Running aggregates of one shard, updated by every command; the conservation identity is
+/// asserted on them after every apply and recomputed from the records by `view::audit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub balances: Cents,
+    pub escrow: Cents,
+    pub outbox_pending: Cents,
+    pub fees: Cents,
+    pub topups: Cents,
+    pub withdrawals: Cents,
+    pub credits_in: Cents,
+    pub credits_out_delivered: Cents,
+    pub accounts: u64,
+    pub open_packets: u64,
+    pub outbox_records: u64,
+    /// Highest command time applied: time only moves forward.
+    pub last_time_ms: u64,
+    pub next_packet_seq: u64,
+    pub next_challenge: u64,
+}
+
+impl Totals {
+    /// Σ balances + escrow + outbox + fees = top-ups − withdrawals + credits in − credits out,
+    /// written without subtraction so it cannot underflow.
+    pub fn identity_holds(&self) -> bool {
+        let held = self.balances.0 as u128 + self.escrow.0 as u128 + self.outbox_pending.0 as u128 + self.fees.0 as u128;
+        held + self.withdrawals.0 as u128 + self.credits_out_delivered.0 as u128 == self.topups.0 as u128 + self.credits_in.0 as u128
+    }
+}
+
+/// Per shard pair: sequence and cumulative cents (sent to a destination, or received from a source).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairState {
+    pub seq: u64,
+    pub cents: Cents,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupEntry {
+    pub fingerprint: u64,
+    pub time_ms: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    pub user: UserId,
+    pub code: u32,
+    pub expires_ms: u64,
+    pub used: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    TopUp,
+    Withdraw { fee: Cents },
+    TransferOut { to: UserId, to_shard: ShardId },
+    TransferIn { from: UserId, from_shard: ShardId },
+    PacketSend { packet: PacketId },
+    PacketGrab { packet: PacketId },
+    PacketRefund { packet: PacketId },
+}
+
+impl EntryKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EntryKind::TopUp => "topup",
+            EntryKind::Withdraw { .. } => "withdraw",
+            EntryKind::TransferOut { .. } => "transfer_out",
+            EntryKind::TransferIn { .. } => "transfer_in",
+            EntryKind::PacketSend { .. } => "packet_send",
+            EntryKind::PacketGrab { .. } => "packet_grab",
+            EntryKind::PacketRefund { .. } => "packet_refund",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementEntry {
+    pub time_ms: u64,
+    pub kind: EntryKind,
+    /// Signed change of the balance in cents.
+    pub delta: i64,
+    pub balance_after: Cents,
+    pub request: RequestId,
+}

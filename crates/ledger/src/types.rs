@@ -1,0 +1,247 @@
+//! Commands, results and ids: what goes into the Raft log and what comes back.
+
+use crate::money::Cents;
+use serde::{Deserialize, Serialize};
+
+pub type UserId = u64;
+pub type ShardId = u32;
+
+/// A client-chosen id for a mutating request; retries reuse it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub [u8; 16]);
+
+/// A packet id carries the shard that owns the packet in its high 16 bits, so a router finds
+/// the packet without a lookup; the low 48 bits are a per-shard sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PacketId(pub u64);
+
+impl PacketId {
+    pub const SEQ_BITS: u32 = 48;
+    pub fn new(shard: ShardId, seq: u64) -> PacketId {
+        assert!(shard <= u16::MAX as u32, "shard id fits 16 bits");
+        assert!(seq < (1 << Self::SEQ_BITS), "packet sequence fits 48 bits");
+        PacketId(((shard as u64) << Self::SEQ_BITS) | seq)
+    }
+    pub fn shard(self) -> ShardId {
+        (self.0 >> Self::SEQ_BITS) as ShardId
+    }
+}
+
+/// One replicated command, stamped by the Raft leader with its time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: RequestId,
+    /// Leader's wall clock in ms; the ledger clamps it to be monotonic.
+    pub time_ms: u64,
+    pub cmd: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    pub challenge_id: u64,
+    pub code: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RiskGrade {
+    Normal,
+    Elevated,
+    /// May receive, but not send or transfer.
+    High,
+}
+
+impl RiskGrade {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RiskGrade::Normal => "normal",
+            RiskGrade::Elevated => "elevated",
+            RiskGrade::High => "high",
+        }
+    }
+    pub fn parse(s: &str) -> Option<RiskGrade> {
+        match s {
+            "normal" | "" => Some(RiskGrade::Normal),
+            "elevated" => Some(RiskGrade::Elevated),
+            "high" => Some(RiskGrade::High),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PacketKind {
+    /// `total` split at grab time by the double-average rule.
+    Lucky { total: Cents, count: u32 },
+    /// `count` shares of `per_share`.
+    Fixed { per_share: Cents, count: u32 },
+    /// One named recipient takes it all.
+    Exclusive { amount: Cents, recipient: UserId, recipient_shard: ShardId },
+    /// Lucky split; the grabber must send `phrase`.
+    Password { total: Cents, count: u32, phrase: String },
+}
+
+/// Why money arrives from another shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Origin {
+    Transfer { from: UserId },
+    Grab { packet: PacketId },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditEntry {
+    /// Per (source, destination) sequence number, contiguous from 1.
+    pub seq: u64,
+    pub user: UserId,
+    pub amount: Cents,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    OpenAccount { user: UserId, device: String },
+    TopUp { user: UserId, amount: Cents },
+    Withdraw { user: UserId, amount: Cents, device: String, verification: Option<Verification> },
+    /// `to_shard` is computed by the node from the slot table.
+    Transfer { from: UserId, to: UserId, to_shard: ShardId, amount: Cents, device: String, verification: Option<Verification> },
+    SendPacket { sender: UserId, kind: PacketKind, device: String, verification: Option<Verification>, greeting: String },
+    Grab { packet: PacketId, grabber: UserId, grabber_shard: ShardId, password: Option<String> },
+    /// Money from another shard's outbox (the relay); idempotent by sequence number.
+    Credit { source: ShardId, entries: Vec<CreditEntry> },
+    /// The destination has applied everything up to `up_to_seq`; drop those outbox records.
+    MarkDelivered { dest: ShardId, up_to_seq: u64 },
+    /// Refund what is left of an expired packet to its sender (the sweeper).
+    ExpirePacket { packet: PacketId },
+    /// Admin: freeze / unfreeze, set the risk grade.
+    SetRisk { user: UserId, frozen: bool, grade: RiskGrade },
+}
+
+impl Command {
+    /// System commands are idempotent by their own state (sequence numbers, packet state) and
+    /// are re-sent by the relay and sweeper; they skip the request-id table.
+    pub fn is_system(&self) -> bool {
+        matches!(self, Command::Credit { .. } | Command::MarkDelivered { .. } | Command::ExpirePacket { .. })
+    }
+}
+
+/// One explicit code per outcome (numbers are stable and mirrored in proto `ErrorCode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u32)]
+pub enum Code {
+    Ok = 0,
+    /// An amount (or share, or per-share value) of zero.
+    AmountZero = 1,
+    /// An amount above the per-operation maximum, or a sum that would overflow.
+    AmountOverflow = 2,
+    /// Balance lower than amount (+ fee).
+    InsufficientFunds = 3,
+    /// No such account on this shard.
+    UnknownUser = 4,
+    /// OpenAccount for an existing account.
+    UserExists = 5,
+    /// No such packet.
+    UnknownPacket = 6,
+    /// This user already grabbed this packet.
+    AlreadyGrabbed = 7,
+    /// Every share is taken.
+    PacketExhausted = 8,
+    /// The packet expired (and is or will be refunded).
+    PacketExpired = 9,
+    /// ExpirePacket before the packet's expiry time.
+    PacketNotExpired = 10,
+    /// Password packet grabbed with the wrong phrase.
+    WrongPassword = 11,
+    /// Exclusive packet grabbed by someone other than its recipient.
+    NotRecipient = 12,
+    /// Packet total above the day's limit.
+    TotalTooLarge = 13,
+    /// Share count outside 1..=max.
+    CountOutOfRange = 14,
+    /// A share would be below the minimum (1 cent).
+    ShareTooSmall = 15,
+    /// The account is frozen: it may not send, transfer or withdraw.
+    AccountFrozen = 16,
+    /// The user's sends today would exceed the daily limit of their risk grade.
+    DailyLimitExceeded = 17,
+    /// The user's risk grade forbids sending.
+    RiskGradeBlocked = 18,
+    /// New device above the threshold: re-send with a verification (reply carries the id).
+    ChallengeRequired = 19,
+    /// The verification does not match a live challenge of this user.
+    ChallengeInvalid = 20,
+    /// The request id was used before with a different payload.
+    RequestIdReused = 21,
+    /// Transfer to oneself, or an exclusive packet to oneself.
+    SelfTransfer = 22,
+    /// Malformed input: empty or too-long strings, user 0, bad batch.
+    InvalidArgument = 23,
+    /// A credit batch that skips sequence numbers.
+    CreditOutOfOrder = 24,
+    /// A packet id or user that this shard does not own.
+    WrongShard = 25,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Ok => "OK",
+            Code::AmountZero => "AMOUNT_ZERO",
+            Code::AmountOverflow => "AMOUNT_OVERFLOW",
+            Code::InsufficientFunds => "INSUFFICIENT_FUNDS",
+            Code::UnknownUser => "UNKNOWN_USER",
+            Code::UserExists => "USER_EXISTS",
+            Code::UnknownPacket => "UNKNOWN_PACKET",
+            Code::AlreadyGrabbed => "ALREADY_GRABBED",
+            Code::PacketExhausted => "PACKET_EXHAUSTED",
+            Code::PacketExpired => "PACKET_EXPIRED",
+            Code::PacketNotExpired => "PACKET_NOT_EXPIRED",
+            Code::WrongPassword => "WRONG_PASSWORD",
+            Code::NotRecipient => "NOT_RECIPIENT",
+            Code::TotalTooLarge => "TOTAL_TOO_LARGE",
+            Code::CountOutOfRange => "COUNT_OUT_OF_RANGE",
+            Code::ShareTooSmall => "SHARE_TOO_SMALL",
+            Code::AccountFrozen => "ACCOUNT_FROZEN",
+            Code::DailyLimitExceeded => "DAILY_LIMIT_EXCEEDED",
+            Code::RiskGradeBlocked => "RISK_GRADE_BLOCKED",
+            Code::ChallengeRequired => "CHALLENGE_REQUIRED",
+            Code::ChallengeInvalid => "CHALLENGE_INVALID",
+            Code::RequestIdReused => "REQUEST_ID_REUSED",
+            Code::SelfTransfer => "SELF_TRANSFER",
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::CreditOutOfOrder => "CREDIT_OUT_OF_ORDER",
+            Code::WrongShard => "WRONG_SHARD",
+        }
+    }
+}
+
+/// What a command answers; stored for idempotent replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub code: Code,
+    pub reply: Reply,
+}
+
+impl Outcome {
+    pub fn err(code: Code) -> Outcome {
+        assert_ne!(code, Code::Ok);
+        Outcome { code, reply: Reply::None }
+    }
+    pub fn ok(reply: Reply) -> Outcome {
+        Outcome { code: Code::Ok, reply }
+    }
+    pub fn is_ok(&self) -> bool {
+        self.code == Code::Ok
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    None,
+    Wallet { user: UserId, balance: Cents, fee: Cents, credit_in_flight: bool },
+    Sent { packet: PacketId, expires_ms: u64, balance: Cents },
+    Grabbed { packet: PacketId, amount: Cents, index: u32, remaining_count: u32, remaining: Cents, credit_in_flight: bool },
+    Challenge { challenge_id: u64 },
+    Credited { applied: u32, skipped: u32 },
+    Delivered { records: u32, amount: Cents },
+    Expired { refunded: Cents },
+    Risk { user: UserId, frozen: bool, grade: RiskGrade },
+}

@@ -1,0 +1,163 @@
+//! Read-only queries over a shard's state: balances, statements, packets, totals, the audit,
+//! and what the relay and sweeper need.
+
+use crate::keys;
+use crate::money::Cents;
+use crate::state::*;
+use crate::store::Store;
+use crate::types::*;
+
+fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> T {
+    bincode::deserialize(b).expect("ledger record decodes")
+}
+
+/// Rows a full scan reads per step, so an audit never loads a whole table at once.
+const SCAN_STEP: usize = 4096;
+
+/// Calls `f` on every row in `[start, end)`, in bounded steps.
+fn for_each(store: &(impl Store + ?Sized), start: &[u8], end: &[u8], mut f: impl FnMut(&[u8], &[u8])) {
+    let mut from = start.to_vec();
+    loop {
+        let rows = store.scan(&from, end, SCAN_STEP);
+        let n = rows.len();
+        for (k, v) in &rows {
+            f(k, v);
+        }
+        if n < SCAN_STEP {
+            return;
+        }
+        from = rows.last().expect("non-empty").0.clone();
+        from.push(0);
+    }
+}
+
+pub fn account(store: &(impl Store + ?Sized), user: UserId) -> Option<Account> {
+    store.get(&keys::account(user)).map(|b| dec(&b))
+}
+
+pub fn totals(store: &(impl Store + ?Sized)) -> Totals {
+    store.get(&keys::totals()).map(|b| dec(&b)).unwrap_or_default()
+}
+
+/// Newest first, at most `limit`.
+pub fn statement(store: &(impl Store + ?Sized), user: UserId, limit: usize) -> Vec<StatementEntry> {
+    let Some(a) = account(store, user) else { return vec![] };
+    let from = a.stmt_next.saturating_sub(limit as u64).max(a.stmt_first);
+    let mut v: Vec<StatementEntry> = store
+        .scan(&keys::statement(user, from), &keys::statement(user, a.stmt_next), limit)
+        .into_iter()
+        .map(|(_, v)| dec(&v))
+        .collect();
+    v.reverse();
+    v
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketView {
+    pub packet: Packet,
+    pub claims: Vec<Claim>,
+    /// The largest share, the earlier grab on a tie; only once every share is taken.
+    pub best_luck: Option<Claim>,
+}
+
+pub fn packet(store: &(impl Store + ?Sized), id: PacketId) -> Option<PacketView> {
+    let p: Packet = store.get(&keys::packet(id)).map(|b| dec(&b))?;
+    let (a, b) = keys::claims_of(id);
+    let claims: Vec<Claim> = store.scan(&a, &b, p.count as usize).into_iter().map(|(_, v)| dec(&v)).collect();
+    let best_luck = if p.remaining_count == 0 {
+        claims.iter().fold(None::<&Claim>, |best, c| match best {
+            Some(b) if b.amount >= c.amount => Some(b),
+            _ => Some(c),
+        })
+        .cloned()
+    } else {
+        None
+    };
+    Some(PacketView { packet: p, claims, best_luck })
+}
+
+/// Credits waiting to go to `dest`, seq > `after_seq`, oldest first.
+pub fn outbox(store: &(impl Store + ?Sized), dest: ShardId, after_seq: u64, limit: usize) -> Vec<CreditEntry> {
+    let (a, b) = keys::outbox_from(dest, after_seq.saturating_add(1));
+    store.scan(&a, &b, limit).into_iter().map(|(_, v)| dec(&v)).collect()
+}
+
+/// Cumulative (seq, cents) sent to each destination shard.
+pub fn sent(store: &(impl Store + ?Sized)) -> Vec<(ShardId, PairState)> {
+    let (a, b) = keys::sent_all();
+    store.scan(&a, &b, usize::MAX).into_iter().map(|(k, v)| (keys::shard_of_pair_key(&k), dec(&v))).collect()
+}
+
+/// Cumulative (high-water seq, cents) received from each source shard.
+pub fn received(store: &(impl Store + ?Sized)) -> Vec<(ShardId, PairState)> {
+    let (a, b) = keys::received_all();
+    store.scan(&a, &b, usize::MAX).into_iter().map(|(k, v)| (keys::shard_of_pair_key(&k), dec(&v))).collect()
+}
+
+/// Open packets whose expiry time is before `now_ms`, oldest first.
+pub fn expired_packets(store: &(impl Store + ?Sized), now_ms: u64, limit: usize) -> Vec<PacketId> {
+    let (a, b) = keys::expiry_until(now_ms.saturating_add(1));
+    store.scan(&a, &b, limit).into_iter().map(|(k, _)| keys::expiry_packet(&k)).collect()
+}
+
+/// The code a challenged user receives on the account's known device (a push to the phone).
+pub fn pending_challenge(store: &(impl Store + ?Sized), user: UserId, device: &str) -> Option<(u64, u32)> {
+    let a = account(store, user)?;
+    if a.device.is_empty() || a.device != device {
+        return None;
+    }
+    let id = a.last_challenge?;
+    let c: Challenge = store.get(&keys::challenge(id)).map(|b| dec(&b))?;
+    (!c.used).then_some((id, c.code))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    pub totals: Totals,
+    /// Recomputed from the records.
+    pub balances: Cents,
+    pub escrow: Cents,
+    pub outbox_pending: Cents,
+    pub accounts: u64,
+    pub open_packets: u64,
+    pub outbox_records: u64,
+    /// Recomputed sums equal the running aggregates, and the identity holds.
+    pub ok: bool,
+}
+
+/// Recomputes every sum by scanning and compares it with the running aggregates.
+pub fn audit(store: &(impl Store + ?Sized)) -> Audit {
+    let totals = totals(store);
+    let (mut balances, mut accounts) = (0u128, 0u64);
+    let (a, b) = keys::accounts_range();
+    for_each(store, &a, &b, |_, v| {
+        let acct: Account = dec(v);
+        balances += acct.balance.0 as u128;
+        accounts += 1;
+    });
+    let (mut escrow, mut open_packets) = (0u128, 0u64);
+    let (a, b) = keys::packets_range();
+    for_each(store, &a, &b, |_, v| {
+        let p: Packet = dec(v);
+        if p.is_open() {
+            escrow += p.remaining.0 as u128;
+            open_packets += 1;
+        }
+    });
+    let (mut outbox_pending, mut outbox_records) = (0u128, 0u64);
+    let (a, b) = keys::outbox_all();
+    for_each(store, &a, &b, |_, v| {
+        let e: CreditEntry = dec(v);
+        outbox_pending += e.amount.0 as u128;
+        outbox_records += 1;
+    });
+    let ok = totals.identity_holds()
+        && balances == totals.balances.0 as u128
+        && escrow == totals.escrow.0 as u128
+        && outbox_pending == totals.outbox_pending.0 as u128
+        && accounts == totals.accounts
+        && open_packets == totals.open_packets
+        && outbox_records == totals.outbox_records;
+    let clamp = |x: u128| Cents(x.min(u64::MAX as u128) as u64);
+    Audit { totals, balances: clamp(balances), escrow: clamp(escrow), outbox_pending: clamp(outbox_pending), accounts, open_packets, outbox_records, ok }
+}
