@@ -1,5 +1,7 @@
 //! `hongbao`: the command-line tool. Tables for people, `--json` for scripts.
 
+mod demo;
+
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use hongbao_client::money::{parse_yuan, yuan, yuan_signed};
@@ -50,6 +52,15 @@ enum Cmd {
     /// Cluster status and administration.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// A guided tour against the running local cluster (kills and restarts a region).
+    Demo {
+        /// Region to kill in the middle of the demo (default: the second region).
+        #[arg(long)]
+        kill_region: Option<String>,
+        /// The cluster control script.
+        #[arg(long, default_value = "scripts/cluster")]
+        cluster_script: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -127,17 +138,21 @@ enum ClusterCmd {
     TransferLeader { shard: u32, node: u64 },
 }
 
-fn endpoints(cli: &Cli) -> anyhow::Result<Vec<String>> {
-    if !cli.routers.is_empty() {
-        return Ok(cli.routers.clone());
-    }
-    let path = match &cli.topology {
+fn topology_path(given: &Option<PathBuf>) -> PathBuf {
+    match given {
         Some(p) => p.clone(),
         None => {
             let local = PathBuf::from(".cluster/topology.toml");
             if local.exists() { local } else { PathBuf::from("deploy/local-3x1.toml") }
         }
-    };
+    }
+}
+
+fn endpoints(cli: &Cli) -> anyhow::Result<Vec<String>> {
+    if !cli.routers.is_empty() {
+        return Ok(cli.routers.clone());
+    }
+    let path = topology_path(&cli.topology);
     let t = Topology::load(&path).map_err(anyhow::Error::msg).context("no --router given; reading the topology")?;
     Ok(t.routers.iter().map(|r| r.addr.clone()).chain(t.nodes.iter().map(|n| n.addr.clone())).collect())
 }
@@ -180,6 +195,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Packet(p) => packet(&client, p, json).await?,
         Cmd::Cluster(c) => return cluster(&client, c, json).await,
+        Cmd::Demo { kill_region, cluster_script } => {
+            let topology = Topology::load(&topology_path(&cli.topology)).map_err(anyhow::Error::msg)?;
+            return demo::run(&client, &topology, &cluster_script, kill_region.as_deref()).await;
+        }
     }
     Ok(0)
 }

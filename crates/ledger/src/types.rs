@@ -36,6 +36,18 @@ pub struct Request {
     pub cmd: Command,
 }
 
+impl std::fmt::Display for Request {
+    /// Short form for logs: the request id in hex and the command's name.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.id.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        let name = format!("{:?}", self.cmd);
+        let name = name.split([' ', '{', '(']).next().unwrap_or("");
+        write!(f, " {name}@{}", self.time_ms)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verification {
     pub challenge_id: u64,

@@ -2,6 +2,7 @@
 //! and one set of peer connections. Proposals and reads go through here, which is where
 //! NotLeader (with a leader hint), overload and timeouts become explicit codes.
 
+use openraft::async_runtime::WatchReceiver;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{NetworkFactory, Peers};
 use crate::raft::state_machine::{ShardStore, StateMachine};
@@ -143,7 +144,7 @@ impl Host {
 
     /// NotLeader, pointing at the leader this replica knows of (if any).
     pub fn not_leader(&self, shard: &Shard, leader: Option<NodeId>) -> ErrorDetail {
-        let leader = leader.or_else(|| shard.raft.metrics().borrow().current_leader).filter(|l| *l != self.node_id);
+        let leader = leader.or_else(|| shard.raft.metrics().borrow_watched().current_leader).filter(|l| *l != self.node_id);
         let mut d = detail(ErrorCode::NotLeader, format!("node {} does not lead shard {}", self.node_id, shard.id), shard.id);
         if let Some(l) = leader {
             d.leader_hint_node = l;
@@ -157,7 +158,7 @@ impl Host {
 
     pub fn is_leader(&self, shard: &Shard) -> bool {
         let m = shard.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
     }
 
@@ -237,7 +238,7 @@ impl Host {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         let mut rx = shard.raft.metrics();
         loop {
-            if rx.borrow().current_leader == Some(to) {
+            if rx.borrow_watched().current_leader == Some(to) {
                 tracing::info!(shard = shard_id, to, "leadership transferred");
                 metrics::counter!("hongbao_leader_transfers_total").increment(1);
                 return Ok(());

@@ -158,7 +158,7 @@ impl RaftNetworkV2<TypeConfig> for Network {
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: openraft::storage::Snapshot<TypeConfig, SnapshotFile>,
+        snapshot: crate::raft::types::Snapshot,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {

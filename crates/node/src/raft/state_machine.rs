@@ -64,6 +64,34 @@ impl hongbao_ledger::Store for ShardStore<'_> {
     }
 }
 
+/// The ledger's view of a shard at one point in time (a RocksDB snapshot): every apply batch is
+/// one atomic write, so this always shows the state after some whole applied batch.
+pub struct SnapshotStore<'a> {
+    pub snap: rocksdb::Snapshot<'a>,
+    pub shard: ShardId,
+}
+
+impl hongbao_ledger::Store for SnapshotStore<'_> {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.snap.get(keys::data(self.shard, key)).expect("RocksDB read failed")
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let from = keys::data(self.shard, start);
+        let to = keys::data(self.shard, end);
+        let prefix = keys::data(self.shard, &[]).len();
+        let mut out = Vec::new();
+        for item in self.snap.iterator(rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward)) {
+            let (k, v) = item.expect("RocksDB scan failed");
+            if *k >= *to || out.len() >= limit {
+                break;
+            }
+            out.push((k[prefix..].to_vec(), v.to_vec()));
+        }
+        out
+    }
+}
+
 impl StateMachine {
     pub fn open(db: Arc<Db>, shard: ShardId, config: Arc<LedgerConfig>, dir: &Path) -> io::Result<StateMachine> {
         std::fs::create_dir_all(dir)?;
@@ -82,7 +110,7 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotFile;
 
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig, SnapshotFile>, io::Error> {
+    async fn build_snapshot(&mut self) -> Result<crate::raft::types::Snapshot, io::Error> {
         let db = self.db.clone();
         let shard = self.shard;
         let dir = self.dir.clone();
@@ -99,7 +127,7 @@ pub struct SnapshotBuilder {
     dir: PathBuf,
 }
 
-fn build_snapshot_file(db: &Db, shard: ShardId, dir: &Path) -> io::Result<Snapshot<TypeConfig, SnapshotFile>> {
+fn build_snapshot_file(db: &Db, shard: ShardId, dir: &Path) -> io::Result<crate::raft::types::Snapshot> {
     let snap = db.snapshot();
     let meta: SmMeta = match snap.get(keys::sm_meta(shard)).map_err(|e| io::Error::other(e.to_string()))? {
         Some(v) => decode(&v)?,
@@ -247,7 +275,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig, SnapshotFile>>, io::Error> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<crate::raft::types::Snapshot>, io::Error> {
         let meta: Option<SnapshotMeta> = match self.db.get(&keys::snapshot_meta(self.shard))? {
             Some(v) => Some(decode(&v)?),
             None => None,

@@ -4,6 +4,7 @@
 //! Both read only replicated state and propose commands, so a new leader simply resumes where
 //! the old one stopped: the outbox and the packets' expiry index are in the state machine.
 
+use openraft::async_runtime::WatchReceiver;
 use crate::host::{detail, Host};
 use crate::storage::{decode, encode};
 use hongbao_ledger::{Code, Command, RequestId, ShardId};
@@ -135,7 +136,7 @@ async fn deliver(host: &Host, dest: ShardId, id: RequestId, cmd: Command) -> Res
             return check(host.propose(dest, id, cmd).await?.code);
         }
     }
-    let known = host.shard(dest).ok().and_then(|s| s.raft.metrics().borrow().current_leader);
+    let known = host.shard(dest).ok().and_then(|s| s.raft.metrics().borrow_watched().current_leader);
     let mut candidates: Vec<u64> = known.into_iter().collect();
     if let Some(s) = host.topology.shard(dest) {
         candidates.extend(s.replicas.iter().copied().filter(|r| Some(*r) != known));

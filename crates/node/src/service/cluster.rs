@@ -1,6 +1,7 @@
 //! Cluster admin on a node: status (this node, or fanned out to all), audit over all shards,
 //! leader transfer, drain / undrain of a region.
 
+use openraft::async_runtime::WatchReceiver;
 use crate::host::{detail, Host};
 use hongbao_proto::v1::cluster_client::ClusterClient;
 use hongbao_proto::v1::cluster_server::Cluster;
@@ -34,7 +35,7 @@ impl ClusterService {
         let h = &self.host;
         let mut shards = Vec::new();
         for s in h.shards.values() {
-            let m = s.raft.metrics().borrow().clone();
+            let m = s.raft.metrics().borrow_watched().clone();
             let lag = match (&m.replication, m.last_log_index) {
                 (Some(rep), Some(last)) => rep
                     .values()
@@ -51,7 +52,7 @@ impl ClusterService {
                 leader: m.current_leader.unwrap_or(0),
                 term: m.current_term,
                 last_log_index: m.last_log_index.unwrap_or(0),
-                committed: m.committed.map(|l| l.index).unwrap_or(0),
+                committed: m.local_committed.map(|l| l.index).unwrap_or(0),
                 applied: m.last_applied.map(|l| l.index).unwrap_or(0),
                 lag,
                 home_region: s.home_region.clone(),
@@ -108,7 +109,7 @@ impl ClusterService {
     /// The node currently leading `shard`, as seen by the cluster (our replica first).
     async fn leader_of(&self, shard: u32) -> Option<u64> {
         if let Some(s) = self.host.shards.get(&shard) {
-            if let Some(l) = s.raft.metrics().borrow().current_leader {
+            if let Some(l) = s.raft.metrics().borrow_watched().current_leader {
                 return Some(l);
             }
         }

@@ -1,0 +1,335 @@
+//! The public API on a node: gRPC requests become ledger commands on the right shard.
+//!
+//! Writes are proposed through Raft on the shard's leader (NotLeader with a hint elsewhere);
+//! reads are linearizable (ReadIndex) unless the caller opts into a stale local read.
+
+use crate::host::{detail, Host};
+use hongbao_ledger::{view, Cents, Code, Command, Outcome, PacketId, PacketKind, Reply, RequestId, RiskGrade, ShardId, Verification};
+use hongbao_proto::v1::packets_server::Packets;
+use hongbao_proto::v1::wallet_server::Wallet;
+use hongbao_proto::v1::*;
+use hongbao_proto::{status, ErrorCode, ErrorDetail};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// Largest accepted API request; strings inside are further bounded by the ledger.
+pub const MAX_REQUEST_BYTES: usize = 16 << 10;
+/// Most statement entries one call returns.
+pub const MAX_STATEMENT: u32 = 200;
+
+#[derive(Clone)]
+pub struct ApiService {
+    pub host: Arc<Host>,
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+pub fn ledger_code(code: Code) -> ErrorCode {
+    match code {
+        Code::Ok => ErrorCode::Ok,
+        Code::AmountZero => ErrorCode::AmountZero,
+        Code::AmountOverflow => ErrorCode::AmountOverflow,
+        Code::InsufficientFunds => ErrorCode::InsufficientFunds,
+        Code::UnknownUser => ErrorCode::UnknownUser,
+        Code::UserExists => ErrorCode::UserExists,
+        Code::UnknownPacket => ErrorCode::UnknownPacket,
+        Code::AlreadyGrabbed => ErrorCode::AlreadyGrabbed,
+        Code::PacketExhausted => ErrorCode::PacketExhausted,
+        Code::PacketExpired => ErrorCode::PacketExpired,
+        Code::PacketNotExpired => ErrorCode::PacketNotExpired,
+        Code::WrongPassword => ErrorCode::WrongPassword,
+        Code::NotRecipient => ErrorCode::NotRecipient,
+        Code::TotalTooLarge => ErrorCode::TotalTooLarge,
+        Code::CountOutOfRange => ErrorCode::CountOutOfRange,
+        Code::ShareTooSmall => ErrorCode::ShareTooSmall,
+        Code::AccountFrozen => ErrorCode::AccountFrozen,
+        Code::DailyLimitExceeded => ErrorCode::DailyLimitExceeded,
+        Code::RiskGradeBlocked => ErrorCode::RiskGradeBlocked,
+        Code::ChallengeRequired => ErrorCode::ChallengeRequired,
+        Code::ChallengeInvalid => ErrorCode::ChallengeInvalid,
+        Code::RequestIdReused => ErrorCode::RequestIdReused,
+        Code::SelfTransfer => ErrorCode::SelfTransfer,
+        Code::InvalidArgument => ErrorCode::InvalidArgument,
+        Code::CreditOutOfOrder => ErrorCode::CreditOutOfOrder,
+        Code::WrongShard => ErrorCode::WrongShard,
+    }
+}
+
+fn invalid(msg: &str) -> Status {
+    status(ErrorDetail { code: ErrorCode::InvalidArgument as i32, message: msg.into(), ..Default::default() })
+}
+
+fn request_id(b: &[u8]) -> Result<RequestId, Status> {
+    let arr: [u8; 16] = b.try_into().map_err(|_| invalid("request_id must be exactly 16 bytes"))?;
+    if arr == [0u8; 16] {
+        return Err(invalid("request_id must not be all zeros"));
+    }
+    Ok(RequestId(arr))
+}
+
+fn verification(v: &Option<hongbao_proto::v1::Verification>) -> Option<Verification> {
+    v.as_ref().map(|v| Verification { challenge_id: v.challenge_id, code: v.code })
+}
+
+/// A rejected outcome as a status with its domain code (and challenge id, if any).
+fn rejected(o: &Outcome, shard: ShardId) -> Status {
+    let mut d = detail(ledger_code(o.code), o.code.as_str(), shard);
+    if let Reply::Challenge { challenge_id } = o.reply {
+        d.challenge_id = challenge_id;
+        d.message = format!("{}: verify on the account's known device, then re-send with challenge {challenge_id}", o.code.as_str());
+    }
+    status(d)
+}
+
+impl ApiService {
+    fn user_shard(&self, user: u64) -> Result<ShardId, Status> {
+        if user == 0 {
+            return Err(invalid("user id 0 is not a user"));
+        }
+        Ok(self.host.topology.shard_of_user(user))
+    }
+
+    async fn write(&self, shard: ShardId, id: RequestId, cmd: Command) -> Result<Outcome, Status> {
+        let o = self.host.propose(shard, id, cmd).await.map_err(status)?;
+        if o.code != Code::Ok {
+            return Err(rejected(&o, shard));
+        }
+        Ok(o)
+    }
+
+    /// Gate for reads: linearizable unless the caller allows a stale local read.
+    async fn read_gate(&self, shard: ShardId, allow_stale: bool) -> Result<(), Status> {
+        if allow_stale {
+            self.host.shard(shard).map_err(status)?;
+            return Ok(());
+        }
+        self.host.linearizable(shard).await.map_err(status)?;
+        Ok(())
+    }
+
+    fn wallet_reply(&self, o: Outcome, shard: ShardId) -> Res<WalletReply> {
+        match o.reply {
+            Reply::Wallet { user, balance, fee, credit_in_flight } => Ok(Response::new(WalletReply { user, balance_cents: balance.0, fee_cents: fee.0, credit_in_flight, shard })),
+            other => Err(Status::internal(format!("unexpected ledger reply {other:?}"))),
+        }
+    }
+
+    fn balance_reply(&self, user: u64, shard: ShardId) -> Res<BalanceReply> {
+        let a = view::account(&self.host.store(shard), user).ok_or_else(|| status(detail(ErrorCode::UnknownUser, format!("no wallet for user {user}"), shard)))?;
+        Ok(Response::new(BalanceReply {
+            user,
+            balance_cents: a.balance.0,
+            frozen: a.frozen,
+            risk_grade: a.grade.as_str().into(),
+            shard,
+            withdrawn_cents: a.withdrawn.0,
+        }))
+    }
+}
+
+fn kind_of(k: &PacketKind) -> hongbao_proto::v1::PacketKind {
+    match k {
+        PacketKind::Lucky { .. } => hongbao_proto::v1::PacketKind::Lucky,
+        PacketKind::Fixed { .. } => hongbao_proto::v1::PacketKind::Fixed,
+        PacketKind::Exclusive { .. } => hongbao_proto::v1::PacketKind::Exclusive,
+        PacketKind::Password { .. } => hongbao_proto::v1::PacketKind::Password,
+    }
+}
+
+fn claim(c: &hongbao_ledger::Claim) -> hongbao_proto::v1::Claim {
+    hongbao_proto::v1::Claim { grabber: c.grabber, amount_cents: c.amount.0, index: c.index, time_ms: c.time_ms }
+}
+
+#[tonic::async_trait]
+impl Wallet for ApiService {
+    async fn open_account(&self, req: Request<OpenAccountRequest>) -> Res<WalletReply> {
+        let r = req.into_inner();
+        let shard = self.user_shard(r.user)?;
+        let o = self.write(shard, request_id(&r.request_id)?, Command::OpenAccount { user: r.user, device: r.device }).await?;
+        self.wallet_reply(o, shard)
+    }
+
+    async fn top_up(&self, req: Request<TopUpRequest>) -> Res<WalletReply> {
+        let r = req.into_inner();
+        let shard = self.user_shard(r.user)?;
+        let o = self.write(shard, request_id(&r.request_id)?, Command::TopUp { user: r.user, amount: Cents(r.amount_cents) }).await?;
+        self.wallet_reply(o, shard)
+    }
+
+    async fn withdraw(&self, req: Request<WithdrawRequest>) -> Res<WalletReply> {
+        let r = req.into_inner();
+        let shard = self.user_shard(r.user)?;
+        let cmd = Command::Withdraw { user: r.user, amount: Cents(r.amount_cents), device: r.device, verification: verification(&r.verification) };
+        let o = self.write(shard, request_id(&r.request_id)?, cmd).await?;
+        self.wallet_reply(o, shard)
+    }
+
+    async fn transfer(&self, req: Request<TransferRequest>) -> Res<WalletReply> {
+        let r = req.into_inner();
+        let shard = self.user_shard(r.from)?;
+        let to_shard = self.user_shard(r.to)?;
+        let cmd = Command::Transfer { from: r.from, to: r.to, to_shard, amount: Cents(r.amount_cents), device: r.device, verification: verification(&r.verification) };
+        let o = self.write(shard, request_id(&r.request_id)?, cmd).await?;
+        self.wallet_reply(o, shard)
+    }
+
+    async fn balance(&self, req: Request<BalanceRequest>) -> Res<BalanceReply> {
+        let r = req.into_inner();
+        let shard = self.user_shard(r.user)?;
+        self.read_gate(shard, r.allow_stale).await?;
+        self.balance_reply(r.user, shard)
+    }
+
+    async fn statement(&self, req: Request<StatementRequest>) -> Res<StatementReply> {
+        let r = req.into_inner();
+        let shard = self.user_shard(r.user)?;
+        self.read_gate(shard, r.allow_stale).await?;
+        let limit = r.limit.clamp(1, MAX_STATEMENT) as usize;
+        let entries = view::statement(&self.host.store(shard), r.user, limit)
+            .into_iter()
+            .map(|e| {
+                use hongbao_ledger::state::EntryKind as K;
+                let (cp_user, packet, cp_shard) = match &e.kind {
+                    K::TransferOut { to, to_shard } => (*to, 0, *to_shard),
+                    K::TransferIn { from, from_shard } => (*from, 0, *from_shard),
+                    K::PacketSend { packet } | K::PacketGrab { packet } | K::PacketRefund { packet } => (0, packet.0, packet.shard()),
+                    K::TopUp | K::Withdraw { .. } => (0, 0, 0),
+                };
+                StatementEntry {
+                    time_ms: e.time_ms,
+                    kind: e.kind.name().into(),
+                    delta_cents: e.delta,
+                    balance_after_cents: e.balance_after.0,
+                    counterparty_user: cp_user,
+                    packet_id: packet,
+                    counterparty_shard: cp_shard,
+                    request_id: e.request.0.to_vec(),
+                }
+            })
+            .collect();
+        Ok(Response::new(StatementReply { user: r.user, entries }))
+    }
+
+    async fn challenge_code(&self, req: Request<ChallengeCodeRequest>) -> Res<ChallengeCodeReply> {
+        let r = req.into_inner();
+        let shard = self.user_shard(r.user)?;
+        self.read_gate(shard, false).await?;
+        match view::pending_challenge(&self.host.store(shard), r.user, &r.device) {
+            Some((challenge_id, code)) => Ok(Response::new(ChallengeCodeReply { challenge_id, code })),
+            None => Err(status(detail(ErrorCode::ChallengeInvalid, "no pending challenge for this user on this device", shard))),
+        }
+    }
+
+    async fn set_risk(&self, req: Request<SetRiskRequest>) -> Res<BalanceReply> {
+        let r = req.into_inner();
+        let shard = self.user_shard(r.user)?;
+        let grade = RiskGrade::parse(&r.risk_grade).ok_or_else(|| invalid("risk_grade must be normal, elevated or high"))?;
+        self.write(shard, request_id(&r.request_id)?, Command::SetRisk { user: r.user, frozen: r.frozen, grade }).await?;
+        self.balance_reply(r.user, shard)
+    }
+}
+
+#[tonic::async_trait]
+impl Packets for ApiService {
+    async fn send(&self, req: Request<SendPacketRequest>) -> Res<SendPacketReply> {
+        let r = req.into_inner();
+        let shard = self.user_shard(r.sender)?;
+        let kind = match r.kind() {
+            hongbao_proto::v1::PacketKind::Lucky => PacketKind::Lucky { total: Cents(r.total_cents), count: r.count },
+            hongbao_proto::v1::PacketKind::Fixed => PacketKind::Fixed { per_share: Cents(r.per_share_cents), count: r.count },
+            hongbao_proto::v1::PacketKind::Exclusive => {
+                PacketKind::Exclusive { amount: Cents(r.total_cents), recipient: r.recipient, recipient_shard: self.user_shard(r.recipient)? }
+            }
+            hongbao_proto::v1::PacketKind::Password => PacketKind::Password { total: Cents(r.total_cents), count: r.count, phrase: r.phrase.clone() },
+            hongbao_proto::v1::PacketKind::Unspecified => return Err(invalid("packet kind is required")),
+        };
+        let cmd = Command::SendPacket { sender: r.sender, kind, device: r.device, verification: verification(&r.verification), greeting: r.greeting };
+        let o = self.write(shard, request_id(&r.request_id)?, cmd).await?;
+        match o.reply {
+            Reply::Sent { packet, expires_ms, balance } => Ok(Response::new(SendPacketReply { packet_id: packet.0, expires_at_ms: expires_ms, balance_cents: balance.0 })),
+            other => Err(Status::internal(format!("unexpected ledger reply {other:?}"))),
+        }
+    }
+
+    async fn grab(&self, req: Request<GrabRequest>) -> Res<GrabReply> {
+        let r = req.into_inner();
+        let packet = PacketId(r.packet_id);
+        let shard = packet.shard();
+        if self.host.topology.shard(shard).is_none() {
+            return Err(status(detail(ErrorCode::UnknownPacket, format!("packet {} names no shard", r.packet_id), shard)));
+        }
+        let grabber_shard = self.user_shard(r.grabber)?;
+        let password = if r.password.is_empty() { None } else { Some(r.password) };
+        let cmd = Command::Grab { packet, grabber: r.grabber, grabber_shard, password };
+        let o = self.write(shard, request_id(&r.request_id)?, cmd).await?;
+        metrics::counter!("hongbao_grabs_total").increment(1);
+        match o.reply {
+            Reply::Grabbed { packet, amount, index, remaining_count, remaining, credit_in_flight } => Ok(Response::new(GrabReply {
+                packet_id: packet.0,
+                amount_cents: amount.0,
+                index,
+                remaining_count,
+                remaining_cents: remaining.0,
+                credit_in_flight,
+            })),
+            other => Err(Status::internal(format!("unexpected ledger reply {other:?}"))),
+        }
+    }
+
+    async fn show(&self, req: Request<ShowPacketRequest>) -> Res<PacketView> {
+        let r = req.into_inner();
+        let id = PacketId(r.packet_id);
+        let shard = id.shard();
+        if self.host.topology.shard(shard).is_none() {
+            return Err(status(detail(ErrorCode::UnknownPacket, format!("packet {} names no shard", r.packet_id), shard)));
+        }
+        self.read_gate(shard, r.allow_stale).await?;
+        let v = view::packet(&self.host.store(shard), id).ok_or_else(|| status(detail(ErrorCode::UnknownPacket, format!("no packet {}", r.packet_id), shard)))?;
+        let p = &v.packet;
+        Ok(Response::new(PacketView {
+            packet_id: p.id.0,
+            sender: p.sender,
+            kind: kind_of(&p.kind) as i32,
+            total_cents: p.total.0,
+            count: p.count,
+            remaining_cents: p.remaining.0,
+            remaining_count: p.remaining_count,
+            created_ms: p.created_ms,
+            expires_at_ms: p.expires_ms,
+            refunded: p.refunded.is_some(),
+            refunded_cents: p.refunded.map(|c| c.0).unwrap_or(0),
+            greeting: p.greeting.clone(),
+            claims: v.claims.iter().map(claim).collect(),
+            has_best_luck: v.best_luck.is_some(),
+            best_luck: v.best_luck.as_ref().map(claim),
+        }))
+    }
+}
+
+/// One shard's totals from one consistent read on its leader (for the audit).
+pub async fn shard_totals(host: &Host, shard: ShardId) -> Result<ShardTotals, ErrorDetail> {
+    host.linearizable(shard).await?;
+    // Everything from one RocksDB snapshot: totals, recomputed sums and pair counters agree.
+    let store = crate::raft::state_machine::SnapshotStore { snap: host.db.snapshot(), shard };
+    let a = view::audit(&store);
+    let sent = view::sent(&store);
+    let received = view::received(&store);
+    let t = &a.totals;
+    Ok(ShardTotals {
+        shard,
+        balances_cents: t.balances.0,
+        escrow_cents: t.escrow.0,
+        outbox_pending_cents: t.outbox_pending.0,
+        fees_cents: t.fees.0,
+        topups_cents: t.topups.0,
+        withdrawals_cents: t.withdrawals.0,
+        credits_in_cents: t.credits_in.0,
+        credits_out_delivered_cents: t.credits_out_delivered.0,
+        accounts: t.accounts,
+        open_packets: t.open_packets,
+        outbox_records: t.outbox_records,
+        identity_holds: a.ok,
+        sent: sent.into_iter().map(|(s, p)| PairTotals { shard: s, cents: p.cents.0, seq: p.seq }).collect(),
+        received: received.into_iter().map(|(s, p)| PairTotals { shard: s, cents: p.cents.0, seq: p.seq }).collect(),
+    })
+}
