@@ -2,3 +2,5 @@ pub mod log_store;
 pub mod network;
 pub mod state_machine;
 pub mod types;
+#[cfg(test)]
+mod suite_test;
