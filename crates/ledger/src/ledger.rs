@@ -69,15 +69,16 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         // Time only from the command, and never backwards.
         let now = req.time_ms.max(self.totals.last_time_ms);
         self.totals.last_time_ms = now;
-        self.gc_dedup(now);
 
         let system = req.cmd.is_system();
         let fingerprint = fnv1a(&[&enc(&req.cmd)]);
         if !system {
+            // A replay answers the first outcome and touches nothing else.
             if let Some(seen) = self.get::<DedupEntry>(&keys::dedup(&req.id)) {
                 return if seen.fingerprint == fingerprint { seen.outcome } else { Outcome::err(Code::RequestIdReused) };
             }
         }
+        self.gc_dedup(now);
         let outcome = self.execute(req, now);
         if !system {
             self.put(keys::dedup(&req.id), &DedupEntry { fingerprint, time_ms: now, outcome: outcome.clone() });
