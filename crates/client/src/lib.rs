@@ -234,10 +234,22 @@ impl Client {
     /// Asks one specific endpoint (no failover): for status of a single node.
     pub async fn status_of(&self, addr: &str) -> Result<StatusReply> {
         let mut c = ClusterClient::new(self.channel(addr));
-        match tokio::time::timeout(Duration::from_secs(2), c.status(StatusRequest { local_only: true })).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(ClientError { detail: detail_of(&s) }),
-            Err(_) => Err(ClientError { detail: ErrorDetail { code: ErrorCode::Timeout as i32, message: format!("{addr} timed out"), ..Default::default() } }),
-        }
+        once(addr, c.status(StatusRequest { local_only: true })).await
+    }
+
+    /// Replaces the injected faults of the node at `addr` (chaos testing; no failover: the
+    /// fault belongs to that node).
+    pub async fn set_faults_of(&self, addr: &str, faults: Faults) -> Result<FaultsReply> {
+        let mut c = ClusterClient::new(self.channel(addr));
+        once(addr, c.set_faults(faults)).await
+    }
+}
+
+/// One call to one endpoint, bounded in time, no retry.
+async fn once<T>(addr: &str, call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>) -> Result<T> {
+    match tokio::time::timeout(Duration::from_secs(2), call).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(ClientError { detail: detail_of(&s) }),
+        Err(_) => Err(ClientError { detail: ErrorDetail { code: ErrorCode::Timeout as i32, message: format!("{addr} timed out"), ..Default::default() } }),
     }
 }

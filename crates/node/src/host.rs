@@ -3,6 +3,7 @@
 //! NotLeader (with a leader hint), overload and timeouts become explicit codes.
 
 use openraft::async_runtime::WatchReceiver;
+use crate::faults::Faults;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{NetworkFactory, Peers};
 use crate::raft::state_machine::{ShardStore, StateMachine};
@@ -87,7 +88,8 @@ impl Host {
         std::fs::create_dir_all(data_dir)?;
         let db = Arc::new(Db::open(&data_dir.join("db"))?);
         let addrs: HashMap<NodeId, String> = topology.nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
-        let peers = Arc::new(Peers::new(node_id, addrs));
+        let faults = Arc::new(Faults::new(&topology, node_id));
+        let peers = Arc::new(Peers::new(node_id, addrs, faults));
         let config = Arc::new(ledger_config(&topology));
         let raft_config = Arc::new(raft_config(&topology).validate()?);
         let mut shards = BTreeMap::new();
@@ -162,9 +164,11 @@ impl Host {
         m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
     }
 
-    /// Leader-side time stamp for a command: wall clock, never below the previous stamp.
+    /// Leader-side time stamp for a command: wall clock (shifted by an injected clock jump),
+    /// never below the previous stamp.
     fn stamp(&self) -> u64 {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64;
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as i64;
+        let now = wall.saturating_add(self.peers.faults.clock_offset_ms()).max(0) as u64;
         let prev = self.last_stamp.fetch_max(now, Ordering::Relaxed);
         now.max(prev)
     }

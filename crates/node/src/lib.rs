@@ -5,8 +5,10 @@
 //! - `host`: the shards hosted here; propose / read with NotLeader, overload and timeout codes.
 //! - `service`: gRPC servers (Raft transport, public API, cluster admin) and background tasks.
 //! - `audit`: the cross-shard conservation check.
+//! - `faults`: injected transport faults, WAN latency and clock jumps for the chaos suite.
 
 pub mod audit;
+pub mod faults;
 pub mod host;
 pub mod raft;
 pub mod service;

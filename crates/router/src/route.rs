@@ -310,4 +310,7 @@ impl Cluster for RouterService {
         let r = req.into_inner();
         self.router.any_node(|mut c| { let r = r.clone(); async move { c.undrain(r).await } }).await
     }
+    async fn set_faults(&self, _req: Request<Faults>) -> Result<Response<FaultsReply>, Status> {
+        Err(Status::invalid_argument("faults are injected per node: send SetFaults to a node's address, not a router"))
+    }
 }

@@ -4,6 +4,7 @@
 //! `RaftMessage`; `shard` picks the Raft group on the receiving node. Snapshots stream as bounded
 //! chunks read from the snapshot file, never loaded whole.
 
+use crate::faults::Faults;
 use crate::raft::state_machine::SnapshotFile;
 use crate::raft::types::{NodeId, TypeConfig, Vote};
 use crate::storage::{decode, encode};
@@ -29,23 +30,29 @@ pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// gRPC message limit for Raft traffic (a batch of entries plus framing).
 pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
 
-/// Connections to the other nodes, shared by every shard's Raft on this node.
+/// Connections to the other nodes, shared by every shard's Raft on this node. Every outgoing
+/// node-to-node call takes its channel here, which is where injected faults cut it off.
 pub struct Peers {
     pub self_id: NodeId,
     addrs: HashMap<NodeId, String>,
     channels: Mutex<HashMap<NodeId, Channel>>,
+    pub faults: Arc<Faults>,
 }
 
 impl Peers {
-    pub fn new(self_id: NodeId, addrs: HashMap<NodeId, String>) -> Peers {
-        Peers { self_id, addrs, channels: Mutex::new(HashMap::new()) }
+    pub fn new(self_id: NodeId, addrs: HashMap<NodeId, String>, faults: Arc<Faults>) -> Peers {
+        Peers { self_id, addrs, channels: Mutex::new(HashMap::new()), faults }
     }
 
     pub fn addr(&self, node: NodeId) -> Option<&str> {
         self.addrs.get(&node).map(|s| s.as_str())
     }
 
+    /// The channel to `node`; None when the node is unknown or an injected fault cuts it off.
     pub fn channel(&self, node: NodeId) -> Option<Channel> {
+        if self.faults.is_cut_off(node) {
+            return None;
+        }
         let addr = self.addrs.get(&node)?;
         let mut map = self.channels.lock().expect("channels lock");
         Some(
@@ -94,7 +101,7 @@ fn network_err<E: std::fmt::Display>(e: E) -> NetworkError<TypeConfig> {
 
 impl Network {
     fn client(&self) -> Result<RaftTransportClient<Channel>, Unreachable<TypeConfig>> {
-        let ch = self.peers.channel(self.target).ok_or_else(|| unreachable(format!("unknown node {}", self.target)))?;
+        let ch = self.peers.channel(self.target).ok_or_else(|| unreachable(format!("node {} unknown or cut off", self.target)))?;
         Ok(RaftTransportClient::new(ch)
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE))
@@ -114,7 +121,20 @@ impl Network {
     {
         let client = self.client()?;
         let msg = self.message(req);
-        let reply = match tokio::time::timeout(ttl, call(client, msg)).await {
+        // Injected faults and simulated WAN latency: lost messages look like an unreachable
+        // peer; the delay applies once each way.
+        if self.peers.faults.drops(self.target) {
+            return Err(RPCError::Unreachable(unreachable(format!("message to node {} dropped (injected fault)", self.target))));
+        }
+        let delay = self.peers.faults.delay_to(self.target);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let reply = tokio::time::timeout(ttl, call(client, msg)).await;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let reply = match reply {
             Err(_) => return Err(RPCError::Unreachable(unreachable(format!("node {} timed out after {ttl:?}", self.target)))),
             Ok(Err(s)) if s.code() == tonic::Code::Unavailable => return Err(RPCError::Unreachable(unreachable(s))),
             Ok(Err(s)) => return Err(RPCError::Network(network_err(s))),

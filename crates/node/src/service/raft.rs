@@ -24,7 +24,12 @@ fn reply<T: serde::Serialize>(res: &T) -> Result<Response<RaftReply>, Status> {
 }
 
 impl RaftService {
-    fn shard(&self, id: u32) -> Result<&Arc<crate::host::Shard>, Status> {
+    /// The shard a message is for; messages from a node cut off by an injected fault are
+    /// refused, as if they never arrived.
+    fn shard(&self, id: u32, from: u64) -> Result<&Arc<crate::host::Shard>, Status> {
+        if self.host.peers.faults.is_cut_off(from) {
+            return Err(Status::unavailable(format!("node {from} is cut off (injected fault)")));
+        }
         self.host.shard(id).map_err(hongbao_proto::status)
     }
 }
@@ -37,7 +42,7 @@ fn bad(e: impl std::fmt::Display) -> Status {
 impl RaftTransport for RaftService {
     async fn append(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         let m = req.into_inner();
-        let shard = self.shard(m.shard)?;
+        let shard = self.shard(m.shard, m.from_node)?;
         let rpc = decode(&m.payload).map_err(bad)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.append_entries(rpc).await;
         reply(&res)
@@ -45,7 +50,7 @@ impl RaftTransport for RaftService {
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         let m = req.into_inner();
-        let shard = self.shard(m.shard)?;
+        let shard = self.shard(m.shard, m.from_node)?;
         let rpc = decode(&m.payload).map_err(bad)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.vote(rpc).await;
         reply(&res)
@@ -53,7 +58,7 @@ impl RaftTransport for RaftService {
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         let m = req.into_inner();
-        let shard = self.shard(m.shard)?;
+        let shard = self.shard(m.shard, m.from_node)?;
         let rpc = decode(&m.payload).map_err(bad)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.pre_vote(rpc).await;
         reply(&res)
@@ -61,7 +66,7 @@ impl RaftTransport for RaftService {
 
     async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         let m = req.into_inner();
-        let shard = self.shard(m.shard)?;
+        let shard = self.shard(m.shard, m.from_node)?;
         let rpc = decode(&m.payload).map_err(bad)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.handle_transfer_leader(rpc).await.map_err(RaftError::Fatal);
         reply(&res)
@@ -70,7 +75,7 @@ impl RaftTransport for RaftService {
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftReply>, Status> {
         let mut stream = req.into_inner();
         let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        let shard = self.shard(first.shard)?.clone();
+        let shard = self.shard(first.shard, first.from_node)?.clone();
         let vote: Vote = decode(&first.vote).map_err(bad)?;
         let meta: SnapshotMeta = decode(&first.meta).map_err(bad)?;
         let dir = self.host.data_dir.join("snapshots");
@@ -103,6 +108,9 @@ impl RaftTransport for RaftService {
 
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         let m = req.into_inner();
+        if self.host.peers.faults.is_cut_off(m.from_node) {
+            return Err(Status::unavailable(format!("node {} is cut off (injected fault)", m.from_node)));
+        }
         let r: hongbao_ledger::Request = decode(&m.payload).map_err(bad)?;
         match self.host.propose(m.shard, r.id, r.cmd).await {
             Ok(outcome) => reply(&outcome),
