@@ -5,16 +5,21 @@ use hongbao_client::Client;
 use hongbao_topology::Topology;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Where cargo put the binaries: the test executable lives in `<target>/release/deps/`.
+pub mod chaos;
+
+/// Where cargo put the binaries: beside this executable (`hongbao-chaos` in
+/// `<target>/release/`) or one level up (test executables live in `<target>/release/deps/`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/release");
-    let p = dir.join(name);
-    assert!(p.exists(), "{} not built; run scripts/test (it builds every binary first)", p.display());
+    let here = exe.parent().expect("executable dir");
+    let p = [here.join(name), here.parent().map(|d| d.join(name)).unwrap_or_default()]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} not built next to {}; run scripts/test (it builds every binary first)", exe.display()));
     p
 }
 
@@ -30,6 +35,8 @@ pub struct Spec {
     /// Raft: take a snapshot every this many entries (small in tests to exercise snapshots).
     pub snapshot_every: u64,
     pub keep_behind_snapshot: u64,
+    /// Simulated one-way WAN latency between every pair of regions (0 = none).
+    pub wan_latency_ms: u64,
 }
 
 impl Default for Spec {
@@ -41,6 +48,7 @@ impl Default for Spec {
             packet_ttl_ms: None,
             snapshot_every: 20_000,
             keep_behind_snapshot: 5_000,
+            wan_latency_ms: 0,
         }
     }
 }
@@ -77,6 +85,15 @@ impl Cluster {
             t += "routers = [\n";
             for r in &spec.regions {
                 t += &format!("  {{ region = \"{r}\", addr = \"127.0.0.1:{}\" }},\n", free_port());
+            }
+            t += "]\n";
+        }
+        if spec.wan_latency_ms > 0 {
+            t += "links = [\n";
+            for (i, a) in spec.regions.iter().enumerate() {
+                for b in &spec.regions[i + 1..] {
+                    t += &format!("  {{ a = \"{a}\", b = \"{b}\", latency_ms = {} }},\n", spec.wan_latency_ms);
+                }
             }
             t += "]\n";
         }
@@ -149,6 +166,58 @@ impl Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    pub fn kill_router(&mut self, region: &str) {
+        if let Some(mut c) = self.routers.remove(region) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// kill -9 of every node (and the router) of a region: a data center lost.
+    pub fn kill_region(&mut self, region: &str) {
+        for id in self.nodes_in(region) {
+            self.kill(id);
+        }
+        self.kill_router(region);
+    }
+
+    pub fn start_region(&mut self, region: &str) {
+        for id in self.nodes_in(region) {
+            if !self.is_running(id) {
+                self.start_node(id);
+            }
+        }
+        if self.topology.routers.iter().any(|r| r.region == region) && !self.routers.contains_key(region) {
+            self.start_router(region);
+        }
+    }
+
+    /// SIGTERM and wait: a graceful stop, as in a rolling restart.
+    pub fn stop(&mut self, id: u64) {
+        if let Some(mut c) = self.nodes.remove(&id) {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn node_addr(&self, id: u64) -> String {
+        self.topology.node(id).map(|n| n.addr.clone()).unwrap_or_default()
+    }
+
+    /// Replaces the injected faults of one node (see `hongbao-node`'s faults module).
+    pub async fn set_faults(&self, id: u64, faults: hongbao_proto::v1::Faults) -> Result<(), String> {
+        let c = self.node_client();
+        c.set_faults_of(&self.node_addr(id), faults).await.map(|_| ()).map_err(|e| format!("node {id}: {e}"))
     }
 
     pub fn restart(&mut self, id: u64) {

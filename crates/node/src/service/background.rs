@@ -24,12 +24,17 @@ pub const RELAY_BATCH: usize = 256;
 const RELAY_EVERY: Duration = Duration::from_millis(10);
 const RELAY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const RELAY_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a leader checks whether its leadership belongs elsewhere (home region back, or
+/// its own region drained).
+const PLACEMENT_EVERY: Duration = Duration::from_millis(1000);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub fn spawn_all(host: Arc<Host>, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for shard in host.shards.keys().copied() {
         tasks.push(tokio::spawn(sweeper(host.clone(), shard, stop.clone())));
         tasks.push(tokio::spawn(relay(host.clone(), shard, stop.clone())));
+        tasks.push(tokio::spawn(placement(host.clone(), shard, stop.clone())));
     }
     tasks
 }
@@ -158,4 +163,59 @@ async fn deliver(host: &Host, dest: ShardId, id: RequestId, cmd: Command) -> Res
         }
     }
     Err(last)
+}
+
+/// Keeps each shard's leadership where the operator wants it: out of drained regions, and back
+/// in the home region once a home replica is up and caught up (failback). Only the leader acts,
+/// by leader transfer, so client requests see at most a NotLeader that routers retry.
+async fn placement(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PLACEMENT_EVERY) => {},
+            _ = stop.changed() => return,
+        }
+        let Ok(shard) = host.shard(shard_id) else { return };
+        if !host.is_leader(shard) {
+            continue;
+        }
+        let Some(target) = placement_target(&host, shard_id).await else { continue };
+        tracing::info!(shard = shard_id, from = host.node_id, to = target, "moving leadership (failback or drain)");
+        if let Err(d) = host.transfer_leader(shard_id, target).await {
+            tracing::warn!(shard = shard_id, to = target, msg = %d.message, "leader transfer failed");
+        }
+    }
+}
+
+/// Where this shard's leadership should go, if not here.
+async fn placement_target(host: &Host, shard_id: ShardId) -> Option<u64> {
+    let topo = host.topology.shard(shard_id)?;
+    let drained = host.drained_regions();
+    let last = host.shard(shard_id).ok()?.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+    let here_drained = drained.contains(&host.region);
+    let home_ok = !drained.contains(&topo.home);
+    if host.region == topo.home && !here_drained {
+        return None;
+    }
+    // Candidates: home-region replicas first (failback), then any undrained region (drain).
+    let mut cands: Vec<u64> = Vec::new();
+    if home_ok {
+        cands.extend(topo.replicas.iter().copied().filter(|r| host.topology.region_of(*r) == Some(topo.home.as_str())));
+    }
+    if here_drained {
+        cands.extend(topo.replicas.iter().copied().filter(|r| host.topology.region_of(*r).map(|g| !drained.contains(g)).unwrap_or(false)));
+    }
+    for node in cands {
+        if node == host.node_id {
+            continue;
+        }
+        // Probe: the target must answer and have applied (almost) everything we have.
+        let Some(ch) = host.peers.channel(node) else { continue };
+        let mut c = hongbao_proto::v1::cluster_client::ClusterClient::new(ch);
+        let Ok(Ok(r)) = tokio::time::timeout(PROBE_TIMEOUT, c.status(hongbao_proto::v1::StatusRequest { local_only: true })).await else { continue };
+        let caught_up = r.into_inner().nodes.iter().flat_map(|n| n.shards.iter()).any(|s| s.shard == shard_id && s.applied + crate::host::CAUGHT_UP_SLACK >= last);
+        if caught_up {
+            return Some(node);
+        }
+    }
+    None
 }

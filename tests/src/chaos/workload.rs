@@ -1,0 +1,185 @@
+//! The chaos workload: clients in every region doing top-ups, withdrawals, cross-shard
+//! transfers, group sends and grabs through the routers, recording every operation.
+
+use super::history::{Ack, Event, Op, Outcome};
+use hongbao_client::{new_request_id, Client, ClientError};
+use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest, WithdrawRequest};
+use hongbao_proto::ErrorCode;
+use hongbao_topology::Topology;
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+pub const DEVICE: &str = "chaos-phone";
+/// Starting money per user, recorded in the history like any other top-up.
+pub const OPENING_TOPUP: u64 = 50_000;
+/// Packets grabbers choose from: the most recent ones.
+const PACKET_POOL: usize = 32;
+/// Pause between one worker's operations, so the cluster is loaded but not saturated and
+/// recovery times measure failover, not queueing.
+const THINK: Duration = Duration::from_millis(20);
+/// Operations one worker has in flight: a stalled shard must not stop traffic to the others
+/// (so each shard's unavailability is its own), yet the backlog stays bounded.
+const INFLIGHT_PER_WORKER: usize = 64;
+
+pub struct Shared {
+    pub topology: Topology,
+    pub users: Vec<u64>,
+    pub start: Instant,
+    pub history: Mutex<Vec<Event>>,
+    packets: Mutex<Vec<u64>>,
+    pub stop: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(topology: Topology, users: Vec<u64>) -> Arc<Shared> {
+        Arc::new(Shared { topology, users, start: Instant::now(), history: Mutex::new(Vec::new()), packets: Mutex::new(Vec::new()), stop: AtomicBool::new(false) })
+    }
+
+    pub fn shard_of(&self, op: &Op) -> u32 {
+        match *op {
+            Op::TopUp { user, .. } | Op::Withdraw { user, .. } => self.topology.shard_of_user(user),
+            Op::Transfer { from, .. } => self.topology.shard_of_user(from),
+            Op::Send { sender, .. } => self.topology.shard_of_user(sender),
+            Op::Grab { packet, .. } => Topology::shard_of_packet(packet),
+        }
+    }
+
+    pub fn record(&self, e: Event) {
+        if let Some(Ack::Sent { packet }) = e.ack() {
+            let mut p = self.packets.lock().expect("packets lock");
+            p.push(packet);
+            if p.len() > PACKET_POOL {
+                p.remove(0);
+            }
+        }
+        self.history.lock().expect("history lock").push(e);
+    }
+
+    fn random_packet(&self, rng: &mut impl Rng) -> Option<u64> {
+        let p = self.packets.lock().expect("packets lock");
+        if p.is_empty() {
+            None
+        } else {
+            Some(p[rng.gen_range(0..p.len())])
+        }
+    }
+}
+
+fn outcome<T>(r: Result<T, ClientError>, ack: impl FnOnce(T) -> Ack) -> Outcome {
+    match r {
+        Ok(v) => Outcome::Ok(ack(v)),
+        Err(e) if e.outcome_unknown() => Outcome::Unknown(e.code()),
+        Err(e) => Outcome::Fail(e.code()),
+    }
+}
+
+/// Sends one operation with its request id (the client retries it within its deadline).
+pub async fn execute(client: &Client, rid: &[u8], op: &Op) -> Outcome {
+    let rid = rid.to_vec();
+    match *op {
+        Op::TopUp { user, amount } => outcome(client.top_up(rid, user, amount).await, |r| Ack::Wallet { fee: r.fee_cents }),
+        Op::Withdraw { user, amount } => {
+            let req = WithdrawRequest { request_id: rid, user, amount_cents: amount, device: DEVICE.into(), verification: None };
+            outcome(client.withdraw(req).await, |r| Ack::Wallet { fee: r.fee_cents })
+        }
+        Op::Transfer { from, to, amount } => {
+            let req = TransferRequest { request_id: rid, from, to, amount_cents: amount, device: DEVICE.into(), verification: None };
+            outcome(client.transfer(req).await, |r| Ack::Wallet { fee: r.fee_cents })
+        }
+        Op::Send { sender, total, count } => {
+            let req = SendPacketRequest {
+                request_id: rid,
+                sender,
+                kind: PacketKind::Lucky as i32,
+                total_cents: total,
+                count,
+                device: DEVICE.into(),
+                greeting: "恭喜发财".into(),
+                ..Default::default()
+            };
+            outcome(client.send_packet(req).await, |r| Ack::Sent { packet: r.packet_id })
+        }
+        Op::Grab { packet, grabber } => outcome(client.grab(rid, packet, grabber, "").await, |r| Ack::Grabbed { amount: r.amount_cents }),
+    }
+}
+
+/// Runs one operation and records it.
+pub async fn run_op(shared: &Shared, client: &Client, op: Op) -> Outcome {
+    let rid = new_request_id();
+    let invoked = shared.start.elapsed();
+    let out = execute(client, &rid, &op).await;
+    shared.record(Event { request_id: rid, op, shard: shared.shard_of(&op), invoked, completed: shared.start.elapsed(), outcome: out, resolved: false });
+    out
+}
+
+fn pick_op(shared: &Shared, rng: &mut impl Rng) -> Op {
+    let users = &shared.users;
+    let user = users[rng.gen_range(0..users.len())];
+    let roll = rng.gen_range(0..100);
+    match roll {
+        0..=9 => Op::TopUp { user, amount: rng.gen_range(1..=2_000) },
+        10..=14 => Op::Withdraw { user, amount: rng.gen_range(1..=500) },
+        15..=34 => {
+            let mut to = users[rng.gen_range(0..users.len())];
+            if to == user {
+                to = users[(users.iter().position(|u| *u == user).expect("user") + 1) % users.len()];
+            }
+            Op::Transfer { from: user, to, amount: rng.gen_range(1..=1_000) }
+        }
+        35..=49 => {
+            let count = rng.gen_range(2..=8);
+            Op::Send { sender: user, total: rng.gen_range(count as u64..=2_000), count }
+        }
+        _ => match shared.random_packet(rng) {
+            Some(packet) => Op::Grab { packet, grabber: user },
+            None => Op::TopUp { user, amount: 100 },
+        },
+    }
+}
+
+/// One client worker: a new operation every THINK until told to stop, each on its own task.
+pub async fn worker(shared: Arc<Shared>, client: Arc<Client>, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let slots = Arc::new(Semaphore::new(INFLIGHT_PER_WORKER));
+    let mut ops = JoinSet::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+        let op = pick_op(&shared, &mut rng);
+        let (shared, client) = (shared.clone(), client.clone());
+        ops.spawn(async move {
+            run_op(&shared, &client, op).await;
+            drop(permit);
+        });
+        while let Some(done) = ops.try_join_next() {
+            done.expect("operation task");
+        }
+        tokio::time::sleep(THINK).await;
+    }
+    while let Some(done) = ops.join_next().await {
+        done.expect("operation task");
+    }
+}
+
+/// Opens the accounts (with retries: the cluster may still be electing) and gives each user
+/// its opening money.
+pub async fn setup(shared: &Shared, client: &Client) -> anyhow::Result<()> {
+    for &u in &shared.users {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.open_account(u, DEVICE).await {
+                Ok(_) => break,
+                Err(e) if e.code() == ErrorCode::UserExists => break,
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => anyhow::bail!("could not open account {u}: {e}"),
+            }
+        }
+        if let Outcome::Fail(c) = run_op(shared, client, Op::TopUp { user: u, amount: OPENING_TOPUP }).await {
+            anyhow::bail!("opening top-up for {u} failed: {}", c.as_str_name());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Routers, region failover, failback and drain: real nodes and routers over gRPC, a client
+//! workload through the routers, a whole region killed with kill -9.
+
+use hongbao_client::{new_request_id, Client};
+use hongbao_tests::{Cluster, Spec};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Top-ups in a loop for each user; each request id is re-sent until its outcome is known.
+/// Returns the acknowledged sum per user and the number of calls that failed for good.
+struct Workload {
+    stop: Arc<AtomicBool>,
+    failures: Arc<AtomicU64>,
+    acked: Arc<Mutex<BTreeMap<u64, u64>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    fn start(client: Arc<Client>, users: &[u64], settle_unknown: bool) -> Workload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(AtomicU64::new(0));
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let mut tasks = vec![];
+        for (i, u) in users.iter().copied().enumerate() {
+            let (client, stop, failures, acked) = (client.clone(), stop.clone(), failures.clone(), acked.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let amount = 1 + (n + i as u64) % 9;
+                    let rid = new_request_id();
+                    loop {
+                        match client.top_up(rid.clone(), u, amount).await {
+                            Ok(_) => {
+                                *acked.lock().unwrap().entry(u).or_default() += amount;
+                                break;
+                            }
+                            Err(e) => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                                eprintln!("user {u}: top-up failed: {e}");
+                                if !(settle_unknown && e.outcome_unknown()) {
+                                    panic!("definitive failure: {e}");
+                                }
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }));
+        }
+        Workload { stop, failures, acked, tasks }
+    }
+
+    async fn finish(self) -> (BTreeMap<u64, u64>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        (acked, self.failures.load(Ordering::Relaxed))
+    }
+}
+
+async fn users(c: &Cluster, client: &Client) -> Vec<u64> {
+    let mut out = vec![];
+    for s in &c.topology.shards {
+        let mut u = 500;
+        for _ in 0..2 {
+            u = c.topology.user_in_shard(s.id, u + 1);
+            client.open_account(u, "phone").await.unwrap();
+            out.push(u);
+        }
+    }
+    out
+}
+
+async fn check_money(client: &Client, acked: &BTreeMap<u64, u64>) {
+    for (u, sum) in acked {
+        assert_eq!(client.balance(*u).await.unwrap().balance_cents, *sum, "user {u}: acknowledged top-ups lost or doubled");
+    }
+    let a = client.audit().await.unwrap();
+    assert!(a.balanced, "{:?}", a.problems);
+    assert_eq!(a.total_topups_cents, acked.values().sum::<u64>());
+}
+
+async fn wait_leader(c: &Cluster, shard: u32, node: u64, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if c.leaders().await.get(&shard) == Some(&node) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "shard {shard} leadership did not reach node {node} within {within:?}: {:?}", c.leaders().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_region_is_served_again_within_two_seconds_and_leadership_fails_back_home() {
+    let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let client = Arc::new(c.router_client("shanghai").with_deadline(Duration::from_secs(10)));
+    let us = users(&c, &client).await;
+    let home = c.nodes_in("shenzhen")[0];
+    wait_leader(&c, 1, home, Duration::from_secs(15)).await;
+    let w = Workload::start(client.clone(), &us, true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Shenzhen is lost: its node (leader of shard 1) and its router, kill -9.
+    let shard1_user = c.topology.user_in_shard(1, 900);
+    client.open_account(shard1_user, "phone").await.unwrap();
+    let killed = Instant::now();
+    c.kill_region("shenzhen");
+    let rid = new_request_id();
+    let recovered = loop {
+        match client.top_up(rid.clone(), shard1_user, 1).await {
+            Ok(_) => break killed.elapsed(),
+            Err(e) if e.outcome_unknown() => continue,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    println!("region shenzhen killed: its users served again after {recovered:?}");
+    assert!(recovered < Duration::from_millis(2500), "failover took {recovered:?} (target 2 s)");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.start_region("shenzhen");
+    let back = wait_leader(&c, 1, home, Duration::from_secs(20)).await;
+    println!("region shenzhen restarted: leadership of shard 1 back home after {back:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut acked, _) = w.finish().await;
+    *acked.entry(shard1_user).or_default() += 1;
+    check_money(&client, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_and_undraining_a_region_under_load_fails_no_request() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let client = Arc::new(c.router_client("tianjin").with_deadline(Duration::from_secs(10)));
+    let us = users(&c, &client).await;
+    let home = c.nodes_in("shenzhen")[0];
+    wait_leader(&c, 1, home, Duration::from_secs(15)).await;
+    let w = Workload::start(client.clone(), &us, false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let moved = client.drain("shenzhen").await.unwrap();
+    println!("drain: {:?}", moved.moved);
+    let leaders = c.leaders().await;
+    assert!(leaders.values().all(|n| *n != home), "a leader is still in the drained region: {leaders:?}");
+    // Failback must not pull leadership into a drained region.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_ne!(c.leaders().await.get(&1), Some(&home));
+
+    let moved = client.undrain("shenzhen").await.unwrap();
+    println!("undrain: {:?}", moved.moved);
+    wait_leader(&c, 1, home, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (acked, failures) = w.finish().await;
+    assert_eq!(failures, 0, "drain and undrain must not fail a client request");
+    assert!(acked.values().sum::<u64>() > 0);
+    check_money(&client, &acked).await;
+}
