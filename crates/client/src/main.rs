@@ -136,6 +136,25 @@ enum ClusterCmd {
     Drain { region: String },
     Undrain { region: String },
     TransferLeader { shard: u32, node: u64 },
+    /// Chaos testing: replace the injected faults of the node at ADDR (no flags = clear them).
+    Faults {
+        /// gRPC address of the node (not a router).
+        addr: String,
+        /// Nodes it can neither reach nor hear from, e.g. --cut-off 2,3.
+        #[arg(long, value_delimiter = ',')]
+        cut_off: Vec<u64>,
+        /// Extra one-way delay on its outgoing messages.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u32,
+        /// Only delay messages to these nodes (default: all).
+        #[arg(long, value_delimiter = ',')]
+        delay_to: Vec<u64>,
+        #[arg(long, default_value_t = 0)]
+        drop_percent: u32,
+        /// Shifts the time its leaders stamp into commands.
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        clock_offset_ms: i64,
+    },
 }
 
 fn topology_path(given: &Option<PathBuf>) -> PathBuf {
@@ -378,6 +397,12 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
         ClusterCmd::TransferLeader { shard, node } => {
             client.transfer_leader(shard, node).await?;
             println!("leadership of shard {shard} handed to node {node}");
+            Ok(0)
+        }
+        ClusterCmd::Faults { addr, cut_off, delay_ms, delay_to, drop_percent, clock_offset_ms } => {
+            let f = hongbao_proto::v1::Faults { cut_off, delay_ms, delay_to, drop_percent, clock_offset_ms };
+            let r = client.set_faults_of(&addr, f).await?;
+            println!("node {}: faults now {:?}", r.node, r.faults.unwrap_or_default());
             Ok(0)
         }
     }

@@ -20,8 +20,9 @@ use std::time::Duration;
 
 /// Injected extra delay is capped so a typo cannot stall the cluster for hours.
 pub const MAX_DELAY_MS: u32 = 10_000;
-/// A clock jump larger than this (either way) is refused: one week.
-pub const MAX_CLOCK_OFFSET_MS: i64 = 7 * 24 * 3600 * 1000;
+/// A clock jump larger than this (either way) is refused: 12 h, well inside the 24 h request-id
+/// retention (a forward jump beyond the retention would forget request ids early).
+pub const MAX_CLOCK_OFFSET_MS: i64 = 12 * 3600 * 1000;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rules {

@@ -164,11 +164,21 @@ impl Host {
         m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
     }
 
-    /// Leader-side time stamp for a command: wall clock (shifted by an injected clock jump),
-    /// never below the previous stamp.
-    fn stamp(&self) -> u64 {
+    /// This node's clock: the wall clock, shifted by an injected clock jump.
+    pub fn clock_ms(&self) -> u64 {
         let wall = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as i64;
-        let now = wall.saturating_add(self.peers.faults.clock_offset_ms()).max(0) as u64;
+        wall.saturating_add(self.peers.faults.clock_offset_ms()).max(0) as u64
+    }
+
+    /// The shard's time as its ledger sees it: never behind the last time it applied, which may
+    /// be ahead of this node's clock (another leader's clock ran fast).
+    pub fn ledger_time_ms(&self, shard: ShardId) -> u64 {
+        self.clock_ms().max(hongbao_ledger::view::totals(&self.store(shard)).last_time_ms)
+    }
+
+    /// Leader-side time stamp for a command: this node's clock, never below the previous stamp.
+    fn stamp(&self) -> u64 {
+        let now = self.clock_ms();
         let prev = self.last_stamp.fetch_max(now, Ordering::Relaxed);
         now.max(prev)
     }

@@ -12,7 +12,7 @@ use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
 use hongbao_proto::v1::RaftMessage;
 use hongbao_proto::{ErrorCode, ErrorDetail};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -39,9 +39,6 @@ pub fn spawn_all(host: Arc<Host>, stop: watch::Receiver<bool>) -> Vec<JoinHandle
     tasks
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
-}
 
 /// A request id for a system command, derived from what it does (these commands are idempotent
 /// by their own sequence numbers / state, so the id only has to be well-formed).
@@ -65,7 +62,10 @@ async fn sweeper(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<b
         if !host.is_leader(shard) {
             continue;
         }
-        let expired = hongbao_ledger::view::expired_packets(&host.store(shard_id), now_ms(), SWEEP_BATCH);
+        // Ledger time, not this node's clock: a packet counts as expired by the time the ledger
+        // will stamp on the expiry, even after another node's clock ran ahead.
+        let now = host.ledger_time_ms(shard_id);
+        let expired = hongbao_ledger::view::expired_packets(&host.store(shard_id), now, SWEEP_BATCH);
         for packet in expired {
             let id = system_id(b'x', shard_id, packet.0, 0);
             match host.propose(shard_id, id, Command::ExpirePacket { packet }).await {

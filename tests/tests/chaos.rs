@@ -1,0 +1,54 @@
+//! A short run of every chaos schedule (scripts/chaos runs them long): real nodes and routers,
+//! a recorded workload through the routers, faults, then the bank checker on the quiesced
+//! cluster. Each test fails on any violation of the money rules.
+
+use hongbao_tests::chaos::{run, Options, Schedule};
+use std::time::Duration;
+
+async fn survives(schedule: Schedule) {
+    let opts = Options { duration: Duration::from_secs(14), ..Options::default() };
+    let report = run(schedule, &opts).await.expect("chaos run");
+    println!("{report}");
+    assert!(report.violations.is_empty(), "{report}");
+    assert!(report.ok > 200, "too little work acknowledged to prove anything: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_killing_leaders_loses_and_doubles_no_money() {
+    survives(Schedule::KillLeader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_killing_a_whole_region_loses_and_doubles_no_money() {
+    survives(Schedule::KillRegion).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_partitioning_a_region_loses_and_doubles_no_money() {
+    survives(Schedule::PartitionRegion).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_isolating_a_leader_in_a_minority_loses_and_doubles_no_money() {
+    survives(Schedule::IsolateLeader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_pausing_a_leader_process_loses_and_doubles_no_money() {
+    survives(Schedule::PauseNode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_slow_lossy_links_lose_and_double_no_money() {
+    survives(Schedule::SlowLinks).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_rolling_restart_of_every_node_loses_and_doubles_no_money() {
+    survives(Schedule::RollingRestart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_clock_jump_on_one_node_changes_no_money() {
+    survives(Schedule::ClockJump).await;
+}
