@@ -1,0 +1,480 @@
+//! `hongbao-bench`: load against a running cluster through its routers, as real clients would.
+//!
+//! Scenarios: `hot-packets` (lucky group packets of 100 shares, the whole group grabbing each one
+//! at once) and `evening-mix` (sends, grabs, balance reads and cross-shard transfers). Closed loop
+//! by default (a fixed number of rounds in flight, as fast as the cluster answers); `--rate`
+//! switches to an open loop on a fixed schedule, measured from each op's scheduled start.
+//!
+//! Writes `result.json` and `plot.svg`, prints a table, then runs the cluster audit and a check of
+//! acknowledged grabs against the packets; exits 1 when the money does not balance or an
+//! acknowledged op is not where it should be. See docs/benchmarks.md.
+
+// Amounts are written yuan_cents (5_000_00 is 5,000.00 yuan), as in the ledger.
+#![allow(clippy::inconsistent_digit_grouping)]
+
+mod check;
+mod stats;
+mod svg;
+mod workload;
+
+use anyhow::Context;
+use clap::Parser;
+use hongbao_client::money::yuan;
+use hongbao_proto::v1::AuditReply;
+use hongbao_topology::Topology;
+use rand::seq::SliceRandom;
+use stats::{Kind, Recorder, Summary};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use svg::Event;
+use workload::{Clients, Ctx, Scenario};
+
+#[derive(Parser, Debug)]
+#[command(name = "hongbao-bench", about = "Benchmark the local hongbao cluster through its routers")]
+struct Args {
+    #[arg(long, value_enum)]
+    scenario: Scenario,
+    /// Open loop at this many ops a second (hot-packets: grabs a second; packets arrive at
+    /// rate / group-size a second). Omitted: closed loop, as fast as answers come.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Most ops in flight. hot-packets: packet rounds in flight = concurrency / group-size.
+    /// Default: closed loop 400 (hot-packets) / 64 (evening-mix); open loop 2000 / 1000.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Seconds of load before measuring starts (not recorded).
+    #[arg(long, default_value_t = 5)]
+    warmup: u64,
+    /// Router address (repeatable). Default: the topology's routers, each user's home region first.
+    #[arg(long = "router")]
+    routers: Vec<String>,
+    /// Default: $HONGBAO_HOME/topology.toml, .cluster/topology.toml, or deploy/local-3x1.toml.
+    #[arg(long)]
+    topology: Option<PathBuf>,
+    /// Output folder. Default: bench-results/<scenario>-<UTC timestamp>.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Kill every node of this region during the run (`scripts/cluster kill-region`).
+    #[arg(long, requires_all = ["kill_at", "restart_at"])]
+    kill_region: Option<String>,
+    /// Seconds after warm-up at which the region is killed.
+    #[arg(long, requires = "kill_region")]
+    kill_at: Option<u64>,
+    /// Seconds after warm-up at which it is started again (`scripts/cluster start-region`).
+    #[arg(long, requires = "kill_region")]
+    restart_at: Option<u64>,
+    /// Path of scripts/cluster. Default: $HONGBAO_CLUSTER_SCRIPT, else scripts/cluster.
+    #[arg(long)]
+    cluster_script: Option<PathBuf>,
+    /// hot-packets: grabbers per packet (every one a different user). Above 100 the late ones
+    /// find the packet empty (PACKET_EXHAUSTED, an expected outcome).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    group_size: u64,
+    /// Packets fetched with `show` after the run to check acknowledged grabs against claims.
+    #[arg(long, default_value_t = 50)]
+    check_sample: usize,
+}
+
+/// Senders per shard in hot-packets. The daily send limit is 5,000.00 per user and a packet is
+/// at most 8.00, so 20 a shard covers 60 x 625 = 37,500 packets (3.75 M grabs).
+const SENDERS_PER_SHARD: usize = 20;
+const SENDER_TOPUP: u64 = 5_000_00;
+/// evening-mix: users per shard and their starting balance.
+const USERS_PER_SHARD: usize = 150;
+const USER_TOPUP: u64 = 2_000_00;
+/// Setup calls in flight at once.
+const SETUP_PARALLEL: usize = 48;
+/// Audit polls while waiting for credits in flight to land.
+const AUDIT_POLLS: usize = 40;
+
+fn topology_path(given: &Option<PathBuf>) -> PathBuf {
+    if let Some(p) = given {
+        return p.clone();
+    }
+    let mut candidates = Vec::new();
+    if let Ok(home) = std::env::var("HONGBAO_HOME") {
+        candidates.push(PathBuf::from(home).join("topology.toml"));
+    }
+    candidates.push(PathBuf::from(".cluster/topology.toml"));
+    candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| PathBuf::from("deploy/local-3x1.toml"))
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC (Howard Hinnant's civil_from_days; no date crate needed).
+fn utc_stamp(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let rem = unix_secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// Runs `scripts/cluster ARGS`. Err only when it could not be run at all; a non-zero exit is
+/// returned as a warning, since the kill itself may well have happened (the plot shows it).
+fn run_script(script: &Path, args: &[&str]) -> anyhow::Result<Option<String>> {
+    let st = std::process::Command::new(script).args(args).status().with_context(|| format!("running {}", script.display()))?;
+    Ok((!st.success()).then(|| format!("{} {} exited with {st}", script.display(), args.join(" "))))
+}
+
+/// Kills the region at `kill_at` and starts it again at `restart_at` (seconds after warm-up).
+/// The restart is attempted whatever the kill did, so a run never leaves a region down.
+/// Returns the warnings (non-zero exits).
+async fn chaos(script: PathBuf, region: String, measure_start: Instant, kill_at: u64, restart_at: u64, events: Arc<Mutex<Vec<Event>>>) -> anyhow::Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let mut failed = None;
+    for (at, cmd) in [(kill_at, "kill-region"), (restart_at, "start-region")] {
+        tokio::time::sleep_until((measure_start + Duration::from_secs(at)).into()).await;
+        let t = measure_start.elapsed().as_secs_f64();
+        println!("[{t:6.1}s] scripts/cluster {cmd} {region}");
+        let (s, r) = (script.clone(), region.clone());
+        match tokio::task::spawn_blocking(move || run_script(&s, &[cmd, &r])).await? {
+            Ok(warning) => {
+                events.lock().expect("events lock").push(Event { t, label: format!("{cmd} {region}") });
+                warnings.extend(warning);
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(warnings),
+    }
+}
+
+/// One progress line a second: the last complete second's headline ops.
+async fn progress(ctx: Arc<Ctx>, measure_start: Instant) {
+    let mut next = measure_start + Duration::from_secs(1);
+    while next <= ctx.stop_at {
+        tokio::time::sleep_until(next.into()).await;
+        let sec = (next - measure_start).as_secs() as usize - 1;
+        let line = ctx.recorder.lock().expect("recorder lock").second(sec);
+        let (ops, errors, p99) = line.unwrap_or((0, 0, 0.0));
+        println!("[{:6}s] {ops:>7} ops/s  p99 {p99:>8.2} ms  errors {errors}", sec + 1);
+        next += Duration::from_secs(1);
+    }
+}
+
+fn audit_json(a: &AuditReply) -> serde_json::Value {
+    serde_json::json!({
+        "balanced": a.balanced,
+        "problems": a.problems,
+        "total_topups_cents": a.total_topups_cents,
+        "total_withdrawals_cents": a.total_withdrawals_cents,
+        "total_balances_cents": a.total_balances_cents,
+        "total_escrow_cents": a.total_escrow_cents,
+        "total_in_flight_cents": a.total_in_flight_cents,
+        "total_fees_cents": a.total_fees_cents,
+    })
+}
+
+fn print_table(title: &str, s: &Summary) {
+    println!("\n== {title}");
+    println!("{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}", "op", "answered", "ops/s", "p50 ms", "p99 ms", "p999 ms", "max ms", "ok", "expected", "errors");
+    for k in &s.kinds {
+        let l = &k.latency;
+        println!(
+            "{:<10} {:>9} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>8} {:>8}",
+            k.kind,
+            l.ops,
+            l.ops_per_s,
+            l.p50_ms,
+            l.p99_ms,
+            l.p999_ms,
+            l.max_ms,
+            k.ok,
+            k.expected.values().sum::<u64>(),
+            k.errors.values().sum::<u64>()
+        );
+    }
+    let h = &s.headline;
+    println!(
+        "headline ({}): {:.0} ops/s over {:.0} s; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        s.headline_kinds.join("+"),
+        h.ops_per_s,
+        s.measured_secs,
+        h.p50_ms,
+        h.p99_ms,
+        h.p999_ms,
+        h.max_ms
+    );
+    for k in &s.kinds {
+        for (c, n) in &k.expected {
+            println!("  expected {:<9} {c}: {n}", k.kind);
+        }
+        for (c, n) in &k.errors {
+            println!("  error    {:<9} {c}: {n}", k.kind);
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<i32> {
+    let scenario = args.scenario;
+    let group_size = args.group_size as usize;
+    // Closed loop: the in-flight count *is* the load. Open loop: the schedule is the load and
+    // the bound only stops a stalled cluster from piling up unbounded work in the bench, so it
+    // is set well above what the schedule needs when answers come in time.
+    let concurrency = args.concurrency.unwrap_or(match (scenario, args.rate.is_some()) {
+        (Scenario::HotPackets, false) => 400,
+        (Scenario::EveningMix, false) => 64,
+        (Scenario::HotPackets, true) => 2_000,
+        (Scenario::EveningMix, true) => 1_000,
+    });
+    anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
+    if let Some(r) = args.rate {
+        anyhow::ensure!(r.is_finite() && r > 0.0, "--rate must be a positive number of ops a second");
+    }
+    if let (Some(k), Some(r)) = (args.kill_at, args.restart_at) {
+        anyhow::ensure!(k <= r, "--restart-at must not come before --kill-at");
+    }
+    let topo_path = topology_path(&args.topology);
+    let topology = Topology::load(&topo_path).map_err(anyhow::Error::msg).with_context(|| format!("reading {}", topo_path.display()))?;
+    anyhow::ensure!(!args.routers.is_empty() || !topology.routers.is_empty(), "{} lists no router; pass --router", topo_path.display());
+    let script = args
+        .cluster_script
+        .clone()
+        .or_else(|| std::env::var_os("HONGBAO_CLUSTER_SCRIPT").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("scripts/cluster"));
+    if args.kill_region.is_some() {
+        anyhow::ensure!(script.exists(), "{} not found (pass --cluster-script)", script.display());
+        anyhow::ensure!(topology.regions.iter().any(|r| Some(&r.name) == args.kill_region.as_ref()), "no region {:?} in {}", args.kill_region, topo_path.display());
+    }
+    let started = SystemTime::now().duration_since(UNIX_EPOCH)?;
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("bench-results/{}-{}", scenario.name(), utc_stamp(started.as_secs()))));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+
+    let clients = Arc::new(Clients::new(topology.clone(), &args.routers));
+    // Fresh users for every run (100,000 ids per millisecond of start time), so runs on the
+    // same cluster never share accounts or daily send limits.
+    let base = (started.as_millis() as u64 % 10_000_000_000_000) * 100_000;
+    let shards: Vec<u32> = topology.shards.iter().map(|s| s.id).collect();
+
+    let setup_start = Instant::now();
+    let (senders, grabbers, users_by_shard) = match scenario {
+        Scenario::HotPackets => {
+            let per_shard = (2 * group_size).max(300).div_ceil(shards.len());
+            let senders: Vec<u64> = shards.iter().flat_map(|s| workload::users_in_shard(&topology, *s, base, SENDERS_PER_SHARD)).collect();
+            let grabbers: Vec<u64> = shards.iter().flat_map(|s| workload::users_in_shard(&topology, *s, base + 50_000, per_shard)).collect();
+            println!("setup: opening {} senders (topped up {} each) and {} grabbers over {} shards", senders.len(), yuan(SENDER_TOPUP), grabbers.len(), shards.len());
+            workload::open_and_fund(&clients, &senders, SENDER_TOPUP, SETUP_PARALLEL).await?;
+            workload::open_and_fund(&clients, &grabbers, 0, SETUP_PARALLEL).await?;
+            (senders, grabbers, Vec::new())
+        }
+        Scenario::EveningMix => {
+            let by_shard: Vec<Vec<u64>> = shards.iter().map(|s| workload::users_in_shard(&topology, *s, base, USERS_PER_SHARD)).collect();
+            let all: Vec<u64> = by_shard.iter().flatten().copied().collect();
+            println!("setup: opening {} users over {} shards, topped up {} each", all.len(), shards.len(), yuan(USER_TOPUP));
+            workload::open_and_fund(&clients, &all, USER_TOPUP, SETUP_PARALLEL).await?;
+            (Vec::new(), Vec::new(), by_shard)
+        }
+    };
+    println!("setup done in {:.1} s", setup_start.elapsed().as_secs_f64());
+
+    let run_start = Instant::now();
+    let measure_start = run_start + Duration::from_secs(args.warmup);
+    let stop_at = measure_start + Duration::from_secs(args.duration);
+    let headline = match scenario {
+        Scenario::HotPackets => vec![Kind::Grab],
+        Scenario::EveningMix => vec![Kind::Send, Kind::Grab, Kind::Balance, Kind::Transfer],
+    };
+    let ctx = Arc::new(Ctx::new(scenario, clients.clone(), Recorder::new(measure_start, headline), stop_at, senders, grabbers, group_size, users_by_shard));
+
+    // Rounds in flight: a hot-packets round is one send then group-size grabs at once.
+    let (slots, rounds_per_sec) = match scenario {
+        Scenario::HotPackets => ((concurrency / group_size).max(1), args.rate.map(|r| r / group_size as f64)),
+        Scenario::EveningMix => (concurrency, args.rate),
+    };
+    let mode = match args.rate {
+        Some(r) => format!("open loop at {r} ops/s, at most {slots} rounds in flight"),
+        None => format!("closed loop, {slots} rounds in flight"),
+    };
+    println!("{}: {mode}; warm-up {} s, measuring {} s", scenario.name(), args.warmup, args.duration);
+
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let chaos_task = match (&args.kill_region, args.kill_at, args.restart_at) {
+        (Some(region), Some(k), Some(r)) => Some(tokio::spawn(chaos(script.clone(), region.clone(), measure_start, k, r, events.clone()))),
+        _ => None,
+    };
+    let progress_task = tokio::spawn(progress(ctx.clone(), measure_start));
+    match rounds_per_sec {
+        Some(per_sec) => workload::open_loop(ctx.clone(), per_sec, slots).await,
+        None => workload::closed_loop(ctx.clone(), slots).await,
+    }
+    progress_task.abort();
+    let load_end = Instant::now();
+    let mut failures: Vec<String> = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
+    if let Some(t) = chaos_task {
+        match t.await {
+            Ok(Ok(w)) => warnings.extend(w),
+            Ok(Err(e)) => failures.push(format!("region kill/restart failed: {e:#}")),
+            Err(e) => failures.push(format!("region kill/restart task died: {e}")),
+        }
+    }
+    println!("load ended; last answers arrived {:.1} s after the schedule ended", load_end.saturating_duration_since(stop_at).as_secs_f64());
+
+    // Results of the measured window. Ops still in flight at stop_at are counted when they
+    // finish; ops/s divides by the scheduled window.
+    let summary = ctx.recorder.lock().expect("recorder lock").summary(Duration::from_secs(args.duration));
+    let events: Vec<Event> = events.lock().expect("events lock").clone();
+    let title = format!("hongbao-bench {}: {}", scenario.name(), mode);
+    print_table(&title, &summary);
+    if summary.headline.ops == 0 {
+        failures.push("no op was answered in the measured window".into());
+    }
+
+    // Acknowledged grabs against the packets the cluster shows.
+    let (tracked, grabs, untracked, mut problems, sample) = {
+        let tracker = ctx.tracker.lock().expect("tracker lock");
+        let mut problems = Vec::new();
+        for (id, t) in &tracker.packets {
+            problems.extend(check::check_acks(*id, t));
+        }
+        let ids: Vec<u64> = tracker.packets.keys().copied().collect();
+        let sample: Vec<(u64, check::Tracked)> = ids.choose_multiple(&mut rand::thread_rng(), args.check_sample).map(|id| (*id, tracker.packets[id].clone())).collect();
+        (tracker.packets.len(), tracker.grabs(), tracker.untracked_packets, problems, sample)
+    };
+    let client = clients.any();
+    for (id, t) in &sample {
+        match client.show_packet(*id).await {
+            Ok(v) => problems.extend(check::check_view(*id, t, &v)),
+            Err(e) => problems.push(format!("packet {id}: show failed: {e}")),
+        }
+    }
+    println!(
+        "\nchecked {tracked} packets with {grabs} acknowledged grabs ({} fetched and compared to their claims{}): {}",
+        sample.len(),
+        if untracked > 0 { format!("; {untracked} packets past the tracking bound") } else { String::new() },
+        if problems.is_empty() { "consistent".to_string() } else { format!("{} PROBLEMS", problems.len()) }
+    );
+    for p in problems.iter().take(20) {
+        println!("  PROBLEM: {p}");
+    }
+    if !problems.is_empty() {
+        failures.push(format!("{} acknowledged-op problems", problems.len()));
+    }
+
+    // The audit: credits may still be in flight between shards; give the relays a moment.
+    let mut audit = client.audit().await;
+    for _ in 0..AUDIT_POLLS {
+        if matches!(&audit, Ok(a) if a.balanced && a.total_in_flight_cents == 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        audit = client.audit().await;
+    }
+    let audit_value = match &audit {
+        Ok(a) => {
+            println!(
+                "audit: top-ups {} = balances {} + escrow {} + in flight {} + fees {} + withdrawals {}: {}",
+                yuan(a.total_topups_cents),
+                yuan(a.total_balances_cents),
+                yuan(a.total_escrow_cents),
+                yuan(a.total_in_flight_cents),
+                yuan(a.total_fees_cents),
+                yuan(a.total_withdrawals_cents),
+                if a.balanced { "BALANCED" } else { "NOT BALANCED" }
+            );
+            for p in &a.problems {
+                println!("  AUDIT PROBLEM: {p}");
+            }
+            if !a.balanced {
+                failures.push("the audit does not balance".into());
+            }
+            audit_json(a)
+        }
+        Err(e) => {
+            println!("audit failed: {e}");
+            failures.push(format!("audit failed: {e}"));
+            serde_json::json!({ "error": e.to_string() })
+        }
+    };
+
+    let result = serde_json::json!({
+        "scenario": scenario.name(),
+        "started_unix_s": started.as_secs(),
+        "config": {
+            "mode": if args.rate.is_some() { "open" } else { "closed" },
+            "rate_ops_per_s": args.rate,
+            "concurrency": concurrency,
+            "rounds_in_flight": slots,
+            "group_size": if scenario == Scenario::HotPackets { Some(group_size) } else { None },
+            "warmup_s": args.warmup,
+            "duration_s": args.duration,
+            "routers": if args.routers.is_empty() { topology.routers.iter().map(|r| r.addr.clone()).collect() } else { args.routers.clone() },
+            "topology": topo_path.display().to_string(),
+            "kill_region": args.kill_region,
+            "kill_at_s": args.kill_at,
+            "restart_at_s": args.restart_at,
+        },
+        "summary": summary,
+        "events": events,
+        "checks": {
+            "packets": tracked,
+            "acknowledged_grabs": grabs,
+            "packets_shown": sample.len(),
+            "problems": problems,
+        },
+        "audit": audit_value,
+        "warnings": warnings,
+        "failures": failures,
+        "passed": failures.is_empty(),
+    });
+    std::fs::write(out.join("result.json"), serde_json::to_string_pretty(&result)? + "\n")?;
+    std::fs::write(out.join("plot.svg"), svg::plot(&title, &summary.series, &events))?;
+    println!("wrote {0}/result.json and {0}/plot.svg", out.display());
+    for w in &warnings {
+        println!("WARNING: {w}");
+    }
+    if failures.is_empty() {
+        println!("PASSED");
+        Ok(0)
+    } else {
+        for f in &failures {
+            println!("FAILED: {f}");
+        }
+        Ok(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps() {
+        assert_eq!(utc_stamp(0), "19700101-000000");
+        assert_eq!(utc_stamp(951_782_400), "20000229-000000");
+        assert_eq!(utc_stamp(1_767_225_599), "20251231-235959");
+    }
+
+    #[test]
+    fn args_parse() {
+        let a = Args::try_parse_from(["hongbao-bench", "--scenario", "hot-packets", "--rate", "2000", "--router", "127.0.0.1:7001", "--router", "127.0.0.1:7002"]).unwrap();
+        assert_eq!(a.scenario, Scenario::HotPackets);
+        assert_eq!(a.routers.len(), 2);
+        assert!(Args::try_parse_from(["hongbao-bench", "--scenario", "evening-mix", "--kill-region", "shanghai"]).is_err(), "kill needs both times");
+        assert!(Args::try_parse_from(["hongbao-bench", "--scenario", "evening-mix", "--kill-region", "shanghai", "--kill-at", "5", "--restart-at", "10"]).is_ok());
+    }
+}
