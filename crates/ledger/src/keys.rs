@@ -11,6 +11,7 @@
 //! | `x`    | `x expires_ms packet`        | () expiry index  |
 //! | `o`    | `o dest seq`                 | CreditEntry      |
 //! | `s`    | `s dest`                     | PairState (sent) |
+//! | `l`    | `l dest`                     | u64: outbox delivered up to this seq |
 //! | `r`    | `r source`                   | PairState (received) |
 //! | `q`    | `q request_id`               | DedupEntry       |
 //! | `d`    | `d time_ms request_id`       | () dedup expiry index |
@@ -77,6 +78,9 @@ pub fn outbox_from(dest: ShardId, from_seq: u64) -> (Vec<u8>, Vec<u8>) {
 pub fn outbox_all() -> (Vec<u8>, Vec<u8>) {
     (vec![b'o'], vec![b'o' + 1])
 }
+pub fn delivered(dest: ShardId) -> Vec<u8> {
+    k(b'l', &[&dest.to_be_bytes()])
+}
 pub fn sent(dest: ShardId) -> Vec<u8> {
     k(b's', &[&dest.to_be_bytes()])
 }
@@ -100,6 +104,9 @@ pub fn dedup_expiry(time_ms: u64, id: &RequestId) -> Vec<u8> {
 }
 pub fn dedup_expiry_until(until_ms: u64) -> (Vec<u8>, Vec<u8>) {
     (vec![b'd'], k(b'd', &[&until_ms.to_be_bytes()]))
+}
+pub fn dedup_expiry_time(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[1..9].try_into().expect("dedup expiry key layout"))
 }
 pub fn dedup_expiry_id(key: &[u8]) -> RequestId {
     RequestId(key[9..25].try_into().expect("dedup expiry key layout"))

@@ -91,11 +91,22 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
     /// Forgets request ids older than the retention, a bounded number per command.
     fn gc_dedup(&mut self, now: u64) {
         let Some(until) = now.checked_sub(self.config.dedup_retention_ms) else { return };
+        if until <= self.totals.dedup_oldest_ms {
+            return;
+        }
         let (a, b) = keys::dedup_expiry_until(until);
-        for (k, _) in self.db.scan(&a, &b, self.config.dedup_gc_per_apply) {
+        let rows = self.db.scan(&a, &b, self.config.dedup_gc_per_apply);
+        let more = rows.len() == self.config.dedup_gc_per_apply;
+        for (k, _) in rows {
             let id = keys::dedup_expiry_id(&k);
             self.db.delete(keys::dedup(&id));
             self.db.delete(k);
+        }
+        if !more {
+            // Everything older than `until` is gone: the oldest left decides the next collection
+            // (none left: nothing older than this command, whose own id is remembered next).
+            let (a, b) = keys::dedup_expiry_until(u64::MAX);
+            self.totals.dedup_oldest_ms = self.db.scan(&a, &b, 1).first().map(|(k, _)| keys::dedup_expiry_time(k)).unwrap_or(now);
         }
     }
 
@@ -569,17 +580,25 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         if up_to > sent.seq {
             return Err(Code::InvalidArgument);
         }
-        let (a, _) = keys::outbox_from(dest, 0);
+        // Start after what was delivered before: deleted records stay behind as tombstones in
+        // RocksDB for a while, and a scan from 0 would wade through all of them.
+        let done: u64 = self.get(&keys::delivered(dest)).unwrap_or(0);
+        let (a, _) = keys::outbox_from(dest, done.saturating_add(1));
         let b = keys::outbox(dest, up_to.saturating_add(1));
-        let rows = self.db.scan(&a, &b, self.config.max_credit_batch * 4);
+        let limit = self.config.max_credit_batch * 4;
+        let rows = self.db.scan(&a, &b, limit);
         // After this point the command must succeed.
         let mut amount = Cents(0);
         let n = rows.len() as u32;
+        let mut reached = if rows.len() == limit { done } else { up_to.max(done) };
         for (k, v) in rows {
             let e: CreditEntry = dec(&v);
+            assert!(e.seq > done && e.seq <= up_to, "outbox scan out of range");
             amount = add(amount, e.amount);
+            reached = reached.max(e.seq);
             self.db.delete(k);
         }
+        self.put(keys::delivered(dest), &reached);
         self.totals.outbox_pending = sub(self.totals.outbox_pending, amount);
         self.totals.credits_out_delivered = add(self.totals.credits_out_delivered, amount);
         self.totals.outbox_records -= n as u64;

@@ -74,6 +74,10 @@ pub struct Totals {
     pub last_time_ms: u64,
     pub next_packet_seq: u64,
     pub next_challenge: u64,
+    /// No request id is remembered from before this time: until the retention reaches it, the
+    /// dedup collection has nothing to do and skips its scan (which would cost every command a
+    /// RocksDB seek).
+    pub dedup_oldest_ms: u64,
 }
 
 impl Totals {

@@ -76,6 +76,33 @@ pub fn packet(store: &(impl Store + ?Sized), id: PacketId) -> Option<PacketView>
     Some(PacketView { packet: p, claims, best_luck })
 }
 
+/// What a grab would surely be refused with, judged from applied state alone: a grabbed marker,
+/// a refund and an exhausted packet are final, so no command not yet applied can undo them. The
+/// leader answers these without proposing (the storm's late grabbers cost no Raft round). None:
+/// propose it. A request id already seen is never refused here: its replay must answer the first
+/// outcome.
+pub fn grab_refusal(store: &(impl Store + ?Sized), id: &RequestId, packet: PacketId, grabber: UserId, now_ms: u64) -> Option<Code> {
+    if store.get(&keys::dedup(id)).is_some() {
+        return None;
+    }
+    let p: Packet = store.get(&keys::packet(packet)).map(|b| dec(&b))?;
+    if store.get(&keys::grabbed(packet, grabber)).is_some() {
+        return Some(Code::AlreadyGrabbed);
+    }
+    if p.refunded.is_some() || (p.remaining_count == 0 && now_ms >= p.expires_ms) {
+        return Some(Code::PacketExpired);
+    }
+    if p.remaining_count == 0 {
+        return Some(Code::PacketExhausted);
+    }
+    None
+}
+
+/// The seq up to which credits to `dest` are delivered (their outbox records deleted).
+pub fn delivered(store: &(impl Store + ?Sized), dest: ShardId) -> u64 {
+    store.get(&keys::delivered(dest)).map(|v| dec(&v)).unwrap_or(0)
+}
+
 /// Credits waiting to go to `dest`, seq > `after_seq`, oldest first.
 pub fn outbox(store: &(impl Store + ?Sized), dest: ShardId, after_seq: u64, limit: usize) -> Vec<CreditEntry> {
     let (a, b) = keys::outbox_from(dest, after_seq.saturating_add(1));

@@ -81,7 +81,9 @@ impl hongbao_ledger::Store for SnapshotStore<'_> {
         let to = keys::data(self.shard, end);
         let prefix = keys::data(self.shard, &[]).len();
         let mut out = Vec::new();
-        for item in self.snap.iterator(rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward)) {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(to.clone());
+        for item in self.snap.iterator_opt(rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward), ro) {
             let (k, v) = item.expect("RocksDB scan failed");
             if *k >= *to || out.len() >= limit {
                 break;

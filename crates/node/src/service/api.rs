@@ -260,8 +260,18 @@ impl Packets for ApiService {
         }
         let grabber_shard = self.user_shard(r.grabber)?;
         let password = if r.password.is_empty() { None } else { Some(r.password) };
+        let id = request_id(&r.request_id)?;
+        if let Ok(s) = self.host.shard(shard) {
+            if self.host.is_leader(s) {
+                let now = self.host.ledger_time_ms(shard);
+                if let Some(code) = hongbao_ledger::view::grab_refusal(&self.host.store(shard), &id, packet, r.grabber, now) {
+                    metrics::counter!("hongbao_grabs_fast_rejected_total").increment(1);
+                    return Err(rejected(&Outcome::err(code), shard));
+                }
+            }
+        }
         let cmd = Command::Grab { packet, grabber: r.grabber, grabber_shard, password };
-        let o = self.write(shard, request_id(&r.request_id)?, cmd).await?;
+        let o = self.write(shard, id, cmd).await?;
         metrics::counter!("hongbao_grabs_total").increment(1);
         match o.reply {
             Reply::Grabbed { packet, amount, index, remaining_count, remaining, credit_in_flight } => Ok(Response::new(GrabReply {

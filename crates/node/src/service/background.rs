@@ -97,7 +97,11 @@ async fn relay(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<boo
         let mut failed = false;
         let mut backlog = 0u64;
         for dest in host.topology.shards.iter().map(|s| s.id).filter(|d| *d != shard_id) {
-            let batch = hongbao_ledger::view::outbox(&host.store(shard_id), dest, 0, RELAY_BATCH);
+            // From the replicated delivered mark: the scan does not wade through the tombstones
+            // of every record delivered before.
+            let store = host.store(shard_id);
+            let after = hongbao_ledger::view::delivered(&store, dest);
+            let batch = hongbao_ledger::view::outbox(&store, dest, after, RELAY_BATCH);
             if batch.is_empty() {
                 continue;
             }

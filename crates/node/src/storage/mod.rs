@@ -4,7 +4,7 @@
 
 pub mod keys;
 
-use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{BlockBasedOptions, Cache, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 use std::io;
 use std::path::Path;
 
@@ -34,6 +34,16 @@ impl Db {
         opts.set_max_background_jobs(2);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_write_buffer_size(64 << 20);
+        // Most ledger reads are point lookups that miss (a request id never seen, a grabber who
+        // has not grabbed this packet yet): bloom filters, in the tables and in the memtable,
+        // answer those without searching every level.
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        table.set_block_cache(&Cache::new_lru_cache(256 << 20));
+        table.set_cache_index_and_filter_blocks(true);
+        opts.set_block_based_table_factory(&table);
+        opts.set_memtable_whole_key_filtering(true);
+        opts.set_memtable_prefix_bloom_ratio(0.1);
         let db = DB::open(&opts, path).map_err(io_err)?;
         Ok(Db { db })
     }
@@ -45,7 +55,11 @@ impl Db {
     /// Up to `limit` pairs in `[start, end)`, ascending.
     pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        for item in self.db.iterator(IteratorMode::From(start, Direction::Forward)) {
+        // The upper bound stops RocksDB itself at `end`, instead of walking on over the
+        // tombstones of deleted keys beyond it.
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(end.to_vec());
+        for item in self.db.iterator_opt(IteratorMode::From(start, Direction::Forward), ro) {
             let (k, v) = item.map_err(io_err)?;
             if &*k >= end || out.len() >= limit {
                 break;
