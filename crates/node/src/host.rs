@@ -7,7 +7,7 @@ use crate::faults::Faults;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{NetworkFactory, Peers};
 use crate::raft::state_machine::{ShardStore, StateMachine};
-use crate::raft::types::{AppResponse, NodeId, Raft};
+use crate::raft::types::{AppResponse, Batch, NodeId, Raft};
 use crate::storage::Db;
 use hongbao_ledger::{Command, LedgerConfig, Outcome, Request, RequestId, ShardId};
 use hongbao_proto::{ErrorCode, ErrorDetail};
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Proposals in flight per shard before new ones get OVERLOADED instead of queueing without end.
 pub const MAX_INFLIGHT_PER_SHARD: usize = 20_000;
@@ -29,12 +29,80 @@ pub const MAX_INFLIGHT_PER_SHARD: usize = 20_000;
 pub const CAUGHT_UP_SLACK: u64 = 100;
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most requests in one Raft entry: bounds the entry (and an AppendEntries of up to
+/// `max_payload_entries` of them) in size.
+pub const MAX_BATCH: usize = 256;
+/// Entries one shard's leader has proposed and not yet seen applied. While they are in flight,
+/// new requests wait in the queue and go out together in the next entry: that is the batching.
+pub const MAX_ENTRIES_IN_FLIGHT: usize = 8;
+
 pub struct Shard {
     pub id: ShardId,
     pub raft: Raft,
     pub home_region: String,
     pub replicas: Vec<NodeId>,
     inflight: Arc<Semaphore>,
+    proposals: mpsc::Sender<Proposal>,
+}
+
+/// One request waiting for the shard's proposer, and where its outcome goes.
+struct Proposal {
+    req: Request,
+    done: oneshot::Sender<Result<Outcome, Failed>>,
+}
+
+/// Why a proposed entry did not produce outcomes.
+#[derive(Debug, Clone)]
+enum Failed {
+    NotLeader(Option<NodeId>),
+    Unavailable(String),
+    Internal(String),
+}
+
+/// The shard's proposer: gathers queued requests into one entry (up to MAX_BATCH) and keeps at
+/// most MAX_ENTRIES_IN_FLIGHT entries in flight, answering each request with its own outcome.
+async fn proposer(raft: Raft, mut queue: mpsc::Receiver<Proposal>) {
+    let slots = Arc::new(Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("hongbao_batch_requests").record(batch.len() as f64);
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (reqs, waiters): (Vec<Request>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.done)).unzip();
+            let n = reqs.len();
+            let res = match raft.client_write(Batch(reqs)).await {
+                Ok(resp) => match resp.data {
+                    AppResponse::Ledger(outcomes) => {
+                        assert_eq!(outcomes.len(), n, "one outcome per request of the entry");
+                        Ok(outcomes)
+                    }
+                    AppResponse::Empty => Err(Failed::Internal("ledger entry answered empty".into())),
+                },
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Failed::NotLeader(f.leader_id)),
+                Err(e) => Err(Failed::Unavailable(e.to_string())),
+            };
+            drop(slot);
+            match res {
+                Ok(outcomes) => {
+                    for (w, o) in waiters.into_iter().zip(outcomes) {
+                        let _ = w.send(Ok(o));
+                    }
+                }
+                Err(f) => {
+                    for w in waiters {
+                        let _ = w.send(Err(f.clone()));
+                    }
+                }
+            }
+        });
+    }
 }
 
 pub struct Host {
@@ -73,7 +141,8 @@ pub fn raft_config(t: &Topology) -> openraft::Config {
         election_timeout_max: r.election_timeout_max_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every),
         max_in_snapshot_log_to_keep: r.keep_behind_snapshot,
-        max_payload_entries: 2_000,
+        // Entries carry up to MAX_BATCH requests each: 256 x 256 bounds one AppendEntries.
+        max_payload_entries: 256,
         enable_pre_vote: Some(true),
         ..Default::default()
     }
@@ -115,6 +184,9 @@ impl Host {
                     raft.initialize(members).await?;
                 }
             }
+            // The queue holds at most what the in-flight limit lets through.
+            let (proposals, queue) = mpsc::channel(MAX_INFLIGHT_PER_SHARD);
+            tokio::spawn(proposer(raft.clone(), queue));
             shards.insert(
                 s.id,
                 Arc::new(Shard {
@@ -123,6 +195,7 @@ impl Host {
                     home_region: s.home.clone(),
                     replicas: s.replicas.clone(),
                     inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_PER_SHARD)),
+                    proposals,
                 }),
             );
         }
@@ -196,16 +269,19 @@ impl Host {
         let req = Request { id, time_ms: self.stamp(), cmd };
         let started = std::time::Instant::now();
         metrics::counter!("hongbao_proposals_total").increment(1);
-        let res = tokio::time::timeout(PROPOSE_TIMEOUT, shard.raft.client_write(req)).await;
+        let (done, outcome) = oneshot::channel();
+        shard.proposals.try_send(Proposal { req, done }).map_err(|_| {
+            detail(ErrorCode::Overloaded, format!("shard {shard_id}: proposal queue full"), shard_id)
+        })?;
+        let res = tokio::time::timeout(PROPOSE_TIMEOUT, outcome).await;
         metrics::histogram!("hongbao_commit_seconds").record(started.elapsed().as_secs_f64());
         match res {
             Err(_) => Err(detail(ErrorCode::Timeout, format!("shard {shard_id}: not committed within {PROPOSE_TIMEOUT:?}; retry with the same request id"), shard_id)),
-            Ok(Ok(resp)) => match resp.data {
-                AppResponse::Ledger(o) => Ok(o),
-                AppResponse::Empty => Err(detail(ErrorCode::Internal, "ledger entry answered empty", shard_id)),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(self.not_leader(shard, f.leader_id)),
-            Ok(Err(e)) => Err(detail(ErrorCode::Unavailable, format!("shard {shard_id}: {e}"), shard_id)),
+            Ok(Err(_)) => Err(detail(ErrorCode::Internal, format!("shard {shard_id}: proposer stopped"), shard_id)),
+            Ok(Ok(Ok(o))) => Ok(o),
+            Ok(Ok(Err(Failed::NotLeader(l)))) => Err(self.not_leader(shard, l)),
+            Ok(Ok(Err(Failed::Unavailable(e)))) => Err(detail(ErrorCode::Unavailable, format!("shard {shard_id}: {e}"), shard_id)),
+            Ok(Ok(Err(Failed::Internal(e)))) => Err(detail(ErrorCode::Internal, format!("shard {shard_id}: {e}"), shard_id)),
         }
     }
 

@@ -27,6 +27,8 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Snapshot chunk size: bounded so a chunk never dominates memory or a gRPC frame.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Time a follower gets to append a batch of entries.
+pub const APPEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// gRPC message limit for Raft traffic (a batch of entries plus framing).
 pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
 
@@ -156,7 +158,12 @@ impl RaftNetworkV2<TypeConfig> for Network {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.rpc(&rpc, option.hard_ttl(), |mut c, m| async move { c.append(m).await }).await
+        // openraft allows one heartbeat interval (100 ms). A batch of entries on a busy follower
+        // (its fsync, a CPU shared with five other processes) can take longer; calling that
+        // "unreachable" would back replication off and stall commits. Heartbeats keep the short
+        // limit, so a dead or paused follower is still noticed at once.
+        let ttl = if rpc.entries.is_empty() { option.hard_ttl() } else { option.hard_ttl().max(APPEND_TIMEOUT) };
+        self.rpc(&rpc, ttl, |mut c, m| async move { c.append(m).await }).await
     }
 
     async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {

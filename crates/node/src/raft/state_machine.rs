@@ -205,7 +205,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (entry, responder) = item?;
             let reply = match entry.payload {
                 EntryPayload::Blank => AppResponse::Empty,
-                EntryPayload::Normal(ref req) => AppResponse::Ledger(ledger.apply(req)),
+                EntryPayload::Normal(ref batch) => AppResponse::Ledger(batch.0.iter().map(|req| ledger.apply(req)).collect()),
                 EntryPayload::Membership(ref m) => {
                     meta.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     AppResponse::Empty

@@ -2,13 +2,28 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What a Raft log entry carries: one ledger request, stamped with the leader's time.
-pub type AppData = hongbao_ledger::Request;
+/// What a Raft log entry carries: the ledger requests the leader gathered while earlier entries
+/// were in flight (one or many, each stamped with the leader's time), applied in order. One
+/// entry for many requests is what makes replication, fsync and apply cheap per request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Batch(pub Vec<hongbao_ledger::Request>);
 
-/// What applying an entry answers. Blank and membership entries answer `Empty`.
+impl std::fmt::Display for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "{one}"),
+            many => write!(f, "batch of {}", many.len()),
+        }
+    }
+}
+
+pub type AppData = Batch;
+
+/// What applying an entry answers: one outcome per request of the batch, in order. Blank and
+/// membership entries answer `Empty`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AppResponse {
-    Ledger(hongbao_ledger::Outcome),
+    Ledger(Vec<hongbao_ledger::Outcome>),
     Empty,
 }
 
