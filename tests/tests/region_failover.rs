@@ -122,6 +122,10 @@ async fn a_lost_region_is_served_again_within_two_seconds_and_leadership_fails_b
     };
     println!("region shenzhen killed: its users served again after {recovered:?}");
     assert!(recovered < Duration::from_millis(2500), "failover took {recovered:?} (target 2 s)");
+    // The surviving routers see the region down, and route shard 1 out of it.
+    let view = client.status().await.unwrap().router.expect("a router answers with its own view");
+    assert!(view.regions.iter().any(|r| r.region == "shenzhen" && !r.up), "router view: {view:?}");
+    assert!(view.leaders.iter().any(|l| l.shard == 1 && l.node != home), "router view: {view:?}");
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     c.start_region("shenzhen");

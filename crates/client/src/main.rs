@@ -335,7 +335,13 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
             let s = client.status().await?;
             if json {
                 let nodes: Vec<_> = s.nodes.iter().map(|n| serde_json::json!({"node": n.node, "region": n.region, "addr": n.addr, "up": n.up, "error": n.error, "shards": n.shards.iter().map(|sh| serde_json::json!({"shard": sh.shard, "role": sh.role, "leader": sh.leader, "term": sh.term, "last_log_index": sh.last_log_index, "committed": sh.committed, "applied": sh.applied, "lag": sh.lag, "home_region": sh.home_region})).collect::<Vec<_>>()})).collect();
-                print_json(&serde_json::json!({"nodes": nodes, "regions": s.regions.iter().map(|r| serde_json::json!({"region": r.region, "up": r.up, "drained": r.drained})).collect::<Vec<_>>()}));
+                let router = s.router.as_ref().map(|v| serde_json::json!({
+                    "region": v.region,
+                    "nodes": v.nodes.iter().map(|n| serde_json::json!({"node": n.node, "region": n.region, "up": n.up})).collect::<Vec<_>>(),
+                    "regions": v.regions.iter().map(|r| serde_json::json!({"region": r.region, "up": r.up})).collect::<Vec<_>>(),
+                    "leaders": v.leaders.iter().map(|l| serde_json::json!({"shard": l.shard, "node": l.node})).collect::<Vec<_>>(),
+                }));
+                print_json(&serde_json::json!({"nodes": nodes, "regions": s.regions.iter().map(|r| serde_json::json!({"region": r.region, "up": r.up, "drained": r.drained})).collect::<Vec<_>>(), "router": router}));
             } else {
                 println!("{:<5} {:<10} {:<6} {:<6} {:<10} {:<7} {:<6} {:>9} {:>9} {:>6}", "node", "region", "up", "shard", "role", "leader", "term", "committed", "applied", "lag");
                 for n in &s.nodes {
@@ -348,6 +354,12 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
                 }
                 for r in &s.regions {
                     println!("region {:<10} {}{}", r.region, if r.up { "up" } else { "DOWN" }, if r.drained { " (drained)" } else { "" });
+                }
+                if let Some(v) = &s.router {
+                    let nodes: Vec<String> = v.nodes.iter().map(|n| format!("{} {}", n.node, if n.up { "up" } else { "DOWN" })).collect();
+                    let leaders: Vec<String> = v.leaders.iter().map(|l| format!("shard {} -> node {}", l.shard, l.node)).collect();
+                    let regions: Vec<String> = v.regions.iter().map(|r| format!("{} {}", r.region, if r.up { "up" } else { "DOWN" })).collect();
+                    println!("router {} sees: nodes {}; regions {}; routes {}", v.region, nodes.join(", "), regions.join(", "), leaders.join(", "));
                 }
             }
             Ok(0)

@@ -65,6 +65,26 @@ impl Router {
         Arc::new(Router { topology, region, channels, leaders: RwLock::new(HashMap::new()), health: RwLock::new(health), inflight })
     }
 
+    /// What this router sees: node health, the leader it routes each shard to, regions up.
+    pub fn view(&self) -> RouterView {
+        let health = self.health.read().expect("health lock");
+        let nodes: Vec<NodeHealth> = self
+            .topology
+            .nodes
+            .iter()
+            .map(|n| NodeHealth { node: n.id, region: n.region.clone(), up: health.get(&n.id).map(|h| h.up).unwrap_or(false) })
+            .collect();
+        let mut leaders: Vec<ShardLeader> = self.leaders.read().expect("leaders lock").iter().map(|(s, n)| ShardLeader { shard: *s, node: *n }).collect();
+        leaders.sort_by_key(|l| l.shard);
+        let regions = self
+            .topology
+            .regions
+            .iter()
+            .map(|r| RegionStatus { region: r.name.clone(), up: nodes.iter().any(|n| n.region == r.name && n.up), drained: false })
+            .collect();
+        RouterView { region: self.region.clone(), nodes, leaders, regions }
+    }
+
     fn is_up(&self, node: NodeId) -> bool {
         self.health.read().expect("health lock").get(&node).map(|h| h.up).unwrap_or(false)
     }
@@ -289,7 +309,15 @@ impl Packets for RouterService {
 #[tonic::async_trait]
 impl Cluster for RouterService {
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        self.router.any_node(|mut c| async move { c.status(StatusRequest { local_only: false }).await }).await
+        let view = self.router.view();
+        match self.router.any_node(|mut c| async move { c.status(StatusRequest { local_only: false }).await }).await {
+            Ok(mut r) => {
+                r.get_mut().router = Some(view);
+                Ok(r)
+            }
+            // No node answers: the router's own view is still worth showing.
+            Err(_) => Ok(Response::new(StatusReply { router: Some(view), ..Default::default() })),
+        }
     }
     async fn audit(&self, _req: Request<AuditRequest>) -> Result<Response<AuditReply>, Status> {
         self.router.any_node(|mut c| async move { c.audit(AuditRequest {}).await }).await

@@ -103,6 +103,7 @@ impl ClusterService {
                 .into_iter()
                 .map(|(region, up)| RegionStatus { drained: drained.contains(&region), region, up })
                 .collect(),
+            router: None,
         }
     }
 
@@ -164,7 +165,7 @@ const LOCAL_UNDRAIN: &str = "local-undrain:";
 impl Cluster for ClusterService {
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         if req.get_ref().local_only {
-            return Ok(Response::new(StatusReply { nodes: vec![self.local_status()], regions: vec![] }));
+            return Ok(Response::new(StatusReply { nodes: vec![self.local_status()], regions: vec![], router: None }));
         }
         Ok(Response::new(self.all_status().await))
     }
