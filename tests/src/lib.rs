@@ -37,6 +37,8 @@ pub struct Spec {
     pub keep_behind_snapshot: u64,
     /// Simulated one-way WAN latency between every pair of regions (0 = none).
     pub wan_latency_ms: u64,
+    /// Routers' --max-inflight-per-shard (None: their default).
+    pub router_max_inflight: Option<usize>,
 }
 
 impl Default for Spec {
@@ -49,6 +51,7 @@ impl Default for Spec {
             snapshot_every: 20_000,
             keep_behind_snapshot: 5_000,
             wan_latency_ms: 0,
+            router_max_inflight: None,
         }
     }
 }
@@ -59,6 +62,7 @@ pub struct Cluster {
     pub topology: Topology,
     nodes: BTreeMap<u64, Child>,
     routers: BTreeMap<String, Child>,
+    router_max_inflight: Option<usize>,
 }
 
 impl Cluster {
@@ -114,7 +118,7 @@ impl Cluster {
         let topology = Topology::parse(&t).unwrap_or_else(|e| panic!("test topology invalid: {e}\n{t}"));
         let topology_path = dir.path().join("topology.toml");
         std::fs::write(&topology_path, &t).expect("write topology");
-        let mut c = Cluster { dir, topology_path, topology, nodes: BTreeMap::new(), routers: BTreeMap::new() };
+        let mut c = Cluster { dir, topology_path, topology, nodes: BTreeMap::new(), routers: BTreeMap::new(), router_max_inflight: spec.router_max_inflight };
         let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
         for id in ids {
             c.start_node(id);
@@ -148,7 +152,11 @@ impl Cluster {
     }
 
     pub fn start_router(&mut self, region: &str) {
-        let child = Command::new(bin("hongbao-router"))
+        let mut cmd = Command::new(bin("hongbao-router"));
+        if let Some(n) = self.router_max_inflight {
+            cmd.arg("--max-inflight-per-shard").arg(n.to_string());
+        }
+        let child = cmd
             .arg("--topology")
             .arg(&self.topology_path)
             .arg("--region")

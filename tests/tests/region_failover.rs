@@ -165,3 +165,36 @@ async fn draining_and_undraining_a_region_under_load_fails_no_request() {
     assert!(acked.values().sum::<u64>() > 0);
     check_money(&client, &acked).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_its_in_flight_bound_a_router_answers_resource_exhausted_and_applies_nothing_rejected() {
+    use hongbao_proto::v1::{wallet_client::WalletClient, TopUpRequest};
+    let c = Cluster::start(Spec { routers: true, router_max_inflight: Some(4), ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let client = c.router_client("shanghai").with_deadline(Duration::from_secs(10));
+    let user = c.topology.user_in_shard(2, 700);
+    client.open_account(user, "phone").await.unwrap();
+    let addr = c.topology.routers.iter().find(|r| r.region == "shanghai").unwrap().addr.clone();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    // 200 top-ups at once, raw gRPC (no client retries), far above the bound of 4 per shard.
+    let calls = (1..=200u64).map(|amount| {
+        let mut w = WalletClient::new(channel.clone());
+        async move { (amount, w.top_up(TopUpRequest { request_id: new_request_id(), user, amount_cents: amount }).await) }
+    });
+    let (mut ok_sum, mut rejected) = (0u64, 0usize);
+    for (amount, res) in futures::future::join_all(calls).await {
+        match res {
+            Ok(_) => ok_sum += amount,
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                assert_eq!(hongbao_proto::detail_of(&s).code(), hongbao_proto::ErrorCode::Overloaded, "{s:?}");
+                rejected += 1;
+            }
+        }
+    }
+    println!("{rejected} of 200 rejected with RESOURCE_EXHAUSTED");
+    assert!(rejected > 0, "a burst of 200 through a bound of 4 must be refused in part");
+    assert!(rejected < 200, "some requests must get through");
+    // Rejected requests were never forwarded: the balance is exactly the accepted ones.
+    assert_eq!(client.balance(user).await.unwrap().balance_cents, ok_sum);
+}

@@ -21,6 +21,9 @@ struct Args {
     region: String,
     #[arg(long)]
     addr: Option<String>,
+    /// Requests in flight per shard through this router; beyond it, RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = route::MAX_INFLIGHT_PER_SHARD)]
+    max_inflight_per_shard: usize,
 }
 
 #[tokio::main]
@@ -38,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|r| r.addr.clone())
             .ok_or_else(|| anyhow::anyhow!("no router for region {} in the topology", args.region))?,
     };
-    let router = route::Router::new(topology.clone(), args.region.clone());
+    let router = route::Router::new(topology.clone(), args.region.clone(), args.max_inflight_per_shard.clamp(1, 1_000_000));
     let health = tokio::spawn(route::health_loop(router.clone()));
     tracing::info!(region = %args.region, %addr, "router started");
     let svc = route::RouterService { router: router.clone() };

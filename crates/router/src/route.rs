@@ -25,7 +25,8 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
 const MAX_ATTEMPTS: usize = 16;
 const HEALTH_EVERY: Duration = Duration::from_millis(150);
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(400);
-/// Requests in flight per shard through this router; beyond it, RESOURCE_EXHAUSTED.
+/// Requests in flight per shard through this router (default of --max-inflight-per-shard);
+/// beyond it, RESOURCE_EXHAUSTED at once instead of an unbounded queue.
 pub const MAX_INFLIGHT_PER_SHARD: usize = 10_000;
 
 #[derive(Default, Clone, Copy)]
@@ -41,10 +42,12 @@ pub struct Router {
     leaders: RwLock<HashMap<ShardId, NodeId>>,
     health: RwLock<HashMap<NodeId, Health>>,
     inflight: HashMap<ShardId, Arc<Semaphore>>,
+    max_inflight: usize,
 }
 
 impl Router {
-    pub fn new(topology: Arc<Topology>, region: String) -> Arc<Router> {
+    pub fn new(topology: Arc<Topology>, region: String, max_inflight: usize) -> Arc<Router> {
+        assert!(max_inflight > 0, "a router must let at least one request through");
         let channels = topology
             .nodes
             .iter()
@@ -59,10 +62,10 @@ impl Router {
                 (n.id, ch)
             })
             .collect();
-        let inflight = topology.shards.iter().map(|s| (s.id, Arc::new(Semaphore::new(MAX_INFLIGHT_PER_SHARD)))).collect();
+        let inflight = topology.shards.iter().map(|s| (s.id, Arc::new(Semaphore::new(max_inflight)))).collect();
         // Until health checks say otherwise, assume every node is up.
         let health = topology.nodes.iter().map(|n| (n.id, Health { up: true, fails: 0 })).collect();
-        Arc::new(Router { topology, region, channels, leaders: RwLock::new(HashMap::new()), health: RwLock::new(health), inflight })
+        Arc::new(Router { topology, region, channels, leaders: RwLock::new(HashMap::new()), health: RwLock::new(health), inflight, max_inflight })
     }
 
     /// What this router sees: node health, the leader it routes each shard to, regions up.
@@ -132,7 +135,7 @@ impl Router {
         let sem = self.inflight.get(&shard).ok_or_else(|| error(ErrorCode::UnknownShard, format!("no shard {shard}")))?;
         let _permit = sem.clone().try_acquire_owned().map_err(|_| {
             metrics::counter!("hongbao_router_overloaded_total").increment(1);
-            error(ErrorCode::Overloaded, format!("router: {MAX_INFLIGHT_PER_SHARD} requests in flight for shard {shard}"))
+            error(ErrorCode::Overloaded, format!("router: {} requests in flight for shard {shard}; back off and retry", self.max_inflight))
         })?;
         let start = Instant::now();
         let mut last = error(ErrorCode::Unavailable, format!("shard {shard}: no replica reachable"));
