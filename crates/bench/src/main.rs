@@ -19,7 +19,7 @@ mod workload;
 
 use anyhow::Context;
 use clap::Parser;
-use hongbao_client::money::yuan;
+use hongbao_client::money::{audit_summary, yuan};
 use hongbao_proto::v1::AuditReply;
 use hongbao_topology::Topology;
 use rand::seq::SliceRandom;
@@ -386,16 +386,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     }
     let audit_value = match &audit {
         Ok(a) => {
-            println!(
-                "audit: top-ups {} = balances {} + escrow {} + in flight {} + fees {} + withdrawals {}: {}",
-                yuan(a.total_topups_cents),
-                yuan(a.total_balances_cents),
-                yuan(a.total_escrow_cents),
-                yuan(a.total_in_flight_cents),
-                yuan(a.total_fees_cents),
-                yuan(a.total_withdrawals_cents),
-                if a.balanced { "BALANCED" } else { "NOT BALANCED" }
-            );
+            println!("audit: {}", audit_summary(a));
             for p in &a.problems {
                 println!("  AUDIT PROBLEM: {p}");
             }

@@ -248,24 +248,10 @@ async fn hot_packet(ctx: Arc<Ctx>, intended: Instant) {
         let grabbers: Vec<u64> = ctx.grabbers.choose_multiple(&mut rng, ctx.group_size).copied().collect();
         (sender, total, grabbers)
     };
-    let req = SendPacketRequest {
-        request_id: new_request_id(),
-        sender,
-        kind: PacketKind::Lucky as i32,
-        total_cents: total,
-        count,
-        greeting: "恭喜發財".into(),
-        device: DEVICE.into(),
-        ..Default::default()
-    };
-    let client = ctx.clients.client_for(sender);
-    let res = resend(|| client.send_packet(req.clone())).await;
-    ctx.record(Kind::Send, outcome(&res), intended, Instant::now());
-    let Ok(sent) = res else { return };
-    ctx.tracker.lock().expect("tracker lock").add_packet(sent.packet_id, total, count);
+    let Some(packet) = send_lucky(&ctx, sender, total, count, "恭喜發財", intended).await else { return };
     let mut set = JoinSet::new();
     for g in grabbers {
-        set.spawn(grab(ctx.clone(), sent.packet_id, g, lag));
+        set.spawn(grab(ctx.clone(), packet, g, lag));
     }
     while set.join_next().await.is_some() {}
 }
@@ -337,30 +323,36 @@ fn plan(ctx: &Ctx) -> Plan {
     }
 }
 
+/// Sends a lucky group packet, records it, and tracks it for the end-of-run checks.
+async fn send_lucky(ctx: &Ctx, sender: u64, total: u64, count: u32, greeting: &str, intended: Instant) -> Option<u64> {
+    let req = SendPacketRequest {
+        request_id: new_request_id(),
+        sender,
+        kind: PacketKind::Lucky as i32,
+        total_cents: total,
+        count,
+        greeting: greeting.into(),
+        device: DEVICE.into(),
+        ..Default::default()
+    };
+    let client = ctx.clients.client_for(sender);
+    let res = resend(|| client.send_packet(req.clone())).await;
+    ctx.record(Kind::Send, outcome(&res), intended, Instant::now());
+    let sent = res.ok()?;
+    ctx.tracker.lock().expect("tracker lock").add_packet(sent.packet_id, total, count);
+    Some(sent.packet_id)
+}
+
 /// evening-mix: one op of the weighted mix.
 async fn mix_op(ctx: Arc<Ctx>, intended: Instant) {
     match plan(&ctx) {
         Plan::Send { sender, total, count } => {
-            let req = SendPacketRequest {
-                request_id: new_request_id(),
-                sender,
-                kind: PacketKind::Lucky as i32,
-                total_cents: total,
-                count,
-                greeting: "晚上好".into(),
-                device: DEVICE.into(),
-                ..Default::default()
-            };
-            let client = ctx.clients.client_for(sender);
-            let res = resend(|| client.send_packet(req.clone())).await;
-            ctx.record(Kind::Send, outcome(&res), intended, Instant::now());
-            if let Ok(sent) = res {
-                ctx.tracker.lock().expect("tracker lock").add_packet(sent.packet_id, total, count);
+            if let Some(packet) = send_lucky(&ctx, sender, total, count, "晚上好", intended).await {
                 let mut pool = ctx.pool.lock().expect("pool lock");
                 if pool.len() >= POOL_MAX {
                     pool.pop_front();
                 }
-                pool.push_back(sent.packet_id);
+                pool.push_back(packet);
             }
         }
         Plan::Grab { packet, grabber } => {

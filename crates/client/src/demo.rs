@@ -4,7 +4,7 @@
 //! claims and best luck, kills a region (through `scripts/cluster`), keeps grabbing, brings the
 //! region back, and ends with the audit.
 
-use hongbao_client::money::yuan;
+use hongbao_client::money::{audit_summary, yuan};
 use hongbao_client::{new_request_id, Client};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest};
 use hongbao_topology::Topology;
@@ -93,16 +93,7 @@ pub async fn run(client: &Client, topology: &Topology, script: &Path, kill_regio
         tokio::time::sleep(Duration::from_millis(250)).await;
         audit = client.audit().await?;
     }
-    println!(
-        "top-ups {} = balances {} + escrow {} + in flight {} + fees {} + withdrawals {}: {}",
-        yuan(audit.total_topups_cents),
-        yuan(audit.total_balances_cents),
-        yuan(audit.total_escrow_cents),
-        yuan(audit.total_in_flight_cents),
-        yuan(audit.total_fees_cents),
-        yuan(audit.total_withdrawals_cents),
-        if audit.balanced { "BALANCED" } else { "NOT BALANCED" }
-    );
+    println!("{}", audit_summary(&audit));
     for p in &audit.problems {
         println!("PROBLEM: {p}");
     }
