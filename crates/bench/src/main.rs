@@ -92,15 +92,7 @@ const SETUP_PARALLEL: usize = 48;
 const AUDIT_POLLS: usize = 40;
 
 fn topology_path(given: &Option<PathBuf>) -> PathBuf {
-    if let Some(p) = given {
-        return p.clone();
-    }
-    let mut candidates = Vec::new();
-    if let Ok(home) = std::env::var("HONGBAO_HOME") {
-        candidates.push(PathBuf::from(home).join("topology.toml"));
-    }
-    candidates.push(PathBuf::from(".cluster/topology.toml"));
-    candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| PathBuf::from("deploy/local-3x1.toml"))
+    hongbao_client::local_topology_path(given.as_deref())
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC (Howard Hinnant's civil_from_days; no date crate needed).

@@ -51,6 +51,21 @@ impl std::error::Error for ClientError {}
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
+/// The topology of the local cluster: the one given, else the one `scripts/cluster up` wrote
+/// (`$HONGBAO_HOME/topology.toml`, default `.cluster/`), else the shipped default.
+pub fn local_topology_path(given: Option<&std::path::Path>) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(p) = given {
+        return p.to_path_buf();
+    }
+    let mut candidates = Vec::new();
+    if let Ok(home) = std::env::var("HONGBAO_HOME") {
+        candidates.push(PathBuf::from(home).join("topology.toml"));
+    }
+    candidates.push(PathBuf::from(".cluster/topology.toml"));
+    candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| PathBuf::from("deploy/local-3x1.toml"))
+}
+
 /// A fresh 16-byte request id.
 pub fn new_request_id() -> Vec<u8> {
     rand::random::<[u8; 16]>().to_vec()

@@ -158,13 +158,7 @@ enum ClusterCmd {
 }
 
 fn topology_path(given: &Option<PathBuf>) -> PathBuf {
-    match given {
-        Some(p) => p.clone(),
-        None => {
-            let local = PathBuf::from(".cluster/topology.toml");
-            if local.exists() { local } else { PathBuf::from("deploy/local-3x1.toml") }
-        }
-    }
+    hongbao_client::local_topology_path(given.as_deref())
 }
 
 fn endpoints(cli: &Cli) -> anyhow::Result<Vec<String>> {

@@ -81,7 +81,8 @@ pub fn packet(store: &(impl Store + ?Sized), id: PacketId) -> Option<PacketView>
 /// leader answers these without proposing (the storm's late grabbers cost no Raft round). None:
 /// propose it. A request id already seen is never refused here: its replay must answer the first
 /// outcome.
-pub fn grab_refusal(store: &(impl Store + ?Sized), id: &RequestId, packet: PacketId, grabber: UserId, now_ms: u64) -> Option<Code> {
+/// `now_ms` is asked only for an exhausted packet, where expiry decides the code.
+pub fn grab_refusal(store: &(impl Store + ?Sized), id: &RequestId, packet: PacketId, grabber: UserId, now_ms: impl FnOnce() -> u64) -> Option<Code> {
     if store.get(&keys::dedup(id)).is_some() {
         return None;
     }
@@ -89,11 +90,11 @@ pub fn grab_refusal(store: &(impl Store + ?Sized), id: &RequestId, packet: Packe
     if store.get(&keys::grabbed(packet, grabber)).is_some() {
         return Some(Code::AlreadyGrabbed);
     }
-    if p.refunded.is_some() || (p.remaining_count == 0 && now_ms >= p.expires_ms) {
+    if p.refunded.is_some() {
         return Some(Code::PacketExpired);
     }
     if p.remaining_count == 0 {
-        return Some(Code::PacketExhausted);
+        return Some(if now_ms() >= p.expires_ms { Code::PacketExpired } else { Code::PacketExhausted });
     }
     None
 }

@@ -676,22 +676,22 @@ fn the_leaders_fast_grab_refusal_agrees_with_the_ledger_and_never_refuses_a_repl
     w.open(3, 0);
     let p = w.send(1, lucky(200, 2));
     let first = Request { id: w.fresh_id(), time_ms: w.now, cmd: Command::Grab { packet: p, grabber: 2, grabber_shard: SHARD, password: None } };
-    assert_eq!(view::grab_refusal(&w.store, &first.id, p, 2, w.now), None, "an open packet goes to Raft");
+    assert_eq!(view::grab_refusal(&w.store, &first.id, p, 2, || w.now), None, "an open packet goes to Raft");
     let granted = w.apply_req(&first);
     assert!(granted.is_ok());
     // A replay of the same request id is never refused: it must answer the first outcome.
-    assert_eq!(view::grab_refusal(&w.store, &first.id, p, 2, w.now), None);
+    assert_eq!(view::grab_refusal(&w.store, &first.id, p, 2, || w.now), None);
     assert_eq!(w.apply_req(&first), granted);
     // A second grab by the same user, with a new id: refused as the ledger would.
     let again = w.fresh_id();
-    assert_eq!(view::grab_refusal(&w.store, &again, p, 2, w.now), Some(Code::AlreadyGrabbed));
+    assert_eq!(view::grab_refusal(&w.store, &again, p, 2, || w.now), Some(Code::AlreadyGrabbed));
     assert_eq!(w.grab(p, 2).code, Code::AlreadyGrabbed);
     assert!(w.grab(p, 3).is_ok());
     let late = w.fresh_id();
-    assert_eq!(view::grab_refusal(&w.store, &late, p, 1, w.now), Some(Code::PacketExhausted));
+    assert_eq!(view::grab_refusal(&w.store, &late, p, 1, || w.now), Some(Code::PacketExhausted));
     assert_eq!(w.grab(p, 1).code, Code::PacketExhausted);
     w.now += w.config.packet_ttl_ms;
-    assert_eq!(view::grab_refusal(&w.store, &late, p, 1, w.now), Some(Code::PacketExpired));
+    assert_eq!(view::grab_refusal(&w.store, &late, p, 1, || w.now), Some(Code::PacketExpired));
     assert_eq!(w.grab(p, 1).code, Code::PacketExpired);
-    assert_eq!(view::grab_refusal(&w.store, &late, PacketId(p.0 + 1), 1, w.now), None, "unknown packets go to the ledger");
+    assert_eq!(view::grab_refusal(&w.store, &late, PacketId(p.0 + 1), 1, || w.now), None, "unknown packets go to the ledger");
 }

@@ -69,11 +69,6 @@ impl Faults {
         Faults { wan, rules: RwLock::new(Rules::default()) }
     }
 
-    /// No faults and no WAN latency: for tests that build a network by hand.
-    pub fn none() -> Faults {
-        Faults { wan: HashMap::new(), rules: RwLock::new(Rules::default()) }
-    }
-
     pub fn set(&self, rules: Rules) -> Result<(), String> {
         rules.validate()?;
         let mut r = self.rules.write().expect("faults lock");

@@ -255,6 +255,13 @@ async fn cut(c: &Cluster, group: &[u64]) {
     }
 }
 
+/// No injected fault left on any node.
+async fn clear_faults(c: &Cluster) {
+    for n in c.topology.nodes.iter().map(|n| n.id) {
+        set(c, n, Faults::default()).await;
+    }
+}
+
 async fn set(c: &Cluster, node: u64, f: Faults) {
     for _ in 0..5 {
         if c.set_faults(node, f.clone()).await.is_ok() {
@@ -294,7 +301,7 @@ async fn inject(schedule: Schedule, c: &mut Cluster, rng: &mut impl Rng, shared:
             cut(c, &c.nodes_in(&r)).await;
             sleep(4_000).await;
             note("heal partition".into());
-            cut(c, &[]).await;
+            clear_faults(c).await;
             sleep(4_000).await;
         }
         Schedule::IsolateLeader => {
@@ -303,7 +310,7 @@ async fn inject(schedule: Schedule, c: &mut Cluster, rng: &mut impl Rng, shared:
             cut(c, &[n]).await;
             sleep(4_000).await;
             note("heal partition".into());
-            cut(c, &[]).await;
+            clear_faults(c).await;
             sleep(4_000).await;
         }
         Schedule::PauseNode => {
@@ -323,7 +330,7 @@ async fn inject(schedule: Schedule, c: &mut Cluster, rng: &mut impl Rng, shared:
             }
             sleep(5_000).await;
             note("links back to normal".into());
-            cut(c, &[]).await;
+            clear_faults(c).await;
             sleep(2_000).await;
         }
         Schedule::RollingRestart => {
@@ -363,7 +370,7 @@ async fn heal(c: &mut Cluster) {
     for r in c.topology.regions.iter().map(|r| r.name.clone()).collect::<Vec<_>>() {
         c.start_region(&r);
     }
-    cut(c, &[]).await;
+    clear_faults(c).await;
 }
 
 /// Re-sends every operation whose outcome was unknown, with its own request id, until it has a

@@ -263,7 +263,7 @@ impl Packets for ApiService {
         let id = request_id(&r.request_id)?;
         if let Ok(s) = self.host.shard(shard) {
             if self.host.is_leader(s) {
-                let now = self.host.ledger_time_ms(shard);
+                let now = || self.host.ledger_time_ms(shard);
                 if let Some(code) = hongbao_ledger::view::grab_refusal(&self.host.store(shard), &id, packet, r.grabber, now) {
                     metrics::counter!("hongbao_grabs_fast_rejected_total").increment(1);
                     return Err(rejected(&Outcome::err(code), shard));

@@ -24,12 +24,17 @@ fn reply<T: serde::Serialize>(res: &T) -> Result<Response<RaftReply>, Status> {
 }
 
 impl RaftService {
-    /// The shard a message is for; messages from a node cut off by an injected fault are
-    /// refused, as if they never arrived.
-    fn shard(&self, id: u32, from: u64) -> Result<&Arc<crate::host::Shard>, Status> {
+    /// Messages from a node cut off by an injected fault are refused, as if they never arrived.
+    fn heard_from(&self, from: u64) -> Result<(), Status> {
         if self.host.peers.faults.is_cut_off(from) {
             return Err(Status::unavailable(format!("node {from} is cut off (injected fault)")));
         }
+        Ok(())
+    }
+
+    /// The shard a message is for, from a node we can hear.
+    fn shard(&self, id: u32, from: u64) -> Result<&Arc<crate::host::Shard>, Status> {
+        self.heard_from(from)?;
         self.host.shard(id).map_err(hongbao_proto::status)
     }
 }
@@ -108,9 +113,7 @@ impl RaftTransport for RaftService {
 
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         let m = req.into_inner();
-        if self.host.peers.faults.is_cut_off(m.from_node) {
-            return Err(Status::unavailable(format!("node {} is cut off (injected fault)", m.from_node)));
-        }
+        self.heard_from(m.from_node)?;
         let r: hongbao_ledger::Request = decode(&m.payload).map_err(bad)?;
         match self.host.propose(m.shard, r.id, r.cmd).await {
             Ok(outcome) => reply(&outcome),
