@@ -1,6 +1,9 @@
 // Compiles proto/hongbao/v1/*.proto with protox (pure Rust), so no system protoc is needed.
 fn main() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not with env!(): a build-script binary cached in a shared target dir may
+    // have been compiled in another checkout of the repository.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = std::path::Path::new(&manifest_dir).join("../../proto");
     let files = ["hongbao/v1/api.proto", "hongbao/v1/cluster.proto", "hongbao/v1/raft.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

@@ -198,3 +198,97 @@ async fn beyond_its_in_flight_bound_a_router_answers_resource_exhausted_and_appl
     // Rejected requests were never forwarded: the balance is exactly the accepted ones.
     assert_eq!(client.balance(user).await.unwrap().balance_cents, ok_sum);
 }
+
+/// Scrapes one counter-like value (a summary's `_count`, a counter) from a node's metrics page.
+async fn metric(addr: &str, name: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
+    use hongbao_proto::v1::{packets_client::PacketsClient, GrabRequest, PacketKind, SendPacketRequest};
+    use hongbao_proto::{detail_of, ErrorCode};
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let client = c.router_client("shenzhen").with_deadline(Duration::from_secs(10));
+    let sender = c.topology.user_in_shard(1, 900);
+    client.open_account(sender, "phone").await.unwrap();
+    client.top_up(new_request_id(), sender, 100_000).await.unwrap();
+    // 150 grabbers on every shard (some credits cross shards), for a packet of 100 shares.
+    let mut grabbers = vec![];
+    let mut u = 1_000;
+    while grabbers.len() < 150 {
+        u = c.topology.user_in_shard(1 + (grabbers.len() as u32 % 3), u + 1);
+        client.open_account(u, "phone").await.unwrap();
+        grabbers.push(u);
+    }
+    let total = 12_345u64;
+    let p = client
+        .send_packet(SendPacketRequest { request_id: new_request_id(), sender, kind: PacketKind::Lucky as i32, total_cents: total, count: 100, device: "phone".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let leader = c.leaders().await[&hongbao_topology::Topology::shard_of_packet(p.packet_id)];
+    let leader_metrics = c.topology.node(leader).unwrap().metrics_addr.clone();
+    let batches_before = metric(&leader_metrics, "hongbao_coalesced_grabs_count").await;
+
+    // All at once, raw gRPC on one connection: the router holds many grabs for the same node at
+    // the same moment, which is when it coalesces them. Five carry a malformed request id.
+    let addr = c.topology.routers.iter().find(|r| r.region == "shenzhen").unwrap().addr.clone();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let requests: Vec<GrabRequest> = grabbers
+        .iter()
+        .enumerate()
+        .map(|(i, g)| GrabRequest { request_id: if i % 30 == 7 { vec![1, 2, 3] } else { new_request_id() }, packet_id: p.packet_id, grabber: *g, password: String::new() })
+        .collect();
+    let calls = requests.iter().cloned().map(|r| {
+        let mut pc = PacketsClient::new(channel.clone());
+        async move { pc.grab(r).await }
+    });
+    let results = futures::future::join_all(calls).await;
+
+    let (mut sum, mut indexes, mut exhausted, mut invalid) = (0u64, std::collections::BTreeSet::new(), 0, 0);
+    let mut won = vec![];
+    for (req, res) in requests.iter().zip(&results) {
+        match res {
+            Ok(r) => {
+                let r = r.get_ref();
+                assert_eq!(r.packet_id, p.packet_id);
+                assert!(indexes.insert(r.index), "share {} handed out twice", r.index);
+                sum += r.amount_cents;
+                won.push((req.clone(), r.clone()));
+            }
+            Err(s) => match detail_of(s).code() {
+                ErrorCode::PacketExhausted => exhausted += 1,
+                ErrorCode::InvalidArgument => {
+                    assert_eq!(req.request_id.len(), 3, "only the malformed ids are invalid: {s:?}");
+                    invalid += 1
+                }
+                other => panic!("grabber {}: unexpected {other:?}: {s:?}", req.grabber),
+            },
+        }
+    }
+    assert_eq!(invalid, 5);
+    assert_eq!(won.len(), 100, "every share is grabbed once");
+    assert_eq!(exhausted, 150 - 5 - 100);
+    assert_eq!(sum, total, "the shares add up to the packet");
+    let batches = metric(&leader_metrics, "hongbao_coalesced_grabs_count").await - batches_before;
+    println!("150 grabs reached the leader in {batches} coalesced calls");
+    assert!(batches > 0.0 && batches < 150.0, "grabs through the router went coalesced: {batches} calls for 150 grabs");
+
+    // A re-sent grab (same request id) gets its first answer again, not a second share.
+    let mut pc = PacketsClient::new(channel.clone());
+    for (req, first) in won.iter().take(10) {
+        let again = pc.grab(req.clone()).await.unwrap().into_inner();
+        assert_eq!((again.amount_cents, again.index), (first.amount_cents, first.index));
+    }
+    let shown = client.show_packet(p.packet_id).await.unwrap();
+    assert_eq!(shown.claims.len(), 100);
+    assert_eq!(shown.remaining_cents, 0);
+    let a = client.audit().await.unwrap();
+    assert!(a.balanced, "{:?}", a.problems);
+}

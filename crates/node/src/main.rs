@@ -5,7 +5,7 @@ use clap::Parser;
 use hongbao_node::host::Host;
 use hongbao_node::service;
 use hongbao_proto::v1::{
-    cluster_server::ClusterServer, packets_server::PacketsServer, raft_transport_server::RaftTransportServer,
+    cluster_server::ClusterServer, coalesced_server::CoalescedServer, packets_server::PacketsServer, raft_transport_server::RaftTransportServer,
     wallet_server::WalletServer,
 };
 use hongbao_topology::Topology;
@@ -63,6 +63,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .add_service(RaftTransportServer::new(service::raft::RaftService { host: host.clone() }).max_decoding_message_size(max).max_encoding_message_size(max))
         .add_service(WalletServer::new(service::api::ApiService { host: host.clone() }).max_decoding_message_size(api_max))
         .add_service(PacketsServer::new(service::api::ApiService { host: host.clone() }).max_decoding_message_size(api_max))
+        .add_service(
+            CoalescedServer::new(service::api::ApiService { host: host.clone() })
+                .max_decoding_message_size(api_max * hongbao_proto::MAX_GRAB_BATCH),
+        )
         .add_service(ClusterServer::new(service::cluster::ClusterService { host: host.clone() }))
         .serve_with_shutdown(addr, shutdown_signal());
     server.await?;

@@ -9,6 +9,9 @@ pub mod v1 {
 use prost::Message;
 pub use v1::{ErrorCode, ErrorDetail};
 
+/// Most grabs in one router-to-node `Coalesced.Grabs` call.
+pub const MAX_GRAB_BATCH: usize = 256;
+
 /// The gRPC status code that best matches a domain code, so generic gRPC tooling behaves
 /// sensibly (e.g. retries only on UNAVAILABLE) while hongbao clients read the exact code.
 pub fn grpc_code_for(code: ErrorCode) -> tonic::Code {

@@ -3,6 +3,7 @@
 //! the shard's leader, follows NotLeader hints, and fails over to other replicas when a node or a
 //! whole region is unreachable, always re-sending the same request (same request id).
 
+mod coalesce;
 mod route;
 
 use clap::Parser;
@@ -24,6 +25,9 @@ struct Args {
     /// Requests in flight per shard through this router; beyond it, RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = route::MAX_INFLIGHT_PER_SHARD)]
     max_inflight_per_shard: usize,
+    /// Send each grab to its node in its own call instead of coalescing many per call.
+    #[arg(long)]
+    no_coalesce: bool,
 }
 
 #[tokio::main]
@@ -41,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|r| r.addr.clone())
             .ok_or_else(|| anyhow::anyhow!("no router for region {} in the topology", args.region))?,
     };
-    let router = route::Router::new(topology.clone(), args.region.clone(), args.max_inflight_per_shard.clamp(1, 1_000_000));
+    let router = route::Router::new(topology.clone(), args.region.clone(), args.max_inflight_per_shard.clamp(1, 1_000_000), !args.no_coalesce);
     let health = tokio::spawn(route::health_loop(router.clone()));
     tracing::info!(region = %args.region, %addr, "router started");
     let svc = route::RouterService { router: router.clone() };

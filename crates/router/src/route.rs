@@ -1,5 +1,6 @@
 //! Routing: leader tracking, health checks, forwarding with retries.
 
+use crate::coalesce::Coalescer;
 use hongbao_proto::v1::cluster_client::ClusterClient;
 use hongbao_proto::v1::cluster_server::Cluster;
 use hongbao_proto::v1::packets_client::PacketsClient;
@@ -43,10 +44,12 @@ pub struct Router {
     health: RwLock<HashMap<NodeId, Health>>,
     inflight: HashMap<ShardId, Arc<Semaphore>>,
     max_inflight: usize,
+    /// Grabs go to nodes coalesced, many per call (None: one call per grab).
+    coalescer: Option<Arc<Coalescer>>,
 }
 
 impl Router {
-    pub fn new(topology: Arc<Topology>, region: String, max_inflight: usize) -> Arc<Router> {
+    pub fn new(topology: Arc<Topology>, region: String, max_inflight: usize, coalesce: bool) -> Arc<Router> {
         assert!(max_inflight > 0, "a router must let at least one request through");
         let channels = topology
             .nodes
@@ -62,10 +65,11 @@ impl Router {
                 (n.id, ch)
             })
             .collect();
+        let coalescer = coalesce.then(|| Coalescer::start(&channels, ATTEMPT_TIMEOUT));
         let inflight = topology.shards.iter().map(|s| (s.id, Arc::new(Semaphore::new(max_inflight)))).collect();
         // Until health checks say otherwise, assume every node is up.
         let health = topology.nodes.iter().map(|n| (n.id, Health { up: true, fails: 0 })).collect();
-        Arc::new(Router { topology, region, channels, leaders: RwLock::new(HashMap::new()), health: RwLock::new(health), inflight, max_inflight })
+        Arc::new(Router { topology, region, channels, leaders: RwLock::new(HashMap::new()), health: RwLock::new(health), inflight, max_inflight, coalescer })
     }
 
     /// What this router sees: node health, the leader it routes each shard to, regions up.
@@ -129,7 +133,7 @@ impl Router {
     pub async fn forward<Q, T, F, Fut>(&self, shard: ShardId, req: Q, call: F) -> Result<Response<T>, Status>
     where
         Q: Clone,
-        F: Fn(Channel, Q) -> Fut,
+        F: Fn(NodeId, Channel, Q) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let sem = self.inflight.get(&shard).ok_or_else(|| error(ErrorCode::UnknownShard, format!("no shard {shard}")))?;
@@ -156,7 +160,7 @@ impl Router {
                 }
             };
             let ch = self.channels.get(&node).expect("every node has a channel").clone();
-            let res = tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), call(ch, req.clone())).await;
+            let res = tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), call(node, ch, req.clone())).await;
             let status = match res {
                 Ok(Ok(r)) => {
                     self.set_leader(shard, node);
@@ -258,7 +262,7 @@ macro_rules! wallet_call {
     ($self:ident, $req:ident, $user:expr, $method:ident) => {{
         let r = $req.into_inner();
         let shard = $self.user($user(&r));
-        $self.router.forward(shard, r, |ch, r| async move { WalletClient::new(ch).$method(r).await }).await
+        $self.router.forward(shard, r, |_, ch, r| async move { WalletClient::new(ch).$method(r).await }).await
     }};
 }
 
@@ -295,17 +299,27 @@ impl Packets for RouterService {
     async fn send(&self, req: Request<SendPacketRequest>) -> Result<Response<SendPacketReply>, Status> {
         let r = req.into_inner();
         let shard = self.user(r.sender);
-        self.router.forward(shard, r, |ch, r| async move { PacketsClient::new(ch).send(r).await }).await
+        self.router.forward(shard, r, |_, ch, r| async move { PacketsClient::new(ch).send(r).await }).await
     }
     async fn grab(&self, req: Request<GrabRequest>) -> Result<Response<GrabReply>, Status> {
         let r = req.into_inner();
         let shard = Topology::shard_of_packet(r.packet_id);
-        self.router.forward(shard, r, |ch, r| async move { PacketsClient::new(ch).grab(r).await }).await
+        match self.router.coalescer.clone() {
+            Some(coalescer) => {
+                self.router
+                    .forward(shard, r, |node, _, r| {
+                        let coalescer = coalescer.clone();
+                        async move { coalescer.grab(node, r).await.map(Response::new) }
+                    })
+                    .await
+            }
+            None => self.router.forward(shard, r, |_, ch, r| async move { PacketsClient::new(ch).grab(r).await }).await,
+        }
     }
     async fn show(&self, req: Request<ShowPacketRequest>) -> Result<Response<PacketView>, Status> {
         let r = req.into_inner();
         let shard = Topology::shard_of_packet(r.packet_id);
-        self.router.forward(shard, r, |ch, r| async move { PacketsClient::new(ch).show(r).await }).await
+        self.router.forward(shard, r, |_, ch, r| async move { PacketsClient::new(ch).show(r).await }).await
     }
 }
 

@@ -279,15 +279,21 @@ impl Topology {
 mod tests {
     use super::*;
 
+    /// The repository's deploy/ folder, found at run time (a cached test binary may have been
+    /// built in another checkout).
+    fn deploy_dir() -> std::path::PathBuf {
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo")).join("../../deploy")
+    }
+
     fn default_topology() -> Topology {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local-3x1.toml");
+        let path = deploy_dir().join("local-3x1.toml");
         Topology::load(&path).expect("shipped topology is valid")
     }
 
     #[test]
     fn shipped_topologies_are_valid() {
         for f in ["local-3x1.toml", "local-3x3.toml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(f);
+            let path = deploy_dir().join(f);
             Topology::load(&path).unwrap();
         }
     }
@@ -312,10 +318,7 @@ mod tests {
 
     #[test]
     fn overlapping_or_missing_slots_are_rejected() {
-        let base = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local-3x1.toml"),
-        )
-        .unwrap();
+        let base = std::fs::read_to_string(deploy_dir().join("local-3x1.toml")).unwrap();
         let overlap = base.replacen("slots = [[0, 34]]", "slots = [[0, 40]]", 1);
         assert!(Topology::parse(&overlap).unwrap_err().contains("owned by shards"));
         let gap = base.replacen("slots = [[0, 34]]", "slots = [[0, 30]]", 1);

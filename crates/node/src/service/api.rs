@@ -5,10 +5,11 @@
 
 use crate::host::{detail, Host};
 use hongbao_ledger::{view, Cents, Code, Command, Outcome, PacketId, PacketKind, Reply, RequestId, RiskGrade, ShardId, Verification};
+use hongbao_proto::v1::coalesced_server::Coalesced;
 use hongbao_proto::v1::packets_server::Packets;
 use hongbao_proto::v1::wallet_server::Wallet;
 use hongbao_proto::v1::*;
-use hongbao_proto::{status, ErrorCode, ErrorDetail};
+use hongbao_proto::{detail_of, status, ErrorCode, ErrorDetail, MAX_GRAB_BATCH};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -105,6 +106,42 @@ impl ApiService {
         }
         self.host.linearizable(shard).await.map_err(status)?;
         Ok(())
+    }
+
+    /// One grab: fast refusal on the leader when the outcome is already final, else a proposal.
+    /// Shared by the single `Grab` RPC and the router's coalesced `Grabs`.
+    async fn grab_one(&self, r: GrabRequest) -> Result<GrabReply, Status> {
+        let packet = PacketId(r.packet_id);
+        let shard = packet.shard();
+        if self.host.topology.shard(shard).is_none() {
+            return Err(status(detail(ErrorCode::UnknownPacket, format!("packet {} names no shard", r.packet_id), shard)));
+        }
+        let grabber_shard = self.user_shard(r.grabber)?;
+        let password = if r.password.is_empty() { None } else { Some(r.password) };
+        let id = request_id(&r.request_id)?;
+        if let Ok(s) = self.host.shard(shard) {
+            if self.host.is_leader(s) {
+                let now = || self.host.ledger_time_ms(shard);
+                if let Some(code) = hongbao_ledger::view::grab_refusal(&self.host.store(shard), &id, packet, r.grabber, now) {
+                    metrics::counter!("hongbao_grabs_fast_rejected_total").increment(1);
+                    return Err(rejected(&Outcome::err(code), shard));
+                }
+            }
+        }
+        let cmd = Command::Grab { packet, grabber: r.grabber, grabber_shard, password };
+        let o = self.write(shard, id, cmd).await?;
+        metrics::counter!("hongbao_grabs_total").increment(1);
+        match o.reply {
+            Reply::Grabbed { packet, amount, index, remaining_count, remaining, credit_in_flight } => Ok(GrabReply {
+                packet_id: packet.0,
+                amount_cents: amount.0,
+                index,
+                remaining_count,
+                remaining_cents: remaining.0,
+                credit_in_flight,
+            }),
+            other => Err(Status::internal(format!("unexpected ledger reply {other:?}"))),
+        }
     }
 
     fn wallet_reply(&self, o: Outcome, shard: ShardId) -> Res<WalletReply> {
@@ -252,40 +289,8 @@ impl Packets for ApiService {
     }
 
     async fn grab(&self, req: Request<GrabRequest>) -> Res<GrabReply> {
-        let r = req.into_inner();
-        let packet = PacketId(r.packet_id);
-        let shard = packet.shard();
-        if self.host.topology.shard(shard).is_none() {
-            return Err(status(detail(ErrorCode::UnknownPacket, format!("packet {} names no shard", r.packet_id), shard)));
-        }
-        let grabber_shard = self.user_shard(r.grabber)?;
-        let password = if r.password.is_empty() { None } else { Some(r.password) };
-        let id = request_id(&r.request_id)?;
-        if let Ok(s) = self.host.shard(shard) {
-            if self.host.is_leader(s) {
-                let now = || self.host.ledger_time_ms(shard);
-                if let Some(code) = hongbao_ledger::view::grab_refusal(&self.host.store(shard), &id, packet, r.grabber, now) {
-                    metrics::counter!("hongbao_grabs_fast_rejected_total").increment(1);
-                    return Err(rejected(&Outcome::err(code), shard));
-                }
-            }
-        }
-        let cmd = Command::Grab { packet, grabber: r.grabber, grabber_shard, password };
-        let o = self.write(shard, id, cmd).await?;
-        metrics::counter!("hongbao_grabs_total").increment(1);
-        match o.reply {
-            Reply::Grabbed { packet, amount, index, remaining_count, remaining, credit_in_flight } => Ok(Response::new(GrabReply {
-                packet_id: packet.0,
-                amount_cents: amount.0,
-                index,
-                remaining_count,
-                remaining_cents: remaining.0,
-                credit_in_flight,
-            })),
-            other => Err(Status::internal(format!("unexpected ledger reply {other:?}"))),
-        }
+        self.grab_one(req.into_inner()).await.map(Response::new)
     }
-
     async fn show(&self, req: Request<ShowPacketRequest>) -> Res<PacketView> {
         let r = req.into_inner();
         let id = PacketId(r.packet_id);
@@ -342,4 +347,30 @@ pub async fn shard_totals(host: &Host, shard: ShardId) -> Result<ShardTotals, Er
         sent: sent.into_iter().map(|(s, p)| PairTotals { shard: s, cents: p.cents.0, seq: p.seq }).collect(),
         received: received.into_iter().map(|(s, p)| PairTotals { shard: s, cents: p.cents.0, seq: p.seq }).collect(),
     })
+}
+
+/// Router-to-node coalescing: many grabs in one call, each answered as a single Grab would be.
+/// They run concurrently, so they reach the shard's proposer together and share Raft entries.
+#[tonic::async_trait]
+impl Coalesced for ApiService {
+    async fn grabs(&self, req: Request<GrabBatchRequest>) -> Res<GrabBatchReply> {
+        let grabs = req.into_inner().grabs;
+        if grabs.len() > MAX_GRAB_BATCH {
+            return Err(invalid(&format!("{} grabs in one batch; at most {MAX_GRAB_BATCH}", grabs.len())));
+        }
+        // Each grab is held to the single-request limit, as if it had come alone.
+        if let Some(g) = grabs.iter().find(|g| prost::Message::encoded_len(*g) > MAX_REQUEST_BYTES) {
+            return Err(invalid(&format!("a grab of {} bytes in the batch; at most {MAX_REQUEST_BYTES}", prost::Message::encoded_len(g))));
+        }
+        metrics::histogram!("hongbao_coalesced_grabs").record(grabs.len() as f64);
+        let results = futures::future::join_all(grabs.into_iter().map(|g| self.grab_one(g))).await;
+        let results = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(reply) => GrabResult { reply: Some(reply), error: None },
+                Err(s) => GrabResult { reply: None, error: Some(detail_of(&s)) },
+            })
+            .collect();
+        Ok(Response::new(GrabBatchReply { results }))
+    }
 }

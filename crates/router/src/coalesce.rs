@@ -1,0 +1,104 @@
+//! Router-to-node coalescing of grabs. In a grab storm most of a router's CPU (and much of the
+//! node's) went into per-call HTTP/2 and gRPC work, one call per grab. Here each node has a queue;
+//! a sender task takes whatever grabs are waiting (up to `MAX_GRAB_BATCH`) and sends them in one
+//! `Coalesced.Grabs` call, with a few such calls in flight per node. Nothing waits on a timer:
+//! under light load a grab goes out alone at once; under heavy load grabs pile up while earlier
+//! calls are in flight and leave together. Each grab keeps its request id and gets its own result,
+//! so retries and failover in `Router::forward` work exactly as for single calls.
+
+use hongbao_proto::v1::coalesced_client::CoalescedClient;
+use hongbao_proto::v1::{GrabBatchRequest, GrabReply, GrabRequest};
+use hongbao_proto::{error, status, ErrorCode, MAX_GRAB_BATCH};
+use hongbao_topology::NodeId;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::transport::Channel;
+use tonic::Status;
+
+/// Coalesced calls in flight per node. While they are all busy, new grabs queue and go together.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 8;
+/// Grabs waiting per node; beyond it, OVERLOADED at once.
+pub const MAX_QUEUED_PER_NODE: usize = 20_000;
+
+type Answer = oneshot::Sender<Result<GrabReply, Status>>;
+
+pub struct Coalescer {
+    queues: HashMap<NodeId, mpsc::Sender<(GrabRequest, Answer)>>,
+}
+
+impl Coalescer {
+    /// Starts one sender task per node. `call_timeout` bounds each coalesced call, so a node that
+    /// stops answering frees its in-flight slots.
+    pub fn start(channels: &HashMap<NodeId, Channel>, call_timeout: Duration) -> Arc<Coalescer> {
+        let queues = channels
+            .iter()
+            .map(|(node, ch)| {
+                let (tx, rx) = mpsc::channel(MAX_QUEUED_PER_NODE);
+                tokio::spawn(send_loop(*node, ch.clone(), rx, call_timeout));
+                (*node, tx)
+            })
+            .collect();
+        Arc::new(Coalescer { queues })
+    }
+
+    /// Sends `req` to `node` in the next coalesced call and waits for its own result.
+    pub async fn grab(&self, node: NodeId, req: GrabRequest) -> Result<GrabReply, Status> {
+        let queue = self.queues.get(&node).ok_or_else(|| error(ErrorCode::Internal, format!("router has no queue for node {node}")))?;
+        let (tx, rx) = oneshot::channel();
+        queue.try_send((req, tx)).map_err(|_| {
+            metrics::counter!("hongbao_router_overloaded_total").increment(1);
+            error(ErrorCode::Overloaded, format!("router: {MAX_QUEUED_PER_NODE} grabs queued for node {node}; back off and retry"))
+        })?;
+        rx.await.map_err(|_| error(ErrorCode::Unavailable, format!("router: call to node {node} was dropped")))?
+    }
+}
+
+async fn send_loop(node: NodeId, ch: Channel, mut queue: mpsc::Receiver<(GrabRequest, Answer)>, call_timeout: Duration) {
+    let slots = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_GRAB_BATCH {
+            match queue.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("hongbao_router_coalesced_grabs").record(batch.len() as f64);
+        let ch = ch.clone();
+        tokio::spawn(async move {
+            let (grabs, answers): (Vec<GrabRequest>, Vec<Answer>) = batch.into_iter().unzip();
+            let n = grabs.len();
+            let res = tokio::time::timeout(call_timeout, CoalescedClient::new(ch).grabs(GrabBatchRequest { grabs })).await;
+            drop(slot);
+            let results = match res {
+                Ok(Ok(reply)) => reply.into_inner().results,
+                Ok(Err(s)) => return answer_all(answers, &s),
+                Err(_) => return answer_all(answers, &error(ErrorCode::Timeout, format!("node {node} did not answer in time"))),
+            };
+            if results.len() != n {
+                let s = error(ErrorCode::Internal, format!("node {node} answered {} results for {n} grabs", results.len()));
+                return answer_all(answers, &s);
+            }
+            for (answer, r) in answers.into_iter().zip(results) {
+                let one = match (r.reply, r.error) {
+                    (_, Some(detail)) => Err(status(detail)),
+                    (Some(reply), None) => Ok(reply),
+                    (None, None) => Err(error(ErrorCode::Internal, format!("node {node} answered a grab with neither reply nor error"))),
+                };
+                // The caller may have given up (its own deadline): nothing to tell it then.
+                let _ = answer.send(one);
+            }
+        });
+    }
+}
+
+/// The whole call failed: every grab in it hears the same status (outcome unknown for
+/// UNAVAILABLE / TIMEOUT, so `forward` retries each with its request id).
+fn answer_all(answers: Vec<Answer>, s: &Status) {
+    for a in answers {
+        let _ = a.send(Err(s.clone()));
+    }
+}
