@@ -20,7 +20,9 @@
 use crate::types::{PacketId, RequestId, ShardId, UserId};
 
 fn k(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
-    let mut v = vec![prefix];
+    // Sized once: keys are built for every read and write of every command.
+    let mut v = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    v.push(prefix);
     for p in parts {
         v.extend_from_slice(p);
     }

@@ -83,20 +83,22 @@ pub fn packet(store: &(impl Store + ?Sized), id: PacketId) -> Option<PacketView>
 /// outcome.
 /// `now_ms` is asked only for an exhausted packet, where expiry decides the code.
 pub fn grab_refusal(store: &(impl Store + ?Sized), id: &RequestId, packet: PacketId, grabber: UserId, now_ms: impl FnOnce() -> u64) -> Option<Code> {
+    let p: Packet = store.get(&keys::packet(packet)).map(|b| dec(&b))?;
+    let refusal = if store.get(&keys::grabbed(packet, grabber)).is_some() {
+        Code::AlreadyGrabbed
+    } else if p.refunded.is_some() {
+        Code::PacketExpired
+    } else if p.remaining_count == 0 {
+        if now_ms() >= p.expires_ms { Code::PacketExpired } else { Code::PacketExhausted }
+    } else {
+        return None;
+    };
+    // Only now the request id (the common grab, on an open packet, is proposed without this
+    // read): a replay must answer its first outcome, never this refusal.
     if store.get(&keys::dedup(id)).is_some() {
         return None;
     }
-    let p: Packet = store.get(&keys::packet(packet)).map(|b| dec(&b))?;
-    if store.get(&keys::grabbed(packet, grabber)).is_some() {
-        return Some(Code::AlreadyGrabbed);
-    }
-    if p.refunded.is_some() {
-        return Some(Code::PacketExpired);
-    }
-    if p.remaining_count == 0 {
-        return Some(if now_ms() >= p.expires_ms { Code::PacketExpired } else { Code::PacketExhausted });
-    }
-    None
+    Some(refusal)
 }
 
 /// The seq up to which credits to `dest` are delivered (their outbox records deleted).
