@@ -23,8 +23,18 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("addr").port()
+/// Hands out ports the OS reports free. Every listener is held until the cluster has all its
+/// ports, so no two processes of one cluster are given the same port (a port released at once
+/// could be handed out again by the next bind: a router once got a node's port).
+struct Ports(Vec<TcpListener>);
+
+impl Ports {
+    fn next(&mut self) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("addr").port();
+        self.0.push(l);
+        port
+    }
 }
 
 pub struct Spec {
@@ -73,13 +83,14 @@ impl Cluster {
         let mut t = String::from("slots = 100\n");
         t += &format!("regions = [{}]\n", spec.regions.iter().map(|r| format!("{{ name = \"{r}\" }}")).collect::<Vec<_>>().join(", "));
         t += "nodes = [\n";
+        let mut ports = Ports(vec![]);
         let mut id = 0u64;
         let mut by_region: Vec<Vec<u64>> = vec![];
         for r in &spec.regions {
             let mut ids = vec![];
             for _ in 0..spec.nodes_per_region {
                 id += 1;
-                t += &format!("  {{ id = {id}, region = \"{r}\", addr = \"127.0.0.1:{}\", metrics_addr = \"127.0.0.1:{}\" }},\n", free_port(), free_port());
+                t += &format!("  {{ id = {id}, region = \"{r}\", addr = \"127.0.0.1:{}\", metrics_addr = \"127.0.0.1:{}\" }},\n", ports.next(), ports.next());
                 ids.push(id);
             }
             by_region.push(ids);
@@ -88,7 +99,7 @@ impl Cluster {
         if spec.routers {
             t += "routers = [\n";
             for r in &spec.regions {
-                t += &format!("  {{ region = \"{r}\", addr = \"127.0.0.1:{}\" }},\n", free_port());
+                t += &format!("  {{ region = \"{r}\", addr = \"127.0.0.1:{}\" }},\n", ports.next());
             }
             t += "]\n";
         }
@@ -118,6 +129,7 @@ impl Cluster {
         let topology = Topology::parse(&t).unwrap_or_else(|e| panic!("test topology invalid: {e}\n{t}"));
         let topology_path = dir.path().join("topology.toml");
         std::fs::write(&topology_path, &t).expect("write topology");
+        drop(ports); // release them for the processes
         let mut c = Cluster { dir, topology_path, topology, nodes: BTreeMap::new(), routers: BTreeMap::new(), router_max_inflight: spec.router_max_inflight };
         let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
         for id in ids {
