@@ -214,7 +214,7 @@ fn print_table(title: &str, s: &Summary) {
     }
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
     match run(args).await {
