@@ -122,8 +122,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             b.put(&keys::log(self.shard, e.log_id.index), &crate::storage::encode(&e));
         }
-        // One synced write for the whole batch: the entries are durable when it returns.
-        let res = self.db.write_synced(b);
+        // One synced write for the whole batch: the entries are durable (and readable) when it
+        // returns. Off the async workers: the fsync must not stall the node's other work.
+        let res = self.db.write_off_runtime(b, true).await;
         let ok = res.is_ok();
         callback.io_completed(res.map_err(|e| io::Error::new(e.kind(), e.to_string())));
         if ok { Ok(()) } else { Err(io::Error::other("log append failed")) }

@@ -227,7 +227,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         b.put(&keys::sm_meta(self.shard), &encode(&meta));
         // Unsynced: the log entries are already durable; after a crash openraft re-applies
         // from the last applied id that made it to disk.
-        self.db.write_unsynced(b)?;
+        self.db.write_off_runtime(b, false).await?;
         self.meta = meta;
         for (responder, reply) in replies {
             if let Some(r) = responder {

@@ -117,6 +117,16 @@ impl Db {
         self.db.write(b.wb).map_err(io_err)
     }
 
+    /// `write_synced` / `write_unsynced` on the blocking pool. A synced write waits for an fsync,
+    /// and an unsynced one can wait in the same RocksDB write group for another's fsync; on the
+    /// async workers that would stall every other request of the node meanwhile.
+    pub async fn write_off_runtime(self: &std::sync::Arc<Self>, b: Batch, sync: bool) -> io::Result<()> {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || if sync { db.write_synced(b) } else { db.write_unsynced(b) })
+            .await
+            .map_err(|e| io::Error::other(format!("write task: {e}")))?
+    }
+
     /// A consistent point-in-time view (for snapshots and reads that must not tear).
     pub fn snapshot(&self) -> rocksdb::Snapshot<'_> {
         self.db.snapshot()
