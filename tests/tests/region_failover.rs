@@ -235,6 +235,8 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
     let leader = c.leaders().await[&hongbao_topology::Topology::shard_of_packet(p.packet_id)];
     let leader_metrics = c.topology.node(leader).unwrap().metrics_addr.clone();
     let batches_before = metric(&leader_metrics, "hongbao_coalesced_grabs_count").await;
+    let entries_before = metric(&leader_metrics, "hongbao_batch_requests_count").await;
+    let proposed_before = metric(&leader_metrics, "hongbao_batch_requests_sum").await;
 
     // All at once, raw gRPC on one connection: the router holds many grabs for the same node at
     // the same moment, which is when it coalesces them. Five carry a malformed request id.
@@ -279,9 +281,23 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
     let batches = metric(&leader_metrics, "hongbao_coalesced_grabs_count").await - batches_before;
     println!("150 grabs reached the leader in {batches} coalesced calls");
     assert!(batches > 0.0 && batches < 150.0, "grabs through the router went coalesced: {batches} calls for 150 grabs");
+    // And on the leader, the proposals went into Raft several to an entry (leader batching).
+    let entries = metric(&leader_metrics, "hongbao_batch_requests_count").await - entries_before;
+    let proposed = metric(&leader_metrics, "hongbao_batch_requests_sum").await - proposed_before;
+    println!("{proposed} proposals in {entries} Raft entries");
+    assert!(entries > 0.0 && proposed > entries, "{proposed} proposals in {entries} entries: no batching");
+
+    // Grabs on the now exhausted packet are refused by the leader without a Raft round.
+    let fast_before = metric(&leader_metrics, "hongbao_grabs_fast_rejected_total").await;
+    let mut pc = PacketsClient::new(channel.clone());
+    for g in grabbers.iter().filter(|g| !won.iter().any(|(w, _)| w.grabber == **g)).take(5) {
+        let s = pc.grab(GrabRequest { request_id: new_request_id(), packet_id: p.packet_id, grabber: *g, password: String::new() }).await.unwrap_err();
+        assert_eq!(detail_of(&s).code(), ErrorCode::PacketExhausted, "{s:?}");
+    }
+    let fast = metric(&leader_metrics, "hongbao_grabs_fast_rejected_total").await - fast_before;
+    assert_eq!(fast, 5.0, "late grabs on an exhausted packet are refused before proposing");
 
     // A re-sent grab (same request id) gets its first answer again, not a second share.
-    let mut pc = PacketsClient::new(channel.clone());
     for (req, first) in won.iter().take(10) {
         let again = pc.grab(req.clone()).await.unwrap().into_inner();
         assert_eq!((again.amount_cents, again.index), (first.amount_cents, first.index));
