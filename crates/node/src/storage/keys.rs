@@ -13,7 +13,8 @@
 //! | `s`   | `s`                         | meta of the last snapshot built/installed |
 //! | `D`   | `D <ledger key>`            | ledger state (the ledger owns its keys)  |
 //!
-//! Big-endian numbers keep log entries in index order for range scans.
+//! Big-endian numbers keep log entries in index order for range scans. Log keys (`L`) live in
+//! their own column family (see `storage::Db`); every other table is in the default one.
 
 use hongbao_ledger::ShardId;
 
@@ -33,8 +34,16 @@ fn key(shard: ShardId, table: u8, rest: &[u8]) -> Vec<u8> {
 }
 
 pub fn log(shard: ShardId, index: u64) -> Vec<u8> {
-    key(shard, b'L', &index.to_be_bytes())
+    key(shard, LOG_TABLE, &index.to_be_bytes())
 }
+
+/// Whether a key belongs to a shard's Raft log table (a log key, or the start of a log range):
+/// those live in the log's own column family.
+pub fn is_log(k: &[u8]) -> bool {
+    k.len() >= 6 && k[0] == SHARD_PREFIX && k[5] == LOG_TABLE
+}
+
+const LOG_TABLE: u8 = b'L';
 
 /// Index of a log key, the inverse of [`log`].
 pub fn log_index(k: &[u8]) -> u64 {
@@ -66,7 +75,7 @@ pub fn data_range(shard: ShardId) -> (Vec<u8>, Vec<u8>) {
 }
 /// `[start, end)` of a shard's log.
 pub fn log_range(shard: ShardId) -> (Vec<u8>, Vec<u8>) {
-    (key(shard, b'L', &[]), key(shard, b'L' + 1, &[]))
+    (key(shard, LOG_TABLE, &[]), key(shard, LOG_TABLE + 1, &[]))
 }
 
 #[cfg(test)]
@@ -83,5 +92,14 @@ mod tests {
         let (a, b) = data_range(1);
         assert!(a <= data(1, b"\xff\xff") && data(1, b"\xff\xff") < b);
         assert!(vote(1) < a || vote(1) >= b);
+    }
+
+    #[test]
+    fn only_log_keys_and_log_range_starts_are_log_keys() {
+        assert!(is_log(&log(3, 0)) && is_log(&log(3, u64::MAX)) && is_log(&log_range(3).0));
+        assert!(!is_log(&log_range(3).1), "the end of a log range is the next table");
+        for k in [vote(3), committed(3), purged(3), sm_meta(3), snapshot_meta(3), data(3, b"L"), data(3, b"")] {
+            assert!(!is_log(&k), "{k:?}");
+        }
     }
 }

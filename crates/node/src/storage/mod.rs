@@ -4,12 +4,18 @@
 
 pub mod keys;
 
-use rocksdb::{BlockBasedOptions, Cache, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedIndexType, BlockBasedOptions, BlockBasedTablePinningTier, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteOptions, DB,
+};
 use std::io;
 use std::path::Path;
 
 pub struct Db {
     db: DB,
+    cache: Cache,
+    /// The options the DB was opened with: they hold its statistics (when enabled).
+    stats: Options,
 }
 
 pub fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -24,19 +30,92 @@ fn io_err(e: rocksdb::Error) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// Options every column family shares: compression and write buffers.
+fn cf_base(db_opts: &Options) -> Options {
+    let mut o = db_opts.clone();
+    // Flushes write L0 and its first compactions L1: leave those two uncompressed, so a flush
+    // costs less CPU (the raft log, most of the volume, is purged before it sinks deeper).
+    use rocksdb::DBCompressionType::{Lz4, None as Plain};
+    o.set_compression_type(Lz4);
+    o.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
+    o.set_write_buffer_size(64 << 20);
+    o
+}
+
+/// The ledger's column family. Most ledger reads are point lookups that miss (a request id never
+/// seen, a grabber who has not grabbed this packet yet), so they live on bloom filters, and those
+/// filters must stay in memory at any data size:
+/// - filters and indexes are partitioned (`METADATA_BLOCK_BYTES` each, a two-level index), so no
+///   cached block is bigger than a cache shard; one full filter per file is megabytes for a
+///   100 MB file, larger than an LRU shard, and was re-read and checksummed on every lookup;
+/// - their top levels are pinned, and the partitions are cached at high priority (they are
+///   evicted only after data blocks), with L0's pinned as well since L0 is searched file by file.
+/// Memory: about 1.25 bytes per key of filter (10 bits) plus the index (a few bytes per 4 KiB
+/// data block); see docs/design.md for the numbers per GB.
+fn data_cf_options(db_opts: &Options, cache: &Cache) -> Options {
+    let mut o = cf_base(db_opts);
+    let mut t = BlockBasedOptions::default();
+    t.set_block_cache(cache);
+    t.set_bloom_filter(10.0, false);
+    t.set_optimize_filters_for_memory(true);
+    t.set_partition_filters(true);
+    t.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    t.set_metadata_block_size(METADATA_BLOCK_BYTES as usize);
+    t.set_cache_index_and_filter_blocks(true);
+    t.set_cache_index_and_filter_blocks_with_high_priority(true);
+    t.set_pin_top_level_index_and_filter(true);
+    t.set_top_level_index_pinning_tier(BlockBasedTablePinningTier::All);
+    t.set_partition_pinning_tier(BlockBasedTablePinningTier::FlushAndSimilar);
+    t.set_unpartitioned_pinning_tier(BlockBasedTablePinningTier::FlushAndSimilar);
+    o.set_block_based_table_factory(&t);
+    o.set_memtable_whole_key_filtering(true);
+    o.set_memtable_prefix_bloom_ratio(0.1);
+    o
+}
+
+/// The Raft log's column family: read by index ranges (replication, replay) and the last key,
+/// never by a lookup that misses, so no filter; its index blocks go through the shared cache.
+fn log_cf_options(db_opts: &Options, cache: &Cache) -> Options {
+    let mut o = cf_base(db_opts);
+    let mut t = BlockBasedOptions::default();
+    t.set_block_cache(cache);
+    t.set_cache_index_and_filter_blocks(true);
+    t.set_cache_index_and_filter_blocks_with_high_priority(true);
+    t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    o.set_block_based_table_factory(&t);
+    o
+}
+
+/// Column family of every shard's Raft log (keys `keys::log`). The log is most of what is
+/// written and is purged by range deletes; kept apart, it never sits in the ledger's files, so
+/// a ledger lookup searches fewer, smaller files and no log tombstones. Everything else (votes,
+/// meta, ledger data) is in the default column family.
+const LOG_CF: &str = "raft_log";
+
+/// Block cache shared by both column families (data blocks, index and filter partitions).
+const BLOCK_CACHE_BYTES: usize = 256 << 20;
+/// 2^4 = 16 cache shards of 16 MiB. Every block the tables below put in the cache is small (data
+/// blocks of 4 KiB, index and filter partitions of `METADATA_BLOCK_BYTES`), so each fits a shard
+/// many times over; a block larger than its shard would be dropped as soon as it was read.
+const BLOCK_CACHE_SHARD_BITS: i32 = 4;
+/// Target size of one filter or index partition.
+const METADATA_BLOCK_BYTES: u64 = 4096;
+
 impl Db {
+    /// Opens (or creates) the node's RocksDB. `HONGBAO_ROCKSDB_STATS=1` turns on RocksDB's
+    /// statistics (a few % of CPU), for profiling.
     pub fn open(path: &Path) -> io::Result<Db> {
+        Db::open_with_statistics(path, std::env::var_os("HONGBAO_ROCKSDB_STATS").is_some())
+    }
+
+    pub fn open_with_statistics(path: &Path, statistics: bool) -> io::Result<Db> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
         // Several shards append concurrently: let their synced writes share one WAL fsync.
         opts.set_enable_pipelined_write(true);
         opts.increase_parallelism(2);
         opts.set_max_background_jobs(2);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        // Flushes write L0 and its first compactions L1: leave those two uncompressed, so a flush
-        // costs less CPU (the raft log, most of the volume, is purged before it sinks deeper).
-        use rocksdb::DBCompressionType::{Lz4, None as Plain};
-        opts.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
         // Flushes and compactions run at low CPU priority: on a busy box they take the idle
         // cycles instead of stalling request handling (every replica flushes at about the same
         // moment, since they all apply the same writes).
@@ -49,33 +128,47 @@ impl Db {
         // time, at a bounded rate, keeps those fsyncs short.
         opts.set_bytes_per_sync(1 << 20);
         opts.set_ratelimiter(64 << 20, 100_000, 10);
-        opts.set_write_buffer_size(64 << 20);
-        // Most ledger reads are point lookups that miss (a request id never seen, a grabber who
-        // has not grabbed this packet yet): bloom filters, in the tables and in the memtable,
-        // answer those without searching every level.
-        let mut table = BlockBasedOptions::default();
-        table.set_bloom_filter(10.0, false);
-        table.set_block_cache(&Cache::new_lru_cache(256 << 20));
-        table.set_cache_index_and_filter_blocks(true);
-        opts.set_block_based_table_factory(&table);
-        opts.set_memtable_whole_key_filtering(true);
-        opts.set_memtable_prefix_bloom_ratio(0.1);
-        let db = DB::open(&opts, path).map_err(io_err)?;
-        Ok(Db { db })
+        if statistics {
+            opts.enable_statistics();
+        }
+        let mut cache_opts = rocksdb::LruCacheOptions::default();
+        cache_opts.set_capacity(BLOCK_CACHE_BYTES);
+        cache_opts.set_num_shard_bits(BLOCK_CACHE_SHARD_BITS);
+        let cache = Cache::new_lru_cache_opts(&cache_opts);
+
+        let data = data_cf_options(&opts, &cache);
+        let log = log_cf_options(&opts, &cache);
+        let cfs = vec![ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, data), ColumnFamilyDescriptor::new(LOG_CF, log)];
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(io_err)?;
+        Ok(Db { db, cache, stats: opts })
+    }
+
+    fn log_cf(&self) -> &ColumnFamily {
+        self.db.cf_handle(LOG_CF).expect("the log column family is created at open")
+    }
+
+    /// The column family a key lives in: the Raft log apart, everything else in the default one.
+    fn cf_of(&self, key: &[u8]) -> &ColumnFamily {
+        if keys::is_log(key) {
+            self.log_cf()
+        } else {
+            self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).expect("default column family")
+        }
     }
 
     pub fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        self.db.get(key).map_err(io_err)
+        self.db.get_cf(self.cf_of(key), key).map_err(io_err)
     }
 
-    /// Up to `limit` pairs in `[start, end)`, ascending.
+    /// Up to `limit` pairs in `[start, end)`, ascending. Both bounds name the same column family
+    /// (a whole range of one table; `end` may be the first key after it).
     pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
         // The upper bound stops RocksDB itself at `end`, instead of walking on over the
         // tombstones of deleted keys beyond it.
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(end.to_vec());
-        for item in self.db.iterator_opt(IteratorMode::From(start, Direction::Forward), ro) {
+        for item in self.db.iterator_cf_opt(self.cf_of(start), ro, IteratorMode::From(start, Direction::Forward)) {
             let (k, v) = item.map_err(io_err)?;
             if &*k >= end || out.len() >= limit {
                 break;
@@ -87,69 +180,97 @@ impl Db {
 
     /// The last pair in `[start, end)`.
     pub fn last_in_range(&self, start: &[u8], end: &[u8]) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
-        let mut it = self.db.iterator(IteratorMode::From(end, Direction::Reverse));
-        while let Some(item) = it.next() {
-            let (k, v) = item.map_err(io_err)?;
-            if &*k >= end {
-                continue; // `From(end, Reverse)` may start at `end` itself.
+        // The lower bound stops a reverse walk at `start` (not over a purged log's tombstones).
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(start.to_vec());
+        ro.set_iterate_upper_bound(end.to_vec());
+        let mut it = self.db.iterator_cf_opt(self.cf_of(start), ro, IteratorMode::End);
+        match it.next() {
+            Some(item) => {
+                let (k, v) = item.map_err(io_err)?;
+                assert!(&*k >= start && &*k < end, "iterator bounds hold");
+                Ok(Some((k.to_vec(), v.to_vec())))
             }
-            if &*k < start {
-                return Ok(None);
-            }
-            return Ok(Some((k.to_vec(), v.to_vec())));
+            None => Ok(None),
         }
-        Ok(None)
     }
 
-    pub fn batch(&self) -> Batch {
-        Batch { wb: WriteBatch::default() }
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { wb: WriteBatch::default(), db: self }
+    }
+
+    fn write(&self, wb: WriteBatch, sync: bool) -> io::Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(wb, &wo).map_err(io_err)
     }
 
     /// Durable when it returns: the WAL is fsynced (and with it every earlier write).
-    pub fn write_synced(&self, b: Batch) -> io::Result<()> {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.write_opt(b.wb, &wo).map_err(io_err)
+    pub fn write_synced(&self, b: Batch<'_>) -> io::Result<()> {
+        self.write(b.wb, true)
     }
 
     /// In the WAL but not yet fsynced: used where a loss is repaired by replaying the Raft log.
-    pub fn write_unsynced(&self, b: Batch) -> io::Result<()> {
-        self.db.write(b.wb).map_err(io_err)
+    pub fn write_unsynced(&self, b: Batch<'_>) -> io::Result<()> {
+        self.write(b.wb, false)
     }
 
     /// `write_synced` / `write_unsynced` on the blocking pool. A synced write waits for an fsync,
     /// and an unsynced one can wait in the same RocksDB write group for another's fsync; on the
     /// async workers that would stall every other request of the node meanwhile.
-    pub async fn write_off_runtime(self: &std::sync::Arc<Self>, b: Batch, sync: bool) -> io::Result<()> {
+    pub async fn write_off_runtime(self: &std::sync::Arc<Self>, b: Batch<'_>, sync: bool) -> io::Result<()> {
         let db = self.clone();
-        tokio::task::spawn_blocking(move || if sync { db.write_synced(b) } else { db.write_unsynced(b) })
+        let wb = b.wb;
+        tokio::task::spawn_blocking(move || db.write(wb, sync))
             .await
             .map_err(|e| io::Error::other(format!("write task: {e}")))?
     }
 
-    /// A consistent point-in-time view (for snapshots and reads that must not tear).
+    /// A consistent point-in-time view (for snapshots and reads that must not tear). Reads through
+    /// it see the default column family: ledger data and meta, not the Raft log.
     pub fn snapshot(&self) -> rocksdb::Snapshot<'_> {
         self.db.snapshot()
     }
 
-    pub fn raw(&self) -> &DB {
-        &self.db
+    /// A RocksDB statistics counter; 0 unless the node runs with `HONGBAO_ROCKSDB_STATS` set.
+    pub fn ticker(&self, t: rocksdb::statistics::Ticker) -> u64 {
+        self.stats.get_ticker_count(t)
+    }
+
+    /// Bytes the block cache holds now (data blocks, index and filter partitions).
+    pub fn block_cache_bytes(&self) -> usize {
+        self.cache.get_usage()
+    }
+
+    /// A RocksDB integer property of the ledger column family (e.g. `rocksdb.num-files-at-level0`).
+    pub fn data_property(&self, name: &str) -> Option<u64> {
+        self.db.property_int_value(name).ok().flatten()
+    }
+
+    /// Compacts everything, both column families (tests and tools; not on the request path).
+    pub fn compact_all(&self) {
+        self.db.compact_range(None::<&[u8]>, None::<&[u8]>);
+        self.db.compact_range_cf(self.log_cf(), None::<&[u8]>, None::<&[u8]>);
     }
 }
 
-pub struct Batch {
+/// One atomic write. Each operation goes to its key's column family; RocksDB applies a batch
+/// across column families atomically.
+pub struct Batch<'a> {
     wb: WriteBatch,
+    db: &'a Db,
 }
 
-impl Batch {
+impl Batch<'_> {
     pub fn put(&mut self, k: &[u8], v: &[u8]) {
-        self.wb.put(k, v);
+        self.wb.put_cf(self.db.cf_of(k), k, v);
     }
     pub fn delete(&mut self, k: &[u8]) {
-        self.wb.delete(k);
+        self.wb.delete_cf(self.db.cf_of(k), k);
     }
+    /// `[from, to)`, within one column family (`to` may be the first key after a table).
     pub fn delete_range(&mut self, from: &[u8], to: &[u8]) {
-        self.wb.delete_range(from, to);
+        self.wb.delete_range_cf(self.db.cf_of(from), from, to);
     }
     pub fn len(&self) -> usize {
         self.wb.len()
@@ -158,3 +279,6 @@ impl Batch {
         self.wb.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests;

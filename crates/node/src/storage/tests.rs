@@ -1,0 +1,122 @@
+//! Storage-level tests on a real RocksDB: what the node's options do once the data has grown.
+
+use super::*;
+use hongbao_ledger::keys as lk;
+use hongbao_ledger::{PacketId, RequestId};
+use rand::{Rng, SeedableRng};
+use rocksdb::statistics::Ticker;
+
+const SHARD: u32 = 3;
+
+/// Writes what `grabs` hot-packet grabs leave behind in the ledger's column family, in the
+/// ledger's real key shapes: the request id and its expiry index, the grabbed marker and the
+/// claim; plus the Raft log entries that carried them (purged as the node does).
+fn fill_like_a_grab_storm(db: &Db, grabs: u64, rng: &mut impl Rng) {
+    const GRABS_PER_BATCH: u64 = 2_000;
+    const GRABS_PER_ENTRY: u64 = 200;
+    let mut log_index = 0u64;
+    let mut done = 0u64;
+    while done < grabs {
+        let mut b = db.batch();
+        for g in done..(done + GRABS_PER_BATCH).min(grabs) {
+            let packet = PacketId::new(SHARD, g / 100);
+            let user = 10_000_000 + rng.gen_range(0..5_000_000u64);
+            let id = RequestId(rng.gen());
+            let time_ms = 1_800_000_000_000 + g / 10;
+            b.put(&keys::data(SHARD, &lk::dedup(&id)), &[7u8; 40]);
+            b.put(&keys::data(SHARD, &lk::dedup_expiry(time_ms, &id)), &[]);
+            b.put(&keys::data(SHARD, &lk::grabbed(packet, user)), &((g % 100) as u32).to_be_bytes());
+            b.put(&keys::data(SHARD, &lk::claim(packet, (g % 100) as u32)), &[9u8; 32]);
+            if g % GRABS_PER_ENTRY == 0 {
+                log_index += 1;
+                b.put(&keys::log(SHARD, log_index), &vec![5u8; 8_000]);
+            }
+        }
+        // The node purges the log behind its snapshots; here, every 500 entries.
+        if log_index % 500 == 0 && log_index > 0 {
+            b.delete_range(&keys::log(SHARD, 0), &keys::log(SHARD, log_index.saturating_sub(100)));
+        }
+        db.write_unsynced(b).unwrap();
+        done = (done + GRABS_PER_BATCH).min(grabs);
+    }
+}
+
+fn sst_files(db: &Db) -> u64 {
+    (0..7).map(|l| db.data_property(&format!("rocksdb.num-files-at-level{l}")).unwrap_or(0)).sum()
+}
+
+/// Point reads of request ids never seen: each is answered by the filters, and the filters must
+/// stay in memory. Before the fix every lookup re-read and checksummed a whole multi-megabyte
+/// filter block (larger than a cache shard), so filter-block cache misses grew with the reads.
+#[test]
+fn absent_key_lookups_do_not_reread_filter_blocks_after_the_data_has_grown() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_with_statistics(dir.path(), true).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(18);
+    fill_like_a_grab_storm(&db, 2_000_000, &mut rng);
+    db.compact_all();
+    let files = sst_files(&db);
+    assert!(files >= 1, "the data is in SST files, not only the memtable");
+
+    let lookups = |n: u64, rng: &mut rand_chacha::ChaCha8Rng| {
+        for _ in 0..n {
+            let id = RequestId(rng.gen());
+            assert_eq!(db.get(&keys::data(SHARD, &lk::dedup(&id))).unwrap(), None);
+        }
+    };
+    const READS: u64 = 100_000;
+    // First pass: the filter partitions come into the cache once.
+    let miss0 = db.ticker(Ticker::BlockCacheFilterMiss);
+    let useful0 = db.ticker(Ticker::BloomFilterUseful);
+    lookups(READS, &mut rng);
+    let first_misses = db.ticker(Ticker::BlockCacheFilterMiss) - miss0;
+    // Second pass: nothing of the filters is read from the files again.
+    let miss1 = db.ticker(Ticker::BlockCacheFilterMiss);
+    lookups(READS, &mut rng);
+    let second_misses = db.ticker(Ticker::BlockCacheFilterMiss) - miss1;
+    let useful = db.ticker(Ticker::BloomFilterUseful) - useful0;
+    eprintln!(
+        "files {files}, filter misses: first pass {first_misses}, second pass {second_misses}, \
+         filter said no {useful} times in {} reads, block cache {} MiB",
+        2 * READS,
+        db.block_cache_bytes() >> 20
+    );
+    // The cause: the lookups were answered by the filters (at least once per read).
+    assert!(useful >= 2 * READS * 98 / 100, "filters answered {useful} of {} absent lookups", 2 * READS);
+    // The effect: filter reads from disk stay near the number of filter partitions, not reads.
+    assert!(first_misses < READS / 10, "{first_misses} filter block misses in {READS} lookups");
+    assert!(second_misses <= files, "{second_misses} filter block misses in {READS} warm lookups ({files} files)");
+}
+
+/// The log lives in its own column family, the ledger data in the default one; a batch spanning
+/// both is one atomic write, and the log range helpers see only log keys.
+#[test]
+fn log_and_data_keys_round_trip_through_their_own_column_families() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let mut b = db.batch();
+    for i in 1..=10 {
+        b.put(&keys::log(SHARD, i), &i.to_be_bytes());
+    }
+    b.put(&keys::data(SHARD, b"a1"), b"v");
+    b.put(&keys::vote(SHARD), b"vote");
+    db.write_synced(b).unwrap();
+    let (start, end) = keys::log_range(SHARD);
+    assert_eq!(db.scan(&start, &end, 100).unwrap().len(), 10);
+    assert_eq!(db.last_in_range(&start, &end).unwrap().unwrap().0, keys::log(SHARD, 10));
+    assert_eq!(db.get(&keys::vote(SHARD)).unwrap().as_deref(), Some(&b"vote"[..]));
+    let (ds, de) = keys::data_range(SHARD);
+    assert_eq!(db.scan(&ds, &de, 100).unwrap().len(), 1);
+    // Purge 1..=7 by a range delete, as the log store does.
+    let mut b = db.batch();
+    b.delete_range(&keys::log(SHARD, 0), &keys::log(SHARD, 8));
+    db.write_synced(b).unwrap();
+    let rows = db.scan(&start, &end, 100).unwrap();
+    assert_eq!(rows.iter().map(|(k, _)| keys::log_index(k)).collect::<Vec<_>>(), vec![8, 9, 10]);
+    assert_eq!(db.get(&keys::data(SHARD, b"a1")).unwrap().as_deref(), Some(&b"v"[..]));
+    // Reopen: both column families come back.
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.last_in_range(&start, &end).unwrap().unwrap().0, keys::log(SHARD, 10));
+    assert_eq!(db.get(&keys::data(SHARD, b"a1")).unwrap().as_deref(), Some(&b"v"[..]));
+}
