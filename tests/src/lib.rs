@@ -298,7 +298,7 @@ impl Cluster {
         if let Ok(st) = c.status().await {
             for n in st.nodes {
                 for s in n.shards {
-                    if s.role == "leader" {
+                    if s.role() == hongbao_proto::v1::ReplicaRole::Leader {
                         out.insert(s.shard, n.node);
                     }
                 }

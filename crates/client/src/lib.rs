@@ -237,12 +237,12 @@ impl Client {
     }
 
     pub async fn drain(&self, region: &str) -> Result<DrainReply> {
-        let req = DrainRequest { region: region.into() };
+        let req = DrainRequest { region: region.into(), local_only: false };
         self.call(|ch| { let r = req.clone(); async move { ClusterClient::new(ch).drain(r).await } }).await
     }
 
     pub async fn undrain(&self, region: &str) -> Result<DrainReply> {
-        let req = DrainRequest { region: region.into() };
+        let req = DrainRequest { region: region.into(), local_only: false };
         self.call(|ch| { let r = req.clone(); async move { ClusterClient::new(ch).undrain(r).await } }).await
     }
 

@@ -328,7 +328,7 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
         ClusterCmd::Status => {
             let s = client.status().await?;
             if json {
-                let nodes: Vec<_> = s.nodes.iter().map(|n| serde_json::json!({"node": n.node, "region": n.region, "addr": n.addr, "up": n.up, "error": n.error, "shards": n.shards.iter().map(|sh| serde_json::json!({"shard": sh.shard, "role": sh.role, "leader": sh.leader, "term": sh.term, "last_log_index": sh.last_log_index, "committed": sh.committed, "applied": sh.applied, "lag": sh.lag, "home_region": sh.home_region})).collect::<Vec<_>>()})).collect();
+                let nodes: Vec<_> = s.nodes.iter().map(|n| serde_json::json!({"node": n.node, "region": n.region, "addr": n.addr, "up": n.up, "error": n.error, "shards": n.shards.iter().map(|sh| serde_json::json!({"shard": sh.shard, "role": sh.role().name(), "leader": sh.leader, "term": sh.term, "last_log_index": sh.last_log_index, "committed": sh.committed, "applied": sh.applied, "lag": sh.lag, "home_region": sh.home_region})).collect::<Vec<_>>()})).collect();
                 let router = s.router.as_ref().map(|v| serde_json::json!({
                     "region": v.region,
                     "nodes": v.nodes.iter().map(|n| serde_json::json!({"node": n.node, "region": n.region, "up": n.up})).collect::<Vec<_>>(),
@@ -343,7 +343,7 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
                         println!("{:<5} {:<10} {:<6} {}", n.node, n.region, n.up, n.error);
                     }
                     for sh in &n.shards {
-                        println!("{:<5} {:<10} {:<6} {:<6} {:<10} {:<7} {:<6} {:>9} {:>9} {:>6}", n.node, n.region, n.up, sh.shard, sh.role, sh.leader, sh.term, sh.committed, sh.applied, sh.lag);
+                        println!("{:<5} {:<10} {:<6} {:<6} {:<10} {:<7} {:<6} {:>9} {:>9} {:>6}", n.node, n.region, n.up, sh.shard, sh.role().name(), sh.leader, sh.term, sh.committed, sh.applied, sh.lag);
                     }
                 }
                 for r in &s.regions {
@@ -363,7 +363,7 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
             let mut leaders = std::collections::BTreeMap::new();
             for n in &s.nodes {
                 for sh in &n.shards {
-                    if sh.role == "leader" {
+                    if sh.role() == hongbao_proto::v1::ReplicaRole::Leader {
                         leaders.insert(sh.shard, n.node);
                     }
                 }

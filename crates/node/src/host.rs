@@ -345,7 +345,7 @@ impl Host {
         if self.drained_regions().contains(&s.home) {
             return None;
         }
-        let leader_last = st.nodes.iter().flat_map(|n| n.shards.iter()).find(|x| x.shard == shard_id && x.role == "leader").map(|x| x.last_log_index)?;
+        let leader_last = st.leader_of(shard_id).map(|x| x.last_log_index)?;
         st.nodes
             .iter()
             .filter(|n| n.up && n.region == s.home && s.replicas.contains(&n.node))

@@ -9,6 +9,27 @@ pub mod v1 {
 use prost::Message;
 pub use v1::{ErrorCode, ErrorDetail};
 
+impl v1::StatusReply {
+    /// The status row of the replica that leads `shard`, as this reply reports it.
+    pub fn leader_of(&self, shard: u32) -> Option<&v1::ShardStatus> {
+        self.nodes.iter().flat_map(|n| n.shards.iter()).find(|s| s.shard == shard && s.role() == v1::ReplicaRole::Leader)
+    }
+}
+
+impl v1::ReplicaRole {
+    /// The short name people read in tables and logs ("leader", "follower", ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            v1::ReplicaRole::Unspecified => "unknown",
+            v1::ReplicaRole::Leader => "leader",
+            v1::ReplicaRole::Follower => "follower",
+            v1::ReplicaRole::Candidate => "candidate",
+            v1::ReplicaRole::Learner => "learner",
+            v1::ReplicaRole::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Most grabs in one router-to-node `Coalesced.Grabs` call.
 pub const MAX_GRAB_BATCH: usize = 256;
 

@@ -235,7 +235,7 @@ pub async fn health_loop(router: Arc<Router>) {
             if let Ok(Ok(r)) = res {
                 for n in r.into_inner().nodes {
                     for s in n.shards {
-                        if s.role == "leader" {
+                        if s.role() == hongbao_proto::v1::ReplicaRole::Leader {
                             router.set_leader(s.shard, n.node);
                         }
                     }

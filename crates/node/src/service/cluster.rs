@@ -20,13 +20,13 @@ pub struct ClusterService {
     pub host: Arc<Host>,
 }
 
-fn role(s: &ServerState) -> &'static str {
+fn role(s: &ServerState) -> ReplicaRole {
     match s {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
+        ServerState::Leader => ReplicaRole::Leader,
+        ServerState::Follower => ReplicaRole::Follower,
+        ServerState::Candidate => ReplicaRole::Candidate,
+        ServerState::Learner => ReplicaRole::Learner,
+        ServerState::Shutdown => ReplicaRole::Shutdown,
     }
 }
 
@@ -48,7 +48,7 @@ impl ClusterService {
                 shard: s.id,
                 node: h.node_id,
                 region: h.region.clone(),
-                role: role(&m.state).into(),
+                role: role(&m.state) as i32,
                 leader: m.current_leader.unwrap_or(0),
                 term: m.current_term,
                 last_log_index: m.last_log_index.unwrap_or(0),
@@ -115,7 +115,7 @@ impl ClusterService {
             }
         }
         let st = self.all_status().await;
-        st.nodes.iter().flat_map(|n| n.shards.iter()).find(|s| s.shard == shard && s.role == "leader").map(|s| s.node)
+        st.leader_of(shard).map(|s| s.node)
     }
 
     async fn shard_totals(&self, shard: u32) -> Result<ShardTotals, Status> {
@@ -150,16 +150,13 @@ impl ClusterService {
         let peers: Vec<u64> = self.host.topology.nodes.iter().map(|n| n.id).filter(|id| *id != self.host.node_id).collect();
         for id in peers {
             if let Some(mut c) = self.client(id) {
-                let req = DrainRequest { region: format!("{}{region}", if drained { LOCAL_DRAIN } else { LOCAL_UNDRAIN }) };
-                let _ = tokio::time::timeout(ADMIN_CALL_TIMEOUT, c.drain(req)).await;
+                let req = DrainRequest { region: region.to_string(), local_only: true };
+                let call = async { if drained { c.drain(req).await } else { c.undrain(req).await } };
+                let _ = tokio::time::timeout(ADMIN_CALL_TIMEOUT, call).await;
             }
         }
     }
 }
-
-/// Prefixes on a drain request that mean "record this on your node only" (no fan-out).
-const LOCAL_DRAIN: &str = "local-drain:";
-const LOCAL_UNDRAIN: &str = "local-undrain:";
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
@@ -202,13 +199,9 @@ impl Cluster for ClusterService {
     }
 
     async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
-        let region = req.into_inner().region;
-        if let Some(r) = region.strip_prefix(LOCAL_DRAIN) {
-            self.host.set_drained(r, true);
-            return Ok(Response::new(DrainReply { moved: vec![] }));
-        }
-        if let Some(r) = region.strip_prefix(LOCAL_UNDRAIN) {
-            self.host.set_drained(r, false);
+        let DrainRequest { region, local_only } = req.into_inner();
+        if local_only {
+            self.host.set_drained(&region, true);
             return Ok(Response::new(DrainReply { moved: vec![] }));
         }
         if !self.host.topology.regions.iter().any(|r| r.name == region) {
@@ -218,7 +211,7 @@ impl Cluster for ClusterService {
         let st = self.all_status().await;
         let mut moved = Vec::new();
         for s in &self.host.topology.shards {
-            let leader = st.nodes.iter().flat_map(|n| n.shards.iter()).find(|x| x.shard == s.id && x.role == "leader").map(|x| x.node);
+            let leader = st.leader_of(s.id).map(|x| x.node);
             let Some(leader) = leader else { continue };
             if self.host.topology.region_of(leader) != Some(region.as_str()) {
                 continue;
@@ -233,7 +226,11 @@ impl Cluster for ClusterService {
     }
 
     async fn undrain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
-        let region = req.into_inner().region;
+        let DrainRequest { region, local_only } = req.into_inner();
+        if local_only {
+            self.host.set_drained(&region, false);
+            return Ok(Response::new(DrainReply { moved: vec![] }));
+        }
         self.broadcast_drain(&region, false).await;
         let st = self.all_status().await;
         let mut moved = Vec::new();
