@@ -232,7 +232,7 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
         .send_packet(SendPacketRequest { request_id: new_request_id(), sender, kind: PacketKind::Lucky as i32, total_cents: total, count: 100, device: "phone".into(), ..Default::default() })
         .await
         .unwrap();
-    let leader = c.leaders().await[&hongbao_topology::Topology::shard_of_packet(p.packet_id)];
+    let leader = c.leaders().await[&hongbao_topology::PacketId(p.packet_id).shard()];
     let leader_metrics = c.topology.node(leader).unwrap().metrics_addr.clone();
     let batches_before = metric(&leader_metrics, "hongbao_coalesced_grabs_count").await;
     let entries_before = metric(&leader_metrics, "hongbao_batch_requests_count").await;

@@ -7,7 +7,7 @@
 use hongbao_client::money::{audit_summary, yuan};
 use hongbao_client::{new_request_id, Client};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest};
-use hongbao_topology::Topology;
+use hongbao_topology::{PacketId, Topology};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -50,7 +50,7 @@ pub async fn run(client: &Client, topology: &Topology, script: &Path, kill_regio
             ..Default::default()
         })
         .await?;
-    println!("packet {} (lives on shard {})", p.packet_id, Topology::shard_of_packet(p.packet_id));
+    println!("packet {} (lives on shard {})", p.packet_id, PacketId(p.packet_id).shard());
     step("every member grabs");
     for u in &members {
         let g = client.grab(new_request_id(), p.packet_id, *u, "").await?;

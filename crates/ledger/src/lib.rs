@@ -4,7 +4,8 @@
 //! bytes on every replica. The node runs it inside openraft's state machine, backed by RocksDB;
 //! tests run it on `MemStore`.
 //!
-//! - `types`: commands (`Command`), results (`Outcome`, `Code`, `Reply`), ids.
+//! - `types`: commands (`Command`), results (`Outcome`, `Code`, `Reply`), ids (`UserId`, `ShardId`
+//!   and `PacketId` with its layout come from the leaf crate `hongbao-ids`, re-exported here).
 //! - `ledger`: `Ledger::apply`, checks in a fixed order, then an apply phase that must succeed.
 //! - `split`: the double-average lucky split.
 //! - `view`: read-only queries, the relay's outbox, the sweeper's expired packets, the audit.

@@ -3,29 +3,12 @@
 use crate::money::Cents;
 use serde::{Deserialize, Serialize};
 
-pub type UserId = u64;
-pub type ShardId = u32;
+/// The ids shared with every other layer (and the packet-id layout) live in `hongbao-ids`.
+pub use hongbao_ids::{PacketId, ShardId, UserId};
 
 /// A client-chosen id for a mutating request; retries reuse it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RequestId(pub [u8; 16]);
-
-/// A packet id carries the shard that owns the packet in its high 16 bits, so a router finds
-/// the packet without a lookup; the low 48 bits are a per-shard sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PacketId(pub u64);
-
-impl PacketId {
-    pub const SEQ_BITS: u32 = 48;
-    pub fn new(shard: ShardId, seq: u64) -> PacketId {
-        assert!(shard <= u16::MAX as u32, "shard id fits 16 bits");
-        assert!(seq < (1 << Self::SEQ_BITS), "packet sequence fits 48 bits");
-        PacketId(((shard as u64) << Self::SEQ_BITS) | seq)
-    }
-    pub fn shard(self) -> ShardId {
-        (self.0 >> Self::SEQ_BITS) as ShardId
-    }
-}
 
 /// One replicated command, stamped by the Raft leader with its time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,4 +239,24 @@ pub enum Reply {
     Delivered { records: u32, amount: Cents },
     Expired { refunded: Cents },
     Risk { user: UserId, frozen: bool, grade: RiskGrade },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The node stores these types with bincode: the shared ids must keep their encoding.
+    #[test]
+    fn shared_ids_keep_their_bincode_encoding() {
+        let p = PacketId::new(3, 12_345);
+        assert_eq!(bincode::serialize(&p).unwrap(), ((3u64 << 48) | 12_345).to_le_bytes());
+        let cmd = Command::Grab { packet: p, grabber: 7, grabber_shard: 2, password: None };
+        let mut want = 5u32.to_le_bytes().to_vec(); // variant index of Grab
+        want.extend(p.0.to_le_bytes());
+        want.extend(7u64.to_le_bytes());
+        want.extend(2u32.to_le_bytes());
+        want.push(0); // None
+        assert_eq!(bincode::serialize(&cmd).unwrap(), want);
+        assert_eq!(bincode::deserialize::<Command>(&want).unwrap(), cmd);
+    }
 }

@@ -9,7 +9,7 @@ use hongbao_proto::v1::wallet_client::WalletClient;
 use hongbao_proto::v1::wallet_server::Wallet;
 use hongbao_proto::v1::*;
 use hongbao_proto::{detail_of, error, ErrorCode};
-use hongbao_topology::{NodeId, ShardId, Topology};
+use hongbao_topology::{NodeId, PacketId, ShardId, Topology};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -303,7 +303,7 @@ impl Packets for RouterService {
     }
     async fn grab(&self, req: Request<GrabRequest>) -> Result<Response<GrabReply>, Status> {
         let r = req.into_inner();
-        let shard = Topology::shard_of_packet(r.packet_id);
+        let shard = PacketId(r.packet_id).shard();
         match self.router.coalescer.clone() {
             Some(coalescer) => {
                 self.router
@@ -318,7 +318,7 @@ impl Packets for RouterService {
     }
     async fn show(&self, req: Request<ShowPacketRequest>) -> Result<Response<PacketView>, Status> {
         let r = req.into_inner();
-        let shard = Topology::shard_of_packet(r.packet_id);
+        let shard = PacketId(r.packet_id).shard();
         self.router.forward(shard, r, |_, ch, r| async move { PacketsClient::new(ch).show(r).await }).await
     }
 }

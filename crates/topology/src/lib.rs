@@ -3,16 +3,14 @@
 //! or packet maps to the same shard everywhere.
 //!
 //! Placement, as in Ant's LDC: `slot = user_id % slots`, and the slot table names the shard that
-//! owns each slot. A packet id carries its shard in its high 16 bits, so a grab is routed
-//! without a lookup.
+//! owns each slot. A packet id carries its shard in its high bits (`hongbao_ids::PacketId`), so
+//! a grab is routed without a lookup: `PacketId(id).shard()`.
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-pub type NodeId = u64;
-pub type ShardId = u32;
-pub type UserId = u64;
+pub use hongbao_ids::{NodeId, PacketId, ShardId, UserId};
 
 /// Bounds that keep a topology file sane; a typo should fail loudly, not allocate wildly.
 pub const MAX_NODES: usize = 64;
@@ -158,8 +156,8 @@ impl Topology {
         let mut owner: Vec<Option<ShardId>> = vec![None; self.slots as usize];
         let mut shard_ids = BTreeSet::new();
         for s in &self.shards {
-            // Shard ids go into the high 16 bits of packet ids.
-            if s.id == 0 || s.id > u16::MAX as u32 || !shard_ids.insert(s.id) {
+            // Shard ids go into the high bits of packet ids.
+            if s.id == 0 || s.id > PacketId::MAX_SHARD || !shard_ids.insert(s.id) {
                 return Err(format!("shard id {} is zero, too large or duplicated", s.id));
             }
             if !regions.contains(s.home.as_str()) {
@@ -222,11 +220,6 @@ impl Topology {
             .find(|s| s.slots.iter().any(|[f, t]| (*f..*t).contains(&slot)))
             .map(|s| s.id)
             .expect("validated topology owns every slot")
-    }
-
-    /// The shard that owns a packet: encoded in the packet id's high 16 bits.
-    pub fn shard_of_packet(packet_id: u64) -> ShardId {
-        (packet_id >> 48) as ShardId
     }
 
     pub fn node(&self, id: NodeId) -> Option<&Node> {
@@ -312,8 +305,13 @@ mod tests {
     }
 
     #[test]
-    fn packet_id_names_its_shard() {
-        assert_eq!(Topology::shard_of_packet((3u64 << 48) | 12345), 3);
+    fn a_shard_id_too_large_for_a_packet_id_is_rejected() {
+        let base = std::fs::read_to_string(deploy_dir().join("local-3x1.toml")).unwrap();
+        let big = base.replacen("id = 3\n", &format!("id = {}\n", PacketId::MAX_SHARD + 1), 1);
+        assert!(Topology::parse(&big).unwrap_err().contains("too large"));
+        let max = base.replacen("id = 3\n", &format!("id = {}\n", PacketId::MAX_SHARD), 1);
+        let t = Topology::parse(&max).unwrap();
+        assert_eq!(PacketId::new(PacketId::MAX_SHARD, 1).shard(), t.shards[2].id);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::history::{Ack, Event, Op, Outcome};
 use hongbao_client::{new_request_id, Client, ClientError};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest, WithdrawRequest};
 use hongbao_proto::ErrorCode;
-use hongbao_topology::Topology;
+use hongbao_topology::{PacketId, Topology};
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,7 +44,7 @@ impl Shared {
             Op::TopUp { user, .. } | Op::Withdraw { user, .. } => self.topology.shard_of_user(user),
             Op::Transfer { from, .. } => self.topology.shard_of_user(from),
             Op::Send { sender, .. } => self.topology.shard_of_user(sender),
-            Op::Grab { packet, .. } => Topology::shard_of_packet(packet),
+            Op::Grab { packet, .. } => PacketId(packet).shard(),
         }
     }
 
