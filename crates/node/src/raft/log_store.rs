@@ -32,7 +32,7 @@ impl LogStore {
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
         match self.db.get(key)? {
-            Some(v) => Ok(Some(crate::storage::decode(&v)?)),
+            Some(v) => Ok(Some(crate::codec::decode(&v)?)),
             None => Ok(None),
         }
     }
@@ -41,7 +41,7 @@ impl LogStore {
         let (start, end) = keys::log_range(self.shard);
         match self.db.last_in_range(&start, &end)? {
             Some((_, v)) => {
-                let e: Entry = crate::storage::decode(&v)?;
+                let e: Entry = crate::codec::decode(&v)?;
                 Ok(Some(e.log_id))
             }
             None => Ok(None),
@@ -67,7 +67,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let rows = self.db.scan(&keys::log(self.shard, start), &end_key, MAX_READ_ENTRIES)?;
         let mut out = Vec::with_capacity(rows.len());
         for (k, v) in rows {
-            let e: Entry = crate::storage::decode(&v)?;
+            let e: Entry = crate::codec::decode(&v)?;
             debug_assert_eq!(keys::log_index(&k), e.log_id.index);
             out.push(e);
         }
@@ -95,7 +95,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         // Synced: a vote granted and then forgotten by a crash could elect two leaders in a term.
         let mut b = self.db.batch();
-        b.put(&keys::vote(self.shard), &crate::storage::encode(vote));
+        b.put(&keys::vote(self.shard), &crate::codec::encode(vote));
         self.db.write_synced(b)
     }
 
@@ -103,7 +103,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not synced: losing it only means re-learning the commit index from the leader.
         let mut b = self.db.batch();
         match committed {
-            Some(c) => b.put(&keys::committed(self.shard), &crate::storage::encode(&c)),
+            Some(c) => b.put(&keys::committed(self.shard), &crate::codec::encode(&c)),
             None => b.delete(&keys::committed(self.shard)),
         }
         self.db.write_unsynced(b)
@@ -120,7 +120,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut b = self.db.batch();
         for e in entries {
-            b.put(&keys::log(self.shard, e.log_id.index), &crate::storage::encode(&e));
+            b.put(&keys::log(self.shard, e.log_id.index), &crate::codec::encode(&e));
         }
         // One synced write for the whole batch: the entries are durable (and readable) when it
         // returns. Off the async workers: the fsync must not stall the node's other work.
@@ -142,7 +142,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // log state would not explain. Synced, because it also makes durable the applied state
         // written before it (the WAL is ordered), and purged entries can't be replayed any more.
         let mut b = self.db.batch();
-        b.put(&keys::purged(self.shard), &crate::storage::encode(&log_id));
+        b.put(&keys::purged(self.shard), &crate::codec::encode(&log_id));
         b.delete_range(&keys::log(self.shard, 0), &keys::log(self.shard, log_id.index + 1));
         self.db.write_synced(b)
     }

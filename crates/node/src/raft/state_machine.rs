@@ -9,7 +9,8 @@
 //! snapshot, so data and meta are consistent by construction even while apply goes on.
 
 use crate::raft::types::{AppResponse, LogId, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::storage::{decode, encode, keys, Db};
+use crate::codec::{decode, encode};
+use crate::storage::{keys, Db};
 use futures::StreamExt;
 use hongbao_ledger::{Ledger, LedgerConfig, ShardId};
 use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};

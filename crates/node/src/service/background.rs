@@ -6,7 +6,7 @@
 
 use openraft::async_runtime::WatchReceiver;
 use crate::host::{detail, Host};
-use crate::storage::{decode, encode};
+use crate::codec::{decode, encode};
 use hongbao_ledger::{Code, Command, RequestId, ShardId};
 use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
 use hongbao_proto::v1::RaftMessage;

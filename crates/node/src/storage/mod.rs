@@ -18,14 +18,6 @@ pub struct Db {
     stats: Options,
 }
 
-pub fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    bincode::serialize(v).expect("in-memory values always serialize")
-}
-
-pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> io::Result<T> {
-    bincode::deserialize(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt value: {e}")))
-}
-
 fn io_err(e: rocksdb::Error) -> io::Error {
     io::Error::other(e.to_string())
 }
