@@ -5,7 +5,8 @@
 use openraft::async_runtime::WatchReceiver;
 use crate::faults::Faults;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{NetworkFactory, Peers};
+use crate::peers::Peers;
+use crate::transport::client::NetworkFactory;
 use crate::raft::state_machine::{ShardStore, StateMachine};
 use crate::raft::types::{AppResponse, Batch, NodeId, Raft};
 use crate::storage::Db;

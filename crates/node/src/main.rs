@@ -60,12 +60,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let tasks = service::background::spawn_all(host.clone(), stop_rx.clone());
 
     let addr: std::net::SocketAddr = me.addr.parse()?;
-    let max = hongbao_node::raft::network::MAX_RAFT_MESSAGE;
+    let max = hongbao_node::transport::MAX_RAFT_MESSAGE;
     let api_max = service::api::MAX_REQUEST_BYTES;
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .concurrency_limit_per_connection(4096)
-        .add_service(RaftTransportServer::new(service::raft::RaftService { host: host.clone() }).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(RaftTransportServer::new(hongbao_node::transport::server::RaftService { host: host.clone() }).max_decoding_message_size(max).max_encoding_message_size(max))
         .add_service(WalletServer::new(service::api::ApiService { host: host.clone() }).max_decoding_message_size(api_max))
         .add_service(PacketsServer::new(service::api::ApiService { host: host.clone() }).max_decoding_message_size(api_max))
         .add_service(

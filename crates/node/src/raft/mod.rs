@@ -1,5 +1,4 @@
 pub mod log_store;
-pub mod network;
 pub mod state_machine;
 pub mod types;
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! Raft transport, server side: hands openraft messages to the right shard's Raft, and accepts
-//! proposals forwarded by other nodes (the cross-shard relay).
+//! proposals forwarded by other nodes (the cross-shard relay). The client side is
+//! `transport::client`.
 
 use crate::host::Host;
 use crate::raft::state_machine::SnapshotFile;
 use crate::raft::types::{SnapshotMeta, TypeConfig, Vote};
-use crate::storage::{decode, encode};
+use crate::codec::{decode, encode};
 use hongbao_proto::v1::raft_transport_server::RaftTransport;
 use hongbao_proto::v1::{RaftMessage, RaftReply, SnapshotChunk};
 use openraft::errors::RaftError;

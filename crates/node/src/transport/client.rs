@@ -1,13 +1,15 @@
-//! Raft transport, client side: openraft's messages to other nodes over gRPC.
+//! Raft transport, client side: openraft's messages to other nodes over gRPC (the server side
+//! is `transport::server`).
 //!
 //! openraft's request/response types are bincode-encoded into the `payload` bytes of
 //! `RaftMessage`; `shard` picks the Raft group on the receiving node. Snapshots stream as bounded
 //! chunks read from the snapshot file, never loaded whole.
 
-use crate::faults::Faults;
+use crate::peers::Peers;
 use crate::raft::state_machine::SnapshotFile;
+use crate::transport::MAX_RAFT_MESSAGE;
 use crate::raft::types::{NodeId, TypeConfig, Vote};
-use crate::storage::{decode, encode};
+use crate::codec::{decode, encode};
 use hongbao_ledger::ShardId;
 use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
 use hongbao_proto::v1::{RaftMessage, RaftReply, SnapshotChunk};
@@ -18,60 +20,16 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, RaftNetworkV2};
-use std::collections::HashMap;
 use std::future::Future;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Snapshot chunk size: bounded so a chunk never dominates memory or a gRPC frame.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// Time a follower gets to append a batch of entries.
 pub const APPEND_TIMEOUT: Duration = Duration::from_secs(1);
-/// gRPC message limit for Raft traffic (a batch of entries plus framing).
-pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
-
-/// Connections to the other nodes, shared by every shard's Raft on this node. Every outgoing
-/// node-to-node call takes its channel here, which is where injected faults cut it off.
-pub struct Peers {
-    pub self_id: NodeId,
-    addrs: HashMap<NodeId, String>,
-    channels: Mutex<HashMap<NodeId, Channel>>,
-    pub faults: Arc<Faults>,
-}
-
-impl Peers {
-    pub fn new(self_id: NodeId, addrs: HashMap<NodeId, String>, faults: Arc<Faults>) -> Peers {
-        Peers { self_id, addrs, channels: Mutex::new(HashMap::new()), faults }
-    }
-
-    pub fn addr(&self, node: NodeId) -> Option<&str> {
-        self.addrs.get(&node).map(|s| s.as_str())
-    }
-
-    /// The channel to `node`; None when the node is unknown or an injected fault cuts it off.
-    pub fn channel(&self, node: NodeId) -> Option<Channel> {
-        if self.faults.is_cut_off(node) {
-            return None;
-        }
-        let addr = self.addrs.get(&node)?;
-        let mut map = self.channels.lock().expect("channels lock");
-        Some(
-            map.entry(node)
-                .or_insert_with(|| {
-                    Endpoint::from_shared(format!("http://{addr}"))
-                        .expect("topology addresses are valid")
-                        .connect_timeout(Duration::from_millis(300))
-                        .tcp_nodelay(true)
-                        .http2_keep_alive_interval(Duration::from_secs(1))
-                        .keep_alive_timeout(Duration::from_secs(2))
-                        .connect_lazy()
-                })
-                .clone(),
-        )
-    }
-}
 
 #[derive(Clone)]
 pub struct NetworkFactory {

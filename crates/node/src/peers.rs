@@ -1,0 +1,51 @@
+//! Connections from this node to every other node, shared by all its shards' Raft groups, the
+//! cross-shard relay and cluster admin. Every outgoing node-to-node call takes its channel here,
+//! which is where injected faults cut it off.
+
+use crate::faults::Faults;
+use hongbao_topology::NodeId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Channels to the other nodes, opened lazily and kept.
+pub struct Peers {
+    pub self_id: NodeId,
+    addrs: HashMap<NodeId, String>,
+    channels: Mutex<HashMap<NodeId, Channel>>,
+    pub faults: Arc<Faults>,
+}
+
+impl Peers {
+    pub fn new(self_id: NodeId, addrs: HashMap<NodeId, String>, faults: Arc<Faults>) -> Peers {
+        Peers { self_id, addrs, channels: Mutex::new(HashMap::new()), faults }
+    }
+
+    pub fn addr(&self, node: NodeId) -> Option<&str> {
+        self.addrs.get(&node).map(|s| s.as_str())
+    }
+
+    /// The channel to `node`; None when the node is unknown or an injected fault cuts it off.
+    pub fn channel(&self, node: NodeId) -> Option<Channel> {
+        if self.faults.is_cut_off(node) {
+            return None;
+        }
+        let addr = self.addrs.get(&node)?;
+        let mut map = self.channels.lock().expect("channels lock");
+        Some(
+            map.entry(node)
+                .or_insert_with(|| {
+                    Endpoint::from_shared(format!("http://{addr}"))
+                        .expect("topology addresses are valid")
+                        .connect_timeout(Duration::from_millis(300))
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(1))
+                        .keep_alive_timeout(Duration::from_secs(2))
+                        .connect_lazy()
+                })
+                .clone(),
+        )
+    }
+}
+
