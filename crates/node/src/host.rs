@@ -7,9 +7,9 @@ use crate::faults::Faults;
 use crate::raft::log_store::LogStore;
 use crate::peers::Peers;
 use crate::transport::client::NetworkFactory;
-use crate::raft::state_machine::{ShardStore, StateMachine};
+use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{AppResponse, Batch, NodeId, Raft};
-use crate::storage::Db;
+use crate::storage::{Db, ShardStore};
 use hongbao_ledger::{Command, LedgerConfig, Outcome, Request, RequestId, ShardId};
 use hongbao_proto::{ErrorCode, ErrorDetail};
 use hongbao_topology::Topology;
@@ -302,7 +302,7 @@ impl Host {
 
     /// The ledger's view of a shard's applied state on this replica.
     pub fn store(&self, shard: ShardId) -> ShardStore<'_> {
-        ShardStore { db: &self.db, shard }
+        ShardStore::live(&self.db, shard)
     }
 
     pub fn drained_regions(&self) -> std::collections::BTreeSet<String> {

@@ -325,7 +325,7 @@ impl Packets for ApiService {
 pub async fn shard_totals(host: &Host, shard: ShardId) -> Result<ShardTotals, ErrorDetail> {
     host.linearizable(shard).await?;
     // Everything from one RocksDB snapshot: totals, recomputed sums and pair counters agree.
-    let store = crate::raft::state_machine::SnapshotStore { snap: host.db.snapshot(), shard };
+    let store = crate::storage::ShardStore::frozen(&host.db, shard);
     let a = view::audit(&store);
     let sent = view::sent(&store);
     let received = view::received(&store);

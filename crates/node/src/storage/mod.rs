@@ -3,6 +3,9 @@
 //! storage traits speak) and makes the sync choice explicit at every write.
 
 pub mod keys;
+pub mod shard_store;
+
+pub use shard_store::ShardStore;
 
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, BlockBasedTablePinningTier, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
@@ -149,25 +152,44 @@ impl Db {
     }
 
     pub fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        self.db.get_cf(self.cf_of(key), key).map_err(io_err)
+        self.get_in(None, key)
     }
 
-    /// Up to `limit` pairs in `[start, end)`, ascending. Both bounds name the same column family
-    /// (a whole range of one table; `end` may be the first key after it).
+    /// `get` as of `at` (a point-in-time view), or of now.
+    pub fn get_in(&self, at: Option<&rocksdb::Snapshot<'_>>, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        let mut ro = ReadOptions::default();
+        if let Some(snap) = at {
+            ro.set_snapshot(snap);
+        }
+        self.db.get_cf_opt(self.cf_of(key), key, &ro).map_err(io_err)
+    }
+
+    /// Up to `limit` pairs in `[start, end)`, ascending.
     pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
+        self.range_in(None, start, end).take(limit).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect()
+    }
+
+    /// Every pair in `[start, end)`, ascending, as of `at` or of now; streamed, never collected.
+    /// Both bounds name the same column family (a whole range of one table; `end` may be the
+    /// first key after it).
+    pub fn range_in<'a>(
+        &'a self,
+        at: Option<&rocksdb::Snapshot<'_>>,
+        start: &[u8],
+        end: &[u8],
+    ) -> impl Iterator<Item = io::Result<(Box<[u8]>, Box<[u8]>)>> + 'a {
         // The upper bound stops RocksDB itself at `end`, instead of walking on over the
         // tombstones of deleted keys beyond it.
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(end.to_vec());
-        for item in self.db.iterator_cf_opt(self.cf_of(start), ro, IteratorMode::From(start, Direction::Forward)) {
-            let (k, v) = item.map_err(io_err)?;
-            if &*k >= end || out.len() >= limit {
-                break;
-            }
-            out.push((k.to_vec(), v.to_vec()));
+        if let Some(snap) = at {
+            ro.set_snapshot(snap);
         }
-        Ok(out)
+        let end = end.to_vec();
+        self.db
+            .iterator_cf_opt(self.cf_of(start), ro, IteratorMode::From(start, Direction::Forward))
+            .map(|item| item.map_err(io_err))
+            .take_while(move |item| item.as_ref().map_or(true, |(k, _)| **k < *end))
     }
 
     /// The last pair in `[start, end)`.
