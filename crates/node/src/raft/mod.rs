@@ -1,4 +1,5 @@
 pub mod log_store;
+pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 #[cfg(test)]

@@ -42,4 +42,4 @@ pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 pub type Raft = openraft::Raft<TypeConfig, crate::raft::state_machine::StateMachine>;
-pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, crate::raft::state_machine::SnapshotFile>;
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, crate::raft::snapshot::SnapshotFile>;

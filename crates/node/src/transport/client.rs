@@ -6,7 +6,7 @@
 //! chunks read from the snapshot file, never loaded whole.
 
 use crate::peers::Peers;
-use crate::raft::state_machine::SnapshotFile;
+use crate::raft::snapshot::SnapshotFile;
 use crate::transport::MAX_RAFT_MESSAGE;
 use crate::raft::types::{NodeId, TypeConfig, Vote};
 use crate::codec::{decode, encode};

@@ -3,7 +3,7 @@
 //! `transport::client`.
 
 use crate::host::Host;
-use crate::raft::state_machine::SnapshotFile;
+use crate::raft::snapshot::SnapshotFile;
 use crate::raft::types::{SnapshotMeta, TypeConfig, Vote};
 use crate::codec::{decode, encode};
 use hongbao_proto::v1::raft_transport_server::RaftTransport;
