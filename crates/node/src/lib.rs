@@ -10,11 +10,19 @@
 //! - `faults`: injected transport faults, WAN latency and clock jumps for the chaos suite.
 
 pub mod audit;
+pub mod clock;
 pub mod codec;
+pub mod config;
+pub mod error;
 pub mod faults;
 pub mod host;
 pub mod peers;
+pub mod placement;
 pub mod raft;
+pub mod relay;
+pub mod replica;
 pub mod service;
 pub mod storage;
+pub mod sweeper;
+pub mod tasks;
 pub mod transport;

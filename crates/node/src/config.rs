@@ -1,0 +1,34 @@
+//! Ledger and Raft settings, from the topology file.
+
+use hongbao_ledger::LedgerConfig;
+use hongbao_topology::Topology;
+
+/// Most entries in one AppendEntries. Entries carry up to `replica::MAX_BATCH` requests each,
+/// so this times that bounds one message.
+const MAX_ENTRIES_PER_APPEND: u64 = 256;
+
+pub fn ledger_config(t: &Topology) -> LedgerConfig {
+    let mut c = LedgerConfig::default();
+    if let Some(ttl) = t.ledger.packet_ttl_ms {
+        c.packet_ttl_ms = ttl;
+    }
+    if let Some(r) = t.ledger.dedup_retention_ms {
+        c.dedup_retention_ms = r;
+    }
+    c
+}
+
+pub fn raft_config(t: &Topology) -> openraft::Config {
+    let r = &t.raft;
+    openraft::Config {
+        cluster_name: "hongbao".into(),
+        heartbeat_interval: r.heartbeat_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every),
+        max_in_snapshot_log_to_keep: r.keep_behind_snapshot,
+        max_payload_entries: MAX_ENTRIES_PER_APPEND,
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    }
+}

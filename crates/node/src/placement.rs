@@ -1,0 +1,138 @@
+//! Where each shard's leadership belongs: in its home region when a home replica is up and
+//! caught up (failback), out of regions an operator drained. `Placement` holds the drained
+//! regions and the policy; `run` is the per-shard loop on the leader that acts on it, by leader
+//! transfer, so client requests see at most a NotLeader that routers retry.
+
+use crate::host::Host;
+use hongbao_ledger::ShardId;
+use hongbao_proto::v1::StatusReply;
+use hongbao_topology::{NodeId, Topology};
+use openraft::async_runtime::WatchReceiver;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A replica within this many entries of the leader counts as caught up for failback.
+pub const CAUGHT_UP_SLACK: u64 = 100;
+/// How often a leader checks whether its leadership belongs elsewhere.
+const PLACEMENT_EVERY: Duration = Duration::from_millis(1000);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Whether a replica that applied up to `applied` may take over from a leader at `leader_last`.
+pub fn caught_up(applied: u64, leader_last: u64) -> bool {
+    applied + CAUGHT_UP_SLACK >= leader_last
+}
+
+pub struct Placement {
+    topology: Arc<Topology>,
+    /// Regions an operator drained: no leadership is moved into them.
+    drained: Mutex<BTreeSet<String>>,
+}
+
+impl Placement {
+    pub fn new(topology: Arc<Topology>) -> Placement {
+        Placement { topology, drained: Mutex::default() }
+    }
+
+    pub fn drained_regions(&self) -> BTreeSet<String> {
+        self.drained.lock().expect("drained lock").clone()
+    }
+
+    pub fn set_drained(&self, region: &str, drained: bool) {
+        let mut d = self.drained.lock().expect("drained lock");
+        if drained {
+            d.insert(region.to_string());
+        } else {
+            d.remove(region);
+        }
+    }
+
+    /// The failback policy: the shard's home-region replicas, unless its home is drained.
+    fn home_candidates(&self, shard: ShardId) -> Vec<NodeId> {
+        let Some(s) = self.topology.shard(shard) else { return vec![] };
+        if self.drained_regions().contains(&s.home) {
+            return vec![];
+        }
+        s.replicas.iter().copied().filter(|r| self.topology.region_of(*r) == Some(s.home.as_str())).collect()
+    }
+
+    /// Replicas in regions that are not drained (where a drained region's leadership may go).
+    fn undrained_replicas(&self, shard: ShardId) -> Vec<NodeId> {
+        let Some(s) = self.topology.shard(shard) else { return vec![] };
+        let drained = self.drained_regions();
+        s.replicas.iter().copied().filter(|r| self.topology.region_of(*r).is_some_and(|g| !drained.contains(g))).collect()
+    }
+
+    /// The home replica to fail back to, per a cluster status: up and caught up with the leader.
+    pub fn home_replica(&self, shard: ShardId, st: &StatusReply) -> Option<NodeId> {
+        let leader_last = st.leader_of(shard).map(|x| x.last_log_index)?;
+        let home = self.home_candidates(shard);
+        st.nodes
+            .iter()
+            .filter(|n| n.up && home.contains(&n.node))
+            .find(|n| n.shards.iter().any(|x| x.shard == shard && caught_up(x.applied, leader_last)))
+            .map(|n| n.node)
+    }
+
+    /// A healthy replica outside `avoid` (and outside drained regions), the most caught-up first.
+    pub fn failover_target(&self, shard: ShardId, st: &StatusReply, avoid: Option<&str>) -> Option<NodeId> {
+        let allowed = self.undrained_replicas(shard);
+        st.nodes
+            .iter()
+            .filter(|n| n.up && allowed.contains(&n.node) && Some(n.region.as_str()) != avoid)
+            .filter_map(|n| n.shards.iter().find(|x| x.shard == shard).map(|x| (x.applied, n.node)))
+            .max()
+            .map(|(_, node)| node)
+    }
+}
+
+/// The leader's loop for one shard: moves leadership home (failback) or out of a drained region.
+pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PLACEMENT_EVERY) => {},
+            _ = stop.changed() => return,
+        }
+        let Ok(shard) = host.replica(shard_id) else { return };
+        if !host.is_leader(shard) {
+            continue;
+        }
+        let Some(target) = target(&host, shard_id).await else { continue };
+        tracing::info!(shard = shard_id, from = host.node_id, to = target, "moving leadership (failback or drain)");
+        if let Err(e) = host.transfer_leader(shard_id, target).await {
+            tracing::warn!(shard = shard_id, to = target, msg = %e.message, "leader transfer failed");
+        }
+    }
+}
+
+/// Where this shard's leadership should go, if not here: home replicas first (failback), then,
+/// if this region is drained, any replica outside drained regions; the first that answers a
+/// probe and has caught up.
+async fn target(host: &Host, shard_id: ShardId) -> Option<NodeId> {
+    let topo = host.topology.shard(shard_id)?;
+    let here_drained = host.placement.drained_regions().contains(&host.region);
+    if host.region == topo.home && !here_drained {
+        return None;
+    }
+    let last = host.replica(shard_id).ok()?.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+    let mut cands = host.placement.home_candidates(shard_id);
+    if here_drained {
+        cands.extend(host.placement.undrained_replicas(shard_id));
+    }
+    for node in cands.into_iter().filter(|n| *n != host.node_id) {
+        if probe_applied(host, node, shard_id).await.is_some_and(|applied| caught_up(applied, last)) {
+            return Some(node);
+        }
+    }
+    None
+}
+
+/// How far `node`'s replica of the shard has applied, if it answers in time.
+async fn probe_applied(host: &Host, node: NodeId, shard_id: ShardId) -> Option<u64> {
+    let ch = host.peers.channel(node)?;
+    let mut c = hongbao_proto::v1::cluster_client::ClusterClient::new(ch);
+    let req = hongbao_proto::v1::StatusRequest { local_only: true };
+    let r = tokio::time::timeout(PROBE_TIMEOUT, c.status(req)).await.ok()?.ok()?;
+    r.into_inner().nodes.iter().flat_map(|n| n.shards.iter()).find(|s| s.shard == shard_id).map(|s| s.applied)
+}
