@@ -54,10 +54,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(metrics_addr).install()?;
 
     let host = Host::start(topology.clone(), args.node_id, &args.data_dir).await?;
-    tracing::info!(node = args.node_id, region = %me.region, addr = %me.addr, shards = ?host.shards.keys().collect::<Vec<_>>(), "node started");
+    tracing::info!(node = args.node_id, region = %me.region, addr = %me.addr, shards = ?host.replicas.keys().collect::<Vec<_>>(), "node started");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let tasks = service::background::spawn_all(host.clone(), stop_rx.clone());
+    let tasks = hongbao_node::tasks::spawn_all(host.clone(), stop_rx.clone());
 
     let addr: std::net::SocketAddr = me.addr.parse()?;
     let max = hongbao_node::transport::MAX_RAFT_MESSAGE;

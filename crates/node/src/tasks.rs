@@ -1,0 +1,31 @@
+//! Work each shard leader does on its own, one task per shard and kind: the expiry sweeper,
+//! the cross-shard relay and leadership placement. Each reads only replicated state and
+//! proposes commands, so a new leader simply resumes where the old one stopped.
+
+use crate::host::Host;
+use hongbao_ledger::{RequestId, ShardId};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub fn spawn_all(host: Arc<Host>, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for shard in host.replicas.keys().copied() {
+        tasks.push(tokio::spawn(crate::sweeper::run(host.clone(), shard, stop.clone())));
+        tasks.push(tokio::spawn(crate::relay::run(host.clone(), shard, stop.clone())));
+        tasks.push(tokio::spawn(crate::placement::run(host.clone(), shard, stop.clone())));
+    }
+    tasks
+}
+
+/// A request id for a system command, derived from what it does (these commands are idempotent
+/// by their own sequence numbers / state, so the id only has to be well-formed and stable).
+pub fn system_id(tag: u8, shard: ShardId, a: u64, b: u64) -> RequestId {
+    let mut id = [0u8; 16];
+    id[0] = 0xff;
+    id[1] = tag;
+    id[2..4].copy_from_slice(&(shard as u16).to_be_bytes());
+    id[4..10].copy_from_slice(&a.to_be_bytes()[2..]);
+    id[10..16].copy_from_slice(&b.to_be_bytes()[2..]);
+    RequestId(id)
+}
