@@ -1,4 +1,4 @@
-//! The cluster-wide conservation check.
+//! The cluster-wide conservation check, and the per-shard totals it is made of.
 //!
 //! Each shard reports its totals from ONE consistent read (on its leader, after ReadIndex), and
 //! the ledger checks its own identity there:
@@ -11,7 +11,11 @@
 //! pass can never exceed what S had sent to D by the second pass; and where D had received S's
 //! last sequence number, the amounts must be equal to the cent.
 
-use hongbao_proto::v1::{AuditReply, ShardTotals};
+use crate::error::HostError;
+use crate::host::Host;
+use crate::storage::ShardStore;
+use hongbao_ledger::{view, ShardId};
+use hongbao_proto::v1::{AuditReply, PairTotals, ShardTotals};
 
 pub fn check(first: &[ShardTotals], second: &[ShardTotals]) -> AuditReply {
     let mut problems = Vec::new();
@@ -64,6 +68,34 @@ pub fn check(first: &[ShardTotals], second: &[ShardTotals]) -> AuditReply {
     reply.problems = problems;
     reply.shards = second.to_vec();
     reply
+}
+
+/// One shard's totals from one consistent read on its leader (for the audit).
+pub async fn shard_totals(host: &Host, shard: ShardId) -> Result<ShardTotals, HostError> {
+    host.linearizable(shard).await?;
+    // Everything from one RocksDB snapshot: totals, recomputed sums and pair counters agree.
+    let store = ShardStore::frozen(&host.db, shard);
+    let a = view::audit(&store);
+    let sent = view::sent(&store);
+    let received = view::received(&store);
+    let t = &a.totals;
+    Ok(ShardTotals {
+        shard,
+        balances_cents: t.balances.0,
+        escrow_cents: t.escrow.0,
+        outbox_pending_cents: t.outbox_pending.0,
+        fees_cents: t.fees.0,
+        topups_cents: t.topups.0,
+        withdrawals_cents: t.withdrawals.0,
+        credits_in_cents: t.credits_in.0,
+        credits_out_delivered_cents: t.credits_out_delivered.0,
+        accounts: t.accounts,
+        open_packets: t.open_packets,
+        outbox_records: t.outbox_records,
+        identity_holds: a.ok,
+        sent: sent.into_iter().map(|(s, p)| PairTotals { shard: s, cents: p.cents.0, seq: p.seq }).collect(),
+        received: received.into_iter().map(|(s, p)| PairTotals { shard: s, cents: p.cents.0, seq: p.seq }).collect(),
+    })
 }
 
 #[cfg(test)]
