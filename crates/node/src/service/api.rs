@@ -3,13 +3,14 @@
 //! Writes are proposed through Raft on the shard's leader (NotLeader with a hint elsewhere);
 //! reads are linearizable (ReadIndex) unless the caller opts into a stale local read.
 
-use crate::host::{detail, Host};
-use hongbao_ledger::{view, Cents, Code, Command, Outcome, PacketId, PacketKind, Reply, RequestId, RiskGrade, ShardId, Verification};
+use crate::host::Host;
+use crate::service::convert::{claim, detail, invalid, kind_of, rejected, request_id, statement_entry, verification};
+use hongbao_ledger::{view, Cents, Code, Command, Outcome, PacketId, PacketKind, Reply, RequestId, RiskGrade, ShardId};
 use hongbao_proto::v1::coalesced_server::Coalesced;
 use hongbao_proto::v1::packets_server::Packets;
 use hongbao_proto::v1::wallet_server::Wallet;
 use hongbao_proto::v1::*;
-use hongbao_proto::{detail_of, status, ErrorCode, ErrorDetail, MAX_GRAB_BATCH};
+use hongbao_proto::{detail_of, status, ErrorCode, MAX_GRAB_BATCH};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -25,63 +26,6 @@ pub struct ApiService {
 
 type Res<T> = Result<Response<T>, Status>;
 
-pub fn ledger_code(code: Code) -> ErrorCode {
-    match code {
-        Code::Ok => ErrorCode::Ok,
-        Code::AmountZero => ErrorCode::AmountZero,
-        Code::AmountOverflow => ErrorCode::AmountOverflow,
-        Code::InsufficientFunds => ErrorCode::InsufficientFunds,
-        Code::UnknownUser => ErrorCode::UnknownUser,
-        Code::UserExists => ErrorCode::UserExists,
-        Code::UnknownPacket => ErrorCode::UnknownPacket,
-        Code::AlreadyGrabbed => ErrorCode::AlreadyGrabbed,
-        Code::PacketExhausted => ErrorCode::PacketExhausted,
-        Code::PacketExpired => ErrorCode::PacketExpired,
-        Code::PacketNotExpired => ErrorCode::PacketNotExpired,
-        Code::WrongPassword => ErrorCode::WrongPassword,
-        Code::NotRecipient => ErrorCode::NotRecipient,
-        Code::TotalTooLarge => ErrorCode::TotalTooLarge,
-        Code::CountOutOfRange => ErrorCode::CountOutOfRange,
-        Code::ShareTooSmall => ErrorCode::ShareTooSmall,
-        Code::AccountFrozen => ErrorCode::AccountFrozen,
-        Code::DailyLimitExceeded => ErrorCode::DailyLimitExceeded,
-        Code::RiskGradeBlocked => ErrorCode::RiskGradeBlocked,
-        Code::ChallengeRequired => ErrorCode::ChallengeRequired,
-        Code::ChallengeInvalid => ErrorCode::ChallengeInvalid,
-        Code::RequestIdReused => ErrorCode::RequestIdReused,
-        Code::SelfTransfer => ErrorCode::SelfTransfer,
-        Code::InvalidArgument => ErrorCode::InvalidArgument,
-        Code::CreditOutOfOrder => ErrorCode::CreditOutOfOrder,
-        Code::WrongShard => ErrorCode::WrongShard,
-    }
-}
-
-fn invalid(msg: &str) -> Status {
-    status(ErrorDetail { code: ErrorCode::InvalidArgument as i32, message: msg.into(), ..Default::default() })
-}
-
-fn request_id(b: &[u8]) -> Result<RequestId, Status> {
-    let arr: [u8; 16] = b.try_into().map_err(|_| invalid("request_id must be exactly 16 bytes"))?;
-    if arr == [0u8; 16] {
-        return Err(invalid("request_id must not be all zeros"));
-    }
-    Ok(RequestId(arr))
-}
-
-fn verification(v: &Option<hongbao_proto::v1::Verification>) -> Option<Verification> {
-    v.as_ref().map(|v| Verification { challenge_id: v.challenge_id, code: v.code })
-}
-
-/// A rejected outcome as a status with its domain code (and challenge id, if any).
-fn rejected(o: &Outcome, shard: ShardId) -> Status {
-    let mut d = detail(ledger_code(o.code), o.code.as_str(), shard);
-    if let Reply::Challenge { challenge_id } = o.reply {
-        d.challenge_id = challenge_id;
-        d.message = format!("{}: verify on the account's known device, then re-send with challenge {challenge_id}", o.code.as_str());
-    }
-    status(d)
-}
-
 impl ApiService {
     fn user_shard(&self, user: u64) -> Result<ShardId, Status> {
         if user == 0 {
@@ -91,7 +35,7 @@ impl ApiService {
     }
 
     async fn write(&self, shard: ShardId, id: RequestId, cmd: Command) -> Result<Outcome, Status> {
-        let o = self.host.propose(shard, id, cmd).await.map_err(status)?;
+        let o = self.host.propose(shard, id, cmd).await?;
         if o.code != Code::Ok {
             return Err(rejected(&o, shard));
         }
@@ -101,10 +45,10 @@ impl ApiService {
     /// Gate for reads: linearizable unless the caller allows a stale local read.
     async fn read_gate(&self, shard: ShardId, allow_stale: bool) -> Result<(), Status> {
         if allow_stale {
-            self.host.shard(shard).map_err(status)?;
+            self.host.replica(shard)?;
             return Ok(());
         }
-        self.host.linearizable(shard).await.map_err(status)?;
+        self.host.linearizable(shard).await?;
         Ok(())
     }
 
@@ -119,7 +63,7 @@ impl ApiService {
         let grabber_shard = self.user_shard(r.grabber)?;
         let password = if r.password.is_empty() { None } else { Some(r.password) };
         let id = request_id(&r.request_id)?;
-        if let Ok(s) = self.host.shard(shard) {
+        if let Ok(s) = self.host.replica(shard) {
             if self.host.is_leader(s) {
                 let now = || self.host.ledger_time_ms(shard);
                 if let Some(code) = hongbao_ledger::view::grab_refusal(&self.host.store(shard), &id, packet, r.grabber, now) {
@@ -162,19 +106,6 @@ impl ApiService {
             withdrawn_cents: a.withdrawn.0,
         }))
     }
-}
-
-fn kind_of(k: &PacketKind) -> hongbao_proto::v1::PacketKind {
-    match k {
-        PacketKind::Lucky { .. } => hongbao_proto::v1::PacketKind::Lucky,
-        PacketKind::Fixed { .. } => hongbao_proto::v1::PacketKind::Fixed,
-        PacketKind::Exclusive { .. } => hongbao_proto::v1::PacketKind::Exclusive,
-        PacketKind::Password { .. } => hongbao_proto::v1::PacketKind::Password,
-    }
-}
-
-fn claim(c: &hongbao_ledger::Claim) -> hongbao_proto::v1::Claim {
-    hongbao_proto::v1::Claim { grabber: c.grabber, amount_cents: c.amount.0, index: c.index, time_ms: c.time_ms }
 }
 
 #[tonic::async_trait]
@@ -223,26 +154,8 @@ impl Wallet for ApiService {
         self.read_gate(shard, r.allow_stale).await?;
         let limit = r.limit.clamp(1, MAX_STATEMENT) as usize;
         let entries = view::statement(&self.host.store(shard), r.user, limit)
-            .into_iter()
-            .map(|e| {
-                use hongbao_ledger::state::EntryKind as K;
-                let (cp_user, packet, cp_shard) = match &e.kind {
-                    K::TransferOut { to, to_shard } => (*to, 0, *to_shard),
-                    K::TransferIn { from, from_shard } => (*from, 0, *from_shard),
-                    K::PacketSend { packet } | K::PacketGrab { packet } | K::PacketRefund { packet } => (0, packet.0, packet.shard()),
-                    K::TopUp | K::Withdraw { .. } => (0, 0, 0),
-                };
-                StatementEntry {
-                    time_ms: e.time_ms,
-                    kind: e.kind.name().into(),
-                    delta_cents: e.delta,
-                    balance_after_cents: e.balance_after.0,
-                    counterparty_user: cp_user,
-                    packet_id: packet,
-                    counterparty_shard: cp_shard,
-                    request_id: e.request.0.to_vec(),
-                }
-            })
+            .iter()
+            .map(statement_entry)
             .collect();
         Ok(Response::new(StatementReply { user: r.user, entries }))
     }
@@ -319,34 +232,6 @@ impl Packets for ApiService {
             best_luck: v.best_luck.as_ref().map(claim),
         }))
     }
-}
-
-/// One shard's totals from one consistent read on its leader (for the audit).
-pub async fn shard_totals(host: &Host, shard: ShardId) -> Result<ShardTotals, ErrorDetail> {
-    host.linearizable(shard).await?;
-    // Everything from one RocksDB snapshot: totals, recomputed sums and pair counters agree.
-    let store = crate::storage::ShardStore::frozen(&host.db, shard);
-    let a = view::audit(&store);
-    let sent = view::sent(&store);
-    let received = view::received(&store);
-    let t = &a.totals;
-    Ok(ShardTotals {
-        shard,
-        balances_cents: t.balances.0,
-        escrow_cents: t.escrow.0,
-        outbox_pending_cents: t.outbox_pending.0,
-        fees_cents: t.fees.0,
-        topups_cents: t.topups.0,
-        withdrawals_cents: t.withdrawals.0,
-        credits_in_cents: t.credits_in.0,
-        credits_out_delivered_cents: t.credits_out_delivered.0,
-        accounts: t.accounts,
-        open_packets: t.open_packets,
-        outbox_records: t.outbox_records,
-        identity_holds: a.ok,
-        sent: sent.into_iter().map(|(s, p)| PairTotals { shard: s, cents: p.cents.0, seq: p.seq }).collect(),
-        received: received.into_iter().map(|(s, p)| PairTotals { shard: s, cents: p.cents.0, seq: p.seq }).collect(),
-    })
 }
 
 /// Router-to-node coalescing: many grabs in one call, each answered as a single Grab would be.

@@ -2,7 +2,8 @@
 //! leader transfer, drain / undrain of a region.
 
 use openraft::async_runtime::WatchReceiver;
-use crate::host::{detail, Host};
+use crate::host::Host;
+use crate::service::convert::detail;
 use hongbao_proto::v1::cluster_client::ClusterClient;
 use hongbao_proto::v1::cluster_server::Cluster;
 use hongbao_proto::v1::*;
@@ -34,7 +35,7 @@ impl ClusterService {
     fn local_status(&self) -> NodeStatus {
         let h = &self.host;
         let mut shards = Vec::new();
-        for s in h.shards.values() {
+        for s in h.replicas.values() {
             let m = s.raft.metrics().borrow_watched().clone();
             let lag = match (&m.replication, m.last_log_index) {
                 (Some(rep), Some(last)) => rep
@@ -96,7 +97,7 @@ impl ClusterService {
         for n in &nodes {
             *regions.entry(n.region.clone()).or_insert(false) |= n.up;
         }
-        let drained = self.host.drained_regions();
+        let drained = self.host.placement.drained_regions();
         StatusReply {
             nodes,
             regions: regions
@@ -109,7 +110,7 @@ impl ClusterService {
 
     /// The node currently leading `shard`, as seen by the cluster (our replica first).
     async fn leader_of(&self, shard: u32) -> Option<u64> {
-        if let Some(s) = self.host.shards.get(&shard) {
+        if let Some(s) = self.host.replicas.get(&shard) {
             if let Some(l) = s.raft.metrics().borrow_watched().current_leader {
                 return Some(l);
             }
@@ -121,7 +122,7 @@ impl ClusterService {
     async fn shard_totals(&self, shard: u32) -> Result<ShardTotals, Status> {
         let leader = self.leader_of(shard).await.ok_or_else(|| status(detail(ErrorCode::Unavailable, format!("shard {shard} has no leader"), shard)))?;
         if leader == self.host.node_id {
-            return crate::service::api::shard_totals(&self.host, shard).await.map_err(status);
+            return crate::audit::shard_totals(&self.host, shard).await.map_err(Status::from);
         }
         let mut c = self.client(leader).ok_or_else(|| Status::internal("leader has no address"))?;
         match tokio::time::timeout(ADMIN_CALL_TIMEOUT, c.shard_totals_of(ShardTotalsRequest { shard })).await {
@@ -136,7 +137,7 @@ impl ClusterService {
             return Ok(());
         }
         if leader == self.host.node_id {
-            return self.host.transfer_leader(shard, to).await.map_err(status);
+            return self.host.transfer_leader(shard, to).await.map_err(Status::from);
         }
         let mut c = self.client(leader).ok_or_else(|| Status::internal("leader has no address"))?;
         tokio::time::timeout(ADMIN_CALL_TIMEOUT * 3, c.transfer_leader(TransferLeaderRequest { shard, to_node: to }))
@@ -146,7 +147,7 @@ impl ClusterService {
     }
 
     async fn broadcast_drain(&self, region: &str, drained: bool) {
-        self.host.set_drained(region, drained);
+        self.host.placement.set_drained(region, drained);
         let peers: Vec<u64> = self.host.topology.nodes.iter().map(|n| n.id).filter(|id| *id != self.host.node_id).collect();
         for id in peers {
             if let Some(mut c) = self.client(id) {
@@ -169,7 +170,7 @@ impl Cluster for ClusterService {
 
     async fn shard_totals_of(&self, req: Request<ShardTotalsRequest>) -> Result<Response<ShardTotals>, Status> {
         let shard = req.get_ref().shard;
-        crate::service::api::shard_totals(&self.host, shard).await.map(Response::new).map_err(status)
+        crate::audit::shard_totals(&self.host, shard).await.map(Response::new).map_err(Status::from)
     }
 
     async fn audit(&self, _req: Request<AuditRequest>) -> Result<Response<AuditReply>, Status> {
@@ -201,7 +202,7 @@ impl Cluster for ClusterService {
     async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
         let DrainRequest { region, local_only } = req.into_inner();
         if local_only {
-            self.host.set_drained(&region, true);
+            self.host.placement.set_drained(&region, true);
             return Ok(Response::new(DrainReply { moved: vec![] }));
         }
         if !self.host.topology.regions.iter().any(|r| r.name == region) {
@@ -216,7 +217,7 @@ impl Cluster for ClusterService {
             if self.host.topology.region_of(leader) != Some(region.as_str()) {
                 continue;
             }
-            let target = self.host.failover_target(s.id, &st, Some(&region));
+            let target = self.host.placement.failover_target(s.id, &st, Some(&region));
             if let Some(to) = target {
                 self.move_leader(s.id, to).await?;
                 moved.push(format!("shard {}: leader {leader} -> {to}", s.id));
@@ -228,14 +229,14 @@ impl Cluster for ClusterService {
     async fn undrain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
         let DrainRequest { region, local_only } = req.into_inner();
         if local_only {
-            self.host.set_drained(&region, false);
+            self.host.placement.set_drained(&region, false);
             return Ok(Response::new(DrainReply { moved: vec![] }));
         }
         self.broadcast_drain(&region, false).await;
         let st = self.all_status().await;
         let mut moved = Vec::new();
         for s in self.host.topology.shards.iter().filter(|s| s.home == region) {
-            if let Some(to) = self.host.home_replica(s.id, &st) {
+            if let Some(to) = self.host.placement.home_replica(s.id, &st) {
                 self.move_leader(s.id, to).await?;
                 moved.push(format!("shard {}: leader -> {to} (home)", s.id));
             }

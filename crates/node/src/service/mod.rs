@@ -1,3 +1,3 @@
 pub mod api;
-pub mod background;
 pub mod cluster;
+pub mod convert;

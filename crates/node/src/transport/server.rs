@@ -34,9 +34,9 @@ impl RaftService {
     }
 
     /// The shard a message is for, from a node we can hear.
-    fn shard(&self, id: u32, from: u64) -> Result<&Arc<crate::host::Shard>, Status> {
+    fn shard(&self, id: u32, from: u64) -> Result<&Arc<crate::replica::Replica>, Status> {
         self.heard_from(from)?;
-        self.host.shard(id).map_err(hongbao_proto::status)
+        Ok(self.host.replica(id)?)
     }
 }
 
@@ -118,7 +118,7 @@ impl RaftTransport for RaftService {
         let r: hongbao_ledger::Request = decode(&m.payload).map_err(bad)?;
         match self.host.propose(m.shard, r.id, r.cmd).await {
             Ok(outcome) => reply(&outcome),
-            Err(d) => Err(hongbao_proto::status(d)),
+            Err(e) => Err(e.into()),
         }
     }
 }
