@@ -12,7 +12,7 @@
 //!
 //! Switched at run time by the admin RPC `SetFaults`; a node starts with no injected faults.
 
-use crate::raft::types::NodeId;
+use hongbao_topology::NodeId;
 use hongbao_topology::Topology;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;

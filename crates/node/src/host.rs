@@ -123,19 +123,19 @@ impl Host {
             return Err(self.not_leader(replica, None));
         }
         let _permit = replica.inflight.clone().try_acquire_owned().map_err(|_| {
-            metrics::counter!("hongbao_overloaded_total").increment(1);
+            metrics::counter!(crate::metrics::OVERLOADED).increment(1);
             HostError::new(ErrorKind::Overloaded, shard_id, format!("shard {shard_id} has {MAX_INFLIGHT_PER_SHARD} proposals in flight"))
         })?;
         let req = Request { id, time_ms: self.clock.stamp(), cmd };
         let started = std::time::Instant::now();
-        metrics::counter!("hongbao_proposals_total").increment(1);
+        metrics::counter!(crate::metrics::PROPOSALS).increment(1);
         let (done, outcome) = oneshot::channel();
         replica
             .proposals
             .try_send(Proposal { req, done })
             .map_err(|_| HostError::new(ErrorKind::Overloaded, shard_id, format!("shard {shard_id}: proposal queue full")))?;
         let res = tokio::time::timeout(PROPOSE_TIMEOUT, outcome).await;
-        metrics::histogram!("hongbao_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
         let err = |kind, msg: String| Err(HostError::new(kind, shard_id, format!("shard {shard_id}: {msg}")));
         match res {
             Err(_) => err(ErrorKind::Timeout, format!("not committed within {PROPOSE_TIMEOUT:?}; retry with the same request id")),
@@ -179,7 +179,7 @@ impl Host {
         loop {
             if rx.borrow_watched().current_leader == Some(to) {
                 tracing::info!(shard = shard_id, to, "leadership transferred");
-                metrics::counter!("hongbao_leader_transfers_total").increment(1);
+                metrics::counter!(crate::metrics::LEADER_TRANSFERS).increment(1);
                 return Ok(());
             }
             if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod faults;
 pub mod host;
+pub mod metrics;
 pub mod peers;
 pub mod placement;
 pub mod raft;

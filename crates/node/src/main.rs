@@ -52,6 +52,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let me = topology.node(args.node_id).ok_or_else(|| anyhow::anyhow!("node {} not in topology", args.node_id))?.clone();
     let metrics_addr: std::net::SocketAddr = me.metrics_addr.parse()?;
     metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(metrics_addr).install()?;
+    hongbao_node::metrics::describe();
 
     let host = Host::start(topology.clone(), args.node_id, &args.data_dir).await?;
     tracing::info!(node = args.node_id, region = %me.region, addr = %me.addr, shards = ?host.replicas.keys().collect::<Vec<_>>(), "node started");

@@ -53,7 +53,7 @@ pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<b
                         tracing::debug!(shard = shard_id, dest, msg = %d.message, "mark delivered failed; will redo");
                         failed = true;
                     } else {
-                        metrics::counter!("hongbao_relay_delivered_total").increment(1);
+                        metrics::counter!(crate::metrics::RELAY_DELIVERED).increment(1);
                     }
                 }
                 Err(msg) => {
@@ -62,7 +62,7 @@ pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<b
                 }
             }
         }
-        metrics::gauge!("hongbao_relay_backlog", "shard" => shard_id.to_string()).set(backlog as f64);
+        metrics::gauge!(crate::metrics::RELAY_BACKLOG, "shard" => shard_id.to_string()).set(backlog as f64);
         backoff = if failed { (backoff * 2).clamp(Duration::from_millis(50), RELAY_BACKOFF_MAX) } else { RELAY_EVERY };
     }
 }

@@ -62,7 +62,7 @@ async fn proposer(raft: Raft, mut queue: mpsc::Receiver<Proposal>) {
                 Err(_) => break,
             }
         }
-        metrics::histogram!("hongbao_batch_requests").record(batch.len() as f64);
+        metrics::histogram!(crate::metrics::BATCH_REQUESTS).record(batch.len() as f64);
         let raft = raft.clone();
         tokio::spawn(async move {
             let (reqs, waiters): (Vec<Request>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.done)).unzip();

@@ -30,7 +30,7 @@ pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<b
             match host.propose(shard_id, id, Command::ExpirePacket { packet }).await {
                 Ok(o) => {
                     tracing::info!(shard = shard_id, packet = packet.0, code = ?o.code, "expired packet swept");
-                    metrics::counter!("hongbao_packets_expired_total").increment(1);
+                    metrics::counter!(crate::metrics::PACKETS_EXPIRED).increment(1);
                 }
                 Err(e) => {
                     tracing::debug!(shard = shard_id, packet = packet.0, msg = %e.message, "sweep failed; will retry");

@@ -78,7 +78,7 @@ fn build_snapshot_file(db: &Db, shard: ShardId, dir: &Path) -> io::Result<crate:
     b.put(&keys::snapshot_meta(shard), &encode(&snapshot_meta));
     db.write_synced(b)?;
     tracing::info!(shard, keys = count, last = ?snapshot_meta.last_log_id, "snapshot built");
-    metrics::counter!("hongbao_snapshots_built_total").increment(1);
+    metrics::counter!(crate::metrics::SNAPSHOTS_BUILT).increment(1);
     Ok(Snapshot { meta: snapshot_meta, snapshot: SnapshotFile { path } })
 }
 

@@ -99,8 +99,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 r.send(reply);
             }
         }
-        metrics::histogram!("hongbao_apply_batch_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("hongbao_applied_entries_total").increment(n);
+        metrics::histogram!(crate::metrics::APPLY_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::counter!(crate::metrics::APPLIED_ENTRIES).increment(n);
         Ok(())
     }
 
@@ -120,7 +120,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| io::Error::other(format!("install task: {e}")))??;
         self.meta = sm_meta;
         tracing::info!(shard, last = ?meta.last_log_id, "snapshot installed");
-        metrics::counter!("hongbao_snapshots_installed_total").increment(1);
+        metrics::counter!(crate::metrics::SNAPSHOTS_INSTALLED).increment(1);
         Ok(())
     }
 

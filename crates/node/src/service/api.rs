@@ -67,14 +67,14 @@ impl ApiService {
             if self.host.is_leader(s) {
                 let now = || self.host.ledger_time_ms(shard);
                 if let Some(code) = hongbao_ledger::view::grab_refusal(&self.host.store(shard), &id, packet, r.grabber, now) {
-                    metrics::counter!("hongbao_grabs_fast_rejected_total").increment(1);
+                    metrics::counter!(crate::metrics::GRABS_FAST_REJECTED).increment(1);
                     return Err(rejected(&Outcome::err(code), shard));
                 }
             }
         }
         let cmd = Command::Grab { packet, grabber: r.grabber, grabber_shard, password };
         let o = self.write(shard, id, cmd).await?;
-        metrics::counter!("hongbao_grabs_total").increment(1);
+        metrics::counter!(crate::metrics::GRABS).increment(1);
         match o.reply {
             Reply::Grabbed { packet, amount, index, remaining_count, remaining, credit_in_flight } => Ok(GrabReply {
                 packet_id: packet.0,
@@ -247,7 +247,7 @@ impl Coalesced for ApiService {
         if let Some(g) = grabs.iter().find(|g| prost::Message::encoded_len(*g) > MAX_REQUEST_BYTES) {
             return Err(invalid(&format!("a grab of {} bytes in the batch; at most {MAX_REQUEST_BYTES}", prost::Message::encoded_len(g))));
         }
-        metrics::histogram!("hongbao_coalesced_grabs").record(grabs.len() as f64);
+        metrics::histogram!(crate::metrics::COALESCED_GRABS).record(grabs.len() as f64);
         let results = futures::future::join_all(grabs.into_iter().map(|g| self.grab_one(g))).await;
         let results = results
             .into_iter()
