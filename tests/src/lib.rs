@@ -296,11 +296,9 @@ impl Cluster {
         let c = self.node_client().with_deadline(Duration::from_secs(3));
         let mut out = BTreeMap::new();
         if let Ok(st) = c.status().await {
-            for n in st.nodes {
-                for s in n.shards {
-                    if s.role() == hongbao_proto::v1::ReplicaRole::Leader {
-                        out.insert(s.shard, n.node);
-                    }
+            for s in &self.topology.shards {
+                if let Some(l) = st.leader_of(s.id) {
+                    out.insert(s.id, l.node);
                 }
             }
         }

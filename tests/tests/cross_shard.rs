@@ -3,7 +3,7 @@
 //! After quiescence every cent is accounted for: the audit balances, outboxes are empty, each
 //! user's balance equals what the client saw acknowledged, each expired packet refunded once.
 
-use hongbao_client::{new_request_id, ClientError};
+use hongbao_client::{new_request_id, settle};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest};
 use hongbao_tests::{Cluster, Spec};
 use std::collections::BTreeMap;
@@ -12,21 +12,10 @@ use std::time::{Duration, Instant};
 
 const START_BALANCE: u64 = 1_000_00;
 
-/// Re-sends the same request until its outcome is known (a real client's duty after a
-/// timeout). Gives up only after a generous bound, which fails the test.
-async fn settle<T, F, Fut>(f: F) -> Result<T, ClientError>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ClientError>>,
-{
-    let start = Instant::now();
-    loop {
-        match f().await {
-            Err(e) if e.outcome_unknown() && start.elapsed() < Duration::from_secs(60) => tokio::time::sleep(Duration::from_millis(100)).await,
-            other => return other,
-        }
-    }
-}
+/// Every request is re-sent (`hongbao_client::settle`, same request id) until its outcome is
+/// known, a real client's duty after a timeout: as often as it takes, giving up only after this
+/// generous bound, which fails the test.
+const SETTLE_WITHIN: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct History {
@@ -64,7 +53,7 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
                 // A group packet: half the rounds it is left partly unclaimed, to expire.
                 let total = 100 + ((w * 31 + round * 7) % 400) as u64;
                 let req = SendPacketRequest { request_id: new_request_id(), sender, kind: PacketKind::Lucky as i32, total_cents: total, count: 5, device: "phone".into(), ..Default::default() };
-                let sent = settle(|| client.send_packet(req.clone())).await;
+                let sent = settle(|| client.send_packet(req.clone()), u32::MAX, SETTLE_WITHIN).await;
                 if let Ok(p) = sent {
                     {
                         let mut h = hist.lock().unwrap();
@@ -75,7 +64,7 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
                     for k in 0..grabbers {
                         let g = users[(w + 1 + k * 2) % users.len()]; // five distinct members
                         let rid = new_request_id();
-                        if let Ok(r) = settle(|| client.grab(rid.clone(), p.packet_id, g, "")).await {
+                        if let Ok(r) = settle(|| client.grab(rid.clone(), p.packet_id, g, ""), u32::MAX, SETTLE_WITHIN).await {
                             let mut h = hist.lock().unwrap();
                             *h.delta.entry(g).or_default() += r.amount_cents as i64;
                             h.grabs += 1;
@@ -86,7 +75,7 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
                 let to = users[(w + 5) % users.len()];
                 let amount = 1 + (round as u64 % 50);
                 let req = TransferRequest { request_id: new_request_id(), from: sender, to, amount_cents: amount, device: "phone".into(), verification: None };
-                if settle(|| client.transfer(req.clone())).await.is_ok() {
+                if settle(|| client.transfer(req.clone()), u32::MAX, SETTLE_WITHIN).await.is_ok() {
                     let mut h = hist.lock().unwrap();
                     *h.delta.entry(sender).or_default() -= amount as i64;
                     *h.delta.entry(to).or_default() += amount as i64;

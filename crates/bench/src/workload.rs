@@ -7,14 +7,13 @@
 
 use crate::check::{Ack, Tracker};
 use crate::stats::{Kind, Outcome, Recorder};
-use hongbao_client::{new_request_id, Client, ClientError};
+use hongbao_client::{new_request_id, settle, Client, ClientError};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest};
 use hongbao_proto::ErrorCode;
 use hongbao_topology::{ShardId, Topology};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -25,6 +24,9 @@ pub const DEVICE: &str = "bench-phone";
 /// Re-sends (same request id) after an outcome-unknown error, on top of the client's own retries
 /// within its deadline.
 pub const MAX_RESENDS: u32 = 2;
+/// Time bound of `hongbao_client::settle` here. Never the binding one: MAX_RESENDS + 1 calls of
+/// at most CALL_DEADLINE each end well before it.
+const SETTLE_WITHIN: Duration = Duration::from_secs(60);
 /// Most shares a packet may have (the ledger's `max_count`).
 pub const MAX_SHARES: usize = 100;
 /// evening-mix keeps at most this many packets open for grabbing; older ones are forgotten
@@ -109,22 +111,6 @@ impl Clients {
     }
 }
 
-/// Runs a mutating call, re-sending it (the closure must reuse its request id) while the outcome
-/// is unknown, at most MAX_RESENDS times.
-pub async fn resend<T, F, Fut>(f: F) -> Result<T, ClientError>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<T, ClientError>>,
-{
-    let mut n = 0;
-    loop {
-        match f().await {
-            Err(e) if e.outcome_unknown() && n < MAX_RESENDS => n += 1,
-            r => return r,
-        }
-    }
-}
-
 fn outcome<T>(r: &Result<T, ClientError>) -> Outcome {
     match r {
         Ok(_) => Outcome::Ok,
@@ -162,20 +148,19 @@ pub async fn open_and_fund(clients: &Arc<Clients>, users: &[u64], cents: u64, pa
 
 async fn open_one(clients: &Clients, user: u64, cents: u64) -> Result<(), ClientError> {
     let client = clients.client_for(user);
-    let mut n = 0;
-    loop {
-        // open_account picks a fresh request id per call: after an unknown outcome the re-send
-        // may find the account already there, which is the success we wanted.
+    // open_account picks a fresh request id per call: safe to re-send all the same, because an
+    // account opens once; after an unknown outcome the re-send may find the account already
+    // there, which is the success we wanted.
+    let open = || async {
         match client.open_account(user, DEVICE).await {
-            Ok(_) => break,
-            Err(e) if e.code() == ErrorCode::UserExists => break,
-            Err(e) if e.outcome_unknown() && n < MAX_RESENDS => n += 1,
-            Err(e) => return Err(e),
+            Err(e) if e.code() == ErrorCode::UserExists => Ok(()),
+            r => r.map(|_| ()),
         }
-    }
+    };
+    settle(open, MAX_RESENDS, SETTLE_WITHIN).await?;
     if cents > 0 {
         let id = new_request_id();
-        resend(|| client.top_up(id.clone(), user, cents)).await?;
+        settle(|| client.top_up(id.clone(), user, cents), MAX_RESENDS, SETTLE_WITHIN).await?;
     }
     Ok(())
 }
@@ -261,7 +246,7 @@ async fn grab(ctx: Arc<Ctx>, packet: u64, grabber: u64, lag: Duration) -> Option
     let intended = start.checked_sub(lag).unwrap_or(start);
     let client = ctx.clients.client_for(grabber);
     let id = new_request_id();
-    let res = resend(|| client.grab(id.clone(), packet, grabber, "")).await;
+    let res = settle(|| client.grab(id.clone(), packet, grabber, ""), MAX_RESENDS, SETTLE_WITHIN).await;
     let done = Instant::now();
     let left = match &res {
         Ok(r) => {
@@ -336,7 +321,7 @@ async fn send_lucky(ctx: &Ctx, sender: u64, total: u64, count: u32, greeting: &s
         ..Default::default()
     };
     let client = ctx.clients.client_for(sender);
-    let res = resend(|| client.send_packet(req.clone())).await;
+    let res = settle(|| client.send_packet(req.clone()), MAX_RESENDS, SETTLE_WITHIN).await;
     ctx.record(Kind::Send, outcome(&res), intended, Instant::now());
     let sent = res.ok()?;
     ctx.tracker.lock().expect("tracker lock").add_packet(sent.packet_id, total, count);
@@ -370,7 +355,7 @@ async fn mix_op(ctx: Arc<Ctx>, intended: Instant) {
         Plan::Transfer { from, to, amount } => {
             let req = TransferRequest { request_id: new_request_id(), from, to, amount_cents: amount, device: DEVICE.into(), verification: None };
             let client = ctx.clients.client_for(from);
-            let res = resend(|| client.transfer(req.clone())).await;
+            let res = settle(|| client.transfer(req.clone()), MAX_RESENDS, SETTLE_WITHIN).await;
             ctx.record(Kind::Transfer, outcome(&res), intended, Instant::now());
         }
     }

@@ -66,6 +66,37 @@ pub fn local_topology_path(given: Option<&std::path::Path>) -> std::path::PathBu
     candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| PathBuf::from("deploy/local-3x1.toml"))
 }
 
+/// Pause before each re-send in [`settle`], so an answer that comes back at once (e.g. a
+/// NotLeader bounced between two nodes) does not turn into a busy loop.
+pub const RESEND_PAUSE: Duration = Duration::from_millis(100);
+
+/// Runs a mutating call and re-sends it while its outcome is unknown (timeout, unavailable,
+/// not leader, overloaded: [`ClientError::outcome_unknown`]), at most `max_resends` times and
+/// not once `within` has passed since the first send. Returns the first definite answer, or the
+/// last unknown one when a bound is reached.
+///
+/// Safe because `f` re-sends the *same* request, with the request id it captured once: the
+/// ledger remembers request ids and applies a request at most once, so a re-send either applies
+/// it (the first try never landed) or returns the remembered result (it did). `f` must not make
+/// a fresh request id per call, or a re-send could move money twice.
+pub async fn settle<T, F, Fut>(f: F, max_resends: u32, within: Duration) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let start = Instant::now();
+    let mut resends = 0;
+    loop {
+        match f().await {
+            Err(e) if e.outcome_unknown() && resends < max_resends && start.elapsed() < within => {
+                resends += 1;
+                tokio::time::sleep(RESEND_PAUSE.min(within.saturating_sub(start.elapsed()))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A fresh 16-byte request id.
 pub fn new_request_id() -> Vec<u8> {
     rand::random::<[u8; 16]>().to_vec()
@@ -266,5 +297,51 @@ async fn once<T>(addr: &str, call: impl Future<Output = std::result::Result<toni
         Ok(Ok(r)) => Ok(r.into_inner()),
         Ok(Err(s)) => Err(ClientError { detail: detail_of(&s) }),
         Err(_) => Err(ClientError { detail: ErrorDetail { code: ErrorCode::Timeout as i32, message: format!("{addr} timed out"), ..Default::default() } }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn err(code: ErrorCode) -> ClientError {
+        ClientError { detail: ErrorDetail { code: code as i32, ..Default::default() } }
+    }
+
+    /// Answers with `answers` in turn (the last one forever), counting the sends.
+    async fn run(answers: &[Result<u32>], max_resends: u32, within: Duration) -> (Result<u32>, u32) {
+        let sends = AtomicU32::new(0);
+        let r = settle(
+            || {
+                let i = sends.fetch_add(1, Ordering::Relaxed) as usize;
+                let a = answers[i.min(answers.len() - 1)].clone();
+                async move { a }
+            },
+            max_resends,
+            within,
+        )
+        .await;
+        (r, sends.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn settle_re_sends_only_while_the_outcome_is_unknown() {
+        let long = Duration::from_secs(60);
+        let (r, n) = run(&[Err(err(ErrorCode::Timeout)), Err(err(ErrorCode::NotLeader)), Ok(7)], 5, long).await;
+        assert_eq!((r.unwrap(), n), (7, 3));
+        let (r, n) = run(&[Err(err(ErrorCode::Unavailable)), Err(err(ErrorCode::InsufficientFunds))], 5, long).await;
+        assert_eq!((r.unwrap_err().code(), n), (ErrorCode::InsufficientFunds, 2), "a definite error is the answer");
+        let (r, n) = run(&[Ok(1)], 5, long).await;
+        assert_eq!((r.unwrap(), n), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn settle_stops_at_its_bounds() {
+        let (r, n) = run(&[Err(err(ErrorCode::Overloaded))], 2, Duration::from_secs(60)).await;
+        assert_eq!((r.unwrap_err().code(), n), (ErrorCode::Overloaded, 3), "one send and two re-sends");
+        let (r, n) = run(&[Err(err(ErrorCode::Timeout))], u32::MAX, RESEND_PAUSE * 3).await;
+        assert_eq!(r.unwrap_err().code(), ErrorCode::Timeout);
+        assert!((2..=5).contains(&n), "the time bound ends it: {n} sends");
     }
 }

@@ -360,16 +360,8 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
         }
         ClusterCmd::WaitReady => {
             let s = client.status().await?;
-            let mut leaders = std::collections::BTreeMap::new();
-            for n in &s.nodes {
-                for sh in &n.shards {
-                    if sh.role() == hongbao_proto::v1::ReplicaRole::Leader {
-                        leaders.insert(sh.shard, n.node);
-                    }
-                }
-            }
             let shards: std::collections::BTreeSet<u32> = s.nodes.iter().flat_map(|n| n.shards.iter().map(|x| x.shard)).collect();
-            let ready = !shards.is_empty() && shards.iter().all(|s| leaders.contains_key(s));
+            let ready = !shards.is_empty() && shards.iter().all(|sh| s.leader_of(*sh).is_some());
             println!("{}", if ready { "ready" } else { "not ready" });
             Ok(if ready { 0 } else { 1 })
         }

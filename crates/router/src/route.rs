@@ -233,11 +233,10 @@ pub async fn health_loop(router: Arc<Router>) {
                 }
             }
             if let Ok(Ok(r)) = res {
-                for n in r.into_inner().nodes {
-                    for s in n.shards {
-                        if s.role() == hongbao_proto::v1::ReplicaRole::Leader {
-                            router.set_leader(s.shard, n.node);
-                        }
+                let r = r.into_inner();
+                for s in &router.topology.shards {
+                    if let Some(l) = r.leader_of(s.id) {
+                        router.set_leader(s.id, l.node);
                     }
                 }
             }

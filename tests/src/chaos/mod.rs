@@ -9,7 +9,7 @@ pub mod workload;
 use crate::{Cluster, Spec};
 use checker::Final;
 use history::{Event, Outcome};
-use hongbao_client::Client;
+use hongbao_client::{settle, Client};
 use hongbao_proto::v1::{AuditReply, Faults};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -85,8 +85,11 @@ impl Default for Options {
 const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
 /// Served-nothing gaps longer than this count as unavailability.
 pub const UNAVAILABLE_GAP: Duration = Duration::from_millis(500);
-/// Most re-sends of one request id when settling an unknown outcome.
-const RESOLVE_ROUNDS: usize = 6;
+/// Most sends of one request id when settling an unknown outcome after the run.
+const RESOLVE_SENDS: u32 = 6;
+/// Time bound of that settling, per operation. Never the binding one: RESOLVE_SENDS calls of
+/// at most the settling client's 10 s deadline end before it.
+const RESOLVE_WITHIN: Duration = Duration::from_secs(120);
 /// How long the cluster gets to settle after the faults stop (relay drained, packets refunded).
 const QUIESCE: Duration = Duration::from_secs(60);
 
@@ -386,13 +389,7 @@ async fn resolve_unknown(shared: &Shared, client: &Client, report: &mut Report) 
             let h = shared.history.lock().expect("history lock");
             (h[i].request_id.clone(), h[i].op)
         };
-        let mut out = Outcome::Unknown(hongbao_proto::ErrorCode::Timeout);
-        for _ in 0..RESOLVE_ROUNDS {
-            out = workload::execute(client, &rid, &op).await;
-            if !matches!(out, Outcome::Unknown(_)) {
-                break;
-            }
-        }
+        let out = workload::outcome(settle(|| workload::send(client, &rid, &op), RESOLVE_SENDS - 1, RESOLVE_WITHIN).await);
         if matches!(out, Outcome::Ok(_)) {
             report.resolved_ok += 1;
         }

@@ -69,26 +69,28 @@ impl Shared {
     }
 }
 
-fn outcome<T>(r: Result<T, ClientError>, ack: impl FnOnce(T) -> Ack) -> Outcome {
+/// How an answer reads in the history: ok, a definite failure, or unknown.
+pub fn outcome(r: Result<Ack, ClientError>) -> Outcome {
     match r {
-        Ok(v) => Outcome::Ok(ack(v)),
+        Ok(ack) => Outcome::Ok(ack),
         Err(e) if e.outcome_unknown() => Outcome::Unknown(e.code()),
         Err(e) => Outcome::Fail(e.code()),
     }
 }
 
-/// Sends one operation with its request id (the client retries it within its deadline).
-pub async fn execute(client: &Client, rid: &[u8], op: &Op) -> Outcome {
+/// Sends one operation with its request id (the client retries it within its deadline) and
+/// returns what its acknowledgement says.
+pub async fn send(client: &Client, rid: &[u8], op: &Op) -> Result<Ack, ClientError> {
     let rid = rid.to_vec();
     match *op {
-        Op::TopUp { user, amount } => outcome(client.top_up(rid, user, amount).await, |r| Ack::Wallet { fee: r.fee_cents }),
+        Op::TopUp { user, amount } => client.top_up(rid, user, amount).await.map(|r| Ack::Wallet { fee: r.fee_cents }),
         Op::Withdraw { user, amount } => {
             let req = WithdrawRequest { request_id: rid, user, amount_cents: amount, device: DEVICE.into(), verification: None };
-            outcome(client.withdraw(req).await, |r| Ack::Wallet { fee: r.fee_cents })
+            client.withdraw(req).await.map(|r| Ack::Wallet { fee: r.fee_cents })
         }
         Op::Transfer { from, to, amount } => {
             let req = TransferRequest { request_id: rid, from, to, amount_cents: amount, device: DEVICE.into(), verification: None };
-            outcome(client.transfer(req).await, |r| Ack::Wallet { fee: r.fee_cents })
+            client.transfer(req).await.map(|r| Ack::Wallet { fee: r.fee_cents })
         }
         Op::Send { sender, total, count } => {
             let req = SendPacketRequest {
@@ -101,10 +103,15 @@ pub async fn execute(client: &Client, rid: &[u8], op: &Op) -> Outcome {
                 greeting: "恭喜发财".into(),
                 ..Default::default()
             };
-            outcome(client.send_packet(req).await, |r| Ack::Sent { packet: r.packet_id })
+            client.send_packet(req).await.map(|r| Ack::Sent { packet: r.packet_id })
         }
-        Op::Grab { packet, grabber } => outcome(client.grab(rid, packet, grabber, "").await, |r| Ack::Grabbed { amount: r.amount_cents }),
+        Op::Grab { packet, grabber } => client.grab(rid, packet, grabber, "").await.map(|r| Ack::Grabbed { amount: r.amount_cents }),
     }
+}
+
+/// Sends one operation with its request id and classifies the answer.
+pub async fn execute(client: &Client, rid: &[u8], op: &Op) -> Outcome {
+    outcome(send(client, rid, op).await)
 }
 
 /// Runs one operation and records it.
