@@ -1,13 +1,12 @@
-//! hongbao-node: a region node hosting Raft replicas of ledger shards.
+//! hongbao-node: a region node hosting Raft replicas of ledger shards. One file per concern;
+//! the map is in docs/design.md ("Node").
 //!
-//! - `storage`: the one RocksDB and its key layout; `codec`: the binary encoding of what is stored and sent.
-//! - `raft`: openraft glue: type config, log store, state machine.
-//! - `transport`: the Raft transport between nodes, client and server halves; `peers`: the
-//!   node-wide connections to other nodes.
-//! - `host`: the shards hosted here; propose / read with NotLeader, overload and timeout codes.
-//! - `service`: gRPC servers (Raft transport, public API, cluster admin) and background tasks.
-//! - `audit`: the cross-shard conservation check.
-//! - `faults`: injected transport faults, WAN latency and clock jumps for the chaos suite.
+//! - `host`, `replica`: the replicas hosted here; propose / read with explicit `error`s.
+//! - `raft`, `storage`, `codec`: openraft glue on the node's one RocksDB.
+//! - `transport`, `peers`: the Raft transport between nodes and the connections it uses.
+//! - `sweeper`, `relay`, `placement` (spawned by `tasks`): what each shard's leader does alone.
+//! - `service`: the gRPC API and admin servers, and every proto mapping (`service::convert`).
+//! - `audit`, `config`, `clock`, `faults`, `metrics`.
 
 pub mod audit;
 pub mod clock;

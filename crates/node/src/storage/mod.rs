@@ -256,6 +256,11 @@ impl Db {
         self.cache.get_usage()
     }
 
+    /// Bytes of the block cache pinned (top-level index and filter partitions, L0's).
+    pub fn block_cache_pinned_bytes(&self) -> usize {
+        self.cache.get_pinned_usage()
+    }
+
     /// A RocksDB integer property of the ledger column family (e.g. `rocksdb.num-files-at-level0`).
     pub fn data_property(&self, name: &str) -> Option<u64> {
         self.db.property_int_value(name).ok().flatten()

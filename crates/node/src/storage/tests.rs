@@ -75,11 +75,14 @@ fn absent_key_lookups_do_not_reread_filter_blocks_after_the_data_has_grown() {
     lookups(READS, &mut rng);
     let second_misses = db.ticker(Ticker::BlockCacheFilterMiss) - miss1;
     let useful = db.ticker(Ticker::BloomFilterUseful) - useful0;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
     eprintln!(
-        "files {files}, filter misses: first pass {first_misses}, second pass {second_misses}, \
-         filter said no {useful} times in {} reads, block cache {} MiB",
+        "files {files} ({:.0} MiB of SST), filter misses: first pass {first_misses}, second pass {second_misses}, \
+         filter said no {useful} times in {} reads; block cache {:.1} MiB ({:.1} MiB pinned)",
+        mib(db.data_property("rocksdb.total-sst-files-size").unwrap_or(0)),
         2 * READS,
-        db.block_cache_bytes() >> 20
+        mib(db.block_cache_bytes() as u64),
+        mib(db.block_cache_pinned_bytes() as u64),
     );
     // The cause: the lookups were answered by the filters (at least once per read).
     assert!(useful >= 2 * READS * 98 / 100, "filters answered {useful} of {} absent lookups", 2 * READS);
