@@ -11,7 +11,7 @@ pub mod money;
 use hongbao_proto::v1::{
     cluster_client::ClusterClient, packets_client::PacketsClient, wallet_client::WalletClient, *,
 };
-use hongbao_proto::{detail_of, ErrorCode, ErrorDetail};
+use hongbao_proto::{detail_of, retry_step, ErrorCode, ErrorDetail, RetryStep};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
@@ -38,7 +38,7 @@ impl ClientError {
     /// The outcome is unknown (the request may or may not have been applied): re-sending the
     /// same request id settles it.
     pub fn outcome_unknown(&self) -> bool {
-        matches!(self.code(), ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::NotLeader | ErrorCode::Overloaded)
+        retry_step(self.code()) != RetryStep::Final
     }
 }
 
@@ -176,22 +176,25 @@ impl Client {
             };
             let d = detail_of(&status);
             tracing::debug!(attempt, addr, code = d.code().as_str_name(), msg = %d.message, "call failed");
-            match d.code() {
-                ErrorCode::NotLeader if !d.leader_hint_addr.is_empty() && d.leader_hint_addr != addr => {
-                    // Only follow hints to nodes; routers do their own leader following.
+            match retry_step(d.code()) {
+                RetryStep::Final => return Err(ClientError { detail: d }),
+                RetryStep::FollowHint if !d.leader_hint_addr.is_empty() && d.leader_hint_addr != addr => {
                     hint = Some(d.leader_hint_addr.clone());
                 }
-                ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::Overloaded => {
+                RetryStep::FollowHint | RetryStep::Elsewhere => {
                     idx += 1;
                     tokio::time::sleep(backoff.min(self.deadline.saturating_sub(start.elapsed()))).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
-                _ => return Err(ClientError { detail: d }),
             }
             last = d;
         }
-        if last.code() == ErrorCode::Ok {
-            last.code = ErrorCode::Timeout as i32;
+        // Giving up is never an outcome: report it as the retryable code it is (UNAVAILABLE for a
+        // last answer of "that node has no such shard" or an internal failure).
+        match last.code() {
+            ErrorCode::Ok => last.code = ErrorCode::Timeout as i32,
+            ErrorCode::UnknownShard | ErrorCode::Internal => last.code = ErrorCode::Unavailable as i32,
+            _ => {}
         }
         last.message = format!("gave up after {:?}: {}", start.elapsed(), last.message);
         Err(ClientError { detail: last })

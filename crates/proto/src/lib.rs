@@ -30,6 +30,56 @@ impl v1::ReplicaRole {
     }
 }
 
+/// What a caller (the router, or a client) does with an answer carrying `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryStep {
+    /// The outcome of the operation: success or a domain refusal. Never re-sent.
+    Final,
+    /// Not the leader; the detail's hint says who is (when it is empty: `Elsewhere`).
+    FollowHint,
+    /// No outcome from this endpoint (no leader yet, overloaded, timed out, does not host the
+    /// shard, failed inside): re-send the same request, with the same request id, elsewhere or
+    /// later. The operation may or may not have been applied until an answer says which.
+    Elsewhere,
+}
+
+/// The one retry policy for every error code, shared by routers and clients. During elections
+/// and failovers only `Final` answers may end a call: a node that hosts no replica of the
+/// shard, or that lost its leader, says nothing about the operation.
+pub fn retry_step(code: ErrorCode) -> RetryStep {
+    use ErrorCode as E;
+    match code {
+        E::NotLeader => RetryStep::FollowHint,
+        E::Unavailable | E::Overloaded | E::Timeout | E::UnknownShard | E::Internal => RetryStep::Elsewhere,
+        E::Ok
+        | E::AmountZero
+        | E::AmountOverflow
+        | E::InsufficientFunds
+        | E::UnknownUser
+        | E::UserExists
+        | E::UnknownPacket
+        | E::AlreadyGrabbed
+        | E::PacketExhausted
+        | E::PacketExpired
+        | E::PacketNotExpired
+        | E::WrongPassword
+        | E::NotRecipient
+        | E::TotalTooLarge
+        | E::CountOutOfRange
+        | E::ShareTooSmall
+        | E::AccountFrozen
+        | E::DailyLimitExceeded
+        | E::RiskGradeBlocked
+        | E::ChallengeRequired
+        | E::ChallengeInvalid
+        | E::RequestIdReused
+        | E::SelfTransfer
+        | E::InvalidArgument
+        | E::CreditOutOfOrder
+        | E::WrongShard => RetryStep::Final,
+    }
+}
+
 /// Most grabs in one router-to-node `Coalesced.Grabs` call.
 pub const MAX_GRAB_BATCH: usize = 256;
 
@@ -115,6 +165,26 @@ mod tests {
         assert_eq!(d.code(), ErrorCode::NotLeader);
         assert_eq!(d.leader_hint_node, 3);
         assert_eq!(d.leader_hint_addr, "127.0.0.1:7103");
+    }
+
+    /// Walks every code: cluster codes (what elections, failovers and routing produce) are never
+    /// final; every ledger code is (it is what the ledger decided).
+    #[test]
+    fn only_ledger_outcomes_end_a_call_and_every_cluster_code_is_retried() {
+        for i in 0..200 {
+            let Ok(code) = ErrorCode::try_from(i) else { continue };
+            let step = retry_step(code);
+            if i < 100 {
+                assert_eq!(step, RetryStep::Final, "{code:?} is a ledger outcome");
+            } else {
+                assert_ne!(step, RetryStep::Final, "{code:?} says nothing about the operation");
+            }
+        }
+        assert_eq!(retry_step(ErrorCode::UnknownShard), RetryStep::Elsewhere, "issue 17: a node without the shard is no answer");
+        // A transport failure without a detail reads as a retryable code too.
+        for s in [tonic::Status::unavailable("x"), tonic::Status::unknown("reset"), tonic::Status::cancelled("x"), tonic::Status::internal("h2")] {
+            assert_ne!(retry_step(detail_of(&s).code()), RetryStep::Final, "{s:?}");
+        }
     }
 
     #[test]
