@@ -18,6 +18,8 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod check;
+mod region_kill;
+mod report;
 mod stats;
 mod svg;
 mod workload;
@@ -25,11 +27,11 @@ mod workload;
 use anyhow::Context;
 use clap::Parser;
 use hongbao_client::money::{audit_summary, yuan};
-use hongbao_proto::v1::AuditReply;
+use hongbao_client::Client;
 use hongbao_topology::Topology;
 use rand::seq::SliceRandom;
-use stats::{Kind, Recorder, Summary};
-use std::path::{Path, PathBuf};
+use stats::{Kind, Recorder};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use svg::Event;
@@ -116,104 +118,6 @@ fn utc_stamp(unix_secs: u64) -> String {
     format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
-/// Runs `scripts/cluster ARGS`. Err only when it could not be run at all; a non-zero exit is
-/// returned as a warning, since the kill itself may well have happened (the plot shows it).
-fn run_script(script: &Path, args: &[&str]) -> anyhow::Result<Option<String>> {
-    let st = std::process::Command::new(script).args(args).status().with_context(|| format!("running {}", script.display()))?;
-    Ok((!st.success()).then(|| format!("{} {} exited with {st}", script.display(), args.join(" "))))
-}
-
-/// Kills the region at `kill_at` and starts it again at `restart_at` (seconds after warm-up).
-/// The restart is attempted whatever the kill did, so a run never leaves a region down.
-/// Returns the warnings (non-zero exits).
-async fn chaos(script: PathBuf, region: String, measure_start: Instant, kill_at: u64, restart_at: u64, events: Arc<Mutex<Vec<Event>>>) -> anyhow::Result<Vec<String>> {
-    let mut warnings = Vec::new();
-    let mut failed = None;
-    for (at, cmd) in [(kill_at, "kill-region"), (restart_at, "start-region")] {
-        tokio::time::sleep_until((measure_start + Duration::from_secs(at)).into()).await;
-        let t = measure_start.elapsed().as_secs_f64();
-        println!("[{t:6.1}s] scripts/cluster {cmd} {region}");
-        let (s, r) = (script.clone(), region.clone());
-        match tokio::task::spawn_blocking(move || run_script(&s, &[cmd, &r])).await? {
-            Ok(warning) => {
-                events.lock().expect("events lock").push(Event { t, label: format!("{cmd} {region}") });
-                warnings.extend(warning);
-            }
-            Err(e) => failed = Some(e),
-        }
-    }
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(warnings),
-    }
-}
-
-/// One progress line a second: the last complete second's headline ops.
-async fn progress(ctx: Arc<Ctx>, measure_start: Instant) {
-    let mut next = measure_start + Duration::from_secs(1);
-    while next <= ctx.stop_at {
-        tokio::time::sleep_until(next.into()).await;
-        let sec = (next - measure_start).as_secs() as usize - 1;
-        let line = ctx.recorder.lock().expect("recorder lock").second(sec);
-        let (ops, errors, p99) = line.unwrap_or((0, 0, 0.0));
-        println!("[{:6}s] {ops:>7} ops/s  p99 {p99:>8.2} ms  errors {errors}", sec + 1);
-        next += Duration::from_secs(1);
-    }
-}
-
-fn audit_json(a: &AuditReply) -> serde_json::Value {
-    serde_json::json!({
-        "balanced": a.balanced,
-        "problems": a.problems,
-        "total_topups_cents": a.total_topups_cents,
-        "total_withdrawals_cents": a.total_withdrawals_cents,
-        "total_balances_cents": a.total_balances_cents,
-        "total_escrow_cents": a.total_escrow_cents,
-        "total_in_flight_cents": a.total_in_flight_cents,
-        "total_fees_cents": a.total_fees_cents,
-    })
-}
-
-fn print_table(title: &str, s: &Summary) {
-    println!("\n== {title}");
-    println!("{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}", "op", "answered", "ops/s", "p50 ms", "p99 ms", "p999 ms", "max ms", "ok", "expected", "errors");
-    for k in &s.kinds {
-        let l = &k.latency;
-        println!(
-            "{:<10} {:>9} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>8} {:>8}",
-            k.kind,
-            l.ops,
-            l.ops_per_s,
-            l.p50_ms,
-            l.p99_ms,
-            l.p999_ms,
-            l.max_ms,
-            k.ok,
-            k.expected.values().sum::<u64>(),
-            k.errors.values().sum::<u64>()
-        );
-    }
-    let h = &s.headline;
-    println!(
-        "headline ({}): {:.0} ops/s over {:.0} s; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-        s.headline_kinds.join("+"),
-        h.ops_per_s,
-        s.measured_secs,
-        h.p50_ms,
-        h.p99_ms,
-        h.p999_ms,
-        h.max_ms
-    );
-    for k in &s.kinds {
-        for (c, n) in &k.expected {
-            println!("  expected {:<9} {c}: {n}", k.kind);
-        }
-        for (c, n) in &k.errors {
-            println!("  error    {:<9} {c}: {n}", k.kind);
-        }
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
@@ -226,13 +130,82 @@ async fn main() {
     }
 }
 
+/// The command line, checked, and what follows from it: the run's fixed settings.
+struct Plan {
+    args: Args,
+    group_size: usize,
+    /// Most ops in flight (see `--concurrency`).
+    concurrency: usize,
+    topo_path: PathBuf,
+    topology: Topology,
+    /// scripts/cluster, for `--kill-region`.
+    script: PathBuf,
+    /// Unix time at start.
+    started: Duration,
+    out: PathBuf,
+}
+
+/// The users of a run (hot-packets: senders and grabbers; evening-mix: users by shard).
+struct Users {
+    senders: Vec<u64>,
+    grabbers: Vec<u64>,
+    by_shard: Vec<Vec<u64>>,
+}
+
+/// What the load phase leaves behind.
+struct Load {
+    ctx: Arc<Ctx>,
+    /// "closed loop, N rounds in flight" or "open loop at ...".
+    mode: String,
+    slots: usize,
+    events: Vec<Event>,
+    warnings: Vec<String>,
+    failures: Vec<String>,
+}
+
 async fn run(args: Args) -> anyhow::Result<i32> {
-    let scenario = args.scenario;
-    let group_size = args.group_size as usize;
+    let plan = plan(args)?;
+    let clients = Arc::new(Clients::new(plan.topology.clone(), &plan.args.routers));
+    let users = setup(&plan, &clients).await?;
+    let Load { ctx, mode, slots, events, warnings, mut failures } = load(&plan, clients.clone(), users).await;
+
+    // Results of the measured window. Ops still in flight at stop_at are counted when they
+    // finish; ops/s divides by the scheduled window.
+    let summary = ctx.recorder.lock().expect("recorder lock").summary(Duration::from_secs(plan.args.duration));
+    let title = format!("hongbao-bench {}: {}", plan.args.scenario.name(), mode);
+    report::print_table(&title, &summary);
+    if summary.headline.ops == 0 {
+        failures.push("no op was answered in the measured window".into());
+    }
+    let client = clients.any();
+    let checks = check_grabs(&ctx, &client, plan.args.check_sample).await;
+    if !checks.problems.is_empty() {
+        failures.push(format!("{} acknowledged-op problems", checks.problems.len()));
+    }
+    let audit = audit(&client, &mut failures).await;
+
+    let result = report::RunResult {
+        scenario: plan.args.scenario.name(),
+        started_unix_s: plan.started.as_secs(),
+        config: config(&plan, slots),
+        summary: &summary,
+        events: &events,
+        checks,
+        audit,
+        warnings: &warnings,
+        failures: &failures,
+        passed: failures.is_empty(),
+    };
+    report::write(&plan.out, &title, &result)?;
+    Ok(report::verdict(&warnings, &failures))
+}
+
+/// Checks the command line, loads the topology and creates the output folder.
+fn plan(args: Args) -> anyhow::Result<Plan> {
     // Closed loop: the in-flight count *is* the load. Open loop: the schedule is the load and
     // the bound only stops a stalled cluster from piling up unbounded work in the bench, so it
     // is set well above what the schedule needs when answers come in time.
-    let concurrency = args.concurrency.unwrap_or(match (scenario, args.rate.is_some()) {
+    let concurrency = args.concurrency.unwrap_or(match (args.scenario, args.rate.is_some()) {
         (Scenario::HotPackets, false) => 400,
         (Scenario::EveningMix, false) => 64,
         (Scenario::HotPackets, true) => 2_000,
@@ -255,62 +228,77 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         .unwrap_or_else(|| PathBuf::from("scripts/cluster"));
     if args.kill_region.is_some() {
         anyhow::ensure!(script.exists(), "{} not found (pass --cluster-script)", script.display());
-        anyhow::ensure!(topology.regions.iter().any(|r| Some(&r.name) == args.kill_region.as_ref()), "no region {:?} in {}", args.kill_region, topo_path.display());
+        let known = topology.regions.iter().any(|r| Some(&r.name) == args.kill_region.as_ref());
+        anyhow::ensure!(known, "no region {:?} in {}", args.kill_region, topo_path.display());
     }
     let started = SystemTime::now().duration_since(UNIX_EPOCH)?;
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("bench-results/{}-{}", scenario.name(), utc_stamp(started.as_secs()))));
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("bench-results/{}-{}", args.scenario.name(), utc_stamp(started.as_secs()))));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let group_size = args.group_size as usize;
+    Ok(Plan { args, group_size, concurrency, topo_path, topology, script, started, out })
+}
 
-    let clients = Arc::new(Clients::new(topology.clone(), &args.routers));
+/// Opens and funds the run's users (not measured).
+async fn setup(plan: &Plan, clients: &Arc<Clients>) -> anyhow::Result<Users> {
+    let topology = &plan.topology;
     // Fresh users for every run (100,000 ids per millisecond of start time), so runs on the
     // same cluster never share accounts or daily send limits.
-    let base = (started.as_millis() as u64 % 10_000_000_000_000) * 100_000;
+    let base = (plan.started.as_millis() as u64 % 10_000_000_000_000) * 100_000;
     let shards: Vec<u32> = topology.shards.iter().map(|s| s.id).collect();
-
     let setup_start = Instant::now();
-    let (senders, grabbers, users_by_shard) = match scenario {
+    let users = match plan.args.scenario {
         Scenario::HotPackets => {
-            let per_shard = (2 * group_size).max(300).div_ceil(shards.len());
-            let senders: Vec<u64> = shards.iter().flat_map(|s| workload::users_in_shard(&topology, *s, base, SENDERS_PER_SHARD)).collect();
-            let grabbers: Vec<u64> = shards.iter().flat_map(|s| workload::users_in_shard(&topology, *s, base + 50_000, per_shard)).collect();
-            println!("setup: opening {} senders (topped up {} each) and {} grabbers over {} shards", senders.len(), yuan(SENDER_TOPUP), grabbers.len(), shards.len());
-            workload::open_and_fund(&clients, &senders, SENDER_TOPUP, SETUP_PARALLEL).await?;
-            workload::open_and_fund(&clients, &grabbers, 0, SETUP_PARALLEL).await?;
-            (senders, grabbers, Vec::new())
+            let per_shard = (2 * plan.group_size).max(300).div_ceil(shards.len());
+            let senders: Vec<u64> = shards.iter().flat_map(|s| workload::users_in_shard(topology, *s, base, SENDERS_PER_SHARD)).collect();
+            let grabbers: Vec<u64> = shards.iter().flat_map(|s| workload::users_in_shard(topology, *s, base + 50_000, per_shard)).collect();
+            let (n_senders, n_grabbers, topup) = (senders.len(), grabbers.len(), yuan(SENDER_TOPUP));
+            println!("setup: opening {n_senders} senders (topped up {topup} each) and {n_grabbers} grabbers over {} shards", shards.len());
+            workload::open_and_fund(clients, &senders, SENDER_TOPUP, SETUP_PARALLEL).await?;
+            workload::open_and_fund(clients, &grabbers, 0, SETUP_PARALLEL).await?;
+            Users { senders, grabbers, by_shard: Vec::new() }
         }
         Scenario::EveningMix => {
-            let by_shard: Vec<Vec<u64>> = shards.iter().map(|s| workload::users_in_shard(&topology, *s, base, USERS_PER_SHARD)).collect();
+            let by_shard: Vec<Vec<u64>> = shards.iter().map(|s| workload::users_in_shard(topology, *s, base, USERS_PER_SHARD)).collect();
             let all: Vec<u64> = by_shard.iter().flatten().copied().collect();
             println!("setup: opening {} users over {} shards, topped up {} each", all.len(), shards.len(), yuan(USER_TOPUP));
-            workload::open_and_fund(&clients, &all, USER_TOPUP, SETUP_PARALLEL).await?;
-            (Vec::new(), Vec::new(), by_shard)
+            workload::open_and_fund(clients, &all, USER_TOPUP, SETUP_PARALLEL).await?;
+            Users { senders: Vec::new(), grabbers: Vec::new(), by_shard }
         }
     };
     println!("setup done in {:.1} s", setup_start.elapsed().as_secs_f64());
+    Ok(users)
+}
 
+/// Warm-up and the measured window: the closed or open loop, a progress line a second, and the
+/// region kill when asked for.
+async fn load(plan: &Plan, clients: Arc<Clients>, users: Users) -> Load {
+    let args = &plan.args;
     let run_start = Instant::now();
     let measure_start = run_start + Duration::from_secs(args.warmup);
     let stop_at = measure_start + Duration::from_secs(args.duration);
-    let headline = match scenario {
+    let headline = match args.scenario {
         Scenario::HotPackets => vec![Kind::Grab],
         Scenario::EveningMix => vec![Kind::Send, Kind::Grab, Kind::Balance, Kind::Transfer],
     };
-    let ctx = Arc::new(Ctx::new(scenario, clients.clone(), Recorder::new(measure_start, headline), stop_at, senders, grabbers, group_size, users_by_shard));
+    let recorder = Recorder::new(measure_start, headline);
+    let ctx = Arc::new(Ctx::new(args.scenario, clients, recorder, stop_at, users.senders, users.grabbers, plan.group_size, users.by_shard));
 
     // Rounds in flight: a hot-packets round is one send then group-size grabs at once.
-    let (slots, rounds_per_sec) = match scenario {
-        Scenario::HotPackets => ((concurrency / group_size).max(1), args.rate.map(|r| r / group_size as f64)),
-        Scenario::EveningMix => (concurrency, args.rate),
+    let (slots, rounds_per_sec) = match args.scenario {
+        Scenario::HotPackets => ((plan.concurrency / plan.group_size).max(1), args.rate.map(|r| r / plan.group_size as f64)),
+        Scenario::EveningMix => (plan.concurrency, args.rate),
     };
     let mode = match args.rate {
         Some(r) => format!("open loop at {r} ops/s, at most {slots} rounds in flight"),
         None => format!("closed loop, {slots} rounds in flight"),
     };
-    println!("{}: {mode}; warm-up {} s, measuring {} s", scenario.name(), args.warmup, args.duration);
+    println!("{}: {mode}; warm-up {} s, measuring {} s", args.scenario.name(), args.warmup, args.duration);
 
     let events = Arc::new(Mutex::new(Vec::new()));
-    let chaos_task = match (&args.kill_region, args.kill_at, args.restart_at) {
-        (Some(region), Some(k), Some(r)) => Some(tokio::spawn(chaos(script.clone(), region.clone(), measure_start, k, r, events.clone()))),
+    let kill_task = match (&args.kill_region, args.kill_at, args.restart_at) {
+        (Some(region), Some(k), Some(r)) => {
+            Some(tokio::spawn(region_kill::kill_and_restart(plan.script.clone(), region.clone(), measure_start, k, r, events.clone())))
+        }
         _ => None,
     };
     let progress_task = tokio::spawn(progress(ctx.clone(), measure_start));
@@ -320,9 +308,8 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     }
     progress_task.abort();
     let load_end = Instant::now();
-    let mut failures: Vec<String> = Vec::new();
-    let mut warnings: Vec<String> = Vec::new();
-    if let Some(t) = chaos_task {
+    let (mut failures, mut warnings) = (Vec::new(), Vec::new());
+    if let Some(t) = kill_task {
         match t.await {
             Ok(Ok(w)) => warnings.extend(w),
             Ok(Err(e)) => failures.push(format!("region kill/restart failed: {e:#}")),
@@ -330,18 +317,26 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         }
     }
     println!("load ended; last answers arrived {:.1} s after the schedule ended", load_end.saturating_duration_since(stop_at).as_secs_f64());
+    let events = events.lock().expect("events lock").clone();
+    Load { ctx, mode, slots, events, warnings, failures }
+}
 
-    // Results of the measured window. Ops still in flight at stop_at are counted when they
-    // finish; ops/s divides by the scheduled window.
-    let summary = ctx.recorder.lock().expect("recorder lock").summary(Duration::from_secs(args.duration));
-    let events: Vec<Event> = events.lock().expect("events lock").clone();
-    let title = format!("hongbao-bench {}: {}", scenario.name(), mode);
-    print_table(&title, &summary);
-    if summary.headline.ops == 0 {
-        failures.push("no op was answered in the measured window".into());
+/// One progress line a second: the last complete second's headline ops.
+async fn progress(ctx: Arc<Ctx>, measure_start: Instant) {
+    let mut next = measure_start + Duration::from_secs(1);
+    while next <= ctx.stop_at {
+        tokio::time::sleep_until(next.into()).await;
+        let sec = (next - measure_start).as_secs() as usize - 1;
+        let line = ctx.recorder.lock().expect("recorder lock").second(sec);
+        let (ops, errors, p99) = line.unwrap_or((0, 0, 0.0));
+        println!("[{:6}s] {ops:>7} ops/s  p99 {p99:>8.2} ms  errors {errors}", sec + 1);
+        next += Duration::from_secs(1);
     }
+}
 
-    // Acknowledged grabs against the packets the cluster shows.
+/// Acknowledged grabs against the packets the cluster shows: every tracked packet's acks on their
+/// own, and a sample of packets fetched with `show` and compared to their claims.
+async fn check_grabs(ctx: &Ctx, client: &Client, sample_size: usize) -> report::Checks {
     let (tracked, grabs, untracked, mut problems, sample) = {
         let tracker = ctx.tracker.lock().expect("tracker lock");
         let mut problems = Vec::new();
@@ -349,10 +344,9 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             problems.extend(check::check_acks(*id, t));
         }
         let ids: Vec<u64> = tracker.packets.keys().copied().collect();
-        let sample: Vec<(u64, check::Tracked)> = ids.choose_multiple(&mut rand::thread_rng(), args.check_sample).map(|id| (*id, tracker.packets[id].clone())).collect();
+        let sample: Vec<(u64, check::Tracked)> = ids.choose_multiple(&mut rand::thread_rng(), sample_size).map(|id| (*id, tracker.packets[id].clone())).collect();
         (tracker.packets.len(), tracker.grabs(), tracker.untracked_packets, problems, sample)
     };
-    let client = clients.any();
     for (id, t) in &sample {
         match client.show_packet(*id).await {
             Ok(v) => problems.extend(check::check_view(*id, t, &v)),
@@ -368,11 +362,11 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     for p in problems.iter().take(20) {
         println!("  PROBLEM: {p}");
     }
-    if !problems.is_empty() {
-        failures.push(format!("{} acknowledged-op problems", problems.len()));
-    }
+    report::Checks { packets: tracked, acknowledged_grabs: grabs, packets_shown: sample.len(), problems }
+}
 
-    // The audit: credits may still be in flight between shards; give the relays a moment.
+/// The audit: credits may still be in flight between shards; give the relays a moment.
+async fn audit(client: &Client, failures: &mut Vec<String>) -> report::Audit {
     let mut audit = client.audit().await;
     for _ in 0..AUDIT_POLLS {
         if matches!(&audit, Ok(a) if a.balanced && a.total_in_flight_cents == 0) {
@@ -381,7 +375,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         tokio::time::sleep(Duration::from_millis(250)).await;
         audit = client.audit().await;
     }
-    let audit_value = match &audit {
+    match &audit {
         Ok(a) => {
             println!("audit: {}", audit_summary(a));
             for p in &a.problems {
@@ -390,59 +384,31 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             if !a.balanced {
                 failures.push("the audit does not balance".into());
             }
-            audit_json(a)
         }
         Err(e) => {
             println!("audit failed: {e}");
             failures.push(format!("audit failed: {e}"));
-            serde_json::json!({ "error": e.to_string() })
         }
-    };
-
-    let result = serde_json::json!({
-        "scenario": scenario.name(),
-        "started_unix_s": started.as_secs(),
-        "config": {
-            "mode": if args.rate.is_some() { "open" } else { "closed" },
-            "rate_ops_per_s": args.rate,
-            "concurrency": concurrency,
-            "rounds_in_flight": slots,
-            "group_size": if scenario == Scenario::HotPackets { Some(group_size) } else { None },
-            "warmup_s": args.warmup,
-            "duration_s": args.duration,
-            "routers": if args.routers.is_empty() { topology.routers.iter().map(|r| r.addr.clone()).collect() } else { args.routers.clone() },
-            "topology": topo_path.display().to_string(),
-            "kill_region": args.kill_region,
-            "kill_at_s": args.kill_at,
-            "restart_at_s": args.restart_at,
-        },
-        "summary": summary,
-        "events": events,
-        "checks": {
-            "packets": tracked,
-            "acknowledged_grabs": grabs,
-            "packets_shown": sample.len(),
-            "problems": problems,
-        },
-        "audit": audit_value,
-        "warnings": warnings,
-        "failures": failures,
-        "passed": failures.is_empty(),
-    });
-    std::fs::write(out.join("result.json"), serde_json::to_string_pretty(&result)? + "\n")?;
-    std::fs::write(out.join("plot.svg"), svg::plot(&title, &summary.series, &events))?;
-    println!("wrote {0}/result.json and {0}/plot.svg", out.display());
-    for w in &warnings {
-        println!("WARNING: {w}");
     }
-    if failures.is_empty() {
-        println!("PASSED");
-        Ok(0)
-    } else {
-        for f in &failures {
-            println!("FAILED: {f}");
-        }
-        Ok(1)
+    report::Audit::of(&audit)
+}
+
+/// The `config` part of result.json.
+fn config(plan: &Plan, slots: usize) -> report::Config {
+    let args = &plan.args;
+    report::Config {
+        mode: if args.rate.is_some() { "open" } else { "closed" },
+        rate_ops_per_s: args.rate,
+        concurrency: plan.concurrency,
+        rounds_in_flight: slots,
+        group_size: (args.scenario == Scenario::HotPackets).then_some(plan.group_size),
+        warmup_s: args.warmup,
+        duration_s: args.duration,
+        routers: if args.routers.is_empty() { plan.topology.routers.iter().map(|r| r.addr.clone()).collect() } else { args.routers.clone() },
+        topology: plan.topo_path.display().to_string(),
+        kill_region: args.kill_region.clone(),
+        kill_at_s: args.kill_at,
+        restart_at_s: args.restart_at,
     }
 }
 
