@@ -1,0 +1,456 @@
+//! How `hongbao` shows each reply: the `--json` shapes (derived with serde, converted from the
+//! proto replies) and the tables people read.
+
+use hongbao_client::money::{yuan, yuan_signed};
+use hongbao_proto::v1::{
+    AuditReply, BalanceReply, Claim, GrabReply, NodeStatus, PacketView, RouterView, SendPacketReply, ShardStatus, ShardTotals, StatementEntry,
+    StatusReply, WalletReply,
+};
+use serde::Serialize;
+
+/// Prints `v` as pretty JSON. It goes through `serde_json::Value`, so keys come out sorted at
+/// every level, as they always have.
+pub fn print_json<T: Serialize>(v: &T) {
+    let v = serde_json::to_value(v).expect("json");
+    println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+}
+
+fn up(b: bool) -> &'static str {
+    if b {
+        "up"
+    } else {
+        "DOWN"
+    }
+}
+
+// ---------------- wallet ----------------
+
+#[derive(Serialize)]
+pub struct Wallet {
+    user: u64,
+    balance_cents: u64,
+    fee_cents: u64,
+    credit_in_flight: bool,
+    shard: u32,
+}
+
+impl From<&WalletReply> for Wallet {
+    fn from(r: &WalletReply) -> Wallet {
+        Wallet { user: r.user, balance_cents: r.balance_cents, fee_cents: r.fee_cents, credit_in_flight: r.credit_in_flight, shard: r.shard }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Balance<'a> {
+    user: u64,
+    balance_cents: u64,
+    frozen: bool,
+    risk_grade: &'a str,
+    shard: u32,
+    withdrawn_cents: u64,
+}
+
+impl<'a> From<&'a BalanceReply> for Balance<'a> {
+    fn from(b: &'a BalanceReply) -> Balance<'a> {
+        Balance {
+            user: b.user,
+            balance_cents: b.balance_cents,
+            frozen: b.frozen,
+            risk_grade: &b.risk_grade,
+            shard: b.shard,
+            withdrawn_cents: b.withdrawn_cents,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct StatementRow<'a> {
+    time_ms: u64,
+    kind: &'a str,
+    delta_cents: i64,
+    balance_after_cents: u64,
+    counterparty_user: u64,
+    packet_id: u64,
+    counterparty_shard: u32,
+    /// Hex.
+    request_id: String,
+}
+
+impl<'a> From<&'a StatementEntry> for StatementRow<'a> {
+    fn from(e: &'a StatementEntry) -> StatementRow<'a> {
+        StatementRow {
+            time_ms: e.time_ms,
+            kind: &e.kind,
+            delta_cents: e.delta_cents,
+            balance_after_cents: e.balance_after_cents,
+            counterparty_user: e.counterparty_user,
+            packet_id: e.packet_id,
+            counterparty_shard: e.counterparty_shard,
+            request_id: hex::encode(&e.request_id),
+        }
+    }
+}
+
+pub fn print_statement(entries: &[StatementEntry]) {
+    println!("{:<14} {:<16} {:>12} {:>12}  {}", "time_ms", "kind", "delta", "balance", "counterparty");
+    for e in entries {
+        let cp = if e.packet_id != 0 {
+            format!("packet {}", e.packet_id)
+        } else if e.counterparty_user != 0 {
+            format!("user {} (shard {})", e.counterparty_user, e.counterparty_shard)
+        } else {
+            String::new()
+        };
+        println!("{:<14} {:<16} {:>12} {:>12}  {}", e.time_ms, e.kind, yuan_signed(e.delta_cents), yuan(e.balance_after_cents), cp);
+    }
+}
+
+#[derive(Serialize)]
+pub struct Challenge {
+    pub challenge_id: u64,
+    pub code: u32,
+}
+
+// ---------------- packets ----------------
+
+#[derive(Serialize)]
+pub struct Sent {
+    packet_id: u64,
+    expires_at_ms: u64,
+    balance_cents: u64,
+}
+
+impl From<&SendPacketReply> for Sent {
+    fn from(r: &SendPacketReply) -> Sent {
+        Sent { packet_id: r.packet_id, expires_at_ms: r.expires_at_ms, balance_cents: r.balance_cents }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Grabbed {
+    packet_id: u64,
+    amount_cents: u64,
+    index: u32,
+    remaining_count: u32,
+    remaining_cents: u64,
+    credit_in_flight: bool,
+}
+
+impl From<&GrabReply> for Grabbed {
+    fn from(r: &GrabReply) -> Grabbed {
+        Grabbed {
+            packet_id: r.packet_id,
+            amount_cents: r.amount_cents,
+            index: r.index,
+            remaining_count: r.remaining_count,
+            remaining_cents: r.remaining_cents,
+            credit_in_flight: r.credit_in_flight,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ClaimRow {
+    grabber: u64,
+    amount_cents: u64,
+    index: u32,
+    time_ms: u64,
+}
+
+impl From<&Claim> for ClaimRow {
+    fn from(c: &Claim) -> ClaimRow {
+        ClaimRow { grabber: c.grabber, amount_cents: c.amount_cents, index: c.index, time_ms: c.time_ms }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Packet {
+    packet_id: u64,
+    sender: u64,
+    kind: &'static str,
+    total_cents: u64,
+    count: u32,
+    remaining_cents: u64,
+    remaining_count: u32,
+    expires_at_ms: u64,
+    refunded: bool,
+    refunded_cents: u64,
+    claims: Vec<ClaimRow>,
+    /// The grabber of the largest share, once the packet is fully grabbed.
+    best_luck: Option<u64>,
+}
+
+impl From<&PacketView> for Packet {
+    fn from(p: &PacketView) -> Packet {
+        Packet {
+            packet_id: p.packet_id,
+            sender: p.sender,
+            kind: p.kind().as_str_name(),
+            total_cents: p.total_cents,
+            count: p.count,
+            remaining_cents: p.remaining_cents,
+            remaining_count: p.remaining_count,
+            expires_at_ms: p.expires_at_ms,
+            refunded: p.refunded,
+            refunded_cents: p.refunded_cents,
+            claims: p.claims.iter().map(ClaimRow::from).collect(),
+            best_luck: if p.has_best_luck { p.best_luck.as_ref().map(|b| b.grabber) } else { None },
+        }
+    }
+}
+
+pub fn print_packet(p: &PacketView) {
+    println!("packet {} from user {} ({}) \"{}\"", p.packet_id, p.sender, p.kind().as_str_name(), p.greeting);
+    let refunded = if p.refunded { format!("  refunded {}", yuan(p.refunded_cents)) } else { String::new() };
+    let (total, left) = (yuan(p.total_cents), yuan(p.remaining_cents));
+    println!("total {total}  shares {}  left {left} in {} shares{refunded}", p.count, p.remaining_count);
+    let best = p.best_luck.as_ref().filter(|_| p.has_best_luck).map(|b| b.index);
+    for c in &p.claims {
+        let mark = if Some(c.index) == best { "  手氣最佳 best luck" } else { "" };
+        println!("  #{:<3} user {:<10} {:>10}{}", c.index + 1, c.grabber, yuan(c.amount_cents), mark);
+    }
+}
+
+// ---------------- cluster status ----------------
+
+#[derive(Serialize)]
+pub struct Status<'a> {
+    nodes: Vec<Node<'a>>,
+    regions: Vec<Region<'a>>,
+    router: Option<Router<'a>>,
+}
+
+#[derive(Serialize)]
+struct Node<'a> {
+    node: u64,
+    region: &'a str,
+    addr: &'a str,
+    up: bool,
+    error: &'a str,
+    shards: Vec<Replica<'a>>,
+}
+
+#[derive(Serialize)]
+struct Replica<'a> {
+    shard: u32,
+    role: &'static str,
+    leader: u64,
+    term: u64,
+    last_log_index: u64,
+    committed: u64,
+    applied: u64,
+    lag: u64,
+    home_region: &'a str,
+}
+
+#[derive(Serialize)]
+struct Region<'a> {
+    region: &'a str,
+    up: bool,
+    drained: bool,
+}
+
+/// What the answering router itself sees.
+#[derive(Serialize)]
+struct Router<'a> {
+    region: &'a str,
+    nodes: Vec<RouterNode<'a>>,
+    regions: Vec<RouterRegion<'a>>,
+    leaders: Vec<RouterLeader>,
+}
+
+#[derive(Serialize)]
+struct RouterNode<'a> {
+    node: u64,
+    region: &'a str,
+    up: bool,
+}
+
+#[derive(Serialize)]
+struct RouterRegion<'a> {
+    region: &'a str,
+    up: bool,
+}
+
+#[derive(Serialize)]
+struct RouterLeader {
+    shard: u32,
+    node: u64,
+}
+
+impl<'a> From<&'a ShardStatus> for Replica<'a> {
+    fn from(sh: &'a ShardStatus) -> Replica<'a> {
+        Replica {
+            shard: sh.shard,
+            role: sh.role().name(),
+            leader: sh.leader,
+            term: sh.term,
+            last_log_index: sh.last_log_index,
+            committed: sh.committed,
+            applied: sh.applied,
+            lag: sh.lag,
+            home_region: &sh.home_region,
+        }
+    }
+}
+
+impl<'a> From<&'a NodeStatus> for Node<'a> {
+    fn from(n: &'a NodeStatus) -> Node<'a> {
+        let shards = n.shards.iter().map(Replica::from).collect();
+        Node { node: n.node, region: &n.region, addr: &n.addr, up: n.up, error: &n.error, shards }
+    }
+}
+
+impl<'a> From<&'a RouterView> for Router<'a> {
+    fn from(v: &'a RouterView) -> Router<'a> {
+        Router {
+            region: &v.region,
+            nodes: v.nodes.iter().map(|n| RouterNode { node: n.node, region: &n.region, up: n.up }).collect(),
+            regions: v.regions.iter().map(|r| RouterRegion { region: &r.region, up: r.up }).collect(),
+            leaders: v.leaders.iter().map(|l| RouterLeader { shard: l.shard, node: l.node }).collect(),
+        }
+    }
+}
+
+impl<'a> From<&'a StatusReply> for Status<'a> {
+    fn from(s: &'a StatusReply) -> Status<'a> {
+        Status {
+            nodes: s.nodes.iter().map(Node::from).collect(),
+            regions: s.regions.iter().map(|r| Region { region: &r.region, up: r.up, drained: r.drained }).collect(),
+            router: s.router.as_ref().map(Router::from),
+        }
+    }
+}
+
+pub fn print_status(s: &StatusReply) {
+    println!(
+        "{:<5} {:<10} {:<6} {:<6} {:<10} {:<7} {:<6} {:>9} {:>9} {:>6}",
+        "node", "region", "up", "shard", "role", "leader", "term", "committed", "applied", "lag"
+    );
+    for n in &s.nodes {
+        if n.shards.is_empty() {
+            println!("{:<5} {:<10} {:<6} {}", n.node, n.region, n.up, n.error);
+        }
+        for sh in &n.shards {
+            println!(
+                "{:<5} {:<10} {:<6} {:<6} {:<10} {:<7} {:<6} {:>9} {:>9} {:>6}",
+                n.node,
+                n.region,
+                n.up,
+                sh.shard,
+                sh.role().name(),
+                sh.leader,
+                sh.term,
+                sh.committed,
+                sh.applied,
+                sh.lag
+            );
+        }
+    }
+    for r in &s.regions {
+        println!("region {:<10} {}{}", r.region, up(r.up), if r.drained { " (drained)" } else { "" });
+    }
+    if let Some(v) = &s.router {
+        let nodes: Vec<String> = v.nodes.iter().map(|n| format!("{} {}", n.node, up(n.up))).collect();
+        let leaders: Vec<String> = v.leaders.iter().map(|l| format!("shard {} -> node {}", l.shard, l.node)).collect();
+        let regions: Vec<String> = v.regions.iter().map(|r| format!("{} {}", r.region, up(r.up))).collect();
+        println!("router {} sees: nodes {}; regions {}; routes {}", v.region, nodes.join(", "), regions.join(", "), leaders.join(", "));
+    }
+}
+
+// ---------------- cluster audit ----------------
+
+#[derive(Serialize)]
+pub struct Audit<'a> {
+    balanced: bool,
+    problems: &'a [String],
+    total_topups_cents: u64,
+    total_withdrawals_cents: u64,
+    total_balances_cents: u64,
+    total_escrow_cents: u64,
+    total_in_flight_cents: u64,
+    total_fees_cents: u64,
+    shards: Vec<AuditShard>,
+}
+
+#[derive(Serialize)]
+struct AuditShard {
+    shard: u32,
+    balances_cents: u64,
+    escrow_cents: u64,
+    outbox_pending_cents: u64,
+    fees_cents: u64,
+    topups_cents: u64,
+    withdrawals_cents: u64,
+    credits_in_cents: u64,
+    credits_out_delivered_cents: u64,
+    identity_holds: bool,
+}
+
+impl From<&ShardTotals> for AuditShard {
+    fn from(s: &ShardTotals) -> AuditShard {
+        AuditShard {
+            shard: s.shard,
+            balances_cents: s.balances_cents,
+            escrow_cents: s.escrow_cents,
+            outbox_pending_cents: s.outbox_pending_cents,
+            fees_cents: s.fees_cents,
+            topups_cents: s.topups_cents,
+            withdrawals_cents: s.withdrawals_cents,
+            credits_in_cents: s.credits_in_cents,
+            credits_out_delivered_cents: s.credits_out_delivered_cents,
+            identity_holds: s.identity_holds,
+        }
+    }
+}
+
+impl<'a> From<&'a AuditReply> for Audit<'a> {
+    fn from(a: &'a AuditReply) -> Audit<'a> {
+        Audit {
+            balanced: a.balanced,
+            problems: &a.problems,
+            total_topups_cents: a.total_topups_cents,
+            total_withdrawals_cents: a.total_withdrawals_cents,
+            total_balances_cents: a.total_balances_cents,
+            total_escrow_cents: a.total_escrow_cents,
+            total_in_flight_cents: a.total_in_flight_cents,
+            total_fees_cents: a.total_fees_cents,
+            shards: a.shards.iter().map(AuditShard::from).collect(),
+        }
+    }
+}
+
+pub fn print_audit(a: &AuditReply) {
+    println!(
+        "{:<6} {:>14} {:>12} {:>12} {:>10} {:>14} {:>14} {:>12} {:>12}  ok",
+        "shard", "balances", "escrow", "outbox", "fees", "top-ups", "withdrawals", "credits in", "credits out"
+    );
+    for s in &a.shards {
+        println!(
+            "{:<6} {:>14} {:>12} {:>12} {:>10} {:>14} {:>14} {:>12} {:>12}  {}",
+            s.shard,
+            yuan(s.balances_cents),
+            yuan(s.escrow_cents),
+            yuan(s.outbox_pending_cents),
+            yuan(s.fees_cents),
+            yuan(s.topups_cents),
+            yuan(s.withdrawals_cents),
+            yuan(s.credits_in_cents),
+            yuan(s.credits_out_delivered_cents),
+            s.identity_holds
+        );
+    }
+    println!(
+        "total: balances {} + escrow {} + in flight {} + fees {} vs top-ups {} - withdrawals {}",
+        yuan(a.total_balances_cents),
+        yuan(a.total_escrow_cents),
+        yuan(a.total_in_flight_cents),
+        yuan(a.total_fees_cents),
+        yuan(a.total_topups_cents),
+        yuan(a.total_withdrawals_cents)
+    );
+    for p in &a.problems {
+        println!("PROBLEM: {p}");
+    }
+    println!("{}", if a.balanced { "BALANCED" } else { "NOT BALANCED" });
+}
