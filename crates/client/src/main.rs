@@ -19,7 +19,7 @@ struct Cli {
     /// Router (or node) gRPC address; repeat for failover, home region first.
     #[arg(long = "router", global = true)]
     routers: Vec<String>,
-    /// Topology file; its routers, then its nodes, are the default endpoints.
+    /// Topology file; its routers (its nodes, if it has no routers) are the default endpoints.
     #[arg(long, global = true)]
     topology: Option<PathBuf>,
     /// Machine-readable output.
@@ -172,7 +172,12 @@ fn endpoints(cli: &Cli) -> anyhow::Result<Vec<String>> {
     }
     let path = topology_path(&cli.topology);
     let t = Topology::load(&path).map_err(anyhow::Error::msg).context("no --router given; reading the topology")?;
-    Ok(t.routers.iter().map(|r| r.addr.clone()).chain(t.nodes.iter().map(|n| n.addr.clone())).collect())
+    // Routers only: they follow leaders and fail over, so a client never needs the nodes (and a
+    // node that hosts another shard could only say so). Nodes only in a router-less topology.
+    if t.routers.is_empty() {
+        return Ok(t.nodes.iter().map(|n| n.addr.clone()).collect());
+    }
+    Ok(t.routers.iter().map(|r| r.addr.clone()).collect())
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -8,7 +8,7 @@ use hongbao_proto::v1::packets_server::Packets;
 use hongbao_proto::v1::wallet_client::WalletClient;
 use hongbao_proto::v1::wallet_server::Wallet;
 use hongbao_proto::v1::*;
-use hongbao_proto::{detail_of, error, ErrorCode};
+use hongbao_proto::{detail_of, error, retry_step, ErrorCode, RetryStep};
 use hongbao_topology::{NodeId, PacketId, ShardId, Topology};
 use std::collections::HashMap;
 use std::future::Future;
@@ -170,18 +170,21 @@ impl Router {
                 Err(_) => Status::deadline_exceeded(format!("node {node} did not answer in time")),
             };
             let d = detail_of(&status);
-            match d.code() {
-                ErrorCode::NotLeader => {
+            match retry_step(d.code()) {
+                RetryStep::Final => return Err(status),
+                // A node's own overload is the client's to back off from: pass it through.
+                _ if d.code() == ErrorCode::Overloaded => return Err(status),
+                RetryStep::FollowHint => {
                     if let Some(l) = self.node_by_addr(&d.leader_hint_addr).or(Some(d.leader_hint_node).filter(|n| *n != 0)) {
                         self.set_leader(shard, l);
                         hinted = Some(l);
                     }
                 }
-                ErrorCode::Unavailable | ErrorCode::Timeout => {
-                    // No leader yet (election) or node gone: give the cluster a moment.
+                RetryStep::Elsewhere => {
+                    // No leader yet (election), node gone, or a node without this shard: give
+                    // the cluster a moment, then the next candidate.
                     tokio::time::sleep(Duration::from_millis(50).min(ROUTE_DEADLINE.saturating_sub(start.elapsed()))).await;
                 }
-                _ => return Err(status),
             }
             last = status;
         }
