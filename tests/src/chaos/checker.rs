@@ -20,119 +20,162 @@ pub struct Final {
 
 pub fn check(history: &[Event], during: &[AuditReply], fin: &Final) -> Vec<String> {
     let mut v = Vec::new();
+    check_audits(during, &fin.audit, &mut v);
+    let mut acked = Acked::replay(history, &mut v);
+    check_packets(&mut acked, &fin.packets, &mut v);
+    check_balances(&acked.balances, &fin.balances, &mut v);
+    check_audit_totals(&acked, &fin.audit, &mut v);
+    v
+}
+
+/// Every audit answered during the run balanced; the final one balances with nothing in flight.
+fn check_audits(during: &[AuditReply], last: &AuditReply, v: &mut Vec<String>) {
     for (i, a) in during.iter().enumerate() {
         if !a.balanced {
             v.push(format!("audit #{i} during the run did not balance: {:?}", a.problems));
         }
     }
-    if !fin.audit.balanced {
-        v.push(format!("final audit did not balance: {:?}", fin.audit.problems));
+    if !last.balanced {
+        v.push(format!("final audit did not balance: {:?}", last.problems));
     }
-    if fin.audit.total_in_flight_cents != 0 {
-        v.push(format!("{} cents still in flight after quiescence", fin.audit.total_in_flight_cents));
+    if last.total_in_flight_cents != 0 {
+        v.push(format!("{} cents still in flight after quiescence", last.total_in_flight_cents));
+    }
+}
+
+/// What the acknowledged history says the cluster must hold.
+#[derive(Default)]
+struct Acked {
+    /// Expected balance per user (refunds are added by `check_packets`).
+    balances: BTreeMap<u64, i128>,
+    topups: u64,
+    withdrawals: u64,
+    fees: u64,
+    /// Acknowledged grabs per packet: grabber -> amount.
+    grabs: BTreeMap<u64, BTreeMap<u64, u64>>,
+    /// Acknowledged sends: packet -> (sender, total).
+    senders: BTreeMap<u64, (u64, u64)>,
+}
+
+impl Acked {
+    /// Replays every acknowledged operation once; an operation still unknown is a violation.
+    fn replay(history: &[Event], v: &mut Vec<String>) -> Acked {
+        let mut a = Acked::default();
+        for e in history {
+            match e.outcome {
+                Outcome::Ok(ack) => a.apply(e.op, ack, v),
+                Outcome::Fail(_) => {}
+                Outcome::Unknown(code) => {
+                    v.push(format!("{} {:?} (request {}) still unknown ({})", e.op.name(), e.op, hex(&e.request_id), code.as_str_name()));
+                }
+            }
+        }
+        a
     }
 
-    let mut expect: BTreeMap<u64, i128> = BTreeMap::new();
-    let (mut topups, mut withdrawals, mut fees) = (0u64, 0u64, 0u64);
-    // Acknowledged grabs per packet: grabber -> amount.
-    let mut grabs: BTreeMap<u64, BTreeMap<u64, u64>> = BTreeMap::new();
-    let mut senders: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-    for e in history {
-        let ack = match e.outcome {
-            Outcome::Ok(a) => a,
-            Outcome::Fail(_) => continue,
-            Outcome::Unknown(code) => {
-                v.push(format!("{} {:?} (request {}) still unknown ({})", e.op.name(), e.op, hex(&e.request_id), code.as_str_name()));
-                continue;
-            }
-        };
-        match (e.op, ack) {
+    fn apply(&mut self, op: Op, ack: Ack, v: &mut Vec<String>) {
+        match (op, ack) {
             (Op::TopUp { user, amount }, _) => {
-                *expect.entry(user).or_default() += amount as i128;
-                topups += amount;
+                *self.balances.entry(user).or_default() += amount as i128;
+                self.topups += amount;
             }
             (Op::Withdraw { user, amount }, Ack::Wallet { fee }) => {
-                *expect.entry(user).or_default() -= (amount + fee) as i128;
-                withdrawals += amount;
-                fees += fee;
+                *self.balances.entry(user).or_default() -= (amount + fee) as i128;
+                self.withdrawals += amount;
+                self.fees += fee;
             }
             (Op::Transfer { from, to, amount }, _) => {
-                *expect.entry(from).or_default() -= amount as i128;
-                *expect.entry(to).or_default() += amount as i128;
+                *self.balances.entry(from).or_default() -= amount as i128;
+                *self.balances.entry(to).or_default() += amount as i128;
             }
             (Op::Send { sender, total, .. }, Ack::Sent { packet }) => {
-                *expect.entry(sender).or_default() -= total as i128;
-                if senders.insert(packet, (sender, total)).is_some() {
+                *self.balances.entry(sender).or_default() -= total as i128;
+                if self.senders.insert(packet, (sender, total)).is_some() {
                     v.push(format!("packet {packet} acknowledged to two sends"));
                 }
             }
             (Op::Grab { packet, grabber }, Ack::Grabbed { amount }) => {
-                *expect.entry(grabber).or_default() += amount as i128;
-                if let Some(prev) = grabs.entry(packet).or_default().insert(grabber, amount) {
+                *self.balances.entry(grabber).or_default() += amount as i128;
+                if let Some(prev) = self.grabs.entry(packet).or_default().insert(grabber, amount) {
                     v.push(format!("user {grabber} acknowledged two grabs of packet {packet} ({prev} and {amount} cents)"));
                 }
             }
             (op, ack) => v.push(format!("{op:?} acknowledged with a reply of the wrong kind: {ack:?}")),
         }
     }
+}
 
-    for (&packet, &(sender, total)) in &senders {
-        let Some(p) = fin.packets.get(&packet) else {
+/// Every acknowledged packet as the cluster shows it; its refund is credited to the sender's
+/// expected balance. Grabs acknowledged on a packet whose send was not are violations too.
+fn check_packets(acked: &mut Acked, packets: &BTreeMap<u64, PacketView>, v: &mut Vec<String>) {
+    for (&packet, &(sender, total)) in &acked.senders {
+        let Some(p) = packets.get(&packet) else {
             v.push(format!("packet {packet} acknowledged but not found"));
             continue;
         };
-        if p.sender != sender || p.total_cents != total {
-            v.push(format!("packet {packet}: sender/total {}/{} differ from the send {sender}/{total}", p.sender, p.total_cents));
-        }
-        let mut seen = BTreeSet::new();
-        let mut claimed = 0u64;
-        for c in &p.claims {
-            if !seen.insert(c.grabber) {
-                v.push(format!("packet {packet}: user {} grabbed twice", c.grabber));
-            }
-            if c.amount_cents < 1 {
-                v.push(format!("packet {packet}: a share of {} cents", c.amount_cents));
-            }
-            claimed += c.amount_cents;
-        }
-        let settled = if p.refunded { claimed + p.refunded_cents } else { claimed + p.remaining_cents };
-        if settled != p.total_cents {
-            v.push(format!("packet {packet}: shares {claimed} + rest {} != total {}", if p.refunded { p.refunded_cents } else { p.remaining_cents }, p.total_cents));
-        }
-        if !p.refunded && p.remaining_count > 0 {
-            v.push(format!("packet {packet}: neither fully grabbed nor refunded after quiescence"));
-        }
+        let grabs = acked.grabs.remove(&packet).unwrap_or_default();
+        check_packet(packet, sender, total, p, &grabs, v);
         if p.refunded {
-            *expect.entry(sender).or_default() += p.refunded_cents as i128;
-        }
-        let claims: BTreeMap<u64, u64> = p.claims.iter().map(|c| (c.grabber, c.amount_cents)).collect();
-        let acked = grabs.remove(&packet).unwrap_or_default();
-        if claims != acked {
-            v.push(format!("packet {packet}: claims {claims:?} differ from acknowledged grabs {acked:?}"));
+            *acked.balances.entry(sender).or_default() += p.refunded_cents as i128;
         }
     }
-    for (packet, g) in grabs {
+    for (packet, g) in &acked.grabs {
         v.push(format!("grabs {g:?} acknowledged on packet {packet}, whose send was never acknowledged"));
     }
+}
 
-    for (&user, &want) in &expect {
-        match fin.balances.get(&user) {
+/// One packet: its send, no grabber twice, no share below 1 cent, shares plus the rest equal
+/// the total, fully grabbed or refunded, and its claims exactly the acknowledged grabs.
+fn check_packet(packet: u64, sender: u64, total: u64, p: &PacketView, acked_grabs: &BTreeMap<u64, u64>, v: &mut Vec<String>) {
+    if p.sender != sender || p.total_cents != total {
+        v.push(format!("packet {packet}: sender/total {}/{} differ from the send {sender}/{total}", p.sender, p.total_cents));
+    }
+    let mut seen = BTreeSet::new();
+    let mut claimed = 0u64;
+    for c in &p.claims {
+        if !seen.insert(c.grabber) {
+            v.push(format!("packet {packet}: user {} grabbed twice", c.grabber));
+        }
+        if c.amount_cents < 1 {
+            v.push(format!("packet {packet}: a share of {} cents", c.amount_cents));
+        }
+        claimed += c.amount_cents;
+    }
+    let rest = if p.refunded { p.refunded_cents } else { p.remaining_cents };
+    if claimed + rest != p.total_cents {
+        v.push(format!("packet {packet}: shares {claimed} + rest {rest} != total {}", p.total_cents));
+    }
+    if !p.refunded && p.remaining_count > 0 {
+        v.push(format!("packet {packet}: neither fully grabbed nor refunded after quiescence"));
+    }
+    let claims: BTreeMap<u64, u64> = p.claims.iter().map(|c| (c.grabber, c.amount_cents)).collect();
+    if claims != *acked_grabs {
+        v.push(format!("packet {packet}: claims {claims:?} differ from acknowledged grabs {acked_grabs:?}"));
+    }
+}
+
+/// Each user's balance equals what the acknowledged history says.
+fn check_balances(expect: &BTreeMap<u64, i128>, balances: &BTreeMap<u64, u64>, v: &mut Vec<String>) {
+    for (&user, &want) in expect {
+        match balances.get(&user) {
             Some(&have) if have as i128 == want => {}
             Some(&have) => v.push(format!("user {user}: balance {have} but the acknowledged history says {want}")),
             None => v.push(format!("user {user}: balance not read")),
         }
     }
-    let a = &fin.audit;
-    if a.total_topups_cents != topups {
-        v.push(format!("audit counts {} cents of top-ups, the history acknowledges {topups}", a.total_topups_cents));
+}
+
+/// The final audit's top-up, withdrawal and fee totals equal the acknowledged ones.
+fn check_audit_totals(acked: &Acked, a: &AuditReply, v: &mut Vec<String>) {
+    if a.total_topups_cents != acked.topups {
+        v.push(format!("audit counts {} cents of top-ups, the history acknowledges {}", a.total_topups_cents, acked.topups));
     }
-    if a.total_withdrawals_cents != withdrawals {
-        v.push(format!("audit counts {} cents of withdrawals, the history acknowledges {withdrawals}", a.total_withdrawals_cents));
+    if a.total_withdrawals_cents != acked.withdrawals {
+        v.push(format!("audit counts {} cents of withdrawals, the history acknowledges {}", a.total_withdrawals_cents, acked.withdrawals));
     }
-    if a.total_fees_cents != fees {
-        v.push(format!("audit counts {} cents of fees, the history acknowledges {fees}", a.total_fees_cents));
+    if a.total_fees_cents != acked.fees {
+        v.push(format!("audit counts {} cents of fees, the history acknowledges {}", a.total_fees_cents, acked.fees));
     }
-    v
 }
 
 pub fn hex(b: &[u8]) -> String {

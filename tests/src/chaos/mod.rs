@@ -18,6 +18,7 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
 use workload::Shared;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +162,31 @@ impl fmt::Display for Report {
 
 /// Runs one schedule on a fresh cluster and checks the money.
 pub async fn run(schedule: Schedule, opts: &Options) -> anyhow::Result<Report> {
-    let mut c = Cluster::start(Spec {
+    let (mut c, users) = start_cluster(opts).await;
+    let shared = Shared::new(c.topology.clone(), users.clone());
+    let regions: Vec<String> = c.topology.regions.iter().map(|r| r.name.clone()).collect();
+    let clients: Vec<Arc<Client>> = regions.iter().map(|r| Arc::new(c.router_client(r).with_deadline(CLIENT_DEADLINE))).collect();
+    workload::setup(&shared, &clients[0]).await?;
+
+    let load = Load::start(opts, &shared, &clients);
+    let (faults, ran_for) = fault_window(schedule, opts, &mut c, &shared).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let audits = load.stop(&shared).await?;
+
+    let settle = c.router_client(&regions[0]).with_deadline(Duration::from_secs(10));
+    let mut report = Report { schedule: schedule.name().into(), ran_for, faults, logs: c.keep_on_failure().display().to_string(), ..Report::default() };
+    verify(&c, &shared, &settle, &users, &audits, &mut report).await;
+    if !report.violations.is_empty() {
+        let kept = std::mem::replace(&mut c.dir, tempfile::tempdir()?);
+        let _ = kept.keep();
+    }
+    Ok(report)
+}
+
+/// A fresh cluster (nodes and routers, short packet ttl, frequent snapshots), ready, and the
+/// users of the run: `users_per_shard` in each shard.
+async fn start_cluster(opts: &Options) -> (Cluster, Vec<u64>) {
+    let c = Cluster::start(Spec {
         routers: true,
         packet_ttl_ms: Some(opts.packet_ttl_ms),
         wan_latency_ms: opts.wan_latency_ms,
@@ -178,54 +203,74 @@ pub async fn run(schedule: Schedule, opts: &Options) -> anyhow::Result<Report> {
             users.push(u);
         }
     }
-    let shared = Shared::new(c.topology.clone(), users.clone());
-    let regions: Vec<String> = c.topology.regions.iter().map(|r| r.name.clone()).collect();
-    let clients: Vec<Arc<Client>> = regions.iter().map(|r| Arc::new(c.router_client(r).with_deadline(CLIENT_DEADLINE))).collect();
-    workload::setup(&shared, &clients[0]).await?;
+    (c, users)
+}
 
-    let mut tasks = Vec::new();
-    for w in 0..opts.workers {
-        tasks.push(tokio::spawn(workload::worker(shared.clone(), clients[w % clients.len()].clone(), opts.seed * 1000 + w as u64)));
-    }
-    let audits: Arc<Mutex<Vec<AuditReply>>> = Arc::default();
-    let auditor = {
-        let (shared, client, audits) = (shared.clone(), clients[1 % clients.len()].clone(), audits.clone());
-        tokio::spawn(async move {
-            while !shared.stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                if let Ok(a) = client.audit().await {
-                    audits.lock().expect("audits lock").push(a);
+/// The workload in flight: the workers, and an auditor asking for an audit every 2 s.
+struct Load {
+    workers: Vec<JoinHandle<()>>,
+    auditor: JoinHandle<()>,
+    audits: Arc<Mutex<Vec<AuditReply>>>,
+}
+
+impl Load {
+    fn start(opts: &Options, shared: &Arc<Shared>, clients: &[Arc<Client>]) -> Load {
+        let mut workers = Vec::new();
+        for w in 0..opts.workers {
+            workers.push(tokio::spawn(workload::worker(shared.clone(), clients[w % clients.len()].clone(), opts.seed * 1000 + w as u64)));
+        }
+        let audits: Arc<Mutex<Vec<AuditReply>>> = Arc::default();
+        let auditor = {
+            let (shared, client, audits) = (shared.clone(), clients[1 % clients.len()].clone(), audits.clone());
+            tokio::spawn(async move {
+                while !shared.stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    if let Ok(a) = client.audit().await {
+                        audits.lock().expect("audits lock").push(a);
+                    }
                 }
-            }
-        })
-    };
+            })
+        };
+        Load { workers, auditor, audits }
+    }
 
+    /// Stops the workload and waits for every operation in flight; the audits answered meanwhile.
+    async fn stop(self, shared: &Shared) -> anyhow::Result<Vec<AuditReply>> {
+        shared.stop.store(true, Ordering::Relaxed);
+        for t in self.workers {
+            t.await?;
+        }
+        self.auditor.await?;
+        let audits = std::mem::take(&mut *self.audits.lock().expect("audits lock"));
+        Ok(audits)
+    }
+}
+
+/// Fault cycles of the schedule for `opts.duration` (after a quiet second), then every fault
+/// healed. Returns the fault log and how long the faults ran.
+async fn fault_window(schedule: Schedule, opts: &Options, c: &mut Cluster, shared: &Shared) -> (Vec<(Duration, String)>, Duration) {
     let started = Instant::now();
     let mut faults = Vec::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     tokio::time::sleep(Duration::from_secs(1)).await;
     while started.elapsed() < opts.duration {
-        inject(schedule, &mut c, &mut rng, &shared, &mut faults).await;
+        inject(schedule, c, &mut rng, shared, &mut faults).await;
     }
-    heal(&mut c).await;
+    heal(c).await;
     faults.push((shared.start.elapsed(), "healed: every node running, no injected faults".into()));
-    let ran_for = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    shared.stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await?;
-    }
-    auditor.await?;
+    (faults, started.elapsed())
+}
 
-    let settle = Arc::new(c.router_client(&regions[0]).with_deadline(Duration::from_secs(10)));
-    let mut report = Report { schedule: schedule.name().into(), ran_for, faults, logs: c.keep_on_failure().display().to_string(), ..Report::default() };
-    resolve_unknown(&shared, &settle, &mut report).await;
+/// After the run: settle every unknown outcome, count, wait for quiescence, run the bank
+/// checker, and check that every shard served something.
+async fn verify(c: &Cluster, shared: &Shared, client: &Client, users: &[u64], audits: &[AuditReply], report: &mut Report) {
+    resolve_unknown(shared, client, report).await;
     let history = shared.history.lock().expect("history lock").clone();
-    summarize(&history, &mut report, shared.start.elapsed());
-    let fin = quiesce(&settle, &history, &users).await;
-    report.audits_during = audits.lock().expect("audits lock").len();
+    summarize(&history, report, shared.start.elapsed());
+    let fin = quiesce(client, &history, users).await;
+    report.audits_during = audits.len();
     match fin {
-        Ok(fin) => report.violations = checker::check(&history, &audits.lock().expect("audits lock"), &fin),
+        Ok(fin) => report.violations = checker::check(&history, audits, &fin),
         Err(e) => report.violations.push(format!("cluster did not settle: {e}")),
     }
     for s in &c.topology.shards {
@@ -233,11 +278,6 @@ pub async fn run(schedule: Schedule, opts: &Options) -> anyhow::Result<Report> {
             report.violations.push(format!("shard {}: no operation acknowledged in the whole run", s.id));
         }
     }
-    if !report.violations.is_empty() {
-        let kept = std::mem::replace(&mut c.dir, tempfile::tempdir()?);
-        let _ = kept.keep();
-    }
-    Ok(report)
 }
 
 async fn leader_of_random_shard(c: &Cluster, rng: &mut impl Rng) -> u64 {
@@ -275,90 +315,121 @@ async fn set(c: &Cluster, node: u64, f: Faults) {
     eprintln!("could not set faults on node {node}");
 }
 
+/// The run's fault log: what was done, and when (since the workload started).
+struct Log<'a> {
+    shared: &'a Shared,
+    entries: &'a mut Vec<(Duration, String)>,
+}
+
+impl Log<'_> {
+    fn note(&mut self, what: impl Into<String>) {
+        self.entries.push((self.shared.start.elapsed(), what.into()));
+    }
+}
+
+async fn sleep(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
 /// One fault cycle: inject, hold, heal, let the cluster recover.
 async fn inject(schedule: Schedule, c: &mut Cluster, rng: &mut impl Rng, shared: &Shared, log: &mut Vec<(Duration, String)>) {
-    let mut note = |s: String| log.push((shared.start.elapsed(), s));
-    let sleep = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
+    let mut log = Log { shared, entries: log };
     match schedule {
-        Schedule::KillLeader => {
-            let n = leader_of_random_shard(c, rng).await;
-            note(format!("kill -9 node {n} (a leader)"));
-            c.kill(n);
-            sleep(3_000).await;
-            note(format!("restart node {n}"));
-            c.start_node(n);
-            sleep(3_000).await;
-        }
-        Schedule::KillRegion => {
-            let r = c.topology.regions.choose(rng).expect("regions").name.clone();
-            note(format!("kill -9 region {r} (nodes and router)"));
-            c.kill_region(&r);
-            sleep(4_000).await;
-            note(format!("restart region {r}"));
-            c.start_region(&r);
-            sleep(5_000).await;
-        }
-        Schedule::PartitionRegion => {
-            let r = c.topology.regions.choose(rng).expect("regions").name.clone();
-            note(format!("partition region {r} from the others"));
-            cut(c, &c.nodes_in(&r)).await;
-            sleep(4_000).await;
-            note("heal partition".into());
-            clear_faults(c).await;
-            sleep(4_000).await;
-        }
-        Schedule::IsolateLeader => {
-            let n = leader_of_random_shard(c, rng).await;
-            note(format!("isolate node {n} (a leader) from every other node"));
-            cut(c, &[n]).await;
-            sleep(4_000).await;
-            note("heal partition".into());
-            clear_faults(c).await;
-            sleep(4_000).await;
-        }
-        Schedule::PauseNode => {
-            let n = leader_of_random_shard(c, rng).await;
-            note(format!("SIGSTOP node {n} (a leader)"));
-            c.signal(n, "STOP");
-            sleep(3_000).await;
-            note(format!("SIGCONT node {n}"));
-            c.signal(n, "CONT");
-            sleep(3_000).await;
-        }
-        Schedule::SlowLinks => {
-            let delay = rng.gen_range(20..=120);
-            note(format!("every link: +{delay} ms each way, 5 % loss"));
-            for n in c.topology.nodes.clone() {
-                set(c, n.id, Faults { delay_ms: delay, drop_percent: 5, ..Faults::default() }).await;
-            }
-            sleep(5_000).await;
-            note("links back to normal".into());
-            clear_faults(c).await;
-            sleep(2_000).await;
-        }
-        Schedule::RollingRestart => {
-            for n in c.topology.nodes.iter().map(|n| n.id).collect::<Vec<_>>() {
-                note(format!("restart node {n} (SIGTERM, start)"));
-                c.stop(n);
-                sleep(300).await;
-                c.start_node(n);
-                sleep(3_000).await;
-            }
-        }
-        Schedule::ClockJump => {
-            // Back an hour, or ahead 30 s: after a forward jump the ledger's clock (which never
-            // runs backwards) waits for the wall clock to catch up, so packets made meanwhile
-            // expire late by up to the jump; 30 s keeps that inside the settling time.
-            let n = c.topology.nodes.choose(rng).expect("nodes").id;
-            let jump: i64 = if rng.gen_bool(0.5) { 30_000 } else { -3_600_000 };
-            note(format!("node {n}: clock jumps {:+} s", jump / 1000));
-            set(c, n, Faults { clock_offset_ms: jump, ..Faults::default() }).await;
-            sleep(5_000).await;
-            note(format!("node {n}: clock back"));
-            set(c, n, Faults::default()).await;
-            sleep(3_000).await;
-        }
+        Schedule::KillLeader => kill_leader(c, rng, &mut log).await,
+        Schedule::KillRegion => kill_region(c, rng, &mut log).await,
+        Schedule::PartitionRegion => partition_region(c, rng, &mut log).await,
+        Schedule::IsolateLeader => isolate_leader(c, rng, &mut log).await,
+        Schedule::PauseNode => pause_node(c, rng, &mut log).await,
+        Schedule::SlowLinks => slow_links(c, rng, &mut log).await,
+        Schedule::RollingRestart => rolling_restart(c, &mut log).await,
+        Schedule::ClockJump => clock_jump(c, rng, &mut log).await,
     }
+}
+
+async fn kill_leader(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
+    let n = leader_of_random_shard(c, rng).await;
+    log.note(format!("kill -9 node {n} (a leader)"));
+    c.kill(n);
+    sleep(3_000).await;
+    log.note(format!("restart node {n}"));
+    c.start_node(n);
+    sleep(3_000).await;
+}
+
+async fn kill_region(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
+    let r = c.topology.regions.choose(rng).expect("regions").name.clone();
+    log.note(format!("kill -9 region {r} (nodes and router)"));
+    c.kill_region(&r);
+    sleep(4_000).await;
+    log.note(format!("restart region {r}"));
+    c.start_region(&r);
+    sleep(5_000).await;
+}
+
+async fn partition_region(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
+    let r = c.topology.regions.choose(rng).expect("regions").name.clone();
+    log.note(format!("partition region {r} from the others"));
+    cut(c, &c.nodes_in(&r)).await;
+    sleep(4_000).await;
+    log.note("heal partition");
+    clear_faults(c).await;
+    sleep(4_000).await;
+}
+
+async fn isolate_leader(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
+    let n = leader_of_random_shard(c, rng).await;
+    log.note(format!("isolate node {n} (a leader) from every other node"));
+    cut(c, &[n]).await;
+    sleep(4_000).await;
+    log.note("heal partition");
+    clear_faults(c).await;
+    sleep(4_000).await;
+}
+
+async fn pause_node(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
+    let n = leader_of_random_shard(c, rng).await;
+    log.note(format!("SIGSTOP node {n} (a leader)"));
+    c.signal(n, "STOP");
+    sleep(3_000).await;
+    log.note(format!("SIGCONT node {n}"));
+    c.signal(n, "CONT");
+    sleep(3_000).await;
+}
+
+async fn slow_links(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
+    let delay = rng.gen_range(20..=120);
+    log.note(format!("every link: +{delay} ms each way, 5 % loss"));
+    for n in c.topology.nodes.clone() {
+        set(c, n.id, Faults { delay_ms: delay, drop_percent: 5, ..Faults::default() }).await;
+    }
+    sleep(5_000).await;
+    log.note("links back to normal");
+    clear_faults(c).await;
+    sleep(2_000).await;
+}
+
+async fn rolling_restart(c: &mut Cluster, log: &mut Log<'_>) {
+    for n in c.topology.nodes.iter().map(|n| n.id).collect::<Vec<_>>() {
+        log.note(format!("restart node {n} (SIGTERM, start)"));
+        c.stop(n);
+        sleep(300).await;
+        c.start_node(n);
+        sleep(3_000).await;
+    }
+}
+
+/// Back an hour, or ahead 30 s: after a forward jump the ledger's clock (which never runs
+/// backwards) waits for the wall clock to catch up, so packets made meanwhile expire late by up
+/// to the jump; 30 s keeps that inside the settling time.
+async fn clock_jump(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
+    let n = c.topology.nodes.choose(rng).expect("nodes").id;
+    let jump: i64 = if rng.gen_bool(0.5) { 30_000 } else { -3_600_000 };
+    log.note(format!("node {n}: clock jumps {:+} s", jump / 1000));
+    set(c, n, Faults { clock_offset_ms: jump, ..Faults::default() }).await;
+    sleep(5_000).await;
+    log.note(format!("node {n}: clock back"));
+    set(c, n, Faults::default()).await;
+    sleep(3_000).await;
 }
 
 /// Every node running and reachable, no injected fault left.
