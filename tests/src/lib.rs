@@ -99,7 +99,7 @@ impl Cluster {
         if spec.routers {
             t += "routers = [\n";
             for r in &spec.regions {
-                t += &format!("  {{ region = \"{r}\", addr = \"127.0.0.1:{}\" }},\n", ports.next());
+                t += &format!("  {{ region = \"{r}\", addr = \"127.0.0.1:{}\", metrics_addr = \"127.0.0.1:{}\" }},\n", ports.next(), ports.next());
             }
             t += "]\n";
         }

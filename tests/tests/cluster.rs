@@ -185,3 +185,53 @@ async fn acknowledged_writes_survive_kill_9_of_nodes_and_the_money_adds_up() {
     assert_eq!(audit.total_topups_cents, total);
     assert_eq!(audit.total_balances_cents, total);
 }
+
+/// `GET /metrics` from a Prometheus endpoint with a plain TCP stream: the whole HTTP response.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("metrics endpoint {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).unwrap();
+    page
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_router_serves_its_metrics_over_http_after_routing_requests() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(READY).await;
+    let mut grabs = 0;
+    for r in &c.topology.routers {
+        // One client per router (its region first): a top-up, a packet and a grab through it.
+        let client = c.router_client(&r.region);
+        let sender = c.topology.user_in_shard(1, 2_000 + 100 * grabs);
+        let grabber = c.topology.user_in_shard(2, 3_000 + 100 * grabs);
+        for u in [sender, grabber] {
+            client.open_account(u, "phone").await.unwrap();
+        }
+        client.top_up(new_request_id(), sender, 1_000).await.unwrap();
+        let req = hongbao_proto::v1::SendPacketRequest {
+            request_id: new_request_id(),
+            sender,
+            kind: hongbao_proto::v1::PacketKind::Lucky as i32,
+            total_cents: 100,
+            count: 2,
+            device: "phone".into(),
+            ..Default::default()
+        };
+        let p = client.send_packet(req).await.unwrap();
+        client.grab(new_request_id(), p.packet_id, grabber, "").await.unwrap();
+        grabs += 1;
+    }
+    for r in &c.topology.routers {
+        let addr = r.metrics_addr.clone().expect("test topologies give routers a metrics port");
+        let page = tokio::task::block_in_place(|| scrape(&addr));
+        assert!(page.starts_with("HTTP/1.") && page.lines().next().unwrap_or("").contains(" 200"), "router {}: {page}", r.region);
+        // Leaders were learned (counted from none) and the grab went out in a coalesced call.
+        for name in ["hongbao_router_leader_changes_total", "hongbao_router_coalesced_grabs"] {
+            assert!(page.contains(&format!("\n{name}")), "router {} does not report {name}:\n{page}", r.region);
+        }
+        assert!(page.contains("# HELP hongbao_router_leader_changes_total"), "router {}: metrics are described:\n{page}", r.region);
+    }
+}

@@ -48,7 +48,7 @@ impl Coalescer {
         let queue = self.queues.get(&node).ok_or_else(|| error(ErrorCode::Internal, format!("router has no queue for node {node}")))?;
         let (tx, rx) = oneshot::channel();
         queue.try_send((req, tx)).map_err(|_| {
-            metrics::counter!("hongbao_router_overloaded_total").increment(1);
+            metrics::counter!(crate::metrics::OVERLOADED).increment(1);
             error(ErrorCode::Overloaded, format!("router: {MAX_QUEUED_PER_NODE} grabs queued for node {node}; back off and retry"))
         })?;
         rx.await.map_err(|_| error(ErrorCode::Unavailable, format!("router: call to node {node} was dropped")))?
@@ -66,7 +66,7 @@ async fn send_loop(node: NodeId, ch: Channel, mut queue: mpsc::Receiver<(GrabReq
                 Err(_) => break,
             }
         }
-        metrics::histogram!("hongbao_router_coalesced_grabs").record(batch.len() as f64);
+        metrics::histogram!(crate::metrics::COALESCED_GRABS).record(batch.len() as f64);
         let ch = ch.clone();
         tokio::spawn(async move {
             let (grabs, answers): (Vec<GrabRequest>, Vec<Answer>) = batch.into_iter().unzip();

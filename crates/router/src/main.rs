@@ -2,6 +2,7 @@
 //! nodes, maps each request to its shard (user → slot → shard; packet id → shard), sends it to
 //! the shard's leader, follows NotLeader hints, and fails over to other replicas when a node or a
 //! whole region is unreachable, always re-sending the same request (same request id).
+//! Prometheus metrics (`metrics.rs`) on the `metrics_addr` of its topology entry, when set.
 
 // Rust-side allocations (protobuf messages, batches, futures) are a visible share of the
 // profile under load; mimalloc is cheaper than glibc malloc for them.
@@ -9,6 +10,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod coalesce;
+mod metrics;
 mod route;
 
 use clap::Parser;
@@ -41,18 +43,21 @@ async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).init();
     let topology = Arc::new(Topology::load(&args.topology).map_err(anyhow::Error::msg)?);
+    let entry = topology.routers.iter().find(|r| r.region == args.region);
     let addr = match args.addr {
         Some(a) => a,
-        None => topology
-            .routers
-            .iter()
-            .find(|r| r.region == args.region)
-            .map(|r| r.addr.clone())
-            .ok_or_else(|| anyhow::anyhow!("no router for region {} in the topology", args.region))?,
+        None => entry.map(|r| r.addr.clone()).ok_or_else(|| anyhow::anyhow!("no router for region {} in the topology", args.region))?,
     };
+    // Prometheus on the topology's metrics_addr for this router, like a node's; without one the
+    // metric calls record nothing.
+    if let Some(metrics_addr) = entry.and_then(|r| r.metrics_addr.as_deref()) {
+        let metrics_addr: std::net::SocketAddr = metrics_addr.parse()?;
+        metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(metrics_addr).install()?;
+        metrics::describe();
+    }
     let router = route::Router::new(topology.clone(), args.region.clone(), args.max_inflight_per_shard.clamp(1, 1_000_000), !args.no_coalesce);
     let health = tokio::spawn(route::health_loop(router.clone()));
-    tracing::info!(region = %args.region, %addr, "router started");
+    tracing::info!(region = %args.region, %addr, metrics_addr = ?entry.and_then(|r| r.metrics_addr.as_deref()), "router started");
     let svc = route::RouterService { router: router.clone() };
     tonic::transport::Server::builder()
         .tcp_nodelay(true)

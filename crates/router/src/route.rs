@@ -120,7 +120,7 @@ impl Router {
         let mut l = self.leaders.write().expect("leaders lock");
         if l.insert(shard, node) != Some(node) {
             tracing::info!(shard, leader = node, "leader changed");
-            metrics::counter!("hongbao_router_leader_changes_total").increment(1);
+            metrics::counter!(crate::metrics::LEADER_CHANGES).increment(1);
         }
     }
 
@@ -138,7 +138,7 @@ impl Router {
     {
         let sem = self.inflight.get(&shard).ok_or_else(|| error(ErrorCode::UnknownShard, format!("no shard {shard}")))?;
         let _permit = sem.clone().try_acquire_owned().map_err(|_| {
-            metrics::counter!("hongbao_router_overloaded_total").increment(1);
+            metrics::counter!(crate::metrics::OVERLOADED).increment(1);
             error(ErrorCode::Overloaded, format!("router: {} requests in flight for shard {shard}; back off and retry", self.max_inflight))
         })?;
         let start = Instant::now();
@@ -188,7 +188,7 @@ impl Router {
             }
             last = status;
         }
-        metrics::counter!("hongbao_router_gave_up_total").increment(1);
+        metrics::counter!(crate::metrics::GAVE_UP).increment(1);
         Err(last)
     }
 

@@ -72,6 +72,9 @@ pub struct Shard {
 pub struct Router {
     pub region: String,
     pub addr: String,
+    /// HTTP address for the router's Prometheus metrics (none: the router serves no metrics).
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -312,6 +315,30 @@ mod tests {
         let max = base.replacen("id = 3\n", &format!("id = {}\n", PacketId::MAX_SHARD), 1);
         let t = Topology::parse(&max).unwrap();
         assert_eq!(PacketId::new(PacketId::MAX_SHARD, 1).shard(), t.shards[2].id);
+    }
+
+    #[test]
+    fn shipped_topologies_use_every_address_once() {
+        for f in ["local-3x1.toml", "local-3x3.toml"] {
+            let t = Topology::load(&deploy_dir().join(f)).unwrap();
+            let nodes = t.nodes.iter().flat_map(|n| [n.addr.clone(), n.metrics_addr.clone()]);
+            let routers = t.routers.iter().flat_map(|r| [Some(r.addr.clone()), r.metrics_addr.clone()].into_iter().flatten());
+            let all: Vec<String> = nodes.chain(routers).collect();
+            assert_eq!(all.iter().collect::<BTreeSet<_>>().len(), all.len(), "{f}: an address is used twice: {all:?}");
+        }
+    }
+
+    #[test]
+    fn a_router_metrics_address_is_optional() {
+        let t = default_topology();
+        assert!(t.routers.iter().all(|r| r.metrics_addr.is_some()), "the shipped routers serve metrics");
+        let mut text = std::fs::read_to_string(deploy_dir().join("local-3x1.toml")).unwrap();
+        for r in &t.routers {
+            text = text.replace(&format!(", metrics_addr = \"{}\"", r.metrics_addr.as_ref().unwrap()), "");
+        }
+        let t = Topology::parse(&text).unwrap();
+        assert_eq!(t.routers.len(), 3);
+        assert!(t.routers.iter().all(|r| r.metrics_addr.is_none()));
     }
 
     #[test]
