@@ -1,7 +1,7 @@
 //! Multi-process tests of the replicated node: real processes, real RocksDB, real gRPC.
 //! Run by `scripts/test` (serially: each test runs its own cluster).
 
-use hongbao_client::{new_request_id, Client};
+use hongbao_client::{new_request_id, settle, Client};
 use hongbao_proto::v1::BalanceRequest;
 use hongbao_proto::ErrorCode;
 use hongbao_tests::{Cluster, Spec};
@@ -148,16 +148,10 @@ async fn acknowledged_writes_survive_kill_9_of_nodes_and_the_money_adds_up() {
                 i += 1;
                 let amount = 1 + (w as u64 * 7 + i) % 50;
                 let rid = new_request_id();
-                loop {
-                    match client.top_up(rid.clone(), u, amount).await {
-                        Ok(_) => {
-                            acked += amount;
-                            break;
-                        }
-                        Err(e) if e.outcome_unknown() => tokio::time::sleep(Duration::from_millis(50)).await,
-                        Err(e) => panic!("top-up rejected: {e}"),
-                    }
+                if let Err(e) = settle(|| client.top_up(rid.clone(), u, amount), u32::MAX, Duration::from_secs(60)).await {
+                    panic!("top-up rejected, or its outcome still unknown after a minute: {e}");
                 }
+                acked += amount;
             }
             (u, acked)
         }));
