@@ -195,12 +195,11 @@ fn scrape(addr: &str) -> String {
 async fn every_router_serves_its_metrics_over_http_after_routing_requests() {
     let c = Cluster::start(Spec { routers: true, ..Spec::default() });
     c.wait_ready(READY).await;
-    let mut grabs = 0;
-    for r in &c.topology.routers {
+    for (i, r) in (0u64..).zip(&c.topology.routers) {
         // One client per router (its region first): a top-up, a packet and a grab through it.
         let client = c.router_client(&r.region);
-        let sender = c.topology.user_in_shard(1, 2_000 + 100 * grabs);
-        let grabber = c.topology.user_in_shard(2, 3_000 + 100 * grabs);
+        let sender = c.topology.user_in_shard(1, 2_000 + 100 * i);
+        let grabber = c.topology.user_in_shard(2, 3_000 + 100 * i);
         for u in [sender, grabber] {
             client.open_account(u, "phone").await.unwrap();
         }
@@ -216,7 +215,6 @@ async fn every_router_serves_its_metrics_over_http_after_routing_requests() {
         };
         let p = client.send_packet(req).await.unwrap();
         client.grab(new_request_id(), p.packet_id, grabber, "").await.unwrap();
-        grabs += 1;
     }
     for r in &c.topology.routers {
         let addr = r.metrics_addr.clone().expect("test topologies give routers a metrics port");

@@ -92,7 +92,7 @@ impl<'a> From<&'a StatementEntry> for StatementRow<'a> {
 }
 
 pub fn print_statement(entries: &[StatementEntry]) {
-    println!("{:<14} {:<16} {:>12} {:>12}  {}", "time_ms", "kind", "delta", "balance", "counterparty");
+    println!("{:<14} {:<16} {:>12} {:>12}  counterparty", "time_ms", "kind", "delta", "balance");
     for e in entries {
         let cp = if e.packet_id != 0 {
             format!("packet {}", e.packet_id)
