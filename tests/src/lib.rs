@@ -90,7 +90,11 @@ impl Cluster {
             let mut ids = vec![];
             for _ in 0..spec.nodes_per_region {
                 id += 1;
-                t += &format!("  {{ id = {id}, region = \"{r}\", addr = \"127.0.0.1:{}\", metrics_addr = \"127.0.0.1:{}\" }},\n", ports.next(), ports.next());
+                t += &format!(
+                    "  {{ id = {id}, region = \"{r}\", addr = \"127.0.0.1:{}\", metrics_addr = \"127.0.0.1:{}\" }},\n",
+                    ports.next(),
+                    ports.next()
+                );
                 ids.push(id);
             }
             by_region.push(ids);
@@ -99,7 +103,11 @@ impl Cluster {
         if spec.routers {
             t += "routers = [\n";
             for r in &spec.regions {
-                t += &format!("  {{ region = \"{r}\", addr = \"127.0.0.1:{}\", metrics_addr = \"127.0.0.1:{}\" }},\n", ports.next(), ports.next());
+                t += &format!(
+                    "  {{ region = \"{r}\", addr = \"127.0.0.1:{}\", metrics_addr = \"127.0.0.1:{}\" }},\n",
+                    ports.next(),
+                    ports.next()
+                );
             }
             t += "]\n";
         }
@@ -130,7 +138,14 @@ impl Cluster {
         let topology_path = dir.path().join("topology.toml");
         std::fs::write(&topology_path, &t).expect("write topology");
         drop(ports); // release them for the processes
-        let mut c = Cluster { dir, topology_path, topology, nodes: BTreeMap::new(), routers: BTreeMap::new(), router_max_inflight: spec.router_max_inflight };
+        let mut c = Cluster {
+            dir,
+            topology_path,
+            topology,
+            nodes: BTreeMap::new(),
+            routers: BTreeMap::new(),
+            router_max_inflight: spec.router_max_inflight,
+        };
         let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
         for id in ids {
             c.start_node(id);
@@ -279,7 +294,13 @@ impl Cluster {
             let mut ok = true;
             for s in &self.topology.shards {
                 let user = self.topology.user_in_shard(s.id, 1);
-                if c.balance(user).await.map_err(|e| e.code()).err().map(|code| code != hongbao_proto::ErrorCode::UnknownUser).unwrap_or(false) {
+                if c.balance(user)
+                    .await
+                    .map_err(|e| e.code())
+                    .err()
+                    .map(|code| code != hongbao_proto::ErrorCode::UnknownUser)
+                    .unwrap_or(false)
+                {
                     ok = false;
                 }
             }

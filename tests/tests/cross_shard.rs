@@ -52,7 +52,15 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
                 round += 1;
                 // A group packet: half the rounds it is left partly unclaimed, to expire.
                 let total = 100 + ((w * 31 + round * 7) % 400) as u64;
-                let req = SendPacketRequest { request_id: new_request_id(), sender, kind: PacketKind::Lucky as i32, total_cents: total, count: 5, device: "phone".into(), ..Default::default() };
+                let req = SendPacketRequest {
+                    request_id: new_request_id(),
+                    sender,
+                    kind: PacketKind::Lucky as i32,
+                    total_cents: total,
+                    count: 5,
+                    device: "phone".into(),
+                    ..Default::default()
+                };
                 let sent = settle(|| client.send_packet(req.clone()), u32::MAX, SETTLE_WITHIN).await;
                 if let Ok(p) = sent {
                     {
@@ -74,7 +82,14 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
                 // A transfer to someone on another shard.
                 let to = users[(w + 5) % users.len()];
                 let amount = 1 + (round as u64 % 50);
-                let req = TransferRequest { request_id: new_request_id(), from: sender, to, amount_cents: amount, device: "phone".into(), verification: None };
+                let req = TransferRequest {
+                    request_id: new_request_id(),
+                    from: sender,
+                    to,
+                    amount_cents: amount,
+                    device: "phone".into(),
+                    verification: None,
+                };
                 if settle(|| client.transfer(req.clone()), u32::MAX, SETTLE_WITHIN).await.is_ok() {
                     let mut h = hist.lock().unwrap();
                     *h.delta.entry(sender).or_default() -= amount as i64;

@@ -265,7 +265,15 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
     }
     let total = 12_345u64;
     let p = client
-        .send_packet(SendPacketRequest { request_id: new_request_id(), sender, kind: PacketKind::Lucky as i32, total_cents: total, count: 100, device: "phone".into(), ..Default::default() })
+        .send_packet(SendPacketRequest {
+            request_id: new_request_id(),
+            sender,
+            kind: PacketKind::Lucky as i32,
+            total_cents: total,
+            count: 100,
+            device: "phone".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let leader = c.leaders().await[&hongbao_topology::PacketId(p.packet_id).shard()];
@@ -281,7 +289,12 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
     let requests: Vec<GrabRequest> = grabbers
         .iter()
         .enumerate()
-        .map(|(i, g)| GrabRequest { request_id: if i % 30 == 7 { vec![1, 2, 3] } else { new_request_id() }, packet_id: p.packet_id, grabber: *g, password: String::new() })
+        .map(|(i, g)| GrabRequest {
+            request_id: if i % 30 == 7 { vec![1, 2, 3] } else { new_request_id() },
+            packet_id: p.packet_id,
+            grabber: *g,
+            password: String::new(),
+        })
         .collect();
     let calls = requests.iter().cloned().map(|r| {
         let mut pc = PacketsClient::new(channel.clone());
@@ -327,7 +340,10 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
     let fast_before = metric(&leader_metrics, "hongbao_grabs_fast_rejected_total").await;
     let mut pc = PacketsClient::new(channel.clone());
     for g in grabbers.iter().filter(|g| !won.iter().any(|(w, _)| w.grabber == **g)).take(5) {
-        let s = pc.grab(GrabRequest { request_id: new_request_id(), packet_id: p.packet_id, grabber: *g, password: String::new() }).await.unwrap_err();
+        let s = pc
+            .grab(GrabRequest { request_id: new_request_id(), packet_id: p.packet_id, grabber: *g, password: String::new() })
+            .await
+            .unwrap_err();
         assert_eq!(detail_of(&s).code(), ErrorCode::PacketExhausted, "{s:?}");
     }
     let fast = metric(&leader_metrics, "hongbao_grabs_fast_rejected_total").await - fast_before;

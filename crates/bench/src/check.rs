@@ -105,7 +105,10 @@ pub fn check_view(packet: u64, t: &Tracked, v: &PacketView) -> Vec<String> {
     for a in &t.acks {
         match by_grabber.get(&a.grabber) {
             Some(c) if c.contains(&(a.amount, a.index)) => {}
-            Some(c) => problems.push(format!("packet {packet}: grab by {} acknowledged as {} cents (#{}), shown as {:?}", a.grabber, a.amount, a.index, c)),
+            Some(c) => problems.push(format!(
+                "packet {packet}: grab by {} acknowledged as {} cents (#{}), shown as {:?}",
+                a.grabber, a.amount, a.index, c
+            )),
             None => problems.push(format!("packet {packet}: acknowledged grab by {} ({} cents) is missing", a.grabber, a.amount)),
         }
     }

@@ -232,7 +232,10 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
         anyhow::ensure!(known, "no region {:?} in {}", args.kill_region, topo_path.display());
     }
     let started = SystemTime::now().duration_since(UNIX_EPOCH)?;
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("bench-results/{}-{}", args.scenario.name(), utc_stamp(started.as_secs()))));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("bench-results/{}-{}", args.scenario.name(), utc_stamp(started.as_secs()))));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let group_size = args.group_size as usize;
     Ok(Plan { args, group_size, concurrency, topo_path, topology, script, started, out })
@@ -316,7 +319,10 @@ async fn load(plan: &Plan, clients: Arc<Clients>, users: Users) -> Load {
             Err(e) => failures.push(format!("region kill/restart task died: {e}")),
         }
     }
-    println!("load ended; last answers arrived {:.1} s after the schedule ended", load_end.saturating_duration_since(stop_at).as_secs_f64());
+    println!(
+        "load ended; last answers arrived {:.1} s after the schedule ended",
+        load_end.saturating_duration_since(stop_at).as_secs_f64()
+    );
     let events = events.lock().expect("events lock").clone();
     Load { ctx, mode, slots, events, warnings, failures }
 }
@@ -344,7 +350,8 @@ async fn check_grabs(ctx: &Ctx, client: &Client, sample_size: usize) -> report::
             problems.extend(check::check_acks(*id, t));
         }
         let ids: Vec<u64> = tracker.packets.keys().copied().collect();
-        let sample: Vec<(u64, check::Tracked)> = ids.choose_multiple(&mut rand::thread_rng(), sample_size).map(|id| (*id, tracker.packets[id].clone())).collect();
+        let sample: Vec<(u64, check::Tracked)> =
+            ids.choose_multiple(&mut rand::thread_rng(), sample_size).map(|id| (*id, tracker.packets[id].clone())).collect();
         (tracker.packets.len(), tracker.grabs(), tracker.untracked_packets, problems, sample)
     };
     for (id, t) in &sample {
@@ -404,7 +411,11 @@ fn config(plan: &Plan, slots: usize) -> report::Config {
         group_size: (args.scenario == Scenario::HotPackets).then_some(plan.group_size),
         warmup_s: args.warmup,
         duration_s: args.duration,
-        routers: if args.routers.is_empty() { plan.topology.routers.iter().map(|r| r.addr.clone()).collect() } else { args.routers.clone() },
+        routers: if args.routers.is_empty() {
+            plan.topology.routers.iter().map(|r| r.addr.clone()).collect()
+        } else {
+            args.routers.clone()
+        },
         topology: plan.topo_path.display().to_string(),
         kill_region: args.kill_region.clone(),
         kill_at_s: args.kill_at,
@@ -425,10 +436,35 @@ mod tests {
 
     #[test]
     fn args_parse() {
-        let a = Args::try_parse_from(["hongbao-bench", "--scenario", "hot-packets", "--rate", "2000", "--router", "127.0.0.1:7001", "--router", "127.0.0.1:7002"]).unwrap();
+        let a = Args::try_parse_from([
+            "hongbao-bench",
+            "--scenario",
+            "hot-packets",
+            "--rate",
+            "2000",
+            "--router",
+            "127.0.0.1:7001",
+            "--router",
+            "127.0.0.1:7002",
+        ])
+        .unwrap();
         assert_eq!(a.scenario, Scenario::HotPackets);
         assert_eq!(a.routers.len(), 2);
-        assert!(Args::try_parse_from(["hongbao-bench", "--scenario", "evening-mix", "--kill-region", "shanghai"]).is_err(), "kill needs both times");
-        assert!(Args::try_parse_from(["hongbao-bench", "--scenario", "evening-mix", "--kill-region", "shanghai", "--kill-at", "5", "--restart-at", "10"]).is_ok());
+        assert!(
+            Args::try_parse_from(["hongbao-bench", "--scenario", "evening-mix", "--kill-region", "shanghai"]).is_err(),
+            "kill needs both times"
+        );
+        assert!(Args::try_parse_from([
+            "hongbao-bench",
+            "--scenario",
+            "evening-mix",
+            "--kill-region",
+            "shanghai",
+            "--kill-at",
+            "5",
+            "--restart-at",
+            "10"
+        ])
+        .is_ok());
     }
 }

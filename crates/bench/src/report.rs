@@ -116,7 +116,10 @@ pub fn verdict(warnings: &[String], failures: &[String]) -> i32 {
 
 pub fn print_table(title: &str, s: &Summary) {
     println!("\n== {title}");
-    println!("{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}", "op", "answered", "ops/s", "p50 ms", "p99 ms", "p999 ms", "max ms", "ok", "expected", "errors");
+    println!(
+        "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "op", "answered", "ops/s", "p50 ms", "p99 ms", "p999 ms", "max ms", "ok", "expected", "errors"
+    );
     for k in &s.kinds {
         let l = &k.latency;
         println!(

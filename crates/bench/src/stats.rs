@@ -225,7 +225,13 @@ impl Recorder {
                     *expected.entry(c.clone()).or_insert(0) += n;
                 }
             }
-            kinds.push(KindSummary { kind: kind.name(), ok: s.ok, expected: s.expected.clone(), errors: s.errors.clone(), latency: latency(&s.hist, secs) });
+            kinds.push(KindSummary {
+                kind: kind.name(),
+                ok: s.ok,
+                expected: s.expected.clone(),
+                errors: s.errors.clone(),
+                latency: latency(&s.hist, secs),
+            });
         }
         // The series covers the scheduled window only: ops answered after it (the last ones in
         // flight) would make a partial last second look like a collapse. They are still in

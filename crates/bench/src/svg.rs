@@ -82,10 +82,20 @@ impl Panel {
             let _ = writeln!(out, r#"<text x="{x:.1}" y="{}" font-size="11" text-anchor="middle">{}</text>"#, bottom + 18.0, fmt_num(t));
             t += step;
         }
-        let _ = writeln!(out, r##"<rect x="{LEFT}" y="{}" width="{}" height="{PANEL_H}" fill="none" stroke="#333"/>"##, self.top, right - LEFT);
-        let _ = writeln!(out, r#"<text x="{}" y="{}" font-size="12" text-anchor="middle">seconds since warm-up ended</text>"#, (LEFT + right) / 2.0, bottom + 34.0);
+        let _ =
+            writeln!(out, r##"<rect x="{LEFT}" y="{}" width="{}" height="{PANEL_H}" fill="none" stroke="#333"/>"##, self.top, right - LEFT);
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{}" font-size="12" text-anchor="middle">seconds since warm-up ended</text>"#,
+            (LEFT + right) / 2.0,
+            bottom + 34.0
+        );
         let cy = self.top + PANEL_H / 2.0;
-        let _ = writeln!(out, r#"<text x="18" y="{cy}" font-size="12" text-anchor="middle" transform="rotate(-90 18 {cy})">{}</text>"#, escape(y_label));
+        let _ = writeln!(
+            out,
+            r#"<text x="18" y="{cy}" font-size="12" text-anchor="middle" transform="rotate(-90 18 {cy})">{}</text>"#,
+            escape(y_label)
+        );
     }
 
     fn line(&self, out: &mut String, points: &[(f64, f64)], color: &str, width: f64) {
@@ -99,7 +109,12 @@ impl Panel {
     fn events(&self, out: &mut String, events: &[Event]) {
         for (i, e) in events.iter().enumerate() {
             let x = self.x(e.t);
-            let _ = writeln!(out, r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#d97706" stroke-width="1.5" stroke-dasharray="6,4"/>"##, self.top, self.top + PANEL_H);
+            let _ = writeln!(
+                out,
+                r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#d97706" stroke-width="1.5" stroke-dasharray="6,4"/>"##,
+                self.top,
+                self.top + PANEL_H
+            );
             // Stagger labels so two close events do not print over each other.
             let y = self.top + 14.0 + 14.0 * (i % 3) as f64;
             let _ = writeln!(out, r##"<text x="{:.1}" y="{y}" font-size="11" fill="#b45309">{}</text>"##, x + 4.0, escape(&e.label));
@@ -122,7 +137,10 @@ pub fn plot(title: &str, series: &[SecondPoint], events: &[Event]) -> String {
     let bottom = Panel { top: TOP2, x_max, y_max: lat_max };
 
     let mut out = String::new();
-    let _ = writeln!(out, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif">"#);
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif">"#
+    );
     let _ = writeln!(out, r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#);
     let _ = writeln!(out, r#"<text x="{}" y="28" font-size="17" text-anchor="middle">{}</text>"#, WIDTH / 2.0, escape(title));
 
@@ -143,7 +161,12 @@ pub fn plot(title: &str, series: &[SecondPoint], events: &[Event]) -> String {
     bottom.line(&mut out, &p99, "#dc2626", 2.0);
     bottom.events(&mut out, events);
 
-    let _ = writeln!(out, r##"<text x="{}" y="{}" font-size="11" text-anchor="end" fill="#555">blue: answered ops/s; red (top): errors/s; dashed: events</text>"##, WIDTH - RIGHT, HEIGHT - 8.0);
+    let _ = writeln!(
+        out,
+        r##"<text x="{}" y="{}" font-size="11" text-anchor="end" fill="#555">blue: answered ops/s; red (top): errors/s; dashed: events</text>"##,
+        WIDTH - RIGHT,
+        HEIGHT - 8.0
+    );
     out.push_str("</svg>\n");
     out
 }
@@ -186,9 +209,16 @@ mod tests {
     #[test]
     fn plot_is_well_formed_and_marks_events() {
         let series: Vec<SecondPoint> = (0..30)
-            .map(|t| SecondPoint { t, ops: if (10..13).contains(&t) { 0 } else { 1500 + t * 3 }, errors: if t == 10 { 40 } else { 0 }, p50_ms: 2.5, p99_ms: 9.0 + t as f64 })
+            .map(|t| SecondPoint {
+                t,
+                ops: if (10..13).contains(&t) { 0 } else { 1500 + t * 3 },
+                errors: if t == 10 { 40 } else { 0 },
+                p50_ms: 2.5,
+                p99_ms: 9.0 + t as f64,
+            })
             .collect();
-        let events = vec![Event { t: 10.0, label: "kill-region shanghai".into() }, Event { t: 15.5, label: "start-region <shanghai> & co".into() }];
+        let events =
+            vec![Event { t: 10.0, label: "kill-region shanghai".into() }, Event { t: 15.5, label: "start-region <shanghai> & co".into() }];
         let svg = plot("hot-packets: closed loop", &series, &events);
         assert!(svg.starts_with("<svg "));
         assert!(svg.trim_end().ends_with("</svg>"));

@@ -186,7 +186,16 @@ pub struct Ctx {
 
 impl Ctx {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(scenario: Scenario, clients: Arc<Clients>, recorder: Recorder, stop_at: Instant, senders: Vec<u64>, grabbers: Vec<u64>, group_size: usize, users_by_shard: Vec<Vec<u64>>) -> Ctx {
+    pub fn new(
+        scenario: Scenario,
+        clients: Arc<Clients>,
+        recorder: Recorder,
+        stop_at: Instant,
+        senders: Vec<u64>,
+        grabbers: Vec<u64>,
+        group_size: usize,
+        users_by_shard: Vec<Vec<u64>>,
+    ) -> Ctx {
         Ctx {
             scenario,
             clients,
@@ -279,7 +288,8 @@ fn plan(ctx: &Ctx) -> Plan {
         }
         roll -= w;
     }
-    let send = |rng: &mut rand::rngs::ThreadRng| Plan::Send { sender: user, total: rng.gen_range(2_00..=20_00), count: rng.gen_range(2..=20) };
+    let send =
+        |rng: &mut rand::rngs::ThreadRng| Plan::Send { sender: user, total: rng.gen_range(2_00..=20_00), count: rng.gen_range(2..=20) };
     match kind {
         Kind::Send => send(&mut rng),
         Kind::Grab => {
@@ -298,7 +308,8 @@ fn plan(ctx: &Ctx) -> Plan {
             // Across regions: the receiver lives on another shard (falls back to any other
             // user when there is one shard).
             let home = ctx.clients.topology.shard_of_user(user);
-            let others: Vec<&Vec<u64>> = ctx.users_by_shard.iter().filter(|v| v.first().map(|u| ctx.clients.topology.shard_of_user(*u)) != Some(home)).collect();
+            let others: Vec<&Vec<u64>> =
+                ctx.users_by_shard.iter().filter(|v| v.first().map(|u| ctx.clients.topology.shard_of_user(*u)) != Some(home)).collect();
             let to = match others.choose(&mut rng) {
                 Some(v) => *v.choose(&mut rng).expect("non-empty shard list"),
                 None => *ctx.users.iter().filter(|u| **u != user).collect::<Vec<_>>().choose(&mut rng).copied().unwrap_or(&user),
@@ -353,7 +364,8 @@ async fn mix_op(ctx: Arc<Ctx>, intended: Instant) {
             ctx.record(Kind::Balance, outcome(&res), intended, Instant::now());
         }
         Plan::Transfer { from, to, amount } => {
-            let req = TransferRequest { request_id: new_request_id(), from, to, amount_cents: amount, device: DEVICE.into(), verification: None };
+            let req =
+                TransferRequest { request_id: new_request_id(), from, to, amount_cents: amount, device: DEVICE.into(), verification: None };
             let client = ctx.clients.client_for(from);
             let res = settle(|| client.transfer(req.clone()), MAX_RESENDS, SETTLE_WITHIN).await;
             ctx.record(Kind::Transfer, outcome(&res), intended, Instant::now());

@@ -54,7 +54,11 @@ pub async fn run(client: &Client, topology: &Topology, script: &Path, kill_regio
     step("every member grabs");
     for u in &members {
         let g = client.grab(new_request_id(), p.packet_id, *u, "").await?;
-        println!("user {u} grabbed {}{}", yuan(g.amount_cents), if g.credit_in_flight { " (credited on its home shard by the relay)" } else { "" });
+        println!(
+            "user {u} grabbed {}{}",
+            yuan(g.amount_cents),
+            if g.credit_in_flight { " (credited on its home shard by the relay)" } else { "" }
+        );
     }
     let region = kill_region.map(str::to_string).unwrap_or_else(|| topology.regions[1].name.clone());
     step(&format!("killing every node in region {region} (kill -9)"));
@@ -78,7 +82,13 @@ pub async fn run(client: &Client, topology: &Topology, script: &Path, kill_regio
     let view = client.show_packet(p.packet_id).await?;
     for c in &view.claims {
         let best = view.has_best_luck && view.best_luck.as_ref().map(|b| b.index) == Some(c.index);
-        println!("  #{:<2} user {:<10} {:>8}{}", c.index + 1, c.grabber, yuan(c.amount_cents), if best { "  手氣最佳 best luck" } else { "" });
+        println!(
+            "  #{:<2} user {:<10} {:>8}{}",
+            c.index + 1,
+            c.grabber,
+            yuan(c.amount_cents),
+            if best { "  手氣最佳 best luck" } else { "" }
+        );
     }
     if view.remaining_count > 0 {
         println!("  left: {} in {} shares", yuan(view.remaining_cents), view.remaining_count);

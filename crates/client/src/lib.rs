@@ -8,9 +8,7 @@
 
 pub mod money;
 
-use hongbao_proto::v1::{
-    cluster_client::ClusterClient, packets_client::PacketsClient, wallet_client::WalletClient, *,
-};
+use hongbao_proto::v1::{cluster_client::ClusterClient, packets_client::PacketsClient, wallet_client::WalletClient, *};
 use hongbao_proto::{detail_of, retry_step, ErrorCode, ErrorDetail, RetryStep};
 use std::collections::HashMap;
 use std::future::Future;
@@ -114,12 +112,7 @@ impl Client {
     /// `endpoints` are `host:port` gRPC addresses, in order of preference.
     pub fn new(endpoints: Vec<String>) -> Client {
         assert!(!endpoints.is_empty(), "a client needs at least one endpoint");
-        Client {
-            endpoints,
-            channels: Mutex::new(HashMap::new()),
-            preferred: Mutex::new(0),
-            deadline: Duration::from_secs(10),
-        }
+        Client { endpoints, channels: Mutex::new(HashMap::new()), preferred: Mutex::new(0), deadline: Duration::from_secs(10) }
     }
 
     pub fn with_deadline(mut self, d: Duration) -> Client {
@@ -204,56 +197,100 @@ impl Client {
 
     pub async fn open_account(&self, user: u64, device: &str) -> Result<WalletReply> {
         let req = OpenAccountRequest { request_id: new_request_id(), user, device: device.into() };
-        self.call(|ch| { let r = req.clone(); async move { WalletClient::new(ch).open_account(r).await } }).await
+        self.call(|ch| {
+            let r = req.clone();
+            async move { WalletClient::new(ch).open_account(r).await }
+        })
+        .await
     }
 
     pub async fn top_up(&self, request_id: Vec<u8>, user: u64, amount_cents: u64) -> Result<WalletReply> {
         let req = TopUpRequest { request_id, user, amount_cents };
-        self.call(|ch| { let r = req.clone(); async move { WalletClient::new(ch).top_up(r).await } }).await
+        self.call(|ch| {
+            let r = req.clone();
+            async move { WalletClient::new(ch).top_up(r).await }
+        })
+        .await
     }
 
     pub async fn withdraw(&self, req: WithdrawRequest) -> Result<WalletReply> {
-        self.call(|ch| { let r = req.clone(); async move { WalletClient::new(ch).withdraw(r).await } }).await
+        self.call(|ch| {
+            let r = req.clone();
+            async move { WalletClient::new(ch).withdraw(r).await }
+        })
+        .await
     }
 
     pub async fn transfer(&self, req: TransferRequest) -> Result<WalletReply> {
-        self.call(|ch| { let r = req.clone(); async move { WalletClient::new(ch).transfer(r).await } }).await
+        self.call(|ch| {
+            let r = req.clone();
+            async move { WalletClient::new(ch).transfer(r).await }
+        })
+        .await
     }
 
     pub async fn balance(&self, user: u64) -> Result<BalanceReply> {
         let req = BalanceRequest { user, allow_stale: false };
-        self.call(|ch| { let r = req; async move { WalletClient::new(ch).balance(r).await } }).await
+        self.call(|ch| {
+            let r = req;
+            async move { WalletClient::new(ch).balance(r).await }
+        })
+        .await
     }
 
     pub async fn statement(&self, user: u64, limit: u32) -> Result<StatementReply> {
         let req = StatementRequest { user, limit, allow_stale: false };
-        self.call(|ch| { let r = req; async move { WalletClient::new(ch).statement(r).await } }).await
+        self.call(|ch| {
+            let r = req;
+            async move { WalletClient::new(ch).statement(r).await }
+        })
+        .await
     }
 
     pub async fn challenge_code(&self, user: u64, device: &str) -> Result<ChallengeCodeReply> {
         let req = ChallengeCodeRequest { user, device: device.into() };
-        self.call(|ch| { let r = req.clone(); async move { WalletClient::new(ch).challenge_code(r).await } }).await
+        self.call(|ch| {
+            let r = req.clone();
+            async move { WalletClient::new(ch).challenge_code(r).await }
+        })
+        .await
     }
 
     pub async fn set_risk(&self, user: u64, frozen: bool, grade: &str) -> Result<BalanceReply> {
         let req = SetRiskRequest { request_id: new_request_id(), user, frozen, risk_grade: grade.into() };
-        self.call(|ch| { let r = req.clone(); async move { WalletClient::new(ch).set_risk(r).await } }).await
+        self.call(|ch| {
+            let r = req.clone();
+            async move { WalletClient::new(ch).set_risk(r).await }
+        })
+        .await
     }
 
     // ---------------- packets ----------------
 
     pub async fn send_packet(&self, req: SendPacketRequest) -> Result<SendPacketReply> {
-        self.call(|ch| { let r = req.clone(); async move { PacketsClient::new(ch).send(r).await } }).await
+        self.call(|ch| {
+            let r = req.clone();
+            async move { PacketsClient::new(ch).send(r).await }
+        })
+        .await
     }
 
     pub async fn grab(&self, request_id: Vec<u8>, packet_id: u64, grabber: u64, password: &str) -> Result<GrabReply> {
         let req = GrabRequest { request_id, packet_id, grabber, password: password.into() };
-        self.call(|ch| { let r = req.clone(); async move { PacketsClient::new(ch).grab(r).await } }).await
+        self.call(|ch| {
+            let r = req.clone();
+            async move { PacketsClient::new(ch).grab(r).await }
+        })
+        .await
     }
 
     pub async fn show_packet(&self, packet_id: u64) -> Result<PacketView> {
         let req = ShowPacketRequest { packet_id, allow_stale: false };
-        self.call(|ch| { let r = req; async move { PacketsClient::new(ch).show(r).await } }).await
+        self.call(|ch| {
+            let r = req;
+            async move { PacketsClient::new(ch).show(r).await }
+        })
+        .await
     }
 
     // ---------------- cluster ----------------
@@ -272,12 +309,20 @@ impl Client {
 
     pub async fn drain(&self, region: &str) -> Result<DrainReply> {
         let req = DrainRequest { region: region.into(), local_only: false };
-        self.call(|ch| { let r = req.clone(); async move { ClusterClient::new(ch).drain(r).await } }).await
+        self.call(|ch| {
+            let r = req.clone();
+            async move { ClusterClient::new(ch).drain(r).await }
+        })
+        .await
     }
 
     pub async fn undrain(&self, region: &str) -> Result<DrainReply> {
         let req = DrainRequest { region: region.into(), local_only: false };
-        self.call(|ch| { let r = req.clone(); async move { ClusterClient::new(ch).undrain(r).await } }).await
+        self.call(|ch| {
+            let r = req.clone();
+            async move { ClusterClient::new(ch).undrain(r).await }
+        })
+        .await
     }
 
     /// Asks one specific endpoint (no failover): for status of a single node.
@@ -299,7 +344,9 @@ async fn once<T>(addr: &str, call: impl Future<Output = std::result::Result<toni
     match tokio::time::timeout(Duration::from_secs(2), call).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
         Ok(Err(s)) => Err(ClientError { detail: detail_of(&s) }),
-        Err(_) => Err(ClientError { detail: ErrorDetail { code: ErrorCode::Timeout as i32, message: format!("{addr} timed out"), ..Default::default() } }),
+        Err(_) => Err(ClientError {
+            detail: ErrorDetail { code: ErrorCode::Timeout as i32, message: format!("{addr} timed out"), ..Default::default() },
+        }),
     }
 }
 

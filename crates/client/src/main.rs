@@ -83,23 +83,60 @@ impl VerifyArgs {
 
 #[derive(Subcommand)]
 enum AccountCmd {
-    Open { user: u64, #[arg(long, default_value = "cli")] device: String },
-    Topup { user: u64, amount: String },
-    Withdraw { user: u64, amount: String, #[arg(long, default_value = "cli")] device: String, #[command(flatten)] verify: VerifyArgs },
-    Balance { user: u64 },
-    Statement { user: u64, #[arg(long, default_value_t = 20)] limit: u32 },
+    Open {
+        user: u64,
+        #[arg(long, default_value = "cli")]
+        device: String,
+    },
+    Topup {
+        user: u64,
+        amount: String,
+    },
+    Withdraw {
+        user: u64,
+        amount: String,
+        #[arg(long, default_value = "cli")]
+        device: String,
+        #[command(flatten)]
+        verify: VerifyArgs,
+    },
+    Balance {
+        user: u64,
+    },
+    Statement {
+        user: u64,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
     /// The verification code the account's known device would receive.
-    ChallengeCode { user: u64, #[arg(long)] device: String },
+    ChallengeCode {
+        user: u64,
+        #[arg(long)]
+        device: String,
+    },
     /// Admin: freeze / unfreeze, set the risk grade (normal, elevated, high).
-    Risk { user: u64, #[arg(long)] freeze: bool, #[arg(long, default_value = "normal")] grade: String },
+    Risk {
+        user: u64,
+        #[arg(long)]
+        freeze: bool,
+        #[arg(long, default_value = "normal")]
+        grade: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum PacketCmd {
     /// Send a packet: exactly one of --lucky, --fixed, --exclusive, --password.
     Send(SendArgs),
-    Grab { packet: u64, user: u64, #[arg(long, default_value = "")] password: String },
-    Show { packet: u64 },
+    Grab {
+        packet: u64,
+        user: u64,
+        #[arg(long, default_value = "")]
+        password: String,
+    },
+    Show {
+        packet: u64,
+    },
 }
 
 #[derive(Args)]
@@ -138,9 +175,16 @@ enum ClusterCmd {
     WaitReady,
     /// Conservation over all shards; exit 1 on any mismatch.
     Audit,
-    Drain { region: String },
-    Undrain { region: String },
-    TransferLeader { shard: u32, node: u64 },
+    Drain {
+        region: String,
+    },
+    Undrain {
+        region: String,
+    },
+    TransferLeader {
+        shard: u32,
+        node: u64,
+    },
     /// Chaos testing: replace the injected faults of the node at ADDR (no flags = clear them).
     Faults {
         /// gRPC address of the node (not a router).
@@ -222,7 +266,15 @@ fn amount(yuan: &str) -> anyhow::Result<u64> {
 
 // ---------------- wallet ----------------
 
-async fn transfer(client: &Client, from: u64, to: u64, yuan_amount: &str, device: String, verify: VerifyArgs, json: bool) -> anyhow::Result<()> {
+async fn transfer(
+    client: &Client,
+    from: u64,
+    to: u64,
+    yuan_amount: &str,
+    device: String,
+    verify: VerifyArgs,
+    json: bool,
+) -> anyhow::Result<()> {
     let amount_cents = amount(yuan_amount)?;
     let req = TransferRequest { request_id: new_request_id(), from, to, amount_cents, device, verification: verify.get() };
     let r = client.transfer(req).await?;

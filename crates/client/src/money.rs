@@ -64,4 +64,3 @@ pub fn audit_summary(a: &hongbao_proto::v1::AuditReply) -> String {
         if a.balanced { "BALANCED" } else { "NOT BALANCED" }
     )
 }
-

@@ -3,8 +3,8 @@
 
 use hongbao_client::money::{yuan, yuan_signed};
 use hongbao_proto::v1::{
-    AuditReply, BalanceReply, Claim, GrabReply, NodeStatus, PacketView, RouterView, SendPacketReply, ShardStatus, ShardTotals, StatementEntry,
-    StatusReply, WalletReply,
+    AuditReply, BalanceReply, Claim, GrabReply, NodeStatus, PacketView, RouterView, SendPacketReply, ShardStatus, ShardTotals,
+    StatementEntry, StatusReply, WalletReply,
 };
 use serde::Serialize;
 
@@ -36,7 +36,13 @@ pub struct Wallet {
 
 impl From<&WalletReply> for Wallet {
     fn from(r: &WalletReply) -> Wallet {
-        Wallet { user: r.user, balance_cents: r.balance_cents, fee_cents: r.fee_cents, credit_in_flight: r.credit_in_flight, shard: r.shard }
+        Wallet {
+            user: r.user,
+            balance_cents: r.balance_cents,
+            fee_cents: r.fee_cents,
+            credit_in_flight: r.credit_in_flight,
+            shard: r.shard,
+        }
     }
 }
 

@@ -114,12 +114,18 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         let res = match &req.cmd {
             Command::OpenAccount { user, device } => self.open_account(*user, device),
             Command::TopUp { user, amount } => self.top_up(req, now, *user, *amount),
-            Command::Withdraw { user, amount, device, verification } => self.withdraw(req, now, *user, *amount, device, verification.as_ref()),
+            Command::Withdraw { user, amount, device, verification } => {
+                self.withdraw(req, now, *user, *amount, device, verification.as_ref())
+            }
             Command::Transfer { from, to, to_shard, amount, device, verification } => {
                 self.transfer(req, now, *from, *to, *to_shard, *amount, device, verification.as_ref())
             }
-            Command::SendPacket { sender, kind, device, verification, greeting } => self.send_packet(req, now, *sender, kind, device, verification.as_ref(), greeting),
-            Command::Grab { packet, grabber, grabber_shard, password } => self.grab(req, now, *packet, *grabber, *grabber_shard, password.as_deref()),
+            Command::SendPacket { sender, kind, device, verification, greeting } => {
+                self.send_packet(req, now, *sender, kind, device, verification.as_ref(), greeting)
+            }
+            Command::Grab { packet, grabber, grabber_shard, password } => {
+                self.grab(req, now, *packet, *grabber, *grabber_shard, password.as_deref())
+            }
             Command::Credit { source, entries } => self.credit(req, now, *source, entries),
             Command::MarkDelivered { dest, up_to_seq } => self.mark_delivered(*dest, *up_to_seq),
             Command::ExpirePacket { packet } => self.expire(req, now, *packet),
@@ -171,7 +177,15 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
     /// New device at or above the threshold needs a live challenge. Returns Ok(Some(id)) when a
     /// verification will be consumed, Ok(None) when none is needed, Err(ChallengeRequired) with
     /// a fresh challenge created (the one state change a rejection makes: issuing the code).
-    fn check_device(&mut self, req: &Request, now: u64, acct: &mut Account, device: &str, amount: Cents, v: Option<&Verification>) -> Result<Option<u64>, Outcome> {
+    fn check_device(
+        &mut self,
+        req: &Request,
+        now: u64,
+        acct: &mut Account,
+        device: &str,
+        amount: Cents,
+        v: Option<&Verification>,
+    ) -> Result<Option<u64>, Outcome> {
         if device == acct.device || amount < self.config.challenge_threshold {
             return Ok(None);
         }
@@ -180,7 +194,10 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
                 let id = self.totals.next_challenge;
                 self.totals.next_challenge += 1;
                 let code = (fnv1a(&[&req.id.0, &id.to_be_bytes()]) % 1_000_000) as u32;
-                self.put(keys::challenge(id), &Challenge { user: acct.user, code, expires_ms: now + self.config.challenge_ttl_ms, used: false });
+                self.put(
+                    keys::challenge(id),
+                    &Challenge { user: acct.user, code, expires_ms: now + self.config.challenge_ttl_ms, used: false },
+                );
                 acct.last_challenge = Some(id);
                 self.put(keys::account(acct.user), &*acct);
                 Err(Outcome { code: Code::ChallengeRequired, reply: Reply::Challenge { challenge_id: id } })
@@ -276,7 +293,10 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
     fn top_up(&mut self, req: &Request, now: u64, user: UserId, amount: Cents) -> Check<Outcome> {
         self.check_amount(amount)?;
         let mut acct = self.account(user)?;
-        if acct.balance.checked_add(amount).is_none() || self.totals.topups.checked_add(amount).is_none() || self.totals.balances.checked_add(amount).is_none() {
+        if acct.balance.checked_add(amount).is_none()
+            || self.totals.topups.checked_add(amount).is_none()
+            || self.totals.balances.checked_add(amount).is_none()
+        {
             return Err(Code::AmountOverflow);
         }
         // After this point the top-up must succeed.
@@ -299,7 +319,10 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         if acct.balance < cost {
             return Err(Code::InsufficientFunds);
         }
-        if acct.withdrawn.checked_add(amount).is_none() || self.totals.withdrawals.checked_add(amount).is_none() || self.totals.fees.checked_add(fee).is_none() {
+        if acct.withdrawn.checked_add(amount).is_none()
+            || self.totals.withdrawals.checked_add(amount).is_none()
+            || self.totals.fees.checked_add(fee).is_none()
+        {
             return Err(Code::AmountOverflow);
         }
         let challenge = match self.check_device(req, now, &mut acct, device, amount, v) {
@@ -318,7 +341,17 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn transfer(&mut self, req: &Request, now: u64, from: UserId, to: UserId, to_shard: ShardId, amount: Cents, device: &str, v: Option<&Verification>) -> Check<Outcome> {
+    fn transfer(
+        &mut self,
+        req: &Request,
+        now: u64,
+        from: UserId,
+        to: UserId,
+        to_shard: ShardId,
+        amount: Cents,
+        device: &str,
+        v: Option<&Verification>,
+    ) -> Check<Outcome> {
         self.check_amount(amount)?;
         self.valid_string(device, true)?;
         if from == to {
@@ -404,7 +437,16 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn send_packet(&mut self, req: &Request, now: u64, sender: UserId, kind: &PacketKind, device: &str, v: Option<&Verification>, greeting: &str) -> Check<Outcome> {
+    fn send_packet(
+        &mut self,
+        req: &Request,
+        now: u64,
+        sender: UserId,
+        kind: &PacketKind,
+        device: &str,
+        v: Option<&Verification>,
+        greeting: &str,
+    ) -> Check<Outcome> {
         self.valid_string(device, true)?;
         self.valid_string(greeting, true)?;
         let (total, count) = self.check_kind(sender, kind, now)?;
@@ -451,7 +493,15 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         Ok(Outcome::ok(Reply::Sent { packet: id, expires_ms, balance: acct.balance }))
     }
 
-    fn grab(&mut self, req: &Request, now: u64, packet: PacketId, grabber: UserId, grabber_shard: ShardId, password: Option<&str>) -> Check<Outcome> {
+    fn grab(
+        &mut self,
+        req: &Request,
+        now: u64,
+        packet: PacketId,
+        grabber: UserId,
+        grabber_shard: ShardId,
+        password: Option<&str>,
+    ) -> Check<Outcome> {
         if packet.shard() != self.shard {
             return Err(Code::WrongShard);
         }
@@ -508,7 +558,14 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             }
             None => self.outbox(grabber_shard, grabber, amount, Origin::Grab { packet }),
         }
-        Ok(Outcome::ok(Reply::Grabbed { packet, amount, index, remaining_count: p.remaining_count, remaining: p.remaining, credit_in_flight: !local }))
+        Ok(Outcome::ok(Reply::Grabbed {
+            packet,
+            amount,
+            index,
+            remaining_count: p.remaining_count,
+            remaining: p.remaining,
+            credit_in_flight: !local,
+        }))
     }
 
     fn credit(&mut self, req: &Request, now: u64, source: ShardId, entries: &[CreditEntry]) -> Check<Outcome> {
@@ -541,7 +598,10 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
                 return Err(Code::AmountOverflow);
             }
         }
-        if self.totals.balances.checked_add(sum).is_none() || self.totals.credits_in.checked_add(sum).is_none() || pair.cents.checked_add(sum).is_none() {
+        if self.totals.balances.checked_add(sum).is_none()
+            || self.totals.credits_in.checked_add(sum).is_none()
+            || pair.cents.checked_add(sum).is_none()
+        {
             return Err(Code::AmountOverflow);
         }
         // After this point the credit must succeed.

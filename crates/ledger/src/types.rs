@@ -93,21 +93,62 @@ pub struct CreditEntry {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    OpenAccount { user: UserId, device: String },
-    TopUp { user: UserId, amount: Cents },
-    Withdraw { user: UserId, amount: Cents, device: String, verification: Option<Verification> },
+    OpenAccount {
+        user: UserId,
+        device: String,
+    },
+    TopUp {
+        user: UserId,
+        amount: Cents,
+    },
+    Withdraw {
+        user: UserId,
+        amount: Cents,
+        device: String,
+        verification: Option<Verification>,
+    },
     /// `to_shard` is computed by the node from the slot table.
-    Transfer { from: UserId, to: UserId, to_shard: ShardId, amount: Cents, device: String, verification: Option<Verification> },
-    SendPacket { sender: UserId, kind: PacketKind, device: String, verification: Option<Verification>, greeting: String },
-    Grab { packet: PacketId, grabber: UserId, grabber_shard: ShardId, password: Option<String> },
+    Transfer {
+        from: UserId,
+        to: UserId,
+        to_shard: ShardId,
+        amount: Cents,
+        device: String,
+        verification: Option<Verification>,
+    },
+    SendPacket {
+        sender: UserId,
+        kind: PacketKind,
+        device: String,
+        verification: Option<Verification>,
+        greeting: String,
+    },
+    Grab {
+        packet: PacketId,
+        grabber: UserId,
+        grabber_shard: ShardId,
+        password: Option<String>,
+    },
     /// Money from another shard's outbox (the relay); idempotent by sequence number.
-    Credit { source: ShardId, entries: Vec<CreditEntry> },
+    Credit {
+        source: ShardId,
+        entries: Vec<CreditEntry>,
+    },
     /// The destination has applied everything up to `up_to_seq`; drop those outbox records.
-    MarkDelivered { dest: ShardId, up_to_seq: u64 },
+    MarkDelivered {
+        dest: ShardId,
+        up_to_seq: u64,
+    },
     /// Refund what is left of an expired packet to its sender (the sweeper).
-    ExpirePacket { packet: PacketId },
+    ExpirePacket {
+        packet: PacketId,
+    },
     /// Admin: freeze / unfreeze, set the risk grade.
-    SetRisk { user: UserId, frozen: bool, grade: RiskGrade },
+    SetRisk {
+        user: UserId,
+        frozen: bool,
+        grade: RiskGrade,
+    },
 }
 
 impl Command {

@@ -43,11 +43,8 @@ pub fn totals(store: &(impl Store + ?Sized)) -> Totals {
 pub fn statement(store: &(impl Store + ?Sized), user: UserId, limit: usize) -> Vec<StatementEntry> {
     let Some(a) = account(store, user) else { return vec![] };
     let from = a.stmt_next.saturating_sub(limit as u64).max(a.stmt_first);
-    let mut v: Vec<StatementEntry> = store
-        .scan(&keys::statement(user, from), &keys::statement(user, a.stmt_next), limit)
-        .into_iter()
-        .map(|(_, v)| dec(&v))
-        .collect();
+    let mut v: Vec<StatementEntry> =
+        store.scan(&keys::statement(user, from), &keys::statement(user, a.stmt_next), limit).into_iter().map(|(_, v)| dec(&v)).collect();
     v.reverse();
     v
 }
@@ -65,11 +62,13 @@ pub fn packet(store: &(impl Store + ?Sized), id: PacketId) -> Option<PacketView>
     let (a, b) = keys::claims_of(id);
     let claims: Vec<Claim> = store.scan(&a, &b, p.count as usize).into_iter().map(|(_, v)| dec(&v)).collect();
     let best_luck = if p.remaining_count == 0 {
-        claims.iter().fold(None::<&Claim>, |best, c| match best {
-            Some(b) if b.amount >= c.amount => Some(b),
-            _ => Some(c),
-        })
-        .cloned()
+        claims
+            .iter()
+            .fold(None::<&Claim>, |best, c| match best {
+                Some(b) if b.amount >= c.amount => Some(b),
+                _ => Some(c),
+            })
+            .cloned()
     } else {
         None
     };
@@ -82,14 +81,24 @@ pub fn packet(store: &(impl Store + ?Sized), id: PacketId) -> Option<PacketView>
 /// propose it. A request id already seen is never refused here: its replay must answer the first
 /// outcome.
 /// `now_ms` is asked only for an exhausted packet, where expiry decides the code.
-pub fn grab_refusal(store: &(impl Store + ?Sized), id: &RequestId, packet: PacketId, grabber: UserId, now_ms: impl FnOnce() -> u64) -> Option<Code> {
+pub fn grab_refusal(
+    store: &(impl Store + ?Sized),
+    id: &RequestId,
+    packet: PacketId,
+    grabber: UserId,
+    now_ms: impl FnOnce() -> u64,
+) -> Option<Code> {
     let p: Packet = store.get(&keys::packet(packet)).map(|b| dec(&b))?;
     let refusal = if store.get(&keys::grabbed(packet, grabber)).is_some() {
         Code::AlreadyGrabbed
     } else if p.refunded.is_some() {
         Code::PacketExpired
     } else if p.remaining_count == 0 {
-        if now_ms() >= p.expires_ms { Code::PacketExpired } else { Code::PacketExhausted }
+        if now_ms() >= p.expires_ms {
+            Code::PacketExpired
+        } else {
+            Code::PacketExhausted
+        }
     } else {
         return None;
     };
@@ -189,5 +198,14 @@ pub fn audit(store: &(impl Store + ?Sized)) -> Audit {
         && open_packets == totals.open_packets
         && outbox_records == totals.outbox_records;
     let clamp = |x: u128| Cents(x.min(u64::MAX as u128) as u64);
-    Audit { totals, balances: clamp(balances), escrow: clamp(escrow), outbox_pending: clamp(outbox_pending), accounts, open_packets, outbox_records, ok }
+    Audit {
+        totals,
+        balances: clamp(balances),
+        escrow: clamp(escrow),
+        outbox_pending: clamp(outbox_pending),
+        accounts,
+        open_packets,
+        outbox_records,
+        ok,
+    }
 }

@@ -81,8 +81,14 @@ fn zero_amounts_are_rejected_with_amount_zero() {
     w.open(1, 1000);
     assert_eq!(w.code(Command::TopUp { user: 1, amount: Cents(0) }), Code::AmountZero);
     assert_eq!(w.code(Command::Withdraw { user: 1, amount: Cents(0), device: "phone".into(), verification: None }), Code::AmountZero);
-    assert_eq!(w.code(Command::Transfer { from: 1, to: 2, to_shard: OTHER, amount: Cents(0), device: "phone".into(), verification: None }), Code::AmountZero);
-    assert_eq!(w.code(Command::SendPacket { sender: 1, kind: lucky(0, 1), device: "phone".into(), verification: None, greeting: String::new() }), Code::AmountZero);
+    assert_eq!(
+        w.code(Command::Transfer { from: 1, to: 2, to_shard: OTHER, amount: Cents(0), device: "phone".into(), verification: None }),
+        Code::AmountZero
+    );
+    assert_eq!(
+        w.code(Command::SendPacket { sender: 1, kind: lucky(0, 1), device: "phone".into(), verification: None, greeting: String::new() }),
+        Code::AmountZero
+    );
     assert_eq!(w.balance(1), 1000);
 }
 
@@ -92,7 +98,10 @@ fn overflowing_amounts_are_rejected_with_amount_overflow() {
     w.open(1, 0);
     assert_eq!(w.code(Command::TopUp { user: 1, amount: Cents(u64::MAX) }), Code::AmountOverflow);
     let fixed = PacketKind::Fixed { per_share: Cents(u64::MAX / 2), count: 3 };
-    assert_eq!(w.code(Command::SendPacket { sender: 1, kind: fixed, device: "phone".into(), verification: None, greeting: String::new() }), Code::AmountOverflow);
+    assert_eq!(
+        w.code(Command::SendPacket { sender: 1, kind: fixed, device: "phone".into(), verification: None, greeting: String::new() }),
+        Code::AmountOverflow
+    );
     assert_eq!(w.balance(1), 0);
 }
 
@@ -100,8 +109,14 @@ fn overflowing_amounts_are_rejected_with_amount_overflow() {
 fn spending_more_than_the_balance_is_insufficient_funds() {
     let mut w = World::new();
     w.open(1, 500);
-    assert_eq!(w.code(Command::Withdraw { user: 1, amount: Cents(501), device: "phone".into(), verification: None }), Code::InsufficientFunds);
-    assert_eq!(w.code(Command::SendPacket { sender: 1, kind: lucky(600, 2), device: "phone".into(), verification: None, greeting: String::new() }), Code::InsufficientFunds);
+    assert_eq!(
+        w.code(Command::Withdraw { user: 1, amount: Cents(501), device: "phone".into(), verification: None }),
+        Code::InsufficientFunds
+    );
+    assert_eq!(
+        w.code(Command::SendPacket { sender: 1, kind: lucky(600, 2), device: "phone".into(), verification: None, greeting: String::new() }),
+        Code::InsufficientFunds
+    );
     assert_eq!(w.balance(1), 500);
 }
 
@@ -171,7 +186,10 @@ fn a_wrong_phrase_on_a_password_packet_is_wrong_password() {
     w.open(1, 1000);
     w.open(2, 0);
     let p = w.send(1, PacketKind::Password { total: Cents(100), count: 2, phrase: "恭喜發財".into() });
-    assert_eq!(w.run(Command::Grab { packet: p, grabber: 2, grabber_shard: SHARD, password: Some("wrong".into()) }).code, Code::WrongPassword);
+    assert_eq!(
+        w.run(Command::Grab { packet: p, grabber: 2, grabber_shard: SHARD, password: Some("wrong".into()) }).code,
+        Code::WrongPassword
+    );
     assert_eq!(w.run(Command::Grab { packet: p, grabber: 2, grabber_shard: SHARD, password: None }).code, Code::WrongPassword);
     assert!(w.run(Command::Grab { packet: p, grabber: 2, grabber_shard: SHARD, password: Some("恭喜發財".into()) }).is_ok());
 }
@@ -192,7 +210,9 @@ fn only_the_named_recipient_may_grab_an_exclusive_packet() {
 fn packet_limits_total_count_and_share_have_their_codes() {
     let mut w = World::new();
     w.open(1, 100_000);
-    let send = |w: &mut World, kind| w.code(Command::SendPacket { sender: 1, kind, device: "phone".into(), verification: None, greeting: String::new() });
+    let send = |w: &mut World, kind| {
+        w.code(Command::SendPacket { sender: 1, kind, device: "phone".into(), verification: None, greeting: String::new() })
+    };
     assert_eq!(send(&mut w, lucky(200_01, 10)), Code::TotalTooLarge);
     assert_eq!(send(&mut w, lucky(200_00, 10)), Code::Ok);
     assert_eq!(send(&mut w, lucky(100, 0)), Code::CountOutOfRange);
@@ -208,7 +228,16 @@ fn may_20th_raises_the_packet_limit_to_520() {
     let mut w = World::new();
     w.now = 1_779_208_200_000; // 2026-05-20 00:30 China time
     w.open(1, 100_000);
-    assert_eq!(w.code(Command::SendPacket { sender: 1, kind: lucky(520_00, 1), device: "phone".into(), verification: None, greeting: String::new() }), Code::Ok);
+    assert_eq!(
+        w.code(Command::SendPacket {
+            sender: 1,
+            kind: lucky(520_00, 1),
+            device: "phone".into(),
+            verification: None,
+            greeting: String::new()
+        }),
+        Code::Ok
+    );
 }
 
 #[test]
@@ -217,10 +246,19 @@ fn a_frozen_account_can_neither_send_nor_withdraw_but_can_receive() {
     w.open(1, 10_000);
     w.open(2, 10_000);
     assert!(w.run(Command::SetRisk { user: 1, frozen: true, grade: RiskGrade::Normal }).is_ok());
-    assert_eq!(w.code(Command::SendPacket { sender: 1, kind: lucky(100, 1), device: "phone".into(), verification: None, greeting: String::new() }), Code::AccountFrozen);
+    assert_eq!(
+        w.code(Command::SendPacket { sender: 1, kind: lucky(100, 1), device: "phone".into(), verification: None, greeting: String::new() }),
+        Code::AccountFrozen
+    );
     assert_eq!(w.code(Command::Withdraw { user: 1, amount: Cents(100), device: "phone".into(), verification: None }), Code::AccountFrozen);
-    assert_eq!(w.code(Command::Transfer { from: 1, to: 2, to_shard: SHARD, amount: Cents(100), device: "phone".into(), verification: None }), Code::AccountFrozen);
-    assert_eq!(w.code(Command::Transfer { from: 2, to: 1, to_shard: SHARD, amount: Cents(100), device: "phone".into(), verification: None }), Code::Ok);
+    assert_eq!(
+        w.code(Command::Transfer { from: 1, to: 2, to_shard: SHARD, amount: Cents(100), device: "phone".into(), verification: None }),
+        Code::AccountFrozen
+    );
+    assert_eq!(
+        w.code(Command::Transfer { from: 2, to: 1, to_shard: SHARD, amount: Cents(100), device: "phone".into(), verification: None }),
+        Code::Ok
+    );
     assert_eq!(w.balance(1), 10_100);
 }
 
@@ -229,7 +267,9 @@ fn the_daily_send_limit_depends_on_the_risk_grade_and_resets_each_day() {
     let mut w = World::new();
     w.open(1, 2_000_000);
     w.open(2, 0);
-    let send = |w: &mut World, c| w.code(Command::SendPacket { sender: 1, kind: lucky(c, 1), device: "phone".into(), verification: None, greeting: String::new() });
+    let send = |w: &mut World, c| {
+        w.code(Command::SendPacket { sender: 1, kind: lucky(c, 1), device: "phone".into(), verification: None, greeting: String::new() })
+    };
     for _ in 0..25 {
         assert_eq!(send(&mut w, 200_00), Code::Ok); // 25 × 200 = 5,000 yuan: the normal limit
     }
@@ -238,7 +278,10 @@ fn the_daily_send_limit_depends_on_the_risk_grade_and_resets_each_day() {
     assert_eq!(send(&mut w, 200_00), Code::Ok, "a new day");
     assert!(w.run(Command::SetRisk { user: 1, frozen: false, grade: RiskGrade::High }).is_ok());
     assert_eq!(send(&mut w, 100), Code::RiskGradeBlocked);
-    assert_eq!(w.code(Command::Transfer { from: 1, to: 2, to_shard: SHARD, amount: Cents(100), device: "phone".into(), verification: None }), Code::RiskGradeBlocked);
+    assert_eq!(
+        w.code(Command::Transfer { from: 1, to: 2, to_shard: SHARD, amount: Cents(100), device: "phone".into(), verification: None }),
+        Code::RiskGradeBlocked
+    );
 }
 
 #[test]
@@ -273,7 +316,12 @@ fn an_expired_challenge_is_invalid() {
     let Reply::Challenge { challenge_id } = o.reply else { panic!() };
     let (_, code) = view::pending_challenge(&w.store, 1, "phone").unwrap();
     w.now += w.config.challenge_ttl_ms;
-    let o = w.run(Command::Withdraw { user: 1, amount: Cents(200_00), device: "other".into(), verification: Some(Verification { challenge_id, code }) });
+    let o = w.run(Command::Withdraw {
+        user: 1,
+        amount: Cents(200_00),
+        device: "other".into(),
+        verification: Some(Verification { challenge_id, code }),
+    });
     assert_eq!(o.code, Code::ChallengeInvalid);
 }
 
@@ -307,7 +355,10 @@ fn request_ids_are_forgotten_after_the_retention_period() {
 fn transfers_to_oneself_are_self_transfer_and_malformed_input_is_invalid_argument() {
     let mut w = World::new();
     w.open(1, 1000);
-    assert_eq!(w.code(Command::Transfer { from: 1, to: 1, to_shard: SHARD, amount: Cents(1), device: "phone".into(), verification: None }), Code::SelfTransfer);
+    assert_eq!(
+        w.code(Command::Transfer { from: 1, to: 1, to_shard: SHARD, amount: Cents(1), device: "phone".into(), verification: None }),
+        Code::SelfTransfer
+    );
     assert_eq!(w.code(Command::OpenAccount { user: 0, device: "x".into() }), Code::InvalidArgument);
     assert_eq!(w.code(Command::OpenAccount { user: 5, device: "x".repeat(1000) }), Code::InvalidArgument);
     assert_eq!(w.code(Command::OpenAccount { user: 5, device: String::new() }), Code::InvalidArgument);
@@ -484,8 +535,20 @@ fn run_ops(ops: &[Op]) -> (World, Vec<Request>) {
         let cmd = match op.clone() {
             Op::Open(u) => Command::OpenAccount { user: user(u), device: "phone".into() },
             Op::TopUp(u, a) => Command::TopUp { user: user(u), amount: Cents(a) },
-            Op::Withdraw(u, a, known) => Command::Withdraw { user: user(u), amount: Cents(a), device: if known { "phone" } else { "other" }.into(), verification: None },
-            Op::Transfer(f, t, cross, a) => Command::Transfer { from: user(f), to: user(t), to_shard: if cross { OTHER } else { SHARD }, amount: Cents(a), device: "phone".into(), verification: None },
+            Op::Withdraw(u, a, known) => Command::Withdraw {
+                user: user(u),
+                amount: Cents(a),
+                device: if known { "phone" } else { "other" }.into(),
+                verification: None,
+            },
+            Op::Transfer(f, t, cross, a) => Command::Transfer {
+                from: user(f),
+                to: user(t),
+                to_shard: if cross { OTHER } else { SHARD },
+                amount: Cents(a),
+                device: "phone".into(),
+                verification: None,
+            },
             Op::Send(u, k, a, c) => {
                 let kind = match k {
                     0 => PacketKind::Lucky { total: Cents(a), count: c },
@@ -497,12 +560,22 @@ fn run_ops(ops: &[Op]) -> (World, Vec<Request>) {
             }
             Op::Grab(p, g, cross, pw) => {
                 let packet = packets.get(p as usize).copied().unwrap_or(PacketId::new(SHARD, 1_000 + p as u64));
-                Command::Grab { packet, grabber: user(g), grabber_shard: if cross { OTHER } else { SHARD }, password: pw.then(|| "kw".to_string()) }
+                Command::Grab {
+                    packet,
+                    grabber: user(g),
+                    grabber_shard: if cross { OTHER } else { SHARD },
+                    password: pw.then(|| "kw".to_string()),
+                }
             }
             Op::Credit(n, skip) => {
                 let start = credit_seq.saturating_sub(1) + 1 + skip.saturating_sub(1) * 2;
                 let entries: Vec<CreditEntry> = (0..n as u64)
-                    .map(|i| CreditEntry { seq: start + i, user: user((i % 8) as u8), amount: Cents(1 + i * 3), origin: Origin::Grab { packet: PacketId::new(OTHER, 1) } })
+                    .map(|i| CreditEntry {
+                        seq: start + i,
+                        user: user((i % 8) as u8),
+                        amount: Cents(1 + i * 3),
+                        origin: Origin::Grab { packet: PacketId::new(OTHER, 1) },
+                    })
                     .collect();
                 Command::Credit { source: OTHER, entries }
             }
@@ -675,7 +748,8 @@ fn the_leaders_fast_grab_refusal_agrees_with_the_ledger_and_never_refuses_a_repl
     w.open(2, 0);
     w.open(3, 0);
     let p = w.send(1, lucky(200, 2));
-    let first = Request { id: w.fresh_id(), time_ms: w.now, cmd: Command::Grab { packet: p, grabber: 2, grabber_shard: SHARD, password: None } };
+    let first =
+        Request { id: w.fresh_id(), time_ms: w.now, cmd: Command::Grab { packet: p, grabber: 2, grabber_shard: SHARD, password: None } };
     assert_eq!(view::grab_refusal(&w.store, &first.id, p, 2, || w.now), None, "an open packet goes to Raft");
     let granted = w.apply_req(&first);
     assert!(granted.is_ok());

@@ -24,10 +24,19 @@ pub fn check(first: &[ShardTotals], second: &[ShardTotals]) -> AuditReply {
         if !s.identity_holds {
             problems.push(format!("shard {}: ledger identity does not hold (recomputed sums differ from aggregates)", s.shard));
         }
-        let lhs = s.balances_cents as u128 + s.escrow_cents as u128 + s.outbox_pending_cents as u128 + s.fees_cents as u128 + s.credits_out_delivered_cents as u128;
+        let lhs = s.balances_cents as u128
+            + s.escrow_cents as u128
+            + s.outbox_pending_cents as u128
+            + s.fees_cents as u128
+            + s.credits_out_delivered_cents as u128;
         let rhs = s.topups_cents as u128 + s.credits_in_cents as u128;
         if lhs + s.withdrawals_cents as u128 != rhs {
-            problems.push(format!("shard {}: balances+escrow+outbox+fees+out+withdrawals = {} but top-ups+in = {}", s.shard, lhs + s.withdrawals_cents as u128, rhs));
+            problems.push(format!(
+                "shard {}: balances+escrow+outbox+fees+out+withdrawals = {} but top-ups+in = {}",
+                s.shard,
+                lhs + s.withdrawals_cents as u128,
+                rhs
+            ));
         }
         reply.total_topups_cents += s.topups_cents;
         reply.total_withdrawals_cents += s.withdrawals_cents;
@@ -104,7 +113,16 @@ mod tests {
     use hongbao_proto::v1::PairTotals;
 
     fn shard(id: u32, bal: u64, outbox: u64, topups: u64, cin: u64, cout: u64) -> ShardTotals {
-        ShardTotals { shard: id, balances_cents: bal, outbox_pending_cents: outbox, topups_cents: topups, credits_in_cents: cin, credits_out_delivered_cents: cout, identity_holds: true, ..Default::default() }
+        ShardTotals {
+            shard: id,
+            balances_cents: bal,
+            outbox_pending_cents: outbox,
+            topups_cents: topups,
+            credits_in_cents: cin,
+            credits_out_delivered_cents: cout,
+            identity_holds: true,
+            ..Default::default()
+        }
     }
 
     #[test]

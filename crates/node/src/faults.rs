@@ -61,11 +61,7 @@ pub struct Faults {
 impl Faults {
     pub fn new(topology: &Topology, self_id: NodeId) -> Faults {
         let mine = topology.region_of(self_id).unwrap_or_default().to_string();
-        let wan = topology
-            .nodes
-            .iter()
-            .map(|n| (n.id, Duration::from_millis(topology.link_latency_ms(&mine, &n.region))))
-            .collect();
+        let wan = topology.nodes.iter().map(|n| (n.id, Duration::from_millis(topology.link_latency_ms(&mine, &n.region)))).collect();
         Faults { wan, rules: RwLock::new(Rules::default()) }
     }
 

@@ -10,8 +10,8 @@ use clap::Parser;
 use hongbao_node::host::Host;
 use hongbao_node::service;
 use hongbao_proto::v1::{
-    cluster_server::ClusterServer, coalesced_server::CoalescedServer, packets_server::PacketsServer, raft_transport_server::RaftTransportServer,
-    wallet_server::WalletServer,
+    cluster_server::ClusterServer, coalesced_server::CoalescedServer, packets_server::PacketsServer,
+    raft_transport_server::RaftTransportServer, wallet_server::WalletServer,
 };
 use hongbao_topology::Topology;
 use std::path::PathBuf;
@@ -66,7 +66,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .concurrency_limit_per_connection(4096)
-        .add_service(RaftTransportServer::new(hongbao_node::transport::server::RaftService { host: host.clone() }).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(
+            RaftTransportServer::new(hongbao_node::transport::server::RaftService { host: host.clone() })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
         .add_service(WalletServer::new(service::api::ApiService { host: host.clone() }).max_decoding_message_size(api_max))
         .add_service(PacketsServer::new(service::api::ApiService { host: host.clone() }).max_decoding_message_size(api_max))
         .add_service(

@@ -182,7 +182,9 @@ mod tests {
         }
         assert_eq!(retry_step(ErrorCode::UnknownShard), RetryStep::Elsewhere, "issue 17: a node without the shard is no answer");
         // A transport failure without a detail reads as a retryable code too.
-        for s in [tonic::Status::unavailable("x"), tonic::Status::unknown("reset"), tonic::Status::cancelled("x"), tonic::Status::internal("h2")] {
+        for s in
+            [tonic::Status::unavailable("x"), tonic::Status::unknown("reset"), tonic::Status::cancelled("x"), tonic::Status::internal("h2")]
+        {
             assert_ne!(retry_step(detail_of(&s).code()), RetryStep::Final, "{s:?}");
         }
     }

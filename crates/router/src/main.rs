@@ -40,7 +40,8 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).init();
     let topology = Arc::new(Topology::load(&args.topology).map_err(anyhow::Error::msg)?);
     let entry = topology.routers.iter().find(|r| r.region == args.region);
@@ -55,7 +56,8 @@ async fn main() -> anyhow::Result<()> {
         metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(metrics_addr).install()?;
         metrics::describe();
     }
-    let router = route::Router::new(topology.clone(), args.region.clone(), args.max_inflight_per_shard.clamp(1, 1_000_000), !args.no_coalesce);
+    let router =
+        route::Router::new(topology.clone(), args.region.clone(), args.max_inflight_per_shard.clamp(1, 1_000_000), !args.no_coalesce);
     let health = tokio::spawn(route::health_loop(router.clone()));
     tracing::info!(region = %args.region, %addr, metrics_addr = ?entry.and_then(|r| r.metrics_addr.as_deref()), "router started");
     let svc = route::RouterService { router: router.clone() };

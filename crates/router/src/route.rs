@@ -69,7 +69,16 @@ impl Router {
         let inflight = topology.shards.iter().map(|s| (s.id, Arc::new(Semaphore::new(max_inflight)))).collect();
         // Until health checks say otherwise, assume every node is up.
         let health = topology.nodes.iter().map(|n| (n.id, Health { up: true, fails: 0 })).collect();
-        Arc::new(Router { topology, region, channels, leaders: RwLock::new(HashMap::new()), health: RwLock::new(health), inflight, max_inflight, coalescer })
+        Arc::new(Router {
+            topology,
+            region,
+            channels,
+            leaders: RwLock::new(HashMap::new()),
+            health: RwLock::new(health),
+            inflight,
+            max_inflight,
+            coalescer,
+        })
     }
 
     /// What this router sees: node health, the leader it routes each shard to, regions up.
@@ -81,7 +90,8 @@ impl Router {
             .iter()
             .map(|n| NodeHealth { node: n.id, region: n.region.clone(), up: health.get(&n.id).map(|h| h.up).unwrap_or(false) })
             .collect();
-        let mut leaders: Vec<ShardLeader> = self.leaders.read().expect("leaders lock").iter().map(|(s, n)| ShardLeader { shard: *s, node: *n }).collect();
+        let mut leaders: Vec<ShardLeader> =
+            self.leaders.read().expect("leaders lock").iter().map(|(s, n)| ShardLeader { shard: *s, node: *n }).collect();
         leaders.sort_by_key(|l| l.shard);
         let regions = self
             .topology
@@ -351,11 +361,21 @@ impl Cluster for RouterService {
     }
     async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
         let r = req.into_inner();
-        self.router.any_node(|mut c| { let r = r.clone(); async move { c.drain(r).await } }).await
+        self.router
+            .any_node(|mut c| {
+                let r = r.clone();
+                async move { c.drain(r).await }
+            })
+            .await
     }
     async fn undrain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
         let r = req.into_inner();
-        self.router.any_node(|mut c| { let r = r.clone(); async move { c.undrain(r).await } }).await
+        self.router
+            .any_node(|mut c| {
+                let r = r.clone();
+                async move { c.undrain(r).await }
+            })
+            .await
     }
     async fn set_faults(&self, _req: Request<Faults>) -> Result<Response<FaultsReply>, Status> {
         Err(Status::invalid_argument("faults are injected per node: send SetFaults to a node's address, not a router"))

@@ -251,18 +251,12 @@ impl Topology {
         if a == b {
             return 0;
         }
-        self.links
-            .iter()
-            .find(|l| (l.a == a && l.b == b) || (l.a == b && l.b == a))
-            .map(|l| l.latency_ms)
-            .unwrap_or(0)
+        self.links.iter().find(|l| (l.a == a && l.b == b) || (l.a == b && l.b == a)).map(|l| l.latency_ms).unwrap_or(0)
     }
 
     /// A user id homed in `shard`, counting from `start`; handy for demos and tests.
     pub fn user_in_shard(&self, shard: ShardId, start: UserId) -> UserId {
-        (start..start + self.slots as u64)
-            .find(|u| self.shard_of_user(*u) == shard)
-            .expect("every shard owns at least one slot")
+        (start..start + self.slots as u64).find(|u| self.shard_of_user(*u) == shard).expect("every shard owns at least one slot")
     }
 
     /// Slot ranges per shard, for display.

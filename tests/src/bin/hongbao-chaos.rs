@@ -44,7 +44,13 @@ fn main() {
         std::process::exit(2);
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-    let opts = Options { duration: Duration::from_secs(a.duration), workers: a.workers, seed: a.seed, wan_latency_ms: a.wan_latency_ms, ..Options::default() };
+    let opts = Options {
+        duration: Duration::from_secs(a.duration),
+        workers: a.workers,
+        seed: a.seed,
+        wan_latency_ms: a.wan_latency_ms,
+        ..Options::default()
+    };
     let mut failed = false;
     for s in schedules {
         match rt.block_on(chaos::run(s, &opts)) {

@@ -132,7 +132,15 @@ impl fmt::Display for Report {
         for (t, what) in &self.faults {
             writeln!(f, "  {:>7.2} s  {what}", t.as_secs_f64())?;
         }
-        writeln!(f, "operations     {} ({} ok, {} failed, {} unknown at first, {} of them applied when re-sent)", self.ops, self.ok, self.failures.values().sum::<usize>(), self.unknown, self.resolved_ok)?;
+        writeln!(
+            f,
+            "operations     {} ({} ok, {} failed, {} unknown at first, {} of them applied when re-sent)",
+            self.ops,
+            self.ok,
+            self.failures.values().sum::<usize>(),
+            self.unknown,
+            self.resolved_ok
+        )?;
         for (k, n) in &self.failures {
             writeln!(f, "  {n:>6}  {k}")?;
         }
@@ -174,7 +182,8 @@ pub async fn run(schedule: Schedule, opts: &Options) -> anyhow::Result<Report> {
     let audits = load.stop(&shared).await?;
 
     let settle = c.router_client(&regions[0]).with_deadline(Duration::from_secs(10));
-    let mut report = Report { schedule: schedule.name().into(), ran_for, faults, logs: c.keep_on_failure().display().to_string(), ..Report::default() };
+    let mut report =
+        Report { schedule: schedule.name().into(), ran_for, faults, logs: c.keep_on_failure().display().to_string(), ..Report::default() };
     verify(&c, &shared, &settle, &users, &audits, &mut report).await;
     if !report.violations.is_empty() {
         let kept = std::mem::replace(&mut c.dir, tempfile::tempdir()?);
@@ -504,10 +513,13 @@ fn summarize(history: &[Event], r: &mut Report, end: Duration) {
 /// then reads the final state (linearizable reads).
 async fn quiesce(client: &Client, history: &[Event], users: &[u64]) -> anyhow::Result<Final> {
     let deadline = Instant::now() + QUIESCE;
-    let packets: Vec<u64> = history.iter().filter_map(|e| match e.ack() {
-        Some(history::Ack::Sent { packet }) => Some(packet),
-        _ => None,
-    }).collect();
+    let packets: Vec<u64> = history
+        .iter()
+        .filter_map(|e| match e.ack() {
+            Some(history::Ack::Sent { packet }) => Some(packet),
+            _ => None,
+        })
+        .collect();
     let mut views = BTreeMap::new();
     loop {
         let mut settled = true;

@@ -36,7 +36,14 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(topology: Topology, users: Vec<u64>) -> Arc<Shared> {
-        Arc::new(Shared { topology, users, start: Instant::now(), history: Mutex::new(Vec::new()), packets: Mutex::new(Vec::new()), stop: AtomicBool::new(false) })
+        Arc::new(Shared {
+            topology,
+            users,
+            start: Instant::now(),
+            history: Mutex::new(Vec::new()),
+            packets: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        })
     }
 
     pub fn shard_of(&self, op: &Op) -> u32 {
@@ -119,7 +126,15 @@ pub async fn run_op(shared: &Shared, client: &Client, op: Op) -> Outcome {
     let rid = new_request_id();
     let invoked = shared.start.elapsed();
     let out = execute(client, &rid, &op).await;
-    shared.record(Event { request_id: rid, op, shard: shared.shard_of(&op), invoked, completed: shared.start.elapsed(), outcome: out, resolved: false });
+    shared.record(Event {
+        request_id: rid,
+        op,
+        shard: shared.shard_of(&op),
+        invoked,
+        completed: shared.start.elapsed(),
+        outcome: out,
+        resolved: false,
+    });
     out
 }
 

@@ -50,10 +50,7 @@ impl LogStore {
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, io::Error> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(&mut self, range: RB) -> Result<Vec<Entry>, io::Error> {
         let start = match range.start_bound() {
             Bound::Included(x) => *x,
             Bound::Excluded(x) => x.saturating_add(1),
@@ -127,7 +124,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let res = self.db.write_off_runtime(b, true).await;
         let ok = res.is_ok();
         callback.io_completed(res.map_err(|e| io::Error::new(e.kind(), e.to_string())));
-        if ok { Ok(()) } else { Err(io::Error::other("log append failed")) }
+        if ok {
+            Ok(())
+        } else {
+            Err(io::Error::other("log append failed"))
+        }
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

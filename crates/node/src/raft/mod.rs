@@ -1,6 +1,6 @@
 pub mod log_store;
 pub mod snapshot;
 pub mod state_machine;
-pub mod types;
 #[cfg(test)]
 mod suite_test;
+pub mod types;

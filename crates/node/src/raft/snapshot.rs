@@ -103,12 +103,18 @@ fn read_field(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(buf))
 }
 
-
 /// Replaces the shard's data with the snapshot's, in one synced batch: a crash leaves either the
 /// old state or the new one, never a mix. (The batch holds the state in memory while installing;
 /// fine for the state sizes here, noted in docs/design.md.) Keeps the file as the shard's current
 /// snapshot at `dest`.
-pub(crate) fn install(db: &Db, shard: ShardId, meta: &SnapshotMeta, sm_meta: &SmMeta, snapshot: &SnapshotFile, dest: &Path) -> io::Result<()> {
+pub(crate) fn install(
+    db: &Db,
+    shard: ShardId,
+    meta: &SnapshotMeta,
+    sm_meta: &SmMeta,
+    snapshot: &SnapshotFile,
+    dest: &Path,
+) -> io::Result<()> {
     let mut b = db.batch();
     let (start, end) = keys::data_range(shard);
     b.delete_range(&start, &end);

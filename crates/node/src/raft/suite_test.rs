@@ -4,8 +4,8 @@ use crate::raft::log_store::LogStore;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::TypeConfig;
 use crate::storage::Db;
-use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::StorageError;
 use std::sync::Arc;
 
 struct RocksBuilder;

@@ -90,13 +90,16 @@ impl ApiService {
 
     fn wallet_reply(&self, o: Outcome, shard: ShardId) -> Res<WalletReply> {
         match o.reply {
-            Reply::Wallet { user, balance, fee, credit_in_flight } => Ok(Response::new(WalletReply { user, balance_cents: balance.0, fee_cents: fee.0, credit_in_flight, shard })),
+            Reply::Wallet { user, balance, fee, credit_in_flight } => {
+                Ok(Response::new(WalletReply { user, balance_cents: balance.0, fee_cents: fee.0, credit_in_flight, shard }))
+            }
             other => Err(Status::internal(format!("unexpected ledger reply {other:?}"))),
         }
     }
 
     fn balance_reply(&self, user: u64, shard: ShardId) -> Res<BalanceReply> {
-        let a = view::account(&self.host.store(shard), user).ok_or_else(|| status(detail(ErrorCode::UnknownUser, format!("no wallet for user {user}"), shard)))?;
+        let a = view::account(&self.host.store(shard), user)
+            .ok_or_else(|| status(detail(ErrorCode::UnknownUser, format!("no wallet for user {user}"), shard)))?;
         Ok(Response::new(BalanceReply {
             user,
             balance_cents: a.balance.0,
@@ -127,7 +130,12 @@ impl Wallet for ApiService {
     async fn withdraw(&self, req: Request<WithdrawRequest>) -> Res<WalletReply> {
         let r = req.into_inner();
         let shard = self.user_shard(r.user)?;
-        let cmd = Command::Withdraw { user: r.user, amount: Cents(r.amount_cents), device: r.device, verification: verification(&r.verification) };
+        let cmd = Command::Withdraw {
+            user: r.user,
+            amount: Cents(r.amount_cents),
+            device: r.device,
+            verification: verification(&r.verification),
+        };
         let o = self.write(shard, request_id(&r.request_id)?, cmd).await?;
         self.wallet_reply(o, shard)
     }
@@ -136,7 +144,14 @@ impl Wallet for ApiService {
         let r = req.into_inner();
         let shard = self.user_shard(r.from)?;
         let to_shard = self.user_shard(r.to)?;
-        let cmd = Command::Transfer { from: r.from, to: r.to, to_shard, amount: Cents(r.amount_cents), device: r.device, verification: verification(&r.verification) };
+        let cmd = Command::Transfer {
+            from: r.from,
+            to: r.to,
+            to_shard,
+            amount: Cents(r.amount_cents),
+            device: r.device,
+            verification: verification(&r.verification),
+        };
         let o = self.write(shard, request_id(&r.request_id)?, cmd).await?;
         self.wallet_reply(o, shard)
     }
@@ -153,10 +168,7 @@ impl Wallet for ApiService {
         let shard = self.user_shard(r.user)?;
         self.read_gate(shard, r.allow_stale).await?;
         let limit = r.limit.clamp(1, MAX_STATEMENT) as usize;
-        let entries = view::statement(&self.host.store(shard), r.user, limit)
-            .iter()
-            .map(statement_entry)
-            .collect();
+        let entries = view::statement(&self.host.store(shard), r.user, limit).iter().map(statement_entry).collect();
         Ok(Response::new(StatementReply { user: r.user, entries }))
     }
 
@@ -187,16 +199,28 @@ impl Packets for ApiService {
         let kind = match r.kind() {
             hongbao_proto::v1::PacketKind::Lucky => PacketKind::Lucky { total: Cents(r.total_cents), count: r.count },
             hongbao_proto::v1::PacketKind::Fixed => PacketKind::Fixed { per_share: Cents(r.per_share_cents), count: r.count },
-            hongbao_proto::v1::PacketKind::Exclusive => {
-                PacketKind::Exclusive { amount: Cents(r.total_cents), recipient: r.recipient, recipient_shard: self.user_shard(r.recipient)? }
+            hongbao_proto::v1::PacketKind::Exclusive => PacketKind::Exclusive {
+                amount: Cents(r.total_cents),
+                recipient: r.recipient,
+                recipient_shard: self.user_shard(r.recipient)?,
+            },
+            hongbao_proto::v1::PacketKind::Password => {
+                PacketKind::Password { total: Cents(r.total_cents), count: r.count, phrase: r.phrase.clone() }
             }
-            hongbao_proto::v1::PacketKind::Password => PacketKind::Password { total: Cents(r.total_cents), count: r.count, phrase: r.phrase.clone() },
             hongbao_proto::v1::PacketKind::Unspecified => return Err(invalid("packet kind is required")),
         };
-        let cmd = Command::SendPacket { sender: r.sender, kind, device: r.device, verification: verification(&r.verification), greeting: r.greeting };
+        let cmd = Command::SendPacket {
+            sender: r.sender,
+            kind,
+            device: r.device,
+            verification: verification(&r.verification),
+            greeting: r.greeting,
+        };
         let o = self.write(shard, request_id(&r.request_id)?, cmd).await?;
         match o.reply {
-            Reply::Sent { packet, expires_ms, balance } => Ok(Response::new(SendPacketReply { packet_id: packet.0, expires_at_ms: expires_ms, balance_cents: balance.0 })),
+            Reply::Sent { packet, expires_ms, balance } => {
+                Ok(Response::new(SendPacketReply { packet_id: packet.0, expires_at_ms: expires_ms, balance_cents: balance.0 }))
+            }
             other => Err(Status::internal(format!("unexpected ledger reply {other:?}"))),
         }
     }
@@ -212,7 +236,8 @@ impl Packets for ApiService {
             return Err(status(detail(ErrorCode::UnknownPacket, format!("packet {} names no shard", r.packet_id), shard)));
         }
         self.read_gate(shard, r.allow_stale).await?;
-        let v = view::packet(&self.host.store(shard), id).ok_or_else(|| status(detail(ErrorCode::UnknownPacket, format!("no packet {}", r.packet_id), shard)))?;
+        let v = view::packet(&self.host.store(shard), id)
+            .ok_or_else(|| status(detail(ErrorCode::UnknownPacket, format!("no packet {}", r.packet_id), shard)))?;
         let p = &v.packet;
         Ok(Response::new(PacketView {
             packet_id: p.id.0,

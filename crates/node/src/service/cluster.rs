@@ -1,13 +1,13 @@
 //! Cluster admin on a node: status (this node, or fanned out to all), audit over all shards,
 //! leader transfer, drain / undrain of a region.
 
-use openraft::async_runtime::WatchReceiver;
 use crate::host::Host;
 use crate::service::convert::detail;
 use hongbao_proto::v1::cluster_client::ClusterClient;
 use hongbao_proto::v1::cluster_server::Cluster;
 use hongbao_proto::v1::*;
 use hongbao_proto::{status, ErrorCode};
+use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,11 +38,9 @@ impl ClusterService {
         for s in h.replicas.values() {
             let m = s.raft.metrics().borrow_watched().clone();
             let lag = match (&m.replication, m.last_log_index) {
-                (Some(rep), Some(last)) => rep
-                    .values()
-                    .map(|matched| last.saturating_sub(matched.as_ref().map(|l| l.index).unwrap_or(0)))
-                    .max()
-                    .unwrap_or(0),
+                (Some(rep), Some(last)) => {
+                    rep.values().map(|matched| last.saturating_sub(matched.as_ref().map(|l| l.index).unwrap_or(0))).max().unwrap_or(0)
+                }
                 _ => 0,
             };
             shards.push(ShardStatus {
@@ -100,10 +98,7 @@ impl ClusterService {
         let drained = self.host.placement.drained_regions();
         StatusReply {
             nodes,
-            regions: regions
-                .into_iter()
-                .map(|(region, up)| RegionStatus { drained: drained.contains(&region), region, up })
-                .collect(),
+            regions: regions.into_iter().map(|(region, up)| RegionStatus { drained: drained.contains(&region), region, up }).collect(),
             router: None,
         }
     }
@@ -120,7 +115,10 @@ impl ClusterService {
     }
 
     async fn shard_totals(&self, shard: u32) -> Result<ShardTotals, Status> {
-        let leader = self.leader_of(shard).await.ok_or_else(|| status(detail(ErrorCode::Unavailable, format!("shard {shard} has no leader"), shard)))?;
+        let leader = self
+            .leader_of(shard)
+            .await
+            .ok_or_else(|| status(detail(ErrorCode::Unavailable, format!("shard {shard} has no leader"), shard)))?;
         if leader == self.host.node_id {
             return crate::audit::shard_totals(&self.host, shard).await.map_err(Status::from);
         }
@@ -132,7 +130,10 @@ impl ClusterService {
     }
 
     async fn move_leader(&self, shard: u32, to: u64) -> Result<(), Status> {
-        let leader = self.leader_of(shard).await.ok_or_else(|| status(detail(ErrorCode::Unavailable, format!("shard {shard} has no leader"), shard)))?;
+        let leader = self
+            .leader_of(shard)
+            .await
+            .ok_or_else(|| status(detail(ErrorCode::Unavailable, format!("shard {shard} has no leader"), shard)))?;
         if leader == to {
             return Ok(());
         }
@@ -152,7 +153,13 @@ impl ClusterService {
         for id in peers {
             if let Some(mut c) = self.client(id) {
                 let req = DrainRequest { region: region.to_string(), local_only: true };
-                let call = async { if drained { c.drain(req).await } else { c.undrain(req).await } };
+                let call = async {
+                    if drained {
+                        c.drain(req).await
+                    } else {
+                        c.undrain(req).await
+                    }
+                };
                 let _ = tokio::time::timeout(ADMIN_CALL_TIMEOUT, call).await;
             }
         }

@@ -8,8 +8,8 @@ pub mod shard_store;
 pub use shard_store::ShardStore;
 
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, BlockBasedTablePinningTier, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
-    ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, BlockBasedTablePinningTier, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction,
+    IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use std::io;
 use std::path::Path;
@@ -235,9 +235,7 @@ impl Db {
     pub async fn write_off_runtime(self: &std::sync::Arc<Self>, b: Batch<'_>, sync: bool) -> io::Result<()> {
         let db = self.clone();
         let wb = b.wb;
-        tokio::task::spawn_blocking(move || db.write(wb, sync))
-            .await
-            .map_err(|e| io::Error::other(format!("write task: {e}")))?
+        tokio::task::spawn_blocking(move || db.write(wb, sync)).await.map_err(|e| io::Error::other(format!("write task: {e}")))?
     }
 
     /// A consistent point-in-time view (for snapshots and reads that must not tear). Reads through

@@ -5,19 +5,18 @@
 //! `RaftMessage`; `shard` picks the Raft group on the receiving node. Snapshots stream as bounded
 //! chunks read from the snapshot file, never loaded whole.
 
+use crate::codec::{decode, encode};
 use crate::peers::Peers;
 use crate::raft::snapshot::SnapshotFile;
-use crate::transport::MAX_RAFT_MESSAGE;
 use crate::raft::types::{NodeId, TypeConfig, Vote};
-use crate::codec::{decode, encode};
+use crate::transport::MAX_RAFT_MESSAGE;
 use hongbao_ledger::ShardId;
 use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
 use hongbao_proto::v1::{RaftMessage, RaftReply, SnapshotChunk};
 use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, RaftNetworkV2};
 use std::future::Future;
@@ -62,9 +61,7 @@ fn network_err<E: std::fmt::Display>(e: E) -> NetworkError<TypeConfig> {
 impl Network {
     fn client(&self) -> Result<RaftTransportClient<Channel>, Unreachable<TypeConfig>> {
         let ch = self.peers.channel(self.target).ok_or_else(|| unreachable(format!("node {} unknown or cut off", self.target)))?;
-        Ok(RaftTransportClient::new(ch)
-            .max_decoding_message_size(MAX_RAFT_MESSAGE)
-            .max_encoding_message_size(MAX_RAFT_MESSAGE))
+        Ok(RaftTransportClient::new(ch).max_decoding_message_size(MAX_RAFT_MESSAGE).max_encoding_message_size(MAX_RAFT_MESSAGE))
     }
 
     fn message<T: serde::Serialize>(&self, req: &T) -> RaftMessage {
@@ -128,7 +125,11 @@ impl RaftNetworkV2<TypeConfig> for Network {
         self.rpc(&rpc, option.hard_ttl(), |mut c, m| async move { c.vote(m).await }).await
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.rpc(&rpc, option.hard_ttl(), |mut c, m| async move { c.pre_vote(m).await }).await
     }
 

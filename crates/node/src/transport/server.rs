@@ -2,10 +2,10 @@
 //! proposals forwarded by other nodes (the cross-shard relay). The client side is
 //! `transport::client`.
 
+use crate::codec::{decode, encode};
 use crate::host::Host;
 use crate::raft::snapshot::SnapshotFile;
 use crate::raft::types::{SnapshotMeta, TypeConfig, Vote};
-use crate::codec::{decode, encode};
 use hongbao_proto::v1::raft_transport_server::RaftTransport;
 use hongbao_proto::v1::{RaftMessage, RaftReply, SnapshotChunk};
 use openraft::errors::RaftError;
