@@ -3,6 +3,9 @@
 //! After quiescence every cent is accounted for: the audit balances, outboxes are empty, each
 //! user's balance equals what the client saw acknowledged, each expired packet refunded once.
 
+// Amounts are written yuan_fen (200_00 is 200.00 yuan): the grouping is the money, not a typo.
+#![allow(clippy::inconsistent_digit_grouping)]
+
 use hongbao_client::{new_request_id, settle};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest};
 use hongbao_tests::{Cluster, Spec};
@@ -68,7 +71,7 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
                         *h.delta.entry(sender).or_default() -= total as i64;
                         h.packets.push((p.packet_id, sender, total));
                     }
-                    let grabbers = if round % 2 == 0 { 5 } else { 3 };
+                    let grabbers = if round.is_multiple_of(2) { 5 } else { 3 };
                     for k in 0..grabbers {
                         let g = users[(w + 1 + k * 2) % users.len()]; // five distinct members
                         let rid = new_request_id();
@@ -133,7 +136,8 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
     assert_eq!(audit.total_balances_cents, audit.total_topups_cents, "every cent is in a wallet");
 
     // Every packet: claims + refund = total, refunded at most once (a refund is a single field).
-    let h = hist.lock().unwrap();
+    // The workers are done: take the history out of its lock (no guard across the awaits below).
+    let h = std::mem::take(&mut *hist.lock().unwrap());
     let mut expected = h.delta.clone();
     let (mut refunds, mut grabbed_out) = (0, 0);
     for (packet, sender, total) in &h.packets {

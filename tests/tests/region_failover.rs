@@ -311,7 +311,7 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
                 assert_eq!(r.packet_id, p.packet_id);
                 assert!(indexes.insert(r.index), "share {} handed out twice", r.index);
                 sum += r.amount_cents;
-                won.push((req.clone(), r.clone()));
+                won.push((req.clone(), *r));
             }
             Err(s) => match detail_of(s).code() {
                 ErrorCode::PacketExhausted => exhausted += 1,

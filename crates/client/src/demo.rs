@@ -4,6 +4,9 @@
 //! claims and best luck, kills a region (through `scripts/cluster`), keeps grabbing, brings the
 //! region back, and ends with the audit.
 
+// Amounts are written yuan_fen (100_00 is 100.00 yuan).
+#![allow(clippy::inconsistent_digit_grouping)]
+
 use hongbao_client::money::{audit_summary, yuan};
 use hongbao_client::{new_request_id, Client};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest};

@@ -32,6 +32,20 @@ pub fn yuan_signed(delta: i64) -> String {
     format!("{sign}{}", yuan(delta.unsigned_abs()))
 }
 
+/// One line for people: the cluster's conservation identity and the verdict.
+pub fn audit_summary(a: &hongbao_proto::v1::AuditReply) -> String {
+    format!(
+        "top-ups {} = balances {} + escrow {} + in flight {} + fees {} + withdrawals {}: {}",
+        yuan(a.total_topups_cents),
+        yuan(a.total_balances_cents),
+        yuan(a.total_escrow_cents),
+        yuan(a.total_in_flight_cents),
+        yuan(a.total_fees_cents),
+        yuan(a.total_withdrawals_cents),
+        if a.balanced { "BALANCED" } else { "NOT BALANCED" }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,18 +63,4 @@ mod tests {
         assert_eq!(yuan(5), "0.05");
         assert_eq!(yuan_signed(-105), "-1.05");
     }
-}
-
-/// One line for people: the cluster's conservation identity and the verdict.
-pub fn audit_summary(a: &hongbao_proto::v1::AuditReply) -> String {
-    format!(
-        "top-ups {} = balances {} + escrow {} + in flight {} + fees {} + withdrawals {}: {}",
-        yuan(a.total_topups_cents),
-        yuan(a.total_balances_cents),
-        yuan(a.total_escrow_cents),
-        yuan(a.total_in_flight_cents),
-        yuan(a.total_fees_cents),
-        yuan(a.total_withdrawals_cents),
-        if a.balanced { "BALANCED" } else { "NOT BALANCED" }
-    )
 }

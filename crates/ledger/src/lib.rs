@@ -15,6 +15,9 @@
 //! Conservation, per shard, asserted after every command and recomputed by `view::audit`:
 //! `Σ balances + escrow + outbox pending + fees = top-ups − withdrawals + credits in − credits out`.
 
+// Amounts are written yuan_fen (200_00 is 200.00 yuan): the grouping is the money, not a typo.
+#![allow(clippy::inconsistent_digit_grouping)]
+
 pub mod config;
 pub mod keys;
 pub mod ledger;

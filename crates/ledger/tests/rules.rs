@@ -1,6 +1,9 @@
 //! Ledger rules: one test per error code, the lucky split's statistics, and property tests over
 //! random command sequences (conservation, replay, batch equivalence, split bounds).
 
+// Amounts are written yuan_fen (200_00 is 200.00 yuan): the grouping is the money, not a typo.
+#![allow(clippy::inconsistent_digit_grouping)]
+
 use hongbao_ledger::*;
 use proptest::prelude::*;
 

@@ -76,7 +76,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     AppResponse::Empty
                 }
             };
-            assert!(meta.applied.map_or(true, |a| a.index < entry.log_id.index), "entries apply in log order");
+            assert!(meta.applied.is_none_or(|a| a.index < entry.log_id.index), "entries apply in log order");
             meta.applied = Some(entry.log_id);
             replies.push((responder, reply));
             n += 1;

@@ -14,6 +14,9 @@ use rocksdb::{
 use std::io;
 use std::path::Path;
 
+/// One key-value pair as RocksDB hands it out.
+pub type Pair = (Box<[u8]>, Box<[u8]>);
+
 pub struct Db {
     db: DB,
     cache: Cache,
@@ -45,6 +48,7 @@ fn cf_base(db_opts: &Options) -> Options {
 ///   100 MB file, larger than an LRU shard, and was re-read and checksummed on every lookup;
 /// - their top levels are pinned, and the partitions are cached at high priority (they are
 ///   evicted only after data blocks), with L0's pinned as well since L0 is searched file by file.
+///
 /// Memory: about 1.25 bytes per key of filter (10 bits) plus the index (a few bytes per 4 KiB
 /// data block); see docs/design.md for the numbers per GB.
 fn data_cf_options(db_opts: &Options, cache: &Cache) -> Options {
@@ -177,7 +181,7 @@ impl Db {
         at: Option<&rocksdb::Snapshot<'_>>,
         start: &[u8],
         end: &[u8],
-    ) -> impl Iterator<Item = io::Result<(Box<[u8]>, Box<[u8]>)>> + 'a {
+    ) -> impl Iterator<Item = io::Result<Pair>> + 'a {
         // The upper bound stops RocksDB itself at `end`, instead of walking on over the
         // tombstones of deleted keys beyond it.
         let mut ro = ReadOptions::default();

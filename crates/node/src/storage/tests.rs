@@ -33,7 +33,7 @@ fn fill_like_a_grab_storm(db: &Db, grabs: u64, rng: &mut impl Rng) {
             }
         }
         // The node purges the log behind its snapshots; here, every 500 entries.
-        if log_index % 500 == 0 && log_index > 0 {
+        if log_index.is_multiple_of(500) && log_index > 0 {
             b.delete_range(&keys::log(SHARD, 0), &keys::log(SHARD, log_index.saturating_sub(100)));
         }
         db.write_unsynced(b).unwrap();
