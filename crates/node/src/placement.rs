@@ -89,13 +89,8 @@ impl Placement {
 
 /// The leader's loop for one shard: moves leadership home (failback) or out of a drained region.
 pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(PLACEMENT_EVERY) => {},
-            _ = stop.changed() => return,
-        }
-        let Ok(shard) = host.replica(shard_id) else { return };
-        if !host.is_leader(shard) {
+    while let Some(leads) = crate::tasks::next_turn(&host, shard_id, PLACEMENT_EVERY, &mut stop).await {
+        if !leads {
             continue;
         }
         let Some(target) = target(&host, shard_id).await else { continue };

@@ -21,13 +21,8 @@ const RELAY_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<bool>) {
     let mut backoff = RELAY_EVERY;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {},
-            _ = stop.changed() => return,
-        }
-        let Ok(shard) = host.replica(shard_id) else { return };
-        if !host.is_leader(shard) {
+    while let Some(leads) = crate::tasks::next_turn(&host, shard_id, backoff, &mut stop).await {
+        if !leads {
             backoff = RELAY_EVERY * 10;
             continue;
         }

@@ -12,13 +12,8 @@ const SWEEP_BATCH: usize = 64;
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
 pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(SWEEP_EVERY) => {},
-            _ = stop.changed() => return,
-        }
-        let Ok(shard) = host.replica(shard_id) else { return };
-        if !host.is_leader(shard) {
+    while let Some(leads) = crate::tasks::next_turn(&host, shard_id, SWEEP_EVERY, &mut stop).await {
+        if !leads {
             continue;
         }
         // Ledger time, not this node's clock: a packet counts as expired by the time the ledger

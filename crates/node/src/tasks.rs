@@ -5,6 +5,7 @@
 use crate::host::Host;
 use hongbao_ledger::{RequestId, ShardId};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -28,4 +29,15 @@ pub fn system_id(tag: u8, shard: ShardId, a: u64, b: u64) -> RequestId {
     id[4..10].copy_from_slice(&a.to_be_bytes()[2..]);
     id[10..16].copy_from_slice(&b.to_be_bytes()[2..]);
     RequestId(id)
+}
+
+/// One turn of a leader task: waits `period`, then says whether this node leads `shard` now.
+/// None ends the task: the node is stopping, or it hosts no replica of the shard.
+pub async fn next_turn(host: &Host, shard: ShardId, period: Duration, stop: &mut watch::Receiver<bool>) -> Option<bool> {
+    tokio::select! {
+        _ = tokio::time::sleep(period) => {},
+        _ = stop.changed() => return None,
+    }
+    let replica = host.replica(shard).ok()?;
+    Some(host.is_leader(replica))
 }
