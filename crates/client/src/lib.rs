@@ -174,7 +174,7 @@ impl Client {
                 RetryStep::FollowHint if !d.leader_hint_addr.is_empty() && d.leader_hint_addr != addr => {
                     hint = Some(d.leader_hint_addr.clone());
                 }
-                RetryStep::FollowHint | RetryStep::Elsewhere => {
+                RetryStep::FollowHint | RetryStep::Elsewhere | RetryStep::BackOff => {
                     idx += 1;
                     tokio::time::sleep(backoff.min(self.deadline.saturating_sub(start.elapsed()))).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);

@@ -37,10 +37,13 @@ pub enum RetryStep {
     Final,
     /// Not the leader; the detail's hint says who is (when it is empty: `Elsewhere`).
     FollowHint,
-    /// No outcome from this endpoint (no leader yet, overloaded, timed out, does not host the
-    /// shard, failed inside): re-send the same request, with the same request id, elsewhere or
-    /// later. The operation may or may not have been applied until an answer says which.
+    /// No outcome from this endpoint (no leader yet, timed out, does not host the shard, failed
+    /// inside): re-send the same request, with the same request id, elsewhere or later. The
+    /// operation may or may not have been applied until an answer says which.
     Elsewhere,
+    /// Too much in flight: nothing was applied; the original caller backs off and re-sends
+    /// with the same request id (a router passes this back rather than adding load).
+    BackOff,
 }
 
 /// The one retry policy for every error code, shared by routers and clients. During elections
@@ -50,7 +53,8 @@ pub fn retry_step(code: ErrorCode) -> RetryStep {
     use ErrorCode as E;
     match code {
         E::NotLeader => RetryStep::FollowHint,
-        E::Unavailable | E::Overloaded | E::Timeout | E::UnknownShard | E::Internal => RetryStep::Elsewhere,
+        E::Overloaded => RetryStep::BackOff,
+        E::Unavailable | E::Timeout | E::UnknownShard | E::Internal => RetryStep::Elsewhere,
         E::Ok
         | E::AmountZero
         | E::AmountOverflow

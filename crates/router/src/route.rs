@@ -181,9 +181,8 @@ impl Router {
             };
             let d = detail_of(&status);
             match retry_step(d.code()) {
-                RetryStep::Final => return Err(status),
                 // A node's own overload is the client's to back off from: pass it through.
-                _ if d.code() == ErrorCode::Overloaded => return Err(status),
+                RetryStep::Final | RetryStep::BackOff => return Err(status),
                 RetryStep::FollowHint => {
                     if let Some(l) = self.node_by_addr(&d.leader_hint_addr).or(Some(d.leader_hint_node).filter(|n| *n != 0)) {
                         self.set_leader(shard, l);
