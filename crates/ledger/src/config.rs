@@ -4,7 +4,7 @@
 use crate::money::Cents;
 use crate::types::RiskGrade;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct LedgerConfig {
     /// Packet total limit on ordinary days (200.00 yuan).
     pub max_packet_total: Cents,
@@ -30,8 +30,69 @@ pub struct LedgerConfig {
     pub daily_limit_elevated: Cents,
     /// Longest device id, phrase, greeting (bytes).
     pub max_string: usize,
-    /// Most entries in one Credit batch.
+    /// Most entries in one Credit batch (and notifications dropped by one AckNotifications).
     pub max_credit_batch: usize,
+    /// Secret shared by every replica and the notifier (from the cluster's security folder):
+    /// the key of `challenge_code`. Never logged (`Debug` redacts it).
+    pub challenge_key: [u8; 32],
+    /// Wrong codes a challenge survives; at this many it is dead.
+    pub challenge_attempts: u32,
+    /// Wrong PINs in a row that lock spending.
+    pub pin_max_failures: u32,
+    /// How long a PIN lock lasts.
+    pub pin_lock_ms: u64,
+}
+
+impl std::fmt::Debug for LedgerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so a new field cannot be forgotten here.
+        let LedgerConfig {
+            max_packet_total,
+            special_days,
+            max_count,
+            packet_ttl_ms,
+            max_amount,
+            fee_per_mille,
+            min_fee,
+            free_withdrawal,
+            dedup_retention_ms,
+            dedup_gc_per_apply,
+            statement_keep,
+            challenge_threshold,
+            challenge_ttl_ms,
+            daily_limit_normal,
+            daily_limit_elevated,
+            max_string,
+            max_credit_batch,
+            challenge_key: _,
+            challenge_attempts,
+            pin_max_failures,
+            pin_lock_ms,
+        } = self;
+        f.debug_struct("LedgerConfig")
+            .field("max_packet_total", max_packet_total)
+            .field("special_days", special_days)
+            .field("max_count", max_count)
+            .field("packet_ttl_ms", packet_ttl_ms)
+            .field("max_amount", max_amount)
+            .field("fee_per_mille", fee_per_mille)
+            .field("min_fee", min_fee)
+            .field("free_withdrawal", free_withdrawal)
+            .field("dedup_retention_ms", dedup_retention_ms)
+            .field("dedup_gc_per_apply", dedup_gc_per_apply)
+            .field("statement_keep", statement_keep)
+            .field("challenge_threshold", challenge_threshold)
+            .field("challenge_ttl_ms", challenge_ttl_ms)
+            .field("daily_limit_normal", daily_limit_normal)
+            .field("daily_limit_elevated", daily_limit_elevated)
+            .field("max_string", max_string)
+            .field("max_credit_batch", max_credit_batch)
+            .field("challenge_key", &"<redacted>")
+            .field("challenge_attempts", challenge_attempts)
+            .field("pin_max_failures", pin_max_failures)
+            .field("pin_lock_ms", pin_lock_ms)
+            .finish()
+    }
 }
 
 impl Default for LedgerConfig {
@@ -54,6 +115,11 @@ impl Default for LedgerConfig {
             daily_limit_elevated: Cents(1_000_00),
             max_string: 128,
             max_credit_batch: 1024,
+            // All zeros only for tests: a deployment loads the real key.
+            challenge_key: [0; 32],
+            challenge_attempts: 3,
+            pin_max_failures: 5,
+            pin_lock_ms: 3 * 3600 * 1000,
         }
     }
 }
@@ -117,6 +183,13 @@ mod tests {
         let c = LedgerConfig::default();
         assert_eq!(c.packet_limit(t), Cents(520_00));
         assert_eq!(c.packet_limit(t - 3600 * 1000), Cents(200_00), "May 19th 23:30 in China");
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_challenge_key() {
+        let c = LedgerConfig { challenge_key: [0xab; 32], ..LedgerConfig::default() };
+        let s = format!("{c:?}");
+        assert!(s.contains("<redacted>") && !s.contains("171"), "{s}");
     }
 
     #[test]

@@ -13,9 +13,13 @@
 //! | `s`    | `s dest`                     | PairState (sent) |
 //! | `l`    | `l dest`                     | u64: outbox delivered up to this seq |
 //! | `r`    | `r source`                   | PairState (received) |
-//! | `q`    | `q request_id`               | DedupEntry       |
-//! | `d`    | `d time_ms request_id`       | () dedup expiry index |
+//! | `q`    | `q actor request_id`         | DedupEntry       |
+//! | `d`    | `d time_ms actor request_id` | () dedup expiry index |
 //! | `h`    | `h challenge_id`             | Challenge        |
+//! | `n`    | `n seq`                      | Notification (challenge outbox) |
+//!
+//! Request ids are scoped by the acting user (`Command::actor`): the same 16 bytes from two
+//! users are two requests, and neither can replay (read) the other's outcome.
 
 use crate::types::{PacketId, RequestId, ShardId, UserId};
 
@@ -98,11 +102,11 @@ pub fn received_all() -> (Vec<u8>, Vec<u8>) {
 pub fn shard_of_pair_key(key: &[u8]) -> ShardId {
     u32::from_be_bytes(key[1..5].try_into().expect("pair key layout"))
 }
-pub fn dedup(id: &RequestId) -> Vec<u8> {
-    k(b'q', &[&id.0])
+pub fn dedup(actor: UserId, id: &RequestId) -> Vec<u8> {
+    k(b'q', &[&actor.to_be_bytes(), &id.0])
 }
-pub fn dedup_expiry(time_ms: u64, id: &RequestId) -> Vec<u8> {
-    k(b'd', &[&time_ms.to_be_bytes(), &id.0])
+pub fn dedup_expiry(time_ms: u64, actor: UserId, id: &RequestId) -> Vec<u8> {
+    k(b'd', &[&time_ms.to_be_bytes(), &actor.to_be_bytes(), &id.0])
 }
 pub fn dedup_expiry_until(until_ms: u64) -> (Vec<u8>, Vec<u8>) {
     (vec![b'd'], k(b'd', &[&until_ms.to_be_bytes()]))
@@ -110,11 +114,20 @@ pub fn dedup_expiry_until(until_ms: u64) -> (Vec<u8>, Vec<u8>) {
 pub fn dedup_expiry_time(key: &[u8]) -> u64 {
     u64::from_be_bytes(key[1..9].try_into().expect("dedup expiry key layout"))
 }
-pub fn dedup_expiry_id(key: &[u8]) -> RequestId {
-    RequestId(key[9..25].try_into().expect("dedup expiry key layout"))
+/// The (actor, request id) an expiry index entry points at: `dedup(actor, &id)` is its entry.
+pub fn dedup_expiry_id(key: &[u8]) -> (UserId, RequestId) {
+    let actor = u64::from_be_bytes(key[9..17].try_into().expect("dedup expiry key layout"));
+    (actor, RequestId(key[17..33].try_into().expect("dedup expiry key layout")))
 }
 pub fn challenge(id: u64) -> Vec<u8> {
     k(b'h', &[&id.to_be_bytes()])
+}
+pub fn notification(seq: u64) -> Vec<u8> {
+    k(b'n', &[&seq.to_be_bytes()])
+}
+/// Notification records with seq in `[from_seq, ∞)`.
+pub fn notifications_from(from_seq: u64) -> (Vec<u8>, Vec<u8>) {
+    (notification(from_seq), vec![b'n' + 1])
 }
 
 #[cfg(test)]
@@ -136,7 +149,8 @@ mod tests {
         let p = PacketId::new(3, 77);
         assert_eq!(expiry_packet(&expiry(123, p)), p);
         let id = RequestId([7; 16]);
-        assert_eq!(dedup_expiry_id(&dedup_expiry(5, &id)), id);
+        assert_eq!(dedup_expiry_id(&dedup_expiry(5, 1234, &id)), (1234, id));
+        assert_ne!(dedup(1, &id), dedup(2, &id), "request ids are per user");
         assert_eq!(shard_of_pair_key(&sent(9)), 9);
     }
 }

@@ -6,6 +6,7 @@
 //! phase uses `expect` on arithmetic that the checks already proved safe. The conservation
 //! identity is asserted after every command.
 
+use crate::challenge::{challenge_code, codes_equal};
 use crate::config::{china_day, LedgerConfig};
 use crate::keys;
 use crate::money::Cents;
@@ -71,18 +72,21 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         self.totals.last_time_ms = now;
 
         let system = req.cmd.is_system();
+        // Request ids are scoped by the acting user: another user's id is another request, and
+        // its outcome is never answered to anyone else. (Every non-system command has an actor.)
+        let actor = req.cmd.actor().unwrap_or(0);
         let fingerprint = fnv1a(&[&enc(&req.cmd)]);
         if !system {
             // A replay answers the first outcome and touches nothing else.
-            if let Some(seen) = self.get::<DedupEntry>(&keys::dedup(&req.id)) {
+            if let Some(seen) = self.get::<DedupEntry>(&keys::dedup(actor, &req.id)) {
                 return if seen.fingerprint == fingerprint { seen.outcome } else { Outcome::err(Code::RequestIdReused) };
             }
         }
         self.gc_dedup(now);
         let outcome = self.execute(req, now);
         if !system {
-            self.put(keys::dedup(&req.id), &DedupEntry { fingerprint, time_ms: now, outcome: outcome.clone() });
-            self.db.put(keys::dedup_expiry(now, &req.id), vec![]);
+            self.put(keys::dedup(actor, &req.id), &DedupEntry { fingerprint, time_ms: now, outcome: outcome.clone() });
+            self.db.put(keys::dedup_expiry(now, actor, &req.id), vec![]);
         }
         assert!(self.totals.identity_holds(), "conservation broken after {:?}: {:?}", req.cmd, self.totals);
         outcome
@@ -98,8 +102,8 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         let rows = self.db.scan(&a, &b, self.config.dedup_gc_per_apply);
         let more = rows.len() == self.config.dedup_gc_per_apply;
         for (k, _) in rows {
-            let id = keys::dedup_expiry_id(&k);
-            self.db.delete(keys::dedup(&id));
+            let (actor, id) = keys::dedup_expiry_id(&k);
+            self.db.delete(keys::dedup(actor, &id));
             self.db.delete(k);
         }
         if !more {
@@ -114,14 +118,14 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         let res = match &req.cmd {
             Command::OpenAccount { user, device } => self.open_account(*user, device),
             Command::TopUp { user, amount } => self.top_up(req, now, *user, *amount),
-            Command::Withdraw { user, amount, device, verification } => {
-                self.withdraw(req, now, *user, *amount, device, verification.as_ref())
+            Command::Withdraw { user, amount, device, verification, pin } => {
+                self.withdraw(req, now, *user, *amount, device, verification.as_ref(), *pin)
             }
-            Command::Transfer { from, to, to_shard, amount, device, verification } => {
-                self.transfer(req, now, *from, *to, *to_shard, *amount, device, verification.as_ref())
+            Command::Transfer { from, to, to_shard, amount, device, verification, pin } => {
+                self.transfer(req, now, *from, *to, *to_shard, *amount, device, verification.as_ref(), *pin)
             }
-            Command::SendPacket { sender, kind, device, verification, greeting } => {
-                self.send_packet(req, now, *sender, kind, device, verification.as_ref(), greeting)
+            Command::SendPacket { sender, kind, device, verification, greeting, pin } => {
+                self.send_packet(req, now, *sender, kind, device, verification.as_ref(), greeting, *pin)
             }
             Command::Grab { packet, grabber, grabber_shard, password } => {
                 self.grab(req, now, *packet, *grabber, *grabber_shard, password.as_deref())
@@ -130,6 +134,8 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             Command::MarkDelivered { dest, up_to_seq } => self.mark_delivered(*dest, *up_to_seq),
             Command::ExpirePacket { packet } => self.expire(req, now, *packet),
             Command::SetRisk { user, frozen, grade } => self.set_risk(*user, *frozen, *grade),
+            Command::SetPin { user, salt, hash } => self.set_pin(*user, *salt, *hash),
+            Command::AckNotifications { up_to_seq } => self.ack_notifications(*up_to_seq),
         };
         match res {
             Ok(o) => o,
@@ -174,39 +180,77 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         Ok(())
     }
 
-    /// New device at or above the threshold needs a live challenge. Returns Ok(Some(id)) when a
-    /// verification will be consumed, Ok(None) when none is needed, Err(ChallengeRequired) with
-    /// a fresh challenge created (the one state change a rejection makes: issuing the code).
+    /// The payment PIN, checked right after the account is loaded. Locked and not-set refuse
+    /// with no side effect. A wrong PIN is a rejection that changes state (like issuing a
+    /// challenge): the failure is counted, and the `pin_max_failures`-th in a row locks spending
+    /// for `pin_lock_ms` (answered PinLocked) and starts the count again. The lock ends by
+    /// itself; during it even the right PIN is PinLocked, so guessing gains nothing.
+    fn check_pin(&mut self, now: u64, acct: &mut Account, pin: PinCheck) -> Result<(), Outcome> {
+        if now < acct.pin_locked_until_ms {
+            return Err(Outcome::err(Code::PinLocked));
+        }
+        if acct.pin.is_none() {
+            return Err(Outcome::err(Code::PinNotSet));
+        }
+        match pin {
+            PinCheck::Verified => Ok(()),
+            PinCheck::Wrong => {
+                acct.pin_failures = acct.pin_failures.saturating_add(1);
+                let code = if acct.pin_failures >= self.config.pin_max_failures {
+                    acct.pin_failures = 0;
+                    acct.pin_locked_until_ms = now.saturating_add(self.config.pin_lock_ms);
+                    Code::PinLocked
+                } else {
+                    Code::WrongPin
+                };
+                self.put(keys::account(acct.user), &*acct);
+                Err(Outcome::err(code))
+            }
+        }
+    }
+
+    /// New device at or above the threshold needs a live challenge bound to this operation.
+    /// Returns Ok(Some(id)) when a verification will be consumed, Ok(None) when none is needed.
+    /// Two rejections change state: ChallengeRequired issues a challenge and queues its
+    /// notification (the code goes to the known device, computed there from the shared key;
+    /// it is stored nowhere), and a wrong code or another operation counts an attempt.
     fn check_device(
         &mut self,
-        req: &Request,
         now: u64,
-        acct: &mut Account,
+        acct: &Account,
         device: &str,
-        amount: Cents,
+        op: ChallengeOp,
         v: Option<&Verification>,
     ) -> Result<Option<u64>, Outcome> {
-        if device == acct.device || amount < self.config.challenge_threshold {
+        if device == acct.device || op.amount < self.config.challenge_threshold {
             return Ok(None);
         }
-        match v {
-            None => {
-                let id = self.totals.next_challenge;
-                self.totals.next_challenge += 1;
-                let code = (fnv1a(&[&req.id.0, &id.to_be_bytes()]) % 1_000_000) as u32;
-                self.put(
-                    keys::challenge(id),
-                    &Challenge { user: acct.user, code, expires_ms: now + self.config.challenge_ttl_ms, used: false },
-                );
-                acct.last_challenge = Some(id);
-                self.put(keys::account(acct.user), &*acct);
-                Err(Outcome { code: Code::ChallengeRequired, reply: Reply::Challenge { challenge_id: id } })
-            }
-            Some(v) => match self.get::<Challenge>(&keys::challenge(v.challenge_id)) {
-                Some(c) if c.user == acct.user && !c.used && now < c.expires_ms && c.code == v.code => Ok(Some(v.challenge_id)),
-                _ => Err(Outcome::err(Code::ChallengeInvalid)),
-            },
+        let Some(v) = v else {
+            let id = self.totals.next_challenge;
+            self.totals.next_challenge += 1;
+            let expires_ms = now + self.config.challenge_ttl_ms;
+            self.put(keys::challenge(id), &Challenge { user: acct.user, op, expires_ms, used: false, attempts: 0 });
+            let seq = self.totals.next_notification.max(1);
+            self.totals.next_notification = seq + 1;
+            let n = Notification { seq, user: acct.user, device: acct.device.clone(), challenge_id: id, op, expires_ms };
+            self.put(keys::notification(seq), &n);
+            self.totals.notifications_pending += 1;
+            return Err(Outcome { code: Code::ChallengeRequired, reply: Reply::Challenge { challenge_id: id } });
+        };
+        let invalid = || Outcome::err(Code::ChallengeInvalid);
+        let Some(mut c) = self.get::<Challenge>(&keys::challenge(v.challenge_id)) else { return Err(invalid()) };
+        // Another user's, spent, expired or out of attempts: refused and nothing counted (a
+        // stranger's guesses must not burn someone else's challenge).
+        if c.user != acct.user || c.used || now >= c.expires_ms || c.attempts >= self.config.challenge_attempts {
+            return Err(invalid());
         }
+        let expected = challenge_code(&self.config.challenge_key, v.challenge_id, c.user, &c.op);
+        if c.op != op || !codes_equal(expected, v.code) {
+            c.attempts += 1;
+            self.put(keys::challenge(v.challenge_id), &c);
+            return Err(invalid());
+        }
+        Ok(Some(v.challenge_id))
     }
 
     fn use_challenge(&mut self, id: Option<u64>) {
@@ -240,7 +284,9 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             sent_today: Cents(0),
             stmt_first: 0,
             stmt_next: 0,
-            last_challenge: None,
+            pin: None,
+            pin_failures: 0,
+            pin_locked_until_ms: 0,
         }
     }
 
@@ -307,10 +353,23 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         Ok(Outcome::ok(Reply::Wallet { user, balance: acct.balance, fee: Cents(0), credit_in_flight: false }))
     }
 
-    fn withdraw(&mut self, req: &Request, now: u64, user: UserId, amount: Cents, device: &str, v: Option<&Verification>) -> Check<Outcome> {
+    #[allow(clippy::too_many_arguments)]
+    fn withdraw(
+        &mut self,
+        req: &Request,
+        now: u64,
+        user: UserId,
+        amount: Cents,
+        device: &str,
+        v: Option<&Verification>,
+        pin: PinCheck,
+    ) -> Check<Outcome> {
         self.check_amount(amount)?;
         self.valid_string(device, true)?;
         let mut acct = self.account(user)?;
+        if let Err(o) = self.check_pin(now, &mut acct, pin) {
+            return Ok(o);
+        }
         if acct.frozen {
             return Err(Code::AccountFrozen);
         }
@@ -325,12 +384,14 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         {
             return Err(Code::AmountOverflow);
         }
-        let challenge = match self.check_device(req, now, &mut acct, device, amount, v) {
+        let op = ChallengeOp { kind: ChallengeKind::Withdraw, amount, counterparty: 0 };
+        let challenge = match self.check_device(now, &acct, device, op, v) {
             Ok(c) => c,
             Err(o) => return Ok(o),
         };
         // After this point the withdrawal must succeed.
         self.use_challenge(challenge);
+        acct.pin_failures = 0;
         self.debit_wallet(&mut acct, cost);
         acct.withdrawn = add(acct.withdrawn, amount);
         self.totals.withdrawals = add(self.totals.withdrawals, amount);
@@ -351,6 +412,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         amount: Cents,
         device: &str,
         v: Option<&Verification>,
+        pin: PinCheck,
     ) -> Check<Outcome> {
         self.check_amount(amount)?;
         self.valid_string(device, true)?;
@@ -363,6 +425,9 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         let mut src = self.account(from)?;
         let local = to_shard == self.shard;
         let mut dst = if local { Some(self.account(to)?) } else { None };
+        if let Err(o) = self.check_pin(now, &mut src, pin) {
+            return Ok(o);
+        }
         self.check_sender(&src, amount, now)?;
         if src.balance < amount {
             return Err(Code::InsufficientFunds);
@@ -372,12 +437,14 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
                 return Err(Code::AmountOverflow);
             }
         }
-        let challenge = match self.check_device(req, now, &mut src, device, amount, v) {
+        let op = ChallengeOp { kind: ChallengeKind::Transfer, amount, counterparty: to };
+        let challenge = match self.check_device(now, &src, device, op, v) {
             Ok(c) => c,
             Err(o) => return Ok(o),
         };
         // After this point the transfer must succeed.
         self.use_challenge(challenge);
+        src.pin_failures = 0;
         self.debit_wallet(&mut src, amount);
         Self::count_sent(&mut src, amount, now);
         self.statement(&mut src, now, EntryKind::TransferOut { to, to_shard }, -(amount.0 as i64), req);
@@ -446,11 +513,15 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         device: &str,
         v: Option<&Verification>,
         greeting: &str,
+        pin: PinCheck,
     ) -> Check<Outcome> {
         self.valid_string(device, true)?;
         self.valid_string(greeting, true)?;
         let (total, count) = self.check_kind(sender, kind, now)?;
         let mut acct = self.account(sender)?;
+        if let Err(o) = self.check_pin(now, &mut acct, pin) {
+            return Ok(o);
+        }
         self.check_sender(&acct, total, now)?;
         if acct.balance < total {
             return Err(Code::InsufficientFunds);
@@ -458,12 +529,18 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         if self.totals.escrow.checked_add(total).is_none() || self.totals.next_packet_seq + 1 >= (1 << PacketId::SEQ_BITS) {
             return Err(Code::AmountOverflow);
         }
-        let challenge = match self.check_device(req, now, &mut acct, device, total, v) {
+        let counterparty = match kind {
+            PacketKind::Exclusive { recipient, .. } => *recipient,
+            _ => 0,
+        };
+        let op = ChallengeOp { kind: ChallengeKind::SendPacket, amount: total, counterparty };
+        let challenge = match self.check_device(now, &acct, device, op, v) {
             Ok(c) => c,
             Err(o) => return Ok(o),
         };
         // After this point the send must succeed.
         self.use_challenge(challenge);
+        acct.pin_failures = 0;
         self.totals.next_packet_seq += 1;
         let id = PacketId::new(self.shard, self.totals.next_packet_seq);
         let seed = fnv1a(&[&req.id.0, &self.shard.to_be_bytes(), &id.0.to_be_bytes()]);
@@ -702,5 +779,50 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         acct.grade = grade;
         self.put(keys::account(user), &acct);
         Ok(Outcome::ok(Reply::Risk { user, frozen, grade }))
+    }
+
+    /// The PIN is set once; changing it needs a flow of its own (old PIN or identity check),
+    /// not a replay of this command.
+    fn set_pin(&mut self, user: UserId, salt: [u8; 16], hash: [u8; 32]) -> Check<Outcome> {
+        let mut acct = self.account(user)?;
+        if acct.pin.is_some() {
+            return Err(Code::PinAlreadySet);
+        }
+        // After this point the command must succeed.
+        acct.pin = Some(PinRecord { salt, hash });
+        acct.pin_failures = 0;
+        self.put(keys::account(user), &acct);
+        Ok(Outcome::ok(Reply::Wallet { user, balance: acct.balance, fee: Cents(0), credit_in_flight: false }))
+    }
+
+    /// Drops pushed challenge notifications up to `up_to`, at most `max_credit_batch` per
+    /// command (the notifier acks in pages: `more` says to ack again).
+    fn ack_notifications(&mut self, up_to: u64) -> Check<Outcome> {
+        let issued = self.totals.next_notification.saturating_sub(1);
+        if up_to > issued {
+            return Err(Code::InvalidArgument);
+        }
+        let done = self.totals.notifications_acked;
+        if up_to <= done {
+            return Ok(Outcome::ok(Reply::Acked { records: 0, more: false }));
+        }
+        // Start after what was acked before, past RocksDB's tombstones of the deleted ones.
+        let (a, _) = keys::notifications_from(done + 1);
+        let b = keys::notification(up_to.saturating_add(1));
+        let limit = self.config.max_credit_batch.max(1);
+        let rows = self.db.scan(&a, &b, limit);
+        let more = rows.len() == limit;
+        // After this point the command must succeed.
+        let n = rows.len();
+        let mut reached = done;
+        for (k, v) in rows {
+            let e: Notification = dec(&v);
+            assert!(e.seq > done && e.seq <= up_to, "notification scan out of range");
+            reached = e.seq;
+            self.db.delete(k);
+        }
+        self.totals.notifications_acked = if more { reached } else { up_to };
+        self.totals.notifications_pending -= n as u64;
+        Ok(Outcome::ok(Reply::Acked { records: n as u32, more }))
     }
 }

@@ -8,8 +8,10 @@
 //!   and `PacketId` with its layout come from the leaf crate `hongbao-ids`, re-exported here).
 //! - `ledger`: `Ledger::apply`, checks in a fixed order, then an apply phase that must succeed.
 //! - `split`: the double-average lucky split.
-//! - `view`: read-only queries, the relay's outbox, the sweeper's expired packets, the audit.
+//! - `view`: read-only queries, the relay's outbox, the sweeper's expired packets, the
+//!   notifier's challenge notifications, a user's PIN state, the audit.
 //! - `store`: the tiny storage trait (`get`, `scan`) and the `WriteSet` a batch produces.
+//! - `challenge`: the one-time code of a new-device challenge (HMAC over the operation).
 //! - `keys`, `state`: key layout and records.
 //!
 //! Conservation, per shard, asserted after every command and recomputed by `view::audit`:
@@ -18,6 +20,7 @@
 // Amounts are written yuan_fen (200_00 is 200.00 yuan): the grouping is the money, not a typo.
 #![allow(clippy::inconsistent_digit_grouping)]
 
+pub mod challenge;
 pub mod config;
 pub mod keys;
 pub mod ledger;
@@ -28,9 +31,10 @@ pub mod store;
 pub mod types;
 pub mod view;
 
+pub use challenge::challenge_code;
 pub use config::LedgerConfig;
 pub use ledger::Ledger;
 pub use money::Cents;
-pub use state::{Account, Claim, Packet, PairState, StatementEntry, Totals};
+pub use state::{Account, Challenge, Claim, Notification, Packet, PairState, PinRecord, StatementEntry, Totals};
 pub use store::{MemStore, Store, WriteSet};
 pub use types::*;

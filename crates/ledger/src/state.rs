@@ -20,7 +20,19 @@ pub struct Account {
     /// Statement entries are numbered `stmt_first .. stmt_next`.
     pub stmt_first: u64,
     pub stmt_next: u64,
-    pub last_challenge: Option<u64>,
+    /// The payment PIN's salted slow hash (set once by SetPin; None: no spending yet).
+    pub pin: Option<PinRecord>,
+    /// Wrong PINs in a row since the last lock or successful spend.
+    pub pin_failures: u32,
+    /// Spends are refused with PinLocked before this time (0: never locked).
+    pub pin_locked_until_ms: u64,
+}
+
+/// What the ledger keeps of a payment PIN: the leader's hash, never the PIN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRecord {
+    pub salt: [u8; 16],
+    pub hash: [u8; 32],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +86,13 @@ pub struct Totals {
     pub last_time_ms: u64,
     pub next_packet_seq: u64,
     pub next_challenge: u64,
+    /// The seq the next challenge notification gets (0 in a fresh shard stands for 1).
+    pub next_notification: u64,
+    /// Every notification with seq at or below this was acked and deleted.
+    pub notifications_acked: u64,
+    /// Notification records written and not yet acked (a stalled notifier shows here; the
+    /// challenges are still issued, the user simply waits for the code).
+    pub notifications_pending: u64,
     /// No request id is remembered from before this time: until the retention reaches it, the
     /// dedup collection has nothing to do and skips its scan (which would cost every command a
     /// RocksDB seek).
@@ -106,9 +125,27 @@ pub struct DedupEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Challenge {
     pub user: UserId,
-    pub code: u32,
+    /// The operation the code confirms; the code itself is never stored (it is recomputed
+    /// from the shared `challenge_key`, see `challenge_code`).
+    pub op: ChallengeOp,
     pub expires_ms: u64,
     pub used: bool,
+    /// Wrong codes (or mismatched operations) tried; at the limit the challenge is dead.
+    pub attempts: u32,
+}
+
+/// A challenge to push to the user's known device: the notifier reads these in seq order,
+/// computes the code with the shared key, pushes it and acks. No code is stored here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    pub seq: u64,
+    pub user: UserId,
+    /// The account's known device, where the code goes ("" for a wallet opened by a credit:
+    /// nowhere to push).
+    pub device: String,
+    pub challenge_id: u64,
+    pub op: ChallengeOp,
+    pub expires_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

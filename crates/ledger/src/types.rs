@@ -37,6 +37,45 @@ pub struct Verification {
     pub code: u32,
 }
 
+/// The leader's verdict on the payment PIN (支付密碼) the user typed. The ledger never sees
+/// the PIN: the leader checks it against the account's salted hash (`view::pin_state`) with a
+/// slow hash outside the state machine, and the ledger counts failures and locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PinCheck {
+    Verified,
+    Wrong,
+}
+
+/// Which kind of spend a challenge was issued for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChallengeKind {
+    Withdraw,
+    Transfer,
+    SendPacket,
+}
+
+impl ChallengeKind {
+    /// Stable tag in the challenge code's MAC input: never renumber.
+    pub fn tag(self) -> u8 {
+        match self {
+            ChallengeKind::Withdraw => 1,
+            ChallengeKind::Transfer => 2,
+            ChallengeKind::SendPacket => 3,
+        }
+    }
+}
+
+/// The operation a challenge (and its code) is bound to: a code read off the known phone for
+/// "withdraw 200.00" cannot confirm "transfer 5,000.00 to someone else".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeOp {
+    pub kind: ChallengeKind,
+    /// Withdrawal or transfer amount, or the packet's total.
+    pub amount: Cents,
+    /// Transfer: the receiver; exclusive packet: its recipient; otherwise 0.
+    pub counterparty: UserId,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RiskGrade {
     Normal,
@@ -106,6 +145,7 @@ pub enum Command {
         amount: Cents,
         device: String,
         verification: Option<Verification>,
+        pin: PinCheck,
     },
     /// `to_shard` is computed by the node from the slot table.
     Transfer {
@@ -115,6 +155,7 @@ pub enum Command {
         amount: Cents,
         device: String,
         verification: Option<Verification>,
+        pin: PinCheck,
     },
     SendPacket {
         sender: UserId,
@@ -122,6 +163,7 @@ pub enum Command {
         device: String,
         verification: Option<Verification>,
         greeting: String,
+        pin: PinCheck,
     },
     Grab {
         packet: PacketId,
@@ -149,13 +191,44 @@ pub enum Command {
         frozen: bool,
         grade: RiskGrade,
     },
+    /// Sets the payment PIN, once. Carries only the leader's slow salted hash of it.
+    SetPin {
+        user: UserId,
+        salt: [u8; 16],
+        hash: [u8; 32],
+    },
+    /// The notifier has pushed every challenge notification up to `up_to_seq`; drop them.
+    AckNotifications {
+        up_to_seq: u64,
+    },
 }
 
 impl Command {
     /// System commands are idempotent by their own state (sequence numbers, packet state) and
-    /// are re-sent by the relay and sweeper; they skip the request-id table.
+    /// are re-sent by the relay, sweeper and notifier; they skip the request-id table.
     pub fn is_system(&self) -> bool {
-        matches!(self, Command::Credit { .. } | Command::MarkDelivered { .. } | Command::ExpirePacket { .. })
+        matches!(
+            self,
+            Command::Credit { .. } | Command::MarkDelivered { .. } | Command::ExpirePacket { .. } | Command::AckNotifications { .. }
+        )
+    }
+
+    /// The user a command acts for: request ids are scoped by it, so two users can never
+    /// collide on an id nor read each other's remembered outcome. None for system commands.
+    pub fn actor(&self) -> Option<UserId> {
+        match self {
+            Command::OpenAccount { user, .. }
+            | Command::TopUp { user, .. }
+            | Command::Withdraw { user, .. }
+            | Command::SetRisk { user, .. }
+            | Command::SetPin { user, .. } => Some(*user),
+            Command::Transfer { from, .. } => Some(*from),
+            Command::SendPacket { sender, .. } => Some(*sender),
+            Command::Grab { grabber, .. } => Some(*grabber),
+            Command::Credit { .. } | Command::MarkDelivered { .. } | Command::ExpirePacket { .. } | Command::AckNotifications { .. } => {
+                None
+            }
+        }
     }
 }
 
@@ -214,6 +287,14 @@ pub enum Code {
     CreditOutOfOrder = 24,
     /// A packet id or user that this shard does not own.
     WrongShard = 25,
+    /// A spend before the user set a payment PIN.
+    PinNotSet = 26,
+    /// The payment PIN was wrong (the failure is counted).
+    WrongPin = 27,
+    /// Too many wrong PINs: spending is locked until `pin_locked_until_ms`.
+    PinLocked = 28,
+    /// SetPin on an account that already has one.
+    PinAlreadySet = 29,
 }
 
 impl Code {
@@ -245,6 +326,10 @@ impl Code {
             Code::InvalidArgument => "INVALID_ARGUMENT",
             Code::CreditOutOfOrder => "CREDIT_OUT_OF_ORDER",
             Code::WrongShard => "WRONG_SHARD",
+            Code::PinNotSet => "PIN_NOT_SET",
+            Code::WrongPin => "WRONG_PIN",
+            Code::PinLocked => "PIN_LOCKED",
+            Code::PinAlreadySet => "PIN_ALREADY_SET",
         }
     }
 }
@@ -272,14 +357,50 @@ impl Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     None,
-    Wallet { user: UserId, balance: Cents, fee: Cents, credit_in_flight: bool },
-    Sent { packet: PacketId, expires_ms: u64, balance: Cents },
-    Grabbed { packet: PacketId, amount: Cents, index: u32, remaining_count: u32, remaining: Cents, credit_in_flight: bool },
-    Challenge { challenge_id: u64 },
-    Credited { applied: u32, skipped: u32 },
-    Delivered { records: u32, amount: Cents },
-    Expired { refunded: Cents },
-    Risk { user: UserId, frozen: bool, grade: RiskGrade },
+    Wallet {
+        user: UserId,
+        balance: Cents,
+        fee: Cents,
+        credit_in_flight: bool,
+    },
+    Sent {
+        packet: PacketId,
+        expires_ms: u64,
+        balance: Cents,
+    },
+    Grabbed {
+        packet: PacketId,
+        amount: Cents,
+        index: u32,
+        remaining_count: u32,
+        remaining: Cents,
+        credit_in_flight: bool,
+    },
+    Challenge {
+        challenge_id: u64,
+    },
+    Credited {
+        applied: u32,
+        skipped: u32,
+    },
+    Delivered {
+        records: u32,
+        amount: Cents,
+    },
+    Expired {
+        refunded: Cents,
+    },
+    Risk {
+        user: UserId,
+        frozen: bool,
+        grade: RiskGrade,
+    },
+    /// Notifications dropped by AckNotifications; `more`: some at or below `up_to_seq` are
+    /// left (the per-command bound), ack again.
+    Acked {
+        records: u32,
+        more: bool,
+    },
 }
 
 #[cfg(test)]

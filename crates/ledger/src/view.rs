@@ -1,5 +1,6 @@
 //! Read-only queries over a shard's state: balances, statements, packets, totals, the audit,
-//! and what the relay and sweeper need.
+//! and what the relay, sweeper and notifier need. No view returns a challenge code: none is
+//! stored (see `challenge_code`).
 
 use crate::keys;
 use crate::money::Cents;
@@ -103,8 +104,9 @@ pub fn grab_refusal(
         return None;
     };
     // Only now the request id (the common grab, on an open packet, is proposed without this
-    // read): a replay must answer its first outcome, never this refusal.
-    if store.get(&keys::dedup(id)).is_some() {
+    // read): a replay must answer its first outcome, never this refusal. Request ids are
+    // scoped by the acting user, here the grabber.
+    if store.get(&keys::dedup(grabber, id)).is_some() {
         return None;
     }
     Some(refusal)
@@ -139,15 +141,27 @@ pub fn expired_packets(store: &(impl Store + ?Sized), now_ms: u64, limit: usize)
     store.scan(&a, &b, limit).into_iter().map(|(k, _)| keys::expiry_packet(&k)).collect()
 }
 
-/// The code a challenged user receives on the account's known device (a push to the phone).
-pub fn pending_challenge(store: &(impl Store + ?Sized), user: UserId, device: &str) -> Option<(u64, u32)> {
+/// A user's payment PIN as the ledger keeps it: the salted hash (never the PIN), the wrong
+/// tries in a row and the lock. The leader refuses early from it (no PIN set, locked) and
+/// verifies the typed PIN against salt and hash before proposing the spend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinState {
+    pub pin: Option<PinRecord>,
+    pub failures: u32,
+    pub locked_until_ms: u64,
+}
+
+/// None: no such account on this shard.
+pub fn pin_state(store: &(impl Store + ?Sized), user: UserId) -> Option<PinState> {
     let a = account(store, user)?;
-    if a.device.is_empty() || a.device != device {
-        return None;
-    }
-    let id = a.last_challenge?;
-    let c: Challenge = store.get(&keys::challenge(id)).map(|b| dec(&b))?;
-    (!c.used).then_some((id, c.code))
+    Some(PinState { pin: a.pin, failures: a.pin_failures, locked_until_ms: a.pin_locked_until_ms })
+}
+
+/// Challenge notifications not yet acked, seq > `after_seq`, ascending: the notifier computes
+/// each code with the shared key (`challenge_code`), pushes it to `device`, then acks.
+pub fn notifications(store: &(impl Store + ?Sized), after_seq: u64, limit: usize) -> Vec<Notification> {
+    let (a, b) = keys::notifications_from(after_seq.saturating_add(1));
+    store.scan(&a, &b, limit).into_iter().map(|(_, v)| dec(&v)).collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +174,7 @@ pub struct Audit {
     pub accounts: u64,
     pub open_packets: u64,
     pub outbox_records: u64,
+    pub notifications_pending: u64,
     /// Recomputed sums equal the running aggregates, and the identity holds.
     pub ok: bool,
 }
@@ -190,13 +205,17 @@ pub fn audit(store: &(impl Store + ?Sized)) -> Audit {
         outbox_pending += e.amount.0 as u128;
         outbox_records += 1;
     });
+    let mut notifications_pending = 0u64;
+    let (a, b) = keys::notifications_from(0);
+    for_each(store, &a, &b, |_, _| notifications_pending += 1);
     let ok = totals.identity_holds()
         && balances == totals.balances.0 as u128
         && escrow == totals.escrow.0 as u128
         && outbox_pending == totals.outbox_pending.0 as u128
         && accounts == totals.accounts
         && open_packets == totals.open_packets
-        && outbox_records == totals.outbox_records;
+        && outbox_records == totals.outbox_records
+        && notifications_pending == totals.notifications_pending;
     let clamp = |x: u128| Cents(x.min(u64::MAX as u128) as u64);
     Audit {
         totals,
@@ -206,6 +225,7 @@ pub fn audit(store: &(impl Store + ?Sized)) -> Audit {
         accounts,
         open_packets,
         outbox_records,
+        notifications_pending,
         ok,
     }
 }

@@ -50,6 +50,7 @@ impl World {
 
     fn open(&mut self, user: UserId, cents: u64) {
         assert_eq!(self.code(Command::OpenAccount { user, device: "phone".into() }), Code::Ok);
+        assert_eq!(self.code(set_pin(user)), Code::Ok);
         if cents > 0 {
             assert_eq!(self.code(Command::TopUp { user, amount: Cents(cents) }), Code::Ok);
         }
@@ -60,7 +61,14 @@ impl World {
     }
 
     fn send(&mut self, sender: UserId, kind: PacketKind) -> PacketId {
-        let o = self.run(Command::SendPacket { sender, kind, device: "phone".into(), verification: None, greeting: String::new() });
+        let o = self.run(Command::SendPacket {
+            sender,
+            kind,
+            device: "phone".into(),
+            verification: None,
+            greeting: String::new(),
+            pin: PinCheck::Verified,
+        });
         match o.reply {
             Reply::Sent { packet, .. } => packet,
             _ => panic!("send failed: {o:?}"),
@@ -70,6 +78,11 @@ impl World {
     fn grab(&mut self, packet: PacketId, grabber: UserId) -> Outcome {
         self.run(Command::Grab { packet, grabber, grabber_shard: SHARD, password: None })
     }
+}
+
+/// What the leader would put in SetPin: a salt and a slow hash of the PIN (here just bytes).
+fn set_pin(user: UserId) -> Command {
+    Command::SetPin { user, salt: [user as u8; 16], hash: [0x5a; 32] }
 }
 
 fn lucky(total: u64, count: u32) -> PacketKind {
@@ -83,13 +96,31 @@ fn zero_amounts_are_rejected_with_amount_zero() {
     let mut w = World::new();
     w.open(1, 1000);
     assert_eq!(w.code(Command::TopUp { user: 1, amount: Cents(0) }), Code::AmountZero);
-    assert_eq!(w.code(Command::Withdraw { user: 1, amount: Cents(0), device: "phone".into(), verification: None }), Code::AmountZero);
     assert_eq!(
-        w.code(Command::Transfer { from: 1, to: 2, to_shard: OTHER, amount: Cents(0), device: "phone".into(), verification: None }),
+        w.code(Command::Withdraw { user: 1, amount: Cents(0), device: "phone".into(), verification: None, pin: PinCheck::Verified }),
         Code::AmountZero
     );
     assert_eq!(
-        w.code(Command::SendPacket { sender: 1, kind: lucky(0, 1), device: "phone".into(), verification: None, greeting: String::new() }),
+        w.code(Command::Transfer {
+            from: 1,
+            to: 2,
+            to_shard: OTHER,
+            amount: Cents(0),
+            device: "phone".into(),
+            verification: None,
+            pin: PinCheck::Verified
+        }),
+        Code::AmountZero
+    );
+    assert_eq!(
+        w.code(Command::SendPacket {
+            sender: 1,
+            kind: lucky(0, 1),
+            device: "phone".into(),
+            verification: None,
+            greeting: String::new(),
+            pin: PinCheck::Verified
+        }),
         Code::AmountZero
     );
     assert_eq!(w.balance(1), 1000);
@@ -102,7 +133,14 @@ fn overflowing_amounts_are_rejected_with_amount_overflow() {
     assert_eq!(w.code(Command::TopUp { user: 1, amount: Cents(u64::MAX) }), Code::AmountOverflow);
     let fixed = PacketKind::Fixed { per_share: Cents(u64::MAX / 2), count: 3 };
     assert_eq!(
-        w.code(Command::SendPacket { sender: 1, kind: fixed, device: "phone".into(), verification: None, greeting: String::new() }),
+        w.code(Command::SendPacket {
+            sender: 1,
+            kind: fixed,
+            device: "phone".into(),
+            verification: None,
+            greeting: String::new(),
+            pin: PinCheck::Verified
+        }),
         Code::AmountOverflow
     );
     assert_eq!(w.balance(1), 0);
@@ -113,11 +151,18 @@ fn spending_more_than_the_balance_is_insufficient_funds() {
     let mut w = World::new();
     w.open(1, 500);
     assert_eq!(
-        w.code(Command::Withdraw { user: 1, amount: Cents(501), device: "phone".into(), verification: None }),
+        w.code(Command::Withdraw { user: 1, amount: Cents(501), device: "phone".into(), verification: None, pin: PinCheck::Verified }),
         Code::InsufficientFunds
     );
     assert_eq!(
-        w.code(Command::SendPacket { sender: 1, kind: lucky(600, 2), device: "phone".into(), verification: None, greeting: String::new() }),
+        w.code(Command::SendPacket {
+            sender: 1,
+            kind: lucky(600, 2),
+            device: "phone".into(),
+            verification: None,
+            greeting: String::new(),
+            pin: PinCheck::Verified
+        }),
         Code::InsufficientFunds
     );
     assert_eq!(w.balance(1), 500);
@@ -214,7 +259,14 @@ fn packet_limits_total_count_and_share_have_their_codes() {
     let mut w = World::new();
     w.open(1, 100_000);
     let send = |w: &mut World, kind| {
-        w.code(Command::SendPacket { sender: 1, kind, device: "phone".into(), verification: None, greeting: String::new() })
+        w.code(Command::SendPacket {
+            sender: 1,
+            kind,
+            device: "phone".into(),
+            verification: None,
+            greeting: String::new(),
+            pin: PinCheck::Verified,
+        })
     };
     assert_eq!(send(&mut w, lucky(200_01, 10)), Code::TotalTooLarge);
     assert_eq!(send(&mut w, lucky(200_00, 10)), Code::Ok);
@@ -237,7 +289,8 @@ fn may_20th_raises_the_packet_limit_to_520() {
             kind: lucky(520_00, 1),
             device: "phone".into(),
             verification: None,
-            greeting: String::new()
+            greeting: String::new(),
+            pin: PinCheck::Verified
         }),
         Code::Ok
     );
@@ -250,16 +303,42 @@ fn a_frozen_account_can_neither_send_nor_withdraw_but_can_receive() {
     w.open(2, 10_000);
     assert!(w.run(Command::SetRisk { user: 1, frozen: true, grade: RiskGrade::Normal }).is_ok());
     assert_eq!(
-        w.code(Command::SendPacket { sender: 1, kind: lucky(100, 1), device: "phone".into(), verification: None, greeting: String::new() }),
+        w.code(Command::SendPacket {
+            sender: 1,
+            kind: lucky(100, 1),
+            device: "phone".into(),
+            verification: None,
+            greeting: String::new(),
+            pin: PinCheck::Verified
+        }),
         Code::AccountFrozen
     );
-    assert_eq!(w.code(Command::Withdraw { user: 1, amount: Cents(100), device: "phone".into(), verification: None }), Code::AccountFrozen);
     assert_eq!(
-        w.code(Command::Transfer { from: 1, to: 2, to_shard: SHARD, amount: Cents(100), device: "phone".into(), verification: None }),
+        w.code(Command::Withdraw { user: 1, amount: Cents(100), device: "phone".into(), verification: None, pin: PinCheck::Verified }),
         Code::AccountFrozen
     );
     assert_eq!(
-        w.code(Command::Transfer { from: 2, to: 1, to_shard: SHARD, amount: Cents(100), device: "phone".into(), verification: None }),
+        w.code(Command::Transfer {
+            from: 1,
+            to: 2,
+            to_shard: SHARD,
+            amount: Cents(100),
+            device: "phone".into(),
+            verification: None,
+            pin: PinCheck::Verified
+        }),
+        Code::AccountFrozen
+    );
+    assert_eq!(
+        w.code(Command::Transfer {
+            from: 2,
+            to: 1,
+            to_shard: SHARD,
+            amount: Cents(100),
+            device: "phone".into(),
+            verification: None,
+            pin: PinCheck::Verified
+        }),
         Code::Ok
     );
     assert_eq!(w.balance(1), 10_100);
@@ -271,7 +350,14 @@ fn the_daily_send_limit_depends_on_the_risk_grade_and_resets_each_day() {
     w.open(1, 2_000_000);
     w.open(2, 0);
     let send = |w: &mut World, c| {
-        w.code(Command::SendPacket { sender: 1, kind: lucky(c, 1), device: "phone".into(), verification: None, greeting: String::new() })
+        w.code(Command::SendPacket {
+            sender: 1,
+            kind: lucky(c, 1),
+            device: "phone".into(),
+            verification: None,
+            greeting: String::new(),
+            pin: PinCheck::Verified,
+        })
     };
     for _ in 0..25 {
         assert_eq!(send(&mut w, 200_00), Code::Ok); // 25 × 200 = 5,000 yuan: the normal limit
@@ -282,7 +368,15 @@ fn the_daily_send_limit_depends_on_the_risk_grade_and_resets_each_day() {
     assert!(w.run(Command::SetRisk { user: 1, frozen: false, grade: RiskGrade::High }).is_ok());
     assert_eq!(send(&mut w, 100), Code::RiskGradeBlocked);
     assert_eq!(
-        w.code(Command::Transfer { from: 1, to: 2, to_shard: SHARD, amount: Cents(100), device: "phone".into(), verification: None }),
+        w.code(Command::Transfer {
+            from: 1,
+            to: 2,
+            to_shard: SHARD,
+            amount: Cents(100),
+            device: "phone".into(),
+            verification: None,
+            pin: PinCheck::Verified
+        }),
         Code::RiskGradeBlocked
     );
 }
@@ -292,38 +386,44 @@ fn a_new_device_above_the_threshold_needs_a_challenge_and_passes_with_the_right_
     let mut w = World::new();
     w.open(1, 100_000);
     let withdraw = |w: &mut World, v: Option<Verification>| {
-        w.run(Command::Withdraw { user: 1, amount: Cents(200_00), device: "new-phone".into(), verification: v })
+        w.run(Command::Withdraw { user: 1, amount: Cents(200_00), device: "new-phone".into(), verification: v, pin: PinCheck::Verified })
     };
     let o = withdraw(&mut w, None);
     assert_eq!(o.code, Code::ChallengeRequired);
     let Reply::Challenge { challenge_id } = o.reply else { panic!("challenge id expected") };
     assert_eq!(w.balance(1), 100_000, "nothing moved");
-    // The code reaches only the known device.
-    assert_eq!(view::pending_challenge(&w.store, 1, "new-phone"), None);
-    let (id, code) = view::pending_challenge(&w.store, 1, "phone").expect("pushed to the known phone");
-    assert_eq!(id, challenge_id);
+    // The notification goes to the known device; the notifier computes the code there.
+    let n = view::notifications(&w.store, 0, 10);
+    assert_eq!(n.len(), 1);
+    assert_eq!((n[0].challenge_id, n[0].user, n[0].device.as_str()), (challenge_id, 1, "phone"));
+    let code = challenge_code(&w.config.challenge_key, challenge_id, 1, &n[0].op);
     assert_eq!(withdraw(&mut w, Some(Verification { challenge_id, code: code.wrapping_add(1) })).code, Code::ChallengeInvalid);
     assert!(withdraw(&mut w, Some(Verification { challenge_id, code })).is_ok());
     assert_eq!(w.balance(1), 100_000 - 200_00);
     // Used once only.
     assert_eq!(withdraw(&mut w, Some(Verification { challenge_id, code })).code, Code::ChallengeInvalid);
     // Small amounts from a new device pass without a challenge; the known device always does.
-    assert!(w.run(Command::Withdraw { user: 1, amount: Cents(50), device: "new-phone".into(), verification: None }).is_ok());
+    assert!(w
+        .run(Command::Withdraw { user: 1, amount: Cents(50), device: "new-phone".into(), verification: None, pin: PinCheck::Verified })
+        .is_ok());
 }
 
 #[test]
 fn an_expired_challenge_is_invalid() {
     let mut w = World::new();
     w.open(1, 100_000);
-    let o = w.run(Command::Withdraw { user: 1, amount: Cents(200_00), device: "other".into(), verification: None });
+    let o =
+        w.run(Command::Withdraw { user: 1, amount: Cents(200_00), device: "other".into(), verification: None, pin: PinCheck::Verified });
     let Reply::Challenge { challenge_id } = o.reply else { panic!() };
-    let (_, code) = view::pending_challenge(&w.store, 1, "phone").unwrap();
+    let op = ChallengeOp { kind: ChallengeKind::Withdraw, amount: Cents(200_00), counterparty: 0 };
+    let code = challenge_code(&w.config.challenge_key, challenge_id, 1, &op);
     w.now += w.config.challenge_ttl_ms;
     let o = w.run(Command::Withdraw {
         user: 1,
         amount: Cents(200_00),
         device: "other".into(),
         verification: Some(Verification { challenge_id, code }),
+        pin: PinCheck::Verified,
     });
     assert_eq!(o.code, Code::ChallengeInvalid);
 }
@@ -359,7 +459,15 @@ fn transfers_to_oneself_are_self_transfer_and_malformed_input_is_invalid_argumen
     let mut w = World::new();
     w.open(1, 1000);
     assert_eq!(
-        w.code(Command::Transfer { from: 1, to: 1, to_shard: SHARD, amount: Cents(1), device: "phone".into(), verification: None }),
+        w.code(Command::Transfer {
+            from: 1,
+            to: 1,
+            to_shard: SHARD,
+            amount: Cents(1),
+            device: "phone".into(),
+            verification: None,
+            pin: PinCheck::Verified
+        }),
         Code::SelfTransfer
     );
     assert_eq!(w.code(Command::OpenAccount { user: 0, device: "x".into() }), Code::InvalidArgument);
@@ -405,7 +513,8 @@ fn a_cross_shard_grab_goes_through_the_outbox_and_mark_delivered_settles_it() {
 fn withdrawal_fees_follow_the_free_quota_and_are_collected() {
     let mut w = World::new();
     w.open(1, 500_000);
-    let o = w.run(Command::Withdraw { user: 1, amount: Cents(1_200_00), device: "phone".into(), verification: None });
+    let o =
+        w.run(Command::Withdraw { user: 1, amount: Cents(1_200_00), device: "phone".into(), verification: None, pin: PinCheck::Verified });
     assert_eq!(o.reply, Reply::Wallet { user: 1, balance: Cents(500_000 - 1_200_00 - 20), fee: Cents(20), credit_in_flight: false });
     let t = view::totals(&w.store);
     assert_eq!((t.withdrawals, t.fees), (Cents(1_200_00), Cents(20)));
@@ -494,6 +603,11 @@ enum Op {
     Replay(u16),
     Reuse(u16),
     Freeze(u8, bool),
+    SetPin(u8),
+    /// A spend (0 withdraw, 1 transfer, 2 send) with a PIN the leader found wrong.
+    WrongPin(u8, u8),
+    /// The notifier acks all but the last `k` challenge notifications.
+    Ack(u64),
 }
 
 fn amount() -> impl Strategy<Value = u64> {
@@ -523,6 +637,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u16>().prop_map(Op::Replay),
         1 => any::<u16>().prop_map(Op::Reuse),
         1 => (0u8..8, any::<bool>()).prop_map(|(u, f)| Op::Freeze(u, f)),
+        1 => (0u8..8).prop_map(Op::SetPin),
+        1 => (0u8..8, 0u8..3).prop_map(|(u, k)| Op::WrongPin(u, k)),
+        1 => (0u64..3).prop_map(Op::Ack),
     ]
 }
 
@@ -543,6 +660,7 @@ fn run_ops(ops: &[Op]) -> (World, Vec<Request>) {
                 amount: Cents(a),
                 device: if known { "phone" } else { "other" }.into(),
                 verification: None,
+                pin: PinCheck::Verified,
             },
             Op::Transfer(f, t, cross, a) => Command::Transfer {
                 from: user(f),
@@ -551,6 +669,7 @@ fn run_ops(ops: &[Op]) -> (World, Vec<Request>) {
                 amount: Cents(a),
                 device: "phone".into(),
                 verification: None,
+                pin: PinCheck::Verified,
             },
             Op::Send(u, k, a, c) => {
                 let kind = match k {
@@ -559,7 +678,14 @@ fn run_ops(ops: &[Op]) -> (World, Vec<Request>) {
                     2 => PacketKind::Exclusive { amount: Cents(a), recipient: user((u + 1) % 8), recipient_shard: SHARD },
                     _ => PacketKind::Password { total: Cents(a), count: c, phrase: "kw".into() },
                 };
-                Command::SendPacket { sender: user(u), kind, device: "phone".into(), verification: None, greeting: "hi".into() }
+                Command::SendPacket {
+                    sender: user(u),
+                    kind,
+                    device: "phone".into(),
+                    verification: None,
+                    greeting: "hi".into(),
+                    pin: PinCheck::Verified,
+                }
             }
             Op::Grab(p, g, cross, pw) => {
                 let packet = packets.get(p as usize).copied().unwrap_or(PacketId::new(SHARD, 1_000 + p as u64));
@@ -592,6 +718,27 @@ fn run_ops(ops: &[Op]) -> (World, Vec<Request>) {
                 continue;
             }
             Op::Freeze(u, f) => Command::SetRisk { user: user(u), frozen: f, grade: RiskGrade::Normal },
+            Op::SetPin(u) => set_pin(user(u)),
+            Op::WrongPin(u, k) => {
+                let (device, verification, pin) = ("phone".to_string(), None, PinCheck::Wrong);
+                match k {
+                    0 => Command::Withdraw { user: user(u), amount: Cents(100), device, verification, pin },
+                    1 => Command::Transfer {
+                        from: user(u),
+                        to: user((u + 1) % 8),
+                        to_shard: SHARD,
+                        amount: Cents(100),
+                        device,
+                        verification,
+                        pin,
+                    },
+                    _ => Command::SendPacket { sender: user(u), kind: lucky(100, 2), device, verification, greeting: String::new(), pin },
+                }
+            }
+            Op::Ack(k) => {
+                let issued = view::totals(&w.store).next_notification.saturating_sub(1);
+                Command::AckNotifications { up_to_seq: issued.saturating_sub(k) }
+            }
             Op::Replay(k) | Op::Reuse(k) => {
                 if log.is_empty() {
                     continue;
@@ -601,12 +748,15 @@ fn run_ops(ops: &[Op]) -> (World, Vec<Request>) {
                     continue;
                 }
                 let before = w.store.clone();
-                let stored: Option<state::DedupEntry> = w.store.get(&keys::dedup(&req.id)).map(|b| bincode::deserialize(&b).unwrap());
+                let actor = req.cmd.actor().expect("non-system commands have an actor");
+                let stored: Option<state::DedupEntry> =
+                    w.store.get(&keys::dedup(actor, &req.id)).map(|b| bincode::deserialize(&b).unwrap());
                 let remembered = stored.is_some();
                 let mut replay = Request { id: req.id, time_ms: w.now, cmd: req.cmd.clone() };
                 let reuse = matches!(op, Op::Reuse(_));
                 if reuse {
-                    replay.cmd = Command::TopUp { user: 424242, amount: Cents(w.next_id) };
+                    // Same actor, other payload: ids are scoped by the actor, so only this is a reuse.
+                    replay.cmd = Command::TopUp { user: actor, amount: Cents(424242 + w.next_id) };
                     w.next_id += 1;
                     if replay.cmd == req.cmd {
                         continue;
@@ -634,6 +784,13 @@ fn run_ops(ops: &[Op]) -> (World, Vec<Request>) {
                 continue;
             }
         };
+        // Wallets whose owner opens the app next and sets a PIN, as it asks: one just opened on
+        // the phone, or one an incoming credit opened.
+        let pin_for: Vec<UserId> = match &cmd {
+            Command::OpenAccount { user, .. } => vec![*user],
+            Command::Credit { entries, .. } => entries.iter().map(|e| e.user).collect(),
+            _ => vec![],
+        };
         if let Command::Credit { entries, .. } = &cmd {
             // Track what the destination has taken, as the real relay would.
             let o_cmd = cmd.clone();
@@ -650,6 +807,15 @@ fn run_ops(ops: &[Op]) -> (World, Vec<Request>) {
                 packets.push(packet);
             }
             log.push((req, o));
+        }
+        for u in pin_for {
+            if view::pin_state(&w.store, u).is_some_and(|p| p.pin.is_none()) {
+                check_invariants(&w);
+                let req = Request { id: w.fresh_id(), time_ms: w.now, cmd: set_pin(u) };
+                let o = w.apply_req(&req);
+                assert!(o.is_ok());
+                log.push((req, o));
+            }
         }
         check_invariants(&w);
     }
@@ -716,7 +882,9 @@ fn the_random_workload_exercises_successful_sends_grabs_credits_and_expiries() {
     use proptest::strategy::ValueTree;
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let mut codes = std::collections::BTreeMap::<&'static str, u32>::new();
-    for _ in 0..200 {
+    // 500 sequences: with PIN and notification ops in the mix, a successful expiry (a send, a
+    // day passing, then the sweep) is rarer per sequence than before.
+    for _ in 0..500 {
         let ops = prop::collection::vec(op(), 100..120).new_tree(&mut runner).unwrap().current();
         let (w, reqs) = run_ops(&ops);
         let _ = w;
