@@ -1,7 +1,10 @@
 //! Test harness: real `hongbao-node` and `hongbao-router` processes on loopback, each with its
-//! own RocksDB in a temp dir, talking real gRPC. Used by the multi-process tests in `tests/`.
+//! own RocksDB in a temp dir, talking real gRPC over mutual TLS (a development CA made per
+//! cluster in `<dir>/security`). Used by the multi-process tests in `tests/`.
 
-use hongbao_client::Client;
+use hongbao_auth::{Role, SecurityDir};
+use hongbao_client::{Client, Credentials};
+use std::sync::Arc;
 use hongbao_topology::Topology;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -10,6 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod chaos;
+
+/// The payment PIN and device every test user is given by `Cluster::funded`.
+pub const TEST_PIN: &str = "246810";
+pub const TEST_DEVICE: &str = "test-phone";
 
 /// Where cargo put the binaries: beside this executable (`hongbao-chaos` in
 /// `<target>/release/`) or one level up (test executables live in `<target>/release/deps/`).
@@ -49,6 +56,8 @@ pub struct Spec {
     pub wan_latency_ms: u64,
     /// Routers' --max-inflight-per-shard (None: their default).
     pub router_max_inflight: Option<usize>,
+    /// The node binary to run (None: the one built beside the tests).
+    pub node_binary: Option<PathBuf>,
 }
 
 impl Default for Spec {
@@ -62,6 +71,7 @@ impl Default for Spec {
             keep_behind_snapshot: 5_000,
             wan_latency_ms: 0,
             router_max_inflight: None,
+            node_binary: None,
         }
     }
 }
@@ -73,6 +83,7 @@ pub struct Cluster {
     nodes: BTreeMap<u64, Child>,
     routers: BTreeMap<String, Child>,
     router_max_inflight: Option<usize>,
+    node_binary: PathBuf,
 }
 
 impl Cluster {
@@ -137,6 +148,7 @@ impl Cluster {
         let topology = Topology::parse(&t).unwrap_or_else(|e| panic!("test topology invalid: {e}\n{t}"));
         let topology_path = dir.path().join("topology.toml");
         std::fs::write(&topology_path, &t).expect("write topology");
+        hongbao_auth::ensure_dev_pki(&SecurityDir::new(dir.path().join("security")), &topology).expect("development CA and keys");
         drop(ports); // release them for the processes
         let mut c = Cluster {
             dir,
@@ -145,6 +157,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             routers: BTreeMap::new(),
             router_max_inflight: spec.router_max_inflight,
+            node_binary: spec.node_binary.unwrap_or_else(|| bin("hongbao-node")),
         };
         let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
         for id in ids {
@@ -163,13 +176,15 @@ impl Cluster {
 
     pub fn start_node(&mut self, id: u64) {
         assert!(!self.nodes.contains_key(&id), "node {id} already running");
-        let child = Command::new(bin("hongbao-node"))
+        let child = Command::new(&self.node_binary)
             .arg("--topology")
             .arg(&self.topology_path)
             .arg("--node-id")
             .arg(id.to_string())
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("node-{id}")))
+            .arg("--security-dir")
+            .arg(self.security_dir())
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::from(self.log(&format!("node-{id}"))))
             .stderr(Stdio::from(self.log(&format!("node-{id}"))))
@@ -188,6 +203,8 @@ impl Cluster {
             .arg(&self.topology_path)
             .arg("--region")
             .arg(region)
+            .arg("--security-dir")
+            .arg(self.security_dir())
             .stdout(Stdio::from(self.log(&format!("router-{region}"))))
             .stderr(Stdio::from(self.log(&format!("router-{region}"))))
             .spawn()
@@ -274,16 +291,28 @@ impl Cluster {
         self.topology.nodes_in(region).iter().map(|n| n.id).collect()
     }
 
-    /// A client that talks straight to the nodes (follows NotLeader hints).
-    pub fn node_client(&self) -> Client {
-        Client::new(self.topology.nodes.iter().map(|n| n.addr.clone()).collect())
+    /// The cluster's security folder: CA, every identity's certificate, dev keys.
+    pub fn security_dir(&self) -> PathBuf {
+        self.dir.path().join("security")
     }
 
-    /// A client that talks to the routers, home region first.
+    /// Every role's certificate and tokens minted with the development key.
+    pub fn credentials(&self) -> Credentials {
+        Credentials::dev(&self.security_dir()).expect("the cluster's security folder loads")
+    }
+
+    /// A client that talks straight to the nodes (follows NotLeader hints). Nodes serve only
+    /// routers and the admin identity, so it makes every call as admin.
+    pub fn node_client(&self) -> Client {
+        Client::new(self.topology.nodes.iter().map(|n| n.addr.clone()).collect(), Arc::new(self.credentials().only(Role::Admin)))
+    }
+
+    /// A client that talks to the routers, home region first, as a service would: each call
+    /// with its role's certificate, user calls with the user's token.
     pub fn router_client(&self, home: &str) -> Client {
         let mut r: Vec<_> = self.topology.routers.iter().collect();
         r.sort_by_key(|x| x.region != home);
-        Client::new(r.iter().map(|x| x.addr.clone()).collect())
+        Client::new(r.iter().map(|x| x.addr.clone()).collect(), Arc::new(self.credentials()))
     }
 
     /// Waits until every shard has a leader that answers a linearizable read.
@@ -324,6 +353,15 @@ impl Cluster {
             }
         }
         out
+    }
+
+    /// Opens `user`'s wallet, sets the test PIN and tops it up with `cents` (0: no top-up).
+    pub async fn funded(&self, c: &Client, user: u64, cents: u64) {
+        c.open_account(user, TEST_DEVICE).await.unwrap_or_else(|e| panic!("open {user}: {e}"));
+        c.set_pin(hongbao_client::new_request_id(), user, TEST_PIN).await.unwrap_or_else(|e| panic!("set pin of {user}: {e}"));
+        if cents > 0 {
+            c.top_up(hongbao_client::new_request_id(), user, cents).await.unwrap_or_else(|e| panic!("top up {user}: {e}"));
+        }
     }
 
     /// Keep the temp dir (logs, data) for a failed test to be inspected.

@@ -21,6 +21,8 @@ impl ScriptCluster {
         Command::new(repo_root().join("scripts/cluster"))
             .args(args)
             .env("HONGBAO_HOME", self.home.path())
+            // scripts/test built every binary already; a rebuild here would replace them.
+            .env("HONGBAO_NO_BUILD", "1")
             .status()
             .expect("run scripts/cluster")
     }

@@ -136,8 +136,25 @@ impl fmt::Display for Identity {
 /// client certificate, or when the certificate names no single hongbao identity.
 pub fn peer_identity<T>(req: &tonic::Request<T>) -> Option<Identity> {
     let certs = req.peer_certs()?;
-    Identity::from_cert_der(certs.first()?)
+    let der: &[u8] = certs.first()?;
+    // Parsing X.509 on every request (every grab, every Raft message) is measurable; a cluster
+    // has few distinct certificates, so their identities are remembered by their exact bytes.
+    if let Some(id) = SEEN.read().expect("identity cache lock").get(der) {
+        return id.clone();
+    }
+    let id = Identity::from_cert_der(der);
+    let mut seen = SEEN.write().expect("identity cache lock");
+    if seen.len() >= MAX_SEEN {
+        seen.clear();
+    }
+    seen.insert(der.to_vec(), id.clone());
+    id
 }
+
+/// Distinct peer certificates remembered at most (then the memory starts over).
+const MAX_SEEN: usize = 4096;
+static SEEN: std::sync::LazyLock<std::sync::RwLock<std::collections::HashMap<Vec<u8>, Option<Identity>>>> =
+    std::sync::LazyLock::new(Default::default);
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,8 @@
 //!
 //! Tops up users homed in three regions, sends a lucky group packet, everyone grabs, shows the
 //! claims and best luck, kills a region (through `scripts/cluster`), keeps grabbing, brings the
-//! region back, and ends with the audit.
+//! region back, and ends with the audit. It acts for every user with tokens minted by the local
+//! cluster's development key (as an app server would with its users' tokens).
 
 // Amounts are written yuan_fen (100_00 is 100.00 yuan).
 #![allow(clippy::inconsistent_digit_grouping)]
@@ -13,6 +14,9 @@ use hongbao_proto::v1::{PacketKind, SendPacketRequest};
 use hongbao_topology::{PacketId, Topology};
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// The demo sender's payment PIN (a demo, so it is written here).
+const DEMO_PIN: &str = "135790";
 
 fn step(s: &str) {
     println!("\n== {s}");
@@ -40,7 +44,8 @@ pub async fn run(client: &Client, topology: &Topology, script: &Path, kill_regio
         }
     }
     let sender = members[0];
-    step(&format!("user {sender} sends a lucky packet of 66.66 in 9 shares to the group"));
+    step(&format!("user {sender} sets a payment PIN, then sends a lucky packet of 66.66 in 9 shares to the group"));
+    client.set_pin(new_request_id(), sender, DEMO_PIN).await?;
     let p = client
         .send_packet(SendPacketRequest {
             request_id: new_request_id(),
@@ -50,6 +55,7 @@ pub async fn run(client: &Client, topology: &Topology, script: &Path, kill_regio
             count: 9, // six members now, three late grabbers while a region is down: fully grabbed, so best luck shows
             greeting: "新年快樂".into(),
             device: "demo-phone".into(),
+            pin: DEMO_PIN.into(),
             ..Default::default()
         })
         .await?;

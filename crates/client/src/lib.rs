@@ -1,19 +1,27 @@
 //! hongbao client library: typed calls for the whole API, with failover.
 //!
-//! A `Client` knows a list of endpoints (routers first, home region first; nodes work too). Each
+//! A `Client` knows a list of endpoints (routers, home region first) and its `Credentials`: a
+//! certificate per service role, and user tokens for calls that act for a user. Each
 //! call gets one request id, generated once and reused on every retry, so a retry after a
 //! timeout or a failover can never move money twice. On NotLeader the client follows the leader
 //! hint; on Unavailable / Timeout / Overloaded it backs off and tries the next endpoint, all
 //! within the call's deadline.
 
+pub mod credentials;
 pub mod money;
 
-use hongbao_proto::v1::{cluster_client::ClusterClient, packets_client::PacketsClient, wallet_client::WalletClient, *};
+pub use credentials::Credentials;
+use hongbao_auth::Role;
+use hongbao_proto::v1::{
+    cluster_client::ClusterClient, fault_injection_client::FaultInjectionClient, notifier_client::NotifierClient,
+    packets_client::PacketsClient, wallet_client::WalletClient, *,
+};
 use hongbao_proto::{detail_of, retry_step, ErrorCode, ErrorDetail, RetryStep};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 /// Bounds on retrying: a call gives up at its deadline or after this many attempts.
@@ -102,17 +110,42 @@ pub fn new_request_id() -> Vec<u8> {
 
 pub struct Client {
     endpoints: Vec<String>,
-    channels: Mutex<HashMap<String, Channel>>,
+    creds: Arc<Credentials>,
+    channels: Mutex<HashMap<(Role, String), Channel>>,
     /// Index into `endpoints` that answered last; calls start there.
     preferred: Mutex<usize>,
     pub deadline: Duration,
 }
 
+/// Adds the acting user's token to a call's metadata.
+#[derive(Clone)]
+pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl Auth {
+    pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        r
+    }
+}
+
+fn refused(code: ErrorCode, message: String) -> ClientError {
+    ClientError { detail: ErrorDetail { code: code as i32, message, ..Default::default() } }
+}
+
 impl Client {
-    /// `endpoints` are `host:port` gRPC addresses, in order of preference.
-    pub fn new(endpoints: Vec<String>) -> Client {
+    /// `endpoints` are `host:port` gRPC addresses (routers), in order of preference.
+    pub fn new(endpoints: Vec<String>, creds: Arc<Credentials>) -> Client {
         assert!(!endpoints.is_empty(), "a client needs at least one endpoint");
-        Client { endpoints, channels: Mutex::new(HashMap::new()), preferred: Mutex::new(0), deadline: Duration::from_secs(10) }
+        Client {
+            endpoints,
+            creds,
+            channels: Mutex::new(HashMap::new()),
+            preferred: Mutex::new(0),
+            deadline: Duration::from_secs(10),
+        }
     }
 
     pub fn with_deadline(mut self, d: Duration) -> Client {
@@ -124,24 +157,43 @@ impl Client {
         &self.endpoints
     }
 
-    fn channel(&self, addr: &str) -> Channel {
-        let mut map = self.channels.lock().expect("channel map lock");
-        map.entry(addr.to_string())
-            .or_insert_with(|| {
-                Endpoint::from_shared(format!("http://{addr}"))
-                    .expect("valid endpoint address")
-                    .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true)
-                    .connect_lazy()
-            })
-            .clone()
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.creds
     }
 
-    /// Runs `f` against endpoints until it succeeds, fails with a definite domain error, or the
-    /// deadline passes. `f` must send the same request (same request id) each time.
-    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T>
+    fn channel(&self, role: Role, addr: &str) -> Result<Channel> {
+        let (role, tls) = self.creds.tls(role).map_err(|m| refused(ErrorCode::PermissionDenied, m))?;
+        let mut map = self.channels.lock().expect("channel map lock");
+        let key = (role, addr.to_string());
+        if let Some(ch) = map.get(&key) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|e| refused(ErrorCode::InvalidArgument, format!("endpoint {addr}: {e}")))?
+            .tls_config(tls)
+            .map_err(|e| refused(ErrorCode::InvalidArgument, format!("TLS for {addr}: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        map.insert(key, ch.clone());
+        Ok(ch)
+    }
+
+    /// The token of the user a call acts for (`device`: the device the call names, if any).
+    fn auth(&self, user: u64, device: Option<&str>) -> Result<Auth> {
+        let tokens = self.creds.tokens.as_ref().ok_or_else(|| {
+            refused(ErrorCode::Unauthenticated, format!("no user tokens configured; user {user} needs one (hongbao login)"))
+        })?;
+        let tok = tokens.token(user, device).map_err(|m| refused(ErrorCode::Unauthenticated, m))?;
+        let v = format!("Bearer {tok}").parse().map_err(|_| refused(ErrorCode::Unauthenticated, "token is not ASCII".into()))?;
+        Ok(Auth(Some(v)))
+    }
+
+    /// Runs `f` against endpoints, as `role`, until it succeeds, fails with a definite domain
+    /// error, or the deadline passes. `f` must send the same request (same request id) each time.
+    pub async fn call<T, F, Fut>(&self, role: Role, auth: Auth, f: F) -> Result<T>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Channel, Auth) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let start = Instant::now();
@@ -155,7 +207,7 @@ impl Client {
                 break;
             }
             let addr = hint.take().unwrap_or_else(|| self.endpoints[idx % self.endpoints.len()].clone());
-            let fut = f(self.channel(&addr));
+            let fut = f(self.channel(role, &addr)?, auth.clone());
             let res = tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), fut).await;
             let status = match res {
                 Ok(Ok(resp)) => {
@@ -193,46 +245,91 @@ impl Client {
         Err(ClientError { detail: last })
     }
 
+    /// A call made by the `app` role for `user`, with the user's token.
+    async fn as_user<T, F, Fut>(&self, user: u64, device: Option<&str>, f: F) -> Result<T>
+    where
+        F: Fn(Channel, Auth) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let auth = self.auth(user, device)?;
+        self.call(Role::App, auth, f).await
+    }
+
+    /// A call made by a service role, for no particular user.
+    async fn as_role<T, F, Fut>(&self, role: Role, f: F) -> Result<T>
+    where
+        F: Fn(Channel, Auth) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call(role, Auth(None), f).await
+    }
+
+    /// Reads of a wallet: the user themself with a token, or the risk or admin role (when the
+    /// credentials are made for one role only, or hold no tokens).
+    async fn as_reader<T, F, Fut>(&self, user: u64, f: F) -> Result<T>
+    where
+        F: Fn(Channel, Auth) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        if self.creds.tokens.is_none() || self.creds.tls(Role::App).map(|(r, _)| r != Role::App).unwrap_or(true) {
+            return self.as_role(Role::Admin, f).await;
+        }
+        self.as_user(user, None, f).await
+    }
+
     // ---------------- wallet ----------------
 
     pub async fn open_account(&self, user: u64, device: &str) -> Result<WalletReply> {
         let req = OpenAccountRequest { request_id: new_request_id(), user, device: device.into() };
-        self.call(|ch| {
-            let r = req.clone();
+        self.as_user(user, (!device.is_empty()).then_some(device), |ch, a| {
+            let r = a.req(req.clone());
             async move { WalletClient::new(ch).open_account(r).await }
         })
         .await
     }
 
+    /// Money in from a bank: the payment gateway's call.
     pub async fn top_up(&self, request_id: Vec<u8>, user: u64, amount_cents: u64) -> Result<WalletReply> {
         let req = TopUpRequest { request_id, user, amount_cents };
-        self.call(|ch| {
-            let r = req.clone();
+        self.as_role(Role::PaymentGateway, |ch, a| {
+            let r = a.req(req.clone());
             async move { WalletClient::new(ch).top_up(r).await }
         })
         .await
     }
 
     pub async fn withdraw(&self, req: WithdrawRequest) -> Result<WalletReply> {
-        self.call(|ch| {
-            let r = req.clone();
+        let device = (!req.device.is_empty()).then_some(req.device.as_str());
+        self.as_user(req.user, device, |ch, a| {
+            let r = a.req(req.clone());
             async move { WalletClient::new(ch).withdraw(r).await }
         })
         .await
     }
 
     pub async fn transfer(&self, req: TransferRequest) -> Result<WalletReply> {
-        self.call(|ch| {
-            let r = req.clone();
+        let device = (!req.device.is_empty()).then_some(req.device.as_str());
+        self.as_user(req.from, device, |ch, a| {
+            let r = a.req(req.clone());
             async move { WalletClient::new(ch).transfer(r).await }
+        })
+        .await
+    }
+
+    /// Sets the payment PIN (once; 6 digits).
+    pub async fn set_pin(&self, request_id: Vec<u8>, user: u64, pin: &str) -> Result<WalletReply> {
+        let req = SetPinRequest { request_id, user, pin: pin.into() };
+        self.as_user(user, None, |ch, a| {
+            let r = a.req(req.clone());
+            async move { WalletClient::new(ch).set_pin(r).await }
         })
         .await
     }
 
     pub async fn balance(&self, user: u64) -> Result<BalanceReply> {
         let req = BalanceRequest { user, allow_stale: false };
-        self.call(|ch| {
-            let r = req;
+        self.as_reader(user, |ch, a| {
+            let r = a.req(req);
             async move { WalletClient::new(ch).balance(r).await }
         })
         .await
@@ -240,26 +337,18 @@ impl Client {
 
     pub async fn statement(&self, user: u64, limit: u32) -> Result<StatementReply> {
         let req = StatementRequest { user, limit, allow_stale: false };
-        self.call(|ch| {
-            let r = req;
+        self.as_reader(user, |ch, a| {
+            let r = a.req(req);
             async move { WalletClient::new(ch).statement(r).await }
         })
         .await
     }
 
-    pub async fn challenge_code(&self, user: u64, device: &str) -> Result<ChallengeCodeReply> {
-        let req = ChallengeCodeRequest { user, device: device.into() };
-        self.call(|ch| {
-            let r = req.clone();
-            async move { WalletClient::new(ch).challenge_code(r).await }
-        })
-        .await
-    }
-
+    /// Freeze / grade an account: the risk role's call.
     pub async fn set_risk(&self, user: u64, frozen: bool, grade: &str) -> Result<BalanceReply> {
         let req = SetRiskRequest { request_id: new_request_id(), user, frozen, risk_grade: grade.into() };
-        self.call(|ch| {
-            let r = req.clone();
+        self.as_role(Role::Risk, |ch, a| {
+            let r = a.req(req.clone());
             async move { WalletClient::new(ch).set_risk(r).await }
         })
         .await
@@ -268,8 +357,9 @@ impl Client {
     // ---------------- packets ----------------
 
     pub async fn send_packet(&self, req: SendPacketRequest) -> Result<SendPacketReply> {
-        self.call(|ch| {
-            let r = req.clone();
+        let device = (!req.device.is_empty()).then_some(req.device.as_str());
+        self.as_user(req.sender, device, |ch, a| {
+            let r = a.req(req.clone());
             async move { PacketsClient::new(ch).send(r).await }
         })
         .await
@@ -277,40 +367,82 @@ impl Client {
 
     pub async fn grab(&self, request_id: Vec<u8>, packet_id: u64, grabber: u64, password: &str) -> Result<GrabReply> {
         let req = GrabRequest { request_id, packet_id, grabber, password: password.into() };
-        self.call(|ch| {
-            let r = req.clone();
+        self.as_user(grabber, None, |ch, a| {
+            let r = a.req(req.clone());
             async move { PacketsClient::new(ch).grab(r).await }
         })
         .await
     }
 
-    pub async fn show_packet(&self, packet_id: u64) -> Result<PacketView> {
+    /// Shows a packet. `viewer`: the signed-in user looking (any user may), or None to look as
+    /// the admin role.
+    pub async fn show_packet_as(&self, viewer: Option<u64>, packet_id: u64) -> Result<PacketView> {
         let req = ShowPacketRequest { packet_id, allow_stale: false };
-        self.call(|ch| {
-            let r = req;
+        let f = |ch, a: Auth| {
+            let r = a.req(req);
             async move { PacketsClient::new(ch).show(r).await }
+        };
+        match viewer {
+            Some(u) => self.as_user(u, None, f).await,
+            None => self.as_role(Role::Admin, f).await,
+        }
+    }
+
+    pub async fn show_packet(&self, packet_id: u64) -> Result<PacketView> {
+        self.show_packet_as(None, packet_id).await
+    }
+
+    // ---------------- notifications ----------------
+
+    /// Pending challenge notifications of a shard, with their codes: the notifier role's call.
+    pub async fn poll_notifications(&self, shard: u32, after_seq: u64, limit: u32) -> Result<PollNotificationsReply> {
+        let req = PollNotificationsRequest { shard, after_seq, limit };
+        self.as_role(Role::Notifier, |ch, a| {
+            let r = a.req(req);
+            async move { NotifierClient::new(ch).poll(r).await }
         })
         .await
     }
 
-    // ---------------- cluster ----------------
+    pub async fn ack_notifications(&self, shard: u32, up_to_seq: u64) -> Result<AckNotificationsReply> {
+        let req = AckNotificationsRequest { shard, up_to_seq };
+        self.as_role(Role::Notifier, |ch, a| {
+            let r = a.req(req);
+            async move { NotifierClient::new(ch).ack(r).await }
+        })
+        .await
+    }
+
+    // ---------------- cluster (admin) ----------------
 
     pub async fn status(&self) -> Result<StatusReply> {
-        self.call(|ch| async move { ClusterClient::new(ch).status(StatusRequest { local_only: false }).await }).await
+        self.as_role(Role::Admin, |ch, a| {
+            let r = a.req(StatusRequest { local_only: false });
+            async move { ClusterClient::new(ch).status(r).await }
+        })
+        .await
     }
 
     pub async fn audit(&self) -> Result<AuditReply> {
-        self.call(|ch| async move { ClusterClient::new(ch).audit(AuditRequest {}).await }).await
+        self.as_role(Role::Admin, |ch, a| {
+            let r = a.req(AuditRequest {});
+            async move { ClusterClient::new(ch).audit(r).await }
+        })
+        .await
     }
 
     pub async fn transfer_leader(&self, shard: u32, to_node: u64) -> Result<TransferLeaderReply> {
-        self.call(|ch| async move { ClusterClient::new(ch).transfer_leader(TransferLeaderRequest { shard, to_node }).await }).await
+        self.as_role(Role::Admin, |ch, a| {
+            let r = a.req(TransferLeaderRequest { shard, to_node });
+            async move { ClusterClient::new(ch).transfer_leader(r).await }
+        })
+        .await
     }
 
     pub async fn drain(&self, region: &str) -> Result<DrainReply> {
         let req = DrainRequest { region: region.into(), local_only: false };
-        self.call(|ch| {
-            let r = req.clone();
+        self.as_role(Role::Admin, |ch, a| {
+            let r = a.req(req.clone());
             async move { ClusterClient::new(ch).drain(r).await }
         })
         .await
@@ -318,23 +450,23 @@ impl Client {
 
     pub async fn undrain(&self, region: &str) -> Result<DrainReply> {
         let req = DrainRequest { region: region.into(), local_only: false };
-        self.call(|ch| {
-            let r = req.clone();
+        self.as_role(Role::Admin, |ch, a| {
+            let r = a.req(req.clone());
             async move { ClusterClient::new(ch).undrain(r).await }
         })
         .await
     }
 
-    /// Asks one specific endpoint (no failover): for status of a single node.
+    /// Asks one specific endpoint (no failover), as admin: for status of a single node.
     pub async fn status_of(&self, addr: &str) -> Result<StatusReply> {
-        let mut c = ClusterClient::new(self.channel(addr));
+        let mut c = ClusterClient::new(self.channel(Role::Admin, addr)?);
         once(addr, c.status(StatusRequest { local_only: true })).await
     }
 
-    /// Replaces the injected faults of the node at `addr` (chaos testing; no failover: the
-    /// fault belongs to that node).
+    /// Replaces the injected faults of the node at `addr` (chaos testing, nodes built with the
+    /// `fault-injection` feature only; no failover: the fault belongs to that node).
     pub async fn set_faults_of(&self, addr: &str, faults: Faults) -> Result<FaultsReply> {
-        let mut c = ClusterClient::new(self.channel(addr));
+        let mut c = FaultInjectionClient::new(self.channel(Role::Admin, addr)?);
         once(addr, c.set_faults(faults)).await
     }
 }

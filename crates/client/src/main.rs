@@ -6,7 +6,8 @@ mod output;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use hongbao_client::money::{parse_yuan, yuan};
-use hongbao_client::{new_request_id, Client, ClientError};
+use hongbao_client::credentials::{local_security_dir, SavedTokens};
+use hongbao_client::{new_request_id, Client, ClientError, Credentials};
 use hongbao_proto::v1::*;
 use hongbao_topology::Topology;
 use output::print_json;
@@ -28,6 +29,10 @@ struct Cli {
     /// Give up on a call after this many seconds (retries included).
     #[arg(long, global = true, default_value_t = 10)]
     timeout: u64,
+    /// Security folder (CA, role certificates, dev signing key); default: `security/` beside
+    /// the topology file, or $HONGBAO_SECURITY_DIR.
+    #[arg(long, global = true)]
+    security_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -37,16 +42,41 @@ enum Cmd {
     /// Wallet accounts.
     #[command(subcommand)]
     Account(AccountCmd),
+    /// Development convenience: mint a token for USER on DEVICE with the local cluster's dev
+    /// signing key and save it; later commands acting for USER use it. A real deployment gets
+    /// tokens from its login service.
+    Login {
+        user: u64,
+        #[arg(long)]
+        device: String,
+        /// Token lifetime in minutes (at most 24 h).
+        #[arg(long, default_value_t = 720)]
+        minutes: u64,
+    },
+    /// Development convenience: create what is missing of a local security folder (a dev CA,
+    /// certificates for every node, router and role of the topology, the dev token-signing key,
+    /// the challenge key). `scripts/cluster up` runs it. Never for production: bring your own CA.
+    DevCa,
     /// Move money from one wallet to another (possibly on another shard).
     Transfer {
         from: u64,
         to: u64,
         /// Yuan, e.g. 12.34
         amount: String,
-        #[arg(long, default_value = "cli")]
-        device: String,
+        #[command(flatten)]
+        pin: PinArg,
         #[command(flatten)]
         verify: VerifyArgs,
+    },
+    /// The notifier service: delivers challenge codes from every shard's outbox to the users'
+    /// devices (locally: appends them to a file), then acknowledges them.
+    Notifier {
+        /// Where delivered codes are written, one line each.
+        #[arg(long)]
+        out: PathBuf,
+        /// Drain once and exit instead of running until killed.
+        #[arg(long)]
+        once: bool,
     },
     /// Red packets.
     #[command(subcommand)]
@@ -70,9 +100,17 @@ struct VerifyArgs {
     /// Challenge id from a CHALLENGE_REQUIRED answer.
     #[arg(long)]
     challenge: Option<u64>,
-    /// The code sent to the account's known device (`hongbao account challenge-code`).
+    /// The code delivered to the account's known device (locally: the notifier's file).
     #[arg(long)]
     code: Option<u32>,
+}
+
+#[derive(Args, Clone)]
+struct PinArg {
+    /// The payment PIN (6 digits). A real app collects it on the device; here also from
+    /// $HONGBAO_PIN, so it stays out of the shell history.
+    #[arg(long, env = "HONGBAO_PIN", hide_env_values = true)]
+    pin: String,
 }
 
 impl VerifyArgs {
@@ -83,10 +121,15 @@ impl VerifyArgs {
 
 #[derive(Subcommand)]
 enum AccountCmd {
+    /// Open USER's wallet on the device of USER's token (`hongbao login USER --device D`).
     Open {
         user: u64,
-        #[arg(long, default_value = "cli")]
-        device: String,
+    },
+    /// Set USER's payment PIN (once); needed to send, transfer and withdraw.
+    SetPin {
+        user: u64,
+        #[command(flatten)]
+        pin: PinArg,
     },
     Topup {
         user: u64,
@@ -95,8 +138,8 @@ enum AccountCmd {
     Withdraw {
         user: u64,
         amount: String,
-        #[arg(long, default_value = "cli")]
-        device: String,
+        #[command(flatten)]
+        pin: PinArg,
         #[command(flatten)]
         verify: VerifyArgs,
     },
@@ -108,13 +151,7 @@ enum AccountCmd {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
-    /// The verification code the account's known device would receive.
-    ChallengeCode {
-        user: u64,
-        #[arg(long)]
-        device: String,
-    },
-    /// Admin: freeze / unfreeze, set the risk grade (normal, elevated, high).
+    /// Risk role: freeze / unfreeze, set the risk grade (normal, elevated, high).
     Risk {
         user: u64,
         #[arg(long)]
@@ -136,6 +173,9 @@ enum PacketCmd {
     },
     Show {
         packet: u64,
+        /// Look as this signed-in user (default: as the admin role).
+        #[arg(long = "as")]
+        viewer: Option<u64>,
     },
 }
 
@@ -162,8 +202,8 @@ struct SendArgs {
     phrase: String,
     #[arg(long, default_value = "恭喜發財")]
     greeting: String,
-    #[arg(long, default_value = "cli")]
-    device: String,
+    #[command(flatten)]
+    pin: PinArg,
     #[command(flatten)]
     verify: VerifyArgs,
 }
@@ -186,6 +226,7 @@ enum ClusterCmd {
         node: u64,
     },
     /// Chaos testing: replace the injected faults of the node at ADDR (no flags = clear them).
+    /// Only nodes built with the `fault-injection` feature (scripts/chaos, the tests) have it.
     Faults {
         /// gRPC address of the node (not a router).
         addr: String,
@@ -244,20 +285,108 @@ async fn main() {
     }
 }
 
+/// Where `hongbao login` keeps tokens: `tokens/` beside the security folder.
+fn tokens_dir(security: &std::path::Path) -> PathBuf {
+    security.parent().map(|p| p.join("tokens")).unwrap_or_else(|| PathBuf::from("tokens"))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let client = Client::new(endpoints(&cli)?).with_deadline(Duration::from_secs(cli.timeout));
+    let security = cli.security_dir.clone().unwrap_or_else(|| local_security_dir(&topology_path(&cli.topology)));
     let json = cli.json;
+    if let Cmd::Login { user, device, minutes } = &cli.cmd {
+        return login(&security, *user, device, *minutes);
+    }
+    if let Cmd::DevCa = &cli.cmd {
+        let t = Topology::load(&topology_path(&cli.topology)).map_err(anyhow::Error::msg)?;
+        hongbao_auth::ensure_dev_pki(&hongbao_auth::SecurityDir::new(&security), &t)?;
+        println!("development security folder ready: {}", security.display());
+        return Ok(0);
+    }
+    // The demo acts for many users at once: it mints their tokens with the dev key itself.
+    let creds = match &cli.cmd {
+        Cmd::Demo { .. } => Credentials::dev(&security)?,
+        _ => Credentials::load(&security)?.with_tokens(std::sync::Arc::new(SavedTokens { dir: tokens_dir(&security) })),
+    };
+    let client = Client::new(endpoints(&cli)?, std::sync::Arc::new(creds)).with_deadline(Duration::from_secs(cli.timeout));
     match cli.cmd {
+        Cmd::Login { .. } | Cmd::DevCa => unreachable!("handled above"),
         Cmd::Account(a) => account(&client, a, json).await?,
-        Cmd::Transfer { from, to, amount, device, verify } => transfer(&client, from, to, &amount, device, verify, json).await?,
+        Cmd::Transfer { from, to, amount, pin, verify } => transfer(&client, from, to, &amount, pin.pin, verify, json).await?,
         Cmd::Packet(p) => packet(&client, p, json).await?,
         Cmd::Cluster(c) => return cluster(&client, c, json).await,
+        Cmd::Notifier { out, once } => return notifier(&client, &topology_path(&cli.topology), &out, once).await,
         Cmd::Demo { kill_region, cluster_script } => {
             let topology = Topology::load(&topology_path(&cli.topology)).map_err(anyhow::Error::msg)?;
             return demo::run(&client, &topology, &cluster_script, kill_region.as_deref()).await;
         }
     }
     Ok(0)
+}
+
+fn login(security: &std::path::Path, user: u64, device: &str, minutes: u64) -> anyhow::Result<i32> {
+    let signer = hongbao_auth::DevSigner::load(&hongbao_auth::SecurityDir::new(security))
+        .context("`hongbao login` mints with the local cluster's development key (scripts/cluster up makes it)")?;
+    let ttl = (minutes * 60).clamp(60, hongbao_auth::MAX_TOKEN_TTL_S);
+    let token = signer.mint(user, device, ttl);
+    let dir = tokens_dir(security);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{user}.jwt"));
+    write_private(&path, token.as_bytes())?;
+    println!("user {user} signed in on device {device} for {} min (development token, minted with the local dev key)", ttl / 60);
+    println!("saved to {}", path.display());
+    Ok(0)
+}
+
+/// Writes a secret readable by its owner only.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+/// Polls every shard's notification outbox, writes each code to `out` (the stand-in for a push
+/// to the user's phone), then acknowledges what it wrote. Codes go to that file only.
+async fn notifier(client: &Client, topology: &std::path::Path, out: &std::path::Path, once: bool) -> anyhow::Result<i32> {
+    use std::io::Write;
+    let t = Topology::load(topology).map_err(anyhow::Error::msg)?;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out).with_context(|| format!("open {}", out.display()))?;
+    loop {
+        for s in &t.shards {
+            let polled = match client.poll_notifications(s.id, 0, 256).await {
+                Ok(p) => p.notifications,
+                Err(e) => {
+                    tracing::warn!(shard = s.id, "notifier poll failed: {e}");
+                    continue;
+                }
+            };
+            let Some(last) = polled.last().map(|n| n.seq) else { continue };
+            for n in &polled {
+                writeln!(
+                    f,
+                    "user={} device={} challenge={} code={:06} operation={} amount={} counterparty={} expires_at_ms={}",
+                    n.user,
+                    n.device,
+                    n.challenge_id,
+                    n.code,
+                    n.operation,
+                    yuan(n.amount_cents),
+                    n.counterparty,
+                    n.expires_at_ms
+                )?;
+            }
+            f.flush()?;
+            f.sync_data()?;
+            if let Err(e) = client.ack_notifications(s.id, last).await {
+                tracing::warn!(shard = s.id, "notifier ack failed (the codes are re-sent next time): {e}");
+            }
+        }
+        if once {
+            return Ok(0);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn amount(yuan: &str) -> anyhow::Result<u64> {
@@ -271,12 +400,12 @@ async fn transfer(
     from: u64,
     to: u64,
     yuan_amount: &str,
-    device: String,
+    pin: String,
     verify: VerifyArgs,
     json: bool,
 ) -> anyhow::Result<()> {
     let amount_cents = amount(yuan_amount)?;
-    let req = TransferRequest { request_id: new_request_id(), from, to, amount_cents, device, verification: verify.get() };
+    let req = TransferRequest { request_id: new_request_id(), from, to, amount_cents, pin, verification: verify.get(), ..Default::default() };
     let r = client.transfer(req).await?;
     if json {
         print_json(&output::Wallet::from(&r));
@@ -289,15 +418,22 @@ async fn transfer(
 
 async fn account(client: &Client, cmd: AccountCmd, json: bool) -> anyhow::Result<()> {
     let r = match cmd {
-        AccountCmd::Open { user, device } => client.open_account(user, &device).await?,
+        AccountCmd::Open { user } => client.open_account(user, "").await?,
+        AccountCmd::SetPin { user, pin } => client.set_pin(new_request_id(), user, &pin.pin).await?,
         AccountCmd::Topup { user, amount: a } => client.top_up(new_request_id(), user, amount(&a)?).await?,
-        AccountCmd::Withdraw { user, amount: a, device, verify } => {
-            let req = WithdrawRequest { request_id: new_request_id(), user, amount_cents: amount(&a)?, device, verification: verify.get() };
+        AccountCmd::Withdraw { user, amount: a, pin, verify } => {
+            let req = WithdrawRequest {
+                request_id: new_request_id(),
+                user,
+                amount_cents: amount(&a)?,
+                pin: pin.pin,
+                verification: verify.get(),
+                ..Default::default()
+            };
             client.withdraw(req).await?
         }
         AccountCmd::Balance { user } => return balance(client, user, json).await,
         AccountCmd::Statement { user, limit } => return statement(client, user, limit, json).await,
-        AccountCmd::ChallengeCode { user, device } => return challenge_code(client, user, &device, json).await,
         AccountCmd::Risk { user, freeze, grade } => {
             let b = client.set_risk(user, freeze, &grade).await?;
             println!("user {} frozen={} grade={}", b.user, b.frozen, b.risk_grade);
@@ -334,16 +470,6 @@ async fn statement(client: &Client, user: u64, limit: u32, json: bool) -> anyhow
     Ok(())
 }
 
-async fn challenge_code(client: &Client, user: u64, device: &str, json: bool) -> anyhow::Result<()> {
-    let c = client.challenge_code(user, device).await?;
-    if json {
-        print_json(&output::Challenge { challenge_id: c.challenge_id, code: c.code });
-    } else {
-        println!("challenge {} code {:06}", c.challenge_id, c.code);
-    }
-    Ok(())
-}
-
 // ---------------- packets ----------------
 
 async fn packet(client: &Client, cmd: PacketCmd, json: bool) -> anyhow::Result<()> {
@@ -366,8 +492,8 @@ async fn packet(client: &Client, cmd: PacketCmd, json: bool) -> anyhow::Result<(
                 println!("user {user} grabbed {} (share #{share}); {left} shares / {left_yuan} left{in_flight}", yuan(r.amount_cents));
             }
         }
-        PacketCmd::Show { packet } => {
-            let p = client.show_packet(packet).await?;
+        PacketCmd::Show { packet, viewer } => {
+            let p = client.show_packet_as(viewer, packet).await?;
             if json {
                 print_json(&output::Packet::from(&p));
             } else {
@@ -391,7 +517,7 @@ fn send_request(a: SendArgs) -> anyhow::Result<SendPacketRequest> {
         sender: a.sender,
         count: a.count,
         greeting: a.greeting,
-        device: a.device,
+        pin: a.pin.pin,
         verification,
         ..Default::default()
     };

@@ -111,12 +111,6 @@ pub fn print_statement(entries: &[StatementEntry]) {
     }
 }
 
-#[derive(Serialize)]
-pub struct Challenge {
-    pub challenge_id: u64,
-    pub code: u32,
-}
-
 // ---------------- packets ----------------
 
 #[derive(Serialize)]

@@ -226,8 +226,9 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             return Ok(None);
         }
         let Some(v) = v else {
-            let id = self.totals.next_challenge;
+            // Ids start at 1: 0 means "no challenge" in replies and on the wire.
             self.totals.next_challenge += 1;
+            let id = self.totals.next_challenge;
             let expires_ms = now + self.config.challenge_ttl_ms;
             self.put(keys::challenge(id), &Challenge { user: acct.user, op, expires_ms, used: false, attempts: 0 });
             let seq = self.totals.next_notification.max(1);

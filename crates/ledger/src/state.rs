@@ -85,6 +85,7 @@ pub struct Totals {
     /// Highest command time applied: time only moves forward.
     pub last_time_ms: u64,
     pub next_packet_seq: u64,
+    /// The last challenge id issued (ids start at 1).
     pub next_challenge: u64,
     /// The seq the next challenge notification gets (0 in a fresh shard stands for 1).
     pub next_notification: u64,

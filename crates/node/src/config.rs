@@ -7,8 +7,10 @@ use hongbao_topology::Topology;
 /// so this times that bounds one message.
 const MAX_ENTRIES_PER_APPEND: u64 = 256;
 
-pub fn ledger_config(t: &Topology) -> LedgerConfig {
-    let mut c = LedgerConfig::default();
+/// `challenge_key` is the replicas' shared secret (security folder's `challenge.key`): part of
+/// the replicated behaviour, so every replica of a shard must be given the same one.
+pub fn ledger_config(t: &Topology, challenge_key: [u8; 32]) -> LedgerConfig {
+    let mut c = LedgerConfig { challenge_key, ..LedgerConfig::default() };
     if let Some(ttl) = t.ledger.packet_ttl_ms {
         c.packet_ttl_ms = ttl;
     }

@@ -42,20 +42,29 @@ pub struct Host {
     pub data_dir: PathBuf,
     pub placement: Placement,
     pub clock: Clock,
+    /// Slow PIN hashes already verified on this leader (memory only; see `pin`).
+    pub pins: crate::pin::PinCache,
+}
+
+/// What a node needs from its security folder: the TLS settings of its calls to other nodes and
+/// the secret the replicas share for challenge codes and PIN salts.
+pub struct NodeSecrets {
+    pub peer_tls: tonic::transport::ClientTlsConfig,
+    pub challenge_key: [u8; 32],
 }
 
 impl Host {
     /// Opens the node's RocksDB and starts a Raft replica for every shard the topology places
     /// here. A fresh shard is bootstrapped by its home-region replica; existing data is resumed
     /// and never re-initialized.
-    pub async fn start(topology: Arc<Topology>, node_id: NodeId, data_dir: &Path) -> anyhow::Result<Arc<Host>> {
+    pub async fn start(topology: Arc<Topology>, node_id: NodeId, data_dir: &Path, secrets: NodeSecrets) -> anyhow::Result<Arc<Host>> {
         let me = topology.node(node_id).ok_or_else(|| anyhow::anyhow!("node {node_id} is not in the topology"))?.clone();
         std::fs::create_dir_all(data_dir)?;
         let db = Arc::new(Db::open(&data_dir.join("db"))?);
         let addrs: HashMap<NodeId, String> = topology.nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
         let faults = Arc::new(Faults::new(&topology, node_id));
-        let peers = Arc::new(Peers::new(node_id, addrs, faults.clone()));
-        let config = Arc::new(ledger_config(&topology));
+        let peers = Arc::new(Peers::new(node_id, addrs, faults.clone(), secrets.peer_tls));
+        let config = Arc::new(ledger_config(&topology, secrets.challenge_key));
         let raft_config = Arc::new(raft_config(&topology).validate()?);
         let mut replicas = BTreeMap::new();
         for s in topology.shards_on(node_id) {
@@ -77,6 +86,7 @@ impl Host {
             replicas,
             data_dir: data_dir.to_path_buf(),
             clock: Clock::new(faults),
+            pins: crate::pin::PinCache::new(),
         }))
     }
 

@@ -6,8 +6,10 @@
 //! - `transport`, `peers`: the Raft transport between nodes and the connections it uses.
 //! - `sweeper`, `relay`, `placement` (spawned by `tasks`): what each shard's leader does alone.
 //! - `service`: the gRPC API and admin servers, and every proto mapping (`service::convert`).
+//! - `access`, `pin`: who may call what (identity from the TLS certificate); the payment PIN.
 //! - `audit`, `config`, `clock`, `faults`, `metrics`.
 
+pub mod access;
 pub mod audit;
 pub mod clock;
 pub mod codec;
@@ -17,6 +19,7 @@ pub mod faults;
 pub mod host;
 pub mod metrics;
 pub mod peers;
+pub mod pin;
 pub mod placement;
 pub mod raft;
 pub mod relay;

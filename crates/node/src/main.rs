@@ -1,5 +1,7 @@
 //! `hongbao-node`: one region node. Hosts Raft replicas of several ledger shards on one RocksDB
-//! and serves Raft transport, the public API and admin on one gRPC port, metrics on another.
+//! and serves Raft transport, the public API and admin on one gRPC port (mutual TLS: every
+//! caller shows a certificate from the cluster's CA, and `access` decides what it may call),
+//! metrics on another.
 
 // Rust-side allocations (protobuf messages, batches, futures) are a visible share of the
 // profile under load; mimalloc is cheaper than glibc malloc for them.
@@ -9,10 +11,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use hongbao_node::host::Host;
 use hongbao_node::service;
+use hongbao_auth::{Identity, SecurityDir};
+use hongbao_node::access;
 use hongbao_proto::v1::{
-    cluster_server::ClusterServer, coalesced_server::CoalescedServer, packets_server::PacketsServer,
+    cluster_server::ClusterServer, coalesced_server::CoalescedServer, notifier_server::NotifierServer, packets_server::PacketsServer,
     raft_transport_server::RaftTransportServer, wallet_server::WalletServer,
 };
+use tonic::service::interceptor::InterceptedService;
 use hongbao_topology::Topology;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +34,10 @@ struct Args {
     /// Where RocksDB and snapshots live.
     #[arg(long)]
     data_dir: PathBuf,
+    /// The cluster's security folder: ca.crt, certs/node-<id>.{crt,key}, challenge.key
+    /// (docs/security.md; `scripts/cluster up` makes a development one).
+    #[arg(long)]
+    security_dir: PathBuf,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -54,7 +63,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(metrics_addr).install()?;
     hongbao_node::metrics::describe();
 
-    let host = Host::start(topology.clone(), args.node_id, &args.data_dir).await?;
+    let security = SecurityDir::new(&args.security_dir);
+    let me_id = Identity::Node(args.node_id);
+    let server_tls = security.server_tls(&me_id)?;
+    let secrets = hongbao_node::host::NodeSecrets { peer_tls: security.client_tls(&me_id)?, challenge_key: security.load_challenge_key()? };
+    let host = Host::start(topology.clone(), args.node_id, &args.data_dir, secrets).await?;
     tracing::info!(node = args.node_id, region = %me.region, addr = %me.addr, shards = ?host.replicas.keys().collect::<Vec<_>>(), "node started");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -63,22 +76,42 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let addr: std::net::SocketAddr = me.addr.parse()?;
     let max = hongbao_node::transport::MAX_RAFT_MESSAGE;
     let api_max = service::api::MAX_REQUEST_BYTES;
-    let server = tonic::transport::Server::builder()
+    let api = service::api::ApiService { host: host.clone() };
+    let mut server = tonic::transport::Server::builder()
+        .tls_config(server_tls)?
         .tcp_nodelay(true)
-        .concurrency_limit_per_connection(4096)
-        .add_service(
+        .concurrency_limit_per_connection(4096);
+    let routes = server
+        .add_service(InterceptedService::new(
             RaftTransportServer::new(hongbao_node::transport::server::RaftService { host: host.clone() })
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-        )
-        .add_service(WalletServer::new(service::api::ApiService { host: host.clone() }).max_decoding_message_size(api_max))
-        .add_service(PacketsServer::new(service::api::ApiService { host: host.clone() }).max_decoding_message_size(api_max))
-        .add_service(
-            CoalescedServer::new(service::api::ApiService { host: host.clone() })
-                .max_decoding_message_size(api_max * hongbao_proto::MAX_GRAB_BATCH),
-        )
-        .add_service(ClusterServer::new(service::cluster::ClusterService { host: host.clone() }))
-        .serve_with_shutdown(addr, shutdown_signal());
+            access::raft_transport,
+        ))
+        .add_service(InterceptedService::new(WalletServer::new(api.clone()).max_decoding_message_size(api_max), access::public_api))
+        .add_service(InterceptedService::new(PacketsServer::new(api.clone()).max_decoding_message_size(api_max), access::public_api))
+        .add_service(InterceptedService::new(
+            CoalescedServer::new(api).max_decoding_message_size(api_max * hongbao_proto::MAX_GRAB_BATCH),
+            access::public_api,
+        ))
+        .add_service(InterceptedService::new(
+            NotifierServer::new(service::notifier::NotifierService { host: host.clone() }).max_decoding_message_size(api_max),
+            access::public_api,
+        ))
+        .add_service(InterceptedService::new(
+            ClusterServer::new(service::cluster::ClusterService { host: host.clone() }).max_decoding_message_size(api_max),
+            access::cluster_admin,
+        ));
+    #[cfg(feature = "fault-injection")]
+    let routes = {
+        use hongbao_proto::v1::fault_injection_server::FaultInjectionServer;
+        tracing::warn!("built with fault injection: the admin identity can cut links and shift the clock (test builds only)");
+        routes.add_service(InterceptedService::new(
+            FaultInjectionServer::new(service::faults::FaultService { host: host.clone() }),
+            access::admin_only,
+        ))
+    };
+    let server = routes.serve_with_shutdown(addr, shutdown_signal());
     server.await?;
     tracing::info!("shutting down: stopping background tasks and raft");
     let _ = stop_tx.send(true);

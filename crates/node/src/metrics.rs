@@ -1,5 +1,9 @@
 //! The node's metric names, in one place, each described once at start-up (Prometheus HELP).
 
+/// Calls refused because the caller's certificate may not make them, by service.
+pub const ACCESS_DENIED: &str = "hongbao_access_denied_total";
+/// Wrong payment PINs typed (verdicts of this node as leader).
+pub const WRONG_PINS: &str = "hongbao_wrong_pins_total";
 /// Raft entries applied to the ledger, all shards.
 pub const APPLIED_ENTRIES: &str = "hongbao_applied_entries_total";
 /// Time to apply one batch of entries and write it to RocksDB.
@@ -33,6 +37,8 @@ pub const SNAPSHOTS_INSTALLED: &str = "hongbao_snapshots_installed_total";
 
 /// Registers every metric's description with the installed recorder.
 pub fn describe() {
+    metrics::describe_counter!(ACCESS_DENIED, "Calls refused because the caller's certificate may not make them, by service");
+    metrics::describe_counter!(WRONG_PINS, "Wrong payment PINs typed (verdicts of this node as leader)");
     metrics::describe_counter!(APPLIED_ENTRIES, "Raft entries applied to the ledger, all shards");
     metrics::describe_histogram!(APPLY_BATCH_SECONDS, "Time to apply one batch of entries and write it to RocksDB");
     metrics::describe_histogram!(BATCH_REQUESTS, "Requests carried by one Raft entry (leader batching)");

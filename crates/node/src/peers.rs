@@ -1,13 +1,14 @@
 //! Connections from this node to every other node, shared by all its shards' Raft groups, the
 //! cross-shard relay and cluster admin. Every outgoing node-to-node call takes its channel here,
-//! which is where injected faults cut it off.
+//! which is where injected faults cut it off. Every channel is mutual TLS with this node's own
+//! certificate, so the receiver knows which node is calling.
 
 use crate::faults::Faults;
 use hongbao_topology::NodeId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Channels to the other nodes, opened lazily and kept.
 pub struct Peers {
@@ -15,11 +16,12 @@ pub struct Peers {
     addrs: HashMap<NodeId, String>,
     channels: Mutex<HashMap<NodeId, Channel>>,
     pub faults: Arc<Faults>,
+    tls: ClientTlsConfig,
 }
 
 impl Peers {
-    pub fn new(self_id: NodeId, addrs: HashMap<NodeId, String>, faults: Arc<Faults>) -> Peers {
-        Peers { self_id, addrs, channels: Mutex::new(HashMap::new()), faults }
+    pub fn new(self_id: NodeId, addrs: HashMap<NodeId, String>, faults: Arc<Faults>, tls: ClientTlsConfig) -> Peers {
+        Peers { self_id, addrs, channels: Mutex::new(HashMap::new()), faults, tls }
     }
 
     pub fn addr(&self, node: NodeId) -> Option<&str> {
@@ -36,8 +38,10 @@ impl Peers {
         Some(
             map.entry(node)
                 .or_insert_with(|| {
-                    Endpoint::from_shared(format!("http://{addr}"))
+                    Endpoint::from_shared(format!("https://{addr}"))
                         .expect("topology addresses are valid")
+                        .tls_config(self.tls.clone())
+                        .expect("TLS settings were loaded at start-up")
                         .connect_timeout(Duration::from_millis(300))
                         .tcp_nodelay(true)
                         .http2_keep_alive_interval(Duration::from_secs(1))

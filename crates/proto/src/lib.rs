@@ -53,7 +53,7 @@ pub fn retry_step(code: ErrorCode) -> RetryStep {
     use ErrorCode as E;
     match code {
         E::NotLeader => RetryStep::FollowHint,
-        E::Overloaded => RetryStep::BackOff,
+        E::Overloaded | E::RateLimited => RetryStep::BackOff,
         E::Unavailable | E::Timeout | E::UnknownShard | E::Internal => RetryStep::Elsewhere,
         E::Ok
         | E::AmountZero
@@ -80,7 +80,14 @@ pub fn retry_step(code: ErrorCode) -> RetryStep {
         | E::SelfTransfer
         | E::InvalidArgument
         | E::CreditOutOfOrder
-        | E::WrongShard => RetryStep::Final,
+        | E::WrongShard
+        | E::PinNotSet
+        | E::WrongPin
+        | E::PinLocked
+        | E::PinAlreadySet
+        // The caller's credentials decide these: re-sending the same request changes nothing.
+        | E::PermissionDenied
+        | E::Unauthenticated => RetryStep::Final,
     }
 }
 
@@ -103,7 +110,10 @@ pub fn grpc_code_for(code: ErrorCode) -> tonic::Code {
         | E::InvalidArgument
         | E::SelfTransfer
         | E::WrongShard => tonic::Code::InvalidArgument,
-        E::WrongPassword | E::NotRecipient | E::ChallengeInvalid => tonic::Code::PermissionDenied,
+        E::WrongPassword | E::NotRecipient | E::ChallengeInvalid | E::WrongPin | E::PermissionDenied => tonic::Code::PermissionDenied,
+        E::Unauthenticated => tonic::Code::Unauthenticated,
+        E::RateLimited => tonic::Code::ResourceExhausted,
+        E::PinAlreadySet => tonic::Code::AlreadyExists,
         E::NotLeader | E::Unavailable => tonic::Code::Unavailable,
         E::Overloaded => tonic::Code::ResourceExhausted,
         E::Timeout => tonic::Code::DeadlineExceeded,
@@ -117,6 +127,8 @@ pub fn grpc_code_for(code: ErrorCode) -> tonic::Code {
         | E::RiskGradeBlocked
         | E::ChallengeRequired
         | E::RequestIdReused
+        | E::PinNotSet
+        | E::PinLocked
         | E::CreditOutOfOrder => tonic::Code::FailedPrecondition,
     }
 }
@@ -126,6 +138,16 @@ pub fn status(detail: ErrorDetail) -> tonic::Status {
     let code = grpc_code_for(detail.code());
     let message = format!("{}: {}", detail.code().as_str_name(), detail.message);
     tonic::Status::with_details(code, message, detail.encode_to_vec().into())
+}
+
+/// PERMISSION_DENIED for a caller whose identity or token may not make this call.
+pub fn denied(message: impl Into<String>) -> tonic::Status {
+    error(ErrorCode::PermissionDenied, message)
+}
+
+/// UNAUTHENTICATED: no usable credentials (the reason names the problem, never the token).
+pub fn unauthenticated(message: impl Into<String>) -> tonic::Status {
+    error(ErrorCode::Unauthenticated, message)
 }
 
 /// Shorthand for a status with just a code and message.
@@ -145,6 +167,8 @@ pub fn detail_of(status: &tonic::Status) -> ErrorDetail {
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ErrorCode::Timeout,
         tonic::Code::ResourceExhausted => ErrorCode::Overloaded,
         tonic::Code::Unavailable | tonic::Code::Unknown => ErrorCode::Unavailable,
+        tonic::Code::Unauthenticated => ErrorCode::Unauthenticated,
+        tonic::Code::PermissionDenied => ErrorCode::PermissionDenied,
         _ => ErrorCode::Internal,
     };
     ErrorDetail { code: code as i32, message: status.message().to_string(), ..Default::default() }
@@ -178,8 +202,8 @@ mod tests {
         for i in 0..200 {
             let Ok(code) = ErrorCode::try_from(i) else { continue };
             let step = retry_step(code);
-            if i < 100 {
-                assert_eq!(step, RetryStep::Final, "{code:?} is a ledger outcome");
+            if i < 100 || matches!(code, ErrorCode::PermissionDenied | ErrorCode::Unauthenticated) {
+                assert_eq!(step, RetryStep::Final, "{code:?} is a ledger outcome or a refusal of the caller");
             } else {
                 assert_ne!(step, RetryStep::Final, "{code:?} says nothing about the operation");
             }

@@ -3,6 +3,10 @@
 //! the shard's leader, follows NotLeader hints, and fails over to other replicas when a node or a
 //! whole region is unreachable, always re-sending the same request (same request id).
 //! Prometheus metrics (`metrics.rs`) on the `metrics_addr` of its topology entry, when set.
+//!
+//! Security (`gate.rs`, docs/security.md): callers are services with a client certificate from
+//! the cluster's CA; calls for an end user carry the user's token, verified here. SIGHUP re-reads
+//! the trusted token keys (rotation without a restart).
 
 // Rust-side allocations (protobuf messages, batches, futures) are a visible share of the
 // profile under load; mimalloc is cheaper than glibc malloc for them.
@@ -10,11 +14,16 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod coalesce;
+mod gate;
 mod metrics;
 mod route;
 
 use clap::Parser;
-use hongbao_proto::v1::{cluster_server::ClusterServer, packets_server::PacketsServer, wallet_server::WalletServer};
+use hongbao_auth::{Identity, SecurityDir, TokenKeys};
+use hongbao_proto::v1::{
+    cluster_server::ClusterServer, notifier_server::NotifierServer, packets_server::PacketsServer, wallet_server::WalletServer,
+};
+use tonic::service::interceptor::InterceptedService;
 use hongbao_topology::Topology;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +44,16 @@ struct Args {
     /// Send each grab to its node in its own call instead of coalescing many per call.
     #[arg(long)]
     no_coalesce: bool,
+    /// The cluster's security folder: ca.crt, certs/router-<region>.{crt,key}, token-keys/
+    /// (docs/security.md; `scripts/cluster up` makes a development one).
+    #[arg(long)]
+    security_dir: PathBuf,
+    /// Per-user reads (balance, statement, show) per second; bursts of twice that.
+    #[arg(long, default_value_t = 50.0)]
+    user_reads_per_s: f64,
+    /// Per-user payments (send, transfer, withdraw, set PIN) per second; bursts of twice that.
+    #[arg(long, default_value_t = 20.0)]
+    user_spends_per_s: f64,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -56,16 +75,31 @@ async fn main() -> anyhow::Result<()> {
         metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(metrics_addr).install()?;
         metrics::describe();
     }
-    let router =
-        route::Router::new(topology.clone(), args.region.clone(), args.max_inflight_per_shard.clamp(1, 1_000_000), !args.no_coalesce);
+    let security = SecurityDir::new(&args.security_dir);
+    let me = Identity::Router(args.region.clone());
+    let keys = TokenKeys::load_dir(&security.token_keys())?;
+    anyhow::ensure!(keys.len() > 0, "no trusted token keys in {}", security.token_keys().display());
+    let limits = gate::Limits { reads_per_s: args.user_reads_per_s.max(0.1), spends_per_s: args.user_spends_per_s.max(0.1) };
+    let gate = Arc::new(gate::Gate::new(keys, security.token_keys(), limits));
+    tokio::spawn(reload_on_sighup(gate.clone()));
+    let router = route::Router::new(
+        topology.clone(),
+        args.region.clone(),
+        args.max_inflight_per_shard.clamp(1, 1_000_000),
+        !args.no_coalesce,
+        security.client_tls(&me)?,
+    );
     let health = tokio::spawn(route::health_loop(router.clone()));
     tracing::info!(region = %args.region, %addr, metrics_addr = ?entry.and_then(|r| r.metrics_addr.as_deref()), "router started");
-    let svc = route::RouterService { router: router.clone() };
+    let svc = route::RouterService { router: router.clone(), gate };
+    let max = route::MAX_REQUEST_BYTES;
     tonic::transport::Server::builder()
+        .tls_config(security.server_tls(&me)?)?
         .tcp_nodelay(true)
-        .add_service(WalletServer::new(svc.clone()).max_decoding_message_size(route::MAX_REQUEST_BYTES))
-        .add_service(PacketsServer::new(svc.clone()).max_decoding_message_size(route::MAX_REQUEST_BYTES))
-        .add_service(ClusterServer::new(svc))
+        .add_service(InterceptedService::new(WalletServer::new(svc.clone()).max_decoding_message_size(max), gate::services_only))
+        .add_service(InterceptedService::new(PacketsServer::new(svc.clone()).max_decoding_message_size(max), gate::services_only))
+        .add_service(InterceptedService::new(NotifierServer::new(svc.clone()).max_decoding_message_size(max), gate::services_only))
+        .add_service(InterceptedService::new(ClusterServer::new(svc).max_decoding_message_size(max), gate::services_only))
         .serve_with_shutdown(addr.parse()?, async {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -74,4 +108,17 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     health.abort();
     Ok(())
+}
+
+/// SIGHUP: re-read the trusted token keys (add a new signing key before using it; remove the
+/// old one once its tokens have expired). A bad folder keeps the keys in force.
+async fn reload_on_sighup(gate: Arc<gate::Gate>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        match gate.reload() {
+            Ok(n) => tracing::info!(keys = n, "token keys reloaded"),
+            Err(e) => tracing::error!("token keys not reloaded, the old ones stay in force: {e:#}"),
+        }
+    }
 }

@@ -1,8 +1,12 @@
 //! Routing: leader tracking, health checks, forwarding with retries.
 
 use crate::coalesce::Coalescer;
+use crate::gate::Gate;
+use hongbao_auth::Role;
 use hongbao_proto::v1::cluster_client::ClusterClient;
 use hongbao_proto::v1::cluster_server::Cluster;
+use hongbao_proto::v1::notifier_client::NotifierClient;
+use hongbao_proto::v1::notifier_server::Notifier;
 use hongbao_proto::v1::packets_client::PacketsClient;
 use hongbao_proto::v1::packets_server::Packets;
 use hongbao_proto::v1::wallet_client::WalletClient;
@@ -15,7 +19,7 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 pub const MAX_REQUEST_BYTES: usize = 64 << 10;
@@ -49,14 +53,17 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(topology: Arc<Topology>, region: String, max_inflight: usize, coalesce: bool) -> Arc<Router> {
+    /// `tls`: this router's own certificate (nodes serve their API only to routers and admin).
+    pub fn new(topology: Arc<Topology>, region: String, max_inflight: usize, coalesce: bool, tls: ClientTlsConfig) -> Arc<Router> {
         assert!(max_inflight > 0, "a router must let at least one request through");
         let channels = topology
             .nodes
             .iter()
             .map(|n| {
-                let ch = Endpoint::from_shared(format!("http://{}", n.addr))
+                let ch = Endpoint::from_shared(format!("https://{}", n.addr))
                     .expect("valid node address")
+                    .tls_config(tls.clone())
+                    .expect("TLS settings were loaded at start-up")
                     .connect_timeout(Duration::from_millis(300))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(1))
@@ -260,7 +267,13 @@ pub async fn health_loop(router: Arc<Router>) {
 #[derive(Clone)]
 pub struct RouterService {
     pub router: Arc<Router>,
+    pub gate: Arc<Gate>,
 }
+
+type Res<T> = Result<Response<T>, Status>;
+
+/// Where each rule below comes from: `gate.rs` has the table of roles.
+const ANY_WALLET: &[Role] = &[Role::Risk, Role::Admin];
 
 impl RouterService {
     fn user(&self, user: u64) -> ShardId {
@@ -268,51 +281,78 @@ impl RouterService {
     }
 }
 
-/// Forwards a wallet RPC keyed by a user id.
-macro_rules! wallet_call {
-    ($self:ident, $req:ident, $user:expr, $method:ident) => {{
-        let r = $req.into_inner();
-        let shard = $self.user($user(&r));
-        $self.router.forward(shard, r, |_, ch, r| async move { WalletClient::new(ch).$method(r).await }).await
+/// Forwards a wallet RPC to the shard of `$user`.
+macro_rules! to_wallet {
+    ($self:ident, $r:expr, $user:expr, $method:ident) => {{
+        let shard = $self.user($user);
+        $self.router.forward(shard, $r, |_, ch, r| async move { WalletClient::new(ch).$method(r).await }).await
     }};
 }
 
 #[tonic::async_trait]
 impl Wallet for RouterService {
-    async fn open_account(&self, req: Request<OpenAccountRequest>) -> Result<Response<WalletReply>, Status> {
-        wallet_call!(self, req, |r: &OpenAccountRequest| r.user, open_account)
+    async fn open_account(&self, req: Request<OpenAccountRequest>) -> Res<WalletReply> {
+        let claims = self.gate.user(&req, req.get_ref().user, "open an account")?;
+        let mut r = req.into_inner();
+        r.device = claims.dev;
+        to_wallet!(self, r, r.user, open_account)
     }
-    async fn top_up(&self, req: Request<TopUpRequest>) -> Result<Response<WalletReply>, Status> {
-        wallet_call!(self, req, |r: &TopUpRequest| r.user, top_up)
+    async fn top_up(&self, req: Request<TopUpRequest>) -> Res<WalletReply> {
+        self.gate.roles(&req, &[Role::PaymentGateway], "top up")?;
+        let r = req.into_inner();
+        to_wallet!(self, r, r.user, top_up)
     }
-    async fn withdraw(&self, req: Request<WithdrawRequest>) -> Result<Response<WalletReply>, Status> {
-        wallet_call!(self, req, |r: &WithdrawRequest| r.user, withdraw)
+    async fn withdraw(&self, req: Request<WithdrawRequest>) -> Res<WalletReply> {
+        let claims = self.gate.user(&req, req.get_ref().user, "withdraw")?;
+        self.gate.spend_allowed(req.get_ref().user)?;
+        let mut r = req.into_inner();
+        r.device = claims.dev;
+        to_wallet!(self, r, r.user, withdraw)
     }
-    async fn transfer(&self, req: Request<TransferRequest>) -> Result<Response<WalletReply>, Status> {
-        wallet_call!(self, req, |r: &TransferRequest| r.from, transfer)
+    async fn transfer(&self, req: Request<TransferRequest>) -> Res<WalletReply> {
+        let claims = self.gate.user(&req, req.get_ref().from, "transfer")?;
+        self.gate.spend_allowed(req.get_ref().from)?;
+        let mut r = req.into_inner();
+        r.device = claims.dev;
+        to_wallet!(self, r, r.from, transfer)
     }
-    async fn balance(&self, req: Request<BalanceRequest>) -> Result<Response<BalanceReply>, Status> {
-        wallet_call!(self, req, |r: &BalanceRequest| r.user, balance)
+    async fn balance(&self, req: Request<BalanceRequest>) -> Res<BalanceReply> {
+        self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the wallet")?;
+        self.gate.read_allowed(req.get_ref().user)?;
+        let r = req.into_inner();
+        to_wallet!(self, r, r.user, balance)
     }
-    async fn statement(&self, req: Request<StatementRequest>) -> Result<Response<StatementReply>, Status> {
-        wallet_call!(self, req, |r: &StatementRequest| r.user, statement)
+    async fn statement(&self, req: Request<StatementRequest>) -> Res<StatementReply> {
+        self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the statement")?;
+        self.gate.read_allowed(req.get_ref().user)?;
+        let r = req.into_inner();
+        to_wallet!(self, r, r.user, statement)
     }
-    async fn challenge_code(&self, req: Request<ChallengeCodeRequest>) -> Result<Response<ChallengeCodeReply>, Status> {
-        wallet_call!(self, req, |r: &ChallengeCodeRequest| r.user, challenge_code)
+    async fn set_pin(&self, req: Request<SetPinRequest>) -> Res<WalletReply> {
+        self.gate.user(&req, req.get_ref().user, "set the payment PIN")?;
+        self.gate.spend_allowed(req.get_ref().user)?;
+        let r = req.into_inner();
+        to_wallet!(self, r, r.user, set_pin)
     }
-    async fn set_risk(&self, req: Request<SetRiskRequest>) -> Result<Response<BalanceReply>, Status> {
-        wallet_call!(self, req, |r: &SetRiskRequest| r.user, set_risk)
+    async fn set_risk(&self, req: Request<SetRiskRequest>) -> Res<BalanceReply> {
+        self.gate.roles(&req, &[Role::Risk, Role::Admin], "set risk")?;
+        let r = req.into_inner();
+        to_wallet!(self, r, r.user, set_risk)
     }
 }
 
 #[tonic::async_trait]
 impl Packets for RouterService {
-    async fn send(&self, req: Request<SendPacketRequest>) -> Result<Response<SendPacketReply>, Status> {
-        let r = req.into_inner();
+    async fn send(&self, req: Request<SendPacketRequest>) -> Res<SendPacketReply> {
+        let claims = self.gate.user(&req, req.get_ref().sender, "send a packet")?;
+        self.gate.spend_allowed(req.get_ref().sender)?;
+        let mut r = req.into_inner();
+        r.device = claims.dev;
         let shard = self.user(r.sender);
         self.router.forward(shard, r, |_, ch, r| async move { PacketsClient::new(ch).send(r).await }).await
     }
-    async fn grab(&self, req: Request<GrabRequest>) -> Result<Response<GrabReply>, Status> {
+    async fn grab(&self, req: Request<GrabRequest>) -> Res<GrabReply> {
+        self.gate.user(&req, req.get_ref().grabber, "grab")?;
         let r = req.into_inner();
         let shard = PacketId(r.packet_id).shard();
         match self.router.coalescer.clone() {
@@ -327,7 +367,13 @@ impl Packets for RouterService {
             None => self.router.forward(shard, r, |_, ch, r| async move { PacketsClient::new(ch).grab(r).await }).await,
         }
     }
-    async fn show(&self, req: Request<ShowPacketRequest>) -> Result<Response<PacketView>, Status> {
+    async fn show(&self, req: Request<ShowPacketRequest>) -> Res<PacketView> {
+        // Any signed-in user may look at a packet (it is shown to a whole group chat).
+        let role = self.gate.roles(&req, &[Role::App, Role::Risk, Role::Admin], "show a packet")?;
+        if role == Role::App {
+            let user = self.gate.signed_in(&req, "show a packet")?;
+            self.gate.read_allowed(user)?;
+        }
         let r = req.into_inner();
         let shard = PacketId(r.packet_id).shard();
         self.router.forward(shard, r, |_, ch, r| async move { PacketsClient::new(ch).show(r).await }).await
@@ -335,8 +381,24 @@ impl Packets for RouterService {
 }
 
 #[tonic::async_trait]
+impl Notifier for RouterService {
+    async fn poll(&self, req: Request<PollNotificationsRequest>) -> Res<PollNotificationsReply> {
+        self.gate.roles(&req, &[Role::Notifier], "read notifications")?;
+        let r = req.into_inner();
+        self.router.forward(r.shard, r, |_, ch, r| async move { NotifierClient::new(ch).poll(r).await }).await
+    }
+    async fn ack(&self, req: Request<AckNotificationsRequest>) -> Res<AckNotificationsReply> {
+        self.gate.roles(&req, &[Role::Notifier], "acknowledge notifications")?;
+        let r = req.into_inner();
+        self.router.forward(r.shard, r, |_, ch, r| async move { NotifierClient::new(ch).ack(r).await }).await
+    }
+}
+
+/// Cluster admin through a router: the admin role only.
+#[tonic::async_trait]
 impl Cluster for RouterService {
-    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+    async fn status(&self, req: Request<StatusRequest>) -> Res<StatusReply> {
+        self.gate.roles(&req, &[Role::Admin], "read cluster status")?;
         let view = self.router.view();
         match self.router.any_node(|mut c| async move { c.status(StatusRequest { local_only: false }).await }).await {
             Ok(mut r) => {
@@ -347,18 +409,22 @@ impl Cluster for RouterService {
             Err(_) => Ok(Response::new(StatusReply { router: Some(view), ..Default::default() })),
         }
     }
-    async fn audit(&self, _req: Request<AuditRequest>) -> Result<Response<AuditReply>, Status> {
+    async fn audit(&self, req: Request<AuditRequest>) -> Res<AuditReply> {
+        self.gate.roles(&req, &[Role::Admin], "audit")?;
         self.router.any_node(|mut c| async move { c.audit(AuditRequest {}).await }).await
     }
-    async fn shard_totals_of(&self, req: Request<ShardTotalsRequest>) -> Result<Response<ShardTotals>, Status> {
+    async fn shard_totals_of(&self, req: Request<ShardTotalsRequest>) -> Res<ShardTotals> {
+        self.gate.roles(&req, &[Role::Admin], "audit")?;
         let r = req.into_inner();
         self.router.any_node(|mut c| async move { c.shard_totals_of(r).await }).await
     }
-    async fn transfer_leader(&self, req: Request<TransferLeaderRequest>) -> Result<Response<TransferLeaderReply>, Status> {
+    async fn transfer_leader(&self, req: Request<TransferLeaderRequest>) -> Res<TransferLeaderReply> {
+        self.gate.roles(&req, &[Role::Admin], "move a leader")?;
         let r = req.into_inner();
         self.router.any_node(|mut c| async move { c.transfer_leader(r).await }).await
     }
-    async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
+    async fn drain(&self, req: Request<DrainRequest>) -> Res<DrainReply> {
+        self.gate.roles(&req, &[Role::Admin], "drain a region")?;
         let r = req.into_inner();
         self.router
             .any_node(|mut c| {
@@ -367,7 +433,8 @@ impl Cluster for RouterService {
             })
             .await
     }
-    async fn undrain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
+    async fn undrain(&self, req: Request<DrainRequest>) -> Res<DrainReply> {
+        self.gate.roles(&req, &[Role::Admin], "undrain a region")?;
         let r = req.into_inner();
         self.router
             .any_node(|mut c| {
@@ -375,8 +442,5 @@ impl Cluster for RouterService {
                 async move { c.undrain(r).await }
             })
             .await
-    }
-    async fn set_faults(&self, _req: Request<Faults>) -> Result<Response<FaultsReply>, Status> {
-        Err(Status::invalid_argument("faults are injected per node: send SetFaults to a node's address, not a router"))
     }
 }

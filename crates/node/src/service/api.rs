@@ -4,8 +4,8 @@
 //! reads are linearizable (ReadIndex) unless the caller opts into a stale local read.
 
 use crate::host::Host;
-use crate::service::convert::{claim, detail, invalid, kind_of, rejected, request_id, statement_entry, verification};
-use hongbao_ledger::{view, Cents, Code, Command, Outcome, PacketId, PacketKind, Reply, RequestId, RiskGrade, ShardId};
+use crate::service::convert::{bounded, claim, detail, invalid, kind_of, rejected, request_id, statement_entry, verification};
+use hongbao_ledger::{view, Cents, Code, Command, Outcome, PacketId, PacketKind, PinCheck, Reply, RequestId, RiskGrade, ShardId, UserId};
 use hongbao_proto::v1::coalesced_server::Coalesced;
 use hongbao_proto::v1::packets_server::Packets;
 use hongbao_proto::v1::wallet_server::Wallet;
@@ -42,6 +42,21 @@ impl ApiService {
         Ok(o)
     }
 
+    /// Bounds a client string before it can reach the log (the ledger's own limit).
+    fn text<'a>(&self, field: &str, s: &'a str) -> Result<&'a str, Status> {
+        bounded(field, s, self.host.config.max_string)
+    }
+
+    /// The leader's verdict on the PIN typed for a spend; refusals that need no Raft round
+    /// (locked, no PIN set) answer at once. Only the verdict enters the command.
+    async fn pin_check(&self, shard: ShardId, user: UserId, pin: &str) -> Result<PinCheck, Status> {
+        let replica = self.host.replica(shard)?;
+        if !self.host.is_leader(replica) {
+            return Err(self.host.not_leader(replica, None).into());
+        }
+        crate::pin::verdict(&self.host, shard, user, pin).await.map_err(|code| rejected(&Outcome::err(code), shard))
+    }
+
     /// Gate for reads: linearizable unless the caller allows a stale local read.
     async fn read_gate(&self, shard: ShardId, allow_stale: bool) -> Result<(), Status> {
         if allow_stale {
@@ -61,6 +76,7 @@ impl ApiService {
             return Err(status(detail(ErrorCode::UnknownPacket, format!("packet {} names no shard", r.packet_id), shard)));
         }
         let grabber_shard = self.user_shard(r.grabber)?;
+        self.text("password", &r.password)?;
         let password = if r.password.is_empty() { None } else { Some(r.password) };
         let id = request_id(&r.request_id)?;
         if let Ok(s) = self.host.replica(shard) {
@@ -116,6 +132,7 @@ impl Wallet for ApiService {
     async fn open_account(&self, req: Request<OpenAccountRequest>) -> Res<WalletReply> {
         let r = req.into_inner();
         let shard = self.user_shard(r.user)?;
+        self.text("device", &r.device)?;
         let o = self.write(shard, request_id(&r.request_id)?, Command::OpenAccount { user: r.user, device: r.device }).await?;
         self.wallet_reply(o, shard)
     }
@@ -130,13 +147,17 @@ impl Wallet for ApiService {
     async fn withdraw(&self, req: Request<WithdrawRequest>) -> Res<WalletReply> {
         let r = req.into_inner();
         let shard = self.user_shard(r.user)?;
+        self.text("device", &r.device)?;
+        let id = request_id(&r.request_id)?;
+        let pin = self.pin_check(shard, r.user, &r.pin).await?;
         let cmd = Command::Withdraw {
             user: r.user,
             amount: Cents(r.amount_cents),
             device: r.device,
             verification: verification(&r.verification),
+            pin,
         };
-        let o = self.write(shard, request_id(&r.request_id)?, cmd).await?;
+        let o = self.write(shard, id, cmd).await?;
         self.wallet_reply(o, shard)
     }
 
@@ -144,6 +165,9 @@ impl Wallet for ApiService {
         let r = req.into_inner();
         let shard = self.user_shard(r.from)?;
         let to_shard = self.user_shard(r.to)?;
+        self.text("device", &r.device)?;
+        let id = request_id(&r.request_id)?;
+        let pin = self.pin_check(shard, r.from, &r.pin).await?;
         let cmd = Command::Transfer {
             from: r.from,
             to: r.to,
@@ -151,8 +175,9 @@ impl Wallet for ApiService {
             amount: Cents(r.amount_cents),
             device: r.device,
             verification: verification(&r.verification),
+            pin,
         };
-        let o = self.write(shard, request_id(&r.request_id)?, cmd).await?;
+        let o = self.write(shard, id, cmd).await?;
         self.wallet_reply(o, shard)
     }
 
@@ -172,14 +197,16 @@ impl Wallet for ApiService {
         Ok(Response::new(StatementReply { user: r.user, entries }))
     }
 
-    async fn challenge_code(&self, req: Request<ChallengeCodeRequest>) -> Res<ChallengeCodeReply> {
+    async fn set_pin(&self, req: Request<SetPinRequest>) -> Res<WalletReply> {
         let r = req.into_inner();
         let shard = self.user_shard(r.user)?;
-        self.read_gate(shard, false).await?;
-        match view::pending_challenge(&self.host.store(shard), r.user, &r.device) {
-            Some((challenge_id, code)) => Ok(Response::new(ChallengeCodeReply { challenge_id, code })),
-            None => Err(status(detail(ErrorCode::ChallengeInvalid, "no pending challenge for this user on this device", shard))),
+        let id = request_id(&r.request_id)?;
+        if !hongbao_auth::valid_pin(&r.pin) {
+            return Err(invalid("a payment PIN is exactly 6 digits"));
         }
+        let (salt, hash) = crate::pin::new_record(self.host.config.challenge_key, r.user, id.0, r.pin).await;
+        let o = self.write(shard, id, Command::SetPin { user: r.user, salt, hash }).await?;
+        self.wallet_reply(o, shard)
     }
 
     async fn set_risk(&self, req: Request<SetRiskRequest>) -> Res<BalanceReply> {
@@ -196,6 +223,10 @@ impl Packets for ApiService {
     async fn send(&self, req: Request<SendPacketRequest>) -> Res<SendPacketReply> {
         let r = req.into_inner();
         let shard = self.user_shard(r.sender)?;
+        self.text("device", &r.device)?;
+        self.text("greeting", &r.greeting)?;
+        self.text("phrase", &r.phrase)?;
+        let id = request_id(&r.request_id)?;
         let kind = match r.kind() {
             hongbao_proto::v1::PacketKind::Lucky => PacketKind::Lucky { total: Cents(r.total_cents), count: r.count },
             hongbao_proto::v1::PacketKind::Fixed => PacketKind::Fixed { per_share: Cents(r.per_share_cents), count: r.count },
@@ -209,14 +240,16 @@ impl Packets for ApiService {
             }
             hongbao_proto::v1::PacketKind::Unspecified => return Err(invalid("packet kind is required")),
         };
+        let pin = self.pin_check(shard, r.sender, &r.pin).await?;
         let cmd = Command::SendPacket {
             sender: r.sender,
             kind,
             device: r.device,
             verification: verification(&r.verification),
             greeting: r.greeting,
+            pin,
         };
-        let o = self.write(shard, request_id(&r.request_id)?, cmd).await?;
+        let o = self.write(shard, id, cmd).await?;
         match o.reply {
             Reply::Sent { packet, expires_ms, balance } => {
                 Ok(Response::new(SendPacketReply { packet_id: packet.0, expires_at_ms: expires_ms, balance_cents: balance.0 }))

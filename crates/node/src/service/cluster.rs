@@ -250,17 +250,4 @@ impl Cluster for ClusterService {
         }
         Ok(Response::new(DrainReply { moved }))
     }
-
-    async fn set_faults(&self, req: Request<Faults>) -> Result<Response<FaultsReply>, Status> {
-        let f = req.into_inner();
-        let rules = crate::faults::Rules {
-            cut_off: f.cut_off.iter().copied().collect(),
-            delay_ms: f.delay_ms,
-            delay_to: f.delay_to.iter().copied().collect(),
-            drop_percent: f.drop_percent,
-            clock_offset_ms: f.clock_offset_ms,
-        };
-        self.host.peers.faults.set(rules).map_err(Status::invalid_argument)?;
-        Ok(Response::new(FaultsReply { node: self.host.node_id, faults: Some(f) }))
-    }
 }

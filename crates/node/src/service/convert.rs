@@ -35,6 +35,10 @@ pub fn ledger_code(code: Code) -> ErrorCode {
         Code::InvalidArgument => ErrorCode::InvalidArgument,
         Code::CreditOutOfOrder => ErrorCode::CreditOutOfOrder,
         Code::WrongShard => ErrorCode::WrongShard,
+        Code::PinNotSet => ErrorCode::PinNotSet,
+        Code::WrongPin => ErrorCode::WrongPin,
+        Code::PinLocked => ErrorCode::PinLocked,
+        Code::PinAlreadySet => ErrorCode::PinAlreadySet,
     }
 }
 
@@ -82,6 +86,14 @@ pub fn request_id(b: &[u8]) -> Result<RequestId, Status> {
         return Err(invalid("request_id must not be all zeros"));
     }
     Ok(RequestId(arr))
+}
+
+/// Strings are bounded at the boundary, before anything reaches the Raft log.
+pub fn bounded<'a>(field: &str, s: &'a str, max: usize) -> Result<&'a str, Status> {
+    if s.len() > max {
+        return Err(invalid(&format!("{field} is {} bytes; at most {max}", s.len())));
+    }
+    Ok(s)
 }
 
 pub fn verification(v: &Option<hongbao_proto::v1::Verification>) -> Option<Verification> {
@@ -137,7 +149,7 @@ mod tests {
 
     /// Every ledger code, in number order (the exhaustive match in `ledger_code` makes a new code
     /// a compile error there; this list makes it a test failure here until it is added).
-    const ALL: [Code; 26] = [
+    const ALL: [Code; 30] = [
         Code::Ok,
         Code::AmountZero,
         Code::AmountOverflow,
@@ -164,6 +176,10 @@ mod tests {
         Code::InvalidArgument,
         Code::CreditOutOfOrder,
         Code::WrongShard,
+        Code::PinNotSet,
+        Code::WrongPin,
+        Code::PinLocked,
+        Code::PinAlreadySet,
     ];
 
     #[test]

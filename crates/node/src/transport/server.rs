@@ -2,6 +2,7 @@
 //! proposals forwarded by other nodes (the cross-shard relay). The client side is
 //! `transport::client`.
 
+use crate::access;
 use crate::codec::{decode, encode};
 use crate::host::Host;
 use crate::raft::snapshot::SnapshotFile;
@@ -11,6 +12,7 @@ use hongbao_proto::v1::{RaftMessage, RaftReply, SnapshotChunk};
 use openraft::errors::RaftError;
 use std::io::Write;
 use std::sync::Arc;
+use hongbao_auth::Identity;
 use tonic::{Request, Response, Status, Streaming};
 
 /// A snapshot larger than this is refused rather than filling the disk.
@@ -33,8 +35,10 @@ impl RaftService {
         Ok(())
     }
 
-    /// The shard a message is for, from a node we can hear.
-    fn shard(&self, id: u32, from: u64) -> Result<&Arc<crate::replica::Replica>, Status> {
+    /// The shard a message is for, from a node we can hear that is a replica of it (its
+    /// certificate says so; the message's own `from_node` must agree).
+    fn shard(&self, caller: &Identity, id: u32, from: u64) -> Result<&Arc<crate::replica::Replica>, Status> {
+        access::raft_peer(&self.host.topology, caller, id, from)?;
         self.heard_from(from)?;
         Ok(self.host.replica(id)?)
     }
@@ -47,41 +51,46 @@ fn bad(e: impl std::fmt::Display) -> Status {
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
     async fn append(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let caller = access::caller(&req)?;
         let m = req.into_inner();
-        let shard = self.shard(m.shard, m.from_node)?;
+        let shard = self.shard(&caller, m.shard, m.from_node)?;
         let rpc = decode(&m.payload).map_err(bad)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.append_entries(rpc).await;
         reply(&res)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let caller = access::caller(&req)?;
         let m = req.into_inner();
-        let shard = self.shard(m.shard, m.from_node)?;
+        let shard = self.shard(&caller, m.shard, m.from_node)?;
         let rpc = decode(&m.payload).map_err(bad)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.vote(rpc).await;
         reply(&res)
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let caller = access::caller(&req)?;
         let m = req.into_inner();
-        let shard = self.shard(m.shard, m.from_node)?;
+        let shard = self.shard(&caller, m.shard, m.from_node)?;
         let rpc = decode(&m.payload).map_err(bad)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.pre_vote(rpc).await;
         reply(&res)
     }
 
     async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let caller = access::caller(&req)?;
         let m = req.into_inner();
-        let shard = self.shard(m.shard, m.from_node)?;
+        let shard = self.shard(&caller, m.shard, m.from_node)?;
         let rpc = decode(&m.payload).map_err(bad)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.handle_transfer_leader(rpc).await.map_err(RaftError::Fatal);
         reply(&res)
     }
 
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftReply>, Status> {
+        let caller = access::caller(&req)?;
         let mut stream = req.into_inner();
         let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        let shard = self.shard(first.shard, first.from_node)?.clone();
+        let shard = self.shard(&caller, first.shard, first.from_node)?.clone();
         let vote: Vote = decode(&first.vote).map_err(bad)?;
         let meta: SnapshotMeta = decode(&first.meta).map_err(bad)?;
         let dir = self.host.data_dir.join("snapshots");
@@ -113,9 +122,15 @@ impl RaftTransport for RaftService {
     }
 
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let caller = access::caller(&req)?;
         let m = req.into_inner();
-        self.heard_from(m.from_node)?;
+        let Identity::Node(from) = caller else { return Err(hongbao_proto::denied(format!("{caller} is not a node"))) };
+        if m.from_node != from {
+            return Err(hongbao_proto::denied(format!("node {from} may not speak as node {}", m.from_node)));
+        }
+        self.heard_from(from)?;
         let r: hongbao_ledger::Request = decode(&m.payload).map_err(bad)?;
+        access::forwarded_proposal(&self.host.topology, from, m.shard, &r.cmd)?;
         match self.host.propose(m.shard, r.id, r.cmd).await {
             Ok(outcome) => reply(&outcome),
             Err(e) => Err(e.into()),

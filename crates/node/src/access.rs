@@ -1,0 +1,84 @@
+//! Who may call what on a node. Every connection is mutual TLS; the caller's identity comes from
+//! its certificate (`hongbao_auth::Identity`), never from a field of the message.
+//!
+//! - Raft transport: only nodes, and per shard only that shard's replicas (`raft_peer`); the
+//!   one proposal a node may forward is a credit from a replica of its source shard.
+//! - Public API and notifications: routers (which checked the end user's token and the caller's
+//!   role) and the admin identity. End users and services never reach a node directly.
+//! - Cluster admin: routers (forwarding an admin's call), other nodes (status fan-out, drain
+//!   broadcast, audit) and the admin identity.
+//! - Fault injection (test builds only): the admin identity.
+
+use hongbao_auth::{Identity, Role};
+use hongbao_ledger::{Command, ShardId};
+use hongbao_proto::{denied, unauthenticated};
+use hongbao_topology::Topology;
+use tonic::{Request, Status};
+
+/// The verified caller, from the request's extensions (put there by an interceptor below).
+pub fn caller<T>(req: &Request<T>) -> Result<Identity, Status> {
+    req.extensions().get::<Identity>().cloned().ok_or_else(|| unauthenticated("no verified client certificate"))
+}
+
+/// Interceptor body: reads the identity once per request and keeps it for the handler.
+fn admit(mut req: Request<()>, allowed: impl Fn(&Identity) -> bool, what: &str) -> Result<Request<()>, Status> {
+    let Some(id) = hongbao_auth::peer_identity(&req) else {
+        metrics::counter!(crate::metrics::ACCESS_DENIED, "what" => what.to_string()).increment(1);
+        return Err(unauthenticated("client certificate names no hongbao identity"));
+    };
+    if !allowed(&id) {
+        metrics::counter!(crate::metrics::ACCESS_DENIED, "what" => what.to_string()).increment(1);
+        tracing::warn!(caller = %id, what, "refused: identity may not call this service");
+        return Err(denied(format!("{id} may not call the {what} service of a node")));
+    }
+    req.extensions_mut().insert(id);
+    Ok(req)
+}
+
+pub fn raft_transport(req: Request<()>) -> Result<Request<()>, Status> {
+    admit(req, |id| matches!(id, Identity::Node(_)), "raft transport")
+}
+
+pub fn public_api(req: Request<()>) -> Result<Request<()>, Status> {
+    admit(req, |id| matches!(id, Identity::Router(_) | Identity::Service(Role::Admin)), "public API")
+}
+
+pub fn cluster_admin(req: Request<()>) -> Result<Request<()>, Status> {
+    admit(req, |id| matches!(id, Identity::Router(_) | Identity::Node(_) | Identity::Service(Role::Admin)), "cluster admin")
+}
+
+pub fn admin_only(req: Request<()>) -> Result<Request<()>, Status> {
+    admit(req, |id| matches!(id, Identity::Service(Role::Admin)), "admin-only")
+}
+
+/// The node id of a Raft message's sender: its certificate must name a replica of `shard`, and
+/// the `from_node` it wrote must be itself (node 2 cannot speak as node 3).
+pub fn raft_peer(topology: &Topology, id: &Identity, shard: ShardId, from_node: u64) -> Result<u64, Status> {
+    let Identity::Node(n) = id else { return Err(denied(format!("{id} is not a node"))) };
+    if from_node != *n {
+        tracing::warn!(caller = %id, from_node, shard, "refused: raft message claims another sender");
+        return Err(denied(format!("node {n} may not speak as node {from_node}")));
+    }
+    let member = topology.shard(shard).map(|s| s.replicas.contains(n)).unwrap_or(false);
+    if !member {
+        tracing::warn!(caller = %id, shard, "refused: raft message from a node that is no replica of the shard");
+        return Err(denied(format!("node {n} is no replica of shard {shard}")));
+    }
+    Ok(*n)
+}
+
+/// What another node may propose on `shard` here: only the cross-shard relay's credit, sent by a
+/// replica of the credit's source shard. Everything else a node proposes, it proposes locally.
+pub fn forwarded_proposal(topology: &Topology, from: u64, shard: ShardId, cmd: &Command) -> Result<(), Status> {
+    match cmd {
+        Command::Credit { source, .. } => {
+            let of_source = topology.shard(*source).map(|s| s.replicas.contains(&from)).unwrap_or(false);
+            if *source == shard || !of_source {
+                tracing::warn!(from, shard, source, "refused: forwarded credit from a node that is no replica of its source");
+                return Err(denied(format!("node {from} may not deliver credits from shard {source}")));
+            }
+            Ok(())
+        }
+        _ => Err(denied("only cross-shard credits may be forwarded between nodes")),
+    }
+}

@@ -1,0 +1,104 @@
+//! The payment PIN on the shard's leader. The typed PIN is checked against the account's salted
+//! slow hash before a spend is proposed, so only the verdict (`PinCheck`), never the PIN, enters
+//! the Raft log; wrong tries and the lock are counted by the ledger, in replicated state.
+//!
+//! A slow hash costs milliseconds of CPU. A user who just typed the right PIN is remembered here
+//! for a few minutes (in memory only, under a per-process random key), so a burst of payments
+//! does not pay for the hash each time.
+
+use crate::host::Host;
+use hongbao_ledger::{view, Code, PinCheck, ShardId, UserId};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a verified PIN is remembered by this leader.
+const REMEMBER: Duration = Duration::from_secs(300);
+/// Users remembered at most; past it the memory is dropped whole (and rebuilt by use).
+const MAX_REMEMBERED: usize = 100_000;
+
+pub struct PinCache {
+    key: std::collections::hash_map::RandomState,
+    seen: Mutex<HashMap<UserId, (u64, Instant)>>,
+}
+
+impl Default for PinCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PinCache {
+    pub fn new() -> PinCache {
+        PinCache { key: std::collections::hash_map::RandomState::new(), seen: Mutex::new(HashMap::new()) }
+    }
+
+    /// A keyed digest of (typed PIN, stored hash): equal only for the PIN that was verified
+    /// against this very hash.
+    fn digest(&self, pin: &str, stored: &[u8; 32]) -> u64 {
+        let mut h = self.key.build_hasher();
+        h.write(pin.as_bytes());
+        h.write(stored);
+        h.finish()
+    }
+
+    fn remembers(&self, user: UserId, d: u64) -> bool {
+        let seen = self.seen.lock().expect("pin cache lock");
+        matches!(seen.get(&user), Some((x, at)) if *x == d && at.elapsed() < REMEMBER)
+    }
+
+    fn remember(&self, user: UserId, d: u64) {
+        let mut seen = self.seen.lock().expect("pin cache lock");
+        if seen.len() >= MAX_REMEMBERED {
+            seen.clear();
+        }
+        seen.insert(user, (d, Instant::now()));
+    }
+
+    /// Forget a user (a wrong try): the next right PIN is hashed again.
+    fn forget(&self, user: UserId) {
+        self.seen.lock().expect("pin cache lock").remove(&user);
+    }
+}
+
+/// The leader's verdict on a typed PIN, or the refusal that needs no proposal (locked, not set,
+/// no such user). The ledger checks the lock again when it applies the spend.
+pub async fn verdict(host: &Host, shard: ShardId, user: UserId, pin: &str) -> Result<PinCheck, Code> {
+    let state = view::pin_state(&host.store(shard), user).ok_or(Code::UnknownUser)?;
+    if host.ledger_time_ms(shard) < state.locked_until_ms {
+        return Err(Code::PinLocked);
+    }
+    let Some(record) = state.pin else { return Err(Code::PinNotSet) };
+    if !hongbao_auth::valid_pin(pin) {
+        return Ok(PinCheck::Wrong);
+    }
+    let d = host.pins.digest(pin, &record.hash);
+    if host.pins.remembers(user, d) {
+        return Ok(PinCheck::Verified);
+    }
+    let typed = pin.to_string();
+    // The slow hash runs off the async workers, so it never stalls Raft or other requests.
+    let ok = tokio::task::spawn_blocking(move || hongbao_auth::verify_pin(&typed, &record.salt, &record.hash))
+        .await
+        .expect("pin hash task does not panic");
+    if ok {
+        host.pins.remember(user, d);
+        Ok(PinCheck::Verified)
+    } else {
+        host.pins.forget(user);
+        metrics::counter!(crate::metrics::WRONG_PINS).increment(1);
+        Ok(PinCheck::Wrong)
+    }
+}
+
+/// The record a new PIN is stored as: a salt that is the same on every leader for the same
+/// request (so a retried SetPin is the same command), and the slow hash.
+pub async fn new_record(challenge_key: [u8; 32], user: UserId, request_id: [u8; 16], pin: String) -> ([u8; 16], [u8; 32]) {
+    tokio::task::spawn_blocking(move || {
+        let salt = hongbao_auth::pin_salt(&challenge_key, user, &request_id);
+        (salt, hongbao_auth::hash_pin(&pin, &salt))
+    })
+    .await
+    .expect("pin hash task does not panic")
+}

@@ -1,0 +1,143 @@
+//! Who may call what through a router. Callers are services, named by their client certificate
+//! (`hongbao_auth::Identity::Service(role)`); calls that act for an end user also carry the
+//! user's token, and act only for the token's subject. Each RPC states its rule in `route.rs`
+//! with one of `Gate::roles`, `Gate::user` or `Gate::user_or`.
+//!
+//! | role              | may                                                              |
+//! |-------------------|------------------------------------------------------------------|
+//! | `app`             | act for the user its token names: open, send, grab, transfer, withdraw, set PIN, read own wallet, show packets |
+//! | `payment-gateway` | top up (money in from a bank)                                    |
+//! | `risk`            | freeze / grade accounts, read any wallet                         |
+//! | `admin`           | cluster status, audit, drain, leader transfer; read any wallet   |
+//! | `notifier`        | read and acknowledge the challenge-code outbox                   |
+
+use hongbao_auth::{Claims, Identity, RateLimiter, Role, TokenKeys, TokenVerifier};
+use hongbao_proto::{denied, error, unauthenticated, ErrorCode};
+use std::path::PathBuf;
+use tonic::{Request, Status};
+
+/// Per-user limits at the boundary (token buckets), so one user cannot flood reads or have
+/// challenge codes issued without end.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub reads_per_s: f64,
+    pub spends_per_s: f64,
+}
+
+/// Users tracked by each rate limiter at most.
+const MAX_LIMITED_USERS: usize = 200_000;
+
+pub struct Gate {
+    tokens: TokenVerifier,
+    token_dir: PathBuf,
+    reads: RateLimiter<u64>,
+    spends: RateLimiter<u64>,
+}
+
+/// Interceptor: every call through a router comes from a service whose certificate names it.
+pub fn services_only(mut req: Request<()>) -> Result<Request<()>, Status> {
+    match hongbao_auth::peer_identity(&req) {
+        Some(id @ Identity::Service(_)) => {
+            req.extensions_mut().insert(id);
+            Ok(req)
+        }
+        Some(other) => {
+            metrics::counter!(crate::metrics::DENIED, "reason" => "not_a_service").increment(1);
+            Err(denied(format!("{other} is not a service identity; routers serve services")))
+        }
+        None => {
+            metrics::counter!(crate::metrics::DENIED, "reason" => "no_identity").increment(1);
+            Err(unauthenticated("client certificate names no hongbao identity"))
+        }
+    }
+}
+
+fn role_of<T>(req: &Request<T>) -> Result<Role, Status> {
+    match req.extensions().get::<Identity>() {
+        Some(Identity::Service(r)) => Ok(*r),
+        _ => Err(unauthenticated("no verified client certificate")),
+    }
+}
+
+impl Gate {
+    pub fn new(keys: TokenKeys, token_dir: PathBuf, limits: Limits) -> Gate {
+        Gate {
+            tokens: TokenVerifier::new(keys),
+            token_dir,
+            reads: RateLimiter::new(limits.reads_per_s, limits.reads_per_s * 2.0, MAX_LIMITED_USERS),
+            spends: RateLimiter::new(limits.spends_per_s, limits.spends_per_s * 2.0, MAX_LIMITED_USERS),
+        }
+    }
+
+    /// Re-reads the trusted token keys (rotation: add the new key, then remove the old one).
+    pub fn reload(&self) -> anyhow::Result<usize> {
+        let keys = TokenKeys::load_dir(&self.token_dir)?;
+        let n = keys.len();
+        anyhow::ensure!(n > 0, "no token keys in {}", self.token_dir.display());
+        self.tokens.reload(keys);
+        Ok(n)
+    }
+
+    /// The call is open to these roles only.
+    pub fn roles<T>(&self, req: &Request<T>, allowed: &[Role], what: &str) -> Result<Role, Status> {
+        let role = role_of(req)?;
+        if !allowed.contains(&role) {
+            metrics::counter!(crate::metrics::DENIED, "reason" => "role").increment(1);
+            tracing::warn!(role = role.name(), what, "refused: role may not make this call");
+            return Err(denied(format!("role {} may not {what}", role.name())));
+        }
+        Ok(role)
+    }
+
+    /// The call acts for `acting`: only the `app` role, with a valid token whose subject is
+    /// `acting`. The claims carry the device the token was issued to.
+    pub fn user<T>(&self, req: &Request<T>, acting: u64, what: &str) -> Result<Claims, Status> {
+        self.roles(req, &[Role::App], what)?;
+        let token = hongbao_auth::bearer(req).map_err(|e| self.refused_token(e))?;
+        let claims = self.tokens.verify(token).map_err(|e| self.refused_token(e))?;
+        if claims.user() != Some(acting) {
+            metrics::counter!(crate::metrics::DENIED, "reason" => "other_user").increment(1);
+            tracing::warn!(token_user = %claims.sub, acting, what, "refused: token names another user");
+            return Err(denied(format!("the token's user may not {what} as user {acting}")));
+        }
+        Ok(claims)
+    }
+
+    /// Any signed-in user (app role with a valid token): the token's user.
+    pub fn signed_in<T>(&self, req: &Request<T>, what: &str) -> Result<u64, Status> {
+        self.roles(req, &[Role::App], what)?;
+        let token = hongbao_auth::bearer(req).map_err(|e| self.refused_token(e))?;
+        let claims = self.tokens.verify(token).map_err(|e| self.refused_token(e))?;
+        claims.user().ok_or_else(|| unauthenticated("user token names no user"))
+    }
+
+    /// For the user themself (app role with their token), or for any user by one of `roles`.
+    pub fn user_or<T>(&self, req: &Request<T>, acting: u64, roles: &[Role], what: &str) -> Result<(), Status> {
+        if roles.contains(&role_of(req)?) {
+            return Ok(());
+        }
+        self.user(req, acting, what).map(|_| ())
+    }
+
+    fn refused_token(&self, e: hongbao_auth::TokenError) -> Status {
+        metrics::counter!(crate::metrics::DENIED, "reason" => "token").increment(1);
+        tracing::info!(reason = %e, "refused: user token");
+        unauthenticated(format!("user token refused: {e}"))
+    }
+
+    pub fn read_allowed(&self, user: u64) -> Result<(), Status> {
+        if self.reads.allow(&user) {
+            return Ok(());
+        }
+        metrics::counter!(crate::metrics::RATE_LIMITED, "kind" => "read").increment(1);
+        Err(error(ErrorCode::RateLimited, format!("user {user}: too many reads; back off")))
+    }
+
+    pub fn spend_allowed(&self, user: u64) -> Result<(), Status> {
+        if self.spends.allow(&user) {
+            return Ok(());
+        }
+        metrics::counter!(crate::metrics::RATE_LIMITED, "kind" => "spend").increment(1);
+        Err(error(ErrorCode::RateLimited, format!("user {user}: too many payments; back off")))
+    }
+}

@@ -1,0 +1,432 @@
+//! Only the owner moves the money: real processes, real mutual TLS, real tokens (docs/security.md).
+//! Every refusal is checked to have moved nothing: balances and the audit are compared before
+//! and after.
+
+use hongbao_auth::{DevSigner, Identity, Role, SecurityDir};
+use hongbao_client::credentials::TokenSource;
+use hongbao_client::{new_request_id, Client, Credentials};
+use hongbao_proto::v1::fault_injection_client::FaultInjectionClient;
+use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
+use hongbao_proto::v1::wallet_client::WalletClient;
+use hongbao_proto::v1::*;
+use hongbao_proto::ErrorCode;
+use hongbao_tests::{bin, Cluster, Spec, TEST_PIN};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+fn channel(addr: &str, tls: ClientTlsConfig) -> Channel {
+    Endpoint::from_shared(format!("https://{addr}"))
+        .expect("address")
+        .tls_config(tls)
+        .expect("tls config")
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy()
+}
+
+/// A channel to `addr` as `id`, with a certificate from the cluster's own CA.
+fn as_identity(c: &Cluster, addr: &str, id: &Identity) -> Channel {
+    channel(addr, SecurityDir::new(c.security_dir()).client_tls(id).expect("identity in the security folder"))
+}
+
+/// The money, as the admin sees it: every listed balance and the audit's totals.
+async fn money(c: &Cluster, users: &[u64]) -> (Vec<u64>, u64, u64, bool) {
+    let admin = c.node_client();
+    let mut balances = vec![];
+    for u in users {
+        balances.push(admin.balance(*u).await.map(|b| b.balance_cents).unwrap_or(0));
+    }
+    let a = admin.audit().await.expect("audit");
+    (balances, a.total_balances_cents, a.total_topups_cents, a.balanced)
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, hongbao_client::ClientError>) -> ErrorCode {
+    r.expect_err("the call must be refused").code()
+}
+
+/// Always hands out one fixed token, whoever the call acts for.
+struct Fixed(String);
+impl TokenSource for Fixed {
+    fn token(&self, _user: u64, _device: Option<&str>) -> Result<String, String> {
+        Ok(self.0.clone())
+    }
+}
+
+fn router_client_with(c: &Cluster, creds: Credentials) -> Client {
+    let routers = c.topology.routers.iter().map(|r| r.addr.clone()).collect();
+    Client::new(routers, Arc::new(creds)).with_deadline(Duration::from_secs(5))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_certificate_or_with_one_from_another_ca_is_refused_at_the_handshake() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let ca = Certificate::from_pem(std::fs::read(SecurityDir::new(c.security_dir()).ca_cert()).expect("ca.crt"));
+    let foreign_dir = c.dir.path().join("foreign");
+    let foreign = hongbao_auth::generate_foreign_identity(&foreign_dir, &Identity::Service(Role::Admin)).expect("foreign CA");
+    let foreign_tls = foreign.client_tls(&Identity::Service(Role::Admin)).expect("foreign identity").ca_certificate(ca.clone());
+    let targets = [c.topology.routers[0].addr.clone(), c.node_addr(1)];
+    for addr in &targets {
+        // TLS to the right CA, but no client certificate.
+        let no_cert = channel(addr, ClientTlsConfig::new().ca_certificate(ca.clone()));
+        let r = WalletClient::new(no_cert).balance(BalanceRequest { user: 7, allow_stale: true }).await;
+        let s = r.expect_err("a client without a certificate gets no answer");
+        assert!(s.details().is_empty(), "{addr}: refused by the server's code, not at the handshake: {s:?}");
+        // A certificate from another CA, even one naming the admin.
+        let r = WalletClient::new(channel(addr, foreign_tls.clone())).balance(BalanceRequest { user: 7, allow_stale: true }).await;
+        let s = r.expect_err("a certificate of another CA gets no answer");
+        assert!(s.details().is_empty(), "{addr}: refused by the server's code, not at the handshake: {s:?}");
+        // Cleartext.
+        let plain = Endpoint::from_shared(format!("http://{addr}")).expect("addr").connect_timeout(Duration::from_secs(2)).connect_lazy();
+        assert!(WalletClient::new(plain).balance(BalanceRequest { user: 7, allow_stale: true }).await.is_err(), "{addr}: cleartext");
+    }
+    // The same call with a certificate of the cluster's CA is answered (so the refusals above
+    // were the certificates, not a dead server): UNKNOWN_USER from the ledger.
+    let admin = c.node_client();
+    assert_eq!(code(admin.balance(7).await), ErrorCode::UnknownUser);
+}
+
+/// Raft messages with a payload that is not even decodable: a refusal must come before decoding.
+fn junk(shard: u32, from_node: u64) -> RaftMessage {
+    RaftMessage { shard, from_node, payload: vec![0xde, 0xad, 0xbe, 0xef] }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_process_cannot_append_vote_install_a_snapshot_or_deliver_a_credit_and_node_2_cannot_speak_as_node_3() {
+    // 3 regions x 3 nodes: node k of each region replicates shard k, so some nodes are no
+    // replica of a shard.
+    let c = Cluster::start(Spec { routers: true, nodes_per_region: 3, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(60)).await;
+    let app = c.router_client("shenzhen");
+    let users: Vec<u64> = c.topology.shards.iter().map(|s| c.topology.user_in_shard(s.id, 100)).collect();
+    for u in &users {
+        c.funded(&app, *u, 10_000).await;
+    }
+    let before = money(&c, &users).await;
+    let shard = c.topology.shards[0].clone();
+    let member = shard.replicas[0];
+    let other_member = shard.replicas[1];
+    let outsider = c.topology.nodes.iter().map(|n| n.id).find(|n| !shard.replicas.contains(n)).expect("a node without shard 1");
+    let target = c.node_addr(member);
+
+    // A rogue process: a node identity from another CA is refused at the handshake.
+    let foreign = hongbao_auth::generate_foreign_identity(&c.dir.path().join("rogue"), &Identity::Node(other_member)).expect("rogue CA");
+    let ca = Certificate::from_pem(std::fs::read(SecurityDir::new(c.security_dir()).ca_cert()).expect("ca.crt"));
+    let rogue = channel(&target, foreign.client_tls(&Identity::Node(other_member)).expect("rogue tls").ca_certificate(ca));
+    let s = RaftTransportClient::new(rogue).append(junk(shard.id, other_member)).await.expect_err("rogue append");
+    assert!(s.details().is_empty(), "refused at the handshake, before any handler: {s:?}");
+
+    // A service certificate of the cluster (even admin) is no node.
+    let admin = as_identity(&c, &target, &Identity::Service(Role::Admin));
+    for s in [
+        RaftTransportClient::new(admin.clone()).append(junk(shard.id, other_member)).await.expect_err("admin append"),
+        RaftTransportClient::new(admin.clone()).vote(junk(shard.id, other_member)).await.expect_err("admin vote"),
+        RaftTransportClient::new(admin.clone()).propose(junk(shard.id, other_member)).await.expect_err("admin propose"),
+    ] {
+        assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{s:?}");
+    }
+    // A node that is no replica of the shard may not append, vote or send a snapshot for it.
+    let out = as_identity(&c, &target, &Identity::Node(outsider));
+    for s in [
+        RaftTransportClient::new(out.clone()).append(junk(shard.id, outsider)).await.expect_err("outsider append"),
+        RaftTransportClient::new(out.clone()).vote(junk(shard.id, outsider)).await.expect_err("outsider vote"),
+        RaftTransportClient::new(out.clone()).pre_vote(junk(shard.id, outsider)).await.expect_err("outsider pre-vote"),
+    ] {
+        assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{s:?}");
+    }
+    let chunk = SnapshotChunk { shard: shard.id, from_node: outsider, vote: vec![1], meta: vec![1], data: vec![0; 64], done: true };
+    let s = RaftTransportClient::new(out.clone())
+        .install_snapshot(tokio_stream::iter(vec![chunk]))
+        .await
+        .expect_err("outsider snapshot");
+    assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{s:?}");
+    // A forged credit: the outsider replicates shard 2 or 3, never shard 1... so a credit into
+    // shard 1 claiming to come from a shard it does not replicate is refused, and so is any
+    // other forwarded command (a forged MarkDelivered, a top-up).
+    let not_its_source = c.topology.shards.iter().find(|s| s.id != shard.id && !s.replicas.contains(&outsider)).expect("a shard").id;
+    let credit = hongbao_ledger::Request {
+        id: hongbao_ledger::RequestId([0xaa; 16]),
+        time_ms: 0,
+        cmd: hongbao_ledger::Command::Credit {
+            source: not_its_source,
+            entries: vec![hongbao_ledger::CreditEntry {
+                seq: 1,
+                user: users[0],
+                amount: hongbao_ledger::Cents(1_000_000),
+                origin: hongbao_ledger::Origin::Transfer { from: 1 },
+            }],
+        },
+    };
+    let forged_topup = hongbao_ledger::Request {
+        id: hongbao_ledger::RequestId([0xab; 16]),
+        time_ms: 0,
+        cmd: hongbao_ledger::Command::TopUp { user: users[0], amount: hongbao_ledger::Cents(1_000_000) },
+    };
+    for req in [credit, forged_topup] {
+        let m = RaftMessage { shard: shard.id, from_node: outsider, payload: bincode::serialize(&req).expect("encode") };
+        let s = RaftTransportClient::new(out.clone()).propose(m).await.expect_err("forged proposal");
+        assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{:?}: {s:?}", req.cmd);
+    }
+    // Node 2's certificate cannot speak as node 3: a member whose message names another sender.
+    let m2 = as_identity(&c, &target, &Identity::Node(other_member));
+    let s = RaftTransportClient::new(m2.clone()).append(junk(shard.id, shard.replicas[2])).await.expect_err("impersonation");
+    assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{s:?}");
+    // ... while speaking as itself it reaches Raft (the junk payload is what is refused), which
+    // shows the refusals above were the identity checks.
+    let s = RaftTransportClient::new(m2).append(junk(shard.id, other_member)).await.expect_err("junk payload");
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "a member's message passes the identity check: {s:?}");
+
+    assert_eq!(money(&c, &users).await, before, "not one cent moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_a_cannot_act_as_user_b_and_bad_tokens_are_unauthenticated_and_nothing_moves() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let (a, b) = (c.topology.user_in_shard(1, 10), c.topology.user_in_shard(2, 10));
+    c.funded(&app, a, 50_000).await;
+    c.funded(&app, b, 50_000).await;
+    let p = app
+        .send_packet(SendPacketRequest {
+            request_id: new_request_id(),
+            sender: b,
+            kind: PacketKind::Lucky as i32,
+            total_cents: 1_000,
+            count: 2,
+            device: hongbao_tests::TEST_DEVICE.into(),
+            pin: TEST_PIN.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("b sends a packet");
+    let before = money(&c, &[a, b]).await;
+
+    let sec = SecurityDir::new(c.security_dir());
+    let signer = DevSigner::load(&sec).expect("dev signer");
+    let a_token = signer.mint(a, hongbao_tests::TEST_DEVICE, 600);
+    let as_a = router_client_with(&c, Credentials::load(&c.security_dir()).expect("creds").with_tokens(Arc::new(Fixed(a_token))));
+    // A's valid token, acting as B: refused, every way money could leave B.
+    let transfer = TransferRequest { request_id: new_request_id(), from: b, to: a, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
+    assert_eq!(code(as_a.transfer(transfer).await), ErrorCode::PermissionDenied);
+    let withdraw = WithdrawRequest { request_id: new_request_id(), user: b, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
+    assert_eq!(code(as_a.withdraw(withdraw).await), ErrorCode::PermissionDenied);
+    let send = SendPacketRequest {
+        request_id: new_request_id(),
+        sender: b,
+        kind: PacketKind::Exclusive as i32,
+        total_cents: 10_000,
+        recipient: a,
+        pin: TEST_PIN.into(),
+        ..Default::default()
+    };
+    assert_eq!(code(as_a.send_packet(send).await), ErrorCode::PermissionDenied);
+    assert_eq!(code(as_a.grab(new_request_id(), p.packet_id, b, "").await), ErrorCode::PermissionDenied);
+    assert_eq!(code(as_a.balance(b).await), ErrorCode::PermissionDenied, "nor read B's wallet");
+    assert_eq!(code(as_a.set_pin(new_request_id(), b, "000000").await), ErrorCode::PermissionDenied);
+    // The same client may act as A (the refusals were about B).
+    assert!(as_a.balance(a).await.is_ok());
+
+    // Forged, expired and wrong-key tokens: UNAUTHENTICATED.
+    let mut header_payload = signer.mint(b, "x", 600);
+    header_payload.truncate(header_payload.rfind('.').expect("jwt") + 1);
+    let forged = format!("{header_payload}{}", "A".repeat(86));
+    let expired = signer.mint_at(b, hongbao_tests::TEST_DEVICE, 1_000_000_000, 600);
+    let other = SecurityDir::new(c.dir.path().join("other-login"));
+    hongbao_auth::ensure_dev_pki(&other, &c.topology).expect("another dev folder");
+    let wrong_key = DevSigner::load(&other).expect("other signer").mint(b, hongbao_tests::TEST_DEVICE, 600);
+    for (name, token) in [("forged", forged), ("expired", expired), ("wrong key", wrong_key), ("garbage", "not-a-jwt".into())] {
+        let cl = router_client_with(&c, Credentials::load(&c.security_dir()).expect("creds").with_tokens(Arc::new(Fixed(token))));
+        let transfer = TransferRequest { request_id: new_request_id(), from: b, to: a, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
+        assert_eq!(code(cl.transfer(transfer).await), ErrorCode::Unauthenticated, "{name} token");
+        assert_eq!(code(cl.grab(new_request_id(), p.packet_id, b, "").await), ErrorCode::Unauthenticated, "{name} token");
+    }
+    // No token at all.
+    let none = router_client_with(&c, Credentials::load(&c.security_dir()).expect("creds"));
+    assert_eq!(code(none.grab(new_request_id(), p.packet_id, b, "").await), ErrorCode::Unauthenticated);
+
+    assert_eq!(money(&c, &[a, b]).await, before, "not one cent moved");
+    let view = c.node_client().show_packet(p.packet_id).await.expect("packet");
+    assert!(view.claims.is_empty(), "nobody grabbed B's packet as B");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_role_cannot_top_up_freeze_drain_or_audit_and_admin_can() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let all = c.router_client("shenzhen");
+    let u = c.topology.user_in_shard(1, 20);
+    c.funded(&all, u, 10_000).await;
+    let before = money(&c, &[u]).await;
+    let app = router_client_with(&c, c.credentials().only(Role::App));
+    assert_eq!(code(app.top_up(new_request_id(), u, 1_000_000).await), ErrorCode::PermissionDenied, "app mints money");
+    assert_eq!(code(app.set_risk(u, true, "high").await), ErrorCode::PermissionDenied, "app freezes");
+    assert_eq!(code(app.drain("shenzhen").await), ErrorCode::PermissionDenied, "app drains");
+    assert_eq!(code(app.audit().await), ErrorCode::PermissionDenied, "app audits");
+    assert_eq!(code(app.status().await), ErrorCode::PermissionDenied, "app reads cluster status");
+    assert_eq!(code(app.poll_notifications(1, 0, 10).await), ErrorCode::PermissionDenied, "app reads challenge codes");
+    // Nor straight at a node: nodes serve their API to routers and admin only.
+    let app_at_node = Client::new(vec![c.node_addr(1)], Arc::new(c.credentials().only(Role::App))).with_deadline(Duration::from_secs(3));
+    assert_eq!(code(app_at_node.balance(u).await), ErrorCode::PermissionDenied, "app at a node");
+    assert_eq!(money(&c, &[u]).await, before, "not one cent moved");
+    let b = c.node_client().balance(u).await.expect("balance");
+    assert!(!b.frozen, "the account was not frozen");
+
+    let admin = router_client_with(&c, c.credentials().only(Role::Admin));
+    assert!(admin.audit().await.expect("admin audits").balanced);
+    assert!(admin.status().await.is_ok(), "admin reads status");
+    assert!(admin.drain("tianjin").await.is_ok(), "admin drains");
+    assert!(admin.undrain("tianjin").await.is_ok(), "admin undrains");
+    assert!(admin.set_risk(u, true, "normal").await.expect("admin freezes").frozen);
+    assert_eq!(code(admin.top_up(new_request_id(), u, 100).await), ErrorCode::PermissionDenied, "top-ups are the gateway's alone");
+    let gateway = router_client_with(&c, c.credentials().only(Role::PaymentGateway));
+    assert!(gateway.top_up(new_request_id(), u, 100).await.is_ok(), "the payment gateway tops up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_then_waits_for_the_lock() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let (u, v) = (c.topology.user_in_shard(1, 30), c.topology.user_in_shard(1, 31));
+    c.funded(&app, u, 50_000).await;
+    c.funded(&app, v, 0).await;
+    let transfer = |pin: &str| TransferRequest { request_id: new_request_id(), from: u, to: v, amount_cents: 1_000, pin: pin.into(), ..Default::default() };
+    // The PIN is set once.
+    assert_eq!(code(app.set_pin(new_request_id(), u, "111111").await), ErrorCode::PinAlreadySet);
+    let before = money(&c, &[u, v]).await;
+    for i in 1..=4 {
+        assert_eq!(code(app.transfer(transfer("999999")).await), ErrorCode::WrongPin, "wrong PIN #{i}");
+    }
+    assert_eq!(code(app.transfer(transfer("999999")).await), ErrorCode::PinLocked, "the fifth wrong PIN locks");
+    assert_eq!(code(app.transfer(transfer(TEST_PIN)).await), ErrorCode::PinLocked, "the right PIN waits for the lock");
+
+    // Move the shard's leader: the lock is replicated state, not the old leader's memory.
+    let old = c.leaders().await[&1];
+    let to = c.topology.shard(1).expect("shard 1").replicas.iter().copied().find(|n| *n != old).expect("another replica");
+    c.node_client().transfer_leader(1, to).await.expect("leader transfer");
+    assert_eq!(c.leaders().await[&1], to, "the leader moved");
+    assert_eq!(code(app.transfer(transfer(TEST_PIN)).await), ErrorCode::PinLocked, "still locked on the new leader");
+    let send = SendPacketRequest {
+        request_id: new_request_id(),
+        sender: u,
+        kind: PacketKind::Lucky as i32,
+        total_cents: 1_000,
+        count: 2,
+        pin: TEST_PIN.into(),
+        ..Default::default()
+    };
+    assert_eq!(code(app.send_packet(send).await), ErrorCode::PinLocked, "sending is locked too");
+    let withdraw = WithdrawRequest { request_id: new_request_id(), user: u, amount_cents: 1_000, pin: TEST_PIN.into(), ..Default::default() };
+    assert_eq!(code(app.withdraw(withdraw).await), ErrorCode::PinLocked, "withdrawing is locked too");
+    assert_eq!(money(&c, &[u, v]).await, before, "not one cent moved");
+    // Another user of the same shard spends as usual: the lock is per user.
+    c.funded(&app, c.topology.user_in_shard(1, 32), 5_000).await;
+    let other = TransferRequest {
+        request_id: new_request_id(),
+        from: c.topology.user_in_shard(1, 32),
+        to: v,
+        amount_cents: 1_000,
+        pin: TEST_PIN.into(),
+        ..Default::default()
+    };
+    assert!(app.transfer(other).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_with_the_users_own_credentials_reveals_a_challenge_code_and_guesses_fail_after_the_attempt_limit() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let (u, v) = (c.topology.user_in_shard(1, 40), c.topology.user_in_shard(2, 40));
+    c.funded(&app, u, 100_000).await; // opened on TEST_DEVICE
+    c.funded(&app, v, 0).await;
+    let before = money(&c, &[u, v]).await;
+    // The user signs in on a new phone and pays 150.00: a challenge.
+    let new_phone = |amount: u64, verification: Option<Verification>| TransferRequest {
+        request_id: new_request_id(),
+        from: u,
+        to: v,
+        amount_cents: amount,
+        device: "new-phone".into(),
+        pin: TEST_PIN.into(),
+        verification,
+    };
+    let err = app.transfer(new_phone(15_000, None)).await.expect_err("a new device pays 150.00");
+    assert_eq!(err.code(), ErrorCode::ChallengeRequired);
+    let challenge = err.detail.challenge_id;
+    assert_ne!(challenge, 0);
+    // The notifier (and only it) reads the code, to push it to the known device.
+    let notes = c.router_client("shenzhen").poll_notifications(1, 0, 256).await.expect("notifier polls");
+    let n = notes.notifications.iter().find(|n| n.challenge_id == challenge).expect("a notification for the challenge");
+    assert_eq!((n.user, n.device.as_str(), n.amount_cents, n.counterparty), (u, hongbao_tests::TEST_DEVICE, 15_000, v));
+    let the_code = n.code;
+    let shown = format!("{the_code:06}");
+    assert!(!format!("{:?}", err.detail).contains(&shown), "the refusal carries no code");
+    // Everything the user's own credentials may call, none shows the code.
+    let b = app.balance(u).await.expect("balance");
+    let st = app.statement(u, 50).await.expect("statement");
+    assert!(!format!("{b:?}{st:?}").contains(&shown), "no read of the user's shows the code");
+    let user_only = router_client_with(&c, c.credentials().only(Role::App));
+    assert_eq!(code(user_only.poll_notifications(1, 0, 256).await), ErrorCode::PermissionDenied, "the notifier outbox is closed to apps");
+
+    // Three wrong guesses kill the challenge: then even the right code fails.
+    for guess in 1..=3u32 {
+        let wrong = (the_code + guess) % 1_000_000;
+        let r = app.transfer(new_phone(15_000, Some(Verification { challenge_id: challenge, code: wrong }))).await;
+        assert_eq!(code(r), ErrorCode::ChallengeInvalid, "guess {guess}");
+    }
+    let r = app.transfer(new_phone(15_000, Some(Verification { challenge_id: challenge, code: the_code }))).await;
+    assert_eq!(code(r), ErrorCode::ChallengeInvalid, "a challenge with three wrong guesses is dead");
+    assert_eq!(money(&c, &[u, v]).await, before, "not one cent moved");
+
+    // A fresh challenge answered with its code goes through; the code is bound to the operation.
+    let err = app.transfer(new_phone(20_000, None)).await.expect_err("a new challenge");
+    let fresh = err.detail.challenge_id;
+    let code_of = |notes: &PollNotificationsReply| notes.notifications.iter().find(|n| n.challenge_id == fresh).map(|n| n.code);
+    let mut right = None;
+    for _ in 0..50 {
+        right = code_of(&c.router_client("shenzhen").poll_notifications(1, 0, 256).await.expect("poll"));
+        if right.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let right = right.expect("the fresh challenge's notification");
+    let r = app.transfer(new_phone(19_999, Some(Verification { challenge_id: fresh, code: right }))).await;
+    assert_eq!(code(r), ErrorCode::ChallengeInvalid, "the code is for 200.00, not 199.99");
+    app.transfer(new_phone(20_000, Some(Verification { challenge_id: fresh, code: right }))).await.expect("the right code for the right payment");
+    assert_eq!(app.balance(u).await.expect("balance").balance_cents, 100_000 - 20_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_scoped_by_user_so_one_user_cannot_take_anothers_id() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let (a, b) = (c.topology.user_in_shard(1, 50), c.topology.user_in_shard(1, 51));
+    c.funded(&app, a, 0).await;
+    c.funded(&app, b, 0).await;
+    let id = new_request_id();
+    assert_eq!(app.top_up(id.clone(), a, 1_000).await.expect("a's top-up").balance_cents, 1_000);
+    // B's request with A's id is B's own: applied, not answered with A's outcome or REUSED.
+    assert_eq!(app.top_up(id.clone(), b, 2_000).await.expect("b's top-up with the same id").balance_cents, 2_000);
+    // And A's retry still replays A's outcome, once.
+    assert_eq!(app.top_up(id, a, 1_000).await.expect("a's retry").balance_cents, 1_000);
+    assert_eq!(c.node_client().balance(a).await.expect("a").balance_cents, 1_000, "the retry moved nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_build_has_no_fault_injection_rpc() {
+    let default_node = bin("default-build/hongbao-node");
+    let c = Cluster::start(Spec { node_binary: Some(default_node), ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let admin = as_identity(&c, &c.node_addr(1), &Identity::Service(Role::Admin));
+    let s = FaultInjectionClient::new(admin).set_faults(Faults { cut_off: vec![2, 3], ..Default::default() }).await.expect_err("no such RPC");
+    assert_eq!(s.code(), tonic::Code::Unimplemented, "{s:?}");
+    // The test build beside it has the service (so the check above tells the builds apart).
+    let t = Cluster::start(Spec::default());
+    t.wait_ready(Duration::from_secs(30)).await;
+    let admin = as_identity(&t, &t.node_addr(1), &Identity::Service(Role::Admin));
+    FaultInjectionClient::new(admin).set_faults(Faults::default()).await.expect("the test build injects faults");
+}
