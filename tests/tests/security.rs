@@ -288,7 +288,9 @@ async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_
     let c = Cluster::start(Spec { routers: true, ..Spec::default() });
     c.wait_ready(Duration::from_secs(30)).await;
     let app = c.router_client("shenzhen");
-    let (u, v) = (c.topology.user_in_shard(1, 30), c.topology.user_in_shard(1, 31));
+    let u = c.topology.user_in_shard(1, 30);
+    let v = c.topology.user_in_shard(1, u + 1);
+    let w = c.topology.user_in_shard(1, v + 1);
     c.funded(&app, u, 50_000).await;
     c.funded(&app, v, 0).await;
     let transfer = |pin: &str| TransferRequest { request_id: new_request_id(), from: u, to: v, amount_cents: 1_000, pin: pin.into(), ..Default::default() };
@@ -321,10 +323,10 @@ async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_
     assert_eq!(code(app.withdraw(withdraw).await), ErrorCode::PinLocked, "withdrawing is locked too");
     assert_eq!(money(&c, &[u, v]).await, before, "not one cent moved");
     // Another user of the same shard spends as usual: the lock is per user.
-    c.funded(&app, c.topology.user_in_shard(1, 32), 5_000).await;
+    c.funded(&app, w, 5_000).await;
     let other = TransferRequest {
         request_id: new_request_id(),
-        from: c.topology.user_in_shard(1, 32),
+        from: w,
         to: v,
         amount_cents: 1_000,
         pin: TEST_PIN.into(),
@@ -404,7 +406,8 @@ async fn request_ids_are_scoped_by_user_so_one_user_cannot_take_anothers_id() {
     let c = Cluster::start(Spec { routers: true, ..Spec::default() });
     c.wait_ready(Duration::from_secs(30)).await;
     let app = c.router_client("shenzhen");
-    let (a, b) = (c.topology.user_in_shard(1, 50), c.topology.user_in_shard(1, 51));
+    let a = c.topology.user_in_shard(1, 50);
+    let b = c.topology.user_in_shard(1, a + 1);
     c.funded(&app, a, 0).await;
     c.funded(&app, b, 0).await;
     let id = new_request_id();
