@@ -4,12 +4,12 @@
 
 use hongbao_auth::{Role, SecurityDir};
 use hongbao_client::{Client, Credentials};
-use std::sync::Arc;
 use hongbao_topology::Topology;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod chaos;

@@ -135,10 +135,7 @@ async fn a_rogue_process_cannot_append_vote_install_a_snapshot_or_deliver_a_cred
         assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{s:?}");
     }
     let chunk = SnapshotChunk { shard: shard.id, from_node: outsider, vote: vec![1], meta: vec![1], data: vec![0; 64], done: true };
-    let s = RaftTransportClient::new(out.clone())
-        .install_snapshot(tokio_stream::iter(vec![chunk]))
-        .await
-        .expect_err("outsider snapshot");
+    let s = RaftTransportClient::new(out.clone()).install_snapshot(tokio_stream::iter(vec![chunk])).await.expect_err("outsider snapshot");
     assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{s:?}");
     // A forged credit: the outsider replicates shard 2 or 3, never shard 1... so a credit into
     // shard 1 claiming to come from a shard it does not replicate is refused, and so is any
@@ -207,9 +204,11 @@ async fn user_a_cannot_act_as_user_b_and_bad_tokens_are_unauthenticated_and_noth
     let a_token = signer.mint(a, hongbao_tests::TEST_DEVICE, 600);
     let as_a = router_client_with(&c, Credentials::load(&c.security_dir()).expect("creds").with_tokens(Arc::new(Fixed(a_token))));
     // A's valid token, acting as B: refused, every way money could leave B.
-    let transfer = TransferRequest { request_id: new_request_id(), from: b, to: a, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
+    let transfer =
+        TransferRequest { request_id: new_request_id(), from: b, to: a, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
     assert_eq!(code(as_a.transfer(transfer).await), ErrorCode::PermissionDenied);
-    let withdraw = WithdrawRequest { request_id: new_request_id(), user: b, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
+    let withdraw =
+        WithdrawRequest { request_id: new_request_id(), user: b, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
     assert_eq!(code(as_a.withdraw(withdraw).await), ErrorCode::PermissionDenied);
     let send = SendPacketRequest {
         request_id: new_request_id(),
@@ -237,7 +236,14 @@ async fn user_a_cannot_act_as_user_b_and_bad_tokens_are_unauthenticated_and_noth
     let wrong_key = DevSigner::load(&other).expect("other signer").mint(b, hongbao_tests::TEST_DEVICE, 600);
     for (name, token) in [("forged", forged), ("expired", expired), ("wrong key", wrong_key), ("garbage", "not-a-jwt".into())] {
         let cl = router_client_with(&c, Credentials::load(&c.security_dir()).expect("creds").with_tokens(Arc::new(Fixed(token))));
-        let transfer = TransferRequest { request_id: new_request_id(), from: b, to: a, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
+        let transfer = TransferRequest {
+            request_id: new_request_id(),
+            from: b,
+            to: a,
+            amount_cents: 10_000,
+            pin: TEST_PIN.into(),
+            ..Default::default()
+        };
         assert_eq!(code(cl.transfer(transfer).await), ErrorCode::Unauthenticated, "{name} token");
         assert_eq!(code(cl.grab(new_request_id(), p.packet_id, b, "").await), ErrorCode::Unauthenticated, "{name} token");
     }
@@ -293,7 +299,14 @@ async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_
     let w = c.topology.user_in_shard(1, v + 1);
     c.funded(&app, u, 50_000).await;
     c.funded(&app, v, 0).await;
-    let transfer = |pin: &str| TransferRequest { request_id: new_request_id(), from: u, to: v, amount_cents: 1_000, pin: pin.into(), ..Default::default() };
+    let transfer = |pin: &str| TransferRequest {
+        request_id: new_request_id(),
+        from: u,
+        to: v,
+        amount_cents: 1_000,
+        pin: pin.into(),
+        ..Default::default()
+    };
     // The PIN is set once.
     assert_eq!(code(app.set_pin(new_request_id(), u, "111111").await), ErrorCode::PinAlreadySet);
     let before = money(&c, &[u, v]).await;
@@ -319,19 +332,14 @@ async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_
         ..Default::default()
     };
     assert_eq!(code(app.send_packet(send).await), ErrorCode::PinLocked, "sending is locked too");
-    let withdraw = WithdrawRequest { request_id: new_request_id(), user: u, amount_cents: 1_000, pin: TEST_PIN.into(), ..Default::default() };
+    let withdraw =
+        WithdrawRequest { request_id: new_request_id(), user: u, amount_cents: 1_000, pin: TEST_PIN.into(), ..Default::default() };
     assert_eq!(code(app.withdraw(withdraw).await), ErrorCode::PinLocked, "withdrawing is locked too");
     assert_eq!(money(&c, &[u, v]).await, before, "not one cent moved");
     // Another user of the same shard spends as usual: the lock is per user.
     c.funded(&app, w, 5_000).await;
-    let other = TransferRequest {
-        request_id: new_request_id(),
-        from: w,
-        to: v,
-        amount_cents: 1_000,
-        pin: TEST_PIN.into(),
-        ..Default::default()
-    };
+    let other =
+        TransferRequest { request_id: new_request_id(), from: w, to: v, amount_cents: 1_000, pin: TEST_PIN.into(), ..Default::default() };
     assert!(app.transfer(other).await.is_ok());
 }
 
@@ -397,7 +405,9 @@ async fn no_call_with_the_users_own_credentials_reveals_a_challenge_code_and_gue
     let right = right.expect("the fresh challenge's notification");
     let r = app.transfer(new_phone(19_999, Some(Verification { challenge_id: fresh, code: right }))).await;
     assert_eq!(code(r), ErrorCode::ChallengeInvalid, "the code is for 200.00, not 199.99");
-    app.transfer(new_phone(20_000, Some(Verification { challenge_id: fresh, code: right }))).await.expect("the right code for the right payment");
+    app.transfer(new_phone(20_000, Some(Verification { challenge_id: fresh, code: right })))
+        .await
+        .expect("the right code for the right payment");
     assert_eq!(app.balance(u).await.expect("balance").balance_cents, 100_000 - 20_000);
 }
 
@@ -425,7 +435,8 @@ async fn a_default_build_has_no_fault_injection_rpc() {
     let c = Cluster::start(Spec { node_binary: Some(default_node), ..Spec::default() });
     c.wait_ready(Duration::from_secs(30)).await;
     let admin = as_identity(&c, &c.node_addr(1), &Identity::Service(Role::Admin));
-    let s = FaultInjectionClient::new(admin).set_faults(Faults { cut_off: vec![2, 3], ..Default::default() }).await.expect_err("no such RPC");
+    let s =
+        FaultInjectionClient::new(admin).set_faults(Faults { cut_off: vec![2, 3], ..Default::default() }).await.expect_err("no such RPC");
     assert_eq!(s.code(), tonic::Code::Unimplemented, "{s:?}");
     // The test build beside it has the service (so the check above tells the builds apart).
     let t = Cluster::start(Spec::default());

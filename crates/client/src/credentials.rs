@@ -122,9 +122,10 @@ impl Credentials {
     /// The role a call is made as, and its TLS settings.
     pub fn tls(&self, role: Role) -> Result<(Role, ClientTlsConfig), String> {
         let role = self.only.unwrap_or(role);
-        self.tls.get(&role).map(|t| (role, t.clone())).ok_or_else(|| {
-            format!("no certificate for role {} under {}/certs", role.name(), self.dir.root.display())
-        })
+        self.tls
+            .get(&role)
+            .map(|t| (role, t.clone()))
+            .ok_or_else(|| format!("no certificate for role {} under {}/certs", role.name(), self.dir.root.display()))
     }
 }
 

@@ -139,13 +139,7 @@ impl Client {
     /// `endpoints` are `host:port` gRPC addresses (routers), in order of preference.
     pub fn new(endpoints: Vec<String>, creds: Arc<Credentials>) -> Client {
         assert!(!endpoints.is_empty(), "a client needs at least one endpoint");
-        Client {
-            endpoints,
-            creds,
-            channels: Mutex::new(HashMap::new()),
-            preferred: Mutex::new(0),
-            deadline: Duration::from_secs(10),
-        }
+        Client { endpoints, creds, channels: Mutex::new(HashMap::new()), preferred: Mutex::new(0), deadline: Duration::from_secs(10) }
     }
 
     pub fn with_deadline(mut self, d: Duration) -> Client {

@@ -5,8 +5,8 @@ mod output;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use hongbao_client::money::{parse_yuan, yuan};
 use hongbao_client::credentials::{local_security_dir, SavedTokens};
+use hongbao_client::money::{parse_yuan, yuan};
 use hongbao_client::{new_request_id, Client, ClientError, Credentials};
 use hongbao_proto::v1::*;
 use hongbao_topology::Topology;
@@ -405,7 +405,8 @@ async fn transfer(
     json: bool,
 ) -> anyhow::Result<()> {
     let amount_cents = amount(yuan_amount)?;
-    let req = TransferRequest { request_id: new_request_id(), from, to, amount_cents, pin, verification: verify.get(), ..Default::default() };
+    let req =
+        TransferRequest { request_id: new_request_id(), from, to, amount_cents, pin, verification: verify.get(), ..Default::default() };
     let r = client.transfer(req).await?;
     if json {
         print_json(&output::Wallet::from(&r));

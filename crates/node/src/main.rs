@@ -9,18 +9,18 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use hongbao_node::host::Host;
-use hongbao_node::service;
 use hongbao_auth::{Identity, SecurityDir};
 use hongbao_node::access;
+use hongbao_node::host::Host;
+use hongbao_node::service;
 use hongbao_proto::v1::{
     cluster_server::ClusterServer, coalesced_server::CoalescedServer, notifier_server::NotifierServer, packets_server::PacketsServer,
     raft_transport_server::RaftTransportServer, wallet_server::WalletServer,
 };
-use tonic::service::interceptor::InterceptedService;
 use hongbao_topology::Topology;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tonic::service::interceptor::InterceptedService;
 
 #[derive(Parser)]
 #[command(name = "hongbao-node", about = "hongbao region node: multi-raft ledger shards on RocksDB")]
@@ -77,10 +77,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let max = hongbao_node::transport::MAX_RAFT_MESSAGE;
     let api_max = service::api::MAX_REQUEST_BYTES;
     let api = service::api::ApiService { host: host.clone() };
-    let mut server = tonic::transport::Server::builder()
-        .tls_config(server_tls)?
-        .tcp_nodelay(true)
-        .concurrency_limit_per_connection(4096);
+    let mut server = tonic::transport::Server::builder().tls_config(server_tls)?.tcp_nodelay(true).concurrency_limit_per_connection(4096);
     let routes = server
         .add_service(InterceptedService::new(
             RaftTransportServer::new(hongbao_node::transport::server::RaftService { host: host.clone() })

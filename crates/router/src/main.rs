@@ -23,10 +23,10 @@ use hongbao_auth::{Identity, SecurityDir, TokenKeys};
 use hongbao_proto::v1::{
     cluster_server::ClusterServer, notifier_server::NotifierServer, packets_server::PacketsServer, wallet_server::WalletServer,
 };
-use tonic::service::interceptor::InterceptedService;
 use hongbao_topology::Topology;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tonic::service::interceptor::InterceptedService;
 
 #[derive(Parser)]
 #[command(name = "hongbao-router", about = "hongbao cross-region router")]
@@ -78,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
     let security = SecurityDir::new(&args.security_dir);
     let me = Identity::Router(args.region.clone());
     let keys = TokenKeys::load_dir(&security.token_keys())?;
-    anyhow::ensure!(keys.len() > 0, "no trusted token keys in {}", security.token_keys().display());
+    anyhow::ensure!(!keys.is_empty(), "no trusted token keys in {}", security.token_keys().display());
     let limits = gate::Limits { reads_per_s: args.user_reads_per_s.max(0.1), spends_per_s: args.user_spends_per_s.max(0.1) };
     let gate = Arc::new(gate::Gate::new(keys, security.token_keys(), limits));
     tokio::spawn(reload_on_sighup(gate.clone()));

@@ -23,8 +23,8 @@ fn fill_like_a_grab_storm(db: &Db, grabs: u64, rng: &mut impl Rng) {
             let user = 10_000_000 + rng.gen_range(0..5_000_000u64);
             let id = RequestId(rng.gen());
             let time_ms = 1_800_000_000_000 + g / 10;
-            b.put(&keys::data(SHARD, &lk::dedup(&id)), &[7u8; 40]);
-            b.put(&keys::data(SHARD, &lk::dedup_expiry(time_ms, &id)), &[]);
+            b.put(&keys::data(SHARD, &lk::dedup(user, &id)), &[7u8; 40]);
+            b.put(&keys::data(SHARD, &lk::dedup_expiry(time_ms, user, &id)), &[]);
             b.put(&keys::data(SHARD, &lk::grabbed(packet, user)), &((g % 100) as u32).to_be_bytes());
             b.put(&keys::data(SHARD, &lk::claim(packet, (g % 100) as u32)), &[9u8; 32]);
             if g % GRABS_PER_ENTRY == 0 {
@@ -61,7 +61,8 @@ fn absent_key_lookups_do_not_reread_filter_blocks_after_the_data_has_grown() {
     let lookups = |n: u64, rng: &mut rand_chacha::ChaCha8Rng| {
         for _ in 0..n {
             let id = RequestId(rng.gen());
-            assert_eq!(db.get(&keys::data(SHARD, &lk::dedup(&id))).unwrap(), None);
+            let user = 10_000_000 + rng.gen_range(0..5_000_000u64);
+            assert_eq!(db.get(&keys::data(SHARD, &lk::dedup(user, &id))).unwrap(), None);
         }
     };
     const READS: u64 = 100_000;

@@ -7,12 +7,12 @@ use crate::codec::{decode, encode};
 use crate::host::Host;
 use crate::raft::snapshot::SnapshotFile;
 use crate::raft::types::{SnapshotMeta, TypeConfig, Vote};
+use hongbao_auth::Identity;
 use hongbao_proto::v1::raft_transport_server::RaftTransport;
 use hongbao_proto::v1::{RaftMessage, RaftReply, SnapshotChunk};
 use openraft::errors::RaftError;
 use std::io::Write;
 use std::sync::Arc;
-use hongbao_auth::Identity;
 use tonic::{Request, Response, Status, Streaming};
 
 /// A snapshot larger than this is refused rather than filling the disk.
