@@ -8,6 +8,13 @@
 //! Writes `result.json` and `plot.svg`, prints a table, then runs the cluster audit and a check of
 //! acknowledged grabs against the packets; exits 1 when the money does not balance or an
 //! acknowledged op is not where it should be. See docs/benchmarks.md.
+//!
+//! Credentials: the bench acts for many users at once, so it uses the local cluster's security
+//! folder (`--security-dir`) in development mode: every service role's certificate (app for user
+//! calls, payment-gateway for top-ups, admin for the audit) and user tokens minted on the fly
+//! with the development signing key (`Credentials::dev`). That is for local and test clusters
+//! only; a production cluster never hands out its signing key. Every bench account is opened on
+//! one device and sets one payment PIN, so spends carry the PIN and never meet a challenge.
 
 // Amounts are written yuan_cents (5_000_00 is 5,000.00 yuan), as in the ledger.
 #![allow(clippy::inconsistent_digit_grouping)]
@@ -26,8 +33,9 @@ mod workload;
 
 use anyhow::Context;
 use clap::Parser;
+use hongbao_client::credentials::local_security_dir;
 use hongbao_client::money::{audit_summary, yuan};
-use hongbao_client::Client;
+use hongbao_client::{Client, Credentials};
 use hongbao_topology::Topology;
 use rand::seq::SliceRandom;
 use stats::{Kind, Recorder};
@@ -38,7 +46,13 @@ use svg::Event;
 use workload::{Clients, Ctx, Scenario};
 
 #[derive(Parser, Debug)]
-#[command(name = "hongbao-bench", about = "Benchmark the local hongbao cluster through its routers")]
+#[command(
+    name = "hongbao-bench",
+    about = "Benchmark the local hongbao cluster through its routers",
+    long_about = "Benchmark the local hongbao cluster through its routers.\n\nThe bench acts for many users: it \
+                  uses the cluster's security folder in development mode (every service role's certificate, and user \
+                  tokens minted with the development signing key), so it runs against local and test clusters only."
+)]
 struct Args {
     #[arg(long, value_enum)]
     scenario: Scenario,
@@ -62,6 +76,11 @@ struct Args {
     /// Default: $HONGBAO_HOME/topology.toml, .cluster/topology.toml, or deploy/local-3x1.toml.
     #[arg(long)]
     topology: Option<PathBuf>,
+    /// Security folder (CA, service certificates, development token key) of the cluster. The
+    /// bench mints its users' tokens with the development key found here. Default:
+    /// $HONGBAO_SECURITY_DIR, else `security/` beside the topology file.
+    #[arg(long)]
+    security_dir: Option<PathBuf>,
     /// Output folder. Default: bench-results/<scenario>-<UTC timestamp>.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -138,6 +157,8 @@ struct Plan {
     concurrency: usize,
     topo_path: PathBuf,
     topology: Topology,
+    /// Role certificates and development tokens.
+    credentials: Arc<Credentials>,
     /// scripts/cluster, for `--kill-region`.
     script: PathBuf,
     /// Unix time at start.
@@ -165,7 +186,7 @@ struct Load {
 
 async fn run(args: Args) -> anyhow::Result<i32> {
     let plan = plan(args)?;
-    let clients = Arc::new(Clients::new(plan.topology.clone(), &plan.args.routers));
+    let clients = Arc::new(Clients::new(plan.topology.clone(), &plan.args.routers, plan.credentials.clone()));
     let users = setup(&plan, &clients).await?;
     let Load { ctx, mode, slots, events, warnings, mut failures } = load(&plan, clients.clone(), users).await;
 
@@ -221,6 +242,11 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
     let topo_path = topology_path(&args.topology);
     let topology = Topology::load(&topo_path).map_err(anyhow::Error::msg).with_context(|| format!("reading {}", topo_path.display()))?;
     anyhow::ensure!(!args.routers.is_empty() || !topology.routers.is_empty(), "{} lists no router; pass --router", topo_path.display());
+    let security_dir = args.security_dir.clone().unwrap_or_else(|| local_security_dir(&topo_path));
+    let credentials = Arc::new(
+        Credentials::dev(&security_dir)
+            .with_context(|| format!("loading credentials from {} (pass --security-dir)", security_dir.display()))?,
+    );
     let script = args
         .cluster_script
         .clone()
@@ -238,10 +264,10 @@ fn plan(args: Args) -> anyhow::Result<Plan> {
         .unwrap_or_else(|| PathBuf::from(format!("bench-results/{}-{}", args.scenario.name(), utc_stamp(started.as_secs()))));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let group_size = args.group_size as usize;
-    Ok(Plan { args, group_size, concurrency, topo_path, topology, script, started, out })
+    Ok(Plan { args, group_size, concurrency, topo_path, topology, credentials, script, started, out })
 }
 
-/// Opens and funds the run's users (not measured).
+/// Opens the run's users, sets their PINs and funds them (not measured).
 async fn setup(plan: &Plan, clients: &Arc<Clients>) -> anyhow::Result<Users> {
     let topology = &plan.topology;
     // Fresh users for every run (100,000 ids per millisecond of start time), so runs on the
@@ -255,7 +281,10 @@ async fn setup(plan: &Plan, clients: &Arc<Clients>) -> anyhow::Result<Users> {
             let senders: Vec<u64> = shards.iter().flat_map(|s| workload::users_in_shard(topology, *s, base, SENDERS_PER_SHARD)).collect();
             let grabbers: Vec<u64> = shards.iter().flat_map(|s| workload::users_in_shard(topology, *s, base + 50_000, per_shard)).collect();
             let (n_senders, n_grabbers, topup) = (senders.len(), grabbers.len(), yuan(SENDER_TOPUP));
-            println!("setup: opening {n_senders} senders (topped up {topup} each) and {n_grabbers} grabbers over {} shards", shards.len());
+            println!(
+                "setup: opening {n_senders} senders (topped up {topup} each) and {n_grabbers} grabbers over {} shards, each with a PIN",
+                shards.len()
+            );
             workload::open_and_fund(clients, &senders, SENDER_TOPUP, SETUP_PARALLEL).await?;
             workload::open_and_fund(clients, &grabbers, 0, SETUP_PARALLEL).await?;
             Users { senders, grabbers, by_shard: Vec::new() }
@@ -263,7 +292,12 @@ async fn setup(plan: &Plan, clients: &Arc<Clients>) -> anyhow::Result<Users> {
         Scenario::EveningMix => {
             let by_shard: Vec<Vec<u64>> = shards.iter().map(|s| workload::users_in_shard(topology, *s, base, USERS_PER_SHARD)).collect();
             let all: Vec<u64> = by_shard.iter().flatten().copied().collect();
-            println!("setup: opening {} users over {} shards, topped up {} each", all.len(), shards.len(), yuan(USER_TOPUP));
+            println!(
+                "setup: opening {} users over {} shards, each with a PIN, topped up {} each",
+                all.len(),
+                shards.len(),
+                yuan(USER_TOPUP)
+            );
             workload::open_and_fund(clients, &all, USER_TOPUP, SETUP_PARALLEL).await?;
             Users { senders: Vec::new(), grabbers: Vec::new(), by_shard }
         }
@@ -450,6 +484,9 @@ mod tests {
         .unwrap();
         assert_eq!(a.scenario, Scenario::HotPackets);
         assert_eq!(a.routers.len(), 2);
+        assert_eq!(a.security_dir, None);
+        let a = Args::try_parse_from(["hongbao-bench", "--scenario", "evening-mix", "--security-dir", "/tmp/sec"]).unwrap();
+        assert_eq!(a.security_dir, Some(PathBuf::from("/tmp/sec")));
         assert!(
             Args::try_parse_from(["hongbao-bench", "--scenario", "evening-mix", "--kill-region", "shanghai"]).is_err(),
             "kill needs both times"

@@ -4,10 +4,15 @@
 //! its nearest data center), then to the other routers. Every mutating request carries one
 //! request id, reused on every re-send, so a re-send after an unknown outcome never moves money
 //! twice.
+//!
+//! The bench acts for every one of its users through the routers: user calls go with the `app`
+//! certificate and a token minted with the development key for the device the request names
+//! (`Credentials::dev`), top-ups with the `payment-gateway` certificate. Every account is opened
+//! on [`DEVICE`] and gets the payment PIN [`PIN`], which every send and transfer carries.
 
 use crate::check::{Ack, Tracker};
 use crate::stats::{Kind, Outcome, Recorder};
-use hongbao_client::{new_request_id, settle, Client, ClientError};
+use hongbao_client::{new_request_id, settle, Client, ClientError, Credentials};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest};
 use hongbao_proto::ErrorCode;
 use hongbao_topology::{ShardId, Topology};
@@ -19,8 +24,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-/// The device every bench account is opened with, so sends and transfers never need a challenge.
+/// The device every bench account is opened with, so sends and transfers never need a challenge
+/// (the development tokens are minted for the device a request names, and that is always this
+/// one).
 pub const DEVICE: &str = "bench-phone";
+/// The payment PIN every bench account sets once at setup; every send and transfer carries it.
+pub const PIN: &str = "135790";
 /// Re-sends (same request id) after an outcome-unknown error, on top of the client's own retries
 /// within its deadline.
 pub const MAX_RESENDS: u32 = 2;
@@ -65,7 +74,8 @@ const CALL_DEADLINE: Duration = Duration::from_secs(5);
 
 impl Clients {
     /// `routers` from the command line, or (when empty) the topology's routers by region.
-    pub fn new(topology: Topology, routers: &[String]) -> Clients {
+    /// `credentials`: every role's certificate and development tokens for the bench's users.
+    pub fn new(topology: Topology, routers: &[String], credentials: Arc<Credentials>) -> Clients {
         let mut orders: Vec<Vec<String>> = Vec::new();
         let mut home_of_shard = HashMap::new();
         if routers.is_empty() {
@@ -93,7 +103,11 @@ impl Clients {
         assert!(orders.iter().all(|o| !o.is_empty()), "the topology lists no router");
         let lists = orders
             .into_iter()
-            .map(|order| (0..CLIENTS_PER_REGION).map(|_| Arc::new(Client::new(order.clone()).with_deadline(CALL_DEADLINE))).collect())
+            .map(|order| {
+                (0..CLIENTS_PER_REGION)
+                    .map(|_| Arc::new(Client::new(order.clone(), credentials.clone()).with_deadline(CALL_DEADLINE)))
+                    .collect()
+            })
             .collect();
         Clients { lists, home_of_shard, topology }
     }
@@ -126,8 +140,8 @@ pub fn users_in_shard(t: &Topology, shard: ShardId, start: u64, n: usize) -> Vec
     (start..).filter(|u| t.shard_of_user(*u) == shard).take(n).collect()
 }
 
-/// Opens the accounts and tops each up by `cents` (not measured). `parallel` bounds the calls in
-/// flight.
+/// Opens the accounts, sets each one's payment PIN and tops each up by `cents` (not measured).
+/// `parallel` bounds the calls in flight.
 pub async fn open_and_fund(clients: &Arc<Clients>, users: &[u64], cents: u64, parallel: usize) -> anyhow::Result<()> {
     let gate = Arc::new(Semaphore::new(parallel));
     let mut set = JoinSet::new();
@@ -158,6 +172,17 @@ async fn open_one(clients: &Clients, user: u64, cents: u64) -> Result<(), Client
         }
     };
     settle(open, MAX_RESENDS, SETTLE_WITHIN).await?;
+    // One request id for the PIN, re-sent while its outcome is unknown (the ledger remembers it,
+    // so a re-send returns the first answer). PIN_ALREADY_SET can only mean it is set: accounts
+    // are fresh for every run.
+    let id = new_request_id();
+    let pin = || async {
+        match client.set_pin(id.clone(), user, PIN).await {
+            Err(e) if e.code() == ErrorCode::PinAlreadySet => Ok(()),
+            r => r.map(|_| ()),
+        }
+    };
+    settle(pin, MAX_RESENDS, SETTLE_WITHIN).await?;
     if cents > 0 {
         let id = new_request_id();
         settle(|| client.top_up(id.clone(), user, cents), MAX_RESENDS, SETTLE_WITHIN).await?;
@@ -329,6 +354,7 @@ async fn send_lucky(ctx: &Ctx, sender: u64, total: u64, count: u32, greeting: &s
         count,
         greeting: greeting.into(),
         device: DEVICE.into(),
+        pin: PIN.into(),
         ..Default::default()
     };
     let client = ctx.clients.client_for(sender);
@@ -364,8 +390,15 @@ async fn mix_op(ctx: Arc<Ctx>, intended: Instant) {
             ctx.record(Kind::Balance, outcome(&res), intended, Instant::now());
         }
         Plan::Transfer { from, to, amount } => {
-            let req =
-                TransferRequest { request_id: new_request_id(), from, to, amount_cents: amount, device: DEVICE.into(), verification: None };
+            let req = TransferRequest {
+                request_id: new_request_id(),
+                from,
+                to,
+                amount_cents: amount,
+                device: DEVICE.into(),
+                verification: None,
+                pin: PIN.into(),
+            };
             let client = ctx.clients.client_for(from);
             let res = settle(|| client.transfer(req.clone()), MAX_RESENDS, SETTLE_WITHIN).await;
             ctx.record(Kind::Transfer, outcome(&res), intended, Instant::now());
