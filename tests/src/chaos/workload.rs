@@ -1,8 +1,13 @@
 //! The chaos workload: clients in every region doing top-ups, withdrawals, cross-shard
 //! transfers, group sends and grabs through the routers, recording every operation.
+//!
+//! Every user is opened on [`DEVICE`] and sets the payment PIN [`crate::TEST_PIN`] at setup;
+//! withdrawals, transfers and sends carry it. The test client makes user calls as the `app` role
+//! with development tokens minted for that device, and top-ups as the `payment-gateway` role.
 
 use super::history::{Ack, Event, Op, Outcome};
-use hongbao_client::{new_request_id, Client, ClientError};
+use crate::TEST_PIN;
+use hongbao_client::{new_request_id, settle, Client, ClientError};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest, WithdrawRequest};
 use hongbao_proto::ErrorCode;
 use hongbao_topology::{PacketId, Topology};
@@ -92,11 +97,26 @@ pub async fn send(client: &Client, rid: &[u8], op: &Op) -> Result<Ack, ClientErr
     match *op {
         Op::TopUp { user, amount } => client.top_up(rid, user, amount).await.map(|r| Ack::Wallet { fee: r.fee_cents }),
         Op::Withdraw { user, amount } => {
-            let req = WithdrawRequest { request_id: rid, user, amount_cents: amount, device: DEVICE.into(), verification: None };
+            let req = WithdrawRequest {
+                request_id: rid,
+                user,
+                amount_cents: amount,
+                device: DEVICE.into(),
+                verification: None,
+                pin: TEST_PIN.into(),
+            };
             client.withdraw(req).await.map(|r| Ack::Wallet { fee: r.fee_cents })
         }
         Op::Transfer { from, to, amount } => {
-            let req = TransferRequest { request_id: rid, from, to, amount_cents: amount, device: DEVICE.into(), verification: None };
+            let req = TransferRequest {
+                request_id: rid,
+                from,
+                to,
+                amount_cents: amount,
+                device: DEVICE.into(),
+                verification: None,
+                pin: TEST_PIN.into(),
+            };
             client.transfer(req).await.map(|r| Ack::Wallet { fee: r.fee_cents })
         }
         Op::Send { sender, total, count } => {
@@ -107,6 +127,7 @@ pub async fn send(client: &Client, rid: &[u8], op: &Op) -> Result<Ack, ClientErr
                 total_cents: total,
                 count,
                 device: DEVICE.into(),
+                pin: TEST_PIN.into(),
                 greeting: "恭喜发财".into(),
                 ..Default::default()
             };
@@ -186,8 +207,8 @@ pub async fn worker(shared: Arc<Shared>, client: Arc<Client>, seed: u64) {
     }
 }
 
-/// Opens the accounts (with retries: the cluster may still be electing) and gives each user
-/// its opening money.
+/// Opens the accounts (with retries: the cluster may still be electing), sets each user's payment
+/// PIN and gives each user its opening money.
 pub async fn setup(shared: &Shared, client: &Client) -> anyhow::Result<()> {
     for &u in &shared.users {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -199,6 +220,12 @@ pub async fn setup(shared: &Shared, client: &Client) -> anyhow::Result<()> {
                 Err(e) => anyhow::bail!("could not open account {u}: {e}"),
             }
         }
+        // One request id, re-sent while the outcome is unknown: the ledger answers a re-send
+        // with the first result, so the PIN is set once.
+        let rid = new_request_id();
+        settle(|| client.set_pin(rid.clone(), u, TEST_PIN), 20, Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow::anyhow!("could not set the PIN of {u}: {e}"))?;
         if let Outcome::Fail(c) = run_op(shared, client, Op::TopUp { user: u, amount: OPENING_TOPUP }).await {
             anyhow::bail!("opening top-up for {u} failed: {}", c.as_str_name());
         }
