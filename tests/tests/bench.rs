@@ -10,6 +10,8 @@ fn bench(c: &Cluster, args: &[&str]) -> serde_json::Value {
     let status = std::process::Command::new(bin("hongbao-bench"))
         .arg("--topology")
         .arg(&c.topology_path)
+        .arg("--security-dir")
+        .arg(c.security_dir())
         .arg("--out")
         .arg(&out)
         .args(args)

@@ -1,10 +1,11 @@
-//! Multi-process tests of the replicated node: real processes, real RocksDB, real gRPC.
-//! Run by `scripts/test` (serially: each test runs its own cluster).
+//! Multi-process tests of the replicated node: real processes, real RocksDB, real gRPC over
+//! mutual TLS. Run by `scripts/test` (serially: each test runs its own cluster).
 
+use hongbao_auth::Role;
 use hongbao_client::{new_request_id, settle, Client};
 use hongbao_proto::v1::BalanceRequest;
 use hongbao_proto::ErrorCode;
-use hongbao_tests::{Cluster, Spec};
+use hongbao_tests::{Cluster, Spec, TEST_DEVICE, TEST_PIN};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -24,10 +25,13 @@ async fn open_users(c: &Cluster, client: &Client, per_shard: u64) -> Vec<u64> {
     users
 }
 
-/// A stale (local replica) balance read from one specific node.
+/// A stale (local replica) balance read from one specific node, as the admin identity (nodes
+/// serve their API to routers and admin only).
 async fn local_balance(c: &Cluster, node: u64, user: u64) -> Option<u64> {
     let addr = c.topology.node(node)?.addr.clone();
-    let mut w = hongbao_proto::v1::wallet_client::WalletClient::connect(format!("http://{addr}")).await.ok()?;
+    let (_, tls) = c.credentials().tls(Role::Admin).ok()?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}")).ok()?.tls_config(tls).ok()?.connect().await.ok()?;
+    let mut w = hongbao_proto::v1::wallet_client::WalletClient::new(channel);
     w.balance(BalanceRequest { user, allow_stale: true }).await.ok().map(|r| r.into_inner().balance_cents)
 }
 
@@ -200,17 +204,16 @@ async fn every_router_serves_its_metrics_over_http_after_routing_requests() {
         let client = c.router_client(&r.region);
         let sender = c.topology.user_in_shard(1, 2_000 + 100 * i);
         let grabber = c.topology.user_in_shard(2, 3_000 + 100 * i);
-        for u in [sender, grabber] {
-            client.open_account(u, "phone").await.unwrap();
-        }
-        client.top_up(new_request_id(), sender, 1_000).await.unwrap();
+        c.funded(&client, sender, 1_000).await;
+        client.open_account(grabber, TEST_DEVICE).await.unwrap();
         let req = hongbao_proto::v1::SendPacketRequest {
             request_id: new_request_id(),
             sender,
             kind: hongbao_proto::v1::PacketKind::Lucky as i32,
             total_cents: 100,
             count: 2,
-            device: "phone".into(),
+            device: TEST_DEVICE.into(),
+            pin: TEST_PIN.into(),
             ..Default::default()
         };
         let p = client.send_packet(req).await.unwrap();

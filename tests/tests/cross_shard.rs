@@ -8,7 +8,7 @@
 
 use hongbao_client::{new_request_id, settle};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest};
-use hongbao_tests::{Cluster, Spec};
+use hongbao_tests::{Cluster, Spec, TEST_DEVICE, TEST_PIN};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,8 +39,7 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
         let mut u = 10_000;
         for _ in 0..4 {
             u = c.topology.user_in_shard(s.id, u + 1);
-            client.open_account(u, "phone").await.unwrap();
-            client.top_up(new_request_id(), u, START_BALANCE).await.unwrap();
+            c.funded(&client, u, START_BALANCE).await;
             users.push(u);
         }
     }
@@ -61,7 +60,8 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
                     kind: PacketKind::Lucky as i32,
                     total_cents: total,
                     count: 5,
-                    device: "phone".into(),
+                    device: TEST_DEVICE.into(),
+                    pin: TEST_PIN.into(),
                     ..Default::default()
                 };
                 let sent = settle(|| client.send_packet(req.clone()), u32::MAX, SETTLE_WITHIN).await;
@@ -90,8 +90,9 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
                     from: sender,
                     to,
                     amount_cents: amount,
-                    device: "phone".into(),
+                    device: TEST_DEVICE.into(),
                     verification: None,
+                    pin: TEST_PIN.into(),
                 };
                 if settle(|| client.transfer(req.clone()), u32::MAX, SETTLE_WITHIN).await.is_ok() {
                     let mut h = hist.lock().unwrap();

@@ -1,8 +1,9 @@
-//! Routers, region failover, failback and drain: real nodes and routers over gRPC, a client
-//! workload through the routers, a whole region killed with kill -9.
+//! Routers, region failover, failback and drain: real nodes and routers over gRPC (mutual TLS),
+//! a client workload through the routers, a whole region killed with kill -9.
 
+use hongbao_auth::Role;
 use hongbao_client::{new_request_id, Client};
-use hongbao_tests::{Cluster, Spec};
+use hongbao_tests::{Cluster, Spec, TEST_DEVICE, TEST_PIN};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,6 +86,21 @@ async fn check_money(client: &Client, acked: &BTreeMap<u64, u64>) {
     assert_eq!(a.total_topups_cents, acked.values().sum::<u64>());
 }
 
+/// A raw gRPC channel to `addr` with the certificate of `role` (no client retries, no failover).
+async fn raw_channel(c: &Cluster, addr: &str, role: Role) -> tonic::transport::Channel {
+    let (_, tls) = c.credentials().tls(role).expect("the cluster's security folder has every role");
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
+}
+
+/// `msg` with `user`'s token, as an app forwards it for that user.
+fn as_user<T>(client: &Client, user: u64, msg: T) -> tonic::Request<T> {
+    let tokens = client.credentials().tokens.as_ref().expect("test credentials mint user tokens");
+    let token = tokens.token(user, None).expect("a development token");
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
 async fn wait_leader(c: &Cluster, shard: u32, node: u64, within: Duration) -> Duration {
     let start = Instant::now();
     loop {
@@ -118,7 +134,8 @@ async fn a_node_that_hosts_no_replica_of_the_shard_never_ends_a_call() {
     let u = c.topology.user_in_shard(2, 700);
     assert!(!c.topology.shard(2).unwrap().replicas.contains(&1), "node 1 holds no replica of shard 2");
     // The cause: node 1 alone can only say it hosts no replica of shard 2.
-    let node1_only = Client::new(vec![c.node_addr(1)]).with_deadline(Duration::from_millis(800));
+    let node1_only =
+        Client::new(vec![c.node_addr(1)], Arc::new(c.credentials().only(Role::Admin))).with_deadline(Duration::from_millis(800));
     let e = node1_only.open_account(u, "phone").await.unwrap_err();
     assert!(e.detail.message.contains("hosts no replica of shard 2"), "{e}");
     assert!(e.outcome_unknown(), "giving up on a node without the shard is no outcome: {e}");
@@ -211,7 +228,8 @@ async fn beyond_its_in_flight_bound_a_router_answers_resource_exhausted_and_appl
     let user = c.topology.user_in_shard(2, 700);
     client.open_account(user, "phone").await.unwrap();
     let addr = c.topology.routers.iter().find(|r| r.region == "shanghai").unwrap().addr.clone();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    // Top-ups are the payment gateway's calls.
+    let channel = raw_channel(&c, &addr, Role::PaymentGateway).await;
     // 200 top-ups at once, raw gRPC (no client retries), far above the bound of 4 per shard.
     let calls = (1..=200u64).map(|amount| {
         let mut w = WalletClient::new(channel.clone());
@@ -253,14 +271,13 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
     c.wait_ready(Duration::from_secs(30)).await;
     let client = c.router_client("shenzhen").with_deadline(Duration::from_secs(10));
     let sender = c.topology.user_in_shard(1, 900);
-    client.open_account(sender, "phone").await.unwrap();
-    client.top_up(new_request_id(), sender, 100_000).await.unwrap();
+    c.funded(&client, sender, 100_000).await;
     // 150 grabbers on every shard (some credits cross shards), for a packet of 100 shares.
     let mut grabbers = vec![];
     let mut u = 1_000;
     while grabbers.len() < 150 {
         u = c.topology.user_in_shard(1 + (grabbers.len() as u32 % 3), u + 1);
-        client.open_account(u, "phone").await.unwrap();
+        client.open_account(u, TEST_DEVICE).await.unwrap();
         grabbers.push(u);
     }
     let total = 12_345u64;
@@ -271,7 +288,8 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
             kind: PacketKind::Lucky as i32,
             total_cents: total,
             count: 100,
-            device: "phone".into(),
+            device: TEST_DEVICE.into(),
+            pin: TEST_PIN.into(),
             ..Default::default()
         })
         .await
@@ -283,9 +301,10 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
     let proposed_before = metric(&leader_metrics, "hongbao_batch_requests_sum").await;
 
     // All at once, raw gRPC on one connection: the router holds many grabs for the same node at
-    // the same moment, which is when it coalesces them. Five carry a malformed request id.
+    // the same moment, which is when it coalesces them. Five carry a malformed request id. Each
+    // grab goes as the app would send it: the app's certificate, the grabber's token.
     let addr = c.topology.routers.iter().find(|r| r.region == "shenzhen").unwrap().addr.clone();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let channel = raw_channel(&c, &addr, Role::App).await;
     let requests: Vec<GrabRequest> = grabbers
         .iter()
         .enumerate()
@@ -298,6 +317,7 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
         .collect();
     let calls = requests.iter().cloned().map(|r| {
         let mut pc = PacketsClient::new(channel.clone());
+        let r = as_user(&client, r.grabber, r);
         async move { pc.grab(r).await }
     });
     let results = futures::future::join_all(calls).await;
@@ -340,10 +360,8 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
     let fast_before = metric(&leader_metrics, "hongbao_grabs_fast_rejected_total").await;
     let mut pc = PacketsClient::new(channel.clone());
     for g in grabbers.iter().filter(|g| !won.iter().any(|(w, _)| w.grabber == **g)).take(5) {
-        let s = pc
-            .grab(GrabRequest { request_id: new_request_id(), packet_id: p.packet_id, grabber: *g, password: String::new() })
-            .await
-            .unwrap_err();
+        let late = GrabRequest { request_id: new_request_id(), packet_id: p.packet_id, grabber: *g, password: String::new() };
+        let s = pc.grab(as_user(&client, *g, late)).await.unwrap_err();
         assert_eq!(detail_of(&s).code(), ErrorCode::PacketExhausted, "{s:?}");
     }
     let fast = metric(&leader_metrics, "hongbao_grabs_fast_rejected_total").await - fast_before;
@@ -351,7 +369,7 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
 
     // A re-sent grab (same request id) gets its first answer again, not a second share.
     for (req, first) in won.iter().take(10) {
-        let again = pc.grab(req.clone()).await.unwrap().into_inner();
+        let again = pc.grab(as_user(&client, req.grabber, req.clone())).await.unwrap().into_inner();
         assert_eq!((again.amount_cents, again.index), (first.amount_cents, first.index));
     }
     let shown = client.show_packet(p.packet_id).await.unwrap();
