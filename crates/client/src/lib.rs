@@ -217,7 +217,8 @@ impl Client {
             tracing::debug!(attempt, addr, code = d.code().as_str_name(), msg = %d.message, "call failed");
             match retry_step(d.code()) {
                 RetryStep::Final => return Err(ClientError { detail: d }),
-                RetryStep::FollowHint if !d.leader_hint_addr.is_empty() && d.leader_hint_addr != addr => {
+                // Only hints to an endpoint of ours: a router's client is never sent to a node.
+                RetryStep::FollowHint if d.leader_hint_addr != addr && self.endpoints.contains(&d.leader_hint_addr) => {
                     hint = Some(d.leader_hint_addr.clone());
                 }
                 RetryStep::FollowHint | RetryStep::Elsewhere | RetryStep::BackOff => {

@@ -161,6 +161,7 @@ impl Router {
         let start = Instant::now();
         let mut last = error(ErrorCode::Unavailable, format!("shard {shard}: no replica reachable"));
         let mut hinted: Option<NodeId> = None;
+        let mut hops = 0u32;
         let mut tried_round = 0usize;
         for _ in 0..MAX_ATTEMPTS {
             let left = ROUTE_DEADLINE.saturating_sub(start.elapsed());
@@ -195,6 +196,12 @@ impl Router {
                         self.set_leader(shard, l);
                         hinted = Some(l);
                     }
+                    // Mid-election two nodes can each name the other: after a couple of hops,
+                    // give the election a moment instead of burning every attempt in a few ms.
+                    hops += 1;
+                    if hops > 2 {
+                        tokio::time::sleep(Duration::from_millis(20).min(ROUTE_DEADLINE.saturating_sub(start.elapsed()))).await;
+                    }
                 }
                 RetryStep::Elsewhere => {
                     // No leader yet (election), node gone, or a node without this shard: give
@@ -205,7 +212,10 @@ impl Router {
             last = status;
         }
         metrics::counter!(crate::metrics::GAVE_UP).increment(1);
-        Err(last)
+        // Clients talk to routers, never to nodes: a give-up is UNAVAILABLE (retry, same request
+        // id), without the node address a NotLeader hint would carry.
+        let d = detail_of(&last);
+        Err(error(ErrorCode::Unavailable, format!("shard {shard}: no leader answered in {:?} (last: {})", start.elapsed(), d.message)))
     }
 
     /// Any node that answers, for cluster-wide admin calls.
