@@ -220,6 +220,13 @@ impl Cluster {
         }
     }
 
+    /// Sends a signal to a region's router (e.g. HUP: re-read the trusted token keys).
+    pub fn signal_router(&self, region: &str, sig: &str) {
+        if let Some(c) = self.routers.get(region) {
+            let _ = Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status();
+        }
+    }
+
     pub fn kill_router(&mut self, region: &str) {
         if let Some(mut c) = self.routers.remove(region) {
             let _ = c.kill();

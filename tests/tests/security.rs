@@ -444,3 +444,90 @@ async fn a_default_build_has_no_fault_injection_rpc() {
     let admin = as_identity(&t, &t.node_addr(1), &Identity::Service(Role::Admin));
     FaultInjectionClient::new(admin).set_faults(Faults::default()).await.expect("the test build injects faults");
 }
+
+/// A raw request as the app role with `token`, straight to one router (no client retries, so a
+/// refusal is seen as it is).
+fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_at_the_boundary_refuse_floods_of_reads_and_oversized_strings_before_the_log() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let u = c.topology.user_in_shard(1, 60);
+    c.funded(&app, u, 10_000).await;
+    let token = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("signer").mint(u, hongbao_tests::TEST_DEVICE, 600);
+    let router = as_identity(&c, &c.topology.routers[0].addr, &Identity::Service(Role::App));
+    // Reads: 50/s with bursts of 100 per user; 300 at once must meet the limit.
+    let mut limited = 0;
+    for _ in 0..300 {
+        if let Err(s) = WalletClient::new(router.clone()).balance(with_token(BalanceRequest { user: u, allow_stale: true }, &token)).await {
+            assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::RateLimited, "{s:?}");
+            limited += 1;
+        }
+    }
+    assert!(limited >= 100, "a flood of reads by one user is limited: {limited} of 300 refused");
+    // Another user is not affected by the first one's flood.
+    let other = c.topology.user_in_shard(1, u + 1);
+    c.funded(&app, other, 0).await;
+    assert!(app.balance(other).await.is_ok());
+
+    // Strings past the ledger's limit never reach the log: refused before proposing.
+    let before = c.node_client().status().await.expect("status");
+    let applied = |st: &StatusReply| st.leader_of(1).map(|s| s.applied).unwrap_or(0);
+    let send = SendPacketRequest {
+        request_id: new_request_id(),
+        sender: u,
+        kind: PacketKind::Lucky as i32,
+        total_cents: 1_000,
+        count: 2,
+        greeting: "恭".repeat(100),
+        pin: TEST_PIN.into(),
+        ..Default::default()
+    };
+    assert_eq!(code(app.send_packet(send).await), ErrorCode::InvalidArgument, "a 300-byte greeting");
+    let after = c.node_client().status().await.expect("status");
+    assert!(applied(&after) <= applied(&before) + 2, "nothing was proposed for it (only background entries)");
+    assert_eq!(app.balance(u).await.expect("balance").balance_cents, 10_000, "not one cent moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_token_key_is_trusted_after_a_sighup_without_a_restart() {
+    let c = Cluster::start(Spec { routers: true, regions: vec!["shenzhen"], ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let u = c.topology.user_in_shard(1, 70);
+    c.funded(&app, u, 1_000).await;
+    // A login service's new key: refused until the routers are told of it.
+    let other = SecurityDir::new(c.dir.path().join("new-login"));
+    hongbao_auth::ensure_dev_pki(&other, &c.topology).expect("a new key");
+    let pem = std::fs::read(other.dev_signing_key()).expect("new private key");
+    let signer = DevSigner::from_pem(&pem, "rotated").expect("signer");
+    let token = signer.mint(u, hongbao_tests::TEST_DEVICE, 600);
+    let router = as_identity(&c, &c.topology.routers[0].addr, &Identity::Service(Role::App));
+    let read = || {
+        let mut w = WalletClient::new(router.clone());
+        let r = with_token(BalanceRequest { user: u, allow_stale: true }, &token);
+        async move { w.balance(r).await }
+    };
+    let s = read().await.expect_err("an unknown key");
+    assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::Unauthenticated);
+    let keys = SecurityDir::new(c.security_dir()).token_keys();
+    std::fs::copy(other.token_keys().join("dev.pub.pem"), keys.join("rotated.pub.pem")).expect("install the new public key");
+    c.signal_router("shenzhen", "HUP");
+    let mut ok = false;
+    for _ in 0..50 {
+        if read().await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "after SIGHUP the router trusts the new key");
+    // The old key still works (both trusted during the rotation), and the router never restarted.
+    assert!(app.balance(u).await.is_ok());
+}
