@@ -119,6 +119,12 @@ impl Credentials {
         self
     }
 
+    /// Whether calls for a user go as that user (the app role with tokens); otherwise they go
+    /// as the one role these credentials are made for (e.g. admin).
+    pub fn acts_for_users(&self) -> bool {
+        self.tokens.is_some() && self.only.unwrap_or(Role::App) == Role::App && self.tls.contains_key(&Role::App)
+    }
+
     /// The role a call is made as, and its TLS settings.
     pub fn tls(&self, role: Role) -> Result<(Role, ClientTlsConfig), String> {
         let role = self.only.unwrap_or(role);

@@ -266,7 +266,7 @@ impl Client {
         F: Fn(Channel, Auth) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
-        if self.creds.tokens.is_none() || self.creds.tls(Role::App).map(|(r, _)| r != Role::App).unwrap_or(true) {
+        if !self.creds.acts_for_users() {
             return self.as_role(Role::Admin, f).await;
         }
         self.as_user(user, None, f).await

@@ -92,9 +92,7 @@ impl Gate {
     /// The call acts for `acting`: only the `app` role, with a valid token whose subject is
     /// `acting`. The claims carry the device the token was issued to.
     pub fn user<T>(&self, req: &Request<T>, acting: u64, what: &str) -> Result<Claims, Status> {
-        self.roles(req, &[Role::App], what)?;
-        let token = hongbao_auth::bearer(req).map_err(|e| self.refused_token(e))?;
-        let claims = self.tokens.verify(token).map_err(|e| self.refused_token(e))?;
+        let claims = self.claims(req, what)?;
         if claims.user() != Some(acting) {
             metrics::counter!(crate::metrics::DENIED, "reason" => "other_user").increment(1);
             tracing::warn!(token_user = %claims.sub, acting, what, "refused: token names another user");
@@ -103,12 +101,16 @@ impl Gate {
         Ok(claims)
     }
 
-    /// Any signed-in user (app role with a valid token): the token's user.
-    pub fn signed_in<T>(&self, req: &Request<T>, what: &str) -> Result<u64, Status> {
+    /// The `app` role's call, with a valid token: its claims.
+    fn claims<T>(&self, req: &Request<T>, what: &str) -> Result<Claims, Status> {
         self.roles(req, &[Role::App], what)?;
         let token = hongbao_auth::bearer(req).map_err(|e| self.refused_token(e))?;
-        let claims = self.tokens.verify(token).map_err(|e| self.refused_token(e))?;
-        claims.user().ok_or_else(|| unauthenticated("user token names no user"))
+        self.tokens.verify(token).map_err(|e| self.refused_token(e))
+    }
+
+    /// Any signed-in user (app role with a valid token): the token's user.
+    pub fn signed_in<T>(&self, req: &Request<T>, what: &str) -> Result<u64, Status> {
+        self.claims(req, what)?.user().ok_or_else(|| unauthenticated("user token names no user"))
     }
 
     /// For the user themself (app role with their token), or for any user by one of `roles`.
