@@ -8,6 +8,11 @@ pub fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     bincode::serialize(v).expect("in-memory values always serialize")
 }
 
+/// What `encode` would produce, in bytes, without producing it.
+pub fn encoded_len<T: serde::Serialize>(v: &T) -> usize {
+    bincode::serialized_size(v).expect("in-memory values always serialize") as usize
+}
+
 pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> io::Result<T> {
     bincode::deserialize(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt value: {e}")))
 }

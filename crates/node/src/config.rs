@@ -3,8 +3,8 @@
 use hongbao_ledger::LedgerConfig;
 use hongbao_topology::Topology;
 
-/// Most entries in one AppendEntries. Entries carry up to `replica::MAX_BATCH` requests each,
-/// so this times that bounds one message.
+/// Most entries in one AppendEntries; the log store's replication read also stops at
+/// `log_store::MAX_APPEND_BYTES`, which is what bounds one message in bytes.
 const MAX_ENTRIES_PER_APPEND: u64 = 256;
 
 /// `challenge_key` is the replicas' shared secret (security folder's `challenge.key`): part of

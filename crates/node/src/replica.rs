@@ -9,9 +9,13 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Proposals in flight per shard before new ones get OVERLOADED instead of queueing without end.
 pub const MAX_INFLIGHT_PER_SHARD: usize = 20_000;
-/// Most requests in one Raft entry: bounds the entry (and an AppendEntries of up to
-/// `max_payload_entries` of them) in size.
+/// Most requests in one Raft entry.
 pub const MAX_BATCH: usize = 256;
+/// An entry closes once its requests' encoded size reaches this, so it stays far below what one
+/// AppendEntries may carry (`log_store::MAX_APPEND_BYTES`) whatever the requests' sizes: the
+/// last request may overshoot by its own size, which the API bounds (`MAX_REQUEST_BYTES`).
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+const _: () = assert!(MAX_ENTRY_BYTES * 4 <= crate::raft::log_store::MAX_APPEND_BYTES);
 /// Entries one shard's leader has proposed and not yet seen applied. While they are in flight,
 /// new requests wait in the queue and go out together in the next entry: that is the batching.
 pub const MAX_ENTRIES_IN_FLIGHT: usize = 8;
@@ -49,19 +53,13 @@ pub(crate) enum Failed {
     Internal(String),
 }
 
-/// The shard's proposer: gathers queued requests into one entry (up to MAX_BATCH) and keeps at
-/// most MAX_ENTRIES_IN_FLIGHT entries in flight, answering each request with its own outcome.
+/// The shard's proposer: gathers queued requests into one entry (`next_batch`) and keeps at most
+/// MAX_ENTRIES_IN_FLIGHT entries in flight, answering each request with its own outcome.
 async fn proposer(raft: Raft, mut queue: mpsc::Receiver<Proposal>) {
     let slots = Arc::new(Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+        let batch = next_batch(first, &mut queue);
         metrics::histogram!(crate::metrics::BATCH_REQUESTS).record(batch.len() as f64);
         let raft = raft.clone();
         tokio::spawn(async move {
@@ -84,6 +82,22 @@ async fn proposer(raft: Raft, mut queue: mpsc::Receiver<Proposal>) {
     }
 }
 
+/// `first` and what is queued behind it, up to MAX_BATCH requests or MAX_ENTRY_BYTES.
+fn next_batch(first: Proposal, queue: &mut mpsc::Receiver<Proposal>) -> Vec<Proposal> {
+    let mut bytes = crate::codec::encoded_len(&first.req);
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH && bytes < MAX_ENTRY_BYTES {
+        match queue.try_recv() {
+            Ok(p) => {
+                bytes += crate::codec::encoded_len(&p.req);
+                batch.push(p);
+            }
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 /// One Raft entry carrying `reqs`; one outcome per request, in order.
 async fn propose_entry(raft: &Raft, reqs: Vec<Request>) -> Result<Vec<Outcome>, Failed> {
     let n = reqs.len();
@@ -97,5 +111,36 @@ async fn propose_entry(raft: &Raft, reqs: Vec<Request>) -> Result<Vec<Outcome>, 
         },
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Failed::NotLeader(f.leader_id)),
         Err(e) => Err(Failed::Unavailable(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hongbao_ledger::{Command, RequestId};
+
+    fn proposal(device_bytes: usize) -> Proposal {
+        let cmd = Command::OpenAccount { user: 1, device: "d".repeat(device_bytes) };
+        Proposal { req: Request { id: RequestId([1; 16]), time_ms: 0, cmd }, done: oneshot::channel().0 }
+    }
+
+    /// Large requests close an entry by size long before the count limit: 256 requests of
+    /// 16 KiB would make a 4 MiB entry.
+    #[test]
+    fn an_entry_of_large_requests_closes_at_its_byte_budget() {
+        let (tx, mut rx) = mpsc::channel(1_000);
+        for _ in 0..MAX_BATCH {
+            tx.try_send(proposal(16 << 10)).unwrap();
+        }
+        let batch = next_batch(proposal(16 << 10), &mut rx);
+        let bytes: usize = batch.iter().map(|p| crate::codec::encoded_len(&p.req)).sum();
+        assert!(batch.len() < MAX_BATCH, "{} requests", batch.len());
+        assert!(bytes >= MAX_ENTRY_BYTES && bytes < MAX_ENTRY_BYTES + (17 << 10), "{bytes} bytes");
+        // Small requests still fill an entry up to the count limit.
+        let (tx, mut rx) = mpsc::channel(1_000);
+        for _ in 0..2 * MAX_BATCH {
+            tx.try_send(proposal(10)).unwrap();
+        }
+        assert_eq!(next_batch(proposal(10), &mut rx).len(), MAX_BATCH);
     }
 }

@@ -15,9 +15,12 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
-/// At most this many entries are read in one call, so a follower far behind is fed in bounded
-/// pieces instead of one huge read.
-const MAX_READ_ENTRIES: usize = 4096;
+/// Replication reads (`limited_get_log_entries`) stop after this many bytes of entries, so one
+/// AppendEntries stays far below the transport's message limit (`MAX_RAFT_MESSAGE`) whatever
+/// the entries' sizes: a follower far behind is fed in bounded pieces. Reads for apply
+/// (`try_get_log_entries`) must return the whole range and are not bounded.
+pub const MAX_APPEND_BYTES: usize = 8 << 20;
+const _: () = assert!(MAX_APPEND_BYTES * 2 <= crate::transport::MAX_RAFT_MESSAGE);
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -49,7 +52,36 @@ impl LogStore {
     }
 }
 
+impl LogStore {
+    /// Entries in `[start, end)` in index order, stopping once `max_bytes` of encoded entries
+    /// are read (but never before the first one).
+    fn read_entries(&self, start: u64, end_key: &[u8], max_bytes: usize) -> io::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut expect = start;
+        for item in self.db.range_in(None, &keys::log(self.shard, start), end_key) {
+            let (k, v) = item?;
+            let e: Entry = crate::codec::decode(&v)?;
+            let index = keys::log_index(&k);
+            assert_eq!(index, e.log_id.index, "a log entry is stored under its own index");
+            // Holes inside the range are corruption, never a short read (openraft's contract).
+            if !out.is_empty() && index != expect {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("log hole: expected {expect}, found {index}")));
+            }
+            expect = index + 1;
+            bytes += v.len();
+            out.push(e);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
+    /// The whole range: openraft's apply path reads committed entries through this, and a
+    /// short answer would skip entries on this replica.
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(&mut self, range: RB) -> Result<Vec<Entry>, io::Error> {
         let start = match range.start_bound() {
             Bound::Included(x) => *x,
@@ -61,14 +93,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => keys::log(self.shard, *x),
             Bound::Unbounded => keys::log_range(self.shard).1,
         };
-        let rows = self.db.scan(&keys::log(self.shard, start), &end_key, MAX_READ_ENTRIES)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (k, v) in rows {
-            let e: Entry = crate::codec::decode(&v)?;
-            debug_assert_eq!(keys::log_index(&k), e.log_id.index);
-            out.push(e);
-        }
-        Ok(out)
+        self.read_entries(start, &end_key, usize::MAX)
+    }
+
+    /// Replication's read: at least one entry, at most about `MAX_APPEND_BYTES`.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        self.read_entries(start, &keys::log(self.shard, end), MAX_APPEND_BYTES)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
