@@ -41,6 +41,14 @@ fn sub(a: Cents, b: Cents) -> Cents {
 /// What a command's checks decided: reject with a code, or go ahead.
 type Check<T> = Result<T, Code>;
 
+/// Where one new credit entry's money goes on the receiving shard.
+enum Landing {
+    /// Into `user`'s wallet (`balance` as read, for the overflow check) with this statement entry.
+    Wallet { user: UserId, balance: Cents, kind: EntryKind },
+    /// Back to the source with this origin: the receiver has no account here.
+    Return(Origin),
+}
+
 impl<'a, S: Store + ?Sized> Ledger<'a, S> {
     pub fn new(shard: ShardId, config: &'a LedgerConfig, store: &'a S) -> Ledger<'a, S> {
         let totals = store.get(&keys::totals()).map(|b| dec(&b)).unwrap_or_default();
@@ -646,15 +654,21 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         }))
     }
 
+    /// Applies a batch from `source`'s outbox, each new entry exactly once (by sequence number).
+    /// An entry for a user with no account here opens nothing: it goes back to `source` through
+    /// this shard's outbox (credits in, then outbox pending: the identity holds throughout), so a
+    /// wallet is only ever opened by its owner, with their device.
     fn credit(&mut self, req: &Request, now: u64, source: ShardId, entries: &[CreditEntry]) -> Check<Outcome> {
         if source == self.shard || source == 0 || entries.is_empty() || entries.len() > self.config.max_credit_batch {
             return Err(Code::InvalidArgument);
         }
         let mut pair: PairState = self.get(&keys::received(source)).unwrap_or_default();
-        // Pass 1, no side effects: order, amounts and overflow.
+        let back: PairState = self.get(&keys::sent(source)).unwrap_or_default();
+        // Pass 1, no side effects: order, amounts, where each new entry lands, and overflow.
         let mut expect = pair.seq + 1;
-        let mut sum = Cents(0);
-        let mut per_user: std::collections::BTreeMap<UserId, Cents> = Default::default();
+        let (mut sum, mut returned) = (Cents(0), Cents(0));
+        let mut per_user: std::collections::BTreeMap<UserId, (Cents, Cents)> = Default::default();
+        let mut landings = Vec::with_capacity(entries.len());
         for e in entries {
             if e.seq < expect {
                 continue; // already applied: a redelivery
@@ -667,43 +681,42 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             }
             expect += 1;
             sum = sum.checked_add(e.amount).ok_or(Code::AmountOverflow)?;
-            let u = per_user.entry(e.user).or_default();
-            *u = u.checked_add(e.amount).ok_or(Code::AmountOverflow)?;
-        }
-        for (user, amount) in &per_user {
-            let bal = self.get::<Account>(&keys::account(*user)).map(|a| a.balance).unwrap_or_default();
-            if bal.checked_add(*amount).is_none() {
-                return Err(Code::AmountOverflow);
+            let landing = self.landing(source, e)?;
+            match &landing {
+                Landing::Wallet { user, balance, .. } => {
+                    let u = per_user.entry(*user).or_insert((*balance, Cents(0)));
+                    u.1 = u.1.checked_add(e.amount).ok_or(Code::AmountOverflow)?;
+                }
+                Landing::Return(_) => returned = returned.checked_add(e.amount).ok_or(Code::AmountOverflow)?,
             }
+            landings.push(landing);
         }
-        if self.totals.balances.checked_add(sum).is_none()
+        if per_user.values().any(|(balance, incoming)| balance.checked_add(*incoming).is_none())
+            || self.totals.balances.checked_add(sum).is_none()
             || self.totals.credits_in.checked_add(sum).is_none()
             || pair.cents.checked_add(sum).is_none()
+            || self.totals.outbox_pending.checked_add(returned).is_none()
+            || back.cents.checked_add(returned).is_none()
         {
             return Err(Code::AmountOverflow);
         }
         // After this point the credit must succeed.
         let (mut applied, mut skipped) = (0u32, 0u32);
+        let mut landings = landings.into_iter();
         for e in entries {
             if e.seq <= pair.seq {
                 skipped += 1;
                 continue;
             }
-            let mut acct = match self.get::<Account>(&keys::account(e.user)) {
-                Some(a) => a,
-                None => {
-                    // Money is never bounced: a wallet that does not exist yet is opened.
-                    self.totals.accounts += 1;
-                    Self::new_account(e.user, "")
+            match landings.next().expect("one landing per new entry") {
+                Landing::Wallet { user, kind, .. } => {
+                    let mut acct: Account = self.get(&keys::account(user)).expect("checked account exists");
+                    self.credit_wallet(&mut acct, e.amount);
+                    self.statement(&mut acct, now, kind, e.amount.0 as i64, req);
+                    self.put(keys::account(user), &acct);
                 }
-            };
-            self.credit_wallet(&mut acct, e.amount);
-            let kind = match e.origin {
-                Origin::Transfer { from } => EntryKind::TransferIn { from, from_shard: source },
-                Origin::Grab { packet } => EntryKind::PacketGrab { packet },
-            };
-            self.statement(&mut acct, now, kind, e.amount.0 as i64, req);
-            self.put(keys::account(e.user), &acct);
+                Landing::Return(origin) => self.outbox(source, e.user, e.amount, origin),
+            }
             pair.seq = e.seq;
             pair.cents = add(pair.cents, e.amount);
             self.totals.credits_in = add(self.totals.credits_in, e.amount);
@@ -711,6 +724,39 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         }
         self.put(keys::received(source), &pair);
         Ok(Outcome::ok(Reply::Credited { applied, skipped }))
+    }
+
+    /// Where a new credit entry from `source` lands, read-only.
+    ///
+    /// A return is never returned again: its payer is refused (UnknownUser / UnknownPacket, the
+    /// batch waits in the source's outbox, audited as in flight, and the relay logs the refusal)
+    /// rather than bounced. That refusal cannot happen to a return this shard caused: `transfer`
+    /// loaded `from` here before queueing the original, `send_packet` loaded the sender before
+    /// writing the packet, and no command deletes an account or a packet. Only a forged or
+    /// corrupted entry could be refused, and it must not move money.
+    fn landing(&self, source: ShardId, e: &CreditEntry) -> Check<Landing> {
+        let wallet = |user: UserId, kind: EntryKind| -> Check<Landing> {
+            let acct = self.account(user)?;
+            Ok(Landing::Wallet { user, balance: acct.balance, kind })
+        };
+        let or_return = |kind: EntryKind, back: Origin| -> Check<Landing> {
+            match self.get::<Account>(&keys::account(e.user)) {
+                Some(acct) => Ok(Landing::Wallet { user: e.user, balance: acct.balance, kind }),
+                None => Ok(Landing::Return(back)),
+            }
+        };
+        match e.origin {
+            Origin::Transfer { from } => or_return(EntryKind::TransferIn { from, from_shard: source }, Origin::TransferReturned { from }),
+            Origin::Grab { packet } => or_return(EntryKind::PacketGrab { packet }, Origin::GrabReturned { packet }),
+            Origin::TransferReturned { from } => wallet(from, EntryKind::TransferReturned { to: e.user, to_shard: source }),
+            Origin::GrabReturned { packet } => {
+                if packet.shard() != self.shard {
+                    return Err(Code::WrongShard);
+                }
+                let p: Packet = self.get(&keys::packet(packet)).ok_or(Code::UnknownPacket)?;
+                wallet(p.sender, EntryKind::GrabReturned { packet, grabber: e.user, grabber_shard: source })
+            }
+        }
     }
 
     fn mark_delivered(&mut self, dest: ShardId, up_to: u64) -> Check<Outcome> {

@@ -10,7 +10,7 @@ pub struct Account {
     pub balance: Cents,
     pub frozen: bool,
     pub grade: RiskGrade,
-    /// The device the account was opened on ("" for wallets opened by an incoming credit).
+    /// The device the account was opened on (never empty: only OpenAccount opens a wallet).
     pub device: String,
     /// Lifetime withdrawn, for the fee-free quota.
     pub withdrawn: Cents,
@@ -141,14 +141,16 @@ pub struct Challenge {
 pub struct Notification {
     pub seq: u64,
     pub user: UserId,
-    /// The account's known device, where the code goes ("" for a wallet opened by a credit:
-    /// nowhere to push).
+    /// The account's known device, where the code goes.
     pub device: String,
     pub challenge_id: u64,
     pub op: ChallengeOp,
     pub expires_ms: u64,
 }
 
+/// What moved a balance. `TransferReturned`: a cross-shard transfer came back, `to` has no
+/// account on `to_shard`. `GrabReturned`: a share of this user's packet, grabbed from another
+/// shard, came back, `grabber` has no account on `grabber_shard`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
     TopUp,
@@ -158,6 +160,8 @@ pub enum EntryKind {
     PacketSend { packet: PacketId },
     PacketGrab { packet: PacketId },
     PacketRefund { packet: PacketId },
+    TransferReturned { to: UserId, to_shard: ShardId },
+    GrabReturned { packet: PacketId, grabber: UserId, grabber_shard: ShardId },
 }
 
 impl EntryKind {
@@ -170,6 +174,8 @@ impl EntryKind {
             EntryKind::PacketSend { .. } => "packet_send",
             EntryKind::PacketGrab { .. } => "packet_grab",
             EntryKind::PacketRefund { .. } => "packet_refund",
+            EntryKind::TransferReturned { .. } => "transfer_returned",
+            EntryKind::GrabReturned { .. } => "grab_returned",
         }
     }
 }

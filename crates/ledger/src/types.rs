@@ -115,10 +115,18 @@ pub enum PacketKind {
 }
 
 /// Why money arrives from another shard.
+///
+/// Money is never credited to a user without an account: the destination sends it back to the
+/// source in its own outbox, the entry's `user` unchanged (the would-be receiver) and the origin
+/// turned into its `*Returned` twin, and the source credits whoever paid: `TransferReturned`
+/// the transfer's sender `from`; `GrabReturned` the packet's sender, which only the source knows
+/// (the packet lives there: `packet.shard()` is the source). A return is never returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Origin {
     Transfer { from: UserId },
     Grab { packet: PacketId },
+    TransferReturned { from: UserId },
+    GrabReturned { packet: PacketId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

