@@ -66,3 +66,40 @@ fn the_demo_passes_on_the_three_by_three_topology_twice() {
     demo_passes_on("deploy/local-3x3.toml");
     demo_passes_on("deploy/local-3x3.toml");
 }
+
+/// `scripts/cluster` must not take a zombie for a running process: right after a kill -9, until
+/// the parent reaps it, `kill -0` still succeeds, and `restart` used to say "already running"
+/// and start nothing. A live process of ours is still seen as running.
+#[test]
+fn scripts_cluster_sees_a_zombie_node_as_down_and_a_live_one_as_running() {
+    let c = ScriptCluster { home: tempfile::Builder::new().prefix("hongbao-zombie-").tempdir().expect("temp dir") };
+    std::fs::copy(repo_root().join("deploy/local-3x1.toml"), c.home.path().join("topology.toml")).expect("topology");
+    let pids = c.home.path().join("pids");
+    std::fs::create_dir_all(&pids).expect("pids dir");
+    // A hongbao process that exits at once and is never waited for: a zombie of this test.
+    let zombie = Command::new(bin("hongbao-node")).arg("--no-such-flag").stderr(std::process::Stdio::null()).spawn().expect("spawn");
+    // A live process whose command line names hongbao, like a node's.
+    let mut live = Command::new("bash").args(["-c", "exec -a hongbao-node-standin sleep 60"]).spawn().expect("spawn");
+    std::fs::write(pids.join("node-1.pid"), zombie.id().to_string()).expect("pid file");
+    std::fs::write(pids.join("node-2.pid"), live.id().to_string()).expect("pid file");
+    let state = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    for _ in 0..50 {
+        if state(zombie.id()).contains(") Z") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(state(zombie.id()).contains(") Z"), "the first process is a zombie: {}", state(zombie.id()));
+    let out = Command::new(repo_root().join("scripts/cluster"))
+        .arg("status")
+        .env("HONGBAO_HOME", c.home.path())
+        .env("HONGBAO_NO_BUILD", "1")
+        .output()
+        .expect("scripts/cluster status");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("node 1 (shenzhen): down"), "a zombie is down:\n{stdout}");
+    assert!(stdout.contains("node 2 (shanghai): running"), "a live process is running:\n{stdout}");
+    let _ = live.kill();
+    let _ = live.wait();
+    std::fs::remove_file(pids.join("node-2.pid")).expect("no pid for wipe to kill");
+}

@@ -378,3 +378,58 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
     let a = client.audit().await.unwrap();
     assert!(a.balanced, "{:?}", a.problems);
 }
+
+/// Runs the `hongbao` CLI against the test cluster; returns (exit code, stdout, stderr).
+fn cli(c: &Cluster, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(hongbao_tests::bin("hongbao"))
+        .arg("--topology")
+        .arg(&c.topology_path)
+        .arg("--security-dir")
+        .arg(c.security_dir())
+        .args(args)
+        .env("HONGBAO_PIN", TEST_PIN)
+        .output()
+        .expect("run hongbao");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// A CLI transfer that cannot reach any router must not say "failed" (the user would re-send
+/// with a new id and might pay twice): it says the outcome is unknown, exits 75 and prints its
+/// request id; re-sending that id once the routers are back moves the money exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reports_an_unreachable_transfer_as_unknown_and_resending_its_id_moves_money_once() {
+    let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let (from, to) = (c.topology.user_in_shard(1, 300), c.topology.user_in_shard(2, 300));
+    c.funded(&app, from, 10_000).await;
+    c.funded(&app, to, 0).await;
+    let (code, _, err) = cli(&c, &["login", &from.to_string(), "--device", TEST_DEVICE]);
+    assert_eq!(code, 0, "{err}");
+    let regions: Vec<String> = c.topology.regions.iter().map(|r| r.name.clone()).collect();
+    for r in &regions {
+        c.kill_router(r);
+    }
+    let transfer = ["--timeout", "2", "transfer", &from.to_string(), &to.to_string(), "1.00"];
+    let (code, _, err) = cli(&c, &transfer);
+    assert_eq!(code, 75, "an unknown outcome has its own exit status: {err}");
+    assert!(err.contains("outcome unknown") && !err.contains("error:"), "{err}");
+    let id = err.split("--request-id ").nth(1).expect("the id to re-send").trim().to_string();
+    assert_eq!(id.len(), 32, "{err}");
+    let admin = c.node_client();
+    assert_eq!(admin.balance(from).await.expect("balance").balance_cents, 10_000, "nothing reached the cluster");
+
+    for r in &regions {
+        c.start_router(r);
+    }
+    c.wait_ready(Duration::from_secs(30)).await;
+    let resend: Vec<&str> = ["--request-id", id.as_str()].into_iter().chain(transfer).collect();
+    for attempt in 0..2 {
+        let (code, out, err) = cli(&c, &resend);
+        assert_eq!(code, 0, "attempt {attempt}: {out}{err}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // the cross-shard credit lands
+    assert_eq!(admin.balance(from).await.expect("balance").balance_cents, 9_900, "debited once for two re-sends");
+    assert_eq!(admin.balance(to).await.expect("balance").balance_cents, 100, "credited once");
+}

@@ -33,8 +33,35 @@ struct Cli {
     /// the topology file, or $HONGBAO_SECURITY_DIR.
     #[arg(long, global = true)]
     security_dir: Option<PathBuf>,
+    /// Re-send an earlier request instead of making a new one: the 32 hex digits an
+    /// "outcome unknown" answer printed. The cluster applies one id at most once, so re-sending
+    /// it settles the outcome without paying twice.
+    #[arg(long, global = true)]
+    request_id: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Exit status when the outcome of a money-moving command is unknown (EX_TEMPFAIL): not a
+/// failure, so a script must re-send with `--request-id`, never with a new id.
+const EXIT_OUTCOME_UNKNOWN: i32 = 75;
+
+/// One invocation makes at most one money-moving request; its id, new or given by --request-id.
+static REQUEST_ID: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+/// Whether this invocation sent a request under `REQUEST_ID` (so an unknown outcome can be
+/// settled by re-sending it).
+static REQUEST_SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn request_id() -> Vec<u8> {
+    REQUEST_SENT.store(true, std::sync::atomic::Ordering::Relaxed);
+    REQUEST_ID.get().expect("set in main").clone()
+}
+
+fn parse_request_id(hex_id: &str) -> anyhow::Result<Vec<u8>> {
+    match hex::decode(hex_id) {
+        Ok(b) if b.len() == 16 => Ok(b),
+        _ => bail!("--request-id takes the 32 hex digits printed by an earlier call"),
+    }
 }
 
 #[derive(Subcommand)]
@@ -268,9 +295,27 @@ fn endpoints(cli: &Cli) -> anyhow::Result<Vec<String>> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cli = Cli::parse();
+    let id = match cli.request_id.as_deref().map(parse_request_id).transpose() {
+        Ok(id) => id.unwrap_or_else(new_request_id),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    REQUEST_ID.set(id).expect("set once");
     match run(cli).await {
         Ok(code) => std::process::exit(code),
         Err(e) => {
+            if let Some(ce) = e.downcast_ref::<ClientError>().filter(|ce| ce.outcome_unknown()) {
+                if REQUEST_SENT.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Never "failed": the request may have been applied. A new id could pay twice.
+                    let id = hex::encode(REQUEST_ID.get().expect("set above"));
+                    eprintln!("outcome unknown: {} ({})", ce.detail.message, ce.code().as_str_name());
+                    eprintln!("the request may or may not have been applied; it has NOT failed.");
+                    eprintln!("settle it by re-sending the same command with: --request-id {id}");
+                    std::process::exit(EXIT_OUTCOME_UNKNOWN);
+                }
+            }
             if let Some(ce) = e.downcast_ref::<ClientError>() {
                 eprintln!("error: {} ({})", ce.detail.message, ce.code().as_str_name());
                 if ce.detail.challenge_id != 0 {
@@ -405,8 +450,7 @@ async fn transfer(
     json: bool,
 ) -> anyhow::Result<()> {
     let amount_cents = amount(yuan_amount)?;
-    let req =
-        TransferRequest { request_id: new_request_id(), from, to, amount_cents, pin, verification: verify.get(), ..Default::default() };
+    let req = TransferRequest { request_id: request_id(), from, to, amount_cents, pin, verification: verify.get(), ..Default::default() };
     let r = client.transfer(req).await?;
     if json {
         print_json(&output::Wallet::from(&r));
@@ -420,11 +464,11 @@ async fn transfer(
 async fn account(client: &Client, cmd: AccountCmd, json: bool) -> anyhow::Result<()> {
     let r = match cmd {
         AccountCmd::Open { user } => client.open_account(user, "").await?,
-        AccountCmd::SetPin { user, pin } => client.set_pin(new_request_id(), user, &pin.pin).await?,
-        AccountCmd::Topup { user, amount: a } => client.top_up(new_request_id(), user, amount(&a)?).await?,
+        AccountCmd::SetPin { user, pin } => client.set_pin(request_id(), user, &pin.pin).await?,
+        AccountCmd::Topup { user, amount: a } => client.top_up(request_id(), user, amount(&a)?).await?,
         AccountCmd::Withdraw { user, amount: a, pin, verify } => {
             let req = WithdrawRequest {
-                request_id: new_request_id(),
+                request_id: request_id(),
                 user,
                 amount_cents: amount(&a)?,
                 pin: pin.pin,
@@ -484,7 +528,7 @@ async fn packet(client: &Client, cmd: PacketCmd, json: bool) -> anyhow::Result<(
             }
         }
         PacketCmd::Grab { packet, user, password } => {
-            let r = client.grab(new_request_id(), packet, user, &password).await?;
+            let r = client.grab(request_id(), packet, user, &password).await?;
             if json {
                 print_json(&output::Grabbed::from(&r));
             } else {
@@ -514,7 +558,7 @@ fn send_request(a: SendArgs) -> anyhow::Result<SendPacketRequest> {
     let amt = |s: &Option<String>| s.as_deref().map(amount).transpose();
     let verification = a.verify.get();
     let mut req = SendPacketRequest {
-        request_id: new_request_id(),
+        request_id: request_id(),
         sender: a.sender,
         count: a.count,
         greeting: a.greeting,
