@@ -88,7 +88,7 @@ async fn a_client_without_a_certificate_or_with_one_from_another_ca_is_refused_a
 
 /// Raft messages with a payload that is not even decodable: a refusal must come before decoding.
 fn junk(shard: u32, from_node: u64) -> RaftMessage {
-    RaftMessage { shard, from_node, payload: vec![0xde, 0xad, 0xbe, 0xef] }
+    RaftMessage { shard, from_node, payload: vec![0xde, 0xad, 0xbe, 0xef], sent_ms: 0 }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +160,7 @@ async fn a_rogue_process_cannot_append_vote_install_a_snapshot_or_deliver_a_cred
         cmd: hongbao_ledger::Command::TopUp { user: users[0], amount: hongbao_ledger::Cents(1_000_000) },
     };
     for req in [credit, forged_topup] {
-        let m = RaftMessage { shard: shard.id, from_node: outsider, payload: bincode::serialize(&req).expect("encode") };
+        let m = RaftMessage { shard: shard.id, from_node: outsider, payload: bincode::serialize(&req).expect("encode"), sent_ms: 0 };
         let s = RaftTransportClient::new(out.clone()).propose(m).await.expect_err("forged proposal");
         assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{:?}: {s:?}", req.cmd);
     }
@@ -493,6 +493,25 @@ async fn limits_at_the_boundary_refuse_floods_of_reads_and_oversized_strings_bef
     let after = c.node_client().status().await.expect("status");
     assert!(applied(&after) <= applied(&before) + 2, "nothing was proposed for it (only background entries)");
     assert_eq!(app.balance(u).await.expect("balance").balance_cents, 10_000, "not one cent moved");
+
+    // A grab's password is bounded at the boundary too (the ledger never looked at its size).
+    let send = SendPacketRequest {
+        request_id: new_request_id(),
+        sender: u,
+        kind: PacketKind::Password as i32,
+        total_cents: 1_000,
+        count: 2,
+        phrase: "open sesame".into(),
+        pin: TEST_PIN.into(),
+        ..Default::default()
+    };
+    let packet = app.send_packet(send).await.expect("a packet").packet_id;
+    let before = c.node_client().status().await.expect("status");
+    let grab = app.grab(new_request_id(), packet, other, &"x".repeat(10_000)).await;
+    assert_eq!(code(grab), ErrorCode::InvalidArgument, "a 10,000-byte password");
+    let after = c.node_client().status().await.expect("status");
+    assert!(applied(&after) <= applied(&before) + 2, "nothing was proposed for the grab");
+    assert_eq!(app.balance(other).await.expect("balance").balance_cents, 0, "not one cent moved to the grabber");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,7 +41,7 @@ pub struct Host {
     pub replicas: BTreeMap<ShardId, Arc<Replica>>,
     pub data_dir: PathBuf,
     pub placement: Placement,
-    pub clock: Clock,
+    pub clock: Arc<Clock>,
     /// Slow PIN hashes already verified on this leader (memory only; see `pin`).
     pub pins: crate::pin::PinCache,
 }
@@ -63,7 +63,11 @@ impl Host {
         let db = Arc::new(Db::open(&data_dir.join("db"))?);
         let addrs: HashMap<NodeId, String> = topology.nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
         let faults = Arc::new(Faults::new(&topology, node_id));
-        let peers = Arc::new(Peers::new(node_id, addrs, faults.clone(), secrets.peer_tls));
+        // The nodes this one exchanges Raft messages with: whose clocks it is judged against.
+        let raft_peers: std::collections::BTreeSet<NodeId> =
+            topology.shards_on(node_id).into_iter().flat_map(|s| s.replicas.iter().copied()).filter(|n| *n != node_id).collect();
+        let clock = Arc::new(Clock::new(faults.clone(), raft_peers.len()));
+        let peers = Arc::new(Peers::new(node_id, addrs, faults, clock.clone(), secrets.peer_tls));
         let config = Arc::new(ledger_config(&topology, secrets.challenge_key));
         let raft_config = Arc::new(raft_config(&topology).validate()?);
         let mut replicas = BTreeMap::new();
@@ -85,7 +89,7 @@ impl Host {
             config,
             replicas,
             data_dir: data_dir.to_path_buf(),
-            clock: Clock::new(faults),
+            clock,
             pins: crate::pin::PinCache::new(),
         }))
     }
@@ -136,7 +140,11 @@ impl Host {
             metrics::counter!(crate::metrics::OVERLOADED).increment(1);
             HostError::new(ErrorKind::Overloaded, shard_id, format!("shard {shard_id} has {MAX_INFLIGHT_PER_SHARD} proposals in flight"))
         })?;
-        let req = Request { id, time_ms: self.clock.stamp(), cmd };
+        let time_ms = self.clock.stamp().map_err(|u| {
+            metrics::counter!(crate::metrics::CLOCK_REFUSED).increment(1);
+            HostError::new(ErrorKind::Unavailable, shard_id, format!("node {} stamps nothing: {}", self.node_id, u.0))
+        })?;
+        let req = Request { id, time_ms, cmd };
         let started = std::time::Instant::now();
         metrics::counter!(crate::metrics::PROPOSALS).increment(1);
         let (done, outcome) = oneshot::channel();

@@ -4,6 +4,10 @@
 pub const ACCESS_DENIED: &str = "hongbao_access_denied_total";
 /// Wrong payment PINs typed (verdicts of this node as leader).
 pub const WRONG_PINS: &str = "hongbao_wrong_pins_total";
+/// Leaps of the wall clock noticed when stamping (the node stops stamping until peers agree).
+pub const CLOCK_LEAPS: &str = "hongbao_clock_leaps_total";
+/// Proposals refused because this node's clock is not trusted.
+pub const CLOCK_REFUSED: &str = "hongbao_clock_refused_total";
 /// Raft entries applied to the ledger, all shards.
 pub const APPLIED_ENTRIES: &str = "hongbao_applied_entries_total";
 /// Time to apply one batch of entries and write it to RocksDB.
@@ -39,6 +43,8 @@ pub const SNAPSHOTS_INSTALLED: &str = "hongbao_snapshots_installed_total";
 pub fn describe() {
     metrics::describe_counter!(ACCESS_DENIED, "Calls refused because the caller's certificate may not make them, by service");
     metrics::describe_counter!(WRONG_PINS, "Wrong payment PINs typed (verdicts of this node as leader)");
+    metrics::describe_counter!(CLOCK_LEAPS, "Leaps of the wall clock noticed when stamping (the node stops stamping until peers agree)");
+    metrics::describe_counter!(CLOCK_REFUSED, "Proposals refused because this node's clock is not trusted");
     metrics::describe_counter!(APPLIED_ENTRIES, "Raft entries applied to the ledger, all shards");
     metrics::describe_histogram!(APPLY_BATCH_SECONDS, "Time to apply one batch of entries and write it to RocksDB");
     metrics::describe_histogram!(BATCH_REQUESTS, "Requests carried by one Raft entry (leader batching)");

@@ -3,6 +3,7 @@
 //! which is where injected faults cut it off. Every channel is mutual TLS with this node's own
 //! certificate, so the receiver knows which node is calling.
 
+use crate::clock::Clock;
 use crate::faults::Faults;
 use hongbao_topology::NodeId;
 use std::collections::HashMap;
@@ -16,12 +17,14 @@ pub struct Peers {
     addrs: HashMap<NodeId, String>,
     channels: Mutex<HashMap<NodeId, Channel>>,
     pub faults: Arc<Faults>,
+    /// This node's clock: stamps every outgoing Raft message, learns peers' from replies.
+    pub clock: Arc<Clock>,
     tls: ClientTlsConfig,
 }
 
 impl Peers {
-    pub fn new(self_id: NodeId, addrs: HashMap<NodeId, String>, faults: Arc<Faults>, tls: ClientTlsConfig) -> Peers {
-        Peers { self_id, addrs, channels: Mutex::new(HashMap::new()), faults, tls }
+    pub fn new(self_id: NodeId, addrs: HashMap<NodeId, String>, faults: Arc<Faults>, clock: Arc<Clock>, tls: ClientTlsConfig) -> Peers {
+        Peers { self_id, addrs, channels: Mutex::new(HashMap::new()), faults, clock, tls }
     }
 
     pub fn addr(&self, node: NodeId) -> Option<&str> {

@@ -87,10 +87,29 @@ impl Placement {
     }
 }
 
-/// The leader's loop for one shard: moves leadership home (failback) or out of a drained region.
+/// The leader's loop for one shard: moves leadership home (failback), out of a drained region,
+/// or off this node when its clock is not trusted (which also stops it standing for election).
 pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<bool>) {
+    let mut elects = true;
     while let Some(leads) = crate::tasks::next_turn(&host, shard_id, PLACEMENT_EVERY, &mut stop).await {
+        let untrusted = host.clock.trusted().err();
+        if elects != untrusted.is_none() {
+            elects = untrusted.is_none();
+            tracing::warn!(shard = shard_id, elects, why = ?untrusted, "standing for election: {elects}");
+            if let Ok(r) = host.replica(shard_id) {
+                r.raft.runtime_config().elect(elects);
+            }
+        }
         if !leads {
+            continue;
+        }
+        if let Some(why) = untrusted {
+            if let Some(to) = any_caught_up(&host, shard_id).await {
+                tracing::warn!(shard = shard_id, to, why = %why.0, "handing leadership away: this node's clock is not trusted");
+                if let Err(e) = host.transfer_leader(shard_id, to).await {
+                    tracing::warn!(shard = shard_id, to, msg = %e.message, "leader transfer failed");
+                }
+            }
             continue;
         }
         let Some(target) = target(&host, shard_id).await else { continue };
@@ -116,6 +135,17 @@ async fn target(host: &Host, shard_id: ShardId) -> Option<NodeId> {
         cands.extend(host.placement.undrained_replicas(shard_id));
     }
     for node in cands.into_iter().filter(|n| *n != host.node_id) {
+        if probe_applied(host, node, shard_id).await.is_some_and(|applied| caught_up(applied, last)) {
+            return Some(node);
+        }
+    }
+    None
+}
+
+/// Any other replica that answers a probe and has caught up.
+async fn any_caught_up(host: &Host, shard_id: ShardId) -> Option<NodeId> {
+    let last = host.replica(shard_id).ok()?.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+    for node in host.topology.shard(shard_id)?.replicas.iter().copied().filter(|n| *n != host.node_id) {
         if probe_applied(host, node, shard_id).await.is_some_and(|applied| caught_up(applied, last)) {
             return Some(node);
         }

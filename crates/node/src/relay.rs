@@ -82,7 +82,7 @@ async fn deliver(host: &Host, dest: ShardId, id: RequestId, cmd: Command) -> Res
     for node in candidates {
         let Some(ch) = host.peers.channel(node) else { continue };
         let mut c = RaftTransportClient::new(ch);
-        let msg = RaftMessage { shard: dest, from_node: host.node_id, payload: payload.clone() };
+        let msg = RaftMessage { shard: dest, from_node: host.node_id, payload: payload.clone(), sent_ms: host.clock.now_ms() };
         match tokio::time::timeout(RELAY_CALL_TIMEOUT, c.propose(msg)).await {
             Ok(Ok(r)) => {
                 let o: hongbao_ledger::Outcome = decode(&r.into_inner().payload).map_err(|e| e.to_string())?;

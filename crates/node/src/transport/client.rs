@@ -65,7 +65,7 @@ impl Network {
     }
 
     fn message<T: serde::Serialize>(&self, req: &T) -> RaftMessage {
-        RaftMessage { shard: self.shard, from_node: self.peers.self_id, payload: encode(req) }
+        RaftMessage { shard: self.shard, from_node: self.peers.self_id, payload: encode(req), sent_ms: self.peers.clock.now_ms() }
     }
 
     /// Sends one RPC and decodes the remote `Result<Resp, RaftError>`.
@@ -78,6 +78,7 @@ impl Network {
     {
         let client = self.client()?;
         let msg = self.message(req);
+        let sent_ms = msg.sent_ms;
         // Injected faults and simulated WAN latency: lost messages look like an unreachable
         // peer; the delay applies once each way.
         if self.peers.faults.drops(self.target) {
@@ -97,6 +98,8 @@ impl Network {
             Ok(Err(s)) => return Err(RPCError::Network(network_err(s))),
             Ok(Ok(r)) => r.into_inner(),
         };
+        // The round trip brackets the peer's clock reading: our offset to it, within the trip.
+        self.peers.clock.observe_reply(self.target, sent_ms, self.peers.clock.now_ms(), reply.now_ms);
         if !reply.error.is_empty() {
             return Err(RPCError::Network(network_err(reply.error)));
         }

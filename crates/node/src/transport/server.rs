@@ -5,13 +5,12 @@
 use crate::access;
 use crate::codec::{decode, encode};
 use crate::host::Host;
-use crate::raft::snapshot::SnapshotFile;
+use crate::raft::snapshot::ReceivingFile;
 use crate::raft::types::{SnapshotMeta, TypeConfig, Vote};
 use hongbao_auth::Identity;
 use hongbao_proto::v1::raft_transport_server::RaftTransport;
 use hongbao_proto::v1::{RaftMessage, RaftReply, SnapshotChunk};
 use openraft::errors::RaftError;
-use std::io::Write;
 use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -22,11 +21,27 @@ pub struct RaftService {
     pub host: Arc<Host>,
 }
 
-fn reply<T: serde::Serialize>(res: &T) -> Result<Response<RaftReply>, Status> {
-    Ok(Response::new(RaftReply { payload: encode(res), error: String::new() }))
-}
-
 impl RaftService {
+    /// Every reply carries this node's clock, for the sender to learn its offset to us.
+    fn reply<T: serde::Serialize>(&self, res: &T) -> Result<Response<RaftReply>, Status> {
+        Ok(Response::new(RaftReply { payload: encode(res), error: String::new(), now_ms: self.host.clock.now_ms() }))
+    }
+
+    /// A candidate whose clock runs ahead of ours by more than the maximum offset gets no vote
+    /// (nor pre-vote): it would stamp ledger time from the future.
+    fn refuse_fast_candidate(&self, m: &RaftMessage) -> Result<(), Status> {
+        match self.host.clock.ahead_of_mine(m.sent_ms) {
+            Some(ahead) => {
+                tracing::warn!(shard = m.shard, candidate = m.from_node, ahead_ms = ahead, "vote refused: candidate's clock is ahead");
+                Err(Status::failed_precondition(format!(
+                    "node {}'s clock is {ahead} ms ahead of node {}'s",
+                    m.from_node, self.host.node_id
+                )))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Messages from a node cut off by an injected fault are refused, as if they never arrived.
     fn heard_from(&self, from: u64) -> Result<(), Status> {
         if self.host.peers.faults.is_cut_off(from) {
@@ -54,27 +69,32 @@ impl RaftTransport for RaftService {
         let caller = access::caller(&req)?;
         let m = req.into_inner();
         let shard = self.shard(&caller, m.shard, m.from_node)?;
+        self.host.clock.observe_message(m.from_node, m.sent_ms);
         let rpc = decode(&m.payload).map_err(bad)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.append_entries(rpc).await;
-        reply(&res)
+        self.reply(&res)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         let caller = access::caller(&req)?;
         let m = req.into_inner();
         let shard = self.shard(&caller, m.shard, m.from_node)?;
+        self.host.clock.observe_message(m.from_node, m.sent_ms);
+        self.refuse_fast_candidate(&m)?;
         let rpc = decode(&m.payload).map_err(bad)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.vote(rpc).await;
-        reply(&res)
+        self.reply(&res)
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         let caller = access::caller(&req)?;
         let m = req.into_inner();
         let shard = self.shard(&caller, m.shard, m.from_node)?;
+        self.host.clock.observe_message(m.from_node, m.sent_ms);
+        self.refuse_fast_candidate(&m)?;
         let rpc = decode(&m.payload).map_err(bad)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.pre_vote(rpc).await;
-        reply(&res)
+        self.reply(&res)
     }
 
     async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
@@ -83,7 +103,7 @@ impl RaftTransport for RaftService {
         let shard = self.shard(&caller, m.shard, m.from_node)?;
         let rpc = decode(&m.payload).map_err(bad)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.handle_transfer_leader(rpc).await.map_err(RaftError::Fatal);
-        reply(&res)
+        self.reply(&res)
     }
 
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftReply>, Status> {
@@ -93,18 +113,16 @@ impl RaftTransport for RaftService {
         let shard = self.shard(&caller, first.shard, first.from_node)?.clone();
         let vote: Vote = decode(&first.vote).map_err(bad)?;
         let meta: SnapshotMeta = decode(&first.meta).map_err(bad)?;
-        let dir = self.host.data_dir.join("snapshots");
-        std::fs::create_dir_all(&dir).map_err(|e| Status::internal(e.to_string()))?;
-        let path = dir.join(format!("shard-{}.snap.receiving", shard.id));
-        let mut f = std::fs::File::create(&path).map_err(|e| Status::internal(e.to_string()))?;
-        let mut total = 0u64;
+        // This stream's own file (concurrent streams for the shard never share one), deleted
+        // when the handler is done with it, however it ends.
+        let mut file =
+            ReceivingFile::create(&self.host.data_dir.join("snapshots"), shard.id).map_err(|e| Status::internal(e.to_string()))?;
         let mut chunk = Some(first);
         while let Some(c) = chunk {
-            total += c.data.len() as u64;
-            if total > MAX_SNAPSHOT_BYTES {
+            if file.bytes() + c.data.len() as u64 > MAX_SNAPSHOT_BYTES {
                 return Err(Status::resource_exhausted("snapshot too large"));
             }
-            f.write_all(&c.data).map_err(|e| Status::internal(e.to_string()))?;
+            file.write(&c.data).map_err(|e| Status::internal(e.to_string()))?;
             if c.done {
                 break;
             }
@@ -113,12 +131,22 @@ impl RaftTransport for RaftService {
                 return Err(Status::aborted("snapshot stream ended before its last chunk"));
             }
         }
-        f.sync_all().map_err(|e| Status::internal(e.to_string()))?;
-        drop(f);
-        tracing::info!(shard = shard.id, bytes = total, last = ?meta.last_log_id, "snapshot received");
-        let snapshot = openraft::storage::Snapshot { meta, snapshot: SnapshotFile { path } };
+        // Fsynced and read back whole: complete, intact, and the snapshot the stream announced.
+        let (shard_id, announced) = (shard.id, meta.clone());
+        let (file, verified) = tokio::task::spawn_blocking(move || {
+            let verified = file.finish(shard_id, &announced);
+            (file, verified)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let data = verified.map_err(|e| Status::invalid_argument(format!("snapshot refused: {e}")))?;
+        tracing::info!(shard = shard.id, bytes = file.bytes(), last = ?meta.last_log_id, "snapshot received");
+        let snapshot = openraft::storage::Snapshot { meta, snapshot: data };
+        // Returns once the snapshot is installed (or refused as stale); the install keeps its
+        // own link to the file, so this stream's copy can go.
         let res: Result<_, String> = shard.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string());
-        reply(&res)
+        drop(file);
+        self.reply(&res)
     }
 
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
@@ -132,7 +160,7 @@ impl RaftTransport for RaftService {
         let r: hongbao_ledger::Request = decode(&m.payload).map_err(bad)?;
         access::forwarded_proposal(&self.host.topology, from, m.shard, &r.cmd)?;
         match self.host.propose(m.shard, r.id, r.cmd).await {
-            Ok(outcome) => reply(&outcome),
+            Ok(outcome) => self.reply(&outcome),
             Err(e) => Err(e.into()),
         }
     }
