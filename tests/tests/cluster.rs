@@ -230,3 +230,59 @@ async fn every_router_serves_its_metrics_over_http_after_routing_requests() {
         assert!(page.contains("# HELP hongbao_router_leader_changes_total"), "router {}: metrics are described:\n{page}", r.region);
     }
 }
+
+/// A leader whose clock leaps two days forward used to stamp ledger time two days ahead: every
+/// request id of the last 24 h was forgotten (a client's retry after the failover ran again) and
+/// every open packet expired. Now the node refuses to stamp at once, hands its leadership away
+/// and is not elected again while its peers say its clock is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_two_days_fast_loses_leadership_and_forgets_no_request_id_nor_expires_a_packet() {
+    use hongbao_proto::v1::{Faults, PacketKind, SendPacketRequest, TransferRequest};
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(READY).await;
+    let app = c.router_client("shenzhen");
+    let (from, to) = (c.topology.user_in_shard(1, 500), c.topology.user_in_shard(1, 600));
+    c.funded(&app, from, 10_000).await;
+    c.funded(&app, to, 0).await;
+    let transfer =
+        TransferRequest { request_id: new_request_id(), from, to, amount_cents: 100, pin: TEST_PIN.into(), ..Default::default() };
+    assert_eq!(app.transfer(transfer.clone()).await.expect("transfer").balance_cents, 9_900);
+    let send = SendPacketRequest {
+        request_id: new_request_id(),
+        sender: from,
+        kind: PacketKind::Lucky as i32,
+        total_cents: 1_000,
+        count: 2,
+        pin: TEST_PIN.into(),
+        ..Default::default()
+    };
+    let packet = app.send_packet(send).await.expect("packet").packet_id;
+
+    let leader = c.leaders().await[&1];
+    let two_days = 2 * 24 * 3600 * 1000;
+    c.set_faults(leader, Faults { clock_offset_ms: two_days, ..Faults::default() }).await.expect("clock leap");
+    // Traffic meets the leap: the leader must refuse to stamp it, not apply it.
+    let _ = app.top_up(new_request_id(), to, 1).await;
+    let start = Instant::now();
+    while c.leaders().await.get(&1) == Some(&leader) {
+        assert!(start.elapsed() < Duration::from_secs(15), "node {leader} still leads shard 1 with a clock two days fast");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("leadership left node {leader} after {:?}", start.elapsed());
+
+    // The client retries its transfer after the failover: answered from the request-id table.
+    let again = app.transfer(transfer).await.expect("the retry");
+    assert_eq!(again.balance_cents, 9_900, "the retry returns the first result; nothing is paid twice");
+    assert_eq!(app.balance(from).await.expect("balance").balance_cents, 8_900, "debited once");
+    // The packet has not expired: ledger time did not leap.
+    let grab = app.grab(new_request_id(), packet, to, "").await.expect("the packet is still open");
+    assert!(grab.amount_cents > 0);
+    // The node with the bad clock does not get its leadership back (failback would move it home).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_ne!(c.leaders().await.get(&1), Some(&leader), "no leadership for a node whose clock is off");
+    let st = c.node_client().status().await.expect("status");
+    let bad = st.nodes.iter().find(|n| n.node == leader).expect("the node");
+    assert!(!bad.clock_untrusted.is_empty(), "its status says why it leads nothing");
+    let audit = c.node_client().audit().await.expect("audit");
+    assert!(audit.balanced, "{:?}", audit.problems);
+}

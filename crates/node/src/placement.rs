@@ -153,11 +153,17 @@ async fn any_caught_up(host: &Host, shard_id: ShardId) -> Option<NodeId> {
     None
 }
 
-/// How far `node`'s replica of the shard has applied, if it answers in time.
+/// How far `node`'s replica of the shard has applied, if it answers in time and may lead: a
+/// node whose clock is not trusted would never be elected, and a leader that started handing
+/// over to it would stop taking writes until an election.
 async fn probe_applied(host: &Host, node: NodeId, shard_id: ShardId) -> Option<u64> {
     let ch = host.peers.channel(node)?;
     let mut c = hongbao_proto::v1::cluster_client::ClusterClient::new(ch);
     let req = hongbao_proto::v1::StatusRequest { local_only: true };
     let r = tokio::time::timeout(PROBE_TIMEOUT, c.status(req)).await.ok()?.ok()?;
-    r.into_inner().nodes.iter().flat_map(|n| n.shards.iter()).find(|s| s.shard == shard_id).map(|s| s.applied)
+    let n = r.into_inner().nodes.into_iter().next()?;
+    if !n.clock_untrusted.is_empty() {
+        return None;
+    }
+    n.shards.iter().find(|s| s.shard == shard_id).map(|s| s.applied)
 }

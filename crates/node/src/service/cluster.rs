@@ -58,7 +58,8 @@ impl ClusterService {
             });
         }
         let addr = h.topology.node(h.node_id).map(|n| n.addr.clone()).unwrap_or_default();
-        NodeStatus { node: h.node_id, region: h.region.clone(), addr, up: true, shards, error: String::new() }
+        let clock_untrusted = h.clock.trusted().err().map(|u| u.0).unwrap_or_default();
+        NodeStatus { node: h.node_id, region: h.region.clone(), addr, up: true, shards, error: String::new(), clock_untrusted }
     }
 
     fn client(&self, node: u64) -> Option<ClusterClient<tonic::transport::Channel>> {
@@ -77,14 +78,15 @@ impl ClusterService {
                 if let Some(l) = local {
                     return l;
                 }
+                let down = |error: String| NodeStatus { node: id, region: region.clone(), addr: addr.clone(), error, ..Default::default() };
                 let res = match client {
                     Some(mut c) => tokio::time::timeout(ADMIN_CALL_TIMEOUT, c.status(StatusRequest { local_only: true })).await,
-                    None => return NodeStatus { node: id, region, addr, up: false, shards: vec![], error: "no address".into() },
+                    None => return down("no address".into()),
                 };
                 match res {
                     Ok(Ok(r)) => r.into_inner().nodes.into_iter().next().unwrap_or_default(),
-                    Ok(Err(s)) => NodeStatus { node: id, region, addr, up: false, shards: vec![], error: s.message().to_string() },
-                    Err(_) => NodeStatus { node: id, region, addr, up: false, shards: vec![], error: "timed out".into() },
+                    Ok(Err(s)) => down(s.message().to_string()),
+                    Err(_) => down("timed out".into()),
                 }
             }
         });
