@@ -164,3 +164,61 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
     println!("packets {} (grabbed out {grabbed_out}, refunded {refunds}) grabs {} transfers {}", h.packets.len(), h.grabs, h.transfers);
     assert!(h.grabs > 20 && h.transfers > 5 && refunds > 3 && grabbed_out > 3, "the workload did too little to prove anything");
 }
+
+/// Money to nobody: a transfer to a user id that was never opened, on another shard. The
+/// destination opens no wallet (the owner must stay free to open theirs with their own device)
+/// and sends the money back through its outbox; the sender has it again to the cent, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_shard_transfer_to_a_user_never_opened_comes_back_to_the_sender_exactly_once() {
+    let c = Cluster::start(Spec::default());
+    c.wait_ready(Duration::from_secs(30)).await;
+    let client = c.node_client().with_deadline(Duration::from_secs(8));
+    let (home, away) = (c.topology.shards[0].id, c.topology.shards[1].id);
+    let sender = c.topology.user_in_shard(home, 20_000);
+    let nobody = c.topology.user_in_shard(away, 20_000);
+    c.funded(&client, sender, START_BALANCE).await;
+    let amount = 123_45;
+    let req = TransferRequest {
+        request_id: new_request_id(),
+        from: sender,
+        to: nobody,
+        amount_cents: amount,
+        device: TEST_DEVICE.into(),
+        verification: None,
+        pin: TEST_PIN.into(),
+    };
+    let r = settle(|| client.transfer(req.clone()), u32::MAX, SETTLE_WITHIN).await.expect("transfer");
+    assert!(r.credit_in_flight);
+    assert_eq!(r.balance_cents, START_BALANCE - amount);
+
+    // Back on the sender, then quiet: every outbox drained and the audit balanced.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = client.audit().await.unwrap();
+        let back = client.balance(sender).await.unwrap().balance_cents == START_BALANCE;
+        if back && a.balanced && a.shards.iter().all(|s| s.outbox_records == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the money never came back: {a:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Give a second return every chance to land (relays run every 10 ms): it must not.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(client.balance(sender).await.unwrap().balance_cents, START_BALANCE, "came back exactly once");
+    let st = client.statement(sender, 10).await.unwrap();
+    let kinds: Vec<(&str, i64)> = st.entries.iter().rev().map(|e| (e.kind.as_str(), e.delta_cents)).collect();
+    assert_eq!(kinds, vec![("topup", START_BALANCE as i64), ("transfer_out", -(amount as i64)), ("transfer_returned", amount as i64)]);
+    let returned = &st.entries[0];
+    assert_eq!((returned.counterparty_user, returned.counterparty_shard), (nobody, away));
+
+    // No wallet on the destination: the id is still free for its owner, with their device.
+    let e = client.balance(nobody).await.expect_err("no ghost wallet");
+    assert_eq!(e.code(), hongbao_proto::v1::ErrorCode::UnknownUser, "{e}");
+    let a = client.audit().await.unwrap();
+    assert!(a.balanced, "{:?}", a.problems);
+    assert_eq!(a.total_in_flight_cents, 0);
+    assert_eq!(a.total_balances_cents, START_BALANCE);
+    assert_eq!(a.total_topups_cents, START_BALANCE);
+    c.funded(&client, nobody, 0).await;
+    assert_eq!(client.balance(nobody).await.unwrap().balance_cents, 0, "the refused money is not in the new wallet");
+}

@@ -98,16 +98,17 @@ impl<'a> From<&'a StatementEntry> for StatementRow<'a> {
 }
 
 pub fn print_statement(entries: &[StatementEntry]) {
-    println!("{:<14} {:<16} {:>12} {:>12}  counterparty", "time_ms", "kind", "delta", "balance");
+    println!("{:<14} {:<17} {:>12} {:>12}  counterparty", "time_ms", "kind", "delta", "balance");
     for e in entries {
-        let cp = if e.packet_id != 0 {
-            format!("packet {}", e.packet_id)
-        } else if e.counterparty_user != 0 {
-            format!("user {} (shard {})", e.counterparty_user, e.counterparty_shard)
-        } else {
-            String::new()
+        let user = format!("user {} (shard {})", e.counterparty_user, e.counterparty_shard);
+        let cp = match (e.packet_id != 0, e.counterparty_user != 0) {
+            // grab_returned: the sender's packet, and the grabber who had no wallet.
+            (true, true) => format!("packet {}, {user}", e.packet_id),
+            (true, false) => format!("packet {}", e.packet_id),
+            (false, true) => user,
+            (false, false) => String::new(),
         };
-        println!("{:<14} {:<16} {:>12} {:>12}  {}", e.time_ms, e.kind, yuan_signed(e.delta_cents), yuan(e.balance_after_cents), cp);
+        println!("{:<14} {:<17} {:>12} {:>12}  {}", e.time_ms, e.kind, yuan_signed(e.delta_cents), yuan(e.balance_after_cents), cp);
     }
 }
 

@@ -129,6 +129,9 @@ pub fn statement_entry(e: &hongbao_ledger::StatementEntry) -> hongbao_proto::v1:
         K::TransferOut { to, to_shard } => (*to, 0, *to_shard),
         K::TransferIn { from, from_shard } => (*from, 0, *from_shard),
         K::PacketSend { packet } | K::PacketGrab { packet } | K::PacketRefund { packet } => (0, packet.0, packet.shard()),
+        K::TransferReturned { to, to_shard } => (*to, 0, *to_shard),
+        // The grabber with no wallet, on its shard; the packet is the sender's own.
+        K::GrabReturned { packet, grabber, grabber_shard } => (*grabber, packet.0, *grabber_shard),
         K::TopUp | K::Withdraw { .. } => (0, 0, 0),
     };
     hongbao_proto::v1::StatementEntry {
