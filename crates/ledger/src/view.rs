@@ -164,6 +164,27 @@ pub fn notifications(store: &(impl Store + ?Sized), after_seq: u64, limit: usize
     store.scan(&a, &b, limit).into_iter().map(|(_, v)| dec(&v)).collect()
 }
 
+/// What a shard holds for one destination: everything it ever queued there (`sent`, cumulative),
+/// the seq up to which the destination confirmed applying it (`delivered_seq`: those records are
+/// deleted), and the outbox records still held, which must be exactly `delivered_seq+1 ..=
+/// sent.seq`. The cluster audit measures money in flight from these, against what each
+/// destination says it received, instead of taking whatever the totals leave unexplained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PairOut {
+    pub dest: ShardId,
+    pub sent: PairState,
+    pub delivered_seq: u64,
+    pub outbox_cents: Cents,
+    pub outbox_records: u64,
+}
+
+impl PairOut {
+    /// Cents of the records no longer in the outbox: confirmed applied by the destination.
+    pub fn delivered_cents(&self) -> Option<Cents> {
+        self.sent.cents.checked_sub(self.outbox_cents)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Audit {
     pub totals: Totals,
@@ -175,7 +196,12 @@ pub struct Audit {
     pub open_packets: u64,
     pub outbox_records: u64,
     pub notifications_pending: u64,
-    /// Recomputed sums equal the running aggregates, and the identity holds.
+    /// Per destination, from the same read.
+    pub pairs_out: Vec<PairOut>,
+    /// Per source: the (high-water seq, cumulative cents) applied from it.
+    pub received: Vec<(ShardId, PairState)>,
+    /// Recomputed sums equal the running aggregates, the identity holds, every outbox holds
+    /// exactly the records its counters say, and the pair counters add up to the credit totals.
     pub ok: bool,
 }
 
@@ -198,17 +224,46 @@ pub fn audit(store: &(impl Store + ?Sized)) -> Audit {
             open_packets += 1;
         }
     });
+    let mut pairs: std::collections::BTreeMap<ShardId, PairOut> =
+        sent(store).into_iter().map(|(dest, sent)| (dest, PairOut { dest, sent, ..Default::default() })).collect();
     let (mut outbox_pending, mut outbox_records) = (0u128, 0u64);
+    let mut by_dest: std::collections::BTreeMap<ShardId, (u128, u64, u64, u64)> = Default::default(); // cents, records, lowest and highest seq
     let (a, b) = keys::outbox_all();
-    for_each(store, &a, &b, |_, v| {
+    for_each(store, &a, &b, |k, v| {
         let e: CreditEntry = dec(v);
         outbox_pending += e.amount.0 as u128;
         outbox_records += 1;
+        let d = by_dest.entry(keys::shard_of_pair_key(k)).or_insert((0, 0, e.seq, e.seq));
+        d.0 += e.amount.0 as u128;
+        d.1 += 1;
+        d.3 = e.seq; // keys ascend
     });
+    // An outbox to a destination never sent to is itself a mismatch: it shows as a pair whose
+    // records exceed its (zero) counters.
+    let mut pairs_ok = true;
+    for (dest, (cents, records, lowest, highest)) in by_dest {
+        let p = pairs.entry(dest).or_insert(PairOut { dest, ..Default::default() });
+        p.outbox_cents = Cents(cents.min(u64::MAX as u128) as u64);
+        p.outbox_records = records;
+        pairs_ok &= cents <= u64::MAX as u128 && lowest > delivered(store, dest) && highest <= p.sent.seq;
+    }
+    for p in pairs.values_mut() {
+        p.delivered_seq = delivered(store, p.dest);
+        // Within `delivered_seq+1 ..= sent.seq` (checked above), the count says none is missing.
+        pairs_ok &= p.delivered_seq <= p.sent.seq && p.outbox_records == p.sent.seq - p.delivered_seq && p.sent.cents >= p.outbox_cents;
+    }
+    let pairs_out: Vec<PairOut> = pairs.into_values().collect();
+    let received = received(store);
+    // Everything ever queued is either still pending or delivered; everything received is a credit in.
+    let sent_sum: u128 = pairs_out.iter().map(|p| p.sent.cents.0 as u128).sum();
+    let received_sum: u128 = received.iter().map(|(_, p)| p.cents.0 as u128).sum();
+    pairs_ok &=
+        sent_sum == totals.outbox_pending.0 as u128 + totals.credits_out_delivered.0 as u128 && received_sum == totals.credits_in.0 as u128;
     let mut notifications_pending = 0u64;
     let (a, b) = keys::notifications_from(0);
     for_each(store, &a, &b, |_, _| notifications_pending += 1);
     let ok = totals.identity_holds()
+        && pairs_ok
         && balances == totals.balances.0 as u128
         && escrow == totals.escrow.0 as u128
         && outbox_pending == totals.outbox_pending.0 as u128
@@ -226,6 +281,8 @@ pub fn audit(store: &(impl Store + ?Sized)) -> Audit {
         open_packets,
         outbox_records,
         notifications_pending,
+        pairs_out,
+        received,
         ok,
     }
 }
