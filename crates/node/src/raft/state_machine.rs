@@ -7,7 +7,7 @@
 //! Snapshots (file format, build, install) are in `raft::snapshot`.
 
 use crate::codec::{decode, encode};
-use crate::raft::snapshot::{SnapshotBuilder, SnapshotFile};
+use crate::raft::snapshot::{self, ShardLock, SnapshotBuilder, SnapshotFile};
 use crate::raft::types::{AppResponse, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::storage::{keys, Db, ShardStore};
 use futures::StreamExt;
@@ -31,20 +31,20 @@ pub struct StateMachine {
     config: Arc<LedgerConfig>,
     dir: PathBuf,
     meta: SmMeta,
+    /// Held by snapshot builds and installs of this shard (`raft::snapshot`).
+    snapshot_lock: ShardLock,
 }
 
 impl StateMachine {
     pub fn open(db: Arc<Db>, shard: ShardId, config: Arc<LedgerConfig>, dir: &Path) -> io::Result<StateMachine> {
         std::fs::create_dir_all(dir)?;
+        snapshot::remove_leftovers(dir, shard)?;
+        let snapshot_lock = ShardLock::default();
         let meta = match db.get(&keys::sm_meta(shard))? {
             Some(v) => decode(&v)?,
             None => SmMeta::default(),
         };
-        Ok(StateMachine { db, shard, config, dir: dir.to_path_buf(), meta })
-    }
-
-    fn current_snapshot_path(&self) -> PathBuf {
-        self.dir.join(format!("shard-{}.snap", self.shard))
+        Ok(StateMachine { db, shard, config, dir: dir.to_path_buf(), meta, snapshot_lock })
     }
 }
 
@@ -105,34 +105,41 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder::new(self.db.clone(), self.shard, self.dir.clone())
+        SnapshotBuilder::new(self.db.clone(), self.shard, self.dir.clone(), self.snapshot_lock.clone())
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
         let db = self.db.clone();
         let shard = self.shard;
-        let dest = self.current_snapshot_path();
+        let dir = self.dir.clone();
+        let lock = self.snapshot_lock.clone();
         let meta2 = meta.clone();
-        let sm_meta = SmMeta { applied: meta.last_log_id, membership: meta.last_membership.clone() };
-        let sm_meta2 = sm_meta.clone();
-        tokio::task::spawn_blocking(move || crate::raft::snapshot::install(&db, shard, &meta2, &sm_meta2, &snapshot, &dest))
-            .await
-            .map_err(|e| io::Error::other(format!("install task: {e}")))??;
+        let sm_meta =
+            tokio::task::spawn_blocking(move || snapshot::install(&db, shard, &meta2, &snapshot, &dir, &lock, snapshot::SST_TARGET_BYTES))
+                .await
+                .map_err(|e| io::Error::other(format!("install task: {e}")))??;
         self.meta = sm_meta;
-        tracing::info!(shard, last = ?meta.last_log_id, "snapshot installed");
         metrics::counter!(crate::metrics::SNAPSHOTS_INSTALLED).increment(1);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<crate::raft::types::Snapshot>, io::Error> {
-        let meta: Option<SnapshotMeta> = match self.db.get(&keys::snapshot_meta(self.shard))? {
-            Some(v) => Some(decode(&v)?),
-            None => None,
+        // The file says what it is (its meta is inside), so file and meta cannot disagree.
+        let path = snapshot::current_path(&self.dir, self.shard);
+        let (shard, meta) = match snapshot::read_header(&path) {
+            Ok(h) => h,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // Not one this node can send (e.g. an older format): openraft builds a new one
+                // when it needs one.
+                tracing::warn!(shard = self.shard, error = %e, "current snapshot unreadable; ignored");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
         };
-        let path = self.current_snapshot_path();
-        match meta {
-            Some(meta) if path.exists() => Ok(Some(Snapshot { meta, snapshot: SnapshotFile { path } })),
-            _ => Ok(None),
+        if shard != self.shard {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("shard {}'s current snapshot is of shard {shard}", self.shard)));
         }
+        Ok(Some(Snapshot { meta, snapshot: SnapshotFile { path } }))
     }
 }

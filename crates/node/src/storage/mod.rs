@@ -268,11 +268,33 @@ impl Db {
         self.db.property_int_value(name).ok().flatten()
     }
 
+    /// Options for writing SST files of the ledger's column family outside the DB (snapshot
+    /// installs): the same table format, filters and compression as the column family's own.
+    pub fn data_table_options(&self) -> Options {
+        data_cf_options(&self.stats, &self.cache)
+    }
+
+    /// Ingests SST files (written with `data_table_options`, keys of the default column family)
+    /// in one atomic step: all of them become visible together, above every earlier write, and
+    /// where they overlap a later file's keys lie above an earlier one's. The files are moved into
+    /// the DB, not copied, when they are on its file system.
+    pub fn ingest_data(&self, files: &[std::path::PathBuf]) -> io::Result<()> {
+        let mut o = rocksdb::IngestExternalFileOptions::default();
+        o.set_move_files(true);
+        let cf = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).expect("default column family");
+        self.db.ingest_external_file_cf_opts(cf, &o, files.to_vec()).map_err(io_err)
+    }
+
     /// Compacts everything, both column families (tests and tools; not on the request path).
     pub fn compact_all(&self) {
         self.db.compact_range(None::<&[u8]>, None::<&[u8]>);
         self.db.compact_range_cf(self.log_cf(), None::<&[u8]>, None::<&[u8]>);
     }
+}
+
+/// Fsyncs a directory, so a rename or a new file in it survives a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// One atomic write. Each operation goes to its key's column family; RocksDB applies a batch
