@@ -433,3 +433,34 @@ async fn the_cli_reports_an_unreachable_transfer_as_unknown_and_resending_its_id
     assert_eq!(admin.balance(from).await.expect("balance").balance_cents, 9_900, "debited once for two re-sends");
     assert_eq!(admin.balance(to).await.expect("balance").balance_cents, 100, "credited once");
 }
+
+/// A plain gRPC caller (one call, no retries of its own) through a router sees no error while a
+/// shard's leader is killed and a new one elected: the router waits for the election within its
+/// deadline instead of giving up after a fixed number of quick attempts (about 0.5 s before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_grpc_call_through_a_router_rides_out_a_leader_election_without_an_error() {
+    use hongbao_proto::v1::wallet_client::WalletClient;
+    use hongbao_proto::v1::TopUpRequest;
+    let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("tianjin");
+    let u = c.topology.user_in_shard(1, 950);
+    c.funded(&app, u, 0).await;
+    let addr = c.topology.routers.iter().find(|r| r.region == "tianjin").expect("router").addr.clone();
+    // Top-ups come from the payment gateway (its certificate, no user token).
+    let ch = raw_channel(&c, &addr, Role::PaymentGateway).await;
+    let leader = c.leaders().await[&1];
+    assert_ne!(c.topology.region_of(leader), Some("tianjin"), "the router under test survives");
+    c.kill(leader);
+    let killed = Instant::now();
+    let mut n = 0u64;
+    while killed.elapsed() < Duration::from_secs(4) {
+        let req = TopUpRequest { request_id: new_request_id(), user: u, amount_cents: 1 };
+        let r = WalletClient::new(ch.clone()).top_up(req).await;
+        r.unwrap_or_else(|s| panic!("call {n}, {:?} after the kill: {s:?}", killed.elapsed()));
+        n += 1;
+    }
+    assert_ne!(c.leaders().await.get(&1), Some(&leader), "the election happened");
+    assert!(n > 0);
+    assert_eq!(app.balance(u).await.expect("balance").balance_cents, n, "every call applied once");
+}

@@ -25,9 +25,15 @@ use tonic::{Request, Response, Status};
 pub const MAX_REQUEST_BYTES: usize = 64 << 10;
 /// A routed request gives up after this long (below the client's per-attempt timeout, so the
 /// client hears a clear UNAVAILABLE and can try another router with the same request id).
+/// An election (400–800 ms of silence, then a vote) fits well inside it: the router waits for
+/// the new leader rather than answering an error its caller would only retry.
 const ROUTE_DEADLINE: Duration = Duration::from_millis(2500);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
-const MAX_ATTEMPTS: usize = 16;
+/// Bounds the attempts; the deadline is what ends a wait (backoff reaches it in ~20 attempts).
+const MAX_ATTEMPTS: usize = 64;
+/// Pause before asking again when no node could answer (no leader yet, node gone), doubling.
+const WAIT_START: Duration = Duration::from_millis(25);
+const WAIT_MAX: Duration = Duration::from_millis(200);
 const HEALTH_EVERY: Duration = Duration::from_millis(150);
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(400);
 /// Requests in flight per shard through this router (default of --max-inflight-per-shard);
@@ -163,6 +169,7 @@ impl Router {
         let mut hinted: Option<NodeId> = None;
         let mut hops = 0u32;
         let mut tried_round = 0usize;
+        let mut wait = WAIT_START;
         for _ in 0..MAX_ATTEMPTS {
             let left = ROUTE_DEADLINE.saturating_sub(start.elapsed());
             if left.is_zero() {
@@ -205,8 +212,9 @@ impl Router {
                 }
                 RetryStep::Elsewhere => {
                     // No leader yet (election), node gone, or a node without this shard: give
-                    // the cluster a moment, then the next candidate.
-                    tokio::time::sleep(Duration::from_millis(50).min(ROUTE_DEADLINE.saturating_sub(start.elapsed()))).await;
+                    // the cluster a moment, longer each time, then the next candidate.
+                    tokio::time::sleep(wait.min(ROUTE_DEADLINE.saturating_sub(start.elapsed()))).await;
+                    wait = (wait * 2).min(WAIT_MAX);
                 }
             }
             last = status;
