@@ -77,7 +77,7 @@ fn scripts_cluster_sees_a_zombie_node_as_down_and_a_live_one_as_running() {
     let pids = c.home.path().join("pids");
     std::fs::create_dir_all(&pids).expect("pids dir");
     // A hongbao process that exits at once and is never waited for: a zombie of this test.
-    let zombie = Command::new(bin("hongbao-node")).arg("--no-such-flag").stderr(std::process::Stdio::null()).spawn().expect("spawn");
+    let mut zombie = Command::new(bin("hongbao-node")).arg("--no-such-flag").stderr(std::process::Stdio::null()).spawn().expect("spawn");
     // A live process whose command line names hongbao, like a node's.
     let mut live = Command::new("bash").args(["-c", "exec -a hongbao-node-standin sleep 60"]).spawn().expect("spawn");
     std::fs::write(pids.join("node-1.pid"), zombie.id().to_string()).expect("pid file");
@@ -101,5 +101,6 @@ fn scripts_cluster_sees_a_zombie_node_as_down_and_a_live_one_as_running() {
     assert!(stdout.contains("node 2 (shanghai): running"), "a live process is running:\n{stdout}");
     let _ = live.kill();
     let _ = live.wait();
+    let _ = zombie.wait(); // reaped only now, after the script has seen it
     std::fs::remove_file(pids.join("node-2.pid")).expect("no pid for wipe to kill");
 }

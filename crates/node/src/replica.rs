@@ -135,7 +135,7 @@ mod tests {
         let batch = next_batch(proposal(16 << 10), &mut rx);
         let bytes: usize = batch.iter().map(|p| crate::codec::encoded_len(&p.req)).sum();
         assert!(batch.len() < MAX_BATCH, "{} requests", batch.len());
-        assert!(bytes >= MAX_ENTRY_BYTES && bytes < MAX_ENTRY_BYTES + (17 << 10), "{bytes} bytes");
+        assert!((MAX_ENTRY_BYTES..MAX_ENTRY_BYTES + (17 << 10)).contains(&bytes), "{bytes} bytes");
         // Small requests still fill an entry up to the count limit.
         let (tx, mut rx) = mpsc::channel(1_000);
         for _ in 0..2 * MAX_BATCH {
