@@ -464,3 +464,60 @@ async fn a_plain_grpc_call_through_a_router_rides_out_a_leader_election_without_
     assert!(n > 0);
     assert_eq!(app.balance(u).await.expect("balance").balance_cents, n, "every call applied once");
 }
+
+/// Leaders now, failing the test if any of them is in `region`.
+async fn assert_no_leader_in(c: &Cluster, region: &str, when: &str) {
+    let leaders = c.leaders().await;
+    let inside: Vec<_> = leaders.iter().filter(|(_, n)| c.topology.region_of(**n) == Some(region)).collect();
+    assert!(inside.is_empty(), "{when}: leadership in drained region {region}: {inside:?} (all: {leaders:?})");
+}
+
+/// A drain is replicated state, not a mark in each node's memory: after kill -9 and restart of
+/// every node, leadership still stays out of the drained region (several placement periods),
+/// the cluster still reports it drained, and an undrain brings leadership home again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_survives_a_restart_of_every_node_and_undrain_then_fails_back() {
+    let mut c = Cluster::start(Spec::default());
+    c.wait_ready(Duration::from_secs(30)).await;
+    let client = c.node_client().with_deadline(Duration::from_secs(20));
+    let home = c.nodes_in("shenzhen")[0];
+    wait_leader(&c, 1, home, Duration::from_secs(15)).await;
+
+    let moved = client.drain("shenzhen").await.unwrap();
+    println!("drain: {:?}", moved.moved);
+    assert_no_leader_in(&c, "shenzhen", "right after the drain").await;
+
+    let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
+    for id in &ids {
+        c.kill(*id);
+    }
+    for id in &ids {
+        c.start_node(*id);
+    }
+    c.wait_ready(Duration::from_secs(30)).await;
+    // Fresh elections may pick a shenzhen replica; the placement loop must move it out.
+    let start = Instant::now();
+    loop {
+        let leaders = c.leaders().await;
+        let settled = leaders.len() == c.topology.shards.len() && leaders.values().all(|n| c.topology.region_of(*n) != Some("shenzhen"));
+        if settled {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "leadership not out of drained shenzhen after restart: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Several placement periods: failback must not pull leadership home into the drained region.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(6) {
+        assert_no_leader_in(&c, "shenzhen", "after every node restarted").await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let st = client.status().await.unwrap();
+    assert!(st.regions.iter().any(|r| r.region == "shenzhen" && r.drained), "status forgot the drain: {:?}", st.regions);
+
+    let moved = client.undrain("shenzhen").await.unwrap();
+    println!("undrain: {:?}", moved.moved);
+    wait_leader(&c, 1, home, Duration::from_secs(15)).await;
+    let st = client.status().await.unwrap();
+    assert!(st.regions.iter().all(|r| !r.drained), "undrained region still reported drained: {:?}", st.regions);
+}

@@ -17,6 +17,7 @@
 //! | `d`    | `d time_ms actor request_id` | () dedup expiry index |
 //! | `h`    | `h challenge_id`             | Challenge        |
 //! | `n`    | `n seq`                      | Notification (challenge outbox) |
+//! | `z`    | `z region`                   | () region drained (absent: not) |
 //!
 //! Request ids are scoped by the acting user (`Command::actor`): the same 16 bytes from two
 //! users are two requests, and neither can replay (read) the other's outcome.
@@ -128,6 +129,12 @@ pub fn notification(seq: u64) -> Vec<u8> {
 /// Notification records with seq in `[from_seq, ∞)`.
 pub fn notifications_from(from_seq: u64) -> (Vec<u8>, Vec<u8>) {
     (notification(from_seq), vec![b'n' + 1])
+}
+pub fn drained(region: &str) -> Vec<u8> {
+    k(b'z', &[region.as_bytes()])
+}
+pub fn drained_all() -> (Vec<u8>, Vec<u8>) {
+    (vec![b'z'], vec![b'z' + 1])
 }
 
 #[cfg(test)]

@@ -144,6 +144,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             Command::SetRisk { user, frozen, grade } => self.set_risk(*user, *frozen, *grade),
             Command::SetPin { user, salt, hash } => self.set_pin(*user, *salt, *hash),
             Command::AckNotifications { up_to_seq } => self.ack_notifications(*up_to_seq),
+            Command::SetDrained { region, drained } => self.set_drained(region, *drained),
         };
         match res {
             Ok(o) => o,
@@ -871,5 +872,16 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         self.totals.notifications_acked = if more { reached } else { up_to };
         self.totals.notifications_pending -= n as u64;
         Ok(Outcome::ok(Reply::Acked { records: n as u32, more }))
+    }
+
+    /// Sets or clears a region's drain mark. Idempotent: the admin re-sends it to every shard.
+    fn set_drained(&mut self, region: &str, drained: bool) -> Check<Outcome> {
+        self.valid_string(region, false)?;
+        if drained {
+            self.db.put(keys::drained(region), vec![]);
+        } else {
+            self.db.delete(keys::drained(region));
+        }
+        Ok(Outcome::ok(Reply::Drained { region: region.to_string(), drained }))
     }
 }

@@ -209,6 +209,13 @@ pub enum Command {
     AckNotifications {
         up_to_seq: u64,
     },
+    /// Admin, proposed on every shard: leadership stays out of a drained region (placement
+    /// reads the mark from applied state, so a restarted node still knows). Last variant: the
+    /// variant indexes before it are in existing logs.
+    SetDrained {
+        region: String,
+        drained: bool,
+    },
 }
 
 impl Command {
@@ -217,7 +224,11 @@ impl Command {
     pub fn is_system(&self) -> bool {
         matches!(
             self,
-            Command::Credit { .. } | Command::MarkDelivered { .. } | Command::ExpirePacket { .. } | Command::AckNotifications { .. }
+            Command::Credit { .. }
+                | Command::MarkDelivered { .. }
+                | Command::ExpirePacket { .. }
+                | Command::AckNotifications { .. }
+                | Command::SetDrained { .. }
         )
     }
 
@@ -233,9 +244,11 @@ impl Command {
             Command::Transfer { from, .. } => Some(*from),
             Command::SendPacket { sender, .. } => Some(*sender),
             Command::Grab { grabber, .. } => Some(*grabber),
-            Command::Credit { .. } | Command::MarkDelivered { .. } | Command::ExpirePacket { .. } | Command::AckNotifications { .. } => {
-                None
-            }
+            Command::Credit { .. }
+            | Command::MarkDelivered { .. }
+            | Command::ExpirePacket { .. }
+            | Command::AckNotifications { .. }
+            | Command::SetDrained { .. } => None,
         }
     }
 }
@@ -408,6 +421,11 @@ pub enum Reply {
     Acked {
         records: u32,
         more: bool,
+    },
+    /// SetDrained applied: the region's mark on this shard now.
+    Drained {
+        region: String,
+        drained: bool,
     },
 }
 

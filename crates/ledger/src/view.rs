@@ -117,6 +117,16 @@ pub fn delivered(store: &(impl Store + ?Sized), dest: ShardId) -> u64 {
     store.get(&keys::delivered(dest)).map(|v| dec(&v)).unwrap_or(0)
 }
 
+/// The regions this shard's applied state marks drained (`Command::SetDrained`).
+pub fn drained_regions(store: &(impl Store + ?Sized)) -> std::collections::BTreeSet<String> {
+    let (a, b) = keys::drained_all();
+    let mut out = std::collections::BTreeSet::new();
+    for_each(store, &a, &b, |k, _| {
+        out.insert(String::from_utf8_lossy(&k[1..]).into_owned());
+    });
+    out
+}
+
 /// Credits waiting to go to `dest`, seq > `after_seq`, oldest first.
 pub fn outbox(store: &(impl Store + ?Sized), dest: ShardId, after_seq: u64, limit: usize) -> Vec<CreditEntry> {
     let (a, b) = keys::outbox_from(dest, after_seq.saturating_add(1));

@@ -2,11 +2,12 @@
 //! its certificate (`hongbao_auth::Identity`), never from a field of the message.
 //!
 //! - Raft transport: only nodes, and per shard only that shard's replicas (`raft_peer`); the
-//!   one proposal a node may forward is a credit from a replica of its source shard.
+//!   proposals a node may forward are a credit from a replica of its source shard and a region's
+//!   drain mark (which a node proposes only for an admin's Drain / Undrain).
 //! - Public API and notifications: routers (which checked the end user's token and the caller's
 //!   role) and the admin identity. End users and services never reach a node directly.
-//! - Cluster admin: routers (forwarding an admin's call), other nodes (status fan-out, drain
-//!   broadcast, audit) and the admin identity.
+//! - Cluster admin: routers (forwarding an admin's call), other nodes (status fan-out, audit)
+//!   and the admin identity. Drain and undrain: routers and the admin identity only.
 //! - Fault injection (test builds only): the admin identity.
 
 use hongbao_auth::{Identity, Role};
@@ -67,8 +68,10 @@ pub fn raft_peer(topology: &Topology, id: &Identity, shard: ShardId, from_node: 
     Ok(*n)
 }
 
-/// What another node may propose on `shard` here: only the cross-shard relay's credit, sent by a
-/// replica of the credit's source shard. Everything else a node proposes, it proposes locally.
+/// What another node may propose on `shard` here: the cross-shard relay's credit, sent by a
+/// replica of the credit's source shard, and a drain mark, sent by a node of the cluster (the
+/// one an admin's Drain reached: it must reach every shard's leader, wherever that is).
+/// Everything else a node proposes, it proposes locally.
 pub fn forwarded_proposal(topology: &Topology, from: u64, shard: ShardId, cmd: &Command) -> Result<(), Status> {
     match cmd {
         Command::Credit { source, .. } => {
@@ -79,6 +82,7 @@ pub fn forwarded_proposal(topology: &Topology, from: u64, shard: ShardId, cmd: &
             }
             Ok(())
         }
-        _ => Err(denied("only cross-shard credits may be forwarded between nodes")),
+        Command::SetDrained { .. } if topology.node(from).is_some() => Ok(()),
+        _ => Err(denied("only cross-shard credits and drain marks may be forwarded between nodes")),
     }
 }

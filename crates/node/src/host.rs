@@ -82,7 +82,7 @@ impl Host {
         Ok(Arc::new(Host {
             node_id,
             region: me.region.clone(),
-            placement: Placement::new(topology.clone()),
+            placement: Placement::new(topology.clone(), db.clone(), node_id),
             topology,
             peers,
             db,

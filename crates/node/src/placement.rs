@@ -1,15 +1,24 @@
 //! Where each shard's leadership belongs: in its home region when a home replica is up and
-//! caught up (failback), out of regions an operator drained. `Placement` holds the drained
-//! regions and the policy; `run` is the per-shard loop on the leader that acts on it, by leader
-//! transfer, so client requests see at most a NotLeader that routers retry.
+//! caught up (failback), out of regions an operator drained. `Placement` reads the drained
+//! regions from the replicas' applied state and holds the policy; `run` is the per-shard loop
+//! on the leader that acts on it, by leader transfer, so client requests see at most a
+//! NotLeader that routers retry.
+//!
+//! Drain marks are replicated (`Command::SetDrained`, proposed on every shard by
+//! `replicate_drain`), so a restarted node still knows them. While a mark is on its way, the
+//! shards hosted here may disagree: a region is drained if ANY of them says so. That errs on
+//! the side of keeping leadership out (an undrain takes effect once every shard applied it).
 
+use crate::codec::{decode, encode};
 use crate::host::Host;
-use hongbao_ledger::ShardId;
-use hongbao_proto::v1::StatusReply;
+use crate::storage::{Db, ShardStore};
+use hongbao_ledger::{Code, Command, ShardId};
+use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
+use hongbao_proto::v1::{RaftMessage, StatusReply};
 use hongbao_topology::{NodeId, Topology};
 use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -18,6 +27,11 @@ pub const CAUGHT_UP_SLACK: u64 = 100;
 /// How often a leader checks whether its leadership belongs elsewhere.
 const PLACEMENT_EVERY: Duration = Duration::from_millis(1000);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a drain or undrain keeps trying to get its mark applied on every shard (elections
+/// included) before it reports the shards that did not take it.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
+const DRAIN_RETRY: Duration = Duration::from_millis(200);
+const DRAIN_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Whether a replica that applied up to `applied` may take over from a leader at `leader_last`.
 pub fn caught_up(applied: u64, leader_last: u64) -> bool {
@@ -26,26 +40,21 @@ pub fn caught_up(applied: u64, leader_last: u64) -> bool {
 
 pub struct Placement {
     topology: Arc<Topology>,
-    /// Regions an operator drained: no leadership is moved into them.
-    drained: Mutex<BTreeSet<String>>,
+    db: Arc<Db>,
+    /// The shards hosted here: where the drain marks are read from.
+    shards: Vec<ShardId>,
 }
 
 impl Placement {
-    pub fn new(topology: Arc<Topology>) -> Placement {
-        Placement { topology, drained: Mutex::default() }
+    pub fn new(topology: Arc<Topology>, db: Arc<Db>, node_id: NodeId) -> Placement {
+        let shards = topology.shards_on(node_id).iter().map(|s| s.id).collect();
+        Placement { topology, db, shards }
     }
 
+    /// Regions an operator drained (no leadership is moved into them): marked so by the
+    /// applied state of ANY shard hosted here.
     pub fn drained_regions(&self) -> BTreeSet<String> {
-        self.drained.lock().expect("drained lock").clone()
-    }
-
-    pub fn set_drained(&self, region: &str, drained: bool) {
-        let mut d = self.drained.lock().expect("drained lock");
-        if drained {
-            d.insert(region.to_string());
-        } else {
-            d.remove(region);
-        }
+        self.shards.iter().flat_map(|s| hongbao_ledger::view::drained_regions(&ShardStore::live(&self.db, *s))).collect()
     }
 
     /// The failback policy: the shard's home-region replicas, unless its home is drained.
@@ -166,4 +175,75 @@ async fn probe_applied(host: &Host, node: NodeId, shard_id: ShardId) -> Option<u
         return None;
     }
     n.shards.iter().find(|s| s.shard == shard_id).map(|s| s.applied)
+}
+
+/// Proposes `SetDrained` on every shard, through its leader, and returns once every shard's
+/// leader applied it; then waits (briefly) until the replicas here see it too, so the caller's
+/// next placement decision uses it. The error names the shards that did not take the mark
+/// (those that did keep it: the admin re-sends, which is idempotent).
+pub async fn replicate_drain(host: &Host, region: &str, drained: bool) -> Result<(), String> {
+    let cmd = Command::SetDrained { region: region.to_string(), drained };
+    let calls = host.topology.shards.iter().map(|s| {
+        let cmd = cmd.clone();
+        async move { (s.id, propose_on_leader(host, s.id, cmd).await) }
+    });
+    let failed: Vec<String> =
+        futures::future::join_all(calls).await.into_iter().filter_map(|(id, r)| r.err().map(|e| format!("shard {id}: {e}"))).collect();
+    if !failed.is_empty() {
+        return Err(failed.join("; "));
+    }
+    let deadline = tokio::time::Instant::now() + DRAIN_CALL_TIMEOUT;
+    while host.placement.drained_regions().contains(region) != drained && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// One admin command on `shard`'s leader, retried (elections, NotLeader) until DRAIN_DEADLINE.
+async fn propose_on_leader(host: &Host, shard: ShardId, cmd: Command) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+    let id = crate::tasks::system_id(b'z', shard, host.node_id, host.clock.now_ms());
+    loop {
+        let err = match propose_once(host, shard, id, cmd.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() + DRAIN_RETRY >= deadline {
+            return Err(err);
+        }
+        tracing::debug!(shard, %err, "drain mark not applied yet; retrying");
+        tokio::time::sleep(DRAIN_RETRY).await;
+    }
+}
+
+/// Locally if this node leads the shard, else over the Raft transport's Propose to the leader
+/// our replica knows of, then every replica in turn (a follower answers NotLeader).
+async fn propose_once(host: &Host, shard: ShardId, id: hongbao_ledger::RequestId, cmd: Command) -> Result<(), String> {
+    let check = |code: Code| if code == Code::Ok { Ok(()) } else { Err(format!("refused by shard {shard}: {code:?}")) };
+    if let Ok(r) = host.replica(shard) {
+        if host.is_leader(r) {
+            return check(host.propose(shard, id, cmd).await.map_err(|e| e.to_string())?.code);
+        }
+    }
+    let known = host.replica(shard).ok().and_then(|r| r.raft.metrics().borrow_watched().current_leader);
+    let mut candidates: Vec<NodeId> = known.into_iter().collect();
+    if let Some(s) = host.topology.shard(shard) {
+        candidates.extend(s.replicas.iter().copied().filter(|r| Some(*r) != known && *r != host.node_id));
+    }
+    let payload = encode(&hongbao_ledger::Request { id, time_ms: 0, cmd });
+    let mut last = format!("no replica of shard {shard} reachable");
+    for node in candidates {
+        let Some(ch) = host.peers.channel(node) else { continue };
+        let mut c = RaftTransportClient::new(ch);
+        let msg = RaftMessage { shard, from_node: host.node_id, payload: payload.clone(), sent_ms: host.clock.now_ms() };
+        match tokio::time::timeout(DRAIN_CALL_TIMEOUT, c.propose(msg)).await {
+            Ok(Ok(r)) => {
+                let o: hongbao_ledger::Outcome = decode(&r.into_inner().payload).map_err(|e| e.to_string())?;
+                return check(o.code);
+            }
+            Ok(Err(s)) => last = format!("node {node}: {:?}: {}", s.code(), s.message()),
+            Err(_) => last = format!("node {node} timed out"),
+        }
+    }
+    Err(last)
 }

@@ -149,22 +149,20 @@ impl ClusterService {
         Ok(())
     }
 
-    async fn broadcast_drain(&self, region: &str, drained: bool) {
-        self.host.placement.set_drained(region, drained);
-        let peers: Vec<u64> = self.host.topology.nodes.iter().map(|n| n.id).filter(|id| *id != self.host.node_id).collect();
-        for id in peers {
-            if let Some(mut c) = self.client(id) {
-                let req = DrainRequest { region: region.to_string(), local_only: true };
-                let call = async {
-                    if drained {
-                        c.drain(req).await
-                    } else {
-                        c.undrain(req).await
-                    }
-                };
-                let _ = tokio::time::timeout(ADMIN_CALL_TIMEOUT, call).await;
-            }
+    /// Drain and undrain start only from an admin (directly or through a router, which checked
+    /// the admin role); a node never starts one, and a mark reaches other nodes through the log.
+    async fn replicate_drain<T>(&self, req: &Request<T>, region: &str, drained: bool) -> Result<(), Status> {
+        let who = crate::access::caller(req)?;
+        if matches!(who, hongbao_auth::Identity::Node(_)) {
+            return Err(hongbao_proto::denied(format!("{who} may not drain or undrain a region")));
         }
+        if !self.host.topology.regions.iter().any(|r| r.name == region) {
+            return Err(Status::not_found(format!("no region {region}")));
+        }
+        crate::placement::replicate_drain(&self.host, region, drained).await.map_err(|e| {
+            let what = if drained { "drain" } else { "undrain" };
+            status(detail(ErrorCode::Unavailable, format!("{what} of {region} not applied on every shard (re-send it): {e}"), 0))
+        })
     }
 }
 
@@ -209,15 +207,12 @@ impl Cluster for ClusterService {
     }
 
     async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
-        let DrainRequest { region, local_only } = req.into_inner();
+        let DrainRequest { region, local_only } = req.get_ref().clone();
         if local_only {
-            self.host.placement.set_drained(&region, true);
+            // The in-memory broadcast of older nodes: marks travel in the log now.
             return Ok(Response::new(DrainReply { moved: vec![] }));
         }
-        if !self.host.topology.regions.iter().any(|r| r.name == region) {
-            return Err(Status::not_found(format!("no region {region}")));
-        }
-        self.broadcast_drain(&region, true).await;
+        self.replicate_drain(&req, &region, true).await?;
         let st = self.all_status().await;
         let mut moved = Vec::new();
         for s in &self.host.topology.shards {
@@ -236,12 +231,12 @@ impl Cluster for ClusterService {
     }
 
     async fn undrain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
-        let DrainRequest { region, local_only } = req.into_inner();
+        let DrainRequest { region, local_only } = req.get_ref().clone();
         if local_only {
-            self.host.placement.set_drained(&region, false);
+            // The in-memory broadcast of older nodes: marks travel in the log now.
             return Ok(Response::new(DrainReply { moved: vec![] }));
         }
-        self.broadcast_drain(&region, false).await;
+        self.replicate_drain(&req, &region, false).await?;
         let st = self.all_status().await;
         let mut moved = Vec::new();
         for s in self.host.topology.shards.iter().filter(|s| s.home == region) {
