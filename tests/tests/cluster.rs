@@ -286,3 +286,107 @@ async fn a_leader_two_days_fast_loses_leadership_and_forgets_no_request_id_nor_e
     let audit = c.node_client().audit().await.expect("audit");
     assert!(audit.balanced, "{:?}", audit.problems);
 }
+
+/// Entries committed on two of three replicas must survive one of those two losing its disk.
+/// The wiped replica restarts empty; before the fix it voted at once for the third replica,
+/// which never had the entries, and so elected a leader without acknowledged money. Now it grants
+/// no vote to a candidate with history until it has caught up: the shard waits for the replica
+/// that still has the entries, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_that_lost_its_disk_cannot_elect_a_leader_that_lacks_acknowledged_money() {
+    use hongbao_proto::v1::Faults;
+    let mut c = Cluster::start(Spec::default());
+    c.wait_ready(READY).await;
+    let client = c.node_client().with_deadline(Duration::from_secs(5));
+    let user = c.topology.user_in_shard(1, 700);
+    client.open_account(user, "phone").await.unwrap();
+    let leader = c.leaders().await[&1];
+    let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
+    let lagging = *ids.iter().find(|n| **n != leader).expect("a follower");
+    let wiped = *ids.iter().find(|n| **n != leader && **n != lagging).expect("the third node");
+    // The lagging replica misses everything from here on.
+    c.set_faults(lagging, Faults { cut_off: vec![leader, wiped], ..Faults::default() }).await.expect("cut off");
+    for _ in 0..5 {
+        client.top_up(new_request_id(), user, 100).await.expect("acknowledged by the leader and the third node");
+    }
+    // The third node loses its disk; the leader (the only other holder of the top-ups) is down.
+    c.kill(wiped);
+    std::fs::remove_dir_all(c.dir.path().join(format!("node-{wiped}"))).expect("wipe its data");
+    c.kill(leader);
+    c.set_faults(lagging, Faults::default()).await.expect("heal");
+    c.start_node(wiped);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let leaders = c.leaders().await;
+    assert_eq!(leaders.get(&1), None, "the wiped replica helped elect a leader lacking the top-ups: {leaders:?}");
+    // The replica with the entries comes back: a leader is elected and every top-up is there.
+    c.start_node(leader);
+    let start = Instant::now();
+    let balance = loop {
+        match client.balance(user).await {
+            Ok(b) => break b.balance_cents,
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(20), "no leader after the full replica returned: {e}"),
+        }
+    };
+    assert_eq!(balance, 500, "every acknowledged top-up survived");
+    // The wiped replica caught up and votes again: it now holds the top-ups too.
+    let start = Instant::now();
+    while local_balance(&c, wiped, user).await != Some(500) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the wiped replica did not catch up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// After a storm, expired packets must go back to their senders in bulk: the sweeper used to
+/// spend one Raft round per packet (about 128 refunds a second per shard, hours of money held in
+/// escrow after a New Year's Eve). Now a sweep proposes up to a full entry of expiries at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_hundred_expired_packets_are_refunded_within_seconds_not_minutes() {
+    use hongbao_proto::v1::{PacketKind, SendPacketRequest};
+    // Long enough that every packet is sent before the first expires.
+    let mut c = Cluster::start(Spec { routers: true, packet_ttl_ms: Some(20_000), ..Spec::default() });
+    c.wait_ready(READY).await;
+    let app = std::sync::Arc::new(c.router_client("shenzhen"));
+    let sender = c.topology.user_in_shard(1, 800);
+    c.funded(&app, sender, 100_000).await;
+    const PACKETS: usize = 600;
+    let send = |app: std::sync::Arc<Client>| async move {
+        let req = SendPacketRequest {
+            request_id: new_request_id(),
+            sender,
+            kind: PacketKind::Fixed as i32,
+            per_share_cents: 100,
+            count: 1,
+            pin: TEST_PIN.into(),
+            ..Default::default()
+        };
+        app.send_packet(req).await.expect("send").expires_at_ms
+    };
+    let mut expiries = vec![];
+    let sending = Instant::now();
+    for _ in 0..PACKETS / 50 {
+        expiries.extend(futures::future::join_all((0..50).map(|_| send(app.clone()))).await);
+    }
+    println!("{PACKETS} packets sent in {:?}", sending.elapsed());
+    assert_eq!(app.balance(sender).await.expect("balance").balance_cents, 100_000 - 100 * PACKETS as u64, "all in escrow");
+    // The cluster is down while every packet expires, so all 600 are due at once when it is back
+    // (as after a storm, when expiries pile up faster than one Raft round each could refund).
+    let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
+    for id in &ids {
+        c.stop(*id);
+    }
+    let last_expiry = *expiries.iter().max().expect("packets");
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(last_expiry.saturating_sub(now_ms()) + 100)).await;
+    for id in &ids {
+        c.start_node(*id);
+    }
+    c.wait_ready(READY).await;
+    let expired_at = Instant::now();
+    while app.balance(sender).await.expect("balance").balance_cents < 100_000 {
+        assert!(expired_at.elapsed() < Duration::from_secs(4), "{PACKETS} refunds took longer than 4 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("{PACKETS} expired packets refunded {:?} after the cluster was back", expired_at.elapsed());
+    let audit = c.node_client().audit().await.expect("audit");
+    assert!(audit.balanced && audit.total_escrow_cents == 0, "{:?}", audit.problems);
+}

@@ -42,6 +42,8 @@ pub struct Host {
     pub data_dir: PathBuf,
     pub placement: Placement,
     pub clock: Arc<Clock>,
+    /// Shards this replica started empty for, still catching up (no votes, no campaign).
+    pub rejoin: crate::rejoin::Rejoin,
     /// Slow PIN hashes already verified on this leader (memory only; see `pin`).
     pub pins: crate::pin::PinCache,
 }
@@ -70,13 +72,14 @@ impl Host {
         let peers = Arc::new(Peers::new(node_id, addrs, faults, clock.clone(), secrets.peer_tls));
         let config = Arc::new(ledger_config(&topology, secrets.challenge_key));
         let raft_config = Arc::new(raft_config(&topology).validate()?);
+        let rejoin = crate::rejoin::Rejoin::default();
         let mut replicas = BTreeMap::new();
         for s in topology.shards_on(node_id) {
             let log = LogStore::new(db.clone(), s.id);
             let sm = StateMachine::open(db.clone(), s.id, config.clone(), &data_dir.join("snapshots"))?;
             let net = NetworkFactory { shard: s.id, peers: peers.clone() };
             let raft = Raft::new(node_id, raft_config.clone(), net, log, sm).await?;
-            bootstrap_if_new(&raft, &topology, s, node_id).await?;
+            bootstrap_if_new(&raft, &topology, s, node_id, &peers, &rejoin).await?;
             replicas.insert(s.id, Arc::new(Replica::new(s.id, raft, s.home.clone(), s.replicas.clone())));
         }
         Ok(Arc::new(Host {
@@ -90,6 +93,7 @@ impl Host {
             replicas,
             data_dir: data_dir.to_path_buf(),
             clock,
+            rejoin,
             pins: crate::pin::PinCache::new(),
         }))
     }
@@ -218,12 +222,25 @@ impl Host {
 
 /// A fresh shard is initialized by its replica in the home region (else its first replica),
 /// with every replica as a voter. A replica that has a vote or log already never re-initializes.
-async fn bootstrap_if_new(raft: &Raft, topology: &Topology, s: &hongbao_topology::Shard, node_id: NodeId) -> anyhow::Result<()> {
+/// One that starts empty while a peer has the shard's history (a lost or wiped disk) rejoins
+/// instead (`rejoin`): it must not start a second history nor vote before it caught up.
+async fn bootstrap_if_new(
+    raft: &Raft,
+    topology: &Topology,
+    s: &hongbao_topology::Shard,
+    node_id: NodeId,
+    peers: &Peers,
+    rejoin: &crate::rejoin::Rejoin,
+) -> anyhow::Result<()> {
     if raft.is_initialized().await? {
         return Ok(());
     }
     let bootstrapper = s.replicas.iter().copied().find(|r| topology.region_of(*r) == Some(s.home.as_str())).unwrap_or(s.replicas[0]);
-    if bootstrapper != node_id {
+    if bootstrapper != node_id || peers_have_history(peers, s, node_id).await {
+        // Every non-bootstrapper starts empty in a new cluster too: `rejoin` still lets it vote
+        // for the bootstrapper's first election (an empty log), so nothing waits on it.
+        rejoin.start(s.id);
+        raft.runtime_config().elect(false);
         return Ok(());
     }
     let members: BTreeMap<NodeId, BasicNode> =
@@ -231,4 +248,19 @@ async fn bootstrap_if_new(raft: &Raft, topology: &Topology, s: &hongbao_topology
     tracing::info!(shard = s.id, ?members, "bootstrapping shard");
     raft.initialize(members).await?;
     Ok(())
+}
+
+/// Whether any other replica of the shard answers with a log: then the shard exists and an
+/// empty replica here lost its data. Peers that do not answer in time say nothing (a new
+/// cluster's nodes start together).
+async fn peers_have_history(peers: &Peers, s: &hongbao_topology::Shard, node_id: NodeId) -> bool {
+    let probes = s.replicas.iter().copied().filter(|r| *r != node_id).filter_map(|r| peers.channel(r)).map(|ch| async move {
+        let mut c = hongbao_proto::v1::cluster_client::ClusterClient::new(ch);
+        let req = hongbao_proto::v1::StatusRequest { local_only: true };
+        match tokio::time::timeout(Duration::from_millis(500), c.status(req)).await {
+            Ok(Ok(r)) => r.into_inner().nodes.iter().flat_map(|n| n.shards.iter()).any(|x| x.shard == s.id && x.last_log_index > 0),
+            _ => false,
+        }
+    });
+    futures::future::join_all(probes).await.into_iter().any(|h| h)
 }

@@ -22,6 +22,7 @@ pub mod peers;
 pub mod pin;
 pub mod placement;
 pub mod raft;
+pub mod rejoin;
 pub mod relay;
 pub mod replica;
 pub mod service;

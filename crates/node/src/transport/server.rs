@@ -10,7 +10,9 @@ use crate::raft::types::{SnapshotMeta, TypeConfig, Vote};
 use hongbao_auth::Identity;
 use hongbao_proto::v1::raft_transport_server::RaftTransport;
 use hongbao_proto::v1::{RaftMessage, RaftReply, SnapshotChunk};
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::RaftError;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -25,6 +27,16 @@ impl RaftService {
     /// Every reply carries this node's clock, for the sender to learn its offset to us.
     fn reply<T: serde::Serialize>(&self, res: &T) -> Result<Response<RaftReply>, Status> {
         Ok(Response::new(RaftReply { payload: encode(res), error: String::new(), now_ms: self.host.clock.now_ms() }))
+    }
+
+    /// A replica that started empty grants no vote to a candidate with history until it has
+    /// caught up (`rejoin`): its forgotten vote could elect a leader without committed entries.
+    fn refuse_while_rejoining(&self, shard: u32, rpc: &VoteRequest<TypeConfig>) -> Result<(), Status> {
+        if self.host.rejoin.may_vote(shard, rpc.last_log_id.map(|l| l.index)) {
+            return Ok(());
+        }
+        tracing::warn!(shard, candidate = ?rpc.vote, "vote refused: this replica started empty and has not caught up");
+        Err(Status::failed_precondition(format!("node {} is rejoining shard {shard} after an empty start", self.host.node_id)))
     }
 
     /// A candidate whose clock runs ahead of ours by more than the maximum offset gets no vote
@@ -70,8 +82,18 @@ impl RaftTransport for RaftService {
         let m = req.into_inner();
         let shard = self.shard(&caller, m.shard, m.from_node)?;
         self.host.clock.observe_message(m.from_node, m.sent_ms);
-        let rpc = decode(&m.payload).map_err(bad)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload).map_err(bad)?;
+        let rejoining = self.host.rejoin.is_rejoining(m.shard);
+        if rejoining {
+            self.host.rejoin.heard_leader(m.shard, rpc.leader_commit.map(|l| l.index));
+        }
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.append_entries(rpc).await;
+        if rejoining {
+            let applied = shard.raft.metrics().borrow_watched().last_applied.map(|l| l.index).unwrap_or(0);
+            if self.host.rejoin.caught_up(m.shard, applied) {
+                shard.raft.runtime_config().elect(true);
+            }
+        }
         self.reply(&res)
     }
 
@@ -81,7 +103,8 @@ impl RaftTransport for RaftService {
         let shard = self.shard(&caller, m.shard, m.from_node)?;
         self.host.clock.observe_message(m.from_node, m.sent_ms);
         self.refuse_fast_candidate(&m)?;
-        let rpc = decode(&m.payload).map_err(bad)?;
+        let rpc: VoteRequest<TypeConfig> = decode(&m.payload).map_err(bad)?;
+        self.refuse_while_rejoining(m.shard, &rpc)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.vote(rpc).await;
         self.reply(&res)
     }
@@ -92,7 +115,8 @@ impl RaftTransport for RaftService {
         let shard = self.shard(&caller, m.shard, m.from_node)?;
         self.host.clock.observe_message(m.from_node, m.sent_ms);
         self.refuse_fast_candidate(&m)?;
-        let rpc = decode(&m.payload).map_err(bad)?;
+        let rpc: VoteRequest<TypeConfig> = decode(&m.payload).map_err(bad)?;
+        self.refuse_while_rejoining(m.shard, &rpc)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.pre_vote(rpc).await;
         self.reply(&res)
     }
