@@ -146,7 +146,8 @@ impl RaftTransport for RaftService {
             if file.bytes() + c.data.len() as u64 > MAX_SNAPSHOT_BYTES {
                 return Err(Status::resource_exhausted("snapshot too large"));
             }
-            file.write(&c.data).map_err(|e| Status::internal(e.to_string()))?;
+            // A file write may block on the disk: not on an async worker that Raft shares.
+            tokio::task::block_in_place(|| file.write(&c.data)).map_err(|e| Status::internal(e.to_string()))?;
             if c.done {
                 break;
             }
