@@ -408,3 +408,43 @@ impl Drop for Cluster {
         }
     }
 }
+
+impl Cluster {
+    /// Starts node `id` on the topology file at `topology` instead of the cluster's own.
+    pub fn start_node_on(&mut self, id: u64, topology: &std::path::Path) {
+        assert!(!self.nodes.contains_key(&id), "node {id} already running");
+        let child = Command::new(&self.node_binary)
+            .arg("--topology")
+            .arg(topology)
+            .arg("--node-id")
+            .arg(id.to_string())
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("node-{id}")))
+            .arg("--security-dir")
+            .arg(self.security_dir())
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::from(self.log(&format!("node-{id}"))))
+            .stderr(Stdio::from(self.log(&format!("node-{id}"))))
+            .spawn()
+            .expect("start hongbao-node");
+        self.nodes.insert(id, child);
+    }
+
+    /// kill -9 of node `id`, then a start on a copy of the topology whose `[ledger]` section also
+    /// has `line` (e.g. `packet_ttl_ms = 1000`): one node given a config the others lack. The
+    /// cluster's own `[ledger]` must not set that key already.
+    pub fn restart_with_ledger_line(&mut self, id: u64, line: &str) {
+        let t = std::fs::read_to_string(&self.topology_path).expect("read topology");
+        assert!(t.contains("[ledger]\n"), "topology has a [ledger] section");
+        let t = t.replacen("[ledger]\n", &format!("[ledger]\n{line}\n"), 1);
+        let path = self.dir.path().join(format!("topology-node-{id}.toml"));
+        std::fs::write(&path, t).expect("write topology");
+        self.kill(id);
+        self.start_node_on(id, &path);
+    }
+
+    /// The text node `id` has logged so far.
+    pub fn node_log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+}

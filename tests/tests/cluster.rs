@@ -390,3 +390,71 @@ async fn six_hundred_expired_packets_are_refunded_within_seconds_not_minutes() {
     let audit = c.node_client().audit().await.expect("audit");
     assert!(audit.balanced && audit.total_escrow_cents == 0, "{:?}", audit.problems);
 }
+
+/// Every replica's applied index of every shard, per node, as that node reports it.
+async fn applied_by_node(c: &Cluster) -> BTreeMap<u64, BTreeMap<u32, (u64, i32)>> {
+    let client = c.node_client().with_deadline(Duration::from_secs(3));
+    let mut out = BTreeMap::new();
+    for n in &c.topology.nodes {
+        if let Ok(st) = client.status_of(&n.addr).await {
+            for node in st.nodes {
+                let shards = node.shards.iter().map(|s| (s.shard, (s.applied, s.role))).collect();
+                out.insert(node.node, shards);
+            }
+        }
+    }
+    out
+}
+
+/// A node restarted with a packet TTL the others do not have must not apply entries proposed
+/// under the cluster's config differently: it stops applying (fail-stop, naming both config
+/// fingerprints in its log) and never leads, while the other two keep serving and the money
+/// read from them adds up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_ledger_config_differs_stops_applying_and_the_majority_keeps_serving() {
+    let mut c = Cluster::start(Spec::default());
+    c.wait_ready(READY).await;
+    let client = c.node_client().with_deadline(Duration::from_secs(10));
+    let users = open_users(&c, &client, 2).await;
+    let mut want: BTreeMap<u64, u64> = BTreeMap::new();
+    for u in &users {
+        client.top_up(new_request_id(), *u, 1_000).await.expect("top up");
+        *want.entry(*u).or_default() += 1_000;
+    }
+    // Node 3 (home of shard 3) comes back with a one-second packet TTL.
+    let odd = 3;
+    c.restart_with_ledger_line(odd, "packet_ttl_ms = 1000");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = applied_by_node(&c).await;
+    // Writes on every shard for several placement periods: served by the healthy majority,
+    // never by the odd node (failback must not hand it shard 3).
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(6) {
+        for u in &users {
+            n += 1;
+            client.top_up(new_request_id(), *u, 1 + n % 7).await.expect("the healthy majority serves");
+            *want.entry(*u).or_default() += 1 + n % 7;
+        }
+        let leaders = c.leaders().await;
+        assert!(leaders.values().all(|l| *l != odd), "the node with another config leads: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = applied_by_node(&c).await;
+    for s in &c.topology.shards {
+        let healthy = c.topology.shards.iter().find(|x| x.id == s.id).unwrap().replicas.iter().copied().filter(|r| *r != odd);
+        let best = healthy.filter_map(|r| after.get(&r).and_then(|m| m.get(&s.id)).map(|x| x.0)).max().unwrap_or(0);
+        let odd_now = after.get(&odd).and_then(|m| m.get(&s.id)).map(|x| x.0).unwrap_or(0);
+        let odd_before = before.get(&odd).and_then(|m| m.get(&s.id)).map(|x| x.0).unwrap_or(0);
+        println!("shard {}: healthy applied {best}, odd node applied {odd_before} -> {odd_now}", s.id);
+        assert!(odd_now < best, "shard {}: the odd node applied {odd_now}, as far as the healthy replicas ({best})", s.id);
+        assert_eq!(odd_now, odd_before, "shard {}: the odd node went on applying", s.id);
+    }
+    let log = c.node_log(odd);
+    assert!(log.contains("config fingerprint"), "the odd node's log names no config fingerprint");
+    for (u, cents) in &want {
+        assert_eq!(client.balance(*u).await.unwrap().balance_cents, *cents, "user {u}");
+    }
+    let a = client.audit().await.unwrap();
+    assert!(a.balanced, "{:?}", a.problems);
+}

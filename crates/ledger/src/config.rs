@@ -124,6 +124,81 @@ impl Default for LedgerConfig {
     }
 }
 
+/// Separates the fingerprint's digests from any other use of SHA-256 or of the key; bump the
+/// version if the encoding below changes.
+const FINGERPRINT_DOMAIN: &[u8] = b"hongbao/ledger-config-fingerprint/v1";
+
+impl LedgerConfig {
+    /// A stable 64-bit digest of every field: equal on two nodes exactly when they apply commands
+    /// alike (up to SHA-256 collisions). Every Raft entry carries its proposer's, and a replica
+    /// refuses to apply an entry whose fingerprint is not its own. Independent of the Rust
+    /// version and the process (no `Hash`/`DefaultHasher`): fixed-width big-endian fields in a
+    /// fixed order, lists length-prefixed. The challenge key enters only as its HMAC, so the
+    /// fingerprint (which is logged) tells nothing about the key.
+    pub fn fingerprint(&self) -> u64 {
+        use hmac::{Hmac, Mac};
+        use sha2::{Digest, Sha256};
+        // Destructured so a new field cannot be left out of the fingerprint.
+        let LedgerConfig {
+            max_packet_total,
+            special_days,
+            max_count,
+            packet_ttl_ms,
+            max_amount,
+            fee_per_mille,
+            min_fee,
+            free_withdrawal,
+            dedup_retention_ms,
+            dedup_gc_per_apply,
+            statement_keep,
+            challenge_threshold,
+            challenge_ttl_ms,
+            daily_limit_normal,
+            daily_limit_elevated,
+            max_string,
+            max_credit_batch,
+            challenge_key,
+            challenge_attempts,
+            pin_max_failures,
+            pin_lock_ms,
+        } = self;
+        let mut h = Sha256::new();
+        h.update(FINGERPRINT_DOMAIN);
+        let u64s = |h: &mut Sha256, vs: &[u64]| vs.iter().for_each(|v| h.update(v.to_be_bytes()));
+        u64s(&mut h, &[max_packet_total.0, special_days.len() as u64]);
+        for (m, d, c) in special_days {
+            u64s(&mut h, &[*m as u64, *d as u64, c.0]);
+        }
+        u64s(
+            &mut h,
+            &[
+                *max_count as u64,
+                *packet_ttl_ms,
+                max_amount.0,
+                *fee_per_mille,
+                min_fee.0,
+                free_withdrawal.0,
+                *dedup_retention_ms,
+                *dedup_gc_per_apply as u64,
+                *statement_keep,
+                challenge_threshold.0,
+                *challenge_ttl_ms,
+                daily_limit_normal.0,
+                daily_limit_elevated.0,
+                *max_string as u64,
+                *max_credit_batch as u64,
+                *challenge_attempts as u64,
+                *pin_max_failures as u64,
+                *pin_lock_ms,
+            ],
+        );
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(challenge_key).expect("HMAC takes any key length");
+        mac.update(FINGERPRINT_DOMAIN);
+        h.update(mac.finalize().into_bytes());
+        u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+    }
+}
+
 /// Days since 1970-01-01 in China time (UTC+8): the "day" of daily limits.
 pub fn china_day(time_ms: u64) -> u64 {
     (time_ms + 8 * 3600 * 1000) / 86_400_000
@@ -190,6 +265,47 @@ mod tests {
         let c = LedgerConfig { challenge_key: [0xab; 32], ..LedgerConfig::default() };
         let s = format!("{c:?}");
         assert!(s.contains("<redacted>") && !s.contains("171"), "{s}");
+    }
+
+    /// Each field, changed alone, changes the fingerprint; equal configs give equal ones; the
+    /// value is pinned so it cannot drift between builds (it must agree across nodes).
+    #[test]
+    fn the_fingerprint_changes_with_every_field_and_is_stable() {
+        let base = LedgerConfig::default();
+        let variants: Vec<(&str, LedgerConfig)> = vec![
+            ("max_packet_total", LedgerConfig { max_packet_total: Cents(200_01), ..base.clone() }),
+            ("special_days", LedgerConfig { special_days: vec![(5, 20, Cents(520_01))], ..base.clone() }),
+            ("special_days (none)", LedgerConfig { special_days: vec![], ..base.clone() }),
+            ("max_count", LedgerConfig { max_count: 101, ..base.clone() }),
+            ("packet_ttl_ms", LedgerConfig { packet_ttl_ms: base.packet_ttl_ms + 1, ..base.clone() }),
+            ("max_amount", LedgerConfig { max_amount: Cents(1), ..base.clone() }),
+            ("fee_per_mille", LedgerConfig { fee_per_mille: 2, ..base.clone() }),
+            ("min_fee", LedgerConfig { min_fee: Cents(11), ..base.clone() }),
+            ("free_withdrawal", LedgerConfig { free_withdrawal: Cents(0), ..base.clone() }),
+            ("dedup_retention_ms", LedgerConfig { dedup_retention_ms: 1, ..base.clone() }),
+            ("dedup_gc_per_apply", LedgerConfig { dedup_gc_per_apply: 17, ..base.clone() }),
+            ("statement_keep", LedgerConfig { statement_keep: 1001, ..base.clone() }),
+            ("challenge_threshold", LedgerConfig { challenge_threshold: Cents(1), ..base.clone() }),
+            ("challenge_ttl_ms", LedgerConfig { challenge_ttl_ms: 1, ..base.clone() }),
+            ("daily_limit_normal", LedgerConfig { daily_limit_normal: Cents(1), ..base.clone() }),
+            ("daily_limit_elevated", LedgerConfig { daily_limit_elevated: Cents(1), ..base.clone() }),
+            ("max_string", LedgerConfig { max_string: 129, ..base.clone() }),
+            ("max_credit_batch", LedgerConfig { max_credit_batch: 1025, ..base.clone() }),
+            ("challenge_key", LedgerConfig { challenge_key: [1; 32], ..base.clone() }),
+            ("challenge_attempts", LedgerConfig { challenge_attempts: 4, ..base.clone() }),
+            ("pin_max_failures", LedgerConfig { pin_max_failures: 6, ..base.clone() }),
+            ("pin_lock_ms", LedgerConfig { pin_lock_ms: 1, ..base.clone() }),
+        ];
+        let mut seen = std::collections::BTreeMap::new();
+        seen.insert(base.fingerprint(), "default");
+        for (field, c) in &variants {
+            if let Some(other) = seen.insert(c.fingerprint(), field) {
+                panic!("changing {field} gives the fingerprint of {other}");
+            }
+        }
+        assert_eq!(base.fingerprint(), base.clone().fingerprint());
+        // Pinned: a change here means nodes of two builds would refuse each other's entries.
+        assert_eq!(format!("{:016x}", base.fingerprint()), "f95e8288d61c86de");
     }
 
     #[test]

@@ -145,6 +145,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             Command::SetPin { user, salt, hash } => self.set_pin(*user, *salt, *hash),
             Command::AckNotifications { up_to_seq } => self.ack_notifications(*up_to_seq),
             Command::SetDrained { region, drained } => self.set_drained(region, *drained),
+            Command::ConfigCheck { .. } => Err(Code::InvalidArgument),
         };
         match res {
             Ok(o) => o,

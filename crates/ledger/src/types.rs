@@ -216,6 +216,12 @@ pub enum Command {
         region: String,
         drained: bool,
     },
+    /// Never proposed: a new leader asks its peers, through the nodes' Propose door, whether
+    /// their ledger config has this fingerprint (`LedgerConfig::fingerprint`); the peer answers
+    /// at the door and proposes nothing. Applied anyway, it is refused as InvalidArgument.
+    ConfigCheck {
+        fingerprint: u64,
+    },
 }
 
 impl Command {
@@ -229,6 +235,7 @@ impl Command {
                 | Command::ExpirePacket { .. }
                 | Command::AckNotifications { .. }
                 | Command::SetDrained { .. }
+                | Command::ConfigCheck { .. }
         )
     }
 
@@ -248,7 +255,8 @@ impl Command {
             | Command::MarkDelivered { .. }
             | Command::ExpirePacket { .. }
             | Command::AckNotifications { .. }
-            | Command::SetDrained { .. } => None,
+            | Command::SetDrained { .. }
+            | Command::ConfigCheck { .. } => None,
         }
     }
 }

@@ -14,7 +14,19 @@ use hongbao_auth::{Identity, Role};
 use hongbao_ledger::{Command, ShardId};
 use hongbao_proto::{denied, unauthenticated};
 use hongbao_topology::Topology;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::{Request, Status};
+
+/// This node's ledger-config fingerprint (0 until the host starts), for `ConfigCheck` asks.
+static CONFIG_FINGERPRINT: AtomicU64 = AtomicU64::new(0);
+
+pub fn set_config_fingerprint(fingerprint: u64) {
+    CONFIG_FINGERPRINT.store(fingerprint, Ordering::Relaxed);
+}
+
+/// How a peer answers a `ConfigCheck` whose fingerprint equals its own (any other answer, an
+/// error included, is not an agreement).
+pub const CONFIG_AGREES: tonic::Code = tonic::Code::AlreadyExists;
 
 /// The verified caller, from the request's extensions (put there by an interceptor below).
 pub fn caller<T>(req: &Request<T>) -> Result<Identity, Status> {
@@ -83,6 +95,17 @@ pub fn forwarded_proposal(topology: &Topology, from: u64, shard: ShardId, cmd: &
             Ok(())
         }
         Command::SetDrained { .. } if topology.node(from).is_some() => Ok(()),
+        // Answered here and never proposed: whether this node's ledger config is the asker's.
+        Command::ConfigCheck { fingerprint } => {
+            let mine = CONFIG_FINGERPRINT.load(Ordering::Relaxed);
+            if *fingerprint == mine && mine != 0 {
+                Err(Status::new(CONFIG_AGREES, format!("ledger config fingerprint {mine:016x} here too")))
+            } else {
+                tracing::error!(from, shard, theirs = %format!("{fingerprint:016x}"), mine = %format!("{mine:016x}"),
+                    "node {from} runs another ledger config fingerprint than this node: it must not lead");
+                Err(Status::failed_precondition(format!("ledger config fingerprint {mine:016x} here, not {fingerprint:016x}")))
+            }
+        }
         _ => Err(denied("only cross-shard credits and drain marks may be forwarded between nodes")),
     }
 }

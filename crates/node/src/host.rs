@@ -11,7 +11,7 @@ use crate::placement::Placement;
 use crate::raft::log_store::LogStore;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{NodeId, Raft};
-use crate::replica::{Failed, Proposal, Replica, MAX_INFLIGHT_PER_SHARD};
+use crate::replica::{ConfigDoor, Failed, Proposal, Replica, MAX_INFLIGHT_PER_SHARD};
 use crate::storage::{Db, ShardStore};
 use crate::transport::client::NetworkFactory;
 use hongbao_ledger::{Command, LedgerConfig, Outcome, Request, RequestId, ShardId};
@@ -72,6 +72,10 @@ impl Host {
         let peers = Arc::new(Peers::new(node_id, addrs, faults, clock.clone(), secrets.peer_tls));
         let config = Arc::new(ledger_config(&topology, secrets.challenge_key));
         let raft_config = Arc::new(raft_config(&topology).validate()?);
+        // Every entry carries it; replicas refuse entries with another (see `ConfigDoor`).
+        let fingerprint = config.fingerprint();
+        tracing::info!(fingerprint = %format!("{fingerprint:016x}"), "ledger config fingerprint");
+        crate::access::set_config_fingerprint(fingerprint);
         let rejoin = crate::rejoin::Rejoin::default();
         let mut replicas = BTreeMap::new();
         for s in topology.shards_on(node_id) {
@@ -80,7 +84,8 @@ impl Host {
             let net = NetworkFactory { shard: s.id, peers: peers.clone() };
             let raft = Raft::new(node_id, raft_config.clone(), net, log, sm).await?;
             bootstrap_if_new(&raft, &topology, s, node_id, &peers, &rejoin).await?;
-            replicas.insert(s.id, Arc::new(Replica::new(s.id, raft, s.home.clone(), s.replicas.clone())));
+            let door = ConfigDoor::new(node_id, s.id, s.replicas.clone(), peers.clone(), clock.clone(), fingerprint);
+            replicas.insert(s.id, Arc::new(Replica::new(s.id, raft, s.home.clone(), s.replicas.clone(), door)));
         }
         Ok(Arc::new(Host {
             node_id,

@@ -14,7 +14,7 @@ use crate::host::Host;
 use crate::storage::{Db, ShardStore};
 use hongbao_ledger::{Code, Command, ShardId};
 use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
-use hongbao_proto::v1::{RaftMessage, StatusReply};
+use hongbao_proto::v1::{RaftMessage, ReplicaRole, StatusReply};
 use hongbao_topology::{NodeId, Topology};
 use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeSet;
@@ -112,8 +112,22 @@ pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<b
         if !leads {
             continue;
         }
+        if let Ok(r) = host.replica(shard_id) {
+            let term = r.raft.metrics().borrow_watched().current_term;
+            if r.door.admits(term).await.is_err() {
+                // No majority has this node's ledger config: another replica leads in its place
+                // (one that does not share this node's config, so not asked about it).
+                if let Some(to) = any_caught_up(&host, shard_id, false).await {
+                    tracing::warn!(shard = shard_id, to, "handing leadership away: this node's ledger config differs from its peers'");
+                    if let Err(e) = host.transfer_leader(shard_id, to).await {
+                        tracing::warn!(shard = shard_id, to, msg = %e.message, "leader transfer failed");
+                    }
+                }
+                continue;
+            }
+        }
         if let Some(why) = untrusted {
-            if let Some(to) = any_caught_up(&host, shard_id).await {
+            if let Some(to) = any_caught_up(&host, shard_id, true).await {
                 tracing::warn!(shard = shard_id, to, why = %why.0, "handing leadership away: this node's clock is not trusted");
                 if let Err(e) = host.transfer_leader(shard_id, to).await {
                     tracing::warn!(shard = shard_id, to, msg = %e.message, "leader transfer failed");
@@ -144,18 +158,19 @@ async fn target(host: &Host, shard_id: ShardId) -> Option<NodeId> {
         cands.extend(host.placement.undrained_replicas(shard_id));
     }
     for node in cands.into_iter().filter(|n| *n != host.node_id) {
-        if probe_applied(host, node, shard_id).await.is_some_and(|applied| caught_up(applied, last)) {
+        if probe_applied(host, node, shard_id, true).await.is_some_and(|applied| caught_up(applied, last)) {
             return Some(node);
         }
     }
     None
 }
 
-/// Any other replica that answers a probe and has caught up.
-async fn any_caught_up(host: &Host, shard_id: ShardId) -> Option<NodeId> {
+/// Any other replica that answers a probe and has caught up (and, if `same_config`, runs this
+/// node's ledger config).
+async fn any_caught_up(host: &Host, shard_id: ShardId, same_config: bool) -> Option<NodeId> {
     let last = host.replica(shard_id).ok()?.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
     for node in host.topology.shard(shard_id)?.replicas.iter().copied().filter(|n| *n != host.node_id) {
-        if probe_applied(host, node, shard_id).await.is_some_and(|applied| caught_up(applied, last)) {
+        if probe_applied(host, node, shard_id, same_config).await.is_some_and(|applied| caught_up(applied, last)) {
             return Some(node);
         }
     }
@@ -164,8 +179,10 @@ async fn any_caught_up(host: &Host, shard_id: ShardId) -> Option<NodeId> {
 
 /// How far `node`'s replica of the shard has applied, if it answers in time and may lead: a
 /// node whose clock is not trusted would never be elected, and a leader that started handing
-/// over to it would stop taking writes until an election.
-async fn probe_applied(host: &Host, node: NodeId, shard_id: ShardId) -> Option<u64> {
+/// over to it would stop taking writes until an election; a node with another ledger config
+/// would refuse to propose (asked if `same_config`), and a replica that stopped (fail-stop)
+/// cannot lead.
+async fn probe_applied(host: &Host, node: NodeId, shard_id: ShardId, same_config: bool) -> Option<u64> {
     let ch = host.peers.channel(node)?;
     let mut c = hongbao_proto::v1::cluster_client::ClusterClient::new(ch);
     let req = hongbao_proto::v1::StatusRequest { local_only: true };
@@ -174,7 +191,32 @@ async fn probe_applied(host: &Host, node: NodeId, shard_id: ShardId) -> Option<u
     if !n.clock_untrusted.is_empty() {
         return None;
     }
-    n.shards.iter().find(|s| s.shard == shard_id).map(|s| s.applied)
+    let s = n.shards.iter().find(|s| s.shard == shard_id && s.role != ReplicaRole::Shutdown as i32)?;
+    let fingerprint = host.config.fingerprint();
+    if same_config && config_agrees(&host.peers, &host.clock, host.node_id, node, shard_id, fingerprint).await != Some(true) {
+        return None;
+    }
+    Some(s.applied)
+}
+
+/// Whether `node` runs the ledger config with this fingerprint (None: no answer). Asked with a
+/// `ConfigCheck` through the nodes' Propose door, which answers it there and proposes nothing.
+pub async fn config_agrees(
+    peers: &crate::peers::Peers,
+    clock: &crate::clock::Clock,
+    me: NodeId,
+    node: NodeId,
+    shard: ShardId,
+    fingerprint: u64,
+) -> Option<bool> {
+    let ch = peers.channel(node)?;
+    let req = hongbao_ledger::Request { id: hongbao_ledger::RequestId([0; 16]), time_ms: 0, cmd: Command::ConfigCheck { fingerprint } };
+    let msg = RaftMessage { shard, from_node: me, payload: encode(&req), sent_ms: clock.now_ms() };
+    match tokio::time::timeout(PROBE_TIMEOUT, RaftTransportClient::new(ch).propose(msg)).await {
+        Ok(Err(s)) if s.code() == crate::access::CONFIG_AGREES => Some(true),
+        Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => Some(false),
+        _ => None,
+    }
 }
 
 /// Proposes `SetDrained` on every shard, through its leader, and returns once every shard's

@@ -1,10 +1,15 @@
 //! One shard's replica on this node: its Raft, its place in the topology, and the leader-side
 //! proposer that batches queued requests into Raft entries.
 
+use crate::clock::Clock;
+use crate::peers::Peers;
 use crate::raft::types::{AppResponse, Batch, NodeId, Raft};
 use hongbao_ledger::{Outcome, Request, ShardId};
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
-use std::sync::Arc;
+use openraft::ServerState;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Proposals in flight per shard before new ones get OVERLOADED instead of queueing without end.
@@ -27,15 +32,87 @@ pub struct Replica {
     pub replicas: Vec<NodeId>,
     pub(crate) inflight: Arc<Semaphore>,
     pub(crate) proposals: mpsc::Sender<Proposal>,
+    pub door: Arc<ConfigDoor>,
 }
 
 impl Replica {
     /// Wraps a started Raft and starts its proposer.
-    pub fn new(id: ShardId, raft: Raft, home_region: String, replicas: Vec<NodeId>) -> Replica {
+    pub fn new(id: ShardId, raft: Raft, home_region: String, replicas: Vec<NodeId>, door: ConfigDoor) -> Replica {
         // The queue holds at most what the in-flight limit lets through.
         let (proposals, queue) = mpsc::channel(MAX_INFLIGHT_PER_SHARD);
-        tokio::spawn(proposer(raft.clone(), queue));
-        Replica { id, raft, home_region, replicas, inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_PER_SHARD)), proposals }
+        let door = Arc::new(door);
+        tokio::spawn(proposer(raft.clone(), queue, door.clone()));
+        Replica { id, raft, home_region, replicas, inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_PER_SHARD)), proposals, door }
+    }
+}
+
+/// How soon a leader asks its peers again after they did not confirm its ledger config.
+const DOOR_RETRY: Duration = Duration::from_secs(1);
+
+/// The leader's check before it proposes in a term: a majority of the shard's replicas (itself
+/// included) has its ledger-config fingerprint. Every entry carries the fingerprint and replicas
+/// with another one refuse to apply it (fail-stop), so a leader started with a config of its
+/// own would stop its healthy followers; this keeps it from proposing at all (and `placement`
+/// hands its leadership away).
+pub struct ConfigDoor {
+    pub node_id: NodeId,
+    pub shard: ShardId,
+    pub replicas: Vec<NodeId>,
+    pub peers: Arc<Peers>,
+    pub clock: Arc<Clock>,
+    pub fingerprint: u64,
+    /// (term, admitted, when): admitted for a whole term; refused, asked again after DOOR_RETRY.
+    verdict: Mutex<Option<(u64, bool, Instant)>>,
+}
+
+impl ConfigDoor {
+    pub fn new(node_id: NodeId, shard: ShardId, replicas: Vec<NodeId>, peers: Arc<Peers>, clock: Arc<Clock>, fingerprint: u64) -> Self {
+        ConfigDoor { node_id, shard, replicas, peers, clock, fingerprint, verdict: Mutex::new(None) }
+    }
+
+    /// Ok if a majority agrees with this node's config in `term` (asked once per term).
+    pub async fn admits(&self, term: u64) -> Result<(), String> {
+        let cached = *self.verdict.lock().expect("door lock");
+        if let Some((t, ok, at)) = cached {
+            if t == term && (ok || at.elapsed() < DOOR_RETRY) {
+                return if ok { Ok(()) } else { Err(self.refusal(&[])) };
+            }
+        }
+        let others: Vec<NodeId> = self.replicas.iter().copied().filter(|r| *r != self.node_id).collect();
+        let asks = others
+            .iter()
+            .map(|n| crate::placement::config_agrees(&self.peers, &self.clock, self.node_id, *n, self.shard, self.fingerprint));
+        let answers = futures::future::join_all(asks).await;
+        let agree = 1 + answers.iter().filter(|a| **a == Some(true)).count();
+        let differ: Vec<NodeId> = others.iter().zip(&answers).filter(|(_, a)| **a == Some(false)).map(|(n, _)| *n).collect();
+        let ok = agree > self.replicas.len() / 2;
+        *self.verdict.lock().expect("door lock") = Some((term, ok, Instant::now()));
+        if ok {
+            if !differ.is_empty() {
+                tracing::error!(
+                    shard = self.shard,
+                    ?differ,
+                    "replicas run another ledger config: they stop applying (fail-stop) at this leader's entries"
+                );
+            }
+            return Ok(());
+        }
+        let why = self.refusal(&differ);
+        tracing::error!(shard = self.shard, term, "{why}");
+        Err(why)
+    }
+
+    /// Whether the last verdict (of any term) refused this node.
+    pub fn refused(&self) -> bool {
+        matches!(*self.verdict.lock().expect("door lock"), Some((_, false, _)))
+    }
+
+    fn refusal(&self, differ: &[NodeId]) -> String {
+        format!(
+            "shard {}: node {} proposes nothing: no majority of replicas confirms its ledger config fingerprint {:016x} \
+             (replicas that differ: {differ:?}); restart it with the cluster's topology file",
+            self.shard, self.node_id, self.fingerprint
+        )
     }
 }
 
@@ -55,16 +132,31 @@ pub(crate) enum Failed {
 
 /// The shard's proposer: gathers queued requests into one entry (`next_batch`) and keeps at most
 /// MAX_ENTRIES_IN_FLIGHT entries in flight, answering each request with its own outcome.
-async fn proposer(raft: Raft, mut queue: mpsc::Receiver<Proposal>) {
+async fn proposer(raft: Raft, mut queue: mpsc::Receiver<Proposal>, door: Arc<ConfigDoor>) {
     let slots = Arc::new(Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let batch = next_batch(first, &mut queue);
         metrics::histogram!(crate::metrics::BATCH_REQUESTS).record(batch.len() as f64);
+        let (leads, term) = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        // A follower's client_write answers NotLeader below; only a leader needs the door.
+        if leads {
+            if let Err(why) = door.admits(term).await {
+                for p in batch {
+                    let _ = p.done.send(Err(Failed::Unavailable(why.clone())));
+                }
+                continue;
+            }
+        }
         let raft = raft.clone();
+        let fingerprint = door.fingerprint;
         tokio::spawn(async move {
             let (reqs, waiters): (Vec<Request>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.done)).unzip();
-            let res = propose_entry(&raft, reqs).await;
+            let res = propose_entry(&raft, reqs, fingerprint).await;
             drop(slot);
             match res {
                 Ok(outcomes) => {
@@ -98,10 +190,10 @@ fn next_batch(first: Proposal, queue: &mut mpsc::Receiver<Proposal>) -> Vec<Prop
     batch
 }
 
-/// One Raft entry carrying `reqs`; one outcome per request, in order.
-async fn propose_entry(raft: &Raft, reqs: Vec<Request>) -> Result<Vec<Outcome>, Failed> {
+/// One Raft entry carrying `reqs` and this node's config fingerprint; one outcome per request.
+async fn propose_entry(raft: &Raft, reqs: Vec<Request>, fingerprint: u64) -> Result<Vec<Outcome>, Failed> {
     let n = reqs.len();
-    match raft.client_write(Batch(reqs)).await {
+    match raft.client_write(Batch(reqs, fingerprint)).await {
         Ok(resp) => match resp.data {
             AppResponse::Ledger(outcomes) => {
                 assert_eq!(outcomes.len(), n, "one outcome per request of the entry");

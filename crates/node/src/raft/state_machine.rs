@@ -29,6 +29,8 @@ pub struct StateMachine {
     db: Arc<Db>,
     shard: ShardId,
     config: Arc<LedgerConfig>,
+    /// `config.fingerprint()`, which every applied entry must carry.
+    fingerprint: u64,
     dir: PathBuf,
     meta: SmMeta,
     /// Held by snapshot builds and installs of this shard (`raft::snapshot`).
@@ -44,7 +46,8 @@ impl StateMachine {
             Some(v) => decode(&v)?,
             None => SmMeta::default(),
         };
-        Ok(StateMachine { db, shard, config, dir: dir.to_path_buf(), meta, snapshot_lock })
+        let fingerprint = config.fingerprint();
+        Ok(StateMachine { db, shard, config, fingerprint, dir: dir.to_path_buf(), meta, snapshot_lock })
     }
 }
 
@@ -68,6 +71,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut n = 0u64;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
+            if let EntryPayload::Normal(ref batch) = entry.payload {
+                if batch.1 != self.fingerprint {
+                    // Applying it by other rules than its proposer's would make this replica's
+                    // money differ from the others'. Nothing of this call is written (the state
+                    // stays a prefix of the log) and the error stops this replica's Raft.
+                    let msg = format!(
+                        "shard {}: entry {} was proposed under ledger config fingerprint {:016x}, this node's is {:016x}: \
+                         refusing to apply it (fail-stop); restart this node with the cluster's topology file",
+                        self.shard, entry.log_id, batch.1, self.fingerprint
+                    );
+                    tracing::error!(shard = self.shard, index = entry.log_id.index, "{msg}");
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
+                }
+            }
             let reply = match entry.payload {
                 EntryPayload::Blank => AppResponse::Empty,
                 EntryPayload::Normal(ref batch) => AppResponse::Ledger(batch.0.iter().map(|req| ledger.apply(req)).collect()),

@@ -51,7 +51,7 @@ mod log_reads {
     fn big_entry(index: u64, bytes: usize) -> Entry {
         let cmd = Command::OpenAccount { user: index, device: "d".repeat(bytes) };
         let req = Request { id: RequestId([index as u8; 16]), time_ms: 0, cmd };
-        Entry::new_normal(log_id::<TypeConfig>(1, 1, index), Batch(vec![req]))
+        Entry::new_normal(log_id::<TypeConfig>(1, 1, index), Batch(vec![req], 0))
     }
 
     /// openraft applies committed entries through `try_get_log_entries`: a capped read (4,096

@@ -5,8 +5,12 @@ use serde::{Deserialize, Serialize};
 /// What a Raft log entry carries: the ledger requests the leader gathered while earlier entries
 /// were in flight (one or many, each stamped with the leader's time), applied in order. One
 /// entry for many requests is what makes replication, fsync and apply cheap per request.
+///
+/// The second field is the proposer's ledger-config fingerprint (`LedgerConfig::fingerprint`):
+/// a replica whose own differs refuses to apply the entry (fail-stop) rather than apply it by
+/// other rules than the ones it was proposed under.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Batch(pub Vec<hongbao_ledger::Request>);
+pub struct Batch(pub Vec<hongbao_ledger::Request>, pub u64);
 
 impl std::fmt::Display for Batch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
