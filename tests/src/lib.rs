@@ -375,6 +375,70 @@ impl Cluster {
     pub fn keep_on_failure(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
+
+    /// A node's data directory (its RocksDB and `snapshots/`).
+    pub fn node_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    /// Deletes a stopped node's whole data directory: the disk lost.
+    pub fn wipe_node(&mut self, id: u64) {
+        assert!(!self.is_running(id), "wipe_node: node {id} is still running");
+        let dir = self.node_dir(id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("wipe {}: {e}", dir.display()));
+        }
+    }
+
+    /// The sum of every series of a Prometheus metric on a node's metrics endpoint (0 when the
+    /// node answers without it; None when it does not answer).
+    pub async fn node_metric(&self, id: u64, name: &str) -> Option<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.topology.node(id)?.metrics_addr.clone();
+        let fetch = async {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+            s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.ok()?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).await.ok()?;
+            Some(body)
+        };
+        let body = tokio::time::timeout(Duration::from_secs(3), fetch).await.ok()??;
+        if !body.starts_with("HTTP/1.") || !body.contains(" 200 ") {
+            return None;
+        }
+        let mut sum = 0.0;
+        for l in body.lines() {
+            if let Some(rest) = l.strip_prefix(name) {
+                if rest.starts_with(' ') || rest.starts_with('{') {
+                    sum += l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+                }
+            }
+        }
+        Some(sum)
+    }
+
+    /// Balances read from one node's own replicas (allow_stale: no leader involved), as admin.
+    pub async fn stale_balances(&self, id: u64, users: &[u64]) -> Result<BTreeMap<u64, u64>, String> {
+        use hongbao_proto::v1::{wallet_client::WalletClient, BalanceRequest};
+        let creds = self.credentials().only(Role::Admin);
+        let (_, tls) = creds.tls(Role::Admin)?;
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", self.node_addr(id)))
+            .map_err(|e| e.to_string())?
+            .tls_config(tls)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_millis(500))
+            .connect_lazy();
+        let mut out = BTreeMap::new();
+        for &u in users {
+            let mut w = WalletClient::new(ch.clone());
+            let r = tokio::time::timeout(Duration::from_secs(2), w.balance(BalanceRequest { user: u, allow_stale: true }))
+                .await
+                .map_err(|_| format!("node {id}: balance of {u} timed out"))?
+                .map_err(|s| format!("node {id}: balance of {u}: {}", s.message()))?;
+            out.insert(u, r.into_inner().balance_cents);
+        }
+        Ok(out)
+    }
 }
 
 impl Drop for Cluster {
