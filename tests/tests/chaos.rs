@@ -1,6 +1,9 @@
 //! A short run of every chaos schedule (scripts/chaos runs them long): real nodes and routers,
 //! a recorded workload through the routers, faults, then the bank checker on the quiesced
-//! cluster. Each test fails on any violation of the money rules.
+//! cluster. Each test fails on any violation of the money rules, when a fault did not have the
+//! effect it exists for (a partition that moved no leader, a paused node that never fell behind,
+//! a snapshot storm without a snapshot install, ...), or when a node's own replicas do not end
+//! with exactly the final balances.
 
 use hongbao_tests::chaos::{run, Options, Schedule};
 use std::time::Duration;
@@ -51,4 +54,32 @@ async fn chaos_rolling_restart_of_every_node_loses_and_doubles_no_money() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_a_clock_jump_on_one_node_changes_no_money() {
     survives(Schedule::ClockJump).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_follower_that_lost_its_disk_catches_up_and_no_money_is_lost() {
+    survives(Schedule::DiskLoss).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_snapshot_storm_while_leaders_move_installs_snapshots_and_loses_no_money() {
+    survives(Schedule::SnapshotStorm).await;
+}
+
+// Fails today (a real bug, see docs/chaos.md "Found"): every effect holds, but shard 1's
+// packets made after the leap stay in escrow: the cluster never settles. Run with --ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: after a +2 day leap on a leader, packets made later are not refunded within 60 s (docs/chaos.md)"]
+async fn chaos_a_leader_two_days_fast_loses_leadership_and_no_money() {
+    survives(Schedule::ClockLeap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_maximum_size_requests_go_through_and_oversize_ones_move_nothing() {
+    survives(Schedule::BigEntries).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_torn_snapshot_is_refused_and_the_follower_ends_with_the_leaders_data() {
+    survives(Schedule::CorruptSnapshot).await;
 }

@@ -12,7 +12,8 @@ use std::time::Duration;
 #[command(about = "Chaos schedules with a bank-style checker against a local hongbao cluster")]
 struct Args {
     /// kill-leader | kill-region | partition-region | isolate-leader | pause-node | slow-links |
-    /// rolling-restart | clock-jump | all
+    /// rolling-restart | clock-jump | disk-loss | snapshot-storm | clock-leap | big-entries |
+    /// corrupt-snapshot | all
     schedule: String,
     /// Seconds of fault injection (the workload runs throughout).
     #[arg(long, default_value_t = 30)]

@@ -94,7 +94,7 @@ impl Acked {
                     v.push(format!("packet {packet} acknowledged to two sends"));
                 }
             }
-            (Op::Grab { packet, grabber }, Ack::Grabbed { amount }) => {
+            (Op::Grab { packet, grabber, .. }, Ack::Grabbed { amount }) => {
                 *self.balances.entry(grabber).or_default() += amount as i128;
                 if let Some(prev) = self.grabs.entry(packet).or_default().insert(grabber, amount) {
                     v.push(format!("user {grabber} acknowledged two grabs of packet {packet} ({prev} and {amount} cents)"));
@@ -184,6 +184,7 @@ pub fn hex(b: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::history::Size;
     use super::*;
     use hongbao_proto::v1::Claim;
     use hongbao_proto::ErrorCode;
@@ -205,8 +206,8 @@ mod tests {
         vec![
             ev(Op::TopUp { user: 1, amount: 100 }, Outcome::Ok(Ack::Wallet { fee: 0 })),
             ev(Op::TopUp { user: 2, amount: 7 }, Outcome::Fail(ErrorCode::UnknownUser)),
-            ev(Op::Send { sender: 1, total: 10, count: 2 }, Outcome::Ok(Ack::Sent { packet: 9 })),
-            ev(Op::Grab { packet: 9, grabber: 2 }, Outcome::Ok(Ack::Grabbed { amount: 4 })),
+            ev(Op::Send { sender: 1, total: 10, count: 2, size: Size::Normal }, Outcome::Ok(Ack::Sent { packet: 9 })),
+            ev(Op::Grab { packet: 9, grabber: 2, phrase: false }, Outcome::Ok(Ack::Grabbed { amount: 4 })),
             ev(Op::Transfer { from: 1, to: 2, amount: 5 }, Outcome::Ok(Ack::Wallet { fee: 0 })),
         ]
     }

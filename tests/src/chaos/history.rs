@@ -5,13 +5,29 @@
 use hongbao_proto::ErrorCode;
 use std::time::Duration;
 
+/// One client operation. A grab's `phrase`: it carries the maximum-size password (big-entries:
+/// every grab does, so password packets can be grabbed; other packets ignore it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     TopUp { user: u64, amount: u64 },
     Withdraw { user: u64, amount: u64 },
     Transfer { from: u64, to: u64, amount: u64 },
-    Send { sender: u64, total: u64, count: u32 },
-    Grab { packet: u64, grabber: u64 },
+    Send { sender: u64, total: u64, count: u32, size: Size },
+    Grab { packet: u64, grabber: u64, phrase: bool },
+}
+
+/// How big a send's strings are (big-entries mixes the larger ones in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// A short greeting, a lucky packet.
+    Normal,
+    /// A password packet with greeting and phrase exactly at the API's string limit.
+    Max,
+    /// A greeting one byte over the string limit: must be refused with INVALID_ARGUMENT.
+    Over,
+    /// A 20 KiB greeting, over the nodes' 16 KiB message limit: must be refused with
+    /// INVALID_ARGUMENT.
+    Huge,
 }
 
 impl Op {

@@ -5,7 +5,7 @@
 //! withdrawals, transfers and sends carry it. The test client makes user calls as the `app` role
 //! with development tokens minted for that device, and top-ups as the `payment-gateway` role.
 
-use super::history::{Ack, Event, Op, Outcome};
+use super::history::{Ack, Event, Op, Outcome, Size};
 use crate::TEST_PIN;
 use hongbao_client::{new_request_id, settle, Client, ClientError};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest, WithdrawRequest};
@@ -29,6 +29,32 @@ const THINK: Duration = Duration::from_millis(20);
 /// Operations one worker has in flight: a stalled shard must not stop traffic to the others
 /// (so each shard's unavailability is its own), yet the backlog stays bounded.
 const INFLIGHT_PER_WORKER: usize = 64;
+/// The API's bound on one string field, in bytes (the ledger's default `max_string`).
+pub const MAX_STRING: usize = 128;
+
+/// A string of exactly `len` bytes, mostly 3-byte characters (so a byte-count bug that counts
+/// characters instead would show).
+pub fn text_of(ch: char, len: usize) -> String {
+    let n = len / ch.len_utf8();
+    let mut s = ch.to_string().repeat(n);
+    s.push_str(&"x".repeat(len - s.len()));
+    s
+}
+
+/// The greeting a send of this size carries.
+pub fn greeting(size: Size) -> String {
+    match size {
+        Size::Normal => "恭喜发财".into(),
+        Size::Max => text_of('福', MAX_STRING),
+        Size::Over => text_of('福', MAX_STRING + 1),
+        Size::Huge => text_of('福', 20 << 10),
+    }
+}
+
+/// The password of big-entries' password packets: exactly at the limit.
+pub fn phrase() -> String {
+    text_of('码', MAX_STRING)
+}
 
 pub struct Shared {
     pub topology: Topology,
@@ -37,13 +63,16 @@ pub struct Shared {
     pub history: Mutex<Vec<Event>>,
     packets: Mutex<Vec<u64>>,
     pub stop: AtomicBool,
+    /// Mix maximum-size and oversize requests in (the big-entries schedule).
+    pub big: bool,
 }
 
 impl Shared {
-    pub fn new(topology: Topology, users: Vec<u64>) -> Arc<Shared> {
+    pub fn new(topology: Topology, users: Vec<u64>, big: bool) -> Arc<Shared> {
         Arc::new(Shared {
             topology,
             users,
+            big,
             start: Instant::now(),
             history: Mutex::new(Vec::new()),
             packets: Mutex::new(Vec::new()),
@@ -119,21 +148,29 @@ pub async fn send(client: &Client, rid: &[u8], op: &Op) -> Result<Ack, ClientErr
             };
             client.transfer(req).await.map(|r| Ack::Wallet { fee: r.fee_cents })
         }
-        Op::Send { sender, total, count } => {
+        Op::Send { sender, total, count, size } => {
+            let (kind, phrase) = match size {
+                Size::Max => (PacketKind::Password, phrase()),
+                _ => (PacketKind::Lucky, String::new()),
+            };
             let req = SendPacketRequest {
                 request_id: rid,
                 sender,
-                kind: PacketKind::Lucky as i32,
+                kind: kind as i32,
                 total_cents: total,
                 count,
                 device: DEVICE.into(),
                 pin: TEST_PIN.into(),
-                greeting: "恭喜发财".into(),
+                greeting: greeting(size),
+                phrase,
                 ..Default::default()
             };
             client.send_packet(req).await.map(|r| Ack::Sent { packet: r.packet_id })
         }
-        Op::Grab { packet, grabber } => client.grab(rid, packet, grabber, "").await.map(|r| Ack::Grabbed { amount: r.amount_cents }),
+        Op::Grab { packet, grabber, phrase: p } => {
+            let password = if p { phrase() } else { String::new() };
+            client.grab(rid, packet, grabber, &password).await.map(|r| Ack::Grabbed { amount: r.amount_cents })
+        }
     }
 }
 
@@ -175,10 +212,17 @@ fn pick_op(shared: &Shared, rng: &mut impl Rng) -> Op {
         }
         35..=49 => {
             let count = rng.gen_range(2..=8);
-            Op::Send { sender: user, total: rng.gen_range(count as u64..=2_000), count }
+            let size = match roll {
+                35..=41 if shared.big => Size::Max,
+                // Size::Huge (a 20 KiB message) is left out: it is not refused with
+                // INVALID_ARGUMENT today but ends with an unknown outcome (docs/chaos.md).
+                42 if shared.big => Size::Over,
+                _ => Size::Normal,
+            };
+            Op::Send { sender: user, total: rng.gen_range(count as u64..=2_000), count, size }
         }
         _ => match shared.random_packet(rng) {
-            Some(packet) => Op::Grab { packet, grabber: user },
+            Some(packet) => Op::Grab { packet, grabber: user, phrase: shared.big },
             None => Op::TopUp { user, amount: 100 },
         },
     }
