@@ -41,6 +41,10 @@ pub struct LedgerConfig {
     pub pin_max_failures: u32,
     /// How long a PIN lock lasts.
     pub pin_lock_ms: u64,
+    /// Most one command's stamp may move ledger time forward. A leader whose clock leapt
+    /// (and that its node did not catch) moves ledger time by this much per command, never by
+    /// days at once; after an idle gap longer than this, time catches up a step per command.
+    pub max_stamp_step_ms: u64,
 }
 
 impl std::fmt::Debug for LedgerConfig {
@@ -68,6 +72,7 @@ impl std::fmt::Debug for LedgerConfig {
             challenge_attempts,
             pin_max_failures,
             pin_lock_ms,
+            max_stamp_step_ms,
         } = self;
         f.debug_struct("LedgerConfig")
             .field("max_packet_total", max_packet_total)
@@ -91,6 +96,7 @@ impl std::fmt::Debug for LedgerConfig {
             .field("challenge_attempts", challenge_attempts)
             .field("pin_max_failures", pin_max_failures)
             .field("pin_lock_ms", pin_lock_ms)
+            .field("max_stamp_step_ms", max_stamp_step_ms)
             .finish()
     }
 }
@@ -120,6 +126,7 @@ impl Default for LedgerConfig {
             challenge_attempts: 3,
             pin_max_failures: 5,
             pin_lock_ms: 3 * 3600 * 1000,
+            max_stamp_step_ms: 60 * 1000,
         }
     }
 }
@@ -161,6 +168,7 @@ impl LedgerConfig {
             challenge_attempts,
             pin_max_failures,
             pin_lock_ms,
+            max_stamp_step_ms,
         } = self;
         let mut h = Sha256::new();
         h.update(FINGERPRINT_DOMAIN);
@@ -190,6 +198,7 @@ impl LedgerConfig {
                 *challenge_attempts as u64,
                 *pin_max_failures as u64,
                 *pin_lock_ms,
+                *max_stamp_step_ms,
             ],
         );
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(challenge_key).expect("HMAC takes any key length");
@@ -295,6 +304,7 @@ mod tests {
             ("challenge_attempts", LedgerConfig { challenge_attempts: 4, ..base.clone() }),
             ("pin_max_failures", LedgerConfig { pin_max_failures: 6, ..base.clone() }),
             ("pin_lock_ms", LedgerConfig { pin_lock_ms: 1, ..base.clone() }),
+            ("max_stamp_step_ms", LedgerConfig { max_stamp_step_ms: 1, ..base.clone() }),
         ];
         let mut seen = std::collections::BTreeMap::new();
         seen.insert(base.fingerprint(), "default");
@@ -305,7 +315,7 @@ mod tests {
         }
         assert_eq!(base.fingerprint(), base.clone().fingerprint());
         // Pinned: a change here means nodes of two builds would refuse each other's entries.
-        assert_eq!(format!("{:016x}", base.fingerprint()), "f95e8288d61c86de");
+        assert_eq!(format!("{:016x}", base.fingerprint()), "2e350391d90ec37b");
     }
 
     #[test]

@@ -75,8 +75,10 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
 
     /// Applies one command. Never panics on bad input: every rejection is a code.
     pub fn apply(&mut self, req: &Request) -> Outcome {
-        // Time only from the command, and never backwards.
-        let now = req.time_ms.max(self.totals.last_time_ms);
+        // Time only from the command, never backwards, and at most a bounded step forward
+        // (the first command of a shard takes its stamp as it is).
+        let last = self.totals.last_time_ms;
+        let now = if last == 0 { req.time_ms } else { req.time_ms.clamp(last, last.saturating_add(self.config.max_stamp_step_ms)) };
         self.totals.last_time_ms = now;
 
         let system = req.cmd.is_system();

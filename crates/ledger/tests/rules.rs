@@ -11,6 +11,12 @@ const SHARD: ShardId = 1;
 const OTHER: ShardId = 2;
 const T0: u64 = 1_800_000_000_000; // 2027-01-15, an ordinary day
 
+/// These tests move time by hours in one command (expiries, retention, daily limits); the
+/// bound on one stamp's step has its own test.
+fn unbounded_steps() -> LedgerConfig {
+    LedgerConfig { max_stamp_step_ms: u64::MAX, ..LedgerConfig::default() }
+}
+
 struct World {
     store: MemStore,
     config: LedgerConfig,
@@ -20,7 +26,7 @@ struct World {
 
 impl World {
     fn new() -> World {
-        World { store: MemStore::default(), config: LedgerConfig::default(), now: T0, next_id: 1 }
+        World { store: MemStore::default(), config: unbounded_steps(), now: T0, next_id: 1 }
     }
 
     fn fresh_id(&mut self) -> RequestId {
@@ -859,7 +865,7 @@ proptest! {
     fn applying_in_batches_gives_the_same_bytes_as_one_at_a_time(ops in prop::collection::vec(op(), 1..80), cuts in prop::collection::vec(1usize..6, 1..40)) {
         let (one_by_one, requests) = run_ops(&ops);
         // A second replica applies the same log in batches, one ledger context per batch.
-        let config = LedgerConfig::default();
+        let config = unbounded_steps();
         let mut store = MemStore::default();
         let mut i = 0;
         let mut c = 0;
@@ -941,4 +947,31 @@ fn the_leaders_fast_grab_refusal_agrees_with_the_ledger_and_never_refuses_a_repl
     assert_eq!(view::grab_refusal(&w.store, &late, p, 1, || w.now), Some(Code::PacketExpired));
     assert_eq!(w.grab(p, 1).code, Code::PacketExpired);
     assert_eq!(view::grab_refusal(&w.store, &late, PacketId(p.0 + 1), 1, || w.now), None, "unknown packets go to the ledger");
+}
+
+/// A leader whose clock leapt two days cannot move ledger time two days: one command moves it
+/// by at most `max_stamp_step_ms`. So a request id from a minute ago is still remembered, and a
+/// packet with a day to live is still open. Without the bound, the leap forgot the id (a retry
+/// paid twice) and expired the packet.
+#[test]
+fn a_stamp_two_days_ahead_moves_ledger_time_one_step_and_forgets_no_request_id() {
+    let mut w = World::new();
+    w.config = LedgerConfig::default();
+    w.open(1, 10_00);
+    w.open(2, 0);
+    let id = w.fresh_id();
+    let topup = Command::TopUp { user: 1, amount: Cents(5_00) };
+    assert_eq!(w.apply_req(&Request { id, time_ms: w.now, cmd: topup.clone() }).code, Code::Ok);
+    let packet = w.send(1, lucky(3_00, 2));
+    // The leap: two days ahead, then traffic stamped by the same clock.
+    w.now += 2 * 24 * 3600 * 1000;
+    for _ in 0..10 {
+        assert_eq!(w.code(Command::TopUp { user: 2, amount: Cents(1) }), Code::Ok);
+    }
+    let t = view::totals(&w.store).last_time_ms;
+    assert!(t <= T0 + 11 * 60_000, "ledger time moved {} ms, at most a step per command", t - T0);
+    let again = w.apply_req(&Request { id, time_ms: w.now, cmd: topup });
+    assert_eq!(again.code, Code::Ok);
+    assert_eq!(w.balance(1), 15_00 - 3_00, "the retry paid once");
+    assert_eq!(w.grab(packet, 2).code, Code::Ok, "the packet is still open");
 }

@@ -19,7 +19,8 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let config = LedgerConfig { challenge_key: [0x42; 32], ..LedgerConfig::default() };
+        // Hours pass in one command here (locks, expiries, retention): no bound on one step.
+        let config = LedgerConfig { challenge_key: [0x42; 32], max_stamp_step_ms: u64::MAX, ..LedgerConfig::default() };
         World { store: MemStore::default(), config, now: T0, next_id: 1 }
     }
 

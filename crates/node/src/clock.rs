@@ -11,8 +11,8 @@
 //!   stamps nothing (proposals answer UNAVAILABLE), hands its leaderships away and stops
 //!   standing for election, until its peers agree with it again. Voters refuse a candidate
 //!   whose clock is ahead of theirs by more than `MAX_OFFSET_MS` (`ahead_of_mine`).
-//! - Ledger time itself only takes the stamps (never backwards); a per-stamp step bound inside
-//!   the ledger is still to come (issue #13 notes).
+//! - The ledger bounds each stamp as well (`LedgerConfig::max_stamp_step_ms`), so an offset
+//!   this node cannot see moves ledger time by a bounded step per command, never by days.
 
 use crate::faults::Faults;
 use hongbao_topology::NodeId;
