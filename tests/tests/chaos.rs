@@ -66,10 +66,7 @@ async fn chaos_a_snapshot_storm_while_leaders_move_installs_snapshots_and_loses_
     survives(Schedule::SnapshotStorm).await;
 }
 
-// Fails today (a real bug, see docs/chaos.md "Found"): every effect holds, but shard 1's
-// packets made after the leap stay in escrow: the cluster never settles. Run with --ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: after a +2 day leap on a leader, packets made later are not refunded within 60 s (docs/chaos.md)"]
 async fn chaos_a_leader_two_days_fast_loses_leadership_and_no_money() {
     survives(Schedule::ClockLeap).await;
 }

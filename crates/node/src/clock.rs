@@ -61,6 +61,13 @@ impl Sample {
     fn disagrees(&self) -> bool {
         self.lo > MAX_OFFSET_MS || self.hi < -MAX_OFFSET_MS
     }
+
+    /// Says our clock is right: not off, and narrow enough to mean it. A round trip that was in
+    /// flight while our clock leapt brackets both readings (from 0 to the leap) and proves
+    /// nothing; counted as agreement, it once restored trust within a heartbeat of a leap.
+    fn agrees(&self) -> bool {
+        !self.disagrees() && self.hi - self.lo <= MAX_ONE_WAY_MS + MAX_OFFSET_MS
+    }
 }
 
 /// Why this node may not stamp a command now.
@@ -150,7 +157,7 @@ impl State {
             return Err(Untrusted(format!("clock off from {off} of {} peers (by {} ms)", self.peer_count, worst.unwrap_or(0))));
         }
         if let Some(leapt) = self.leapt_at {
-            let agree_since = self.peers.values().filter(|p| p.at > leapt && !p.disagrees()).count();
+            let agree_since = self.peers.values().filter(|p| p.at > leapt && p.agrees()).count();
             if agree_since < majority.min(self.peer_count.max(1)) {
                 return Err(Untrusted("wall clock leapt; waiting for peers to agree".into()));
             }
@@ -190,6 +197,24 @@ mod tests {
         c.observe_reply(2, now, now + 1, now);
         c.observe_reply(3, now, now + 1, now);
         assert!(c.stamp().is_ok(), "{:?}", c.trusted());
+    }
+
+    /// Heartbeats in flight when the clock leapt come back bracketing both readings: they must
+    /// not count as peers agreeing (in the chaos run they did, and one stamp two days ahead got
+    /// into the log).
+    #[test]
+    fn replies_in_flight_across_a_leap_do_not_restore_trust() {
+        let (c, faults) = clock(2);
+        let before = c.now_ms();
+        c.stamp().expect("a sane clock stamps");
+        faults.set(Rules { clock_offset_ms: 2 * 24 * 3600 * 1000, ..Rules::default() }).unwrap();
+        assert!(c.stamp().is_err());
+        let after = c.now_ms();
+        // Sent before the leap, received after it: the peer's reading is between.
+        c.observe_reply(2, before, after, before + 1);
+        c.observe_reply(3, before, after, before + 1);
+        assert!(c.stamp().is_err(), "straddling replies prove nothing");
+        assert!(c.trusted().is_err());
     }
 
     #[test]

@@ -169,6 +169,9 @@ pub fn detail_of(status: &tonic::Status) -> ErrorDetail {
         tonic::Code::Unavailable | tonic::Code::Unknown => ErrorCode::Unavailable,
         tonic::Code::Unauthenticated => ErrorCode::Unauthenticated,
         tonic::Code::PermissionDenied => ErrorCode::PermissionDenied,
+        // Refused while decoding (a message over the size limit, a malformed one): it was never
+        // applied, so the answer is certain, and re-sending the same bytes cannot change it.
+        tonic::Code::OutOfRange | tonic::Code::InvalidArgument => ErrorCode::InvalidArgument,
         _ => ErrorCode::Internal,
     };
     ErrorDetail { code: code as i32, message: status.message().to_string(), ..Default::default() }
@@ -214,6 +217,18 @@ mod tests {
             [tonic::Status::unavailable("x"), tonic::Status::unknown("reset"), tonic::Status::cancelled("x"), tonic::Status::internal("h2")]
         {
             assert_ne!(retry_step(detail_of(&s).code()), RetryStep::Final, "{s:?}");
+        }
+    }
+
+    /// A message refused while decoding (over the size limit) was never applied: a certain
+    /// failure, not an unknown outcome to re-send until the deadline (the chaos suite's 20 KiB
+    /// requests ended "unknown" before).
+    #[test]
+    fn a_message_refused_while_decoding_is_a_final_invalid_argument() {
+        for s in [tonic::Status::out_of_range("decoded message length too large"), tonic::Status::invalid_argument("bad")] {
+            let d = detail_of(&s);
+            assert_eq!(d.code(), ErrorCode::InvalidArgument, "{s:?}");
+            assert_eq!(retry_step(d.code()), RetryStep::Final);
         }
     }
 
