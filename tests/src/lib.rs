@@ -175,22 +175,8 @@ impl Cluster {
     }
 
     pub fn start_node(&mut self, id: u64) {
-        assert!(!self.nodes.contains_key(&id), "node {id} already running");
-        let child = Command::new(&self.node_binary)
-            .arg("--topology")
-            .arg(&self.topology_path)
-            .arg("--node-id")
-            .arg(id.to_string())
-            .arg("--data-dir")
-            .arg(self.dir.path().join(format!("node-{id}")))
-            .arg("--security-dir")
-            .arg(self.security_dir())
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdout(Stdio::from(self.log(&format!("node-{id}"))))
-            .stderr(Stdio::from(self.log(&format!("node-{id}"))))
-            .spawn()
-            .expect("start hongbao-node");
-        self.nodes.insert(id, child);
+        let topology = self.topology_path.clone();
+        self.start_node_on(id, &topology);
     }
 
     pub fn start_router(&mut self, region: &str) {

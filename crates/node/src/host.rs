@@ -84,7 +84,7 @@ impl Host {
             let net = NetworkFactory { shard: s.id, peers: peers.clone() };
             let raft = Raft::new(node_id, raft_config.clone(), net, log, sm).await?;
             bootstrap_if_new(&raft, &topology, s, node_id, &peers, &rejoin).await?;
-            let door = ConfigDoor::new(node_id, s.id, s.replicas.clone(), peers.clone(), clock.clone(), fingerprint);
+            let door = ConfigDoor::new(node_id, s.id, s.replicas.clone(), peers.clone(), fingerprint);
             replicas.insert(s.id, Arc::new(Replica::new(s.id, raft, s.home.clone(), s.replicas.clone(), door)));
         }
         Ok(Arc::new(Host {
@@ -172,6 +172,33 @@ impl Host {
             Ok(Ok(Err(Failed::Unavailable(e)))) => err(ErrorKind::Unavailable, e),
             Ok(Ok(Err(Failed::Internal(e)))) => err(ErrorKind::Internal, e),
         }
+    }
+
+    /// Proposes `cmd` on `shard`'s leader from wherever this node stands: locally if it leads
+    /// the shard, else over the Raft transport's Propose on the leader its replica knows of, then
+    /// on every other replica in turn (a follower answers NotLeader). Each remote call waits at
+    /// most `call_timeout` (and carries it as its deadline). One pass over the candidates: the
+    /// caller retries as its own policy says. The error says why no outcome came, for the log.
+    pub async fn propose_on_leader(&self, shard: ShardId, id: RequestId, cmd: Command, call_timeout: Duration) -> Result<Outcome, String> {
+        if let Ok(r) = self.replica(shard) {
+            if self.is_leader(r) {
+                return self.propose(shard, id, cmd).await.map_err(|e| e.to_string());
+            }
+        }
+        let known = self.replica(shard).ok().and_then(|r| r.raft.metrics().borrow_watched().current_leader);
+        let mut candidates: Vec<NodeId> = known.into_iter().collect();
+        if let Some(s) = self.topology.shard(shard) {
+            candidates.extend(s.replicas.iter().copied().filter(|r| Some(*r) != known && *r != self.node_id));
+        }
+        let req = Request { id, time_ms: 0, cmd };
+        let mut last = format!("no replica of shard {shard} reachable");
+        for node in candidates {
+            match self.peers.propose_at(node, shard, &req, call_timeout).await {
+                Ok(o) => return Ok(o),
+                Err(s) => last = format!("node {node}: {:?}: {}", s.code(), s.message()),
+            }
+        }
+        Err(last)
     }
 
     /// Waits until this replica may serve a linearizable read (ReadIndex through the leader).

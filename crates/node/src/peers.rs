@@ -4,12 +4,17 @@
 //! certificate, so the receiver knows which node is calling.
 
 use crate::clock::Clock;
+use crate::codec::{decode, encode};
 use crate::faults::Faults;
+use hongbao_ledger::{Outcome, Request, ShardId};
+use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
+use hongbao_proto::v1::RaftMessage;
 use hongbao_topology::NodeId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::Status;
 
 /// Channels to the other nodes, opened lazily and kept.
 pub struct Peers {
@@ -53,5 +58,19 @@ impl Peers {
                 })
                 .clone(),
         )
+    }
+
+    /// Sends one ledger request to `node`'s Propose door (the Raft transport's, which takes only
+    /// what `access::forwarded_proposal` lets one node forward to another) and waits at most
+    /// `ttl`. The outcome, or the status saying why there is none (UNAVAILABLE when the node is
+    /// unknown or cut off, DEADLINE_EXCEEDED when it did not answer in time).
+    pub async fn propose_at(&self, node: NodeId, shard: ShardId, req: &Request, ttl: Duration) -> Result<Outcome, Status> {
+        let ch = self.channel(node).ok_or_else(|| Status::unavailable("unknown or cut off"))?;
+        let msg = RaftMessage { shard, from_node: self.self_id, payload: encode(req), sent_ms: self.clock.now_ms() };
+        match tokio::time::timeout(ttl, RaftTransportClient::new(ch).propose(msg)).await {
+            Ok(Ok(r)) => decode(&r.into_inner().payload).map_err(|e| Status::internal(format!("undecodable outcome: {e}"))),
+            Ok(Err(s)) => Err(s),
+            Err(_) => Err(Status::deadline_exceeded(format!("no answer in {ttl:?}"))),
+        }
     }
 }

@@ -9,12 +9,10 @@
 //! shards hosted here may disagree: a region is drained if ANY of them says so. That errs on
 //! the side of keeping leadership out (an undrain takes effect once every shard applied it).
 
-use crate::codec::{decode, encode};
 use crate::host::Host;
 use crate::storage::{Db, ShardStore};
 use hongbao_ledger::{Code, Command, ShardId};
-use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
-use hongbao_proto::v1::{RaftMessage, ReplicaRole, StatusReply};
+use hongbao_proto::v1::{ReplicaRole, StatusReply};
 use hongbao_topology::{NodeId, Topology};
 use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeSet;
@@ -193,7 +191,7 @@ async fn probe_applied(host: &Host, node: NodeId, shard_id: ShardId, same_config
     }
     let s = n.shards.iter().find(|s| s.shard == shard_id && s.role != ReplicaRole::Shutdown as i32)?;
     let fingerprint = host.config.fingerprint();
-    if same_config && config_agrees(&host.peers, &host.clock, host.node_id, node, shard_id, fingerprint).await != Some(true) {
+    if same_config && config_agrees(&host.peers, node, shard_id, fingerprint).await != Some(true) {
         return None;
     }
     Some(s.applied)
@@ -201,20 +199,11 @@ async fn probe_applied(host: &Host, node: NodeId, shard_id: ShardId, same_config
 
 /// Whether `node` runs the ledger config with this fingerprint (None: no answer). Asked with a
 /// `ConfigCheck` through the nodes' Propose door, which answers it there and proposes nothing.
-pub async fn config_agrees(
-    peers: &crate::peers::Peers,
-    clock: &crate::clock::Clock,
-    me: NodeId,
-    node: NodeId,
-    shard: ShardId,
-    fingerprint: u64,
-) -> Option<bool> {
-    let ch = peers.channel(node)?;
+pub async fn config_agrees(peers: &crate::peers::Peers, node: NodeId, shard: ShardId, fingerprint: u64) -> Option<bool> {
     let req = hongbao_ledger::Request { id: hongbao_ledger::RequestId([0; 16]), time_ms: 0, cmd: Command::ConfigCheck { fingerprint } };
-    let msg = RaftMessage { shard, from_node: me, payload: encode(&req), sent_ms: clock.now_ms() };
-    match tokio::time::timeout(PROBE_TIMEOUT, RaftTransportClient::new(ch).propose(msg)).await {
-        Ok(Err(s)) if s.code() == crate::access::CONFIG_AGREES => Some(true),
-        Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => Some(false),
+    match peers.propose_at(node, shard, &req, PROBE_TIMEOUT).await {
+        Err(s) if s.code() == crate::access::CONFIG_AGREES => Some(true),
+        Err(s) if s.code() == tonic::Code::FailedPrecondition => Some(false),
         _ => None,
     }
 }
@@ -227,7 +216,7 @@ pub async fn replicate_drain(host: &Host, region: &str, drained: bool) -> Result
     let cmd = Command::SetDrained { region: region.to_string(), drained };
     let calls = host.topology.shards.iter().map(|s| {
         let cmd = cmd.clone();
-        async move { (s.id, propose_on_leader(host, s.id, cmd).await) }
+        async move { (s.id, propose_until_applied(host, s.id, cmd).await) }
     });
     let failed: Vec<String> =
         futures::future::join_all(calls).await.into_iter().filter_map(|(id, r)| r.err().map(|e| format!("shard {id}: {e}"))).collect();
@@ -241,13 +230,15 @@ pub async fn replicate_drain(host: &Host, region: &str, drained: bool) -> Result
     Ok(())
 }
 
-/// One admin command on `shard`'s leader, retried (elections, NotLeader) until DRAIN_DEADLINE.
-async fn propose_on_leader(host: &Host, shard: ShardId, cmd: Command) -> Result<(), String> {
+/// One admin command on `shard`'s leader (`Host::propose_on_leader`), retried (elections,
+/// NotLeader) until DRAIN_DEADLINE.
+async fn propose_until_applied(host: &Host, shard: ShardId, cmd: Command) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
     let id = crate::tasks::system_id(b'z', shard, host.node_id, host.clock.now_ms());
     loop {
-        let err = match propose_once(host, shard, id, cmd.clone()).await {
-            Ok(()) => return Ok(()),
+        let err = match host.propose_on_leader(shard, id, cmd.clone(), DRAIN_CALL_TIMEOUT).await {
+            Ok(o) if o.code == Code::Ok => return Ok(()),
+            Ok(o) => format!("refused by shard {shard}: {:?}", o.code),
             Err(e) => e,
         };
         if tokio::time::Instant::now() + DRAIN_RETRY >= deadline {
@@ -256,36 +247,4 @@ async fn propose_on_leader(host: &Host, shard: ShardId, cmd: Command) -> Result<
         tracing::debug!(shard, %err, "drain mark not applied yet; retrying");
         tokio::time::sleep(DRAIN_RETRY).await;
     }
-}
-
-/// Locally if this node leads the shard, else over the Raft transport's Propose to the leader
-/// our replica knows of, then every replica in turn (a follower answers NotLeader).
-async fn propose_once(host: &Host, shard: ShardId, id: hongbao_ledger::RequestId, cmd: Command) -> Result<(), String> {
-    let check = |code: Code| if code == Code::Ok { Ok(()) } else { Err(format!("refused by shard {shard}: {code:?}")) };
-    if let Ok(r) = host.replica(shard) {
-        if host.is_leader(r) {
-            return check(host.propose(shard, id, cmd).await.map_err(|e| e.to_string())?.code);
-        }
-    }
-    let known = host.replica(shard).ok().and_then(|r| r.raft.metrics().borrow_watched().current_leader);
-    let mut candidates: Vec<NodeId> = known.into_iter().collect();
-    if let Some(s) = host.topology.shard(shard) {
-        candidates.extend(s.replicas.iter().copied().filter(|r| Some(*r) != known && *r != host.node_id));
-    }
-    let payload = encode(&hongbao_ledger::Request { id, time_ms: 0, cmd });
-    let mut last = format!("no replica of shard {shard} reachable");
-    for node in candidates {
-        let Some(ch) = host.peers.channel(node) else { continue };
-        let mut c = RaftTransportClient::new(ch);
-        let msg = RaftMessage { shard, from_node: host.node_id, payload: payload.clone(), sent_ms: host.clock.now_ms() };
-        match tokio::time::timeout(DRAIN_CALL_TIMEOUT, c.propose(msg)).await {
-            Ok(Ok(r)) => {
-                let o: hongbao_ledger::Outcome = decode(&r.into_inner().payload).map_err(|e| e.to_string())?;
-                return check(o.code);
-            }
-            Ok(Err(s)) => last = format!("node {node}: {:?}: {}", s.code(), s.message()),
-            Err(_) => last = format!("node {node} timed out"),
-        }
-    }
-    Err(last)
 }

@@ -2,13 +2,9 @@
 //! shards exactly once (the destination skips sequence numbers it has applied), then marks them
 //! delivered at the source.
 
-use crate::codec::{decode, encode};
 use crate::host::Host;
 use crate::tasks::system_id;
 use hongbao_ledger::{Code, Command, RequestId, ShardId};
-use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
-use hongbao_proto::v1::RaftMessage;
-use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -62,35 +58,13 @@ pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<b
     }
 }
 
-/// Proposes a credit on the destination shard's leader: locally if we lead it, else over gRPC
-/// to the leader our replica knows of, else to each replica in turn (one will hint the leader).
+/// Proposes a credit on the destination shard's leader, wherever it is (`propose_on_leader`).
 /// The error says why, for the log; the relay retries either way.
 async fn deliver(host: &Host, dest: ShardId, id: RequestId, cmd: Command) -> Result<(), String> {
-    let check = |code: Code| if code == Code::Ok { Ok(()) } else { Err(format!("credit rejected by shard {dest}: {code:?}")) };
-    if let Ok(r) = host.replica(dest) {
-        if host.is_leader(r) {
-            return check(host.propose(dest, id, cmd).await.map_err(|e| e.to_string())?.code);
-        }
+    let o = host.propose_on_leader(dest, id, cmd, RELAY_CALL_TIMEOUT).await?;
+    if o.code == Code::Ok {
+        Ok(())
+    } else {
+        Err(format!("credit rejected by shard {dest}: {:?}", o.code))
     }
-    let known = host.replica(dest).ok().and_then(|r| r.raft.metrics().borrow_watched().current_leader);
-    let mut candidates: Vec<u64> = known.into_iter().collect();
-    if let Some(s) = host.topology.shard(dest) {
-        candidates.extend(s.replicas.iter().copied().filter(|r| Some(*r) != known));
-    }
-    let payload = encode(&hongbao_ledger::Request { id, time_ms: 0, cmd });
-    let mut last = format!("no replica of shard {dest} reachable");
-    for node in candidates {
-        let Some(ch) = host.peers.channel(node) else { continue };
-        let mut c = RaftTransportClient::new(ch);
-        let msg = RaftMessage { shard: dest, from_node: host.node_id, payload: payload.clone(), sent_ms: host.clock.now_ms() };
-        match tokio::time::timeout(RELAY_CALL_TIMEOUT, c.propose(msg)).await {
-            Ok(Ok(r)) => {
-                let o: hongbao_ledger::Outcome = decode(&r.into_inner().payload).map_err(|e| e.to_string())?;
-                return check(o.code);
-            }
-            Ok(Err(s)) => last = format!("node {node}: {:?}: {}", s.code(), s.message()),
-            Err(_) => last = format!("node {node} timed out"),
-        }
-    }
-    Err(last)
 }

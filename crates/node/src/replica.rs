@@ -1,7 +1,6 @@
 //! One shard's replica on this node: its Raft, its place in the topology, and the leader-side
 //! proposer that batches queued requests into Raft entries.
 
-use crate::clock::Clock;
 use crate::peers::Peers;
 use crate::raft::types::{AppResponse, Batch, NodeId, Raft};
 use hongbao_ledger::{Outcome, Request, ShardId};
@@ -59,15 +58,14 @@ pub struct ConfigDoor {
     pub shard: ShardId,
     pub replicas: Vec<NodeId>,
     pub peers: Arc<Peers>,
-    pub clock: Arc<Clock>,
     pub fingerprint: u64,
     /// (term, admitted, when): admitted for a whole term; refused, asked again after DOOR_RETRY.
     verdict: Mutex<Option<(u64, bool, Instant)>>,
 }
 
 impl ConfigDoor {
-    pub fn new(node_id: NodeId, shard: ShardId, replicas: Vec<NodeId>, peers: Arc<Peers>, clock: Arc<Clock>, fingerprint: u64) -> Self {
-        ConfigDoor { node_id, shard, replicas, peers, clock, fingerprint, verdict: Mutex::new(None) }
+    pub fn new(node_id: NodeId, shard: ShardId, replicas: Vec<NodeId>, peers: Arc<Peers>, fingerprint: u64) -> Self {
+        ConfigDoor { node_id, shard, replicas, peers, fingerprint, verdict: Mutex::new(None) }
     }
 
     /// Ok if a majority agrees with this node's config in `term` (asked once per term).
@@ -79,9 +77,7 @@ impl ConfigDoor {
             }
         }
         let others: Vec<NodeId> = self.replicas.iter().copied().filter(|r| *r != self.node_id).collect();
-        let asks = others
-            .iter()
-            .map(|n| crate::placement::config_agrees(&self.peers, &self.clock, self.node_id, *n, self.shard, self.fingerprint));
+        let asks = others.iter().map(|n| crate::placement::config_agrees(&self.peers, *n, self.shard, self.fingerprint));
         let answers = futures::future::join_all(asks).await;
         let agree = 1 + answers.iter().filter(|a| **a == Some(true)).count();
         let differ: Vec<NodeId> = others.iter().zip(&answers).filter(|(_, a)| **a == Some(false)).map(|(n, _)| *n).collect();
