@@ -49,6 +49,8 @@ pub struct Spec {
     pub nodes_per_region: usize,
     pub routers: bool,
     pub packet_ttl_ms: Option<u64>,
+    /// How long settled packets stay hot before the archive (None: the ledger's default).
+    pub packet_retention_ms: Option<u64>,
     /// Raft: take a snapshot every this many entries (small in tests to exercise snapshots).
     pub snapshot_every: u64,
     pub keep_behind_snapshot: u64,
@@ -67,6 +69,7 @@ impl Default for Spec {
             nodes_per_region: 1,
             routers: false,
             packet_ttl_ms: None,
+            packet_retention_ms: None,
             snapshot_every: 20_000,
             keep_behind_snapshot: 5_000,
             wan_latency_ms: 0,
@@ -143,6 +146,9 @@ impl Cluster {
         t += "[ledger]\n";
         if let Some(ttl) = spec.packet_ttl_ms {
             t += &format!("packet_ttl_ms = {ttl}\n");
+        }
+        if let Some(r) = spec.packet_retention_ms {
+            t += &format!("packet_retention_ms = {r}\n");
         }
         t += &format!("[raft]\nsnapshot_every = {}\nkeep_behind_snapshot = {}\n", spec.snapshot_every, spec.keep_behind_snapshot);
         let topology = Topology::parse(&t).unwrap_or_else(|e| panic!("test topology invalid: {e}\n{t}"));

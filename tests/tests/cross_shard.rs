@@ -31,7 +31,15 @@ struct History {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
-    let mut c = Cluster::start(Spec { packet_ttl_ms: Some(3_000), snapshot_every: 500, keep_behind_snapshot: 100, ..Spec::default() });
+    // Settled packets move to the archive a second later: claims, refunds and late grabs are
+    // read from it while leaders die and snapshots carry it.
+    let mut c = Cluster::start(Spec {
+        packet_ttl_ms: Some(3_000),
+        packet_retention_ms: Some(1_000),
+        snapshot_every: 500,
+        keep_behind_snapshot: 100,
+        ..Spec::default()
+    });
     c.wait_ready(Duration::from_secs(30)).await;
     let client = Arc::new(c.node_client().with_deadline(Duration::from_secs(8)));
     let mut users = vec![];
@@ -163,6 +171,9 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
     }
     println!("packets {} (grabbed out {grabbed_out}, refunded {refunds}) grabs {} transfers {}", h.packets.len(), h.grabs, h.transfers);
     assert!(h.grabs > 20 && h.transfers > 5 && refunds > 3 && grabbed_out > 3, "the workload did too little to prove anything");
+    let archived: u64 = client.audit().await.unwrap().shards.iter().map(|s| s.archived_packets).sum();
+    println!("archived packets {archived}");
+    assert!(archived > 3, "packets were read back from the archive, not only from hot state");
 }
 
 /// Money to nobody: a transfer to a user id that was never opened, on another shard. The

@@ -103,9 +103,16 @@ where
     }
 }
 
-/// A fresh 16-byte request id.
+/// A fresh 16-byte request id, UUIDv7's layout: the first 48 bits are now in Unix ms (the
+/// ledger's request window starts there, so every re-send must reuse the id, never remake it),
+/// then the version nibble 7, the variant bits 10, and 74 random bits.
 pub fn new_request_id() -> Vec<u8> {
-    rand::random::<[u8; 16]>().to_vec()
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let mut id: [u8; 16] = rand::random();
+    id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    id[6] = 0x70 | (id[6] & 0x0f);
+    id[8] = 0x80 | (id[8] & 0x3f);
+    id.to_vec()
 }
 
 pub struct Client {

@@ -318,6 +318,10 @@ async fn main() {
             }
             if let Some(ce) = e.downcast_ref::<ClientError>() {
                 eprintln!("error: {} ({})", ce.detail.message, ce.code().as_str_name());
+                if ce.code() == ErrorCode::RequestExpired {
+                    eprintln!("this request id was issued over a day ago: the cluster no longer remembers what it did, and this attempt did nothing.");
+                    eprintln!("check the statement (hongbao account statement <user>) before sending anew without --request-id.");
+                }
                 if ce.detail.challenge_id != 0 {
                     let id = ce.detail.challenge_id;
                     eprintln!("challenge id: {id} — re-send with --challenge {id} --code <code from the known device>");

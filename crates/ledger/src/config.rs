@@ -19,7 +19,12 @@ pub struct LedgerConfig {
     pub min_fee: Cents,
     /// Lifetime fee-free withdrawal per user.
     pub free_withdrawal: Cents,
+    /// How long request ids are remembered, and so the request window: an id issued (its
+    /// head, see `RequestId`) longer ago than this is refused as `RequestExpired`.
     pub dedup_retention_ms: u64,
+    /// Furthest an id's issue time may be ahead of ledger time (a client clock running fast):
+    /// beyond it, `RequestAhead`. Bounds how long an entry outlives its window.
+    pub request_ahead_ms: u64,
     /// Dedup entries dropped per applied command, so GC cost per command is bounded.
     pub dedup_gc_per_apply: usize,
     pub statement_keep: u64,
@@ -45,6 +50,12 @@ pub struct LedgerConfig {
     /// (and that its node did not catch) moves ledger time by this much per command, never by
     /// days at once; after an idle gap longer than this, time catches up a step per command.
     pub max_stamp_step_ms: u64,
+    /// How long a settled packet (every share taken, or refunded) stays in hot state before it
+    /// moves to the archive: one compact record with its claims, its grab markers deleted.
+    pub packet_retention_ms: u64,
+    /// Settled packets archived per applied command, so the cost per command is bounded (more
+    /// than one, so the archive keeps up with the packets sent).
+    pub archive_per_apply: usize,
 }
 
 impl std::fmt::Debug for LedgerConfig {
@@ -60,6 +71,7 @@ impl std::fmt::Debug for LedgerConfig {
             min_fee,
             free_withdrawal,
             dedup_retention_ms,
+            request_ahead_ms,
             dedup_gc_per_apply,
             statement_keep,
             challenge_threshold,
@@ -73,6 +85,8 @@ impl std::fmt::Debug for LedgerConfig {
             pin_max_failures,
             pin_lock_ms,
             max_stamp_step_ms,
+            packet_retention_ms,
+            archive_per_apply,
         } = self;
         f.debug_struct("LedgerConfig")
             .field("max_packet_total", max_packet_total)
@@ -84,6 +98,7 @@ impl std::fmt::Debug for LedgerConfig {
             .field("min_fee", min_fee)
             .field("free_withdrawal", free_withdrawal)
             .field("dedup_retention_ms", dedup_retention_ms)
+            .field("request_ahead_ms", request_ahead_ms)
             .field("dedup_gc_per_apply", dedup_gc_per_apply)
             .field("statement_keep", statement_keep)
             .field("challenge_threshold", challenge_threshold)
@@ -97,6 +112,8 @@ impl std::fmt::Debug for LedgerConfig {
             .field("pin_max_failures", pin_max_failures)
             .field("pin_lock_ms", pin_lock_ms)
             .field("max_stamp_step_ms", max_stamp_step_ms)
+            .field("packet_retention_ms", packet_retention_ms)
+            .field("archive_per_apply", archive_per_apply)
             .finish()
     }
 }
@@ -113,6 +130,7 @@ impl Default for LedgerConfig {
             min_fee: Cents(10),
             free_withdrawal: Cents(1_000_00),
             dedup_retention_ms: 24 * 3600 * 1000,
+            request_ahead_ms: 10 * 60 * 1000,
             dedup_gc_per_apply: 16,
             statement_keep: 1000,
             challenge_threshold: Cents(100_00),
@@ -127,6 +145,8 @@ impl Default for LedgerConfig {
             pin_max_failures: 5,
             pin_lock_ms: 3 * 3600 * 1000,
             max_stamp_step_ms: 60 * 1000,
+            packet_retention_ms: 3 * 24 * 3600 * 1000,
+            archive_per_apply: 2,
         }
     }
 }
@@ -156,6 +176,7 @@ impl LedgerConfig {
             min_fee,
             free_withdrawal,
             dedup_retention_ms,
+            request_ahead_ms,
             dedup_gc_per_apply,
             statement_keep,
             challenge_threshold,
@@ -169,6 +190,8 @@ impl LedgerConfig {
             pin_max_failures,
             pin_lock_ms,
             max_stamp_step_ms,
+            packet_retention_ms,
+            archive_per_apply,
         } = self;
         let mut h = Sha256::new();
         h.update(FINGERPRINT_DOMAIN);
@@ -199,6 +222,9 @@ impl LedgerConfig {
                 *pin_max_failures as u64,
                 *pin_lock_ms,
                 *max_stamp_step_ms,
+                *request_ahead_ms,
+                *packet_retention_ms,
+                *archive_per_apply as u64,
             ],
         );
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(challenge_key).expect("HMAC takes any key length");
@@ -305,6 +331,9 @@ mod tests {
             ("pin_max_failures", LedgerConfig { pin_max_failures: 6, ..base.clone() }),
             ("pin_lock_ms", LedgerConfig { pin_lock_ms: 1, ..base.clone() }),
             ("max_stamp_step_ms", LedgerConfig { max_stamp_step_ms: 1, ..base.clone() }),
+            ("request_ahead_ms", LedgerConfig { request_ahead_ms: 1, ..base.clone() }),
+            ("packet_retention_ms", LedgerConfig { packet_retention_ms: 1, ..base.clone() }),
+            ("archive_per_apply", LedgerConfig { archive_per_apply: 3, ..base.clone() }),
         ];
         let mut seen = std::collections::BTreeMap::new();
         seen.insert(base.fingerprint(), "default");
@@ -315,7 +344,7 @@ mod tests {
         }
         assert_eq!(base.fingerprint(), base.clone().fingerprint());
         // Pinned: a change here means nodes of two builds would refuse each other's entries.
-        assert_eq!(format!("{:016x}", base.fingerprint()), "2e350391d90ec37b");
+        assert_eq!(format!("{:016x}", base.fingerprint()), "c5ee3fd9dbe6c89c");
     }
 
     #[test]

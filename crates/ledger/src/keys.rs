@@ -14,8 +14,11 @@
 //! | `l`    | `l dest`                     | u64: outbox delivered up to this seq |
 //! | `r`    | `r source`                   | PairState (received) |
 //! | `q`    | `q actor request_id`         | DedupEntry       |
-//! | `d`    | `d time_ms actor request_id` | () dedup expiry index |
+//! | `d`    | `d time_ms actor request_id` | () dedup expiry index (time: the later of apply and issue) |
 //! | `h`    | `h challenge_id`             | Challenge        |
+//! | `j`    | `j expires_ms challenge_id`  | () challenge expiry index |
+//! | `y`    | `y settled_ms packet`        | () archive index: settled packets still hot |
+//! | `k`    | `k packet`                   | ArchivedPacket (a settled packet and its claims) |
 //! | `n`    | `n seq`                      | Notification (challenge outbox) |
 //! | `z`    | `z region`                   | () region drained (absent: not) |
 //!
@@ -112,8 +115,13 @@ pub fn dedup_expiry(time_ms: u64, actor: UserId, id: &RequestId) -> Vec<u8> {
 pub fn dedup_expiry_until(until_ms: u64) -> (Vec<u8>, Vec<u8>) {
     (vec![b'd'], k(b'd', &[&until_ms.to_be_bytes()]))
 }
-pub fn dedup_expiry_time(key: &[u8]) -> u64 {
-    u64::from_be_bytes(key[1..9].try_into().expect("dedup expiry key layout"))
+/// The whole dedup expiry index.
+pub fn dedup_expiry_all() -> (Vec<u8>, Vec<u8>) {
+    (vec![b'd'], vec![b'd' + 1])
+}
+/// The time of a time-index key (`d`, `j`, `y`: prefix, then the time as u64 BE).
+pub fn index_time(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[1..9].try_into().expect("time index key layout"))
 }
 /// The (actor, request id) an expiry index entry points at: `dedup(actor, &id)` is its entry.
 pub fn dedup_expiry_id(key: &[u8]) -> (UserId, RequestId) {
@@ -122,6 +130,30 @@ pub fn dedup_expiry_id(key: &[u8]) -> (UserId, RequestId) {
 }
 pub fn challenge(id: u64) -> Vec<u8> {
     k(b'h', &[&id.to_be_bytes()])
+}
+pub fn challenge_expiry(expires_ms: u64, id: u64) -> Vec<u8> {
+    k(b'j', &[&expires_ms.to_be_bytes(), &id.to_be_bytes()])
+}
+pub fn challenge_expiry_all() -> (Vec<u8>, Vec<u8>) {
+    (vec![b'j'], vec![b'j' + 1])
+}
+pub fn challenge_expiry_id(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[9..17].try_into().expect("challenge expiry key layout"))
+}
+pub fn settled(settled_ms: u64, p: PacketId) -> Vec<u8> {
+    k(b'y', &[&settled_ms.to_be_bytes(), &p.0.to_be_bytes()])
+}
+pub fn settled_all() -> (Vec<u8>, Vec<u8>) {
+    (vec![b'y'], vec![b'y' + 1])
+}
+pub fn settled_packet(key: &[u8]) -> PacketId {
+    PacketId(u64::from_be_bytes(key[9..17].try_into().expect("settled key layout")))
+}
+pub fn archived(p: PacketId) -> Vec<u8> {
+    k(b'k', &[&p.0.to_be_bytes()])
+}
+pub fn archived_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![b'k'], vec![b'k' + 1])
 }
 pub fn notification(seq: u64) -> Vec<u8> {
     k(b'n', &[&seq.to_be_bytes()])
@@ -157,6 +189,9 @@ mod tests {
         assert_eq!(expiry_packet(&expiry(123, p)), p);
         let id = RequestId([7; 16]);
         assert_eq!(dedup_expiry_id(&dedup_expiry(5, 1234, &id)), (1234, id));
+        assert_eq!(index_time(&dedup_expiry(5, 1234, &id)), 5);
+        assert_eq!((index_time(&settled(6, p)), settled_packet(&settled(6, p))), (6, p));
+        assert_eq!((index_time(&challenge_expiry(7, 99)), challenge_expiry_id(&challenge_expiry(7, 99))), (7, 99));
         assert_ne!(dedup(1, &id), dedup(2, &id), "request ids are per user");
         assert_eq!(shard_of_pair_key(&sent(9)), 9);
     }

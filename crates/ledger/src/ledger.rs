@@ -91,37 +91,119 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             if let Some(seen) = self.get::<DedupEntry>(&keys::dedup(actor, &req.id)) {
                 return if seen.fingerprint == fingerprint { seen.outcome } else { Outcome::err(Code::RequestIdReused) };
             }
+            // The request window. An id is remembered until ledger time passes the later of
+            // its apply and issue times by the retention, so an id forgotten was issued more
+            // than the retention ago: refused here, whatever ledger time did meanwhile.
+            let issued = req.id.issued_ms();
+            if issued.saturating_add(self.config.dedup_retention_ms) <= now {
+                return Outcome::err(Code::RequestExpired);
+            }
+            if issued > now.saturating_add(self.config.request_ahead_ms) {
+                return Outcome::err(Code::RequestAhead);
+            }
         }
-        self.gc_dedup(now);
+        self.collect(now);
         let outcome = self.execute(req, now);
         if !system {
+            let remember_from = now.max(req.id.issued_ms());
             self.put(keys::dedup(actor, &req.id), &DedupEntry { fingerprint, time_ms: now, outcome: outcome.clone() });
-            self.db.put(keys::dedup_expiry(now, actor, &req.id), vec![]);
+            self.db.put(keys::dedup_expiry(remember_from, actor, &req.id), vec![]);
         }
         assert!(self.totals.identity_holds(), "conservation broken after {:?}: {:?}", req.cmd, self.totals);
         outcome
     }
 
-    /// Forgets request ids older than the retention, a bounded number per command.
-    fn gc_dedup(&mut self, now: u64) {
-        let Some(until) = now.checked_sub(self.config.dedup_retention_ms) else { return };
-        if until <= self.totals.dedup_oldest_ms {
-            return;
+    /// Bounded housekeeping on every command: forgets request ids past the window, deletes
+    /// dead challenges, and archives packets settled longer than the retention.
+    fn collect(&mut self, now: u64) {
+        let oldest = self.totals.dedup_oldest_ms;
+        if let Some((due, next)) = self.due(keys::dedup_expiry_all(), now.checked_sub(self.config.dedup_retention_ms), oldest, now) {
+            for k in due {
+                let (actor, id) = keys::dedup_expiry_id(&k);
+                self.db.delete(keys::dedup(actor, &id));
+                self.db.delete(k);
+            }
+            self.totals.dedup_oldest_ms = next;
         }
-        let (a, b) = keys::dedup_expiry_until(until);
-        let rows = self.db.scan(&a, &b, self.config.dedup_gc_per_apply);
-        let more = rows.len() == self.config.dedup_gc_per_apply;
+        // A challenge is dead once `now >= expires_ms` (`check_device`); gone, it is refused alike.
+        let oldest = self.totals.challenges_oldest_ms;
+        if let Some((due, next)) = self.due(keys::challenge_expiry_all(), now.checked_add(1), oldest, now) {
+            for k in due {
+                self.db.delete(keys::challenge(keys::challenge_expiry_id(&k)));
+                self.db.delete(k);
+            }
+            self.totals.challenges_oldest_ms = next;
+        }
+        let oldest = self.totals.settled_oldest_ms;
+        let until = now.checked_sub(self.config.packet_retention_ms);
+        if let Some((due, next)) = self.due_limited(keys::settled_all(), until, oldest, now, self.config.archive_per_apply) {
+            for k in due {
+                self.archive(keys::settled_packet(&k));
+                self.db.delete(k);
+            }
+            self.totals.settled_oldest_ms = next;
+        }
+    }
+
+    fn due(&self, index: (Vec<u8>, Vec<u8>), until: Option<u64>, oldest: u64, now: u64) -> Option<(Vec<Vec<u8>>, u64)> {
+        self.due_limited(index, until, oldest, now, self.config.dedup_gc_per_apply)
+    }
+
+    /// The rows of a time index (keys `prefix time ...`) with time before `until`, at most
+    /// `limit`, and the index's new lower bound: the first row left, or `now` when none is (every
+    /// row added later has a time at or after `now`). None when the bound says nothing is due,
+    /// so most commands cost no scan.
+    fn due_limited(
+        &self,
+        index: (Vec<u8>, Vec<u8>),
+        until: Option<u64>,
+        oldest: u64,
+        now: u64,
+        limit: usize,
+    ) -> Option<(Vec<Vec<u8>>, u64)> {
+        let until = until?;
+        if until <= oldest {
+            return None;
+        }
+        let rows = self.db.scan(&index.0, &index.1, limit.saturating_add(1));
+        let mut due = Vec::with_capacity(rows.len());
+        let mut next = now;
         for (k, _) in rows {
-            let (actor, id) = keys::dedup_expiry_id(&k);
-            self.db.delete(keys::dedup(actor, &id));
+            let t = keys::index_time(&k);
+            if t < until && due.len() < limit {
+                due.push(k);
+            } else {
+                next = t;
+                break;
+            }
+        }
+        assert!(due.first().is_none_or(|k| keys::index_time(k) >= oldest), "no row is older than the index's bound");
+        Some((due, next))
+    }
+
+    /// Moves a settled packet out of hot state: one archive record with its claims; its claim
+    /// records and grab markers are deleted (a late grab is answered from the archive).
+    fn archive(&mut self, id: PacketId) {
+        let p: Packet = self.get(&keys::packet(id)).expect("a settled index row names a hot packet");
+        assert!(!p.is_open(), "only settled packets are archived");
+        let (a, b) = keys::claims_of(id);
+        let rows = self.db.scan(&a, &b, p.count as usize + 1);
+        assert_eq!(rows.len() as u32, p.count - p.remaining_count, "one claim per share taken");
+        let mut claims = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            let c: Claim = dec(&v);
+            self.db.delete(keys::grabbed(id, c.grabber));
             self.db.delete(k);
+            claims.push(c);
         }
-        if !more {
-            // Everything older than `until` is gone: the oldest left decides the next collection
-            // (none left: nothing older than this command, whose own id is remembered next).
-            let (a, b) = keys::dedup_expiry_until(u64::MAX);
-            self.totals.dedup_oldest_ms = self.db.scan(&a, &b, 1).first().map(|(k, _)| keys::dedup_expiry_time(k)).unwrap_or(now);
-        }
+        self.db.delete(keys::packet(id));
+        self.put(keys::archived(id), &ArchivedPacket { packet: p, claims });
+        self.totals.archived_packets += 1;
+    }
+
+    /// A settled packet moved to the archive, if this one was.
+    fn archived(&self, id: PacketId) -> Option<ArchivedPacket> {
+        self.get(&keys::archived(id))
     }
 
     fn execute(&mut self, req: &Request, now: u64) -> Outcome {
@@ -243,6 +325,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             let id = self.totals.next_challenge;
             let expires_ms = now + self.config.challenge_ttl_ms;
             self.put(keys::challenge(id), &Challenge { user: acct.user, op, expires_ms, used: false, attempts: 0 });
+            self.db.put(keys::challenge_expiry(expires_ms, id), vec![]);
             let seq = self.totals.next_notification.max(1);
             self.totals.next_notification = seq + 1;
             let n = Notification { seq, user: acct.user, device: acct.device.clone(), challenge_id: id, op, expires_ms };
@@ -598,7 +681,9 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         if grabber == 0 || grabber_shard == 0 {
             return Err(Code::InvalidArgument);
         }
-        let mut p: Packet = self.get(&keys::packet(packet)).ok_or(Code::UnknownPacket)?;
+        let Some(mut p) = self.get::<Packet>(&keys::packet(packet)) else {
+            return Err(self.archived(packet).map(|a| a.refusal(grabber, now)).unwrap_or(Code::UnknownPacket));
+        };
         if self.db.get(&keys::grabbed(packet, grabber)).is_some() {
             return Err(Code::AlreadyGrabbed);
         }
@@ -635,6 +720,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         if p.remaining_count == 0 {
             assert!(p.remaining.is_zero(), "a fully grabbed packet has nothing left");
             self.db.delete(keys::expiry(p.expires_ms, packet));
+            self.db.put(keys::settled(now, packet), vec![]);
             self.totals.open_packets -= 1;
         }
         self.put(keys::packet(packet), &p);
@@ -736,7 +822,8 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
     /// batch waits in the source's outbox, audited as in flight, and the relay logs the refusal)
     /// rather than bounced. That refusal cannot happen to a return this shard caused: `transfer`
     /// loaded `from` here before queueing the original, `send_packet` loaded the sender before
-    /// writing the packet, and no command deletes an account or a packet. Only a forged or
+    /// writing the packet, no command deletes an account, and a packet leaves hot state only
+    /// for the archive, where this still finds its sender. Only a forged or
     /// corrupted entry could be refused, and it must not move money.
     fn landing(&self, source: ShardId, e: &CreditEntry) -> Check<Landing> {
         let wallet = |user: UserId, kind: EntryKind| -> Check<Landing> {
@@ -757,8 +844,11 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
                 if packet.shard() != self.shard {
                     return Err(Code::WrongShard);
                 }
-                let p: Packet = self.get(&keys::packet(packet)).ok_or(Code::UnknownPacket)?;
-                wallet(p.sender, EntryKind::GrabReturned { packet, grabber: e.user, grabber_shard: source })
+                let sender = match self.get::<Packet>(&keys::packet(packet)) {
+                    Some(p) => p.sender,
+                    None => self.archived(packet).ok_or(Code::UnknownPacket)?.packet.sender,
+                };
+                wallet(sender, EntryKind::GrabReturned { packet, grabber: e.user, grabber_shard: source })
             }
         }
     }
@@ -797,7 +887,13 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         if packet.shard() != self.shard {
             return Err(Code::WrongShard);
         }
-        let mut p: Packet = self.get(&keys::packet(packet)).ok_or(Code::UnknownPacket)?;
+        let Some(mut p) = self.get::<Packet>(&keys::packet(packet)) else {
+            // Archived: settled long ago.
+            return match self.archived(packet) {
+                Some(_) => Ok(Outcome::ok(Reply::Expired { refunded: Cents(0) })),
+                None => Err(Code::UnknownPacket),
+            };
+        };
         if !p.is_open() {
             // Already refunded or fully grabbed: nothing to do, and that is fine (the sweeper
             // may re-send after a leader change).
@@ -819,6 +915,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         p.remaining = Cents(0);
         p.refunded = Some(refund);
         self.db.delete(keys::expiry(p.expires_ms, packet));
+        self.db.put(keys::settled(now, packet), vec![]);
         self.totals.open_packets -= 1;
         self.put(keys::packet(packet), &p);
         Ok(Outcome::ok(Reply::Expired { refunded: refund }))

@@ -67,6 +67,30 @@ pub struct Claim {
     pub time_ms: u64,
 }
 
+/// A settled packet moved out of hot state after `packet_retention_ms`: the packet and its
+/// claims in one record (claims in index order), its grab markers and claim records deleted.
+/// Statements still find it by id (`view::packet`), and a late grab is still answered by it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivedPacket {
+    pub packet: Packet,
+    pub claims: Vec<Claim>,
+}
+
+impl ArchivedPacket {
+    /// What a grab of this settled packet is refused with, in the order `Ledger::grab` checks.
+    pub fn refusal(&self, grabber: UserId, now_ms: u64) -> crate::types::Code {
+        use crate::types::Code;
+        assert!(!self.packet.is_open(), "only settled packets are archived");
+        if self.claims.iter().any(|c| c.grabber == grabber) {
+            Code::AlreadyGrabbed
+        } else if now_ms >= self.packet.expires_ms || self.packet.refunded.is_some() {
+            Code::PacketExpired
+        } else {
+            Code::PacketExhausted
+        }
+    }
+}
+
 /// Running aggregates of one shard, updated by every command; the conservation identity is
 /// asserted on them after every apply and recomputed from the records by `view::audit`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +122,12 @@ pub struct Totals {
     /// dedup collection has nothing to do and skips its scan (which would cost every command a
     /// RocksDB seek).
     pub dedup_oldest_ms: u64,
+    /// The same bound for the challenge expiry index: no challenge expires before this.
+    pub challenges_oldest_ms: u64,
+    /// The same bound for the archive index: no packet still hot settled before this.
+    pub settled_oldest_ms: u64,
+    /// Settled packets moved to the archive so far.
+    pub archived_packets: u64,
 }
 
 impl Totals {

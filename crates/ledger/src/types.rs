@@ -7,8 +7,33 @@ use serde::{Deserialize, Serialize};
 pub use hongbao_ids::{PacketId, ShardId, UserId};
 
 /// A client-chosen id for a mutating request; retries reuse it.
+///
+/// Its first 48 bits are the Unix time in ms at which the client first sent it (UUIDv7's
+/// layout), so every retry carries the same issue time. The ledger accepts an id only within
+/// `dedup_retention_ms` of that time, so it may forget an id once the window has passed: a
+/// retry that arrives later is refused as `RequestExpired`, never run a second time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RequestId(pub [u8; 16]);
+
+impl RequestId {
+    /// Bits of the issue time at the head of the id.
+    pub const TIME_BITS: u32 = 48;
+
+    /// An id issued at `issued_ms` (its low 48 bits) whose other ten bytes are `unique`.
+    pub fn new(issued_ms: u64, unique: [u8; 10]) -> RequestId {
+        let mut id = [0u8; 16];
+        id[..6].copy_from_slice(&issued_ms.to_be_bytes()[2..]);
+        id[6..].copy_from_slice(&unique);
+        RequestId(id)
+    }
+
+    /// When the client first sent this request (Unix ms).
+    pub fn issued_ms(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b[2..].copy_from_slice(&self.0[..6]);
+        u64::from_be_bytes(b)
+    }
+}
 
 /// One replicated command, stamped by the Raft leader with its time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,6 +349,13 @@ pub enum Code {
     PinLocked = 28,
     /// SetPin on an account that already has one.
     PinAlreadySet = 29,
+    /// The request id was issued longer ago than the request window (`dedup_retention_ms`):
+    /// whatever an earlier attempt did may be forgotten, so this attempt did nothing. Look the
+    /// earlier attempt up in the statement before paying again.
+    RequestExpired = 30,
+    /// The request id's issue time is further ahead of ledger time than `request_ahead_ms`:
+    /// the client's clock is wrong. Nothing was done.
+    RequestAhead = 31,
 }
 
 impl Code {
@@ -359,6 +391,8 @@ impl Code {
             Code::WrongPin => "WRONG_PIN",
             Code::PinLocked => "PIN_LOCKED",
             Code::PinAlreadySet => "PIN_ALREADY_SET",
+            Code::RequestExpired => "REQUEST_EXPIRED",
+            Code::RequestAhead => "REQUEST_AHEAD",
         }
     }
 }

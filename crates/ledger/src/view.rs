@@ -58,10 +58,20 @@ pub struct PacketView {
     pub best_luck: Option<Claim>,
 }
 
+/// A packet and its claims, hot or archived.
 pub fn packet(store: &(impl Store + ?Sized), id: PacketId) -> Option<PacketView> {
-    let p: Packet = store.get(&keys::packet(id)).map(|b| dec(&b))?;
-    let (a, b) = keys::claims_of(id);
-    let claims: Vec<Claim> = store.scan(&a, &b, p.count as usize).into_iter().map(|(_, v)| dec(&v)).collect();
+    let (p, claims) = match store.get(&keys::packet(id)) {
+        Some(b) => {
+            let p: Packet = dec(&b);
+            let (a, b) = keys::claims_of(id);
+            let claims: Vec<Claim> = store.scan(&a, &b, p.count as usize).into_iter().map(|(_, v)| dec(&v)).collect();
+            (p, claims)
+        }
+        None => {
+            let a: ArchivedPacket = store.get(&keys::archived(id)).map(|b| dec(&b))?;
+            (a.packet, a.claims)
+        }
+    };
     let best_luck = if p.remaining_count == 0 {
         claims
             .iter()
@@ -89,7 +99,21 @@ pub fn grab_refusal(
     grabber: UserId,
     now_ms: impl FnOnce() -> u64,
 ) -> Option<Code> {
-    let p: Packet = store.get(&keys::packet(packet)).map(|b| dec(&b))?;
+    let refusal = match store.get(&keys::packet(packet)) {
+        Some(b) => hot_refusal(store, dec(&b), grabber, now_ms)?,
+        None => store.get(&keys::archived(packet)).map(|b| dec::<ArchivedPacket>(&b))?.refusal(grabber, now_ms()),
+    };
+    // Only now the request id (the common grab, on an open packet, is proposed without this
+    // read): a replay must answer its first outcome, never this refusal. Request ids are
+    // scoped by the acting user, here the grabber.
+    if store.get(&keys::dedup(grabber, id)).is_some() {
+        return None;
+    }
+    Some(refusal)
+}
+
+fn hot_refusal(store: &(impl Store + ?Sized), p: Packet, grabber: UserId, now_ms: impl FnOnce() -> u64) -> Option<Code> {
+    let packet = p.id;
     let refusal = if store.get(&keys::grabbed(packet, grabber)).is_some() {
         Code::AlreadyGrabbed
     } else if p.refunded.is_some() {
@@ -103,12 +127,6 @@ pub fn grab_refusal(
     } else {
         return None;
     };
-    // Only now the request id (the common grab, on an open packet, is proposed without this
-    // read): a replay must answer its first outcome, never this refusal. Request ids are
-    // scoped by the acting user, here the grabber.
-    if store.get(&keys::dedup(grabber, id)).is_some() {
-        return None;
-    }
     Some(refusal)
 }
 
@@ -269,6 +287,14 @@ pub fn audit(store: &(impl Store + ?Sized)) -> Audit {
     let received_sum: u128 = received.iter().map(|(_, p)| p.cents.0 as u128).sum();
     pairs_ok &=
         sent_sum == totals.outbox_pending.0 as u128 + totals.credits_out_delivered.0 as u128 && received_sum == totals.credits_in.0 as u128;
+    // Archived packets are settled (they hold no escrow) and counted.
+    let (mut archived, mut archive_ok) = (0u64, true);
+    let (a, b) = keys::archived_range();
+    for_each(store, &a, &b, |_, v| {
+        let p: ArchivedPacket = dec(v);
+        archive_ok &= !p.packet.is_open() && p.claims.len() as u32 == p.packet.count - p.packet.remaining_count;
+        archived += 1;
+    });
     let mut notifications_pending = 0u64;
     let (a, b) = keys::notifications_from(0);
     for_each(store, &a, &b, |_, _| notifications_pending += 1);
@@ -280,6 +306,8 @@ pub fn audit(store: &(impl Store + ?Sized)) -> Audit {
         && accounts == totals.accounts
         && open_packets == totals.open_packets
         && outbox_records == totals.outbox_records
+        && archive_ok
+        && archived == totals.archived_packets
         && notifications_pending == totals.notifications_pending;
     let clamp = |x: u128| Cents(x.min(u64::MAX as u128) as u64);
     Audit {

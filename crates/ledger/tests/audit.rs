@@ -8,7 +8,8 @@ const OTHER: ShardId = 2;
 
 fn run(store: &mut MemStore, config: &LedgerConfig, n: u8, cmd: Command) -> Outcome {
     let mut l = Ledger::new(SHARD, config, store);
-    let o = l.apply(&Request { id: RequestId([n; 16]), time_ms: 1_800_000_000_000, cmd });
+    let now = 1_800_000_000_000;
+    let o = l.apply(&Request { id: RequestId::new(now, [n; 10]), time_ms: now, cmd });
     let w = l.into_writes();
     store.apply(w);
     o

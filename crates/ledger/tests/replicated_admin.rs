@@ -4,7 +4,7 @@ use hongbao_ledger::*;
 
 fn apply(store: &mut MemStore, config: &LedgerConfig, cmd: Command) -> Outcome {
     let mut l = Ledger::new(1, config, &*store);
-    let o = l.apply(&Request { id: RequestId([9; 16]), time_ms: 1_000, cmd });
+    let o = l.apply(&Request { id: RequestId::new(1_000, [9; 10]), time_ms: 1_000, cmd });
     let w = l.into_writes();
     store.apply(w);
     assert!(view::audit(&*store).ok, "audit after a drain mark");

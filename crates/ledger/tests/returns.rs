@@ -47,9 +47,9 @@ impl Cluster {
 
     fn run(&mut self, on: ShardId, cmd: Command) -> Outcome {
         self.next_id += 1;
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.next_id.to_be_bytes());
-        let req = Request { id: RequestId(id), time_ms: self.now, cmd };
+        let mut unique = [0; 10];
+        unique[2..].copy_from_slice(&self.next_id.to_be_bytes());
+        let req = Request { id: RequestId::new(self.now, unique), time_ms: self.now, cmd };
         let s = &mut self.shards[on as usize - 1];
         let mut l = Ledger::new(s.id, &self.config, &s.store);
         let o = l.apply(&req);
@@ -228,6 +228,39 @@ fn a_share_grabbed_by_nobody_goes_back_to_the_packet_sender_exactly_once() {
     c.now += 61_000;
     assert!(c.run(A, Command::ExpirePacket { packet }).is_ok());
     assert_eq!(c.balance(A, 1), Some(1_000_00));
+    c.assert_books_balance();
+}
+
+/// The packet settles (its one share taken by nobody) and moves to the archive before the share
+/// comes back: the return still finds the sender through the archive and lands once.
+#[test]
+fn a_share_returned_after_its_packet_was_archived_still_reaches_the_sender_once() {
+    let mut c = Cluster::new();
+    c.config.packet_retention_ms = 1_000;
+    c.open(A, 1, 1_000_00);
+    let o = c.run(
+        A,
+        Command::SendPacket {
+            sender: 1,
+            kind: PacketKind::Fixed { per_share: Cents(10_00), count: 1 },
+            device: "phone".into(),
+            verification: None,
+            greeting: String::new(),
+            pin: PinCheck::Verified,
+        },
+    );
+    let Reply::Sent { packet, .. } = o.reply else { panic!("{o:?}") };
+    assert!(c.run(A, Command::Grab { packet, grabber: NOBODY, grabber_shard: B, password: None }).is_ok());
+    // Deliver to B only: B queues the return, A has not seen it yet.
+    c.relay(A, B, false);
+    c.now += 2_000;
+    c.open(A, 2, 0); // any command archives what is due
+    assert!(c.shard(A).store.get(&keys::packet(packet)).is_none(), "the packet left hot state");
+    assert!(c.shard(A).store.get(&keys::archived(packet)).is_some(), "into the archive");
+    c.drain(true);
+    c.redeliver_everything();
+    assert_eq!(c.balance(A, 1), Some(1_000_00), "the share came back once");
+    assert_eq!(c.kinds(A, 1).last(), Some(&EntryKind::GrabReturned { packet, grabber: NOBODY, grabber_shard: B }));
     c.assert_books_balance();
 }
 

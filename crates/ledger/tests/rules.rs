@@ -17,6 +17,12 @@ fn unbounded_steps() -> LedgerConfig {
     LedgerConfig { max_stamp_step_ms: u64::MAX, ..LedgerConfig::default() }
 }
 
+/// The random sequences advance time by seconds: short lives and retention make packets expire
+/// and move to the archive within them.
+fn property_config() -> LedgerConfig {
+    LedgerConfig { packet_ttl_ms: 60_000, packet_retention_ms: 1_000, ..unbounded_steps() }
+}
+
 struct World {
     store: MemStore,
     config: LedgerConfig,
@@ -31,10 +37,9 @@ impl World {
 
     fn fresh_id(&mut self) -> RequestId {
         self.next_id += 1;
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.next_id.to_be_bytes());
-        id[8] = 0xab;
-        RequestId(id)
+        let mut unique = [0xab; 10];
+        unique[2..].copy_from_slice(&self.next_id.to_be_bytes());
+        RequestId::new(self.now, unique)
     }
 
     fn apply_req(&mut self, req: &Request) -> Outcome {
@@ -447,17 +452,67 @@ fn a_request_id_reused_with_another_payload_is_rejected_and_a_replay_returns_the
     assert_eq!(w.balance(1), 700);
 }
 
+/// An id is forgotten after the retention, and a retry that arrives after that is refused as
+/// REQUEST_EXPIRED, not run again: before the request window, it paid a second time.
 #[test]
-fn request_ids_are_forgotten_after_the_retention_period() {
+fn a_retry_after_its_id_was_forgotten_is_request_expired_and_pays_nothing() {
     let mut w = World::new();
     w.open(1, 0);
     let id = w.fresh_id();
-    w.apply_req(&Request { id, time_ms: w.now, cmd: Command::TopUp { user: 1, amount: Cents(1) } });
+    let topup = Command::TopUp { user: 1, amount: Cents(1) };
+    assert!(w.apply_req(&Request { id, time_ms: w.now, cmd: topup.clone() }).is_ok());
     w.now += w.config.dedup_retention_ms + 1;
     w.run(Command::TopUp { user: 1, amount: Cents(1) }); // any command runs the collector
-    let o = w.apply_req(&Request { id, time_ms: w.now, cmd: Command::TopUp { user: 1, amount: Cents(1) } });
-    assert!(o.is_ok());
-    assert_eq!(w.balance(1), 3, "after retention the id is new again");
+    assert!(w.store.get(&keys::dedup(1, &id)).is_none(), "the id was forgotten");
+    let o = w.apply_req(&Request { id, time_ms: w.now, cmd: topup });
+    assert_eq!(o.code, Code::RequestExpired);
+    assert_eq!(w.balance(1), 2, "the late retry moved nothing");
+}
+
+/// The window is the id's issue time, not the time it was first applied: an id issued a day
+/// ago that first arrives now is refused too (its earlier attempt may have been forgotten),
+/// and one issued further ahead than `request_ahead_ms` is refused as REQUEST_AHEAD.
+#[test]
+fn ids_outside_the_request_window_are_refused_and_move_nothing() {
+    let mut w = World::new();
+    w.open(1, 0);
+    let stale = RequestId::new(w.now - w.config.dedup_retention_ms, [1; 10]);
+    let ahead = RequestId::new(w.now + w.config.request_ahead_ms + 1, [2; 10]);
+    let just_in = RequestId::new(w.now - w.config.dedup_retention_ms + 1, [3; 10]);
+    let topup = Command::TopUp { user: 1, amount: Cents(1) };
+    assert_eq!(w.apply_req(&Request { id: stale, time_ms: w.now, cmd: topup.clone() }).code, Code::RequestExpired);
+    assert_eq!(w.apply_req(&Request { id: ahead, time_ms: w.now, cmd: topup.clone() }).code, Code::RequestAhead);
+    assert_eq!(w.balance(1), 0);
+    assert_eq!(w.apply_req(&Request { id: just_in, time_ms: w.now, cmd: topup }).code, Code::Ok);
+    assert_eq!(w.balance(1), 1);
+}
+
+/// Ledger time may run far past the clients' (a leader's clock that leapt, a step of
+/// `max_stamp_step_ms` per command): ids are then forgotten early by ledger time, and a retry
+/// of one is still refused, never run twice. Property: over any interleaving of time jumps,
+/// fresh requests and retries, a request id moves money at most once.
+#[test]
+fn no_request_id_pays_twice_whatever_ledger_time_does() {
+    proptest!(ProptestConfig::with_cases(64), |(steps in proptest::collection::vec((0u8..3, 0u64..4 * 24 * 3600 * 1000), 1..60))| {
+        let mut w = World::new();
+        w.open(1, 0);
+        let mut sent: Vec<RequestId> = vec![];
+        let mut paid = std::collections::BTreeSet::new();
+        for (kind, jump) in steps {
+            match kind {
+                0 => w.now += jump,
+                1 => sent.push(w.fresh_id()),
+                _ => {}
+            }
+            for id in &sent {
+                let o = w.apply_req(&Request { id: *id, time_ms: w.now, cmd: Command::TopUp { user: 1, amount: Cents(1) } });
+                if o.is_ok() {
+                    paid.insert(*id);
+                }
+            }
+            prop_assert!(w.balance(1) as usize == paid.len(), "balance {} after {} distinct ids paid", w.balance(1), paid.len());
+        }
+    });
 }
 
 #[test]
@@ -655,6 +710,7 @@ fn op() -> impl Strategy<Value = Op> {
 /// the simulated source shard's credit sequence), applying each and checking the properties.
 fn run_ops(ops: &[Op]) -> (World, Vec<Request>) {
     let mut w = World::new();
+    w.config = property_config();
     let mut packets: Vec<PacketId> = vec![];
     let mut log: Vec<(Request, Outcome)> = vec![];
     let mut credit_seq = 0u64;
@@ -787,6 +843,10 @@ fn run_ops(ops: &[Op]) -> (World, Vec<Request>) {
                 b.map.remove(&keys::totals());
                 if remembered {
                     assert_eq!(after, b, "a replay or reuse changes no state");
+                } else {
+                    // Forgotten: only after its window closed, and then refused, never re-run.
+                    assert_eq!(o.code, Code::RequestExpired, "a forgotten id is past its window");
+                    assert_eq!(after, b, "a late retry changes no state");
                 }
                 log.push((replay, o));
                 continue;
@@ -865,7 +925,7 @@ proptest! {
     fn applying_in_batches_gives_the_same_bytes_as_one_at_a_time(ops in prop::collection::vec(op(), 1..80), cuts in prop::collection::vec(1usize..6, 1..40)) {
         let (one_by_one, requests) = run_ops(&ops);
         // A second replica applies the same log in batches, one ledger context per batch.
-        let config = unbounded_steps();
+        let config = property_config();
         let mut store = MemStore::default();
         let mut i = 0;
         let mut c = 0;
@@ -963,15 +1023,127 @@ fn a_stamp_two_days_ahead_moves_ledger_time_one_step_and_forgets_no_request_id()
     let topup = Command::TopUp { user: 1, amount: Cents(5_00) };
     assert_eq!(w.apply_req(&Request { id, time_ms: w.now, cmd: topup.clone() }).code, Code::Ok);
     let packet = w.send(1, lucky(3_00, 2));
-    // The leap: two days ahead, then traffic stamped by the same clock.
+    // The leap: two days ahead on the leader, then clients' traffic (ids issued by their own,
+    // right clocks) stamped by the leader's.
     w.now += 2 * 24 * 3600 * 1000;
-    for _ in 0..10 {
-        assert_eq!(w.code(Command::TopUp { user: 2, amount: Cents(1) }), Code::Ok);
+    for n in 0..10u8 {
+        let id = RequestId::new(T0 + n as u64, [0xcd; 10]);
+        assert_eq!(w.apply_req(&Request { id, time_ms: w.now, cmd: Command::TopUp { user: 2, amount: Cents(1) } }).code, Code::Ok);
     }
     let t = view::totals(&w.store).last_time_ms;
     assert!(t <= T0 + 11 * 60_000, "ledger time moved {} ms, at most a step per command", t - T0);
     let again = w.apply_req(&Request { id, time_ms: w.now, cmd: topup });
     assert_eq!(again.code, Code::Ok);
     assert_eq!(w.balance(1), 15_00 - 3_00, "the retry paid once");
-    assert_eq!(w.grab(packet, 2).code, Code::Ok, "the packet is still open");
+    let grab = Command::Grab { packet, grabber: 2, grabber_shard: SHARD, password: None };
+    let grab = Request { id: RequestId::new(T0 + 60_000, [0xce; 10]), time_ms: w.now, cmd: grab };
+    assert_eq!(w.apply_req(&grab).code, Code::Ok, "the packet is still open");
+}
+
+// ------------------------------------------------------------------ archive
+
+fn hot_rows(w: &World, packet: PacketId) -> usize {
+    let (a, b) = keys::claims_of(packet);
+    let claims = w.store.scan(&a, &b, 1000).len();
+    let markers = w.store.map.keys().filter(|k| k[0] == b'g' && k[1..9] == packet.0.to_be_bytes()).count();
+    claims + markers + w.store.get(&keys::packet(packet)).map_or(0, |_| 1)
+}
+
+/// A settled packet stays hot for `packet_retention_ms`, then moves to one archive record: its
+/// packet, claim and grab-marker rows are deleted, and the statement view finds it unchanged.
+#[test]
+fn a_settled_packet_moves_to_the_archive_after_the_retention_and_reads_the_same() {
+    let mut w = World::new();
+    for u in 1..=4 {
+        w.open(u, 100_00);
+    }
+    let p = w.send(1, lucky(3_00, 3));
+    for g in 2..=4 {
+        assert!(w.grab(p, g).is_ok());
+    }
+    let before = view::packet(&w.store, p).expect("hot");
+    assert_eq!(hot_rows(&w, p), 1 + 3 + 3);
+    w.now += w.config.packet_retention_ms - 1;
+    w.run(Command::TopUp { user: 1, amount: Cents(1) });
+    assert_eq!(hot_rows(&w, p), 7, "still hot within the retention");
+    w.now += 2;
+    w.run(Command::TopUp { user: 1, amount: Cents(1) });
+    assert_eq!(hot_rows(&w, p), 0, "every hot row is gone");
+    assert_eq!(view::packet(&w.store, p), Some(before), "statements still find it, claims and best luck included");
+    assert_eq!(view::totals(&w.store).archived_packets, 1);
+    assert!(view::audit(&w.store).ok);
+}
+
+/// A late grab of an archived packet gets the answer it would have got while hot (the leader's
+/// fast path too), and an expiry of it moves nothing.
+#[test]
+fn late_grabs_and_expiries_of_an_archived_packet_answer_as_before_and_move_nothing() {
+    let mut w = World::new();
+    for u in 1..=4 {
+        w.open(u, 100_00);
+    }
+    let full = w.send(1, lucky(2_00, 2));
+    assert!(w.grab(full, 2).is_ok() && w.grab(full, 3).is_ok());
+    let refunded = w.send(1, lucky(2_00, 2));
+    assert!(w.grab(refunded, 2).is_ok());
+    w.now += w.config.packet_ttl_ms;
+    assert!(w.run(Command::ExpirePacket { packet: refunded }).is_ok());
+    let cases = [
+        (full, 2, Code::AlreadyGrabbed),
+        (full, 4, Code::PacketExpired),
+        (refunded, 2, Code::AlreadyGrabbed),
+        (refunded, 4, Code::PacketExpired),
+    ];
+    let hot: Vec<Code> = cases.iter().map(|(p, g, _)| w.grab(*p, *g).code).collect();
+    w.now += w.config.packet_retention_ms + 1;
+    w.run(Command::TopUp { user: 1, amount: Cents(1) });
+    w.run(Command::TopUp { user: 1, amount: Cents(1) });
+    assert_eq!(view::totals(&w.store).archived_packets, 2);
+    let balances: Vec<u64> = (1..=4).map(|u| w.balance(u)).collect();
+    for (i, (p, g, want)) in cases.iter().enumerate() {
+        assert_eq!(hot[i], *want);
+        let id = w.fresh_id();
+        assert_eq!(view::grab_refusal(&w.store, &id, *p, *g, || w.now), Some(*want), "fast path, case {i}");
+        assert_eq!(w.grab(*p, *g).code, *want, "ledger, case {i}");
+    }
+    assert_eq!(w.run(Command::ExpirePacket { packet: refunded }).reply, Reply::Expired { refunded: Cents(0) });
+    assert_eq!((1..=4).map(|u| w.balance(u)).collect::<Vec<_>>(), balances, "nothing moved");
+    assert!(view::audit(&w.store).ok);
+}
+
+/// An exhausted packet archived before its expiry still answers PACKET_EXHAUSTED, like a hot one.
+#[test]
+fn an_exhausted_packet_archived_before_its_expiry_answers_packet_exhausted() {
+    let mut w = World::new();
+    w.config.packet_retention_ms = 1_000;
+    for u in 1..=3 {
+        w.open(u, 100_00);
+    }
+    let p = w.send(1, lucky(1_00, 1));
+    assert!(w.grab(p, 2).is_ok());
+    w.now += 2_000;
+    w.run(Command::TopUp { user: 1, amount: Cents(1) });
+    assert!(w.store.get(&keys::archived(p)).is_some());
+    assert_eq!(w.grab(p, 3).code, Code::PacketExhausted);
+}
+
+/// Archiving costs each command a bounded amount: `archive_per_apply` packets per command, and
+/// no scan at all while nothing is due.
+#[test]
+fn archiving_is_bounded_per_command_and_catches_up() {
+    let mut w = World::new();
+    for u in 1..=2 {
+        w.open(u, 100_00);
+    }
+    let packets: Vec<PacketId> = (0..7).map(|_| w.send(1, lucky(1_00, 1))).collect();
+    for p in &packets {
+        assert!(w.grab(*p, 2).is_ok());
+    }
+    w.now += w.config.packet_retention_ms + 1;
+    let per = w.config.archive_per_apply as u64;
+    for n in 1..=4u64 {
+        w.run(Command::TopUp { user: 1, amount: Cents(1) });
+        assert_eq!(view::totals(&w.store).archived_packets, (n * per).min(7));
+    }
+    assert!(view::audit(&w.store).ok);
 }

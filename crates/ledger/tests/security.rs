@@ -26,9 +26,9 @@ impl World {
 
     fn fresh_id(&mut self) -> RequestId {
         self.next_id += 1;
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.next_id.to_be_bytes());
-        RequestId(id)
+        let mut unique = [0; 10];
+        unique[2..].copy_from_slice(&self.next_id.to_be_bytes());
+        RequestId::new(self.now, unique)
     }
 
     fn apply_req(&mut self, req: &Request) -> Outcome {
@@ -364,14 +364,17 @@ fn another_users_challenge_is_invalid_and_their_guesses_do_not_burn_it() {
 }
 
 #[test]
-fn an_expired_challenge_is_invalid_and_counts_nothing() {
+fn an_expired_challenge_is_deleted_and_its_code_is_invalid() {
     let mut w = World::new();
     w.open(1, 1_000_00);
     let id = challenge_id(&w.run(withdraw(1, 200_00, "new-phone", None, V)));
     let code = w.code_for(id, 1, ChallengeOp { kind: ChallengeKind::Withdraw, amount: Cents(200_00), counterparty: 0 });
     w.now += w.config.challenge_ttl_ms;
     assert_eq!(w.code(withdraw(1, 200_00, "new-phone", Some(Verification { challenge_id: id, code }), V)), Code::ChallengeInvalid);
-    assert_eq!(w.challenge(id).attempts, 0);
+    assert!(w.store.get(&keys::challenge(id)).is_none(), "a dead challenge is deleted, not kept for ever");
+    let (a, b) = keys::challenge_expiry_all();
+    assert!(w.store.scan(&a, &b, 10).is_empty(), "and its expiry index row with it");
+    assert_eq!(w.balance(1), 1_000_00, "nothing moved");
 }
 
 #[test]

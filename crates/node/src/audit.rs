@@ -184,6 +184,7 @@ pub fn totals_of(shard: ShardId, store: &(impl Store + ?Sized)) -> ShardTotals {
         accounts: t.accounts,
         open_packets: t.open_packets,
         outbox_records: t.outbox_records,
+        archived_packets: t.archived_packets,
         identity_holds: a.ok,
         sent: a
             .pairs_out
@@ -312,11 +313,12 @@ mod tests {
 
         fn run(&mut self, shard: u32, cmd: Command) -> Outcome {
             self.n += 1;
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&self.n.to_be_bytes());
+            let mut unique = [0u8; 10];
+            unique[2..].copy_from_slice(&self.n.to_be_bytes());
             let store = &mut self.stores[shard as usize - 1];
             let mut l = hongbao_ledger::Ledger::new(shard, &self.config, &*store);
-            let o = l.apply(&Request { id: RequestId(id), time_ms: 1_800_000_000_000 + self.n, cmd });
+            let now = 1_800_000_000_000 + self.n;
+            let o = l.apply(&Request { id: RequestId::new(now, unique), time_ms: now, cmd });
             let w = l.into_writes();
             store.apply(w);
             o

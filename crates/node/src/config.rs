@@ -17,6 +17,9 @@ pub fn ledger_config(t: &Topology, challenge_key: [u8; 32]) -> LedgerConfig {
     if let Some(r) = t.ledger.dedup_retention_ms {
         c.dedup_retention_ms = r;
     }
+    if let Some(r) = t.ledger.packet_retention_ms {
+        c.packet_retention_ms = r;
+    }
     c
 }
 

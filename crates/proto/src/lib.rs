@@ -85,6 +85,8 @@ pub fn retry_step(code: ErrorCode) -> RetryStep {
         | E::WrongPin
         | E::PinLocked
         | E::PinAlreadySet
+        | E::RequestExpired
+        | E::RequestAhead
         // The caller's credentials decide these: re-sending the same request changes nothing.
         | E::PermissionDenied
         | E::Unauthenticated => RetryStep::Final,
@@ -127,6 +129,8 @@ pub fn grpc_code_for(code: ErrorCode) -> tonic::Code {
         | E::RiskGradeBlocked
         | E::ChallengeRequired
         | E::RequestIdReused
+        | E::RequestExpired
+        | E::RequestAhead
         | E::PinNotSet
         | E::PinLocked
         | E::CreditOutOfOrder => tonic::Code::FailedPrecondition,

@@ -90,8 +90,11 @@ pub struct Link {
 pub struct LedgerSettings {
     /// Packet lifetime; design default 24 h.
     pub packet_ttl_ms: Option<u64>,
-    /// How long request ids are remembered for idempotent replay; default 24 h.
+    /// How long request ids are remembered for idempotent replay, and so the request window
+    /// (an id issued longer ago is refused as REQUEST_EXPIRED); default 24 h.
     pub dedup_retention_ms: Option<u64>,
+    /// How long a settled packet stays in hot state before it moves to the archive; default 3 days.
+    pub packet_retention_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -50,7 +50,7 @@ mod log_reads {
     /// One entry carrying one request with a `bytes`-long device string.
     fn big_entry(index: u64, bytes: usize) -> Entry {
         let cmd = Command::OpenAccount { user: index, device: "d".repeat(bytes) };
-        let req = Request { id: RequestId([index as u8; 16]), time_ms: 0, cmd };
+        let req = Request { id: RequestId::new(0, [index as u8; 10]), time_ms: 0, cmd };
         Entry::new_normal(log_id::<TypeConfig>(1, 1, index), Batch(vec![req], 0))
     }
 

@@ -39,6 +39,8 @@ pub fn ledger_code(code: Code) -> ErrorCode {
         Code::WrongPin => ErrorCode::WrongPin,
         Code::PinLocked => ErrorCode::PinLocked,
         Code::PinAlreadySet => ErrorCode::PinAlreadySet,
+        Code::RequestExpired => ErrorCode::RequestExpired,
+        Code::RequestAhead => ErrorCode::RequestAhead,
     }
 }
 
@@ -152,7 +154,7 @@ mod tests {
 
     /// Every ledger code, in number order (the exhaustive match in `ledger_code` makes a new code
     /// a compile error there; this list makes it a test failure here until it is added).
-    const ALL: [Code; 30] = [
+    const ALL: [Code; 32] = [
         Code::Ok,
         Code::AmountZero,
         Code::AmountOverflow,
@@ -183,6 +185,8 @@ mod tests {
         Code::WrongPin,
         Code::PinLocked,
         Code::PinAlreadySet,
+        Code::RequestExpired,
+        Code::RequestAhead,
     ];
 
     #[test]
