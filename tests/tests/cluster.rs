@@ -458,3 +458,111 @@ async fn a_node_whose_ledger_config_differs_stops_applying_and_the_majority_keep
     let a = client.audit().await.unwrap();
     assert!(a.balanced, "{:?}", a.problems);
 }
+
+/// A channel to one node as `id` (a certificate from the cluster's own CA), connected lazily.
+fn channel_as(c: &Cluster, node: u64, id: &hongbao_auth::Identity) -> tonic::transport::Channel {
+    let tls = hongbao_auth::SecurityDir::new(c.security_dir()).client_tls(id).expect("identity in the security folder");
+    tonic::transport::Endpoint::from_shared(format!("https://{}", c.node_addr(node)))
+        .expect("address")
+        .tls_config(tls)
+        .expect("tls config")
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy()
+}
+
+/// `msg` as a request whose caller gives it `deadline` (sent as `grpc-timeout`).
+fn with_deadline<T>(msg: T, deadline: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(deadline);
+    r
+}
+
+/// Runs one call (with a generous local bound, so a hang fails the test rather than block it)
+/// and returns how long it took and its error status (panics if it succeeded).
+async fn timed_failure<T: std::fmt::Debug>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> (Duration, tonic::Status) {
+    let started = Instant::now();
+    let res = tokio::time::timeout(Duration::from_secs(15), call).await.unwrap_or_else(|_| panic!("{what}: no answer in 15 s"));
+    (started.elapsed(), res.expect_err(what))
+}
+
+/// Every server call has a deadline (#13 item 10): with the majority of a shard stopped, its
+/// leader can neither commit nor confirm a read, and a call that would wait for that ends when
+/// the caller's 300 ms deadline says, on every service (public API write and read, admin audit,
+/// a proposal forwarded over the Raft transport), as DEADLINE_EXCEEDED with a TIMEOUT detail:
+/// an unknown outcome, never a refusal. A call with no deadline ends by the server's own. The
+/// writes that timed out are settled by re-sending their request ids once the majority is back:
+/// each moved the money exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_cannot_finish_ends_at_its_deadline_with_an_unknown_outcome() {
+    use hongbao_auth::Identity;
+    use hongbao_proto::v1::{cluster_client::ClusterClient, raft_transport_client::RaftTransportClient, wallet_client::WalletClient};
+    use hongbao_proto::v1::{AuditRequest, RaftMessage, TopUpRequest};
+    use hongbao_proto::{detail_of, retry_step, RetryStep};
+
+    let mut c = Cluster::start(Spec::default());
+    c.wait_ready(READY).await;
+    let client = c.node_client();
+    let user = c.topology.user_in_shard(1, 4242);
+    client.open_account(user, "phone").await.expect("open");
+    let leader = c.leaders().await[&1];
+    let others: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).filter(|n| *n != leader).collect();
+    let admin = channel_as(&c, leader, &Identity::Service(Role::Admin));
+    let deadline = Duration::from_millis(300);
+    let unknown = |what: &str, took: Duration, s: &tonic::Status| {
+        println!("{what}: {:?} after {took:?}: {}", s.code(), s.message());
+        assert_eq!(s.code(), tonic::Code::DeadlineExceeded, "{what}: {s:?}");
+        let d = detail_of(s);
+        assert_eq!(d.code(), ErrorCode::Timeout, "{what}: {d:?}");
+        assert_eq!(retry_step(d.code()), RetryStep::Elsewhere, "{what}: an unknown outcome, to be re-sent");
+        assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(1_000), "{what}: answered after {took:?}");
+    };
+
+    // A drain mark forwarded by another node (an undrain of a region never drained: a no-op if
+    // it is ever applied).
+    let as_node = channel_as(&c, leader, &Identity::Node(others[0]));
+    let mark = hongbao_ledger::Request {
+        id: hongbao_ledger::RequestId([0x5d; 16]),
+        time_ms: 0,
+        cmd: hongbao_ledger::Command::SetDrained { region: c.topology.regions[0].name.clone(), drained: false },
+    };
+    let forwarded = RaftMessage { shard: 1, from_node: others[0], payload: bincode::serialize(&mark).expect("encode"), sent_ms: 0 };
+    let (rid, rid2) = (new_request_id(), new_request_id());
+    let top_up = TopUpRequest { request_id: rid.clone(), user, amount_cents: 700 };
+    let top_up2 = TopUpRequest { request_id: rid2.clone(), user, amount_cents: 300 };
+    let read = BalanceRequest { user, allow_stale: false };
+    for n in &others {
+        c.kill(*n);
+    }
+    // All at once, right after the majority stopped: a leader takes writes only while its lease
+    // from the last majority acknowledgement lasts (0.8 s), then refuses them at once.
+    let (mut w1, mut w2, mut w3) = (WalletClient::new(admin.clone()), WalletClient::new(admin.clone()), WalletClient::new(admin.clone()));
+    let (mut cluster, mut raft) = (ClusterClient::new(admin.clone()), RaftTransportClient::new(as_node));
+    let (write, read, audit, forwarded, no_deadline) = tokio::join!(
+        timed_failure("write", w1.top_up(with_deadline(top_up, deadline))),
+        timed_failure("linearizable read", w2.balance(with_deadline(read, deadline))),
+        timed_failure("audit", cluster.audit(with_deadline(AuditRequest {}, deadline))),
+        timed_failure("forwarded proposal", raft.propose(with_deadline(forwarded, deadline))),
+        timed_failure("write without a deadline", w3.top_up(top_up2)),
+    );
+    unknown("write", write.0, &write.1);
+    unknown("linearizable read", read.0, &read.1);
+    unknown("audit", audit.0, &audit.1);
+    unknown("forwarded proposal", forwarded.0, &forwarded.1);
+    // No deadline sent: the server's own bounds the wait, still an unknown outcome.
+    let (took, s) = no_deadline;
+    println!("write without a deadline: {:?} after {took:?}: {}", s.code(), s.message());
+    assert_ne!(retry_step(detail_of(&s).code()), RetryStep::Final, "{s:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+
+    for n in &others {
+        c.start_node(*n);
+    }
+    c.wait_ready(READY).await;
+    // Both writes whose outcome was unknown, settled by re-sending their request ids.
+    settle(|| client.top_up(rid.clone(), user, 700), 10, Duration::from_secs(30)).await.expect("settled");
+    settle(|| client.top_up(rid2.clone(), user, 300), 10, Duration::from_secs(30)).await.expect("settled");
+    assert_eq!(client.balance(user).await.expect("balance").balance_cents, 1_000, "each timed-out write applied exactly once");
+}

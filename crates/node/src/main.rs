@@ -78,34 +78,59 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let api_max = service::api::MAX_REQUEST_BYTES;
     let api = service::api::ApiService { host: host.clone() };
     let mut server = tonic::transport::Server::builder().tls_config(server_tls)?.tcp_nodelay(true).concurrency_limit_per_connection(4096);
+    // Every unary call ends by its deadline (`service::Deadline`), per service: the caller's
+    // grpc-timeout within the service's cap, else its default. Snapshot streams are exempt and
+    // bound each message instead (`transport::server`).
+    use service::{Deadline, ADMIN_DEADLINES, API_DEADLINES, RAFT_DEADLINES, RAFT_STREAMS};
     let routes = server
-        .add_service(InterceptedService::new(
-            RaftTransportServer::new(hongbao_node::transport::server::RaftService { host: host.clone() })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-            access::raft_transport,
+        .add_service(
+            Deadline::new(
+                InterceptedService::new(
+                    RaftTransportServer::new(hongbao_node::transport::server::RaftService { host: host.clone() })
+                        .max_decoding_message_size(max)
+                        .max_encoding_message_size(max),
+                    access::raft_transport,
+                ),
+                RAFT_DEADLINES,
+            )
+            .streams(RAFT_STREAMS),
+        )
+        .add_service(Deadline::new(
+            InterceptedService::new(WalletServer::new(api.clone()).max_decoding_message_size(api_max), access::public_api),
+            API_DEADLINES,
         ))
-        .add_service(InterceptedService::new(WalletServer::new(api.clone()).max_decoding_message_size(api_max), access::public_api))
-        .add_service(InterceptedService::new(PacketsServer::new(api.clone()).max_decoding_message_size(api_max), access::public_api))
-        .add_service(InterceptedService::new(
-            CoalescedServer::new(api).max_decoding_message_size(api_max * hongbao_proto::MAX_GRAB_BATCH),
-            access::public_api,
+        .add_service(Deadline::new(
+            InterceptedService::new(PacketsServer::new(api.clone()).max_decoding_message_size(api_max), access::public_api),
+            API_DEADLINES,
         ))
-        .add_service(InterceptedService::new(
-            NotifierServer::new(service::notifier::NotifierService { host: host.clone() }).max_decoding_message_size(api_max),
-            access::public_api,
+        .add_service(Deadline::new(
+            InterceptedService::new(
+                CoalescedServer::new(api).max_decoding_message_size(api_max * hongbao_proto::MAX_GRAB_BATCH),
+                access::public_api,
+            ),
+            API_DEADLINES,
         ))
-        .add_service(InterceptedService::new(
-            ClusterServer::new(service::cluster::ClusterService { host: host.clone() }).max_decoding_message_size(api_max),
-            access::cluster_admin,
+        .add_service(Deadline::new(
+            InterceptedService::new(
+                NotifierServer::new(service::notifier::NotifierService { host: host.clone() }).max_decoding_message_size(api_max),
+                access::public_api,
+            ),
+            API_DEADLINES,
+        ))
+        .add_service(Deadline::new(
+            InterceptedService::new(
+                ClusterServer::new(service::cluster::ClusterService { host: host.clone() }).max_decoding_message_size(api_max),
+                access::cluster_admin,
+            ),
+            ADMIN_DEADLINES,
         ));
     #[cfg(feature = "fault-injection")]
     let routes = {
         use hongbao_proto::v1::fault_injection_server::FaultInjectionServer;
         tracing::warn!("built with fault injection: the admin identity can cut links and shift the clock (test builds only)");
-        routes.add_service(InterceptedService::new(
-            FaultInjectionServer::new(service::faults::FaultService { host: host.clone() }),
-            access::admin_only,
+        routes.add_service(Deadline::new(
+            InterceptedService::new(FaultInjectionServer::new(service::faults::FaultService { host: host.clone() }), access::admin_only),
+            ADMIN_DEADLINES,
         ))
     };
     let server = routes.serve_with_shutdown(addr, shutdown_signal());

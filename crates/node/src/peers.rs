@@ -62,12 +62,16 @@ impl Peers {
 
     /// Sends one ledger request to `node`'s Propose door (the Raft transport's, which takes only
     /// what `access::forwarded_proposal` lets one node forward to another) and waits at most
-    /// `ttl`. The outcome, or the status saying why there is none (UNAVAILABLE when the node is
-    /// unknown or cut off, DEADLINE_EXCEEDED when it did not answer in time).
+    /// `ttl`, which also goes with the call as its deadline (`grpc-timeout`), so the other node
+    /// stops waiting for the outcome when this one does. The outcome, or the status saying why
+    /// there is none (UNAVAILABLE when the node is unknown or cut off, DEADLINE_EXCEEDED when no
+    /// answer came in time).
     pub async fn propose_at(&self, node: NodeId, shard: ShardId, req: &Request, ttl: Duration) -> Result<Outcome, Status> {
         let ch = self.channel(node).ok_or_else(|| Status::unavailable("unknown or cut off"))?;
         let msg = RaftMessage { shard, from_node: self.self_id, payload: encode(req), sent_ms: self.clock.now_ms() };
-        match tokio::time::timeout(ttl, RaftTransportClient::new(ch).propose(msg)).await {
+        let mut call = tonic::Request::new(msg);
+        call.set_timeout(ttl);
+        match tokio::time::timeout(ttl, RaftTransportClient::new(ch).propose(call)).await {
             Ok(Ok(r)) => decode(&r.into_inner().payload).map_err(|e| Status::internal(format!("undecodable outcome: {e}"))),
             Ok(Err(s)) => Err(s),
             Err(_) => Err(Status::deadline_exceeded(format!("no answer in {ttl:?}"))),

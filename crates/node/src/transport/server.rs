@@ -14,10 +14,15 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::RaftError;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::{Request, Response, Status, Streaming};
 
 /// A snapshot larger than this is refused rather than filling the disk.
 const MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
+/// A snapshot stream that sends no chunk for this long is abandoned (its file deleted). The
+/// stream as a whole has no deadline (`service::RAFT_STREAMS`): a large snapshot may take
+/// minutes, but each 1 MiB chunk arrives within seconds while the sender is alive.
+pub const SNAPSHOT_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct RaftService {
     pub host: Arc<Host>,
@@ -73,6 +78,14 @@ impl RaftService {
 
 fn bad(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("undecodable raft payload: {e}"))
+}
+
+/// The stream's next chunk, if one comes within `SNAPSHOT_IDLE_TIMEOUT`.
+async fn next_chunk(stream: &mut Streaming<SnapshotChunk>) -> Result<Option<SnapshotChunk>, Status> {
+    match tokio::time::timeout(SNAPSHOT_IDLE_TIMEOUT, stream.message()).await {
+        Ok(next) => next,
+        Err(_) => Err(Status::deadline_exceeded(format!("no snapshot chunk in {SNAPSHOT_IDLE_TIMEOUT:?}: stream abandoned"))),
+    }
 }
 
 #[tonic::async_trait]
@@ -133,14 +146,15 @@ impl RaftTransport for RaftService {
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftReply>, Status> {
         let caller = access::caller(&req)?;
         let mut stream = req.into_inner();
-        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let first = next_chunk(&mut stream).await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let shard = self.shard(&caller, first.shard, first.from_node)?.clone();
         let vote: Vote = decode(&first.vote).map_err(bad)?;
         let meta: SnapshotMeta = decode(&first.meta).map_err(bad)?;
         // This stream's own file (concurrent streams for the shard never share one), deleted
         // when the handler is done with it, however it ends.
+        let dir = self.host.data_dir.join("snapshots");
         let mut file =
-            ReceivingFile::create(&self.host.data_dir.join("snapshots"), shard.id).map_err(|e| Status::internal(e.to_string()))?;
+            tokio::task::block_in_place(|| ReceivingFile::create(&dir, shard.id)).map_err(|e| Status::internal(e.to_string()))?;
         let mut chunk = Some(first);
         while let Some(c) = chunk {
             if file.bytes() + c.data.len() as u64 > MAX_SNAPSHOT_BYTES {
@@ -151,7 +165,7 @@ impl RaftTransport for RaftService {
             if c.done {
                 break;
             }
-            chunk = stream.message().await?;
+            chunk = next_chunk(&mut stream).await?;
             if chunk.is_none() {
                 return Err(Status::aborted("snapshot stream ended before its last chunk"));
             }
@@ -170,7 +184,7 @@ impl RaftTransport for RaftService {
         // Returns once the snapshot is installed (or refused as stale); the install keeps its
         // own link to the file, so this stream's copy can go.
         let res: Result<_, String> = shard.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string());
-        drop(file);
+        tokio::task::block_in_place(|| drop(file)); // deletes it: off the async workers too
         self.reply(&res)
     }
 
