@@ -241,6 +241,17 @@ pub fn china_day(time_ms: u64) -> u64 {
 
 /// (month, day) of a day number (proleptic Gregorian; Howard Hinnant's civil_from_days).
 pub fn month_day(days: u64) -> (u32, u32) {
+    let (_, m, d) = civil(days);
+    (m, d)
+}
+
+/// The year in China time (UTC+8) of a time: the year of the yearly packet totals.
+pub fn china_year(time_ms: u64) -> u32 {
+    civil(china_day(time_ms)).0
+}
+
+/// (year, month, day) of a day number since 1970-01-01.
+fn civil(days: u64) -> (u32, u32, u32) {
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -249,7 +260,8 @@ pub fn month_day(days: u64) -> (u32, u32) {
     let mp = (5 * doy + 2) / 153;
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (m, d)
+    let y = (yoe + era * 400 + if m <= 2 { 1 } else { 0 }) as u32;
+    (y, m, d)
 }
 
 impl LedgerConfig {

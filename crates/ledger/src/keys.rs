@@ -49,6 +49,10 @@ pub fn accounts_range() -> (Vec<u8>, Vec<u8>) {
 pub fn statement(u: UserId, seq: u64) -> Vec<u8> {
     k(b'm', &[&u.to_be_bytes(), &seq.to_be_bytes()])
 }
+/// The seq of a statement key.
+pub fn statement_seq(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[9..17].try_into().expect("statement key layout"))
+}
 pub fn packet(p: PacketId) -> Vec<u8> {
     k(b'p', &[&p.0.to_be_bytes()])
 }

@@ -7,7 +7,7 @@
 //! identity is asserted after every command.
 
 use crate::challenge::{challenge_code, codes_equal};
-use crate::config::{china_day, LedgerConfig};
+use crate::config::{china_day, china_year, LedgerConfig};
 use crate::keys;
 use crate::money::Cents;
 use crate::split::{self, fnv1a};
@@ -383,6 +383,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             pin: None,
             pin_failures: 0,
             pin_locked_until_ms: 0,
+            packets_year: PacketYear::default(),
         }
     }
 
@@ -643,6 +644,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         let expires_ms = now + self.config.packet_ttl_ms;
         self.debit_wallet(&mut acct, total);
         Self::count_sent(&mut acct, total, now);
+        acct.packets_year = acct.packets_year.sent_one(china_year(now), total);
         self.totals.escrow = add(self.totals.escrow, total);
         self.totals.open_packets += 1;
         self.statement(&mut acct, now, EntryKind::PacketSend { packet: id }, -(total.0 as i64), req);
@@ -729,6 +731,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         match wallet.as_mut() {
             Some(w) => {
                 self.credit_wallet(w, amount);
+                w.packets_year = w.packets_year.received_one(china_year(now), amount);
                 self.statement(w, now, EntryKind::PacketGrab { packet }, amount.0 as i64, req);
                 self.put(keys::account(grabber), &*w);
             }
@@ -802,6 +805,9 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
                 Landing::Wallet { user, kind, .. } => {
                     let mut acct: Account = self.get(&keys::account(user)).expect("checked account exists");
                     self.credit_wallet(&mut acct, e.amount);
+                    if matches!(kind, EntryKind::PacketGrab { .. }) {
+                        acct.packets_year = acct.packets_year.received_one(china_year(now), e.amount);
+                    }
                     self.statement(&mut acct, now, kind, e.amount.0 as i64, req);
                     self.put(keys::account(user), &acct);
                 }

@@ -35,6 +35,8 @@ pub use challenge::challenge_code;
 pub use config::LedgerConfig;
 pub use ledger::Ledger;
 pub use money::Cents;
-pub use state::{Account, ArchivedPacket, Challenge, Claim, Notification, Packet, PairState, PinRecord, StatementEntry, Totals};
+pub use state::{
+    Account, ArchivedPacket, Challenge, Claim, Notification, Packet, PacketYear, PairState, PinRecord, StatementEntry, Totals,
+};
 pub use store::{MemStore, Store, WriteSet};
 pub use types::*;

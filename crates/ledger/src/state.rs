@@ -26,6 +26,43 @@ pub struct Account {
     pub pin_failures: u32,
     /// Spends are refused with PinLocked before this time (0: never locked).
     pub pin_locked_until_ms: u64,
+    /// This China year's red packets (發出的紅包 / 收到的紅包): what `year` counted so far. Kept
+    /// in the account, which every send and grab writes anyway: no extra write in the storm.
+    pub packets_year: PacketYear,
+}
+
+/// Red packets of one user in one China year: sent (whole packets, their totals) and received
+/// (shares grabbed, their amounts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketYear {
+    pub year: u32,
+    pub sent_count: u64,
+    pub sent: Cents,
+    pub received_count: u64,
+    pub received: Cents,
+}
+
+impl PacketYear {
+    /// The counters as of `year`: a new year starts at zero.
+    pub fn as_of(self, year: u32) -> PacketYear {
+        if self.year == year {
+            self
+        } else {
+            PacketYear { year, ..PacketYear::default() }
+        }
+    }
+
+    /// Counts a packet sent in `year` (saturating: a counter, not money).
+    pub fn sent_one(self, year: u32, total: Cents) -> PacketYear {
+        let y = self.as_of(year);
+        PacketYear { sent_count: y.sent_count.saturating_add(1), sent: Cents(y.sent.0.saturating_add(total.0)), ..y }
+    }
+
+    /// Counts a share received in `year`.
+    pub fn received_one(self, year: u32, amount: Cents) -> PacketYear {
+        let y = self.as_of(year);
+        PacketYear { received_count: y.received_count.saturating_add(1), received: Cents(y.received.0.saturating_add(amount.0)), ..y }
+    }
 }
 
 /// What the ledger keeps of a payment PIN: the leader's hash, never the PIN.

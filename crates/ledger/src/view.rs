@@ -50,6 +50,83 @@ pub fn statement(store: &(impl Store + ?Sized), user: UserId, limit: usize) -> V
     v
 }
 
+/// One page of a user's statement entries, newest first, each with its sequence number.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatementPage {
+    pub entries: Vec<(u64, StatementEntry)>,
+    /// Pass as `before` for the next (older) page; None: nothing older is kept.
+    pub next: Option<u64>,
+}
+
+/// Entries with seq below `before` (None: from the newest), newest first, at most `limit`.
+pub fn statement_page(store: &(impl Store + ?Sized), user: UserId, before: Option<u64>, limit: usize) -> StatementPage {
+    let Some(a) = account(store, user) else { return StatementPage::default() };
+    let end = before.unwrap_or(a.stmt_next).min(a.stmt_next);
+    let from = end.saturating_sub(limit as u64).max(a.stmt_first);
+    let mut entries = seq_rows(store, user, from, end);
+    entries.reverse();
+    StatementPage { entries, next: (from > a.stmt_first).then_some(from) }
+}
+
+/// Which of a user's red packets: 發出的紅包 (sent) or 收到的紅包 (received).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketSide {
+    Sent,
+    Received,
+}
+
+/// Statement rows one packet-list page reads at most, so a page costs a bounded scan even for
+/// a user whose recent history holds no packet at all (the cursor then moves past them).
+pub const PACKET_PAGE_SCAN: u64 = 1024;
+
+/// A user's packets sent (`PacketSend` entries) or received (`PacketGrab`), newest first, from
+/// the statement: at most `limit`, reading at most `PACKET_PAGE_SCAN` entries.
+pub fn packets_page(store: &(impl Store + ?Sized), user: UserId, side: PacketSide, before: Option<u64>, limit: usize) -> StatementPage {
+    let Some(a) = account(store, user) else { return StatementPage::default() };
+    let mut end = before.unwrap_or(a.stmt_next).min(a.stmt_next);
+    let stop = end.saturating_sub(PACKET_PAGE_SCAN).max(a.stmt_first);
+    let mut entries = vec![];
+    while end > stop && entries.len() < limit {
+        let from = end.saturating_sub(64).max(stop);
+        let rows = seq_rows(store, user, from, end);
+        for (seq, e) in rows.into_iter().rev() {
+            let wanted = match side {
+                PacketSide::Sent => matches!(e.kind, EntryKind::PacketSend { .. }),
+                PacketSide::Received => matches!(e.kind, EntryKind::PacketGrab { .. }),
+            };
+            if entries.len() == limit {
+                break;
+            }
+            end = seq;
+            if wanted {
+                entries.push((seq, e));
+            }
+        }
+        if entries.len() < limit {
+            end = from;
+        }
+    }
+    StatementPage { entries, next: (end > a.stmt_first).then_some(end) }
+}
+
+/// Statement rows `[from, to)` with their seqs, ascending.
+fn seq_rows(store: &(impl Store + ?Sized), user: UserId, from: u64, to: u64) -> Vec<(u64, StatementEntry)> {
+    if from >= to {
+        return vec![];
+    }
+    let n = (to - from) as usize;
+    store
+        .scan(&keys::statement(user, from), &keys::statement(user, to), n)
+        .into_iter()
+        .map(|(k, v)| (keys::statement_seq(&k), dec(&v)))
+        .collect()
+}
+
+/// A user's red packets this China year (as of `now_ms`): counts and sums sent and received.
+pub fn packet_year(store: &(impl Store + ?Sized), user: UserId, now_ms: u64) -> Option<PacketYear> {
+    Some(account(store, user)?.packets_year.as_of(crate::config::china_year(now_ms)))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PacketView {
     pub packet: Packet,

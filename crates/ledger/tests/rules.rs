@@ -1147,3 +1147,95 @@ fn archiving_is_bounded_per_command_and_catches_up() {
     }
     assert!(view::audit(&w.store).ok);
 }
+
+// ------------------------------------------------------------------ history views
+
+/// Paging a statement with the cursor reads every kept entry exactly once, newest first.
+#[test]
+fn statement_pages_read_the_whole_kept_history_once_newest_first() {
+    let mut w = World::new();
+    w.open(1, 0);
+    for _ in 0..137 {
+        w.run(Command::TopUp { user: 1, amount: Cents(1) });
+    }
+    let a = view::account(&w.store, 1).unwrap();
+    let mut seqs = vec![];
+    let mut before = None;
+    loop {
+        let page = view::statement_page(&w.store, 1, before, 20);
+        assert!(page.entries.len() <= 20);
+        seqs.extend(page.entries.iter().map(|(s, _)| *s));
+        match page.next {
+            Some(n) => before = Some(n),
+            None => break,
+        }
+    }
+    let want: Vec<u64> = (a.stmt_first..a.stmt_next).rev().collect();
+    assert_eq!(seqs, want);
+    assert_eq!(
+        view::statement_page(&w.store, 1, None, 5).entries.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+        view::statement(&w.store, 1, 5)
+    );
+}
+
+/// 發出的紅包 / 收到的紅包: the packets a user sent and the shares they received, paged, and
+/// this year's counts and sums, which start again at zero in a new China year.
+#[test]
+fn packets_sent_and_received_are_listed_and_counted_for_the_year() {
+    let mut w = World::new();
+    for u in 1..=3 {
+        w.open(u, 100_00);
+    }
+    let mut sent = vec![];
+    for i in 0..5 {
+        let p = w.send(1, lucky(1_00 + i, 2));
+        sent.push(p);
+        assert!(w.grab(p, 2).is_ok());
+        for _ in 0..3 {
+            w.run(Command::TopUp { user: 2, amount: Cents(1) }); // noise between packets
+        }
+    }
+    // A share from another shard lands through a credit.
+    let remote = PacketId::new(OTHER, 7);
+    let entries = vec![CreditEntry { seq: 1, user: 2, amount: Cents(33), origin: Origin::Grab { packet: remote } }];
+    assert!(w.run(Command::Credit { source: OTHER, entries }).is_ok());
+
+    let listed = |w: &World, user, side, limit| {
+        let (mut all, mut before) = (vec![], None);
+        loop {
+            let page = view::packets_page(&w.store, user, side, before, limit);
+            all.extend(page.entries.into_iter().map(|(_, e)| e.kind));
+            match page.next {
+                Some(n) => before = Some(n),
+                None => return all,
+            }
+        }
+    };
+    let want_sent: Vec<_> = sent.iter().rev().map(|p| state::EntryKind::PacketSend { packet: *p }).collect();
+    assert_eq!(listed(&w, 1, view::PacketSide::Sent, 2), want_sent);
+    assert!(listed(&w, 1, view::PacketSide::Received, 2).is_empty());
+    let mut want_received = vec![state::EntryKind::PacketGrab { packet: remote }];
+    want_received.extend(sent.iter().rev().map(|p| state::EntryKind::PacketGrab { packet: *p }));
+    assert_eq!(listed(&w, 2, view::PacketSide::Received, 3), want_received);
+
+    let y1 = view::packet_year(&w.store, 1, w.now).unwrap();
+    assert_eq!((y1.sent_count, y1.sent.0), (5, 1_00 + 1_01 + 1_02 + 1_03 + 1_04));
+    let y2 = view::packet_year(&w.store, 2, w.now).unwrap();
+    let grabbed: u64 = sent.iter().map(|p| view::packet(&w.store, *p).unwrap().claims[0].amount.0).sum();
+    assert_eq!((y2.received_count, y2.received.0), (6, grabbed + 33));
+    // A year later the counters read zero, and the first packet of the new year starts them again.
+    w.now += 366 * 24 * 3600 * 1000;
+    assert_eq!(view::packet_year(&w.store, 1, w.now).unwrap().sent_count, 0);
+    w.send(1, lucky(50, 1));
+    let y = view::packet_year(&w.store, 1, w.now).unwrap();
+    assert_eq!((y.sent_count, y.sent.0), (1, 50));
+}
+
+#[test]
+fn the_china_year_turns_at_midnight_beijing_time() {
+    // 2026-12-31T16:00:00Z is 2027-01-01 00:00 in Beijing.
+    let new_year_utc_ms = 1_798_732_800_000u64;
+    assert_eq!(config::china_year(new_year_utc_ms - 1), 2026);
+    assert_eq!(config::china_year(new_year_utc_ms), 2027);
+    assert_eq!(config::china_year(0), 1970);
+}
