@@ -9,5 +9,8 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
     let fds = protox::compile(files, [&root]).expect("proto files compile");
+    // The same descriptors, encoded, for server reflection (`FILE_DESCRIPTOR_SET`).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    std::fs::write(out.join("hongbao_descriptor.bin"), prost::Message::encode_to_vec(&fds)).expect("write the descriptor set");
     tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds).expect("generate gRPC code");
 }

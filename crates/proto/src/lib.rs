@@ -6,6 +6,10 @@ pub mod v1 {
     tonic::include_proto!("hongbao.v1");
 }
 
+/// Every `hongbao.v1` file, encoded as a `google.protobuf.FileDescriptorSet` (from the same
+/// protox compile as the generated code): what server reflection serves.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hongbao_descriptor.bin"));
+
 use prost::Message;
 pub use v1::{ErrorCode, ErrorDetail};
 
@@ -137,11 +141,65 @@ pub fn grpc_code_for(code: ErrorCode) -> tonic::Code {
     }
 }
 
-/// Builds the status for a domain outcome, carrying an [`ErrorDetail`] in the status details.
+/// `Any.type_url` of an [`ErrorDetail`] inside a `google.rpc.Status`.
+pub const ERROR_DETAIL_TYPE_URL: &str = "type.googleapis.com/hongbao.v1.ErrorDetail";
+/// `google.rpc.ErrorInfo.domain` of every hongbao error.
+pub const ERROR_DOMAIN: &str = "hongbao";
+
+/// The code's name without its enum prefix (`ALREADY_GRABBED`): `google.rpc.ErrorInfo.reason`.
+pub fn reason(code: ErrorCode) -> &'static str {
+    let name = code.as_str_name();
+    name.strip_prefix("ERROR_CODE_").unwrap_or(name)
+}
+
+/// How long a caller told to back off (OVERLOADED, RATE_LIMITED) should wait before re-sending
+/// with the same request id: `google.rpc.RetryInfo.retry_delay`. None for every other code.
+pub fn retry_delay(code: ErrorCode) -> Option<std::time::Duration> {
+    match code {
+        // Queues drain in a few commit rounds.
+        ErrorCode::Overloaded => Some(std::time::Duration::from_millis(100)),
+        // Per-user token buckets refill at tens per second: wait for a few tokens.
+        ErrorCode::RateLimited => Some(std::time::Duration::from_millis(250)),
+        _ => None,
+    }
+}
+
+/// Builds the status for a domain outcome, the gRPC way: `grpc-status-details-bin` holds a
+/// `google.rpc.Status` with the call's code and message whose `details` are the [`ErrorDetail`]
+/// (an `Any` of [`ERROR_DETAIL_TYPE_URL`]), a `google.rpc.ErrorInfo` (reason = the code's name,
+/// domain [`ERROR_DOMAIN`]) and, for codes that ask the caller to back off, a
+/// `google.rpc.RetryInfo`. Generic clients (grpcurl, grpc-go's `status.FromError`, Python's
+/// `grpc_status`) read code, message, reason and retry delay; hongbao's read the detail
+/// ([`detail_of`]).
 pub fn status(detail: ErrorDetail) -> tonic::Status {
     let code = grpc_code_for(detail.code());
     let message = format!("{}: {}", detail.code().as_str_name(), detail.message);
-    tonic::Status::with_details(code, message, detail.encode_to_vec().into())
+    let details = rpc_status(code, &message, &detail).encode_to_vec();
+    tonic::Status::with_details(code, message, details.into())
+}
+
+/// The `google.rpc.Status` that [`status`] puts in the trailer.
+fn rpc_status(code: tonic::Code, message: &str, detail: &ErrorDetail) -> tonic_types::Status {
+    use prost_types::Any;
+    let domain_code = detail.code();
+    let mut metadata = std::collections::HashMap::new();
+    if detail.shard != 0 {
+        metadata.insert("shard".to_string(), detail.shard.to_string());
+    }
+    if detail.challenge_id != 0 {
+        metadata.insert("challenge_id".to_string(), detail.challenge_id.to_string());
+    }
+    let info = tonic_types::pb::ErrorInfo { reason: reason(domain_code).to_string(), domain: ERROR_DOMAIN.to_string(), metadata };
+    let mut details = vec![
+        Any { type_url: ERROR_DETAIL_TYPE_URL.to_string(), value: detail.encode_to_vec() },
+        Any { type_url: "type.googleapis.com/google.rpc.ErrorInfo".to_string(), value: info.encode_to_vec() },
+    ];
+    if let Some(delay) = retry_delay(domain_code) {
+        let delay = prost_types::Duration { seconds: delay.as_secs() as i64, nanos: delay.subsec_nanos() as i32 };
+        let retry = tonic_types::pb::RetryInfo { retry_delay: Some(delay) };
+        details.push(Any { type_url: "type.googleapis.com/google.rpc.RetryInfo".to_string(), value: retry.encode_to_vec() });
+    }
+    tonic_types::Status { code: code as i32, message: message.to_string(), details }
 }
 
 /// PERMISSION_DENIED for a caller whose identity or token may not make this call.
@@ -162,10 +220,8 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> tonic::Status {
 /// Reads the domain detail back from a status. A status without one (e.g. a transport error)
 /// maps to UNAVAILABLE or TIMEOUT, the codes whose outcome is unknown and may be retried.
 pub fn detail_of(status: &tonic::Status) -> ErrorDetail {
-    if let Ok(d) = ErrorDetail::decode(status.details()) {
-        if d.code != 0 {
-            return d;
-        }
+    if let Some(d) = carried_detail(status.details()) {
+        return d;
     }
     let code = match status.code() {
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ErrorCode::Timeout,
@@ -179,6 +235,16 @@ pub fn detail_of(status: &tonic::Status) -> ErrorDetail {
         _ => ErrorCode::Internal,
     };
     ErrorDetail { code: code as i32, message: status.message().to_string(), ..Default::default() }
+}
+
+/// The [`ErrorDetail`] inside a `grpc-status-details-bin` (a `google.rpc.Status`), if any.
+fn carried_detail(bytes: &[u8]) -> Option<ErrorDetail> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let rpc = tonic_types::Status::decode(bytes).ok()?;
+    let any = rpc.details.iter().find(|a| a.type_url == ERROR_DETAIL_TYPE_URL)?;
+    ErrorDetail::decode(any.value.as_slice()).ok().filter(|d| d.code != 0)
 }
 
 #[cfg(test)]
@@ -200,6 +266,76 @@ mod tests {
         assert_eq!(d.code(), ErrorCode::NotLeader);
         assert_eq!(d.leader_hint_node, 3);
         assert_eq!(d.leader_hint_addr, "127.0.0.1:7103");
+    }
+
+    /// The trailer is a `google.rpc.Status` any gRPC library reads: the call's code and message,
+    /// the detail as an `Any`, ErrorInfo with the code's name, RetryInfo only when backing off.
+    #[test]
+    fn the_status_details_are_a_google_rpc_status() {
+        use tonic_types::StatusExt;
+        let s = status(ErrorDetail { code: ErrorCode::AlreadyGrabbed as i32, message: "again".into(), shard: 4, ..Default::default() });
+        assert_eq!(s.code(), tonic::Code::AlreadyExists);
+        let rpc = tonic_types::Status::decode(s.details()).expect("a google.rpc.Status");
+        assert_eq!(rpc.code, tonic::Code::AlreadyExists as i32);
+        assert_eq!(rpc.message, s.message());
+        assert_eq!(rpc.details[0].type_url, "type.googleapis.com/hongbao.v1.ErrorDetail");
+        let d = ErrorDetail::decode(rpc.details[0].value.as_slice()).expect("the detail");
+        assert_eq!((d.code(), d.shard, d.message.as_str()), (ErrorCode::AlreadyGrabbed, 4, "again"));
+        let info = s.get_details_error_info().expect("ErrorInfo");
+        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("ALREADY_GRABBED", "hongbao"));
+        assert_eq!(info.metadata.get("shard").map(String::as_str), Some("4"));
+        assert!(s.get_details_retry_info().is_none(), "a final answer asks for no retry");
+
+        for (code, grpc) in
+            [(ErrorCode::Overloaded, tonic::Code::ResourceExhausted), (ErrorCode::RateLimited, tonic::Code::ResourceExhausted)]
+        {
+            let s = error(code, "busy");
+            assert_eq!(s.code(), grpc);
+            let delay = s.get_details_retry_info().and_then(|r| r.retry_delay).expect("RetryInfo with a delay");
+            assert_eq!(Some(delay), retry_delay(code));
+            assert_eq!(s.get_details_error_info().map(|i| i.reason), Some(reason(code).to_string()));
+            assert_eq!(detail_of(&s).code(), code);
+        }
+    }
+
+    /// Reflection serves this: every hongbao service is in it.
+    #[test]
+    fn the_descriptor_set_holds_every_service() {
+        let fds = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("an encoded FileDescriptorSet");
+        let services: Vec<String> =
+            fds.file.iter().flat_map(|f| f.service.iter().map(move |s| format!("{}.{}", f.package(), s.name()))).collect();
+        for name in [
+            v1::wallet_server::SERVICE_NAME,
+            v1::packets_server::SERVICE_NAME,
+            v1::coalesced_server::SERVICE_NAME,
+            v1::notifier_server::SERVICE_NAME,
+            v1::cluster_server::SERVICE_NAME,
+            v1::raft_transport_server::SERVICE_NAME,
+        ] {
+            assert!(services.iter().any(|s| s == name), "{name} not in {services:?}");
+        }
+    }
+
+    /// Every code's reason is its bare name, as ErrorInfo wants (UPPER_SNAKE_CASE, no prefix).
+    #[test]
+    fn reasons_are_the_code_names() {
+        assert_eq!(reason(ErrorCode::NotLeader), "NOT_LEADER");
+        for i in 0..200 {
+            let Ok(code) = ErrorCode::try_from(i) else { continue };
+            let r = reason(code);
+            assert!(!r.starts_with("ERROR_CODE") && r.chars().all(|c| c.is_ascii_uppercase() || c == '_'), "{r}");
+        }
+    }
+
+    /// A google.rpc.Status from elsewhere (no hongbao detail inside) reads by its gRPC code,
+    /// like a status without details; garbage in the trailer too.
+    #[test]
+    fn a_foreign_status_detail_reads_by_its_grpc_code() {
+        let foreign = tonic_types::Status { code: tonic::Code::Unavailable as i32, message: "lb".into(), details: vec![] };
+        let s = tonic::Status::with_details(tonic::Code::Unavailable, "lb", foreign.encode_to_vec().into());
+        assert_eq!(detail_of(&s).code(), ErrorCode::Unavailable);
+        let s = tonic::Status::with_details(tonic::Code::NotFound, "x", vec![0xff, 0xff, 0xff].into());
+        assert_eq!(detail_of(&s).code(), ErrorCode::Internal);
     }
 
     /// Walks every code: cluster codes (what elections, failovers and routing produce) are never
