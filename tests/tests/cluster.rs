@@ -566,3 +566,103 @@ async fn a_call_that_cannot_finish_ends_at_its_deadline_with_an_unknown_outcome(
     settle(|| client.top_up(rid2.clone(), user, 300), 10, Duration::from_secs(30)).await.expect("settled");
     assert_eq!(client.balance(user).await.expect("balance").balance_cents, 1_000, "each timed-out write applied exactly once");
 }
+
+/// Reads in flight are bounded per node (#13 item 10): with a shard's majority stopped its
+/// leader cannot confirm reads, and past the node's limit (32 here, `--max-reads-in-flight`)
+/// more reads are refused at once with RESOURCE_EXHAUSTED / OVERLOADED (back off and retry)
+/// instead of piling up. Once the majority is back, reads are served again, as many at once as
+/// the limit (every permit came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_past_the_nodes_limit_are_shed_at_once_and_served_again_after() {
+    use hongbao_auth::Identity;
+    use hongbao_proto::v1::wallet_client::WalletClient;
+    use hongbao_proto::{detail_of, retry_step, RetryStep};
+    const LIMIT: usize = 32;
+    const FLOOD: usize = 300;
+
+    // The node binary with a small read limit (a wrapper the harness runs in its place).
+    let wrap = tempfile::tempdir().expect("temp dir");
+    let node = wrap.path().join("node-small-read-limit.sh");
+    let real = hongbao_tests::bin("hongbao-node");
+    std::fs::write(&node, format!("#!/bin/sh\nexec \"{}\" \"$@\" --max-reads-in-flight {LIMIT}\n", real.display())).expect("write wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).expect("chmod wrapper");
+
+    let c = Cluster::start(Spec { node_binary: Some(node), ..Spec::default() });
+    c.wait_ready(READY).await;
+    let client = c.node_client();
+    let user = c.topology.user_in_shard(1, 4343);
+    client.open_account(user, "phone").await.expect("open");
+    let leader = c.leaders().await[&1];
+    let others: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).filter(|n| *n != leader).collect();
+    let admin = channel_as(&c, leader, &Identity::Service(Role::Admin));
+    // Connected before the flood, so the flood measures the node, not a TLS handshake.
+    WalletClient::new(admin.clone()).balance(BalanceRequest { user, allow_stale: true }).await.expect("stale read");
+
+    for n in &others {
+        c.signal(*n, "STOP");
+    }
+    let reads = (0..FLOOD).map(|_| {
+        let mut w = WalletClient::new(admin.clone());
+        async move {
+            let started = Instant::now();
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                w.balance(with_deadline(BalanceRequest { user, allow_stale: false }, Duration::from_secs(3))),
+            )
+            .await
+            .expect("every read answers");
+            (started.elapsed(), r)
+        }
+    });
+    let answers = futures::future::join_all(reads).await;
+    for n in &others {
+        c.signal(*n, "CONT");
+    }
+    let mut shed: Vec<Duration> = vec![];
+    let mut other = 0;
+    for (took, r) in &answers {
+        let s = r.as_ref().expect_err("no read is confirmed without a majority");
+        let d = detail_of(s);
+        if d.code() == ErrorCode::Overloaded {
+            assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+            assert_eq!(retry_step(d.code()), RetryStep::BackOff);
+            assert_eq!(d.shard, 1, "{d:?}");
+            shed.push(*took);
+        } else {
+            assert!(
+                matches!(d.code(), ErrorCode::Unavailable | ErrorCode::Timeout),
+                "a read that got in waits, then fails retryably: {s:?}"
+            );
+            other += 1;
+        }
+    }
+    shed.sort();
+    println!("{} of {FLOOD} reads shed (median {:?}, max {:?}), {other} waited", shed.len(), shed.get(shed.len() / 2), shed.last());
+    assert!(shed.len() >= FLOOD / 2, "only {} of {FLOOD} reads were shed", shed.len());
+    assert!(other >= LIMIT, "{other} reads got in; the limit is {LIMIT}");
+    assert!(shed[shed.len() / 2] < Duration::from_millis(400), "shedding is not immediate: median {:?}", shed[shed.len() / 2]);
+
+    // Back to normal: as many reads at once as the limit are all served (on whichever node
+    // leads shard 1 now).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        let l = c.leaders().await.get(&1).copied();
+        if let Some(l) = l {
+            let ch = channel_as(&c, l, &Identity::Service(Role::Admin));
+            if WalletClient::new(ch).balance(BalanceRequest { user, allow_stale: false }).await.is_ok() {
+                break l;
+            }
+        }
+        assert!(Instant::now() < deadline, "reads are not served again after the majority came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ch = channel_as(&c, leader, &Identity::Service(Role::Admin));
+    let reads = (0..LIMIT).map(|_| {
+        let mut w = WalletClient::new(ch.clone());
+        async move { w.balance(BalanceRequest { user, allow_stale: false }).await }
+    });
+    for r in futures::future::join_all(reads).await {
+        r.expect("a read within the limit is served");
+    }
+}

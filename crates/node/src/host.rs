@@ -23,13 +23,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// A proposal or read that takes longer than this answers TIMEOUT (outcome unknown: retry with
 /// the same request id).
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a leader transfer may take before the caller hears TIMEOUT.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reads in flight on this node (all shards, linearizable or stale) before new ones get
+/// OVERLOADED instead of piling up behind a slow quorum (default of `--max-reads-in-flight`).
+pub const MAX_READS_IN_FLIGHT: usize = 4096;
 
 pub struct Host {
     pub node_id: NodeId,
@@ -46,6 +49,14 @@ pub struct Host {
     pub rejoin: crate::rejoin::Rejoin,
     /// Slow PIN hashes already verified on this leader (memory only; see `pin`).
     pub pins: crate::pin::PinCache,
+    /// Permits for reads in flight on this node (`read_permit`).
+    reads: Arc<Semaphore>,
+    max_reads: usize,
+}
+
+/// One read in flight on this node: its permit goes back when this is dropped.
+pub struct ReadPermit {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// What a node needs from its security folder: the TLS settings of its calls to other nodes and
@@ -59,7 +70,14 @@ impl Host {
     /// Opens the node's RocksDB and starts a Raft replica for every shard the topology places
     /// here. A fresh shard is bootstrapped by its home-region replica; existing data is resumed
     /// and never re-initialized.
-    pub async fn start(topology: Arc<Topology>, node_id: NodeId, data_dir: &Path, secrets: NodeSecrets) -> anyhow::Result<Arc<Host>> {
+    /// At most `max_reads` reads are in flight at once (`read_permit`).
+    pub async fn start(
+        topology: Arc<Topology>,
+        node_id: NodeId,
+        data_dir: &Path,
+        secrets: NodeSecrets,
+        max_reads: usize,
+    ) -> anyhow::Result<Arc<Host>> {
         let me = topology.node(node_id).ok_or_else(|| anyhow::anyhow!("node {node_id} is not in the topology"))?.clone();
         std::fs::create_dir_all(data_dir)?;
         let db = Arc::new(Db::open(&data_dir.join("db"))?);
@@ -100,6 +118,8 @@ impl Host {
             clock,
             rejoin,
             pins: crate::pin::PinCache::new(),
+            reads: Arc::new(Semaphore::new(max_reads)),
+            max_reads,
         }))
     }
 
@@ -201,15 +221,50 @@ impl Host {
         Err(last)
     }
 
-    /// Waits until this replica may serve a linearizable read (ReadIndex through the leader).
+    /// A permit for one read on this node (of `shard`, named in the error), held until the read
+    /// is answered; OVERLOADED at once when `max_reads` reads are in flight already, like a
+    /// proposal past its shard's in-flight limit.
+    pub fn read_permit(&self, shard: ShardId) -> Result<ReadPermit, HostError> {
+        self.reads.clone().try_acquire_owned().map(|p| ReadPermit { _permit: p }).map_err(|_| {
+            metrics::counter!(crate::metrics::OVERLOADED).increment(1);
+            let msg = format!("node {} has {} reads in flight; back off and retry", self.node_id, self.max_reads);
+            HostError::new(ErrorKind::Overloaded, shard, msg)
+        })
+    }
+
+    /// Starts a read of `shard` here: linearizable (ReadIndex through the leader) unless
+    /// `allow_stale`, when only the replica must exist. Hold the permit until the read is
+    /// answered: it bounds the reads in flight on this node.
+    pub async fn begin_read(&self, shard_id: ShardId, allow_stale: bool) -> Result<ReadPermit, HostError> {
+        let replica = self.replica(shard_id)?;
+        if allow_stale {
+            return self.read_permit(shard_id);
+        }
+        if !self.is_leader(replica) {
+            return Err(self.not_leader(replica, None));
+        }
+        let permit = self.read_permit(shard_id)?;
+        self.confirm_read_index(replica).await?;
+        Ok(permit)
+    }
+
+    /// Waits until this replica may serve a linearizable read (ReadIndex through the leader),
+    /// holding a read permit while it waits (`begin_read` hands the permit to its caller).
     pub async fn linearizable(&self, shard_id: ShardId) -> Result<&Arc<Replica>, HostError> {
         let replica = self.replica(shard_id)?;
         if !self.is_leader(replica) {
             return Err(self.not_leader(replica, None));
         }
+        let _permit = self.read_permit(shard_id)?;
+        self.confirm_read_index(replica).await?;
+        Ok(replica)
+    }
+
+    async fn confirm_read_index(&self, replica: &Replica) -> Result<(), HostError> {
+        let shard_id = replica.id;
         match tokio::time::timeout(PROPOSE_TIMEOUT, replica.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
             Err(_) => Err(HostError::new(ErrorKind::Timeout, shard_id, format!("shard {shard_id}: read index not confirmed in time"))),
-            Ok(Ok(_)) => Ok(replica),
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => Err(self.not_leader(replica, f.leader_id)),
             Ok(Err(e)) => Err(HostError::new(ErrorKind::Unavailable, shard_id, format!("shard {shard_id}: {e}"))),
         }

@@ -41,6 +41,9 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    /// Reads in flight on this node (all shards) before more are refused with OVERLOADED.
+    #[arg(long, default_value_t = hongbao_node::host::MAX_READS_IN_FLIGHT)]
+    max_reads_in_flight: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,7 +70,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let me_id = Identity::Node(args.node_id);
     let server_tls = security.server_tls(&me_id)?;
     let secrets = hongbao_node::host::NodeSecrets { peer_tls: security.client_tls(&me_id)?, challenge_key: security.load_challenge_key()? };
-    let host = Host::start(topology.clone(), args.node_id, &args.data_dir, secrets).await?;
+    anyhow::ensure!(args.max_reads_in_flight >= 1, "--max-reads-in-flight must be at least 1");
+    let host = Host::start(topology.clone(), args.node_id, &args.data_dir, secrets, args.max_reads_in_flight).await?;
     tracing::info!(node = args.node_id, region = %me.region, addr = %me.addr, shards = ?host.replicas.keys().collect::<Vec<_>>(), "node started");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

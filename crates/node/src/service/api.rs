@@ -3,7 +3,7 @@
 //! Writes are proposed through Raft on the shard's leader (NotLeader with a hint elsewhere);
 //! reads are linearizable (ReadIndex) unless the caller opts into a stale local read.
 
-use crate::host::Host;
+use crate::host::{Host, ReadPermit};
 use crate::service::convert::{bounded, claim, detail, invalid, kind_of, rejected, request_id, statement_entry, verification};
 use hongbao_ledger::{view, Cents, Code, Command, Outcome, PacketId, PacketKind, PinCheck, Reply, RequestId, RiskGrade, ShardId, UserId};
 use hongbao_proto::v1::coalesced_server::Coalesced;
@@ -57,14 +57,10 @@ impl ApiService {
         crate::pin::verdict(&self.host, shard, user, pin).await.map_err(|code| rejected(&Outcome::err(code), shard))
     }
 
-    /// Gate for reads: linearizable unless the caller allows a stale local read.
-    async fn read_gate(&self, shard: ShardId, allow_stale: bool) -> Result<(), Status> {
-        if allow_stale {
-            self.host.replica(shard)?;
-            return Ok(());
-        }
-        self.host.linearizable(shard).await?;
-        Ok(())
+    /// Gate for reads: linearizable unless the caller allows a stale local read. Hold the permit
+    /// until the reply is built: reads in flight on this node are bounded (OVERLOADED past it).
+    async fn read_gate(&self, shard: ShardId, allow_stale: bool) -> Result<ReadPermit, Status> {
+        Ok(self.host.begin_read(shard, allow_stale).await?)
     }
 
     /// One grab: fast refusal on the leader when the outcome is already final, else a proposal.
@@ -184,14 +180,14 @@ impl Wallet for ApiService {
     async fn balance(&self, req: Request<BalanceRequest>) -> Res<BalanceReply> {
         let r = req.into_inner();
         let shard = self.user_shard(r.user)?;
-        self.read_gate(shard, r.allow_stale).await?;
+        let _read = self.read_gate(shard, r.allow_stale).await?;
         self.balance_reply(r.user, shard)
     }
 
     async fn statement(&self, req: Request<StatementRequest>) -> Res<StatementReply> {
         let r = req.into_inner();
         let shard = self.user_shard(r.user)?;
-        self.read_gate(shard, r.allow_stale).await?;
+        let _read = self.read_gate(shard, r.allow_stale).await?;
         let limit = r.limit.clamp(1, MAX_STATEMENT) as usize;
         let entries = view::statement(&self.host.store(shard), r.user, limit).iter().map(statement_entry).collect();
         Ok(Response::new(StatementReply { user: r.user, entries }))
@@ -268,7 +264,7 @@ impl Packets for ApiService {
         if self.host.topology.shard(shard).is_none() {
             return Err(status(detail(ErrorCode::UnknownPacket, format!("packet {} names no shard", r.packet_id), shard)));
         }
-        self.read_gate(shard, r.allow_stale).await?;
+        let _read = self.read_gate(shard, r.allow_stale).await?;
         let v = view::packet(&self.host.store(shard), id)
             .ok_or_else(|| status(detail(ErrorCode::UnknownPacket, format!("no packet {}", r.packet_id), shard)))?;
         let p = &v.packet;

@@ -34,7 +34,7 @@ impl Notifier for NotifierService {
     async fn poll(&self, req: Request<PollNotificationsRequest>) -> Result<Response<PollNotificationsReply>, Status> {
         let r = req.into_inner();
         let shard: ShardId = r.shard;
-        self.host.linearizable(shard).await?;
+        let _read = self.host.begin_read(shard, false).await?;
         let limit = r.limit.clamp(1, MAX_POLL) as usize;
         let key = &self.host.config.challenge_key;
         let notifications = view::notifications(&self.host.store(shard), r.after_seq, limit)
