@@ -95,8 +95,8 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
                 let amount = 1 + (round as u64 % 50);
                 let req = TransferRequest {
                     request_id: new_request_id(),
-                    from: sender,
-                    to,
+                    from_user: sender,
+                    to_user: to,
                     amount_cents: amount,
                     device: TEST_DEVICE.into(),
                     verification: None,
@@ -191,8 +191,8 @@ async fn a_cross_shard_transfer_to_a_user_never_opened_comes_back_to_the_sender_
     let amount = 123_45;
     let req = TransferRequest {
         request_id: new_request_id(),
-        from: sender,
-        to: nobody,
+        from_user: sender,
+        to_user: nobody,
         amount_cents: amount,
         device: TEST_DEVICE.into(),
         verification: None,
@@ -232,4 +232,91 @@ async fn a_cross_shard_transfer_to_a_user_never_opened_comes_back_to_the_sender_
     assert_eq!(a.total_topups_cents, START_BALANCE);
     c.funded(&client, nobody, 0).await;
     assert_eq!(client.balance(nobody).await.unwrap().balance_cents, 0, "the refused money is not in the new wallet");
+}
+
+/// 發出的紅包 / 收到的紅包 through the routers: a sender's packets listed newest first, shares
+/// grabbed from other shards listed on each grabber's own shard once the relay credited them,
+/// this year's counts and sums on both sides, and the statement read whole by its cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packet_history_lists_sent_and_received_across_shards_with_the_year_totals() {
+    use hongbao_proto::v1::PacketSide;
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let admin = c.node_client().with_deadline(Duration::from_secs(8));
+    let client = c.router_client("shenzhen").with_deadline(Duration::from_secs(8));
+    let shards: Vec<u32> = c.topology.shards.iter().map(|s| s.id).collect();
+    let sender = c.topology.user_in_shard(shards[0], 30_000);
+    let grabbers: Vec<u64> = shards.iter().map(|s| c.topology.user_in_shard(*s, 31_000)).collect();
+    c.funded(&admin, sender, START_BALANCE).await;
+    for g in &grabbers {
+        c.funded(&admin, *g, 0).await;
+    }
+    let mut packets = vec![];
+    let mut received: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new(); // grabber -> (packet, amount)
+    for i in 0..7u64 {
+        let req = SendPacketRequest {
+            request_id: new_request_id(),
+            sender,
+            kind: PacketKind::Lucky as i32,
+            total_cents: 3_00 + i,
+            count: 3,
+            device: TEST_DEVICE.into(),
+            pin: TEST_PIN.into(),
+            ..Default::default()
+        };
+        let p = settle(|| client.send_packet(req.clone()), u32::MAX, SETTLE_WITHIN).await.expect("send");
+        packets.push((p.packet_id, 3_00 + i));
+        for g in &grabbers {
+            let rid = new_request_id();
+            let r = settle(|| client.grab(rid.clone(), p.packet_id, *g, ""), u32::MAX, SETTLE_WITHIN).await.expect("grab");
+            received.entry(*g).or_default().push((p.packet_id, r.amount_cents));
+        }
+    }
+    // Sent, newest first, three at a time.
+    let (mut listed, mut before) = (vec![], 0);
+    loop {
+        let page = client.packet_history(sender, PacketSide::Sent, 3, before).await.expect("history");
+        assert!(page.entries.len() <= 3);
+        listed.extend(page.entries.iter().map(|e| (e.packet_id, e.amount_cents)));
+        let y = page.year.expect("year");
+        assert_eq!((y.sent_count, y.sent_cents), (7, packets.iter().map(|p| p.1).sum::<u64>()));
+        if page.next_before_seq == 0 {
+            break;
+        }
+        before = page.next_before_seq;
+    }
+    assert_eq!(listed, packets.iter().rev().copied().collect::<Vec<_>>());
+    // A refusal says what happened, in words with the ids (the code's name stays in the code).
+    let (g, p) = (grabbers[1], packets[0].0);
+    let e = client.grab(new_request_id(), p, g, "").await.expect_err("a second grab");
+    assert_eq!(e.code(), hongbao_proto::v1::ErrorCode::AlreadyGrabbed);
+    assert_eq!(e.detail.message, format!("user {g} already grabbed packet {p}"));
+    // Received: each grabber on its own shard, once the relay has credited every share.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for g in &grabbers {
+        let want: Vec<(u64, u64)> = received[g].iter().rev().copied().collect();
+        loop {
+            let page = client.packet_history(*g, PacketSide::Received, 50, 0).await.expect("history");
+            let got: Vec<(u64, u64)> = page.entries.iter().map(|e| (e.packet_id, e.amount_cents)).collect();
+            if got == want {
+                let y = page.year.expect("year");
+                assert_eq!((y.received_count, y.received_cents), (7, want.iter().map(|w| w.1).sum::<u64>()));
+                break;
+            }
+            assert!(Instant::now() < deadline, "user {g}: received {got:?}, want {want:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The sender's statement, two entries a page: the top-up and seven sends, each once.
+    let (mut seqs, mut before) = (vec![], 0);
+    loop {
+        let page = client.statement_page(sender, 2, before).await.expect("statement");
+        seqs.extend(page.entries.iter().map(|e| e.seq));
+        if page.next_before_seq == 0 {
+            break;
+        }
+        before = page.next_before_seq;
+    }
+    assert_eq!(seqs, (0..seqs.len() as u64).rev().collect::<Vec<_>>(), "every entry once, newest first");
+    assert_eq!(seqs.len(), 1 + 7, "the top-up and seven sends");
 }

@@ -205,7 +205,7 @@ async fn user_a_cannot_act_as_user_b_and_bad_tokens_are_unauthenticated_and_noth
     let as_a = router_client_with(&c, Credentials::load(&c.security_dir()).expect("creds").with_tokens(Arc::new(Fixed(a_token))));
     // A's valid token, acting as B: refused, every way money could leave B.
     let transfer =
-        TransferRequest { request_id: new_request_id(), from: b, to: a, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
+        TransferRequest { request_id: new_request_id(), from_user: b, to_user: a, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
     assert_eq!(code(as_a.transfer(transfer).await), ErrorCode::PermissionDenied);
     let withdraw =
         WithdrawRequest { request_id: new_request_id(), user: b, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
@@ -238,8 +238,8 @@ async fn user_a_cannot_act_as_user_b_and_bad_tokens_are_unauthenticated_and_noth
         let cl = router_client_with(&c, Credentials::load(&c.security_dir()).expect("creds").with_tokens(Arc::new(Fixed(token))));
         let transfer = TransferRequest {
             request_id: new_request_id(),
-            from: b,
-            to: a,
+            from_user: b,
+            to_user: a,
             amount_cents: 10_000,
             pin: TEST_PIN.into(),
             ..Default::default()
@@ -301,8 +301,8 @@ async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_
     c.funded(&app, v, 0).await;
     let transfer = |pin: &str| TransferRequest {
         request_id: new_request_id(),
-        from: u,
-        to: v,
+        from_user: u,
+        to_user: v,
         amount_cents: 1_000,
         pin: pin.into(),
         ..Default::default()
@@ -339,7 +339,7 @@ async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_
     // Another user of the same shard spends as usual: the lock is per user.
     c.funded(&app, w, 5_000).await;
     let other =
-        TransferRequest { request_id: new_request_id(), from: w, to: v, amount_cents: 1_000, pin: TEST_PIN.into(), ..Default::default() };
+        TransferRequest { request_id: new_request_id(), from_user: w, to_user: v, amount_cents: 1_000, pin: TEST_PIN.into(), ..Default::default() };
     assert!(app.transfer(other).await.is_ok());
 }
 
@@ -355,8 +355,8 @@ async fn no_call_with_the_users_own_credentials_reveals_a_challenge_code_and_gue
     // The user signs in on a new phone and pays 150.00: a challenge.
     let new_phone = |amount: u64, verification: Option<Verification>| TransferRequest {
         request_id: new_request_id(),
-        from: u,
-        to: v,
+        from_user: u,
+        to_user: v,
         amount_cents: amount,
         device: "new-phone".into(),
         pin: TEST_PIN.into(),

@@ -392,8 +392,8 @@ async fn mix_op(ctx: Arc<Ctx>, intended: Instant) {
         Plan::Transfer { from, to, amount } => {
             let req = TransferRequest {
                 request_id: new_request_id(),
-                from,
-                to,
+                from_user: from,
+                to_user: to,
                 amount_cents: amount,
                 device: DEVICE.into(),
                 verification: None,

@@ -311,7 +311,7 @@ impl Client {
 
     pub async fn transfer(&self, req: TransferRequest) -> Result<WalletReply> {
         let device = (!req.device.is_empty()).then_some(req.device.as_str());
-        self.as_user(req.from, device, |ch, a| {
+        self.as_user(req.from_user, device, |ch, a| {
             let r = a.req(req.clone());
             async move { WalletClient::new(ch).transfer(r).await }
         })
@@ -337,8 +337,15 @@ impl Client {
         .await
     }
 
+    /// The newest `limit` statement entries.
     pub async fn statement(&self, user: u64, limit: u32) -> Result<StatementReply> {
-        let req = StatementRequest { user, limit, allow_stale: false };
+        self.statement_page(user, limit, 0).await
+    }
+
+    /// One page of the statement: entries older than `before_seq` (0: from the newest); the
+    /// reply's `next_before_seq` asks for the next page, 0 when there is none.
+    pub async fn statement_page(&self, user: u64, limit: u32, before_seq: u64) -> Result<StatementReply> {
+        let req = StatementRequest { user, limit, allow_stale: false, before_seq };
         self.as_reader(user, |ch, a| {
             let r = a.req(req);
             async move { WalletClient::new(ch).statement(r).await }
@@ -357,6 +364,16 @@ impl Client {
     }
 
     // ---------------- packets ----------------
+
+    /// One page of the packets `user` sent or received, with this year's totals.
+    pub async fn packet_history(&self, user: u64, side: PacketSide, limit: u32, before_seq: u64) -> Result<PacketHistoryReply> {
+        let req = PacketHistoryRequest { user, side: side as i32, before_seq, limit, allow_stale: false };
+        self.as_reader(user, |ch, a| {
+            let r = a.req(req);
+            async move { PacketsClient::new(ch).history(r).await }
+        })
+        .await
+    }
 
     pub async fn send_packet(&self, req: SendPacketRequest) -> Result<SendPacketReply> {
         let device = (!req.device.is_empty()).then_some(req.device.as_str());

@@ -173,10 +173,13 @@ enum AccountCmd {
     Balance {
         user: u64,
     },
+    /// Newest first, a page at a time (`--before` the seq a page ends with reads older ones).
     Statement {
         user: u64,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        #[arg(long, default_value_t = 0)]
+        before: u64,
     },
     /// Risk role: freeze / unfreeze, set the risk grade (normal, elevated, high).
     Risk {
@@ -203,6 +206,17 @@ enum PacketCmd {
         /// Look as this signed-in user (default: as the admin role).
         #[arg(long = "as")]
         viewer: Option<u64>,
+    },
+    /// The packets a user sent (發出的紅包, default) or received (收到的紅包, --received), newest
+    /// first, with this year's counts and totals.
+    History {
+        user: u64,
+        #[arg(long)]
+        received: bool,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long, default_value_t = 0)]
+        before: u64,
     },
 }
 
@@ -454,7 +468,15 @@ async fn transfer(
     json: bool,
 ) -> anyhow::Result<()> {
     let amount_cents = amount(yuan_amount)?;
-    let req = TransferRequest { request_id: request_id(), from, to, amount_cents, pin, verification: verify.get(), ..Default::default() };
+    let req = TransferRequest {
+        request_id: request_id(),
+        from_user: from,
+        to_user: to,
+        amount_cents,
+        pin,
+        verification: verify.get(),
+        ..Default::default()
+    };
     let r = client.transfer(req).await?;
     if json {
         print_json(&output::Wallet::from(&r));
@@ -482,7 +504,7 @@ async fn account(client: &Client, cmd: AccountCmd, json: bool) -> anyhow::Result
             client.withdraw(req).await?
         }
         AccountCmd::Balance { user } => return balance(client, user, json).await,
-        AccountCmd::Statement { user, limit } => return statement(client, user, limit, json).await,
+        AccountCmd::Statement { user, limit, before } => return statement(client, user, limit, before, json).await,
         AccountCmd::Risk { user, freeze, grade } => {
             let b = client.set_risk(user, freeze, &grade).await?;
             println!("user {} frozen={} grade={}", b.user, b.frozen, b.risk_grade);
@@ -509,12 +531,12 @@ async fn balance(client: &Client, user: u64, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn statement(client: &Client, user: u64, limit: u32, json: bool) -> anyhow::Result<()> {
-    let s = client.statement(user, limit).await?;
+async fn statement(client: &Client, user: u64, limit: u32, before: u64, json: bool) -> anyhow::Result<()> {
+    let s = client.statement_page(user, limit, before).await?;
     if json {
         print_json(&s.entries.iter().map(output::StatementRow::from).collect::<Vec<_>>());
     } else {
-        output::print_statement(&s.entries);
+        output::print_statement(&s.entries, s.next_before_seq);
     }
     Ok(())
 }
@@ -539,6 +561,15 @@ async fn packet(client: &Client, cmd: PacketCmd, json: bool) -> anyhow::Result<(
                 let (share, left, left_yuan) = (r.index + 1, r.remaining_count, yuan(r.remaining_cents));
                 let in_flight = if r.credit_in_flight { "; credit on its way to the wallet's shard" } else { "" };
                 println!("user {user} grabbed {} (share #{share}); {left} shares / {left_yuan} left{in_flight}", yuan(r.amount_cents));
+            }
+        }
+        PacketCmd::History { user, received, limit, before } => {
+            let side = if received { PacketSide::Received } else { PacketSide::Sent };
+            let r = client.packet_history(user, side, limit, before).await?;
+            if json {
+                print_json(&output::History::new(&r, if received { "received" } else { "sent" }));
+            } else {
+                output::print_history(&r, !received);
             }
         }
         PacketCmd::Show { packet, viewer } => {

@@ -3,8 +3,8 @@
 
 use hongbao_client::money::{yuan, yuan_signed};
 use hongbao_proto::v1::{
-    AuditReply, BalanceReply, Claim, GrabReply, NodeStatus, PacketView, RouterView, SendPacketReply, ShardStatus, ShardTotals,
-    StatementEntry, StatusReply, WalletReply,
+    AuditReply, BalanceReply, Claim, GrabReply, NodeStatus, PacketHistoryReply, PacketView, RouterView, SendPacketReply, ShardStatus,
+    ShardTotals, StatementEntry, StatusReply, WalletReply,
 };
 use serde::Serialize;
 
@@ -71,6 +71,8 @@ impl<'a> From<&'a BalanceReply> for Balance<'a> {
 
 #[derive(Serialize)]
 pub struct StatementRow<'a> {
+    /// The entry's number: `--before` it reads older entries.
+    seq: u64,
     time_ms: u64,
     kind: &'a str,
     delta_cents: i64,
@@ -85,6 +87,7 @@ pub struct StatementRow<'a> {
 impl<'a> From<&'a StatementEntry> for StatementRow<'a> {
     fn from(e: &'a StatementEntry) -> StatementRow<'a> {
         StatementRow {
+            seq: e.seq,
             time_ms: e.time_ms,
             kind: &e.kind,
             delta_cents: e.delta_cents,
@@ -97,8 +100,8 @@ impl<'a> From<&'a StatementEntry> for StatementRow<'a> {
     }
 }
 
-pub fn print_statement(entries: &[StatementEntry]) {
-    println!("{:<14} {:<17} {:>12} {:>12}  counterparty", "time_ms", "kind", "delta", "balance");
+pub fn print_statement(entries: &[StatementEntry], next_before_seq: u64) {
+    println!("{:<6} {:<14} {:<17} {:>12} {:>12}  counterparty", "seq", "time_ms", "kind", "delta", "balance");
     for e in entries {
         let user = format!("user {} (shard {})", e.counterparty_user, e.counterparty_shard);
         let cp = match (e.packet_id != 0, e.counterparty_user != 0) {
@@ -108,11 +111,82 @@ pub fn print_statement(entries: &[StatementEntry]) {
             (false, true) => user,
             (false, false) => String::new(),
         };
-        println!("{:<14} {:<17} {:>12} {:>12}  {}", e.time_ms, e.kind, yuan_signed(e.delta_cents), yuan(e.balance_after_cents), cp);
+        println!(
+            "{:<6} {:<14} {:<17} {:>12} {:>12}  {}",
+            e.seq,
+            e.time_ms,
+            e.kind,
+            yuan_signed(e.delta_cents),
+            yuan(e.balance_after_cents),
+            cp
+        );
+    }
+    if next_before_seq != 0 {
+        println!("older entries: --before {next_before_seq}");
     }
 }
 
 // ---------------- packets ----------------
+
+#[derive(Serialize)]
+pub struct History {
+    user: u64,
+    side: &'static str,
+    year: u32,
+    sent_count: u64,
+    sent_cents: u64,
+    received_count: u64,
+    received_cents: u64,
+    entries: Vec<HistoryRow>,
+    /// 0: no older entries; else pass as `--before`.
+    next_before_seq: u64,
+}
+
+#[derive(Serialize)]
+pub struct HistoryRow {
+    seq: u64,
+    time_ms: u64,
+    packet_id: u64,
+    amount_cents: u64,
+}
+
+impl History {
+    pub fn new(r: &PacketHistoryReply, side: &'static str) -> History {
+        let y = r.year.clone().unwrap_or_default();
+        History {
+            user: r.user,
+            side,
+            year: y.year,
+            sent_count: y.sent_count,
+            sent_cents: y.sent_cents,
+            received_count: y.received_count,
+            received_cents: y.received_cents,
+            entries: r
+                .entries
+                .iter()
+                .map(|e| HistoryRow { seq: e.seq, time_ms: e.time_ms, packet_id: e.packet_id, amount_cents: e.amount_cents })
+                .collect(),
+            next_before_seq: r.next_before_seq,
+        }
+    }
+}
+
+/// 發出的紅包 / 收到的紅包: the year's totals, then the page.
+pub fn print_history(r: &PacketHistoryReply, sent: bool) {
+    let y = r.year.clone().unwrap_or_default();
+    if sent {
+        println!("user {} sent {} packets in {}, {} in all", r.user, y.sent_count, y.year, yuan(y.sent_cents));
+    } else {
+        println!("user {} received {} packets in {}, {} in all", r.user, y.received_count, y.year, yuan(y.received_cents));
+    }
+    println!("{:<6} {:<14} {:>20} {:>12}", "seq", "time_ms", "packet", "amount");
+    for e in &r.entries {
+        println!("{:<6} {:<14} {:>20} {:>12}", e.seq, e.time_ms, e.packet_id, yuan(e.amount_cents));
+    }
+    if r.next_before_seq != 0 {
+        println!("older packets: --before {}", r.next_before_seq);
+    }
+}
 
 #[derive(Serialize)]
 pub struct Sent {

@@ -328,11 +328,11 @@ impl Wallet for RouterService {
         to_wallet!(self, r, r.user, withdraw)
     }
     async fn transfer(&self, req: Request<TransferRequest>) -> Res<WalletReply> {
-        let claims = self.gate.user(&req, req.get_ref().from, "transfer")?;
-        self.gate.spend_allowed(req.get_ref().from)?;
+        let claims = self.gate.user(&req, req.get_ref().from_user, "transfer")?;
+        self.gate.spend_allowed(req.get_ref().from_user)?;
         let mut r = req.into_inner();
         r.device = claims.dev;
-        to_wallet!(self, r, r.from, transfer)
+        to_wallet!(self, r, r.from_user, transfer)
     }
     async fn balance(&self, req: Request<BalanceRequest>) -> Res<BalanceReply> {
         self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the wallet")?;
@@ -395,6 +395,13 @@ impl Packets for RouterService {
         let r = req.into_inner();
         let shard = PacketId(r.packet_id).shard();
         self.router.forward(shard, r, |_, ch, r| async move { PacketsClient::new(ch).show(r).await }).await
+    }
+    async fn history(&self, req: Request<PacketHistoryRequest>) -> Res<PacketHistoryReply> {
+        self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the packet history")?;
+        self.gate.read_allowed(req.get_ref().user)?;
+        let r = req.into_inner();
+        let shard = self.user(r.user);
+        self.router.forward(shard, r, |_, ch, r| async move { PacketsClient::new(ch).history(r).await }).await
     }
 }
 

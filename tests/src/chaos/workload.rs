@@ -139,8 +139,8 @@ pub async fn send(client: &Client, rid: &[u8], op: &Op) -> Result<Ack, ClientErr
         Op::Transfer { from, to, amount } => {
             let req = TransferRequest {
                 request_id: rid,
-                from,
-                to,
+                from_user: from,
+                to_user: to,
                 amount_cents: amount,
                 device: DEVICE.into(),
                 verification: None,

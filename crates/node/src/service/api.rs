@@ -4,7 +4,8 @@
 //! reads are linearizable (ReadIndex) unless the caller opts into a stale local read.
 
 use crate::host::{Host, ReadPermit};
-use crate::service::convert::{bounded, claim, detail, invalid, kind_of, rejected, request_id, statement_entry, verification};
+use crate::service::convert::{bounded, claim, detail, invalid, kind_of, refused, request_id, statement_entry, verification, About};
+use hongbao_ledger::state::EntryKind;
 use hongbao_ledger::{view, Cents, Code, Command, Outcome, PacketId, PacketKind, PinCheck, Reply, RequestId, RiskGrade, ShardId, UserId};
 use hongbao_proto::v1::coalesced_server::Coalesced;
 use hongbao_proto::v1::packets_server::Packets;
@@ -18,6 +19,8 @@ use tonic::{Request, Response, Status};
 pub const MAX_REQUEST_BYTES: usize = 16 << 10;
 /// Most statement entries one call returns.
 pub const MAX_STATEMENT: u32 = 200;
+/// Entries in a statement or packet-history page when the request names no limit.
+const DEFAULT_PAGE: usize = 50;
 
 #[derive(Clone)]
 pub struct ApiService {
@@ -35,9 +38,10 @@ impl ApiService {
     }
 
     async fn write(&self, shard: ShardId, id: RequestId, cmd: Command) -> Result<Outcome, Status> {
+        let about = About::of(&cmd);
         let o = self.host.propose(shard, id, cmd).await?;
         if o.code != Code::Ok {
-            return Err(rejected(&o, shard));
+            return Err(refused(&o, shard, &about));
         }
         Ok(o)
     }
@@ -54,7 +58,7 @@ impl ApiService {
         if !self.host.is_leader(replica) {
             return Err(self.host.not_leader(replica, None).into());
         }
-        crate::pin::verdict(&self.host, shard, user, pin).await.map_err(|code| rejected(&Outcome::err(code), shard))
+        crate::pin::verdict(&self.host, shard, user, pin).await.map_err(|code| refused(&Outcome::err(code), shard, &About::user(user)))
     }
 
     /// Gate for reads: linearizable unless the caller allows a stale local read. Hold the permit
@@ -75,16 +79,16 @@ impl ApiService {
         self.text("password", &r.password)?;
         let password = if r.password.is_empty() { None } else { Some(r.password) };
         let id = request_id(&r.request_id)?;
+        let cmd = Command::Grab { packet, grabber: r.grabber, grabber_shard, password };
         if let Ok(s) = self.host.replica(shard) {
             if self.host.is_leader(s) {
                 let now = || self.host.ledger_time_ms(shard);
                 if let Some(code) = hongbao_ledger::view::grab_refusal(&self.host.store(shard), &id, packet, r.grabber, now) {
                     metrics::counter!(crate::metrics::GRABS_FAST_REJECTED).increment(1);
-                    return Err(rejected(&Outcome::err(code), shard));
+                    return Err(refused(&Outcome::err(code), shard, &About::of(&cmd)));
                 }
             }
         }
-        let cmd = Command::Grab { packet, grabber: r.grabber, grabber_shard, password };
         let o = self.write(shard, id, cmd).await?;
         metrics::counter!(crate::metrics::GRABS).increment(1);
         match o.reply {
@@ -159,14 +163,14 @@ impl Wallet for ApiService {
 
     async fn transfer(&self, req: Request<TransferRequest>) -> Res<WalletReply> {
         let r = req.into_inner();
-        let shard = self.user_shard(r.from)?;
-        let to_shard = self.user_shard(r.to)?;
+        let shard = self.user_shard(r.from_user)?;
+        let to_shard = self.user_shard(r.to_user)?;
         self.text("device", &r.device)?;
         let id = request_id(&r.request_id)?;
-        let pin = self.pin_check(shard, r.from, &r.pin).await?;
+        let pin = self.pin_check(shard, r.from_user, &r.pin).await?;
         let cmd = Command::Transfer {
-            from: r.from,
-            to: r.to,
+            from: r.from_user,
+            to: r.to_user,
             to_shard,
             amount: Cents(r.amount_cents),
             device: r.device,
@@ -188,9 +192,9 @@ impl Wallet for ApiService {
         let r = req.into_inner();
         let shard = self.user_shard(r.user)?;
         let _read = self.read_gate(shard, r.allow_stale).await?;
-        let limit = r.limit.clamp(1, MAX_STATEMENT) as usize;
-        let entries = view::statement(&self.host.store(shard), r.user, limit).iter().map(statement_entry).collect();
-        Ok(Response::new(StatementReply { user: r.user, entries }))
+        let page = view::statement_page(&self.host.store(shard), r.user, cursor(r.before_seq), page_limit(r.limit));
+        let entries = page.entries.iter().map(|(seq, e)| statement_entry(*seq, e)).collect();
+        Ok(Response::new(StatementReply { user: r.user, entries, next_before_seq: page.next.unwrap_or(0) }))
     }
 
     async fn set_pin(&self, req: Request<SetPinRequest>) -> Res<WalletReply> {
@@ -257,6 +261,40 @@ impl Packets for ApiService {
     async fn grab(&self, req: Request<GrabRequest>) -> Res<GrabReply> {
         self.grab_one(req.into_inner()).await.map(Response::new)
     }
+    async fn history(&self, req: Request<PacketHistoryRequest>) -> Res<PacketHistoryReply> {
+        let r = req.into_inner();
+        let side = match r.side() {
+            PacketSide::Sent => view::PacketSide::Sent,
+            PacketSide::Received => view::PacketSide::Received,
+            PacketSide::Unspecified => return Err(invalid("side must be SENT or RECEIVED")),
+        };
+        let shard = self.user_shard(r.user)?;
+        let _read = self.read_gate(shard, r.allow_stale).await?;
+        let store = self.host.store(shard);
+        let page = view::packets_page(&store, r.user, side, cursor(r.before_seq), page_limit(r.limit));
+        let entries = page
+            .entries
+            .iter()
+            .map(|(seq, e)| {
+                let packet = match e.kind {
+                    EntryKind::PacketSend { packet } | EntryKind::PacketGrab { packet } => packet.0,
+                    _ => unreachable!("packets_page lists only sends and grabs"),
+                };
+                PacketHistoryEntry { seq: *seq, time_ms: e.time_ms, packet_id: packet, amount_cents: e.delta.unsigned_abs() }
+            })
+            .collect();
+        // The year as of ledger time: the counters roll over by it.
+        let y = view::packet_year(&store, r.user, view::totals(&store).last_time_ms).unwrap_or_default();
+        let year = PacketYear {
+            year: y.year,
+            sent_count: y.sent_count,
+            sent_cents: y.sent.0,
+            received_count: y.received_count,
+            received_cents: y.received.0,
+        };
+        Ok(Response::new(PacketHistoryReply { user: r.user, entries, next_before_seq: page.next.unwrap_or(0), year: Some(year) }))
+    }
+
     async fn show(&self, req: Request<ShowPacketRequest>) -> Res<PacketView> {
         let r = req.into_inner();
         let id = PacketId(r.packet_id);
@@ -311,5 +349,20 @@ impl Coalesced for ApiService {
             })
             .collect();
         Ok(Response::new(GrabBatchReply { results }))
+    }
+}
+
+/// A page cursor from the wire: 0 starts at the newest entry (a real cursor is never 0: it is
+/// the seq of an entry with an older one before it).
+fn cursor(before_seq: u64) -> Option<u64> {
+    (before_seq != 0).then_some(before_seq)
+}
+
+/// A page's size from the wire: 0 asks for the default, more than the maximum gets the maximum.
+fn page_limit(limit: u32) -> usize {
+    if limit == 0 {
+        DEFAULT_PAGE
+    } else {
+        limit.min(MAX_STATEMENT) as usize
     }
 }

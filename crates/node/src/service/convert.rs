@@ -2,7 +2,7 @@
 //! one place: codes, request fields, replies.
 
 use crate::error::{ErrorKind, HostError};
-use hongbao_ledger::{Code, Outcome, PacketKind, Reply, RequestId, ShardId, Verification};
+use hongbao_ledger::{Cents, Code, Command, Outcome, PacketKind, Reply, RequestId, ShardId, UserId, Verification};
 use hongbao_proto::{status, ErrorCode, ErrorDetail};
 use tonic::Status;
 
@@ -102,14 +102,105 @@ pub fn verification(v: &Option<hongbao_proto::v1::Verification>) -> Option<Verif
     v.as_ref().map(|v| Verification { challenge_id: v.challenge_id, code: v.code })
 }
 
-/// A rejected outcome as a status with its domain code (and challenge id, if any).
-pub fn rejected(o: &Outcome, shard: ShardId) -> Status {
-    let mut d = detail(ledger_code(o.code), o.code.as_str(), shard);
+/// A rejected outcome as a status with its domain code (and challenge id, if any), its message
+/// saying what happened in words, with the users, packet and amounts of `about`.
+pub fn refused(o: &Outcome, shard: ShardId, about: &About) -> Status {
+    let mut d = detail(ledger_code(o.code), explain(o.code, about), shard);
     if let Reply::Challenge { challenge_id } = o.reply {
         d.challenge_id = challenge_id;
-        d.message = format!("{}: verify on the account's known device, then re-send with challenge {challenge_id}", o.code.as_str());
+        d.message = format!("{}: verify on the account's known device, then re-send with challenge {challenge_id}", d.message);
     }
     status(d)
+}
+
+/// A rejected outcome with nothing known of its command (a system command's refusal).
+pub fn rejected(o: &Outcome, shard: ShardId) -> Status {
+    refused(o, shard, &About::default())
+}
+
+/// Who and what a refusal is about, for its message (0: not known or not involved).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct About {
+    pub user: UserId,
+    pub to: UserId,
+    pub packet: u64,
+    pub amount: Cents,
+    pub count: u32,
+}
+
+impl About {
+    pub fn user(user: UserId) -> About {
+        About { user, ..About::default() }
+    }
+
+    pub fn of(cmd: &Command) -> About {
+        match cmd {
+            Command::OpenAccount { user, .. } | Command::SetRisk { user, .. } | Command::SetPin { user, .. } => About::user(*user),
+            Command::TopUp { user, amount } | Command::Withdraw { user, amount, .. } => About { user: *user, amount: *amount, ..About::default() },
+            Command::Transfer { from, to, amount, .. } => About { user: *from, to: *to, amount: *amount, ..About::default() },
+            Command::SendPacket { sender, kind, .. } => {
+                let (amount, count, to) = match kind {
+                    PacketKind::Lucky { total, count } | PacketKind::Password { total, count, .. } => (*total, *count, 0),
+                    PacketKind::Fixed { per_share, count } => (Cents(per_share.0.saturating_mul(*count as u64)), *count, 0),
+                    PacketKind::Exclusive { amount, recipient, .. } => (*amount, 1, *recipient),
+                };
+                About { user: *sender, to, amount, count, ..About::default() }
+            }
+            Command::Grab { packet, grabber, .. } => About { user: *grabber, packet: packet.0, ..About::default() },
+            Command::ExpirePacket { packet } => About { packet: packet.0, ..About::default() },
+            Command::Credit { .. }
+            | Command::MarkDelivered { .. }
+            | Command::AckNotifications { .. }
+            | Command::SetDrained { .. }
+            | Command::ConfigCheck { .. } => About::default(),
+        }
+    }
+}
+
+fn yuan(c: Cents) -> String {
+    format!("¥{}.{:02}", c.0 / 100, c.0 % 100)
+}
+
+/// What a ledger refusal means, in words a user understands (the code's name stays in the
+/// status and the detail's code).
+pub fn explain(code: Code, a: &About) -> String {
+    let (u, p, amount) = (a.user, a.packet, yuan(a.amount));
+    match code {
+        Code::Ok => "ok".into(),
+        Code::AmountZero => "an amount of ¥0.00 (or a share of nothing) moves no money".into(),
+        Code::AmountOverflow => format!("{amount} is above the most one operation may move, or would overflow a balance"),
+        Code::InsufficientFunds => format!("user {u} has less than {amount} (with any fee) in the wallet"),
+        Code::UnknownUser => format!("no wallet for user {u}: open an account first"),
+        Code::UserExists => format!("user {u} already has a wallet"),
+        Code::UnknownPacket => format!("there is no packet {p}"),
+        Code::AlreadyGrabbed => format!("user {u} already grabbed packet {p}"),
+        Code::PacketExhausted => format!("every share of packet {p} is taken"),
+        Code::PacketExpired => format!("packet {p} has expired; what was left went back to its sender"),
+        Code::PacketNotExpired => format!("packet {p} has not expired yet"),
+        Code::WrongPassword => format!("wrong password for packet {p}"),
+        Code::NotRecipient => format!("packet {p} is for someone else, not user {u}"),
+        Code::TotalTooLarge => format!("a packet of {amount} is above today's limit for one packet"),
+        Code::CountOutOfRange => format!("{} shares is outside what one packet may have", a.count),
+        Code::ShareTooSmall => format!("{amount} in {} shares leaves a share under ¥0.01", a.count),
+        Code::AccountFrozen => format!("user {u}'s wallet is frozen: it may not send, transfer or withdraw"),
+        Code::DailyLimitExceeded => format!("sending {amount} would take user {u} over today's limit"),
+        Code::RiskGradeBlocked => format!("user {u}'s risk grade does not allow sending"),
+        Code::ChallengeRequired => format!("{amount} from a new device needs a code from user {u}'s known device"),
+        Code::ChallengeInvalid => format!("the verification does not match a live challenge of user {u}"),
+        Code::RequestIdReused => format!("user {u} already used this request id for a different request"),
+        Code::SelfTransfer => format!("user {u} cannot pay themselves"),
+        Code::InvalidArgument => "the request is malformed".into(),
+        Code::CreditOutOfOrder => "a relay batch skipped sequence numbers".into(),
+        Code::WrongShard => "the request reached a shard that does not own it".into(),
+        Code::PinNotSet => format!("user {u} has no payment PIN yet: set one first"),
+        Code::WrongPin => format!("wrong payment PIN for user {u} (counted: too many lock spending)"),
+        Code::PinLocked => format!("too many wrong PINs: user {u}'s spending is locked for now"),
+        Code::PinAlreadySet => format!("user {u} already has a payment PIN"),
+        Code::RequestExpired => "this request id was issued over a day ago: the cluster no longer remembers what it did, and \
+            this attempt did nothing; check the statement before sending anew"
+            .into(),
+        Code::RequestAhead => "this request id's time is ahead of the cluster's clock: check the client's clock".into(),
+    }
 }
 
 pub fn kind_of(k: &PacketKind) -> hongbao_proto::v1::PacketKind {
@@ -125,7 +216,7 @@ pub fn claim(c: &hongbao_ledger::Claim) -> hongbao_proto::v1::Claim {
     hongbao_proto::v1::Claim { grabber: c.grabber, amount_cents: c.amount.0, index: c.index, time_ms: c.time_ms }
 }
 
-pub fn statement_entry(e: &hongbao_ledger::StatementEntry) -> hongbao_proto::v1::StatementEntry {
+pub fn statement_entry(seq: u64, e: &hongbao_ledger::StatementEntry) -> hongbao_proto::v1::StatementEntry {
     use hongbao_ledger::state::EntryKind as K;
     let (cp_user, packet, cp_shard) = match &e.kind {
         K::TransferOut { to, to_shard } => (*to, 0, *to_shard),
@@ -145,12 +236,32 @@ pub fn statement_entry(e: &hongbao_ledger::StatementEntry) -> hongbao_proto::v1:
         packet_id: packet,
         counterparty_shard: cp_shard,
         request_id: e.request.0.to_vec(),
+        seq,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_refusal_is_explained_in_words_naming_who_and_what() {
+        let grab = Command::Grab { packet: hongbao_ledger::PacketId(2814), grabber: 1002, grabber_shard: 1, password: None };
+        assert_eq!(explain(Code::AlreadyGrabbed, &About::of(&grab)), "user 1002 already grabbed packet 2814");
+        let send = Command::SendPacket {
+            sender: 7,
+            kind: PacketKind::Fixed { per_share: Cents(1_50), count: 4 },
+            device: String::new(),
+            verification: None,
+            greeting: String::new(),
+            pin: hongbao_ledger::PinCheck::Verified,
+        };
+        assert_eq!(explain(Code::InsufficientFunds, &About::of(&send)), "user 7 has less than ¥6.00 (with any fee) in the wallet");
+        for code in ALL.iter().skip(1) {
+            let m = explain(*code, &About::of(&send));
+            assert!(!m.contains(code.as_str()) && m.len() > 15, "{code:?}: {m}");
+        }
+    }
 
     /// Every ledger code, in number order (the exhaustive match in `ledger_code` makes a new code
     /// a compile error there; this list makes it a test failure here until it is added).
