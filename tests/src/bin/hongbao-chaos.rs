@@ -13,7 +13,7 @@ use std::time::Duration;
 struct Args {
     /// kill-leader | kill-region | partition-region | isolate-leader | pause-node | slow-links |
     /// rolling-restart | clock-jump | disk-loss | snapshot-storm | clock-leap | big-entries |
-    /// corrupt-snapshot | all
+    /// corrupt-snapshot | netns-partition (root: nodes in network namespaces) | all
     schedule: String,
     /// Seconds of fault injection (the workload runs throughout).
     #[arg(long, default_value_t = 30)]
@@ -54,7 +54,19 @@ fn main() {
     };
     let mut failed = false;
     for s in schedules {
-        match rt.block_on(chaos::run(s, &opts)) {
+        // On Ctrl-C the run is dropped, so its cluster and (netns-partition) its namespaces,
+        // veths and bridge are removed before exiting.
+        let run = rt.block_on(async {
+            tokio::select! {
+                r = chaos::run(s, &opts) => Some(r),
+                _ = tokio::signal::ctrl_c() => None,
+            }
+        });
+        let Some(run) = run else {
+            eprintln!("interrupted during {}: cluster stopped and cleaned up", s.name());
+            std::process::exit(130);
+        };
+        match run {
             Ok(report) => {
                 println!("{report}");
                 failed |= !report.violations.is_empty();

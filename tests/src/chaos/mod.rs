@@ -4,6 +4,7 @@
 
 pub mod checker;
 pub mod history;
+pub mod netns;
 pub mod workload;
 
 use crate::{Cluster, Spec};
@@ -37,10 +38,11 @@ pub enum Schedule {
     ClockLeap,
     BigEntries,
     CorruptSnapshot,
+    NetnsPartition,
 }
 
 impl Schedule {
-    pub const ALL: [Schedule; 13] = [
+    pub const ALL: [Schedule; 14] = [
         Schedule::KillLeader,
         Schedule::KillRegion,
         Schedule::PartitionRegion,
@@ -54,6 +56,7 @@ impl Schedule {
         Schedule::ClockLeap,
         Schedule::BigEntries,
         Schedule::CorruptSnapshot,
+        Schedule::NetnsPartition,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +74,7 @@ impl Schedule {
             Schedule::ClockLeap => "clock-leap",
             Schedule::BigEntries => "big-entries",
             Schedule::CorruptSnapshot => "corrupt-snapshot",
+            Schedule::NetnsPartition => "netns-partition",
         }
     }
 
@@ -82,6 +86,11 @@ impl Schedule {
     /// snapshot every SMALL_SNAPSHOT_EVERY entries.
     fn small_snapshots(self) -> bool {
         matches!(self, Schedule::DiskLoss | Schedule::SnapshotStorm | Schedule::CorruptSnapshot)
+    }
+
+    /// Schedules whose nodes each run in their own network namespace (root and `ip netns`).
+    pub fn needs_netns(self) -> bool {
+        self == Schedule::NetnsPartition
     }
 }
 
@@ -205,14 +214,23 @@ impl fmt::Display for Report {
 
 /// Runs one schedule on a fresh cluster and checks the money.
 pub async fn run(schedule: Schedule, opts: &Options) -> anyhow::Result<Report> {
-    let (mut c, users) = start_cluster(schedule, opts).await;
+    // Declared before the cluster, so dropped after it: the nodes are killed before their
+    // namespaces go.
+    let net = if schedule.needs_netns() {
+        let d = Spec::default();
+        let ids: Vec<u64> = (1..=(d.regions.len() * d.nodes_per_region) as u64).collect();
+        Some(netns::Net::create(&ids)?)
+    } else {
+        None
+    };
+    let (mut c, users) = start_cluster(schedule, opts, net.as_ref()).await;
     let shared = Shared::new(c.topology.clone(), users.clone(), schedule == Schedule::BigEntries);
     let regions: Vec<String> = c.topology.regions.iter().map(|r| r.name.clone()).collect();
     let clients: Vec<Arc<Client>> = regions.iter().map(|r| Arc::new(c.router_client(r).with_deadline(CLIENT_DEADLINE))).collect();
     workload::setup(&shared, &clients[0]).await?;
 
     let load = Load::start(opts, &shared, &clients);
-    let (faults, ran_for, effects) = fault_window(schedule, opts, &mut c, &shared).await;
+    let (faults, ran_for, effects) = fault_window(schedule, opts, &mut c, net.as_ref(), &shared).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let audits = load.stop(&shared).await?;
 
@@ -236,16 +254,20 @@ pub async fn run(schedule: Schedule, opts: &Options) -> anyhow::Result<Report> {
 
 /// A fresh cluster (nodes and routers, short packet ttl, frequent snapshots), ready, and the
 /// users of the run: `users_per_shard` in each shard.
-async fn start_cluster(schedule: Schedule, opts: &Options) -> (Cluster, Vec<u64>) {
+async fn start_cluster(schedule: Schedule, opts: &Options, net: Option<&netns::Net>) -> (Cluster, Vec<u64>) {
     let small = schedule.small_snapshots();
-    let c = Cluster::start(Spec {
+    let spec = Spec {
         routers: true,
         packet_ttl_ms: Some(opts.packet_ttl_ms),
         wan_latency_ms: opts.wan_latency_ms,
         snapshot_every: if small { SMALL_SNAPSHOT_EVERY } else { 2_000 },
         keep_behind_snapshot: if small { SMALL_KEEP_BEHIND } else { 500 },
         ..Spec::default()
-    });
+    };
+    let c = match net {
+        Some(net) => net.start_cluster(spec),
+        None => Cluster::start(spec),
+    };
     c.wait_ready(Duration::from_secs(60)).await;
     let mut users = Vec::new();
     for s in &c.topology.shards {
@@ -304,6 +326,7 @@ async fn fault_window(
     schedule: Schedule,
     opts: &Options,
     c: &mut Cluster,
+    net: Option<&netns::Net>,
     shared: &Shared,
 ) -> (Vec<(Duration, String)>, Duration, Effects) {
     let started = Instant::now();
@@ -312,10 +335,13 @@ async fn fault_window(
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     tokio::time::sleep(Duration::from_secs(1)).await;
     while started.elapsed() < opts.duration {
-        inject(schedule, c, &mut rng, shared, &mut faults, &mut effects).await;
+        inject(schedule, c, net, &mut rng, shared, &mut faults, &mut effects).await;
+    }
+    if let Some(net) = net {
+        net.heal_all();
     }
     heal(c).await;
-    faults.push((shared.start.elapsed(), "healed: every node running, no injected faults".into()));
+    faults.push((shared.start.elapsed(), "healed: every node running and linked, no injected faults".into()));
     let mut log = Log { shared, entries: &mut faults, effects: &mut effects };
     finish(schedule, c, &mut log).await;
     (faults, started.elapsed(), effects)
@@ -538,6 +564,7 @@ async fn sleep_rest(t: Instant, ms: u64) {
 async fn inject(
     schedule: Schedule,
     c: &mut Cluster,
+    net: Option<&netns::Net>,
     rng: &mut impl Rng,
     shared: &Shared,
     log: &mut Vec<(Duration, String)>,
@@ -557,6 +584,7 @@ async fn inject(
         Schedule::SnapshotStorm => snapshot_storm(c, rng, &mut log).await,
         Schedule::ClockLeap => clock_leap(c, rng, &mut log).await,
         Schedule::CorruptSnapshot => corrupt_snapshot(c, rng, &mut log).await,
+        Schedule::NetnsPartition => netns_partition(c, net.expect("netns-partition runs on a netns cluster"), rng, &mut log).await,
     }
 }
 
@@ -679,6 +707,49 @@ async fn isolate_leader(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) 
     clear_faults(c).await;
     sleep(2_000).await;
     log.check(catch_up(c, n, Duration::from_secs(10)).await.map(|d| format!("healed node {n} caught up in {} ms", d.as_millis())));
+    sleep(1_000).await;
+}
+
+/// A leader's link taken down at the bridge (its namespace's veth): the kernel drops every frame
+/// to and from it, peers, routers and harness alike. Its shards must be led by others, it must
+/// not answer from the root namespace while cut, and healed it must catch up.
+async fn netns_partition(c: &mut Cluster, net: &netns::Net, rng: &mut impl Rng, log: &mut Log<'_>) {
+    let n = leader_of_random_shard(c, rng).await;
+    let led = led_by_group(c, &[n]).await;
+    let before = applied(c, n).await.unwrap_or_default();
+    log.note(format!("ip link set {} down: node {n} ({}, leader of {led:?}) off the bridge {}", net.veth(n), net.ip(n), net.bridge()));
+    let t = Instant::now();
+    if let Err(e) = net.cut(n) {
+        log.missed(format!("could not cut node {n}'s link: {e}"));
+        sleep(1_000).await;
+        return;
+    }
+    log.check(leaders_moved(c, &[n], &led, Duration::from_secs(8), &format!("node {n} cut at the link layer")).await);
+    // Not a filter inside the node: nothing of it is reachable, not even its status.
+    match local(c, n).await {
+        None => log.proved(format!("node {n} does not answer at {} while its link is down", net.ip(n))),
+        Some(_) => log.missed(format!("node {n} answered at {} through a link that is down", net.ip(n))),
+    }
+    // The others go on without it, so the catch-up after the heal has something to catch up
+    // (a precondition of that check, not a proof of the cut: the two checks above are).
+    let rest = others(c, &[n]);
+    let mut seen;
+    let behind = eventually!(Duration::from_millis(4_000).saturating_sub(t.elapsed()), {
+        seen = committed(c, &rest).await;
+        seen.iter().any(|(s, ci)| *ci > before.get(s).copied().unwrap_or(u64::MAX))
+    });
+    if behind {
+        log.proved(format!("while node {n} was cut the others committed {seen:?}, past its {before:?} when cut"));
+    } else {
+        log.missed(format!("while node {n} was cut the others committed nothing past its {before:?} (they reached {seen:?})"));
+    }
+    sleep_rest(t, 4_000).await;
+    log.note(format!("ip link set {} up", net.veth(n)));
+    if let Err(e) = net.heal(n) {
+        log.missed(format!("could not heal node {n}'s link: {e}"));
+    }
+    sleep(2_000).await;
+    log.check(catch_up(c, n, Duration::from_secs(10)).await.map(|d| format!("relinked node {n} caught up in {} ms", d.as_millis())));
     sleep(1_000).await;
 }
 
