@@ -152,7 +152,7 @@ pub struct HistoryRow {
 
 impl History {
     pub fn new(r: &PacketHistoryReply, side: &'static str) -> History {
-        let y = r.year.clone().unwrap_or_default();
+        let y = r.year.unwrap_or_default();
         History {
             user: r.user,
             side,
@@ -173,7 +173,7 @@ impl History {
 
 /// 發出的紅包 / 收到的紅包: the year's totals, then the page.
 pub fn print_history(r: &PacketHistoryReply, sent: bool) {
-    let y = r.year.clone().unwrap_or_default();
+    let y = r.year.unwrap_or_default();
     if sent {
         println!("user {} sent {} packets in {}, {} in all", r.user, y.sent_count, y.year, yuan(y.sent_cents));
     } else {
