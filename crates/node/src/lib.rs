@@ -7,6 +7,7 @@
 //! - `sweeper`, `relay`, `placement` (spawned by `tasks`): what each shard's leader does alone.
 //! - `service`: the gRPC API and admin servers, and every proto mapping (`service::convert`).
 //! - `access`, `pin`: who may call what (identity from the TLS certificate); the payment PIN.
+//! - `health`: grpc.health.v1 status and server reflection, for operators' tools.
 //! - `audit`, `config`, `clock`, `faults`, `metrics`.
 
 pub mod access;
@@ -16,6 +17,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod faults;
+pub mod health;
 pub mod host;
 pub mod metrics;
 pub mod peers;

@@ -137,6 +137,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ADMIN_DEADLINES,
         ))
     };
+    // grpc.health.v1 (kept current by a task of its own) and reflection, for operators' tools:
+    // any caller with a certificate of the cluster's CA (`health`).
+    let (health, reflection, reflection_alpha) = hongbao_node::health::start(host.clone()).await?;
+    let routes = routes.add_service(health).add_service(reflection).add_service(reflection_alpha);
     let server = routes.serve_with_shutdown(addr, shutdown_signal());
     server.await?;
     tracing::info!("shutting down: stopping background tasks and raft");

@@ -9,6 +9,10 @@ pub mod v1 {
 /// Every `hongbao.v1` file, encoded as a `google.protobuf.FileDescriptorSet` (from the same
 /// protox compile as the generated code): what server reflection serves.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hongbao_descriptor.bin"));
+/// `google.rpc.Status` and the standard error details (ErrorInfo, RetryInfo, ...) with their
+/// imports: served by reflection too, so a generic client (grpcurl) can print every detail an
+/// error carries.
+pub const GOOGLE_RPC_FILE_DESCRIPTOR_SET: &[u8] = tonic_types::pb::FILE_DESCRIPTOR_SET;
 
 use prost::Message;
 pub use v1::{ErrorCode, ErrorDetail};

@@ -15,6 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod coalesce;
 mod gate;
+mod health;
 mod metrics;
 mod route;
 
@@ -91,6 +92,8 @@ async fn main() -> anyhow::Result<()> {
     );
     let health = tokio::spawn(route::health_loop(router.clone()));
     tracing::info!(region = %args.region, %addr, metrics_addr = ?entry.and_then(|r| r.metrics_addr.as_deref()), "router started");
+    // grpc.health.v1 (kept current by a task of its own) and reflection, for operators' tools.
+    let (grpc_health, reflection, reflection_alpha) = health::start(router.clone()).await?;
     let svc = route::RouterService { router: router.clone(), gate };
     let max = route::MAX_REQUEST_BYTES;
     tonic::transport::Server::builder()
@@ -100,6 +103,9 @@ async fn main() -> anyhow::Result<()> {
         .add_service(InterceptedService::new(PacketsServer::new(svc.clone()).max_decoding_message_size(max), gate::services_only))
         .add_service(InterceptedService::new(NotifierServer::new(svc.clone()).max_decoding_message_size(max), gate::services_only))
         .add_service(InterceptedService::new(ClusterServer::new(svc).max_decoding_message_size(max), gate::services_only))
+        .add_service(grpc_health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
         .serve_with_shutdown(addr.parse()?, async {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");

@@ -56,6 +56,9 @@ pub struct Router {
     max_inflight: usize,
     /// Grabs go to nodes coalesced, many per call (None: one call per grab).
     coalescer: Option<Arc<Coalescer>>,
+    /// Whether the last health round reached a leader of every shard (`unreached_shards`), and
+    /// if not, why: what this router's grpc.health.v1 status says.
+    ready: RwLock<Result<(), String>>,
 }
 
 impl Router {
@@ -91,6 +94,7 @@ impl Router {
             inflight,
             max_inflight,
             coalescer,
+            ready: RwLock::new(Err("no health check yet".into())),
         })
     }
 
@@ -113,6 +117,17 @@ impl Router {
             .map(|r| RegionStatus { region: r.name.clone(), up: nodes.iter().any(|n| n.region == r.name && n.up), drained: false })
             .collect();
         RouterView { region: self.region.clone(), nodes, leaders, regions }
+    }
+
+    /// Ok when the last health round reached, for every shard, a leader that a majority of the
+    /// shard's replicas follows; else which shards it did not.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.ready.read().expect("ready lock").clone()
+    }
+
+    /// Whether any node answered its last health checks (cluster-wide admin calls can be served).
+    pub fn any_node_up(&self) -> bool {
+        self.health.read().expect("health lock").values().any(|h| h.up)
     }
 
     fn is_up(&self, node: NodeId) -> bool {
@@ -256,6 +271,7 @@ pub async fn health_loop(router: Arc<Router>) {
             let id = n.id;
             async move { (id, tokio::time::timeout(HEALTH_TIMEOUT, c.status(StatusRequest { local_only: true })).await) }
         });
+        let mut answers: Vec<ShardStatus> = Vec::new();
         for (id, res) in futures::future::join_all(polls).await {
             let ok = matches!(res, Ok(Ok(_)));
             {
@@ -276,10 +292,35 @@ pub async fn health_loop(router: Arc<Router>) {
                         router.set_leader(s.id, l.node);
                     }
                 }
+                answers.extend(r.nodes.into_iter().filter(|n| n.node == id).flat_map(|n| n.shards));
             }
         }
+        let unreached = unreached_shards(&router.topology, &answers);
+        *router.ready.write().expect("ready lock") =
+            if unreached.is_empty() { Ok(()) } else { Err(format!("no reachable leader followed by a majority for shards {unreached:?}")) };
         tokio::time::sleep(HEALTH_EVERY).await;
     }
+}
+
+/// Shards for which no answer of one health round (each node's own replicas) shows a leader
+/// that a majority of the shard's replicas follows in its term. A leader that claims the shard
+/// alone does not count: one cut off from its followers keeps saying it leads (openraft does
+/// not step down), and a follower keeps naming a dead leader until another is elected.
+pub fn unreached_shards(topology: &Topology, answers: &[ShardStatus]) -> Vec<ShardId> {
+    let followed = |shard: ShardId, leader: &ShardStatus| {
+        answers.iter().filter(|a| a.shard == shard && a.leader == leader.node && a.term == leader.term).count()
+    };
+    topology
+        .shards
+        .iter()
+        .filter(|s| {
+            !answers
+                .iter()
+                .filter(|a| a.shard == s.id && a.role() == ReplicaRole::Leader && a.leader == a.node)
+                .any(|l| followed(s.id, l) > s.replicas.len() / 2)
+        })
+        .map(|s| s.id)
+        .collect()
 }
 
 #[derive(Clone)]
@@ -467,5 +508,41 @@ impl Cluster for RouterService {
                 async move { c.undrain(r).await }
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology() -> Topology {
+        let path = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo")).join("../../deploy/local-3x1.toml");
+        Topology::load(&path).expect("shipped topology")
+    }
+
+    fn row(shard: u32, node: u64, leader: u64, term: u64) -> ShardStatus {
+        let role = if leader == node { ReplicaRole::Leader } else { ReplicaRole::Follower };
+        ShardStatus { shard, node, leader, term, role: role as i32, ..Default::default() }
+    }
+
+    /// Every node's own rows for all three shards, each led by `leader` in term 5.
+    fn round(nodes: &[u64], leader: u64) -> Vec<ShardStatus> {
+        nodes.iter().flat_map(|n| (1..=3).map(move |s| row(s, *n, leader, 5))).collect()
+    }
+
+    #[test]
+    fn a_leader_counts_once_a_majority_of_its_replicas_follows_it() {
+        let t = topology();
+        assert!(unreached_shards(&t, &round(&[1, 2, 3], 1)).is_empty());
+        assert!(unreached_shards(&t, &round(&[1, 2], 1)).is_empty(), "one follower down: still a majority");
+        assert_eq!(unreached_shards(&t, &round(&[1], 1)), vec![1, 2, 3], "a leader alone (its followers gone) does not count");
+        assert_eq!(unreached_shards(&t, &round(&[2, 3], 1)), vec![1, 2, 3], "followers naming a leader that did not answer");
+        assert_eq!(unreached_shards(&t, &[]), vec![1, 2, 3]);
+        // Cut off: the old leader still claims term 5, the others elected node 2 in term 6.
+        let mut rows = round(&[1], 1);
+        rows.extend([2, 3].iter().flat_map(|n| (1..=3).map(move |s| row(s, *n, 2, 6))));
+        assert!(unreached_shards(&t, &rows).is_empty(), "the new leader is followed");
+        let stale: Vec<ShardStatus> = rows.into_iter().filter(|r| r.node != 2).collect();
+        assert_eq!(unreached_shards(&t, &stale), vec![1, 2, 3], "the old leader's term is over");
     }
 }
