@@ -33,3 +33,26 @@ build_all() {
   ensure_system_deps
   (cd "$HONGBAO_ROOT" && cargo build --release --workspace --bins "$@")
 }
+
+# The Python example client (examples/python) and its test: a venv with grpcio, grpcio-tools,
+# grpcio-status and protobuf, outside the clone like the build dir. Reinstalled only when
+# examples/python/requirements.txt changed. Tests find it through HONGBAO_PYTHON.
+HONGBAO_VENV="${HONGBAO_VENV:-$HOME/.cache/hongbao/venv}"
+export HONGBAO_PYTHON="$HONGBAO_VENV/bin/python"
+ensure_python_deps() {
+  local req="$HONGBAO_ROOT/examples/python/requirements.txt" stamp="$HONGBAO_VENV/.requirements.txt"
+  [ -x "$HONGBAO_PYTHON" ] && cmp -s "$req" "$stamp" && return 0
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  # Debian's python3 makes venvs only with python3-venv (ensurepip).
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv "$HONGBAO_VENV" >/dev/null 2>&1; then
+    echo "installing system packages: python3 python3-venv" >&2
+    rm -rf "$HONGBAO_VENV"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3 python3-venv >/dev/null
+    python3 -m venv "$HONGBAO_VENV"
+  fi
+  echo "installing Python packages for examples/python into $HONGBAO_VENV" >&2
+  "$HONGBAO_PYTHON" -m pip install -q --disable-pip-version-check -r "$req"
+  cp "$req" "$stamp"
+}
