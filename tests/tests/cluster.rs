@@ -244,8 +244,14 @@ async fn a_leader_two_days_fast_loses_leadership_and_forgets_no_request_id_nor_e
     let (from, to) = (c.topology.user_in_shard(1, 500), c.topology.user_in_shard(1, 600));
     c.funded(&app, from, 10_000).await;
     c.funded(&app, to, 0).await;
-    let transfer =
-        TransferRequest { request_id: new_request_id(), from_user: from, to_user: to, amount_cents: 100, pin: TEST_PIN.into(), ..Default::default() };
+    let transfer = TransferRequest {
+        request_id: new_request_id(),
+        from_user: from,
+        to_user: to,
+        amount_cents: 100,
+        pin: TEST_PIN.into(),
+        ..Default::default()
+    };
     assert_eq!(app.transfer(transfer.clone()).await.expect("transfer").balance_cents, 9_900);
     let send = SendPacketRequest {
         request_id: new_request_id(),

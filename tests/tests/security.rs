@@ -204,8 +204,14 @@ async fn user_a_cannot_act_as_user_b_and_bad_tokens_are_unauthenticated_and_noth
     let a_token = signer.mint(a, hongbao_tests::TEST_DEVICE, 600);
     let as_a = router_client_with(&c, Credentials::load(&c.security_dir()).expect("creds").with_tokens(Arc::new(Fixed(a_token))));
     // A's valid token, acting as B: refused, every way money could leave B.
-    let transfer =
-        TransferRequest { request_id: new_request_id(), from_user: b, to_user: a, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
+    let transfer = TransferRequest {
+        request_id: new_request_id(),
+        from_user: b,
+        to_user: a,
+        amount_cents: 10_000,
+        pin: TEST_PIN.into(),
+        ..Default::default()
+    };
     assert_eq!(code(as_a.transfer(transfer).await), ErrorCode::PermissionDenied);
     let withdraw =
         WithdrawRequest { request_id: new_request_id(), user: b, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
@@ -338,8 +344,14 @@ async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_
     assert_eq!(money(&c, &[u, v]).await, before, "not one cent moved");
     // Another user of the same shard spends as usual: the lock is per user.
     c.funded(&app, w, 5_000).await;
-    let other =
-        TransferRequest { request_id: new_request_id(), from_user: w, to_user: v, amount_cents: 1_000, pin: TEST_PIN.into(), ..Default::default() };
+    let other = TransferRequest {
+        request_id: new_request_id(),
+        from_user: w,
+        to_user: v,
+        amount_cents: 1_000,
+        pin: TEST_PIN.into(),
+        ..Default::default()
+    };
     assert!(app.transfer(other).await.is_ok());
 }
 

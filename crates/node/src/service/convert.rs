@@ -136,7 +136,9 @@ impl About {
     pub fn of(cmd: &Command) -> About {
         match cmd {
             Command::OpenAccount { user, .. } | Command::SetRisk { user, .. } | Command::SetPin { user, .. } => About::user(*user),
-            Command::TopUp { user, amount } | Command::Withdraw { user, amount, .. } => About { user: *user, amount: *amount, ..About::default() },
+            Command::TopUp { user, amount } | Command::Withdraw { user, amount, .. } => {
+                About { user: *user, amount: *amount, ..About::default() }
+            }
             Command::Transfer { from, to, amount, .. } => About { user: *from, to: *to, amount: *amount, ..About::default() },
             Command::SendPacket { sender, kind, .. } => {
                 let (amount, count, to) = match kind {
