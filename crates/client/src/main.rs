@@ -1,10 +1,17 @@
 //! `hongbao`: the command-line tool. Tables for people, `--json` for scripts.
+//!
+//! Exit status: 0 done; 1 refused or failed (the cluster's reason, or a local one); 75 outcome
+//! unknown (re-send with `--request-id`); 2 usage. A failure prints `error: <what happened, in
+//! words> (<CODE>)` on stderr; with `--json` it also prints one JSON object on stdout,
+//! `{"error": {"code", "message", "exit_code", "outcome_unknown", "shard", "challenge_id",
+//! "request_id"}}`, so a script reads one JSON document from stdout whatever happened and tells
+//! which by the exit status (see `output::ErrorOut`).
 
 mod demo;
 mod output;
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use hongbao_client::credentials::{local_security_dir, SavedTokens};
 use hongbao_client::money::{parse_yuan, yuan};
 use hongbao_client::{new_request_id, Client, ClientError, Credentials};
@@ -23,7 +30,8 @@ struct Cli {
     /// Topology file; its routers (its nodes, if it has no routers) are the default endpoints.
     #[arg(long, global = true)]
     topology: Option<PathBuf>,
-    /// Machine-readable output.
+    /// Machine-readable output: one JSON document on stdout, errors included
+    /// (`{"error": {"code": ..., "message": ...}}`, with the same exit status).
     #[arg(long, global = true)]
     json: bool,
     /// Give up on a call after this many seconds (retries included).
@@ -120,6 +128,11 @@ enum Cmd {
         #[arg(long, default_value = "scripts/cluster")]
         cluster_script: PathBuf,
     },
+    /// Print a shell completion script, e.g.
+    /// `hongbao completions bash > ~/.local/share/bash-completion/completions/hongbao`,
+    /// `hongbao completions zsh > ~/.zfunc/_hongbao`,
+    /// `hongbao completions fish > ~/.config/fish/completions/hongbao.fish`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Args, Clone)]
@@ -306,46 +319,90 @@ fn endpoints(cli: &Cli) -> anyhow::Result<Vec<String>> {
     Ok(t.routers.iter().map(|r| r.addr.clone()).collect())
 }
 
+/// Exit status of a refusal or failure.
+const EXIT_FAILED: i32 = 1;
+/// Exit status of a command line that does not parse (clap's own).
+const EXIT_USAGE: i32 = 2;
+
+/// Whether `--json` is among the arguments (before any `--`): for a command line that does not
+/// parse, so its usage error can be JSON too.
+fn json_requested() -> bool {
+    std::env::args_os().take_while(|a| a != "--").any(|a| a == "--json")
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and --version are not errors (stdout, exit 0): clap prints them.
+            if e.use_stderr() && json_requested() {
+                // The error's lines up to the usage line, as one line.
+                let rendered = e.render().to_string();
+                let lines: Vec<&str> = rendered.lines().take_while(|l| !l.is_empty() && !l.starts_with("Usage:")).map(str::trim).collect();
+                let message = lines.join(" ");
+                let message = message.strip_prefix("error: ").unwrap_or(&message).to_string();
+                print_json(&output::ErrorOut::usage(message, EXIT_USAGE));
+            }
+            e.exit()
+        }
+    };
     let id = match cli.request_id.as_deref().map(parse_request_id).transpose() {
         Ok(id) => id.unwrap_or_else(new_request_id),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::exit(2);
+            if cli.json {
+                print_json(&output::ErrorOut::usage(format!("{e:#}"), EXIT_USAGE));
+            }
+            std::process::exit(EXIT_USAGE);
         }
     };
     REQUEST_ID.set(id).expect("set once");
+    let json = cli.json;
     match run(cli).await {
         Ok(code) => std::process::exit(code),
-        Err(e) => {
-            if let Some(ce) = e.downcast_ref::<ClientError>().filter(|ce| ce.outcome_unknown()) {
-                if REQUEST_SENT.load(std::sync::atomic::Ordering::Relaxed) {
-                    // Never "failed": the request may have been applied. A new id could pay twice.
-                    let id = hex::encode(REQUEST_ID.get().expect("set above"));
-                    eprintln!("outcome unknown: {} ({})", ce.detail.message, ce.code().as_str_name());
-                    eprintln!("the request may or may not have been applied; it has NOT failed.");
-                    eprintln!("settle it by re-sending the same command with: --request-id {id}");
-                    std::process::exit(EXIT_OUTCOME_UNKNOWN);
-                }
-            }
-            if let Some(ce) = e.downcast_ref::<ClientError>() {
-                eprintln!("error: {} ({})", ce.detail.message, ce.code().as_str_name());
-                if ce.code() == ErrorCode::RequestExpired {
-                    eprintln!("this request id was issued over a day ago: the cluster no longer remembers what it did, and this attempt did nothing.");
-                    eprintln!("check the statement (hongbao account statement <user>) before sending anew without --request-id.");
-                }
-                if ce.detail.challenge_id != 0 {
-                    let id = ce.detail.challenge_id;
-                    eprintln!("challenge id: {id} — re-send with --challenge {id} --code <code from the known device>");
-                }
-            } else {
-                eprintln!("error: {e:#}");
-            }
-            std::process::exit(1);
+        Err(e) => std::process::exit(report_failure(&e, json)),
+    }
+}
+
+/// Tells why the command failed: the cluster's sentence and the code's name on stderr (and what
+/// to do next), and with `--json` the same as one JSON object on stdout. Returns the exit status.
+fn report_failure(e: &anyhow::Error, json: bool) -> i32 {
+    let sent = REQUEST_SENT.load(std::sync::atomic::Ordering::Relaxed);
+    let request_id = sent.then(|| hex::encode(REQUEST_ID.get().expect("set in main")));
+    let Some(ce) = e.downcast_ref::<ClientError>() else {
+        // Failed here, before or without an answer (bad input, a missing file).
+        eprintln!("error: {e:#}");
+        if json {
+            print_json(&output::ErrorOut::local(format!("{e:#}"), EXIT_FAILED, request_id));
+        }
+        return EXIT_FAILED;
+    };
+    let code = hongbao_proto::reason(ce.code());
+    let words = if ce.detail.message.is_empty() { code.to_lowercase().replace('_', " ") } else { ce.detail.message.clone() };
+    // Never "failed" once a request went out without a definite answer: it may have been
+    // applied, and a new id could pay twice.
+    let unknown = sent && ce.outcome_unknown();
+    let exit = if unknown { EXIT_OUTCOME_UNKNOWN } else { EXIT_FAILED };
+    if unknown {
+        let id = request_id.as_deref().unwrap_or_default();
+        eprintln!("outcome unknown: {words} ({code})");
+        eprintln!("the request may or may not have been applied; it has NOT failed.");
+        eprintln!("settle it by re-sending the same command with: --request-id {id}");
+    } else {
+        eprintln!("error: {words} ({code})");
+        if ce.code() == ErrorCode::RequestExpired {
+            eprintln!("check the statement (hongbao account statement <user>) before sending anew without --request-id.");
+        }
+        if ce.detail.challenge_id != 0 {
+            let id = ce.detail.challenge_id;
+            eprintln!("challenge id: {id} — re-send with --challenge {id} --code <code from the known device>");
         }
     }
+    if json {
+        print_json(&output::ErrorOut::cluster(code, words, exit, unknown, &ce.detail, request_id));
+    }
+    exit
 }
 
 /// Where `hongbao login` keeps tokens: `tokens/` beside the security folder.
@@ -356,13 +413,26 @@ fn tokens_dir(security: &std::path::Path) -> PathBuf {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let security = cli.security_dir.clone().unwrap_or_else(|| local_security_dir(&topology_path(&cli.topology)));
     let json = cli.json;
+    if let Cmd::Completions { shell } = &cli.cmd {
+        use std::io::Write;
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut Cli::command(), "hongbao", &mut script);
+        match std::io::stdout().write_all(&script) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+            _ => return Ok(0),
+        }
+    }
     if let Cmd::Login { user, device, minutes } = &cli.cmd {
-        return login(&security, *user, device, *minutes);
+        return login(&security, *user, device, *minutes, json);
     }
     if let Cmd::DevCa = &cli.cmd {
         let t = Topology::load(&topology_path(&cli.topology)).map_err(anyhow::Error::msg)?;
         hongbao_auth::ensure_dev_pki(&hongbao_auth::SecurityDir::new(&security), &t)?;
-        println!("development security folder ready: {}", security.display());
+        if json {
+            print_json(&output::DevCa { security_dir: security.display().to_string() });
+        } else {
+            println!("development security folder ready: {}", security.display());
+        }
         return Ok(0);
     }
     // The demo acts for many users at once: it mints their tokens with the dev key itself.
@@ -372,7 +442,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     let client = Client::new(endpoints(&cli)?, std::sync::Arc::new(creds)).with_deadline(Duration::from_secs(cli.timeout));
     match cli.cmd {
-        Cmd::Login { .. } | Cmd::DevCa => unreachable!("handled above"),
+        Cmd::Login { .. } | Cmd::DevCa | Cmd::Completions { .. } => unreachable!("handled above"),
         Cmd::Account(a) => account(&client, a, json).await?,
         Cmd::Transfer { from, to, amount, pin, verify } => transfer(&client, from, to, &amount, pin.pin, verify, json).await?,
         Cmd::Packet(p) => packet(&client, p, json).await?,
@@ -386,7 +456,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn login(security: &std::path::Path, user: u64, device: &str, minutes: u64) -> anyhow::Result<i32> {
+fn login(security: &std::path::Path, user: u64, device: &str, minutes: u64, json: bool) -> anyhow::Result<i32> {
     let signer = hongbao_auth::DevSigner::load(&hongbao_auth::SecurityDir::new(security))
         .context("`hongbao login` mints with the local cluster's development key (scripts/cluster up makes it)")?;
     let ttl = (minutes * 60).clamp(60, hongbao_auth::MAX_TOKEN_TTL_S);
@@ -395,8 +465,12 @@ fn login(security: &std::path::Path, user: u64, device: &str, minutes: u64) -> a
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{user}.jwt"));
     write_private(&path, token.as_bytes())?;
-    println!("user {user} signed in on device {device} for {} min (development token, minted with the local dev key)", ttl / 60);
-    println!("saved to {}", path.display());
+    if json {
+        print_json(&output::LoggedIn { user, device, minutes: ttl / 60, token_file: path.display().to_string() });
+    } else {
+        println!("user {user} signed in on device {device} for {} min (development token, minted with the local dev key)", ttl / 60);
+        println!("saved to {}", path.display());
+    }
     Ok(0)
 }
 
@@ -507,7 +581,11 @@ async fn account(client: &Client, cmd: AccountCmd, json: bool) -> anyhow::Result
         AccountCmd::Statement { user, limit, before } => return statement(client, user, limit, before, json).await,
         AccountCmd::Risk { user, freeze, grade } => {
             let b = client.set_risk(user, freeze, &grade).await?;
-            println!("user {} frozen={} grade={}", b.user, b.frozen, b.risk_grade);
+            if json {
+                print_json(&output::Balance::from(&b));
+            } else {
+                println!("user {} frozen={} grade={}", b.user, b.frozen, b.risk_grade);
+            }
             return Ok(());
         }
     };
@@ -633,7 +711,7 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
             }
             Ok(0)
         }
-        ClusterCmd::WaitReady => wait_ready(client).await,
+        ClusterCmd::WaitReady => wait_ready(client, json).await,
         ClusterCmd::Audit => {
             let a = client.audit().await?;
             if json {
@@ -644,36 +722,61 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
             Ok(if a.balanced { 0 } else { 1 })
         }
         ClusterCmd::Drain { region } => {
-            for m in client.drain(&region).await?.moved {
-                println!("{m}");
-            }
+            let r = client.drain(&region).await?;
+            print_drain(&region, true, &r.moved, json);
             Ok(0)
         }
         ClusterCmd::Undrain { region } => {
-            for m in client.undrain(&region).await?.moved {
-                println!("{m}");
-            }
+            let r = client.undrain(&region).await?;
+            print_drain(&region, false, &r.moved, json);
             Ok(0)
         }
         ClusterCmd::TransferLeader { shard, node } => {
             client.transfer_leader(shard, node).await?;
-            println!("leadership of shard {shard} handed to node {node}");
+            if json {
+                print_json(&output::LeaderHandedOver { shard, node });
+            } else {
+                println!("leadership of shard {shard} handed to node {node}");
+            }
             Ok(0)
         }
         ClusterCmd::Faults { addr, cut_off, delay_ms, delay_to, drop_percent, clock_offset_ms } => {
             let f = hongbao_proto::v1::Faults { cut_off, delay_ms, delay_to, drop_percent, clock_offset_ms };
             let r = client.set_faults_of(&addr, f).await?;
-            println!("node {}: faults now {:?}", r.node, r.faults.unwrap_or_default());
+            let faults = r.faults.unwrap_or_default();
+            if json {
+                print_json(&output::FaultsNow::new(r.node, &faults));
+            } else {
+                println!("node {}: faults now {:?}", r.node, faults);
+            }
             Ok(0)
         }
     }
 }
 
+/// What `cluster drain` / `undrain` did: each leadership moved, then a summary line.
+fn print_drain(region: &str, drained: bool, moved: &[String], json: bool) {
+    if json {
+        print_json(&output::Drained { region, drained, moved });
+        return;
+    }
+    for m in moved {
+        println!("{m}");
+    }
+    let what = if drained { "drained" } else { "undrained" };
+    let plural = if moved.len() == 1 { "" } else { "s" };
+    println!("region {region} {what}: {} shard leader{plural} moved", moved.len());
+}
+
 /// Exit 0 once every shard the status reports has a leader.
-async fn wait_ready(client: &Client) -> anyhow::Result<i32> {
+async fn wait_ready(client: &Client, json: bool) -> anyhow::Result<i32> {
     let s = client.status().await?;
     let shards: std::collections::BTreeSet<u32> = s.nodes.iter().flat_map(|n| n.shards.iter().map(|x| x.shard)).collect();
     let ready = !shards.is_empty() && shards.iter().all(|sh| s.leader_of(*sh).is_some());
-    println!("{}", if ready { "ready" } else { "not ready" });
+    if json {
+        print_json(&output::Ready { ready, shards: shards.len() });
+    } else {
+        println!("{}", if ready { "ready" } else { "not ready" });
+    }
     Ok(if ready { 0 } else { 1 })
 }

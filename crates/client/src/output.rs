@@ -3,8 +3,8 @@
 
 use hongbao_client::money::{yuan, yuan_signed};
 use hongbao_proto::v1::{
-    AuditReply, BalanceReply, Claim, GrabReply, NodeStatus, PacketHistoryReply, PacketView, RouterView, SendPacketReply, ShardStatus,
-    ShardTotals, StatementEntry, StatusReply, WalletReply,
+    AuditReply, BalanceReply, Claim, ErrorDetail, Faults, GrabReply, NodeStatus, PacketHistoryReply, PacketView, RouterView,
+    SendPacketReply, ShardStatus, ShardTotals, StatementEntry, StatusReply, WalletReply,
 };
 use serde::Serialize;
 
@@ -528,4 +528,131 @@ pub fn print_audit(a: &AuditReply) {
         println!("PROBLEM: {p}");
     }
     println!("{}", if a.balanced { "BALANCED" } else { "NOT BALANCED" });
+}
+
+// ---------------- cluster administration ----------------
+
+#[derive(Serialize)]
+pub struct Drained<'a> {
+    pub region: &'a str,
+    /// true: `drain`; false: `undrain`.
+    pub drained: bool,
+    /// One line per leadership moved, e.g. "shard 1: leader 1 -> 2".
+    pub moved: &'a [String],
+}
+
+#[derive(Serialize)]
+pub struct LeaderHandedOver {
+    pub shard: u32,
+    pub node: u64,
+}
+
+#[derive(Serialize)]
+pub struct FaultsNow {
+    node: u64,
+    cut_off: Vec<u64>,
+    delay_ms: u32,
+    delay_to: Vec<u64>,
+    drop_percent: u32,
+    clock_offset_ms: i64,
+}
+
+impl FaultsNow {
+    pub fn new(node: u64, f: &Faults) -> FaultsNow {
+        FaultsNow {
+            node,
+            cut_off: f.cut_off.clone(),
+            delay_ms: f.delay_ms,
+            delay_to: f.delay_to.clone(),
+            drop_percent: f.drop_percent,
+            clock_offset_ms: f.clock_offset_ms,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Ready {
+    pub ready: bool,
+    /// Shards the status reported.
+    pub shards: usize,
+}
+
+// ---------------- local ----------------
+
+#[derive(Serialize)]
+pub struct LoggedIn<'a> {
+    pub user: u64,
+    pub device: &'a str,
+    pub minutes: u64,
+    pub token_file: String,
+}
+
+#[derive(Serialize)]
+pub struct DevCa {
+    pub security_dir: String,
+}
+
+// ---------------- errors ----------------
+
+/// A failed command under `--json`, printed on stdout (the words for people still go to
+/// stderr): `{"error": {...}}`, and the exit status is `exit_code`.
+#[derive(Serialize)]
+pub struct ErrorOut {
+    error: ErrorBody,
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    /// The cluster's code name (`ALREADY_GRABBED`, `CHALLENGE_REQUIRED`, `TIMEOUT`, ...; the
+    /// proto's `ErrorCode` without its `ERROR_CODE_` prefix), or `USAGE` (the command line does
+    /// not parse, exit 2) or `LOCAL` (failed here without an answer: bad input, a missing file).
+    code: &'static str,
+    /// What happened, in words.
+    message: String,
+    /// 1 refused or failed, 75 outcome unknown, 2 usage.
+    exit_code: i32,
+    /// The request went out and its outcome is unknown: re-send it with `--request-id`.
+    outcome_unknown: bool,
+    /// The shard that answered, when known.
+    shard: Option<u32>,
+    /// With CHALLENGE_REQUIRED: re-send with `--challenge` and the code.
+    challenge_id: Option<u64>,
+    /// The id of the money-moving request this command sent (hex), if it sent one.
+    request_id: Option<String>,
+}
+
+impl ErrorOut {
+    pub fn cluster(
+        code: &'static str,
+        message: String,
+        exit_code: i32,
+        outcome_unknown: bool,
+        d: &ErrorDetail,
+        request_id: Option<String>,
+    ) -> ErrorOut {
+        let nonzero_u32 = |x: u32| (x != 0).then_some(x);
+        let nonzero_u64 = |x: u64| (x != 0).then_some(x);
+        ErrorOut {
+            error: ErrorBody {
+                code,
+                message,
+                exit_code,
+                outcome_unknown,
+                shard: nonzero_u32(d.shard),
+                challenge_id: nonzero_u64(d.challenge_id),
+                request_id,
+            },
+        }
+    }
+
+    pub fn local(message: String, exit_code: i32, request_id: Option<String>) -> ErrorOut {
+        let error = ErrorBody { code: "LOCAL", message, exit_code, outcome_unknown: false, shard: None, challenge_id: None, request_id };
+        ErrorOut { error }
+    }
+
+    pub fn usage(message: String, exit_code: i32) -> ErrorOut {
+        let error =
+            ErrorBody { code: "USAGE", message, exit_code, outcome_unknown: false, shard: None, challenge_id: None, request_id: None };
+        ErrorOut { error }
+    }
 }
