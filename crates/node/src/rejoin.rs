@@ -13,9 +13,12 @@
 //! The bootstrapper of a shard that starts empty asks its peers first: if any of them has the
 //! shard's history, it rejoins like this instead of initializing a second, empty history.
 
+use crate::host::Host;
 use hongbao_ledger::ShardId;
+use openraft::async_runtime::WatchReceiver;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 
 #[derive(Default)]
 pub struct Rejoin {
@@ -43,6 +46,7 @@ impl Rejoin {
     pub fn heard_leader(&self, shard: ShardId, leader_commit: Option<u64>) {
         if let Some(target @ None) = self.shards.lock().expect("rejoin lock").get_mut(&shard) {
             *target = Some(leader_commit.unwrap_or(0));
+            tracing::info!(shard, target = leader_commit.unwrap_or(0), "rejoining: heard a leader; voting again once applied up to its commit index");
         }
     }
 
@@ -56,6 +60,31 @@ impl Rejoin {
                 true
             }
             _ => false,
+        }
+    }
+}
+
+/// Ends a shard's rejoin as soon as its applied index reaches the target, whatever delivered
+/// the entries: the check in the append handler runs before they are applied, so if the leader
+/// then goes quiet (or dies) no later append would ever make it again, and the replica would
+/// refuse its vote to every candidate, leaving the shard with no majority to elect.
+pub async fn watch(host: Arc<Host>, shard: ShardId, mut stop: watch::Receiver<bool>) {
+    let Ok(replica) = host.replica(shard) else { return };
+    let mut metrics = replica.raft.metrics();
+    loop {
+        if !host.rejoin.is_rejoining(shard) {
+            return;
+        }
+        let applied = metrics.borrow_and_update().last_applied.map(|l| l.index).unwrap_or(0);
+        if host.rejoin.caught_up(shard, applied) {
+            replica.raft.runtime_config().elect(true);
+            return;
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            // The target is set by an append, which changes no metric when it carries nothing.
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {},
+            _ = stop.changed() => return,
         }
     }
 }

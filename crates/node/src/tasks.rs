@@ -15,6 +15,9 @@ pub fn spawn_all(host: Arc<Host>, stop: watch::Receiver<bool>) -> Vec<JoinHandle
         tasks.push(tokio::spawn(crate::sweeper::run(host.clone(), shard, stop.clone())));
         tasks.push(tokio::spawn(crate::relay::run(host.clone(), shard, stop.clone())));
         tasks.push(tokio::spawn(crate::placement::run(host.clone(), shard, stop.clone())));
+        if host.rejoin.is_rejoining(shard) {
+            tasks.push(tokio::spawn(crate::rejoin::watch(host.clone(), shard, stop.clone())));
+        }
     }
     tasks
 }
