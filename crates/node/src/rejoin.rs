@@ -46,7 +46,11 @@ impl Rejoin {
     pub fn heard_leader(&self, shard: ShardId, leader_commit: Option<u64>) {
         if let Some(target @ None) = self.shards.lock().expect("rejoin lock").get_mut(&shard) {
             *target = Some(leader_commit.unwrap_or(0));
-            tracing::info!(shard, target = leader_commit.unwrap_or(0), "rejoining: heard a leader; voting again once applied up to its commit index");
+            tracing::info!(
+                shard,
+                target = leader_commit.unwrap_or(0),
+                "rejoining: heard a leader; voting again once applied up to its commit index"
+            );
         }
     }
 
