@@ -6,6 +6,7 @@
 //! for a few minutes (in memory only, under a per-process random key), so a burst of payments
 //! does not pay for the hash each time.
 
+use crate::error::{ErrorKind, HostError};
 use crate::host::Host;
 use hongbao_ledger::{view, Code, PinCheck, ShardId, UserId};
 use std::collections::HashMap;
@@ -62,43 +63,82 @@ impl PinCache {
     }
 }
 
+/// Slow PIN hashes running or queued on the blocking pool, per node. Past it a spend is refused
+/// at once as OVERLOADED (retry later, same request id) rather than queued without bound: the
+/// blocking pool's own queue has no limit, and a hash costs tens of milliseconds of a core.
+pub const MAX_HASHES_IN_FLIGHT: usize = 64;
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_HASHES_IN_FLIGHT);
+
+fn hash_slot(shard: ShardId) -> Result<tokio::sync::SemaphorePermit<'static>, HostError> {
+    HASHING.try_acquire().map_err(|_| {
+        metrics::counter!(crate::metrics::OVERLOADED).increment(1);
+        HostError::new(ErrorKind::Overloaded, shard, format!("{MAX_HASHES_IN_FLIGHT} payment-PIN checks in flight on this node"))
+    })
+}
+
 /// The leader's verdict on a typed PIN, or the refusal that needs no proposal (locked, not set,
-/// no such user). The ledger checks the lock again when it applies the spend.
-pub async fn verdict(host: &Host, shard: ShardId, user: UserId, pin: &str) -> Result<PinCheck, Code> {
-    let state = view::pin_state(&host.store(shard), user).ok_or(Code::UnknownUser)?;
+/// no such user). The ledger checks the lock again when it applies the spend. The outer error:
+/// too many PIN checks in flight (no verdict; retry).
+pub async fn verdict(host: &Host, shard: ShardId, user: UserId, pin: &str) -> Result<Result<PinCheck, Code>, HostError> {
+    let Some(state) = view::pin_state(&host.store(shard), user) else { return Ok(Err(Code::UnknownUser)) };
     if host.ledger_time_ms(shard) < state.locked_until_ms {
-        return Err(Code::PinLocked);
+        return Ok(Err(Code::PinLocked));
     }
-    let Some(record) = state.pin else { return Err(Code::PinNotSet) };
+    let Some(record) = state.pin else { return Ok(Err(Code::PinNotSet)) };
     if !hongbao_auth::valid_pin(pin) {
-        return Ok(PinCheck::Wrong);
+        return Ok(Ok(PinCheck::Wrong));
     }
     let d = host.pins.digest(pin, &record.hash);
     if host.pins.remembers(user, d) {
-        return Ok(PinCheck::Verified);
+        return Ok(Ok(PinCheck::Verified));
     }
     let typed = pin.to_string();
+    let slot = hash_slot(shard)?;
     // The slow hash runs off the async workers, so it never stalls Raft or other requests.
     let ok = tokio::task::spawn_blocking(move || hongbao_auth::verify_pin(&typed, &record.salt, &record.hash))
         .await
         .expect("pin hash task does not panic");
+    drop(slot);
     if ok {
         host.pins.remember(user, d);
-        Ok(PinCheck::Verified)
+        Ok(Ok(PinCheck::Verified))
     } else {
         host.pins.forget(user);
         metrics::counter!(crate::metrics::WRONG_PINS).increment(1);
-        Ok(PinCheck::Wrong)
+        Ok(Ok(PinCheck::Wrong))
     }
 }
 
 /// The record a new PIN is stored as: a salt that is the same on every leader for the same
 /// request (so a retried SetPin is the same command), and the slow hash.
-pub async fn new_record(challenge_key: [u8; 32], user: UserId, request_id: [u8; 16], pin: String) -> ([u8; 16], [u8; 32]) {
-    tokio::task::spawn_blocking(move || {
+pub async fn new_record(
+    challenge_key: [u8; 32],
+    shard: ShardId,
+    user: UserId,
+    request_id: [u8; 16],
+    pin: String,
+) -> Result<([u8; 16], [u8; 32]), HostError> {
+    let _slot = hash_slot(shard)?;
+    Ok(tokio::task::spawn_blocking(move || {
         let salt = hongbao_auth::pin_salt(&challenge_key, user, &request_id);
         (salt, hongbao_auth::hash_pin(&pin, &salt))
     })
     .await
-    .expect("pin hash task does not panic")
+    .expect("pin hash task does not panic"))
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    /// The slow hashes in flight are bounded: past the limit a PIN check is refused at once
+    /// as OVERLOADED (retryable), and a slot freed is taken again.
+    #[test]
+    fn pin_hashes_past_the_limit_are_refused_as_overloaded_not_queued() {
+        let held: Vec<_> = (0..MAX_HASHES_IN_FLIGHT).map(|_| hash_slot(1).expect("a free slot")).collect();
+        let e = hash_slot(1).expect_err("every slot is taken");
+        assert_eq!(e.kind, ErrorKind::Overloaded);
+        drop(held);
+        assert!(hash_slot(1).is_ok(), "freed slots are taken again");
+    }
 }

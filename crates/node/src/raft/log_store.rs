@@ -123,7 +123,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Synced: a vote granted and then forgotten by a crash could elect two leaders in a term.
         let mut b = self.db.batch();
         b.put(&keys::vote(self.shard), &crate::codec::encode(vote));
-        self.db.write_synced(b)
+        self.db.write_off_runtime(b, true).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
@@ -165,7 +165,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
         let mut b = self.db.batch();
         b.delete_range(&keys::log(self.shard, from), &keys::log_range(self.shard).1);
-        self.db.write_synced(b)
+        self.db.write_off_runtime(b, true).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -175,6 +175,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut b = self.db.batch();
         b.put(&keys::purged(self.shard), &crate::codec::encode(&log_id));
         b.delete_range(&keys::log(self.shard, 0), &keys::log(self.shard, log_id.index + 1));
-        self.db.write_synced(b)
+        self.db.write_off_runtime(b, true).await
     }
 }

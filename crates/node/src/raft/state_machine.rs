@@ -143,7 +143,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<crate::raft::types::Snapshot>, io::Error> {
         // The file says what it is (its meta is inside), so file and meta cannot disagree.
         let path = snapshot::current_path(&self.dir, self.shard);
-        let (shard, meta) = match snapshot::read_header(&path) {
+        let read = path.clone();
+        let header = tokio::task::spawn_blocking(move || snapshot::read_header(&read))
+            .await
+            .map_err(|e| io::Error::other(format!("snapshot header task: {e}")))?;
+        let (shard, meta) = match header {
             Ok(h) => h,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {

@@ -58,7 +58,7 @@ impl ApiService {
         if !self.host.is_leader(replica) {
             return Err(self.host.not_leader(replica, None).into());
         }
-        crate::pin::verdict(&self.host, shard, user, pin).await.map_err(|code| refused(&Outcome::err(code), shard, &About::user(user)))
+        crate::pin::verdict(&self.host, shard, user, pin).await?.map_err(|code| refused(&Outcome::err(code), shard, &About::user(user)))
     }
 
     /// Gate for reads: linearizable unless the caller allows a stale local read. Hold the permit
@@ -204,7 +204,7 @@ impl Wallet for ApiService {
         if !hongbao_auth::valid_pin(&r.pin) {
             return Err(invalid("a payment PIN is exactly 6 digits"));
         }
-        let (salt, hash) = crate::pin::new_record(self.host.config.challenge_key, r.user, id.0, r.pin).await;
+        let (salt, hash) = crate::pin::new_record(self.host.config.challenge_key, shard, r.user, id.0, r.pin).await?;
         let o = self.write(shard, id, Command::SetPin { user: r.user, salt, hash }).await?;
         self.wallet_reply(o, shard)
     }
