@@ -331,6 +331,8 @@ impl Packets for ApiService {
 #[tonic::async_trait]
 impl Coalesced for ApiService {
     async fn grabs(&self, req: Request<GrabBatchRequest>) -> Res<GrabBatchReply> {
+        // The sampled grabs' trace ids: each such grab runs in its span and gets its log line.
+        let traces = crate::service::trace::grab_trace_ids(req.metadata().as_ref());
         let grabs = req.into_inner().grabs;
         if grabs.len() > MAX_GRAB_BATCH {
             return Err(invalid(&format!("{} grabs in one batch; at most {MAX_GRAB_BATCH}", grabs.len())));
@@ -340,7 +342,17 @@ impl Coalesced for ApiService {
             return Err(invalid(&format!("a grab of {} bytes in the batch; at most {MAX_REQUEST_BYTES}", prost::Message::encoded_len(g))));
         }
         metrics::histogram!(crate::metrics::COALESCED_GRABS).record(grabs.len() as f64);
-        let results = futures::future::join_all(grabs.into_iter().map(|g| self.grab_one(g))).await;
+        let results = futures::future::join_all(grabs.into_iter().enumerate().map(|(i, g)| {
+            let trace = traces.get(i).cloned().flatten();
+            async move {
+                let Some(t) = trace else { return self.grab_one(g).await };
+                let started = std::time::Instant::now();
+                let r = tracing::Instrument::instrument(self.grab_one(g), t.span()).await;
+                t.served("/hongbao.v1.Coalesced/Grabs (one grab)", || r.as_ref().err().cloned(), started.elapsed());
+                r
+            }
+        }))
+        .await;
         let results = results
             .into_iter()
             .map(|r| match r {
