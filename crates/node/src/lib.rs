@@ -8,7 +8,7 @@
 //! - `service`: the gRPC API and admin servers, and every proto mapping (`service::convert`).
 //! - `access`, `pin`: who may call what (identity from the TLS certificate); the payment PIN.
 //! - `health`: grpc.health.v1 status and server reflection, for operators' tools.
-//! - `audit`, `config`, `clock`, `faults`, `metrics`.
+//! - `audit`, `config`, `clock`, `faults`, `metrics`, `gauges` (sampled for Prometheus).
 
 pub mod access;
 pub mod audit;
@@ -17,6 +17,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod faults;
+pub mod gauges;
 pub mod health;
 pub mod host;
 pub mod metrics;

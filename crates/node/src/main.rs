@@ -63,8 +63,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let topology = Arc::new(Topology::load(&args.topology).map_err(anyhow::Error::msg)?);
     let me = topology.node(args.node_id).ok_or_else(|| anyhow::anyhow!("node {} not in topology", args.node_id))?.clone();
     let metrics_addr: std::net::SocketAddr = me.metrics_addr.parse()?;
-    metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(metrics_addr).install()?;
-    hongbao_node::metrics::describe();
+    hongbao_node::metrics::install(metrics_addr)?;
 
     let security = SecurityDir::new(&args.security_dir);
     let me_id = Identity::Node(args.node_id);
@@ -75,13 +74,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(node = args.node_id, region = %me.region, addr = %me.addr, shards = ?host.replicas.keys().collect::<Vec<_>>(), "node started");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let tasks = hongbao_node::tasks::spawn_all(host.clone(), stop_rx.clone());
+    let mut tasks = hongbao_node::tasks::spawn_all(host.clone(), stop_rx.clone());
+    tasks.push(hongbao_node::gauges::spawn(host.clone(), stop_rx.clone()));
 
     let addr: std::net::SocketAddr = me.addr.parse()?;
     let max = hongbao_node::transport::MAX_RAFT_MESSAGE;
     let api_max = service::api::MAX_REQUEST_BYTES;
     let api = service::api::ApiService { host: host.clone() };
-    let mut server = tonic::transport::Server::builder().tls_config(server_tls)?.tcp_nodelay(true).concurrency_limit_per_connection(4096);
+    let mut server = tonic::transport::Server::builder()
+        .tls_config(server_tls)?
+        .tcp_nodelay(true)
+        .concurrency_limit_per_connection(4096)
+        // Every call counted and timed by method and outcome code (hongbao_rpc_*).
+        .layer(hongbao_node::metrics::red());
     // Every unary call ends by its deadline (`service::Deadline`), per service: the caller's
     // grpc-timeout within the service's cap, else its default. Snapshot streams are exempt and
     // bound each message instead (`transport::server`).

@@ -91,6 +91,9 @@ fn log_cf_options(db_opts: &Options, cache: &Cache) -> Options {
 /// meta, ledger data) is in the default column family.
 const LOG_CF: &str = "raft_log";
 
+/// The column families by name, for their properties (`Db::cf_property_int`; metrics).
+pub const COLUMN_FAMILIES: [&str; 2] = [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, LOG_CF];
+
 /// Block cache shared by both column families (data blocks, index and filter partitions).
 const BLOCK_CACHE_BYTES: usize = 256 << 20;
 /// 2^4 = 16 cache shards of 16 MiB. Every block the tables below put in the cache is small (data
@@ -266,6 +269,16 @@ impl Db {
     /// A RocksDB integer property of the ledger column family (e.g. `rocksdb.num-files-at-level0`).
     pub fn data_property(&self, name: &str) -> Option<u64> {
         self.db.property_int_value(name).ok().flatten()
+    }
+
+    /// A RocksDB integer property of one of `COLUMN_FAMILIES` (e.g. `rocksdb.total-sst-files-size`).
+    pub fn cf_property_int(&self, cf: &str, name: &str) -> Option<u64> {
+        self.db.property_int_value_cf(self.db.cf_handle(cf)?, name).ok().flatten()
+    }
+
+    /// A RocksDB text property of one of `COLUMN_FAMILIES` (e.g. `rocksdb.cf-write-stall-stats`).
+    pub fn cf_property(&self, cf: &str, name: &str) -> Option<String> {
+        self.db.property_value_cf(self.db.cf_handle(cf)?, name).ok().flatten()
     }
 
     /// Options for writing SST files of the ledger's column family outside the DB (snapshot

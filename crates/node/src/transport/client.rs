@@ -152,6 +152,7 @@ impl RaftNetworkV2<TypeConfig> for Network {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client().map_err(StreamingError::Unreachable)?;
+        let counted = crate::metrics::SnapshotStream::new(crate::metrics::SNAPSHOTS_SENT, self.shard);
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
         let shard = self.shard;
         let from = self.peers.self_id;
@@ -200,6 +201,9 @@ impl RaftNetworkV2<TypeConfig> for Network {
         }
         let res: Result<SnapshotResponse<TypeConfig>, String> =
             decode(&reply.payload).map_err(|e| StreamingError::Network(network_err(e)))?;
+        if res.is_ok() {
+            counted.ok();
+        }
         res.map_err(|e| StreamingError::Network(network_err(e)))
     }
 }

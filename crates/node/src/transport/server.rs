@@ -148,6 +148,7 @@ impl RaftTransport for RaftService {
         let mut stream = req.into_inner();
         let first = next_chunk(&mut stream).await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let shard = self.shard(&caller, first.shard, first.from_node)?.clone();
+        let counted = crate::metrics::SnapshotStream::new(crate::metrics::SNAPSHOTS_RECEIVED, shard.id);
         let vote: Vote = decode(&first.vote).map_err(bad)?;
         let meta: SnapshotMeta = decode(&first.meta).map_err(bad)?;
         // This stream's own file (concurrent streams for the shard never share one), deleted
@@ -184,6 +185,9 @@ impl RaftTransport for RaftService {
         // Returns once the snapshot is installed (or refused as stale); the install keeps its
         // own link to the file, so this stream's copy can go.
         let res: Result<_, String> = shard.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string());
+        if res.is_ok() {
+            counted.ok();
+        }
         tokio::task::block_in_place(|| drop(file)); // deletes it: off the async workers too
         self.reply(&res)
     }
