@@ -73,8 +73,9 @@ async fn main() -> anyhow::Result<()> {
     // metric calls record nothing.
     if let Some(metrics_addr) = entry.and_then(|r| r.metrics_addr.as_deref()) {
         let metrics_addr: std::net::SocketAddr = metrics_addr.parse()?;
-        metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(metrics_addr).install()?;
+        metrics::builder()?.with_http_listener(metrics_addr).install()?;
         metrics::describe();
+        hongbao_telemetry::process::spawn();
     }
     let security = SecurityDir::new(&args.security_dir);
     let me = Identity::Router(args.region.clone());
@@ -99,6 +100,8 @@ async fn main() -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .tls_config(security.server_tls(&me)?)?
         .tcp_nodelay(true)
+        // Every call counted and timed by method and outcome code (hongbao_router_rpc_*).
+        .layer(metrics::red())
         .add_service(InterceptedService::new(WalletServer::new(svc.clone()).max_decoding_message_size(max), gate::services_only))
         .add_service(InterceptedService::new(PacketsServer::new(svc.clone()).max_decoding_message_size(max), gate::services_only))
         .add_service(InterceptedService::new(NotifierServer::new(svc.clone()).max_decoding_message_size(max), gate::services_only))
