@@ -43,7 +43,7 @@ pub const SNAPSHOTS_BUILT: &str = "hongbao_snapshots_built_total";
 /// Raft snapshots installed from a leader.
 pub const SNAPSHOTS_INSTALLED: &str = "hongbao_snapshots_installed_total";
 
-/// Calls served, by gRPC method and how they ended (`OK`, the ErrorCode's name, `CANCELLED`).
+/// Calls served, by gRPC method and how they ended (`OK`, an ErrorCode or gRPC code name, `CANCELLED`).
 pub const RPC_REQUESTS: &str = "hongbao_rpc_requests_total";
 /// Time from a call's arrival to its status, by gRPC method (histogram).
 pub const RPC_SECONDS: &str = "hongbao_rpc_seconds";
@@ -123,7 +123,10 @@ pub fn describe() {
     metrics::describe_counter!(RELAY_DELIVERED, "Credit batches delivered to another shard and marked delivered");
     metrics::describe_counter!(SNAPSHOTS_BUILT, "Raft snapshots built");
     metrics::describe_counter!(SNAPSHOTS_INSTALLED, "Raft snapshots installed from a leader");
-    metrics::describe_counter!(RPC_REQUESTS, "Calls served, by gRPC method and how they ended (OK, the ErrorCode's name, CANCELLED)");
+    metrics::describe_counter!(
+        RPC_REQUESTS,
+        "Calls served, by gRPC method and how they ended (OK, an ErrorCode or gRPC code name, CANCELLED)"
+    );
     metrics::describe_histogram!(RPC_SECONDS, "Time from a call's arrival to its status, by gRPC method");
     metrics::describe_gauge!(SHARD_ROLE, "1 on the role this replica has now (leader, follower, candidate, learner, shutdown)");
     metrics::describe_gauge!(SHARD_LEADER, "The node this replica takes for the shard's leader (0: none known)");

@@ -28,7 +28,10 @@ pub fn describe() {
     metrics::describe_counter!(GAVE_UP, "Requests given up after the route deadline or the last attempt");
     metrics::describe_counter!(LEADER_CHANGES, "Times the node this router sends a shard to changed");
     metrics::describe_counter!(OVERLOADED, "Requests refused with OVERLOADED (shard in-flight limit or node grab queue full)");
-    metrics::describe_counter!(RPC_REQUESTS, "Calls served, by gRPC method and how they ended (OK, an ErrorCode or gRPC code name, CANCELLED)");
+    metrics::describe_counter!(
+        RPC_REQUESTS,
+        "Calls served, by gRPC method and how they ended (OK, an ErrorCode or gRPC code name, CANCELLED)"
+    );
     metrics::describe_histogram!(RPC_SECONDS, "Time from a call's arrival to its status, by gRPC method");
     hongbao_telemetry::process::describe();
 }
