@@ -4,10 +4,11 @@ pub mod convert;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
 pub mod notifier;
+pub mod trace;
 
 use hongbao_proto::ErrorCode;
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::body::Body;
 use tonic::codegen::http::{HeaderMap, Request, Response};
 use tonic::codegen::{BoxFuture, Context, Poll, Service};
@@ -84,6 +85,9 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 /// by method name) are passed through uncut: they bound each message themselves.
 ///
 /// Per service, not tonic's `Server::timeout`, which would also cut snapshot streams.
+///
+/// A unary call that came with a W3C `traceparent` runs in a span with its trace id and ends
+/// with one log line (`trace::Traced::served`).
 #[derive(Clone)]
 pub struct Deadline<S> {
     inner: S,
@@ -126,9 +130,12 @@ where
         }
         let limit = self.deadlines.of(req.headers());
         let path = req.uri().path().to_string();
-        let call = self.inner.call(req);
+        let trace = trace::Traced::of(req.headers());
+        let span = trace.as_ref().map(trace::Traced::span).unwrap_or_else(tracing::Span::none);
+        let call = tracing::Instrument::instrument(span.in_scope(|| self.inner.call(req)), span);
+        let started = Instant::now();
         Box::pin(async move {
-            match tokio::time::timeout(limit, call).await {
+            let res = match tokio::time::timeout(limit, call).await {
                 Ok(res) => res.map(|r| r.map(Body::new)),
                 Err(_) => {
                     tracing::debug!(%path, ?limit, "call cut at its deadline");
@@ -138,7 +145,11 @@ where
                     );
                     Ok(hongbao_proto::error(ErrorCode::Timeout, msg).into_http())
                 }
+            };
+            if let (Some(t), Ok(r)) = (&trace, &res) {
+                t.served(&path, || tonic::Status::from_header_map(r.headers()), started.elapsed());
             }
+            res
         })
     }
 }
