@@ -56,3 +56,18 @@ ensure_python_deps() {
   "$HONGBAO_PYTHON" -m pip install -q --disable-pip-version-check -r "$req"
   cp "$req" "$stamp"
 }
+
+# Headless Chromium for the status page's test (tests/tests/status_page.rs loads the router's
+# page with --dump-dom and --screenshot). Debian's `chromium` package; tests find it through
+# HONGBAO_CHROMIUM.
+ensure_chromium() {
+  if ! command -v chromium >/dev/null 2>&1; then
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    echo "installing system packages: chromium" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  fi
+  HONGBAO_CHROMIUM="$(command -v chromium)"
+  export HONGBAO_CHROMIUM
+}

@@ -6,6 +6,11 @@
 //! timeout or a failover can never move money twice. On NotLeader the client follows the leader
 //! hint; on Unavailable / Timeout / Overloaded it backs off and tries the next endpoint, all
 //! within the call's deadline.
+//!
+//! Every call carries a W3C `traceparent` (the same on each of its attempts): a new trace per
+//! call, unsampled, unless the client continues a trace (`with_traceparent`, or the
+//! `TRACEPARENT` environment variable): then its trace id and flags with a new parent id per
+//! call. Routers and nodes log a sampled trace's id at info, one line per call (#15).
 
 pub mod credentials;
 pub mod money;
@@ -122,20 +127,44 @@ pub struct Client {
     /// Index into `endpoints` that answered last; calls start there.
     preferred: Mutex<usize>,
     pub deadline: Duration,
+    /// The trace every call continues (trace id, flags), if any.
+    trace: Option<(String, u8)>,
 }
 
-/// Adds the acting user's token to a call's metadata.
-#[derive(Clone)]
-pub struct Auth(Option<MetadataValue<Ascii>>);
+/// Adds the acting user's token and the call's `traceparent` to a call's metadata.
+#[derive(Clone, Default)]
+pub struct Auth {
+    token: Option<MetadataValue<Ascii>>,
+    traceparent: Option<MetadataValue<Ascii>>,
+}
 
 impl Auth {
     pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
-        if let Some(v) = &self.0 {
+        if let Some(v) = &self.token {
             r.metadata_mut().insert("authorization", v.clone());
+        }
+        if let Some(v) = &self.traceparent {
+            r.metadata_mut().insert("traceparent", v.clone());
         }
         r
     }
+}
+
+/// (trace id, flags) of a W3C `traceparent` (version 00, or a later one read as 00), if valid.
+pub fn parse_traceparent(v: &str) -> Option<(String, u8)> {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let mut parts = v.trim().splitn(5, '-');
+    let (version, id, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let ok = hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && hex(id, 32)
+        && id.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && hex(flags, 2);
+    ok.then(|| (id.to_string(), u8::from_str_radix(flags, 16).unwrap_or(0)))
 }
 
 fn refused(code: ErrorCode, message: String) -> ClientError {
@@ -146,7 +175,29 @@ impl Client {
     /// `endpoints` are `host:port` gRPC addresses (routers), in order of preference.
     pub fn new(endpoints: Vec<String>, creds: Arc<Credentials>) -> Client {
         assert!(!endpoints.is_empty(), "a client needs at least one endpoint");
-        Client { endpoints, creds, channels: Mutex::new(HashMap::new()), preferred: Mutex::new(0), deadline: Duration::from_secs(10) }
+        let trace = std::env::var("TRACEPARENT").ok().and_then(|v| parse_traceparent(&v));
+        Client {
+            endpoints,
+            creds,
+            channels: Mutex::new(HashMap::new()),
+            preferred: Mutex::new(0),
+            deadline: Duration::from_secs(10),
+            trace,
+        }
+    }
+
+    /// Every call continues this trace (a W3C `traceparent`: its trace id and flags; flags 01,
+    /// sampled, makes routers and nodes log each call at info).
+    pub fn with_traceparent(mut self, traceparent: &str) -> std::result::Result<Client, String> {
+        self.trace = Some(parse_traceparent(traceparent).ok_or_else(|| format!("not a W3C traceparent: {traceparent:?}"))?);
+        Ok(self)
+    }
+
+    /// A call's `traceparent`: the client's trace or a new unsampled one, with a new parent id.
+    fn traceparent(&self) -> (String, bool, MetadataValue<Ascii>) {
+        let (id, flags) = self.trace.clone().unwrap_or_else(|| (format!("{:032x}", rand::random::<u128>().max(1)), 0));
+        let v = format!("00-{id}-{:016x}-{flags:02x}", rand::random::<u64>().max(1));
+        (id, flags & 1 == 1, v.parse().expect("hex digits and dashes are ASCII"))
     }
 
     pub fn with_deadline(mut self, d: Duration) -> Client {
@@ -187,7 +238,7 @@ impl Client {
         })?;
         let tok = tokens.token(user, device).map_err(|m| refused(ErrorCode::Unauthenticated, m))?;
         let v = format!("Bearer {tok}").parse().map_err(|_| refused(ErrorCode::Unauthenticated, "token is not ASCII".into()))?;
-        Ok(Auth(Some(v)))
+        Ok(Auth { token: Some(v), traceparent: None })
     }
 
     /// Runs `f` against endpoints, as `role`, until it succeeds, fails with a definite domain
@@ -198,6 +249,8 @@ impl Client {
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let start = Instant::now();
+        let (trace_id, sampled, traceparent) = self.traceparent();
+        let auth = Auth { traceparent: Some(traceparent), ..auth };
         let mut idx = *self.preferred.lock().expect("preferred lock");
         let mut hint: Option<String> = None;
         let mut backoff = BACKOFF_START;
@@ -215,13 +268,16 @@ impl Client {
                     if let Some(pos) = self.endpoints.iter().position(|e| *e == addr) {
                         *self.preferred.lock().expect("preferred lock") = pos;
                     }
+                    if sampled {
+                        tracing::info!(%trace_id, attempt, addr, "call answered");
+                    }
                     return Ok(resp.into_inner());
                 }
                 Ok(Err(status)) => status,
                 Err(_) => tonic::Status::deadline_exceeded(format!("attempt to {addr} timed out")),
             };
             let d = detail_of(&status);
-            tracing::debug!(attempt, addr, code = d.code().as_str_name(), msg = %d.message, "call failed");
+            tracing::debug!(%trace_id, attempt, addr, code = d.code().as_str_name(), msg = %d.message, "call failed");
             match retry_step(d.code()) {
                 RetryStep::Final => return Err(ClientError { detail: d }),
                 // Only hints to an endpoint of ours: a router's client is never sent to a node.
@@ -263,7 +319,7 @@ impl Client {
         F: Fn(Channel, Auth) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.call(role, Auth(None), f).await
+        self.call(role, Auth::default(), f).await
     }
 
     /// Reads of a wallet: the user themself with a token, or the risk or admin role (when the

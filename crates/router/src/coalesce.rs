@@ -4,7 +4,9 @@
 //! `Coalesced.Grabs` call, with a few such calls in flight per node. Nothing waits on a timer:
 //! under light load a grab goes out alone at once; under heavy load grabs pile up while earlier
 //! calls are in flight and leave together. Each grab keeps its request id and gets its own result,
-//! so retries and failover in `Router::forward` work exactly as for single calls.
+//! so retries and failover in `Router::forward` work exactly as for single calls. A sampled
+//! grab's trace id goes along in the batch's metadata (`trace::GRAB_TRACE_IDS`), for the node to
+//! log it with that grab.
 
 use hongbao_proto::v1::coalesced_client::CoalescedClient;
 use hongbao_proto::v1::{GrabBatchRequest, GrabReply, GrabRequest};
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
-use tonic::Status;
+use tonic::{Request, Status};
 
 /// Coalesced calls in flight per node. While they are all busy, new grabs queue and go together.
 pub const MAX_BATCHES_IN_FLIGHT: usize = 8;
@@ -23,9 +25,11 @@ pub const MAX_BATCHES_IN_FLIGHT: usize = 8;
 pub const MAX_QUEUED_PER_NODE: usize = 20_000;
 
 type Answer = oneshot::Sender<Result<GrabReply, Status>>;
+/// A grab waiting to go, with its trace id when the trace is sampled.
+type Queued = (GrabRequest, Option<String>, Answer);
 
 pub struct Coalescer {
-    queues: HashMap<NodeId, mpsc::Sender<(GrabRequest, Answer)>>,
+    queues: HashMap<NodeId, mpsc::Sender<Queued>>,
 }
 
 impl Coalescer {
@@ -44,10 +48,12 @@ impl Coalescer {
     }
 
     /// Sends `req` to `node` in the next coalesced call and waits for its own result.
-    pub async fn grab(&self, node: NodeId, req: GrabRequest) -> Result<GrabReply, Status> {
+    pub async fn grab(&self, node: NodeId, req: Request<GrabRequest>) -> Result<GrabReply, Status> {
         let queue = self.queues.get(&node).ok_or_else(|| error(ErrorCode::Internal, format!("router has no queue for node {node}")))?;
+        let sampled = req.metadata().get(crate::trace::TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(crate::trace::parse);
+        let trace_id = sampled.filter(|(_, flags)| flags & 1 == 1).map(|(id, _)| id);
         let (tx, rx) = oneshot::channel();
-        queue.try_send((req, tx)).map_err(|_| {
+        queue.try_send((req.into_inner(), trace_id, tx)).map_err(|_| {
             metrics::counter!(crate::metrics::OVERLOADED).increment(1);
             error(ErrorCode::Overloaded, format!("router: {MAX_QUEUED_PER_NODE} grabs queued for node {node}; back off and retry"))
         })?;
@@ -55,7 +61,7 @@ impl Coalescer {
     }
 }
 
-async fn send_loop(node: NodeId, ch: Channel, mut queue: mpsc::Receiver<(GrabRequest, Answer)>, call_timeout: Duration) {
+async fn send_loop(node: NodeId, ch: Channel, mut queue: mpsc::Receiver<Queued>, call_timeout: Duration) {
     let slots = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
@@ -69,9 +75,23 @@ async fn send_loop(node: NodeId, ch: Channel, mut queue: mpsc::Receiver<(GrabReq
         metrics::histogram!(crate::metrics::COALESCED_GRABS).record(batch.len() as f64);
         let ch = ch.clone();
         tokio::spawn(async move {
-            let (grabs, answers): (Vec<GrabRequest>, Vec<Answer>) = batch.into_iter().unzip();
-            let n = grabs.len();
-            let res = tokio::time::timeout(call_timeout, CoalescedClient::new(ch).grabs(GrabBatchRequest { grabs })).await;
+            let mut req = GrabBatchRequest { grabs: Vec::with_capacity(batch.len()) };
+            let (mut traces, mut answers) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
+            for (grab, trace, answer) in batch {
+                req.grabs.push(grab);
+                traces.push(trace);
+                answers.push(answer);
+            }
+            let n = req.grabs.len();
+            let mut req = Request::new(req);
+            // At most 256 ids of 32 hex digits: well inside a node's 16 KiB of headers.
+            if traces.iter().any(Option::is_some) {
+                let ids: Vec<&str> = traces.iter().map(|t| t.as_deref().unwrap_or("")).collect();
+                if let Ok(v) = ids.join(",").parse() {
+                    req.metadata_mut().insert(crate::trace::GRAB_TRACE_IDS, v);
+                }
+            }
+            let res = tokio::time::timeout(call_timeout, CoalescedClient::new(ch).grabs(req)).await;
             drop(slot);
             let results = match res {
                 Ok(Ok(reply)) => reply.into_inner().results,

@@ -18,6 +18,8 @@ mod gate;
 mod health;
 mod metrics;
 mod route;
+mod status_page;
+mod trace;
 
 use clap::Parser;
 use hongbao_auth::{Identity, SecurityDir, TokenKeys};
@@ -70,12 +72,15 @@ async fn main() -> anyhow::Result<()> {
         None => entry.map(|r| r.addr.clone()).ok_or_else(|| anyhow::anyhow!("no router for region {} in the topology", args.region))?,
     };
     // Prometheus on the topology's metrics_addr for this router, like a node's; without one the
-    // metric calls record nothing.
+    // metric calls record nothing. The recorder only: status_page::serve answers HTTP there
+    // (the metrics, and the status page on /).
+    let mut http = None;
     if let Some(metrics_addr) = entry.and_then(|r| r.metrics_addr.as_deref()) {
         let metrics_addr: std::net::SocketAddr = metrics_addr.parse()?;
-        metrics::builder()?.with_http_listener(metrics_addr).install()?;
+        let handle = metrics::builder()?.install_recorder()?;
         metrics::describe();
         hongbao_telemetry::process::spawn();
+        http = Some((tokio::net::TcpListener::bind(metrics_addr).await?, handle));
     }
     let security = SecurityDir::new(&args.security_dir);
     let me = Identity::Router(args.region.clone());
@@ -92,6 +97,9 @@ async fn main() -> anyhow::Result<()> {
         security.client_tls(&me)?,
     );
     let health = tokio::spawn(route::health_loop(router.clone()));
+    if let Some((listener, handle)) = http {
+        tokio::spawn(status_page::serve(listener, handle, router.clone()));
+    }
     tracing::info!(region = %args.region, %addr, metrics_addr = ?entry.and_then(|r| r.metrics_addr.as_deref()), "router started");
     // grpc.health.v1 (kept current by a task of its own) and reflection, for operators' tools.
     let (grpc_health, reflection, reflection_alpha) = health::start(router.clone()).await?;

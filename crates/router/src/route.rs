@@ -2,6 +2,7 @@
 
 use crate::coalesce::Coalescer;
 use crate::gate::Gate;
+use crate::trace::{self, Trace};
 use hongbao_auth::Role;
 use hongbao_proto::v1::cluster_client::ClusterClient;
 use hongbao_proto::v1::cluster_server::Cluster;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 pub const MAX_REQUEST_BYTES: usize = 64 << 10;
 /// A routed request gives up after this long (below the client's per-attempt timeout, so the
@@ -59,6 +61,10 @@ pub struct Router {
     /// Whether the last health round reached a leader of every shard (`unreached_shards`), and
     /// if not, why: what this router's grpc.health.v1 status says.
     ready: RwLock<Result<(), String>>,
+    /// Every node's answer about its own replicas in the last health round (the status page).
+    last_round: RwLock<Vec<ShardStatus>>,
+    /// Count and latency of forwarded calls, per second (the status page's chart).
+    pub traffic: crate::status_page::Traffic,
 }
 
 impl Router {
@@ -95,6 +101,8 @@ impl Router {
             max_inflight,
             coalescer,
             ready: RwLock::new(Err("no health check yet".into())),
+            last_round: RwLock::new(Vec::new()),
+            traffic: crate::status_page::Traffic::default(),
         })
     }
 
@@ -123,6 +131,11 @@ impl Router {
     /// shard's replicas follows; else which shards it did not.
     pub fn readiness(&self) -> Result<(), String> {
         self.ready.read().expect("ready lock").clone()
+    }
+
+    /// The last health round's answers: each node that answered, about its own replicas.
+    pub fn last_round(&self) -> Vec<ShardStatus> {
+        self.last_round.read().expect("round lock").clone()
     }
 
     /// Whether any node answered its last health checks (cluster-wide admin calls can be served).
@@ -167,11 +180,38 @@ impl Router {
     }
 
     /// Sends `req` to the leader of `shard`, following hints and failing over, within the
-    /// deadline. The request (and so its request id) is the same on every attempt.
-    pub async fn forward<Q, T, F, Fut>(&self, shard: ShardId, req: Q, call: F) -> Result<Response<T>, Status>
+    /// deadline. The request (and so its request id) is the same on every attempt, each sent with
+    /// the call's `traceparent`. Counted in `traffic`; one log line per call with its trace id
+    /// (info when the trace is sampled, else debug).
+    pub async fn forward<Q, T, F, Fut>(&self, shard: ShardId, trace: &Trace, req: Q, call: F) -> Result<Response<T>, Status>
     where
         Q: Clone,
-        F: Fn(NodeId, Channel, Q) -> Fut,
+        F: Fn(NodeId, Channel, Request<Q>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let start = Instant::now();
+        let res = self.attempts(shard, trace, req, call).instrument(trace.span()).await;
+        let elapsed = start.elapsed();
+        self.traffic.record(elapsed);
+        let what = std::any::type_name::<Q>().rsplit("::").next().unwrap_or_default();
+        // Read only when the line is written.
+        let node = || self.leaders.read().expect("leaders lock").get(&shard).copied().unwrap_or(0);
+        let code = || match &res {
+            Ok(_) => "OK",
+            Err(s) => detail_of(s).code().as_str_name(),
+        };
+        if trace.sampled {
+            tracing::info!(trace_id = %trace.id, what, shard, node = node(), code = code(), ?elapsed, "routed");
+        } else {
+            tracing::debug!(trace_id = %trace.id, what, shard, node = node(), code = code(), ?elapsed, "routed");
+        }
+        res
+    }
+
+    async fn attempts<Q, T, F, Fut>(&self, shard: ShardId, trace: &Trace, req: Q, call: F) -> Result<Response<T>, Status>
+    where
+        Q: Clone,
+        F: Fn(NodeId, Channel, Request<Q>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let sem = self.inflight.get(&shard).ok_or_else(|| error(ErrorCode::UnknownShard, format!("no shard {shard}")))?;
@@ -200,7 +240,7 @@ impl Router {
                 }
             };
             let ch = self.channels.get(&node).expect("every node has a channel").clone();
-            let res = tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), call(node, ch, req.clone())).await;
+            let res = tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), call(node, ch, trace.request(req.clone()))).await;
             let status = match res {
                 Ok(Ok(r)) => {
                     self.set_leader(shard, node);
@@ -298,6 +338,7 @@ pub async fn health_loop(router: Arc<Router>) {
         let unreached = unreached_shards(&router.topology, &answers);
         *router.ready.write().expect("ready lock") =
             if unreached.is_empty() { Ok(()) } else { Err(format!("no reachable leader followed by a majority for shards {unreached:?}")) };
+        *router.last_round.write().expect("round lock") = answers;
         tokio::time::sleep(HEALTH_EVERY).await;
     }
 }
@@ -342,9 +383,9 @@ impl RouterService {
 
 /// Forwards a wallet RPC to the shard of `$user`.
 macro_rules! to_wallet {
-    ($self:ident, $r:expr, $user:expr, $method:ident) => {{
+    ($self:ident, $t:expr, $r:expr, $user:expr, $method:ident) => {{
         let shard = $self.user($user);
-        $self.router.forward(shard, $r, |_, ch, r| async move { WalletClient::new(ch).$method(r).await }).await
+        $self.router.forward(shard, &$t, $r, |_, ch, r| async move { WalletClient::new(ch).$method(r).await }).await
     }};
 }
 
@@ -352,51 +393,51 @@ macro_rules! to_wallet {
 impl Wallet for RouterService {
     async fn open_account(&self, req: Request<OpenAccountRequest>) -> Res<WalletReply> {
         let claims = self.gate.user(&req, req.get_ref().user, "open an account")?;
-        let mut r = req.into_inner();
+        let (t, mut r) = trace::split(req);
         r.device = claims.dev;
-        to_wallet!(self, r, r.user, open_account)
+        to_wallet!(self, t, r, r.user, open_account)
     }
     async fn top_up(&self, req: Request<TopUpRequest>) -> Res<WalletReply> {
         self.gate.roles(&req, &[Role::PaymentGateway], "top up")?;
-        let r = req.into_inner();
-        to_wallet!(self, r, r.user, top_up)
+        let (t, r) = trace::split(req);
+        to_wallet!(self, t, r, r.user, top_up)
     }
     async fn withdraw(&self, req: Request<WithdrawRequest>) -> Res<WalletReply> {
         let claims = self.gate.user(&req, req.get_ref().user, "withdraw")?;
         self.gate.spend_allowed(req.get_ref().user)?;
-        let mut r = req.into_inner();
+        let (t, mut r) = trace::split(req);
         r.device = claims.dev;
-        to_wallet!(self, r, r.user, withdraw)
+        to_wallet!(self, t, r, r.user, withdraw)
     }
     async fn transfer(&self, req: Request<TransferRequest>) -> Res<WalletReply> {
         let claims = self.gate.user(&req, req.get_ref().from_user, "transfer")?;
         self.gate.spend_allowed(req.get_ref().from_user)?;
-        let mut r = req.into_inner();
+        let (t, mut r) = trace::split(req);
         r.device = claims.dev;
-        to_wallet!(self, r, r.from_user, transfer)
+        to_wallet!(self, t, r, r.from_user, transfer)
     }
     async fn balance(&self, req: Request<BalanceRequest>) -> Res<BalanceReply> {
         self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the wallet")?;
         self.gate.read_allowed(req.get_ref().user)?;
-        let r = req.into_inner();
-        to_wallet!(self, r, r.user, balance)
+        let (t, r) = trace::split(req);
+        to_wallet!(self, t, r, r.user, balance)
     }
     async fn statement(&self, req: Request<StatementRequest>) -> Res<StatementReply> {
         self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the statement")?;
         self.gate.read_allowed(req.get_ref().user)?;
-        let r = req.into_inner();
-        to_wallet!(self, r, r.user, statement)
+        let (t, r) = trace::split(req);
+        to_wallet!(self, t, r, r.user, statement)
     }
     async fn set_pin(&self, req: Request<SetPinRequest>) -> Res<WalletReply> {
         self.gate.user(&req, req.get_ref().user, "set the payment PIN")?;
         self.gate.spend_allowed(req.get_ref().user)?;
-        let r = req.into_inner();
-        to_wallet!(self, r, r.user, set_pin)
+        let (t, r) = trace::split(req);
+        to_wallet!(self, t, r, r.user, set_pin)
     }
     async fn set_risk(&self, req: Request<SetRiskRequest>) -> Res<BalanceReply> {
         self.gate.roles(&req, &[Role::Risk, Role::Admin], "set risk")?;
-        let r = req.into_inner();
-        to_wallet!(self, r, r.user, set_risk)
+        let (t, r) = trace::split(req);
+        to_wallet!(self, t, r, r.user, set_risk)
     }
 }
 
@@ -405,25 +446,25 @@ impl Packets for RouterService {
     async fn send(&self, req: Request<SendPacketRequest>) -> Res<SendPacketReply> {
         let claims = self.gate.user(&req, req.get_ref().sender, "send a packet")?;
         self.gate.spend_allowed(req.get_ref().sender)?;
-        let mut r = req.into_inner();
+        let (t, mut r) = trace::split(req);
         r.device = claims.dev;
         let shard = self.user(r.sender);
-        self.router.forward(shard, r, |_, ch, r| async move { PacketsClient::new(ch).send(r).await }).await
+        self.router.forward(shard, &t, r, |_, ch, r| async move { PacketsClient::new(ch).send(r).await }).await
     }
     async fn grab(&self, req: Request<GrabRequest>) -> Res<GrabReply> {
         self.gate.user(&req, req.get_ref().grabber, "grab")?;
-        let r = req.into_inner();
+        let (t, r) = trace::split(req);
         let shard = PacketId(r.packet_id).shard();
         match self.router.coalescer.clone() {
             Some(coalescer) => {
                 self.router
-                    .forward(shard, r, |node, _, r| {
+                    .forward(shard, &t, r, |node, _, r| {
                         let coalescer = coalescer.clone();
                         async move { coalescer.grab(node, r).await.map(Response::new) }
                     })
                     .await
             }
-            None => self.router.forward(shard, r, |_, ch, r| async move { PacketsClient::new(ch).grab(r).await }).await,
+            None => self.router.forward(shard, &t, r, |_, ch, r| async move { PacketsClient::new(ch).grab(r).await }).await,
         }
     }
     async fn show(&self, req: Request<ShowPacketRequest>) -> Res<PacketView> {
@@ -433,16 +474,16 @@ impl Packets for RouterService {
             let user = self.gate.signed_in(&req, "show a packet")?;
             self.gate.read_allowed(user)?;
         }
-        let r = req.into_inner();
+        let (t, r) = trace::split(req);
         let shard = PacketId(r.packet_id).shard();
-        self.router.forward(shard, r, |_, ch, r| async move { PacketsClient::new(ch).show(r).await }).await
+        self.router.forward(shard, &t, r, |_, ch, r| async move { PacketsClient::new(ch).show(r).await }).await
     }
     async fn history(&self, req: Request<PacketHistoryRequest>) -> Res<PacketHistoryReply> {
         self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the packet history")?;
         self.gate.read_allowed(req.get_ref().user)?;
-        let r = req.into_inner();
+        let (t, r) = trace::split(req);
         let shard = self.user(r.user);
-        self.router.forward(shard, r, |_, ch, r| async move { PacketsClient::new(ch).history(r).await }).await
+        self.router.forward(shard, &t, r, |_, ch, r| async move { PacketsClient::new(ch).history(r).await }).await
     }
 }
 
@@ -450,13 +491,13 @@ impl Packets for RouterService {
 impl Notifier for RouterService {
     async fn poll(&self, req: Request<PollNotificationsRequest>) -> Res<PollNotificationsReply> {
         self.gate.roles(&req, &[Role::Notifier], "read notifications")?;
-        let r = req.into_inner();
-        self.router.forward(r.shard, r, |_, ch, r| async move { NotifierClient::new(ch).poll(r).await }).await
+        let (t, r) = trace::split(req);
+        self.router.forward(r.shard, &t, r, |_, ch, r| async move { NotifierClient::new(ch).poll(r).await }).await
     }
     async fn ack(&self, req: Request<AckNotificationsRequest>) -> Res<AckNotificationsReply> {
         self.gate.roles(&req, &[Role::Notifier], "acknowledge notifications")?;
-        let r = req.into_inner();
-        self.router.forward(r.shard, r, |_, ch, r| async move { NotifierClient::new(ch).ack(r).await }).await
+        let (t, r) = trace::split(req);
+        self.router.forward(r.shard, &t, r, |_, ch, r| async move { NotifierClient::new(ch).ack(r).await }).await
     }
 }
 

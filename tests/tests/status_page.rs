@@ -1,0 +1,295 @@
+//! The router's status page and tracing across hops (#15).
+//!
+//! - The page, loaded in headless Chromium (Debian's `chromium`, installed by scripts/env.sh
+//!   `ensure_chromium`) from a surviving router while a whole region is killed: the region and
+//!   its node show down and every shard it led is led, and served, elsewhere. Screenshots of the
+//!   healthy and the failed-over cluster go to the cluster's folder, or to
+//!   `$HONGBAO_STATUS_SCREENSHOTS` (docs/ keeps a pair: status-healthy.png, status-failover.png).
+//! - A grab and a top-up sent with known sampled traceparents leave their trace ids in the
+//!   router's and the nodes' logs; an unsampled one leaves none at the default log level.
+
+use hongbao_client::{new_request_id, Client};
+use hongbao_proto::v1::{PacketKind, SendPacketRequest};
+use hongbao_tests::{Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Chromium: `$HONGBAO_CHROMIUM` (scripts/env.sh sets it), else `chromium` on the PATH.
+fn chromium() -> PathBuf {
+    let p = std::env::var_os("HONGBAO_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("chromium"));
+    let found = Command::new(&p).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success());
+    assert!(
+        matches!(found, Ok(true)),
+        "{} not found: run scripts/test, or `. scripts/env.sh && ensure_chromium` (Debian's chromium package)",
+        p.display()
+    );
+    p
+}
+
+/// Runs headless Chromium on `url` with `args`, within 60 s; returns its stdout.
+fn run_chromium(profile: &Path, url: &str, args: &[&str]) -> String {
+    let mut child = Command::new(chromium())
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let mut out = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait for chromium").is_some() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish loading {url} within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reader.join().expect("chromium's output")
+}
+
+/// The DOM of the page as Chromium built it.
+fn dump_dom(profile: &Path, url: &str) -> String {
+    run_chromium(profile, url, &["--dump-dom"])
+}
+
+fn screenshot(profile: &Path, url: &str, to: &Path) {
+    run_chromium(profile, url, &[&format!("--screenshot={}", to.display()), "--window-size=1180,1120"]);
+    let len = std::fs::metadata(to).map(|m| m.len()).unwrap_or(0);
+    assert!(len > 10_000, "chromium wrote no screenshot of {url} to {} ({len} bytes)", to.display());
+}
+
+/// The value of attribute `name` of the first element whose opening tag contains `marker`
+/// (e.g. `data-shard="1"`).
+fn attr(dom: &str, marker: &str, name: &str) -> Option<String> {
+    let at = dom.find(marker)?;
+    let open = dom[..at].rfind('<')?;
+    let tag = &dom[open..open + dom[open..].find('>')?];
+    let key = format!(" {name}=\"");
+    let v = tag.find(&key)? + key.len();
+    Some(tag[v..v + tag[v..].find('"')?].to_string())
+}
+
+/// Polls the page until `ok` holds for its DOM, or panics after `within` with the last DOM.
+fn wait_for_page(profile: &Path, url: &str, within: Duration, what: &str, ok: impl Fn(&str) -> bool) -> (String, Duration) {
+    let start = Instant::now();
+    loop {
+        let dom = dump_dom(profile, url);
+        if ok(&dom) {
+            return (dom, start.elapsed());
+        }
+        assert!(start.elapsed() < within, "the status page did not show {what} within {within:?}; last DOM:\n{dom}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Top-ups through the routers until stopped, each re-sent with its id until settled.
+fn workload(client: Arc<Client>, users: Vec<u64>, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let u = users[n as usize % users.len()];
+            let rid = new_request_id();
+            loop {
+                match client.top_up(rid.clone(), u, 1).await {
+                    Ok(_) => break,
+                    Err(e) if e.outcome_unknown() => continue,
+                    Err(e) => panic!("top-up of {u}: {e}"),
+                }
+            }
+            done.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_a_killed_region_down_and_its_shards_led_elsewhere() {
+    let started = Instant::now();
+    let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    // Pictures for docs/: a longer run, so the chart shows a history and the failover in it.
+    let for_docs = std::env::var_os("HONGBAO_STATUS_SCREENSHOTS").map(PathBuf::from);
+    let pause = if for_docs.is_some() { Duration::from_secs(40) } else { Duration::ZERO };
+    let shots = for_docs.unwrap_or_else(|| c.dir.path().to_path_buf());
+    std::fs::create_dir_all(&shots).expect("screenshot folder");
+    let profile = c.dir.path().join("chromium-profile");
+    // The page of the Shanghai router, which survives.
+    let metrics_addr = c.topology.routers.iter().find(|r| r.region == "shanghai").and_then(|r| r.metrics_addr.clone()).unwrap();
+    let url = format!("http://{metrics_addr}/");
+
+    // Traffic through the routers for the chart: one user per shard.
+    let client = Arc::new(c.router_client("shanghai").with_deadline(Duration::from_secs(10)));
+    let mut users = vec![];
+    for s in &c.topology.shards {
+        let u = c.topology.user_in_shard(s.id, 800);
+        client.open_account(u, "phone").await.unwrap();
+        users.push(u);
+    }
+    let (stop, done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let load = workload(client.clone(), users, stop.clone(), done.clone());
+
+    // Healthy: every region up, every shard led at home, an audit balanced.
+    let url_ = url.clone();
+    let profile_ = profile.clone();
+    let (dom, took) = tokio::task::spawn_blocking(move || {
+        wait_for_page(&profile_, &url_, Duration::from_secs(30), "a healthy cluster with a balanced audit and traffic", |dom| {
+            ["shenzhen", "shanghai", "tianjin"].iter().all(|r| dom.contains(&format!("data-region=\"{r}\" data-up=\"true\"")))
+                && (1..=3).all(|s| {
+                    attr(dom, &format!("data-shard=\"{s}\""), "data-leader-region")
+                        == attr(dom, &format!("data-shard=\"{s}\""), "data-home")
+                })
+                && attr(dom, "id=\"audit\"", "data-audit").as_deref() == Some("balanced")
+                && attr(dom, "data-chart=\"ops\"", "data-max").and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) > 0.0
+        })
+    })
+    .await
+    .unwrap();
+    println!("healthy page after {took:?}");
+    assert!(dom.contains("data-traffic-region=\"shenzhen\" data-router-up=\"true\" data-entry=\"shenzhen\""), "{dom}");
+    assert!(!dom.contains("data-up=\"false\""), "nothing is down yet: {dom}");
+    tokio::time::sleep(pause).await;
+    let (u, p) = (url.clone(), profile.clone());
+    let healthy_png = shots.join("status-healthy.png");
+    let shot = healthy_png.clone();
+    tokio::task::spawn_blocking(move || screenshot(&p, &u, &shot)).await.unwrap();
+
+    // Shenzhen is lost: its node (leader of shard 1, its home) and its router, kill -9.
+    let shenzhen_node = c.nodes_in("shenzhen")[0];
+    assert_eq!(attr(&dom, "data-shard=\"1\"", "data-leader").as_deref(), Some(shenzhen_node.to_string().as_str()));
+    let killed = Instant::now();
+    let killed_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    c.kill_region("shenzhen");
+    let (u, p) = (url.clone(), profile.clone());
+    let (dom, took) = tokio::task::spawn_blocking(move || {
+        wait_for_page(&p, &u, Duration::from_secs(30), "shenzhen down and shard 1 led elsewhere", |dom| {
+            dom.contains("data-region=\"shenzhen\" data-up=\"false\"")
+                && matches!(attr(dom, "data-shard=\"1\"", "data-leader-region").as_deref(), Some("shanghai" | "tianjin"))
+        })
+    })
+    .await
+    .unwrap();
+    println!("page shows the failover {:?} after the kill (polled for {took:?})", killed.elapsed());
+    assert!(dom.contains(&format!("data-node=\"{shenzhen_node}\" data-up=\"false\"")), "{dom}");
+    for s in 1..=3 {
+        let region = attr(&dom, &format!("data-shard=\"{s}\""), "data-leader-region").unwrap_or_default();
+        assert!(region == "shanghai" || region == "tianjin", "shard {s} led in {region:?} after shenzhen was lost: {dom}");
+        let replica = format!("data-replica=\"{shenzhen_node}\" data-up=\"false\"");
+        let row = &dom[dom.find(&format!("data-shard=\"{s}\"")).unwrap()..];
+        assert!(row[..row.find("</tr>").unwrap()].contains(&replica), "shard {s}: its shenzhen replica shown down: {dom}");
+    }
+    for r in ["shanghai", "tianjin"] {
+        assert!(dom.contains(&format!("data-region=\"{r}\" data-up=\"true\"")), "{r} still up: {dom}");
+    }
+    // Shenzhen's clients enter at the next router; its shard is served in another region.
+    assert!(dom.contains("data-traffic-region=\"shenzhen\" data-router-up=\"false\" data-entry=\"shanghai\""), "{dom}");
+    let served = attr(&dom, "data-home-shard=\"1\"", "data-served-region").unwrap_or_default();
+    assert!(served == "shanghai" || served == "tianjin", "shard 1 served in {served:?}: {dom}");
+
+    // Money still adds up, audited after the kill, while the workload goes on.
+    let (u, p) = (url.clone(), profile.clone());
+    let (dom, _) = tokio::task::spawn_blocking(move || {
+        wait_for_page(&p, &u, Duration::from_secs(40), "a balanced audit run after the kill", |dom| {
+            attr(dom, "id=\"audit\"", "data-audit").as_deref() == Some("balanced")
+                && attr(dom, "id=\"audit\"", "data-audit-at-ms").and_then(|a| a.parse::<u128>().ok()).unwrap_or(0) > killed_ms
+                && dom.contains("data-region=\"shenzhen\" data-up=\"false\"")
+        })
+    })
+    .await
+    .unwrap();
+    assert!(attr(&dom, "data-chart=\"ops\"", "data-max").and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) > 0.0, "{dom}");
+    tokio::time::sleep(pause / 2).await;
+    let (u, p) = (url.clone(), profile.clone());
+    let failover_png = shots.join("status-failover.png");
+    let shot = failover_png.clone();
+    tokio::task::spawn_blocking(move || screenshot(&p, &u, &shot)).await.unwrap();
+
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    println!(
+        "{} top-ups during the test; screenshots {} and {}; {:?} in all",
+        done.load(Ordering::Relaxed),
+        healthy_png.display(),
+        failover_png.display(),
+        started.elapsed()
+    );
+}
+
+/// 32 random hex digits: a trace id no earlier run can have logged.
+fn trace_id() -> String {
+    format!("{:032x}", rand::random::<u128>() | 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grab_with_a_traceparent_leaves_its_trace_id_in_the_router_and_node_logs() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let setup = c.router_client("shenzhen");
+    let sender = c.topology.user_in_shard(1, 900);
+    let grabber = c.topology.user_in_shard(2, 900);
+    c.funded(&setup, sender, 10_000).await;
+    setup.open_account(grabber, TEST_DEVICE).await.unwrap();
+    let p = setup
+        .send_packet(SendPacketRequest {
+            request_id: new_request_id(),
+            sender,
+            kind: PacketKind::Lucky as i32,
+            total_cents: 500,
+            count: 2,
+            device: TEST_DEVICE.into(),
+            pin: TEST_PIN.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // A grab (coalesced at the router: the trace id rides in the batch) and a top-up (one call
+    // per request), each continuing a sampled trace; a balance read in an unsampled one.
+    let (grab_id, topup_id, quiet_id) = (trace_id(), trace_id(), trace_id());
+    let traced = |id: &str, flags: &str| {
+        c.router_client("shenzhen").with_traceparent(&format!("00-{id}-00f067aa0ba902b7-{flags}")).expect("a valid traceparent")
+    };
+    let g = traced(&grab_id, "01").grab(new_request_id(), p.packet_id, grabber, "").await.unwrap();
+    assert!(g.amount_cents > 0);
+    traced(&topup_id, "01").top_up(new_request_id(), sender, 100).await.unwrap();
+    traced(&quiet_id, "00").balance(sender).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let router_log = std::fs::read_to_string(c.dir.path().join("router-shenzhen.log")).unwrap();
+    let nodes: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
+    let node_logs: String = nodes.iter().map(|n| c.node_log(*n)).collect();
+    let lines = |log: &str, id: &str| log.lines().filter(|l| l.contains(id)).map(str::to_string).collect::<Vec<_>>();
+    for (id, what, method) in
+        [(&grab_id, "GrabRequest", "/hongbao.v1.Coalesced/Grabs (one grab)"), (&topup_id, "TopUpRequest", "/hongbao.v1.Wallet/TopUp")]
+    {
+        let routed = lines(&router_log, id);
+        assert!(
+            routed.iter().any(|l| l.contains("routed") && l.contains(&format!("what=\"{what}\"")) && l.contains("code=\"OK\"")),
+            "router log has no line for trace {id}: {routed:?}"
+        );
+        let served = lines(&node_logs, id);
+        assert!(
+            served.iter().any(|l| l.contains("served") && l.contains(method) && l.contains("code=\"OK\"")),
+            "no node log has a line for trace {id} ({method}): {served:?}"
+        );
+        println!("trace {id}:\n  {}\n  {}", routed.join("\n  "), served.join("\n  "));
+    }
+    assert!(
+        lines(&router_log, &quiet_id).is_empty() && lines(&node_logs, &quiet_id).is_empty(),
+        "an unsampled trace is not logged at info"
+    );
+}
