@@ -151,21 +151,7 @@ impl Auth {
     }
 }
 
-/// (trace id, flags) of a W3C `traceparent` (version 00, or a later one read as 00), if valid.
-pub fn parse_traceparent(v: &str) -> Option<(String, u8)> {
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    let mut parts = v.trim().splitn(5, '-');
-    let (version, id, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let ok = hex(version, 2)
-        && version != "ff"
-        && (version != "00" || parts.next().is_none())
-        && hex(id, 32)
-        && id.bytes().any(|b| b != b'0')
-        && hex(parent, 16)
-        && parent.bytes().any(|b| b != b'0')
-        && hex(flags, 2);
-    ok.then(|| (id.to_string(), u8::from_str_radix(flags, 16).unwrap_or(0)))
-}
+pub use hongbao_proto::parse_traceparent;
 
 fn refused(code: ErrorCode, message: String) -> ClientError {
     ClientError { detail: ErrorDetail { code: code as i32, message, ..Default::default() } }

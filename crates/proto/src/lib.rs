@@ -251,6 +251,31 @@ fn carried_detail(bytes: &[u8]) -> Option<ErrorDetail> {
     ErrorDetail::decode(any.value.as_slice()).ok().filter(|d| d.code != 0)
 }
 
+/// (trace id, flags) of a W3C `traceparent` (version 00, or a later one read as 00); None for
+/// anything else, which starts a new trace as the W3C rules say. Client, router and node all
+/// read the header with this one function.
+pub fn parse_traceparent(v: &str) -> Option<(String, u8)> {
+    let mut parts = v.trim().splitn(5, '-');
+    let (version, id, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let ok = is_lower_hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && is_trace_id(id)
+        && is_lower_hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && is_lower_hex(flags, 2);
+    ok.then(|| (id.to_string(), u8::from_str_radix(flags, 16).unwrap_or(0)))
+}
+
+/// A W3C trace id: 32 lowercase hex digits, not all zero.
+pub fn is_trace_id(s: &str) -> bool {
+    is_lower_hex(s, 32) && s.bytes().any(|b| b != b'0')
+}
+
+fn is_lower_hex(s: &str, n: usize) -> bool {
+    s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

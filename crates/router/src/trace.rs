@@ -57,19 +57,7 @@ pub fn split<T>(req: Request<T>) -> (Trace, T) {
 /// (trace id, flags) of a valid `traceparent` (version 00, or a later one read as 00); None for
 /// anything else, which starts a new trace as the W3C rules say.
 pub fn parse(v: &str) -> Option<(String, u8)> {
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    let mut parts = v.trim().splitn(5, '-');
-    let (version, id, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let rest = parts.next();
-    let ok = hex(version, 2)
-        && version != "ff"
-        && (version != "00" || rest.is_none())
-        && hex(id, 32)
-        && id.bytes().any(|b| b != b'0')
-        && hex(parent, 16)
-        && parent.bytes().any(|b| b != b'0')
-        && hex(flags, 2);
-    ok.then(|| (id.to_string(), u8::from_str_radix(flags, 16).unwrap_or(0)))
+    hongbao_proto::parse_traceparent(v)
 }
 
 #[cfg(test)]

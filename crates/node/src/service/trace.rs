@@ -22,27 +22,9 @@ pub struct Traced {
     pub sampled: bool,
 }
 
-fn is_hex(s: &str, n: usize) -> bool {
-    s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-fn is_trace_id(s: &str) -> bool {
-    is_hex(s, 32) && s.bytes().any(|b| b != b'0')
-}
-
 /// A valid `traceparent` (version 00, or a later one read as 00); None for anything else.
 pub fn parse(v: &str) -> Option<Traced> {
-    let mut parts = v.trim().splitn(5, '-');
-    let (version, id, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let rest = parts.next();
-    let ok = is_hex(version, 2)
-        && version != "ff"
-        && (version != "00" || rest.is_none())
-        && is_trace_id(id)
-        && is_hex(parent, 16)
-        && parent.bytes().any(|b| b != b'0')
-        && is_hex(flags, 2);
-    ok.then(|| Traced { id: id.to_string(), sampled: u8::from_str_radix(flags, 16).unwrap_or(0) & 1 == 1 })
+    hongbao_proto::parse_traceparent(v).map(|(id, flags)| Traced { id, sampled: flags & 1 == 1 })
 }
 
 impl Traced {
@@ -75,7 +57,7 @@ impl Traced {
 /// well-formed id). Empty when the batch carries none.
 pub fn grab_trace_ids(headers: &HeaderMap) -> Vec<Option<Traced>> {
     let Some(v) = headers.get(GRAB_TRACE_IDS).and_then(|v| v.to_str().ok()) else { return Vec::new() };
-    v.split(',').map(|id| is_trace_id(id).then(|| Traced { id: id.to_string(), sampled: true })).collect()
+    v.split(',').map(|id| hongbao_proto::is_trace_id(id).then(|| Traced { id: id.to_string(), sampled: true })).collect()
 }
 
 #[cfg(test)]
