@@ -44,6 +44,9 @@ impl Ports {
     }
 }
 
+/// The standard OTLP endpoint variable nodes and routers read (`--otlp-endpoint`).
+pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
 pub struct Spec {
     pub regions: Vec<&'static str>,
     pub nodes_per_region: usize,
@@ -60,6 +63,9 @@ pub struct Spec {
     pub router_max_inflight: Option<usize>,
     /// The node binary to run (None: the one built beside the tests).
     pub node_binary: Option<PathBuf>,
+    /// Environment for every node and router (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`). Without it
+    /// in here, that variable is removed, so a developer's shell never exports a test's spans.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for Spec {
@@ -75,6 +81,7 @@ impl Default for Spec {
             wan_latency_ms: 0,
             router_max_inflight: None,
             node_binary: None,
+            env: Vec::new(),
         }
     }
 }
@@ -87,6 +94,7 @@ pub struct Cluster {
     routers: BTreeMap<String, Child>,
     router_max_inflight: Option<usize>,
     node_binary: PathBuf,
+    env: Vec<(&'static str, String)>,
 }
 
 impl Cluster {
@@ -164,6 +172,7 @@ impl Cluster {
             routers: BTreeMap::new(),
             router_max_inflight: spec.router_max_inflight,
             node_binary: spec.node_binary.unwrap_or_else(|| bin("hongbao-node")),
+            env: spec.env,
         };
         let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
         for id in ids {
@@ -187,6 +196,7 @@ impl Cluster {
 
     pub fn start_router(&mut self, region: &str) {
         let mut cmd = Command::new(bin("hongbao-router"));
+        cmd.env_remove(OTLP_ENDPOINT_ENV).envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(n) = self.router_max_inflight {
             cmd.arg("--max-inflight-per-shard").arg(n.to_string());
         }
@@ -288,6 +298,12 @@ impl Cluster {
 
     pub fn nodes_in(&self, region: &str) -> Vec<u64> {
         self.topology.nodes_in(region).iter().map(|n| n.id).collect()
+    }
+
+    /// Every running process: (`node-<id>` or `router-<region>`, pid).
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let nodes = self.nodes.iter().map(|(id, c)| (format!("node-{id}"), c.id()));
+        nodes.chain(self.routers.iter().map(|(r, c)| (format!("router-{r}"), c.id()))).collect()
     }
 
     /// The cluster's security folder: CA, every identity's certificate, dev keys.
@@ -479,6 +495,8 @@ impl Cluster {
             .arg("--security-dir")
             .arg(self.security_dir())
             .env("RUST_LOG", "info,openraft=warn")
+            .env_remove(OTLP_ENDPOINT_ENV)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(self.log(&format!("node-{id}"))))
             .stderr(Stdio::from(self.log(&format!("node-{id}"))))
             .spawn()

@@ -6,15 +6,22 @@
 //!   healthy and the failed-over cluster go to the cluster's folder, or to
 //!   `$HONGBAO_STATUS_SCREENSHOTS` (docs/ keeps a pair: status-healthy.png, status-failover.png).
 //! - A grab and a top-up sent with known sampled traceparents leave their trace ids in the
-//!   router's and the nodes' logs; an unsampled one leaves none at the default log level.
+//!   router's and the nodes' logs; an unsampled one leaves none at the default log level. Without
+//!   an OTLP endpoint no process runs an exporter.
+//! - With `OTEL_EXPORTER_OTLP_ENDPOINT` set to a small in-process collector, the same calls are
+//!   exported as spans of the client's trace by the router and by a node, the node's span a child
+//!   of the router's; a clean stop flushes the exporter.
 
 use hongbao_client::{new_request_id, Client};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest};
-use hongbao_tests::{Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::{Cluster, Spec, OTLP_ENDPOINT_ENV, TEST_DEVICE, TEST_PIN};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Chromium: `$HONGBAO_CHROMIUM` (scripts/env.sh sets it), else `chromium` on the PATH.
@@ -292,4 +299,198 @@ async fn a_grab_with_a_traceparent_leaves_its_trace_id_in_the_router_and_node_lo
         lines(&router_log, &quiet_id).is_empty() && lines(&node_logs, &quiet_id).is_empty(),
         "an unsampled trace is not logged at info"
     );
+    // No endpoint: nothing of OpenTelemetry runs, in any process.
+    for (name, pid) in c.pids() {
+        assert_eq!(exporter_threads(pid), 0, "{name} runs an OTLP exporter without an endpoint");
+    }
+}
+
+/// Threads of `pid` named by OpenTelemetry's batch span processor
+/// ("OpenTelemetry.Traces.BatchProcessor", cut by Linux to 15 bytes).
+fn exporter_threads(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok()).filter(|name| name.starts_with("OpenTelemetry")).count()
+}
+
+/// One exported span as the collector got it.
+#[derive(Clone, Debug)]
+struct Got {
+    service: String,
+    instance: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_id: String,
+    attributes: Vec<(String, String)>,
+}
+
+impl Got {
+    fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A tiny OTLP/gRPC collector: records every span it is sent, with its resource's names.
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<Got>>>);
+
+fn text(kv: &KeyValue) -> String {
+    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut got = self.0.lock().unwrap();
+        for rs in req.into_inner().resource_spans {
+            let resource: Vec<(String, String)> =
+                rs.resource.iter().flat_map(|r| &r.attributes).map(|kv| (kv.key.clone(), text(kv))).collect();
+            let of = |key: &str| resource.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default();
+            for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+                got.push(Got {
+                    service: of("service.name"),
+                    instance: of("service.instance.id"),
+                    name: span.name.clone(),
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_id: hex(&span.parent_span_id),
+                    attributes: span.attributes.iter().map(|kv| (kv.key.clone(), text(kv))).collect(),
+                });
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+impl Collector {
+    /// Serves on an ephemeral loopback port; its `http://` endpoint.
+    async fn start(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let svc = TraceServiceServer::new(self.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap()
+        });
+        format!("http://{addr}")
+    }
+
+    fn spans(&self, trace_id: &str) -> Vec<Got> {
+        self.0.lock().unwrap().iter().filter(|g| g.trace_id == trace_id).cloned().collect()
+    }
+
+    /// The spans of `trace_id` once both a router and a node have sent theirs (within 15 s).
+    async fn wait_for(&self, trace_id: &str) -> Vec<Got> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let spans = self.spans(trace_id);
+            let from = |service: &str| spans.iter().any(|g| g.service == service);
+            if (from("hongbao-router") && from("hongbao-node")) || Instant::now() > deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traced_grab_is_exported_over_otlp_by_the_router_and_the_node_in_the_clients_trace() {
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    let mut c = Cluster::start(Spec { routers: true, env: vec![(OTLP_ENDPOINT_ENV, endpoint.clone())], ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    for (name, pid) in c.pids() {
+        assert_eq!(exporter_threads(pid), 1, "{name} runs one OTLP exporter with {OTLP_ENDPOINT_ENV}={endpoint}");
+    }
+    let setup = c.router_client("shenzhen");
+    let sender = c.topology.user_in_shard(1, 900);
+    let grabber = c.topology.user_in_shard(2, 900);
+    c.funded(&setup, sender, 10_000).await;
+    setup.open_account(grabber, TEST_DEVICE).await.unwrap();
+    let p = setup
+        .send_packet(SendPacketRequest {
+            request_id: new_request_id(),
+            sender,
+            kind: PacketKind::Lucky as i32,
+            total_cents: 500,
+            count: 2,
+            device: TEST_DEVICE.into(),
+            pin: TEST_PIN.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // A grab (coalesced at the router) and a top-up (one call) in sampled traces, a balance read
+    // in an unsampled one. (The client library sends each call with a parent id of its own.)
+    let (grab_id, topup_id, quiet_id) = (trace_id(), trace_id(), trace_id());
+    let traced = |id: &str, flags: &str| {
+        c.router_client("shenzhen").with_traceparent(&format!("00-{id}-00f067aa0ba902b7-{flags}")).expect("a valid traceparent")
+    };
+    let g = traced(&grab_id, "01").grab(new_request_id(), p.packet_id, grabber, "").await.unwrap();
+    assert!(g.amount_cents > 0);
+    traced(&topup_id, "01").top_up(new_request_id(), sender, 100).await.unwrap();
+    traced(&quiet_id, "00").balance(sender).await.unwrap();
+
+    for (id, router_name, node_name) in [
+        (&grab_id, "router GrabRequest", "hongbao.v1.Coalesced/Grabs (one grab)"),
+        (&topup_id, "router TopUpRequest", "hongbao.v1.Wallet/TopUp"),
+    ] {
+        let spans = collector.wait_for(id).await;
+        let router: Vec<&Got> = spans.iter().filter(|g| g.service == "hongbao-router").collect();
+        let node: Vec<&Got> = spans.iter().filter(|g| g.service == "hongbao-node").collect();
+        assert!(!router.is_empty() && !node.is_empty(), "trace {id}: spans from the router and a node, got {spans:#?}");
+        let r = router.iter().find(|g| g.name == router_name).unwrap_or_else(|| panic!("trace {id}: no {router_name:?} span: {spans:#?}"));
+        assert_eq!(r.instance, "router-shenzhen", "{r:?}");
+        assert!(
+            r.parent_id.len() == 16 && r.parent_id != "0000000000000000" && !spans.iter().any(|g| g.span_id == r.parent_id),
+            "the router's span is the child of the client's call (not exported by hongbao), not a root: {r:?}"
+        );
+        assert_eq!((r.attribute("code"), r.attribute("trace_id")), (Some("OK"), Some(id.as_str())), "{r:?}");
+        let n = node.iter().find(|g| g.name == node_name).unwrap_or_else(|| panic!("trace {id}: no {node_name:?} span: {spans:#?}"));
+        assert_eq!(n.parent_id, r.span_id, "the node's span is the router's child: {n:?} under {r:?}");
+        assert_eq!(n.attribute("code"), Some("OK"), "{n:?}");
+        assert_eq!(r.attribute("node"), n.instance.strip_prefix("node-"), "the router names the node that answered: {r:?} {n:?}");
+        println!("trace {id}:\n  {r:?}\n  {n:?}");
+    }
+    assert!(collector.spans(&quiet_id).is_empty(), "an unsampled trace is not exported");
+
+    // A clean stop runs the exporter's flush and ends (the router's single-threaded runtime
+    // included: the blocking flush must not stall the channel it sends on), and the last
+    // sampled call's spans arrive.
+    let last_id = trace_id();
+    traced(&last_id, "01").balance(sender).await.unwrap();
+    c.signal_router("shenzhen", "TERM");
+    let nodes: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
+    for id in &nodes {
+        c.stop(*id);
+    }
+    let spans = collector.wait_for(&last_id).await;
+    assert!(
+        spans.iter().any(|g| g.service == "hongbao-router") && spans.iter().any(|g| g.service == "hongbao-node"),
+        "the last call's spans arrive: {spans:#?}"
+    );
+    let router_log = || std::fs::read_to_string(c.dir.path().join("router-shenzhen.log")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !router_log().contains("trace export flushed") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(router_log().contains("trace export flushed"), "the router flushed its exporter on SIGTERM");
+    for id in nodes {
+        assert!(c.node_log(id).contains("trace export flushed"), "node {id} flushed its exporter on SIGTERM");
+    }
 }

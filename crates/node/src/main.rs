@@ -44,17 +44,14 @@ struct Args {
     /// Reads in flight on this node (all shards) before more are refused with OVERLOADED.
     #[arg(long, default_value_t = hongbao_node::host::MAX_READS_IN_FLIGHT)]
     max_reads_in_flight: usize,
+    /// Export the spans of sampled traces over OTLP/gRPC to this collector (http://host:4317);
+    /// unset: no export (docs/operations.md, "Tracing").
+    #[arg(long, env = hongbao_telemetry::tracing_init::ENDPOINT_ENV)]
+    otlp_endpoint: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn"));
-    if args.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).init();
-    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("hongbao-node").build()?;
     rt.block_on(run(args))
 }
@@ -62,6 +59,19 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let topology = Arc::new(Topology::load(&args.topology).map_err(anyhow::Error::msg)?);
     let me = topology.node(args.node_id).ok_or_else(|| anyhow::anyhow!("node {} not in topology", args.node_id))?.clone();
+    // Inside the runtime: an OTLP exporter's channel runs on it.
+    let service = hongbao_telemetry::tracing_init::Service {
+        name: "hongbao-node",
+        instance: format!("node-{}", args.node_id),
+        attributes: vec![("hongbao.node_id", args.node_id.to_string()), ("hongbao.region", me.region.clone())],
+    };
+    let tracing = hongbao_telemetry::tracing_init::init(
+        "info,openraft=warn,h2=warn,tower=warn",
+        args.log_json,
+        args.otlp_endpoint.as_deref(),
+        service,
+    )
+    .map_err(anyhow::Error::msg)?;
     let metrics_addr: std::net::SocketAddr = me.metrics_addr.parse()?;
     hongbao_node::metrics::install(metrics_addr)?;
 
@@ -154,6 +164,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
     }
     host.shutdown().await;
+    tracing.shutdown().await;
     tracing::info!("bye");
     Ok(())
 }

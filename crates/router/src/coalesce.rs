@@ -5,8 +5,8 @@
 //! under light load a grab goes out alone at once; under heavy load grabs pile up while earlier
 //! calls are in flight and leave together. Each grab keeps its request id and gets its own result,
 //! so retries and failover in `Router::forward` work exactly as for single calls. A sampled
-//! grab's trace id goes along in the batch's metadata (`trace::GRAB_TRACE_IDS`), for the node to
-//! log it with that grab.
+//! grab's trace id and parent id go along in the batch's metadata (`trace::GRAB_TRACE_IDS`), for
+//! the node to log the grab with its trace id and export its span in that trace.
 
 use hongbao_proto::v1::coalesced_client::CoalescedClient;
 use hongbao_proto::v1::{GrabBatchRequest, GrabReply, GrabRequest};
@@ -25,7 +25,7 @@ pub const MAX_BATCHES_IN_FLIGHT: usize = 8;
 pub const MAX_QUEUED_PER_NODE: usize = 20_000;
 
 type Answer = oneshot::Sender<Result<GrabReply, Status>>;
-/// A grab waiting to go, with its trace id when the trace is sampled.
+/// A grab waiting to go, with `<trace id>-<parent id>` when its trace is sampled.
 type Queued = (GrabRequest, Option<String>, Answer);
 
 pub struct Coalescer {
@@ -50,8 +50,12 @@ impl Coalescer {
     /// Sends `req` to `node` in the next coalesced call and waits for its own result.
     pub async fn grab(&self, node: NodeId, req: Request<GrabRequest>) -> Result<GrabReply, Status> {
         let queue = self.queues.get(&node).ok_or_else(|| error(ErrorCode::Internal, format!("router has no queue for node {node}")))?;
-        let sampled = req.metadata().get(crate::trace::TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(crate::trace::parse);
-        let trace_id = sampled.filter(|(_, flags)| flags & 1 == 1).map(|(id, _)| id);
+        // A sampled grab's trace id and parent id (the router's span when exported), for the
+        // node to continue its trace.
+        let header = req.metadata().get(crate::trace::TRACEPARENT).and_then(|v| v.to_str().ok());
+        let trace_id = header
+            .and_then(|v| crate::trace::parse(v).filter(|(_, flags)| flags & 1 == 1).zip(v.trim().split('-').nth(2)))
+            .map(|((id, _), parent)| format!("{id}-{parent}"));
         let (tx, rx) = oneshot::channel();
         queue.try_send((req.into_inner(), trace_id, tx)).map_err(|_| {
             metrics::counter!(crate::metrics::OVERLOADED).increment(1);
@@ -84,7 +88,7 @@ async fn send_loop(node: NodeId, ch: Channel, mut queue: mpsc::Receiver<Queued>,
             }
             let n = req.grabs.len();
             let mut req = Request::new(req);
-            // At most 256 ids of 32 hex digits: well inside a node's 16 KiB of headers.
+            // At most 256 entries of 49 characters (12.5 KiB): inside a node's 16 KiB of headers.
             if traces.iter().any(Option::is_some) {
                 let ids: Vec<&str> = traces.iter().map(|t| t.as_deref().unwrap_or("")).collect();
                 if let Ok(v) = ids.join(",").parse() {

@@ -57,14 +57,22 @@ struct Args {
     /// Per-user payments (send, transfer, withdraw, set PIN) per second; bursts of twice that.
     #[arg(long, default_value_t = 20.0)]
     user_spends_per_s: f64,
+    /// Export the spans of sampled traces over OTLP/gRPC to this collector (http://host:4317);
+    /// unset: no export (docs/operations.md, "Tracing").
+    #[arg(long, env = hongbao_telemetry::tracing_init::ENDPOINT_ENV)]
+    otlp_endpoint: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).init();
+    let service = hongbao_telemetry::tracing_init::Service {
+        name: "hongbao-router",
+        instance: format!("router-{}", args.region),
+        attributes: vec![("hongbao.region", args.region.clone())],
+    };
+    let tracing = hongbao_telemetry::tracing_init::init("info,h2=warn,tower=warn", false, args.otlp_endpoint.as_deref(), service)
+        .map_err(anyhow::Error::msg)?;
     let topology = Arc::new(Topology::load(&args.topology).map_err(anyhow::Error::msg)?);
     let entry = topology.routers.iter().find(|r| r.region == args.region);
     let addr = match args.addr {
@@ -124,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     health.abort();
+    tracing.shutdown().await;
     Ok(())
 }
 

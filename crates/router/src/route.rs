@@ -182,7 +182,7 @@ impl Router {
     /// Sends `req` to the leader of `shard`, following hints and failing over, within the
     /// deadline. The request (and so its request id) is the same on every attempt, each sent with
     /// the call's `traceparent`. Counted in `traffic`; one log line per call with its trace id
-    /// (info when the trace is sampled, else debug).
+    /// (info when the trace is sampled, else debug), in a span exported over OTLP when that is on.
     pub async fn forward<Q, T, F, Fut>(&self, shard: ShardId, trace: &Trace, req: Q, call: F) -> Result<Response<T>, Status>
     where
         Q: Clone,
@@ -190,16 +190,21 @@ impl Router {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let start = Instant::now();
-        let res = self.attempts(shard, trace, req, call).instrument(trace.span()).await;
+        let what = std::any::type_name::<Q>().rsplit("::").next().unwrap_or_default();
+        let span = trace.span(what, shard);
+        let res = self.attempts(shard, trace, req, call).instrument(span.clone()).await;
         let elapsed = start.elapsed();
         self.traffic.record(elapsed);
-        let what = std::any::type_name::<Q>().rsplit("::").next().unwrap_or_default();
-        // Read only when the line is written.
+        // Read only when the line or the span is written.
         let node = || self.leaders.read().expect("leaders lock").get(&shard).copied().unwrap_or(0);
         let code = || match &res {
             Ok(_) => "OK",
             Err(s) => detail_of(s).code().as_str_name(),
         };
+        if !span.is_disabled() {
+            span.record("node", node());
+            span.record("code", code());
+        }
         if trace.sampled {
             tracing::info!(trace_id = %trace.id, what, shard, node = node(), code = code(), ?elapsed, "routed");
         } else {

@@ -2,15 +2,21 @@
 //! when missing or malformed) goes on to the node with this hop's own parent id, and the trace id
 //! is on the router's log lines for that call. A sampled trace (flags bit 0, set by the caller)
 //! is logged at info, one line per call; others at debug, so a busy router writes nothing extra.
+//!
+//! With OTLP export on (`hongbao_telemetry::tracing_init`), the call's span is exported as a
+//! child of the client's span, and the parent id sent on to the node is that span's id, so the
+//! node's span hangs under the router's in the same trace.
 
+use hongbao_telemetry::tracing_init;
 use rand::Rng;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::Request;
 
 /// The gRPC metadata key (the W3C header's name).
 pub const TRACEPARENT: &str = "traceparent";
-/// Coalesced grabs: the trace ids of the sampled grabs in a batch, comma-separated in the order
-/// of the batch's grabs (an empty entry for each other grab); absent when no grab is sampled.
+/// Coalesced grabs: the trace context of the sampled grabs in a batch, comma-separated in the
+/// order of the batch's grabs (`<trace id>-<parent id>`, an empty entry for each other grab);
+/// absent when no grab is sampled.
 pub const GRAB_TRACE_IDS: &str = "hongbao-grab-trace-ids";
 
 /// One call's trace context, as sent on to the node.
@@ -19,33 +25,48 @@ pub struct Trace {
     /// 32 lowercase hex digits.
     pub id: String,
     pub sampled: bool,
-    header: MetadataValue<Ascii>,
+    flags: u8,
+    /// The caller's span (16 hex digits), when the call came with a valid `traceparent`.
+    parent: Option<String>,
+    /// This hop's parent id for the node when its span is not exported (16 hex digits).
+    hop: String,
 }
 
 impl Trace {
     /// The caller's trace (a new parent id: this hop's), or a new unsampled one.
     pub fn of<T>(req: &Request<T>) -> Trace {
-        let parsed = req.metadata().get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(parse);
+        let header = req.metadata().get(TRACEPARENT).and_then(|v| v.to_str().ok());
+        let parsed = header.and_then(|v| parse(v).map(|(id, flags)| (id, flags, v.trim().split('-').nth(2).map(str::to_string))));
         let mut rng = rand::thread_rng();
-        let (id, flags) = parsed.unwrap_or_else(|| (format!("{:032x}", rng.gen::<u128>().max(1)), 0));
-        let header = format!("00-{id}-{:016x}-{flags:02x}", rng.gen::<u64>().max(1));
-        Trace { id, sampled: flags & 1 == 1, header: header.parse().expect("hex digits and dashes are ASCII") }
+        let (id, flags, parent) = parsed.unwrap_or_else(|| (format!("{:032x}", rng.gen::<u128>().max(1)), 0, None));
+        Trace { id, sampled: flags & 1 == 1, flags, parent, hop: format!("{:016x}", rng.gen::<u64>().max(1)) }
     }
 
-    /// `msg` with this trace's `traceparent`, for the node.
+    /// `msg` with this trace's `traceparent`, for the node. Inside the call's span (`span`):
+    /// when that span is exported, its id is the parent the node continues from.
     pub fn request<Q>(&self, msg: Q) -> Request<Q> {
+        let parent = tracing_init::span_id(&tracing::Span::current()).unwrap_or_else(|| self.hop.clone());
+        let header: MetadataValue<Ascii> =
+            format!("00-{}-{parent}-{:02x}", self.id, self.flags).parse().expect("hex digits and dashes are ASCII");
         let mut r = Request::new(msg);
-        r.metadata_mut().insert(TRACEPARENT, self.header.clone());
+        r.metadata_mut().insert(TRACEPARENT, header);
         r
     }
 
     /// The span a call's log lines are in: info when sampled, else debug (off by default).
-    pub fn span(&self) -> tracing::Span {
-        if self.sampled {
-            tracing::info_span!("call", trace_id = %self.id)
+    /// Exported as `router <what>` (`router GrabRequest`) in the caller's trace, with the
+    /// shard, and the node and outcome code once recorded.
+    pub fn span(&self, what: &str, shard: u32) -> tracing::Span {
+        use tracing::field::Empty;
+        let span = if self.sampled {
+            tracing::info_span!("call", trace_id = %self.id, otel.name = %format!("router {what}"), shard, node = Empty, code = Empty)
         } else {
-            tracing::debug_span!("call", trace_id = %self.id)
+            tracing::debug_span!("call", trace_id = %self.id, otel.name = %format!("router {what}"), shard, node = Empty, code = Empty)
+        };
+        if let Some(parent) = &self.parent {
+            tracing_init::continue_trace(&span, &self.id, parent, self.sampled);
         }
+        span
     }
 }
 

@@ -1,8 +1,10 @@
-//! What every hongbao process (node and router) exports to Prometheus alike:
+//! What every hongbao process (node and router) exports alike. To Prometheus:
 //!
 //! - `red`: the RED set per gRPC method (requests by outcome code, latency histogram), one tower
 //!   layer over the tonic server (`Server::builder().layer(..)`);
 //! - `process`: the process's CPU time, memory, threads and file descriptors from `/proc`.
+//!
+//! And `tracing_init`: log lines, plus trace spans over OTLP when a collector is configured.
 //!
 //! Each process names its own RED metrics (a node's `hongbao_rpc_*`, a router's
 //! `hongbao_router_rpc_*`) and builds its recorder with [`builder`] or [`exporter`], which render the given
@@ -10,6 +12,7 @@
 
 pub mod process;
 pub mod red;
+pub mod tracing_init;
 
 pub use red::RedLayer;
 

@@ -331,7 +331,7 @@ impl Packets for ApiService {
 #[tonic::async_trait]
 impl Coalesced for ApiService {
     async fn grabs(&self, req: Request<GrabBatchRequest>) -> Res<GrabBatchReply> {
-        // The sampled grabs' trace ids: each such grab runs in its span and gets its log line.
+        // The sampled grabs' traces: each such grab runs in its span and gets its log line.
         let traces = crate::service::trace::grab_trace_ids(req.metadata().as_ref());
         let grabs = req.into_inner().grabs;
         if grabs.len() > MAX_GRAB_BATCH {
@@ -347,8 +347,9 @@ impl Coalesced for ApiService {
             async move {
                 let Some(t) = trace else { return self.grab_one(g).await };
                 let started = std::time::Instant::now();
-                let r = tracing::Instrument::instrument(self.grab_one(g), t.span()).await;
-                t.served("/hongbao.v1.Coalesced/Grabs (one grab)", || r.as_ref().err().cloned(), started.elapsed());
+                let span = t.span("hongbao.v1.Coalesced/Grabs (one grab)");
+                let r = tracing::Instrument::instrument(self.grab_one(g), span.clone()).await;
+                t.served(&span, "/hongbao.v1.Coalesced/Grabs (one grab)", || r.as_ref().err().cloned(), started.elapsed());
                 r
             }
         }))

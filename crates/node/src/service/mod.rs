@@ -86,8 +86,8 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 ///
 /// Per service, not tonic's `Server::timeout`, which would also cut snapshot streams.
 ///
-/// A unary call that came with a W3C `traceparent` runs in a span with its trace id and ends
-/// with one log line (`trace::Traced::served`).
+/// A unary call that came with a W3C `traceparent` runs in a span with its trace id (exported
+/// over OTLP when that is on) and ends with one log line (`trace::Traced::served`).
 #[derive(Clone)]
 pub struct Deadline<S> {
     inner: S,
@@ -131,8 +131,8 @@ where
         let limit = self.deadlines.of(req.headers());
         let path = req.uri().path().to_string();
         let trace = trace::Traced::of(req.headers());
-        let span = trace.as_ref().map(trace::Traced::span).unwrap_or_else(tracing::Span::none);
-        let call = tracing::Instrument::instrument(span.in_scope(|| self.inner.call(req)), span);
+        let span = trace.as_ref().map(|t| t.span(path.trim_start_matches('/'))).unwrap_or_else(tracing::Span::none);
+        let call = tracing::Instrument::instrument(span.in_scope(|| self.inner.call(req)), span.clone());
         let started = Instant::now();
         Box::pin(async move {
             let res = match tokio::time::timeout(limit, call).await {
@@ -147,7 +147,7 @@ where
                 }
             };
             if let (Some(t), Ok(r)) = (&trace, &res) {
-                t.served(&path, || tonic::Status::from_header_map(r.headers()), started.elapsed());
+                t.served(&span, &path, || tonic::Status::from_header_map(r.headers()), started.elapsed());
             }
             res
         })
