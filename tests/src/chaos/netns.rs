@@ -324,6 +324,7 @@ impl Net {
             routers: BTreeMap::new(),
             router_max_inflight: spec.router_max_inflight,
             node_binary: wrapper,
+            containers: None,
         };
         for id in c.topology.nodes.iter().map(|n| n.id).collect::<Vec<_>>() {
             c.start_node(id);
