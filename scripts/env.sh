@@ -71,3 +71,38 @@ ensure_chromium() {
   HONGBAO_CHROMIUM="$(command -v chromium)"
   export HONGBAO_CHROMIUM
 }
+
+# Docker for the container image and the compose deployment (scripts/image, scripts/cluster up
+# --containers, tests/tests/containers.rs): Debian's docker.io and docker-compose (1.29), and a
+# running engine. There is no systemd here, so when `docker info` fails the engine is started in
+# the background (niced: containers inherit it and the machine is shared), storage driver vfs
+# (overlay mounts are not available everywhere), log in ~/.cache/hongbao/dockerd.log. Returns 1
+# with the reason on stderr when the engine cannot run at all.
+HONGBAO_DOCKERD_LOG="${HONGBAO_DOCKERD_LOG:-$HOME/.cache/hongbao/dockerd.log}"
+ensure_docker() {
+  local sudo="" missing=()
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing system packages: ${missing[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  docker info >/dev/null 2>&1 && return 0
+  if [ -n "$sudo" ]; then
+    echo "docker engine not reachable and not root: start dockerd (or join the docker group)" >&2
+    return 1
+  fi
+  mkdir -p "$(dirname "$HONGBAO_DOCKERD_LOG")"
+  echo "starting dockerd (log: $HONGBAO_DOCKERD_LOG)" >&2
+  # setsid: the engine outlives this script and is not killed with its process group.
+  setsid nice -n 10 dockerd --storage-driver=vfs >>"$HONGBAO_DOCKERD_LOG" 2>&1 </dev/null &
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  echo "docker engine did not start within 30 s; last lines of $HONGBAO_DOCKERD_LOG:" >&2
+  tail -n 15 "$HONGBAO_DOCKERD_LOG" >&2
+  return 1
+}

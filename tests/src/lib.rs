@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod chaos;
+pub mod containers;
 
 /// The payment PIN and device every test user is given by `Cluster::funded`.
 pub const TEST_PIN: &str = "246810";
@@ -86,6 +87,67 @@ impl Default for Spec {
     }
 }
 
+/// The topology of a `Spec`: 3 shards (one homed per region, one replica per region), the
+/// ledger and Raft settings, WAN latency as `links`. `node(id)` and `router(i, region)` give each
+/// process's (addr, metrics_addr).
+fn topology_toml(
+    spec: &Spec,
+    node: &mut dyn FnMut(u64) -> (String, String),
+    router: &mut dyn FnMut(usize, &str) -> (String, String),
+) -> String {
+    let mut t = String::from("slots = 100\n");
+    t += &format!("regions = [{}]\n", spec.regions.iter().map(|r| format!("{{ name = \"{r}\" }}")).collect::<Vec<_>>().join(", "));
+    t += "nodes = [\n";
+    let mut id = 0u64;
+    let mut by_region: Vec<Vec<u64>> = vec![];
+    for r in &spec.regions {
+        let mut ids = vec![];
+        for _ in 0..spec.nodes_per_region {
+            id += 1;
+            let (a, m) = node(id);
+            t += &format!("  {{ id = {id}, region = \"{r}\", addr = \"{a}\", metrics_addr = \"{m}\" }},\n");
+            ids.push(id);
+        }
+        by_region.push(ids);
+    }
+    t += "]\n";
+    if spec.routers {
+        t += "routers = [\n";
+        for (i, r) in spec.regions.iter().enumerate() {
+            let (a, m) = router(i, r);
+            t += &format!("  {{ region = \"{r}\", addr = \"{a}\", metrics_addr = \"{m}\" }},\n");
+        }
+        t += "]\n";
+    }
+    if spec.wan_latency_ms > 0 {
+        t += "links = [\n";
+        for (i, a) in spec.regions.iter().enumerate() {
+            for b in &spec.regions[i + 1..] {
+                t += &format!("  {{ a = \"{a}\", b = \"{b}\", latency_ms = {} }},\n", spec.wan_latency_ms);
+            }
+        }
+        t += "]\n";
+    }
+    let n = spec.regions.len() as u32;
+    for (i, r) in spec.regions.iter().enumerate() {
+        let i32_ = i as u32;
+        let from = i32_ * 100 / n;
+        let to = (i32_ + 1) * 100 / n;
+        // One replica per region: the k-th node of each region for shard k (mod nodes).
+        let reps: Vec<String> = by_region.iter().map(|ids| ids[i % ids.len()].to_string()).collect();
+        t += &format!("[[shards]]\nid = {}\nhome = \"{r}\"\nreplicas = [{}]\nslots = [[{from}, {to}]]\n", i + 1, reps.join(", "));
+    }
+    t += "[ledger]\n";
+    if let Some(ttl) = spec.packet_ttl_ms {
+        t += &format!("packet_ttl_ms = {ttl}\n");
+    }
+    if let Some(r) = spec.packet_retention_ms {
+        t += &format!("packet_retention_ms = {r}\n");
+    }
+    t += &format!("[raft]\nsnapshot_every = {}\nkeep_behind_snapshot = {}\n", spec.snapshot_every, spec.keep_behind_snapshot);
+    t
+}
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub topology_path: PathBuf,
@@ -95,6 +157,8 @@ pub struct Cluster {
     router_max_inflight: Option<usize>,
     node_binary: PathBuf,
     env: Vec<(&'static str, String)>,
+    /// Set when the processes are containers (`Cluster::start_containers`).
+    containers: Option<containers::Containers>,
 }
 
 impl Cluster {
@@ -102,63 +166,9 @@ impl Cluster {
     /// every node (and router).
     pub fn start(spec: Spec) -> Cluster {
         let dir = tempfile::Builder::new().prefix("hongbao-test-").tempdir().expect("temp dir");
-        let mut t = String::from("slots = 100\n");
-        t += &format!("regions = [{}]\n", spec.regions.iter().map(|r| format!("{{ name = \"{r}\" }}")).collect::<Vec<_>>().join(", "));
-        t += "nodes = [\n";
-        let mut ports = Ports(vec![]);
-        let mut id = 0u64;
-        let mut by_region: Vec<Vec<u64>> = vec![];
-        for r in &spec.regions {
-            let mut ids = vec![];
-            for _ in 0..spec.nodes_per_region {
-                id += 1;
-                t += &format!(
-                    "  {{ id = {id}, region = \"{r}\", addr = \"127.0.0.1:{}\", metrics_addr = \"127.0.0.1:{}\" }},\n",
-                    ports.next(),
-                    ports.next()
-                );
-                ids.push(id);
-            }
-            by_region.push(ids);
-        }
-        t += "]\n";
-        if spec.routers {
-            t += "routers = [\n";
-            for r in &spec.regions {
-                t += &format!(
-                    "  {{ region = \"{r}\", addr = \"127.0.0.1:{}\", metrics_addr = \"127.0.0.1:{}\" }},\n",
-                    ports.next(),
-                    ports.next()
-                );
-            }
-            t += "]\n";
-        }
-        if spec.wan_latency_ms > 0 {
-            t += "links = [\n";
-            for (i, a) in spec.regions.iter().enumerate() {
-                for b in &spec.regions[i + 1..] {
-                    t += &format!("  {{ a = \"{a}\", b = \"{b}\", latency_ms = {} }},\n", spec.wan_latency_ms);
-                }
-            }
-            t += "]\n";
-        }
-        let n = spec.regions.len() as u32;
-        for (i, r) in spec.regions.iter().enumerate() {
-            let i32_ = i as u32;
-            let from = i32_ * 100 / n;
-            let to = (i32_ + 1) * 100 / n;
-            // One replica per region: the k-th node of each region for shard k (mod nodes).
-            let reps: Vec<String> = by_region.iter().map(|ids| ids[i % ids.len()].to_string()).collect();
-            t += &format!("[[shards]]\nid = {}\nhome = \"{r}\"\nreplicas = [{}]\nslots = [[{from}, {to}]]\n", i + 1, reps.join(", "));
-        }
-        t += "[ledger]\n";
-        if let Some(ttl) = spec.packet_ttl_ms {
-            t += &format!("packet_ttl_ms = {ttl}\n");
-        }
-        if let Some(r) = spec.packet_retention_ms {
-            t += &format!("packet_retention_ms = {r}\n");
-        }
-        t += &format!("[raft]\nsnapshot_every = {}\nkeep_behind_snapshot = {}\n", spec.snapshot_every, spec.keep_behind_snapshot);
+        let ports = std::cell::RefCell::new(Ports(vec![]));
+        let addr = || format!("127.0.0.1:{}", ports.borrow_mut().next());
+        let t = topology_toml(&spec, &mut |_| (addr(), addr()), &mut |_, _| (addr(), addr()));
         let topology = Topology::parse(&t).unwrap_or_else(|e| panic!("test topology invalid: {e}\n{t}"));
         let topology_path = dir.path().join("topology.toml");
         std::fs::write(&topology_path, &t).expect("write topology");
@@ -173,6 +183,7 @@ impl Cluster {
             router_max_inflight: spec.router_max_inflight,
             node_binary: spec.node_binary.unwrap_or_else(|| bin("hongbao-node")),
             env: spec.env,
+            containers: None,
         };
         let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
         for id in ids {
@@ -190,11 +201,15 @@ impl Cluster {
     }
 
     pub fn start_node(&mut self, id: u64) {
+        if self.is_containers() {
+            return self.container_start(id);
+        }
         let topology = self.topology_path.clone();
         self.start_node_on(id, &topology);
     }
 
     pub fn start_router(&mut self, region: &str) {
+        assert!(!self.is_containers(), "start_router: a router container starts with its region (start_region)");
         let mut cmd = Command::new(bin("hongbao-router"));
         cmd.env_remove(OTLP_ENDPOINT_ENV).envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(n) = self.router_max_inflight {
@@ -216,6 +231,9 @@ impl Cluster {
 
     /// kill -9: no chance to flush anything that was not already synced.
     pub fn kill(&mut self, id: u64) {
+        if self.is_containers() {
+            return self.container_kill(id);
+        }
         if let Some(mut c) = self.nodes.remove(&id) {
             let _ = c.kill();
             let _ = c.wait();
@@ -230,6 +248,7 @@ impl Cluster {
     }
 
     pub fn kill_router(&mut self, region: &str) {
+        assert!(!self.is_containers(), "kill_router: a router container is killed with its region (kill_region)");
         if let Some(mut c) = self.routers.remove(region) {
             let _ = c.kill();
             let _ = c.wait();
@@ -238,6 +257,9 @@ impl Cluster {
 
     /// kill -9 of every node (and the router) of a region: a data center lost.
     pub fn kill_region(&mut self, region: &str) {
+        if self.is_containers() {
+            return self.container_kill_region(region);
+        }
         for id in self.nodes_in(region) {
             self.kill(id);
         }
@@ -245,6 +267,9 @@ impl Cluster {
     }
 
     pub fn start_region(&mut self, region: &str) {
+        if self.is_containers() {
+            return self.container_start_region(region);
+        }
         for id in self.nodes_in(region) {
             if !self.is_running(id) {
                 self.start_node(id);
@@ -257,6 +282,7 @@ impl Cluster {
 
     /// SIGTERM and wait: a graceful stop, as in a rolling restart.
     pub fn stop(&mut self, id: u64) {
+        assert!(!self.is_containers(), "stop: not for containers (docker stop is not wired into the harness)");
         if let Some(mut c) = self.nodes.remove(&id) {
             let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -287,10 +313,14 @@ impl Cluster {
     }
 
     pub fn is_running(&self, id: u64) -> bool {
+        if self.is_containers() {
+            return self.container_is_running(id);
+        }
         self.nodes.contains_key(&id)
     }
 
     pub fn signal(&self, id: u64, sig: &str) {
+        assert!(!self.is_containers(), "signal: not for containers");
         if let Some(c) = self.nodes.get(&id) {
             let _ = Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status();
         }
@@ -391,6 +421,7 @@ impl Cluster {
 
     /// Deletes a stopped node's whole data directory: the disk lost.
     pub fn wipe_node(&mut self, id: u64) {
+        assert!(!self.is_containers(), "wipe_node: a container's data is in its volume");
         assert!(!self.is_running(id), "wipe_node: node {id} is still running");
         let dir = self.node_dir(id);
         if dir.exists() {
@@ -451,6 +482,16 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.is_containers() {
+            if std::thread::panicking() {
+                match self.save_container_logs() {
+                    Some(p) => eprintln!("containers' logs kept in {}", p.display()),
+                    None => eprintln!("could not save the containers' logs"),
+                }
+            }
+            self.remove_containers();
+            return;
+        }
         for (_, mut c) in std::mem::take(&mut self.nodes) {
             let _ = Command::new("kill").arg("-CONT").arg(c.id().to_string()).status();
             let _ = c.kill();
@@ -484,6 +525,7 @@ impl Drop for Cluster {
 impl Cluster {
     /// Starts node `id` on the topology file at `topology` instead of the cluster's own.
     pub fn start_node_on(&mut self, id: u64, topology: &std::path::Path) {
+        assert!(!self.is_containers(), "start_node_on: a container's topology is the compose deployment's");
         assert!(!self.nodes.contains_key(&id), "node {id} already running");
         let child = Command::new(&self.node_binary)
             .arg("--topology")

@@ -128,6 +128,24 @@ enum Cmd {
         #[arg(long, default_value = "scripts/cluster")]
         cluster_script: PathBuf,
     },
+    /// Ask a node or router for its gRPC health (grpc.health.v1 Check) and exit 0 when it answers
+    /// SERVING, 1 otherwise (NOT_SERVING, no answer within --timeout, or TLS refused). A probe for
+    /// orchestrators: the container image's HEALTHCHECK runs `hongbao health` with no flags, which
+    /// probes the process of its own container (see --addr and --as).
+    Health {
+        /// The address to probe. Default: 127.0.0.1 and the port of $HONGBAO_LISTEN (the socket
+        /// the node or router of this container binds).
+        #[arg(long, env = "HONGBAO_HEALTH_ADDR")]
+        addr: Option<String>,
+        /// The certificate to present, by its file stem in the security folder's certs/ (node-1,
+        /// router-shanghai, admin, ...). Default: node-$HONGBAO_NODE_ID or router-$HONGBAO_REGION
+        /// when set (the process's own certificate, the only one its container holds), else admin.
+        #[arg(long = "as", env = "HONGBAO_HEALTH_AS")]
+        identity: Option<String>,
+        /// The service to ask about ("" is the whole process).
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Print a shell completion script, e.g.
     /// `hongbao completions bash > ~/.local/share/bash-completion/completions/hongbao`,
     /// `hongbao completions zsh > ~/.zfunc/_hongbao`,
@@ -425,6 +443,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Cmd::Login { user, device, minutes } = &cli.cmd {
         return login(&security, *user, device, *minutes, json);
     }
+    if let Cmd::Health { addr, identity, service } = &cli.cmd {
+        return health(&security, addr.as_deref(), identity.as_deref(), service, Duration::from_secs(cli.timeout), json).await;
+    }
     if let Cmd::DevCa = &cli.cmd {
         let t = Topology::load(&topology_path(&cli.topology)).map_err(anyhow::Error::msg)?;
         hongbao_auth::ensure_dev_pki(&hongbao_auth::SecurityDir::new(&security), &t)?;
@@ -442,7 +463,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     let client = Client::new(endpoints(&cli)?, std::sync::Arc::new(creds)).with_deadline(Duration::from_secs(cli.timeout));
     match cli.cmd {
-        Cmd::Login { .. } | Cmd::DevCa | Cmd::Completions { .. } => unreachable!("handled above"),
+        Cmd::Login { .. } | Cmd::DevCa | Cmd::Health { .. } | Cmd::Completions { .. } => unreachable!("handled above"),
         Cmd::Account(a) => account(&client, a, json).await?,
         Cmd::Transfer { from, to, amount, pin, verify } => transfer(&client, from, to, &amount, pin.pin, verify, json).await?,
         Cmd::Packet(p) => packet(&client, p, json).await?,
@@ -454,6 +475,61 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `hongbao health`: one grpc.health.v1 Check, bounded by `timeout` (connect included).
+async fn health(
+    security: &std::path::Path,
+    addr: Option<&str>,
+    identity: Option<&str>,
+    service: &str,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<i32> {
+    use hongbao_auth::{Identity, Role, SecurityDir};
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let addr = match addr {
+        Some(a) => a.to_string(),
+        None => {
+            let listen = env("HONGBAO_LISTEN").context("no --addr given and $HONGBAO_LISTEN is not set: nothing to probe")?;
+            let port = listen.rsplit_once(':').map(|(_, p)| p).context("$HONGBAO_LISTEN is not HOST:PORT")?;
+            format!("127.0.0.1:{port}")
+        }
+    };
+    let stem = match identity {
+        Some(s) => s.to_string(),
+        None => match (env("HONGBAO_NODE_ID"), env("HONGBAO_REGION")) {
+            (Some(n), _) => format!("node-{n}"),
+            (None, Some(r)) => format!("router-{r}"),
+            (None, None) => "admin".to_string(),
+        },
+    };
+    let id = if let Some(n) = stem.strip_prefix("node-") {
+        Identity::Node(n.parse().with_context(|| format!("--as {stem}: node-<id>"))?)
+    } else if let Some(r) = stem.strip_prefix("router-") {
+        Identity::Router(r.to_string())
+    } else {
+        Identity::Service(Role::parse(&stem).with_context(|| format!("--as {stem}: node-<id>, router-<region> or a role"))?)
+    };
+    let tls = SecurityDir::new(security).client_tls(&id)?;
+    let check = async {
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await?;
+        let reply = HealthClient::new(ch).check(HealthCheckRequest { service: service.to_string() }).await?;
+        anyhow::Ok(reply.into_inner().status())
+    };
+    let status = match tokio::time::timeout(timeout, check).await {
+        Ok(Ok(s)) => s.as_str_name().to_string(),
+        Ok(Err(e)) => format!("no answer: {e:#}"),
+        Err(_) => format!("no answer within {timeout:?}"),
+    };
+    let serving = status == ServingStatus::Serving.as_str_name();
+    if json {
+        print_json(&serde_json::json!({ "addr": addr, "service": service, "status": status, "serving": serving }));
+    } else {
+        println!("{addr} {:?}: {status}", service);
+    }
+    Ok(if serving { 0 } else { EXIT_FAILED })
 }
 
 fn login(security: &std::path::Path, user: u64, device: &str, minutes: u64, json: bool) -> anyhow::Result<i32> {

@@ -26,18 +26,26 @@ use tonic::service::interceptor::InterceptedService;
 #[command(name = "hongbao-node", about = "hongbao region node: multi-raft ledger shards on RocksDB")]
 struct Args {
     /// Topology file (deploy/*.toml).
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_TOPOLOGY")]
     topology: PathBuf,
     /// This node's id in the topology.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_NODE_ID")]
     node_id: u64,
     /// Where RocksDB and snapshots live.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_DATA_DIR")]
     data_dir: PathBuf,
     /// The cluster's security folder: ca.crt, certs/node-<id>.{crt,key}, challenge.key
     /// (docs/security.md; `scripts/cluster up` makes a development one).
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_SECURITY_DIR")]
     security_dir: PathBuf,
+    /// The socket the gRPC server binds (default: this node's `addr` in the topology). For a
+    /// node whose `addr` is a host name others dial, e.g. `node-1:7101` in a container, which
+    /// binds `0.0.0.0:7101`.
+    #[arg(long, env = "HONGBAO_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// The socket of the metrics endpoint (default: this node's `metrics_addr`).
+    #[arg(long, env = "HONGBAO_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -72,7 +80,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         service,
     )
     .map_err(anyhow::Error::msg)?;
-    let metrics_addr: std::net::SocketAddr = me.metrics_addr.parse()?;
+    let metrics_addr: std::net::SocketAddr = match args.metrics_listen {
+        Some(a) => a,
+        None => me.metrics_addr.parse().map_err(|e| bind_error("metrics_addr", &me.metrics_addr, e))?,
+    };
     hongbao_node::metrics::install(metrics_addr)?;
 
     let security = SecurityDir::new(&args.security_dir);
@@ -87,7 +98,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut tasks = hongbao_node::tasks::spawn_all(host.clone(), stop_rx.clone());
     tasks.push(hongbao_node::gauges::spawn(host.clone(), stop_rx.clone()));
 
-    let addr: std::net::SocketAddr = me.addr.parse()?;
+    let addr: std::net::SocketAddr = match args.listen {
+        Some(a) => a,
+        None => me.addr.parse().map_err(|e| bind_error("addr", &me.addr, e))?,
+    };
     let max = hongbao_node::transport::MAX_RAFT_MESSAGE;
     let api_max = service::api::MAX_REQUEST_BYTES;
     let api = service::api::ApiService { host: host.clone() };
@@ -167,6 +181,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing.shutdown().await;
     tracing::info!("bye");
     Ok(())
+}
+
+/// A topology address that is not a socket address (a host name) cannot be bound: say which
+/// flag gives the socket instead.
+fn bind_error(field: &str, value: &str, e: std::net::AddrParseError) -> anyhow::Error {
+    let flag = if field == "addr" { "--listen" } else { "--metrics-listen" };
+    anyhow::anyhow!("this node's {field} {value:?} is not an IP:port to bind ({e}); give the socket with {flag} (e.g. 0.0.0.0:PORT)")
 }
 
 async fn shutdown_signal() {

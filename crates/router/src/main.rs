@@ -34,13 +34,18 @@ use tonic::service::interceptor::InterceptedService;
 #[derive(Parser)]
 #[command(name = "hongbao-router", about = "hongbao cross-region router")]
 struct Args {
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_TOPOLOGY")]
     topology: PathBuf,
     /// This router's region; its address comes from the topology unless --addr is given.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_REGION")]
     region: String,
-    #[arg(long)]
+    /// The socket the gRPC server binds (default: this router's `addr` in the topology), e.g.
+    /// `0.0.0.0:7001` in a container whose topology entry names it by host name.
+    #[arg(long, env = "HONGBAO_LISTEN")]
     addr: Option<String>,
+    /// The socket of the metrics and status page endpoint (default: its `metrics_addr`).
+    #[arg(long, env = "HONGBAO_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Requests in flight per shard through this router; beyond it, RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = route::MAX_INFLIGHT_PER_SHARD)]
     max_inflight_per_shard: usize,
@@ -49,7 +54,7 @@ struct Args {
     no_coalesce: bool,
     /// The cluster's security folder: ca.crt, certs/router-<region>.{crt,key}, token-keys/
     /// (docs/security.md; `scripts/cluster up` makes a development one).
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_SECURITY_DIR")]
     security_dir: PathBuf,
     /// Per-user reads (balance, statement, show) per second; bursts of twice that.
     #[arg(long, default_value_t = 50.0)]
@@ -84,7 +89,12 @@ async fn main() -> anyhow::Result<()> {
     // (the metrics, and the status page on /).
     let mut http = None;
     if let Some(metrics_addr) = entry.and_then(|r| r.metrics_addr.as_deref()) {
-        let metrics_addr: std::net::SocketAddr = metrics_addr.parse()?;
+        let metrics_addr: std::net::SocketAddr = match args.metrics_listen {
+            Some(a) => a,
+            None => metrics_addr.parse().map_err(|e| {
+                anyhow::anyhow!("metrics_addr {metrics_addr:?} is not an IP:port to bind ({e}); give the socket with --metrics-listen")
+            })?,
+        };
         let handle = metrics::builder()?.install_recorder()?;
         metrics::describe();
         hongbao_telemetry::process::spawn();

@@ -25,12 +25,17 @@ struct Args {
     /// Simulated one-way WAN latency between regions, in ms.
     #[arg(long, default_value_t = 5)]
     wan_latency_ms: u64,
+    /// Run on containers (scripts/cluster up --containers; the image must exist: scripts/chaos
+    /// builds it): kill-leader, kill-region and partition-region, the last by disconnecting
+    /// the region's containers from the other regions' networks.
+    #[arg(long)]
+    containers: bool,
 }
 
 fn main() {
     let a = Args::parse();
     let schedules: Vec<Schedule> = if a.schedule == "all" {
-        Schedule::ALL.to_vec()
+        Schedule::ALL.into_iter().filter(|s| !a.containers || s.runs_in_containers()).collect()
     } else {
         match Schedule::parse(&a.schedule) {
             Some(s) => vec![s],
@@ -50,6 +55,7 @@ fn main() {
         workers: a.workers,
         seed: a.seed,
         wan_latency_ms: a.wan_latency_ms,
+        containers: a.containers,
         ..Options::default()
     };
     let mut failed = false;

@@ -88,6 +88,12 @@ impl Schedule {
         matches!(self, Schedule::DiskLoss | Schedule::SnapshotStorm | Schedule::CorruptSnapshot)
     }
 
+    /// Schedules that run on a cluster of containers too (`Options::containers`): their faults
+    /// are docker's (kill, start) or the network's (disconnect a region from its links).
+    pub fn runs_in_containers(self) -> bool {
+        matches!(self, Schedule::KillLeader | Schedule::KillRegion | Schedule::PartitionRegion)
+    }
+
     /// Schedules whose nodes each run in their own network namespace (root and `ip netns`).
     pub fn needs_netns(self) -> bool {
         self == Schedule::NetnsPartition
@@ -111,11 +117,22 @@ pub struct Options {
     /// Short, so packets expire and refund during the run.
     pub packet_ttl_ms: u64,
     pub users_per_shard: u64,
+    /// Run on containers (scripts/cluster up --containers, the image of scripts/image) instead
+    /// of processes: kill is `docker kill`, partition-region is `docker network disconnect`.
+    pub containers: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { duration: Duration::from_secs(20), workers: 9, seed: 7, wan_latency_ms: 5, packet_ttl_ms: 6_000, users_per_shard: 4 }
+        Options {
+            duration: Duration::from_secs(20),
+            workers: 9,
+            seed: 7,
+            wan_latency_ms: 5,
+            packet_ttl_ms: 6_000,
+            users_per_shard: 4,
+            containers: false,
+        }
     }
 }
 
@@ -214,6 +231,10 @@ impl fmt::Display for Report {
 
 /// Runs one schedule on a fresh cluster and checks the money.
 pub async fn run(schedule: Schedule, opts: &Options) -> anyhow::Result<Report> {
+    if opts.containers && !schedule.runs_in_containers() {
+        let ok: Vec<&str> = Schedule::ALL.into_iter().filter(|s| s.runs_in_containers()).map(|s| s.name()).collect();
+        anyhow::bail!("{} does not run on containers; these do: {}", schedule.name(), ok.join(", "));
+    }
     // Declared before the cluster, so dropped after it: the nodes are killed before their
     // namespaces go.
     let net = if schedule.needs_netns() {
@@ -223,7 +244,18 @@ pub async fn run(schedule: Schedule, opts: &Options) -> anyhow::Result<Report> {
     } else {
         None
     };
-    let (mut c, users) = start_cluster(schedule, opts, net.as_ref()).await;
+    let (mut c, users) = start_cluster(schedule, opts, net.as_ref()).await?;
+    let mut proved_before = Vec::new();
+    if c.is_containers() {
+        // Whether a cut could come from the node's own filter: not when it has no such service.
+        match c.set_faults(1, Faults::default()).await {
+            Err(e) if e.to_lowercase().contains("unimplemented") => {
+                proved_before.push("the containers' nodes have no fault-injection service: every cut is the network's".to_string())
+            }
+            Err(e) => anyhow::bail!("node 1 did not answer a SetFaults probe as expected: {e}"),
+            Ok(()) => proved_before.push("(the image's nodes have the fault-injection service; the run never uses it)".to_string()),
+        }
+    }
     let shared = Shared::new(c.topology.clone(), users.clone(), schedule == Schedule::BigEntries);
     let regions: Vec<String> = c.topology.regions.iter().map(|r| r.name.clone()).collect();
     let clients: Vec<Arc<Client>> = regions.iter().map(|r| Arc::new(c.router_client(r).with_deadline(CLIENT_DEADLINE))).collect();
@@ -239,22 +271,26 @@ pub async fn run(schedule: Schedule, opts: &Options) -> anyhow::Result<Report> {
         schedule: schedule.name().into(),
         ran_for,
         faults,
-        effects: effects.proved,
+        effects: proved_before.into_iter().chain(effects.proved).collect(),
         violations: effects.missed.into_iter().map(|m| format!("effect not seen: {m}")).collect(),
         logs: c.keep_on_failure().display().to_string(),
         ..Report::default()
     };
     verify(&c, &shared, &settle, &users, &audits, &mut report).await;
     if !report.violations.is_empty() {
-        let kept = std::mem::replace(&mut c.dir, tempfile::tempdir()?);
-        let _ = kept.keep();
+        if c.is_containers() {
+            report.logs = c.save_container_logs().map(|p| p.display().to_string()).unwrap_or_else(|| "(not saved)".into());
+        } else {
+            let kept = std::mem::replace(&mut c.dir, tempfile::tempdir()?);
+            let _ = kept.keep();
+        }
     }
     Ok(report)
 }
 
 /// A fresh cluster (nodes and routers, short packet ttl, frequent snapshots), ready, and the
 /// users of the run: `users_per_shard` in each shard.
-async fn start_cluster(schedule: Schedule, opts: &Options, net: Option<&netns::Net>) -> (Cluster, Vec<u64>) {
+async fn start_cluster(schedule: Schedule, opts: &Options, net: Option<&netns::Net>) -> anyhow::Result<(Cluster, Vec<u64>)> {
     let small = schedule.small_snapshots();
     let spec = Spec {
         routers: true,
@@ -266,6 +302,7 @@ async fn start_cluster(schedule: Schedule, opts: &Options, net: Option<&netns::N
     };
     let c = match net {
         Some(net) => net.start_cluster(spec),
+        None if opts.containers => Cluster::start_containers(spec)?,
         None => Cluster::start(spec),
     };
     c.wait_ready(Duration::from_secs(60)).await;
@@ -277,7 +314,7 @@ async fn start_cluster(schedule: Schedule, opts: &Options, net: Option<&netns::N
             users.push(u);
         }
     }
-    (c, users)
+    Ok((c, users))
 }
 
 /// The workload in flight: the workers, and an auditor asking for an audit every 2 s.
@@ -681,13 +718,25 @@ async fn partition_region(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>
     let r = c.topology.node(n).map(|x| x.region.clone()).unwrap_or_else(|| c.topology.regions.choose(rng).expect("regions").name.clone());
     let group = c.nodes_in(&r);
     let led = led_by_group(c, &group).await;
-    log.note(format!("partition region {r} (nodes {group:?}, leading {led:?}) from the others"));
+    if c.is_containers() {
+        log.note(format!("docker network disconnect region {r} (nodes {group:?}, leading {led:?}, and router) from its links"));
+        c.partition_region(&r);
+        log.note(format!("region {r} disconnected"));
+    } else {
+        log.note(format!("partition region {r} (nodes {group:?}, leading {led:?}) from the others"));
+        cut(c, &group).await;
+    }
+    // Held 4 s from the moment the cut is complete (docker takes seconds to disconnect).
     let t = Instant::now();
-    cut(c, &group).await;
     log.check(leaders_moved(c, &group, &led, Duration::from_secs(8), &format!("partitioned region {r}")).await);
     sleep_rest(t, 4_000).await;
-    log.note("heal partition");
-    clear_faults(c).await;
+    if c.is_containers() {
+        log.note(format!("docker network connect region {r} to its links again"));
+        c.heal_region(&r);
+    } else {
+        log.note("heal partition");
+        clear_faults(c).await;
+    }
     sleep(2_000).await;
     for n in group {
         log.check(catch_up(c, n, Duration::from_secs(10)).await.map(|d| format!("healed node {n} caught up in {} ms", d.as_millis())));
@@ -1047,6 +1096,11 @@ async fn corrupt_snapshot(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>
 
 /// Every node running and reachable, no injected fault left.
 async fn heal(c: &mut Cluster) {
+    if c.is_containers() {
+        // No in-node faults there: reconnect every region, start every container.
+        c.heal_containers();
+        return;
+    }
     for n in c.topology.nodes.iter().map(|n| n.id).collect::<Vec<_>>() {
         if c.is_running(n) {
             c.signal(n, "CONT");

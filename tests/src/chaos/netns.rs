@@ -325,6 +325,7 @@ impl Net {
             router_max_inflight: spec.router_max_inflight,
             node_binary: wrapper,
             env: spec.env,
+            containers: None,
         };
         for id in c.topology.nodes.iter().map(|n| n.id).collect::<Vec<_>>() {
             c.start_node(id);
