@@ -286,13 +286,10 @@ impl RaftLog {
             if s.purge_reported.is_some_and(|r| r.index >= log_id.index) {
                 return;
             }
-            let first_seg = s.slots.range(..=log_id.index).next().map(|(_, slot)| slot.loc.map(|l| l.segment));
-            if let Some(seg) = first_seg {
-                // An entry not written yet is in the current segment or later: no floor needed
-                // beyond what the live entries hold.
-                if let Some(seg) = seg {
-                    s.purge_floor = Some(s.purge_floor.map_or(seg, |f| f.min(seg)));
-                }
+            // An entry not written yet is in the current segment or later: no floor needed
+            // beyond what the live entries hold.
+            if let Some(loc) = s.slots.range(..=log_id.index).next().and_then(|(_, slot)| slot.loc) {
+                s.purge_floor = Some(s.purge_floor.map_or(loc.segment, |f| f.min(loc.segment)));
             }
             let keep = s.slots.split_off(&(log_id.index + 1));
             for slot in std::mem::replace(&mut s.slots, keep).into_values() {
@@ -325,9 +322,9 @@ impl RaftLog {
     }
 
     pub async fn save_vote(&self, shard: ShardId, vote: &Vote) -> io::Result<()> {
-        self.with_shard(shard, |s| s.vote = Some(vote.clone()));
+        self.with_shard(shard, |s| s.vote = Some(*vote));
         let mut frames = Vec::new();
-        frame_into(&mut frames, &encode(&Record::<Entry>::Vote(shard, vote.clone())));
+        frame_into(&mut frames, &encode(&Record::<Entry>::Vote(shard, *vote)));
         self.write_and_wait(frames).await
     }
 
@@ -342,7 +339,7 @@ impl RaftLog {
     }
 
     pub fn vote(&self, shard: ShardId) -> Option<Vote> {
-        self.with_shard(shard, |s| s.vote.clone())
+        self.with_shard(shard, |s| s.vote)
     }
 
     pub fn committed(&self, shard: ShardId) -> Option<LogId> {
@@ -624,7 +621,7 @@ impl Writer {
             let st = self.shared.state.lock().expect("raft log state");
             for (&shard, s) in &st.shards {
                 if let Some(v) = &s.vote {
-                    frame_into(&mut frames, &encode(&Record::<Entry>::Vote(shard, v.clone())));
+                    frame_into(&mut frames, &encode(&Record::<Entry>::Vote(shard, *v)));
                 }
                 frame_into(&mut frames, &encode(&Record::<Entry>::Committed(shard, s.committed)));
                 if let Some(p) = s.purged {
