@@ -236,7 +236,15 @@ pub fn detail_of(status: &tonic::Status) -> ErrorDetail {
         // Refused while decoding (a message over the size limit, a malformed one): it was never
         // applied, so the answer is certain, and re-sending the same bytes cannot change it.
         tonic::Code::OutOfRange | tonic::Code::InvalidArgument => ErrorCode::InvalidArgument,
-        _ => ErrorCode::Internal,
+        // Any other gRPC code (UNIMPLEMENTED from a build without the service, say): keep its
+        // name in the message, or the caller could not tell them apart.
+        other => {
+            let message = match status.message() {
+                "" => format!("gRPC status {other:?}"),
+                m => format!("gRPC status {other:?}: {m}"),
+            };
+            return ErrorDetail { code: ErrorCode::Internal as i32, message, ..Default::default() };
+        }
     };
     ErrorDetail { code: code as i32, message: status.message().to_string(), ..Default::default() }
 }
@@ -365,6 +373,10 @@ mod tests {
         assert_eq!(detail_of(&s).code(), ErrorCode::Unavailable);
         let s = tonic::Status::with_details(tonic::Code::NotFound, "x", vec![0xff, 0xff, 0xff].into());
         assert_eq!(detail_of(&s).code(), ErrorCode::Internal);
+        assert_eq!(detail_of(&s).message, "gRPC status NotFound: x", "the gRPC code is kept in words");
+        // A server without the service answers UNIMPLEMENTED with no message.
+        let s = tonic::Status::new(tonic::Code::Unimplemented, "");
+        assert_eq!(detail_of(&s).message, "gRPC status Unimplemented");
     }
 
     /// Walks every code: cluster codes (what elections, failovers and routing produce) are never

@@ -76,9 +76,32 @@ fn ns_name(k: u32, node: u64) -> String {
     format!("{NS}{k}-n{node}")
 }
 
+/// The firewall rule that lets bridge `k` forward between its own ports. Where Docker runs it
+/// sets the FORWARD policy to DROP, and bridged frames pass through iptables (br_netfilter):
+/// without this rule the nodes could not reach each other at all.
+fn forward_rule(k: u32) -> [String; 7] {
+    let b = format!("{BRIDGE}{k}");
+    ["FORWARD", "-i", &b, "-o", &b, "-j", "ACCEPT"].map(String::from)
+}
+
+/// `iptables -I` (insert) or `-D` (delete) of `forward_rule(k)`. Without iptables there is no
+/// firewall to open: nothing to do.
+fn firewall(op: &str, k: u32) -> Result<(), String> {
+    // -w: wait for the xtables lock (Docker may hold it) instead of failing.
+    let args: Vec<String> = ["-w".to_string(), op.to_string()].into_iter().chain(forward_rule(k)).collect();
+    match Command::new("iptables").args(&args).output() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("iptables {}: {e}", args.join(" "))),
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!("iptables {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())),
+    }
+}
+
 /// Deletes everything of set `k`: processes left in its namespaces (nodes of a crashed run),
-/// the namespaces, the host-side veths, the bridge. Errors are ignored (already gone).
+/// the namespaces, the host-side veths, the bridge and its firewall rule. Errors are ignored
+/// (already gone).
 fn teardown(k: u32) {
+    let _ = firewall("-D", k);
     let prefix = format!("{NS}{k}-n");
     for ns in names_in("/run/netns").into_iter().filter(|n| n.starts_with(&prefix)) {
         if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
@@ -177,6 +200,7 @@ impl Net {
             ip(&["link", "set", &bridge, "alias", &format!("{ALIAS}{}", std::process::id())])?;
             ip(&["addr", "add", &format!("10.199.{k}.254/24"), "dev", &bridge])?;
             ip(&["link", "set", &bridge, "up"])?;
+            firewall("-I", k)?;
             for &n in nodes {
                 let ns = ns_name(k, n);
                 let (host, inner) = (net.veth(n), format!("{NS_VETH}{k}n{n}"));
