@@ -286,10 +286,13 @@ impl RaftLog {
             if s.purge_reported.is_some_and(|r| r.index >= log_id.index) {
                 return;
             }
-            // An entry not written yet is in the current segment or later: no floor needed
-            // beyond what the live entries hold.
-            if let Some(loc) = s.slots.range(..=log_id.index).next().and_then(|(_, slot)| slot.loc) {
-                s.purge_floor = Some(s.purge_floor.map_or(loc.segment, |f| f.min(loc.segment)));
+            let first_seg = s.slots.range(..=log_id.index).next().map(|(_, slot)| slot.loc.map(|l| l.segment));
+            if let Some(seg) = first_seg {
+                // An entry not written yet is in the current segment or later: no floor needed
+                // beyond what the live entries hold.
+                if let Some(seg) = seg {
+                    s.purge_floor = Some(s.purge_floor.map_or(seg, |f| f.min(seg)));
+                }
             }
             let keep = s.slots.split_off(&(log_id.index + 1));
             for slot in std::mem::replace(&mut s.slots, keep).into_values() {
@@ -322,9 +325,9 @@ impl RaftLog {
     }
 
     pub async fn save_vote(&self, shard: ShardId, vote: &Vote) -> io::Result<()> {
-        self.with_shard(shard, |s| s.vote = Some(*vote));
+        self.with_shard(shard, |s| s.vote = Some(vote.clone()));
         let mut frames = Vec::new();
-        frame_into(&mut frames, &encode(&Record::<Entry>::Vote(shard, *vote)));
+        frame_into(&mut frames, &encode(&Record::<Entry>::Vote(shard, vote.clone())));
         self.write_and_wait(frames).await
     }
 
@@ -339,7 +342,7 @@ impl RaftLog {
     }
 
     pub fn vote(&self, shard: ShardId) -> Option<Vote> {
-        self.with_shard(shard, |s| s.vote)
+        self.with_shard(shard, |s| s.vote.clone())
     }
 
     pub fn committed(&self, shard: ShardId) -> Option<LogId> {
@@ -621,7 +624,7 @@ impl Writer {
             let st = self.shared.state.lock().expect("raft log state");
             for (&shard, s) in &st.shards {
                 if let Some(v) = &s.vote {
-                    frame_into(&mut frames, &encode(&Record::<Entry>::Vote(shard, *v)));
+                    frame_into(&mut frames, &encode(&Record::<Entry>::Vote(shard, v.clone())));
                 }
                 frame_into(&mut frames, &encode(&Record::<Entry>::Committed(shard, s.committed)));
                 if let Some(p) = s.purged {
