@@ -184,47 +184,6 @@ async fn acknowledged_writes_survive_kill_9_of_nodes_and_the_money_adds_up() {
     assert_eq!(audit.total_balances_cents, total);
 }
 
-/// Applied ledger state is written without RocksDB's WAL (the Raft log can rebuild it): kill -9
-/// of every replica at once, with that state still only in memtables, loses nothing that was
-/// acknowledged. Proves the cause too: after the restart every replica re-applies at least the
-/// acknowledged writes from its log (the state it had in memory was really gone).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_writes_survive_kill_9_of_every_replica_at_once_rebuilt_from_the_log() {
-    let mut c = Cluster::start(Spec::default());
-    c.wait_ready(READY).await;
-    let client = c.node_client().with_deadline(Duration::from_secs(15));
-    let users = open_users(&c, &client, 1).await;
-    // One top-up at a time: each is a Raft entry of its own.
-    const WRITES: u64 = 300;
-    let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
-    for i in 0..WRITES {
-        let u = users[(i % users.len() as u64) as usize];
-        let amount = 1 + i % 7;
-        client.top_up(new_request_id(), u, amount).await.expect("top-up");
-        *acked.entry(u).or_default() += amount;
-    }
-    let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
-    for &id in &ids {
-        c.kill(id);
-    }
-    for &id in &ids {
-        c.start_node(id);
-    }
-    c.wait_ready(READY).await;
-    for (&u, &a) in &acked {
-        let b = client.balance(u).await.expect("balance").balance_cents;
-        assert_eq!(b, a, "user {u}: balance {b} after the restart, acknowledged top-ups {a}");
-    }
-    for &id in &ids {
-        // Every node holds a replica of every shard here, so it re-applies every write.
-        let applied = c.node_metric(id, "hongbao_applied_entries_total").await.expect("metrics");
-        assert!(applied >= WRITES as f64, "node {id} re-applied only {applied} entries: its state was not rebuilt from the log");
-    }
-    let audit = client.audit().await.unwrap();
-    assert!(audit.balanced, "audit: {:?}", audit.problems);
-    assert_eq!(audit.total_topups_cents, acked.values().sum::<u64>());
-}
-
 /// `GET /metrics` from a Prometheus endpoint with a plain TCP stream: the whole HTTP response.
 fn scrape(addr: &str) -> String {
     use std::io::{Read, Write};

@@ -17,7 +17,6 @@ use crate::host::Host;
 use crate::metrics as m;
 use crate::raft::types::NodeId;
 use crate::replica::MAX_INFLIGHT_PER_SHARD;
-use crate::storage::raft_log::RaftLog;
 use crate::storage::{Db, COLUMN_FAMILIES};
 use hongbao_ledger::ShardId;
 use metrics::{Counter, Gauge};
@@ -49,13 +48,12 @@ pub fn spawn(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> JoinHandle<()>
 struct Gauges {
     shards: Vec<ShardGauges>,
     db: DbGauges,
-    log: LogGauges,
 }
 
 impl Gauges {
     fn new(host: &Host) -> Gauges {
         let shards = host.replicas.values().map(|r| ShardGauges::new(host, r.id, &r.replicas)).collect();
-        Gauges { shards, db: DbGauges::new(), log: LogGauges::new() }
+        Gauges { shards, db: DbGauges::new() }
     }
 
     fn sample(&self, host: &Host) {
@@ -63,7 +61,6 @@ impl Gauges {
             s.sample(host);
         }
         self.db.sample(&host.db);
-        self.log.sample(&host.log);
     }
 }
 
@@ -194,29 +191,6 @@ struct CfGauges {
     keys: Gauge,
     delays: Counter,
     stops: Counter,
-}
-
-/// The Raft log's files and cache (`storage::raft_log`).
-struct LogGauges {
-    disk: Gauge,
-    cached: Gauge,
-    segments: Gauge,
-}
-
-impl LogGauges {
-    fn new() -> LogGauges {
-        LogGauges {
-            disk: metrics::gauge!(m::RAFT_LOG_DISK_BYTES),
-            cached: metrics::gauge!(m::RAFT_LOG_CACHED_BYTES),
-            segments: metrics::gauge!(m::RAFT_LOG_SEGMENTS),
-        }
-    }
-
-    fn sample(&self, log: &RaftLog) {
-        self.disk.set(log.disk_bytes() as f64);
-        self.cached.set(log.cached_bytes() as f64);
-        self.segments.set(log.segment_count() as f64);
-    }
 }
 
 struct DbGauges {

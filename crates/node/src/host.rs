@@ -12,7 +12,6 @@ use crate::raft::log_store::LogStore;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{NodeId, Raft};
 use crate::replica::{ConfigDoor, Failed, Proposal, Replica, MAX_INFLIGHT_PER_SHARD};
-use crate::storage::raft_log::RaftLog;
 use crate::storage::{Db, ShardStore};
 use crate::transport::client::NetworkFactory;
 use hongbao_ledger::{Command, LedgerConfig, Outcome, Request, RequestId, ShardId};
@@ -41,8 +40,6 @@ pub struct Host {
     pub topology: Arc<Topology>,
     pub peers: Arc<Peers>,
     pub db: Arc<Db>,
-    /// Every shard's Raft log (`storage::raft_log`).
-    pub log: Arc<RaftLog>,
     pub config: Arc<LedgerConfig>,
     pub replicas: BTreeMap<ShardId, Arc<Replica>>,
     pub data_dir: PathBuf,
@@ -84,7 +81,6 @@ impl Host {
         let me = topology.node(node_id).ok_or_else(|| anyhow::anyhow!("node {node_id} is not in the topology"))?.clone();
         std::fs::create_dir_all(data_dir)?;
         let db = Arc::new(Db::open(&data_dir.join("db"))?);
-        let log = Arc::new(RaftLog::open(&data_dir.join("raft-log"))?);
         let addrs: HashMap<NodeId, String> = topology.nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
         let faults = Arc::new(Faults::new(&topology, node_id));
         // The nodes this one exchanges Raft messages with: whose clocks it is judged against.
@@ -101,10 +97,10 @@ impl Host {
         let rejoin = crate::rejoin::Rejoin::default();
         let mut replicas = BTreeMap::new();
         for s in topology.shards_on(node_id) {
-            let log_store = LogStore::new(log.clone(), db.clone(), s.id);
+            let log = LogStore::new(db.clone(), s.id);
             let sm = StateMachine::open(db.clone(), s.id, config.clone(), &data_dir.join("snapshots"))?;
             let net = NetworkFactory { shard: s.id, peers: peers.clone() };
-            let raft = Raft::new(node_id, raft_config.clone(), net, log_store, sm).await?;
+            let raft = Raft::new(node_id, raft_config.clone(), net, log, sm).await?;
             bootstrap_if_new(&raft, &topology, s, node_id, &peers, &rejoin).await?;
             let door = ConfigDoor::new(node_id, s.id, s.replicas.clone(), peers.clone(), fingerprint);
             replicas.insert(s.id, Arc::new(Replica::new(s.id, raft, s.home.clone(), s.replicas.clone(), door)));
@@ -116,7 +112,6 @@ impl Host {
             topology,
             peers,
             db,
-            log,
             config,
             replicas,
             data_dir: data_dir.to_path_buf(),

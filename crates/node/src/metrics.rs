@@ -16,14 +16,6 @@ pub const CLOCK_REFUSED: &str = "hongbao_clock_refused_total";
 pub const APPLIED_ENTRIES: &str = "hongbao_applied_entries_total";
 /// Time to apply one batch of entries and write it to RocksDB.
 pub const APPLY_BATCH_SECONDS: &str = "hongbao_apply_batch_seconds";
-/// Time of one fsync of the Raft log (one per write batch, all shards of the node).
-pub const RAFT_LOG_FSYNC_SECONDS: &str = "hongbao_raft_log_fsync_seconds";
-/// Bytes of the Raft log's segment files on disk.
-pub const RAFT_LOG_DISK_BYTES: &str = "hongbao_raft_log_disk_bytes";
-/// Bytes of Raft log entries held in memory (the newest of each shard).
-pub const RAFT_LOG_CACHED_BYTES: &str = "hongbao_raft_log_cached_bytes";
-/// Segment files of the Raft log on disk.
-pub const RAFT_LOG_SEGMENTS: &str = "hongbao_raft_log_segments";
 /// Requests carried by one Raft entry (leader batching).
 pub const BATCH_REQUESTS: &str = "hongbao_batch_requests";
 /// Grabs in one router-to-node Coalesced.Grabs call.
@@ -95,7 +87,7 @@ pub const SNAPSHOTS_SENT: &str = "hongbao_snapshots_sent_total";
 /// Snapshot streams received from a leader, by shard and result (ok: installed or stale; failed).
 pub const SNAPSHOTS_RECEIVED: &str = "hongbao_snapshots_received_total";
 
-/// RocksDB, per column family (`cf`: default = the ledger's state and meta; the Raft log is not in RocksDB).
+/// RocksDB, per column family (`cf`: default = ledger, votes and meta; raft_log = every shard's log).
 pub const ROCKSDB_SST_BYTES: &str = "hongbao_rocksdb_sst_bytes";
 pub const ROCKSDB_LIVE_DATA_BYTES: &str = "hongbao_rocksdb_live_data_bytes";
 pub const ROCKSDB_MEMTABLE_BYTES: &str = "hongbao_rocksdb_memtable_bytes";
@@ -118,10 +110,6 @@ pub fn describe() {
     metrics::describe_counter!(CLOCK_REFUSED, "Proposals refused because this node's clock is not trusted");
     metrics::describe_counter!(APPLIED_ENTRIES, "Raft entries applied to the ledger, all shards");
     metrics::describe_histogram!(APPLY_BATCH_SECONDS, "Time to apply one batch of entries and write it to RocksDB");
-    metrics::describe_histogram!(RAFT_LOG_FSYNC_SECONDS, "Time of one fsync of the Raft log (one per write batch, all shards of the node)");
-    metrics::describe_gauge!(RAFT_LOG_DISK_BYTES, "Bytes of the Raft log's segment files on disk");
-    metrics::describe_gauge!(RAFT_LOG_CACHED_BYTES, "Bytes of Raft log entries held in memory (the newest of each shard)");
-    metrics::describe_gauge!(RAFT_LOG_SEGMENTS, "Segment files of the Raft log on disk");
     metrics::describe_histogram!(BATCH_REQUESTS, "Requests carried by one Raft entry (leader batching)");
     metrics::describe_histogram!(COALESCED_GRABS, "Grabs in one router-to-node Coalesced.Grabs call");
     metrics::describe_histogram!(COMMIT_SECONDS, "Time from proposal to applied outcome on the leader");

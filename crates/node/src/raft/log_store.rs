@@ -1,12 +1,12 @@
-//! One shard's view of the node's Raft log (`storage::raft_log`), as openraft's log storage.
+//! Raft log and vote of one shard, in the node's RocksDB (keys from `storage::keys`).
 //!
-//! Durability: appends, votes, truncations and purges are fsynced before openraft hears they
-//! are done, so an acknowledged entry or a granted vote survives kill -9. The node's log writer
-//! puts every shard's pending writes into one write and one fsync (group commit).
+//! Durability: every write here uses a synced WAL write, and openraft is told an append is
+//! durable only after that write returns, so an acknowledged entry or a granted vote survives
+//! kill -9. RocksDB groups concurrent synced writers into one fsync (group commit), which is what
+//! lets many shards and many proposals share the cost of a disk flush.
 
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
-use crate::storage::raft_log::RaftLog;
-use crate::storage::Db;
+use crate::storage::{keys, Db};
 use hongbao_ledger::ShardId;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::RaftLogReader;
@@ -24,15 +24,58 @@ const _: () = assert!(MAX_APPEND_BYTES * 2 <= crate::transport::MAX_RAFT_MESSAGE
 
 #[derive(Clone)]
 pub struct LogStore {
-    log: Arc<RaftLog>,
-    /// The ledger's RocksDB, flushed before a purge (see `purge`).
     db: Arc<Db>,
     shard: ShardId,
 }
 
 impl LogStore {
-    pub fn new(log: Arc<RaftLog>, db: Arc<Db>, shard: ShardId) -> LogStore {
-        LogStore { log, db, shard }
+    pub fn new(db: Arc<Db>, shard: ShardId) -> LogStore {
+        LogStore { db, shard }
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
+        match self.db.get(key)? {
+            Some(v) => Ok(Some(crate::codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn last_log_id(&self) -> io::Result<Option<LogId>> {
+        let (start, end) = keys::log_range(self.shard);
+        match self.db.last_in_range(&start, &end)? {
+            Some((_, v)) => {
+                let e: Entry = crate::codec::decode(&v)?;
+                Ok(Some(e.log_id))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+impl LogStore {
+    /// Entries in `[start, end)` in index order, stopping once `max_bytes` of encoded entries
+    /// are read (but never before the first one).
+    fn read_entries(&self, start: u64, end_key: &[u8], max_bytes: usize) -> io::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut expect = start;
+        for item in self.db.range_in(None, &keys::log(self.shard, start), end_key) {
+            let (k, v) = item?;
+            let e: Entry = crate::codec::decode(&v)?;
+            let index = keys::log_index(&k);
+            assert_eq!(index, e.log_id.index, "a log entry is stored under its own index");
+            // Holes inside the range are corruption, never a short read (openraft's contract).
+            if !out.is_empty() && index != expect {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("log hole: expected {expect}, found {index}")));
+            }
+            expect = index + 1;
+            bytes += v.len();
+            out.push(e);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -45,21 +88,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let end = match range.end_bound() {
-            Bound::Included(x) => x.saturating_add(1),
-            Bound::Excluded(x) => *x,
-            Bound::Unbounded => u64::MAX,
+        let end_key = match range.end_bound() {
+            Bound::Included(x) => keys::log(self.shard, x.saturating_add(1)),
+            Bound::Excluded(x) => keys::log(self.shard, *x),
+            Bound::Unbounded => keys::log_range(self.shard).1,
         };
-        self.log.entries(self.shard, start, end, usize::MAX)
+        self.read_entries(start, &end_key, usize::MAX)
     }
 
     /// Replication's read: at least one entry, at most about `MAX_APPEND_BYTES`.
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
-        self.log.entries(self.shard, start, end, MAX_APPEND_BYTES)
+        self.read_entries(start, &keys::log(self.shard, end), MAX_APPEND_BYTES)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.log.vote(self.shard))
+        self.get_json(&keys::vote(self.shard))
     }
 }
 
@@ -67,8 +110,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let (last_purged_log_id, last_log_id) = self.log.log_state(self.shard);
-        Ok(LogState { last_purged_log_id, last_log_id })
+        let last_purged: Option<LogId> = self.get_json(&keys::purged(self.shard))?;
+        let last = self.last_log_id()?.or(last_purged);
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -77,16 +121,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         // Synced: a vote granted and then forgotten by a crash could elect two leaders in a term.
-        self.log.save_vote(self.shard, vote).await
+        let mut b = self.db.batch();
+        b.put(&keys::vote(self.shard), &crate::codec::encode(vote));
+        self.db.write_off_runtime(b, true).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.log.save_committed(self.shard, committed);
-        Ok(())
+        // Not synced: losing it only means re-learning the commit index from the leader.
+        let mut b = self.db.batch();
+        match committed {
+            Some(c) => b.put(&keys::committed(self.shard), &crate::codec::encode(&c)),
+            None => b.delete(&keys::committed(self.shard)),
+        }
+        self.db.write_unsynced(b)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.log.committed(self.shard))
+        self.get_json(&keys::committed(self.shard))
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
@@ -94,36 +145,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        self.log.append(self.shard, entries, callback).await
+        let mut b = self.db.batch();
+        for e in entries {
+            b.put(&keys::log(self.shard, e.log_id.index), &crate::codec::encode(&e));
+        }
+        // One synced write for the whole batch: the entries are durable (and readable) when it
+        // returns. Off the async workers: the fsync must not stall the node's other work.
+        let res = self.db.write_off_runtime(b, true).await;
+        let ok = res.is_ok();
+        callback.io_completed(res.map_err(|e| io::Error::new(e.kind(), e.to_string())));
+        if ok {
+            Ok(())
+        } else {
+            Err(io::Error::other("log append failed"))
+        }
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        self.log.truncate_after(self.shard, last_log_id).await
+        let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
+        let mut b = self.db.batch();
+        b.delete_range(&keys::log(self.shard, from), &keys::log_range(self.shard).1);
+        self.db.write_off_runtime(b, true).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        // Applied state is written without RocksDB's WAL (`Durability::Unlogged`): before
-        // entries leave the disk, their state must be in table files, or a crash would leave
-        // state that no log can rebuild. openraft purges only behind a snapshot, so up to the
-        // applied id: a flush of the ledger's memtable covers every purged entry. The flush can
-        // take a second, and openraft's core awaits this call (no heartbeats meanwhile), so it
-        // runs in the background; until it is done the entries stay on disk.
-        self.log.mark_purged(self.shard, log_id);
-        let (log, db, shard) = (self.log.clone(), self.db.clone(), self.shard);
-        tokio::spawn(async move {
-            // One flush at a time, whichever shard asks.
-            let _one = log.purge_turn().await;
-            let flushed = tokio::task::spawn_blocking(move || db.flush_data()).await;
-            let res = match flushed {
-                Ok(Ok(())) => log.purge(shard, log_id).await,
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(io::Error::other(format!("flush task: {e}"))),
-            };
-            if let Err(e) = res {
-                // The entries stay on disk; the next purge tries again.
-                tracing::warn!(shard, upto = %log_id, error = %e, "raft log purge not made durable");
-            }
-        });
-        Ok(())
+        // Record the purge point first, in the same batch: a crash never leaves a hole that the
+        // log state would not explain. Synced, because it also makes durable the applied state
+        // written before it (the WAL is ordered), and purged entries can't be replayed any more.
+        let mut b = self.db.batch();
+        b.put(&keys::purged(self.shard), &crate::codec::encode(&log_id));
+        b.delete_range(&keys::log(self.shard, 0), &keys::log(self.shard, log_id.index + 1));
+        self.db.write_off_runtime(b, true).await
     }
 }

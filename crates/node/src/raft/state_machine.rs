@@ -9,7 +9,7 @@
 use crate::codec::{decode, encode};
 use crate::raft::snapshot::{self, ShardLock, SnapshotBuilder, SnapshotFile};
 use crate::raft::types::{AppResponse, LogId, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::storage::{keys, Db, Durability, ShardStore};
+use crate::storage::{keys, Db, ShardStore};
 use futures::StreamExt;
 use hongbao_ledger::{Ledger, LedgerConfig, ShardId};
 use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
@@ -107,12 +107,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         b.put(&keys::sm_meta(self.shard), &encode(&meta));
-        // Not even in RocksDB's WAL: the log entries are already durable, and the log store
-        // purges none of them before a flush has made their applied state durable
-        // (`LogStore::purge`). After a crash, openraft re-applies from the last applied id that
-        // made it to a table file. Writing the state a second time into a WAL would double the
-        // bytes every replica fsyncs.
-        self.db.write_off_runtime(b, Durability::Unlogged).await?;
+        // Unsynced: the log entries are already durable; after a crash openraft re-applies
+        // from the last applied id that made it to disk.
+        self.db.write_off_runtime(b, false).await?;
         self.meta = meta;
         for (responder, reply) in replies {
             if let Some(r) = responder {

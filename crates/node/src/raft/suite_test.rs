@@ -1,9 +1,8 @@
-//! openraft's storage conformance suite against the real log store (`storage::raft_log`) and the RocksDB state machine.
+//! openraft's storage conformance suite against the real RocksDB log store and state machine.
 
 use crate::raft::log_store::LogStore;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::TypeConfig;
-use crate::storage::raft_log::RaftLog;
 use crate::storage::Db;
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
@@ -15,16 +14,15 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Arc::new(Db::open(&dir.path().join("db")).expect("open rocksdb"));
-        let raft_log = Arc::new(RaftLog::open(&dir.path().join("raft-log")).expect("open raft log"));
-        // Shard 7 on purpose: another shard's entries must not leak into this one's.
-        let log = LogStore::new(raft_log, db.clone(), 7);
+        // Shard 7 on purpose: keys of other shards must not leak into this one's ranges.
+        let log = LogStore::new(db.clone(), 7);
         let sm = StateMachine::open(db, 7, Arc::new(hongbao_ledger::LedgerConfig::default()), &dir.path().join("snap")).expect("open sm");
         Ok((dir, log, sm))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openraft_storage_suite_passes_on_the_raft_log_and_rocksdb_state_machine() {
+async fn openraft_storage_suite_passes_on_the_rocksdb_store() {
     Suite::test_all(RocksBuilder).await.expect("storage conformance");
 }
 
@@ -32,27 +30,21 @@ mod log_reads {
     use crate::codec::encode;
     use crate::raft::log_store::{LogStore, MAX_APPEND_BYTES};
     use crate::raft::types::{Batch, Entry, TypeConfig};
-    use crate::storage::raft_log::RaftLog;
-    use crate::storage::Db;
+    use crate::storage::{keys, Db};
     use hongbao_ledger::{Command, Request, RequestId};
     use openraft::entry::RaftEntry;
-    use openraft::storage::{IOFlushed, RaftLogStorage};
     use openraft::testing::log_id;
     use openraft::RaftLogReader;
     use std::sync::Arc;
 
     const SHARD: u32 = 7;
 
-    /// A log store on a fresh log whose cache holds at most `cache` bytes, with `entries`
-    /// appended and durable.
-    async fn store_with(dir: &tempfile::TempDir, cache: usize, entries: Vec<Entry>) -> LogStore {
-        let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
-        let log = Arc::new(RaftLog::open_with(&dir.path().join("raft-log"), cache, 64 << 20).unwrap());
-        let mut store = LogStore::new(log, db, SHARD);
-        let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
-        store.append(entries, IOFlushed::signal(tx)).await.unwrap();
-        rx.await.unwrap().unwrap();
-        store
+    fn store_entries(db: &Db, entries: impl IntoIterator<Item = Entry>) {
+        let mut b = db.batch();
+        for e in entries {
+            b.put(&keys::log(SHARD, e.log_id.index), &encode(&e));
+        }
+        db.write_synced(b).unwrap();
     }
 
     /// One entry carrying one request with a `bytes`-long device string.
@@ -67,20 +59,22 @@ mod log_reads {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_long_apply_range_is_read_whole_not_capped() {
         let dir = tempfile::tempdir().unwrap();
-        let entries = (1..=10_000).map(|i| openraft::testing::blank_ent::<TypeConfig>(1, 1, i)).collect();
-        let mut log = store_with(&dir, 1 << 20, entries).await;
+        let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
+        store_entries(&db, (1..=10_000).map(|i| openraft::testing::blank_ent::<TypeConfig>(1, 1, i)));
+        let mut log = LogStore::new(db, SHARD);
         let got = log.try_get_log_entries(1..=10_000).await.unwrap();
         assert_eq!(got.len(), 10_000);
         assert!(got.iter().enumerate().all(|(i, e)| e.log_id.index == i as u64 + 1));
     }
 
     /// Replication reads are bounded by bytes, not by count: large entries never add up to an
-    /// AppendEntries over the transport limit, and a read is never empty. With a cache smaller
-    /// than the entries, most of them are read back from the segment file.
+    /// AppendEntries over the transport limit, and a read is never empty.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replication_reads_are_bounded_in_bytes_and_never_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = store_with(&dir, 4 << 20, (1..=64).map(|i| big_entry(i, 1 << 20)).collect()).await;
+        let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
+        store_entries(&db, (1..=64).map(|i| big_entry(i, 1 << 20)));
+        let mut log = LogStore::new(db, SHARD);
         let got = log.limited_get_log_entries(1, 65).await.unwrap();
         let bytes: usize = got.iter().map(|e| encode(e).len()).sum();
         assert!(!got.is_empty() && got.len() < 64, "stopped early: {} entries", got.len());

@@ -5,12 +5,16 @@
 //!
 //! | table | key                         | value                                   |
 //! |-------|-----------------------------|-----------------------------------------|
+//! | `L`   | `L index(u64 BE)`           | Raft log entry (bincode)                |
+//! | `v`   | `v`                         | Raft vote                               |
+//! | `c`   | `c`                         | last committed log id                   |
+//! | `p`   | `p`                         | last purged log id                      |
 //! | `m`   | `m`                         | state machine meta: last applied, membership |
 //! | `s`   | `s`                         | meta of the last snapshot built/installed |
 //! | `D`   | `D <ledger key>`            | ledger state (the ledger owns its keys)  |
 //!
-//! The Raft log (entries, votes, commit and purge points) is not here: it has files of its own
-//! (`storage::raft_log`).
+//! Big-endian numbers keep log entries in index order for range scans. Log keys (`L`) live in
+//! their own column family (see `storage::Db`); every other table is in the default one.
 
 use hongbao_ledger::ShardId;
 
@@ -29,6 +33,33 @@ fn key(shard: ShardId, table: u8, rest: &[u8]) -> Vec<u8> {
     k
 }
 
+pub fn log(shard: ShardId, index: u64) -> Vec<u8> {
+    key(shard, LOG_TABLE, &index.to_be_bytes())
+}
+
+/// Whether a key belongs to a shard's Raft log table (a log key, or the start of a log range):
+/// those live in the log's own column family.
+pub fn is_log(k: &[u8]) -> bool {
+    k.len() >= 6 && k[0] == SHARD_PREFIX && k[5] == LOG_TABLE
+}
+
+const LOG_TABLE: u8 = b'L';
+
+/// Index of a log key, the inverse of [`log`].
+pub fn log_index(k: &[u8]) -> u64 {
+    assert_eq!(k.len(), 14, "log key has prefix(5) + table(1) + index(8)");
+    u64::from_be_bytes(k[6..14].try_into().expect("8 bytes"))
+}
+
+pub fn vote(shard: ShardId) -> Vec<u8> {
+    key(shard, b'v', &[])
+}
+pub fn committed(shard: ShardId) -> Vec<u8> {
+    key(shard, b'c', &[])
+}
+pub fn purged(shard: ShardId) -> Vec<u8> {
+    key(shard, b'p', &[])
+}
 pub fn sm_meta(shard: ShardId) -> Vec<u8> {
     key(shard, b'm', &[])
 }
@@ -42,17 +73,33 @@ pub fn data(shard: ShardId, ledger_key: &[u8]) -> Vec<u8> {
 pub fn data_range(shard: ShardId) -> (Vec<u8>, Vec<u8>) {
     (key(shard, b'D', &[]), key(shard, b'D' + 1, &[]))
 }
+/// `[start, end)` of a shard's log.
+pub fn log_range(shard: ShardId) -> (Vec<u8>, Vec<u8>) {
+    (key(shard, LOG_TABLE, &[]), key(shard, LOG_TABLE + 1, &[]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn data_keys_stay_inside_their_shard_and_meta_is_outside_the_data_range() {
+    fn log_keys_sort_by_index_and_stay_inside_their_shard() {
+        assert!(log(1, 9) < log(1, 10));
+        assert!(log(1, u64::MAX) < log(2, 0));
+        let (a, b) = log_range(1);
+        assert!(a <= log(1, 0) && log(1, u64::MAX) < b);
+        assert_eq!(log_index(&log(7, 123456)), 123456);
         let (a, b) = data_range(1);
-        assert!(a <= data(1, b"") && data(1, b"\xff\xff") < b);
-        assert!(data_range(1).1 <= data_range(2).0);
-        for k in [sm_meta(1), snapshot_meta(1)] {
-            assert!(k < a || k >= b, "{k:?}");
+        assert!(a <= data(1, b"\xff\xff") && data(1, b"\xff\xff") < b);
+        assert!(vote(1) < a || vote(1) >= b);
+    }
+
+    #[test]
+    fn only_log_keys_and_log_range_starts_are_log_keys() {
+        assert!(is_log(&log(3, 0)) && is_log(&log(3, u64::MAX)) && is_log(&log_range(3).0));
+        assert!(!is_log(&log_range(3).1), "the end of a log range is the next table");
+        for k in [vote(3), committed(3), purged(3), sm_meta(3), snapshot_meta(3), data(3, b"L"), data(3, b"")] {
+            assert!(!is_log(&k), "{k:?}");
         }
     }
 }

@@ -3,7 +3,6 @@
 //! storage traits speak) and makes the sync choice explicit at every write.
 
 pub mod keys;
-pub mod raft_log;
 pub mod shard_store;
 
 pub use shard_store::ShardStore;
@@ -73,11 +72,29 @@ fn data_cf_options(db_opts: &Options, cache: &Cache) -> Options {
     o
 }
 
-/// The column families by name, for their properties (`Db::cf_property_int`; metrics). One:
-/// ledger data and meta. The Raft log is not in RocksDB (`raft_log`).
-pub const COLUMN_FAMILIES: [&str; 1] = [rocksdb::DEFAULT_COLUMN_FAMILY_NAME];
+/// The Raft log's column family: read by index ranges (replication, replay) and the last key,
+/// never by a lookup that misses, so no filter; its index blocks go through the shared cache.
+fn log_cf_options(db_opts: &Options, cache: &Cache) -> Options {
+    let mut o = cf_base(db_opts);
+    let mut t = BlockBasedOptions::default();
+    t.set_block_cache(cache);
+    t.set_cache_index_and_filter_blocks(true);
+    t.set_cache_index_and_filter_blocks_with_high_priority(true);
+    t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    o.set_block_based_table_factory(&t);
+    o
+}
 
-/// Block cache (data blocks, index and filter partitions).
+/// Column family of every shard's Raft log (keys `keys::log`). The log is most of what is
+/// written and is purged by range deletes; kept apart, it never sits in the ledger's files, so
+/// a ledger lookup searches fewer, smaller files and no log tombstones. Everything else (votes,
+/// meta, ledger data) is in the default column family.
+const LOG_CF: &str = "raft_log";
+
+/// The column families by name, for their properties (`Db::cf_property_int`; metrics).
+pub const COLUMN_FAMILIES: [&str; 2] = [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, LOG_CF];
+
+/// Block cache shared by both column families (data blocks, index and filter partitions).
 const BLOCK_CACHE_BYTES: usize = 256 << 20;
 /// 2^4 = 16 cache shards of 16 MiB. Every block the tables below put in the cache is small (data
 /// blocks of 4 KiB, index and filter partitions of `METADATA_BLOCK_BYTES`), so each fits a shard
@@ -122,22 +139,23 @@ impl Db {
         let cache = Cache::new_lru_cache_opts(&cache_opts);
 
         let data = data_cf_options(&opts, &cache);
-        let cfs = vec![ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, data)];
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
-            if e.to_string().contains("Column families not opened") {
-                io::Error::other(format!(
-                    "{}: written by an older build, which kept the Raft log in RocksDB; this build cannot read it (wipe the node's data, e.g. scripts/cluster wipe): {e}",
-                    path.display()
-                ))
-            } else {
-                io_err(e)
-            }
-        })?;
+        let log = log_cf_options(&opts, &cache);
+        let cfs = vec![ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, data), ColumnFamilyDescriptor::new(LOG_CF, log)];
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(io_err)?;
         Ok(Db { db, cache, stats: opts })
     }
 
-    fn cf(&self) -> &ColumnFamily {
-        self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).expect("default column family")
+    fn log_cf(&self) -> &ColumnFamily {
+        self.db.cf_handle(LOG_CF).expect("the log column family is created at open")
+    }
+
+    /// The column family a key lives in: the Raft log apart, everything else in the default one.
+    fn cf_of(&self, key: &[u8]) -> &ColumnFamily {
+        if keys::is_log(key) {
+            self.log_cf()
+        } else {
+            self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).expect("default column family")
+        }
     }
 
     pub fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
@@ -150,7 +168,7 @@ impl Db {
         if let Some(snap) = at {
             ro.set_snapshot(snap);
         }
-        self.db.get_cf_opt(self.cf(), key, &ro).map_err(io_err)
+        self.db.get_cf_opt(self.cf_of(key), key, &ro).map_err(io_err)
     }
 
     /// Up to `limit` pairs in `[start, end)`, ascending.
@@ -159,6 +177,8 @@ impl Db {
     }
 
     /// Every pair in `[start, end)`, ascending, as of `at` or of now; streamed, never collected.
+    /// Both bounds name the same column family (a whole range of one table; `end` may be the
+    /// first key after it).
     pub fn range_in<'a>(
         &'a self,
         at: Option<&rocksdb::Snapshot<'_>>,
@@ -174,7 +194,7 @@ impl Db {
         }
         let end = end.to_vec();
         self.db
-            .iterator_cf_opt(self.cf(), ro, IteratorMode::From(start, Direction::Forward))
+            .iterator_cf_opt(self.cf_of(start), ro, IteratorMode::From(start, Direction::Forward))
             .map(|item| item.map_err(io_err))
             .take_while(move |item| item.as_ref().map_or(true, |(k, _)| **k < *end))
     }
@@ -185,7 +205,7 @@ impl Db {
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(start.to_vec());
         ro.set_iterate_upper_bound(end.to_vec());
-        let mut it = self.db.iterator_cf_opt(self.cf(), ro, IteratorMode::End);
+        let mut it = self.db.iterator_cf_opt(self.cf_of(start), ro, IteratorMode::End);
         match it.next() {
             Some(item) => {
                 let (k, v) = item.map_err(io_err)?;
@@ -200,45 +220,33 @@ impl Db {
         Batch { wb: WriteBatch::default(), db: self }
     }
 
-    fn write(&self, wb: WriteBatch, durability: Durability) -> io::Result<()> {
+    fn write(&self, wb: WriteBatch, sync: bool) -> io::Result<()> {
         let mut wo = WriteOptions::default();
-        match durability {
-            Durability::Synced => wo.set_sync(true),
-            Durability::Unsynced => {}
-            Durability::Unlogged => wo.disable_wal(true),
-        }
+        wo.set_sync(sync);
         self.db.write_opt(wb, &wo).map_err(io_err)
     }
 
     /// Durable when it returns: the WAL is fsynced (and with it every earlier write).
     pub fn write_synced(&self, b: Batch<'_>) -> io::Result<()> {
-        self.write(b.wb, Durability::Synced)
+        self.write(b.wb, true)
     }
 
     /// In the WAL but not yet fsynced: used where a loss is repaired by replaying the Raft log.
     pub fn write_unsynced(&self, b: Batch<'_>) -> io::Result<()> {
-        self.write(b.wb, Durability::Unsynced)
+        self.write(b.wb, false)
     }
 
     /// `write_synced` / `write_unsynced` on the blocking pool. A synced write waits for an fsync,
     /// and an unsynced one can wait in the same RocksDB write group for another's fsync; on the
     /// async workers that would stall every other request of the node meanwhile.
-    pub async fn write_off_runtime(self: &std::sync::Arc<Self>, b: Batch<'_>, durability: Durability) -> io::Result<()> {
+    pub async fn write_off_runtime(self: &std::sync::Arc<Self>, b: Batch<'_>, sync: bool) -> io::Result<()> {
         let db = self.clone();
         let wb = b.wb;
-        tokio::task::spawn_blocking(move || db.write(wb, durability)).await.map_err(|e| io::Error::other(format!("write task: {e}")))?
+        tokio::task::spawn_blocking(move || db.write(wb, sync)).await.map_err(|e| io::Error::other(format!("write task: {e}")))?
     }
 
-    /// Writes every memtable of the ledger's column family to table files and waits: after it,
-    /// every `Durability::Unlogged` write made before the call survives a crash.
-    pub fn flush_data(&self) -> io::Result<()> {
-        let cf = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).expect("default column family");
-        let mut fo = rocksdb::FlushOptions::default();
-        fo.set_wait(true);
-        self.db.flush_cf_opt(cf, &fo).map_err(io_err)
-    }
-
-    /// A consistent point-in-time view (for snapshots and reads that must not tear).
+    /// A consistent point-in-time view (for snapshots and reads that must not tear). Reads through
+    /// it see the default column family: ledger data and meta, not the Raft log.
     pub fn snapshot(&self) -> rocksdb::Snapshot<'_> {
         self.db.snapshot()
     }
@@ -290,23 +298,11 @@ impl Db {
         self.db.ingest_external_file_cf_opts(cf, &o, files.to_vec()).map_err(io_err)
     }
 
-    /// Compacts everything (tests and tools; not on the request path).
+    /// Compacts everything, both column families (tests and tools; not on the request path).
     pub fn compact_all(&self) {
         self.db.compact_range(None::<&[u8]>, None::<&[u8]>);
+        self.db.compact_range_cf(self.log_cf(), None::<&[u8]>, None::<&[u8]>);
     }
-}
-
-/// What a write survives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// In the WAL and fsynced when the write returns (with every earlier write).
-    Synced,
-    /// In the WAL, not yet fsynced: survives kill -9, not a power loss.
-    Unsynced,
-    /// Not in the WAL: in the memtable until a flush writes it to a table file, lost by any
-    /// crash before that. Only for what the Raft log can rebuild: applied ledger state, whose
-    /// log entries are kept until a flush has made their state durable (`flush_data`).
-    Unlogged,
 }
 
 /// Fsyncs a directory, so a rename or a new file in it survives a crash.
@@ -314,7 +310,8 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// One atomic write.
+/// One atomic write. Each operation goes to its key's column family; RocksDB applies a batch
+/// across column families atomically.
 pub struct Batch<'a> {
     wb: WriteBatch,
     db: &'a Db,
@@ -322,14 +319,14 @@ pub struct Batch<'a> {
 
 impl Batch<'_> {
     pub fn put(&mut self, k: &[u8], v: &[u8]) {
-        self.wb.put_cf(self.db.cf(), k, v);
+        self.wb.put_cf(self.db.cf_of(k), k, v);
     }
     pub fn delete(&mut self, k: &[u8]) {
-        self.wb.delete_cf(self.db.cf(), k);
+        self.wb.delete_cf(self.db.cf_of(k), k);
     }
-    /// `[from, to)` (`to` may be the first key after a table).
+    /// `[from, to)`, within one column family (`to` may be the first key after a table).
     pub fn delete_range(&mut self, from: &[u8], to: &[u8]) {
-        self.wb.delete_range_cf(self.db.cf(), from, to);
+        self.wb.delete_range_cf(self.db.cf_of(from), from, to);
     }
     pub fn len(&self) -> usize {
         self.wb.len()

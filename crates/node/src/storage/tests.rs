@@ -10,9 +10,11 @@ const SHARD: u32 = 3;
 
 /// Writes what `grabs` hot-packet grabs leave behind in the ledger's column family, in the
 /// ledger's real key shapes: the request id and its expiry index, the grabbed marker and the
-/// claim.
+/// claim; plus the Raft log entries that carried them (purged as the node does).
 fn fill_like_a_grab_storm(db: &Db, grabs: u64, rng: &mut impl Rng) {
     const GRABS_PER_BATCH: u64 = 2_000;
+    const GRABS_PER_ENTRY: u64 = 200;
+    let mut log_index = 0u64;
     let mut done = 0u64;
     while done < grabs {
         let mut b = db.batch();
@@ -25,6 +27,14 @@ fn fill_like_a_grab_storm(db: &Db, grabs: u64, rng: &mut impl Rng) {
             b.put(&keys::data(SHARD, &lk::dedup_expiry(time_ms, user, &id)), &[]);
             b.put(&keys::data(SHARD, &lk::grabbed(packet, user)), &((g % 100) as u32).to_be_bytes());
             b.put(&keys::data(SHARD, &lk::claim(packet, (g % 100) as u32)), &[9u8; 32]);
+            if g % GRABS_PER_ENTRY == 0 {
+                log_index += 1;
+                b.put(&keys::log(SHARD, log_index), &vec![5u8; 8_000]);
+            }
+        }
+        // The node purges the log behind its snapshots; here, every 500 entries.
+        if log_index.is_multiple_of(500) && log_index > 0 {
+            b.delete_range(&keys::log(SHARD, 0), &keys::log(SHARD, log_index.saturating_sub(100)));
         }
         db.write_unsynced(b).unwrap();
         done = (done + GRABS_PER_BATCH).min(grabs);
@@ -82,23 +92,35 @@ fn absent_key_lookups_do_not_reread_filter_blocks_after_the_data_has_grown() {
     assert!(second_misses <= files, "{second_misses} filter block misses in {READS} warm lookups ({files} files)");
 }
 
-/// Applied state is written without the WAL: a clean close keeps it (RocksDB flushes what
-/// the WAL does not hold), and `flush_data` makes it durable at once.
+/// The log lives in its own column family, the ledger data in the default one; a batch spanning
+/// both is one atomic write, and the log range helpers see only log keys.
 #[test]
-fn unlogged_writes_survive_a_clean_close_and_a_flush() {
+fn log_and_data_keys_round_trip_through_their_own_column_families() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path()).unwrap();
     let mut b = db.batch();
+    for i in 1..=10 {
+        b.put(&keys::log(SHARD, i), &i.to_be_bytes());
+    }
     b.put(&keys::data(SHARD, b"a1"), b"v");
-    db.write(b.wb, Durability::Unlogged).unwrap();
-    assert_eq!(db.data_property("rocksdb.num-files-at-level0"), Some(0));
-    db.flush_data().unwrap();
-    assert_eq!(db.data_property("rocksdb.num-files-at-level0"), Some(1), "flushed to a table file");
+    b.put(&keys::vote(SHARD), b"vote");
+    db.write_synced(b).unwrap();
+    let (start, end) = keys::log_range(SHARD);
+    assert_eq!(db.scan(&start, &end, 100).unwrap().len(), 10);
+    assert_eq!(db.last_in_range(&start, &end).unwrap().unwrap().0, keys::log(SHARD, 10));
+    assert_eq!(db.get(&keys::vote(SHARD)).unwrap().as_deref(), Some(&b"vote"[..]));
+    let (ds, de) = keys::data_range(SHARD);
+    assert_eq!(db.scan(&ds, &de, 100).unwrap().len(), 1);
+    // Purge 1..=7 by a range delete, as the log store does.
     let mut b = db.batch();
-    b.put(&keys::data(SHARD, b"a2"), b"w");
-    db.write(b.wb, Durability::Unlogged).unwrap();
+    b.delete_range(&keys::log(SHARD, 0), &keys::log(SHARD, 8));
+    db.write_synced(b).unwrap();
+    let rows = db.scan(&start, &end, 100).unwrap();
+    assert_eq!(rows.iter().map(|(k, _)| keys::log_index(k)).collect::<Vec<_>>(), vec![8, 9, 10]);
+    assert_eq!(db.get(&keys::data(SHARD, b"a1")).unwrap().as_deref(), Some(&b"v"[..]));
+    // Reopen: both column families come back.
     drop(db);
     let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.last_in_range(&start, &end).unwrap().unwrap().0, keys::log(SHARD, 10));
     assert_eq!(db.get(&keys::data(SHARD, b"a1")).unwrap().as_deref(), Some(&b"v"[..]));
-    assert_eq!(db.get(&keys::data(SHARD, b"a2")).unwrap().as_deref(), Some(&b"w"[..]));
 }
