@@ -241,10 +241,9 @@ fn trace_id() -> String {
     format!("{:032x}", rand::random::<u128>() | 1)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grab_with_a_traceparent_leaves_its_trace_id_in_the_router_and_node_logs() {
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
+/// A funded sender on shard 1, a grabber on shard 2, and a packet of two shares sent through the
+/// Shenzhen router: what both tracing tests grab from.
+async fn sender_grabber_and_packet(c: &Cluster) -> (u64, u64, u64) {
     let setup = c.router_client("shenzhen");
     let sender = c.topology.user_in_shard(1, 900);
     let grabber = c.topology.user_in_shard(2, 900);
@@ -263,6 +262,14 @@ async fn a_grab_with_a_traceparent_leaves_its_trace_id_in_the_router_and_node_lo
         })
         .await
         .unwrap();
+    (sender, grabber, p.packet_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grab_with_a_traceparent_leaves_its_trace_id_in_the_router_and_node_logs() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let (sender, grabber, packet_id) = sender_grabber_and_packet(&c).await;
 
     // A grab (coalesced at the router: the trace id rides in the batch) and a top-up (one call
     // per request), each continuing a sampled trace; a balance read in an unsampled one.
@@ -270,7 +277,7 @@ async fn a_grab_with_a_traceparent_leaves_its_trace_id_in_the_router_and_node_lo
     let traced = |id: &str, flags: &str| {
         c.router_client("shenzhen").with_traceparent(&format!("00-{id}-00f067aa0ba902b7-{flags}")).expect("a valid traceparent")
     };
-    let g = traced(&grab_id, "01").grab(new_request_id(), p.packet_id, grabber, "").await.unwrap();
+    let g = traced(&grab_id, "01").grab(new_request_id(), packet_id, grabber, "").await.unwrap();
     assert!(g.amount_cents > 0);
     traced(&topup_id, "01").top_up(new_request_id(), sender, 100).await.unwrap();
     traced(&quiet_id, "00").balance(sender).await.unwrap();
@@ -416,24 +423,7 @@ async fn a_traced_grab_is_exported_over_otlp_by_the_router_and_the_node_in_the_c
     for (name, pid) in c.pids() {
         assert_eq!(exporter_threads(pid), 1, "{name} runs one OTLP exporter with {OTLP_ENDPOINT_ENV}={endpoint}");
     }
-    let setup = c.router_client("shenzhen");
-    let sender = c.topology.user_in_shard(1, 900);
-    let grabber = c.topology.user_in_shard(2, 900);
-    c.funded(&setup, sender, 10_000).await;
-    setup.open_account(grabber, TEST_DEVICE).await.unwrap();
-    let p = setup
-        .send_packet(SendPacketRequest {
-            request_id: new_request_id(),
-            sender,
-            kind: PacketKind::Lucky as i32,
-            total_cents: 500,
-            count: 2,
-            device: TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (sender, grabber, packet_id) = sender_grabber_and_packet(&c).await;
 
     // A grab (coalesced at the router) and a top-up (one call) in sampled traces, a balance read
     // in an unsampled one. (The client library sends each call with a parent id of its own.)
@@ -441,7 +431,7 @@ async fn a_traced_grab_is_exported_over_otlp_by_the_router_and_the_node_in_the_c
     let traced = |id: &str, flags: &str| {
         c.router_client("shenzhen").with_traceparent(&format!("00-{id}-00f067aa0ba902b7-{flags}")).expect("a valid traceparent")
     };
-    let g = traced(&grab_id, "01").grab(new_request_id(), p.packet_id, grabber, "").await.unwrap();
+    let g = traced(&grab_id, "01").grab(new_request_id(), packet_id, grabber, "").await.unwrap();
     assert!(g.amount_cents > 0);
     traced(&topup_id, "01").top_up(new_request_id(), sender, 100).await.unwrap();
     traced(&quiet_id, "00").balance(sender).await.unwrap();
