@@ -6,7 +6,7 @@
 //! owns each slot. A packet id carries its shard in its high bits (`hongbao_ids::PacketId`), so
 //! a grab is routed without a lookup: `PacketId(id).shard()`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -17,9 +17,14 @@ pub const MAX_NODES: usize = 64;
 pub const MAX_SHARDS: usize = 256;
 pub const MAX_SLOTS: u32 = 10_000;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
+    /// The cluster map's version: 0 for a topology file (the seed), then one more for each
+    /// change an admin made online (`hongbao cluster add-node`, ...), replicated in the meta
+    /// shard. Nodes and routers keep the highest version they have seen.
+    #[serde(default)]
+    pub version: u64,
     /// Number of slots users are hashed into (`user_id % slots`).
     pub slots: u32,
     pub regions: Vec<Region>,
@@ -38,13 +43,13 @@ pub struct Topology {
     pub raft: RaftSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Region {
     pub name: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
     pub id: NodeId,
@@ -55,7 +60,7 @@ pub struct Node {
     pub metrics_addr: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Shard {
     pub id: ShardId,
@@ -67,7 +72,7 @@ pub struct Shard {
     pub slots: Vec<[u32; 2]>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Router {
     pub region: String,
@@ -77,7 +82,7 @@ pub struct Router {
     pub metrics_addr: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Link {
     pub a: String,
@@ -85,7 +90,7 @@ pub struct Link {
     pub latency_ms: u64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerSettings {
     /// Packet lifetime; design default 24 h.
@@ -97,7 +102,7 @@ pub struct LedgerSettings {
     pub packet_retention_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftSettings {
     pub heartbeat_ms: u64,
@@ -268,6 +273,133 @@ impl Topology {
     }
 }
 
+/// Where a new node goes: what `Topology::add_node` takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub id: NodeId,
+    pub region: String,
+    pub addr: String,
+    pub metrics_addr: String,
+}
+
+/// Fewest voters a shard may be left with by removing one (a shard of two loses its quorum
+/// with any one node).
+pub const MIN_VOTERS: usize = 3;
+
+/// Online changes to the map (membership). Each returns the next version, validated, or why
+/// the change is refused; none touches `self`. Doing a change twice gives an error the caller
+/// reads as "already done" (`Edit::Unchanged`), so every admin step can be re-sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    /// The map already says so: nothing to do.
+    Unchanged(String),
+    /// The change is not allowed (the message says why).
+    Refused(String),
+}
+
+impl Topology {
+    /// The shard that holds the replicated cluster map: the lowest shard id (shards are never
+    /// removed, so it never changes).
+    pub fn meta_shard(&self) -> ShardId {
+        self.shards.iter().map(|s| s.id).min().expect("validated: at least one shard")
+    }
+
+    /// The map as the topology file's TOML (what the meta shard stores and `GetMap` returns).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a topology always serializes")
+    }
+
+    fn next(&self, change: impl FnOnce(&mut Topology)) -> Result<Topology, Edit> {
+        let mut t = self.clone();
+        change(&mut t);
+        t.version = self.version + 1;
+        t.validate().map_err(Edit::Refused)?;
+        Ok(t)
+    }
+
+    pub fn add_node(&self, n: &NodeSpec) -> Result<Topology, Edit> {
+        if let Some(old) = self.node(n.id) {
+            let same = old.region == n.region && old.addr == n.addr && old.metrics_addr == n.metrics_addr;
+            return Err(if same {
+                Edit::Unchanged(format!("node {} is in the map already", n.id))
+            } else {
+                Edit::Refused(format!("node id {} is taken (by {} in {})", n.id, old.addr, old.region))
+            });
+        }
+        if let Some(o) = self.nodes.iter().find(|o| o.addr == n.addr || o.metrics_addr == n.metrics_addr) {
+            return Err(Edit::Refused(format!("node {} uses that address already", o.id)));
+        }
+        let node = Node { id: n.id, region: n.region.clone(), addr: n.addr.clone(), metrics_addr: n.metrics_addr.clone() };
+        self.next(|t| t.nodes.push(node))
+    }
+
+    /// Removes a node that holds no replica any more.
+    pub fn remove_node(&self, id: NodeId) -> Result<Topology, Edit> {
+        if self.node(id).is_none() {
+            return Err(Edit::Unchanged(format!("node {id} is not in the map")));
+        }
+        let held: Vec<ShardId> = self.shards_on(id).iter().map(|s| s.id).collect();
+        if !held.is_empty() {
+            return Err(Edit::Refused(format!("node {id} still holds replicas of shards {held:?}: remove them first")));
+        }
+        self.next(|t| t.nodes.retain(|n| n.id != id))
+    }
+
+    /// Adds `node` to `shard`'s replicas (the map's side of adding a voter). Refused when one
+    /// region would then hold a majority of the shard's replicas: losing that region would take
+    /// the shard's quorum with it.
+    pub fn add_replica(&self, shard: ShardId, node: NodeId) -> Result<Topology, Edit> {
+        let s = self.shard(shard).ok_or_else(|| Edit::Refused(format!("no shard {shard}")))?;
+        if self.node(node).is_none() {
+            return Err(Edit::Refused(format!("node {node} is not in the map: add the node first")));
+        }
+        if s.replicas.contains(&node) {
+            return Err(Edit::Unchanged(format!("node {node} is a replica of shard {shard} already")));
+        }
+        let mut after = s.replicas.clone();
+        after.push(node);
+        self.region_majority(shard, &after)?;
+        self.next(|t| t.shards.iter_mut().filter(|x| x.id == shard).for_each(|x| x.replicas.push(node)))
+    }
+
+    /// Removes `node` from `shard`'s replicas. Refused below MIN_VOTERS, or when one region would
+    /// then hold a majority.
+    pub fn remove_replica(&self, shard: ShardId, node: NodeId) -> Result<Topology, Edit> {
+        let s = self.shard(shard).ok_or_else(|| Edit::Refused(format!("no shard {shard}")))?;
+        if !s.replicas.contains(&node) {
+            return Err(Edit::Unchanged(format!("node {node} is no replica of shard {shard}")));
+        }
+        let after: Vec<NodeId> = s.replicas.iter().copied().filter(|r| *r != node).collect();
+        if after.len() < MIN_VOTERS {
+            return Err(Edit::Refused(format!(
+                "shard {shard} would keep {} replicas, fewer than {MIN_VOTERS}: add a replacement first",
+                after.len()
+            )));
+        }
+        self.region_majority(shard, &after)?;
+        self.next(|t| t.shards.iter_mut().filter(|x| x.id == shard).for_each(|x| x.replicas.retain(|r| *r != node)))
+    }
+
+    /// Refuses a replica set in which one region holds a majority (when the cluster has more
+    /// than one region): the loss of that one region would stop the shard.
+    fn region_majority(&self, shard: ShardId, replicas: &[NodeId]) -> Result<(), Edit> {
+        if self.regions.len() < 2 {
+            return Ok(());
+        }
+        for r in &self.regions {
+            let here = replicas.iter().filter(|n| self.region_of(**n) == Some(r.name.as_str())).count();
+            if here * 2 > replicas.len() {
+                return Err(Edit::Refused(format!(
+                    "shard {shard}: {here} of its {} replicas would be in {}; losing that region would stop the shard",
+                    replicas.len(),
+                    r.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,5 +477,43 @@ mod tests {
         assert!(Topology::parse(&overlap).unwrap_err().contains("owned by shards"));
         let gap = base.replacen("slots = [[0, 34]]", "slots = [[0, 30]]", 1);
         assert!(Topology::parse(&gap).unwrap_err().contains("owned by no shard"));
+    }
+
+    fn spec(id: NodeId, region: &str) -> NodeSpec {
+        NodeSpec { id, region: region.into(), addr: format!("127.0.0.1:{}", 7200 + id), metrics_addr: format!("127.0.0.1:{}", 9200 + id) }
+    }
+
+    #[test]
+    fn a_node_is_added_then_made_a_replica_then_replaces_another_one_version_at_a_time() {
+        let t = default_topology();
+        assert_eq!(t.version, 0, "a topology file is the seed, version 0");
+        let t1 = t.add_node(&spec(4, "tianjin")).unwrap();
+        assert_eq!(t1.version, 1);
+        assert_eq!(t1.add_node(&spec(4, "tianjin")).unwrap_err(), Edit::Unchanged("node 4 is in the map already".into()));
+        assert!(matches!(t1.add_node(&spec(4, "shanghai")), Err(Edit::Refused(_))), "an id is not reused for another node");
+        let t2 = t1.add_replica(1, 4).unwrap();
+        assert_eq!(t2.shard(1).unwrap().replicas, vec![1, 2, 3, 4]);
+        assert!(matches!(t2.add_replica(1, 4), Err(Edit::Unchanged(_))));
+        assert!(matches!(t2.remove_node(4), Err(Edit::Refused(_))), "a node holding replicas stays in the map");
+        let t3 = t2.remove_replica(1, 3).unwrap();
+        assert_eq!(t3.shard(1).unwrap().replicas, vec![1, 2, 4]);
+        assert_eq!(t3.version, 3);
+        // The map survives its own TOML, version included.
+        let back = Topology::parse(&t3.to_toml()).unwrap();
+        assert_eq!(back.version, 3);
+        assert_eq!(back.shard(1).unwrap().replicas, vec![1, 2, 4]);
+        assert_eq!(back.node(4).unwrap().region, "tianjin");
+    }
+
+    #[test]
+    fn a_change_that_leaves_too_few_replicas_or_a_region_majority_is_refused() {
+        let t = default_topology().add_node(&spec(4, "shanghai")).unwrap();
+        // Shard 1 on nodes 1, 2, 3: removing one leaves two.
+        assert!(matches!(t.remove_replica(1, 3), Err(Edit::Refused(m)) if m.contains("fewer than 3")));
+        // Node 4 in Shanghai beside node 2, then node 3 (Tianjin) out: Shanghai holds 2 of 3.
+        let t = t.add_replica(1, 4).unwrap();
+        assert!(matches!(t.remove_replica(1, 3), Err(Edit::Refused(m)) if m.contains("shanghai")));
+        assert!(t.remove_replica(1, 2).is_ok(), "Shenzhen, Tianjin and Shanghai keep one each");
+        assert!(matches!(t.add_replica(1, 9), Err(Edit::Refused(_))), "an unknown node is refused");
     }
 }
