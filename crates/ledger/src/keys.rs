@@ -21,6 +21,7 @@
 //! | `k`    | `k packet`                   | ArchivedPacket (a settled packet and its claims) |
 //! | `n`    | `n seq`                      | Notification (challenge outbox) |
 //! | `z`    | `z region`                   | () region drained (absent: not) |
+//! | `v`    | `v`                          | cluster map: version (u64 BE) then its TOML (meta shard) |
 //!
 //! Request ids are scoped by the acting user (`Command::actor`): the same 16 bytes from two
 //! users are two requests, and neither can replay (read) the other's outcome.
@@ -171,6 +172,9 @@ pub fn drained(region: &str) -> Vec<u8> {
 }
 pub fn drained_all() -> (Vec<u8>, Vec<u8>) {
     (vec![b'z'], vec![b'z' + 1])
+}
+pub fn cluster_map() -> Vec<u8> {
+    vec![b'v']
 }
 
 #[cfg(test)]

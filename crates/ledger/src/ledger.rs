@@ -38,6 +38,9 @@ fn sub(a: Cents, b: Cents) -> Cents {
     a.checked_sub(b).expect("checked before apply")
 }
 
+/// Largest cluster map a SetClusterMap may carry (64 nodes and 256 shards fit many times over).
+pub const MAX_CLUSTER_MAP_BYTES: usize = 256 << 10;
+
 /// What a command's checks decided: reject with a code, or go ahead.
 type Check<T> = Result<T, Code>;
 
@@ -230,6 +233,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             Command::AckNotifications { up_to_seq } => self.ack_notifications(*up_to_seq),
             Command::SetDrained { region, drained } => self.set_drained(region, *drained),
             Command::ConfigCheck { .. } => Err(Code::InvalidArgument),
+            Command::SetClusterMap { version, map } => self.set_cluster_map(*version, map),
         };
         match res {
             Ok(o) => o,
@@ -978,6 +982,26 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         self.totals.notifications_acked = if more { reached } else { up_to };
         self.totals.notifications_pending -= n as u64;
         Ok(Outcome::ok(Reply::Acked { records: n as u32, more }))
+    }
+
+    /// Stores the cluster map's next version (compare-and-set on the version, see
+    /// `Command::SetClusterMap`).
+    fn set_cluster_map(&mut self, version: u64, map: &[u8]) -> Check<Outcome> {
+        if map.is_empty() || map.len() > MAX_CLUSTER_MAP_BYTES {
+            return Err(Code::InvalidArgument);
+        }
+        let stored = self.db.get(&keys::cluster_map());
+        let current = stored.as_ref().map(|v| u64::from_be_bytes(v[..8].try_into().expect("stored with its version"))).unwrap_or(0);
+        if current == version && stored.as_ref().is_some_and(|v| &v[8..] == map) {
+            return Ok(Outcome::ok(Reply::ClusterMap { version }));
+        }
+        if version != current + 1 {
+            return Err(Code::ClusterMapStale);
+        }
+        let mut value = version.to_be_bytes().to_vec();
+        value.extend_from_slice(map);
+        self.db.put(keys::cluster_map(), value);
+        Ok(Outcome::ok(Reply::ClusterMap { version }))
     }
 
     /// Sets or clears a region's drain mark. Idempotent: the admin re-sends it to every shard.

@@ -33,7 +33,7 @@ pub mod view;
 
 pub use challenge::challenge_code;
 pub use config::LedgerConfig;
-pub use ledger::Ledger;
+pub use ledger::{Ledger, MAX_CLUSTER_MAP_BYTES};
 pub use money::Cents;
 pub use state::{
     Account, ArchivedPacket, Challenge, Claim, Notification, Packet, PacketYear, PairState, PinRecord, StatementEntry, Totals,

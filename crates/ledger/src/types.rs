@@ -247,6 +247,15 @@ pub enum Command {
     ConfigCheck {
         fingerprint: u64,
     },
+    /// Admin, proposed on the meta shard (`Topology::meta_shard`): the cluster map's next
+    /// version, as the topology file's TOML. Applied only if `version` is the stored one plus
+    /// one (compare-and-set: two admins' changes never overwrite each other); the same version
+    /// with the same map again is a no-op (a re-send). The ledger stores the bytes and reads
+    /// nothing in them: the node validated the map before proposing it.
+    SetClusterMap {
+        version: u64,
+        map: Vec<u8>,
+    },
 }
 
 impl Command {
@@ -261,6 +270,7 @@ impl Command {
                 | Command::AckNotifications { .. }
                 | Command::SetDrained { .. }
                 | Command::ConfigCheck { .. }
+                | Command::SetClusterMap { .. }
         )
     }
 
@@ -281,7 +291,8 @@ impl Command {
             | Command::ExpirePacket { .. }
             | Command::AckNotifications { .. }
             | Command::SetDrained { .. }
-            | Command::ConfigCheck { .. } => None,
+            | Command::ConfigCheck { .. }
+            | Command::SetClusterMap { .. } => None,
         }
     }
 }
@@ -356,6 +367,9 @@ pub enum Code {
     /// The request id's issue time is further ahead of ledger time than `request_ahead_ms`:
     /// the client's clock is wrong. Nothing was done.
     RequestAhead = 31,
+    /// A cluster-map change whose version is not the stored one plus one: it was built on an
+    /// older map (another change came first). Read the map again and redo the change.
+    ClusterMapStale = 32,
 }
 
 impl Code {
@@ -393,6 +407,7 @@ impl Code {
             Code::PinAlreadySet => "PIN_ALREADY_SET",
             Code::RequestExpired => "REQUEST_EXPIRED",
             Code::RequestAhead => "REQUEST_AHEAD",
+            Code::ClusterMapStale => "CLUSTER_MAP_STALE",
         }
     }
 }
@@ -468,6 +483,10 @@ pub enum Reply {
     Drained {
         region: String,
         drained: bool,
+    },
+    /// SetClusterMap applied (or already applied): the stored map's version.
+    ClusterMap {
+        version: u64,
     },
 }
 

@@ -212,6 +212,13 @@ pub fn delivered(store: &(impl Store + ?Sized), dest: ShardId) -> u64 {
     store.get(&keys::delivered(dest)).map(|v| dec(&v)).unwrap_or(0)
 }
 
+/// The cluster map this shard stores (the meta shard only): its version and TOML bytes.
+pub fn cluster_map(store: &(impl Store + ?Sized)) -> Option<(u64, Vec<u8>)> {
+    let v = store.get(&keys::cluster_map())?;
+    let (version, map) = v.split_at_checked(8)?;
+    Some((u64::from_be_bytes(version.try_into().ok()?), map.to_vec()))
+}
+
 /// The regions this shard's applied state marks drained (`Command::SetDrained`).
 pub fn drained_regions(store: &(impl Store + ?Sized)) -> std::collections::BTreeSet<String> {
     let (a, b) = keys::drained_all();

@@ -1,4 +1,5 @@
-//! Admin state that every replica must agree on, replicated through the log: region drain marks.
+//! Admin state that every replica must agree on, replicated through the log: region drain marks
+//! and the cluster map.
 
 use hongbao_ledger::*;
 
@@ -39,4 +40,35 @@ fn a_drain_mark_with_an_empty_or_oversized_region_is_refused() {
     assert_eq!(apply(&mut s, &c, set("", true)).code, Code::InvalidArgument);
     assert_eq!(apply(&mut s, &c, set(&"r".repeat(c.max_string + 1), true)).code, Code::InvalidArgument);
     assert!(view::drained_regions(&s).is_empty());
+}
+
+fn map(version: u64, text: &str) -> Command {
+    Command::SetClusterMap { version, map: text.as_bytes().to_vec() }
+}
+
+#[test]
+fn the_cluster_map_advances_one_version_at_a_time_and_a_stale_change_is_refused() {
+    let (mut s, c) = (MemStore::default(), LedgerConfig::default());
+    assert_eq!(view::cluster_map(&s), None, "no map stored: the topology file is version 0");
+    assert!(map(1, "a").is_system());
+    // Version 2 before 1: built on a map this shard never had.
+    assert_eq!(apply(&mut s, &c, map(2, "b")).code, Code::ClusterMapStale);
+    assert!(apply(&mut s, &c, map(1, "a")).is_ok());
+    // The same change re-sent is a no-op; another change at the same version lost the race.
+    assert!(apply(&mut s, &c, map(1, "a")).is_ok());
+    assert_eq!(apply(&mut s, &c, map(1, "other admin's change")).code, Code::ClusterMapStale);
+    assert_eq!(view::cluster_map(&s), Some((1, b"a".to_vec())));
+    assert!(apply(&mut s, &c, map(2, "b")).is_ok());
+    assert_eq!(apply(&mut s, &c, map(1, "a")).code, Code::ClusterMapStale, "an old version never comes back");
+    assert_eq!(view::cluster_map(&s), Some((2, b"b".to_vec())));
+    assert_eq!(view::totals(&s).balances, Cents(0));
+}
+
+#[test]
+fn an_empty_or_oversized_cluster_map_is_refused() {
+    let (mut s, c) = (MemStore::default(), LedgerConfig::default());
+    assert_eq!(apply(&mut s, &c, map(1, "")).code, Code::InvalidArgument);
+    let big = "x".repeat(MAX_CLUSTER_MAP_BYTES + 1);
+    assert_eq!(apply(&mut s, &c, map(1, &big)).code, Code::InvalidArgument);
+    assert_eq!(view::cluster_map(&s), None);
 }

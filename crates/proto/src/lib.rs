@@ -95,6 +95,7 @@ pub fn retry_step(code: ErrorCode) -> RetryStep {
         | E::PinAlreadySet
         | E::RequestExpired
         | E::RequestAhead
+        | E::ClusterMapStale
         // The caller's credentials decide these: re-sending the same request changes nothing.
         | E::PermissionDenied
         | E::Unauthenticated => RetryStep::Final,
@@ -139,6 +140,7 @@ pub fn grpc_code_for(code: ErrorCode) -> tonic::Code {
         | E::RequestIdReused
         | E::RequestExpired
         | E::RequestAhead
+        | E::ClusterMapStale
         | E::PinNotSet
         | E::PinLocked
         | E::CreditOutOfOrder => tonic::Code::FailedPrecondition,

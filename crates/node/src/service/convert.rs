@@ -41,6 +41,7 @@ pub fn ledger_code(code: Code) -> ErrorCode {
         Code::PinAlreadySet => ErrorCode::PinAlreadySet,
         Code::RequestExpired => ErrorCode::RequestExpired,
         Code::RequestAhead => ErrorCode::RequestAhead,
+        Code::ClusterMapStale => ErrorCode::ClusterMapStale,
     }
 }
 
@@ -154,7 +155,8 @@ impl About {
             | Command::MarkDelivered { .. }
             | Command::AckNotifications { .. }
             | Command::SetDrained { .. }
-            | Command::ConfigCheck { .. } => About::default(),
+            | Command::ConfigCheck { .. }
+            | Command::SetClusterMap { .. } => About::default(),
         }
     }
 }
@@ -202,6 +204,7 @@ pub fn explain(code: Code, a: &About) -> String {
             this attempt did nothing; check the statement before sending anew"
             .into(),
         Code::RequestAhead => "this request id's time is ahead of the cluster's clock: check the client's clock".into(),
+        Code::ClusterMapStale => "the cluster map changed meanwhile: read it again and redo the change".into(),
     }
 }
 
@@ -300,6 +303,7 @@ mod tests {
         Code::PinAlreadySet,
         Code::RequestExpired,
         Code::RequestAhead,
+        Code::ClusterMapStale,
     ];
 
     #[test]
