@@ -95,6 +95,8 @@ pub fn forwarded_proposal(topology: &Topology, from: u64, shard: ShardId, cmd: &
             Ok(())
         }
         Command::SetDrained { .. } if topology.node(from).is_some() => Ok(()),
+        // A map change an admin asked some node for, which proposes it on the meta shard.
+        Command::SetClusterMap { .. } if topology.node(from).is_some() && shard == topology.meta_shard() => Ok(()),
         // Answered here and never proposed: whether this node's ledger config is the asker's.
         Command::ConfigCheck { fingerprint } => {
             let mine = CONFIG_FINGERPRINT.load(Ordering::Relaxed);
@@ -106,6 +108,6 @@ pub fn forwarded_proposal(topology: &Topology, from: u64, shard: ShardId, cmd: &
                 Err(Status::failed_precondition(format!("ledger config fingerprint {mine:016x} here, not {fingerprint:016x}")))
             }
         }
-        _ => Err(denied("only cross-shard credits and drain marks may be forwarded between nodes")),
+        _ => Err(denied("only cross-shard credits, drain marks and cluster-map changes may be forwarded between nodes")),
     }
 }

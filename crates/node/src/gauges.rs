@@ -32,7 +32,7 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Registers every gauge (and the snapshot counters, at 0) and samples them until `stop`.
 pub fn spawn(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    let gauges = Arc::new(Gauges::new(&host));
+    let gauges = Arc::new(Gauges::new());
     tokio::spawn(async move {
         loop {
             let (h, g) = (host.clone(), gauges.clone());
@@ -46,18 +46,30 @@ pub fn spawn(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> JoinHandle<()>
 }
 
 struct Gauges {
-    shards: Vec<ShardGauges>,
+    /// Per hosted shard, rebuilt when the map's version or the replicas hosted here change
+    /// (membership is online): keyed by both.
+    shards: std::sync::Mutex<((u64, Vec<ShardId>), Vec<ShardGauges>)>,
     db: DbGauges,
 }
 
 impl Gauges {
-    fn new(host: &Host) -> Gauges {
-        let shards = host.replicas.values().map(|r| ShardGauges::new(host, r.id, &r.replicas)).collect();
-        Gauges { shards, db: DbGauges::new() }
+    fn new() -> Gauges {
+        Gauges { shards: std::sync::Mutex::new(((u64::MAX, vec![]), vec![])), db: DbGauges::new() }
     }
 
     fn sample(&self, host: &Host) {
-        for s in &self.shards {
+        let replicas = host.replica_list();
+        let key = (host.topology().version, replicas.iter().map(|r| r.id).collect::<Vec<_>>());
+        let mut shards = self.shards.lock().expect("gauges lock");
+        if shards.0 != key {
+            let map = host.topology();
+            let list = replicas
+                .iter()
+                .map(|r| ShardGauges::new(host, r.id, map.shard(r.id).map(|s| s.replicas.as_slice()).unwrap_or(&[])))
+                .collect();
+            *shards = (key, list);
+        }
+        for s in &shards.1 {
             s.sample(host);
         }
         self.db.sample(&host.db);
@@ -122,7 +134,7 @@ impl ShardGauges {
             open_packets: g(m::OPEN_PACKETS),
             notifications: g(m::NOTIFICATIONS_PENDING),
             backlog: host
-                .topology
+                .topology()
                 .shards
                 .iter()
                 .filter(|s| s.id != id)

@@ -63,7 +63,7 @@ pub fn reflected_services() -> Vec<&'static str> {
 /// leader (follower): twice the longest election timeout, so an ordinary election does not flap
 /// the status, while a shard whose majority is gone turns NOT_SERVING within about two seconds.
 pub fn stale_after(host: &Host) -> Duration {
-    Duration::from_millis(2 * host.topology.raft.election_timeout_max_ms)
+    Duration::from_millis(2 * host.topology().raft.election_timeout_max_ms)
 }
 
 /// Judges whether this node is ready to serve clients, round after round.
@@ -79,7 +79,8 @@ impl Readiness {
     /// answer in time, so nothing can be said this round.
     pub async fn check(&mut self, host: &Host) -> Option<Result<(), String>> {
         let stale = stale_after(host);
-        for (shard, replica) in &host.replicas {
+        for replica in host.replica_list() {
+            let shard = &replica.id;
             if host.rejoin.is_rejoining(*shard) {
                 return Some(Err(format!("shard {shard}: still catching up after an empty start")));
             }

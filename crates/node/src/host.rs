@@ -19,7 +19,10 @@ use hongbao_topology::Topology;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{LinearizableReadError, RaftError};
 use openraft::{BasicNode, ReadPolicy, ServerState};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use tokio::sync::watch;
+use crate::directory::Directory;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,11 +40,21 @@ pub const MAX_READS_IN_FLIGHT: usize = 4096;
 pub struct Host {
     pub node_id: NodeId,
     pub region: String,
-    pub topology: Arc<Topology>,
+    /// The cluster map, newest version seen (`directory`): read it with `topology()`.
+    pub map: Directory,
     pub peers: Arc<Peers>,
     pub db: Arc<Db>,
     pub config: Arc<LedgerConfig>,
-    pub replicas: BTreeMap<ShardId, Arc<Replica>>,
+    /// The replicas hosted here: the map's shards on this node, opened and closed online
+    /// (`reconcile`).
+    replicas: RwLock<BTreeMap<ShardId, Arc<Replica>>>,
+    /// Serializes `reconcile` (opening a replica awaits).
+    reconciling: tokio::sync::Mutex<()>,
+    raft_config: Arc<openraft::Config>,
+    /// The topology file's shards on this node: the only replicas this node may bootstrap.
+    seeded: Vec<ShardId>,
+    /// Ends the per-shard tasks (`tasks`) of every replica, those opened online included.
+    stop: watch::Sender<bool>,
     pub data_dir: PathBuf,
     pub placement: Placement,
     pub clock: Arc<Clock>,
@@ -72,61 +85,144 @@ impl Host {
     /// and never re-initialized.
     /// At most `max_reads` reads are in flight at once (`read_permit`).
     pub async fn start(
-        topology: Arc<Topology>,
+        seed: Topology,
         node_id: NodeId,
         data_dir: &Path,
         secrets: NodeSecrets,
         max_reads: usize,
     ) -> anyhow::Result<Arc<Host>> {
-        let me = topology.node(node_id).ok_or_else(|| anyhow::anyhow!("node {node_id} is not in the topology"))?.clone();
         std::fs::create_dir_all(data_dir)?;
         let db = Arc::new(Db::open(&data_dir.join("db"))?);
-        let addrs: HashMap<NodeId, String> = topology.nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
-        let faults = Arc::new(Faults::new(&topology, node_id));
+        let seeded: Vec<ShardId> = seed.shards_on(node_id).iter().map(|s| s.id).collect();
+        let faults = Arc::new(Faults::new(&seed, node_id));
         // The nodes this one exchanges Raft messages with: whose clocks it is judged against.
         let raft_peers: std::collections::BTreeSet<NodeId> =
-            topology.shards_on(node_id).into_iter().flat_map(|s| s.replicas.iter().copied()).filter(|n| *n != node_id).collect();
-        let clock = Arc::new(Clock::new(faults.clone(), raft_peers.len()));
-        let peers = Arc::new(Peers::new(node_id, addrs, faults, clock.clone(), secrets.peer_tls));
-        let config = Arc::new(ledger_config(&topology, secrets.challenge_key));
-        let raft_config = Arc::new(raft_config(&topology).validate()?);
+            seed.shards_on(node_id).into_iter().flat_map(|s| s.replicas.iter().copied()).filter(|n| *n != node_id).collect();
+        // A node added online has no shard in the file: its peers will be the other two
+        // replicas of a three-replica shard.
+        let clock = Arc::new(Clock::new(faults.clone(), raft_peers.len().max(2)));
+        let peers = Arc::new(Peers::new(node_id, faults, clock.clone(), secrets.peer_tls));
+        peers.set_addrs(&seed);
+        let config = Arc::new(ledger_config(&seed, secrets.challenge_key));
+        let raft_config = Arc::new(raft_config(&seed).validate()?);
+        // The newest map the other nodes know (a node added online is in no topology file).
+        let topology = crate::directory::at_start(seed, &peers, node_id).await?;
+        peers.set_addrs(&topology);
+        let me = topology.node(node_id).expect("at_start returns a map naming this node").clone();
         // Every entry carries it; replicas refuse entries with another (see `ConfigDoor`).
         let fingerprint = config.fingerprint();
-        tracing::info!(fingerprint = %format!("{fingerprint:016x}"), "ledger config fingerprint");
+        tracing::info!(fingerprint = %format!("{fingerprint:016x}"), map_version = topology.version, "ledger config fingerprint");
         crate::access::set_config_fingerprint(fingerprint);
-        let rejoin = crate::rejoin::Rejoin::default();
-        let mut replicas = BTreeMap::new();
-        for s in topology.shards_on(node_id) {
-            let log = LogStore::new(db.clone(), s.id);
-            let sm = StateMachine::open(db.clone(), s.id, config.clone(), &data_dir.join("snapshots"))?;
-            let net = NetworkFactory { shard: s.id, peers: peers.clone() };
-            let raft = Raft::new(node_id, raft_config.clone(), net, log, sm).await?;
-            bootstrap_if_new(&raft, &topology, s, node_id, &peers, &rejoin).await?;
-            let door = ConfigDoor::new(node_id, s.id, s.replicas.clone(), peers.clone(), fingerprint);
-            replicas.insert(s.id, Arc::new(Replica::new(s.id, raft, s.home.clone(), s.replicas.clone(), door)));
-        }
-        Ok(Arc::new(Host {
+        let map = Directory::new(topology);
+        let host = Arc::new(Host {
             node_id,
             region: me.region.clone(),
-            placement: Placement::new(topology.clone(), db.clone(), node_id),
-            topology,
+            placement: Placement::new(map.clone(), db.clone(), node_id),
+            map,
             peers,
             db,
             config,
-            replicas,
+            replicas: RwLock::new(BTreeMap::new()),
+            reconciling: tokio::sync::Mutex::new(()),
+            raft_config,
+            seeded,
+            stop: watch::Sender::new(false),
             data_dir: data_dir.to_path_buf(),
             clock,
-            rejoin,
+            rejoin: crate::rejoin::Rejoin::default(),
             pins: crate::pin::PinCache::new(),
             reads: Arc::new(Semaphore::new(max_reads)),
             max_reads,
-        }))
+        });
+        for s in host.topology().shards_on(node_id) {
+            host.open_replica(s).await?;
+        }
+        Ok(host)
     }
 
-    pub fn replica(&self, id: ShardId) -> Result<&Arc<Replica>, HostError> {
+    /// The cluster map (newest version this node has seen).
+    pub fn topology(&self) -> Arc<Topology> {
+        self.map.get()
+    }
+
+    /// Installs a newer map: peers' addresses follow it at once (replicas at the next
+    /// `reconcile`).
+    pub fn install_map(&self, map: Topology) -> bool {
+        let addrs = map.clone();
+        let newer = self.map.install(map);
+        if newer {
+            self.peers.set_addrs(&addrs);
+        }
+        newer
+    }
+
+    /// Opens the Raft replica of `s` here and starts its per-shard tasks. A shard of this node's
+    /// topology file may be bootstrapped (a new cluster); one placed here online never is: it
+    /// waits, empty and without a vote, for its leader to add it as a learner.
+    async fn open_replica(self: &Arc<Self>, s: &hongbao_topology::Shard) -> anyhow::Result<Arc<Replica>> {
+        let log = LogStore::new(self.db.clone(), s.id);
+        let sm = StateMachine::open(self.db.clone(), s.id, self.config.clone(), &self.data_dir.join("snapshots"))?;
+        let net = NetworkFactory { shard: s.id, peers: self.peers.clone() };
+        let raft = Raft::new(self.node_id, self.raft_config.clone(), net, log, sm).await?;
+        let may_bootstrap = self.seeded.contains(&s.id) && self.topology().version == 0;
+        bootstrap_if_new(&raft, &self.topology(), s, self.node_id, &self.peers, &self.rejoin, may_bootstrap).await?;
+        let door = ConfigDoor::new(self.node_id, s.id, self.peers.clone(), self.config.fingerprint());
+        let replica = Arc::new(Replica::new(s.id, raft, s.home.clone(), door));
+        self.replicas.write().expect("replicas lock").insert(s.id, replica.clone());
+        crate::tasks::spawn_shard(self.clone(), s.id, self.stop.subscribe());
+        tracing::info!(shard = s.id, "replica opened");
+        Ok(replica)
+    }
+
+    /// Makes the replicas hosted here match the map: opens those it places here; closes those
+    /// it no longer does. A replica leaves the map only after its Raft group removed it
+    /// (`membership::remove_replica`), so the group no longer counts on it; it may not know
+    /// that itself (the last config entry need not reach it), which is why the map decides.
+    pub async fn reconcile(self: &Arc<Self>) {
+        let _one = self.reconciling.lock().await;
+        let map = self.topology();
+        for s in map.shards_on(self.node_id) {
+            if self.replica(s.id).is_err() {
+                if let Err(e) = self.open_replica(s).await {
+                    tracing::error!(shard = s.id, error = %e, "could not open a replica the cluster map places here");
+                }
+            }
+        }
+        for r in self.replica_list() {
+            let placed = map.shard(r.id).is_some_and(|s| s.replicas.contains(&self.node_id));
+            if placed {
+                continue;
+            }
+            tracing::warn!(shard = r.id, "replica removed from its shard: closing it");
+            self.replicas.write().expect("replicas lock").remove(&r.id);
+            if let Err(e) = r.raft.shutdown().await {
+                tracing::warn!(shard = r.id, "raft shutdown: {e}");
+            }
+        }
+    }
+
+    /// Ends every per-shard task (`tasks`).
+    pub fn stop_tasks(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// A receiver that sees `stop_tasks`.
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    pub fn replica(&self, id: ShardId) -> Result<Arc<Replica>, HostError> {
         self.replicas
+            .read()
+            .expect("replicas lock")
             .get(&id)
+            .cloned()
             .ok_or_else(|| HostError::new(ErrorKind::UnknownShard, id, format!("node {} hosts no replica of shard {id}", self.node_id)))
+    }
+
+    /// The replicas hosted here now, by shard id.
+    pub fn replica_list(&self) -> Vec<Arc<Replica>> {
+        self.replicas.read().expect("replicas lock").values().cloned().collect()
     }
 
     /// NotLeader, pointing at the leader this replica knows of (if any); Unavailable if none.
@@ -162,8 +258,8 @@ impl Host {
     /// Proposes one ledger command on `shard` and waits until it is committed and applied.
     pub async fn propose(&self, shard_id: ShardId, id: RequestId, cmd: Command) -> Result<Outcome, HostError> {
         let replica = self.replica(shard_id)?;
-        if !self.is_leader(replica) {
-            return Err(self.not_leader(replica, None));
+        if !self.is_leader(&replica) {
+            return Err(self.not_leader(&replica, None));
         }
         let _permit = replica.inflight.clone().try_acquire_owned().map_err(|_| {
             metrics::counter!(crate::metrics::OVERLOADED).increment(1);
@@ -188,7 +284,7 @@ impl Host {
             Err(_) => err(ErrorKind::Timeout, format!("not committed within {PROPOSE_TIMEOUT:?}; retry with the same request id")),
             Ok(Err(_)) => err(ErrorKind::Internal, "proposer stopped".into()),
             Ok(Ok(Ok(o))) => Ok(o),
-            Ok(Ok(Err(Failed::NotLeader(l)))) => Err(self.not_leader(replica, l)),
+            Ok(Ok(Err(Failed::NotLeader(l)))) => Err(self.not_leader(&replica, l)),
             Ok(Ok(Err(Failed::Unavailable(e)))) => err(ErrorKind::Unavailable, e),
             Ok(Ok(Err(Failed::Internal(e)))) => err(ErrorKind::Internal, e),
         }
@@ -201,13 +297,13 @@ impl Host {
     /// caller retries as its own policy says. The error says why no outcome came, for the log.
     pub async fn propose_on_leader(&self, shard: ShardId, id: RequestId, cmd: Command, call_timeout: Duration) -> Result<Outcome, String> {
         if let Ok(r) = self.replica(shard) {
-            if self.is_leader(r) {
+            if self.is_leader(&r) {
                 return self.propose(shard, id, cmd).await.map_err(|e| e.to_string());
             }
         }
         let known = self.replica(shard).ok().and_then(|r| r.raft.metrics().borrow_watched().current_leader);
         let mut candidates: Vec<NodeId> = known.into_iter().collect();
-        if let Some(s) = self.topology.shard(shard) {
+        if let Some(s) = self.topology().shard(shard) {
             candidates.extend(s.replicas.iter().copied().filter(|r| Some(*r) != known && *r != self.node_id));
         }
         let req = Request { id, time_ms: 0, cmd };
@@ -240,23 +336,23 @@ impl Host {
         if allow_stale {
             return self.read_permit(shard_id);
         }
-        if !self.is_leader(replica) {
-            return Err(self.not_leader(replica, None));
+        if !self.is_leader(&replica) {
+            return Err(self.not_leader(&replica, None));
         }
         let permit = self.read_permit(shard_id)?;
-        self.confirm_read_index(replica).await?;
+        self.confirm_read_index(&replica).await?;
         Ok(permit)
     }
 
     /// Waits until this replica may serve a linearizable read (ReadIndex through the leader),
     /// holding a read permit while it waits (`begin_read` hands the permit to its caller).
-    pub async fn linearizable(&self, shard_id: ShardId) -> Result<&Arc<Replica>, HostError> {
+    pub async fn linearizable(&self, shard_id: ShardId) -> Result<Arc<Replica>, HostError> {
         let replica = self.replica(shard_id)?;
-        if !self.is_leader(replica) {
-            return Err(self.not_leader(replica, None));
+        if !self.is_leader(&replica) {
+            return Err(self.not_leader(&replica, None));
         }
         let _permit = self.read_permit(shard_id)?;
-        self.confirm_read_index(replica).await?;
+        self.confirm_read_index(&replica).await?;
         Ok(replica)
     }
 
@@ -265,7 +361,7 @@ impl Host {
         match tokio::time::timeout(PROPOSE_TIMEOUT, replica.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
             Err(_) => Err(HostError::new(ErrorKind::Timeout, shard_id, format!("shard {shard_id}: read index not confirmed in time"))),
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => Err(self.not_leader(replica, f.leader_id)),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => Err(self.not_leader(&replica, f.leader_id)),
             Ok(Err(e)) => Err(HostError::new(ErrorKind::Unavailable, shard_id, format!("shard {shard_id}: {e}"))),
         }
     }
@@ -279,8 +375,8 @@ impl Host {
     /// runs out, so callers know the move happened.
     pub async fn transfer_leader(&self, shard_id: ShardId, to: NodeId) -> Result<(), HostError> {
         let replica = self.replica(shard_id)?;
-        if !self.is_leader(replica) {
-            return Err(self.not_leader(replica, None));
+        if !self.is_leader(&replica) {
+            return Err(self.not_leader(&replica, None));
         }
         replica.raft.trigger().transfer_leader(to).await.map_err(|e| HostError::new(ErrorKind::Internal, shard_id, e.to_string()))?;
         let deadline = tokio::time::Instant::now() + TRANSFER_TIMEOUT;
@@ -299,7 +395,7 @@ impl Host {
     }
 
     pub async fn shutdown(&self) {
-        for r in self.replicas.values() {
+        for r in self.replica_list() {
             if let Err(e) = r.raft.shutdown().await {
                 tracing::warn!(shard = r.id, "raft shutdown: {e}");
             }
@@ -318,12 +414,13 @@ async fn bootstrap_if_new(
     node_id: NodeId,
     peers: &Peers,
     rejoin: &crate::rejoin::Rejoin,
+    may_bootstrap: bool,
 ) -> anyhow::Result<()> {
     if raft.is_initialized().await? {
         return Ok(());
     }
     let bootstrapper = s.replicas.iter().copied().find(|r| topology.region_of(*r) == Some(s.home.as_str())).unwrap_or(s.replicas[0]);
-    if bootstrapper != node_id || peers_have_history(peers, s, node_id).await {
+    if !may_bootstrap || bootstrapper != node_id || peers_have_history(peers, s, node_id).await {
         // Every non-bootstrapper starts empty in a new cluster too: `rejoin` still lets it vote
         // for the bootstrapper's first election (an empty log), so nothing waits on it.
         rejoin.start(s.id);

@@ -2,6 +2,7 @@
 //! the map is in docs/design.md ("Node").
 //!
 //! - `host`, `replica`: the replicas hosted here; propose / read with explicit `error`s.
+//! - `directory`, `membership`: the replicated cluster map this node follows, and its online changes.
 //! - `raft`, `storage`, `codec`: openraft glue on the node's one RocksDB.
 //! - `transport`, `peers`: the Raft transport between nodes and the connections it uses.
 //! - `sweeper`, `relay`, `placement` (spawned by `tasks`): what each shard's leader does alone.
@@ -15,11 +16,13 @@ pub mod audit;
 pub mod clock;
 pub mod codec;
 pub mod config;
+pub mod directory;
 pub mod error;
 pub mod faults;
 pub mod gauges;
 pub mod health;
 pub mod host;
+pub mod membership;
 pub mod metrics;
 pub mod peers;
 pub mod pin;

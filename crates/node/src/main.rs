@@ -19,7 +19,6 @@ use hongbao_proto::v1::{
 };
 use hongbao_topology::Topology;
 use std::path::PathBuf;
-use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 
 #[derive(Parser)]
@@ -65,13 +64,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let topology = Arc::new(Topology::load(&args.topology).map_err(anyhow::Error::msg)?);
-    let me = topology.node(args.node_id).ok_or_else(|| anyhow::anyhow!("node {} not in topology", args.node_id))?.clone();
+    let seed = Topology::load(&args.topology).map_err(anyhow::Error::msg)?;
+    // A node added online is in no topology file: it learns its place from the other nodes
+    // (`directory::at_start`); its region comes with `--region` until then.
+    let seed_region = seed.region_of(args.node_id).map(str::to_string);
     // Inside the runtime: an OTLP exporter's channel runs on it.
     let service = hongbao_telemetry::tracing_init::Service {
         name: "hongbao-node",
         instance: format!("node-{}", args.node_id),
-        attributes: vec![("hongbao.node_id", args.node_id.to_string()), ("hongbao.region", me.region.clone())],
+        attributes: vec![("hongbao.node_id", args.node_id.to_string()), ("hongbao.region", seed_region.clone().unwrap_or_default())],
     };
     let tracing = hongbao_telemetry::tracing_init::init(
         "info,openraft=warn,h2=warn,tower=warn",
@@ -80,23 +81,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         service,
     )
     .map_err(anyhow::Error::msg)?;
-    let metrics_addr: std::net::SocketAddr = match args.metrics_listen {
-        Some(a) => a,
-        None => me.metrics_addr.parse().map_err(|e| bind_error("metrics_addr", &me.metrics_addr, e))?,
-    };
-    hongbao_node::metrics::install(metrics_addr)?;
 
     let security = SecurityDir::new(&args.security_dir);
     let me_id = Identity::Node(args.node_id);
     let server_tls = security.server_tls(&me_id)?;
     let secrets = hongbao_node::host::NodeSecrets { peer_tls: security.client_tls(&me_id)?, challenge_key: security.load_challenge_key()? };
     anyhow::ensure!(args.max_reads_in_flight >= 1, "--max-reads-in-flight must be at least 1");
-    let host = Host::start(topology.clone(), args.node_id, &args.data_dir, secrets, args.max_reads_in_flight).await?;
-    tracing::info!(node = args.node_id, region = %me.region, addr = %me.addr, shards = ?host.replicas.keys().collect::<Vec<_>>(), "node started");
+    let host = Host::start(seed, args.node_id, &args.data_dir, secrets, args.max_reads_in_flight).await?;
+    let me = host.topology().node(args.node_id).expect("the host's map names this node").clone();
+    let metrics_addr: std::net::SocketAddr = match args.metrics_listen {
+        Some(a) => a,
+        None => me.metrics_addr.parse().map_err(|e| bind_error("metrics_addr", &me.metrics_addr, e))?,
+    };
+    hongbao_node::metrics::install(metrics_addr)?;
+    metrics::gauge!(hongbao_node::metrics::MAP_VERSION).set(host.topology().version as f64);
+    let shards: Vec<u32> = host.replica_list().iter().map(|r| r.id).collect();
+    tracing::info!(node = args.node_id, region = %me.region, addr = %me.addr, ?shards, map_version = host.topology().version, "node started");
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = hongbao_node::tasks::spawn_all(host.clone(), stop_rx.clone());
-    tasks.push(hongbao_node::gauges::spawn(host.clone(), stop_rx.clone()));
+    let stop_rx = host.stop_signal();
+    let tasks = vec![
+        hongbao_node::gauges::spawn(host.clone(), stop_rx.clone()),
+        tokio::spawn(hongbao_node::directory::follow(host.clone(), stop_rx.clone())),
+    ];
 
     let addr: std::net::SocketAddr = match args.listen {
         Some(a) => a,
@@ -173,7 +179,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let server = routes.serve_with_shutdown(addr, shutdown_signal());
     server.await?;
     tracing::info!("shutting down: stopping background tasks and raft");
-    let _ = stop_tx.send(true);
+    host.stop_tasks();
     for t in tasks {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
     }

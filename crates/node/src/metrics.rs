@@ -28,6 +28,10 @@ pub const GRABS: &str = "hongbao_grabs_total";
 pub const GRABS_FAST_REJECTED: &str = "hongbao_grabs_fast_rejected_total";
 /// Leader transfers completed from this node (failback, drain, admin).
 pub const LEADER_TRANSFERS: &str = "hongbao_leader_transfers_total";
+/// The cluster map version this node follows (0: the topology file).
+pub const MAP_VERSION: &str = "hongbao_cluster_map_version";
+/// Membership steps done by this node as a shard's leader, by step (add_learner, promote, remove).
+pub const MEMBERSHIP_CHANGES: &str = "hongbao_membership_changes_total";
 /// Proposals refused with OVERLOADED (in-flight limit reached).
 pub const OVERLOADED: &str = "hongbao_overloaded_total";
 /// Expired packets refunded by the sweeper.
@@ -116,6 +120,8 @@ pub fn describe() {
     metrics::describe_counter!(GRABS, "Grabs proposed and applied");
     metrics::describe_counter!(GRABS_FAST_REJECTED, "Grabs refused on the leader without a Raft round (outcome already final)");
     metrics::describe_counter!(LEADER_TRANSFERS, "Leader transfers completed from this node (failback, drain, admin)");
+    metrics::describe_gauge!(MAP_VERSION, "The cluster map version this node follows (0: the topology file)");
+    metrics::describe_counter!(MEMBERSHIP_CHANGES, "Membership steps done by this node as a shard's leader, by step");
     metrics::describe_counter!(OVERLOADED, "Proposals refused with OVERLOADED (in-flight limit reached)");
     metrics::describe_counter!(PACKETS_EXPIRED, "Expired packets refunded by the sweeper");
     metrics::describe_counter!(PROPOSALS, "Ledger commands proposed on this node");

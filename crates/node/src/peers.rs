@@ -11,7 +11,7 @@ use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
 use hongbao_proto::v1::RaftMessage;
 use hongbao_topology::NodeId;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Status;
@@ -19,7 +19,8 @@ use tonic::Status;
 /// Channels to the other nodes, opened lazily and kept.
 pub struct Peers {
     pub self_id: NodeId,
-    addrs: HashMap<NodeId, String>,
+    /// Every node's address, from the cluster map (`set_addrs` when a newer map arrives).
+    addrs: RwLock<HashMap<NodeId, String>>,
     channels: Mutex<HashMap<NodeId, Channel>>,
     pub faults: Arc<Faults>,
     /// This node's clock: stamps every outgoing Raft message, learns peers' from replies.
@@ -28,12 +29,21 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(self_id: NodeId, addrs: HashMap<NodeId, String>, faults: Arc<Faults>, clock: Arc<Clock>, tls: ClientTlsConfig) -> Peers {
-        Peers { self_id, addrs, channels: Mutex::new(HashMap::new()), faults, clock, tls }
+    pub fn new(self_id: NodeId, faults: Arc<Faults>, clock: Arc<Clock>, tls: ClientTlsConfig) -> Peers {
+        Peers { self_id, addrs: RwLock::new(HashMap::new()), channels: Mutex::new(HashMap::new()), faults, clock, tls }
     }
 
-    pub fn addr(&self, node: NodeId) -> Option<&str> {
-        self.addrs.get(&node).map(|s| s.as_str())
+    /// Takes every node's address from `map`; a node whose address changed or that left the
+    /// map loses its open channel.
+    pub fn set_addrs(&self, map: &hongbao_topology::Topology) {
+        let new: HashMap<NodeId, String> = map.nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
+        let mut addrs = self.addrs.write().expect("addrs lock");
+        self.channels.lock().expect("channels lock").retain(|id, _| new.get(id) == addrs.get(id));
+        *addrs = new;
+    }
+
+    pub fn addr(&self, node: NodeId) -> Option<String> {
+        self.addrs.read().expect("addrs lock").get(&node).cloned()
     }
 
     /// The channel to `node`; None when the node is unknown or an injected fault cuts it off.
@@ -41,7 +51,7 @@ impl Peers {
         if self.faults.is_cut_off(node) {
             return None;
         }
-        let addr = self.addrs.get(&node)?;
+        let addr = self.addr(node)?;
         let mut map = self.channels.lock().expect("channels lock");
         Some(
             map.entry(node)

@@ -13,7 +13,8 @@ use crate::host::Host;
 use crate::storage::{Db, ShardStore};
 use hongbao_ledger::{Code, Command, ShardId};
 use hongbao_proto::v1::{ReplicaRole, StatusReply};
-use hongbao_topology::{NodeId, Topology};
+use crate::directory::Directory;
+use hongbao_topology::NodeId;
 use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -37,38 +38,42 @@ pub fn caught_up(applied: u64, leader_last: u64) -> bool {
 }
 
 pub struct Placement {
-    topology: Arc<Topology>,
+    map: Directory,
     db: Arc<Db>,
-    /// The shards hosted here: where the drain marks are read from.
-    shards: Vec<ShardId>,
+    node_id: NodeId,
 }
 
 impl Placement {
-    pub fn new(topology: Arc<Topology>, db: Arc<Db>, node_id: NodeId) -> Placement {
-        let shards = topology.shards_on(node_id).iter().map(|s| s.id).collect();
-        Placement { topology, db, shards }
+    pub fn new(map: Directory, db: Arc<Db>, node_id: NodeId) -> Placement {
+        Placement { map, db, node_id }
     }
 
     /// Regions an operator drained (no leadership is moved into them): marked so by the
-    /// applied state of ANY shard hosted here.
+    /// applied state of ANY shard the map places here.
     pub fn drained_regions(&self) -> BTreeSet<String> {
-        self.shards.iter().flat_map(|s| hongbao_ledger::view::drained_regions(&ShardStore::live(&self.db, *s))).collect()
+        let map = self.map.get();
+        map.shards_on(self.node_id)
+            .iter()
+            .flat_map(|s| hongbao_ledger::view::drained_regions(&ShardStore::live(&self.db, s.id)))
+            .collect()
     }
 
     /// The failback policy: the shard's home-region replicas, unless its home is drained.
     fn home_candidates(&self, shard: ShardId) -> Vec<NodeId> {
-        let Some(s) = self.topology.shard(shard) else { return vec![] };
+        let map = self.map.get();
+        let Some(s) = map.shard(shard) else { return vec![] };
         if self.drained_regions().contains(&s.home) {
             return vec![];
         }
-        s.replicas.iter().copied().filter(|r| self.topology.region_of(*r) == Some(s.home.as_str())).collect()
+        s.replicas.iter().copied().filter(|r| map.region_of(*r) == Some(s.home.as_str())).collect()
     }
 
     /// Replicas in regions that are not drained (where a drained region's leadership may go).
     fn undrained_replicas(&self, shard: ShardId) -> Vec<NodeId> {
-        let Some(s) = self.topology.shard(shard) else { return vec![] };
+        let map = self.map.get();
+        let Some(s) = map.shard(shard) else { return vec![] };
         let drained = self.drained_regions();
-        s.replicas.iter().copied().filter(|r| self.topology.region_of(*r).is_some_and(|g| !drained.contains(g))).collect()
+        s.replicas.iter().copied().filter(|r| map.region_of(*r).is_some_and(|g| !drained.contains(g))).collect()
     }
 
     /// The home replica to fail back to, per a cluster status: up and caught up with the leader.
@@ -112,7 +117,7 @@ pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<b
         }
         if let Ok(r) = host.replica(shard_id) {
             let term = r.raft.metrics().borrow_watched().current_term;
-            if r.door.admits(term).await.is_err() {
+            if r.door.admits(term, &r.voters()).await.is_err() {
                 // No majority has this node's ledger config: another replica leads in its place
                 // (one that does not share this node's config, so not asked about it).
                 if let Some(to) = any_caught_up(&host, shard_id, false).await {
@@ -145,7 +150,8 @@ pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<b
 /// if this region is drained, any replica outside drained regions; the first that answers a
 /// probe and has caught up.
 async fn target(host: &Host, shard_id: ShardId) -> Option<NodeId> {
-    let topo = host.topology.shard(shard_id)?;
+    let map = host.topology();
+    let topo = map.shard(shard_id)?;
     let here_drained = host.placement.drained_regions().contains(&host.region);
     if host.region == topo.home && !here_drained {
         return None;
@@ -167,7 +173,8 @@ async fn target(host: &Host, shard_id: ShardId) -> Option<NodeId> {
 /// node's ledger config).
 async fn any_caught_up(host: &Host, shard_id: ShardId, same_config: bool) -> Option<NodeId> {
     let last = host.replica(shard_id).ok()?.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
-    for node in host.topology.shard(shard_id)?.replicas.iter().copied().filter(|n| *n != host.node_id) {
+    let map = host.topology();
+    for node in map.shard(shard_id)?.replicas.iter().copied().filter(|n| *n != host.node_id) {
         if probe_applied(host, node, shard_id, same_config).await.is_some_and(|applied| caught_up(applied, last)) {
             return Some(node);
         }
@@ -214,7 +221,8 @@ pub async fn config_agrees(peers: &crate::peers::Peers, node: NodeId, shard: Sha
 /// (those that did keep it: the admin re-sends, which is idempotent).
 pub async fn replicate_drain(host: &Host, region: &str, drained: bool) -> Result<(), String> {
     let cmd = Command::SetDrained { region: region.to_string(), drained };
-    let calls = host.topology.shards.iter().map(|s| {
+    let map = host.topology();
+    let calls = map.shards.iter().map(|s| {
         let cmd = cmd.clone();
         async move { (s.id, propose_until_applied(host, s.id, cmd).await) }
     });

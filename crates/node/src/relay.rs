@@ -24,7 +24,7 @@ pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<b
         }
         let mut failed = false;
         let mut backlog = 0u64;
-        for dest in host.topology.shards.iter().map(|s| s.id).filter(|d| *d != shard_id) {
+        for dest in host.topology().shards.iter().map(|s| s.id).filter(|d| *d != shard_id) {
             // From the replicated delivered mark: the scan does not wade through the tombstones
             // of every record delivered before.
             let store = host.store(shard_id);

@@ -28,7 +28,6 @@ pub struct Replica {
     pub id: ShardId,
     pub raft: Raft,
     pub home_region: String,
-    pub replicas: Vec<NodeId>,
     pub(crate) inflight: Arc<Semaphore>,
     pub(crate) proposals: mpsc::Sender<Proposal>,
     pub door: Arc<ConfigDoor>,
@@ -36,13 +35,34 @@ pub struct Replica {
 
 impl Replica {
     /// Wraps a started Raft and starts its proposer.
-    pub fn new(id: ShardId, raft: Raft, home_region: String, replicas: Vec<NodeId>, door: ConfigDoor) -> Replica {
+    pub fn new(id: ShardId, raft: Raft, home_region: String, door: ConfigDoor) -> Replica {
         // The queue holds at most what the in-flight limit lets through.
         let (proposals, queue) = mpsc::channel(MAX_INFLIGHT_PER_SHARD);
         let door = Arc::new(door);
         tokio::spawn(proposer(raft.clone(), queue, door.clone()));
-        Replica { id, raft, home_region, replicas, inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_PER_SHARD)), proposals, door }
+        Replica { id, raft, home_region, inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_PER_SHARD)), proposals, door }
     }
+
+    /// The shard's voters, as this replica's Raft membership says (the authority on who votes;
+    /// the cluster map follows it).
+    pub fn voters(&self) -> Vec<NodeId> {
+        voters(&self.raft)
+    }
+
+    /// Whether `node` is in this replica's Raft membership, as a voter or a learner.
+    pub fn is_member(&self, node: NodeId) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let members = m.membership_config.membership();
+        members.voter_ids().any(|v| v == node) || members.learner_ids().any(|l| l == node)
+    }
+}
+
+/// The voters of `raft`'s current membership (the joint configuration's, both halves).
+pub fn voters(raft: &Raft) -> Vec<NodeId> {
+    let m = raft.metrics();
+    let m = m.borrow_watched();
+    m.membership_config.membership().voter_ids().collect()
 }
 
 /// How soon a leader asks its peers again after they did not confirm its ledger config.
@@ -56,7 +76,6 @@ const DOOR_RETRY: Duration = Duration::from_secs(1);
 pub struct ConfigDoor {
     pub node_id: NodeId,
     pub shard: ShardId,
-    pub replicas: Vec<NodeId>,
     pub peers: Arc<Peers>,
     pub fingerprint: u64,
     /// (term, admitted, when): admitted for a whole term; refused, asked again after DOOR_RETRY.
@@ -64,24 +83,25 @@ pub struct ConfigDoor {
 }
 
 impl ConfigDoor {
-    pub fn new(node_id: NodeId, shard: ShardId, replicas: Vec<NodeId>, peers: Arc<Peers>, fingerprint: u64) -> Self {
-        ConfigDoor { node_id, shard, replicas, peers, fingerprint, verdict: Mutex::new(None) }
+    pub fn new(node_id: NodeId, shard: ShardId, peers: Arc<Peers>, fingerprint: u64) -> Self {
+        ConfigDoor { node_id, shard, peers, fingerprint, verdict: Mutex::new(None) }
     }
 
-    /// Ok if a majority agrees with this node's config in `term` (asked once per term).
-    pub async fn admits(&self, term: u64) -> Result<(), String> {
+    /// Ok if a majority of `voters` (the shard's, this node among them) agrees with this node's
+    /// config in `term` (asked once per term).
+    pub async fn admits(&self, term: u64, voters: &[NodeId]) -> Result<(), String> {
         let cached = *self.verdict.lock().expect("door lock");
         if let Some((t, ok, at)) = cached {
             if t == term && (ok || at.elapsed() < DOOR_RETRY) {
                 return if ok { Ok(()) } else { Err(self.refusal(&[])) };
             }
         }
-        let others: Vec<NodeId> = self.replicas.iter().copied().filter(|r| *r != self.node_id).collect();
+        let others: Vec<NodeId> = voters.iter().copied().filter(|r| *r != self.node_id).collect();
         let asks = others.iter().map(|n| crate::placement::config_agrees(&self.peers, *n, self.shard, self.fingerprint));
         let answers = futures::future::join_all(asks).await;
         let agree = 1 + answers.iter().filter(|a| **a == Some(true)).count();
         let differ: Vec<NodeId> = others.iter().zip(&answers).filter(|(_, a)| **a == Some(false)).map(|(n, _)| *n).collect();
-        let ok = agree > self.replicas.len() / 2;
+        let ok = agree > voters.len().max(1) / 2;
         *self.verdict.lock().expect("door lock") = Some((term, ok, Instant::now()));
         if ok {
             if !differ.is_empty() {
@@ -141,7 +161,7 @@ async fn proposer(raft: Raft, mut queue: mpsc::Receiver<Proposal>, door: Arc<Con
         };
         // A follower's client_write answers NotLeader below; only a leader needs the door.
         if leads {
-            if let Err(why) = door.admits(term).await {
+            if let Err(why) = door.admits(term, &voters(&raft)).await {
                 for p in batch {
                     let _ = p.done.send(Err(Failed::Unavailable(why.clone())));
                 }

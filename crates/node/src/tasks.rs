@@ -1,5 +1,5 @@
 //! Work each shard leader does on its own, one task per shard and kind: the expiry sweeper,
-//! the cross-shard relay and leadership placement. Each reads only replicated state and
+//! the cross-shard relay and leadership placement (and a rejoining replica's watch). Each reads only replicated state and
 //! proposes commands, so a new leader simply resumes where the old one stopped.
 
 use crate::host::Host;
@@ -7,19 +7,16 @@ use hongbao_ledger::{RequestId, ShardId};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-pub fn spawn_all(host: Arc<Host>, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for shard in host.replicas.keys().copied() {
-        tasks.push(tokio::spawn(crate::sweeper::run(host.clone(), shard, stop.clone())));
-        tasks.push(tokio::spawn(crate::relay::run(host.clone(), shard, stop.clone())));
-        tasks.push(tokio::spawn(crate::placement::run(host.clone(), shard, stop.clone())));
-        if host.rejoin.is_rejoining(shard) {
-            tasks.push(tokio::spawn(crate::rejoin::watch(host.clone(), shard, stop.clone())));
-        }
+/// Starts one shard's tasks (when its replica opens). They end with `stop`, or when the
+/// replica closes (`next_turn` finds none).
+pub fn spawn_shard(host: Arc<Host>, shard: ShardId, stop: watch::Receiver<bool>) {
+    tokio::spawn(crate::sweeper::run(host.clone(), shard, stop.clone()));
+    tokio::spawn(crate::relay::run(host.clone(), shard, stop.clone()));
+    tokio::spawn(crate::placement::run(host.clone(), shard, stop.clone()));
+    if host.rejoin.is_rejoining(shard) {
+        tokio::spawn(crate::rejoin::watch(host.clone(), shard, stop.clone()));
     }
-    tasks
 }
 
 /// A request id for a system command, derived from what it does (these commands are idempotent
@@ -42,5 +39,5 @@ pub async fn next_turn(host: &Host, shard: ShardId, period: Duration, stop: &mut
         _ = stop.changed() => return None,
     }
     let replica = host.replica(shard).ok()?;
-    Some(host.is_leader(replica))
+    Some(host.is_leader(&replica))
 }

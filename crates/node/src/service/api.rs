@@ -34,7 +34,7 @@ impl ApiService {
         if user == 0 {
             return Err(invalid("user id 0 is not a user"));
         }
-        Ok(self.host.topology.shard_of_user(user))
+        Ok(self.host.topology().shard_of_user(user))
     }
 
     async fn write(&self, shard: ShardId, id: RequestId, cmd: Command) -> Result<Outcome, Status> {
@@ -55,8 +55,8 @@ impl ApiService {
     /// (locked, no PIN set) answer at once. Only the verdict enters the command.
     async fn pin_check(&self, shard: ShardId, user: UserId, pin: &str) -> Result<PinCheck, Status> {
         let replica = self.host.replica(shard)?;
-        if !self.host.is_leader(replica) {
-            return Err(self.host.not_leader(replica, None).into());
+        if !self.host.is_leader(&replica) {
+            return Err(self.host.not_leader(&replica, None).into());
         }
         crate::pin::verdict(&self.host, shard, user, pin).await?.map_err(|code| refused(&Outcome::err(code), shard, &About::user(user)))
     }
@@ -72,7 +72,7 @@ impl ApiService {
     async fn grab_one(&self, r: GrabRequest) -> Result<GrabReply, Status> {
         let packet = PacketId(r.packet_id);
         let shard = packet.shard();
-        if self.host.topology.shard(shard).is_none() {
+        if self.host.topology().shard(shard).is_none() {
             return Err(status(detail(ErrorCode::UnknownPacket, format!("packet {} names no shard", r.packet_id), shard)));
         }
         let grabber_shard = self.user_shard(r.grabber)?;
@@ -81,7 +81,7 @@ impl ApiService {
         let id = request_id(&r.request_id)?;
         let cmd = Command::Grab { packet, grabber: r.grabber, grabber_shard, password };
         if let Ok(s) = self.host.replica(shard) {
-            if self.host.is_leader(s) {
+            if self.host.is_leader(&s) {
                 let now = || self.host.ledger_time_ms(shard);
                 if let Some(code) = hongbao_ledger::view::grab_refusal(&self.host.store(shard), &id, packet, r.grabber, now) {
                     metrics::counter!(crate::metrics::GRABS_FAST_REJECTED).increment(1);
@@ -299,7 +299,7 @@ impl Packets for ApiService {
         let r = req.into_inner();
         let id = PacketId(r.packet_id);
         let shard = id.shard();
-        if self.host.topology.shard(shard).is_none() {
+        if self.host.topology().shard(shard).is_none() {
             return Err(status(detail(ErrorCode::UnknownPacket, format!("packet {} names no shard", r.packet_id), shard)));
         }
         let _read = self.read_gate(shard, r.allow_stale).await?;

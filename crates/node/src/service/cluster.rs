@@ -35,7 +35,7 @@ impl ClusterService {
     fn local_status(&self) -> NodeStatus {
         let h = &self.host;
         let mut shards = Vec::new();
-        for s in h.replicas.values() {
+        for s in h.replica_list() {
             let m = s.raft.metrics().borrow_watched().clone();
             let lag = match (&m.replication, m.last_log_index) {
                 (Some(rep), Some(last)) => {
@@ -57,7 +57,7 @@ impl ClusterService {
                 home_region: s.home_region.clone(),
             });
         }
-        let addr = h.topology.node(h.node_id).map(|n| n.addr.clone()).unwrap_or_default();
+        let addr = h.topology().node(h.node_id).map(|n| n.addr.clone()).unwrap_or_default();
         let clock_untrusted = h.clock.trusted().err().map(|u| u.0).unwrap_or_default();
         NodeStatus { node: h.node_id, region: h.region.clone(), addr, up: true, shards, error: String::new(), clock_untrusted }
     }
@@ -69,7 +69,8 @@ impl ClusterService {
     /// Every node's status; unreachable nodes appear as down with the error.
     pub async fn all_status(&self) -> StatusReply {
         let mut nodes = Vec::new();
-        let calls = self.host.topology.nodes.iter().map(|n| {
+        let map = self.host.topology();
+        let calls = map.nodes.iter().map(|n| {
             let me = n.id == self.host.node_id;
             let client = self.client(n.id);
             let (id, region, addr) = (n.id, n.region.clone(), n.addr.clone());
@@ -107,7 +108,7 @@ impl ClusterService {
 
     /// The node currently leading `shard`, as seen by the cluster (our replica first).
     async fn leader_of(&self, shard: u32) -> Option<u64> {
-        if let Some(s) = self.host.replicas.get(&shard) {
+        if let Ok(s) = self.host.replica(shard) {
             if let Some(l) = s.raft.metrics().borrow_watched().current_leader {
                 return Some(l);
             }
@@ -163,6 +164,16 @@ impl ClusterService {
         Ok(())
     }
 
+    /// Membership changes start only from an admin (directly or through a router); a node
+    /// forwards only the replica steps to a shard's leader.
+    fn admin_only<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        let who = crate::access::caller(req)?;
+        if matches!(who, hongbao_auth::Identity::Node(_)) {
+            return Err(hongbao_proto::denied(format!("{who} may not {what}")));
+        }
+        Ok(())
+    }
+
     /// Drain and undrain start only from an admin (directly or through a router, which checked
     /// the admin role); a node never starts one, and a mark reaches other nodes through the log.
     async fn replicate_drain<T>(&self, req: &Request<T>, region: &str, drained: bool) -> Result<(), Status> {
@@ -170,7 +181,7 @@ impl ClusterService {
         if matches!(who, hongbao_auth::Identity::Node(_)) {
             return Err(hongbao_proto::denied(format!("{who} may not drain or undrain a region")));
         }
-        if !self.host.topology.regions.iter().any(|r| r.name == region) {
+        if !self.host.topology().regions.iter().any(|r| r.name == region) {
             return Err(Status::not_found(format!("no region {region}")));
         }
         crate::placement::replicate_drain(&self.host, region, drained).await.map_err(|e| {
@@ -198,7 +209,7 @@ impl Cluster for ClusterService {
         // Two passes (see docs/design.md, "audit"): money is checked per shard on one consistent
         // read each; the cross-shard check compares what each destination had received in pass 1
         // with what each source had sent by pass 2, so a credit in motion can't look doubled.
-        let ids: Vec<u32> = self.host.topology.shards.iter().map(|s| s.id).collect();
+        let ids: Vec<u32> = self.host.topology().shards.iter().map(|s| s.id).collect();
         let mut first = Vec::new();
         for id in &ids {
             first.push(self.shard_totals(*id).await?);
@@ -212,7 +223,8 @@ impl Cluster for ClusterService {
 
     async fn transfer_leader(&self, req: Request<TransferLeaderRequest>) -> Result<Response<TransferLeaderReply>, Status> {
         let r = req.into_inner();
-        let shard = self.host.topology.shard(r.shard).ok_or_else(|| Status::not_found(format!("no shard {}", r.shard)))?;
+        let map = self.host.topology();
+        let shard = map.shard(r.shard).ok_or_else(|| Status::not_found(format!("no shard {}", r.shard)))?;
         if !shard.replicas.contains(&r.to_node) {
             return Err(Status::invalid_argument(format!("node {} holds no replica of shard {}", r.to_node, r.shard)));
         }
@@ -229,10 +241,10 @@ impl Cluster for ClusterService {
         self.replicate_drain(&req, &region, true).await?;
         let st = self.all_status().await;
         let mut moved = Vec::new();
-        for s in &self.host.topology.shards {
+        for s in &self.host.topology().shards {
             let leader = st.leader_of(s.id).map(|x| x.node);
             let Some(leader) = leader else { continue };
-            if self.host.topology.region_of(leader) != Some(region.as_str()) {
+            if self.host.topology().region_of(leader) != Some(region.as_str()) {
                 continue;
             }
             let target = self.host.placement.failover_target(s.id, &st, Some(&region));
@@ -244,6 +256,41 @@ impl Cluster for ClusterService {
         Ok(Response::new(DrainReply { moved }))
     }
 
+    async fn get_map(&self, _req: Request<GetMapRequest>) -> Result<Response<ClusterMap>, Status> {
+        // The meta shard's applied map if a replica of it is here (it may be ahead of the one
+        // this node installed), else the installed one.
+        let mut t = self.host.topology();
+        if let Some(local) = crate::directory::local_map(&self.host).filter(|l| l.version > t.version) {
+            t = Arc::new(local);
+        }
+        Ok(Response::new(ClusterMap { version: t.version, toml: t.to_toml() }))
+    }
+
+    async fn add_node(&self, req: Request<AddNodeRequest>) -> Result<Response<MembershipReply>, Status> {
+        self.admin_only(&req, "add a node")?;
+        let n = req.into_inner().node.ok_or_else(|| crate::service::convert::invalid("no node given"))?;
+        let spec = hongbao_topology::NodeSpec { id: n.id, region: n.region, addr: n.addr, metrics_addr: n.metrics_addr };
+        crate::membership::change_map(&self.host, |t| t.add_node(&spec)).await.map(Response::new)
+    }
+
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipReply>, Status> {
+        self.admin_only(&req, "remove a node")?;
+        let id = req.get_ref().node;
+        crate::membership::change_map(&self.host, |t| t.remove_node(id)).await.map(Response::new)
+    }
+
+    async fn add_replica(&self, req: Request<ReplicaChangeRequest>) -> Result<Response<MembershipReply>, Status> {
+        let forwarded = matches!(crate::access::caller(&req)?, hongbao_auth::Identity::Node(_));
+        let ReplicaChangeRequest { shard, node } = req.into_inner();
+        crate::membership::add_replica(&self.host, shard, node, forwarded).await.map(Response::new)
+    }
+
+    async fn remove_replica(&self, req: Request<ReplicaChangeRequest>) -> Result<Response<MembershipReply>, Status> {
+        let forwarded = matches!(crate::access::caller(&req)?, hongbao_auth::Identity::Node(_));
+        let ReplicaChangeRequest { shard, node } = req.into_inner();
+        crate::membership::remove_replica(&self.host, shard, node, forwarded).await.map(Response::new)
+    }
+
     async fn undrain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
         let DrainRequest { region, local_only } = req.get_ref().clone();
         if local_only {
@@ -253,7 +300,7 @@ impl Cluster for ClusterService {
         self.replicate_drain(&req, &region, false).await?;
         let st = self.all_status().await;
         let mut moved = Vec::new();
-        for s in self.host.topology.shards.iter().filter(|s| s.home == region) {
+        for s in self.host.topology().shards.iter().filter(|s| s.home == region) {
             if let Some(to) = self.host.placement.home_replica(s.id, &st) {
                 self.move_leader(s.id, to).await?;
                 moved.push(format!("shard {}: leader -> {to} (home)", s.id));

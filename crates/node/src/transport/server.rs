@@ -69,8 +69,8 @@ impl RaftService {
 
     /// The shard a message is for, from a node we can hear that is a replica of it (its
     /// certificate says so; the message's own `from_node` must agree).
-    fn shard(&self, caller: &Identity, id: u32, from: u64) -> Result<&Arc<crate::replica::Replica>, Status> {
-        access::raft_peer(&self.host.topology, caller, id, from)?;
+    fn shard(&self, caller: &Identity, id: u32, from: u64) -> Result<Arc<crate::replica::Replica>, Status> {
+        access::raft_peer(&self.host.topology(), caller, id, from)?;
         self.heard_from(from)?;
         Ok(self.host.replica(id)?)
     }
@@ -201,7 +201,7 @@ impl RaftTransport for RaftService {
         }
         self.heard_from(from)?;
         let r: hongbao_ledger::Request = decode(&m.payload).map_err(bad)?;
-        access::forwarded_proposal(&self.host.topology, from, m.shard, &r.cmd)?;
+        access::forwarded_proposal(&self.host.topology(), from, m.shard, &r.cmd)?;
         match self.host.propose(m.shard, r.id, r.cmd).await {
             Ok(outcome) => self.reply(&outcome),
             Err(e) => Err(e.into()),

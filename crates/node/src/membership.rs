@@ -1,0 +1,216 @@
+//! Online membership: the steps `hongbao cluster add-node / remove-node / replace-node` are
+//! made of. Each step is idempotent (a re-send after a timeout goes on where the last one
+//! stopped) and keeps money safe by ordering:
+//!
+//! - A replica is added to the map first (so its node opens the replica and the other replicas
+//!   accept its Raft messages), then to the shard's Raft group as a learner; it is made a voter
+//!   only once it has caught up, so the shard's commit never waits on it.
+//! - A replica is removed from the Raft group first (joint consensus, by openraft), then from
+//!   the map; only then does its node close it.
+//! - The map's rules (`Topology::add_replica`, `remove_replica`) are checked before the Raft
+//!   group changes: no shard below three voters, none with a majority in one region.
+//!
+//! The map itself changes by compare-and-set on the meta shard (`change_map`), so two admins'
+//! changes never overwrite each other.
+
+use crate::host::Host;
+use crate::placement::caught_up;
+use crate::replica::Replica;
+use crate::service::convert::detail;
+use hongbao_ledger::{Code, Command, ShardId};
+use hongbao_proto::v1::cluster_client::ClusterClient;
+use hongbao_proto::v1::{MembershipReply, ReplicaChangeRequest};
+use hongbao_proto::{status, ErrorCode};
+use hongbao_topology::{Edit, NodeId, Topology};
+use openraft::async_runtime::WatchReceiver;
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Status;
+
+/// How long one AddReplica call waits for the learner to catch up before it answers TIMEOUT
+/// (the admin re-sends; the learner keeps catching up meanwhile). Inside ADMIN_DEADLINES.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(40);
+/// Attempts of one map change that lost a race (CLUSTER_MAP_STALE) before the admin hears it.
+const MAP_ATTEMPTS: usize = 10;
+const MAP_RETRY: Duration = Duration::from_millis(300);
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(100);
+
+fn refused(msg: impl Into<String>) -> Status {
+    status(detail(ErrorCode::InvalidArgument, msg, 0))
+}
+
+fn unavailable(shard: ShardId, msg: impl Into<String>) -> Status {
+    status(detail(ErrorCode::Unavailable, msg, shard))
+}
+
+fn reply(map_version: u64, done: impl Into<String>) -> MembershipReply {
+    MembershipReply { map_version, done: done.into() }
+}
+
+/// Changes the cluster map: `edit` builds the next version from the newest, which the meta
+/// shard stores if no other change came first (else this reads the map again and redoes it).
+/// Unchanged (the map says so already) is a success: the step was done before.
+pub async fn change_map(host: &Arc<Host>, edit: impl Fn(&Topology) -> Result<Topology, Edit>) -> Result<MembershipReply, Status> {
+    let mut last = String::new();
+    for _ in 0..MAP_ATTEMPTS {
+        crate::directory::refresh(host).await;
+        let cur = host.topology();
+        let next = match edit(&cur) {
+            Ok(t) => t,
+            Err(Edit::Unchanged(m)) => return Ok(reply(cur.version, m)),
+            Err(Edit::Refused(m)) => return Err(refused(m)),
+        };
+        let meta = cur.meta_shard();
+        let version = next.version;
+        let cmd = Command::SetClusterMap { version, map: next.to_toml().into_bytes() };
+        let id = crate::tasks::system_id(b'v', meta, host.node_id, version);
+        match host.propose_on_leader(meta, id, cmd, CALL_TIMEOUT).await {
+            Ok(o) if o.code == Code::Ok => {
+                host.install_map(next);
+                return Ok(reply(version, format!("cluster map version {version}")));
+            }
+            Ok(o) if o.code == Code::ClusterMapStale => last = format!("map version {version} was taken by another change"),
+            Ok(o) => return Err(refused(format!("the meta shard refused map version {version}: {:?}", o.code))),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(MAP_RETRY).await;
+    }
+    Err(unavailable(0, format!("cluster map not changed (re-send): {last}")))
+}
+
+/// AddReplica: `node` into `shard`'s replicas in the map, then, on the shard's leader, a
+/// learner that becomes a voter once caught up. `forwarded`: the call came from another node
+/// (which found this one leading): do not forward again.
+pub async fn add_replica(host: &Arc<Host>, shard: ShardId, node: NodeId, forwarded: bool) -> Result<MembershipReply, Status> {
+    let mapped = change_map(host, |t| t.add_replica(shard, node)).await?;
+    let Some(r) = leading(host, shard) else {
+        return forward(host, shard, node, forwarded, true).await;
+    };
+    let done = promote(host, &r, node).await?;
+    Ok(reply(mapped.map_version.max(host.topology().version), done))
+}
+
+/// RemoveReplica: `node` out of `shard`'s Raft group (on its leader), then out of the map.
+pub async fn remove_replica(host: &Arc<Host>, shard: ShardId, node: NodeId, forwarded: bool) -> Result<MembershipReply, Status> {
+    crate::directory::refresh(host).await;
+    if let Err(Edit::Refused(m)) = host.topology().remove_replica(shard, node) {
+        return Err(refused(m));
+    }
+    let Some(r) = leading(host, shard) else {
+        return forward(host, shard, node, forwarded, false).await;
+    };
+    if r.voters().contains(&node) || r.is_member(node) {
+        if node == host.node_id {
+            // A leader does not remove itself: it hands over, and the new leader removes it.
+            let to = r.voters().into_iter().find(|v| *v != node).ok_or_else(|| unavailable(shard, "no other voter"))?;
+            host.transfer_leader(shard, to).await?;
+            return forward(host, shard, node, forwarded, false).await;
+        }
+        let gone: BTreeSet<NodeId> = [node].into();
+        // A voter leaves by joint consensus (retain = false: not kept as a learner); a learner
+        // that was never promoted is simply dropped.
+        let change = if r.voters().contains(&node) { ChangeMembers::RemoveVoters(gone) } else { ChangeMembers::RemoveNodes(gone) };
+        r.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| unavailable(shard, format!("shard {shard}: removing node {node}: {e}")))?;
+        metrics::counter!(crate::metrics::MEMBERSHIP_CHANGES, "step" => "remove").increment(1);
+        tracing::warn!(shard, node, "replica removed from the shard's Raft group");
+    }
+    let mapped = change_map(host, |t| t.remove_replica(shard, node)).await?;
+    Ok(reply(mapped.map_version, format!("node {node} is no replica of shard {shard} any more")))
+}
+
+/// This node's replica of `shard` if it leads it.
+fn leading(host: &Host, shard: ShardId) -> Option<Arc<Replica>> {
+    host.replica(shard).ok().filter(|r| host.is_leader(r))
+}
+
+/// Sends the step to the shard's leader (once: a forwarded call that finds no leader here
+/// answers UNAVAILABLE and the admin re-sends).
+async fn forward(host: &Host, shard: ShardId, node: NodeId, forwarded: bool, add: bool) -> Result<MembershipReply, Status> {
+    if forwarded {
+        return Err(unavailable(shard, format!("node {} does not lead shard {shard} (any more): re-send", host.node_id)));
+    }
+    let leader = leader_of(host, shard).await.ok_or_else(|| unavailable(shard, format!("shard {shard} has no leader now: re-send")))?;
+    let ch = host.peers.channel(leader).ok_or_else(|| unavailable(shard, format!("leader {leader} of shard {shard} is unreachable")))?;
+    let mut c = ClusterClient::new(ch);
+    let mut req = tonic::Request::new(ReplicaChangeRequest { shard, node });
+    let wait = CATCH_UP_WAIT + Duration::from_secs(10);
+    req.set_timeout(wait);
+    let call = async {
+        if add {
+            c.add_replica(req).await
+        } else {
+            c.remove_replica(req).await
+        }
+    };
+    let r = tokio::time::timeout(wait, call).await.map_err(|_| status(detail(ErrorCode::Timeout, "the shard's leader did not answer in time: re-send", shard)))??;
+    Ok(r.into_inner())
+}
+
+/// The leader of `shard` as known here (this node's replica), else as any replica says.
+async fn leader_of(host: &Host, shard: ShardId) -> Option<NodeId> {
+    if let Ok(r) = host.replica(shard) {
+        if let Some(l) = r.raft.metrics().borrow_watched().current_leader {
+            return Some(l);
+        }
+    }
+    let map = host.topology();
+    for n in map.shard(shard)?.replicas.iter().filter(|n| **n != host.node_id) {
+        let Some(ch) = host.peers.channel(*n) else { continue };
+        let req = hongbao_proto::v1::StatusRequest { local_only: true };
+        let Ok(Ok(st)) = tokio::time::timeout(Duration::from_millis(500), ClusterClient::new(ch).status(req)).await else { continue };
+        if let Some(l) = st.into_inner().nodes.iter().flat_map(|x| x.shards.iter()).find(|s| s.shard == shard && s.leader != 0) {
+            return Some(l.leader);
+        }
+    }
+    None
+}
+
+/// On the leader: `node` as a learner, then a voter once within CAUGHT_UP_SLACK of the log.
+async fn promote(host: &Host, r: &Replica, node: NodeId) -> Result<String, Status> {
+    let shard = r.id;
+    if r.voters().contains(&node) {
+        return Ok(format!("node {node} is a voter of shard {shard}"));
+    }
+    let addr = host.peers.addr(node).ok_or_else(|| refused(format!("node {node} is not in the cluster map")))?;
+    if !r.is_member(node) {
+        r.raft
+            .add_learner(node, BasicNode::new(addr), false)
+            .await
+            .map_err(|e| unavailable(shard, format!("shard {shard}: adding learner {node}: {e}")))?;
+        metrics::counter!(crate::metrics::MEMBERSHIP_CHANGES, "step" => "add_learner").increment(1);
+        tracing::info!(shard, node, "learner added; waiting for it to catch up");
+    }
+    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    loop {
+        let (leads, last, matched) = {
+            let m = r.raft.metrics();
+            let m = m.borrow_watched();
+            let matched = m.replication.as_ref().and_then(|rep| rep.get(&node)).and_then(|l| l.as_ref()).map(|l| l.index);
+            (m.state == ServerState::Leader, m.last_log_index.unwrap_or(0), matched)
+        };
+        if !leads {
+            return Err(unavailable(shard, format!("node {} lost the lead of shard {shard}: re-send", host.node_id)));
+        }
+        if matched.is_some_and(|i| caught_up(i, last)) {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let msg = format!("shard {shard}: node {node} is still catching up ({} of {last} entries): re-send to go on", matched.unwrap_or(0));
+            return Err(status(detail(ErrorCode::Timeout, msg, shard)));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    r.raft
+        .change_membership(ChangeMembers::AddVoterIds([node].into()), false)
+        .await
+        .map_err(|e| unavailable(shard, format!("shard {shard}: promoting {node}: {e}")))?;
+    metrics::counter!(crate::metrics::MEMBERSHIP_CHANGES, "step" => "promote").increment(1);
+    tracing::warn!(shard, node, voters = ?r.voters(), "learner caught up and promoted to voter");
+    Ok(format!("node {node} caught up and is a voter of shard {shard}"))
+}
