@@ -121,6 +121,7 @@ impl Cluster {
             node_binary: PathBuf::new(),
             env: Vec::new(),
             containers: Some(Containers { home, down_nodes: BTreeSet::new(), partitioned: BTreeSet::new() }),
+            gone: Default::default(),
         };
         // From here on, dropping `c` removes whatever the script created.
         match out.status.code() {

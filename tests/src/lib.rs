@@ -159,6 +159,8 @@ pub struct Cluster {
     env: Vec<(&'static str, String)>,
     /// Set when the processes are containers (`Cluster::start_containers`).
     containers: Option<containers::Containers>,
+    /// Nodes the cluster map no longer names (removed online), still addressable here.
+    gone: BTreeMap<u64, hongbao_topology::Node>,
 }
 
 impl Cluster {
@@ -184,6 +186,7 @@ impl Cluster {
             node_binary: spec.node_binary.unwrap_or_else(|| bin("hongbao-node")),
             env: spec.env,
             containers: None,
+            gone: BTreeMap::new(),
         };
         let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
         for id in ids {
@@ -298,7 +301,7 @@ impl Cluster {
     }
 
     pub fn node_addr(&self, id: u64) -> String {
-        self.topology.node(id).map(|n| n.addr.clone()).unwrap_or_default()
+        self.topology.node(id).or_else(|| self.gone.get(&id)).map(|n| n.addr.clone()).unwrap_or_default()
     }
 
     /// Replaces the injected faults of one node (see `hongbao-node`'s faults module).
@@ -433,7 +436,7 @@ impl Cluster {
     /// node answers without it; None when it does not answer).
     pub async fn node_metric(&self, id: u64, name: &str) -> Option<f64> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = self.topology.node(id)?.metrics_addr.clone();
+        let addr = self.topology.node(id).or_else(|| self.gone.get(&id))?.metrics_addr.clone();
         let fetch = async {
             let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
             s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.ok()?;
@@ -564,3 +567,87 @@ impl Cluster {
         std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default()
     }
 }
+
+/// One run of the `hongbao` CLI.
+pub struct CliOut {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Online membership (`hongbao cluster add-node / remove-node / replace-node`), as an operator
+/// runs it: the CLI through the routers, with the admin's certificate.
+impl Cluster {
+    /// Ports and a certificate from the cluster's CA for node `id` in `region`, to be added
+    /// online. It is in no topology file: started (`start_node`), it waits until
+    /// `hongbao cluster add-node` puts it in the cluster map.
+    pub fn prepare_node(&mut self, id: u64, region: &str) -> hongbao_topology::NodeSpec {
+        let mut ports = Ports(vec![]);
+        let spec = hongbao_topology::NodeSpec {
+            id,
+            region: region.to_string(),
+            addr: format!("127.0.0.1:{}", ports.next()),
+            metrics_addr: format!("127.0.0.1:{}", ports.next()),
+        };
+        let with = self.topology.add_node(&spec).unwrap_or_else(|e| panic!("node {id} cannot be added: {e:?}"));
+        hongbao_auth::ensure_dev_pki(&SecurityDir::new(self.security_dir()), &with).expect("a certificate for the new node");
+        self.topology.nodes.push(with.node(id).expect("just added").clone());
+        spec
+    }
+
+    /// Runs `hongbao ARGS` against this cluster (its folder as `HONGBAO_HOME`: routers, admin).
+    pub fn cli(&self, args: &[&str]) -> CliOut {
+        let out = Command::new(bin("hongbao"))
+            .args(args)
+            .env("HONGBAO_HOME", self.dir.path())
+            .env_remove("HONGBAO_SECURITY_DIR")
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run hongbao");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        CliOut { code: out.status.code().unwrap_or(-1), stdout: text(&out.stdout), stderr: text(&out.stderr) }
+    }
+
+    /// `hongbao ARGS` started in the background (output piped): the change runs while the
+    /// caller injects faults.
+    pub fn cli_spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(bin("hongbao"))
+            .args(args)
+            .env("HONGBAO_HOME", self.dir.path())
+            .env_remove("HONGBAO_SECURITY_DIR")
+            .current_dir(self.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run hongbao")
+    }
+
+    /// An id no node of this cluster has had.
+    pub fn next_node_id(&self) -> u64 {
+        self.topology.nodes.iter().map(|n| n.id).chain(self.gone.keys().copied()).max().unwrap_or(0) + 1
+    }
+
+    /// `hongbao ARGS`, which must exit 0.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert_eq!(out.code, 0, "hongbao {}: exit {}\nstdout: {}\nstderr: {}", args.join(" "), out.code, out.stdout, out.stderr);
+        out.stdout
+    }
+
+    /// The cluster map the nodes serve (`hongbao cluster map --json`); the harness's view of the
+    /// cluster (`topology`) becomes it. Nodes it does not name (removed, or prepared and not
+    /// added yet) stay addressable (`gone`).
+    pub fn sync_map(&mut self) -> Topology {
+        let out = self.cli_ok(&["--json", "cluster", "map"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("cluster map --json: {e}: {out}"));
+        let t = Topology::parse(v["toml"].as_str().expect("the map's toml")).expect("the served map validates");
+        for n in &self.topology.nodes {
+            if t.node(n.id).is_none() {
+                self.gone.insert(n.id, n.clone());
+            }
+        }
+        self.topology = t.clone();
+        t
+    }
+}
+

@@ -87,3 +87,8 @@ async fn chaos_a_torn_snapshot_is_refused_and_the_follower_ends_with_the_leaders
 async fn chaos_a_leader_cut_off_at_the_link_layer_loses_leadership_catches_up_and_no_money() {
     survives(Schedule::NetnsPartition).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_replacing_nodes_online_while_leaders_die_loses_and_doubles_no_money() {
+    survives(Schedule::Reshape).await;
+}

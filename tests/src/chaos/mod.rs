@@ -39,10 +39,11 @@ pub enum Schedule {
     BigEntries,
     CorruptSnapshot,
     NetnsPartition,
+    Reshape,
 }
 
 impl Schedule {
-    pub const ALL: [Schedule; 14] = [
+    pub const ALL: [Schedule; 15] = [
         Schedule::KillLeader,
         Schedule::KillRegion,
         Schedule::PartitionRegion,
@@ -57,6 +58,7 @@ impl Schedule {
         Schedule::BigEntries,
         Schedule::CorruptSnapshot,
         Schedule::NetnsPartition,
+        Schedule::Reshape,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +77,7 @@ impl Schedule {
             Schedule::BigEntries => "big-entries",
             Schedule::CorruptSnapshot => "corrupt-snapshot",
             Schedule::NetnsPartition => "netns-partition",
+            Schedule::Reshape => "reshape",
         }
     }
 
@@ -622,6 +625,7 @@ async fn inject(
         Schedule::ClockLeap => clock_leap(c, rng, &mut log).await,
         Schedule::CorruptSnapshot => corrupt_snapshot(c, rng, &mut log).await,
         Schedule::NetnsPartition => netns_partition(c, net.expect("netns-partition runs on a netns cluster"), rng, &mut log).await,
+        Schedule::Reshape => reshape(c, rng, &mut log).await,
     }
 }
 
@@ -691,6 +695,68 @@ async fn kill_leader(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
     sleep(1_000).await;
     log.check(catch_up(c, n, Duration::from_secs(15)).await.map(|d| format!("restarted node {n} caught up in {} ms", d.as_millis())));
     sleep(1_000).await;
+}
+
+/// reshape: membership changes online under the workload. A new node replaces one region's
+/// node in every shard it holds (`hongbao cluster replace-node`: learner, caught up, voter, then
+/// the old one out of the Raft group and the map), while the leader of a random shard is killed
+/// and restarted in the middle of it.
+async fn reshape(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
+    let region = c.topology.regions.choose(rng).expect("regions").name.clone();
+    let Some(old) = c.topology.nodes_in(&region).iter().map(|n| n.id).find(|n| !c.topology.shards_on(*n).is_empty()) else {
+        return;
+    };
+    let new = c.next_node_id();
+    let spec = c.prepare_node(new, &region);
+    c.start_node(new);
+    log.note(format!("replace node {old} ({region}) by new node {new}, online"));
+    let t = Instant::now();
+    let (o, n) = (old.to_string(), new.to_string());
+    let args = ["cluster", "replace-node", "--old", &o, "--new", &n, "--region", &region, "--addr", &spec.addr, "--metrics-addr", &spec.metrics_addr];
+    let child = c.cli_spawn(&args);
+    sleep(800).await;
+    let victim = leader_of_random_shard(c, rng).await;
+    log.note(format!("kill -9 node {victim} (a leader) while the replacement runs"));
+    c.kill(victim);
+    sleep(1_500).await;
+    log.note(format!("restart node {victim}"));
+    c.start_node(victim);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.expect("join").expect("hongbao replace-node");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    if !out.status.success() {
+        log.missed(format!("replace-node {old} -> {new} failed: {}{}", text(&out.stdout), text(&out.stderr)));
+        return;
+    }
+    let map = c.sync_map();
+    let moved = map.node(old).is_none() && map.shards.iter().all(|s| !s.replicas.contains(&old)) && !map.shards_on(new).is_empty();
+    if moved {
+        log.proved(format!(
+            "node {new} replaced node {old} in shards {:?} in {} ms, with a leader killed meanwhile (map version {})",
+            map.shards_on(new).iter().map(|s| s.id).collect::<Vec<_>>(),
+            t.elapsed().as_millis(),
+            map.version
+        ));
+    } else {
+        log.missed(format!("after replace-node {old} -> {new} the map still says: {:?}", map.shards));
+    }
+    let voter = eventually!(Duration::from_secs(10), is_voter_everywhere(c, new).await);
+    if voter {
+        log.proved(format!("node {new} votes (follower or leader) in every shard it holds"));
+    } else {
+        log.missed(format!("node {new} is not a voter of every shard it holds"));
+    }
+    log.note(format!("stop node {old} (no replica left)"));
+    c.stop(old);
+    sleep(1_000).await;
+}
+
+/// Whether every replica node `n` holds is a follower or a leader (not a learner, not catching
+/// up), as the node itself says.
+async fn is_voter_everywhere(c: &Cluster, n: u64) -> bool {
+    use hongbao_proto::v1::ReplicaRole;
+    let Ok(st) = c.node_client().status_of(&c.node_addr(n)).await else { return false };
+    let shards: Vec<_> = st.nodes.iter().flat_map(|x| x.shards.iter()).collect();
+    !shards.is_empty() && shards.iter().all(|s| matches!(s.role(), ReplicaRole::Follower | ReplicaRole::Leader))
 }
 
 async fn kill_region(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {

@@ -350,6 +350,7 @@ impl Net {
             node_binary: wrapper,
             env: spec.env,
             containers: None,
+            gone: Default::default(),
         };
         for id in c.topology.nodes.iter().map(|n| n.id).collect::<Vec<_>>() {
             c.start_node(id);

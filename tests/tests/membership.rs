@@ -1,0 +1,104 @@
+//! Membership online (`hongbao cluster add-node / remove-node / replace-node`) on the 3 × 3
+//! topology: real nodes and routers, the CLI as an operator runs it. The 3 × 1 topology's
+//! replacements under load, with leaders killed, are the chaos schedule `reshape`
+//! (tests/tests/chaos.rs).
+
+use hongbao_tests::{Cluster, Spec};
+use std::time::{Duration, Instant};
+
+fn three_by_three() -> Cluster {
+    Cluster::start(Spec { nodes_per_region: 3, routers: true, ..Spec::default() })
+}
+
+/// Node 9 (Tianjin's replica of shard 3) loses its disk; node 10, new in Tianjin, takes its
+/// place. Proved by: the map (shard 3 on 3, 6, 10), node 10 following as a voter, and shard 3
+/// still committing with node 3 killed, when only nodes 6 and 10 are left to form its quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_died_is_replaced_online_and_the_new_one_carries_the_quorum_on_3x3() {
+    let mut c = three_by_three();
+    c.wait_ready(Duration::from_secs(60)).await;
+    let shard3 = c.topology.shard(3).expect("shard 3").replicas.clone();
+    assert_eq!(shard3, vec![3, 6, 9], "the test topology places shard 3 on the third node of each region");
+    let client = c.router_client("shanghai");
+    let user = c.topology.user_in_shard(3, 100);
+    c.funded(&client, user, 10_000).await;
+
+    c.kill(9);
+    c.wipe_node(9);
+    let spec = c.prepare_node(10, "tianjin");
+    c.start_node(10);
+    let t = Instant::now();
+    let out = c.cli_ok(&[
+        "cluster",
+        "replace-node",
+        "--old",
+        "9",
+        "--new",
+        "10",
+        "--region",
+        "tianjin",
+        "--addr",
+        &spec.addr,
+        "--metrics-addr",
+        &spec.metrics_addr,
+    ]);
+    println!("replace-node in {:?}:\n{out}", t.elapsed());
+    let map = c.sync_map();
+    assert_eq!(map.shard(3).unwrap().replicas, vec![3, 6, 10], "{out}");
+    assert!(map.node(9).is_none(), "node 9 left the map");
+    assert!(map.version >= 4, "add-node, add-replica, remove-replica, remove-node: {}", map.version);
+
+    // Node 10 must now be one of the two votes shard 3 needs: kill node 3 and write.
+    c.kill(3);
+    let before = client.balance(user).await.expect("balance").balance_cents;
+    let r = client.top_up(hongbao_client::new_request_id(), user, 250).await.expect("a top-up with node 3 dead");
+    assert_eq!(r.balance_cents, before + 250);
+    let leaders = c.leaders().await;
+    assert!(matches!(leaders.get(&3), Some(6 | 10)), "shard 3 is led by node 6 or 10: {leaders:?}");
+    c.start_node(3);
+
+    let audit = client.audit().await.expect("audit");
+    assert!(audit.balanced, "{:?}", audit.problems);
+    assert_eq!(audit.total_topups_cents, 10_250);
+}
+
+/// The map's rules, enforced before any Raft group changes: no shard left with two replicas,
+/// none with a majority in one region, no node removed while it holds replicas, no id reused.
+/// Each refusal leaves the map's version and every balance as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_that_would_weaken_a_shard_is_refused_and_changes_nothing_on_3x3() {
+    let mut c = three_by_three();
+    c.wait_ready(Duration::from_secs(60)).await;
+    let client = c.router_client("shenzhen");
+    let user = c.topology.user_in_shard(1, 100);
+    c.funded(&client, user, 5_000).await;
+    let before = c.sync_map();
+
+    let out = c.cli(&["cluster", "remove-node", "--id", "4"]);
+    assert_ne!(out.code, 0, "shard 1 would keep two replicas: {}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("fewer than 3"), "{}", out.stderr);
+
+    // Node 10 in Shenzhen beside node 1, then node 7 (Tianjin) out of shard 1: Shenzhen would
+    // hold two of three.
+    let spec = c.prepare_node(10, "shenzhen");
+    c.start_node(10);
+    c.cli_ok(&["cluster", "add-node", "--id", "10", "--region", "shenzhen", "--addr", &spec.addr, "--metrics-addr", &spec.metrics_addr, "--shards", "1"]);
+    let mid = c.sync_map();
+    assert_eq!(mid.shard(1).unwrap().replicas, vec![1, 4, 7, 10]);
+    let out = c.cli(&["cluster", "remove-node", "--id", "7"]);
+    assert_ne!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("shenzhen"), "names the region: {}", out.stderr);
+    let out = c.cli(&["cluster", "add-node", "--id", "10", "--region", "tianjin", "--addr", "127.0.0.1:1", "--metrics-addr", "127.0.0.1:2"]);
+    assert_ne!(out.code, 0, "an id is never reused for another node: {}", out.stdout);
+    let after = c.sync_map();
+    assert_eq!(after.version, mid.version, "refusals change nothing");
+    assert!(after.version > before.version);
+    // Node 4 out of shard 1 would leave 1, 7 and 10: Shenzhen again holds two of three.
+    let out = c.cli(&["cluster", "remove-node", "--id", "4"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert_eq!(c.sync_map().version, mid.version);
+    let b = client.balance(user).await.expect("balance").balance_cents;
+    assert_eq!(b, 5_000, "not one cent moved");
+    let audit = client.audit().await.expect("audit");
+    assert!(audit.balanced, "{:?}", audit.problems);
+}
