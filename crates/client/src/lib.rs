@@ -13,6 +13,7 @@
 //! call. Routers and nodes log a sampled trace's id at info, one line per call (#15).
 
 pub mod credentials;
+pub mod membership;
 pub mod money;
 
 pub use credentials::Credentials;
@@ -35,6 +36,10 @@ const BACKOFF_START: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// One attempt may take at most this long, so a stuck node does not eat the whole deadline.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// One attempt of a membership step (#16): a node works on a step up to ~60 s (adding a replica
+/// waits for the learner to catch up) and a router gives it 65 s; a little more here, so the
+/// answer that the step is still under way arrives rather than a timeout of our own.
+pub const MEMBERSHIP_ATTEMPT: Duration = Duration::from_secs(70);
 
 /// A failed call: the domain detail (code, message, leader hint, challenge id).
 #[derive(Debug, Clone)]
@@ -118,6 +123,14 @@ pub fn new_request_id() -> Vec<u8> {
     id[6] = 0x70 | (id[6] & 0x0f);
     id[8] = 0x80 | (id[8] & 0x3f);
     id.to_vec()
+}
+
+/// How long a call may try: each attempt, all of them, and how many.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    attempt: Duration,
+    deadline: Duration,
+    attempts: u32,
 }
 
 pub struct Client {
@@ -234,6 +247,15 @@ impl Client {
         F: Fn(Channel, Auth) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_within(role, auth, Bounds { attempt: ATTEMPT_TIMEOUT, deadline: self.deadline, attempts: MAX_ATTEMPTS }, f).await
+    }
+
+    /// `call`, within `bounds` instead of the client's own.
+    async fn call_within<T, F, Fut>(&self, role: Role, auth: Auth, bounds: Bounds, f: F) -> Result<T>
+    where
+        F: Fn(Channel, Auth) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
         let start = Instant::now();
         let (trace_id, sampled, traceparent) = self.traceparent();
         let auth = Auth { traceparent: Some(traceparent), ..auth };
@@ -241,14 +263,14 @@ impl Client {
         let mut hint: Option<String> = None;
         let mut backoff = BACKOFF_START;
         let mut last = ErrorDetail { code: ErrorCode::Unavailable as i32, message: "no attempt made".into(), ..Default::default() };
-        for attempt in 0..MAX_ATTEMPTS {
-            let left = self.deadline.saturating_sub(start.elapsed());
+        for attempt in 0..bounds.attempts {
+            let left = bounds.deadline.saturating_sub(start.elapsed());
             if left.is_zero() {
                 break;
             }
             let addr = hint.take().unwrap_or_else(|| self.endpoints[idx % self.endpoints.len()].clone());
             let fut = f(self.channel(role, &addr)?, auth.clone());
-            let res = tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), fut).await;
+            let res = tokio::time::timeout(left.min(bounds.attempt), fut).await;
             let status = match res {
                 Ok(Ok(resp)) => {
                     if let Some(pos) = self.endpoints.iter().position(|e| *e == addr) {
@@ -272,7 +294,7 @@ impl Client {
                 }
                 RetryStep::FollowHint | RetryStep::Elsewhere | RetryStep::BackOff => {
                     idx += 1;
-                    tokio::time::sleep(backoff.min(self.deadline.saturating_sub(start.elapsed()))).await;
+                    tokio::time::sleep(backoff.min(bounds.deadline.saturating_sub(start.elapsed()))).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
@@ -518,6 +540,63 @@ impl Client {
         .await
     }
 
+    /// The cluster map (#16): its version and its TOML.
+    pub async fn get_map(&self) -> Result<ClusterMap> {
+        self.as_role(Role::Admin, |ch, a| {
+            let r = a.req(GetMapRequest {});
+            async move { ClusterClient::new(ch).get_map(r).await }
+        })
+        .await
+    }
+
+    /// Membership steps: each is one idempotent call (re-sending one continues or confirms it),
+    /// answered TIMEOUT / UNAVAILABLE while it is still under way (`membership::resend`).
+    pub async fn add_node(&self, node: NodeSpec) -> Result<MembershipReply> {
+        let req = AddNodeRequest { node: Some(node) };
+        self.membership(|ch, a| {
+            let r = long(a.req(req.clone()));
+            async move { ClusterClient::new(ch).add_node(r).await }
+        })
+        .await
+    }
+
+    pub async fn remove_node(&self, node: u64) -> Result<MembershipReply> {
+        self.membership(|ch, a| {
+            let r = long(a.req(RemoveNodeRequest { node }));
+            async move { ClusterClient::new(ch).remove_node(r).await }
+        })
+        .await
+    }
+
+    pub async fn add_replica(&self, shard: u32, node: u64) -> Result<MembershipReply> {
+        self.membership(|ch, a| {
+            let r = long(a.req(ReplicaChangeRequest { shard, node }));
+            async move { ClusterClient::new(ch).add_replica(r).await }
+        })
+        .await
+    }
+
+    pub async fn remove_replica(&self, shard: u32, node: u64) -> Result<MembershipReply> {
+        self.membership(|ch, a| {
+            let r = long(a.req(ReplicaChangeRequest { shard, node }));
+            async move { ClusterClient::new(ch).remove_replica(r).await }
+        })
+        .await
+    }
+
+    /// An admin call given `MEMBERSHIP_ATTEMPT`: one pass over the endpoints (and one leader
+    /// hint), no more, so that a step's "still under way" answer reaches the caller, which
+    /// says so and re-sends it (`membership::resend`) instead of it being retried unseen here.
+    async fn membership<F, Fut>(&self, f: F) -> Result<MembershipReply>
+    where
+        F: Fn(Channel, Auth) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<MembershipReply>, tonic::Status>>,
+    {
+        let attempts = self.endpoints.len() as u32 + 1;
+        let bounds = Bounds { attempt: MEMBERSHIP_ATTEMPT, deadline: MEMBERSHIP_ATTEMPT, attempts };
+        self.call_within(Role::Admin, Auth::default(), bounds, f).await
+    }
+
     /// Asks one specific endpoint (no failover), as admin: for status of a single node.
     pub async fn status_of(&self, addr: &str) -> Result<StatusReply> {
         let mut c = ClusterClient::new(self.channel(Role::Admin, addr)?);
@@ -530,6 +609,13 @@ impl Client {
         let mut c = FaultInjectionClient::new(self.channel(Role::Admin, addr)?);
         once(addr, c.set_faults(faults)).await
     }
+}
+
+/// A membership step's request, with its gRPC deadline: the router (or node) knows how long
+/// the step may take.
+fn long<T>(mut r: tonic::Request<T>) -> tonic::Request<T> {
+    r.set_timeout(MEMBERSHIP_ATTEMPT);
+    r
 }
 
 /// One call to one endpoint, bounded in time, no retry.

@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use hongbao_client::credentials::{local_security_dir, SavedTokens};
 use hongbao_client::money::{parse_yuan, yuan};
-use hongbao_client::{new_request_id, Client, ClientError, Credentials};
+use hongbao_client::{membership, new_request_id, Client, ClientError, Credentials};
 use hongbao_proto::v1::*;
 use hongbao_topology::Topology;
 use output::print_json;
@@ -297,6 +297,37 @@ enum ClusterCmd {
         shard: u32,
         node: u64,
     },
+    /// The cluster map in force: its version and its TOML (a topology file, as a node holds it).
+    Map,
+    /// Add a node to the map, then make it a replica of each of --shards in turn (each waits
+    /// for the new replica to catch up). Start the node first.
+    AddNode {
+        #[command(flatten)]
+        node: NewNode,
+        /// Shards to give it a replica of, e.g. --shards 1,2,3 (none: only into the map).
+        #[arg(long, value_delimiter = ',')]
+        shards: Vec<u32>,
+    },
+    /// Take a node out of every shard it holds a replica of, then out of the map.
+    RemoveNode {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Move node --old's replicas to a new node, one shard at a time (the new one becomes a
+    /// voter before the old one leaves), then take --old out of the map. Start the new node first.
+    ReplaceNode {
+        #[arg(long)]
+        old: u64,
+        /// The new node's id.
+        #[arg(long)]
+        new: u64,
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        metrics_addr: String,
+    },
     /// Chaos testing: replace the injected faults of the node at ADDR (no flags = clear them).
     /// Only nodes built with the `fault-injection` feature (scripts/chaos, the tests) have it.
     Faults {
@@ -317,6 +348,21 @@ enum ClusterCmd {
         #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
         clock_offset_ms: i64,
     },
+}
+
+/// A node joining the cluster (`cluster add-node`).
+#[derive(Args)]
+struct NewNode {
+    #[arg(long)]
+    id: u64,
+    #[arg(long)]
+    region: String,
+    /// Its gRPC address (host:port), as the other nodes and the routers reach it.
+    #[arg(long)]
+    addr: String,
+    /// Its Prometheus metrics address (host:port).
+    #[arg(long)]
+    metrics_addr: String,
 }
 
 fn topology_path(given: &Option<PathBuf>) -> PathBuf {
@@ -816,6 +862,33 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
             }
             Ok(0)
         }
+        ClusterCmd::Map => {
+            let m = client.get_map().await?;
+            if json {
+                print_json(&output::ClusterMap { version: m.version, toml: &m.toml });
+            } else {
+                // A TOML comment: the output is a topology file as it stands.
+                println!("# cluster map version {}", m.version);
+                print!("{}", m.toml);
+                if !m.toml.ends_with('\n') {
+                    println!();
+                }
+            }
+            Ok(0)
+        }
+        ClusterCmd::AddNode { node, shards } => {
+            let spec = NodeSpec { id: node.id, region: node.region, addr: node.addr, metrics_addr: node.metrics_addr };
+            membership(client, membership::add_plan(spec, &shards), json).await
+        }
+        ClusterCmd::RemoveNode { id } => {
+            let map = current_map(client).await?;
+            membership(client, membership::remove_plan(&map, id), json).await
+        }
+        ClusterCmd::ReplaceNode { old, new, region, addr, metrics_addr } => {
+            let map = current_map(client).await?;
+            let spec = NodeSpec { id: new, region, addr, metrics_addr };
+            membership(client, membership::replace_plan(&map, old, spec), json).await
+        }
         ClusterCmd::Faults { addr, cut_off, delay_ms, delay_to, drop_percent, clock_offset_ms } => {
             let f = hongbao_proto::v1::Faults { cut_off, delay_ms, delay_to, drop_percent, clock_offset_ms };
             let r = client.set_faults_of(&addr, f).await?;
@@ -828,6 +901,24 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
             Ok(0)
         }
     }
+}
+
+/// The cluster map in force, read from the cluster (the shards a node holds come from it).
+async fn current_map(client: &Client) -> anyhow::Result<Topology> {
+    let m = client.get_map().await?;
+    Topology::parse(&m.toml).map_err(|e| anyhow::anyhow!("the cluster map (version {}) does not parse: {e}", m.version))
+}
+
+/// Runs membership steps one at a time, a progress line each (and one per re-send): on stdout,
+/// or with `--json` on stderr and then the steps done as one JSON document on stdout. A step
+/// that fails ends the command with its error; the steps before it stay done, and running the
+/// same command again continues (every step is idempotent).
+async fn membership(client: &Client, steps: Vec<membership::Step>, json: bool) -> anyhow::Result<i32> {
+    let done = membership::run(client, steps, |line| if json { eprintln!("{line}") } else { println!("{line}") }).await?;
+    if json {
+        print_json(&output::Membership::new(&done));
+    }
+    Ok(0)
 }
 
 /// What `cluster drain` / `undrain` did: each leadership moved, then a summary line.

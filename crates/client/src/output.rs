@@ -1,6 +1,7 @@
 //! How `hongbao` shows each reply: the `--json` shapes (derived with serde, converted from the
 //! proto replies) and the tables people read.
 
+use hongbao_client::membership::StepDone;
 use hongbao_client::money::{yuan, yuan_signed};
 use hongbao_proto::v1::{
     AuditReply, BalanceReply, Claim, ErrorDetail, Faults, GrabReply, NodeStatus, PacketHistoryReply, PacketView, RouterView,
@@ -545,6 +546,52 @@ pub struct Drained<'a> {
 pub struct LeaderHandedOver {
     pub shard: u32,
     pub node: u64,
+}
+
+/// `cluster map`.
+#[derive(Serialize)]
+pub struct ClusterMap<'a> {
+    pub version: u64,
+    /// The map as a topology file.
+    pub toml: &'a str,
+}
+
+/// `cluster add-node`, `remove-node`, `replace-node`: the steps done, in order.
+#[derive(Serialize)]
+pub struct Membership<'a> {
+    steps: Vec<MembershipStep<'a>>,
+    /// The map's version after the last step.
+    map_version: u64,
+}
+
+#[derive(Serialize)]
+struct MembershipStep<'a> {
+    /// add_node, add_replica, remove_replica or remove_node.
+    step: &'static str,
+    shard: Option<u32>,
+    node: u64,
+    map_version: u64,
+    /// What the node said it did ("already a voter" when there was nothing to do).
+    done: &'a str,
+    /// Times the step was re-sent while under way.
+    resends: u32,
+}
+
+impl<'a> Membership<'a> {
+    pub fn new(done: &'a [StepDone]) -> Membership<'a> {
+        let steps = done
+            .iter()
+            .map(|d| MembershipStep {
+                step: d.step.name(),
+                shard: d.step.shard(),
+                node: d.step.node(),
+                map_version: d.map_version,
+                done: &d.done,
+                resends: d.resends,
+            })
+            .collect();
+        Membership { steps, map_version: done.last().map(|d| d.map_version).unwrap_or(0) }
+    }
 }
 
 #[derive(Serialize)]

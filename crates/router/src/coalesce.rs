@@ -13,7 +13,7 @@ use hongbao_proto::v1::{GrabBatchRequest, GrabReply, GrabRequest};
 use hongbao_proto::{error, status, ErrorCode, MAX_GRAB_BATCH};
 use hongbao_topology::NodeId;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
@@ -29,27 +29,47 @@ type Answer = oneshot::Sender<Result<GrabReply, Status>>;
 type Queued = (GrabRequest, Option<String>, Answer);
 
 pub struct Coalescer {
-    queues: HashMap<NodeId, mpsc::Sender<Queued>>,
+    /// One queue per node, made on the node's first grab: nodes join the cluster map while the
+    /// router runs (#16), so the set is not known at start.
+    queues: Mutex<HashMap<NodeId, mpsc::Sender<Queued>>>,
+    call_timeout: Duration,
 }
 
 impl Coalescer {
-    /// Starts one sender task per node. `call_timeout` bounds each coalesced call, so a node that
-    /// stops answering frees its in-flight slots.
-    pub fn start(channels: &HashMap<NodeId, Channel>, call_timeout: Duration) -> Arc<Coalescer> {
-        let queues = channels
-            .iter()
-            .map(|(node, ch)| {
-                let (tx, rx) = mpsc::channel(MAX_QUEUED_PER_NODE);
-                tokio::spawn(send_loop(*node, ch.clone(), rx, call_timeout));
-                (*node, tx)
-            })
-            .collect();
-        Arc::new(Coalescer { queues })
+    /// `call_timeout` bounds each coalesced call, so a node that stops answering frees its
+    /// in-flight slots.
+    pub fn new(call_timeout: Duration) -> Arc<Coalescer> {
+        Arc::new(Coalescer { queues: Mutex::new(HashMap::new()), call_timeout })
     }
 
-    /// Sends `req` to `node` in the next coalesced call and waits for its own result.
-    pub async fn grab(&self, node: NodeId, req: Request<GrabRequest>) -> Result<GrabReply, Status> {
-        let queue = self.queues.get(&node).ok_or_else(|| error(ErrorCode::Internal, format!("router has no queue for node {node}")))?;
+    /// `node`'s queue, starting its sender task (on `ch`) if it has none yet.
+    fn queue(&self, node: NodeId, ch: &Channel) -> mpsc::Sender<Queued> {
+        let mut queues = self.queues.lock().expect("queues lock");
+        queues
+            .entry(node)
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(MAX_QUEUED_PER_NODE);
+                tokio::spawn(send_loop(node, ch.clone(), rx, self.call_timeout));
+                tx
+            })
+            .clone()
+    }
+
+    /// Drops `node`'s queue (the node left the map, or its address changed). Its sender task
+    /// sends what is queued, then ends; a later grab for the node starts a new one.
+    pub fn forget(&self, node: NodeId) {
+        self.queues.lock().expect("queues lock").remove(&node);
+    }
+
+    /// Whether `node` has a queue (tests).
+    #[cfg(test)]
+    fn has_queue(&self, node: NodeId) -> bool {
+        self.queues.lock().expect("queues lock").contains_key(&node)
+    }
+
+    /// Sends `req` to `node` (over `ch`) in the next coalesced call and waits for its own result.
+    pub async fn grab(&self, node: NodeId, ch: &Channel, req: Request<GrabRequest>) -> Result<GrabReply, Status> {
+        let queue = self.queue(node, ch);
         // A sampled grab's trace id and parent id (the router's span when exported), for the
         // node to continue its trace.
         let header = req.metadata().get(crate::trace::TRACEPARENT).and_then(|v| v.to_str().ok());
@@ -124,5 +144,30 @@ async fn send_loop(node: NodeId, ch: Channel, mut queue: mpsc::Receiver<Queued>,
 fn answer_all(answers: Vec<Answer>, s: &Status) {
     for a in answers {
         let _ = a.send(Err(s.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hongbao_proto::detail_of;
+
+    /// A channel to a port nothing listens on: every call fails at once, as UNAVAILABLE.
+    fn dead_channel() -> Channel {
+        tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy()
+    }
+
+    #[tokio::test]
+    async fn a_node_added_after_start_gets_a_queue_on_its_first_grab() {
+        let c = Coalescer::new(Duration::from_millis(500));
+        assert!(!c.has_queue(7), "no node is known at start");
+        let err = c.grab(7, &dead_channel(), Request::new(GrabRequest::default())).await.unwrap_err();
+        // The grab went out to the node (and found nothing there): not "no queue for node 7".
+        assert!(matches!(detail_of(&err).code(), ErrorCode::Unavailable | ErrorCode::Timeout), "{err:?}");
+        assert!(c.has_queue(7));
+        c.forget(7);
+        assert!(!c.has_queue(7), "a node that left the map loses its queue");
+        c.grab(7, &dead_channel(), Request::new(GrabRequest::default())).await.unwrap_err();
+        assert!(c.has_queue(7), "and gets a new one if it comes back");
     }
 }

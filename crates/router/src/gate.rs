@@ -8,7 +8,7 @@
 //! | `app`             | act for the user its token names: open, send, grab, transfer, withdraw, set PIN, read own wallet, show packets |
 //! | `payment-gateway` | top up (money in from a bank)                                    |
 //! | `risk`            | freeze / grade accounts, read any wallet                         |
-//! | `admin`           | cluster status, audit, drain, leader transfer; read any wallet   |
+//! | `admin`           | cluster status, audit, drain, leader transfer, cluster map and membership; read any wallet |
 //! | `notifier`        | read and acknowledge the challenge-code outbox                   |
 
 use hongbao_auth::{Claims, Identity, RateLimiter, Role, TokenKeys, TokenVerifier};

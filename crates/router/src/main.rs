@@ -115,6 +115,8 @@ async fn main() -> anyhow::Result<()> {
         security.client_tls(&me)?,
     );
     let health = tokio::spawn(route::health_loop(router.clone()));
+    // The cluster map changes online (#16): follow the nodes' replicated one.
+    let map = tokio::spawn(route::map_loop(router.clone()));
     if let Some((listener, handle)) = http {
         tokio::spawn(status_page::serve(listener, handle, router.clone()));
     }
@@ -142,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     health.abort();
+    map.abort();
     tracing.shutdown().await;
     Ok(())
 }

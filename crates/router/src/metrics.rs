@@ -15,6 +15,8 @@ pub const GAVE_UP: &str = "hongbao_router_gave_up_total";
 pub const LEADER_CHANGES: &str = "hongbao_router_leader_changes_total";
 /// Requests refused with OVERLOADED: a shard's in-flight limit or a node's grab queue was full.
 pub const OVERLOADED: &str = "hongbao_router_overloaded_total";
+/// The version of the cluster map this router routes by (0: the topology file; #16).
+pub const MAP_VERSION: &str = "hongbao_router_map_version";
 /// Calls served, by gRPC method and how they ended (`OK`, an ErrorCode or gRPC code name, `CANCELLED`).
 pub const RPC_REQUESTS: &str = "hongbao_router_rpc_requests_total";
 /// Time from a call's arrival to its status, by gRPC method (histogram): what clients see.
@@ -28,6 +30,7 @@ pub fn describe() {
     metrics::describe_counter!(GAVE_UP, "Requests given up after the route deadline or the last attempt");
     metrics::describe_counter!(LEADER_CHANGES, "Times the node this router sends a shard to changed");
     metrics::describe_counter!(OVERLOADED, "Requests refused with OVERLOADED (shard in-flight limit or node grab queue full)");
+    metrics::describe_gauge!(MAP_VERSION, "The version of the cluster map this router routes by (0: the topology file)");
     metrics::describe_counter!(
         RPC_REQUESTS,
         "Calls served, by gRPC method and how they ended (OK, an ErrorCode or gRPC code name, CANCELLED)"

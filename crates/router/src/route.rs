@@ -38,6 +38,14 @@ const WAIT_START: Duration = Duration::from_millis(25);
 const WAIT_MAX: Duration = Duration::from_millis(200);
 const HEALTH_EVERY: Duration = Duration::from_millis(150);
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(400);
+/// How often the router asks the nodes for the cluster map, and how long one node may take.
+const MAP_EVERY: Duration = Duration::from_secs(1);
+const MAP_TIMEOUT: Duration = Duration::from_millis(400);
+/// One admin call forwarded to one node (`any_node`).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A membership step (AddReplica waits for the learner to catch up) may take a node ~60 s
+/// before it answers; all nodes tried together get this long.
+pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(65);
 /// Requests in flight per shard through this router (default of --max-inflight-per-shard);
 /// beyond it, RESOURCE_EXHAUSTED at once instead of an unbounded queue.
 pub const MAX_INFLIGHT_PER_SHARD: usize = 10_000;
@@ -49,12 +57,20 @@ struct Health {
 }
 
 pub struct Router {
-    pub topology: Arc<Topology>,
+    /// The cluster map in force: the topology file at start, then each higher version the
+    /// nodes answer `GetMap` with (`refresh_map`, #16). Read it with `topology()`.
+    map: RwLock<Arc<Topology>>,
     pub region: String,
-    channels: HashMap<NodeId, Channel>,
+    /// This router's certificate, for channels to nodes that join later.
+    tls: ClientTlsConfig,
+    /// A channel per node, made on first use, with the address it was made for (a node that
+    /// reappears at another address gets a new one).
+    channels: RwLock<HashMap<NodeId, (String, Channel)>>,
     leaders: RwLock<HashMap<ShardId, NodeId>>,
+    /// An entry per node of the map: added (up) when a node joins, dropped when it leaves.
     health: RwLock<HashMap<NodeId, Health>>,
-    inflight: HashMap<ShardId, Arc<Semaphore>>,
+    /// Requests in flight per shard, a semaphore made on a shard's first request.
+    inflight: RwLock<HashMap<ShardId, Arc<Semaphore>>>,
     max_inflight: usize,
     /// Grabs go to nodes coalesced, many per call (None: one call per grab).
     coalescer: Option<Arc<Coalescer>>,
@@ -67,37 +83,34 @@ pub struct Router {
     pub traffic: crate::status_page::Traffic,
 }
 
+/// A channel to a node: connects on first use, and keeps the connection alive so a dead node
+/// is noticed within seconds.
+fn node_channel(addr: &str, tls: &ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls.clone())?
+        .connect_timeout(Duration::from_millis(300))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(1))
+        .connect_lazy())
+}
+
 impl Router {
     /// `tls`: this router's own certificate (nodes serve their API only to routers and admin).
     pub fn new(topology: Arc<Topology>, region: String, max_inflight: usize, coalesce: bool, tls: ClientTlsConfig) -> Arc<Router> {
         assert!(max_inflight > 0, "a router must let at least one request through");
-        let channels = topology
-            .nodes
-            .iter()
-            .map(|n| {
-                let ch = Endpoint::from_shared(format!("https://{}", n.addr))
-                    .expect("valid node address")
-                    .tls_config(tls.clone())
-                    .expect("TLS settings were loaded at start-up")
-                    .connect_timeout(Duration::from_millis(300))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(1))
-                    .keep_alive_timeout(Duration::from_secs(1))
-                    .connect_lazy();
-                (n.id, ch)
-            })
-            .collect();
-        let coalescer = coalesce.then(|| Coalescer::start(&channels, ATTEMPT_TIMEOUT));
-        let inflight = topology.shards.iter().map(|s| (s.id, Arc::new(Semaphore::new(max_inflight)))).collect();
+        let coalescer = coalesce.then(|| Coalescer::new(ATTEMPT_TIMEOUT));
         // Until health checks say otherwise, assume every node is up.
         let health = topology.nodes.iter().map(|n| (n.id, Health { up: true, fails: 0 })).collect();
+        metrics::gauge!(crate::metrics::MAP_VERSION).set(topology.version as f64);
         Arc::new(Router {
-            topology,
+            map: RwLock::new(topology),
             region,
-            channels,
+            tls,
+            channels: RwLock::new(HashMap::new()),
             leaders: RwLock::new(HashMap::new()),
             health: RwLock::new(health),
-            inflight,
+            inflight: RwLock::new(HashMap::new()),
             max_inflight,
             coalescer,
             ready: RwLock::new(Err("no health check yet".into())),
@@ -106,11 +119,115 @@ impl Router {
         })
     }
 
+    /// The cluster map in force (a snapshot: a newer one may be installed meanwhile).
+    pub fn topology(&self) -> Arc<Topology> {
+        self.map.read().expect("map lock").clone()
+    }
+
+    /// Puts `new` in force if its version is higher than the map's (maps come from several
+    /// nodes, some behind: an older or equal version is ignored); returns whether it did. Nodes
+    /// that left the map, or moved to another address, lose their channel, coalescer queue,
+    /// health entry and any shard routed to them; nodes that joined are assumed up until the
+    /// health loop says otherwise. Channels and semaphores for new nodes and shards are made on
+    /// first use.
+    pub fn install(&self, new: Topology) -> bool {
+        let new = Arc::new(new);
+        let old = {
+            let mut map = self.map.write().expect("map lock");
+            if new.version <= map.version {
+                return false;
+            }
+            std::mem::replace(&mut *map, new.clone())
+        };
+        let moved = |id: NodeId, addr: &str| new.node(id).map(|n| n.addr != addr).unwrap_or(true);
+        self.channels.write().expect("channels lock").retain(|id, (addr, _)| !moved(*id, addr));
+        if let Some(c) = &self.coalescer {
+            for n in old.nodes.iter().filter(|n| moved(n.id, &n.addr)) {
+                c.forget(n.id);
+            }
+        }
+        {
+            let mut health = self.health.write().expect("health lock");
+            health.retain(|id, _| new.node(*id).is_some());
+            for n in &new.nodes {
+                health.entry(n.id).or_insert(Health { up: true, fails: 0 });
+            }
+        }
+        self.leaders
+            .write()
+            .expect("leaders lock")
+            .retain(|shard, node| new.shard(*shard).map(|s| s.replicas.contains(node)).unwrap_or(false));
+        tracing::info!(version = new.version, "cluster map installed");
+        metrics::gauge!(crate::metrics::MAP_VERSION).set(new.version as f64);
+        true
+    }
+
+    /// Asks the nodes (best first) for the cluster map and installs it when it is newer.
+    pub async fn refresh_map(&self) {
+        let res = self.any_node_core(MAP_TIMEOUT, Duration::MAX, |mut c, _| async move { c.get_map(GetMapRequest {}).await }).await;
+        let m = match res {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                tracing::debug!("cluster map not read: {}", detail_of(&s).message);
+                return;
+            }
+        };
+        // Most rounds bring the same map: skip parsing it.
+        if m.version <= self.topology().version {
+            return;
+        }
+        match Topology::parse(&m.toml) {
+            Ok(t) => {
+                self.install(t);
+            }
+            Err(e) => tracing::warn!(version = m.version, "cluster map from a node does not parse, kept the old one: {e}"),
+        }
+    }
+
+    /// The channel to `node`, made on first use; None when the node is not in the map (or its
+    /// address is not one).
+    fn channel(&self, node: NodeId) -> Option<Channel> {
+        let t = self.topology();
+        let addr = &t.node(node)?.addr;
+        if let Some((a, ch)) = self.channels.read().expect("channels lock").get(&node) {
+            if a == addr {
+                return Some(ch.clone());
+            }
+        }
+        let mut channels = self.channels.write().expect("channels lock");
+        // Another call may have made it meanwhile: one connection per node.
+        if let Some((a, ch)) = channels.get(&node) {
+            if a == addr {
+                return Some(ch.clone());
+            }
+        }
+        match node_channel(addr, &self.tls) {
+            Ok(ch) => {
+                channels.insert(node, (addr.clone(), ch.clone()));
+                Some(ch)
+            }
+            Err(e) => {
+                tracing::warn!(node, addr, "no channel to the node: {e}");
+                None
+            }
+        }
+    }
+
+    /// `shard`'s in-flight limit, made on its first request; None for a shard not in the map.
+    fn inflight(&self, shard: ShardId) -> Option<Arc<Semaphore>> {
+        if let Some(s) = self.inflight.read().expect("inflight lock").get(&shard) {
+            return Some(s.clone());
+        }
+        self.topology().shard(shard)?;
+        let mut all = self.inflight.write().expect("inflight lock");
+        Some(all.entry(shard).or_insert_with(|| Arc::new(Semaphore::new(self.max_inflight))).clone())
+    }
+
     /// What this router sees: node health, the leader it routes each shard to, regions up.
     pub fn view(&self) -> RouterView {
+        let t = self.topology();
         let health = self.health.read().expect("health lock");
-        let nodes: Vec<NodeHealth> = self
-            .topology
+        let nodes: Vec<NodeHealth> = t
             .nodes
             .iter()
             .map(|n| NodeHealth { node: n.id, region: n.region.clone(), up: health.get(&n.id).map(|h| h.up).unwrap_or(false) })
@@ -118,8 +235,7 @@ impl Router {
         let mut leaders: Vec<ShardLeader> =
             self.leaders.read().expect("leaders lock").iter().map(|(s, n)| ShardLeader { shard: *s, node: *n }).collect();
         leaders.sort_by_key(|l| l.shard);
-        let regions = self
-            .topology
+        let regions = t
             .regions
             .iter()
             .map(|r| RegionStatus { region: r.name.clone(), up: nodes.iter().any(|n| n.region == r.name && n.up), drained: false })
@@ -156,9 +272,10 @@ impl Router {
                 out.push(*l);
             }
         }
-        let Some(s) = self.topology.shard(shard) else { return out };
+        let t = self.topology();
+        let Some(s) = t.shard(shard) else { return out };
         let mut reps: Vec<NodeId> = s.replicas.clone();
-        reps.sort_by_key(|r| (!self.is_up(*r), self.topology.region_of(*r) != Some(self.region.as_str())));
+        reps.sort_by_key(|r| (!self.is_up(*r), t.region_of(*r) != Some(self.region.as_str())));
         for r in reps {
             if !out.contains(&r) {
                 out.push(r);
@@ -176,7 +293,7 @@ impl Router {
     }
 
     fn node_by_addr(&self, addr: &str) -> Option<NodeId> {
-        self.topology.nodes.iter().find(|n| n.addr == addr).map(|n| n.id)
+        self.topology().nodes.iter().find(|n| n.addr == addr).map(|n| n.id)
     }
 
     /// Sends `req` to the leader of `shard`, following hints and failing over, within the
@@ -219,7 +336,7 @@ impl Router {
         F: Fn(NodeId, Channel, Request<Q>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        let sem = self.inflight.get(&shard).ok_or_else(|| error(ErrorCode::UnknownShard, format!("no shard {shard}")))?;
+        let sem = self.inflight(shard).ok_or_else(|| error(ErrorCode::UnknownShard, format!("no shard {shard}")))?;
         let _permit = sem.clone().try_acquire_owned().map_err(|_| {
             metrics::counter!(crate::metrics::OVERLOADED).increment(1);
             error(ErrorCode::Overloaded, format!("router: {} requests in flight for shard {shard}; back off and retry", self.max_inflight))
@@ -238,14 +355,19 @@ impl Router {
             let cands = self.candidates(shard);
             let node = match hinted.take() {
                 Some(n) => n,
+                None if cands.is_empty() => return Err(error(ErrorCode::UnknownShard, format!("no shard {shard}"))),
                 None => {
                     let n = cands[tried_round % cands.len()];
                     tried_round += 1;
                     n
                 }
             };
-            let ch = self.channels.get(&node).expect("every node has a channel").clone();
-            let res = tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), call(node, ch, trace.request(req.clone()))).await;
+            let res = match self.channel(node) {
+                Some(ch) => tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), call(node, ch, trace.request(req.clone()))).await,
+                // A hint naming a node this router's map does not have yet (or any more): like
+                // an unreachable node, the next candidate after a pause.
+                None => Ok(Err(error(ErrorCode::Unavailable, format!("node {node} is not in this router's cluster map")))),
+            };
             let status = match res {
                 Ok(Ok(r)) => {
                     self.set_leader(shard, node);
@@ -286,18 +408,45 @@ impl Router {
         Err(error(ErrorCode::Unavailable, format!("shard {shard}: no leader answered in {:?} (last: {})", start.elapsed(), d.message)))
     }
 
-    /// Any node that answers, for cluster-wide admin calls.
+    /// Any node that answers, for cluster-wide admin calls: best first, each given 30 s.
     pub async fn any_node<T, F, Fut>(&self, call: F) -> Result<Response<T>, Status>
     where
         F: Fn(ClusterClient<Channel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        let mut nodes: Vec<NodeId> = self.topology.nodes.iter().map(|n| n.id).collect();
-        nodes.sort_by_key(|n| (!self.is_up(*n), self.topology.region_of(*n) != Some(self.region.as_str())));
+        self.any_node_core(ADMIN_TIMEOUT, Duration::MAX, |c, _| call(c)).await
+    }
+
+    /// Like `any_node`, for calls that may take a node up to `within` (membership steps): the
+    /// nodes tried share that time. `call` gets the time its node has, to send as the gRPC
+    /// deadline, so the node knows how long it may work on the step.
+    pub async fn any_node_within<T, F, Fut>(&self, within: Duration, call: F) -> Result<Response<T>, Status>
+    where
+        F: Fn(ClusterClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.any_node_core(within, within, call).await
+    }
+
+    /// Tries the map's nodes, up ones in this region first, until one answers something other
+    /// than UNAVAILABLE / DEADLINE_EXCEEDED; each gets `per_node`, all together `budget`.
+    async fn any_node_core<T, F, Fut>(&self, per_node: Duration, budget: Duration, call: F) -> Result<Response<T>, Status>
+    where
+        F: Fn(ClusterClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let start = Instant::now();
+        let t = self.topology();
+        let mut nodes: Vec<NodeId> = t.nodes.iter().map(|n| n.id).collect();
+        nodes.sort_by_key(|n| (!self.is_up(*n), t.region_of(*n) != Some(self.region.as_str())));
         let mut last = error(ErrorCode::Unavailable, "no node reachable");
         for n in nodes {
-            let c = ClusterClient::new(self.channels[&n].clone());
-            match tokio::time::timeout(Duration::from_secs(30), call(c)).await {
+            let left = per_node.min(budget.saturating_sub(start.elapsed()));
+            if left.is_zero() {
+                break;
+            }
+            let Some(ch) = self.channel(n) else { continue };
+            match tokio::time::timeout(left, call(ClusterClient::new(ch), left)).await {
                 Ok(Ok(r)) => return Ok(r),
                 Ok(Err(s)) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => last = s,
                 Ok(Err(s)) => return Err(s),
@@ -308,31 +457,51 @@ impl Router {
     }
 }
 
+/// Keeps the router's cluster map current: asks the nodes for it every `MAP_EVERY`.
+pub async fn map_loop(router: Arc<Router>) {
+    loop {
+        tokio::time::sleep(MAP_EVERY).await;
+        router.refresh_map().await;
+    }
+}
+
 /// Polls every node's local status: liveness, and who leads each shard.
 pub async fn health_loop(router: Arc<Router>) {
     loop {
-        let polls = router.topology.nodes.iter().map(|n| {
-            let mut c = ClusterClient::new(router.channels[&n.id].clone());
+        // This round's map: nodes that joined are polled, nodes that left are not.
+        let t = router.topology();
+        let polls = t.nodes.iter().map(|n| {
+            let ch = router.channel(n.id);
             let id = n.id;
-            async move { (id, tokio::time::timeout(HEALTH_TIMEOUT, c.status(StatusRequest { local_only: true })).await) }
+            async move {
+                let res = match ch {
+                    Some(ch) => {
+                        tokio::time::timeout(HEALTH_TIMEOUT, ClusterClient::new(ch).status(StatusRequest { local_only: true })).await
+                    }
+                    None => Ok(Err(Status::unavailable(format!("no channel to node {id}")))),
+                };
+                (id, res)
+            }
         });
         let mut answers: Vec<ShardStatus> = Vec::new();
         for (id, res) in futures::future::join_all(polls).await {
             let ok = matches!(res, Ok(Ok(_)));
             {
                 let mut h = router.health.write().expect("health lock");
-                let e = h.entry(id).or_default();
-                let was = e.up;
-                // Two misses in a row mark a node down: one slow answer is not a failure.
-                e.fails = if ok { 0 } else { e.fails + 1 };
-                e.up = ok || (e.up && e.fails < 2);
-                if was != e.up {
-                    tracing::warn!(node = id, up = e.up, "node health changed");
+                // No entry: the node left the map during this round.
+                if let Some(e) = h.get_mut(&id) {
+                    let was = e.up;
+                    // Two misses in a row mark a node down: one slow answer is not a failure.
+                    e.fails = if ok { 0 } else { e.fails + 1 };
+                    e.up = ok || (e.up && e.fails < 2);
+                    if was != e.up {
+                        tracing::warn!(node = id, up = e.up, "node health changed");
+                    }
                 }
             }
             if let Ok(Ok(r)) = res {
                 let r = r.into_inner();
-                for s in &router.topology.shards {
+                for s in &t.shards {
                     if let Some(l) = r.leader_of(s.id) {
                         router.set_leader(s.id, l.node);
                     }
@@ -340,7 +509,7 @@ pub async fn health_loop(router: Arc<Router>) {
                 answers.extend(r.nodes.into_iter().filter(|n| n.node == id).flat_map(|n| n.shards));
             }
         }
-        let unreached = unreached_shards(&router.topology, &answers);
+        let unreached = unreached_shards(&t, &answers);
         *router.ready.write().expect("ready lock") =
             if unreached.is_empty() { Ok(()) } else { Err(format!("no reachable leader followed by a majority for shards {unreached:?}")) };
         *router.last_round.write().expect("round lock") = answers;
@@ -382,7 +551,7 @@ const ANY_WALLET: &[Role] = &[Role::Risk, Role::Admin];
 
 impl RouterService {
     fn user(&self, user: u64) -> ShardId {
-        self.router.topology.shard_of_user(user)
+        self.router.topology().shard_of_user(user)
     }
 }
 
@@ -463,9 +632,9 @@ impl Packets for RouterService {
         match self.router.coalescer.clone() {
             Some(coalescer) => {
                 self.router
-                    .forward(shard, &t, r, |node, _, r| {
+                    .forward(shard, &t, r, |node, ch, r| {
                         let coalescer = coalescer.clone();
-                        async move { coalescer.grab(node, r).await.map(Response::new) }
+                        async move { coalescer.grab(node, &ch, r).await.map(Response::new) }
                     })
                     .await
             }
@@ -555,6 +724,73 @@ impl Cluster for RouterService {
             })
             .await
     }
+    async fn get_map(&self, req: Request<GetMapRequest>) -> Res<ClusterMap> {
+        self.gate.roles(&req, &[Role::Admin], "read the cluster map")?;
+        // A node's map, not this router's: the replicated one, which may be newer.
+        self.router.any_node(|mut c| async move { c.get_map(GetMapRequest {}).await }).await
+    }
+    async fn add_node(&self, req: Request<AddNodeRequest>) -> Res<MembershipReply> {
+        self.gate.roles(&req, &[Role::Admin], "add a node")?;
+        let r = req.into_inner();
+        self.membership(|mut c, left| {
+            let r = with_deadline(r.clone(), left);
+            async move { c.add_node(r).await }
+        })
+        .await
+    }
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Res<MembershipReply> {
+        self.gate.roles(&req, &[Role::Admin], "remove a node")?;
+        let r = req.into_inner();
+        self.membership(|mut c, left| {
+            let r = with_deadline(r, left);
+            async move { c.remove_node(r).await }
+        })
+        .await
+    }
+    async fn add_replica(&self, req: Request<ReplicaChangeRequest>) -> Res<MembershipReply> {
+        self.gate.roles(&req, &[Role::Admin], "add a replica")?;
+        let r = req.into_inner();
+        self.membership(|mut c, left| {
+            let r = with_deadline(r, left);
+            async move { c.add_replica(r).await }
+        })
+        .await
+    }
+    async fn remove_replica(&self, req: Request<ReplicaChangeRequest>) -> Res<MembershipReply> {
+        self.gate.roles(&req, &[Role::Admin], "remove a replica")?;
+        let r = req.into_inner();
+        self.membership(|mut c, left| {
+            let r = with_deadline(r, left);
+            async move { c.remove_replica(r).await }
+        })
+        .await
+    }
+}
+
+impl RouterService {
+    /// Forwards one membership step (idempotent) to any node, giving it `MEMBERSHIP_TIMEOUT`:
+    /// adding a replica waits for the learner to catch up. Once a step is done this router
+    /// reads the map at once rather than at its next refresh, so it routes by the new one
+    /// without delay.
+    async fn membership<F, Fut>(&self, call: F) -> Res<MembershipReply>
+    where
+        F: Fn(ClusterClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Res<MembershipReply>>,
+    {
+        let res = self.router.any_node_within(MEMBERSHIP_TIMEOUT, call).await;
+        if res.is_ok() {
+            let router = self.router.clone();
+            tokio::spawn(async move { router.refresh_map().await });
+        }
+        res
+    }
+}
+
+/// `msg` with a gRPC deadline of `left` (the node stops working on it then and says so).
+fn with_deadline<T>(msg: T, left: Duration) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.set_timeout(left);
+    r
 }
 
 #[cfg(test)]
@@ -574,6 +810,71 @@ mod tests {
     /// Every node's own rows for all three shards, each led by `leader` in term 5.
     fn round(nodes: &[u64], leader: u64) -> Vec<ShardStatus> {
         nodes.iter().flat_map(|n| (1..=3).map(move |s| row(s, *n, leader, 5))).collect()
+    }
+
+    fn spec(id: NodeId, region: &str) -> hongbao_topology::NodeSpec {
+        hongbao_topology::NodeSpec {
+            id,
+            region: region.into(),
+            addr: format!("127.0.0.1:{}", 7200 + id),
+            metrics_addr: format!("127.0.0.1:{}", 9200 + id),
+        }
+    }
+
+    fn router(t: Topology) -> Arc<Router> {
+        Router::new(Arc::new(t), "shanghai".into(), 10, true, ClientTlsConfig::new())
+    }
+
+    fn health_of(r: &Router, node: NodeId) -> Option<bool> {
+        r.health.read().unwrap().get(&node).map(|h| h.up)
+    }
+
+    // Tokio: channels are made with connect_lazy, which starts a task.
+    #[tokio::test]
+    async fn a_newer_map_is_installed_and_an_older_or_equal_one_ignored() {
+        let seed = topology();
+        let v1 = seed.add_node(&spec(4, "tianjin")).unwrap();
+        let v2 = v1.add_replica(1, 4).unwrap();
+        let r = router(seed.clone());
+        assert_eq!(r.topology().version, 0);
+        assert!(r.channel(4).is_none() && health_of(&r, 4).is_none(), "node 4 is not in the seed");
+        assert!(r.install(v2.clone()));
+        assert_eq!(r.topology().version, 2);
+        assert_eq!(r.topology().shard(1).unwrap().replicas, vec![1, 2, 3, 4]);
+        assert_eq!(health_of(&r, 4), Some(true), "a new node is up until a health check says otherwise");
+        assert!(r.channel(4).is_some(), "a channel for the new node");
+        assert!(r.candidates(1).contains(&4), "and requests for shard 1 may go there");
+        assert!(!r.install(v1), "an older map (a node behind) is ignored");
+        assert!(!r.install(v2), "and so is the same version again");
+        assert!(!r.install(seed));
+        assert_eq!(r.topology().version, 2);
+    }
+
+    #[tokio::test]
+    async fn a_node_that_leaves_the_map_is_forgotten() {
+        let v1 = topology().add_node(&spec(4, "tianjin")).unwrap();
+        let r = router(v1.clone());
+        assert!(r.channel(4).is_some());
+        r.set_leader(1, 1);
+        let mut v2 = v1.remove_node(4).unwrap();
+        // The same map with node 1 at a new address: its channel is made anew.
+        assert!(r.channel(1).is_some());
+        v2.nodes[0].addr = "127.0.0.1:7999".into();
+        assert!(r.install(v2));
+        assert!(r.channel(4).is_none() && health_of(&r, 4).is_none());
+        assert_eq!(r.channels.read().unwrap().get(&1).map(|(a, _)| a.clone()), None, "node 1's old channel is dropped");
+        assert!(r.channel(1).is_some());
+        assert_eq!(r.channels.read().unwrap().get(&1).map(|(a, _)| a.clone()).as_deref(), Some("127.0.0.1:7999"));
+        assert_eq!(r.leaders.read().unwrap().get(&1), Some(&1), "node 1 still holds shard 1");
+    }
+
+    #[tokio::test]
+    async fn a_shard_gets_its_in_flight_limit_on_first_use() {
+        let r = router(topology());
+        assert!(r.inflight.read().unwrap().is_empty());
+        assert_eq!(r.inflight(2).unwrap().available_permits(), 10);
+        assert!(Arc::ptr_eq(&r.inflight(2).unwrap(), &r.inflight(2).unwrap()), "one semaphore per shard");
+        assert!(r.inflight(99).is_none(), "no shard 99 in the map");
     }
 
     #[test]

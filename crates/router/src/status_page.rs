@@ -268,7 +268,7 @@ impl Page {
     async fn render(self: &Arc<Self>) -> String {
         let (audit, running) = self.audit().await;
         let r = &self.router;
-        let t = &r.topology;
+        let t = r.topology();
         // Other regions' routers: up while their gRPC port accepts a connection.
         let probes = t.routers.iter().map(|x| async move {
             let up = x.region == r.region
@@ -294,9 +294,11 @@ impl Page {
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"{REFRESH_S}\">\
              <title>hongbao · router {region}</title><style>{CSS}</style></head><body>\
              <h1>hongbao <span class=\"dim\">router</span> {region}</h1>\
-             <p class=\"dim\">{now} · refreshes every {REFRESH_S} s · <span data-ready=\"{ready}\">{readiness}</span></p>",
+             <p class=\"dim\">{now} · refreshes every {REFRESH_S} s · cluster map version {version} · \
+             <span data-ready=\"{ready}\">{readiness}</span></p>",
             region = esc(&r.region),
             now = esc(&utc(now)),
+            version = t.version,
             ready = r.readiness().is_ok(),
             readiness = esc(&match r.readiness() {
                 Ok(()) => "SERVING: a followed leader reached for every shard".to_string(),
