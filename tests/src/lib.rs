@@ -650,4 +650,3 @@ impl Cluster {
         t
     }
 }
-

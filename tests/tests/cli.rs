@@ -461,8 +461,18 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
         );
     }
 
+    // ---- cluster map: the seed, version 0, as a topology file (the membership commands that
+    // change it run in tests/tests/membership.rs and the chaos schedule reshape)
+    let out = cli.ok(&["cluster", "map"]);
+    assert!(out.stdout.starts_with("# cluster map version 0"), "{}", out.stdout);
+    let v = cli.json(&["cluster", "map"]);
+    shape("cluster map", &v, "version:u toml:s");
+    let seed = hongbao_topology::Topology::parse(v["toml"].as_str().unwrap()).expect("the map is a topology file");
+    assert_eq!((seed.version, seed.nodes.len(), seed.shards.len()), (0, 3, 3));
+
     // ---- every command `hongbao --help` lists was run (demo: tests/tests/demo.rs runs it, and
-    // it kills a region; completions: the test below)
+    // it kills a region; completions: the test below; add-node, remove-node, replace-node:
+    // tests/tests/membership.rs and the chaos schedule reshape)
     let mut listed = BTreeSet::new();
     for top in listed_commands(&cli.ok(&["--help"]).stdout) {
         let sub = listed_commands(&cli.ok(&[&top, "--help"]).stdout);
@@ -472,7 +482,8 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
             listed.extend(sub.into_iter().map(|s| format!("{top} {s}")));
         }
     }
-    let exempt: BTreeSet<String> = ["demo", "completions"].map(String::from).into();
+    let exempt: BTreeSet<String> =
+        ["demo", "completions", "cluster add-node", "cluster remove-node", "cluster replace-node"].map(String::from).into();
     let missed: Vec<&String> = listed.difference(&cli.ran).filter(|c| !exempt.contains(*c)).collect();
     assert!(missed.is_empty(), "commands without a check here: {missed:?} (ran {:?})", cli.ran);
     assert!(listed.len() >= 22, "the help lists every command: {listed:?}");

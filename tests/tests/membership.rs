@@ -82,13 +82,27 @@ async fn a_membership_change_that_would_weaken_a_shard_is_refused_and_changes_no
     // hold two of three.
     let spec = c.prepare_node(10, "shenzhen");
     c.start_node(10);
-    c.cli_ok(&["cluster", "add-node", "--id", "10", "--region", "shenzhen", "--addr", &spec.addr, "--metrics-addr", &spec.metrics_addr, "--shards", "1"]);
+    c.cli_ok(&[
+        "cluster",
+        "add-node",
+        "--id",
+        "10",
+        "--region",
+        "shenzhen",
+        "--addr",
+        &spec.addr,
+        "--metrics-addr",
+        &spec.metrics_addr,
+        "--shards",
+        "1",
+    ]);
     let mid = c.sync_map();
     assert_eq!(mid.shard(1).unwrap().replicas, vec![1, 4, 7, 10]);
     let out = c.cli(&["cluster", "remove-node", "--id", "7"]);
     assert_ne!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("shenzhen"), "names the region: {}", out.stderr);
-    let out = c.cli(&["cluster", "add-node", "--id", "10", "--region", "tianjin", "--addr", "127.0.0.1:1", "--metrics-addr", "127.0.0.1:2"]);
+    let out =
+        c.cli(&["cluster", "add-node", "--id", "10", "--region", "tianjin", "--addr", "127.0.0.1:1", "--metrics-addr", "127.0.0.1:2"]);
     assert_ne!(out.code, 0, "an id is never reused for another node: {}", out.stdout);
     let after = c.sync_map();
     assert_eq!(after.version, mid.version, "refusals change nothing");

@@ -114,19 +114,15 @@ pub async fn at_start(seed: Topology, peers: &crate::peers::Peers, node_id: Node
     }
 }
 
-/// Installs the newest map this node can find: the meta shard's applied state when a replica
-/// of it is here, else what the other nodes answer.
+/// Installs the newest map this node can find: the meta shard's applied state if a replica of
+/// it is here, and what the other nodes answer. Both: a replica removed from the meta shard
+/// stops hearing of new versions (the change that removed it may be the last it got).
 pub async fn refresh(host: &Host) {
-    let newer = match local_map(host) {
-        Some(t) => Some(t),
-        None => {
-            let t = host.topology();
-            let nodes: Vec<NodeId> = t.nodes.iter().map(|n| n.id).collect();
-            fetch(&host.peers, &nodes).await
-        }
-    };
-    if let Some(t) = newer.filter(|t| t.version > host.topology().version) {
-        host.install_map(t);
+    let t = host.topology();
+    let nodes: Vec<NodeId> = t.nodes.iter().map(|n| n.id).collect();
+    let newest = [local_map(host), fetch(&host.peers, &nodes).await].into_iter().flatten().max_by_key(|m| m.version);
+    if let Some(m) = newest.filter(|m| m.version > host.topology().version) {
+        host.install_map(m);
     }
 }
 

@@ -4,6 +4,7 @@
 
 use crate::clock::Clock;
 use crate::config::{ledger_config, raft_config};
+use crate::directory::Directory;
 use crate::error::{ErrorKind, HostError};
 use crate::faults::Faults;
 use crate::peers::Peers;
@@ -20,12 +21,11 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{LinearizableReadError, RaftError};
 use openraft::{BasicNode, ReadPolicy, ServerState};
 use std::collections::BTreeMap;
-use std::sync::RwLock;
-use tokio::sync::watch;
-use crate::directory::Directory;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// A proposal or read that takes longer than this answers TIMEOUT (outcome unknown: retry with

@@ -31,11 +31,15 @@ use tonic::Status;
 
 /// How long one AddReplica call waits for the learner to catch up before it answers TIMEOUT
 /// (the admin re-sends; the learner keeps catching up meanwhile). Inside ADMIN_DEADLINES.
-pub const CATCH_UP_WAIT: Duration = Duration::from_secs(40);
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(20);
 /// Attempts of one map change that lost a race (CLUSTER_MAP_STALE) before the admin hears it.
 const MAP_ATTEMPTS: usize = 10;
 const MAP_RETRY: Duration = Duration::from_millis(300);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one map change, all attempts included (inside the caller's deadline).
+const MAP_DEADLINE: Duration = Duration::from_secs(15);
+/// Bound on one Raft membership change (a learner's entry, a promotion, a removal) to commit.
+const RAFT_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(100);
 
 fn refused(msg: impl Into<String>) -> Status {
@@ -55,7 +59,11 @@ fn reply(map_version: u64, done: impl Into<String>) -> MembershipReply {
 /// Unchanged (the map says so already) is a success: the step was done before.
 pub async fn change_map(host: &Arc<Host>, edit: impl Fn(&Topology) -> Result<Topology, Edit>) -> Result<MembershipReply, Status> {
     let mut last = String::new();
+    let deadline = tokio::time::Instant::now() + MAP_DEADLINE;
     for _ in 0..MAP_ATTEMPTS {
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
         crate::directory::refresh(host).await;
         let cur = host.topology();
         let next = match edit(&cur) {
@@ -76,6 +84,7 @@ pub async fn change_map(host: &Arc<Host>, edit: impl Fn(&Topology) -> Result<Top
             Ok(o) => return Err(refused(format!("the meta shard refused map version {version}: {:?}", o.code))),
             Err(e) => last = e,
         }
+        tracing::info!(version, %last, "cluster map change not taken; reading the map again");
         tokio::time::sleep(MAP_RETRY).await;
     }
     Err(unavailable(0, format!("cluster map not changed (re-send): {last}")))
@@ -85,6 +94,7 @@ pub async fn change_map(host: &Arc<Host>, edit: impl Fn(&Topology) -> Result<Top
 /// learner that becomes a voter once caught up. `forwarded`: the call came from another node
 /// (which found this one leading): do not forward again.
 pub async fn add_replica(host: &Arc<Host>, shard: ShardId, node: NodeId, forwarded: bool) -> Result<MembershipReply, Status> {
+    tracing::info!(shard, node, forwarded, "add replica");
     let mapped = change_map(host, |t| t.add_replica(shard, node)).await?;
     let Some(r) = leading(host, shard) else {
         return forward(host, shard, node, forwarded, true).await;
@@ -95,6 +105,7 @@ pub async fn add_replica(host: &Arc<Host>, shard: ShardId, node: NodeId, forward
 
 /// RemoveReplica: `node` out of `shard`'s Raft group (on its leader), then out of the map.
 pub async fn remove_replica(host: &Arc<Host>, shard: ShardId, node: NodeId, forwarded: bool) -> Result<MembershipReply, Status> {
+    tracing::info!(shard, node, forwarded, "remove replica");
     crate::directory::refresh(host).await;
     if let Err(Edit::Refused(m)) = host.topology().remove_replica(shard, node) {
         return Err(refused(m));
@@ -113,10 +124,7 @@ pub async fn remove_replica(host: &Arc<Host>, shard: ShardId, node: NodeId, forw
         // A voter leaves by joint consensus (retain = false: not kept as a learner); a learner
         // that was never promoted is simply dropped.
         let change = if r.voters().contains(&node) { ChangeMembers::RemoveVoters(gone) } else { ChangeMembers::RemoveNodes(gone) };
-        r.raft
-            .change_membership(change, false)
-            .await
-            .map_err(|e| unavailable(shard, format!("shard {shard}: removing node {node}: {e}")))?;
+        bounded(shard, "removing", node, r.raft.change_membership(change, false)).await?;
         metrics::counter!(crate::metrics::MEMBERSHIP_CHANGES, "step" => "remove").increment(1);
         tracing::warn!(shard, node, "replica removed from the shard's Raft group");
     }
@@ -136,10 +144,13 @@ async fn forward(host: &Host, shard: ShardId, node: NodeId, forwarded: bool, add
         return Err(unavailable(shard, format!("node {} does not lead shard {shard} (any more): re-send", host.node_id)));
     }
     let leader = leader_of(host, shard).await.ok_or_else(|| unavailable(shard, format!("shard {shard} has no leader now: re-send")))?;
+    tracing::info!(shard, node, leader, add, "forwarding the membership step to the shard's leader");
     let ch = host.peers.channel(leader).ok_or_else(|| unavailable(shard, format!("leader {leader} of shard {shard} is unreachable")))?;
     let mut c = ClusterClient::new(ch);
     let mut req = tonic::Request::new(ReplicaChangeRequest { shard, node });
-    let wait = CATCH_UP_WAIT + Duration::from_secs(10);
+    // The leader's share of the admin's deadline (ADMIN_DEADLINES): map change, catch-up wait
+    // and the Raft change, each bounded.
+    let wait = MAP_DEADLINE + CATCH_UP_WAIT + RAFT_CHANGE_TIMEOUT;
     req.set_timeout(wait);
     let call = async {
         if add {
@@ -148,7 +159,9 @@ async fn forward(host: &Host, shard: ShardId, node: NodeId, forwarded: bool, add
             c.remove_replica(req).await
         }
     };
-    let r = tokio::time::timeout(wait, call).await.map_err(|_| status(detail(ErrorCode::Timeout, "the shard's leader did not answer in time: re-send", shard)))??;
+    let r = tokio::time::timeout(wait, call)
+        .await
+        .map_err(|_| status(detail(ErrorCode::Timeout, "the shard's leader did not answer in time: re-send", shard)))??;
     Ok(r.into_inner())
 }
 
@@ -179,10 +192,7 @@ async fn promote(host: &Host, r: &Replica, node: NodeId) -> Result<String, Statu
     }
     let addr = host.peers.addr(node).ok_or_else(|| refused(format!("node {node} is not in the cluster map")))?;
     if !r.is_member(node) {
-        r.raft
-            .add_learner(node, BasicNode::new(addr), false)
-            .await
-            .map_err(|e| unavailable(shard, format!("shard {shard}: adding learner {node}: {e}")))?;
+        bounded(shard, "adding learner", node, r.raft.add_learner(node, BasicNode::new(addr), false)).await?;
         metrics::counter!(crate::metrics::MEMBERSHIP_CHANGES, "step" => "add_learner").increment(1);
         tracing::info!(shard, node, "learner added; waiting for it to catch up");
     }
@@ -201,16 +211,34 @@ async fn promote(host: &Host, r: &Replica, node: NodeId) -> Result<String, Statu
             break;
         }
         if tokio::time::Instant::now() >= deadline {
-            let msg = format!("shard {shard}: node {node} is still catching up ({} of {last} entries): re-send to go on", matched.unwrap_or(0));
+            let msg =
+                format!("shard {shard}: node {node} is still catching up ({} of {last} entries): re-send to go on", matched.unwrap_or(0));
             return Err(status(detail(ErrorCode::Timeout, msg, shard)));
         }
         tokio::time::sleep(POLL).await;
     }
-    r.raft
-        .change_membership(ChangeMembers::AddVoterIds([node].into()), false)
-        .await
-        .map_err(|e| unavailable(shard, format!("shard {shard}: promoting {node}: {e}")))?;
+    bounded(shard, "promoting", node, r.raft.change_membership(ChangeMembers::AddVoterIds([node].into()), false)).await?;
     metrics::counter!(crate::metrics::MEMBERSHIP_CHANGES, "step" => "promote").increment(1);
     tracing::warn!(shard, node, voters = ?r.voters(), "learner caught up and promoted to voter");
     Ok(format!("node {node} caught up and is a voter of shard {shard}"))
+}
+
+/// A Raft membership change, waited for at most RAFT_CHANGE_TIMEOUT (it commits like any entry:
+/// a shard without a quorum would hold the admin's call forever). Re-sending is safe: each step
+/// looks at the membership first.
+async fn bounded<T, E: std::fmt::Display>(
+    shard: ShardId,
+    what: &str,
+    node: NodeId,
+    change: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(RAFT_CHANGE_TIMEOUT, change).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(unavailable(shard, format!("shard {shard}: {what} {node}: {e}"))),
+        Err(_) => Err(status(detail(
+            ErrorCode::Timeout,
+            format!("shard {shard}: {what} {node} not committed in {RAFT_CHANGE_TIMEOUT:?}: re-send"),
+            shard,
+        ))),
+    }
 }

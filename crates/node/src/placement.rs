@@ -9,11 +9,11 @@
 //! shards hosted here may disagree: a region is drained if ANY of them says so. That errs on
 //! the side of keeping leadership out (an undrain takes effect once every shard applied it).
 
+use crate::directory::Directory;
 use crate::host::Host;
 use crate::storage::{Db, ShardStore};
 use hongbao_ledger::{Code, Command, ShardId};
 use hongbao_proto::v1::{ReplicaRole, StatusReply};
-use crate::directory::Directory;
 use hongbao_topology::NodeId;
 use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeSet;
@@ -52,10 +52,7 @@ impl Placement {
     /// applied state of ANY shard the map places here.
     pub fn drained_regions(&self) -> BTreeSet<String> {
         let map = self.map.get();
-        map.shards_on(self.node_id)
-            .iter()
-            .flat_map(|s| hongbao_ledger::view::drained_regions(&ShardStore::live(&self.db, s.id)))
-            .collect()
+        map.shards_on(self.node_id).iter().flat_map(|s| hongbao_ledger::view::drained_regions(&ShardStore::live(&self.db, s.id))).collect()
     }
 
     /// The failback policy: the shard's home-region replicas, unless its home is drained.

@@ -712,7 +712,20 @@ async fn reshape(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
     log.note(format!("replace node {old} ({region}) by new node {new}, online"));
     let t = Instant::now();
     let (o, n) = (old.to_string(), new.to_string());
-    let args = ["cluster", "replace-node", "--old", &o, "--new", &n, "--region", &region, "--addr", &spec.addr, "--metrics-addr", &spec.metrics_addr];
+    let args = [
+        "cluster",
+        "replace-node",
+        "--old",
+        &o,
+        "--new",
+        &n,
+        "--region",
+        &region,
+        "--addr",
+        &spec.addr,
+        "--metrics-addr",
+        &spec.metrics_addr,
+    ];
     let child = c.cli_spawn(&args);
     sleep(800).await;
     let victim = leader_of_random_shard(c, rng).await;

@@ -270,7 +270,7 @@ mod tests {
 
     /// Every ledger code, in number order (the exhaustive match in `ledger_code` makes a new code
     /// a compile error there; this list makes it a test failure here until it is added).
-    const ALL: [Code; 32] = [
+    const ALL: [Code; 33] = [
         Code::Ok,
         Code::AmountZero,
         Code::AmountOverflow,
