@@ -45,10 +45,13 @@ pub fn spawn(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> JoinHandle<()>
     })
 }
 
+/// What the per-shard gauges were built for: the map's version and the replicas hosted here.
+type Built = (u64, Vec<ShardId>);
+
 struct Gauges {
     /// Per hosted shard, rebuilt when the map's version or the replicas hosted here change
-    /// (membership is online): keyed by both.
-    shards: std::sync::Mutex<((u64, Vec<ShardId>), Vec<ShardGauges>)>,
+    /// (membership is online).
+    shards: std::sync::Mutex<(Built, Vec<ShardGauges>)>,
     db: DbGauges,
 }
 

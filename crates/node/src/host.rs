@@ -361,7 +361,7 @@ impl Host {
         match tokio::time::timeout(PROPOSE_TIMEOUT, replica.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
             Err(_) => Err(HostError::new(ErrorKind::Timeout, shard_id, format!("shard {shard_id}: read index not confirmed in time"))),
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => Err(self.not_leader(&replica, f.leader_id)),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => Err(self.not_leader(replica, f.leader_id)),
             Ok(Err(e)) => Err(HostError::new(ErrorKind::Unavailable, shard_id, format!("shard {shard_id}: {e}"))),
         }
     }
