@@ -471,8 +471,8 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
     assert_eq!((seed.version, seed.nodes.len(), seed.shards.len()), (0, 3, 3));
 
     // ---- every command `hongbao --help` lists was run (demo: tests/tests/demo.rs runs it, and
-    // it kills a region; completions: the test below; add-node, remove-node, replace-node:
-    // tests/tests/membership.rs and the chaos schedule reshape)
+    // it kills a region; completions: the test below; add-node, remove-node, replace-node,
+    // add-shard: tests/tests/membership.rs and the chaos schedule reshape)
     let mut listed = BTreeSet::new();
     for top in listed_commands(&cli.ok(&["--help"]).stdout) {
         let sub = listed_commands(&cli.ok(&[&top, "--help"]).stdout);
@@ -483,7 +483,9 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
         }
     }
     let exempt: BTreeSet<String> =
-        ["demo", "completions", "cluster add-node", "cluster remove-node", "cluster replace-node"].map(String::from).into();
+        ["demo", "completions", "cluster add-node", "cluster remove-node", "cluster replace-node", "cluster add-shard"]
+            .map(String::from)
+            .into();
     let missed: Vec<&String> = listed.difference(&cli.ran).filter(|c| !exempt.contains(*c)).collect();
     assert!(missed.is_empty(), "commands without a check here: {missed:?} (ran {:?})", cli.ran);
     assert!(listed.len() >= 22, "the help lists every command: {listed:?}");

@@ -1,8 +1,9 @@
-//! Membership online (`hongbao cluster add-node / remove-node / replace-node`) on the 3 × 3
-//! topology: real nodes and routers, the CLI as an operator runs it. The 3 × 1 topology's
-//! replacements under load, with leaders killed, are the chaos schedule `reshape`
-//! (tests/tests/chaos.rs).
+//! Membership online (`hongbao cluster add-node / remove-node / replace-node / add-shard`):
+//! real nodes and routers, the CLI as an operator runs it. Replacements under load, with
+//! leaders killed, are the chaos schedule `reshape` (tests/tests/chaos.rs, 3 × 1; and
+//! `scripts/chaos reshape --nodes-per-region 3`).
 
+use hongbao_proto::v1::ReplicaRole;
 use hongbao_tests::{Cluster, Spec};
 use std::time::{Duration, Instant};
 
@@ -115,4 +116,57 @@ async fn a_membership_change_that_would_weaken_a_shard_is_refused_and_changes_no
     assert_eq!(b, 5_000, "not one cent moved");
     let audit = client.audit().await.expect("audit");
     assert!(audit.balanced, "{:?}", audit.problems);
+}
+
+/// A shard added online on the 3 × 1 topology: a new Raft group founded by its home replica,
+/// led, known to the routers without a restart (their status names its leader), counted by the
+/// audit, and reopened by a node restarted on its old topology file (which does not name it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x1() {
+    let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(60)).await;
+    let client = c.router_client("shanghai");
+    let user = c.topology.user_in_shard(2, 100);
+    c.funded(&client, user, 3_000).await;
+
+    let out = c.cli_ok(&["cluster", "add-shard", "--id", "4", "--home", "tianjin", "--replicas", "1,2,3"]);
+    assert!(out.contains("shard 4 founded on nodes [1, 2, 3]"), "{out}");
+    let map = c.sync_map();
+    let s4 = map.shard(4).expect("shard 4 in the map");
+    assert_eq!((s4.founded, s4.slots.len()), (map.version, 0), "founded at this version, with no slot yet");
+    let again = c.cli_ok(&["cluster", "add-shard", "--id", "4", "--home", "tianjin", "--replicas", "1,2,3"]);
+    assert!(again.contains("shard 4 founded"), "re-sent, it is already done: {again}");
+    assert_eq!(c.sync_map().version, map.version, "a re-send changes nothing");
+
+    // The routers learn it from the map (no restart): their view names its leader.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = client.status().await.expect("status");
+        let view = st.router.expect("a router's own view");
+        if view.leaders.iter().any(|l| l.shard == 4 && l.node != 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the router never routed shard 4: {view:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let audit = client.audit().await.expect("audit");
+    assert_eq!(audit.shards.len(), 4, "the audit covers the new shard");
+    assert!(audit.balanced, "{:?}", audit.problems);
+    assert_eq!(audit.total_topups_cents, 3_000);
+
+    // Node 3 restarts on the topology file, which knows three shards: it reopens shard 4 from
+    // the map its peers give it, and follows its leader again.
+    c.kill(3);
+    c.start_node(3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(st) = c.node_client().status_of(&c.node_addr(3)).await {
+            let r = st.nodes.iter().flat_map(|n| n.shards.iter()).find(|s| s.shard == 4).map(|s| s.role());
+            if matches!(r, Some(ReplicaRole::Follower | ReplicaRole::Leader)) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "restarted node 3 did not reopen shard 4");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -576,6 +576,15 @@ impl Client {
         .await
     }
 
+    pub async fn add_shard(&self, shard: u32, home: &str, replicas: &[u64]) -> Result<MembershipReply> {
+        let req = AddShardRequest { shard, home: home.into(), replicas: replicas.to_vec() };
+        self.membership(|ch, a| {
+            let r = long(a.req(req.clone()));
+            async move { ClusterClient::new(ch).add_shard(r).await }
+        })
+        .await
+    }
+
     pub async fn remove_replica(&self, shard: u32, node: u64) -> Result<MembershipReply> {
         self.membership(|ch, a| {
             let r = long(a.req(ReplicaChangeRequest { shard, node }));

@@ -308,6 +308,17 @@ enum ClusterCmd {
         #[arg(long, value_delimiter = ',')]
         shards: Vec<u32>,
     },
+    /// Add a shard: a new Raft group on --replicas (one per region, at least three), homed in
+    /// --home, owning no slot yet. Waits for its first leader.
+    AddShard {
+        #[arg(long)]
+        id: u32,
+        #[arg(long)]
+        home: String,
+        /// Its replicas' node ids, e.g. --replicas 2,5,8.
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<u64>,
+    },
     /// Take a node out of every shard it holds a replica of, then out of the map.
     RemoveNode {
         #[arg(long)]
@@ -879,6 +890,9 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
         ClusterCmd::AddNode { node, shards } => {
             let spec = NodeSpec { id: node.id, region: node.region, addr: node.addr, metrics_addr: node.metrics_addr };
             membership(client, membership::add_plan(spec, &shards), json).await
+        }
+        ClusterCmd::AddShard { id, home, replicas } => {
+            membership(client, vec![membership::Step::AddShard { shard: id, home, replicas }], json).await
         }
         ClusterCmd::RemoveNode { id } => {
             let map = current_map(client).await?;

@@ -22,6 +22,7 @@ pub enum Step {
     AddReplica { shard: u32, node: u64 },
     RemoveReplica { shard: u32, node: u64 },
     RemoveNode(u64),
+    AddShard { shard: u32, home: String, replicas: Vec<u64> },
 }
 
 /// A step done: the map version it left, the node's words about it, and how often it was re-sent.
@@ -41,12 +42,13 @@ impl Step {
             Step::AddReplica { .. } => "add_replica",
             Step::RemoveReplica { .. } => "remove_replica",
             Step::RemoveNode(_) => "remove_node",
+            Step::AddShard { .. } => "add_shard",
         }
     }
 
     pub fn shard(&self) -> Option<u32> {
         match self {
-            Step::AddReplica { shard, .. } | Step::RemoveReplica { shard, .. } => Some(*shard),
+            Step::AddReplica { shard, .. } | Step::RemoveReplica { shard, .. } | Step::AddShard { shard, .. } => Some(*shard),
             Step::AddNode(_) | Step::RemoveNode(_) => None,
         }
     }
@@ -55,6 +57,7 @@ impl Step {
         match self {
             Step::AddNode(n) => n.id,
             Step::AddReplica { node, .. } | Step::RemoveReplica { node, .. } | Step::RemoveNode(node) => *node,
+            Step::AddShard { .. } => 0,
         }
     }
 
@@ -65,6 +68,7 @@ impl Step {
             Step::AddReplica { shard, node } => format!("shard {shard}: add node {node} as a replica"),
             Step::RemoveReplica { shard, node } => format!("shard {shard}: remove node {node} from the replicas"),
             Step::RemoveNode(node) => format!("remove node {node} from the map"),
+            Step::AddShard { shard, .. } => format!("add shard {shard}"),
         }
     }
 
@@ -75,6 +79,7 @@ impl Step {
             Step::AddReplica { shard, node } => format!("shard {shard}: node {node} caught up and is a voter (version {version})"),
             Step::RemoveReplica { shard, node } => format!("shard {shard}: node {node} removed from the replicas (version {version})"),
             Step::RemoveNode(node) => format!("node {node} removed from the map (version {version})"),
+            Step::AddShard { shard, replicas, .. } => format!("shard {shard} founded on nodes {replicas:?} and led (version {version})"),
         }
     }
 
@@ -85,6 +90,7 @@ impl Step {
             Step::RemoveReplica { shard, .. } => format!("shard {shard}: removal still under way, re-sending"),
             Step::AddNode(n) => format!("node {}: not in the map yet, re-sending", n.id),
             Step::RemoveNode(node) => format!("node {node}: still in the map, re-sending"),
+            Step::AddShard { shard, .. } => format!("shard {shard}: no leader yet, re-sending"),
         }
     }
 
@@ -94,6 +100,7 @@ impl Step {
             Step::AddReplica { shard, node } => client.add_replica(*shard, *node).await,
             Step::RemoveReplica { shard, node } => client.remove_replica(*shard, *node).await,
             Step::RemoveNode(node) => client.remove_node(*node).await,
+            Step::AddShard { shard, home, replicas } => client.add_shard(*shard, home, replicas).await,
         }
     }
 }

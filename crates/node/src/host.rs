@@ -157,14 +157,16 @@ impl Host {
     }
 
     /// Opens the Raft replica of `s` here and starts its per-shard tasks. A shard of this node's
-    /// topology file may be bootstrapped (a new cluster); one placed here online never is: it
-    /// waits, empty and without a vote, for its leader to add it as a learner.
+    /// topology file (a new cluster) or one added online may be founded here (by its first
+    /// home-region replica, when no peer has its history); a replica added to an existing shard
+    /// never is: it waits, empty and without a vote, for its leader to add it as a learner.
     async fn open_replica(self: &Arc<Self>, s: &hongbao_topology::Shard) -> anyhow::Result<Arc<Replica>> {
         let log = LogStore::new(self.db.clone(), s.id);
         let sm = StateMachine::open(self.db.clone(), s.id, self.config.clone(), &self.data_dir.join("snapshots"))?;
         let net = NetworkFactory { shard: s.id, peers: self.peers.clone() };
         let raft = Raft::new(self.node_id, self.raft_config.clone(), net, log, sm).await?;
-        let may_bootstrap = self.seeded.contains(&s.id) && self.topology().version == 0;
+        // A shard of the topology file in a new cluster, or one added online (`founded`).
+        let may_bootstrap = s.founded > 0 || (self.seeded.contains(&s.id) && self.topology().version == 0);
         bootstrap_if_new(&raft, &self.topology(), s, self.node_id, &self.peers, &self.rejoin, may_bootstrap).await?;
         let door = ConfigDoor::new(self.node_id, s.id, self.peers.clone(), self.config.fingerprint());
         let replica = Arc::new(Replica::new(s.id, raft, s.home.clone(), door));

@@ -132,6 +132,24 @@ pub async fn remove_replica(host: &Arc<Host>, shard: ShardId, node: NodeId, forw
     Ok(reply(mapped.map_version, format!("node {node} is no replica of shard {shard} any more")))
 }
 
+/// AddShard: the shard into the map (every replica's node opens it; its first home-region
+/// replica founds the Raft group), then a wait for its first leader.
+pub async fn add_shard(host: &Arc<Host>, shard: ShardId, home: &str, replicas: &[NodeId]) -> Result<MembershipReply, Status> {
+    tracing::info!(shard, home, ?replicas, "add shard");
+    let mapped = change_map(host, |t| t.add_shard(shard, home, replicas)).await?;
+    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    loop {
+        if let Some(l) = leader_of(host, shard).await {
+            return Ok(reply(mapped.map_version, format!("shard {shard} founded on nodes {replicas:?}, led by node {l}")));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let msg = format!("shard {shard} is in the map but has no leader yet: re-send to wait on");
+            return Err(status(detail(ErrorCode::Timeout, msg, shard)));
+        }
+        tokio::time::sleep(POLL * 2).await;
+    }
+}
+
 /// This node's replica of `shard` if it leads it.
 fn leading(host: &Host, shard: ShardId) -> Option<Arc<Replica>> {
     host.replica(shard).ok().filter(|r| host.is_leader(r))

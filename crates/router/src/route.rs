@@ -765,6 +765,15 @@ impl Cluster for RouterService {
         })
         .await
     }
+    async fn add_shard(&self, req: Request<AddShardRequest>) -> Res<MembershipReply> {
+        self.gate.roles(&req, &[Role::Admin], "add a shard")?;
+        let r = req.into_inner();
+        self.membership(|mut c, left| {
+            let r = with_deadline(r.clone(), left);
+            async move { c.add_shard(r).await }
+        })
+        .await
+    }
 }
 
 impl RouterService {

@@ -70,6 +70,14 @@ pub struct Shard {
     pub replicas: Vec<NodeId>,
     /// Slots `[from, to)` owned by this shard.
     pub slots: Vec<[u32; 2]>,
+    /// The map version that added this shard online (0: a shard of the topology file). Its
+    /// first home-region replica founds its Raft group (`Topology::add_shard`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub founded: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -333,6 +341,27 @@ impl Topology {
         self.next(|t| t.nodes.push(node))
     }
 
+    /// Adds a shard (a new Raft group) on `replicas`, homed in `home`, owning no slot yet. The
+    /// same shard again is Unchanged; its id for another one is refused.
+    pub fn add_shard(&self, id: ShardId, home: &str, replicas: &[NodeId]) -> Result<Topology, Edit> {
+        if let Some(s) = self.shard(id) {
+            return Err(if s.home == home && s.replicas == replicas {
+                Edit::Unchanged(format!("shard {id} is in the map already"))
+            } else {
+                Edit::Refused(format!("shard id {id} is taken (home {}, replicas {:?})", s.home, s.replicas))
+            });
+        }
+        if replicas.len() < MIN_VOTERS {
+            return Err(Edit::Refused(format!("shard {id} needs at least {MIN_VOTERS} replicas, not {}", replicas.len())));
+        }
+        if let Some(n) = replicas.iter().find(|n| self.node(**n).is_none()) {
+            return Err(Edit::Refused(format!("node {n} is not in the map: add the node first")));
+        }
+        self.region_majority(id, replicas)?;
+        let shard = Shard { id, home: home.to_string(), replicas: replicas.to_vec(), slots: vec![], founded: self.version + 1 };
+        self.next(|t| t.shards.push(shard))
+    }
+
     /// Removes a node that holds no replica any more.
     pub fn remove_node(&self, id: NodeId) -> Result<Topology, Edit> {
         if self.node(id).is_none() {
@@ -503,6 +532,22 @@ mod tests {
         assert_eq!(back.version, 3);
         assert_eq!(back.shard(1).unwrap().replicas, vec![1, 2, 4]);
         assert_eq!(back.node(4).unwrap().region, "tianjin");
+    }
+
+    #[test]
+    fn a_shard_is_added_with_no_slots_and_its_founding_version_and_survives_its_toml() {
+        let t = default_topology();
+        let t1 = t.add_shard(4, "shanghai", &[1, 2, 3]).unwrap();
+        let s = t1.shard(4).unwrap();
+        assert_eq!((s.founded, s.slots.len(), t1.version), (1, 0, 1));
+        assert!(matches!(t1.add_shard(4, "shanghai", &[1, 2, 3]), Err(Edit::Unchanged(_))));
+        assert!(matches!(t1.add_shard(4, "tianjin", &[1, 2, 3]), Err(Edit::Refused(_))), "an id is not reused");
+        assert!(matches!(t1.add_shard(5, "shanghai", &[1, 2]), Err(Edit::Refused(m)) if m.contains("at least 3")));
+        assert!(matches!(t1.add_shard(5, "nowhere", &[1, 2, 3]), Err(Edit::Refused(_))), "an unknown home region");
+        let back = Topology::parse(&t1.to_toml()).unwrap();
+        assert_eq!(back.shard(4).unwrap().founded, 1);
+        assert_eq!(back.shard(1).unwrap().founded, 0, "a seed shard has no founding version");
+        assert!(!t1.to_toml().contains("founded = 0"), "seed shards keep the topology file's shape");
     }
 
     #[test]

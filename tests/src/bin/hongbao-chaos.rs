@@ -13,7 +13,7 @@ use std::time::Duration;
 struct Args {
     /// kill-leader | kill-region | partition-region | isolate-leader | pause-node | slow-links |
     /// rolling-restart | clock-jump | disk-loss | snapshot-storm | clock-leap | big-entries |
-    /// corrupt-snapshot | netns-partition (root: nodes in network namespaces) | all
+    /// corrupt-snapshot | netns-partition (root: nodes in network namespaces) | reshape | all
     schedule: String,
     /// Seconds of fault injection (the workload runs throughout).
     #[arg(long, default_value_t = 30)]
@@ -25,6 +25,10 @@ struct Args {
     /// Simulated one-way WAN latency between regions, in ms.
     #[arg(long, default_value_t = 5)]
     wan_latency_ms: u64,
+    /// Nodes per region: 1 is the 3 × 1 topology (every node holds every shard), 3 the 3 × 3
+    /// (each node one shard).
+    #[arg(long, default_value_t = 1)]
+    nodes_per_region: usize,
     /// Run on containers (scripts/cluster up --containers; the image must exist: scripts/chaos
     /// builds it): kill-leader, kill-region and partition-region, the last by disconnecting
     /// the region's containers from the other regions' networks.
@@ -45,8 +49,8 @@ fn main() {
             }
         }
     };
-    if a.duration == 0 || a.duration > 24 * 3600 || a.workers == 0 || a.workers > 256 {
-        eprintln!("--duration must be 1..=86400 s and --workers 1..=256");
+    if a.duration == 0 || a.duration > 24 * 3600 || a.workers == 0 || a.workers > 256 || !(1..=3).contains(&a.nodes_per_region) {
+        eprintln!("--duration must be 1..=86400 s, --workers 1..=256 and --nodes-per-region 1..=3");
         std::process::exit(2);
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
@@ -56,6 +60,7 @@ fn main() {
         seed: a.seed,
         wan_latency_ms: a.wan_latency_ms,
         containers: a.containers,
+        nodes_per_region: a.nodes_per_region,
         ..Options::default()
     };
     let mut failed = false;

@@ -123,6 +123,8 @@ pub struct Options {
     /// Run on containers (scripts/cluster up --containers, the image of scripts/image) instead
     /// of processes: kill is `docker kill`, partition-region is `docker network disconnect`.
     pub containers: bool,
+    /// 1: the 3 × 1 topology; 3: the 3 × 3 (each node holds one shard).
+    pub nodes_per_region: usize,
 }
 
 impl Default for Options {
@@ -135,6 +137,7 @@ impl Default for Options {
             packet_ttl_ms: 6_000,
             users_per_shard: 4,
             containers: false,
+            nodes_per_region: 1,
         }
     }
 }
@@ -301,6 +304,7 @@ async fn start_cluster(schedule: Schedule, opts: &Options, net: Option<&netns::N
         wan_latency_ms: opts.wan_latency_ms,
         snapshot_every: if small { SMALL_SNAPSHOT_EVERY } else { 2_000 },
         keep_behind_snapshot: if small { SMALL_KEEP_BEHIND } else { 500 },
+        nodes_per_region: opts.nodes_per_region,
         ..Spec::default()
     };
     let c = match net {
@@ -1295,12 +1299,19 @@ async fn quiesce(client: &Client, history: &[Event], users: &[u64]) -> anyhow::R
 /// final balances: a replica that caught up by log or by snapshot (torn or wiped on the way)
 /// holds the leader's data.
 async fn replicas_agree(c: &Cluster, fin: &Final, report: &mut Report) {
-    let users: Vec<u64> = fin.balances.keys().copied().collect();
     for n in c.topology.nodes.iter().map(|n| n.id) {
+        // The users of the shards this node holds (all of them in 3 × 1).
+        let users: Vec<u64> = fin
+            .balances
+            .keys()
+            .copied()
+            .filter(|u| c.topology.shard(c.topology.shard_of_user(*u)).is_some_and(|s| s.replicas.contains(&n)))
+            .collect();
+        let want: BTreeMap<u64, u64> = users.iter().map(|u| (*u, fin.balances[u])).collect();
         let mut last;
         let same = eventually!(Duration::from_secs(20), {
             last = c.stale_balances(n, &users).await;
-            matches!(&last, Ok(b) if *b == fin.balances)
+            matches!(&last, Ok(b) if *b == want)
         });
         if same {
             report.effects.push(format!("node {n}'s own replicas hold the final balances of all {} users", users.len()));

@@ -291,6 +291,12 @@ impl Cluster for ClusterService {
         crate::membership::remove_replica(&self.host, shard, node, forwarded).await.map(Response::new)
     }
 
+    async fn add_shard(&self, req: Request<AddShardRequest>) -> Result<Response<MembershipReply>, Status> {
+        self.admin_only(&req, "add a shard")?;
+        let AddShardRequest { shard, home, replicas } = req.into_inner();
+        crate::membership::add_shard(&self.host, shard, &home, &replicas).await.map(Response::new)
+    }
+
     async fn undrain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
         let DrainRequest { region, local_only } = req.get_ref().clone();
         if local_only {
