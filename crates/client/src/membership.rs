@@ -239,6 +239,7 @@ mod tests {
                 Step::AddReplica { shard, node } => t.add_replica(*shard, *node),
                 Step::RemoveReplica { shard, node } => t.remove_replica(*shard, *node),
                 Step::RemoveNode(node) => t.remove_node(*node),
+                Step::AddShard { shard, home, replicas } => t.add_shard(*shard, home, replicas),
             }
             .unwrap_or_else(|e| panic!("{s:?}: {e:?}"));
         }
