@@ -635,8 +635,11 @@ impl Cluster {
     }
 
     /// The cluster map the nodes serve (`hongbao cluster map --json`); the harness's view of the
-    /// cluster (`topology`) becomes it. Nodes it does not name (removed, or prepared and not
-    /// added yet) stay addressable (`gone`).
+    /// cluster (`topology`) becomes it, and so does the topology file every later (re)start
+    /// reads, as an operator would save it (`hongbao cluster map > topology.toml`): a node
+    /// starting asks the nodes its file names for the newest map, and after enough replacements
+    /// none of the first file's nodes is left. Nodes the map does not name (removed, or prepared
+    /// and not added yet) stay addressable (`gone`).
     pub fn sync_map(&mut self) -> Topology {
         let out = self.cli_ok(&["--json", "cluster", "map"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("cluster map --json: {e}: {out}"));
@@ -646,6 +649,7 @@ impl Cluster {
                 self.gone.insert(n.id, n.clone());
             }
         }
+        std::fs::write(&self.topology_path, t.to_toml()).expect("write the topology file");
         self.topology = t.clone();
         t
     }

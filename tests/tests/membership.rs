@@ -128,6 +128,8 @@ async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x
     let client = c.router_client("shanghai");
     let user = c.topology.user_in_shard(2, 100);
     c.funded(&client, user, 3_000).await;
+    let first_file = c.dir.path().join("first-topology.toml");
+    std::fs::copy(&c.topology_path, &first_file).expect("keep the first topology file");
 
     let out = c.cli_ok(&["cluster", "add-shard", "--id", "4", "--home", "tianjin", "--replicas", "1,2,3"]);
     assert!(out.contains("shard 4 founded on nodes [1, 2, 3]"), "{out}");
@@ -154,10 +156,10 @@ async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x
     assert!(audit.balanced, "{:?}", audit.problems);
     assert_eq!(audit.total_topups_cents, 3_000);
 
-    // Node 3 restarts on the topology file, which knows three shards: it reopens shard 4 from
-    // the map its peers give it, and follows its leader again.
+    // Node 3 restarts on the first topology file, which knows three shards: it reopens shard 4
+    // from the map its peers give it, and follows its leader again.
     c.kill(3);
-    c.start_node(3);
+    c.start_node_on(3, &first_file);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(st) = c.node_client().status_of(&c.node_addr(3)).await {

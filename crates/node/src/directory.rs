@@ -105,8 +105,9 @@ pub async fn at_start(seed: Topology, peers: &crate::peers::Peers, node_id: Node
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "node {node_id} is in neither the topology file nor the cluster map the other nodes answered with \
-             (version {}): add it first with `hongbao cluster add-node`",
+            "node {node_id} is in neither the topology file nor the cluster map the nodes it names answered with \
+             (version {}): add it with `hongbao cluster add-node` within a minute of starting it, and give it a \
+             topology file naming live nodes (`hongbao cluster map > topology.toml`)",
             best.version
         );
         tracing::info!(node = node_id, "not in the cluster map yet; asking the other nodes again");
