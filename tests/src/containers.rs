@@ -122,6 +122,7 @@ impl Cluster {
             env: Vec::new(),
             containers: Some(Containers { home, down_nodes: BTreeSet::new(), partitioned: BTreeSet::new() }),
             gone: Default::default(),
+            made_version: Default::default(),
         };
         // From here on, dropping `c` removes whatever the script created.
         match out.status.code() {

@@ -161,6 +161,8 @@ pub struct Cluster {
     containers: Option<containers::Containers>,
     /// Nodes the cluster map no longer names (removed online), still addressable here.
     gone: BTreeMap<u64, hongbao_topology::Node>,
+    /// The highest map version a membership command said it made (`sync_map` waits for it).
+    made_version: std::sync::atomic::AtomicU64,
 }
 
 impl Cluster {
@@ -187,6 +189,7 @@ impl Cluster {
             env: spec.env,
             containers: None,
             gone: BTreeMap::new(),
+            made_version: Default::default(),
         };
         let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
         for id in ids {
@@ -631,7 +634,17 @@ impl Cluster {
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert_eq!(out.code, 0, "hongbao {}: exit {}\nstdout: {}\nstderr: {}", args.join(" "), out.code, out.stdout, out.stderr);
+        self.saw_versions(&out.stdout);
         out.stdout
+    }
+
+    /// Notes the map versions a membership command's progress lines name ("(version N)"), so
+    /// that `sync_map` reads a map at least that new.
+    pub fn saw_versions(&self, progress: &str) {
+        let newest = progress.split("(version ").skip(1).filter_map(|s| s.split(')').next()?.parse::<u64>().ok()).max();
+        if let Some(v) = newest {
+            self.made_version.fetch_max(v, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// The cluster map the nodes serve (`hongbao cluster map --json`); the harness's view of the
@@ -641,9 +654,18 @@ impl Cluster {
     /// none of the first file's nodes is left. Nodes the map does not name (removed, or prepared
     /// and not added yet) stay addressable (`gone`).
     pub fn sync_map(&mut self) -> Topology {
-        let out = self.cli_ok(&["--json", "cluster", "map"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("cluster map --json: {e}: {out}"));
-        let t = Topology::parse(v["toml"].as_str().expect("the map's toml")).expect("the served map validates");
+        let want = self.made_version.load(std::sync::atomic::Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let t = loop {
+            let out = self.cli_ok(&["--json", "cluster", "map"]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("cluster map --json: {e}: {out}"));
+            let t = Topology::parse(v["toml"].as_str().expect("the map's toml")).expect("the served map validates");
+            if t.version >= want {
+                break t;
+            }
+            assert!(Instant::now() < deadline, "the served map stays at version {} < {want}", t.version);
+            std::thread::sleep(Duration::from_millis(100));
+        };
         for n in &self.topology.nodes {
             if t.node(n.id).is_none() {
                 self.gone.insert(n.id, n.clone());

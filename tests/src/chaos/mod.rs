@@ -744,6 +744,7 @@ async fn reshape(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
         log.missed(format!("replace-node {old} -> {new} failed: {}{}", text(&out.stdout), text(&out.stderr)));
         return;
     }
+    c.saw_versions(&text(&out.stdout));
     let map = c.sync_map();
     let moved = map.node(old).is_none() && map.shards.iter().all(|s| !s.replicas.contains(&old)) && !map.shards_on(new).is_empty();
     if moved {

@@ -351,6 +351,7 @@ impl Net {
             env: spec.env,
             containers: None,
             gone: Default::default(),
+            made_version: Default::default(),
         };
         for id in c.topology.nodes.iter().map(|n| n.id).collect::<Vec<_>>() {
             c.start_node(id);

@@ -256,12 +256,22 @@ impl Cluster for ClusterService {
         Ok(Response::new(DrainReply { moved }))
     }
 
-    async fn get_map(&self, _req: Request<GetMapRequest>) -> Result<Response<ClusterMap>, Status> {
+    async fn get_map(&self, req: Request<GetMapRequest>) -> Result<Response<ClusterMap>, Status> {
         // The meta shard's applied map if a replica of it is here (it may be ahead of the one
-        // this node installed), else the installed one.
+        // this node installed). Else, for an admin or a router, what the meta shard's replicas
+        // say: this node's installed map may be a follow round (500 ms) behind a change just
+        // made. Another node asking gets this node's own answer (no fan-out of fan-outs).
         let mut t = self.host.topology();
-        if let Some(local) = crate::directory::local_map(&self.host).filter(|l| l.version > t.version) {
-            t = Arc::new(local);
+        let newer = match crate::directory::local_map(&self.host) {
+            Some(local) => Some(local),
+            None if !matches!(crate::access::caller(&req)?, hongbao_auth::Identity::Node(_)) => {
+                let meta = t.shard(t.meta_shard()).map(|s| s.replicas.clone()).unwrap_or_default();
+                crate::directory::fetch(&self.host.peers, &meta).await
+            }
+            None => None,
+        };
+        if let Some(m) = newer.filter(|m| m.version > t.version) {
+            t = Arc::new(m);
         }
         Ok(Response::new(ClusterMap { version: t.version, toml: t.to_toml() }))
     }
