@@ -409,7 +409,15 @@ impl ReceivingFile {
         if in_meta != *meta {
             return Err(corrupt(format!("received snapshot holds {in_meta:?}, the stream announced {meta:?}")));
         }
-        Ok(SnapshotFile { path: self.path.clone() })
+        // The install gets a link of its own: openraft may run it after the stream's handler
+        // has returned and deleted this file (seen on a learner's first snapshot). `install`
+        // removes the link once the snapshot is placed; one never installed is a leftover.
+        let dir = self.path.parent().ok_or_else(|| io::Error::other("snapshot file has no folder"))?;
+        let link = dir.join(format!("shard-{shard}.snap.install-{}", unique()));
+        if std::fs::hard_link(&self.path, &link).is_err() {
+            std::fs::copy(&self.path, &link)?;
+        }
+        Ok(SnapshotFile { path: link })
     }
 }
 
@@ -529,6 +537,11 @@ pub(crate) fn install(
         return Err(corrupt(format!("snapshot file holds {:?}, asked to install {meta:?}", staged.meta)));
     }
     place(&snapshot.path, dir, shard)?;
+    let install_link = format!("shard-{shard}.snap.install-");
+    if snapshot.path.parent() == Some(dir) && snapshot.path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&install_link)) {
+        // A received file's own link (`ReceivingFile::finish`): placed, it is not needed.
+        let _ = std::fs::remove_file(&snapshot.path);
+    }
     ingest(db, &staged)?;
     tracing::info!(shard, keys = staged.pairs, ssts = staged.files.len(), last = ?meta.last_log_id, "snapshot installed");
     Ok(staged.sm_meta.clone())

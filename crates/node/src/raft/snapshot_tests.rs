@@ -268,9 +268,16 @@ async fn a_received_file_is_refused_unless_complete_and_the_snapshot_the_stream_
     assert!(r.finish(SHARD, &other).is_err());
     // Another shard's.
     assert!(r.finish(SHARD + 1, &s1.meta).is_err());
-    assert!(r.finish(SHARD, &s1.meta).is_ok());
+    let got = r.finish(SHARD, &s1.meta).expect("verifies");
     drop(r);
-    assert_eq!(std::fs::read_dir(&b.snap_dir).unwrap().count(), 0, "received files are deleted with their stream");
+    // What is left is the install's own link, never installed here: a leftover the next open
+    // removes.
+    let names: Vec<String> =
+        std::fs::read_dir(&b.snap_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec![got.path.file_name().unwrap().to_string_lossy().into_owned()], "received files are deleted with their stream");
+    assert!(names[0].starts_with(&format!("shard-{SHARD}.snap.install-")));
+    remove_leftovers(&b.snap_dir, SHARD).unwrap();
+    assert_eq!(std::fs::read_dir(&b.snap_dir).unwrap().count(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,4 +363,23 @@ async fn opening_removes_what_crashed_receives_builds_and_installs_left_behind()
     let names: Vec<String> =
         std::fs::read_dir(&b.snap_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, vec![format!("shard-{}.snap.recv-1", SHARD + 1)]);
+}
+
+/// openraft may run a received snapshot's install after the stream's handler returned and
+/// deleted the stream's file (a new learner's first snapshot did): the install reads its own
+/// link, and removes it once the snapshot is placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_snapshot_installs_after_the_streams_own_file_is_gone() {
+    let (a, s1) = source(100).await;
+    let whole = std::fs::read(&s1.snapshot.path).unwrap();
+    let mut b = target();
+    let mut r = ReceivingFile::create(&b.snap_dir, SHARD).unwrap();
+    r.write(&whole).unwrap();
+    let got = r.finish(SHARD, &s1.meta).expect("the stream verifies");
+    drop(r);
+    b.sm.install_snapshot(&s1.meta, got).await.expect("installs from its own link");
+    assert!(shard_data(&b.db, SHARD) == shard_data(&a.db, SHARD));
+    let names: Vec<String> =
+        std::fs::read_dir(&b.snap_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec![format!("shard-{SHARD}.snap")], "only the current snapshot is left");
 }
