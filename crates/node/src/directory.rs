@@ -80,14 +80,16 @@ pub fn local_map(host: &Host) -> Option<Topology> {
     parse(version, &toml)
 }
 
-/// The newest map any of `nodes` answers with (None: none answered).
-pub async fn fetch(peers: &crate::peers::Peers, nodes: &[NodeId]) -> Option<Topology> {
+/// How many of `nodes` answered, and the newest map they answered with if newer than `than`
+/// (answers no newer are not parsed: most rounds bring the same map).
+pub async fn fetch(peers: &crate::peers::Peers, nodes: &[NodeId], than: u64) -> (usize, Option<Topology>) {
     let calls = nodes.iter().filter(|n| **n != peers.self_id).filter_map(|n| peers.channel(*n)).map(|ch| async move {
         let r = tokio::time::timeout(GET_MAP_TIMEOUT, ClusterClient::new(ch).get_map(GetMapRequest {})).await.ok()?.ok()?;
         let m = r.into_inner();
-        parse(m.version, m.toml.as_bytes())
+        Some(if m.version > than { parse(m.version, m.toml.as_bytes()) } else { None })
     });
-    futures::future::join_all(calls).await.into_iter().flatten().max_by_key(|t| t.version)
+    let answers: Vec<Option<Topology>> = futures::future::join_all(calls).await.into_iter().flatten().collect();
+    (answers.len(), answers.into_iter().flatten().max_by_key(|t| t.version))
 }
 
 /// The map a starting node begins with: the newest of the seed and what the seed's nodes
@@ -97,7 +99,7 @@ pub async fn at_start(seed: Topology, peers: &crate::peers::Peers, node_id: Node
     let deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
     let mut best = seed;
     loop {
-        if let Some(t) = fetch(peers, &nodes).await.filter(|t| t.version > best.version) {
+        if let (_, Some(t)) = fetch(peers, &nodes, best.version).await {
             best = t;
         }
         if best.node(node_id).is_some() {
@@ -116,12 +118,19 @@ pub async fn at_start(seed: Topology, peers: &crate::peers::Peers, node_id: Node
 }
 
 /// Installs the newest map this node can find: the meta shard's applied state if a replica of
-/// it is here, and what the other nodes answer. Both: a replica removed from the meta shard
-/// stops hearing of new versions (the change that removed it may be the last it got).
+/// it is here, and what the meta shard's replicas answer. Both: a replica removed from the meta
+/// shard stops hearing of new versions (the change that removed it may be the last it got).
+/// Only if none of those answers, every node of the map is asked (the meta replicas this node
+/// knows of may all have been replaced while it was away).
 pub async fn refresh(host: &Host) {
     let t = host.topology();
-    let nodes: Vec<NodeId> = t.nodes.iter().map(|n| n.id).collect();
-    let newest = [local_map(host), fetch(&host.peers, &nodes).await].into_iter().flatten().max_by_key(|m| m.version);
+    let meta: Vec<NodeId> = t.shard(t.meta_shard()).map(|s| s.replicas.clone()).unwrap_or_default();
+    let (answered, mut asked) = fetch(&host.peers, &meta, t.version).await;
+    if answered == 0 {
+        let all: Vec<NodeId> = t.nodes.iter().map(|n| n.id).collect();
+        asked = fetch(&host.peers, &all, t.version).await.1;
+    }
+    let newest = [local_map(host), asked].into_iter().flatten().max_by_key(|m| m.version);
     if let Some(m) = newest.filter(|m| m.version > host.topology().version) {
         host.install_map(m);
     }

@@ -113,7 +113,7 @@ pub async fn remove_replica(host: &Arc<Host>, shard: ShardId, node: NodeId, forw
     let Some(r) = leading(host, shard) else {
         return forward(host, shard, node, forwarded, false).await;
     };
-    if r.voters().contains(&node) || r.is_member(node) {
+    if r.is_member(node) {
         if node == host.node_id {
             // A leader does not remove itself: it hands over, and the new leader removes it.
             let to = r.voters().into_iter().find(|v| *v != node).ok_or_else(|| unavailable(shard, "no other voter"))?;

@@ -266,7 +266,7 @@ impl Cluster for ClusterService {
             Some(local) => Some(local),
             None if !matches!(crate::access::caller(&req)?, hongbao_auth::Identity::Node(_)) => {
                 let meta = t.shard(t.meta_shard()).map(|s| s.replicas.clone()).unwrap_or_default();
-                crate::directory::fetch(&self.host.peers, &meta).await
+                crate::directory::fetch(&self.host.peers, &meta, t.version).await.1
             }
             None => None,
         };
