@@ -151,6 +151,7 @@ async fn a_rogue_process_cannot_append_vote_install_a_snapshot_or_deliver_a_cred
                 user: users[0],
                 amount: hongbao_ledger::Cents(1_000_000),
                 origin: hongbao_ledger::Origin::Transfer { from: 1 },
+                bundle: None,
             }],
         },
     };

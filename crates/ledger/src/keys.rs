@@ -22,6 +22,8 @@
 //! | `n`    | `n seq`                      | Notification (challenge outbox) |
 //! | `z`    | `z region`                   | () region drained (absent: not) |
 //! | `v`    | `v`                          | cluster map: version (u64 BE) then its TOML (meta shard) |
+//! | `w`    | `w`                          | SlotTable: slots moving in or out, or gone |
+//! | `u`    | `u user`                     | ShardId: the wallet moved there with its slot |
 //!
 //! Request ids are scoped by the acting user (`Command::actor`): the same 16 bytes from two
 //! users are two requests, and neither can replay (read) the other's outcome.
@@ -175,6 +177,35 @@ pub fn drained_all() -> (Vec<u8>, Vec<u8>) {
 }
 pub fn cluster_map() -> Vec<u8> {
     vec![b'v']
+}
+pub fn slot_table() -> Vec<u8> {
+    vec![b'w']
+}
+pub fn moved(u: UserId) -> Vec<u8> {
+    k(b'u', &[&u.to_be_bytes()])
+}
+/// Accounts with user id above `after`.
+pub fn accounts_after(after: UserId) -> (Vec<u8>, Vec<u8>) {
+    match after.checked_add(1) {
+        Some(next) => (account(next), vec![b'a' + 1]),
+        None => (vec![b'a' + 1], vec![b'a' + 1]),
+    }
+}
+/// The user of an account key.
+pub fn account_user(key: &[u8]) -> UserId {
+    u64::from_be_bytes(key[1..9].try_into().expect("account key layout"))
+}
+/// Every statement entry of `u`.
+pub fn statements_of(u: UserId) -> (Vec<u8>, Vec<u8>) {
+    (k(b'm', &[&u.to_be_bytes()]), k(b'm', &[&u.to_be_bytes(), &[0xff; 9]]))
+}
+/// Every remembered request of `actor`.
+pub fn dedup_of(actor: UserId) -> (Vec<u8>, Vec<u8>) {
+    (k(b'q', &[&actor.to_be_bytes()]), k(b'q', &[&actor.to_be_bytes(), &[0xff; 17]]))
+}
+/// The request id of a dedup key.
+pub fn dedup_request(key: &[u8]) -> RequestId {
+    RequestId(key[9..25].try_into().expect("dedup key layout"))
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub struct Ledger<'a, S: Store + ?Sized> {
     config: &'a LedgerConfig,
     db: Overlay<'a, S>,
     totals: Totals,
+    /// Slots moving in or out, or gone (`keys::slot_table`), read once per batch.
+    slots: SlotTable,
 }
 
 fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -41,6 +43,26 @@ fn sub(a: Cents, b: Cents) -> Cents {
 /// Largest cluster map a SetClusterMap may carry (64 nodes and 256 shards fit many times over).
 pub const MAX_CLUSTER_MAP_BYTES: usize = 256 << 10;
 
+/// Most wallets one MoveSlotOut sends.
+pub const MAX_MOVE_USERS: u32 = 1024;
+/// Account records one MoveSlotOut looks at (a slot's users are spread over the whole table).
+pub const MOVE_SCAN_ROWS: usize = 4096;
+/// One MoveSlotOut stops adding wallets past this many bytes of bundles (at least one goes).
+pub const MOVE_PAGE_BYTES: usize = 512 << 10;
+/// Remembered requests one wallet may take along (a day of a very busy user); more refuses
+/// the move of its slot (AmountOverflow) until the oldest expire.
+pub const MAX_MOVED_REQUESTS: usize = 20_000;
+
+/// Where a user's wallet is, seen from this shard.
+enum Wallet {
+    Here(Account),
+    /// It moved with its slot to this shard: money for it goes there.
+    Moved(ShardId),
+    /// None here, and its slot is moving (SlotMoving) or gone (SlotMoved).
+    Elsewhere(Code),
+    Missing,
+}
+
 /// What a command's checks decided: reject with a code, or go ahead.
 type Check<T> = Result<T, Code>;
 
@@ -48,14 +70,18 @@ type Check<T> = Result<T, Code>;
 enum Landing {
     /// Into `user`'s wallet (`balance` as read, for the overflow check) with this statement entry.
     Wallet { user: UserId, balance: Cents, kind: EntryKind },
-    /// Back to the source with this origin: the receiver has no account here.
-    Return(Origin),
+    /// On into this shard's outbox: back to the source (the receiver has no account here), or
+    /// on to where the wallet moved.
+    Outbox { dest: ShardId, user: UserId, origin: Origin },
+    /// A moved wallet arriving.
+    Import(Box<UserBundle>),
 }
 
 impl<'a, S: Store + ?Sized> Ledger<'a, S> {
     pub fn new(shard: ShardId, config: &'a LedgerConfig, store: &'a S) -> Ledger<'a, S> {
         let totals = store.get(&keys::totals()).map(|b| dec(&b)).unwrap_or_default();
-        Ledger { shard, config, db: Overlay { store, writes: WriteSet::default() }, totals }
+        let slots = store.get(&keys::slot_table()).map(|b| dec(&b)).unwrap_or_default();
+        Ledger { shard, config, db: Overlay { store, writes: WriteSet::default() }, totals, slots }
     }
 
     /// The writes of every command applied so far, to commit in one batch.
@@ -107,7 +133,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         }
         self.collect(now);
         let outcome = self.execute(req, now);
-        if !system {
+        if !system && !outcome.code.is_misrouted() {
             let remember_from = now.max(req.id.issued_ms());
             self.put(keys::dedup(actor, &req.id), &DedupEntry { fingerprint, time_ms: now, outcome: outcome.clone() });
             self.db.put(keys::dedup_expiry(remember_from, actor, &req.id), vec![]);
@@ -210,6 +236,11 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
     }
 
     fn execute(&mut self, req: &Request, now: u64) -> Outcome {
+        // A frozen or moved slot's users are served elsewhere: refused before any check, and
+        // not remembered (`apply`), so the re-send runs where the wallet is.
+        if let Some(code) = req.cmd.home_user().and_then(|u| self.slot_refusal(u)) {
+            return Outcome::err(code);
+        }
         let res = match &req.cmd {
             Command::OpenAccount { user, device } => self.open_account(*user, device),
             Command::TopUp { user, amount } => self.top_up(req, now, *user, *amount),
@@ -234,6 +265,9 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             Command::SetDrained { region, drained } => self.set_drained(region, *drained),
             Command::ConfigCheck { .. } => Err(Code::InvalidArgument),
             Command::SetClusterMap { version, map } => self.set_cluster_map(*version, map),
+            Command::MoveSlotIn { slot, slots, from } => self.move_slot_in(*slot, *slots, *from),
+            Command::MoveSlotOut { slot, slots, to, max_users } => self.move_slot_out(*slot, *slots, *to, *max_users),
+            Command::FinishSlotIn { slot, from, through_seq } => self.finish_slot_in(*slot, *from, *through_seq),
         };
         match res {
             Ok(o) => o,
@@ -245,6 +279,39 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
 
     fn account(&self, user: UserId) -> Check<Account> {
         self.get(&keys::account(user)).ok_or(Code::UnknownUser)
+    }
+
+    /// SlotMoving / SlotMoved when `user`'s slot is frozen, arriving or gone here.
+    fn slot_refusal(&self, user: UserId) -> Option<Code> {
+        match self.slots.of(user)? {
+            SlotState::Leaving { .. } | SlotState::Arriving { .. } => Some(Code::SlotMoving),
+            SlotState::Gone { .. } => Some(Code::SlotMoved),
+        }
+    }
+
+    /// Where `user`'s wallet is: here, moved on (its forwarding mark), or not here.
+    fn find_wallet(&self, user: UserId) -> Wallet {
+        if let Some(acct) = self.get::<Account>(&keys::account(user)) {
+            return Wallet::Here(acct);
+        }
+        if let Some(to) = self.get::<ShardId>(&keys::moved(user)) {
+            return Wallet::Moved(to);
+        }
+        match self.slot_refusal(user) {
+            Some(code) => Wallet::Elsewhere(code),
+            None => Wallet::Missing,
+        }
+    }
+
+    /// A wallet that must be here for a local transfer or grab: Ok(None) when it moved on
+    /// (the money goes to that shard), the slot's code when it is moving, else UnknownUser.
+    fn local_or_moved(&self, user: UserId) -> Check<Result<Account, ShardId>> {
+        match self.find_wallet(user) {
+            Wallet::Here(a) => Ok(Ok(a)),
+            Wallet::Moved(to) => Ok(Err(to)),
+            Wallet::Elsewhere(code) => Err(code),
+            Wallet::Missing => Err(Code::UnknownUser),
+        }
     }
 
     fn valid_string(&self, s: &str, allow_empty: bool) -> Check<()> {
@@ -412,11 +479,16 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
 
     /// Queues money for a user on another shard: an outbox record with the next sequence number.
     fn outbox(&mut self, dest: ShardId, user: UserId, amount: Cents, origin: Origin) {
+        self.outbox_entry(dest, user, amount, origin, None)
+    }
+
+    fn outbox_entry(&mut self, dest: ShardId, user: UserId, amount: Cents, origin: Origin, bundle: Option<Box<UserBundle>>) {
+        assert_ne!(dest, self.shard, "an outbox goes to another shard");
         let mut pair: PairState = self.get(&keys::sent(dest)).unwrap_or_default();
         pair.seq += 1;
         pair.cents = add(pair.cents, amount);
         self.put(keys::sent(dest), &pair);
-        self.put(keys::outbox(dest, pair.seq), &CreditEntry { seq: pair.seq, user, amount, origin });
+        self.put(keys::outbox(dest, pair.seq), &CreditEntry { seq: pair.seq, user, amount, origin, bundle });
         self.totals.outbox_pending = add(self.totals.outbox_pending, amount);
         self.totals.outbox_records += 1;
     }
@@ -524,8 +596,15 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             return Err(Code::InvalidArgument);
         }
         let mut src = self.account(from)?;
-        let local = to_shard == self.shard;
-        let mut dst = if local { Some(self.account(to)?) } else { None };
+        // A receiver whose wallet moved on from here is paid there (a sender's map was older).
+        let (mut dst, to_shard) = match to_shard == self.shard {
+            true => match self.local_or_moved(to)? {
+                Ok(a) => (Some(a), to_shard),
+                Err(moved) => (None, moved),
+            },
+            false => (None, to_shard),
+        };
+        let local = dst.is_some();
         if let Err(o) = self.check_pin(now, &mut src, pin) {
             return Ok(o);
         }
@@ -704,8 +783,14 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             PacketKind::Password { phrase, .. } if password != Some(phrase.as_str()) => return Err(Code::WrongPassword),
             _ => {}
         }
-        let local = grabber_shard == self.shard;
-        let mut wallet = if local { Some(self.account(grabber)?) } else { None };
+        let (mut wallet, grabber_shard) = match grabber_shard == self.shard {
+            true => match self.local_or_moved(grabber)? {
+                Ok(a) => (Some(a), grabber_shard),
+                Err(moved) => (None, moved),
+            },
+            false => (None, grabber_shard),
+        };
+        let local = wallet.is_some();
         let index = p.count - p.remaining_count;
         let amount = match &p.kind {
             PacketKind::Lucky { .. } | PacketKind::Password { .. } => Cents(split::share(p.seed, index, p.remaining.0, p.remaining_count)),
@@ -754,17 +839,20 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
     /// Applies a batch from `source`'s outbox, each new entry exactly once (by sequence number).
     /// An entry for a user with no account here opens nothing: it goes back to `source` through
     /// this shard's outbox (credits in, then outbox pending: the identity holds throughout), so a
-    /// wallet is only ever opened by its owner, with their device.
+    /// wallet is only ever opened by its owner, with their device, or arrives whole with its slot.
+    /// Money for a wallet that moved on with its slot is forwarded there, in this shard's outbox.
     fn credit(&mut self, req: &Request, now: u64, source: ShardId, entries: &[CreditEntry]) -> Check<Outcome> {
         if source == self.shard || source == 0 || entries.is_empty() || entries.len() > self.config.max_credit_batch {
             return Err(Code::InvalidArgument);
         }
         let mut pair: PairState = self.get(&keys::received(source)).unwrap_or_default();
-        let back: PairState = self.get(&keys::sent(source)).unwrap_or_default();
         // Pass 1, no side effects: order, amounts, where each new entry lands, and overflow.
         let mut expect = pair.seq + 1;
-        let (mut sum, mut returned) = (Cents(0), Cents(0));
+        let mut sum = Cents(0);
         let mut per_user: std::collections::BTreeMap<UserId, (Cents, Cents)> = Default::default();
+        // Wallets arriving earlier in this batch, with their balance: later entries land in them.
+        let mut arrived: std::collections::BTreeMap<UserId, Cents> = Default::default();
+        let mut outgoing: std::collections::BTreeMap<ShardId, Cents> = Default::default();
         let mut landings = Vec::with_capacity(entries.len());
         for e in entries {
             if e.seq < expect {
@@ -773,27 +861,38 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             if e.seq > expect {
                 return Err(Code::CreditOutOfOrder);
             }
-            if e.amount.is_zero() || e.user == 0 {
+            let moved = matches!(e.origin, Origin::Moved);
+            if (e.amount.is_zero() && !moved) || e.user == 0 || e.bundle.is_some() != moved {
                 return Err(Code::InvalidArgument);
             }
             expect += 1;
             sum = sum.checked_add(e.amount).ok_or(Code::AmountOverflow)?;
-            let landing = self.landing(source, e)?;
+            let landing = self.landing(source, e, &arrived)?;
             match &landing {
                 Landing::Wallet { user, balance, .. } => {
                     let u = per_user.entry(*user).or_insert((*balance, Cents(0)));
                     u.1 = u.1.checked_add(e.amount).ok_or(Code::AmountOverflow)?;
                 }
-                Landing::Return(_) => returned = returned.checked_add(e.amount).ok_or(Code::AmountOverflow)?,
+                Landing::Outbox { dest, .. } => {
+                    let o = outgoing.entry(*dest).or_default();
+                    *o = o.checked_add(e.amount).ok_or(Code::AmountOverflow)?;
+                }
+                Landing::Import(b) => {
+                    arrived.insert(e.user, b.account.balance);
+                    per_user.insert(e.user, (b.account.balance, Cents(0)));
+                }
             }
             landings.push(landing);
         }
+        let out_sum = outgoing.values().try_fold(Cents(0), |a, b| a.checked_add(*b)).ok_or(Code::AmountOverflow)?;
         if per_user.values().any(|(balance, incoming)| balance.checked_add(*incoming).is_none())
             || self.totals.balances.checked_add(sum).is_none()
             || self.totals.credits_in.checked_add(sum).is_none()
             || pair.cents.checked_add(sum).is_none()
-            || self.totals.outbox_pending.checked_add(returned).is_none()
-            || back.cents.checked_add(returned).is_none()
+            || self.totals.outbox_pending.checked_add(out_sum).is_none()
+            || outgoing
+                .iter()
+                .any(|(dest, c)| self.get::<PairState>(&keys::sent(*dest)).unwrap_or_default().cents.checked_add(*c).is_none())
         {
             return Err(Code::AmountOverflow);
         }
@@ -815,7 +914,8 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
                     self.statement(&mut acct, now, kind, e.amount.0 as i64, req);
                     self.put(keys::account(user), &acct);
                 }
-                Landing::Return(origin) => self.outbox(source, e.user, e.amount, origin),
+                Landing::Outbox { dest, user, origin } => self.outbox(dest, user, e.amount, origin),
+                Landing::Import(bundle) => self.import(*bundle),
             }
             pair.seq = e.seq;
             pair.cents = add(pair.cents, e.amount);
@@ -826,30 +926,54 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         Ok(Outcome::ok(Reply::Credited { applied, skipped }))
     }
 
-    /// Where a new credit entry from `source` lands, read-only.
+    /// Where a new credit entry from `source` lands, read-only (`arrived`: wallets imported
+    /// earlier in the same batch, with their balances).
     ///
     /// A return is never returned again: its payer is refused (UnknownUser / UnknownPacket, the
     /// batch waits in the source's outbox, audited as in flight, and the relay logs the refusal)
     /// rather than bounced. That refusal cannot happen to a return this shard caused: `transfer`
     /// loaded `from` here before queueing the original, `send_packet` loaded the sender before
-    /// writing the packet, no command deletes an account, and a packet leaves hot state only
-    /// for the archive, where this still finds its sender. Only a forged or
-    /// corrupted entry could be refused, and it must not move money.
-    fn landing(&self, source: ShardId, e: &CreditEntry) -> Check<Landing> {
-        let wallet = |user: UserId, kind: EntryKind| -> Check<Landing> {
-            let acct = self.account(user)?;
-            Ok(Landing::Wallet { user, balance: acct.balance, kind })
+    /// writing the packet, no command deletes an account but a slot move, which leaves a
+    /// forwarding mark, and a packet leaves hot state only for the archive, where this still
+    /// finds its sender. Only a forged or corrupted entry could be refused, and it must not move
+    /// money.
+    fn landing(&self, source: ShardId, e: &CreditEntry, arrived: &std::collections::BTreeMap<UserId, Cents>) -> Check<Landing> {
+        enum Found {
+            Here(Cents),
+            Moved(ShardId),
+            Absent,
+        }
+        let found = |user: UserId| -> Found {
+            if let Some(balance) = arrived.get(&user) {
+                return Found::Here(*balance);
+            }
+            match self.find_wallet(user) {
+                Wallet::Here(a) => Found::Here(a.balance),
+                Wallet::Moved(to) => Found::Moved(to),
+                Wallet::Elsewhere(_) | Wallet::Missing => Found::Absent,
+            }
         };
-        let or_return = |kind: EntryKind, back: Origin| -> Check<Landing> {
-            match self.get::<Account>(&keys::account(e.user)) {
-                Some(acct) => Ok(Landing::Wallet { user: e.user, balance: acct.balance, kind }),
-                None => Ok(Landing::Return(back)),
+        // Money owed to `wallet` (a return or a refund): there, forwarded as (`user`, `fwd`)
+        // where it moved, or refused.
+        let owed = |wallet: UserId, kind: EntryKind, user: UserId, fwd: Origin| -> Check<Landing> {
+            match found(wallet) {
+                Found::Here(balance) => Ok(Landing::Wallet { user: wallet, balance, kind }),
+                Found::Moved(dest) => Ok(Landing::Outbox { dest, user, origin: fwd }),
+                Found::Absent => Err(Code::UnknownUser),
+            }
+        };
+        // New money for the entry's user: there, forwarded where it moved, or back to the payer.
+        let fresh = |kind: EntryKind, back: Origin| -> Check<Landing> {
+            match found(e.user) {
+                Found::Here(balance) => Ok(Landing::Wallet { user: e.user, balance, kind }),
+                Found::Moved(dest) => Ok(Landing::Outbox { dest, user: e.user, origin: e.origin }),
+                Found::Absent => Ok(Landing::Outbox { dest: source, user: e.user, origin: back }),
             }
         };
         match e.origin {
-            Origin::Transfer { from } => or_return(EntryKind::TransferIn { from, from_shard: source }, Origin::TransferReturned { from }),
-            Origin::Grab { packet } => or_return(EntryKind::PacketGrab { packet }, Origin::GrabReturned { packet }),
-            Origin::TransferReturned { from } => wallet(from, EntryKind::TransferReturned { to: e.user, to_shard: source }),
+            Origin::Transfer { from } => fresh(EntryKind::TransferIn { from, from_shard: source }, Origin::TransferReturned { from }),
+            Origin::Grab { packet } => fresh(EntryKind::PacketGrab { packet }, Origin::GrabReturned { packet }),
+            Origin::TransferReturned { from } => owed(from, EntryKind::TransferReturned { to: e.user, to_shard: source }, e.user, e.origin),
             Origin::GrabReturned { packet } => {
                 if packet.shard() != self.shard {
                     return Err(Code::WrongShard);
@@ -858,9 +982,65 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
                     Some(p) => p.sender,
                     None => self.archived(packet).ok_or(Code::UnknownPacket)?.packet.sender,
                 };
-                wallet(sender, EntryKind::GrabReturned { packet, grabber: e.user, grabber_shard: source })
+                let kind = EntryKind::GrabReturned { packet, grabber: e.user, grabber_shard: source };
+                owed(sender, kind, sender, Origin::ShareReturned { packet, grabber: e.user, grabber_shard: source })
+            }
+            Origin::Refund { packet } => owed(e.user, EntryKind::PacketRefund { packet }, e.user, e.origin),
+            Origin::ShareReturned { packet, grabber, grabber_shard } => {
+                owed(e.user, EntryKind::GrabReturned { packet, grabber, grabber_shard }, e.user, e.origin)
+            }
+            Origin::Moved => {
+                let b = e.bundle.as_ref().expect("checked: a move carries its bundle");
+                let a = &b.account;
+                if a.user != e.user || a.balance != e.amount || a.stmt_first > a.stmt_next {
+                    return Err(Code::InvalidArgument);
+                }
+                if b.statements.iter().any(|(seq, _)| !(a.stmt_first..a.stmt_next).contains(seq)) {
+                    return Err(Code::InvalidArgument);
+                }
+                if arrived.contains_key(&e.user) || self.db.get(&keys::account(e.user)).is_some() {
+                    return Err(Code::UserExists);
+                }
+                Ok(Landing::Import(b.clone()))
             }
         }
+    }
+
+    /// A wallet arriving with its slot: its account, statement and remembered requests, as they
+    /// were on the source (which forwards whatever comes for it later, in sequence after this).
+    fn import(&mut self, b: UserBundle) {
+        let user = b.account.user;
+        self.totals.balances = add(self.totals.balances, b.account.balance);
+        self.totals.accounts += 1;
+        self.put(keys::account(user), &b.account);
+        for (seq, e) in &b.statements {
+            self.put(keys::statement(user, *seq), e);
+        }
+        for (id, d) in &b.requests {
+            // A request this shard remembers already (the wallet was here before) is the same.
+            if self.db.get(&keys::dedup(user, id)).is_none() {
+                let from = d.time_ms.max(id.issued_ms());
+                self.put(keys::dedup(user, id), d);
+                self.db.put(keys::dedup_expiry(from, user, id), vec![]);
+                self.totals.dedup_oldest_ms = self.totals.dedup_oldest_ms.min(from);
+            }
+        }
+        self.db.delete(keys::moved(user));
+    }
+
+    /// A wallet leaving with its slot for `to`: its records as they are now.
+    fn bundle(&self, account: Account) -> Check<UserBundle> {
+        let user = account.user;
+        let (a, b) = keys::statements_of(user);
+        let rows = self.db.scan(&a, &b, (account.stmt_next - account.stmt_first) as usize + 1);
+        let statements = rows.into_iter().map(|(k, v)| (keys::statement_seq(&k), dec(&v))).collect();
+        let (a, b) = keys::dedup_of(user);
+        let rows = self.db.scan(&a, &b, MAX_MOVED_REQUESTS + 1);
+        if rows.len() > MAX_MOVED_REQUESTS {
+            return Err(Code::AmountOverflow);
+        }
+        let requests = rows.into_iter().map(|(k, v)| (keys::dedup_request(&k), dec(&v))).collect();
+        Ok(UserBundle { account, statements, requests })
     }
 
     fn mark_delivered(&mut self, dest: ShardId, up_to: u64) -> Check<Outcome> {
@@ -912,16 +1092,27 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         if now < p.expires_ms {
             return Err(Code::PacketNotExpired);
         }
-        let mut sender = self.account(p.sender)?;
-        if sender.balance.checked_add(p.remaining).is_none() {
-            return Err(Code::AmountOverflow);
+        // The sender's wallet may have moved on with its slot: the refund follows it there.
+        let sender = self.local_or_moved(p.sender)?;
+        let refund = p.remaining;
+        match &sender {
+            Ok(acct) if acct.balance.checked_add(refund).is_none() => return Err(Code::AmountOverflow),
+            Err(to) if self.get::<PairState>(&keys::sent(*to)).unwrap_or_default().cents.checked_add(refund).is_none() => {
+                return Err(Code::AmountOverflow)
+            }
+            _ if self.totals.outbox_pending.checked_add(refund).is_none() => return Err(Code::AmountOverflow),
+            _ => {}
         }
         // After this point the refund must succeed.
-        let refund = p.remaining;
         self.totals.escrow = sub(self.totals.escrow, refund);
-        self.credit_wallet(&mut sender, refund);
-        self.statement(&mut sender, now, EntryKind::PacketRefund { packet }, refund.0 as i64, req);
-        self.put(keys::account(p.sender), &sender);
+        match sender {
+            Ok(mut acct) => {
+                self.credit_wallet(&mut acct, refund);
+                self.statement(&mut acct, now, EntryKind::PacketRefund { packet }, refund.0 as i64, req);
+                self.put(keys::account(p.sender), &acct);
+            }
+            Err(to) => self.outbox(to, p.sender, refund, Origin::Refund { packet }),
+        }
         p.remaining = Cents(0);
         p.refunded = Some(refund);
         self.db.delete(keys::expiry(p.expires_ms, packet));
@@ -1002,6 +1193,118 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         value.extend_from_slice(map);
         self.db.put(keys::cluster_map(), value);
         Ok(Outcome::ok(Reply::ClusterMap { version }))
+    }
+
+    /// The slot and slot count of a move, checked against what this shard knows.
+    fn check_slot(&self, slot: u32, slots: u32) -> Check<()> {
+        if slots == 0 || slot >= slots || (self.slots.slots != 0 && self.slots.slots != slots) {
+            return Err(Code::InvalidArgument);
+        }
+        Ok(())
+    }
+
+    fn set_slot(&mut self, slot: u32, slots: u32, state: Option<SlotState>) {
+        self.slots.slots = slots;
+        match state {
+            Some(s) => self.slots.states.insert(slot, s),
+            None => self.slots.states.remove(&slot),
+        };
+        let table = enc(&self.slots);
+        self.db.put(keys::slot_table(), table);
+    }
+
+    /// The destination's first step of a slot move (`Command::MoveSlotIn`).
+    fn move_slot_in(&mut self, slot: u32, slots: u32, from: ShardId) -> Check<Outcome> {
+        if from == 0 || from == self.shard {
+            return Err(Code::InvalidArgument);
+        }
+        self.check_slot(slot, slots)?;
+        match self.slots.states.get(&slot) {
+            None | Some(SlotState::Gone { .. }) => self.set_slot(slot, slots, Some(SlotState::Arriving { from })),
+            Some(SlotState::Arriving { from: f }) if *f == from => {}
+            // It is leaving from here, or arriving from elsewhere: another move is under way.
+            Some(_) => return Err(Code::SlotMoving),
+        }
+        Ok(Outcome::ok(Reply::SlotIn { slot }))
+    }
+
+    /// The source's step of a slot move (`Command::MoveSlotOut`): one page of wallets out.
+    fn move_slot_out(&mut self, slot: u32, slots: u32, to: ShardId, max_users: u32) -> Check<Outcome> {
+        if to == 0 || to == self.shard || max_users == 0 || max_users > MAX_MOVE_USERS {
+            return Err(Code::InvalidArgument);
+        }
+        self.check_slot(slot, slots)?;
+        let after = match self.slots.states.get(&slot) {
+            None => 0,
+            Some(SlotState::Leaving { to: t, after }) if *t == to => *after,
+            Some(SlotState::Gone { to: t }) if *t == to => {
+                let through_seq = self.get::<PairState>(&keys::sent(to)).unwrap_or_default().seq;
+                return Ok(Outcome::ok(Reply::SlotOut { exported: 0, done: true, through_seq }));
+            }
+            Some(SlotState::Arriving { .. }) => return Err(Code::SlotMoving),
+            // Leaving for, or gone to, another shard.
+            Some(_) => return Err(Code::InvalidArgument),
+        };
+        let (a, b) = keys::accounts_after(after);
+        let rows = self.db.scan(&a, &b, MOVE_SCAN_ROWS);
+        let mut scanned_all = rows.len() < MOVE_SCAN_ROWS;
+        let (mut cursor, mut bytes, mut sum) = (after, 0usize, Cents(0));
+        let mut bundles = Vec::new();
+        for (k, v) in rows {
+            if bundles.len() as u32 == max_users || bytes >= MOVE_PAGE_BYTES {
+                scanned_all = false;
+                break;
+            }
+            let user = keys::account_user(&k);
+            cursor = user;
+            if user % slots as u64 != slot as u64 {
+                continue;
+            }
+            let bundle = self.bundle(dec(&v))?;
+            bytes = bytes.saturating_add(bincode::serialized_size(&bundle).map(|n| n as usize).unwrap_or(usize::MAX));
+            sum = sum.checked_add(bundle.account.balance).ok_or(Code::AmountOverflow)?;
+            bundles.push(bundle);
+        }
+        let pair: PairState = self.get(&keys::sent(to)).unwrap_or_default();
+        if pair.cents.checked_add(sum).is_none() || self.totals.outbox_pending.checked_add(sum).is_none() {
+            return Err(Code::AmountOverflow);
+        }
+        // After this point the command must succeed.
+        let exported = bundles.len() as u32;
+        for b in bundles {
+            let (user, balance) = (b.account.user, b.account.balance);
+            for (seq, _) in &b.statements {
+                self.db.delete(keys::statement(user, *seq));
+            }
+            self.db.delete(keys::account(user));
+            self.put(keys::moved(user), &to);
+            self.totals.balances = sub(self.totals.balances, balance);
+            self.totals.accounts -= 1;
+            // Its remembered requests stay here too: a grab's retry comes back to the packet's shard.
+            self.outbox_entry(to, user, balance, Origin::Moved, Some(Box::new(b)));
+        }
+        let state = if scanned_all { SlotState::Gone { to } } else { SlotState::Leaving { to, after: cursor } };
+        self.set_slot(slot, slots, Some(state));
+        let through_seq = if scanned_all { self.get::<PairState>(&keys::sent(to)).unwrap_or_default().seq } else { 0 };
+        Ok(Outcome::ok(Reply::SlotOut { exported, done: scanned_all, through_seq }))
+    }
+
+    /// The destination's last step of a slot move (`Command::FinishSlotIn`).
+    fn finish_slot_in(&mut self, slot: u32, from: ShardId, through_seq: u64) -> Check<Outcome> {
+        match self.slots.states.get(&slot) {
+            Some(SlotState::Arriving { from: f }) if *f == from => {
+                let received: PairState = self.get(&keys::received(from)).unwrap_or_default();
+                if received.seq < through_seq {
+                    return Err(Code::SlotMoving);
+                }
+                let slots = self.slots.slots;
+                self.set_slot(slot, slots, None);
+            }
+            // Finished before (a re-send).
+            None => {}
+            Some(_) => return Err(Code::InvalidArgument),
+        }
+        Ok(Outcome::ok(Reply::SlotIn { slot }))
     }
 
     /// Sets or clears a region's drain mark. Idempotent: the admin re-sends it to every shard.

@@ -33,10 +33,11 @@ pub mod view;
 
 pub use challenge::challenge_code;
 pub use config::LedgerConfig;
-pub use ledger::{Ledger, MAX_CLUSTER_MAP_BYTES};
+pub use ledger::{Ledger, MAX_CLUSTER_MAP_BYTES, MAX_MOVE_USERS};
 pub use money::Cents;
 pub use state::{
-    Account, ArchivedPacket, Challenge, Claim, Notification, Packet, PacketYear, PairState, PinRecord, StatementEntry, Totals,
+    Account, ArchivedPacket, Challenge, Claim, Notification, Packet, PacketYear, PairState, PinRecord, SlotState, SlotTable,
+    StatementEntry, Totals, UserBundle,
 };
 pub use store::{MemStore, Store, WriteSet};
 pub use types::*;

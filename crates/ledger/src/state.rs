@@ -256,3 +256,44 @@ pub struct StatementEntry {
     pub balance_after: Cents,
     pub request: RequestId,
 }
+
+/// A wallet on its way to another shard (`Origin::Moved`): the account with its balance,
+/// daily limit and PIN, its statement (entries `stmt_first..stmt_next`, by seq), and the
+/// requests it made that this shard remembers, so a retry on the new shard answers the first
+/// outcome. Challenges stay behind (a pending one is asked again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserBundle {
+    pub account: Account,
+    pub statements: Vec<(u64, StatementEntry)>,
+    pub requests: Vec<(RequestId, DedupEntry)>,
+}
+
+/// Where one slot stands on this shard while it moves, and after it left. A slot with no
+/// state is served here if the map says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotState {
+    /// Frozen, its wallets being sent to `to`; the scan for them has passed `after`.
+    Leaving { to: ShardId, after: UserId },
+    /// Every wallet it had here went to `to`; money for them is forwarded there.
+    Gone { to: ShardId },
+    /// Coming from `from`; served here once `FinishSlotIn` says all of it arrived.
+    Arriving { from: ShardId },
+}
+
+/// The slot states of this shard (one record: read once per batch, a few entries at most).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotTable {
+    /// The map's slot count, fixed by the first move (0: no move yet).
+    pub slots: u32,
+    pub states: std::collections::BTreeMap<u32, SlotState>,
+}
+
+impl SlotTable {
+    /// The state of `user`'s slot, if any.
+    pub fn of(&self, user: UserId) -> Option<SlotState> {
+        if self.slots == 0 {
+            return None;
+        }
+        self.states.get(&((user % self.slots as u64) as u32)).copied()
+    }
+}

@@ -148,10 +148,34 @@ pub enum PacketKind {
 /// (the packet lives there: `packet.shard()` is the source). A return is never returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Origin {
-    Transfer { from: UserId },
-    Grab { packet: PacketId },
-    TransferReturned { from: UserId },
-    GrabReturned { packet: PacketId },
+    Transfer {
+        from: UserId,
+    },
+    Grab {
+        packet: PacketId,
+    },
+    TransferReturned {
+        from: UserId,
+    },
+    GrabReturned {
+        packet: PacketId,
+    },
+    /// A user's wallet moving with its slot (`Command::MoveSlotOut`): `user` is the wallet,
+    /// `amount` its balance (zero allowed), and the entry's `bundle` the rest of it. Applied in
+    /// sequence with the pair's credits, so whatever the source forwards for that user after
+    /// the bundle lands after it.
+    Moved,
+    /// A packet's expiry refund for its sender `user`, whose wallet moved off the packet's shard.
+    Refund {
+        packet: PacketId,
+    },
+    /// A returned grab share for the packet's sender `user`, whose wallet moved off the packet's
+    /// shard (the forwarded twin of `GrabReturned`, which names the grabber).
+    ShareReturned {
+        packet: PacketId,
+        grabber: UserId,
+        grabber_shard: ShardId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +185,15 @@ pub struct CreditEntry {
     pub user: UserId,
     pub amount: Cents,
     pub origin: Origin,
+    /// `Origin::Moved` only: the wallet's records.
+    pub bundle: Option<Box<crate::state::UserBundle>>,
+}
+
+impl CreditEntry {
+    /// Bytes this entry takes in a relay batch (its encoding).
+    pub fn encoded_len(&self) -> usize {
+        bincode::serialized_size(self).map(|n| n as usize).unwrap_or(usize::MAX)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,6 +289,32 @@ pub enum Command {
         version: u64,
         map: Vec<u8>,
     },
+    /// Slot move, on the destination, first: the slot is arriving from `from`. Its users'
+    /// commands are refused as SlotMoving (retryable) until `FinishSlotIn`. `slots`: the map's
+    /// slot count (`user % slots` names a user's slot).
+    MoveSlotIn {
+        slot: u32,
+        slots: u32,
+        from: ShardId,
+    },
+    /// Slot move, on the source: freezes the slot (its users' commands are refused as
+    /// SlotMoving) and sends up to `max_users` of its wallets to `to`, each as an outbox entry
+    /// (`Origin::Moved`) with its statements and remembered requests. Re-sent until the reply
+    /// says done; then the slot is gone (SlotMoved) and money for its users is forwarded.
+    MoveSlotOut {
+        slot: u32,
+        slots: u32,
+        to: ShardId,
+        max_users: u32,
+    },
+    /// Slot move, on the destination, last: once everything `from` sent up to `through_seq`
+    /// (the reply of the source's last MoveSlotOut) is applied here, the slot is served here.
+    /// Before that: SlotMoving, nothing changed.
+    FinishSlotIn {
+        slot: u32,
+        from: ShardId,
+        through_seq: u64,
+    },
 }
 
 impl Command {
@@ -271,7 +330,25 @@ impl Command {
                 | Command::SetDrained { .. }
                 | Command::ConfigCheck { .. }
                 | Command::SetClusterMap { .. }
+                | Command::MoveSlotIn { .. }
+                | Command::MoveSlotOut { .. }
+                | Command::FinishSlotIn { .. }
         )
+    }
+
+    /// The user whose wallet this command needs on this shard (the commands a frozen or moved
+    /// slot refuses). A grab runs on the packet's shard, so it has none.
+    pub fn home_user(&self) -> Option<UserId> {
+        match self {
+            Command::OpenAccount { user, .. }
+            | Command::TopUp { user, .. }
+            | Command::Withdraw { user, .. }
+            | Command::SetRisk { user, .. }
+            | Command::SetPin { user, .. } => Some(*user),
+            Command::Transfer { from, .. } => Some(*from),
+            Command::SendPacket { sender, .. } => Some(*sender),
+            _ => None,
+        }
     }
 
     /// The user a command acts for: request ids are scoped by it, so two users can never
@@ -292,7 +369,10 @@ impl Command {
             | Command::AckNotifications { .. }
             | Command::SetDrained { .. }
             | Command::ConfigCheck { .. }
-            | Command::SetClusterMap { .. } => None,
+            | Command::SetClusterMap { .. }
+            | Command::MoveSlotIn { .. }
+            | Command::MoveSlotOut { .. }
+            | Command::FinishSlotIn { .. } => None,
         }
     }
 }
@@ -370,6 +450,12 @@ pub enum Code {
     /// A cluster-map change whose version is not the stored one plus one: it was built on an
     /// older map (another change came first). Read the map again and redo the change.
     ClusterMapStale = 32,
+    /// The user's slot is moving between shards: nothing was done; retry shortly (the move
+    /// freezes a slot for about a second).
+    SlotMoving = 33,
+    /// The user's slot moved to another shard: nothing was done here; retry, routed by the
+    /// newer map (routers and nodes learn it within a second).
+    SlotMoved = 34,
 }
 
 impl Code {
@@ -408,7 +494,15 @@ impl Code {
             Code::RequestExpired => "REQUEST_EXPIRED",
             Code::RequestAhead => "REQUEST_AHEAD",
             Code::ClusterMapStale => "CLUSTER_MAP_STALE",
+            Code::SlotMoving => "SLOT_MOVING",
+            Code::SlotMoved => "SLOT_MOVED",
         }
+    }
+
+    /// A refusal that did nothing because of where the request was sent: it is not remembered
+    /// under its request id, so the re-send (here later, or on the new shard) runs it.
+    pub fn is_misrouted(self) -> bool {
+        matches!(self, Code::SlotMoving | Code::SlotMoved)
     }
 }
 
@@ -487,6 +581,17 @@ pub enum Reply {
     /// SetClusterMap applied (or already applied): the stored map's version.
     ClusterMap {
         version: u64,
+    },
+    /// MoveSlotIn / FinishSlotIn applied (or already).
+    SlotIn {
+        slot: u32,
+    },
+    /// MoveSlotOut: wallets sent by this command; `done` once none of the slot's is left here,
+    /// with `through_seq` the destination must have applied before it serves the slot.
+    SlotOut {
+        exported: u32,
+        done: bool,
+        through_seq: u64,
     },
 }
 

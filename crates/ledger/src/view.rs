@@ -36,6 +36,27 @@ pub fn account(store: &(impl Store + ?Sized), user: UserId) -> Option<Account> {
     store.get(&keys::account(user)).map(|b| dec(&b))
 }
 
+/// Why `user`'s wallet is not here although the request came here: its slot is moving
+/// (SlotMoving) or it moved on (SlotMoved, with the shard it went to when known). None: the
+/// wallet is here, or simply does not exist.
+pub fn moved(store: &(impl Store + ?Sized), user: UserId) -> Option<(Code, Option<ShardId>)> {
+    if store.get(&keys::account(user)).is_some() {
+        return None;
+    }
+    if let Some(to) = store.get(&keys::moved(user)) {
+        return Some((Code::SlotMoved, Some(dec(&to))));
+    }
+    match slot_table(store).of(user)? {
+        SlotState::Leaving { .. } | SlotState::Arriving { .. } => Some((Code::SlotMoving, None)),
+        SlotState::Gone { to } => Some((Code::SlotMoved, Some(to))),
+    }
+}
+
+/// The slots moving in or out of this shard, or gone from it.
+pub fn slot_table(store: &(impl Store + ?Sized)) -> SlotTable {
+    store.get(&keys::slot_table()).map(|b| dec(&b)).unwrap_or_default()
+}
+
 pub fn totals(store: &(impl Store + ?Sized)) -> Totals {
     store.get(&keys::totals()).map(|b| dec(&b)).unwrap_or_default()
 }

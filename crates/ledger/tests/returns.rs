@@ -269,7 +269,8 @@ fn a_return_whose_payer_is_missing_is_refused_never_bounced_and_moves_nothing() 
     let mut c = Cluster::new();
     c.open(A, 1, 100);
     let before = c.shard(A).store.clone();
-    let forged = |seq, origin| Command::Credit { source: B, entries: vec![CreditEntry { seq, user: 5, amount: Cents(7), origin }] };
+    let forged =
+        |seq, origin| Command::Credit { source: B, entries: vec![CreditEntry { seq, user: 5, amount: Cents(7), origin, bundle: None }] };
     assert_eq!(c.run(A, forged(1, Origin::TransferReturned { from: 404 })).code, Code::UnknownUser);
     assert_eq!(c.run(A, forged(1, Origin::GrabReturned { packet: PacketId::new(A, 77) })).code, Code::UnknownPacket);
     assert_eq!(c.run(A, forged(1, Origin::GrabReturned { packet: PacketId::new(B, 1) })).code, Code::WrongShard);

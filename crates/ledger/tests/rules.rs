@@ -541,7 +541,7 @@ fn credits_apply_exactly_once_in_sequence_and_gaps_are_credit_out_of_order() {
     let mut w = World::new();
     w.open(5, 0);
     w.open(6, 0);
-    let e = |seq, user, amount| CreditEntry { seq, user, amount: Cents(amount), origin: Origin::Transfer { from: 77 } };
+    let e = |seq, user, amount| CreditEntry { seq, user, amount: Cents(amount), origin: Origin::Transfer { from: 77 }, bundle: None };
     assert!(w.run(Command::Credit { source: OTHER, entries: vec![e(1, 5, 100), e(2, 6, 50)] }).is_ok());
     assert_eq!((w.balance(5), w.balance(6)), (100, 50));
     // Redelivery of 1..2 plus new 3: only 3 applies.
@@ -768,6 +768,7 @@ fn run_ops(ops: &[Op]) -> (World, Vec<Request>) {
                         user: user((i % 8) as u8),
                         amount: Cents(1 + i * 3),
                         origin: Origin::Grab { packet: PacketId::new(OTHER, 1) },
+                        bundle: None,
                     })
                     .collect();
                 Command::Credit { source: OTHER, entries }
@@ -1197,7 +1198,7 @@ fn packets_sent_and_received_are_listed_and_counted_for_the_year() {
     }
     // A share from another shard lands through a credit.
     let remote = PacketId::new(OTHER, 7);
-    let entries = vec![CreditEntry { seq: 1, user: 2, amount: Cents(33), origin: Origin::Grab { packet: remote } }];
+    let entries = vec![CreditEntry { seq: 1, user: 2, amount: Cents(33), origin: Origin::Grab { packet: remote }, bundle: None }];
     assert!(w.run(Command::Credit { source: OTHER, entries }).is_ok());
 
     let listed = |w: &World, user, side, limit| {
