@@ -671,7 +671,10 @@ impl Cluster {
                 self.gone.insert(n.id, n.clone());
             }
         }
-        std::fs::write(&self.topology_path, t.to_toml()).expect("write the topology file");
+        // Whole or not at all (a write and a rename): a node starting meanwhile reads the file.
+        let tmp = self.topology_path.with_extension("toml.new");
+        std::fs::write(&tmp, t.to_toml()).expect("write the topology file");
+        std::fs::rename(&tmp, &self.topology_path).expect("replace the topology file");
         self.topology = t.clone();
         t
     }

@@ -92,3 +92,10 @@ async fn chaos_a_leader_cut_off_at_the_link_layer_loses_leadership_catches_up_an
 async fn chaos_replacing_nodes_online_while_leaders_die_loses_and_doubles_no_money() {
     survives(Schedule::Reshape).await;
 }
+
+/// Ten slot moves (five slots out to other shards and back) under the bank workload, a leader
+/// killed during the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_moving_ten_slots_back_and_forth_while_a_leader_dies_loses_and_doubles_no_money() {
+    survives(Schedule::MoveSlots).await;
+}

@@ -585,6 +585,16 @@ impl Client {
         .await
     }
 
+    /// One call of a slot move: does a bounded part and says where the move stands (call again
+    /// until `done`; `membership::move_slot` does).
+    pub async fn move_slot(&self, slot: u32, to_shard: u32) -> Result<MoveSlotReply> {
+        self.membership(|ch, a| {
+            let r = long(a.req(MoveSlotRequest { slot, to_shard }));
+            async move { ClusterClient::new(ch).move_slot(r).await }
+        })
+        .await
+    }
+
     pub async fn remove_replica(&self, shard: u32, node: u64) -> Result<MembershipReply> {
         self.membership(|ch, a| {
             let r = long(a.req(ReplicaChangeRequest { shard, node }));
@@ -596,10 +606,10 @@ impl Client {
     /// An admin call given `MEMBERSHIP_ATTEMPT`: one pass over the endpoints (and one leader
     /// hint), no more, so that a step's "still under way" answer reaches the caller, which
     /// says so and re-sends it (`membership::resend`) instead of it being retried unseen here.
-    async fn membership<F, Fut>(&self, f: F) -> Result<MembershipReply>
+    async fn membership<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn(Channel, Auth) -> Fut,
-        Fut: Future<Output = std::result::Result<tonic::Response<MembershipReply>, tonic::Status>>,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let attempts = self.endpoints.len() as u32 + 1;
         let bounds = Bounds { attempt: MEMBERSHIP_ATTEMPT, deadline: MEMBERSHIP_ATTEMPT, attempts };

@@ -319,6 +319,14 @@ enum ClusterCmd {
         #[arg(long, value_delimiter = ',', required = true)]
         replicas: Vec<u64>,
     },
+    /// Move a slot's users (wallets, statements, daily limits, request history) to another
+    /// shard, online: the slot is frozen for about a second; its users' requests meanwhile get
+    /// a retryable SLOT_MOVING. Shows progress; safe to run again if interrupted.
+    MoveSlot {
+        slot: u32,
+        #[arg(long)]
+        to_shard: u32,
+    },
     /// Take a node out of every shard it holds a replica of, then out of the map.
     RemoveNode {
         #[arg(long)]
@@ -893,6 +901,13 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
         }
         ClusterCmd::AddShard { id, home, replicas } => {
             membership(client, vec![membership::Step::AddShard { shard: id, home, replicas }], json).await
+        }
+        ClusterCmd::MoveSlot { slot, to_shard } => {
+            let r = membership::move_slot(client, slot, to_shard, |line| if json { eprintln!("{line}") } else { println!("{line}") }).await?;
+            if json {
+                print_json(&output::SlotMoved { slot: r.slot, from_shard: r.from_shard, to_shard: r.to_shard, map_version: r.map_version });
+            }
+            Ok(0)
         }
         ClusterCmd::RemoveNode { id } => {
             let map = current_map(client).await?;

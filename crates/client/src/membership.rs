@@ -180,6 +180,37 @@ pub async fn run(client: &Client, steps: Vec<Step>, mut progress: impl FnMut(&st
     Ok(out)
 }
 
+/// Calls of one slot move at most (each does up to about 15 s of it).
+pub const MAX_MOVE_CALLS: u32 = 40;
+
+/// Moves `slot` to shard `to`: calls `MoveSlot` until the map routes the slot there, each call
+/// re-sent while under way; `progress` gets a line per call (phase, wallets sent so far).
+pub async fn move_slot(client: &Client, slot: u32, to: u32, mut progress: impl FnMut(&str)) -> Result<hongbao_proto::v1::MoveSlotReply> {
+    let mut sent = 0u64;
+    let mut last = None;
+    for _ in 0..MAX_MOVE_CALLS {
+        let (r, _) = resend(|| client.move_slot(slot, to), MAX_STEP_RESENDS, STEP_PAUSE, |e| {
+            progress(&format!("slot {slot}: re-sending ({})", e.detail.message))
+        })
+        .await?;
+        sent += r.wallets_sent as u64;
+        if r.done {
+            progress(&format!("slot {slot}: on shard {} now (version {}), {sent} wallets moved from shard {}", r.to_shard, r.map_version, r.from_shard));
+            return Ok(r);
+        }
+        progress(&format!("slot {slot}: {} (shard {} -> {}), {sent} wallets sent", r.phase, r.from_shard, r.to_shard));
+        last = Some(r);
+    }
+    let phase = last.map(|r| r.phase).unwrap_or_default();
+    Err(ClientError {
+        detail: hongbao_proto::ErrorDetail {
+            code: hongbao_proto::ErrorCode::Timeout as i32,
+            message: format!("slot {slot} still {phase} after {MAX_MOVE_CALLS} calls: run the same move-slot again to finish it"),
+            ..Default::default()
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -556,6 +556,16 @@ pub struct ClusterMap<'a> {
     pub toml: &'a str,
 }
 
+/// `cluster move-slot`: where the slot is now.
+#[derive(Serialize)]
+pub struct SlotMoved {
+    pub slot: u32,
+    pub from_shard: u32,
+    pub to_shard: u32,
+    /// The map version that routes the slot to `to_shard`.
+    pub map_version: u64,
+}
+
 /// `cluster add-node`, `remove-node`, `replace-node`: the steps done, in order.
 #[derive(Serialize)]
 pub struct Membership<'a> {

@@ -97,6 +97,8 @@ pub fn forwarded_proposal(topology: &Topology, from: u64, shard: ShardId, cmd: &
         Command::SetDrained { .. } if topology.node(from).is_some() => Ok(()),
         // A map change an admin asked some node for, which proposes it on the meta shard.
         Command::SetClusterMap { .. } if topology.node(from).is_some() && shard == topology.meta_shard() => Ok(()),
+        // A slot move's steps, which an admin asked some node for (the same trust as map changes).
+        Command::MoveSlotIn { .. } | Command::MoveSlotOut { .. } | Command::FinishSlotIn { .. } if topology.node(from).is_some() => Ok(()),
         // Answered here and never proposed: whether this node's ledger config is the asker's.
         Command::ConfigCheck { fingerprint } => {
             let mine = CONFIG_FINGERPRINT.load(Ordering::Relaxed);
@@ -108,6 +110,6 @@ pub fn forwarded_proposal(topology: &Topology, from: u64, shard: ShardId, cmd: &
                 Err(Status::failed_precondition(format!("ledger config fingerprint {mine:016x} here, not {fingerprint:016x}")))
             }
         }
-        _ => Err(denied("only cross-shard credits, drain marks and cluster-map changes may be forwarded between nodes")),
+        _ => Err(denied("only cross-shard credits, drain marks, cluster-map changes and slot moves may be forwarded between nodes")),
     }
 }

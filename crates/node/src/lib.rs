@@ -2,7 +2,8 @@
 //! the map is in docs/design.md ("Node").
 //!
 //! - `host`, `replica`: the replicas hosted here; propose / read with explicit `error`s.
-//! - `directory`, `membership`: the replicated cluster map this node follows, and its online changes.
+//! - `directory`, `membership`, `slot_move`: the replicated cluster map this node follows, and
+//!   its online changes (nodes, replicas, shards, slots).
 //! - `raft`, `storage`, `codec`: openraft glue on the node's one RocksDB.
 //! - `transport`, `peers`: the Raft transport between nodes and the connections it uses.
 //! - `sweeper`, `relay`, `placement` (spawned by `tasks`): what each shard's leader does alone.
@@ -32,6 +33,7 @@ pub mod rejoin;
 pub mod relay;
 pub mod replica;
 pub mod service;
+pub mod slot_move;
 pub mod storage;
 pub mod sweeper;
 pub mod tasks;

@@ -32,6 +32,8 @@ pub const LEADER_TRANSFERS: &str = "hongbao_leader_transfers_total";
 pub const MAP_VERSION: &str = "hongbao_cluster_map_version";
 /// Membership steps done by this node as a shard's leader, by step (add_learner, promote, remove).
 pub const MEMBERSHIP_CHANGES: &str = "hongbao_membership_changes_total";
+pub const SLOT_MOVE_STEPS: &str = "hongbao_slot_move_steps_total";
+pub const SLOT_MOVE_WALLETS: &str = "hongbao_slot_move_wallets_total";
 /// Proposals refused with OVERLOADED (in-flight limit reached).
 pub const OVERLOADED: &str = "hongbao_overloaded_total";
 /// Expired packets refunded by the sweeper.
@@ -122,6 +124,8 @@ pub fn describe() {
     metrics::describe_counter!(LEADER_TRANSFERS, "Leader transfers completed from this node (failback, drain, admin)");
     metrics::describe_gauge!(MAP_VERSION, "The cluster map version this node follows (0: the topology file)");
     metrics::describe_counter!(MEMBERSHIP_CHANGES, "Membership steps done by this node as a shard's leader, by step");
+    metrics::describe_counter!(SLOT_MOVE_STEPS, "Slot-move steps this node drove (arriving, sent, delivered, flipped)");
+    metrics::describe_counter!(SLOT_MOVE_WALLETS, "Wallets sent by the slot moves this node drove");
     metrics::describe_counter!(OVERLOADED, "Proposals refused with OVERLOADED (in-flight limit reached)");
     metrics::describe_counter!(PACKETS_EXPIRED, "Expired packets refunded by the sweeper");
     metrics::describe_counter!(PROPOSALS, "Ledger commands proposed on this node");

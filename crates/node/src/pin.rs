@@ -80,7 +80,10 @@ fn hash_slot(shard: ShardId) -> Result<tokio::sync::SemaphorePermit<'static>, Ho
 /// no such user). The ledger checks the lock again when it applies the spend. The outer error:
 /// too many PIN checks in flight (no verdict; retry).
 pub async fn verdict(host: &Host, shard: ShardId, user: UserId, pin: &str) -> Result<Result<PinCheck, Code>, HostError> {
-    let Some(state) = view::pin_state(&host.store(shard), user) else { return Ok(Err(Code::UnknownUser)) };
+    let Some(state) = view::pin_state(&host.store(shard), user) else {
+        // No wallet here: moved away with its slot (retryable), or none at all.
+        return Ok(Err(view::moved(&host.store(shard), user).map(|(code, _)| code).unwrap_or(Code::UnknownUser)));
+    };
     if host.ledger_time_ms(shard) < state.locked_until_ms {
         return Ok(Err(Code::PinLocked));
     }

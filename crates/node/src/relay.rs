@@ -11,6 +11,9 @@ use tokio::sync::watch;
 
 /// Credits sent to one destination in one relay batch.
 pub const RELAY_BATCH: usize = 256;
+/// Bytes of one relay batch: a moving wallet carries its statement and remembered requests,
+/// so a batch stops here (at least one entry goes, however large).
+pub const RELAY_BATCH_BYTES: usize = 1 << 20;
 const RELAY_EVERY: Duration = Duration::from_millis(10);
 const RELAY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const RELAY_CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -29,7 +32,17 @@ pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<b
             // of every record delivered before.
             let store = host.store(shard_id);
             let after = hongbao_ledger::view::delivered(&store, dest);
-            let batch = hongbao_ledger::view::outbox(&store, dest, after, RELAY_BATCH);
+            let mut batch = hongbao_ledger::view::outbox(&store, dest, after, RELAY_BATCH);
+            let mut bytes = 0usize;
+            let fits = batch
+                .iter()
+                .position(|e| {
+                    bytes = bytes.saturating_add(e.encoded_len());
+                    bytes > RELAY_BATCH_BYTES
+                })
+                .unwrap_or(batch.len())
+                .max(1);
+            batch.truncate(fits);
             if batch.is_empty() {
                 continue;
             }

@@ -61,7 +61,7 @@ pub fn retry_step(code: ErrorCode) -> RetryStep {
     use ErrorCode as E;
     match code {
         E::NotLeader => RetryStep::FollowHint,
-        E::Overloaded | E::RateLimited => RetryStep::BackOff,
+        E::Overloaded | E::RateLimited | E::SlotMoving | E::SlotMoved => RetryStep::BackOff,
         E::Unavailable | E::Timeout | E::UnknownShard | E::Internal => RetryStep::Elsewhere,
         E::Ok
         | E::AmountZero
@@ -125,7 +125,7 @@ pub fn grpc_code_for(code: ErrorCode) -> tonic::Code {
         E::Unauthenticated => tonic::Code::Unauthenticated,
         E::RateLimited => tonic::Code::ResourceExhausted,
         E::PinAlreadySet => tonic::Code::AlreadyExists,
-        E::NotLeader | E::Unavailable => tonic::Code::Unavailable,
+        E::NotLeader | E::Unavailable | E::SlotMoving | E::SlotMoved => tonic::Code::Unavailable,
         E::Overloaded => tonic::Code::ResourceExhausted,
         E::Timeout => tonic::Code::DeadlineExceeded,
         E::Internal => tonic::Code::Internal,
@@ -166,6 +166,8 @@ pub fn retry_delay(code: ErrorCode) -> Option<std::time::Duration> {
         ErrorCode::Overloaded => Some(std::time::Duration::from_millis(100)),
         // Per-user token buckets refill at tens per second: wait for a few tokens.
         ErrorCode::RateLimited => Some(std::time::Duration::from_millis(250)),
+        // A move freezes a slot for about a second; routers and nodes learn a new map within one.
+        ErrorCode::SlotMoving | ErrorCode::SlotMoved => Some(std::time::Duration::from_millis(200)),
         _ => None,
     }
 }

@@ -774,6 +774,16 @@ impl Cluster for RouterService {
         })
         .await
     }
+
+    async fn move_slot(&self, req: Request<MoveSlotRequest>) -> Res<MoveSlotReply> {
+        self.gate.roles(&req, &[Role::Admin], "move a slot")?;
+        let r = req.into_inner();
+        self.membership(|mut c, left| {
+            let r = with_deadline(r.clone(), left);
+            async move { c.move_slot(r).await }
+        })
+        .await
+    }
 }
 
 impl RouterService {
@@ -781,10 +791,10 @@ impl RouterService {
     /// adding a replica waits for the learner to catch up. Once a step is done this router
     /// reads the map at once rather than at its next refresh, so it routes by the new one
     /// without delay.
-    async fn membership<F, Fut>(&self, call: F) -> Res<MembershipReply>
+    async fn membership<T, F, Fut>(&self, call: F) -> Res<T>
     where
         F: Fn(ClusterClient<Channel>, Duration) -> Fut,
-        Fut: Future<Output = Res<MembershipReply>>,
+        Fut: Future<Output = Res<T>>,
     {
         let res = self.router.any_node_within(MEMBERSHIP_TIMEOUT, call).await;
         if res.is_ok() {

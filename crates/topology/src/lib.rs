@@ -281,6 +281,18 @@ impl Topology {
     }
 }
 
+/// Sorted slots as `[from, to)` ranges, adjacent ones merged.
+fn ranges(slots: &BTreeSet<u32>) -> Vec<[u32; 2]> {
+    let mut out: Vec<[u32; 2]> = Vec::new();
+    for s in slots {
+        match out.last_mut() {
+            Some(r) if r[1] == *s => r[1] = s + 1,
+            _ => out.push([*s, s + 1]),
+        }
+    }
+    out
+}
+
 /// Where a new node goes: what `Topology::add_node` takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {
@@ -360,6 +372,36 @@ impl Topology {
         self.region_majority(id, replicas)?;
         let shard = Shard { id, home: home.to_string(), replicas: replicas.to_vec(), slots: vec![], founded: self.version + 1 };
         self.next(|t| t.shards.push(shard))
+    }
+
+    /// The shard that owns `slot` (None past the slot count).
+    pub fn owner_of_slot(&self, slot: u32) -> Option<ShardId> {
+        self.shards.iter().find(|s| s.slots.iter().any(|[f, t]| (*f..*t).contains(&slot))).map(|s| s.id)
+    }
+
+    /// Gives `slot` to shard `to` (the map's side of a slot move, its last step): the slot
+    /// leaves its owner's ranges and joins `to`'s, adjacent ranges merged.
+    pub fn move_slot(&self, slot: u32, to: ShardId) -> Result<Topology, Edit> {
+        let from = self.owner_of_slot(slot).ok_or_else(|| Edit::Refused(format!("no slot {slot}: the map has {} slots", self.slots)))?;
+        if self.shard(to).is_none() {
+            return Err(Edit::Refused(format!("no shard {to}")));
+        }
+        if from == to {
+            return Err(Edit::Unchanged(format!("slot {slot} is on shard {to} already")));
+        }
+        self.next(|t| {
+            for s in t.shards.iter_mut() {
+                let mut owned: BTreeSet<u32> = s.slots.iter().flat_map(|[f, t]| *f..*t).collect();
+                if s.id == from {
+                    owned.remove(&slot);
+                } else if s.id == to {
+                    owned.insert(slot);
+                } else {
+                    continue;
+                }
+                s.slots = ranges(&owned);
+            }
+        })
     }
 
     /// Removes a node that holds no replica any more.
@@ -532,6 +574,22 @@ mod tests {
         assert_eq!(back.version, 3);
         assert_eq!(back.shard(1).unwrap().replicas, vec![1, 2, 4]);
         assert_eq!(back.node(4).unwrap().region, "tianjin");
+    }
+
+    #[test]
+    fn a_slot_moves_between_shards_and_the_ranges_stay_whole() {
+        let t = default_topology();
+        let (from, slots) = (t.owner_of_slot(5).unwrap(), t.slots);
+        let to = t.shards.iter().map(|s| s.id).find(|s| *s != from).unwrap();
+        let t1 = t.move_slot(5, to).unwrap();
+        assert_eq!((t1.owner_of_slot(5), t1.version), (Some(to), 1));
+        assert!((0..slots).filter(|s| *s != 5).all(|s| t1.owner_of_slot(s) == t.owner_of_slot(s)), "only slot 5 moved");
+        assert!(matches!(t1.move_slot(5, to), Err(Edit::Unchanged(_))));
+        assert!(matches!(t1.move_slot(slots, to), Err(Edit::Refused(_))));
+        let back = t1.move_slot(5, from).unwrap();
+        assert_eq!(back.shard(from).unwrap().slots, t.shard(from).unwrap().slots, "moved back, the ranges merge again");
+        assert_eq!(Topology::parse(&back.to_toml()).unwrap().owner_of_slot(5), Some(from));
+        assert_eq!(ranges(&[1, 2, 3, 7, 9, 10].into_iter().collect()), vec![[1, 4], [7, 8], [9, 11]]);
     }
 
     #[test]

@@ -40,10 +40,11 @@ pub enum Schedule {
     CorruptSnapshot,
     NetnsPartition,
     Reshape,
+    MoveSlots,
 }
 
 impl Schedule {
-    pub const ALL: [Schedule; 15] = [
+    pub const ALL: [Schedule; 16] = [
         Schedule::KillLeader,
         Schedule::KillRegion,
         Schedule::PartitionRegion,
@@ -59,6 +60,7 @@ impl Schedule {
         Schedule::CorruptSnapshot,
         Schedule::NetnsPartition,
         Schedule::Reshape,
+        Schedule::MoveSlots,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +80,7 @@ impl Schedule {
             Schedule::CorruptSnapshot => "corrupt-snapshot",
             Schedule::NetnsPartition => "netns-partition",
             Schedule::Reshape => "reshape",
+            Schedule::MoveSlots => "move-slots",
         }
     }
 
@@ -629,7 +632,10 @@ async fn inject(
         Schedule::ClockLeap => clock_leap(c, rng, &mut log).await,
         Schedule::CorruptSnapshot => corrupt_snapshot(c, rng, &mut log).await,
         Schedule::NetnsPartition => netns_partition(c, net.expect("netns-partition runs on a netns cluster"), rng, &mut log).await,
+        // Membership and slot moves, at random.
+        Schedule::Reshape if rng.gen_bool(0.5) => move_slots(c, rng, 1, &mut log).await,
         Schedule::Reshape => reshape(c, rng, &mut log).await,
+        Schedule::MoveSlots => move_slots(c, rng, 5, &mut log).await,
     }
 }
 
@@ -766,6 +772,50 @@ async fn reshape(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
     log.note(format!("stop node {old} (no replica left)"));
     c.stop(old);
     sleep(1_000).await;
+}
+
+/// Moves `count` random slots to other shards and back, one move at a time, under the bank
+/// workload, with a leader killed during the first move and restarted. Each move must end with
+/// the served map routing the slot to its destination; the checker and the replicas' final
+/// balances prove no money was lost or doubled.
+async fn move_slots(c: &mut Cluster, rng: &mut impl Rng, count: usize, log: &mut Log<'_>) {
+    let shards: Vec<u32> = c.topology.shards.iter().map(|s| s.id).collect();
+    let mut slots: Vec<u32> = (0..c.topology.slots).collect();
+    slots.shuffle(rng);
+    slots.truncate(count);
+    let home: Vec<(u32, u32)> = slots.iter().map(|s| (*s, c.topology.owner_of_slot(*s).expect("owned"))).collect();
+    let away: Vec<(u32, u32)> =
+        home.iter().map(|(s, from)| (*s, *shards.iter().filter(|x| *x != from).collect::<Vec<_>>().choose(rng).copied().expect("2+ shards"))).collect();
+    let mut first = true;
+    for (slot, to) in away.into_iter().chain(home) {
+        log.note(format!("move slot {slot} to shard {to}, online"));
+        let t = Instant::now();
+        let (s, d) = (slot.to_string(), to.to_string());
+        let child = c.cli_spawn(&["cluster", "move-slot", &s, "--to-shard", &d]);
+        if first {
+            first = false;
+            sleep(300).await;
+            let victim = leader_of_random_shard(c, rng).await;
+            log.note(format!("kill -9 node {victim} (a leader) while slot {slot} moves"));
+            c.kill(victim);
+            sleep(1_500).await;
+            log.note(format!("restart node {victim}"));
+            c.start_node(victim);
+        }
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.expect("join").expect("hongbao move-slot");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        if !out.status.success() {
+            log.missed(format!("move-slot {slot} -> {to} failed: {}{}", text(&out.stdout), text(&out.stderr)));
+            continue;
+        }
+        c.saw_versions(&text(&out.stdout));
+        let map = c.sync_map();
+        if map.owner_of_slot(slot) == Some(to) {
+            log.proved(format!("slot {slot} moved to shard {to} in {} ms (map version {})", t.elapsed().as_millis(), map.version));
+        } else {
+            log.missed(format!("after move-slot {slot} -> {to} the map gives it to {:?}", map.owner_of_slot(slot)));
+        }
+    }
 }
 
 /// Whether every replica node `n` holds is a follower or a leader (not a learner, not catching

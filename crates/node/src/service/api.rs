@@ -67,6 +67,15 @@ impl ApiService {
         Ok(self.host.begin_read(shard, allow_stale).await?)
     }
 
+    /// A read of `user` on `shard` whose wallet moved away with its slot, or is moving: the
+    /// retryable SLOT_MOVED / SLOT_MOVING rather than "no wallet" (this node's map is older).
+    fn wallet_here(&self, shard: ShardId, user: UserId) -> Result<(), Status> {
+        match view::moved(&self.host.store(shard), user) {
+            Some((code, _)) => Err(refused(&Outcome::err(code), shard, &About::user(user))),
+            None => Ok(()),
+        }
+    }
+
     /// One grab: fast refusal on the leader when the outcome is already final, else a proposal.
     /// Shared by the single `Grab` RPC and the router's coalesced `Grabs`.
     async fn grab_one(&self, r: GrabRequest) -> Result<GrabReply, Status> {
@@ -114,6 +123,7 @@ impl ApiService {
     }
 
     fn balance_reply(&self, user: u64, shard: ShardId) -> Res<BalanceReply> {
+        self.wallet_here(shard, user)?;
         let a = view::account(&self.host.store(shard), user)
             .ok_or_else(|| status(detail(ErrorCode::UnknownUser, format!("no wallet for user {user}"), shard)))?;
         Ok(Response::new(BalanceReply {
@@ -192,6 +202,7 @@ impl Wallet for ApiService {
         let r = req.into_inner();
         let shard = self.user_shard(r.user)?;
         let _read = self.read_gate(shard, r.allow_stale).await?;
+        self.wallet_here(shard, r.user)?;
         let page = view::statement_page(&self.host.store(shard), r.user, cursor(r.before_seq), page_limit(r.limit));
         let entries = page.entries.iter().map(|(seq, e)| statement_entry(*seq, e)).collect();
         Ok(Response::new(StatementReply { user: r.user, entries, next_before_seq: page.next.unwrap_or(0) }))
@@ -270,6 +281,7 @@ impl Packets for ApiService {
         };
         let shard = self.user_shard(r.user)?;
         let _read = self.read_gate(shard, r.allow_stale).await?;
+        self.wallet_here(shard, r.user)?;
         let store = self.host.store(shard);
         let page = view::packets_page(&store, r.user, side, cursor(r.before_seq), page_limit(r.limit));
         let entries = page

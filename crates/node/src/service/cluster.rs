@@ -307,6 +307,12 @@ impl Cluster for ClusterService {
         crate::membership::add_shard(&self.host, shard, &home, &replicas).await.map(Response::new)
     }
 
+    async fn move_slot(&self, req: Request<MoveSlotRequest>) -> Result<Response<MoveSlotReply>, Status> {
+        self.admin_only(&req, "move a slot")?;
+        let MoveSlotRequest { slot, to_shard } = req.into_inner();
+        crate::slot_move::move_slot(&self.host, slot, to_shard).await.map(Response::new)
+    }
+
     async fn undrain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
         let DrainRequest { region, local_only } = req.get_ref().clone();
         if local_only {

@@ -42,6 +42,8 @@ pub fn ledger_code(code: Code) -> ErrorCode {
         Code::RequestExpired => ErrorCode::RequestExpired,
         Code::RequestAhead => ErrorCode::RequestAhead,
         Code::ClusterMapStale => ErrorCode::ClusterMapStale,
+        Code::SlotMoving => ErrorCode::SlotMoving,
+        Code::SlotMoved => ErrorCode::SlotMoved,
     }
 }
 
@@ -156,7 +158,10 @@ impl About {
             | Command::AckNotifications { .. }
             | Command::SetDrained { .. }
             | Command::ConfigCheck { .. }
-            | Command::SetClusterMap { .. } => About::default(),
+            | Command::SetClusterMap { .. }
+            | Command::MoveSlotIn { .. }
+            | Command::MoveSlotOut { .. }
+            | Command::FinishSlotIn { .. } => About::default(),
         }
     }
 }
@@ -205,6 +210,8 @@ pub fn explain(code: Code, a: &About) -> String {
             .into(),
         Code::RequestAhead => "this request id's time is ahead of the cluster's clock: check the client's clock".into(),
         Code::ClusterMapStale => "the cluster map changed meanwhile: read it again and redo the change".into(),
+        Code::SlotMoving => format!("user {u}'s wallet is moving to another shard: nothing was done; retry in a moment"),
+        Code::SlotMoved => format!("user {u}'s wallet moved to another shard: nothing was done here; retry"),
     }
 }
 
@@ -270,7 +277,7 @@ mod tests {
 
     /// Every ledger code, in number order (the exhaustive match in `ledger_code` makes a new code
     /// a compile error there; this list makes it a test failure here until it is added).
-    const ALL: [Code; 33] = [
+    const ALL: [Code; 35] = [
         Code::Ok,
         Code::AmountZero,
         Code::AmountOverflow,
@@ -304,6 +311,8 @@ mod tests {
         Code::RequestExpired,
         Code::RequestAhead,
         Code::ClusterMapStale,
+        Code::SlotMoving,
+        Code::SlotMoved,
     ];
 
     #[test]
