@@ -903,7 +903,8 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
             membership(client, vec![membership::Step::AddShard { shard: id, home, replicas }], json).await
         }
         ClusterCmd::MoveSlot { slot, to_shard } => {
-            let r = membership::move_slot(client, slot, to_shard, |line| if json { eprintln!("{line}") } else { println!("{line}") }).await?;
+            let r =
+                membership::move_slot(client, slot, to_shard, |line| if json { eprintln!("{line}") } else { println!("{line}") }).await?;
             if json {
                 print_json(&output::SlotMoved { slot: r.slot, from_shard: r.from_shard, to_shard: r.to_shard, map_version: r.map_version });
             }

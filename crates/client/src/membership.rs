@@ -189,13 +189,19 @@ pub async fn move_slot(client: &Client, slot: u32, to: u32, mut progress: impl F
     let mut sent = 0u64;
     let mut last = None;
     for _ in 0..MAX_MOVE_CALLS {
-        let (r, _) = resend(|| client.move_slot(slot, to), MAX_STEP_RESENDS, STEP_PAUSE, |e| {
-            progress(&format!("slot {slot}: re-sending ({})", e.detail.message))
-        })
+        let (r, _) = resend(
+            || client.move_slot(slot, to),
+            MAX_STEP_RESENDS,
+            STEP_PAUSE,
+            |e| progress(&format!("slot {slot}: re-sending ({})", e.detail.message)),
+        )
         .await?;
         sent += r.wallets_sent as u64;
         if r.done {
-            progress(&format!("slot {slot}: on shard {} now (version {}), {sent} wallets moved from shard {}", r.to_shard, r.map_version, r.from_shard));
+            progress(&format!(
+                "slot {slot}: on shard {} now (version {}), {sent} wallets moved from shard {}",
+                r.to_shard, r.map_version, r.from_shard
+            ));
             return Ok(r);
         }
         progress(&format!("slot {slot}: {} (shard {} -> {}), {sent} wallets sent", r.phase, r.from_shard, r.to_shard));

@@ -779,7 +779,7 @@ impl Cluster for RouterService {
         self.gate.roles(&req, &[Role::Admin], "move a slot")?;
         let r = req.into_inner();
         self.membership(|mut c, left| {
-            let r = with_deadline(r.clone(), left);
+            let r = with_deadline(r, left);
             async move { c.move_slot(r).await }
         })
         .await

@@ -15,7 +15,7 @@ use hongbao_proto::v1::{AuditReply, Faults, NodeStatus, ReplicaRole};
 use hongbao_proto::ErrorCode;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -780,12 +780,15 @@ async fn reshape(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
 /// balances prove no money was lost or doubled.
 async fn move_slots(c: &mut Cluster, rng: &mut impl Rng, count: usize, log: &mut Log<'_>) {
     let shards: Vec<u32> = c.topology.shards.iter().map(|s| s.id).collect();
-    let mut slots: Vec<u32> = (0..c.topology.slots).collect();
+    // Slots holding the workload's wallets, so every move carries money that is in use.
+    let mut slots: Vec<u32> = log.shared.users.iter().map(|u| c.topology.slot_of(*u)).collect::<BTreeSet<u32>>().into_iter().collect();
     slots.shuffle(rng);
     slots.truncate(count);
     let home: Vec<(u32, u32)> = slots.iter().map(|s| (*s, c.topology.owner_of_slot(*s).expect("owned"))).collect();
-    let away: Vec<(u32, u32)> =
-        home.iter().map(|(s, from)| (*s, *shards.iter().filter(|x| *x != from).collect::<Vec<_>>().choose(rng).copied().expect("2+ shards"))).collect();
+    let away: Vec<(u32, u32)> = home
+        .iter()
+        .map(|(s, from)| (*s, *shards.iter().filter(|x| *x != from).collect::<Vec<_>>().choose(rng).copied().expect("2+ shards")))
+        .collect();
     let mut first = true;
     for (slot, to) in away.into_iter().chain(home) {
         log.note(format!("move slot {slot} to shard {to}, online"));
@@ -810,8 +813,14 @@ async fn move_slots(c: &mut Cluster, rng: &mut impl Rng, count: usize, log: &mut
         }
         c.saw_versions(&text(&out.stdout));
         let map = c.sync_map();
+        let stdout = text(&out.stdout);
+        let wallets = stdout.rsplit("), ").next().and_then(|s| s.split(' ').next()).unwrap_or("?").to_string();
         if map.owner_of_slot(slot) == Some(to) {
-            log.proved(format!("slot {slot} moved to shard {to} in {} ms (map version {})", t.elapsed().as_millis(), map.version));
+            log.proved(format!(
+                "slot {slot} moved to shard {to} with {wallets} wallets in {} ms (map version {})",
+                t.elapsed().as_millis(),
+                map.version
+            ));
         } else {
             log.missed(format!("after move-slot {slot} -> {to} the map gives it to {:?}", map.owner_of_slot(slot)));
         }
