@@ -111,6 +111,9 @@ class Hongbao:
             self.api.ERROR_CODE_OVERLOADED,
             self.api.ERROR_CODE_TIMEOUT,
             self.api.ERROR_CODE_RATE_LIMITED,
+            # A slot move: nothing was done; the same request runs once the wallet is served.
+            self.api.ERROR_CODE_SLOT_MOVING,
+            self.api.ERROR_CODE_SLOT_MOVED,
         }
         give_up = time.monotonic() + self.timeout_s
         attempt = 0

@@ -384,13 +384,17 @@ mod tests {
     }
 
     /// Walks every code: cluster codes (what elections, failovers and routing produce) are never
-    /// final; every ledger code is (it is what the ledger decided).
+    /// final; every ledger code is (it is what the ledger decided), but the two a slot move
+    /// answers with, which say where the request went, not what it did.
     #[test]
     fn only_ledger_outcomes_end_a_call_and_every_cluster_code_is_retried() {
         for i in 0..200 {
             let Ok(code) = ErrorCode::try_from(i) else { continue };
             let step = retry_step(code);
-            if i < 100 || matches!(code, ErrorCode::PermissionDenied | ErrorCode::Unauthenticated) {
+            if matches!(code, ErrorCode::SlotMoving | ErrorCode::SlotMoved) {
+                assert_eq!(step, RetryStep::BackOff, "{code:?}: nothing was done; re-send after a moment");
+                assert!(retry_delay(code).is_some());
+            } else if i < 100 || matches!(code, ErrorCode::PermissionDenied | ErrorCode::Unauthenticated) {
                 assert_eq!(step, RetryStep::Final, "{code:?} is a ledger outcome or a refusal of the caller");
             } else {
                 assert_ne!(step, RetryStep::Final, "{code:?} says nothing about the operation");
