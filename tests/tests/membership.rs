@@ -1,4 +1,5 @@
-//! Membership online (`hongbao cluster add-node / remove-node / replace-node / add-shard`):
+//! Membership online (`hongbao cluster add-node / remove-node / replace-node / add-shard /
+//! move-slot`):
 //! real nodes and routers, the CLI as an operator runs it. Replacements under load, with
 //! leaders killed, are the chaos schedule `reshape` (tests/tests/chaos.rs, 3 × 1; and
 //! `scripts/chaos reshape --nodes-per-region 3`).
@@ -120,7 +121,7 @@ async fn a_membership_change_that_would_weaken_a_shard_is_refused_and_changes_no
 
 /// A shard added online on the 3 × 1 topology: a new Raft group founded by its home replica,
 /// led, known to the routers without a restart (their status names its leader), counted by the
-/// audit, and reopened by a node restarted on its old topology file (which does not name it).
+/// audit, given a slot with a funded wallet (served there, whole), and reopened by a node restarted on its old topology file (which does not name it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x1() {
     let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
@@ -155,6 +156,20 @@ async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x
     assert_eq!(audit.shards.len(), 4, "the audit covers the new shard");
     assert!(audit.balanced, "{:?}", audit.problems);
     assert_eq!(audit.total_topups_cents, 3_000);
+
+    // Giving the new shard users: the funded user's slot moves to it, wallet and all.
+    let slot = c.topology.slot_of(user).to_string();
+    let out = c.cli_ok(&["cluster", "move-slot", &slot, "--to-shard", "4"]);
+    assert!(out.contains(&format!("slot {slot}: on shard 4 now")), "{out}");
+    c.saw_versions(&out);
+    assert_eq!(c.sync_map().owner_of_slot(c.topology.slot_of(user)), Some(4));
+    let b = client.balance(user).await.expect("balance after the move");
+    assert_eq!((b.shard, b.balance_cents), (4, 3_000), "the wallet is served by shard 4, whole");
+    let r = client.top_up(hongbao_client::new_request_id(), user, 500).await.expect("a top-up on shard 4");
+    assert_eq!(r.balance_cents, 3_500);
+    let audit = client.audit().await.expect("audit");
+    assert!(audit.balanced, "{:?}", audit.problems);
+    assert_eq!(audit.total_topups_cents, 3_500);
 
     // Node 3 restarts on the first topology file, which knows three shards: it reopens shard 4
     // from the map its peers give it, and follows its leader again.

@@ -1220,10 +1220,15 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         }
         self.check_slot(slot, slots)?;
         match self.slots.states.get(&slot) {
-            None | Some(SlotState::Gone { .. }) => self.set_slot(slot, slots, Some(SlotState::Arriving { from })),
             Some(SlotState::Arriving { from: f }) if *f == from => {}
-            // It is leaving from here, or arriving from elsewhere: another move is under way.
-            Some(_) => return Err(Code::SlotMoving),
+            // Only the slot's owner sends it, and the mover names the owner: a mark of arrival
+            // from another shard is left by a move that never went on (refused, or abandoned
+            // before its source froze the slot). Wallets import whatever the mark says.
+            None | Some(SlotState::Gone { .. }) | Some(SlotState::Arriving { .. }) => {
+                self.set_slot(slot, slots, Some(SlotState::Arriving { from }))
+            }
+            // It is leaving from here: a move out is under way.
+            Some(SlotState::Leaving { .. }) => return Err(Code::SlotMoving),
         }
         Ok(Outcome::ok(Reply::SlotIn { slot }))
     }

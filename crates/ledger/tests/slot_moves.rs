@@ -242,6 +242,32 @@ fn a_frozen_slot_refuses_its_users_until_the_destination_has_everything() {
 }
 
 #[test]
+fn a_move_that_never_went_on_leaves_no_mark_that_blocks_the_next() {
+    let mut c = Cluster::new();
+    let x = 4;
+    c.open(x, 50_00);
+    // Two admins move slot 0 (on A) at once, to B and to C: both destinations expect it, the
+    // source sends it to the first that asks, the other is refused.
+    assert!(c.run(B, Command::MoveSlotIn { slot: 0, slots: SLOTS, from: A }).is_ok());
+    let through = c.move_out(0, C, 4);
+    let o = c.run(A, Command::MoveSlotOut { slot: 0, slots: SLOTS, to: B, max_users: 4 });
+    assert_eq!(o.code, Code::InvalidArgument, "the slot is leaving for C");
+    c.drain();
+    assert!(c.finish(0, C, through).is_ok());
+    // Later the slot goes from C to B, whose mark still says it comes from A.
+    c.move_slot(0, B);
+    assert_eq!(c.balance(B, x), Some(50_00));
+    assert!(c.run(B, Command::TopUp { user: x, amount: Cents(1) }).is_ok(), "B serves the slot");
+    // A slot leaving a shard (one wallet of two sent) cannot arrive there meanwhile.
+    c.open(8, 1_00);
+    assert!(c.run(C, Command::MoveSlotIn { slot: 0, slots: SLOTS, from: B }).is_ok());
+    let o = c.run(B, Command::MoveSlotOut { slot: 0, slots: SLOTS, to: C, max_users: 1 });
+    assert!(matches!(o.reply, Reply::SlotOut { exported: 1, done: false, .. }), "{o:?}");
+    assert_eq!(c.run(B, Command::MoveSlotIn { slot: 0, slots: SLOTS, from: C }).code, Code::SlotMoving);
+    c.assert_books_balance();
+}
+
+#[test]
 fn money_for_a_moved_wallet_follows_it_exactly_once() {
     let mut c = Cluster::new();
     let (x, z, nobody) = (4, 6, 10); // x on A (slot 0), z on C (slot 2); nobody never opens (slot 2, C)
