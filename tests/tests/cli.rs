@@ -484,6 +484,35 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
     let out = cli.run(&["cluster", "move-slot", "99999", "--to-shard", "1"]);
     assert_ne!(out.code, 0, "no such slot: {}", out.stdout);
 
+    // ---- cluster rebalance: reads of shard 1's users make it the busiest shard while the load
+    // is sampled; the plan moves one of its slots to an idle shard, and --apply makes the move.
+    let busy: Vec<u64> = (0..8).map(|i| t.user_in_shard(1, 2_000 + i * 13)).collect();
+    let reader = c.router_client("shanghai");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for u in &busy {
+                    let _ = reader.balance(*u).await;
+                }
+            }
+        })
+    };
+    let out = cli.ok(&["cluster", "rebalance", "--seconds", "2", "--max-moves", "1", "--apply"]);
+    let planned = out.stdout.lines().find(|l| l.starts_with("move slot ")).unwrap_or_else(|| panic!("no move planned: {}", out.stdout));
+    assert!(planned.contains("from shard 1 to shard"), "{}", out.stdout);
+    let moved: u32 = planned.split(' ').nth(2).unwrap().parse().unwrap();
+    assert!(out.stdout.contains(&format!("slot {moved}: on shard ")), "the move was made: {}", out.stdout);
+    let map = cli.json(&["cluster", "map"]);
+    let map = hongbao_topology::Topology::parse(map["toml"].as_str().unwrap()).unwrap();
+    assert_ne!(map.owner_of_slot(moved), Some(1), "slot {moved} left shard 1");
+    let v = cli.json(&["cluster", "rebalance", "--seconds", "1", "--max-moves", "0"]);
+    shape("cluster rebalance", &v, "seconds:u shards:a moves:a applied:b");
+    assert_eq!((v["shards"].as_array().unwrap().len(), v["moves"].as_array().unwrap().len()), (3, 0), "{v}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.expect("reader");
+
     // ---- every command `hongbao --help` lists was run (demo: tests/tests/demo.rs runs it, and
     // it kills a region; completions: the test below; add-node, remove-node, replace-node,
     // add-shard: tests/tests/membership.rs and the chaos schedule reshape)

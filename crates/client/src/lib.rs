@@ -15,6 +15,7 @@
 pub mod credentials;
 pub mod membership;
 pub mod money;
+pub mod rebalance;
 
 pub use credentials::Credentials;
 use hongbao_auth::Role;
@@ -581,6 +582,15 @@ impl Client {
         self.membership(|ch, a| {
             let r = long(a.req(req.clone()));
             async move { ClusterClient::new(ch).add_shard(r).await }
+        })
+        .await
+    }
+
+    /// Requests served per slot so far, summed over every node that answered.
+    pub async fn slot_load(&self) -> Result<SlotLoadReply> {
+        self.as_role(Role::Admin, |ch, a| {
+            let r = a.req(SlotLoadRequest { local_only: false });
+            async move { ClusterClient::new(ch).slot_load(r).await }
         })
         .await
     }

@@ -327,6 +327,17 @@ enum ClusterCmd {
         #[arg(long)]
         to_shard: u32,
     },
+    /// Propose slot moves from the requests each slot serves (sampled over --seconds): hot
+    /// slots from the busiest shard to the idlest until they are within 20% of the mean load.
+    /// --apply runs them (as move-slot does).
+    Rebalance {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        max_moves: usize,
+        #[arg(long)]
+        apply: bool,
+    },
     /// Take a node out of every shard it holds a replica of, then out of the map.
     RemoveNode {
         #[arg(long)]
@@ -902,6 +913,7 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
         ClusterCmd::AddShard { id, home, replicas } => {
             membership(client, vec![membership::Step::AddShard { shard: id, home, replicas }], json).await
         }
+        ClusterCmd::Rebalance { seconds, max_moves, apply } => rebalance(client, seconds, max_moves, apply, json).await,
         ClusterCmd::MoveSlot { slot, to_shard } => {
             let r =
                 membership::move_slot(client, slot, to_shard, |line| if json { eprintln!("{line}") } else { println!("{line}") }).await?;
@@ -947,6 +959,54 @@ async fn membership(client: &Client, steps: Vec<membership::Step>, json: bool) -
     let done = membership::run(client, steps, |line| if json { eprintln!("{line}") } else { println!("{line}") }).await?;
     if json {
         print_json(&output::Membership::new(&done));
+    }
+    Ok(0)
+}
+
+/// `cluster rebalance`: samples the per-slot load twice, `seconds` apart, plans moves and, with
+/// `apply`, runs them one by one.
+async fn rebalance(client: &Client, seconds: u64, max_moves: usize, apply: bool, json: bool) -> anyhow::Result<i32> {
+    use hongbao_client::rebalance;
+    if !(1..=3600).contains(&seconds) || max_moves > 64 {
+        anyhow::bail!("--seconds must be 1..=3600 and --max-moves at most 64");
+    }
+    let say = |line: &str| if json { eprintln!("{line}") } else { println!("{line}") };
+    let first = client.slot_load().await?;
+    say(&format!("sampling the load per slot for {seconds} s ..."));
+    tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+    let second = client.slot_load().await?;
+    if !second.missing.is_empty() {
+        say(&format!("nodes {:?} did not answer: their requests are not counted", second.missing));
+    }
+    let before: std::collections::BTreeMap<u32, u64> = first.slots.iter().map(|c| (c.slot, c.requests)).collect();
+    let rates: std::collections::BTreeMap<u32, f64> = second
+        .slots
+        .iter()
+        .map(|c| (c.slot, c.requests.saturating_sub(before.get(&c.slot).copied().unwrap_or(0)) as f64 / seconds as f64))
+        .filter(|(_, r)| *r > 0.0)
+        .collect();
+    let map = current_map(client).await?;
+    let loads = rebalance::shard_loads(&map, &rates);
+    let moves = rebalance::plan(&map, &rates, max_moves, 0.2);
+    if !json {
+        for (shard, load) in &loads {
+            println!("shard {shard}: {load:.1} requests/s");
+        }
+        if moves.is_empty() {
+            println!("balanced: no move proposed");
+        }
+        for m in &moves {
+            println!("move slot {} ({:.1} requests/s) from shard {} to shard {}", m.slot, m.rate, m.from_shard, m.to_shard);
+        }
+    }
+    if apply {
+        for m in &moves {
+            membership::move_slot(client, m.slot, m.to_shard, say).await?;
+        }
+    }
+    if json {
+        let shards = loads.iter().map(|(shard, load)| output::ShardLoad { shard: *shard, requests_per_s: *load }).collect();
+        print_json(&output::Rebalance { seconds, shards, moves, applied: apply });
     }
     Ok(0)
 }

@@ -556,6 +556,22 @@ pub struct ClusterMap<'a> {
     pub toml: &'a str,
 }
 
+/// `cluster rebalance`: the load per shard over the window, and the moves proposed (made, if
+/// `applied`).
+#[derive(Serialize)]
+pub struct Rebalance {
+    pub seconds: u64,
+    pub shards: Vec<ShardLoad>,
+    pub moves: Vec<hongbao_client::rebalance::Move>,
+    pub applied: bool,
+}
+
+#[derive(Serialize)]
+pub struct ShardLoad {
+    pub shard: u32,
+    pub requests_per_s: f64,
+}
+
 /// `cluster move-slot`: where the slot is now.
 #[derive(Serialize)]
 pub struct SlotMoved {

@@ -62,6 +62,8 @@ pub struct Host {
     pub rejoin: crate::rejoin::Rejoin,
     /// Slow PIN hashes already verified on this leader (memory only; see `pin`).
     pub pins: crate::pin::PinCache,
+    /// User requests served here as leader, per slot (rebalancing by load).
+    pub slot_load: crate::slot_load::SlotLoad,
     /// Permits for reads in flight on this node (`read_permit`).
     reads: Arc<Semaphore>,
     max_reads: usize,
@@ -131,6 +133,7 @@ impl Host {
             clock,
             rejoin: crate::rejoin::Rejoin::default(),
             pins: crate::pin::PinCache::new(),
+            slot_load: crate::slot_load::SlotLoad::default(),
             reads: Arc::new(Semaphore::new(max_reads)),
             max_reads,
         });

@@ -33,6 +33,7 @@ pub mod rejoin;
 pub mod relay;
 pub mod replica;
 pub mod service;
+pub mod slot_load;
 pub mod slot_move;
 pub mod storage;
 pub mod sweeper;

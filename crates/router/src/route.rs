@@ -775,6 +775,11 @@ impl Cluster for RouterService {
         .await
     }
 
+    async fn slot_load(&self, req: Request<SlotLoadRequest>) -> Res<SlotLoadReply> {
+        self.gate.roles(&req, &[Role::Admin], "read the load per slot")?;
+        self.router.any_node(|mut c| async move { c.slot_load(SlotLoadRequest { local_only: false }).await }).await
+    }
+
     async fn move_slot(&self, req: Request<MoveSlotRequest>) -> Res<MoveSlotReply> {
         self.gate.roles(&req, &[Role::Admin], "move a slot")?;
         let r = req.into_inner();

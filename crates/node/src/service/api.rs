@@ -39,7 +39,11 @@ impl ApiService {
 
     async fn write(&self, shard: ShardId, id: RequestId, cmd: Command) -> Result<Outcome, Status> {
         let about = About::of(&cmd);
+        let home = cmd.home_user();
         let o = self.host.propose(shard, id, cmd).await?;
+        if let Some(u) = home {
+            self.count(u);
+        }
         if o.code != Code::Ok {
             return Err(refused(&o, shard, &about));
         }
@@ -65,6 +69,11 @@ impl ApiService {
     /// until the reply is built: reads in flight on this node are bounded (OVERLOADED past it).
     async fn read_gate(&self, shard: ShardId, allow_stale: bool) -> Result<ReadPermit, Status> {
         Ok(self.host.begin_read(shard, allow_stale).await?)
+    }
+
+    /// One request of `user` served here, for the per-slot load.
+    fn count(&self, user: UserId) {
+        self.host.slot_load.hit(self.host.topology().slot_of(user));
     }
 
     /// A read of `user` on `shard` whose wallet moved away with its slot, or is moving: the
@@ -124,6 +133,7 @@ impl ApiService {
 
     fn balance_reply(&self, user: u64, shard: ShardId) -> Res<BalanceReply> {
         self.wallet_here(shard, user)?;
+        self.count(user);
         let a = view::account(&self.host.store(shard), user)
             .ok_or_else(|| status(detail(ErrorCode::UnknownUser, format!("no wallet for user {user}"), shard)))?;
         Ok(Response::new(BalanceReply {
@@ -203,6 +213,7 @@ impl Wallet for ApiService {
         let shard = self.user_shard(r.user)?;
         let _read = self.read_gate(shard, r.allow_stale).await?;
         self.wallet_here(shard, r.user)?;
+        self.count(r.user);
         let page = view::statement_page(&self.host.store(shard), r.user, cursor(r.before_seq), page_limit(r.limit));
         let entries = page.entries.iter().map(|(seq, e)| statement_entry(*seq, e)).collect();
         Ok(Response::new(StatementReply { user: r.user, entries, next_before_seq: page.next.unwrap_or(0) }))
@@ -282,6 +293,7 @@ impl Packets for ApiService {
         let shard = self.user_shard(r.user)?;
         let _read = self.read_gate(shard, r.allow_stale).await?;
         self.wallet_here(shard, r.user)?;
+        self.count(r.user);
         let store = self.host.store(shard);
         let page = view::packets_page(&store, r.user, side, cursor(r.before_seq), page_limit(r.limit));
         let entries = page

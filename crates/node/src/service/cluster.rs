@@ -307,6 +307,40 @@ impl Cluster for ClusterService {
         crate::membership::add_shard(&self.host, shard, &home, &replicas).await.map(Response::new)
     }
 
+    async fn slot_load(&self, req: Request<SlotLoadRequest>) -> Result<Response<SlotLoadReply>, Status> {
+        let local = || self.host.slot_load.counts().into_iter().map(|(slot, requests)| SlotCount { slot, requests }).collect::<Vec<_>>();
+        if req.get_ref().local_only {
+            return Ok(Response::new(SlotLoadReply { slots: local(), answered: vec![self.host.node_id], missing: vec![] }));
+        }
+        self.admin_only(&req, "read the load per slot")?;
+        let map = self.host.topology();
+        let mut sum: BTreeMap<u32, u64> = local().into_iter().map(|c| (c.slot, c.requests)).collect();
+        let (mut answered, mut missing) = (vec![self.host.node_id], vec![]);
+        let calls = map.nodes.iter().filter(|n| n.id != self.host.node_id).map(|n| {
+            let (id, client) = (n.id, self.client(n.id));
+            async move {
+                let Some(mut c) = client else { return (id, None) };
+                match tokio::time::timeout(ADMIN_CALL_TIMEOUT, c.slot_load(SlotLoadRequest { local_only: true })).await {
+                    Ok(Ok(r)) => (id, Some(r.into_inner().slots)),
+                    _ => (id, None),
+                }
+            }
+        });
+        for (id, slots) in futures::future::join_all(calls).await {
+            match slots {
+                Some(slots) => {
+                    answered.push(id);
+                    for c in slots {
+                        *sum.entry(c.slot).or_default() += c.requests;
+                    }
+                }
+                None => missing.push(id),
+            }
+        }
+        let slots = sum.into_iter().map(|(slot, requests)| SlotCount { slot, requests }).collect();
+        Ok(Response::new(SlotLoadReply { slots, answered, missing }))
+    }
+
     async fn move_slot(&self, req: Request<MoveSlotRequest>) -> Result<Response<MoveSlotReply>, Status> {
         self.admin_only(&req, "move a slot")?;
         let MoveSlotRequest { slot, to_shard } = req.into_inner();
