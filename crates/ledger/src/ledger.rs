@@ -114,7 +114,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         // Request ids are scoped by the acting user: another user's id is another request, and
         // its outcome is never answered to anyone else. (Every non-system command has an actor.)
         let actor = req.cmd.actor().unwrap_or(0);
-        let fingerprint = fnv1a(&[&enc(&req.cmd)]);
+        let fingerprint = fnv1a(&[&enc(&req.cmd.without_routing())]);
         if !system {
             // A replay answers the first outcome and touches nothing else.
             if let Some(seen) = self.get::<DedupEntry>(&keys::dedup(actor, &req.id)) {

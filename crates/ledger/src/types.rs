@@ -336,6 +336,38 @@ impl Command {
         )
     }
 
+    /// The command as the client asked it: the shard hints the node adds from its map (a
+    /// receiver's or grabber's shard) zeroed. Its fingerprint names the request, so a retry
+    /// routed by a newer map (the receiver's slot moved meanwhile) is the same request, and is
+    /// answered its first outcome rather than REQUEST_ID_REUSED.
+    pub fn without_routing(&self) -> std::borrow::Cow<'_, Command> {
+        use std::borrow::Cow;
+        match self {
+            Command::Transfer { to_shard, .. } if *to_shard != 0 => {
+                let mut c = self.clone();
+                if let Command::Transfer { to_shard, .. } = &mut c {
+                    *to_shard = 0;
+                }
+                Cow::Owned(c)
+            }
+            Command::Grab { grabber_shard, .. } if *grabber_shard != 0 => {
+                let mut c = self.clone();
+                if let Command::Grab { grabber_shard, .. } = &mut c {
+                    *grabber_shard = 0;
+                }
+                Cow::Owned(c)
+            }
+            Command::SendPacket { kind: PacketKind::Exclusive { recipient_shard, .. }, .. } if *recipient_shard != 0 => {
+                let mut c = self.clone();
+                if let Command::SendPacket { kind: PacketKind::Exclusive { recipient_shard, .. }, .. } = &mut c {
+                    *recipient_shard = 0;
+                }
+                Cow::Owned(c)
+            }
+            _ => Cow::Borrowed(self),
+        }
+    }
+
     /// The user whose wallet this command needs on this shard (the commands a frozen or moved
     /// slot refuses). A grab runs on the packet's shard, so it has none.
     pub fn home_user(&self) -> Option<UserId> {

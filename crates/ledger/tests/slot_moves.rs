@@ -209,8 +209,14 @@ fn a_moved_wallet_keeps_its_balance_statement_daily_limit_pin_and_request_histor
     assert_eq!(view::statement(c.store(B), x, 100), stmt_before);
     assert_eq!(after.sent_today, Cents(120_00), "the daily limit counts what was sent on A");
     // The retry of a payment made on A, sent to B after the move: the first outcome, no second payment.
-    assert_eq!(c.run_as(B, paid, pay), first);
+    assert_eq!(c.run_as(B, paid, pay.clone()), first);
     assert_eq!(c.balance(B, x), Some(380_00));
+    // A retry routed by a newer map (the receiver's slot moved since: another shard hint) is
+    // the same request: its first outcome, not REQUEST_ID_REUSED.
+    let Command::Transfer { from, to, amount, device, verification, pin, to_shard } = pay.clone() else { unreachable!() };
+    assert_ne!(to_shard, c.home(y));
+    let rerouted = Command::Transfer { from, to, to_shard: c.home(y), amount, device, verification, pin };
+    assert_eq!(c.run_as(B, paid, rerouted), first);
     // A refuses x's commands as moved (retryable, not remembered); B serves them.
     let topup = Command::TopUp { user: x, amount: Cents(1_00) };
     let late = c.new_id();
