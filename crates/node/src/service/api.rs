@@ -44,6 +44,9 @@ impl ApiService {
         if let Some(u) = home {
             self.count(u);
         }
+        if o.code.is_misrouted() {
+            return Err(self.misrouted(o.code, shard, home.unwrap_or(about.user), &about));
+        }
         if o.code != Code::Ok {
             return Err(refused(&o, shard, &about));
         }
@@ -80,9 +83,19 @@ impl ApiService {
     /// retryable SLOT_MOVED / SLOT_MOVING rather than "no wallet" (this node's map is older).
     fn wallet_here(&self, shard: ShardId, user: UserId) -> Result<(), Status> {
         match view::moved(&self.host.store(shard), user) {
-            Some((code, _)) => Err(refused(&Outcome::err(code), shard, &About::user(user))),
+            Some((code, _)) => Err(self.misrouted(code, shard, user, &About::user(user))),
             None => Ok(()),
         }
+    }
+
+    /// SLOT_MOVING / SLOT_MOVED, saying where `user`'s wallet went when this shard knows (its
+    /// forwarding mark): the hint for a caller whose map is older.
+    fn misrouted(&self, code: Code, shard: ShardId, user: UserId, about: &About) -> Status {
+        let mut d = hongbao_proto::detail_of(&refused(&Outcome::err(code), shard, about));
+        if let Some((_, Some(to))) = view::moved(&self.host.store(shard), user) {
+            d.message = format!("{} (to shard {to})", d.message);
+        }
+        status(d)
     }
 
     /// One grab: fast refusal on the leader when the outcome is already final, else a proposal.
