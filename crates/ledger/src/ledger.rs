@@ -303,6 +303,19 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         }
     }
 
+    /// Where money for `user` goes, whose shard the node's map says is `shard`: the wallet, if
+    /// here, or the shard to send it to. A wallet that moved on from here is paid where it went
+    /// (the sender's map was older).
+    fn payee(&self, user: UserId, shard: ShardId) -> Check<(Option<Account>, ShardId)> {
+        if shard != self.shard {
+            return Ok((None, shard));
+        }
+        Ok(match self.local_or_moved(user)? {
+            Ok(a) => (Some(a), shard),
+            Err(moved) => (None, moved),
+        })
+    }
+
     /// A wallet that must be here for a local transfer or grab: Ok(None) when it moved on
     /// (the money goes to that shard), the slot's code when it is moving, else UnknownUser.
     fn local_or_moved(&self, user: UserId) -> Check<Result<Account, ShardId>> {
@@ -596,14 +609,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             return Err(Code::InvalidArgument);
         }
         let mut src = self.account(from)?;
-        // A receiver whose wallet moved on from here is paid there (a sender's map was older).
-        let (mut dst, to_shard) = match to_shard == self.shard {
-            true => match self.local_or_moved(to)? {
-                Ok(a) => (Some(a), to_shard),
-                Err(moved) => (None, moved),
-            },
-            false => (None, to_shard),
-        };
+        let (mut dst, to_shard) = self.payee(to, to_shard)?;
         let local = dst.is_some();
         if let Err(o) = self.check_pin(now, &mut src, pin) {
             return Ok(o);
@@ -783,13 +789,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             PacketKind::Password { phrase, .. } if password != Some(phrase.as_str()) => return Err(Code::WrongPassword),
             _ => {}
         }
-        let (mut wallet, grabber_shard) = match grabber_shard == self.shard {
-            true => match self.local_or_moved(grabber)? {
-                Ok(a) => (Some(a), grabber_shard),
-                Err(moved) => (None, moved),
-            },
-            false => (None, grabber_shard),
-        };
+        let (mut wallet, grabber_shard) = self.payee(grabber, grabber_shard)?;
         let local = wallet.is_some();
         let index = p.count - p.remaining_count;
         let amount = match &p.kind {

@@ -379,23 +379,9 @@ impl Command {
             | Command::SetPin { user, .. } => Some(*user),
             Command::Transfer { from, .. } => Some(*from),
             Command::SendPacket { sender, .. } => Some(*sender),
-            _ => None,
-        }
-    }
-
-    /// The user a command acts for: request ids are scoped by it, so two users can never
-    /// collide on an id nor read each other's remembered outcome. None for system commands.
-    pub fn actor(&self) -> Option<UserId> {
-        match self {
-            Command::OpenAccount { user, .. }
-            | Command::TopUp { user, .. }
-            | Command::Withdraw { user, .. }
-            | Command::SetRisk { user, .. }
-            | Command::SetPin { user, .. } => Some(*user),
-            Command::Transfer { from, .. } => Some(*from),
-            Command::SendPacket { sender, .. } => Some(*sender),
-            Command::Grab { grabber, .. } => Some(*grabber),
-            Command::Credit { .. }
+            // Listed, not `_`: a new command must say whose wallet it needs.
+            Command::Grab { .. }
+            | Command::Credit { .. }
             | Command::MarkDelivered { .. }
             | Command::ExpirePacket { .. }
             | Command::AckNotifications { .. }
@@ -405,6 +391,15 @@ impl Command {
             | Command::MoveSlotIn { .. }
             | Command::MoveSlotOut { .. }
             | Command::FinishSlotIn { .. } => None,
+        }
+    }
+
+    /// The user a command acts for: request ids are scoped by it, so two users can never
+    /// collide on an id nor read each other's remembered outcome. None for system commands.
+    pub fn actor(&self) -> Option<UserId> {
+        match self {
+            Command::Grab { grabber, .. } => Some(*grabber),
+            _ => self.home_user(),
         }
     }
 }

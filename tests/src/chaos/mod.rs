@@ -737,20 +737,10 @@ async fn reshape(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
         &spec.metrics_addr,
     ];
     let child = c.cli_spawn(&args);
-    sleep(800).await;
-    let victim = leader_of_random_shard(c, rng).await;
-    log.note(format!("kill -9 node {victim} (a leader) while the replacement runs"));
-    c.kill(victim);
-    sleep(1_500).await;
-    log.note(format!("restart node {victim}"));
-    c.start_node(victim);
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.expect("join").expect("hongbao replace-node");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    if !out.status.success() {
-        log.missed(format!("replace-node {old} -> {new} failed: {}{}", text(&out.stdout), text(&out.stderr)));
+    kill_a_leader_meanwhile(c, rng, 800, "the replacement runs", log).await;
+    if finished(c, child, &format!("replace-node {old} -> {new}"), log).await.is_none() {
         return;
     }
-    c.saw_versions(&text(&out.stdout));
     let map = c.sync_map();
     let moved = map.node(old).is_none() && map.shards.iter().all(|s| !s.replicas.contains(&old)) && !map.shards_on(new).is_empty();
     if moved {
@@ -797,23 +787,10 @@ async fn move_slots(c: &mut Cluster, rng: &mut impl Rng, count: usize, log: &mut
         let child = c.cli_spawn(&["cluster", "move-slot", &s, "--to-shard", &d]);
         if first {
             first = false;
-            sleep(300).await;
-            let victim = leader_of_random_shard(c, rng).await;
-            log.note(format!("kill -9 node {victim} (a leader) while slot {slot} moves"));
-            c.kill(victim);
-            sleep(1_500).await;
-            log.note(format!("restart node {victim}"));
-            c.start_node(victim);
+            kill_a_leader_meanwhile(c, rng, 300, &format!("slot {slot} moves"), log).await;
         }
-        let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.expect("join").expect("hongbao move-slot");
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        if !out.status.success() {
-            log.missed(format!("move-slot {slot} -> {to} failed: {}{}", text(&out.stdout), text(&out.stderr)));
-            continue;
-        }
-        c.saw_versions(&text(&out.stdout));
+        let Some(stdout) = finished(c, child, &format!("move-slot {slot} -> {to}"), log).await else { continue };
         let map = c.sync_map();
-        let stdout = text(&out.stdout);
         let wallets = stdout.rsplit("), ").next().and_then(|s| s.split(' ').next()).unwrap_or("?").to_string();
         if map.owner_of_slot(slot) == Some(to) {
             log.proved(format!(
@@ -825,6 +802,32 @@ async fn move_slots(c: &mut Cluster, rng: &mut impl Rng, count: usize, log: &mut
             log.missed(format!("after move-slot {slot} -> {to} the map gives it to {:?}", map.owner_of_slot(slot)));
         }
     }
+}
+
+/// `after_ms` into a membership command, kills the leader of a random shard and restarts it
+/// 1.5 s later.
+async fn kill_a_leader_meanwhile(c: &mut Cluster, rng: &mut impl Rng, after_ms: u64, during: &str, log: &mut Log<'_>) {
+    sleep(after_ms).await;
+    let victim = leader_of_random_shard(c, rng).await;
+    log.note(format!("kill -9 node {victim} (a leader) while {during}"));
+    c.kill(victim);
+    sleep(1_500).await;
+    log.note(format!("restart node {victim}"));
+    c.start_node(victim);
+}
+
+/// The output of a CLI command the schedule spawned, once it exited 0 (the map versions it made
+/// noted for `sync_map`); None, and the failure in the log, otherwise.
+async fn finished(c: &Cluster, child: std::process::Child, what: &str, log: &mut Log<'_>) -> Option<String> {
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.expect("join").expect("hongbao");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    if !out.status.success() {
+        log.missed(format!("{what} failed: {}{}", text(&out.stdout), text(&out.stderr)));
+        return None;
+    }
+    let stdout = text(&out.stdout);
+    c.saw_versions(&stdout);
+    Some(stdout)
 }
 
 /// Whether every replica node `n` holds is a follower or a leader (not a learner, not catching
