@@ -79,8 +79,18 @@ impl ApiService {
         self.host.slot_load.hit(self.host.topology().slot_of(user));
     }
 
-    /// A read of `user` on `shard` whose wallet moved away with its slot, or is moving: the
-    /// retryable SLOT_MOVED / SLOT_MOVING rather than "no wallet" (this node's map is older).
+    /// The start of every read of one user's wallet: its shard by this node's map, the read
+    /// gate (hold the permit until the reply is built), and the request counted for its slot.
+    async fn read_user(&self, user: UserId, allow_stale: bool) -> Result<(ShardId, ReadPermit), Status> {
+        let shard = self.user_shard(user)?;
+        let permit = self.read_gate(shard, allow_stale).await?;
+        self.count(user);
+        Ok((shard, permit))
+    }
+
+    /// A read of `user` on `shard` that found no wallet: the retryable SLOT_MOVED / SLOT_MOVING
+    /// if it moved away with its slot or is moving (this node's map is older). Asked only when
+    /// nothing was found, so a served read costs no extra lookup.
     fn wallet_here(&self, shard: ShardId, user: UserId) -> Result<(), Status> {
         match view::moved(&self.host.store(shard), user) {
             Some((code, _)) => Err(self.misrouted(code, shard, user, &About::user(user))),
@@ -145,10 +155,10 @@ impl ApiService {
     }
 
     fn balance_reply(&self, user: u64, shard: ShardId) -> Res<BalanceReply> {
-        self.wallet_here(shard, user)?;
-        self.count(user);
-        let a = view::account(&self.host.store(shard), user)
-            .ok_or_else(|| status(detail(ErrorCode::UnknownUser, format!("no wallet for user {user}"), shard)))?;
+        let Some(a) = view::account(&self.host.store(shard), user) else {
+            self.wallet_here(shard, user)?;
+            return Err(status(detail(ErrorCode::UnknownUser, format!("no wallet for user {user}"), shard)));
+        };
         Ok(Response::new(BalanceReply {
             user,
             balance_cents: a.balance.0,
@@ -216,18 +226,17 @@ impl Wallet for ApiService {
 
     async fn balance(&self, req: Request<BalanceRequest>) -> Res<BalanceReply> {
         let r = req.into_inner();
-        let shard = self.user_shard(r.user)?;
-        let _read = self.read_gate(shard, r.allow_stale).await?;
+        let (shard, _read) = self.read_user(r.user, r.allow_stale).await?;
         self.balance_reply(r.user, shard)
     }
 
     async fn statement(&self, req: Request<StatementRequest>) -> Res<StatementReply> {
         let r = req.into_inner();
-        let shard = self.user_shard(r.user)?;
-        let _read = self.read_gate(shard, r.allow_stale).await?;
-        self.wallet_here(shard, r.user)?;
-        self.count(r.user);
+        let (shard, _read) = self.read_user(r.user, r.allow_stale).await?;
         let page = view::statement_page(&self.host.store(shard), r.user, cursor(r.before_seq), page_limit(r.limit));
+        if page.entries.is_empty() {
+            self.wallet_here(shard, r.user)?;
+        }
         let entries = page.entries.iter().map(|(seq, e)| statement_entry(*seq, e)).collect();
         Ok(Response::new(StatementReply { user: r.user, entries, next_before_seq: page.next.unwrap_or(0) }))
     }
@@ -303,12 +312,12 @@ impl Packets for ApiService {
             PacketSide::Received => view::PacketSide::Received,
             PacketSide::Unspecified => return Err(invalid("side must be SENT or RECEIVED")),
         };
-        let shard = self.user_shard(r.user)?;
-        let _read = self.read_gate(shard, r.allow_stale).await?;
-        self.wallet_here(shard, r.user)?;
-        self.count(r.user);
+        let (shard, _read) = self.read_user(r.user, r.allow_stale).await?;
         let store = self.host.store(shard);
         let page = view::packets_page(&store, r.user, side, cursor(r.before_seq), page_limit(r.limit));
+        if page.entries.is_empty() {
+            self.wallet_here(shard, r.user)?;
+        }
         let entries = page
             .entries
             .iter()
