@@ -396,7 +396,12 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
     for n in nodes {
         shape("cluster status node", n, "node:u region:s addr:s up:b error:s shards:a");
         for r in n["shards"].as_array().unwrap() {
-            shape("cluster status replica", r, "shard:u role:s leader:u term:u last_log_index:u committed:u applied:u lag:u home_region:s");
+            shape(
+                "cluster status replica",
+                r,
+                "shard:u role:s leader:u term:u last_log_index:u committed:u applied:u lag:u home_region:s catching_up:b",
+            );
+            assert_eq!(r["catching_up"], false, "a ready cluster has no replica still catching up: {r}");
         }
     }
     for r in v["regions"].as_array().unwrap() {

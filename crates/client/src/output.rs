@@ -317,6 +317,8 @@ struct Replica<'a> {
     applied: u64,
     lag: u64,
     home_region: &'a str,
+    /// Started empty and not yet caught up with a leader: it votes for no one with history.
+    catching_up: bool,
 }
 
 #[derive(Serialize)]
@@ -366,6 +368,7 @@ impl<'a> From<&'a ShardStatus> for Replica<'a> {
             applied: sh.applied,
             lag: sh.lag,
             home_region: &sh.home_region,
+            catching_up: sh.catching_up,
         }
     }
 }
@@ -414,7 +417,7 @@ pub fn print_status(s: &StatusReply) {
                 n.region,
                 n.up,
                 sh.shard,
-                sh.role().name(),
+                if sh.catching_up { "rejoining" } else { sh.role().name() },
                 sh.leader,
                 sh.term,
                 sh.committed,

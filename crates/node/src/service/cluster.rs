@@ -55,6 +55,7 @@ impl ClusterService {
                 applied: m.last_applied.map(|l| l.index).unwrap_or(0),
                 lag,
                 home_region: s.home_region.clone(),
+                catching_up: h.rejoin.is_rejoining(s.id),
             });
         }
         let addr = h.topology().node(h.node_id).map(|n| n.addr.clone()).unwrap_or_default();
