@@ -187,3 +187,57 @@ async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A slot move whose driver went away half-way (one `MoveSlot` call, as from a `move-slot` that
+/// was killed) is finished by the source shard's leader on its own. The relay from shard 1 to
+/// shard 2 is cut, so the call that node 3 drives freezes and sends the slot but cannot finish
+/// it: proved by its answer (not done, delivering), the map (still shard 1) and a refused
+/// top-up. Once the cut heals nobody calls again, yet the map flips, the wallet is served by
+/// shard 2 whole, and the audit balances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_move_left_half_way_is_finished_by_the_source_leader_with_no_cent_lost_on_3x3() {
+    let mut c = three_by_three();
+    c.wait_ready(Duration::from_secs(60)).await;
+    let client = c.router_client("shanghai");
+    let user = c.topology.user_in_shard(1, 100);
+    c.funded(&client, user, 5_000).await;
+    let slot = c.topology.slot_of(user);
+    let (shard1, shard2) = (c.topology.shard(1).unwrap().replicas.clone(), c.topology.shard(2).unwrap().replicas.clone());
+    assert!(!shard1.contains(&3) && !shard2.contains(&3), "node 3 drives the move from outside both shards");
+    let cut = |to: &[u64]| hongbao_proto::v1::Faults { cut_off: to.to_vec(), ..Default::default() };
+    for n in &shard1 {
+        c.set_faults(*n, cut(&shard2)).await.expect("cut shard 1 off from shard 2");
+    }
+
+    let driver = hongbao_client::Client::new(vec![c.node_addr(3)], std::sync::Arc::new(c.credentials()));
+    let r = driver.move_slot(slot, 2).await.expect("one MoveSlot call answers where the move stands");
+    assert!(!r.done && r.phase == "delivering", "the call froze and sent the slot but could not finish: {r:?}");
+    assert_eq!(c.sync_map().owner_of_slot(slot), Some(1), "the map did not flip");
+    let short = c.router_client("shanghai").with_deadline(Duration::from_secs(1));
+    let mut codes = vec![];
+    while !codes.iter().any(|c| matches!(c, hongbao_proto::ErrorCode::SlotMoving | hongbao_proto::ErrorCode::SlotMoved)) {
+        assert!(codes.len() < 5, "a top-up of the half-moved slot is refused SLOT_MOVING or SLOT_MOVED: {codes:?}");
+        let e = short.top_up(hongbao_client::new_request_id(), user, 1).await;
+        codes.push(e.expect_err("the half-moved slot serves no top-up").code());
+    }
+
+    for n in &shard1 {
+        c.set_faults(*n, cut(&[])).await.expect("heal the cut");
+    }
+    let t = Instant::now();
+    // The leader waits RESUME_AFTER (10 s) from when it first saw the slot half-moved.
+    let deadline = t + Duration::from_secs(50);
+    while c.sync_map().owner_of_slot(slot) != Some(2) {
+        assert!(Instant::now() < deadline, "nobody finished the move of slot {slot}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("the source's leader finished the move {:?} after the cut healed", t.elapsed());
+    let b = client.balance(user).await.expect("balance after the move");
+    assert_eq!((b.shard, b.balance_cents), (2, 5_000), "the wallet is served by shard 2, whole");
+    let logs: String =
+        shard1.iter().map(|n| std::fs::read_to_string(c.dir.path().join(format!("node-{n}.log"))).unwrap_or_default()).collect();
+    assert!(logs.contains("slot move left half-way finished"), "a leader of shard 1 finished it (its log says so)");
+    let audit = client.audit().await.expect("audit");
+    assert!(audit.balanced, "{:?}", audit.problems);
+    assert_eq!(audit.total_topups_cents, 5_000, "the refused top-up moved nothing");
+}

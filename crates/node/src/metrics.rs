@@ -34,6 +34,8 @@ pub const MAP_VERSION: &str = "hongbao_cluster_map_version";
 pub const MEMBERSHIP_CHANGES: &str = "hongbao_membership_changes_total";
 pub const SLOT_MOVE_STEPS: &str = "hongbao_slot_move_steps_total";
 pub const SLOT_MOVE_WALLETS: &str = "hongbao_slot_move_wallets_total";
+/// Half-way slot moves a shard leader took up to finish (their driver had gone).
+pub const SLOT_MOVES_RESUMED: &str = "hongbao_slot_moves_resumed_total";
 /// Proposals refused with OVERLOADED (in-flight limit reached).
 pub const OVERLOADED: &str = "hongbao_overloaded_total";
 /// Expired packets refunded by the sweeper.
@@ -126,6 +128,7 @@ pub fn describe() {
     metrics::describe_counter!(MEMBERSHIP_CHANGES, "Membership steps done by this node as a shard's leader, by step");
     metrics::describe_counter!(SLOT_MOVE_STEPS, "Slot-move steps this node drove (arriving, sent, delivered, flipped)");
     metrics::describe_counter!(SLOT_MOVE_WALLETS, "Wallets sent by the slot moves this node drove");
+    metrics::describe_counter!(SLOT_MOVES_RESUMED, "Attempts of this node's shard leaders to finish slot moves left half-way");
     metrics::describe_counter!(OVERLOADED, "Proposals refused with OVERLOADED (in-flight limit reached)");
     metrics::describe_counter!(PACKETS_EXPIRED, "Expired packets refunded by the sweeper");
     metrics::describe_counter!(PROPOSALS, "Ledger commands proposed on this node");

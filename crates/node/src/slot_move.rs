@@ -13,16 +13,20 @@
 //!    destination; the source answers stragglers SLOT_MOVED, which clients retry.
 //!
 //! Every step is idempotent, so one `MoveSlot` call does a bounded part and says where it
-//! stands; the caller calls again until done (a move left half-way keeps the slot frozen until
-//! the same move is asked again).
+//! stands; the caller calls again until done. A move left half-way (the operator's CLI or the
+//! node driving it died) is finished by the source shard's leader (`resume`) once the slot has
+//! stayed frozen or unflipped for `RESUME_AFTER`, so its users are not refused for long.
 
 use crate::host::Host;
 use crate::service::convert::detail;
-use hongbao_ledger::{Code, Command, Outcome, Reply, ShardId};
+use hongbao_ledger::{view, Code, Command, Outcome, Reply, ShardId, SlotState, SlotTable};
 use hongbao_proto::v1::MoveSlotReply;
 use hongbao_proto::{status, ErrorCode};
+use hongbao_topology::Topology;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Status;
 
@@ -33,6 +37,13 @@ pub const PAGE_USERS: u32 = 256;
 const STEP_BUDGET: Duration = Duration::from_secs(15);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(50);
+/// How long a slot may stay half-moved on its source (frozen, or sent but the map not flipped)
+/// before the source's leader finishes the move itself. A live `move-slot` takes well under a
+/// second per step and re-sends within one, so it is never overtaken; if both drive, every step
+/// is idempotent.
+pub const RESUME_AFTER: Duration = Duration::from_secs(10);
+/// How often a leader looks for moves out of its shard that nobody finished.
+const RESUME_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 fn unavailable(shard: ShardId, msg: impl Into<String>) -> Status {
     status(detail(ErrorCode::Unavailable, msg, shard))
@@ -111,4 +122,99 @@ pub async fn move_slot(host: &Arc<Host>, slot: u32, to: ShardId) -> Result<MoveS
     reply.done = true;
     reply.map_version = m.map_version;
     Ok(reply)
+}
+
+/// A slot move this shard's ledger and the map show unfinished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HalfMoved {
+    /// Frozen here (leaving, or gone) while the map still routes the slot here: the move never
+    /// flipped.
+    Out { to: ShardId },
+    /// Expected here while the map already routes the slot here: a driver that read the map
+    /// just before the flip expected the slot again after the move had finished. Everything from
+    /// `from` arrived before the flip (the map names this shard only after `FinishSlotIn` here).
+    In { from: ShardId },
+}
+
+/// The moves `shard`'s slot table and `map` show unfinished: slot states of slots the map
+/// routes to this shard (a slot routed elsewhere is gone for good, or still on its way here).
+fn half_moved(table: &SlotTable, map: &Topology, shard: ShardId) -> Vec<(u32, HalfMoved)> {
+    table
+        .states
+        .iter()
+        .filter(|(slot, _)| map.owner_of_slot(**slot) == Some(shard))
+        .map(|(slot, state)| match state {
+            SlotState::Leaving { to, .. } | SlotState::Gone { to } => (*slot, HalfMoved::Out { to: *to }),
+            SlotState::Arriving { from } => (*slot, HalfMoved::In { from: *from }),
+        })
+        .collect()
+}
+
+/// Leader task of every shard: finishes the moves left half-way (see `HalfMoved`) once one has
+/// lasted `RESUME_AFTER` (a failed attempt is tried again `RESUME_AFTER` later), so the slot's
+/// users are not refused SLOT_MOVING for long after the driver went away.
+pub async fn resume(host: Arc<Host>, shard: ShardId, mut stop: watch::Receiver<bool>) {
+    // Slot -> (what is unfinished, since when this leader has seen it).
+    let mut seen: HashMap<u32, (HalfMoved, Instant)> = HashMap::new();
+    while let Some(leads) = crate::tasks::next_turn(&host, shard, RESUME_CHECK_EVERY, &mut stop).await {
+        if !leads {
+            seen.clear();
+            continue;
+        }
+        let half_moved = half_moved(&view::slot_table(&host.store(shard)), &host.topology(), shard);
+        seen.retain(|slot, (what, _)| half_moved.contains(&(*slot, *what)));
+        for (slot, what) in half_moved {
+            let since = seen.entry(slot).or_insert((what, Instant::now())).1;
+            if since.elapsed() < RESUME_AFTER {
+                continue;
+            }
+            tracing::warn!(slot, shard, ?what, unfinished_for = ?since.elapsed(), "finishing a slot move left half-way");
+            metrics::counter!(crate::metrics::SLOT_MOVES_RESUMED).increment(1);
+            let finished = match what {
+                HalfMoved::Out { to } => move_slot(&host, slot, to).await.map(|r| r.done),
+                HalfMoved::In { from } => {
+                    let o = propose(&host, shard, slot, Command::FinishSlotIn { slot, from, through_seq: 0 }).await;
+                    o.map(|o| o.code == Code::Ok)
+                }
+            };
+            match finished {
+                Ok(true) => {
+                    tracing::info!(slot, shard, ?what, "slot move left half-way finished");
+                    seen.remove(&slot);
+                }
+                Ok(false) => tracing::info!(slot, shard, ?what, "slot move left half-way: still under way"),
+                Err(e) => {
+                    tracing::warn!(slot, shard, ?what, error = %e.message(), "slot move left half-way: not finished; trying again later");
+                    seen.insert(slot, (what, Instant::now()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_slots_the_map_still_routes_here_are_half_moved() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local-3x1.toml");
+        let map = Topology::load(&path).expect("shipped topology");
+        let (on1, on2) = (
+            (0..map.slots).find(|s| map.owner_of_slot(*s) == Some(1)).unwrap(),
+            (0..map.slots).find(|s| map.owner_of_slot(*s) == Some(2)).unwrap(),
+        );
+        let mut t = SlotTable { slots: map.slots, ..Default::default() };
+        t.states.insert(on1, SlotState::Gone { to: 2 });
+        assert_eq!(half_moved(&t, &map, 1), vec![(on1, HalfMoved::Out { to: 2 })], "sent, never flipped");
+        t.states.insert(on1, SlotState::Leaving { to: 3, after: 7 });
+        assert_eq!(half_moved(&t, &map, 1), vec![(on1, HalfMoved::Out { to: 3 })], "frozen half-way");
+        assert!(half_moved(&t, &map, 2).is_empty(), "another shard's table says nothing of shard 1's slots");
+        let mut t2 = SlotTable { slots: map.slots, ..Default::default() };
+        t2.states.insert(on2, SlotState::Gone { to: 1 });
+        t2.states.insert(on1, SlotState::Arriving { from: 1 });
+        assert!(half_moved(&t2, &map, 3).is_empty(), "moved away and flipped; arriving from a live move: both routed elsewhere");
+        t2.states.insert(on2, SlotState::Arriving { from: 1 });
+        assert_eq!(half_moved(&t2, &map, 2), vec![(on2, HalfMoved::In { from: 1 })], "expected again after the flip");
+    }
 }

@@ -1,5 +1,6 @@
 //! Work each shard leader does on its own, one task per shard and kind: the expiry sweeper,
-//! the cross-shard relay and leadership placement (and a rejoining replica's watch). Each reads only replicated state and
+//! the cross-shard relay, leadership placement and finishing slot moves left half-way (and a
+//! rejoining replica's watch). Each reads only replicated state and
 //! proposes commands, so a new leader simply resumes where the old one stopped.
 
 use crate::host::Host;
@@ -14,6 +15,7 @@ pub fn spawn_shard(host: Arc<Host>, shard: ShardId, stop: watch::Receiver<bool>)
     tokio::spawn(crate::sweeper::run(host.clone(), shard, stop.clone()));
     tokio::spawn(crate::relay::run(host.clone(), shard, stop.clone()));
     tokio::spawn(crate::placement::run(host.clone(), shard, stop.clone()));
+    tokio::spawn(crate::slot_move::resume(host.clone(), shard, stop.clone()));
     if host.rejoin.is_rejoining(shard) {
         tokio::spawn(crate::rejoin::watch(host.clone(), shard, stop.clone()));
     }
