@@ -1037,7 +1037,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         let (a, b) = keys::dedup_of(user);
         let rows = self.db.scan(&a, &b, MAX_MOVED_REQUESTS + 1);
         if rows.len() > MAX_MOVED_REQUESTS {
-            return Err(Code::AmountOverflow);
+            return Err(Code::MoveTooLarge);
         }
         let requests = rows.into_iter().map(|(k, v)| (keys::dedup_request(&k), dec(&v))).collect();
         Ok(UserBundle { account, statements, requests })

@@ -483,6 +483,10 @@ pub enum Code {
     /// The user's slot moved to another shard: nothing was done here; retry, routed by the
     /// newer map (routers and nodes learn it within a second).
     SlotMoved = 34,
+    /// A slot move's page met a user remembering more requests than one move carries
+    /// (`MAX_MOVED_REQUESTS`): nothing of that page was sent. Move the slot once older requests
+    /// have expired (24 h), or wait: the source's leader tries again.
+    MoveTooLarge = 35,
 }
 
 impl Code {
@@ -523,6 +527,7 @@ impl Code {
             Code::ClusterMapStale => "CLUSTER_MAP_STALE",
             Code::SlotMoving => "SLOT_MOVING",
             Code::SlotMoved => "SLOT_MOVED",
+            Code::MoveTooLarge => "MOVE_TOO_LARGE",
         }
     }
 

@@ -478,3 +478,23 @@ proptest! {
         }
     }
 }
+
+/// A user remembering more requests than one move carries stops the page that meets it with
+/// MOVE_TOO_LARGE (not a money code), and that page changes nothing: no wallet leaves, the slot
+/// is not frozen, the books balance.
+#[test]
+fn a_user_with_too_many_remembered_requests_stops_the_move_with_move_too_large_and_nothing_leaves() {
+    let mut c = Cluster::new();
+    let x = 4; // slot 0, on A
+    c.open(x, 1_00);
+    for _ in 0..MAX_MOVED_REQUESTS {
+        assert!(c.run(A, Command::TopUp { user: x, amount: Cents(1) }).is_ok());
+    }
+    assert!(c.run(B, Command::MoveSlotIn { slot: 0, slots: SLOTS, from: A }).is_ok());
+    let o = c.run(A, Command::MoveSlotOut { slot: 0, slots: SLOTS, to: B, max_users: 8 });
+    assert_eq!(o.code, Code::MoveTooLarge, "{o:?}");
+    assert_eq!(c.balance(A, x), Some(1_00 + MAX_MOVED_REQUESTS as u64), "the wallet stays at home");
+    assert!(view::outbox(c.store(A), B, 0, 8).is_empty(), "nothing was sent");
+    assert!(c.run(A, Command::TopUp { user: x, amount: Cents(1) }).is_ok(), "the slot is not frozen");
+    c.assert_books_balance();
+}

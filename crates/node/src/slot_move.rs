@@ -91,7 +91,10 @@ pub async fn move_slot(host: &Arc<Host>, slot: u32, to: ShardId) -> Result<MoveS
     let through = loop {
         let o = propose(host, from, slot, Command::MoveSlotOut { slot, slots, to, max_users: PAGE_USERS }).await?;
         let Reply::SlotOut { exported, done, through_seq } = o.reply else {
-            return Err(invalid(format!("shard {from} cannot send slot {slot} ({})", o.code.as_str())));
+            // The ledger's own code (MOVE_TOO_LARGE: a user remembers too many requests).
+            let code = crate::service::convert::ledger_code(o.code);
+            let msg = format!("shard {from} cannot send slot {slot}: {}", crate::service::convert::explain(o.code, &Default::default()));
+            return Err(status(detail(code, msg, from)));
         };
         reply.wallets_sent += exported;
         reply.phase = "sending".into();

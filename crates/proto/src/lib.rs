@@ -96,6 +96,7 @@ pub fn retry_step(code: ErrorCode) -> RetryStep {
         | E::RequestExpired
         | E::RequestAhead
         | E::ClusterMapStale
+        | E::MoveTooLarge
         // The caller's credentials decide these: re-sending the same request changes nothing.
         | E::PermissionDenied
         | E::Unauthenticated => RetryStep::Final,
@@ -141,6 +142,7 @@ pub fn grpc_code_for(code: ErrorCode) -> tonic::Code {
         | E::RequestExpired
         | E::RequestAhead
         | E::ClusterMapStale
+        | E::MoveTooLarge
         | E::PinNotSet
         | E::PinLocked
         | E::CreditOutOfOrder => tonic::Code::FailedPrecondition,

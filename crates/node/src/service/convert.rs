@@ -44,6 +44,7 @@ pub fn ledger_code(code: Code) -> ErrorCode {
         Code::ClusterMapStale => ErrorCode::ClusterMapStale,
         Code::SlotMoving => ErrorCode::SlotMoving,
         Code::SlotMoved => ErrorCode::SlotMoved,
+        Code::MoveTooLarge => ErrorCode::MoveTooLarge,
     }
 }
 
@@ -212,6 +213,10 @@ pub fn explain(code: Code, a: &About) -> String {
         Code::ClusterMapStale => "the cluster map changed meanwhile: read it again and redo the change".into(),
         Code::SlotMoving => format!("user {u}'s wallet is moving to another shard: nothing was done; retry in a moment"),
         Code::SlotMoved => format!("user {u}'s wallet moved to another shard: nothing was done here; retry"),
+        Code::MoveTooLarge => format!(
+            "a user in the slot remembers more than {} requests, more than one move carries: the slot stays until older ones expire",
+            hongbao_ledger::MAX_MOVED_REQUESTS
+        ),
     }
 }
 
@@ -277,7 +282,7 @@ mod tests {
 
     /// Every ledger code, in number order (the exhaustive match in `ledger_code` makes a new code
     /// a compile error there; this list makes it a test failure here until it is added).
-    const ALL: [Code; 35] = [
+    const ALL: [Code; 36] = [
         Code::Ok,
         Code::AmountZero,
         Code::AmountOverflow,
@@ -313,6 +318,7 @@ mod tests {
         Code::ClusterMapStale,
         Code::SlotMoving,
         Code::SlotMoved,
+        Code::MoveTooLarge,
     ];
 
     #[test]
