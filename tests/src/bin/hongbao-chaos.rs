@@ -13,7 +13,8 @@ use std::time::Duration;
 struct Args {
     /// kill-leader | kill-region | partition-region | isolate-leader | pause-node | slow-links |
     /// rolling-restart | clock-jump | disk-loss | snapshot-storm | clock-leap | big-entries |
-    /// corrupt-snapshot | netns-partition (root: nodes in network namespaces) | reshape | all
+    /// corrupt-snapshot | netns-partition (root: nodes in network namespaces) | reshape |
+    /// move-slots | all
     schedule: String,
     /// Seconds of fault injection (the workload runs throughout).
     #[arg(long, default_value_t = 30)]
