@@ -92,9 +92,9 @@ pub async fn move_slot(host: &Arc<Host>, slot: u32, to: ShardId) -> Result<MoveS
         let o = propose(host, from, slot, Command::MoveSlotOut { slot, slots, to, max_users: PAGE_USERS }).await?;
         let Reply::SlotOut { exported, done, through_seq } = o.reply else {
             // The ledger's own code (MOVE_TOO_LARGE: a user remembers too many requests).
-            let code = crate::service::convert::ledger_code(o.code);
-            let msg = format!("shard {from} cannot send slot {slot}: {}", crate::service::convert::explain(o.code, &Default::default()));
-            return Err(status(detail(code, msg, from)));
+            let mut d = hongbao_proto::detail_of(&crate::service::convert::rejected(&o, from));
+            d.message = format!("shard {from} cannot send slot {slot}: {}", d.message);
+            return Err(status(d));
         };
         reply.wallets_sent += exported;
         reply.phase = "sending".into();
