@@ -29,6 +29,12 @@ pub struct Account {
     /// This China year's red packets (發出的紅包 / 收到的紅包): what `year` counted so far. Kept
     /// in the account, which every send and grab writes anyway: no extra write in the storm.
     pub packets_year: PacketYear,
+    /// China day of `other_devices_today`.
+    pub other_devices_day: u64,
+    /// Spent that day, without a challenge, from devices other than `device`: the new-device
+    /// challenge compares this running sum (not each payment alone) with its threshold, so ten
+    /// payments of 99.99 from a new device do not pass where one of 999.90 would not (#28).
+    pub other_devices_today: Cents,
 }
 
 /// Red packets of one user in one China year: sent (whole packets, their totals) and received

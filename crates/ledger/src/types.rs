@@ -336,36 +336,48 @@ impl Command {
         )
     }
 
-    /// The command as the client asked it: the shard hints the node adds from its map (a
-    /// receiver's or grabber's shard) zeroed. Its fingerprint names the request, so a retry
-    /// routed by a newer map (the receiver's slot moved meanwhile) is the same request, and is
-    /// answered its first outcome rather than REQUEST_ID_REUSED.
-    pub fn without_routing(&self) -> std::borrow::Cow<'_, Command> {
+    /// The command as its request id remembers it: what the client asked, without what the
+    /// leader adds. Its fingerprint names the request, so a replay of an id answers the first
+    /// outcome or REQUEST_ID_REUSED by this form alone.
+    /// - Shard hints the node adds from its map (a receiver's or grabber's shard) are zeroed: a
+    ///   retry routed by a newer map (the receiver's slot moved meanwhile) is the same request.
+    /// - The leader's PIN verdict is left out (always `Verified` here), and so is a new PIN's
+    ///   hash: if they were in, replaying one id with PIN guesses would tell the right PIN (it
+    ///   alone changes the form, answering REQUEST_ID_REUSED) without the ledger ever counting a
+    ///   wrong try. Nothing about a PIN may be learnt except through a counted try.
+    pub fn for_fingerprint(&self) -> std::borrow::Cow<'_, Command> {
         use std::borrow::Cow;
-        match self {
-            Command::Transfer { to_shard, .. } if *to_shard != 0 => {
-                let mut c = self.clone();
-                if let Command::Transfer { to_shard, .. } = &mut c {
-                    *to_shard = 0;
-                }
-                Cow::Owned(c)
+        let plain = match self {
+            Command::Transfer { to_shard, pin, .. } => *to_shard == 0 && *pin == PinCheck::Verified,
+            Command::Grab { grabber_shard, .. } => *grabber_shard == 0,
+            Command::SendPacket { kind, pin, .. } => {
+                *pin == PinCheck::Verified && !matches!(kind, PacketKind::Exclusive { recipient_shard, .. } if *recipient_shard != 0)
             }
-            Command::Grab { grabber_shard, .. } if *grabber_shard != 0 => {
-                let mut c = self.clone();
-                if let Command::Grab { grabber_shard, .. } = &mut c {
-                    *grabber_shard = 0;
-                }
-                Cow::Owned(c)
+            Command::Withdraw { pin, .. } => *pin == PinCheck::Verified,
+            Command::SetPin { hash, .. } => *hash == [0; 32],
+            _ => true,
+        };
+        if plain {
+            return Cow::Borrowed(self);
+        }
+        let mut c = self.clone();
+        match &mut c {
+            Command::Transfer { to_shard, pin, .. } => {
+                *to_shard = 0;
+                *pin = PinCheck::Verified;
             }
-            Command::SendPacket { kind: PacketKind::Exclusive { recipient_shard, .. }, .. } if *recipient_shard != 0 => {
-                let mut c = self.clone();
-                if let Command::SendPacket { kind: PacketKind::Exclusive { recipient_shard, .. }, .. } = &mut c {
+            Command::Grab { grabber_shard, .. } => *grabber_shard = 0,
+            Command::SendPacket { kind, pin, .. } => {
+                *pin = PinCheck::Verified;
+                if let PacketKind::Exclusive { recipient_shard, .. } = kind {
                     *recipient_shard = 0;
                 }
-                Cow::Owned(c)
             }
-            _ => Cow::Borrowed(self),
+            Command::Withdraw { pin, .. } => *pin = PinCheck::Verified,
+            Command::SetPin { hash, .. } => *hash = [0; 32],
+            _ => {}
         }
+        Cow::Owned(c)
     }
 
     /// The user whose wallet this command needs on this shard (the commands a frozen or moved

@@ -269,14 +269,165 @@ fn a_successful_spend_resets_the_failure_count() {
 }
 
 #[test]
-fn a_retried_wrong_pin_is_answered_from_the_request_id_and_counted_once() {
+fn a_replayed_request_id_answers_its_first_outcome_whatever_pin_verdict_it_carries() {
     let mut w = World::new();
     w.open(1, 100_00);
-    let req = Request { id: w.fresh_id(), time_ms: w.now, cmd: withdraw(1, 1_00, "phone", None, PinCheck::Wrong) };
-    for _ in 0..6 {
-        assert_eq!(w.apply_req(&req).code, Code::WrongPin);
+    w.open(2, 0);
+    // A wrong PIN, then the same id again with wrong and right verdicts: all answered from the
+    // request id, counted once.
+    let id = w.fresh_id();
+    let wrong = Request { id, time_ms: w.now, cmd: withdraw(1, 1_00, "phone", None, PinCheck::Wrong) };
+    assert_eq!(w.apply_req(&wrong).code, Code::WrongPin);
+    for pin in [PinCheck::Wrong, V, PinCheck::Wrong, V] {
+        let again = Request { id, time_ms: w.now, cmd: withdraw(1, 1_00, "phone", None, pin) };
+        assert_eq!(w.apply_req(&again).code, Code::WrongPin, "a replay with {pin:?} tells nothing new");
     }
     assert_eq!(w.pin(1).failures, 1);
+    // The attack of #28: a spend refused before the PIN check (to oneself, amount 0, count 0),
+    // then its id replayed with PIN guesses. Every guess, right or wrong, answers the first
+    // refusal: never REQUEST_ID_REUSED for the right one alone.
+    for cmd in [
+        transfer(1, 1, 1_00, "phone", None, PinCheck::Wrong),
+        withdraw(1, 0, "phone", None, PinCheck::Wrong),
+        send(1, lucky(1_00, 0), "phone", None, PinCheck::Wrong),
+    ] {
+        let id = w.fresh_id();
+        let first = w.apply_req(&Request { id, time_ms: w.now, cmd: cmd.clone() });
+        assert_ne!(first.code, Code::Ok);
+        for pin in [PinCheck::Wrong, V] {
+            let mut guess = cmd.clone();
+            match &mut guess {
+                Command::Transfer { pin: p, .. } | Command::Withdraw { pin: p, .. } | Command::SendPacket { pin: p, .. } => *p = pin,
+                _ => unreachable!(),
+            }
+            assert_eq!(w.apply_req(&Request { id, time_ms: w.now, cmd: guess }), first, "{pin:?} replayed on {cmd:?}");
+        }
+    }
+    assert_eq!((w.balance(1), w.balance(2)), (100_00, 0));
+}
+
+#[test]
+fn a_replayed_set_pin_answers_its_first_outcome_whatever_pin_it_carries() {
+    let mut w = World::new();
+    w.open_without_pin(1, 0);
+    let id = w.fresh_id();
+    let set = |hash| Request { id, time_ms: T0, cmd: Command::SetPin { user: 1, salt: [1; 16], hash } };
+    assert_eq!(w.apply_req(&set([0x5a; 32])).code, Code::Ok);
+    // Another PIN's hash under the same id is not REQUEST_ID_REUSED (that would confirm a guess
+    // of the PIN the owner set), and changes nothing.
+    assert_eq!(w.apply_req(&set([0x11; 32])).code, Code::Ok);
+    assert_eq!(w.pin(1).pin.expect("set").hash, [0x5a; 32]);
+}
+
+/// One step of the PIN property test: a spend of user 1 (fresh id or a replayed one), or time.
+#[derive(Debug, Clone)]
+enum PinStep {
+    Fresh { kind: u8, amount: u64, count: u32, to_self: bool, wrong: bool },
+    Replay { which: usize, wrong: bool, amount_change: bool },
+    Wait { ms: u64 },
+}
+
+fn pin_step() -> impl proptest::strategy::Strategy<Value = PinStep> {
+    use proptest::prelude::*;
+    let amount = prop_oneof![Just(0u64), 1u64..5_00, Just(1_000_000_00u64)];
+    prop_oneof![
+        6 => (0u8..3, amount, 0u32..3, proptest::bool::weighted(0.2), proptest::bool::weighted(0.7))
+            .prop_map(|(kind, amount, count, to_self, wrong)| PinStep::Fresh { kind, amount, count, to_self, wrong }),
+        4 => (0usize..64, any::<bool>(), proptest::bool::weighted(0.2))
+            .prop_map(|(which, wrong, amount_change)| PinStep::Replay { which, wrong, amount_change }),
+        1 => prop_oneof![1u64..60_000, Just(3 * 3600 * 1000u64)].prop_map(|ms| PinStep::Wait { ms }),
+    ]
+}
+
+fn spend_with(cmd: &Command, pin: PinCheck) -> Command {
+    let mut c = cmd.clone();
+    match &mut c {
+        Command::Transfer { pin: p, .. } | Command::Withdraw { pin: p, .. } | Command::SendPacket { pin: p, .. } => *p = pin,
+        _ => unreachable!("a spend"),
+    }
+    c
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// The property of #28: nothing about a PIN is learnt except through a counted try, and five
+    /// wrong tries lock spending, whatever request ids, amounts and refusals are used. Each step
+    /// is tried on copies of the state with the verdict right and wrong: where the answers
+    /// differ, the wrong one must have counted a failure. Counting such informative wrong tries
+    /// in a model, the fifth since the last success must find spending locked.
+    #[test]
+    fn nothing_about_a_pin_is_learnt_except_through_a_counted_try_and_five_lock_spending(
+        steps in proptest::collection::vec(pin_step(), 1..80)
+    ) {
+        let mut w = World::new();
+        w.open(1, 50_00);
+        w.open(2, 0);
+        let mut sent: Vec<Request> = vec![];
+        let mut informative_wrong = 0u32;
+        for step in steps {
+            let (req, wrong) = match step {
+                PinStep::Wait { ms } => { w.now += ms; continue; }
+                PinStep::Fresh { kind, amount, count, to_self, wrong } => {
+                    let to = if to_self { 1 } else { 2 };
+                    let cmd = match kind {
+                        0 => withdraw(1, amount, "phone", None, V),
+                        1 => transfer(1, to, amount, "phone", None, V),
+                        _ => send(1, lucky(amount, count), "phone", None, V),
+                    };
+                    (Request { id: w.fresh_id(), time_ms: w.now, cmd }, wrong)
+                }
+                PinStep::Replay { which, wrong, amount_change } => {
+                    let Some(first) = sent.get(which % sent.len().max(1)).cloned() else { continue };
+                    let mut cmd = first.cmd.clone();
+                    if amount_change {
+                        if let Command::Withdraw { amount, .. } | Command::Transfer { amount, .. } = &mut cmd {
+                            amount.0 += 1;
+                        }
+                    }
+                    (Request { id: first.id, time_ms: w.now, cmd }, wrong)
+                }
+            };
+            // The same request with each verdict, on copies of the state.
+            let before = w.pin(1);
+            let answer = |w: &World, pin| {
+                let mut copy = World { store: w.store.clone(), config: w.config.clone(), now: w.now, next_id: w.next_id };
+                let o = copy.apply_req(&Request { cmd: spend_with(&req.cmd, pin), ..req.clone() });
+                (o, copy.pin(1))
+            };
+            let (right, _) = answer(&w, V);
+            let (wrong_answer, wrong_state) = answer(&w, PinCheck::Wrong);
+            let counted = wrong_state.failures == before.failures + 1
+                || (wrong_state.locked_until_ms > before.locked_until_ms && wrong_state.failures == 0);
+            if right != wrong_answer {
+                proptest::prop_assert!(counted, "the answer tells the verdict ({right:?} vs {wrong_answer:?}) but no try was counted: {req:?}");
+            }
+            // The real step.
+            let pin = if wrong { PinCheck::Wrong } else { V };
+            let o = w.apply_req(&Request { cmd: spend_with(&req.cmd, pin), ..req.clone() });
+            let after = w.pin(1);
+            if wrong && right != wrong_answer {
+                informative_wrong += 1;
+            }
+            let fresh = !sent.iter().any(|r| r.id == req.id);
+            if fresh && !wrong && o.code == Code::Ok {
+                informative_wrong = 0; // a success with the right PIN starts the count again
+            }
+            if after.locked_until_ms > before.locked_until_ms {
+                proptest::prop_assert_eq!(informative_wrong, w.config.pin_max_failures, "the lock came at another count");
+                informative_wrong = 0;
+            }
+            proptest::prop_assert!(informative_wrong < 5, "five informative wrong tries and spending is not locked");
+            if w.now < after.locked_until_ms {
+                // Locked: the right PIN on a valid spend is refused too.
+                let mut copy = World { store: w.store.clone(), config: w.config.clone(), now: w.now, next_id: w.next_id + 1_000 };
+                proptest::prop_assert_eq!(copy.code(withdraw(1, 1, "phone", None, V)), Code::PinLocked);
+            }
+            if fresh {
+                sent.push(req);
+            }
+        }
+    }
 }
 
 // ------------------------------------------------------------------ challenge codes
@@ -471,4 +622,55 @@ fn the_challenge_key_is_part_of_the_replicated_config_and_decides_the_code() {
         cmd: withdraw(1, 200_00, "new-phone", Some(Verification { challenge_id: id, code }), V),
     });
     assert_eq!(o.code, Code::ChallengeInvalid);
+}
+
+// ------------------------------------------------------------------ smaller gaps of #28
+
+#[test]
+fn a_withdrawal_counts_against_the_daily_limit_and_a_blocked_grade_cannot_withdraw() {
+    let mut w = World::new();
+    w.open(1, 20_000_00);
+    w.open(2, 0);
+    let limit = w.config.daily_limit_normal.0;
+    // Up to the limit in one day, withdrawals and transfers together.
+    assert_eq!(w.code(withdraw(1, limit - 10_00, "phone", None, V)), Code::Ok);
+    assert_eq!(w.code(transfer(1, 2, 10_00, "phone", None, V)), Code::Ok);
+    let balance = w.balance(1);
+    assert_eq!(w.code(withdraw(1, 1, "phone", None, V)), Code::DailyLimitExceeded, "a withdrawal past the day's limit");
+    assert_eq!(w.balance(1), balance, "nothing moved");
+    // The next China day the limit starts again.
+    w.now += 24 * 3600 * 1000;
+    assert_eq!(w.code(withdraw(1, 1_00, "phone", None, V)), Code::Ok);
+    // A high risk grade may receive, never send: withdrawing included.
+    assert_eq!(w.code(Command::SetRisk { user: 1, frozen: false, grade: RiskGrade::High }), Code::Ok);
+    let balance = w.balance(1);
+    assert_eq!(w.code(withdraw(1, 1_00, "phone", None, V)), Code::RiskGradeBlocked);
+    assert_eq!(w.balance(1), balance, "nothing moved");
+}
+
+#[test]
+fn payments_from_another_device_are_summed_for_the_challenge_so_ten_of_99_99_do_not_pass() {
+    let mut w = World::new();
+    w.open(1, 5_000_00);
+    w.open(2, 0);
+    let threshold = w.config.challenge_threshold.0;
+    let small = threshold - 1; // 99.99: each alone is under the threshold
+    assert_eq!(w.code(transfer(1, 2, small, "new-phone", None, V)), Code::Ok, "the first passes alone");
+    // The second from a new device (this one or another) brings the day's sum past the
+    // threshold: challenged, and nothing moves.
+    let o = w.run(transfer(1, 2, small, "new-phone", None, V));
+    let id = challenge_id(&o);
+    assert_eq!(challenge_id(&w.run(withdraw(1, small, "tablet", None, V))), id + 1, "another new device counts too");
+    assert_eq!(challenge_id(&w.run(send(1, lucky(small, 2), "new-phone", None, V))), id + 2);
+    assert_eq!((w.balance(1), w.balance(2)), (5_000_00 - small, small));
+    // The known device pays as before; the sum is per day.
+    assert_eq!(w.code(transfer(1, 2, small, "phone", None, V)), Code::Ok);
+    w.now += 24 * 3600 * 1000;
+    assert_eq!(w.code(transfer(1, 2, small, "new-phone", None, V)), Code::Ok, "a new day starts a new sum");
+    // A challenged payment, once verified, is not added to the sum.
+    let o = w.run(transfer(1, 2, 50_00, "new-phone", None, V));
+    let id = challenge_id(&o);
+    let op = ChallengeOp { kind: ChallengeKind::Transfer, amount: Cents(50_00), counterparty: 2 };
+    let v = Verification { challenge_id: id, code: w.code_for(id, 1, op) };
+    assert_eq!(w.code(transfer(1, 2, 50_00, "new-phone", Some(v), V)), Code::Ok);
 }
