@@ -18,6 +18,8 @@ pub mod containers;
 /// The payment PIN and device every test user is given by `Cluster::funded`.
 pub const TEST_PIN: &str = "246810";
 pub const TEST_DEVICE: &str = "test-phone";
+/// The router name on the harness's own certificate (`Cluster::node_credentials`).
+pub const HARNESS_ROUTER: &str = "test-harness";
 
 /// Where cargo put the binaries: beside this executable (`hongbao-chaos` in
 /// `<target>/release/`) or one level up (test executables live in `<target>/release/deps/`).
@@ -352,10 +354,28 @@ impl Cluster {
         Credentials::dev(&self.security_dir()).expect("the cluster's security folder loads")
     }
 
-    /// A client that talks straight to the nodes (follows NotLeader hints). Nodes serve only
-    /// routers and the admin identity, so it makes every call as admin.
+    /// The identity the harness shows a node: a router's (nodes serve their public API to
+    /// routers only, the admin identity included). The harness holds the cluster's CA, so it may
+    /// stand in for a router; its certificate names `spiffe://hongbao/router/test-harness` and is
+    /// issued on first use.
+    pub fn harness_identity(&self) -> hongbao_auth::Identity {
+        static ISSUE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = ISSUE.lock().unwrap_or_else(|e| e.into_inner());
+        let id = hongbao_auth::Identity::Router(HARNESS_ROUTER.into());
+        hongbao_auth::ensure_identity(&SecurityDir::new(self.security_dir()), &id).expect("the harness's router certificate");
+        id
+    }
+
+    /// Credentials for calls straight at nodes: the harness's router certificate, every call
+    /// made as admin would be (no user tokens, any wallet).
+    pub fn node_credentials(&self) -> Credentials {
+        self.credentials().only(Role::Admin).presenting(&self.harness_identity()).expect("the harness's router certificate loads")
+    }
+
+    /// A client that talks straight to the nodes (follows NotLeader hints), as a router would
+    /// (`node_credentials`).
     pub fn node_client(&self) -> Client {
-        Client::new(self.topology.nodes.iter().map(|n| n.addr.clone()).collect(), Arc::new(self.credentials().only(Role::Admin)))
+        Client::new(self.topology.nodes.iter().map(|n| n.addr.clone()).collect(), Arc::new(self.node_credentials()))
     }
 
     /// A client that talks to the routers, home region first, as a service would: each call
@@ -473,7 +493,7 @@ impl Cluster {
     /// Balances read from one node's own replicas (allow_stale: no leader involved), as admin.
     pub async fn stale_balances(&self, id: u64, users: &[u64]) -> Result<BTreeMap<u64, u64>, String> {
         use hongbao_proto::v1::{wallet_client::WalletClient, BalanceRequest};
-        let creds = self.credentials().only(Role::Admin);
+        let creds = self.node_credentials();
         let (_, tls) = creds.tls(Role::Admin)?;
         let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", self.node_addr(id)))
             .map_err(|e| e.to_string())?

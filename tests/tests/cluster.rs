@@ -25,11 +25,11 @@ async fn open_users(c: &Cluster, client: &Client, per_shard: u64) -> Vec<u64> {
     users
 }
 
-/// A stale (local replica) balance read from one specific node, as the admin identity (nodes
-/// serve their API to routers and admin only).
+/// A stale (local replica) balance read from one specific node, as the harness's router identity
+/// (nodes serve their API to routers only).
 async fn local_balance(c: &Cluster, node: u64, user: u64) -> Option<u64> {
     let addr = c.topology.node(node)?.addr.clone();
-    let (_, tls) = c.credentials().tls(Role::Admin).ok()?;
+    let (_, tls) = c.node_credentials().tls(Role::Admin).ok()?;
     let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}")).ok()?.tls_config(tls).ok()?.connect().await.ok()?;
     let mut w = hongbao_proto::v1::wallet_client::WalletClient::new(channel);
     w.balance(BalanceRequest { user, allow_stale: true }).await.ok().map(|r| r.into_inner().balance_cents)
@@ -515,7 +515,7 @@ async fn a_call_that_cannot_finish_ends_at_its_deadline_with_an_unknown_outcome(
     client.open_account(user, "phone").await.expect("open");
     let leader = c.leaders().await[&1];
     let others: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).filter(|n| *n != leader).collect();
-    let admin = channel_as(&c, leader, &Identity::Service(Role::Admin));
+    let admin = channel_as(&c, leader, &c.harness_identity());
     let deadline = Duration::from_millis(300);
     let unknown = |what: &str, took: Duration, s: &tonic::Status| {
         println!("{what}: {:?} after {took:?}: {}", s.code(), s.message());
@@ -580,7 +580,6 @@ async fn a_call_that_cannot_finish_ends_at_its_deadline_with_an_unknown_outcome(
 /// the limit (every permit came back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_past_the_nodes_limit_are_shed_at_once_and_served_again_after() {
-    use hongbao_auth::Identity;
     use hongbao_proto::v1::wallet_client::WalletClient;
     use hongbao_proto::{detail_of, retry_step, RetryStep};
     const LIMIT: usize = 32;
@@ -601,7 +600,7 @@ async fn reads_past_the_nodes_limit_are_shed_at_once_and_served_again_after() {
     client.open_account(user, "phone").await.expect("open");
     let leader = c.leaders().await[&1];
     let others: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).filter(|n| *n != leader).collect();
-    let admin = channel_as(&c, leader, &Identity::Service(Role::Admin));
+    let admin = channel_as(&c, leader, &c.harness_identity());
     // Connected before the flood, so the flood measures the node, not a TLS handshake.
     WalletClient::new(admin.clone()).balance(BalanceRequest { user, allow_stale: true }).await.expect("stale read");
 
@@ -655,7 +654,7 @@ async fn reads_past_the_nodes_limit_are_shed_at_once_and_served_again_after() {
     let leader = loop {
         let l = c.leaders().await.get(&1).copied();
         if let Some(l) = l {
-            let ch = channel_as(&c, l, &Identity::Service(Role::Admin));
+            let ch = channel_as(&c, l, &c.harness_identity());
             if WalletClient::new(ch).balance(BalanceRequest { user, allow_stale: false }).await.is_ok() {
                 break l;
             }
@@ -663,7 +662,7 @@ async fn reads_past_the_nodes_limit_are_shed_at_once_and_served_again_after() {
         assert!(Instant::now() < deadline, "reads are not served again after the majority came back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let ch = channel_as(&c, leader, &Identity::Service(Role::Admin));
+    let ch = channel_as(&c, leader, &c.harness_identity());
     let reads = (0..LIMIT).map(|_| {
         let mut w = WalletClient::new(ch.clone());
         async move { w.balance(BalanceRequest { user, allow_stale: false }).await }

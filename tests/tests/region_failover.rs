@@ -134,8 +134,7 @@ async fn a_node_that_hosts_no_replica_of_the_shard_never_ends_a_call() {
     let u = c.topology.user_in_shard(2, 700);
     assert!(!c.topology.shard(2).unwrap().replicas.contains(&1), "node 1 holds no replica of shard 2");
     // The cause: node 1 alone can only say it hosts no replica of shard 2.
-    let node1_only =
-        Client::new(vec![c.node_addr(1)], Arc::new(c.credentials().only(Role::Admin))).with_deadline(Duration::from_millis(800));
+    let node1_only = Client::new(vec![c.node_addr(1)], Arc::new(c.node_credentials())).with_deadline(Duration::from_millis(800));
     let e = node1_only.open_account(u, "phone").await.unwrap_err();
     assert!(e.detail.message.contains("hosts no replica of shard 2"), "{e}");
     assert!(e.outcome_unknown(), "giving up on a node without the shard is no outcome: {e}");

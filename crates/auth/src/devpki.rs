@@ -92,6 +92,16 @@ pub fn generate_foreign_identity(dir: &Path, id: &Identity) -> anyhow::Result<Se
     Ok(sec)
 }
 
+/// Issues a certificate for `id` from the folder's existing CA, if it has none yet: for the test
+/// harness, which reads wallets straight from nodes as a router would (nodes serve their public
+/// API to routers only), also in clusters whose topology lists no router.
+pub fn ensure_identity(dir: &SecurityDir, id: &Identity) -> anyhow::Result<()> {
+    if dir.has_identity(id) {
+        return Ok(());
+    }
+    issue(dir, &load_ca(dir)?, id, &BTreeSet::new())
+}
+
 /// The host part of a `host:port` address: an IP literal (IPv6 in brackets) or a DNS name.
 fn host_of(addr: &str) -> anyhow::Result<String> {
     if addr.parse::<IpAddr>().is_ok() {

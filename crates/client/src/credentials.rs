@@ -82,8 +82,11 @@ pub struct Credentials {
     pub dir: SecurityDir,
     tls: HashMap<Role, ClientTlsConfig>,
     pub tokens: Option<Arc<dyn TokenSource>>,
-    /// Every call made as this one role (e.g. admin straight to nodes, in tests).
+    /// Every call made as this one role (e.g. admin, or app without tokens, in tests).
     only: Option<Role>,
+    /// A certificate shown instead of the role's: the test harness stands in for a router to
+    /// read and fund wallets straight at nodes (`presenting`).
+    presented: Option<ClientTlsConfig>,
 }
 
 impl Credentials {
@@ -98,7 +101,7 @@ impl Credentials {
             }
         }
         anyhow::ensure!(!tls.is_empty(), "no service certificates under {}/certs (run scripts/cluster up)", dir.root.display());
-        Ok(Credentials { dir, tls, tokens: None, only: None })
+        Ok(Credentials { dir, tls, tokens: None, only: None, presented: None })
     }
 
     /// The local cluster's folder: every role, and tokens minted with the development key.
@@ -119,6 +122,14 @@ impl Credentials {
         self
     }
 
+    /// Shows `id`'s certificate on every call (the calls are still made as the one role of
+    /// `only`, e.g. no user tokens). For tests: a node serves its public API to routers only,
+    /// and the harness, holding the cluster's CA, stands in for one.
+    pub fn presenting(mut self, id: &hongbao_auth::Identity) -> anyhow::Result<Credentials> {
+        self.presented = Some(self.dir.client_tls(id)?);
+        Ok(self)
+    }
+
     /// Whether calls for a user go as that user (the app role with tokens); otherwise they go
     /// as the one role these credentials are made for (e.g. admin).
     pub fn acts_for_users(&self) -> bool {
@@ -128,6 +139,9 @@ impl Credentials {
     /// The role a call is made as, and its TLS settings.
     pub fn tls(&self, role: Role) -> Result<(Role, ClientTlsConfig), String> {
         let role = self.only.unwrap_or(role);
+        if let Some(tls) = &self.presented {
+            return Ok((role, tls.clone()));
+        }
         self.tls
             .get(&role)
             .map(|t| (role, t.clone()))

@@ -4,8 +4,11 @@
 //! - Raft transport: only nodes, and per shard only that shard's replicas (`raft_peer`); the
 //!   proposals a node may forward are a credit from a replica of its source shard and a region's
 //!   drain mark (which a node proposes only for an admin's Drain / Undrain).
-//! - Public API and notifications: routers (which checked the end user's token and the caller's
-//!   role) and the admin identity. End users and services never reach a node directly.
+//! - Public API and notifications: routers only (which checked the end user's token and the
+//!   caller's role against the one role table, `crates/router/src/gate.rs`). No service reaches
+//!   a node's public API directly, the admin identity included: at a node it would skip the
+//!   router's rules (top-ups are the payment gateway's alone, codes the notifier's, a device is
+//!   the token's), so admin money power would be unlimited there.
 //! - Cluster admin: routers (forwarding an admin's call), other nodes (status fan-out, audit)
 //!   and the admin identity. Drain and undrain: routers and the admin identity only.
 //! - Fault injection (test builds only): the admin identity.
@@ -53,7 +56,7 @@ pub fn raft_transport(req: Request<()>) -> Result<Request<()>, Status> {
 }
 
 pub fn public_api(req: Request<()>) -> Result<Request<()>, Status> {
-    admit(req, |id| matches!(id, Identity::Router(_) | Identity::Service(Role::Admin)), "public API")
+    admit(req, |id| matches!(id, Identity::Router(_)), "public API")
 }
 
 pub fn cluster_admin(req: Request<()>) -> Result<Request<()>, Status> {
