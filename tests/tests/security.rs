@@ -10,7 +10,7 @@ use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
 use hongbao_proto::v1::wallet_client::WalletClient;
 use hongbao_proto::v1::*;
 use hongbao_proto::ErrorCode;
-use hongbao_tests::{bin, Cluster, Spec, TEST_PIN};
+use hongbao_tests::{bin, Cluster, Spec, TEST_DEVICE, TEST_PIN};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -354,6 +354,327 @@ async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_
         ..Default::default()
     };
     assert!(app.transfer(other).await.is_ok());
+}
+
+/// #28, item 1: a spend refused before the PIN check, re-sent under its request id with one PIN
+/// guess after another, must answer its first refusal to every guess: before the fix the right
+/// PIN alone answered REQUEST_ID_REUSED, wrong guesses were never counted, and the account never
+/// locked. Fresh wrong guesses still lock after five, and nothing moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_refused_request_id_with_pin_guesses_tells_nothing_and_fresh_wrong_guesses_still_lock() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let u = c.topology.user_in_shard(1, 40);
+    let v = c.topology.user_in_shard(1, u + 1);
+    c.funded(&app, u, 50_000).await;
+    c.funded(&app, v, 0).await;
+    let before = money(&c, &[u, v]).await;
+    let to_self = |id: &Vec<u8>, pin: &str| TransferRequest {
+        request_id: id.clone(),
+        from_user: u,
+        to_user: u,
+        amount_cents: 1_000,
+        pin: pin.into(),
+        ..Default::default()
+    };
+    let zero = |id: &Vec<u8>, pin: &str| WithdrawRequest {
+        request_id: id.clone(),
+        user: u,
+        amount_cents: 0,
+        pin: pin.into(),
+        ..Default::default()
+    };
+    let no_shares = |id: &Vec<u8>, pin: &str| SendPacketRequest {
+        request_id: id.clone(),
+        sender: u,
+        kind: PacketKind::Lucky as i32,
+        total_cents: 1_000,
+        count: 0,
+        pin: pin.into(),
+        ..Default::default()
+    };
+    let guesses = ["123456", "111111", "654321", "999999", "888888", TEST_PIN];
+    // A transfer to oneself, a withdrawal of nothing, a packet of no shares: each refused by the
+    // ledger (a rule's code, so the call reached it), then replayed with every guess.
+    let id = new_request_id();
+    let first = code(app.transfer(to_self(&id, "000000")).await);
+    assert_eq!(first, ErrorCode::SelfTransfer, "refused by the ledger's rule");
+    for pin in guesses {
+        assert_eq!(code(app.transfer(to_self(&id, pin)).await), first, "replayed transfer with a guess");
+    }
+    let id = new_request_id();
+    let first = code(app.withdraw(zero(&id, "000000")).await);
+    assert_ne!(first, ErrorCode::RequestIdReused);
+    for pin in guesses {
+        assert_eq!(code(app.withdraw(zero(&id, pin)).await), first, "replayed withdrawal with a guess");
+    }
+    let id = new_request_id();
+    let first = code(app.send_packet(no_shares(&id, "000000")).await);
+    assert_ne!(first, ErrorCode::RequestIdReused);
+    for pin in guesses {
+        assert_eq!(code(app.send_packet(no_shares(&id, pin)).await), first, "replayed packet with a guess");
+    }
+    // Guessing on fresh ids is counted: the fifth wrong one locks, and then the right PIN waits.
+    let pay = |pin: &str| TransferRequest {
+        request_id: new_request_id(),
+        from_user: u,
+        to_user: v,
+        amount_cents: 1_000,
+        pin: pin.into(),
+        ..Default::default()
+    };
+    for i in 1..=4 {
+        assert_eq!(code(app.transfer(pay("999999")).await), ErrorCode::WrongPin, "wrong PIN #{i}");
+    }
+    assert_eq!(code(app.transfer(pay("999999")).await), ErrorCode::PinLocked, "the fifth wrong PIN locks");
+    assert_eq!(code(app.transfer(pay(TEST_PIN)).await), ErrorCode::PinLocked, "the right PIN waits for the lock");
+    let after = money(&c, &[u, v]).await;
+    assert_eq!(after, before, "not one cent moved");
+    assert!(after.3, "the audit balances");
+}
+
+/// #28, item 2: the admin certificate straight at a node used to mint money (a top-up of any
+/// amount), read live challenge codes, set a PIN on a wallet without one and pay from any
+/// device. Nodes serve their public API to routers only now: each call reaches the node and is
+/// refused there as the admin identity's, and not one cent moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_certificate_at_a_node_cannot_mint_read_codes_set_a_pin_or_pay_and_nothing_moves() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let u = c.topology.user_in_shard(1, 50);
+    let v = c.topology.user_in_shard(1, u + 1);
+    let no_pin = c.topology.user_in_shard(1, v + 1);
+    c.funded(&app, u, 20_000).await;
+    c.funded(&app, v, 0).await;
+    app.open_account(no_pin, TEST_DEVICE).await.expect("a wallet without a PIN");
+    let before = money(&c, &[u, v, no_pin]).await;
+    let refused_at_node = |what: &str, r: Result<(), hongbao_client::ClientError>| {
+        let e = r.expect_err(what);
+        assert_eq!(e.code(), ErrorCode::PermissionDenied, "{what}: {e}");
+        assert!(e.detail.message.contains("may not call the public API service of a node"), "{what}: refused by the node's rule: {e}");
+    };
+    for n in c.topology.nodes.iter().map(|n| n.id) {
+        let admin_at_node =
+            Client::new(vec![c.node_addr(n)], Arc::new(c.credentials().only(Role::Admin))).with_deadline(Duration::from_secs(3));
+        refused_at_node("mint", admin_at_node.top_up(new_request_id(), u, 5_000_000).await.map(|_| ()));
+        refused_at_node("read codes", admin_at_node.poll_notifications(1, 0, 10).await.map(|_| ()));
+        refused_at_node("set a PIN", admin_at_node.set_pin(new_request_id(), no_pin, "135790").await.map(|_| ()));
+        let pay = TransferRequest {
+            request_id: new_request_id(),
+            from_user: u,
+            to_user: v,
+            amount_cents: 15_000,
+            device: "attacker-laptop".into(),
+            pin: TEST_PIN.into(),
+            ..Default::default()
+        };
+        refused_at_node("pay from any device", admin_at_node.transfer(pay).await.map(|_| ()));
+    }
+    let after = money(&c, &[u, v, no_pin]).await;
+    assert_eq!(after, before, "not one cent moved");
+    assert!(after.3, "the audit balances");
+    // The wallet still has no PIN: its owner's first SetPin is accepted.
+    app.set_pin(new_request_id(), no_pin, TEST_PIN).await.expect("the owner sets the first PIN");
+}
+
+/// A lucky packet of `count` shares of `total` cents sent by `sender` (funded), for grab tests.
+async fn packet(app: &Client, sender: u64, total: u64, count: u32) -> u64 {
+    let p = app
+        .send_packet(SendPacketRequest {
+            request_id: new_request_id(),
+            sender,
+            kind: PacketKind::Lucky as i32,
+            total_cents: total,
+            count,
+            device: hongbao_tests::TEST_DEVICE.into(),
+            pin: TEST_PIN.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a packet");
+    p.packet_id
+}
+
+/// #28, item 5: the router took grabs up to 64 KiB and the node refused a whole coalesced batch
+/// holding one over 16 KiB, so one oversized grab failed up to 255 other users' grabs. Now one
+/// limit is checked at the router, and grabs sent together with oversized ones all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_grab_is_refused_at_the_router_and_fails_no_other_users_grab() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let sender = c.topology.user_in_shard(1, 60);
+    c.funded(&app, sender, 100_000).await;
+    let grabbers: Vec<u64> = (0..24).map(|i| 5_000 + i).collect();
+    for g in &grabbers {
+        app.open_account(*g, TEST_DEVICE).await.expect("open");
+    }
+    let attacker = 4_999;
+    app.open_account(attacker, TEST_DEVICE).await.expect("open");
+    let before = money(&c, &[sender]).await;
+    let big = "x".repeat(20 << 10);
+    let mut total = 0;
+    for round in 0..3 {
+        let id = packet(&app, sender, 8 * 1_000, 8).await;
+        let round_grabbers = &grabbers[round * 8..round * 8 + 8];
+        let honest = futures::future::join_all(round_grabbers.iter().map(|g| app.grab(new_request_id(), id, *g, "")));
+        let oversized = futures::future::join_all((0..4).map(|_| app.grab(new_request_id(), id, attacker, &big)));
+        let (honest, oversized) = tokio::join!(honest, oversized);
+        for r in oversized {
+            let e = r.expect_err("an oversized grab is refused");
+            assert!(e.detail.message.contains("too large") || e.detail.message.contains("length"), "refused for its size: {e}");
+        }
+        for (g, r) in round_grabbers.iter().zip(honest) {
+            let r = r.unwrap_or_else(|e| panic!("round {round}: the grab of user {g} failed beside an oversized one: {e}"));
+            total += r.amount_cents;
+        }
+    }
+    assert_eq!(total, 3 * 8 * 1_000, "every share was grabbed by an honest grabber");
+    let after = money(&c, &[sender]).await;
+    assert!(after.3, "the audit balances");
+    assert_eq!(after.0[0], before.0[0] - total, "the sender paid exactly the grabbed shares");
+    assert_eq!(app.balance(attacker).await.expect("balance").balance_cents, 0, "the oversized grabs took nothing");
+}
+
+/// #28, item 5, at the node: a coalesced batch with one member over the limit answers that
+/// member alone with INVALID_ARGUMENT and serves the others (it used to refuse the batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalesced_batch_refuses_only_its_oversized_member_and_serves_the_others() {
+    use hongbao_proto::v1::coalesced_client::CoalescedClient;
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let sender = c.topology.user_in_shard(1, 70);
+    c.funded(&app, sender, 100_000).await;
+    let (g1, g2, g3) = (6_001, 6_002, 6_003);
+    for g in [g1, g2, g3] {
+        app.open_account(g, TEST_DEVICE).await.expect("open");
+    }
+    let id = packet(&app, sender, 3_000, 3).await;
+    let leader = c.leaders().await[&1];
+    let grab = |g: u64, password: String| GrabRequest { request_id: new_request_id(), packet_id: id, grabber: g, password };
+    let batch = GrabBatchRequest { grabs: vec![grab(g1, String::new()), grab(g2, "y".repeat(17 << 10)), grab(g3, String::new())] };
+    let router = as_identity(&c, &c.node_addr(leader), &c.harness_identity());
+    let reply = CoalescedClient::new(router).grabs(batch).await.expect("the batch is answered").into_inner();
+    assert_eq!(reply.results.len(), 3);
+    let oversized = reply.results[1].error.as_ref().expect("the oversized member is refused");
+    assert_eq!(oversized.code(), ErrorCode::InvalidArgument, "{oversized:?}");
+    assert!(oversized.message.contains("at most"), "refused for its size: {oversized:?}");
+    let got: u64 = [0, 2].iter().map(|i| reply.results[*i].reply.as_ref().expect("the others are served").amount_cents).sum();
+    assert!(got > 0 && got < 3_000);
+    assert!(money(&c, &[sender]).await.3, "the audit balances");
+}
+
+/// #28, item 3 (leadership and replicas): one node's key asked a shard's leader for a leader
+/// transfer to itself and was obeyed, and could make itself a voter of any shard. On 3 × 3 a
+/// node outside shard 1 and a node inside it each try, at shard 1's leader: every call reaches
+/// the leader and is refused as a node's, the leader and the map stay, and nothing moves. The
+/// admin's transfer through a router (re-sent to the leader by the router) still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_nodes_key_cannot_choose_a_shards_leader_or_add_or_remove_its_replicas_on_3x3() {
+    use hongbao_proto::v1::cluster_client::ClusterClient;
+    let c = Cluster::start(Spec { routers: true, nodes_per_region: 3, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(60)).await;
+    let app = c.router_client("shenzhen");
+    let users: Vec<u64> = c.topology.shards.iter().map(|s| c.topology.user_in_shard(s.id, 300)).collect();
+    for u in &users {
+        c.funded(&app, *u, 10_000).await;
+    }
+    let before = money(&c, &users).await;
+    let admin = router_client_with(&c, c.credentials().only(Role::Admin));
+    let map_before = admin.get_map().await.expect("map").version;
+    let shard = c.topology.shards[0].clone();
+    let leader = c.leaders().await[&shard.id];
+    let member = *shard.replicas.iter().find(|n| **n != leader).expect("another replica");
+    let outsider = c.topology.nodes.iter().map(|n| n.id).find(|n| !shard.replicas.contains(n)).expect("a node without shard 1");
+    let at_leader = |id: u64| ClusterClient::new(as_identity(&c, &c.node_addr(leader), &Identity::Node(id)));
+    for attacker in [member, outsider] {
+        let s = at_leader(attacker)
+            .transfer_leader(TransferLeaderRequest { shard: shard.id, to_node: member })
+            .await
+            .expect_err("a node chooses a leader");
+        assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{s:?}");
+        assert!(s.message().contains("only an admin may choose a leader"), "refused by the leader's rule: {s:?}");
+        let s = at_leader(attacker)
+            .add_replica(ReplicaChangeRequest { shard: shard.id, node: outsider })
+            .await
+            .expect_err("a node adds a replica");
+        assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{s:?}");
+        assert!(s.message().contains("may not add a replica"), "{s:?}");
+        let s = at_leader(attacker)
+            .remove_replica(ReplicaChangeRequest { shard: shard.id, node: member })
+            .await
+            .expect_err("a node removes a replica");
+        assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{s:?}");
+        assert!(s.message().contains("may not remove a replica"), "{s:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(c.leaders().await[&shard.id], leader, "the leader stayed");
+    let map = admin.get_map().await.expect("map");
+    assert_eq!(map.version, map_before, "the map did not change");
+    let t = hongbao_topology::Topology::parse(&map.toml).expect("map");
+    assert_eq!(t.shard(shard.id).expect("shard 1").replicas, shard.replicas, "shard 1's replicas stayed");
+    let after = money(&c, &users).await;
+    assert_eq!(after, before, "not one cent moved");
+    assert!(after.3, "the audit balances");
+    // The admin's own transfer, through a router that re-sends it to the leader, still works.
+    admin.transfer_leader(shard.id, member).await.expect("the admin moves the leader");
+    assert_eq!(c.leaders().await[&shard.id], member, "the leader moved for the admin");
+}
+
+/// #28, items 4 and 6 (floods): one token used to grab without limit (a bot counting through
+/// packet ids, each grab a Raft entry and a request-id row) and re-open its account without
+/// limit. Now grabs and account opening are limited per user at the router: a flood of 300
+/// grabs of packets that do not exist and 100 opens meets RATE_LIMITED (from the router: the
+/// shard's log grows by far fewer entries than calls), while another user grabs as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_grabs_and_opens_from_one_token_is_rate_limited_and_others_still_grab() {
+    use hongbao_proto::v1::packets_client::PacketsClient;
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let bot = c.topology.user_in_shard(1, 80);
+    let honest = c.topology.user_in_shard(1, bot + 1);
+    let sender = c.topology.user_in_shard(1, honest + 1);
+    c.funded(&app, bot, 0).await;
+    c.funded(&app, honest, 0).await;
+    c.funded(&app, sender, 10_000).await;
+    let before = money(&c, &[bot, honest, sender]).await;
+    let token = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("signer").mint(bot, hongbao_tests::TEST_DEVICE, 600);
+    let router = as_identity(&c, &c.topology.routers[0].addr, &Identity::Service(Role::App));
+    let status = c.node_client().status().await.expect("status");
+    let applied = |st: &StatusReply| st.leader_of(1).map(|s| s.applied).unwrap_or(0);
+    let shard1 = (1u64 << 48) | 0xffff; // shard 1's id space, far past any packet sent here
+                                        // All at once, as a bot would: the bucket holds a burst of 100.
+    let grabs = (0..300u64).map(|i| {
+        let g = GrabRequest { request_id: new_request_id(), packet_id: shard1 + i, grabber: bot, password: String::new() };
+        let mut p = PacketsClient::new(router.clone());
+        let req = with_token(g, &token);
+        async move { p.grab(req).await }
+    });
+    let is_limited = |s: &tonic::Status| hongbao_proto::detail_of(s).code() == ErrorCode::RateLimited;
+    let limited = futures::future::join_all(grabs).await.iter().filter(|r| r.as_ref().err().is_some_and(is_limited)).count();
+    assert!(limited >= 150, "a flood of grabs by one token is limited: {limited} of 300 refused RATE_LIMITED");
+    let opens = (0..100).map(|_| {
+        let o = OpenAccountRequest { request_id: new_request_id(), user: bot, device: String::new() };
+        let mut w = WalletClient::new(router.clone());
+        let req = with_token(o, &token);
+        async move { w.open_account(req).await }
+    });
+    let opens_limited = futures::future::join_all(opens).await.iter().filter(|r| r.as_ref().err().is_some_and(is_limited)).count();
+    assert!(opens_limited >= 40, "a flood of account opens by one token is limited: {opens_limited} of 100");
+    let after = c.node_client().status().await.expect("status");
+    let grew = applied(&after) - applied(&status);
+    assert!(grew < 250, "the log grew by {grew} entries for 400 calls: the refused ones never reached it");
+    // Another user grabs at once, unaffected.
+    let p = packet(&app, sender, 1_000, 1).await;
+    let got = app.grab(new_request_id(), p, honest, "").await.expect("another user grabs");
+    assert_eq!(got.amount_cents, 1_000);
+    let now = money(&c, &[bot, honest, sender]).await;
+    assert!(now.3, "the audit balances");
+    assert_eq!(now.0[0], before.0[0], "the bot got nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@ use crate::replica::Replica;
 use crate::service::convert::detail;
 use hongbao_ledger::{Code, Command, ShardId};
 use hongbao_proto::v1::cluster_client::ClusterClient;
-use hongbao_proto::v1::{MembershipReply, ReplicaChangeRequest};
+use hongbao_proto::v1::MembershipReply;
 use hongbao_proto::{status, ErrorCode};
 use hongbao_topology::{Edit, NodeId, Topology};
 use openraft::async_runtime::WatchReceiver;
@@ -91,34 +91,34 @@ pub async fn change_map(host: &Arc<Host>, edit: impl Fn(&Topology) -> Result<Top
 }
 
 /// AddReplica: `node` into `shard`'s replicas in the map, then, on the shard's leader, a
-/// learner that becomes a voter once caught up. `forwarded`: the call came from another node
-/// (which found this one leading): do not forward again.
-pub async fn add_replica(host: &Arc<Host>, shard: ShardId, node: NodeId, forwarded: bool) -> Result<MembershipReply, Status> {
-    tracing::info!(shard, node, forwarded, "add replica");
+/// learner that becomes a voter once caught up. Elsewhere the step answers NotLeader with the
+/// leader, where the admin's router re-sends it (a node never forwards it: #28).
+pub async fn add_replica(host: &Arc<Host>, shard: ShardId, node: NodeId) -> Result<MembershipReply, Status> {
+    tracing::info!(shard, node, "add replica");
     let mapped = change_map(host, |t| t.add_replica(shard, node)).await?;
     let Some(r) = leading(host, shard) else {
-        return forward(host, shard, node, forwarded, true).await;
+        return Err(not_leading(host, shard).await);
     };
     let done = promote(host, &r, node).await?;
     Ok(reply(mapped.map_version.max(host.topology().version), done))
 }
 
 /// RemoveReplica: `node` out of `shard`'s Raft group (on its leader), then out of the map.
-pub async fn remove_replica(host: &Arc<Host>, shard: ShardId, node: NodeId, forwarded: bool) -> Result<MembershipReply, Status> {
-    tracing::info!(shard, node, forwarded, "remove replica");
+pub async fn remove_replica(host: &Arc<Host>, shard: ShardId, node: NodeId) -> Result<MembershipReply, Status> {
+    tracing::info!(shard, node, "remove replica");
     crate::directory::refresh(host).await;
     if let Err(Edit::Refused(m)) = host.topology().remove_replica(shard, node) {
         return Err(refused(m));
     }
     let Some(r) = leading(host, shard) else {
-        return forward(host, shard, node, forwarded, false).await;
+        return Err(not_leading(host, shard).await);
     };
     if r.is_member(node) {
         if node == host.node_id {
             // A leader does not remove itself: it hands over, and the new leader removes it.
             let to = r.voters().into_iter().find(|v| *v != node).ok_or_else(|| unavailable(shard, "no other voter"))?;
             host.transfer_leader(shard, to).await?;
-            return forward(host, shard, node, forwarded, false).await;
+            return Err(not_leading(host, shard).await);
         }
         let gone: BTreeSet<NodeId> = [node].into();
         // A voter leaves by joint consensus (retain = false: not kept as a learner); a learner
@@ -155,32 +155,19 @@ fn leading(host: &Host, shard: ShardId) -> Option<Arc<Replica>> {
     host.replica(shard).ok().filter(|r| host.is_leader(r))
 }
 
-/// Sends the step to the shard's leader (once: a forwarded call that finds no leader here
-/// answers UNAVAILABLE and the admin re-sends).
-async fn forward(host: &Host, shard: ShardId, node: NodeId, forwarded: bool, add: bool) -> Result<MembershipReply, Status> {
-    if forwarded {
-        return Err(unavailable(shard, format!("node {} does not lead shard {shard} (any more): re-send", host.node_id)));
-    }
-    let leader = leader_of(host, shard).await.ok_or_else(|| unavailable(shard, format!("shard {shard} has no leader now: re-send")))?;
-    tracing::info!(shard, node, leader, add, "forwarding the membership step to the shard's leader");
-    let ch = host.peers.channel(leader).ok_or_else(|| unavailable(shard, format!("leader {leader} of shard {shard} is unreachable")))?;
-    let mut c = ClusterClient::new(ch);
-    let mut req = tonic::Request::new(ReplicaChangeRequest { shard, node });
-    // The leader's share of the admin's deadline (ADMIN_DEADLINES): map change, catch-up wait
-    // and the Raft change, each bounded.
-    let wait = MAP_DEADLINE + CATCH_UP_WAIT + RAFT_CHANGE_TIMEOUT;
-    req.set_timeout(wait);
-    let call = async {
-        if add {
-            c.add_replica(req).await
-        } else {
-            c.remove_replica(req).await
+/// NotLeader for a step that only `shard`'s leader takes, pointing at the leader known here or
+/// to the shard's replicas (UNAVAILABLE when none is): the caller re-sends it there.
+async fn not_leading(host: &Host, shard: ShardId) -> Status {
+    match leader_of(host, shard).await.filter(|l| *l != host.node_id) {
+        Some(l) => crate::error::HostError {
+            kind: crate::error::ErrorKind::NotLeader,
+            shard,
+            message: format!("node {} does not lead shard {shard}: the step goes to its leader, node {l}", host.node_id),
+            leader: Some((l, host.peers.addr(l).unwrap_or_default().to_string())),
         }
-    };
-    let r = tokio::time::timeout(wait, call)
-        .await
-        .map_err(|_| status(detail(ErrorCode::Timeout, "the shard's leader did not answer in time: re-send", shard)))??;
-    Ok(r.into_inner())
+        .into(),
+        None => unavailable(shard, format!("shard {shard} has no leader now: re-send")),
+    }
 }
 
 /// The leader of `shard` as known here (this node's replica), else as any replica says.

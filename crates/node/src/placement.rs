@@ -73,6 +73,19 @@ impl Placement {
         s.replicas.iter().copied().filter(|r| map.region_of(*r).is_some_and(|g| !drained.contains(g))).collect()
     }
 
+    /// Whether handing `shard`'s leadership from this node (in `here`) to `to` is a move this
+    /// placement would make by itself: back home (failback) while this node is away from an
+    /// undrained home, or out of a drained region to a replica outside drained regions. The
+    /// only leader transfer another node may ask of a leader (a drain or undrain an admin
+    /// started at that node): one node's key must not choose any shard's leader (#28).
+    pub fn would_move(&self, shard: ShardId, here: &str, to: NodeId) -> bool {
+        let map = self.map.get();
+        let Some(s) = map.shard(shard) else { return false };
+        let drained = self.drained_regions();
+        let at_home = here == s.home && !drained.contains(here);
+        (!at_home && self.home_candidates(shard).contains(&to)) || (drained.contains(here) && self.undrained_replicas(shard).contains(&to))
+    }
+
     /// The home replica to fail back to, per a cluster status: up and caught up with the leader.
     pub fn home_replica(&self, shard: ShardId, st: &StatusReply) -> Option<NodeId> {
         let leader_last = st.leader_of(shard).map(|x| x.last_log_index)?;

@@ -106,6 +106,11 @@ pub fn retry_step(code: ErrorCode) -> RetryStep {
 /// Most grabs in one router-to-node `Coalesced.Grabs` call.
 pub const MAX_GRAB_BATCH: usize = 256;
 
+/// The one size limit of a request of the public API, checked where it enters (the router) and
+/// again at the node, per request and per member of a coalesced grab batch: a request the router
+/// took is never refused later for its size, so one caller's large grab cannot fail a batch.
+pub const MAX_REQUEST_BYTES: usize = 16 << 10;
+
 /// The gRPC status code that best matches a domain code, so generic gRPC tooling behaves
 /// sensibly (e.g. retries only on UNAVAILABLE) while hongbao clients read the exact code.
 pub fn grpc_code_for(code: ErrorCode) -> tonic::Code {

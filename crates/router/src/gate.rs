@@ -22,6 +22,7 @@ use tonic::{Request, Status};
 pub struct Limits {
     pub reads_per_s: f64,
     pub spends_per_s: f64,
+    pub grabs_per_s: f64,
 }
 
 /// Users tracked by each rate limiter at most.
@@ -32,6 +33,7 @@ pub struct Gate {
     token_dir: PathBuf,
     reads: RateLimiter<u64>,
     spends: RateLimiter<u64>,
+    grabs: RateLimiter<u64>,
 }
 
 /// Interceptor: every call through a router comes from a service whose certificate names it.
@@ -66,6 +68,7 @@ impl Gate {
             token_dir,
             reads: RateLimiter::new(limits.reads_per_s, limits.reads_per_s * 2.0, MAX_LIMITED_USERS),
             spends: RateLimiter::new(limits.spends_per_s, limits.spends_per_s * 2.0, MAX_LIMITED_USERS),
+            grabs: RateLimiter::new(limits.grabs_per_s, limits.grabs_per_s * 2.0, MAX_LIMITED_USERS),
         }
     }
 
@@ -133,6 +136,16 @@ impl Gate {
         }
         metrics::counter!(crate::metrics::RATE_LIMITED, "kind" => "read").increment(1);
         Err(error(ErrorCode::RateLimited, format!("user {user}: too many reads; back off")))
+    }
+
+    /// Grabs have a bucket of their own: a storm has every member grab at once, and a bot that
+    /// counts through packet ids with one token must not flood the shards' logs (#28).
+    pub fn grab_allowed(&self, user: u64) -> Result<(), Status> {
+        if self.grabs.allow(&user) {
+            return Ok(());
+        }
+        metrics::counter!(crate::metrics::RATE_LIMITED, "kind" => "grab").increment(1);
+        Err(error(ErrorCode::RateLimited, format!("user {user}: too many grabs; back off")))
     }
 
     pub fn spend_allowed(&self, user: u64) -> Result<(), Status> {

@@ -62,6 +62,9 @@ struct Args {
     /// Per-user payments (send, transfer, withdraw, set PIN) per second; bursts of twice that.
     #[arg(long, default_value_t = 20.0)]
     user_spends_per_s: f64,
+    /// Per-user grabs per second; bursts of twice that. Opening an account counts as a payment.
+    #[arg(long, default_value_t = 50.0)]
+    user_grabs_per_s: f64,
     /// Export the spans of sampled traces over OTLP/gRPC to this collector (http://host:4317);
     /// unset: no export (docs/operations.md, "Tracing").
     #[arg(long, env = hongbao_telemetry::tracing_init::ENDPOINT_ENV)]
@@ -104,7 +107,11 @@ async fn main() -> anyhow::Result<()> {
     let me = Identity::Router(args.region.clone());
     let keys = TokenKeys::load_dir(&security.token_keys())?;
     anyhow::ensure!(!keys.is_empty(), "no trusted token keys in {}", security.token_keys().display());
-    let limits = gate::Limits { reads_per_s: args.user_reads_per_s.max(0.1), spends_per_s: args.user_spends_per_s.max(0.1) };
+    let limits = gate::Limits {
+        reads_per_s: args.user_reads_per_s.max(0.1),
+        spends_per_s: args.user_spends_per_s.max(0.1),
+        grabs_per_s: args.user_grabs_per_s.max(0.1),
+    };
     let gate = Arc::new(gate::Gate::new(keys, security.token_keys(), limits));
     tokio::spawn(reload_on_sighup(gate.clone()));
     let router = route::Router::new(

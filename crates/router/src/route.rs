@@ -24,7 +24,8 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+/// The public API's one request size limit (`hongbao_proto::MAX_REQUEST_BYTES`), the node's too.
+pub const MAX_REQUEST_BYTES: usize = hongbao_proto::MAX_REQUEST_BYTES;
 /// A routed request gives up after this long (below the client's per-attempt timeout, so the
 /// client hears a clear UNAVAILABLE and can try another router with the same request id).
 /// An election (400–800 ms of silence, then a vote) fits well inside it: the router waits for
@@ -33,6 +34,8 @@ const ROUTE_DEADLINE: Duration = Duration::from_millis(2500);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Bounds the attempts; the deadline is what ends a wait (backoff reaches it in ~20 attempts).
 const MAX_ATTEMPTS: usize = 64;
+/// NotLeader hints an admin call follows before it tries the next node in turn.
+const MAX_LEADER_HOPS: usize = 4;
 /// Pause before asking again when no node could answer (no leader yet, node gone), doubling.
 const WAIT_START: Duration = Duration::from_millis(25);
 const WAIT_MAX: Duration = Duration::from_millis(200);
@@ -439,8 +442,12 @@ impl Router {
         let t = self.topology();
         let mut nodes: Vec<NodeId> = t.nodes.iter().map(|n| n.id).collect();
         nodes.sort_by_key(|n| (!self.is_up(*n), t.region_of(*n) != Some(self.region.as_str())));
+        let mut queue: std::collections::VecDeque<NodeId> = nodes.into();
         let mut last = error(ErrorCode::Unavailable, "no node reachable");
-        for n in nodes {
+        // A step that only a shard's leader takes (leader transfer, replica changes) answers
+        // NotLeader elsewhere, with the leader: it is re-sent there (nodes never forward them).
+        let mut hops = 0;
+        while let Some(n) = queue.pop_front() {
             let left = per_node.min(budget.saturating_sub(start.elapsed()));
             if left.is_zero() {
                 break;
@@ -448,8 +455,19 @@ impl Router {
             let Some(ch) = self.channel(n) else { continue };
             match tokio::time::timeout(left, call(ClusterClient::new(ch), left)).await {
                 Ok(Ok(r)) => return Ok(r),
-                Ok(Err(s)) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => last = s,
-                Ok(Err(s)) => return Err(s),
+                Ok(Err(s)) => {
+                    let d = detail_of(&s);
+                    match d.code() {
+                        ErrorCode::NotLeader if d.leader_hint_node != 0 && d.leader_hint_node != n && hops < MAX_LEADER_HOPS => {
+                            hops += 1;
+                            queue.push_front(d.leader_hint_node);
+                            last = s;
+                        }
+                        ErrorCode::UnknownShard | ErrorCode::NotLeader => last = s,
+                        _ if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => last = s,
+                        _ => return Err(s),
+                    }
+                }
                 Err(_) => last = error(ErrorCode::Timeout, format!("node {n} timed out")),
             }
         }
@@ -567,6 +585,7 @@ macro_rules! to_wallet {
 impl Wallet for RouterService {
     async fn open_account(&self, req: Request<OpenAccountRequest>) -> Res<WalletReply> {
         let claims = self.gate.user(&req, req.get_ref().user, "open an account")?;
+        self.gate.spend_allowed(req.get_ref().user)?;
         let (t, mut r) = trace::split(req);
         r.device = claims.dev;
         to_wallet!(self, t, r, r.user, open_account)
@@ -627,6 +646,7 @@ impl Packets for RouterService {
     }
     async fn grab(&self, req: Request<GrabRequest>) -> Res<GrabReply> {
         self.gate.user(&req, req.get_ref().grabber, "grab")?;
+        self.gate.grab_allowed(req.get_ref().grabber)?;
         let (t, r) = trace::split(req);
         let shard = PacketId(r.packet_id).shard();
         match self.router.coalescer.clone() {

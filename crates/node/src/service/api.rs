@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// Largest accepted API request; strings inside are further bounded by the ledger.
-pub const MAX_REQUEST_BYTES: usize = 16 << 10;
+pub const MAX_REQUEST_BYTES: usize = hongbao_proto::MAX_REQUEST_BYTES;
 /// Most statement entries one call returns.
 pub const MAX_STATEMENT: u32 = 200;
 /// Entries in a statement or packet-history page when the request names no limit.
@@ -383,14 +383,16 @@ impl Coalesced for ApiService {
         if grabs.len() > MAX_GRAB_BATCH {
             return Err(invalid(&format!("{} grabs in one batch; at most {MAX_GRAB_BATCH}", grabs.len())));
         }
-        // Each grab is held to the single-request limit, as if it had come alone.
-        if let Some(g) = grabs.iter().find(|g| prost::Message::encoded_len(*g) > MAX_REQUEST_BYTES) {
-            return Err(invalid(&format!("a grab of {} bytes in the batch; at most {MAX_REQUEST_BYTES}", prost::Message::encoded_len(g))));
-        }
         metrics::histogram!(crate::metrics::COALESCED_GRABS).record(grabs.len() as f64);
         let results = futures::future::join_all(grabs.into_iter().enumerate().map(|(i, g)| {
             let trace = traces.get(i).cloned().flatten();
             async move {
+                // Each grab is held to the single-request limit, as if it had come alone, and
+                // refused alone: the others in the batch are other users' and go on.
+                let size = prost::Message::encoded_len(&g);
+                if size > MAX_REQUEST_BYTES {
+                    return Err(invalid(&format!("a grab of {size} bytes; at most {MAX_REQUEST_BYTES}")));
+                }
                 let Some(t) = trace else { return self.grab_one(g).await };
                 let started = std::time::Instant::now();
                 let span = t.span("hongbao.v1.Coalesced/Grabs (one grab)");

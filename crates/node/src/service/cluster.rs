@@ -165,11 +165,15 @@ impl ClusterService {
         Ok(())
     }
 
-    /// Membership changes start only from an admin (directly or through a router); a node
-    /// forwards only the replica steps to a shard's leader.
+    /// Membership changes come only from an admin (directly or through a router); a node never
+    /// asks another for one (a step that reaches a node not leading its shard answers NotLeader
+    /// and the router re-sends it to the leader), so one node's key cannot make itself a
+    /// replica of another shard, or remove one (#28).
     fn admin_only<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
         let who = crate::access::caller(req)?;
         if matches!(who, hongbao_auth::Identity::Node(_)) {
+            metrics::counter!(crate::metrics::ACCESS_DENIED, "what" => what.to_string()).increment(1);
+            tracing::warn!(caller = %who, what, "refused: a node asked for an admin's change");
             return Err(hongbao_proto::denied(format!("{who} may not {what}")));
         }
         Ok(())
@@ -223,13 +227,39 @@ impl Cluster for ClusterService {
     }
 
     async fn transfer_leader(&self, req: Request<TransferLeaderRequest>) -> Result<Response<TransferLeaderReply>, Status> {
+        let who = crate::access::caller(&req)?;
         let r = req.into_inner();
         let map = self.host.topology();
         let shard = map.shard(r.shard).ok_or_else(|| Status::not_found(format!("no shard {}", r.shard)))?;
         if !shard.replicas.contains(&r.to_node) {
             return Err(Status::invalid_argument(format!("node {} holds no replica of shard {}", r.to_node, r.shard)));
         }
-        self.move_leader(r.shard, r.to_node).await?;
+        // Done here, on the shard's leader, and never forwarded: an admin's call that reached
+        // another node answers NotLeader with the leader, where the router re-sends it.
+        let replica = self.host.replica(r.shard).map_err(Status::from)?;
+        if !self.host.is_leader(&replica) {
+            return Err(self.host.not_leader(&replica, None).into());
+        }
+        if let hongbao_auth::Identity::Node(from) = who {
+            // Another node may only ask for a move placement would make by itself (the leader
+            // moves of a drain or undrain an admin started there).
+            if !self.host.placement.would_move(r.shard, &self.host.region, r.to_node) {
+                metrics::counter!(crate::metrics::ACCESS_DENIED, "what" => "leader transfer").increment(1);
+                tracing::warn!(
+                    from,
+                    shard = r.shard,
+                    to = r.to_node,
+                    "refused: a node asked for a leader transfer placement would not make"
+                );
+                return Err(hongbao_proto::denied(format!(
+                    "node {from} may not move the leadership of shard {} to node {}: only an admin may choose a leader",
+                    r.shard, r.to_node
+                )));
+            }
+        }
+        if self.host.node_id != r.to_node {
+            self.host.transfer_leader(r.shard, r.to_node).await.map_err(Status::from)?;
+        }
         Ok(Response::new(TransferLeaderReply {}))
     }
 
@@ -291,15 +321,15 @@ impl Cluster for ClusterService {
     }
 
     async fn add_replica(&self, req: Request<ReplicaChangeRequest>) -> Result<Response<MembershipReply>, Status> {
-        let forwarded = matches!(crate::access::caller(&req)?, hongbao_auth::Identity::Node(_));
+        self.admin_only(&req, "add a replica")?;
         let ReplicaChangeRequest { shard, node } = req.into_inner();
-        crate::membership::add_replica(&self.host, shard, node, forwarded).await.map(Response::new)
+        crate::membership::add_replica(&self.host, shard, node).await.map(Response::new)
     }
 
     async fn remove_replica(&self, req: Request<ReplicaChangeRequest>) -> Result<Response<MembershipReply>, Status> {
-        let forwarded = matches!(crate::access::caller(&req)?, hongbao_auth::Identity::Node(_));
+        self.admin_only(&req, "remove a replica")?;
         let ReplicaChangeRequest { shard, node } = req.into_inner();
-        crate::membership::remove_replica(&self.host, shard, node, forwarded).await.map(Response::new)
+        crate::membership::remove_replica(&self.host, shard, node).await.map(Response::new)
     }
 
     async fn add_shard(&self, req: Request<AddShardRequest>) -> Result<Response<MembershipReply>, Status> {
