@@ -677,6 +677,58 @@ async fn a_flood_of_grabs_and_opens_from_one_token_is_rate_limited_and_others_st
     assert_eq!(now.0[0], before.0[0], "the bot got nothing");
 }
 
+/// Serves nothing but health at `addr` with `id`'s certificate for `secs`, and counts the HTTP
+/// requests that get past the TLS handshake (Raft messages the nodes send to that address).
+async fn rogue_at(c: &Cluster, addr: &str, id: &Identity, secs: u64) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let tls = SecurityDir::new(c.security_dir()).server_tls(id).expect("server tls");
+    let (_, health) = tonic_health::server::health_reporter();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .expect("tls")
+        .trace_fn(move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            tracing::Span::none()
+        })
+        .add_service(health)
+        .serve_with_shutdown(addr.parse().expect("addr"), async {
+            let _ = stopped.await;
+        });
+    let task = tokio::spawn(server);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let _ = stop.send(());
+    let _ = task.await;
+    calls.load(Ordering::Relaxed)
+}
+
+/// #28, item 3 (outbound identity): every node certificate also names its host, so a process
+/// with any node's key could sit at another node's address and receive its Raft traffic. On 3 ×
+/// 1, node 2 is stopped and a server takes its address: with node 2's own certificate the other
+/// nodes' messages reach it (so traffic does go there), with node 3's they are refused at the
+/// handshake and not one request reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_another_nodes_key_at_a_nodes_address_receives_no_message() {
+    let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let u = c.topology.user_in_shard(1, 90);
+    c.funded(&app, u, 10_000).await;
+    let before = money(&c, &[u]).await;
+    let addr = c.node_addr(2);
+    c.kill(2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let genuine = rogue_at(&c, &addr, &Identity::Node(2), 3).await;
+    assert!(genuine > 0, "with node 2's own certificate the cluster's messages arrive ({genuine} requests)");
+    let posing = rogue_at(&c, &addr, &Identity::Node(3), 4).await;
+    assert_eq!(posing, 0, "with node 3's certificate at node 2's address no request gets through");
+    let after = money(&c, &[u]).await;
+    assert_eq!(after, before, "not one cent moved");
+    assert!(after.3, "the audit balances");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_call_with_the_users_own_credentials_reveals_a_challenge_code_and_guesses_fail_after_the_attempt_limit() {
     let c = Cluster::start(Spec { routers: true, ..Spec::default() });

@@ -53,7 +53,9 @@ pub fn ensure_dev_pki(dir: &SecurityDir, topology: &Topology) -> anyhow::Result<
 
     let ca_exists = (dir.ca_cert().exists(), dir.ca_key().exists());
     let fresh_ca = ca_exists == (false, false);
-    let missing: Vec<_> = wanted.values().filter(|(id, _)| fresh_ca || !dir.has_identity(id)).collect();
+    // A node certificate from before node DNS names (#28) is issued again: without the name,
+    // the other nodes and the routers refuse it at the handshake.
+    let missing: Vec<_> = wanted.values().filter(|(id, _)| fresh_ca || !dir.has_identity(id) || !names_its_node_dns(dir, id)).collect();
     if !missing.is_empty() {
         let ca = if fresh_ca { new_ca(dir)? } else { load_ca(dir)? };
         for (id, hosts) in missing {
@@ -100,6 +102,20 @@ pub fn ensure_identity(dir: &SecurityDir, id: &Identity) -> anyhow::Result<()> {
         return Ok(());
     }
     issue(dir, &load_ca(dir)?, id, &BTreeSet::new())
+}
+
+/// Whether `id`'s certificate names its node DNS name (true for any identity but a node's).
+fn names_its_node_dns(dir: &SecurityDir, id: &Identity) -> bool {
+    let Identity::Node(n) = id else { return true };
+    let want = crate::identity::node_dns_name(*n);
+    let Ok(pem) = std::fs::read(dir.cert(id)) else { return false };
+    pem_certs(&pem).first().is_some_and(|der| {
+        x509_parser::parse_x509_certificate(der).ok().and_then(|(_, c)| {
+            c.subject_alternative_name().ok().flatten().map(|san| {
+                san.value.general_names.iter().any(|g| matches!(g, x509_parser::extensions::GeneralName::DNSName(d) if *d == want))
+            })
+        }) == Some(true)
+    })
 }
 
 /// The host part of a `host:port` address: an IP literal (IPv6 in brackets) or a DNS name.
@@ -156,6 +172,9 @@ fn issue(dir: &SecurityDir, ca: &Issuer<'_, KeyPair>, id: &Identity, hosts: &BTr
     if id.is_server() {
         params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
         let mut names: BTreeSet<String> = hosts.clone();
+        if let Identity::Node(n) = id {
+            names.insert(crate::identity::node_dns_name(*n));
+        }
         names.insert("localhost".into());
         names.insert("127.0.0.1".into());
         for name in names {

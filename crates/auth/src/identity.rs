@@ -125,6 +125,15 @@ impl Identity {
     }
 }
 
+/// The DNS name that only node `id`'s certificate carries (the dev CA adds it; a CA of your own
+/// must too, docs/security.md). Whoever connects to a node (another node, a router) asks TLS
+/// for this name, so a certificate of another identity of the same CA is refused at the
+/// handshake: every node certificate also names its host (often a shared one, like
+/// `127.0.0.1`), and checking the host alone let any key pose as any node (#28).
+pub fn node_dns_name(id: u64) -> String {
+    format!("node-{id}.id.hongbao")
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.uri())

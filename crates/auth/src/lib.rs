@@ -18,7 +18,7 @@ pub mod token;
 
 pub use devpki::{ensure_dev_pki, ensure_identity, generate_foreign_identity, DEV_KID};
 pub use dir::SecurityDir;
-pub use identity::{peer_identity, Identity, Role};
+pub use identity::{node_dns_name, peer_identity, Identity, Role};
 pub use limit::RateLimiter;
 pub use pin::{hash_pin, pin_salt, valid_pin, verify_pin, PIN_ITERATIONS};
 pub use token::{

@@ -138,7 +138,8 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             self.put(keys::dedup(actor, &req.id), &DedupEntry { fingerprint, time_ms: now, outcome: outcome.clone() });
             self.db.put(keys::dedup_expiry(remember_from, actor, &req.id), vec![]);
         }
-        assert!(self.totals.identity_holds(), "conservation broken after {:?}: {:?}", req.cmd, self.totals);
+        // The request's name, not its fields (which may hold a PIN hash or a phrase).
+        assert!(self.totals.identity_holds(), "conservation broken after {req}: {:?}", self.totals);
         outcome
     }
 

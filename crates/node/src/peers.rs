@@ -58,7 +58,8 @@ impl Peers {
                 .or_insert_with(|| {
                     Endpoint::from_shared(format!("https://{addr}"))
                         .expect("topology addresses are valid")
-                        .tls_config(self.tls.clone())
+                        // Node `node`'s own certificate only, not any of the CA's (#28).
+                        .tls_config(self.tls.clone().domain_name(hongbao_auth::node_dns_name(node)))
                         .expect("TLS settings were loaded at start-up")
                         .connect_timeout(Duration::from_millis(300))
                         .tcp_nodelay(true)

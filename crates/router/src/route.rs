@@ -86,11 +86,11 @@ pub struct Router {
     pub traffic: crate::status_page::Traffic,
 }
 
-/// A channel to a node: connects on first use, and keeps the connection alive so a dead node
-/// is noticed within seconds.
-fn node_channel(addr: &str, tls: &ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
+/// A channel to node `node`: connects on first use, and keeps the connection alive so a dead
+/// node is noticed within seconds. TLS accepts that node's certificate only (#28).
+fn node_channel(node: NodeId, addr: &str, tls: &ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("https://{addr}"))?
-        .tls_config(tls.clone())?
+        .tls_config(tls.clone().domain_name(hongbao_auth::node_dns_name(node)))?
         .connect_timeout(Duration::from_millis(300))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
@@ -204,7 +204,7 @@ impl Router {
                 return Some(ch.clone());
             }
         }
-        match node_channel(addr, &self.tls) {
+        match node_channel(node, addr, &self.tls) {
             Ok(ch) => {
                 channels.insert(node, (addr.clone(), ch.clone()));
                 Some(ch)

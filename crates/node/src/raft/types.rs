@@ -9,8 +9,17 @@ use serde::{Deserialize, Serialize};
 /// The second field is the proposer's ledger-config fingerprint (`LedgerConfig::fingerprint`):
 /// a replica whose own differs refuses to apply the entry (fail-stop) rather than apply it by
 /// other rules than the ones it was proposed under.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Batch(pub Vec<hongbao_ledger::Request>, pub u64);
+
+/// Names only, never fields: a batch holds PIN hashes and packet phrases, and openraft and our
+/// logs print entries with `{:?}` (#28).
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let requests: Vec<String> = self.0.iter().map(|r| r.to_string()).collect();
+        write!(f, "Batch({requests:?}, config {:016x})", self.1)
+    }
+}
 
 impl std::fmt::Display for Batch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,3 +56,38 @@ pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<Typ
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 pub type Raft = openraft::Raft<TypeConfig, crate::raft::state_machine::StateMachine>;
 pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, crate::raft::snapshot::SnapshotFile>;
+
+#[cfg(test)]
+mod tests {
+    use super::Batch;
+    use hongbao_ledger::{Cents, Command, PacketKind, PinCheck, Request, RequestId};
+
+    #[test]
+    fn a_batch_printed_for_a_log_shows_no_pin_hash_or_phrase() {
+        let req = |cmd| Request { id: RequestId([7; 16]), time_ms: 1, cmd };
+        let phrase = "open sesame";
+        let batch = Batch(
+            vec![
+                req(Command::SetPin { user: 1, salt: [0x11; 16], hash: [0x5a; 32] }),
+                req(Command::SendPacket {
+                    sender: 1,
+                    kind: PacketKind::Password { total: Cents(100), count: 1, phrase: phrase.into() },
+                    device: "phone".into(),
+                    verification: None,
+                    greeting: String::new(),
+                    pin: PinCheck::Verified,
+                }),
+                req(Command::Grab {
+                    packet: hongbao_ledger::PacketId::new(1, 1),
+                    grabber: 2,
+                    grabber_shard: 1,
+                    password: Some(phrase.into()),
+                }),
+            ],
+            9,
+        );
+        let printed = format!("{batch:?}");
+        assert!(printed.contains("SetPin") && printed.contains("SendPacket") && printed.contains("Grab"), "{printed}");
+        assert!(!printed.contains(phrase) && !printed.contains("90, 90") && !printed.contains("17, 17"), "{printed}");
+    }
+}
