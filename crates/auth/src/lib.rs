@@ -22,8 +22,8 @@ pub use identity::{peer_identity, Identity, Role};
 pub use limit::RateLimiter;
 pub use pin::{hash_pin, pin_salt, valid_pin, verify_pin, PIN_ITERATIONS};
 pub use token::{
-    bearer, Claims, DevSigner, TokenError, TokenKeys, TokenVerifier, AUDIENCE, CLOCK_SKEW_S, ISSUER, MAX_DEVICE_BYTES, MAX_TOKEN_BYTES,
-    MAX_TOKEN_TTL_S,
+    bearer, Claims, DevKey, DevSigner, TokenError, TokenKeys, TokenVerifier, AUDIENCE, CLOCK_SKEW_S, ISSUER, MAX_DEVICE_BYTES,
+    MAX_TOKEN_BYTES, MAX_TOKEN_TTL_S,
 };
 
 #[cfg(test)]
