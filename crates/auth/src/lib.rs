@@ -16,7 +16,7 @@ pub mod limit;
 pub mod pin;
 pub mod token;
 
-pub use devpki::{ensure_dev_pki, generate_foreign_identity, DEV_KID};
+pub use devpki::{ensure_dev_pki, generate_foreign_identity, DevFolder, DEV_CA_NAME, DEV_KID};
 pub use dir::SecurityDir;
 pub use identity::{peer_identity, Identity, Role};
 pub use limit::RateLimiter;

@@ -91,6 +91,8 @@ enum Cmd {
     /// Development convenience: create what is missing of a local security folder (a dev CA,
     /// certificates for every node, router and role of the topology, the dev token-signing key,
     /// the challenge key). `scripts/cluster up` runs it. Never for production: bring your own CA.
+    /// It fills only a folder it created (marked `.dev-ca`) or a new or empty one, and refuses
+    /// any other, changing nothing in it.
     DevCa,
     /// Move money from one wallet to another (possibly on another shard).
     Transfer {
@@ -524,7 +526,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     if let Cmd::DevCa = &cli.cmd {
         let t = Topology::load(&topology_path(&cli.topology)).map_err(anyhow::Error::msg)?;
-        hongbao_auth::ensure_dev_pki(&hongbao_auth::SecurityDir::new(&security), &t)?;
+        let folder = hongbao_auth::ensure_dev_pki(&hongbao_auth::SecurityDir::new(&security), &t)?;
+        if folder == hongbao_auth::DevFolder::Adopted {
+            eprintln!(
+                "note: {} was made by an earlier `hongbao dev-ca` (its CA is the development CA and it holds the dev signing key); \
+                 marked it as a dev-ca folder (.dev-ca)",
+                security.display()
+            );
+        }
+        if !t.development {
+            eprintln!(
+                "note: {} does not say `development = true`: its routers refuse tokens of the development key (`hongbao login`)",
+                topology_path(&cli.topology).display()
+            );
+        }
         if json {
             print_json(&output::DevCa { security_dir: security.display().to_string() });
         } else {
