@@ -128,9 +128,9 @@ fn claim(dir: &SecurityDir) -> anyhow::Result<DevFolder> {
         let mut names = entries;
         names.sort();
         let holds = if names.len() > 6 { format!("{}, ...", names[..6].join(", ")) } else { names.join(", ") };
-        let ca = if dir.ca_cert().exists() { " including a CA certificate (ca.crt)" } else { "" };
+        let ca = if dir.ca_cert().exists() { ", a CA certificate (ca.crt) among them" } else { "" };
         bail!(
-            "refusing {}: `hongbao dev-ca` did not create this folder (it has no .dev-ca marker) and it already holds files{ca}: {holds}. \
+            "refusing {}: `hongbao dev-ca` did not create this folder (it has no .dev-ca marker) and it already holds files ({holds}){ca}. \
              dev-ca would add a development CA key, the development token-signing key and trust its public key \
              (token-keys/{DEV_KID}.pub.pem), with which anyone holding the folder signs in as any user; it adds them only to \
              folders it created, so nothing here was changed. For a development cluster give --security-dir a new or empty \
