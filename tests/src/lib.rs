@@ -69,6 +69,10 @@ pub struct Spec {
     /// Environment for every node and router (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`). Without it
     /// in here, that variable is removed, so a developer's shell never exports a test's spans.
     pub env: Vec<(&'static str, String)>,
+    /// The topology says `development = true` (routers accept tokens of the dev key, which the
+    /// harness and its clients mint). Every test cluster is one, but for tests of a production
+    /// topology's refusals.
+    pub development: bool,
 }
 
 impl Default for Spec {
@@ -85,6 +89,7 @@ impl Default for Spec {
             router_max_inflight: None,
             node_binary: None,
             env: Vec::new(),
+            development: true,
         }
     }
 }
@@ -98,6 +103,9 @@ fn topology_toml(
     router: &mut dyn FnMut(usize, &str) -> (String, String),
 ) -> String {
     let mut t = String::from("slots = 100\n");
+    if spec.development {
+        t += "development = true\n";
+    }
     t += &format!("regions = [{}]\n", spec.regions.iter().map(|r| format!("{{ name = \"{r}\" }}")).collect::<Vec<_>>().join(", "));
     t += "nodes = [\n";
     let mut id = 0u64;

@@ -936,3 +936,228 @@ async fn a_new_token_key_is_trusted_after_a_sighup_without_a_restart() {
     // The old key still works (both trusted during the rotation), and the router never restarted.
     assert!(app.balance(u).await.is_ok());
 }
+
+/// Every file under `root` with its bytes: "nothing changed" is these being equal.
+fn files_under(root: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read folder") {
+            let p = e.expect("folder entry").path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).expect("read file"));
+            }
+        }
+    }
+    out
+}
+
+/// `hongbao --topology TOPOLOGY --security-dir DIR dev-ca`: (exit code, stdout, stderr).
+fn dev_ca(topology: &std::path::Path, dir: &std::path::Path) -> (i32, String, String) {
+    let out = std::process::Command::new(bin("hongbao"))
+        .arg("--topology")
+        .arg(topology)
+        .arg("--security-dir")
+        .arg(dir)
+        .arg("dev-ca")
+        .env_remove("HONGBAO_HOME")
+        .env_remove("HONGBAO_SECURITY_DIR")
+        .output()
+        .expect("run hongbao dev-ca");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn dev_ca_refuses_a_folder_it_did_not_create_and_adds_nothing_to_it_while_it_keeps_filling_its_own() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let topology = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local-3x1.toml");
+    // Its own folder: created, marked, and filled again on a second run.
+    let dev = SecurityDir::new(tmp.path().join("dev"));
+    let (code, out, err) = dev_ca(&topology, &dev.root);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(dev.dev_ca_marker().is_file() && dev.dev_signing_key().is_file(), "a new folder is dev-ca's");
+    assert_eq!(dev_ca(&topology, &dev.root).0, 0, "its own folder again");
+
+    // A production folder: the CA's certificate, node and router certificates, the challenge key
+    // and the login service's public key; no CA key, no signing key, no marker.
+    let prod = SecurityDir::new(tmp.path().join("prod"));
+    std::fs::create_dir_all(prod.certs_dir()).expect("certs");
+    std::fs::create_dir_all(prod.token_keys()).expect("token-keys");
+    std::fs::copy(dev.ca_cert(), prod.ca_cert()).expect("ca.crt");
+    for id in [Identity::Node(1), Identity::Router("shenzhen".into())] {
+        std::fs::copy(dev.cert(&id), prod.cert(&id)).expect("cert");
+        std::fs::copy(dev.key(&id), prod.key(&id)).expect("key");
+    }
+    std::fs::copy(dev.challenge_key(), prod.challenge_key()).expect("challenge.key");
+    std::fs::copy(dev.token_keys().join("dev.pub.pem"), prod.token_keys().join("login-2026.pub.pem")).expect("login key");
+    let before = files_under(&prod.root);
+    let (code, out, err) = dev_ca(&topology, &prod.root);
+    assert_eq!(code, 1, "refused: {out}{err}");
+    assert!(
+        err.contains(&prod.root.display().to_string()) && err.contains("did not create this folder"),
+        "names the folder and why: {err}"
+    );
+    assert!(err.contains("nothing here was changed"), "{err}");
+    assert_eq!(files_under(&prod.root), before, "not one file added or changed");
+    for p in [prod.dev_signing_key(), prod.token_keys().join("dev.pub.pem"), prod.ca_key(), prod.dev_ca_marker()] {
+        assert!(!p.exists(), "{} was added", p.display());
+    }
+
+    // A folder an earlier dev-ca made (no marker yet): recognised by its dev CA and dev key,
+    // marked, and its files kept, so an old `.cluster/security` keeps working.
+    std::fs::remove_file(dev.dev_ca_marker()).expect("unmark");
+    let before = files_under(&dev.root);
+    let (code, out, err) = dev_ca(&topology, &dev.root);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("earlier `hongbao dev-ca`") && dev.dev_ca_marker().is_file(), "{err}");
+    let mut after = files_under(&dev.root);
+    after.remove(&dev.dev_ca_marker());
+    assert_eq!(after, before, "its CA and keys are kept");
+}
+
+/// Tokens of a login service's key (not the development key), for every user.
+struct LoginService(DevSigner);
+impl TokenSource for LoginService {
+    fn token(&self, user: u64, device: Option<&str>) -> Result<String, String> {
+        Ok(self.0.mint(user, device.unwrap_or(hongbao_tests::TEST_DEVICE), 600))
+    }
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_of_a_non_development_topology_refuses_dev_key_tokens_and_tokens_not_yet_valid_and_not_one_cent_moves() {
+    let c = Cluster::start(Spec { routers: true, regions: vec!["shenzhen"], development: false, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    assert!(!c.topology.development, "a production topology");
+    let sec = SecurityDir::new(c.security_dir());
+    let router_log = || std::fs::read_to_string(c.dir.path().join("router-shenzhen.log")).unwrap_or_default();
+    // The harness's folder trusts dev.pub.pem: the router says at start that it refuses it.
+    let mut warned = false;
+    for _ in 0..100 {
+        warned = router_log().contains("dev.pub.pem is the development token key, but this is not a development cluster");
+        if warned {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(warned, "a start-up warning names the dev key:\n{}", router_log());
+
+    // The login service's own key, installed and trusted after a SIGHUP.
+    let login = SecurityDir::new(c.dir.path().join("login-service"));
+    hongbao_auth::ensure_dev_pki(&login, &c.topology).expect("a key pair");
+    let login_pem = std::fs::read(login.dev_signing_key()).expect("the login service's private key");
+    let login_signer = || DevSigner::from_pem(&login_pem, "login-2026").expect("signer");
+    std::fs::copy(login.token_keys().join("dev.pub.pem"), sec.token_keys().join("login-2026.pub.pem")).expect("install the key");
+    c.signal_router("shenzhen", "HUP");
+    let creds = || Credentials::load(&c.security_dir()).expect("certificates");
+    let app = router_client_with(&c, creds().with_tokens(Arc::new(LoginService(login_signer()))));
+    let (u, v) = (c.topology.user_in_shard(1, 80), c.topology.user_in_shard(1, 81));
+    let mut trusted = false;
+    for _ in 0..50 {
+        // UNKNOWN_USER once the token is accepted (the account is not open yet).
+        if app.balance(u).await.map_err(|e| e.code()).err() == Some(ErrorCode::UnknownUser) {
+            trusted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(trusted, "the login service's key is trusted after SIGHUP");
+    c.funded(&app, u, 50_000).await;
+    c.funded(&app, v, 0).await;
+    let before = money(&c, &[u, v]).await;
+    assert!(before.3, "the audit balances before");
+
+    // A token of the development key for u, valid in every other way (the dev key trusts it).
+    let dev_token = DevSigner::load(&sec).expect("the folder's dev key").mint(u, hongbao_tests::TEST_DEVICE, 600);
+    let dev_keys = hongbao_auth::TokenKeys::load_dir(&sec.token_keys(), hongbao_auth::DevKey::Accepted).expect("keys");
+    assert!(dev_keys.verify(&dev_token, now_s()).is_ok(), "a good token but for the cluster's rule");
+    // A token of the login key whose nbf lies ten minutes ahead.
+    let now = now_s();
+    let later = login_signer().sign(&hongbao_auth::Claims {
+        sub: u.to_string(),
+        dev: hongbao_tests::TEST_DEVICE.into(),
+        iat: now,
+        exp: now + 1200,
+        nbf: Some(now + 600),
+        iss: hongbao_auth::ISSUER.into(),
+        aud: hongbao_auth::AUDIENCE.into(),
+    });
+    let router = as_identity(&c, &c.topology.routers[0].addr, &Identity::Service(Role::App));
+    for (token, why) in [(&dev_token, "signed with the development key"), (&later, "token not yet valid")] {
+        let transfer = TransferRequest {
+            request_id: new_request_id(),
+            from_user: u,
+            to_user: v,
+            amount_cents: 10_000,
+            pin: TEST_PIN.into(),
+            ..Default::default()
+        };
+        let s = WalletClient::new(router.clone()).transfer(with_token(transfer, token)).await.expect_err("refused");
+        assert_eq!((s.code(), hongbao_proto::detail_of(&s).code()), (tonic::Code::Unauthenticated, ErrorCode::Unauthenticated), "{s:?}");
+        assert!(s.message().contains(why) && !s.message().contains(token.as_str()), "says why, never the token: {}", s.message());
+        let withdraw =
+            WithdrawRequest { request_id: new_request_id(), user: u, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
+        let s = WalletClient::new(router.clone()).withdraw(with_token(withdraw, token)).await.expect_err("refused");
+        assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::Unauthenticated, "{s:?}");
+        let s = WalletClient::new(router.clone()).balance(with_token(BalanceRequest { user: u, allow_stale: true }, token)).await;
+        assert_eq!(hongbao_proto::detail_of(&s.expect_err("refused")).code(), ErrorCode::Unauthenticated, "nor read the wallet");
+    }
+    // The refusals were the router's token check (it logged them), and the same calls with the
+    // login key's token go through (the route and the PIN were fine).
+    assert!(router_log().contains("which this cluster refuses"), "the router logged the reason:\n{}", router_log());
+    assert!(!router_log().contains(&dev_token), "the token is never logged");
+    assert_eq!(money(&c, &[u, v]).await, before, "not one cent moved, and the audit still balances");
+    assert!(app.balance(u).await.is_ok(), "u's own login token reads the wallet");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notifier_writes_live_codes_to_a_file_only_its_owner_can_read_and_tightens_an_older_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::start(Spec { routers: true, regions: vec!["shenzhen"], ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let (u, v) = (c.topology.user_in_shard(1, 90), c.topology.user_in_shard(1, 91));
+    c.funded(&app, u, 100_000).await;
+    c.funded(&app, v, 0).await;
+    let before = money(&c, &[u, v]).await;
+    // A file an earlier notifier left, readable by everyone.
+    let log = c.dir.path().join("notifications.log");
+    std::fs::write(&log, "an older line\n").expect("old file");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).expect("0644");
+    // A payment of 150.00 from a new phone: a challenge, its code for the known device.
+    let transfer = TransferRequest {
+        request_id: new_request_id(),
+        from_user: u,
+        to_user: v,
+        amount_cents: 15_000,
+        device: "new-phone".into(),
+        pin: TEST_PIN.into(),
+        verification: None,
+    };
+    let err = app.transfer(transfer).await.expect_err("a challenge");
+    assert_eq!(err.code(), ErrorCode::ChallengeRequired);
+    let challenge = err.detail.challenge_id;
+    let path = log.display().to_string();
+    let out = c.cli(&["notifier", "--once", "--out", &path]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("notifications.log").permissions().mode() & 0o777;
+    assert_eq!(mode(&log), 0o600, "tightened: it holds live codes");
+    assert!(out.stderr.contains("made it 0600"), "{}", out.stderr);
+    let text = std::fs::read_to_string(&log).expect("read");
+    assert!(
+        text.starts_with("an older line\n") && text.contains(&format!("challenge={challenge} code=")),
+        "the code was delivered: {text}"
+    );
+    // A new file is created 0600 from the start.
+    std::fs::remove_file(&log).expect("remove");
+    let out = c.cli(&["notifier", "--once", "--out", &path]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(mode(&log), 0o600, "created private");
+    assert_eq!(money(&c, &[u, v]).await, before, "the challenged payment moved nothing; the audit balances");
+}

@@ -6,6 +6,14 @@
 //! Re-running is a no-op; a node added to the topology gets a certificate from the existing
 //! CA. Certificates already present are kept as they are, even if a node's address changed:
 //! delete its `certs/node-N.*` to re-issue it.
+//!
+//! It only ever fills a folder it created itself, marked by a `.dev-ca` file written before
+//! anything else. Pointed at any other folder that holds something (a production folder with
+//! its own CA, a router's mount) it refuses and writes nothing: otherwise it would add a CA key,
+//! the dev signing key and a trusted `token-keys/dev.pub.pem` to it, and anyone with the folder
+//! could then sign in as any user. A folder made by a dev-ca older than the marker is known by
+//! its own contents (a CA key whose certificate is [`DEV_CA_NAME`], and the dev signing key) and
+//! is marked then.
 
 use crate::dir::{pem_certs, read, SecurityDir};
 use crate::identity::{valid_name, Identity, Role};
@@ -23,11 +31,30 @@ use std::path::Path;
 
 /// The kid of the dev login service's signing key.
 pub const DEV_KID: &str = "dev";
+/// The common name of every CA this module makes.
+pub const DEV_CA_NAME: &str = "hongbao development CA (not for production)";
+/// What the `.dev-ca` marker says to whoever opens it.
+const MARKER_TEXT: &str = "This folder was created by `hongbao dev-ca`: a development CA whose key sits next to the \
+certificates, and a development token-signing key (kid \"dev\"). Never use it for production.\n";
+
+/// What [`ensure_dev_pki`] found in the folder it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevFolder {
+    /// None, or an empty one: made from scratch.
+    Created,
+    /// One it created before (marked): whatever was missing has been added.
+    Existing,
+    /// One an earlier version created, before folders were marked (its CA is the dev CA and it
+    /// holds the dev signing key): marked now, and whatever was missing added.
+    Adopted,
+}
 /// Dev certificates live this long; a dev cluster older than that re-creates its folder.
 const VALID_YEARS: i32 = 10;
 
-/// Creates whatever is missing under `dir` (see the module doc). Keys are written 0600.
-pub fn ensure_dev_pki(dir: &SecurityDir, topology: &Topology) -> anyhow::Result<()> {
+/// Creates whatever is missing under `dir` (see the module doc). Keys are written 0600. A
+/// folder `dev-ca` did not create is refused with nothing written.
+pub fn ensure_dev_pki(dir: &SecurityDir, topology: &Topology) -> anyhow::Result<DevFolder> {
+    let folder = claim(dir)?;
     for d in [dir.root.clone(), dir.certs_dir(), dir.token_keys()] {
         std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
     }
@@ -78,7 +105,63 @@ pub fn ensure_dev_pki(dir: &SecurityDir, topology: &Topology) -> anyhow::Result<
         random(&mut secret)?;
         write_secret(&dir.challenge_key(), format!("{}\n", hex::encode(secret)).as_bytes())?;
     }
-    Ok(())
+    Ok(folder)
+}
+
+/// Makes sure `dir` is a folder of dev-ca's before anything is written to it: marked already,
+/// new or empty (marked now, first), or made by an earlier dev-ca (marked now). Any other
+/// folder is refused, and nothing in it changes.
+fn claim(dir: &SecurityDir) -> anyhow::Result<DevFolder> {
+    let marker = dir.dev_ca_marker();
+    if marker.is_file() {
+        return Ok(DevFolder::Existing);
+    }
+    let entries = match std::fs::read_dir(&dir.root) {
+        Ok(entries) => entries.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect::<Result<Vec<_>, _>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(e),
+    }
+    .with_context(|| format!("read {}", dir.root.display()))?;
+    let folder = if entries.is_empty() {
+        DevFolder::Created
+    } else if made_by_an_earlier_dev_ca(dir) {
+        DevFolder::Adopted
+    } else {
+        let mut names = entries;
+        names.sort();
+        let holds = if names.len() > 6 { format!("{}, ...", names[..6].join(", ")) } else { names.join(", ") };
+        let ca = if dir.ca_cert().exists() { ", a CA certificate (ca.crt) among them" } else { "" };
+        bail!(
+            "refusing {}: `hongbao dev-ca` did not create this folder (it has no .dev-ca marker) and it already holds files ({holds}){ca}. \
+             dev-ca would add a development CA key, the development token-signing key and trust its public key \
+             (token-keys/{DEV_KID}.pub.pem), with which anyone holding the folder signs in as any user; it adds them only to \
+             folders it created, so nothing here was changed. For a development cluster give --security-dir a new or empty \
+             folder; a production folder is filled from your own CA and login service (deploy/README.md, \"Replacing the dev CA\")",
+            dir.root.display()
+        );
+    };
+    std::fs::create_dir_all(&dir.root).with_context(|| format!("create {}", dir.root.display()))?;
+    write_public(&marker, MARKER_TEXT.as_bytes())?;
+    Ok(folder)
+}
+
+/// A folder an earlier dev-ca made, before the marker: its CA key's certificate is the dev CA
+/// and the dev signing key is there. A production folder has neither (its CA key is elsewhere,
+/// its CA has another name, and no login key sits in it).
+fn made_by_an_earlier_dev_ca(dir: &SecurityDir) -> bool {
+    if !dir.dev_signing_key().is_file() {
+        return false;
+    }
+    let Ok(key_pem) = std::fs::read(dir.ca_key()) else { return false };
+    let Ok(key) = KeyPair::from_pem(&String::from_utf8_lossy(&key_pem)) else { return false };
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    let Ok(ca_pem) = std::fs::read(dir.ca_cert()) else { return false };
+    pem_certs(&ca_pem).iter().any(|der| {
+        x509_parser::parse_x509_certificate(der).is_ok_and(|(_, c)| {
+            c.tbs_certificate.subject_pki.raw == spki.as_slice()
+                && c.subject().iter_common_name().any(|cn| cn.as_str().ok() == Some(DEV_CA_NAME))
+        })
+    })
 }
 
 /// A separate folder under `dir` with its own, unrelated CA and a certificate for `id` signed
@@ -136,7 +219,7 @@ fn host_of(addr: &str) -> anyhow::Result<String> {
 
 fn new_ca(dir: &SecurityDir) -> anyhow::Result<Issuer<'static, KeyPair>> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut params = base_params("hongbao development CA (not for production)")?;
+    let mut params = base_params(DEV_CA_NAME)?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let cert = params.self_signed(&key)?;
@@ -355,6 +438,97 @@ slots = [[0, 10]]
         let own_ca = read_der(&foreign.ca_cert());
         let (_, own_ca) = x509_parser::parse_x509_certificate(&own_ca).unwrap();
         cert.verify_signature(Some(own_ca.public_key())).unwrap();
+    }
+
+    /// Every file under `root` with its bytes: "nothing changed" is these being equal.
+    fn files(root: &Path) -> BTreeMap<std::path::PathBuf, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else {
+                    out.insert(p.clone(), std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_new_or_empty_folder_is_created_and_marked_and_a_marked_one_is_filled_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let topo = Topology::parse(TOPOLOGY).unwrap();
+        let sec = SecurityDir::new(tmp.path().join("new"));
+        assert_eq!(ensure_dev_pki(&sec, &topo).unwrap(), DevFolder::Created);
+        let marker = std::fs::read_to_string(sec.dev_ca_marker()).unwrap();
+        assert!(marker.contains("hongbao dev-ca") && marker.contains("Never use it for production"), "{marker}");
+        assert_eq!(ensure_dev_pki(&sec, &topo).unwrap(), DevFolder::Existing);
+        std::fs::remove_file(sec.challenge_key()).unwrap();
+        assert_eq!(ensure_dev_pki(&sec, &topo).unwrap(), DevFolder::Existing);
+        assert!(sec.challenge_key().exists(), "what is missing of its own folder is added");
+        let empty = SecurityDir::new(tmp.path().join("empty"));
+        std::fs::create_dir(&empty.root).unwrap();
+        assert_eq!(ensure_dev_pki(&empty, &topo).unwrap(), DevFolder::Created, "an empty folder is as good as none");
+    }
+
+    #[test]
+    fn a_folder_dev_ca_did_not_create_is_refused_and_nothing_in_it_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let topo = Topology::parse(TOPOLOGY).unwrap();
+        let dev = SecurityDir::new(tmp.path().join("dev"));
+        ensure_dev_pki(&dev, &topo).unwrap();
+        // A production folder: the CA's certificate, a node's certificate and key, the challenge
+        // key and the login service's public key. No CA key, no signing key, no marker.
+        let prod = SecurityDir::new(tmp.path().join("prod"));
+        std::fs::create_dir_all(prod.certs_dir()).unwrap();
+        std::fs::create_dir_all(prod.token_keys()).unwrap();
+        std::fs::copy(dev.ca_cert(), prod.ca_cert()).unwrap();
+        std::fs::copy(dev.cert(&Identity::Node(1)), prod.cert(&Identity::Node(1))).unwrap();
+        std::fs::copy(dev.key(&Identity::Node(1)), prod.key(&Identity::Node(1))).unwrap();
+        std::fs::copy(dev.challenge_key(), prod.challenge_key()).unwrap();
+        std::fs::copy(dev.token_keys().join("dev.pub.pem"), prod.token_keys().join("login-2026.pub.pem")).unwrap();
+        let before = files(&prod.root);
+        let err = format!("{:#}", ensure_dev_pki(&prod, &topo).unwrap_err());
+        for words in [prod.root.display().to_string().as_str(), "did not create this folder", "ca.crt", "nothing here was changed"] {
+            assert!(err.contains(words), "{words:?} in: {err}");
+        }
+        assert_eq!(files(&prod.root), before, "not one file added or changed");
+
+        // A CA key of another CA, even beside a copied signing key: not dev-ca's folder.
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = base_params("Example Corp Root CA").unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(prod.ca_cert(), cert.pem()).unwrap();
+        std::fs::write(prod.ca_key(), key.serialize_pem()).unwrap();
+        std::fs::copy(dev.dev_signing_key(), prod.dev_signing_key()).unwrap();
+        let before = files(&prod.root);
+        assert!(ensure_dev_pki(&prod, &topo).is_err());
+        assert_eq!(files(&prod.root), before);
+        // A dev-named CA without the dev signing key (here: a foreign test identity) is refused too.
+        let foreign = generate_foreign_identity(&tmp.path().join("foreign"), &Identity::Node(1)).unwrap();
+        let before = files(&foreign.root);
+        assert!(ensure_dev_pki(&foreign, &topo).is_err());
+        assert_eq!(files(&foreign.root), before);
+    }
+
+    #[test]
+    fn a_folder_of_an_earlier_dev_ca_without_the_marker_is_adopted_with_its_files_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let topo = Topology::parse(TOPOLOGY).unwrap();
+        let sec = SecurityDir::new(tmp.path());
+        ensure_dev_pki(&sec, &topo).unwrap();
+        std::fs::remove_file(sec.dev_ca_marker()).unwrap(); // as an older dev-ca left it
+        let before = files(&sec.root);
+        assert_eq!(ensure_dev_pki(&sec, &topo).unwrap(), DevFolder::Adopted);
+        assert!(sec.dev_ca_marker().is_file(), "marked now");
+        let mut after = files(&sec.root);
+        after.remove(&sec.dev_ca_marker());
+        assert_eq!(after, before, "its CA, keys and certificates are kept");
+        assert_eq!(ensure_dev_pki(&sec, &topo).unwrap(), DevFolder::Existing);
     }
 
     #[test]

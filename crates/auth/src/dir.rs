@@ -7,6 +7,7 @@
 //! token-keys/<kid>.pub.pem  public keys trusted for end-user JWTs
 //! dev-signing.key        the dev login service's Ed25519 key (kid "dev")
 //! challenge.key          32 random bytes, hex: the cluster's shared secret (PIN salts)
+//! .dev-ca                the mark of a folder `hongbao dev-ca` created (and the only kind it fills)
 //! ```
 //!
 //! Errors name the missing file and how to make it, because a missing cert is the first thing
@@ -64,6 +65,12 @@ impl SecurityDir {
 
     pub fn challenge_key(&self) -> PathBuf {
         self.root.join("challenge.key")
+    }
+
+    /// Written by `hongbao dev-ca` into a folder it creates, before anything else: it fills no
+    /// folder without it (`devpki`).
+    pub fn dev_ca_marker(&self) -> PathBuf {
+        self.root.join(".dev-ca")
     }
 
     pub fn has_identity(&self, id: &Identity) -> bool {

@@ -16,14 +16,14 @@ pub mod limit;
 pub mod pin;
 pub mod token;
 
-pub use devpki::{ensure_dev_pki, ensure_identity, generate_foreign_identity, DEV_KID};
+pub use devpki::{ensure_dev_pki, ensure_identity, generate_foreign_identity, DevFolder, DEV_CA_NAME, DEV_KID};
 pub use dir::SecurityDir;
 pub use identity::{node_dns_name, peer_identity, Identity, Role};
 pub use limit::RateLimiter;
 pub use pin::{hash_pin, pin_salt, valid_pin, verify_pin, PIN_ITERATIONS};
 pub use token::{
-    bearer, Claims, DevSigner, TokenError, TokenKeys, TokenVerifier, AUDIENCE, CLOCK_SKEW_S, ISSUER, MAX_DEVICE_BYTES, MAX_TOKEN_BYTES,
-    MAX_TOKEN_TTL_S,
+    bearer, Claims, DevKey, DevSigner, TokenError, TokenKeys, TokenVerifier, AUDIENCE, CLOCK_SKEW_S, ISSUER, MAX_DEVICE_BYTES,
+    MAX_TOKEN_BYTES, MAX_TOKEN_TTL_S,
 };
 
 #[cfg(test)]

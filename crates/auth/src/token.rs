@@ -3,9 +3,14 @@
 //! private key. Only EdDSA is accepted: no `none`, no HMAC (a public key misused as an HMAC
 //! secret is the classic JWT forgery).
 //!
+//! The development key (kid [`DEV_KID`], minted by `hongbao login`) is trusted only by the
+//! routers of a development cluster ([`DevKey`]): its private key lives in the security folder
+//! `hongbao dev-ca` makes, so a production router refuses it whatever its `token-keys/` hold.
+//!
 //! A red-packet storm sends many requests with the same token and an Ed25519 verify costs tens
 //! of microseconds, so [`TokenVerifier`] remembers tokens it has verified until they expire.
 
+use crate::devpki::DEV_KID;
 use crate::dir::{read, SecurityDir};
 use crate::identity::valid_name;
 use anyhow::{bail, Context};
@@ -24,7 +29,8 @@ pub const AUDIENCE: &str = "hongbao";
 pub const MAX_TOKEN_TTL_S: u64 = 24 * 3600;
 pub const MAX_TOKEN_BYTES: usize = 4096;
 pub const MAX_DEVICE_BYTES: usize = 128;
-/// How far a token's `iat` may lie in the future: the login service's clock may run ahead.
+/// How far a token's `iat` or `nbf` may lie in the future: the login service's clock may run
+/// ahead.
 pub const CLOCK_SKEW_S: u64 = 60;
 /// Tokens remembered by a [`TokenVerifier`]; about 200 bytes each.
 const CACHE_ENTRIES: usize = 65_536;
@@ -38,6 +44,10 @@ pub struct Claims {
     pub dev: String,
     pub iat: u64,
     pub exp: u64,
+    /// Not before (optional, RFC 7519 4.1.5): a login service may issue a token that becomes
+    /// valid later. Honoured with the same clock skew as `iat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     pub iss: String,
     pub aud: String,
 }
@@ -82,6 +92,28 @@ pub enum TokenError {
     WrongAudience,
     #[error("token names no valid user or device")]
     BadSubject,
+    #[error("token signed with the development key (kid \"dev\"), which this cluster refuses: its topology is not a development cluster (no `development = true`)")]
+    DevKeyRefused,
+}
+
+/// Whether tokens signed with the development key (kid [`DEV_KID`]) are accepted. Only a
+/// development cluster accepts them (topology `development = true`): that key's private half
+/// sits in every dev security folder, so whoever has a copy can sign in as anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevKey {
+    Accepted,
+    Refused,
+}
+
+impl DevKey {
+    /// The rule for a cluster whose topology says `development = development`.
+    pub fn for_cluster(development: bool) -> DevKey {
+        if development {
+            DevKey::Accepted
+        } else {
+            DevKey::Refused
+        }
+    }
 }
 
 impl From<TokenError> for tonic::Status {
@@ -90,22 +122,25 @@ impl From<TokenError> for tonic::Status {
     }
 }
 
-/// The public keys trusted for end-user tokens, by kid.
+/// The public keys trusted for end-user tokens, by kid, and whether the development key may
+/// be one of them.
 pub struct TokenKeys {
     keys: HashMap<String, DecodingKey>,
+    dev_key: DevKey,
 }
 
 impl fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut kids: Vec<&str> = self.keys.keys().map(String::as_str).collect();
         kids.sort_unstable();
-        f.debug_struct("TokenKeys").field("kids", &kids).finish()
+        f.debug_struct("TokenKeys").field("kids", &kids).field("dev_key", &self.dev_key).finish()
     }
 }
 
 impl TokenKeys {
     /// Every `<kid>.pub.pem` in `dir` (an Ed25519 public key in SPKI PEM). At least one.
-    pub fn load_dir(dir: &Path) -> anyhow::Result<TokenKeys> {
+    /// Tokens of the development key verify only with `DevKey::Accepted`.
+    pub fn load_dir(dir: &Path, dev_key: DevKey) -> anyhow::Result<TokenKeys> {
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -125,11 +160,11 @@ impl TokenKeys {
         if pems.is_empty() {
             bail!("{}: no <kid>.pub.pem in it; every token would be refused", dir.display());
         }
-        TokenKeys::from_pems(pems.iter().map(|(k, p)| (k.as_str(), p.as_slice())))
+        TokenKeys::from_pems(pems.iter().map(|(k, p)| (k.as_str(), p.as_slice())), dev_key)
     }
 
     /// Keys from memory: (kid, Ed25519 public key PEM).
-    pub fn from_pems<'a>(pems: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> anyhow::Result<TokenKeys> {
+    pub fn from_pems<'a>(pems: impl IntoIterator<Item = (&'a str, &'a [u8])>, dev_key: DevKey) -> anyhow::Result<TokenKeys> {
         let mut keys = HashMap::new();
         for (kid, pem) in pems {
             if !valid_name(kid) {
@@ -138,7 +173,7 @@ impl TokenKeys {
             let key = DecodingKey::from_ed_pem(pem).map_err(|e| anyhow::anyhow!("token key {kid:?} is not an Ed25519 public key: {e}"))?;
             keys.insert(kid.to_string(), key);
         }
-        Ok(TokenKeys { keys })
+        Ok(TokenKeys { keys, dev_key })
     }
 
     pub fn len(&self) -> usize {
@@ -147,6 +182,22 @@ impl TokenKeys {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// Whether tokens of the development key verify with these keys.
+    pub fn dev_key(&self) -> DevKey {
+        self.dev_key
+    }
+
+    /// Whether a key of this kid is trusted.
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.contains_key(kid)
+    }
+
+    /// The development key is among these keys but its tokens are refused: worth a line in the
+    /// log at start, because someone copied a dev folder's `token-keys/` into this cluster.
+    pub fn holds_refused_dev_key(&self) -> bool {
+        self.dev_key == DevKey::Refused && self.has_kid(DEV_KID)
     }
 
     /// Checks signature and claims at time `now_s` (Unix seconds), without any cache.
@@ -161,6 +212,11 @@ impl TokenKeys {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::BadAlgorithm);
+        }
+        // Refused by its kid before any key is looked at: whether or not `dev.pub.pem` is in the
+        // folder, a non-development cluster takes no token of the development key.
+        if self.dev_key == DevKey::Refused && header.kid.as_deref() == Some(DEV_KID) {
+            return Err(TokenError::DevKeyRefused);
         }
         let key = header.kid.as_deref().and_then(|kid| self.keys.get(kid)).ok_or(TokenError::UnknownKey)?;
         // The library checks the signature only; the claims are checked below against the
@@ -193,7 +249,10 @@ fn check_claims(c: &Claims, now_s: u64) -> Result<(), TokenError> {
     if c.exp - c.iat > MAX_TOKEN_TTL_S {
         return Err(TokenError::TtlTooLong);
     }
-    if c.iat > now_s.saturating_add(CLOCK_SKEW_S) {
+    if c.nbf.is_some_and(|nbf| nbf >= c.exp) {
+        return Err(TokenError::Malformed); // valid at no time at all
+    }
+    if c.iat > now_s.saturating_add(CLOCK_SKEW_S) || c.nbf.is_some_and(|nbf| nbf > now_s.saturating_add(CLOCK_SKEW_S)) {
         return Err(TokenError::NotYetValid);
     }
     if now_s >= c.exp {
@@ -353,6 +412,14 @@ impl DevSigner {
         self.try_mint(user, device, iat, ttl_s.min(MAX_TOKEN_TTL_S)).expect("key checked when loaded; claims always serialize")
     }
 
+    /// Signs exactly `claims`, unchecked: for tests of tokens a login service might issue
+    /// (a `nbf` in the future, odd lifetimes) and of what verifiers make of them.
+    pub fn sign(&self, claims: &Claims) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.key).expect("key checked when loaded; claims always serialize")
+    }
+
     /// Without the TTL clamp, for tests of over-long tokens.
     pub(crate) fn try_mint(&self, user: u64, device: &str, iat: u64, ttl_s: u64) -> jsonwebtoken::errors::Result<String> {
         let mut header = Header::new(Algorithm::EdDSA);
@@ -362,6 +429,7 @@ impl DevSigner {
             dev: device.to_string(),
             iat,
             exp: iat.saturating_add(ttl_s),
+            nbf: None,
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
         };
@@ -397,7 +465,7 @@ mod tests {
     fn signer(kid: &str) -> (DevSigner, TokenKeys) {
         let key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
         let signer = DevSigner::from_pem(key.serialize_pem().as_bytes(), kid).unwrap();
-        let keys = TokenKeys::from_pems([(kid, key.public_key_pem().as_bytes())]).unwrap();
+        let keys = TokenKeys::from_pems([(kid, key.public_key_pem().as_bytes())], DevKey::Accepted).unwrap();
         (signer, keys)
     }
 
@@ -420,6 +488,68 @@ mod tests {
         assert_eq!(keys.verify(&token, NOW + 59), Ok(keys.verify(&token, NOW).unwrap()), "valid until exp");
         assert_eq!(keys.verify(&s.mint_at(1, "d", NOW + CLOCK_SKEW_S + 1, 600), NOW), Err(TokenError::NotYetValid));
         assert!(keys.verify(&s.mint_at(1, "d", NOW + CLOCK_SKEW_S, 600), NOW).is_ok(), "a little clock skew is fine");
+    }
+
+    #[test]
+    fn a_token_whose_nbf_lies_ahead_is_refused_until_then_with_the_same_clock_skew_as_iat() {
+        let (s, keys) = signer("login");
+        let claims = |nbf: Option<u64>| Claims {
+            sub: "1".into(),
+            dev: "d".into(),
+            iat: NOW,
+            exp: NOW + 3600,
+            nbf,
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+        };
+        let later = s.sign(&claims(Some(NOW + 600)));
+        assert_eq!(keys.verify(&later, NOW), Err(TokenError::NotYetValid), "not before 10 minutes from now");
+        assert_eq!(keys.verify(&later, NOW + 600 - CLOCK_SKEW_S - 1), Err(TokenError::NotYetValid));
+        assert_eq!(keys.verify(&later, NOW + 600 - CLOCK_SKEW_S).unwrap().nbf, Some(NOW + 600), "a little clock skew is fine");
+        assert!(keys.verify(&later, NOW + 601).is_ok());
+        assert!(keys.verify(&s.sign(&claims(Some(NOW - 10))), NOW).is_ok(), "a past nbf is no obstacle");
+        assert!(keys.verify(&s.sign(&claims(None)), NOW).is_ok(), "nbf is optional");
+        assert_eq!(keys.verify(&s.sign(&claims(Some(NOW + 3600))), NOW + 3599), Err(TokenError::Malformed), "valid at no time");
+        // Minted tokens carry no nbf at all (left out, not null).
+        assert!(!serde_json::to_string(&claims(None)).unwrap().contains("nbf"));
+        // The cache never holds a token before its nbf: a refused token is not remembered.
+        let v = TokenVerifier::new(keys);
+        assert_eq!(v.verify_at(&later, NOW), Err(TokenError::NotYetValid));
+        assert_eq!(v.verify_at(&later, NOW + 1), Err(TokenError::NotYetValid), "still refused: nothing cached");
+        assert!(v.verify_at(&later, NOW + 600).is_ok());
+    }
+
+    #[test]
+    fn a_cluster_not_for_development_refuses_dev_key_tokens_even_when_it_trusts_the_dev_public_key() {
+        let dev_key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+        let dev = DevSigner::from_pem(dev_key.serialize_pem().as_bytes(), DEV_KID).unwrap();
+        let login_key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+        let login = DevSigner::from_pem(login_key.serialize_pem().as_bytes(), "login-2026").unwrap();
+        let (dev_pub, login_pub) = (dev_key.public_key_pem(), login_key.public_key_pem());
+        let keys = |rule| TokenKeys::from_pems([(DEV_KID, dev_pub.as_bytes()), ("login-2026", login_pub.as_bytes())], rule).unwrap();
+        let dev_token = dev.mint_at(1, "d", NOW, 60);
+        let login_token = login.mint_at(1, "d", NOW, 60);
+
+        assert!(keys(DevKey::Accepted).verify(&dev_token, NOW).is_ok(), "a development cluster takes it");
+        assert!(!keys(DevKey::Accepted).holds_refused_dev_key());
+        let production = keys(DevKey::Refused);
+        assert!(production.holds_refused_dev_key(), "worth a warning at start");
+        assert_eq!(production.verify(&dev_token, NOW), Err(TokenError::DevKeyRefused));
+        assert!(production.verify(&login_token, NOW).is_ok(), "only the dev kid is refused");
+        // Refused by its kid whether or not the folder holds the dev public key.
+        let without = TokenKeys::from_pems([("login-2026", login_pub.as_bytes())], DevKey::Refused).unwrap();
+        assert!(!without.holds_refused_dev_key());
+        assert_eq!(without.verify(&dev_token, NOW), Err(TokenError::DevKeyRefused));
+        // Through the cached verifier a router runs; the caller hears why, as UNAUTHENTICATED,
+        // and never the token.
+        let v = TokenVerifier::new(production);
+        assert_eq!(v.verify_at(&dev_token, NOW), Err(TokenError::DevKeyRefused));
+        assert_eq!(v.verify_at(&dev_token, NOW + 1), Err(TokenError::DevKeyRefused), "never cached");
+        let status: tonic::Status = TokenError::DevKeyRefused.into();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(status.message().contains("development key") && !status.message().contains(&dev_token), "{}", status.message());
+        assert_eq!(DevKey::for_cluster(false), DevKey::Refused);
+        assert_eq!(DevKey::for_cluster(true), DevKey::Accepted);
     }
 
     #[test]
@@ -488,7 +618,8 @@ mod tests {
         assert_eq!(keys.verify(&s.mint_at(1, "", NOW, 60), NOW), Err(TokenError::BadSubject));
         assert_eq!(keys.verify(&s.mint_at(1, &"d".repeat(MAX_DEVICE_BYTES + 1), NOW, 60), NOW), Err(TokenError::BadSubject));
         assert!(keys.verify(&s.mint_at(1, &"d".repeat(MAX_DEVICE_BYTES), NOW, 60), NOW).is_ok());
-        let c = |sub: &str| Claims { sub: sub.into(), dev: "d".into(), iat: 0, exp: 1, iss: ISSUER.into(), aud: AUDIENCE.into() };
+        let c =
+            |sub: &str| Claims { sub: sub.into(), dev: "d".into(), iat: 0, exp: 1, nbf: None, iss: ISSUER.into(), aud: AUDIENCE.into() };
         assert_eq!(c("42").user(), Some(42));
         assert_eq!(c("0").user(), Some(0));
         for bad in ["", "042", "+42", "-1", "4 2", "18446744073709551616"] {
@@ -514,7 +645,8 @@ mod tests {
     fn the_cache_stays_bounded() {
         let mut map = HashMap::new();
         let cap = CACHE_ENTRIES / CACHE_SHARDS;
-        let claims = Claims { sub: "1".into(), dev: "d".into(), iat: NOW, exp: NOW + 60, iss: ISSUER.into(), aud: AUDIENCE.into() };
+        let claims =
+            Claims { sub: "1".into(), dev: "d".into(), iat: NOW, exp: NOW + 60, nbf: None, iss: ISSUER.into(), aud: AUDIENCE.into() };
         for i in 0..(3 * cap) as u32 {
             make_room(&mut map, NOW);
             let mut id = [0u8; 32];
@@ -544,14 +676,14 @@ mod tests {
     fn keys_load_from_a_folder_and_debug_shows_no_key_material() {
         let tmp = tempfile::tempdir().unwrap();
         let sec = SecurityDir::new(tmp.path());
-        assert!(TokenKeys::load_dir(&sec.token_keys()).unwrap_err().to_string().contains("scripts/cluster up"));
+        assert!(TokenKeys::load_dir(&sec.token_keys(), DevKey::Accepted).unwrap_err().to_string().contains("scripts/cluster up"));
         std::fs::create_dir_all(sec.token_keys()).unwrap();
-        assert!(TokenKeys::load_dir(&sec.token_keys()).is_err(), "an empty folder trusts nobody: an error");
+        assert!(TokenKeys::load_dir(&sec.token_keys(), DevKey::Accepted).is_err(), "an empty folder trusts nobody: an error");
         let key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
         std::fs::write(sec.token_keys().join("dev.pub.pem"), key.public_key_pem()).unwrap();
         std::fs::write(sec.token_keys().join("README"), "ignored").unwrap();
         std::fs::write(sec.dev_signing_key(), key.serialize_pem()).unwrap();
-        let keys = TokenKeys::load_dir(&sec.token_keys()).unwrap();
+        let keys = TokenKeys::load_dir(&sec.token_keys(), DevKey::Accepted).unwrap();
         assert_eq!(keys.len(), 1);
         let s = DevSigner::load(&sec).unwrap();
         assert!(keys.verify(&s.mint(9, "d", 60), now_s()).is_ok());
@@ -561,7 +693,7 @@ mod tests {
             assert!(!dbg.contains(secret_line) && !dbg.contains("PRIVATE"), "{dbg}");
         }
         assert!(DevSigner::from_pem(b"not a key", "dev").is_err());
-        assert!(TokenKeys::from_pems([("dev", b"not a key".as_slice())]).is_err());
+        assert!(TokenKeys::from_pems([("dev", b"not a key".as_slice())], DevKey::Accepted).is_err());
     }
 
     #[test]

@@ -91,6 +91,8 @@ enum Cmd {
     /// Development convenience: create what is missing of a local security folder (a dev CA,
     /// certificates for every node, router and role of the topology, the dev token-signing key,
     /// the challenge key). `scripts/cluster up` runs it. Never for production: bring your own CA.
+    /// It fills only a folder it created (marked `.dev-ca`) or a new or empty one, and refuses
+    /// any other, changing nothing in it.
     DevCa,
     /// Move money from one wallet to another (possibly on another shard).
     Transfer {
@@ -524,7 +526,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     if let Cmd::DevCa = &cli.cmd {
         let t = Topology::load(&topology_path(&cli.topology)).map_err(anyhow::Error::msg)?;
-        hongbao_auth::ensure_dev_pki(&hongbao_auth::SecurityDir::new(&security), &t)?;
+        let folder = hongbao_auth::ensure_dev_pki(&hongbao_auth::SecurityDir::new(&security), &t)?;
+        if folder == hongbao_auth::DevFolder::Adopted {
+            eprintln!(
+                "note: {} was made by an earlier `hongbao dev-ca` (its CA is the development CA and it holds the dev signing key); \
+                 marked it as a dev-ca folder (.dev-ca)",
+                security.display()
+            );
+        }
+        if !t.development {
+            eprintln!(
+                "note: {} does not say `development = true`: its routers refuse tokens of the development key (`hongbao login`)",
+                topology_path(&cli.topology).display()
+            );
+        }
         if json {
             print_json(&output::DevCa { security_dir: security.display().to_string() });
         } else {
@@ -636,11 +651,12 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Polls every shard's notification outbox, writes each code to `out` (the stand-in for a push
-/// to the user's phone), then acknowledges what it wrote. Codes go to that file only.
+/// to the user's phone), then acknowledges what it wrote. Codes go to that file only, which is
+/// readable by its owner only: it holds live codes.
 async fn notifier(client: &Client, topology: &std::path::Path, out: &std::path::Path, once: bool) -> anyhow::Result<i32> {
     use std::io::Write;
     let t = Topology::load(topology).map_err(anyhow::Error::msg)?;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out).with_context(|| format!("open {}", out.display()))?;
+    let mut f = open_private_log(out)?;
     loop {
         for s in &t.shards {
             let polled = match client.poll_notifications(s.id, 0, 256).await {
@@ -676,6 +692,26 @@ async fn notifier(client: &Client, topology: &std::path::Path, out: &std::path::
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Opens `path` for appending, created 0600; an existing file anyone else may read (made by an
+/// earlier version, 0644) is tightened to 0600 before a code is written to it.
+fn open_private_log(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f =
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).with_context(|| format!("open {}", path.display()))?;
+    let mode = f.metadata().with_context(|| format!("stat {}", path.display()))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).with_context(|| {
+            format!(
+                "{} is readable by others (mode {:o}) and could not be made 0600; it holds live challenge codes",
+                path.display(),
+                mode & 0o777
+            )
+        })?;
+        eprintln!("note: {} was readable by others (mode {:o}); made it 0600: it holds live challenge codes", path.display(), mode & 0o777);
+    }
+    Ok(f)
 }
 
 fn amount(yuan: &str) -> anyhow::Result<u64> {

@@ -10,8 +10,12 @@
 //! | `risk`            | freeze / grade accounts, read any wallet                         |
 //! | `admin`           | cluster status, audit, drain, leader transfer, cluster map and membership; read any wallet |
 //! | `notifier`        | read and acknowledge the challenge-code outbox                   |
+//!
+//! Tokens of the development key (kid `dev`) are accepted only when the topology says
+//! `development = true` (`hongbao_auth::DevKey`); elsewhere they are UNAUTHENTICATED, and a
+//! `dev.pub.pem` among the trusted keys is named in the log at start and at every reload.
 
-use hongbao_auth::{Claims, Identity, RateLimiter, Role, TokenKeys, TokenVerifier};
+use hongbao_auth::{Claims, DevKey, Identity, RateLimiter, Role, TokenKeys, TokenVerifier, DEV_KID};
 use hongbao_proto::{denied, error, unauthenticated, ErrorCode};
 use std::path::PathBuf;
 use tonic::{Request, Status};
@@ -31,6 +35,8 @@ const MAX_LIMITED_USERS: usize = 200_000;
 pub struct Gate {
     tokens: TokenVerifier,
     token_dir: PathBuf,
+    /// Whether this cluster takes tokens of the development key (from the topology, at start).
+    dev_key: DevKey,
     reads: RateLimiter<u64>,
     spends: RateLimiter<u64>,
     grabs: RateLimiter<u64>,
@@ -54,6 +60,19 @@ pub fn services_only(mut req: Request<()>) -> Result<Request<()>, Status> {
     }
 }
 
+/// A development key among the trusted keys of a cluster that refuses its tokens: someone
+/// copied a dev folder's `token-keys/` here. Its tokens are refused anyway; the operator should
+/// know, and remove the file.
+fn warn_of_refused_dev_key(keys: &TokenKeys, token_dir: &std::path::Path) {
+    if keys.holds_refused_dev_key() {
+        tracing::warn!(
+            "{}/{DEV_KID}.pub.pem is the development token key, but this is not a development cluster (its topology \
+             does not say development = true): tokens signed with it are refused (UNAUTHENTICATED); remove that file",
+            token_dir.display()
+        );
+    }
+}
+
 fn role_of<T>(req: &Request<T>) -> Result<Role, Status> {
     match req.extensions().get::<Identity>() {
         Some(Identity::Service(r)) => Ok(*r),
@@ -63,9 +82,12 @@ fn role_of<T>(req: &Request<T>) -> Result<Role, Status> {
 
 impl Gate {
     pub fn new(keys: TokenKeys, token_dir: PathBuf, limits: Limits) -> Gate {
+        let dev_key = keys.dev_key();
+        warn_of_refused_dev_key(&keys, &token_dir);
         Gate {
             tokens: TokenVerifier::new(keys),
             token_dir,
+            dev_key,
             reads: RateLimiter::new(limits.reads_per_s, limits.reads_per_s * 2.0, MAX_LIMITED_USERS),
             spends: RateLimiter::new(limits.spends_per_s, limits.spends_per_s * 2.0, MAX_LIMITED_USERS),
             grabs: RateLimiter::new(limits.grabs_per_s, limits.grabs_per_s * 2.0, MAX_LIMITED_USERS),
@@ -74,9 +96,10 @@ impl Gate {
 
     /// Re-reads the trusted token keys (rotation: add the new key, then remove the old one).
     pub fn reload(&self) -> anyhow::Result<usize> {
-        let keys = TokenKeys::load_dir(&self.token_dir)?;
+        let keys = TokenKeys::load_dir(&self.token_dir, self.dev_key)?;
         let n = keys.len();
         anyhow::ensure!(n > 0, "no token keys in {}", self.token_dir.display());
+        warn_of_refused_dev_key(&keys, &self.token_dir);
         self.tokens.reload(keys);
         Ok(n)
     }

@@ -22,7 +22,7 @@ mod status_page;
 mod trace;
 
 use clap::Parser;
-use hongbao_auth::{Identity, SecurityDir, TokenKeys};
+use hongbao_auth::{DevKey, Identity, SecurityDir, TokenKeys};
 use hongbao_proto::v1::{
     cluster_server::ClusterServer, notifier_server::NotifierServer, packets_server::PacketsServer, wallet_server::WalletServer,
 };
@@ -105,7 +105,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let security = SecurityDir::new(&args.security_dir);
     let me = Identity::Router(args.region.clone());
-    let keys = TokenKeys::load_dir(&security.token_keys())?;
+    // Tokens of the development key only in a development cluster (docs/security.md).
+    let keys = TokenKeys::load_dir(&security.token_keys(), DevKey::for_cluster(topology.development))?;
     anyhow::ensure!(!keys.is_empty(), "no trusted token keys in {}", security.token_keys().display());
     let limits = gate::Limits {
         reads_per_s: args.user_reads_per_s.max(0.1),

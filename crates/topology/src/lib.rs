@@ -25,6 +25,13 @@ pub struct Topology {
     /// shard. Nodes and routers keep the highest version they have seen.
     #[serde(default)]
     pub version: u64,
+    /// A development cluster (`scripts/cluster up`, the test harness): its routers accept
+    /// end-user tokens signed with the development key (kid `dev`, whose private key
+    /// `hongbao dev-ca` leaves in the security folder, so anyone holding that folder can sign in
+    /// as any user). Default false: a production topology never says it, and its routers refuse
+    /// those tokens even if `token-keys/dev.pub.pem` found its way into their folder.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub development: bool,
     /// Number of slots users are hashed into (`user_id % slots`).
     pub slots: u32,
     pub regions: Vec<Region>,
@@ -78,6 +85,10 @@ pub struct Shard {
 
 fn is_zero(v: &u64) -> bool {
     *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -492,6 +503,27 @@ mod tests {
             let path = deploy_dir().join(f);
             Topology::load(&path).unwrap();
         }
+    }
+
+    #[test]
+    fn shipped_local_topologies_are_development_clusters_and_a_topology_is_not_one_unless_it_says_so() {
+        for f in ["local-3x1.toml", "local-3x3.toml", "compose/topology.toml"] {
+            assert!(Topology::load(&deploy_dir().join(f)).unwrap().development, "{f} runs with the dev CA and dev tokens");
+        }
+        let text = std::fs::read_to_string(deploy_dir().join("local-3x1.toml")).unwrap();
+        let production = text.replace("development = true\n", "");
+        assert_ne!(production, text, "the flag is one line of its own");
+        let t = Topology::parse(&production).unwrap();
+        assert!(!t.development, "absent means production");
+        assert!(!t.to_toml().contains("development"), "a production map never mentions it");
+        let t = Topology::parse(&production.replacen("slots = ", "development = false\nslots = ", 1)).unwrap();
+        assert!(!t.development);
+        // The replicated cluster map keeps the flag through its TOML and every online change.
+        let dev = default_topology();
+        assert!(Topology::parse(&dev.to_toml()).unwrap().development);
+        let grown = dev.add_node(&spec(4, "tianjin")).unwrap();
+        assert!(Topology::parse(&grown.to_toml()).unwrap().development);
+        assert!(Topology::parse(&text.replace("development = true", "development = \"yes\"")).is_err(), "a bool, not a string");
     }
 
     #[test]

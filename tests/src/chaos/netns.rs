@@ -273,6 +273,9 @@ impl Net {
         let dir = tempfile::Builder::new().prefix("hongbao-test-").tempdir().expect("temp dir");
         let mut ports = Ports(vec![]);
         let mut t = String::from("slots = 100\n");
+        if spec.development {
+            t += "development = true\n";
+        }
         t += &format!("regions = [{}]\n", spec.regions.iter().map(|r| format!("{{ name = \"{r}\" }}")).collect::<Vec<_>>().join(", "));
         t += "nodes = [\n";
         let mut id = 0u64;
