@@ -319,7 +319,9 @@ impl Cluster {
 
     /// Replaces the injected faults of one node (see `hongbao-node`'s faults module).
     pub async fn set_faults(&self, id: u64, faults: hongbao_proto::v1::Faults) -> Result<(), String> {
-        let c = self.node_client();
+        // FaultInjection (test builds only) is the admin identity's alone, never a router's.
+        let admin = self.credentials().only(Role::Admin);
+        let c = Client::new(self.topology.nodes.iter().map(|n| n.addr.clone()).collect(), Arc::new(admin));
         c.set_faults_of(&self.node_addr(id), faults).await.map(|_| ()).map_err(|e| format!("node {id}: {e}"))
     }
 
