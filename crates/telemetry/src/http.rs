@@ -68,15 +68,10 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
-    /// The rule of this module for `listen` with these flags (see [`check`]).
-    pub fn check(&self, listen: SocketAddr) -> anyhow::Result<()> {
-        check(listen, self.metrics_tls, self.metrics_credential_file.is_some())
-    }
-
-    /// What to serve on `listen`: checks the rule, reads the credential file and, with
-    /// `--metrics-tls`, the certificate chain and key `identity` returns (PEM).
+    /// What to serve on `listen`: checks the rule ([`check`]), reads the credential file and,
+    /// with `--metrics-tls`, the certificate chain and key `identity` returns (PEM).
     pub fn options(&self, listen: SocketAddr, identity: impl FnOnce() -> anyhow::Result<(Vec<u8>, Vec<u8>)>) -> anyhow::Result<Options> {
-        self.check(listen)?;
+        check(listen, self.metrics_tls, self.metrics_credential_file.is_some())?;
         let credential = self.metrics_credential_file.as_deref().map(Credential::load).transpose()?;
         let tls = if self.metrics_tls {
             let (cert, key) = identity()?;
@@ -162,18 +157,11 @@ fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Arc<rustls::
     Ok(Arc::new(config))
 }
 
-/// Where and how to serve: made by [`HttpArgs::options`], or [`Options::plain`].
+/// Where and how to serve: made by [`HttpArgs::options`].
 pub struct Options {
     pub listen: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
     credential: Option<Credential>,
-}
-
-impl Options {
-    /// Plain HTTP without a credential (refused by [`Endpoint::bind`] off loopback).
-    pub fn plain(listen: SocketAddr) -> Options {
-        Options { listen, tls: None, credential: None }
-    }
 }
 
 /// A page a process serves besides `/metrics`.
@@ -203,10 +191,6 @@ impl Endpoint {
         let listener = TcpListener::bind(o.listen).await.with_context(|| format!("bind the metrics endpoint on {}", o.listen))?;
         tracing::info!(addr = %o.listen, tls = o.tls.is_some(), credential = o.credential.is_some(), "metrics endpoint bound");
         Ok(Endpoint { listener, tls: o.tls.map(TlsAcceptor::from), credential: o.credential })
-    }
-
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
     }
 
     /// Serves until the process ends: `/metrics` from `metrics` (the installed recorder's
