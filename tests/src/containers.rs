@@ -6,7 +6,8 @@
 //!
 //! The harness itself stays on the host: it reaches every node and router through the ports
 //! published on 127.0.0.1 (`--free-ports`, so a cluster of processes on the default ports is no
-//! obstacle), with the host-side `topology.toml` the script writes.
+//! obstacle), with the host-side `topology.toml` the script writes; their metrics over TLS with
+//! the script's bearer token (`METRICS_TOKEN`, `Cluster::scraper`).
 
 use crate::{bin, topology_toml, Cluster, Spec};
 use hongbao_topology::Topology;
@@ -34,6 +35,10 @@ pub(crate) struct Containers {
     down_nodes: BTreeSet<u64>,
     partitioned: BTreeSet<String>,
 }
+
+/// The bearer token `scripts/cluster up --containers` writes to the security folder and mounts
+/// for every process: the containers serve metrics on 0.0.0.0, so over TLS with a token.
+pub const METRICS_TOKEN: &str = "metrics.token";
 
 /// Bounds every script call: docker commands that hang must not hang the test.
 const SCRIPT_TIMEOUT_S: &str = "300";

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub mod chaos;
 pub mod containers;
+pub mod scrape;
 
 /// The payment PIN and device every test user is given by `Cluster::funded`.
 pub const TEST_PIN: &str = "246810";
@@ -473,22 +474,34 @@ impl Cluster {
         }
     }
 
+    /// How this cluster's metrics endpoints are reached: HTTPS with the cluster's CA when its
+    /// processes serve TLS (`scrape::TLS_ENV` in the spec's env; always in containers), with the
+    /// bearer token of the credential file they were given.
+    pub fn scraper(&self) -> scrape::Scraper {
+        let env = |k: &str| self.env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        let (tls, token_file) = if self.is_containers() {
+            (true, Some(self.security_dir().join(containers::METRICS_TOKEN)))
+        } else {
+            (
+                env(scrape::TLS_ENV).is_some_and(|v| !matches!(v.as_str(), "" | "0" | "false")),
+                env(scrape::CREDENTIAL_ENV).map(PathBuf::from),
+            )
+        };
+        let scraper = if tls { scrape::Scraper::tls(&self.security_dir().join("ca.crt")) } else { scrape::Scraper::plain() };
+        match token_file {
+            Some(f) => {
+                let token = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("metrics credential {}: {e}", f.display()));
+                scraper.with_token(token.trim())
+            }
+            None => scraper,
+        }
+    }
+
     /// The sum of every series of a Prometheus metric on a node's metrics endpoint (0 when the
     /// node answers without it; None when it does not answer).
     pub async fn node_metric(&self, id: u64, name: &str) -> Option<f64> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.topology.node(id).or_else(|| self.gone.get(&id))?.metrics_addr.clone();
-        let fetch = async {
-            let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
-            s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.ok()?;
-            let mut body = String::new();
-            s.read_to_string(&mut body).await.ok()?;
-            Some(body)
-        };
-        let body = tokio::time::timeout(Duration::from_secs(3), fetch).await.ok()??;
-        if !body.starts_with("HTTP/1.") || !body.contains(" 200 ") {
-            return None;
-        }
+        let body = self.scraper().metrics(&addr).await?;
         let mut sum = 0.0;
         for l in body.lines() {
             if let Some(rest) = l.strip_prefix(name) {

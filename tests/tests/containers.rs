@@ -92,20 +92,18 @@ fn containers_run_the_demo_with_healthy_non_root_processes() {
     // The CLI as README shows it, and a router's status page on its published metrics port.
     let status = Command::new(bin("hongbao")).arg("--topology").arg(&c.topology_path).args(["cluster", "audit"]).output().expect("audit");
     assert!(status.status.success(), "cluster audit: {}", String::from_utf8_lossy(&status.stderr));
-    let router = &c.topology.routers[0];
-    let page = http_get(router.metrics_addr.as_deref().expect("router metrics_addr"), "/");
-    assert!(page.contains("data-region=\"shenzhen\""), "the status page of the Shenzhen router: {page:.300}");
-}
-
-/// A plain HTTP/1.0 GET on loopback, bounded; the body.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
+    // The containers bind their metrics on 0.0.0.0: TLS and the bearer token the script mounted.
+    let router = c.topology.routers[0].metrics_addr.clone().expect("router metrics_addr");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let page = rt.block_on(c.scraper().get(&router, "/")).expect("the status page answers over TLS");
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("data-region=\"shenzhen\""), "the status page of the Shenzhen router: {:.300}", page.body);
+    let refused = rt.block_on(c.scraper().without_token().get(&router, "/metrics")).expect("an answer");
+    assert_eq!(refused.status, 401, "a scrape without the token: {refused:?}");
+    for n in &c.topology.nodes {
+        let text = rt.block_on(c.scraper().metrics(&n.metrics_addr)).unwrap_or_else(|| panic!("node {} serves its metrics", n.id));
+        assert!(text.contains("hongbao_rpc_requests_total"), "node {}: {text:.300}", n.id);
+    }
 }
 
 /// partition-region at the network layer: the region holding a leader has its containers

@@ -3,11 +3,17 @@
 //! panel's query names is scraped from every node and router of the kind that serves it, after a
 //! little traffic through each router (a packet, a cross-shard grab, a refused second grab, an
 //! unknown user), and a few values are checked against what the cluster answered.
+//!
+//! Who may read them (#28, `hongbao_telemetry::http`): plain HTTP on loopback; on any other
+//! address a node or router refuses to start without TLS and a credential file, and with them a
+//! request without the bearer token is answered 401.
 
 use hongbao_client::new_request_id;
 use hongbao_proto::ErrorCode;
-use hongbao_tests::{Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::scrape::{self, Scraper};
+use hongbao_tests::{bin, Cluster, Spec, TEST_DEVICE, TEST_PIN};
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const READY: Duration = Duration::from_secs(30);
@@ -379,4 +385,157 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported_by_a_running_clu
     assert!(on(&nodes, "hongbao_rpc_requests_total", &[coalesced]) >= 3.0, "grabs reach the nodes coalesced");
     assert!(on(&nodes, "hongbao_rpc_requests_total", &[r#"method="hongbao.v1.RaftTransport/Append""#, r#"code="OK""#]) > 0.0);
     assert!(on(&nodes, "hongbao_rpc_requests_total", &[r#"method="hongbao.v1.Cluster/Status""#, r#"code="OK""#]) >= 1.0);
+}
+
+/// A free port on `ip` (released at once: the process about to start binds it).
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).expect("bind an ephemeral port").local_addr().expect("addr").port()
+}
+
+/// A process this test started itself, killed when the test ends (also on a failed assert).
+struct Extra(Child);
+
+impl Drop for Extra {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `cmd` until it exits (at most 30 s); its exit status and stderr.
+fn run_to_exit(mut cmd: Command) -> (std::process::ExitStatus, String) {
+    let mut child = Extra(cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start the process"));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the process is still running after 30 s: it did not refuse to start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().expect("stderr"), &mut err).expect("read stderr");
+    (status, err)
+}
+
+/// A second Shanghai router on fresh ports (`--addr`, `--metrics-listen`), with `env`.
+fn extra_router(c: &Cluster, grpc: u16, metrics: &str, env: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(bin("hongbao-router"));
+    cmd.arg("--topology")
+        .arg(&c.topology_path)
+        .args(["--region", "shanghai", "--addr", &format!("127.0.0.1:{grpc}"), "--metrics-listen", metrics])
+        .arg("--security-dir")
+        .arg(c.security_dir())
+        .env_remove(scrape::TLS_ENV)
+        .env_remove(scrape::CREDENTIAL_ENV)
+        .env_remove(hongbao_tests::OTLP_ENDPOINT_ENV)
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_or_router_told_to_serve_metrics_off_loopback_without_tls_and_a_credential_refuses_to_start() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(READY).await;
+    // The default: loopback, plain HTTP, no credential, as `curl -s 127.0.0.1:9101/metrics`.
+    for n in &c.topology.nodes {
+        assert!(Scraper::plain().metrics(&n.metrics_addr).await.is_some(), "node {} serves plain HTTP on loopback", n.id);
+    }
+    let token = c.dir.path().join("metrics.token");
+    scrape::new_token_file(&token);
+    let with_token = [(scrape::CREDENTIAL_ENV, token.display().to_string())];
+    let with_tls = [(scrape::TLS_ENV, "1".to_string())];
+
+    // A router on 0.0.0.0: without both, with the credential only, with TLS only.
+    for (env, missing) in [
+        (&[][..], "--metrics-tls and --metrics-credential-file FILE are not given"),
+        (&with_token[..], "--metrics-tls is not given"),
+        (&with_tls[..], "--metrics-credential-file FILE is not given"),
+    ] {
+        let (grpc, metrics) = (free_port("127.0.0.1"), format!("0.0.0.0:{}", free_port("0.0.0.0")));
+        let (status, err) = tokio::task::block_in_place(|| run_to_exit(extra_router(&c, grpc, &metrics, env)));
+        assert!(!status.success(), "the router started with its metrics on {metrics} and {env:?}");
+        assert!(err.contains(&format!("refusing to serve metrics on {metrics} without TLS and a credential")), "{err}");
+        assert!(err.contains(missing), "the error names what is missing ({missing}): {err}");
+        // It refused before serving anything: its gRPC port never opened.
+        assert!(std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err(), "the refused router's gRPC port {grpc} is open");
+    }
+
+    // A node on [::] (any IPv6 address) without either: refused before it opens its data directory.
+    let data = c.dir.path().join("never-opened");
+    let mut node = Command::new(bin("hongbao-node"));
+    node.arg("--topology")
+        .arg(&c.topology_path)
+        .args(["--node-id", "1", "--listen", &format!("127.0.0.1:{}", free_port("127.0.0.1")), "--metrics-listen", "[::]:9"])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--security-dir")
+        .arg(c.security_dir())
+        .env_remove(scrape::TLS_ENV)
+        .env_remove(scrape::CREDENTIAL_ENV)
+        .env_remove(hongbao_tests::OTLP_ENDPOINT_ENV);
+    let (status, err) = tokio::task::block_in_place(|| run_to_exit(node));
+    assert!(!status.success(), "the node started with its metrics on [::]:9");
+    assert!(err.contains("refusing to serve metrics on [::]:9 without TLS and a credential"), "{err}");
+    assert!(!data.exists(), "the refused node created its data directory {}", data.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_and_a_credential_a_scrape_without_the_bearer_token_is_401_and_with_it_200() {
+    // Every node and router of this cluster serves its metrics over TLS with a token (allowed
+    // on loopback too), so both binaries are exercised.
+    let files = tempfile::tempdir().expect("temp dir");
+    let token_file = files.path().join("metrics.token");
+    let token = scrape::new_token_file(&token_file);
+    let env = vec![(scrape::TLS_ENV, "1".to_string()), (scrape::CREDENTIAL_ENV, token_file.display().to_string())];
+    let c = Cluster::start(Spec { routers: true, env: env.clone(), ..Spec::default() });
+    c.wait_ready(READY).await;
+    let tls = Scraper::tls(&c.security_dir().join("ca.crt"));
+    let mut endpoints: Vec<(String, String)> =
+        c.topology.nodes.iter().map(|n| (format!("node {}", n.id), n.metrics_addr.clone())).collect();
+    endpoints.extend(c.topology.routers.iter().map(|r| (format!("router {}", r.region), r.metrics_addr.clone().expect("metrics_addr"))));
+
+    // And a router bound to 0.0.0.0, which the same two settings allow.
+    let (grpc, port) = (free_port("127.0.0.1"), free_port("0.0.0.0"));
+    let _open = Extra(
+        extra_router(&c, grpc, &format!("0.0.0.0:{port}"), &env)
+            .stdout(Stdio::from(std::fs::File::create(c.dir.path().join("router-open.log")).expect("log")))
+            .stderr(Stdio::from(std::fs::File::create(c.dir.path().join("router-open.err.log")).expect("log")))
+            .spawn()
+            .expect("start a router on 0.0.0.0"),
+    );
+    endpoints.push(("the router on 0.0.0.0".into(), format!("127.0.0.1:{port}")));
+
+    for (who, addr) in &endpoints {
+        // Up to 15 s for the extra router to start; the others are up already.
+        let start = Instant::now();
+        let ok = loop {
+            match tls.clone().with_token(&token).get(addr, "/metrics").await {
+                Some(a) if a.status == 200 => break a,
+                other => assert!(start.elapsed() < Duration::from_secs(15), "{who} at {addr}: no 200 with the token: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(ok.body.contains("# HELP process_resident_memory_bytes"), "{who}: the metrics, with the token: {:.300}", ok.body);
+        for (how, scraper) in [("no token", tls.clone()), ("a wrong token", tls.clone().with_token(&format!("{token}0")))] {
+            let refused = scraper.get(addr, "/metrics").await.unwrap_or_else(|| panic!("{who}: no answer with {how}"));
+            assert_eq!(refused.status, 401, "{who} with {how}: {refused:?}");
+            assert!(!refused.body.contains("process_"), "{who} with {how}: the 401 carries no metric: {}", refused.body);
+        }
+        // Plain HTTP gets no HTTP answer from a TLS port.
+        assert!(Scraper::plain().metrics(addr).await.is_none(), "{who}: plain HTTP answered on a TLS port");
+    }
+    // A router's status page sits behind the same token.
+    let page = tls.clone().with_token(&token).get(&format!("127.0.0.1:{port}"), "/").await.expect("the page");
+    assert!(page.status == 200 && page.body.contains("id=\"audit\""), "{page:?}");
+    assert_eq!(tls.get(&format!("127.0.0.1:{port}"), "/").await.expect("an answer").status, 401);
+
+    // The token is in no log line of any process.
+    for entry in std::fs::read_dir(c.dir.path()).expect("cluster dir").flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(!text.contains(&token), "{} holds the metrics token", path.display());
+        }
+    }
 }

@@ -5,6 +5,9 @@
 //!   its node show down and every shard it led is led, and served, elsewhere. Screenshots of the
 //!   healthy and the failed-over cluster go to the cluster's folder, or to
 //!   `$HONGBAO_STATUS_SCREENSHOTS` (docs/ keeps a pair: status-healthy.png, status-failover.png).
+//! - The audit it shows is the one a background task of the router ran (every 10 s while the
+//!   page is watched): a hundred loads start no audit of their own, counted by the router and
+//!   by the nodes that answered (#28).
 //! - A grab and a top-up sent with known sampled traceparents leave their trace ids in the
 //!   router's and the nodes' logs; an unsampled one leaves none at the default log level. Without
 //!   an OTLP endpoint no process runs an exporter.
@@ -234,6 +237,92 @@ async fn the_status_page_shows_a_killed_region_down_and_its_shards_led_elsewhere
         failover_png.display(),
         started.elapsed()
     );
+}
+
+/// The sum of every series of `name` whose line contains `label` (e.g. a method), on an endpoint.
+async fn metric_with(c: &Cluster, addr: &str, name: &str, label: &str) -> f64 {
+    let text = c.scraper().metrics(addr).await.unwrap_or_else(|| panic!("no metrics on {addr}"));
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loading_the_status_page_many_times_runs_no_audit_per_visit() {
+    const AUDITS: &str = "hongbao_router_status_audits_total";
+    const AUDIT_CALL: &str = "method=\"hongbao.v1.Cluster/Audit\"";
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let page = c.topology.routers.iter().find(|r| r.region == "shanghai").and_then(|r| r.metrics_addr.clone()).unwrap();
+    // Audits reaching the nodes, from any caller: only the page's task runs one in this test.
+    async fn node_audits(c: &Cluster) -> f64 {
+        let mut sum = 0.0;
+        for n in &c.topology.nodes {
+            sum += metric_with(c, &n.metrics_addr, "hongbao_rpc_requests_total", AUDIT_CALL).await;
+        }
+        sum
+    }
+    // Nobody has looked at the page yet: no audit at all.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(metric_with(&c, &page, AUDITS, "").await, 0.0, "audits before any visit");
+    assert_eq!(node_audits(&c).await, 0.0, "audits reached the nodes before any visit");
+
+    // A hundred loads, four at a time, then loads until the page shows a verdict.
+    let first = Instant::now();
+    let mut loads = 0u32;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..25 {
+        let batch = (0..4).map(|_| async {
+            let t = Instant::now();
+            let a = c.scraper().get(&page, "/").await.expect("the page answers");
+            (a, t.elapsed())
+        });
+        for (a, took) in futures::future::join_all(batch).await {
+            assert_eq!(a.status, 200, "{a:?}");
+            assert!(a.body.contains("id=\"audit\""), "the page has its audit paragraph: {:.300}", a.body);
+            slowest = slowest.max(took);
+            loads += 1;
+        }
+    }
+    // Loads every 250 ms until the page shows a balanced verdict, then until it shows the next
+    // one: the task's refresh, about AUDIT_EVERY (10 s) later.
+    let audit_at = |body: &str| attr(body, "id=\"audit\"", "data-audit-at-ms").and_then(|a| a.parse::<u128>().ok());
+    let mut shown: Option<u128> = None;
+    let body = loop {
+        let a = c.scraper().get(&page, "/").await.expect("the page answers");
+        assert_eq!(a.status, 200, "{a:?}");
+        loads += 1;
+        let balanced = attr(&a.body, "id=\"audit\"", "data-audit").as_deref() == Some("balanced");
+        match (shown, audit_at(&a.body)) {
+            (None, Some(at)) if balanced => shown = Some(at),
+            (Some(first_at), Some(at)) if balanced && at != first_at => {
+                assert!(at >= first_at + 9_000, "the audit was refreshed {} ms after the one before", at - first_at);
+                break a.body;
+            }
+            _ => {}
+        }
+        assert!(first.elapsed() < Duration::from_secs(30), "no two balanced audits on the page within 30 s: {:.2000}", a.body);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let watched = first.elapsed();
+    let ran = metric_with(&c, &page, AUDITS, "").await;
+    let reached = node_audits(&c).await;
+    // One audit at the first visit, then one per 10 s at most (plus one starting as we read).
+    let most = 2.0 + (watched.as_secs_f64() / 10.0).floor();
+    println!(
+        "{loads} loads over {watched:?} (slowest of the burst {slowest:?}): {ran} audits run by the router, {reached} reached the nodes"
+    );
+    assert!(ran >= 2.0, "the page showed two audits its task ran");
+    assert!(ran <= most, "{ran} audits for {loads} loads over {watched:?}: more than one per 10 s");
+    assert!((2.0..=ran).contains(&reached), "{reached} audit calls reached the nodes for {ran} run by the router");
+    // The page says how old the verdict it shows is.
+    let age: u64 = attr(&body, "id=\"audit\"", "data-audit-age-s").and_then(|a| a.parse().ok()).expect("the audit's age");
+    assert!(age <= 1, "the verdict just refreshed is {age} s old");
+    assert!(body.contains("s ago"), "the age is shown");
+    // No load waited for an audit (one may take seconds; the first waits at most 1 s for the
+    // first probe of the other routers).
+    assert!(slowest < Duration::from_secs(2), "a page load took {slowest:?}");
 }
 
 /// 32 random hex digits: a trace id no earlier run can have logged.

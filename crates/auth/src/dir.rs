@@ -108,9 +108,10 @@ impl SecurityDir {
         Ok(key)
     }
 
-    /// Reads an identity's cert and key and checks the cert really names `id`: a file copied to
-    /// the wrong name would otherwise surface later as a confusing "permission denied".
-    fn load_identity(&self, id: &Identity) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    /// Reads an identity's cert and key (PEM) and checks the cert really names `id`: a file copied
+    /// to the wrong name would otherwise surface later as a confusing "permission denied". Public
+    /// for the metrics endpoint's TLS, which serves the process's own certificate.
+    pub fn load_identity(&self, id: &Identity) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
         let cert_path = self.cert(id);
         let cert = read(&cert_path, &format!("the certificate of {id}"))?;
         let key = read(&self.key(id), &format!("the private key of {id}"))?;

@@ -1,7 +1,8 @@
 //! `hongbao-node`: one region node. Hosts Raft replicas of several ledger shards on one RocksDB
 //! and serves Raft transport, the public API and admin on one gRPC port (mutual TLS: every
 //! caller shows a certificate from the cluster's CA, and `access` decides what it may call),
-//! metrics on another.
+//! metrics on another (`hongbao_telemetry::http`: plain HTTP on loopback only, else TLS and a
+//! bearer token).
 
 // Rust-side allocations (protobuf messages, batches, futures) are a visible share of the
 // profile under load; mimalloc is cheaper than glibc malloc for them.
@@ -45,6 +46,8 @@ struct Args {
     /// The socket of the metrics endpoint (default: this node's `metrics_addr`).
     #[arg(long, env = "HONGBAO_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    metrics_http: hongbao_telemetry::http::HttpArgs,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -84,16 +87,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let security = SecurityDir::new(&args.security_dir);
     let me_id = Identity::Node(args.node_id);
+    // A metrics socket the rule refuses, or an unreadable credential, is said before anything
+    // opens when the socket is given; else once the map names this node's `metrics_addr`.
+    let metrics_options = match args.metrics_listen {
+        Some(listen) => Some(args.metrics_http.options(listen, || security.load_identity(&me_id))?),
+        None => None,
+    };
     let server_tls = security.server_tls(&me_id)?;
     let secrets = hongbao_node::host::NodeSecrets { peer_tls: security.client_tls(&me_id)?, challenge_key: security.load_challenge_key()? };
     anyhow::ensure!(args.max_reads_in_flight >= 1, "--max-reads-in-flight must be at least 1");
     let host = Host::start(seed, args.node_id, &args.data_dir, secrets, args.max_reads_in_flight).await?;
     let me = host.topology().node(args.node_id).expect("the host's map names this node").clone();
-    let metrics_addr: std::net::SocketAddr = match args.metrics_listen {
-        Some(a) => a,
-        None => me.metrics_addr.parse().map_err(|e| bind_error("metrics_addr", &me.metrics_addr, e))?,
+    let metrics_options = match metrics_options {
+        Some(o) => o,
+        None => {
+            let addr = me.metrics_addr.parse().map_err(|e| bind_error("metrics_addr", &me.metrics_addr, e))?;
+            args.metrics_http.options(addr, || security.load_identity(&me_id))?
+        }
     };
-    hongbao_node::metrics::install(metrics_addr)?;
+    let endpoint = hongbao_telemetry::http::Endpoint::bind(metrics_options).await?;
+    tokio::spawn(endpoint.serve(hongbao_node::metrics::install()?, None));
     metrics::gauge!(hongbao_node::metrics::MAP_VERSION).set(host.topology().version as f64);
     let shards: Vec<u32> = host.replica_list().iter().map(|r| r.id).collect();
     tracing::info!(node = args.node_id, region = %me.region, addr = %me.addr, ?shards, map_version = host.topology().version, "node started");

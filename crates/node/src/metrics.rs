@@ -1,5 +1,5 @@
 //! The node's metric names, in one place, each described once at start-up (Prometheus HELP).
-//! Served on the node's `metrics_addr` (`install`); what each means for an operator, with its
+//! Served on the node's `metrics_addr` (`hongbao_telemetry::http`); what each means for an operator, with its
 //! labels, is in docs/operations.md, and deploy/grafana/hongbao.json charts them. Per-shard,
 //! storage and money gauges are sampled by `gauges`, the process's CPU and memory by
 //! `hongbao_telemetry::process`, calls per gRPC method by the `red` layer.
@@ -173,10 +173,11 @@ pub fn describe() {
     metrics::describe_counter!(ROCKSDB_BACKGROUND_ERRORS, "RocksDB: background (flush, compaction) errors since start");
 }
 
-/// Serves Prometheus on `addr` (the RPC and commit latencies as histograms), describes every
-/// metric and starts sampling the process's CPU and memory. Call once, on the runtime.
-pub fn install(addr: std::net::SocketAddr) -> anyhow::Result<()> {
-    hongbao_telemetry::exporter(addr, &[RPC_SECONDS, COMMIT_SECONDS])?.install()?;
+/// Installs the Prometheus recorder (the RPC and commit latencies as histograms), describes
+/// every metric and starts sampling the process's CPU and memory. Call once, on the runtime;
+/// the handle goes to the metrics endpoint (`hongbao_telemetry::http`), which renders it.
+pub fn install() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    let handle = hongbao_telemetry::builder(&[RPC_SECONDS, COMMIT_SECONDS])?.install_recorder()?;
     describe();
     // Counters without labels exist from the start (at 0), so a rate over them, or an alert on
     // one, does not wait for the first event.
@@ -198,7 +199,7 @@ pub fn install(addr: std::net::SocketAddr) -> anyhow::Result<()> {
         metrics::counter!(name).increment(0);
     }
     hongbao_telemetry::process::spawn();
-    Ok(())
+    Ok(handle)
 }
 
 /// The layer that counts and times every call of the node's gRPC server, by method.

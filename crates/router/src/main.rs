@@ -2,7 +2,9 @@
 //! nodes, maps each request to its shard (user → slot → shard; packet id → shard), sends it to
 //! the shard's leader, follows NotLeader hints, and fails over to other replicas when a node or a
 //! whole region is unreachable, always re-sending the same request (same request id).
-//! Prometheus metrics (`metrics.rs`) on the `metrics_addr` of its topology entry, when set.
+//! Prometheus metrics (`metrics.rs`) and the status page (`status_page.rs`) on the
+//! `metrics_addr` of its topology entry, when set (`hongbao_telemetry::http`: plain HTTP on
+//! loopback only, else TLS and a bearer token).
 //!
 //! Security (`gate.rs`, docs/security.md): callers are services with a client certificate from
 //! the cluster's CA; calls for an end user carry the user's token, verified here. SIGHUP re-reads
@@ -46,6 +48,8 @@ struct Args {
     /// The socket of the metrics and status page endpoint (default: its `metrics_addr`).
     #[arg(long, env = "HONGBAO_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    metrics_http: hongbao_telemetry::http::HttpArgs,
     /// Requests in flight per shard through this router; beyond it, RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = route::MAX_INFLIGHT_PER_SHARD)]
     max_inflight_per_shard: usize,
@@ -87,9 +91,10 @@ async fn main() -> anyhow::Result<()> {
         Some(a) => a,
         None => entry.map(|r| r.addr.clone()).ok_or_else(|| anyhow::anyhow!("no router for region {} in the topology", args.region))?,
     };
-    // Prometheus on the topology's metrics_addr for this router, like a node's; without one the
-    // metric calls record nothing. The recorder only: status_page::serve answers HTTP there
-    // (the metrics, and the status page on /).
+    let security = SecurityDir::new(&args.security_dir);
+    let me = Identity::Router(args.region.clone());
+    // Prometheus and the status page on the topology's metrics_addr for this router, like a
+    // node's metrics; without one the metric calls record nothing.
     let mut http = None;
     if let Some(metrics_addr) = entry.and_then(|r| r.metrics_addr.as_deref()) {
         let metrics_addr: std::net::SocketAddr = match args.metrics_listen {
@@ -98,13 +103,13 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::anyhow!("metrics_addr {metrics_addr:?} is not an IP:port to bind ({e}); give the socket with --metrics-listen")
             })?,
         };
+        let options = args.metrics_http.options(metrics_addr, || security.load_identity(&me))?;
+        let endpoint = hongbao_telemetry::http::Endpoint::bind(options).await?;
         let handle = metrics::builder()?.install_recorder()?;
         metrics::describe();
         hongbao_telemetry::process::spawn();
-        http = Some((tokio::net::TcpListener::bind(metrics_addr).await?, handle));
+        http = Some((endpoint, handle));
     }
-    let security = SecurityDir::new(&args.security_dir);
-    let me = Identity::Router(args.region.clone());
     // Tokens of the development key only in a development cluster (docs/security.md).
     let keys = TokenKeys::load_dir(&security.token_keys(), DevKey::for_cluster(topology.development))?;
     anyhow::ensure!(!keys.is_empty(), "no trusted token keys in {}", security.token_keys().display());
@@ -125,8 +130,9 @@ async fn main() -> anyhow::Result<()> {
     let health = tokio::spawn(route::health_loop(router.clone()));
     // The cluster map changes online (#16): follow the nodes' replicated one.
     let map = tokio::spawn(route::map_loop(router.clone()));
-    if let Some((listener, handle)) = http {
-        tokio::spawn(status_page::serve(listener, handle, router.clone()));
+    if let Some((endpoint, handle)) = http {
+        let page = status_page::Pages(status_page::Page::start(router.clone()));
+        tokio::spawn(endpoint.serve(handle, Some(Arc::new(page))));
     }
     tracing::info!(region = %args.region, %addr, metrics_addr = ?entry.and_then(|r| r.metrics_addr.as_deref()), "router started");
     // grpc.health.v1 (kept current by a task of its own) and reflection, for operators' tools.

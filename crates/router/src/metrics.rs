@@ -1,5 +1,5 @@
 //! The router's metric names, in one place, each described once at start-up (Prometheus HELP).
-//! Served on the router's `metrics_addr` from the topology, like a node's; calls per gRPC method
+//! Served on the router's `metrics_addr` from the topology, like a node's (`hongbao_telemetry::http`); calls per gRPC method
 //! by the `red` layer, the process's CPU and memory by `hongbao_telemetry::process`
 //! (docs/operations.md lists them all).
 
@@ -17,6 +17,9 @@ pub const LEADER_CHANGES: &str = "hongbao_router_leader_changes_total";
 pub const OVERLOADED: &str = "hongbao_router_overloaded_total";
 /// The version of the cluster map this router routes by (0: the topology file; #16).
 pub const MAP_VERSION: &str = "hongbao_router_map_version";
+/// Audits the status page's background task ran (every 10 s while the page is watched, never
+/// one per page load).
+pub const STATUS_AUDITS: &str = "hongbao_router_status_audits_total";
 /// Calls served, by gRPC method and how they ended (`OK`, an ErrorCode or gRPC code name, `CANCELLED`).
 pub const RPC_REQUESTS: &str = "hongbao_router_rpc_requests_total";
 /// Time from a call's arrival to its status, by gRPC method (histogram): what clients see.
@@ -31,6 +34,7 @@ pub fn describe() {
     metrics::describe_counter!(LEADER_CHANGES, "Times the node this router sends a shard to changed");
     metrics::describe_counter!(OVERLOADED, "Requests refused with OVERLOADED (shard in-flight limit or node grab queue full)");
     metrics::describe_gauge!(MAP_VERSION, "The version of the cluster map this router routes by (0: the topology file)");
+    metrics::describe_counter!(STATUS_AUDITS, "Audits run by the status page's background task (never one per page load)");
     metrics::describe_counter!(
         RPC_REQUESTS,
         "Calls served, by gRPC method and how they ended (OK, an ErrorCode or gRPC code name, CANCELLED)"

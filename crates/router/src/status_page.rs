@@ -3,31 +3,43 @@
 //! this router knows: regions and nodes up or down (its health checks), each shard's leader and
 //! replicas with their lag (the last health round's answers), where each region's traffic goes,
 //! ops/s and p99 of the calls it forwarded over the last five minutes (`Traffic`, drawn as
-//! inline SVG), and the last audit's verdict (run on a page load when the last one is older than
-//! `AUDIT_EVERY`, so nodes do no audit work while nobody looks).
+//! inline SVG), and the last audit's verdict with its age.
+//!
+//! A page load does no work on the cluster (#28): the audit and the probes of the other routers
+//! run in background tasks, an audit every `AUDIT_EVERY` and a probe round every `PROBE_EVERY`,
+//! only while the page has been loaded within `WATCHED` (so nodes do no audit work while nobody
+//! looks); a load renders their last results. Audits run are counted in
+//! `hongbao_router_status_audits_total`.
 //!
 //! Every value rendered goes through `esc`; elements carry `data-*` attributes for tests and
 //! scripts (`data-region`/`data-up`, `data-shard`/`data-leader-region`, `data-audit`, ...).
 //!
-//! HTTP: `/` and `/status` the page, `/health` "OK", any other path the Prometheus text (as the
-//! exporter's own listener answered before). One request per connection, head read within 5 s.
+//! HTTP is `hongbao_telemetry::http` (the same endpoint, rules and limits as `/metrics`): `/`
+//! and `/status` the page, `/health` "OK".
 
 use crate::route::Router;
 use hongbao_proto::v1::{AuditReply, AuditRequest, ReplicaRole, ShardStatus};
-use metrics_exporter_prometheus::PrometheusHandle;
+use hongbao_telemetry::http;
 use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 /// Seconds of traffic kept and drawn.
 pub const WINDOW: usize = 300;
-/// A new audit on a page load when the last one is older than this.
-pub const AUDIT_EVERY: Duration = Duration::from_secs(15);
-/// How long a page load waits for the audit it started (else it shows the previous verdict).
-const AUDIT_WAIT: Duration = Duration::from_secs(2);
+/// An audit starts at most this often, while the page is watched.
+pub const AUDIT_EVERY: Duration = Duration::from_secs(10);
 const AUDIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// The other routers' gRPC ports are probed this often, while the page is watched.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long the first load waits for the first probe round (the page is not drawn blind).
+const FIRST_PROBE_WAIT: Duration = Duration::from_secs(1);
+/// The background tasks work while the page has been loaded within this.
+const WATCHED: Duration = Duration::from_secs(300);
 const REFRESH_S: u32 = 5;
 /// Latency buckets per second: bucket i holds calls of at most 100 µs × 2^(i/4) (up to ~6.5 s;
 /// the last bucket holds everything slower). A p99 read from them is within 19 % of the truth.
@@ -108,81 +120,107 @@ fn p99(s: &Second) -> f64 {
     bucket_ms(i.unwrap_or(BUCKETS - 1))
 }
 
-/// The last audit this router ran, and whether one is running.
+/// The last audit the page's task ran, and whether one is running.
 #[derive(Default)]
 struct Audits {
     last: Option<(SystemTime, Result<AuditReply, String>)>,
     running: bool,
 }
 
-struct Page {
+/// One probe round: each router region and whether its gRPC port accepted a connection.
+type RoutersUp = Arc<Vec<(String, bool)>>;
+
+/// The page's state: what the background tasks found, and when the page was last loaded.
+pub struct Page {
     router: Arc<Router>,
     audits: Mutex<Audits>,
-    done: tokio::sync::Notify,
+    /// The last probe round (None: no round yet).
+    routers_up: watch::Sender<Option<RoutersUp>>,
+    /// When the page was last loaded (None: never); the tasks work while it is recent.
+    visited: watch::Sender<Option<Instant>>,
 }
 
-/// Serves the page and the metrics on `listener` until the process ends. `metrics`: the
-/// installed recorder's handle (kept drained here, as the exporter's own listener did).
-pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, router: Arc<Router>) {
-    let upkeep = metrics.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            upkeep.run_upkeep();
-        }
-    });
-    let page = Arc::new(Page { router, audits: Mutex::new(Audits::default()), done: tokio::sync::Notify::new() });
+impl Page {
+    /// The page of `router`, with its two background tasks (idle until the first load).
+    pub fn start(router: Arc<Router>) -> Arc<Page> {
+        let page = Arc::new(Page {
+            router,
+            audits: Mutex::new(Audits::default()),
+            routers_up: watch::channel(None).0,
+            visited: watch::channel(None).0,
+        });
+        metrics::counter!(crate::metrics::STATUS_AUDITS).increment(0);
+        tokio::spawn(audit_loop(page.clone()));
+        tokio::spawn(probe_loop(page.clone()));
+        page
+    }
+}
+
+/// Returns once the page has been loaded within `WATCHED`; waits for a load otherwise.
+async fn watched(visited: &mut watch::Receiver<Option<Instant>>) {
     loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(connection(stream, metrics.clone(), page.clone()));
-            }
-            Err(e) => {
-                tracing::warn!("status page: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        if visited.borrow_and_update().is_some_and(|at| at.elapsed() < WATCHED) {
+            return;
+        }
+        if visited.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
 
-async fn connection(mut stream: TcpStream, metrics: PrometheusHandle, page: Arc<Page>) {
-    let mut buf = vec![0u8; 8192];
-    let mut n = 0;
-    let head = async {
-        while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut buf[n..]).await {
-                Ok(0) | Err(_) => break,
-                Ok(k) => n += k,
+/// One audit every `AUDIT_EVERY` (from the start of one to the start of the next) while the
+/// page is watched; page loads only read the last verdict.
+async fn audit_loop(page: Arc<Page>) {
+    let mut visited = page.visited.subscribe();
+    loop {
+        watched(&mut visited).await;
+        let next = tokio::time::Instant::now() + AUDIT_EVERY;
+        page.audits.lock().expect("audit lock").running = true;
+        metrics::counter!(crate::metrics::STATUS_AUDITS).increment(1);
+        let call = page.router.any_node(|mut c| async move { c.audit(AuditRequest {}).await });
+        let verdict = match tokio::time::timeout(AUDIT_TIMEOUT, call).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(hongbao_proto::detail_of(&s).message),
+            Err(_) => Err(format!("no answer within {AUDIT_TIMEOUT:?}")),
+        };
+        *page.audits.lock().expect("audit lock") = Audits { last: Some((SystemTime::now(), verdict)), running: false };
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// The other routers' gRPC ports, probed every `PROBE_EVERY` while the page is watched: up
+/// while one accepts a TCP connection (this router is up: it answers the page).
+async fn probe_loop(page: Arc<Page>) {
+    let mut visited = page.visited.subscribe();
+    loop {
+        watched(&mut visited).await;
+        let next = tokio::time::Instant::now() + PROBE_EVERY;
+        let topology = page.router.topology();
+        let probes = topology.routers.iter().map(|x| {
+            let (region, addr) = (x.region.clone(), x.addr.clone());
+            let me = region == page.router.region;
+            async move { (region, me || matches!(tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(&addr)).await, Ok(Ok(_)))) }
+        });
+        let round = futures::future::join_all(probes).await;
+        page.routers_up.send_replace(Some(Arc::new(round)));
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// The page's paths on the metrics endpoint.
+pub struct Pages(pub Arc<Page>);
+
+impl http::Pages for Pages {
+    fn get(&self, path: &str) -> Option<Pin<Box<dyn Future<Output = http::Page> + Send>>> {
+        match path {
+            "/" | "/status" => {
+                let page = self.0.clone();
+                Some(Box::pin(async move { http::Page { content_type: "text/html; charset=utf-8", body: page.render().await } }))
             }
+            "/health" => Some(Box::pin(async { http::Page { content_type: "text/plain; charset=utf-8", body: "OK".into() } })),
+            _ => None,
         }
-    };
-    if tokio::time::timeout(Duration::from_secs(5), head).await.is_err() {
-        return;
     }
-    let line = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_string();
-    let mut parts = line.split(' ');
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    let path = target.split('?').next().unwrap_or_default();
-    let (status, kind, body) = match (method, path) {
-        ("GET" | "HEAD", "/" | "/status") => ("200 OK", "text/html; charset=utf-8", page.render().await),
-        ("GET" | "HEAD", "/health") => ("200 OK", "text/plain", "OK".to_string()),
-        ("GET" | "HEAD", "/favicon.ico") => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        ("GET" | "HEAD", _) => {
-            let text = tokio::task::spawn_blocking(move || metrics.render()).await.unwrap_or_default();
-            ("200 OK", "text/plain; version=0.0.4", text)
-        }
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
-    };
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if method != "HEAD" {
-        out.extend_from_slice(body.as_bytes());
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.write_all(&out)).await;
-    let _ = stream.shutdown().await;
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -233,49 +271,21 @@ fn role_name(r: ReplicaRole) -> &'static str {
 }
 
 impl Page {
-    /// The last audit's verdict; starts a new audit when it is older than `AUDIT_EVERY` and
-    /// waits a moment for it.
-    async fn audit(self: &Arc<Self>) -> (Option<(SystemTime, Result<AuditReply, String>)>, bool) {
-        let start = {
-            let mut a = self.audits.lock().expect("audit lock");
-            let stale = a.last.as_ref().map(|(at, _)| at.elapsed().map(|e| e >= AUDIT_EVERY).unwrap_or(true)).unwrap_or(true);
-            let start = stale && !a.running;
-            a.running |= start;
-            start
-        };
-        if start {
-            let done = self.done.notified();
-            let page = self.clone();
-            tokio::spawn(async move {
-                let call = page.router.any_node(|mut c| async move { c.audit(AuditRequest {}).await });
-                let verdict = match tokio::time::timeout(AUDIT_TIMEOUT, call).await {
-                    Ok(Ok(r)) => Ok(r.into_inner()),
-                    Ok(Err(s)) => Err(hongbao_proto::detail_of(&s).message),
-                    Err(_) => Err(format!("no answer within {AUDIT_TIMEOUT:?}")),
-                };
-                let mut a = page.audits.lock().expect("audit lock");
-                a.last = Some((SystemTime::now(), verdict));
-                a.running = false;
-                drop(a);
-                page.done.notify_waiters();
-            });
-            let _ = tokio::time::timeout(AUDIT_WAIT, done).await;
-        }
-        let a = self.audits.lock().expect("audit lock");
-        (a.last.clone(), a.running)
-    }
-
     async fn render(self: &Arc<Self>) -> String {
-        let (audit, running) = self.audit().await;
+        // A load only marks the page watched: the tasks do the work, at their own pace.
+        self.visited.send_replace(Some(Instant::now()));
+        let (audit, running) = {
+            let a = self.audits.lock().expect("audit lock");
+            (a.last.clone(), a.running)
+        };
+        let mut probed = self.routers_up.subscribe();
+        let routers_up = match tokio::time::timeout(FIRST_PROBE_WAIT, probed.wait_for(Option::is_some)).await {
+            Ok(Ok(round)) => round.clone().unwrap_or_default(),
+            // No round yet: only this router is known to be up.
+            _ => Arc::new(vec![(self.router.region.clone(), true)]),
+        };
         let r = &self.router;
         let t = r.topology();
-        // Other regions' routers: up while their gRPC port accepts a connection.
-        let probes = t.routers.iter().map(|x| async move {
-            let up = x.region == r.region
-                || matches!(tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(&x.addr)).await, Ok(Ok(_)));
-            (x.region.clone(), up)
-        });
-        let routers_up: Vec<(String, bool)> = futures::future::join_all(probes).await;
         let router_up = |region: &str| routers_up.iter().find(|(r, _)| r == region).map(|(_, up)| *up);
         let view = r.view();
         let round = r.last_round();
@@ -440,11 +450,18 @@ impl Page {
         );
 
         // The last audit.
-        h.push_str("<h2>Audit</h2>");
+        let _ = write!(
+            h,
+            "<h2>Audit</h2><p class=\"dim\">Run by this router every {every} s while this page is watched, never by a page load.</p>",
+            every = AUDIT_EVERY.as_secs()
+        );
         match &audit {
             None => {
-                let _ =
-                    write!(h, "<p id=\"audit\" data-audit=\"none\">No audit yet{}.</p>", if running { " (one is running)" } else { "" });
+                let _ = write!(
+                    h,
+                    "<p id=\"audit\" data-audit=\"none\">No audit yet{}.</p>",
+                    if running { " (the first one is running)" } else { " (one starts now)" }
+                );
             }
             Some((at, verdict)) => {
                 let ago = at.elapsed().map(|d| d.as_secs()).unwrap_or(0);

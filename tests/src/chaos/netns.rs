@@ -10,8 +10,8 @@
 //!          └─ hbp<k>n<N> in namespace hongbao-chaos-<k>-n<N>: 10.199.<k>.<N>/24, node N
 //! ```
 //!
-//! Node N listens on 10.199.<k>.<N>:7000 (metrics :9100); the topology and the development
-//! certificates carry those addresses. Cutting node N is `ip link set hbv<k>n<N> down`: no frame
+//! Node N listens on 10.199.<k>.<N>:7000 (metrics :9100, over TLS with a bearer token, as any
+//! address but loopback must be); the topology and the development certificates carry those addresses. Cutting node N is `ip link set hbv<k>n<N> down`: no frame
 //! reaches it or leaves it, to its peers, the routers or the harness alike. Healing is `up`.
 //!
 //! Everything is deleted when the `Net` is dropped (also while a panic unwinds), and a new run
@@ -328,6 +328,13 @@ impl Net {
         std::fs::write(&topology_path, &t).expect("write topology");
         // Node certificates name the bridge addresses (the dev PKI issues SANs from `addr`).
         hongbao_auth::ensure_dev_pki(&SecurityDir::new(dir.path().join("security")), &topology).expect("development CA and keys");
+        // Nodes serve metrics on their bridge address, not loopback: only over TLS with a
+        // bearer token (hongbao_telemetry::http), which `Cluster::scraper` then uses.
+        let token = dir.path().join("security").join("metrics.token");
+        crate::scrape::new_token_file(&token);
+        let mut env = spec.env;
+        env.push((crate::scrape::TLS_ENV, "1".into()));
+        env.push((crate::scrape::CREDENTIAL_ENV, token.display().to_string()));
         drop(ports);
         // The harness starts `node_binary --topology .. --node-id N ..`: this wrapper runs the
         // real binary inside node N's namespace (`ip netns exec` execs it: same pid, so kill,
@@ -351,7 +358,7 @@ impl Net {
             routers: BTreeMap::new(),
             router_max_inflight: spec.router_max_inflight,
             node_binary: wrapper,
-            env: spec.env,
+            env,
             containers: None,
             gone: Default::default(),
             made_version: Default::default(),
