@@ -187,8 +187,10 @@ async fn the_status_page_shows_a_killed_region_down_and_its_shards_led_elsewhere
     let (u, p) = (url.clone(), profile.clone());
     let (dom, took) = tokio::task::spawn_blocking(move || {
         wait_for_page(&p, &u, Duration::from_secs(30), "shenzhen down and shard 1 led elsewhere", |dom| {
+            // The other routers are checked every 2 s in the background: wait for that too.
             dom.contains("data-region=\"shenzhen\" data-up=\"false\"")
                 && matches!(attr(dom, "data-shard=\"1\"", "data-leader-region").as_deref(), Some("shanghai" | "tianjin"))
+                && dom.contains("data-traffic-region=\"shenzhen\" data-router-up=\"false\"")
         })
     })
     .await

@@ -471,6 +471,11 @@ impl Router {
                 Err(_) => last = error(ErrorCode::Timeout, format!("node {n} timed out")),
             }
         }
+        // Every node pointed elsewhere and no leader took the step (its leader died, a new one is
+        // being elected): UNAVAILABLE, which the caller re-sends, rather than the last NotLeader.
+        if detail_of(&last).code() == ErrorCode::NotLeader {
+            return Err(error(ErrorCode::Unavailable, format!("no leader took the step yet (re-send): {}", last.message())));
+        }
         Err(last)
     }
 }
