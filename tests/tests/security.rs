@@ -40,6 +40,13 @@ async fn money(c: &Cluster, users: &[u64]) -> (Vec<u64>, u64, u64, bool) {
     (balances, a.total_balances_cents, a.total_topups_cents, a.balanced)
 }
 
+/// Not one cent moved since `before` (the same balances and totals), and the audit balances.
+async fn nothing_moved(c: &Cluster, users: &[u64], before: &(Vec<u64>, u64, u64, bool)) {
+    let after = money(c, users).await;
+    assert_eq!(&after, before, "not one cent moved");
+    assert!(after.3, "the audit balances");
+}
+
 fn code<T: std::fmt::Debug>(r: Result<T, hongbao_client::ClientError>) -> ErrorCode {
     r.expect_err("the call must be refused").code()
 }
@@ -429,9 +436,7 @@ async fn replaying_a_refused_request_id_with_pin_guesses_tells_nothing_and_fresh
     }
     assert_eq!(code(app.transfer(pay("999999")).await), ErrorCode::PinLocked, "the fifth wrong PIN locks");
     assert_eq!(code(app.transfer(pay(TEST_PIN)).await), ErrorCode::PinLocked, "the right PIN waits for the lock");
-    let after = money(&c, &[u, v]).await;
-    assert_eq!(after, before, "not one cent moved");
-    assert!(after.3, "the audit balances");
+    nothing_moved(&c, &[u, v], &before).await;
 }
 
 /// #28, item 2: the admin certificate straight at a node used to mint money (a top-up of any
@@ -472,9 +477,7 @@ async fn the_admin_certificate_at_a_node_cannot_mint_read_codes_set_a_pin_or_pay
         };
         refused_at_node("pay from any device", admin_at_node.transfer(pay).await.map(|_| ()));
     }
-    let after = money(&c, &[u, v, no_pin]).await;
-    assert_eq!(after, before, "not one cent moved");
-    assert!(after.3, "the audit balances");
+    nothing_moved(&c, &[u, v, no_pin], &before).await;
     // The wallet still has no PIN: its owner's first SetPin is accepted.
     app.set_pin(new_request_id(), no_pin, TEST_PIN).await.expect("the owner sets the first PIN");
 }
@@ -616,9 +619,7 @@ async fn one_nodes_key_cannot_choose_a_shards_leader_or_add_or_remove_its_replic
     assert_eq!(map.version, map_before, "the map did not change");
     let t = hongbao_topology::Topology::parse(&map.toml).expect("map");
     assert_eq!(t.shard(shard.id).expect("shard 1").replicas, shard.replicas, "shard 1's replicas stayed");
-    let after = money(&c, &users).await;
-    assert_eq!(after, before, "not one cent moved");
-    assert!(after.3, "the audit balances");
+    nothing_moved(&c, &users, &before).await;
     // The admin's own transfer, through a router that re-sends it to the leader, still works.
     admin.transfer_leader(shard.id, member).await.expect("the admin moves the leader");
     assert_eq!(c.leaders().await[&shard.id], member, "the leader moved for the admin");
@@ -724,9 +725,7 @@ async fn a_server_with_another_nodes_key_at_a_nodes_address_receives_no_message(
     assert!(genuine > 0, "with node 2's own certificate the cluster's messages arrive ({genuine} requests)");
     let posing = rogue_at(&c, &addr, &Identity::Node(3), 4).await;
     assert_eq!(posing, 0, "with node 3's certificate at node 2's address no request gets through");
-    let after = money(&c, &[u]).await;
-    assert_eq!(after, before, "not one cent moved");
-    assert!(after.3, "the audit balances");
+    nothing_moved(&c, &[u], &before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
