@@ -230,17 +230,17 @@ def run(api, hb, sender, alice, bob):
     print(f"sent lucky packet {sent.packet_id}: 10.00 in 3 shares, sender balance {yuan(sent.balance_cents)}")
 
     for user in (alice, bob):
-        g = hb.call("app", "Packets", "Grab", api.GrabRequest(request_id=new_request_id(), packet_id=sent.packet_id, grabber=user), user)
+        g = hb.call("app", "Packets", "Grab", api.GrabRequest(request_id=new_request_id(), packet_id=sent.packet_id, packet_key=sent.packet_key, grabber=user), user)
         print(f"{user} grabbed {yuan(g.amount_cents)} (share {g.index}, {g.remaining_count} left, credit in flight: {g.credit_in_flight})")
 
-    view = hb.call("app", "Packets", "Show", api.ShowPacketRequest(packet_id=sent.packet_id), alice)
+    view = hb.call("app", "Packets", "Show", api.ShowPacketRequest(packet_id=sent.packet_id, packet_key=sent.packet_key), alice)
     if sorted(c.grabber for c in view.claims) != sorted([alice, bob]) or view.remaining_count != 1:
         print(f"FAIL: packet shows claims {[c.grabber for c in view.claims]}, {view.remaining_count} left")
         return 1
 
     # The same user again: refused, and the trailer says exactly why.
     try:
-        hb.call("app", "Packets", "Grab", api.GrabRequest(request_id=new_request_id(), packet_id=sent.packet_id, grabber=alice), alice)
+        hb.call("app", "Packets", "Grab", api.GrabRequest(request_id=new_request_id(), packet_id=sent.packet_id, packet_key=sent.packet_key, grabber=alice), alice)
         print("FAIL: a second grab by the same user was accepted")
         return 1
     except grpc.RpcError as e:

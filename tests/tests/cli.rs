@@ -216,10 +216,17 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
     let out = cli.ok(&["packet", "send", &sa, "--lucky", "3.00", "--count", "2", pin[0], pin[1]]);
     let w = words(&out.stdout);
     assert_eq!((w[0], w[2], w[3]), ("packet", "sent;", "expires"), "{}", out.stdout);
+    // `<id>.<key>`: what a grabber needs.
     let lucky = w[1].to_string();
+    let (lucky_id, lucky_key) = lucky.split_once('.').expect("packet id.key");
+    assert_eq!(lucky_key.len(), 16, "{lucky}");
     let v = cli.json(&["packet", "send", &sa, "--fixed", "1.00", "--count", "2", "--greeting", "新年快樂", pin[0], pin[1]]);
-    shape("packet send", &v, "packet_id:u expires_at_ms:u balance_cents:u");
-    let fixed = v["packet_id"].as_u64().unwrap().to_string();
+    shape("packet send", &v, "packet:s packet_id:u packet_key:u expires_at_ms:u balance_cents:u");
+    let fixed = v["packet"].as_str().unwrap().to_string();
+    assert_eq!(fixed, format!("{}.{:016x}", v["packet_id"], v["packet_key"].as_u64().unwrap()));
+    // The id alone finds no packet: a user must name its key.
+    let out = cli.run(&["packet", "grab", lucky_id, &sb]);
+    assert!(out.code == 1 && out.stderr.contains("(UNKNOWN_PACKET)"), "{}", out.stderr);
     let out = cli.ok(&["packet", "grab", &lucky, &sb]);
     assert!(out.stdout.starts_with(&format!("user {b} grabbed ")) && out.stdout.contains("(share #1); 1 shares / "), "{}", out.stdout);
     let v = cli.json(&["packet", "grab", &lucky, &sd]);
@@ -229,7 +236,7 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
     // A second grab: the sentence, the code's name, exit 1; and as JSON on stdout.
     let out = cli.run(&["packet", "grab", &lucky, &sb]);
     assert_eq!(out.code, 1, "{}", out.stderr);
-    let sentence = format!("user {b} already grabbed packet {lucky}");
+    let sentence = format!("user {b} already grabbed packet {lucky_id}");
     assert!(out.stderr.starts_with(&format!("error: {sentence} (ALREADY_GRABBED)")), "{}", out.stderr);
     assert!(out.stdout.is_empty(), "a refusal prints nothing on stdout without --json: {}", out.stdout);
     let out = cli.run(&["--json", "packet", "grab", &lucky, &sb]);
@@ -242,7 +249,7 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
 
     let out = cli.ok(&["packet", "show", &lucky]);
     let l = out.lines();
-    assert_eq!(l[0], format!("packet {lucky} from user {a} (PACKET_KIND_LUCKY) \"恭喜發財\""), "{}", out.stdout);
+    assert_eq!(l[0], format!("packet {lucky_id} from user {a} (PACKET_KIND_LUCKY) \"恭喜發財\""), "{}", out.stdout);
     assert!(l[1].starts_with("total 3.00  shares 2  left 0.00 in 0 shares"), "{}", out.stdout);
     let claim = words(l[2]);
     assert_eq!((claim[0], claim[1], claim[2]), ("#1", "user", sb.as_str()), "{}", out.stdout);
@@ -284,7 +291,7 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
     );
     assert_eq!((v["side"].as_str(), v["received_count"].as_u64()), (Some("received"), Some(2)), "{v}");
     assert_eq!(v["entries"].as_array().unwrap().len(), 1);
-    shape("packet history entry", &v["entries"][0], "seq:u time_ms:u packet_id:u amount_cents:u");
+    shape("packet history entry", &v["entries"][0], "seq:u time_ms:u packet:s packet_id:u amount_cents:u");
     assert_ne!(v["next_before_seq"].as_u64(), Some(0), "a second page: {v}");
     let before = v["next_before_seq"].as_u64().unwrap().to_string();
     let out = cli.ok(&["packet", "history", &sb, "--received", "--before", &before]);
@@ -296,7 +303,8 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
     let l = out.lines();
     assert_eq!(words(l[0]), ["seq", "time_ms", "kind", "delta", "balance", "counterparty"], "{}", out.stdout);
     let row = words(l[1]);
-    assert_eq!((row[2], row[3], row[5], row[6]), ("packet_send", "-2.00", "packet", fixed.as_str()), "{}", out.stdout);
+    let fixed_id = fixed.split_once('.').expect("id.key").0;
+    assert_eq!((row[2], row[3], row[5], row[6]), ("packet_send", "-2.00", "packet", fixed_id), "{}", out.stdout);
     let older = l.last().unwrap();
     assert!(older.starts_with("older entries: --before "), "{}", out.stdout);
     let before = older.rsplit(' ').next().unwrap();

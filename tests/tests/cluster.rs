@@ -2,7 +2,7 @@
 //! mutual TLS. Run by `scripts/test` (serially: each test runs its own cluster).
 
 use hongbao_auth::Role;
-use hongbao_client::{new_request_id, settle, Client};
+use hongbao_client::{new_request_id, settle, Client, PacketRef};
 use hongbao_proto::v1::BalanceRequest;
 use hongbao_proto::ErrorCode;
 use hongbao_tests::{Cluster, Spec, TEST_DEVICE, TEST_PIN};
@@ -217,7 +217,7 @@ async fn every_router_serves_its_metrics_over_http_after_routing_requests() {
             ..Default::default()
         };
         let p = client.send_packet(req).await.unwrap();
-        client.grab(new_request_id(), p.packet_id, grabber, "").await.unwrap();
+        client.grab(new_request_id(), PacketRef::from(&p), grabber, "").await.unwrap();
     }
     for r in &c.topology.routers {
         let addr = r.metrics_addr.clone().expect("test topologies give routers a metrics port");
@@ -262,7 +262,7 @@ async fn a_leader_two_days_fast_loses_leadership_and_forgets_no_request_id_nor_e
         pin: TEST_PIN.into(),
         ..Default::default()
     };
-    let packet = app.send_packet(send).await.expect("packet").packet_id;
+    let packet = PacketRef::from(&app.send_packet(send).await.expect("packet"));
 
     let leader = c.leaders().await[&1];
     let two_days = 2 * 24 * 3600 * 1000;

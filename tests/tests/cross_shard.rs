@@ -6,7 +6,7 @@
 // Amounts are written yuan_fen (200_00 is 200.00 yuan): the grouping is the money, not a typo.
 #![allow(clippy::inconsistent_digit_grouping)]
 
-use hongbao_client::{new_request_id, settle};
+use hongbao_client::{new_request_id, settle, PacketRef};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest};
 use hongbao_tests::{Cluster, Spec, TEST_DEVICE, TEST_PIN};
 use std::collections::BTreeMap;
@@ -83,7 +83,7 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
                     for k in 0..grabbers {
                         let g = users[(w + 1 + k * 2) % users.len()]; // five distinct members
                         let rid = new_request_id();
-                        if let Ok(r) = settle(|| client.grab(rid.clone(), p.packet_id, g, ""), u32::MAX, SETTLE_WITHIN).await {
+                        if let Ok(r) = settle(|| client.grab(rid.clone(), PacketRef::from(&p), g, ""), u32::MAX, SETTLE_WITHIN).await {
                             let mut h = hist.lock().unwrap();
                             *h.delta.entry(g).or_default() += r.amount_cents as i64;
                             h.grabs += 1;
@@ -265,10 +265,10 @@ async fn packet_history_lists_sent_and_received_across_shards_with_the_year_tota
             ..Default::default()
         };
         let p = settle(|| client.send_packet(req.clone()), u32::MAX, SETTLE_WITHIN).await.expect("send");
-        packets.push((p.packet_id, 3_00 + i));
+        packets.push((PacketRef::from(&p), 3_00 + i));
         for g in &grabbers {
             let rid = new_request_id();
-            let r = settle(|| client.grab(rid.clone(), p.packet_id, *g, ""), u32::MAX, SETTLE_WITHIN).await.expect("grab");
+            let r = settle(|| client.grab(rid.clone(), PacketRef::from(&p), *g, ""), u32::MAX, SETTLE_WITHIN).await.expect("grab");
             received.entry(*g).or_default().push((p.packet_id, r.amount_cents));
         }
     }
@@ -277,7 +277,8 @@ async fn packet_history_lists_sent_and_received_across_shards_with_the_year_tota
     loop {
         let page = client.packet_history(sender, PacketSide::Sent, 3, before).await.expect("history");
         assert!(page.entries.len() <= 3);
-        listed.extend(page.entries.iter().map(|e| (e.packet_id, e.amount_cents)));
+        // The sender's own packets come with their keys (they live on the sender's shard).
+        listed.extend(page.entries.iter().map(|e| (PacketRef { id: e.packet_id, key: e.packet_key }, e.amount_cents)));
         let y = page.year.expect("year");
         assert_eq!((y.sent_count, y.sent_cents), (7, packets.iter().map(|p| p.1).sum::<u64>()));
         if page.next_before_seq == 0 {
@@ -290,7 +291,7 @@ async fn packet_history_lists_sent_and_received_across_shards_with_the_year_tota
     let (g, p) = (grabbers[1], packets[0].0);
     let e = client.grab(new_request_id(), p, g, "").await.expect_err("a second grab");
     assert_eq!(e.code(), hongbao_proto::v1::ErrorCode::AlreadyGrabbed);
-    assert_eq!(e.detail.message, format!("user {g} already grabbed packet {p}"));
+    assert_eq!(e.detail.message, format!("user {g} already grabbed packet {}", p.id));
     // Received: each grabber on its own shard, once the relay has credited every share.
     let deadline = Instant::now() + Duration::from_secs(30);
     for g in &grabbers {

@@ -8,7 +8,7 @@
 //! address a node or router refuses to start without TLS and a credential file, and with them a
 //! request without the bearer token is answered 401.
 
-use hongbao_client::new_request_id;
+use hongbao_client::{new_request_id, PacketRef};
 use hongbao_proto::ErrorCode;
 use hongbao_tests::scrape::{self, Scraper};
 use hongbao_tests::{bin, Cluster, Spec, TEST_DEVICE, TEST_PIN};
@@ -294,9 +294,9 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported_by_a_running_clu
             ..Default::default()
         };
         let p = client.send_packet(req).await.unwrap();
-        let g = client.grab(new_request_id(), p.packet_id, grabber, "").await.unwrap();
+        let g = client.grab(new_request_id(), PacketRef::from(&p), grabber, "").await.unwrap();
         escrow_left += g.remaining_cents;
-        let again = client.grab(new_request_id(), p.packet_id, grabber, "").await.expect_err("a second grab is refused");
+        let again = client.grab(new_request_id(), PacketRef::from(&p), grabber, "").await.expect_err("a second grab is refused");
         assert_eq!(again.code(), ErrorCode::AlreadyGrabbed);
         let nobody = c.topology.user_in_shard(3, 9_000 + i);
         assert_eq!(client.balance(nobody).await.expect_err("no wallet").code(), ErrorCode::UnknownUser);

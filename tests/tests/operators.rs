@@ -5,7 +5,7 @@
 //! types only (not `hongbao_proto::detail_of`).
 
 use hongbao_auth::Role;
-use hongbao_client::new_request_id;
+use hongbao_client::{new_request_id, PacketRef};
 use hongbao_proto::v1;
 use hongbao_tests::{Cluster, Spec, TEST_DEVICE, TEST_PIN};
 use prost::Message;
@@ -335,11 +335,20 @@ async fn a_generic_grpc_client_reads_code_detail_and_reason_of_failed_calls_thro
         pin: TEST_PIN.into(),
         ..Default::default()
     };
-    let packet = app.send_packet(send).await.expect("send").packet_id;
+    let packet = PacketRef::from(&app.send_packet(send).await.expect("send"));
     app.grab(new_request_id(), packet, grabber, "").await.expect("first grab");
     let token = c.credentials().tokens.expect("dev tokens").token(grabber, None).expect("a token");
     let s = PacketsClient::new(channel(&c, &router, Role::App))
-        .grab(with_token(v1::GrabRequest { request_id: new_request_id(), packet_id: packet, grabber, password: String::new() }, &token))
+        .grab(with_token(
+            v1::GrabRequest {
+                request_id: new_request_id(),
+                packet_id: packet.id,
+                packet_key: packet.key,
+                grabber,
+                password: String::new(),
+            },
+            &token,
+        ))
         .await
         .expect_err("a second grab is refused");
     assert_eq!(s.code(), tonic::Code::AlreadyExists, "{s:?}");

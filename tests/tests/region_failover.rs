@@ -310,6 +310,7 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
         .map(|(i, g)| GrabRequest {
             request_id: if i % 30 == 7 { vec![1, 2, 3] } else { new_request_id() },
             packet_id: p.packet_id,
+            packet_key: p.packet_key,
             grabber: *g,
             password: String::new(),
         })
@@ -359,7 +360,13 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
     let fast_before = metric(&leader_metrics, "hongbao_grabs_fast_rejected_total").await;
     let mut pc = PacketsClient::new(channel.clone());
     for g in grabbers.iter().filter(|g| !won.iter().any(|(w, _)| w.grabber == **g)).take(5) {
-        let late = GrabRequest { request_id: new_request_id(), packet_id: p.packet_id, grabber: *g, password: String::new() };
+        let late = GrabRequest {
+            request_id: new_request_id(),
+            packet_id: p.packet_id,
+            packet_key: p.packet_key,
+            grabber: *g,
+            password: String::new(),
+        };
         let s = pc.grab(as_user(&client, *g, late)).await.unwrap_err();
         assert_eq!(detail_of(&s).code(), ErrorCode::PacketExhausted, "{s:?}");
     }

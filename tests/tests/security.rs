@@ -4,7 +4,7 @@
 
 use hongbao_auth::{DevSigner, Identity, Role, SecurityDir};
 use hongbao_client::credentials::TokenSource;
-use hongbao_client::{new_request_id, Client, Credentials};
+use hongbao_client::{new_request_id, Client, Credentials, PacketRef};
 use hongbao_proto::v1::fault_injection_client::FaultInjectionClient;
 use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
 use hongbao_proto::v1::wallet_client::WalletClient;
@@ -234,7 +234,7 @@ async fn user_a_cannot_act_as_user_b_and_bad_tokens_are_unauthenticated_and_noth
         ..Default::default()
     };
     assert_eq!(code(as_a.send_packet(send).await), ErrorCode::PermissionDenied);
-    assert_eq!(code(as_a.grab(new_request_id(), p.packet_id, b, "").await), ErrorCode::PermissionDenied);
+    assert_eq!(code(as_a.grab(new_request_id(), PacketRef::from(&p), b, "").await), ErrorCode::PermissionDenied);
     assert_eq!(code(as_a.balance(b).await), ErrorCode::PermissionDenied, "nor read B's wallet");
     assert_eq!(code(as_a.set_pin(new_request_id(), b, "000000").await), ErrorCode::PermissionDenied);
     // The same client may act as A (the refusals were about B).
@@ -259,11 +259,11 @@ async fn user_a_cannot_act_as_user_b_and_bad_tokens_are_unauthenticated_and_noth
             ..Default::default()
         };
         assert_eq!(code(cl.transfer(transfer).await), ErrorCode::Unauthenticated, "{name} token");
-        assert_eq!(code(cl.grab(new_request_id(), p.packet_id, b, "").await), ErrorCode::Unauthenticated, "{name} token");
+        assert_eq!(code(cl.grab(new_request_id(), PacketRef::from(&p), b, "").await), ErrorCode::Unauthenticated, "{name} token");
     }
     // No token at all.
     let none = router_client_with(&c, Credentials::load(&c.security_dir()).expect("creds"));
-    assert_eq!(code(none.grab(new_request_id(), p.packet_id, b, "").await), ErrorCode::Unauthenticated);
+    assert_eq!(code(none.grab(new_request_id(), PacketRef::from(&p), b, "").await), ErrorCode::Unauthenticated);
 
     assert_eq!(money(&c, &[a, b]).await, before, "not one cent moved");
     let view = c.node_client().show_packet(p.packet_id).await.expect("packet");
@@ -483,7 +483,7 @@ async fn the_admin_certificate_at_a_node_cannot_mint_read_codes_set_a_pin_or_pay
 }
 
 /// A lucky packet of `count` shares of `total` cents sent by `sender` (funded), for grab tests.
-async fn packet(app: &Client, sender: u64, total: u64, count: u32) -> u64 {
+async fn packet(app: &Client, sender: u64, total: u64, count: u32) -> PacketRef {
     let p = app
         .send_packet(SendPacketRequest {
             request_id: new_request_id(),
@@ -497,7 +497,7 @@ async fn packet(app: &Client, sender: u64, total: u64, count: u32) -> u64 {
         })
         .await
         .expect("a packet");
-    p.packet_id
+    PacketRef::from(&p)
 }
 
 /// #28, item 5: the router took grabs up to 64 KiB and the node refused a whole coalesced batch
@@ -557,7 +557,8 @@ async fn a_coalesced_batch_refuses_only_its_oversized_member_and_serves_the_othe
     }
     let id = packet(&app, sender, 3_000, 3).await;
     let leader = c.leaders().await[&1];
-    let grab = |g: u64, password: String| GrabRequest { request_id: new_request_id(), packet_id: id, grabber: g, password };
+    let grab =
+        |g: u64, password: String| GrabRequest { request_id: new_request_id(), packet_id: id.id, packet_key: id.key, grabber: g, password };
     let batch = GrabBatchRequest { grabs: vec![grab(g1, String::new()), grab(g2, "y".repeat(17 << 10)), grab(g3, String::new())] };
     let router = as_identity(&c, &c.node_addr(leader), &c.harness_identity());
     let reply = CoalescedClient::new(router).grabs(batch).await.expect("the batch is answered").into_inner();
@@ -650,7 +651,7 @@ async fn a_flood_of_grabs_and_opens_from_one_token_is_rate_limited_and_others_st
     let shard1 = (1u64 << 48) | 0xffff; // shard 1's id space, far past any packet sent here
                                         // All at once, as a bot would: the bucket holds a burst of 100.
     let grabs = (0..300u64).map(|i| {
-        let g = GrabRequest { request_id: new_request_id(), packet_id: shard1 + i, grabber: bot, password: String::new() };
+        let g = GrabRequest { request_id: new_request_id(), packet_id: shard1 + i, packet_key: 0, grabber: bot, password: String::new() };
         let mut p = PacketsClient::new(router.clone());
         let req = with_token(g, &token);
         async move { p.grab(req).await }
@@ -890,7 +891,7 @@ async fn limits_at_the_boundary_refuse_floods_of_reads_and_oversized_strings_bef
         pin: TEST_PIN.into(),
         ..Default::default()
     };
-    let packet = app.send_packet(send).await.expect("a packet").packet_id;
+    let packet = PacketRef::from(&app.send_packet(send).await.expect("a packet"));
     let before = c.node_client().status().await.expect("status");
     let grab = app.grab(new_request_id(), packet, other, &"x".repeat(10_000)).await;
     assert_eq!(code(grab), ErrorCode::InvalidArgument, "a 10,000-byte password");
@@ -1159,4 +1160,139 @@ async fn the_notifier_writes_live_codes_to_a_file_only_its_owner_can_read_and_ti
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert_eq!(mode(&log), 0o600, "created private");
     assert_eq!(money(&c, &[u, v]).await, before, "the challenged payment moved nothing; the audit balances");
+}
+
+/// The applied index of `shard`'s leader, as the cluster status reports it.
+async fn applied_at_leader(c: &Cluster, shard: u32) -> u64 {
+    let st = c.node_client().status().await.expect("status");
+    st.leader_of(shard).map(|s| s.applied).expect("the shard has a leader")
+}
+
+/// #28, item 4: packet ids count up (`(shard << 48) | seq`), so any signed-in user could grab or
+/// look at every open packet in the cluster. Now a packet is reached only with its random
+/// 64-bit key, which the sender gets and posts to the chat. On 3 × 3 a signed-in stranger who
+/// knows the id, and counts through the ids around it, without the key: every grab and look is
+/// answered UNKNOWN_PACKET (claiming the risk role's inspect flag too), the shard's log grows
+/// by no entry for them, and not one cent moves. Risk and admin still look without the key, and
+/// the chat member with the key grabs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_is_reached_only_with_its_key_and_counting_ids_adds_no_log_entry_on_3x3() {
+    use hongbao_proto::v1::packets_client::PacketsClient;
+    let c = Cluster::start(Spec { nodes_per_region: 3, routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let sender = c.topology.user_in_shard(1, 90);
+    let member = c.topology.user_in_shard(2, 91);
+    let stranger = c.topology.user_in_shard(3, 92);
+    c.funded(&app, sender, 10_000).await;
+    app.open_account(member, TEST_DEVICE).await.expect("open");
+    app.open_account(stranger, TEST_DEVICE).await.expect("open");
+    let p = packet(&app, sender, 1_000, 2).await;
+    assert_ne!(p.key, 0, "a packet has a key");
+    let shard = hongbao_topology::PacketId(p.id).shard();
+    let before = money(&c, &[sender, member, stranger]).await;
+    let log_before = applied_at_leader(&c, shard).await;
+
+    // The stranger's raw calls, as the app sends them: the app's certificate, the stranger's token.
+    let token = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("signer").mint(stranger, TEST_DEVICE, 600);
+    let router = as_identity(&c, &c.topology.routers[0].addr, &Identity::Service(Role::App));
+    let first = p.id - hongbao_topology::PacketId(p.id).seq(); // seq 0: never issued
+    let mut refused = 0;
+    for (id, key) in (first..first + 40).map(|id| (id, 0)).chain([(p.id, p.key ^ 1), (p.id, p.key.rotate_left(7))]) {
+        let g = GrabRequest { request_id: new_request_id(), packet_id: id, packet_key: key, grabber: stranger, password: String::new() };
+        let s = PacketsClient::new(router.clone()).grab(with_token(g, &token)).await.expect_err("no grab without the key");
+        assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::UnknownPacket, "packet {id}: {s:?}");
+        refused += 1;
+    }
+    for inspect in [false, true] {
+        let show = ShowPacketRequest { packet_id: p.id, packet_key: 0, allow_stale: false, inspect };
+        let s = PacketsClient::new(router.clone()).show(with_token(show, &token)).await.expect_err("no look without the key");
+        assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::UnknownPacket, "inspect {inspect}: {s:?}");
+    }
+    let grew = applied_at_leader(&c, shard).await - log_before;
+    assert!(grew <= 3, "{refused} refused grabs reached the leader and its log grew by {grew} entries (housekeeping only)");
+    nothing_moved(&c, &[sender, member, stranger], &before).await;
+
+    // Risk and admin look by id alone; the member looks and grabs with the key.
+    let risk = as_identity(&c, &c.topology.routers[1].addr, &Identity::Service(Role::Risk));
+    let show = ShowPacketRequest { packet_id: p.id, packet_key: 0, allow_stale: false, inspect: false };
+    let seen = PacketsClient::new(risk).show(show).await.expect("risk looks by id alone").into_inner();
+    assert_eq!((seen.sender, seen.remaining_count), (sender, 2));
+    let admin = c.router_client("shanghai");
+    assert_eq!(admin.show_packet(p.id).await.expect("admin looks by id").remaining_count, 2);
+    assert_eq!(app.show_packet_as(Some(member), p).await.expect("the member looks with the key").remaining_count, 2);
+    let got = app.grab(new_request_id(), p, member, "").await.expect("the member grabs with the key");
+    assert!(got.amount_cents > 0);
+    let after = money(&c, &[sender, member, stranger]).await;
+    assert!(after.3, "the audit balances");
+    assert_eq!(after.0[2], 0, "the stranger got nothing");
+}
+
+/// #28, items 4 and 9 (password packets): a password packet allowed unlimited phrase guesses,
+/// and its phrase sat in clear in the Raft log and the state. Now one grabber's fifth wrong
+/// phrase closes the packet to them (even the right phrase is then refused, so the answer stops
+/// telling right from wrong), another grabber is not affected, and the phrase is in no file of
+/// any node (its log, its RocksDB, its log lines) while the packet's greeting, sent in the same
+/// request, is found there: the search looks where the phrase would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_wrong_phrases_close_a_password_packet_to_one_grabber_and_the_phrase_is_in_no_nodes_files() {
+    let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let sender = c.topology.user_in_shard(1, 95);
+    let guesser = c.topology.user_in_shard(2, 96);
+    let member = c.topology.user_in_shard(3, 97);
+    c.funded(&app, sender, 10_000).await;
+    app.open_account(guesser, TEST_DEVICE).await.expect("open");
+    app.open_account(member, TEST_DEVICE).await.expect("open");
+    let phrase = format!("sesame-{:x}", rand::random::<u64>());
+    let greeting = format!("greeting-{:x}", rand::random::<u64>());
+    let sent = app
+        .send_packet(SendPacketRequest {
+            request_id: new_request_id(),
+            sender,
+            kind: PacketKind::Password as i32,
+            total_cents: 2_000,
+            count: 2,
+            phrase: phrase.clone(),
+            greeting: greeting.clone(),
+            device: TEST_DEVICE.into(),
+            pin: TEST_PIN.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a password packet");
+    let p = PacketRef::from(&sent);
+    let before = money(&c, &[sender, guesser, member]).await;
+    for i in 0..5 {
+        let wrong = app.grab(new_request_id(), p, guesser, &format!("guess-{i}")).await;
+        assert_eq!(code(wrong), ErrorCode::WrongPassword, "guess {i}");
+    }
+    for phrase in [phrase.as_str(), "guess-6"] {
+        assert_eq!(code(app.grab(new_request_id(), p, guesser, phrase).await), ErrorCode::PhraseTriesExhausted);
+    }
+    nothing_moved(&c, &[sender, guesser, member], &before).await;
+    assert_eq!(code(app.grab(new_request_id(), p, member, "sesame").await), ErrorCode::WrongPassword);
+    let got = app.grab(new_request_id(), p, member, &phrase).await.expect("another grabber, the right phrase");
+    let after = money(&c, &[sender, guesser, member]).await;
+    assert!(after.3, "the audit balances");
+    assert_eq!(after.0[1], 0, "the guesser got nothing");
+
+    // Killed, not stopped: a stop flushes RocksDB's memtables into compressed tables, while
+    // after kill -9 the write-ahead logs still hold every write as it was made.
+    let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
+    for id in &ids {
+        c.kill(*id);
+    }
+    let (needle, control) = (phrase.as_bytes(), greeting.as_bytes());
+    let mut control_found = false;
+    for id in ids {
+        for (path, bytes) in files_under(&c.node_dir(id)) {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "the phrase is in {}", path.display());
+            control_found |= bytes.windows(control.len()).any(|w| w == control);
+        }
+        assert!(!c.node_log(id).contains(&phrase), "the phrase is in node {id}'s log lines");
+    }
+    assert!(control_found, "the greeting sent beside the phrase is in some node's files (where the phrase would be)");
+    assert!(got.amount_cents > 0);
 }

@@ -15,7 +15,7 @@
 //!   exported as spans of the client's trace by the router and by a node, the node's span a child
 //!   of the router's; a clean stop flushes the exporter.
 
-use hongbao_client::{new_request_id, Client};
+use hongbao_client::{new_request_id, Client, PacketRef};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest};
 use hongbao_tests::{Cluster, Spec, OTLP_ENDPOINT_ENV, TEST_DEVICE, TEST_PIN};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
@@ -334,7 +334,7 @@ fn trace_id() -> String {
 
 /// A funded sender on shard 1, a grabber on shard 2, and a packet of two shares sent through the
 /// Shenzhen router: what both tracing tests grab from.
-async fn sender_grabber_and_packet(c: &Cluster) -> (u64, u64, u64) {
+async fn sender_grabber_and_packet(c: &Cluster) -> (u64, u64, PacketRef) {
     let setup = c.router_client("shenzhen");
     let sender = c.topology.user_in_shard(1, 900);
     let grabber = c.topology.user_in_shard(2, 900);
@@ -353,7 +353,7 @@ async fn sender_grabber_and_packet(c: &Cluster) -> (u64, u64, u64) {
         })
         .await
         .unwrap();
-    (sender, grabber, p.packet_id)
+    (sender, grabber, PacketRef::from(&p))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@
 
 use crate::check::{Ack, Tracker};
 use crate::stats::{Kind, Outcome, Recorder};
-use hongbao_client::{new_request_id, settle, Client, ClientError, Credentials};
+use hongbao_client::{new_request_id, settle, Client, ClientError, Credentials, PacketRef};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest};
 use hongbao_proto::ErrorCode;
 use hongbao_topology::{ShardId, Topology};
@@ -206,7 +206,7 @@ pub struct Ctx {
     /// evening-mix: every user, and by shard (for cross-shard transfers).
     pub users: Vec<u64>,
     pub users_by_shard: Vec<Vec<u64>>,
-    pool: Mutex<VecDeque<u64>>,
+    pool: Mutex<VecDeque<PacketRef>>,
 }
 
 impl Ctx {
@@ -275,7 +275,7 @@ async fn hot_packet(ctx: Arc<Ctx>, intended: Instant) {
     while set.join_next().await.is_some() {}
 }
 
-async fn grab(ctx: Arc<Ctx>, packet: u64, grabber: u64, lag: Duration) -> Option<u32> {
+async fn grab(ctx: Arc<Ctx>, packet: PacketRef, grabber: u64, lag: Duration) -> Option<u32> {
     let start = Instant::now();
     let intended = start.checked_sub(lag).unwrap_or(start);
     let client = ctx.clients.client_for(grabber);
@@ -284,7 +284,7 @@ async fn grab(ctx: Arc<Ctx>, packet: u64, grabber: u64, lag: Duration) -> Option
     let done = Instant::now();
     let left = match &res {
         Ok(r) => {
-            ctx.tracker.lock().expect("tracker lock").add_grab(packet, Ack { grabber, amount: r.amount_cents, index: r.index });
+            ctx.tracker.lock().expect("tracker lock").add_grab(packet.id, Ack { grabber, amount: r.amount_cents, index: r.index });
             Some(r.remaining_count)
         }
         Err(e) if e.code() == ErrorCode::PacketExhausted => Some(0),
@@ -296,7 +296,7 @@ async fn grab(ctx: Arc<Ctx>, packet: u64, grabber: u64, lag: Duration) -> Option
 
 enum Plan {
     Send { sender: u64, total: u64, count: u32 },
-    Grab { packet: u64, grabber: u64 },
+    Grab { packet: PacketRef, grabber: u64 },
     Balance { user: u64 },
     Transfer { from: u64, to: u64, amount: u64 },
 }
@@ -345,7 +345,7 @@ fn plan(ctx: &Ctx) -> Plan {
 }
 
 /// Sends a lucky group packet, records it, and tracks it for the end-of-run checks.
-async fn send_lucky(ctx: &Ctx, sender: u64, total: u64, count: u32, greeting: &str, intended: Instant) -> Option<u64> {
+async fn send_lucky(ctx: &Ctx, sender: u64, total: u64, count: u32, greeting: &str, intended: Instant) -> Option<PacketRef> {
     let req = SendPacketRequest {
         request_id: new_request_id(),
         sender,
@@ -362,7 +362,7 @@ async fn send_lucky(ctx: &Ctx, sender: u64, total: u64, count: u32, greeting: &s
     ctx.record(Kind::Send, outcome(&res), intended, Instant::now());
     let sent = res.ok()?;
     ctx.tracker.lock().expect("tracker lock").add_packet(sent.packet_id, total, count);
-    Some(sent.packet_id)
+    Some(PacketRef::from(&sent))
 }
 
 /// evening-mix: one op of the weighted mix.

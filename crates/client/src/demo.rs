@@ -9,7 +9,7 @@
 #![allow(clippy::inconsistent_digit_grouping)]
 
 use hongbao_client::money::{audit_summary, yuan};
-use hongbao_client::{new_request_id, Client};
+use hongbao_client::{new_request_id, Client, PacketRef};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest};
 use hongbao_topology::{PacketId, Topology};
 use std::path::Path;
@@ -59,10 +59,11 @@ pub async fn run(client: &Client, topology: &Topology, script: &Path, kill_regio
             ..Default::default()
         })
         .await?;
-    println!("packet {} (lives on shard {})", p.packet_id, PacketId(p.packet_id).shard());
+    let packet = PacketRef::from(&p);
+    println!("packet {packet} (lives on shard {})", PacketId(p.packet_id).shard());
     step("every member grabs");
     for u in &members {
-        let g = client.grab(new_request_id(), p.packet_id, *u, "").await?;
+        let g = client.grab(new_request_id(), packet, *u, "").await?;
         println!(
             "user {u} grabbed {}{}",
             yuan(g.amount_cents),
@@ -81,7 +82,7 @@ pub async fn run(client: &Client, topology: &Topology, script: &Path, kill_regio
         late.push(u);
     }
     for u in &late {
-        let g = client.grab(new_request_id(), p.packet_id, *u, "").await?;
+        let g = client.grab(new_request_id(), packet, *u, "").await?;
         println!("user {u} grabbed {} ({:.1} s after the region died)", yuan(g.amount_cents), killed.elapsed().as_secs_f64());
     }
     step(&format!("bringing region {region} back"));

@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use hongbao_client::credentials::{local_security_dir, SavedTokens};
 use hongbao_client::money::{parse_yuan, yuan};
-use hongbao_client::{membership, new_request_id, Client, ClientError, Credentials};
+use hongbao_client::{membership, new_request_id, Client, ClientError, Credentials, PacketRef};
 use hongbao_proto::v1::*;
 use hongbao_topology::Topology;
 use output::print_json;
@@ -228,14 +228,16 @@ enum AccountCmd {
 enum PacketCmd {
     /// Send a packet: exactly one of --lucky, --fixed, --exclusive, --password.
     Send(SendArgs),
+    /// `packet` as `packet send` printed it: `<id>.<key>`.
     Grab {
-        packet: u64,
+        packet: PacketRef,
         user: u64,
         #[arg(long, default_value = "")]
         password: String,
     },
+    /// `packet` as `<id>.<key>`; the admin role (the default) may give the id alone.
     Show {
-        packet: u64,
+        packet: PacketRef,
         /// Look as this signed-in user (default: as the admin role).
         #[arg(long = "as")]
         viewer: Option<u64>,
@@ -816,7 +818,8 @@ async fn packet(client: &Client, cmd: PacketCmd, json: bool) -> anyhow::Result<(
             if json {
                 print_json(&output::Sent::from(&r));
             } else {
-                println!("packet {} sent; expires at {} ms; sender balance {}", r.packet_id, r.expires_at_ms, yuan(r.balance_cents));
+                let p = PacketRef::from(&r);
+                println!("packet {p} sent; expires at {} ms; sender balance {}", r.expires_at_ms, yuan(r.balance_cents));
             }
         }
         PacketCmd::Grab { packet, user, password } => {

@@ -4,8 +4,8 @@
 use hongbao_client::membership::StepDone;
 use hongbao_client::money::{yuan, yuan_signed};
 use hongbao_proto::v1::{
-    AuditReply, BalanceReply, Claim, ErrorDetail, Faults, GrabReply, NodeStatus, PacketHistoryReply, PacketView, RouterView,
-    SendPacketReply, ShardStatus, ShardTotals, StatementEntry, StatusReply, WalletReply,
+    AuditReply, BalanceReply, Claim, ErrorDetail, Faults, GrabReply, NodeStatus, PacketHistoryEntry, PacketHistoryReply, PacketView,
+    RouterView, SendPacketReply, ShardStatus, ShardTotals, StatementEntry, StatusReply, WalletReply,
 };
 use serde::Serialize;
 
@@ -147,6 +147,8 @@ pub struct History {
 pub struct HistoryRow {
     seq: u64,
     time_ms: u64,
+    /// `<id>.<key>` (key 0: a packet of another shard, whose key is kept there).
+    packet: String,
     packet_id: u64,
     amount_cents: u64,
 }
@@ -165,11 +167,21 @@ impl History {
             entries: r
                 .entries
                 .iter()
-                .map(|e| HistoryRow { seq: e.seq, time_ms: e.time_ms, packet_id: e.packet_id, amount_cents: e.amount_cents })
+                .map(|e| HistoryRow {
+                    seq: e.seq,
+                    time_ms: e.time_ms,
+                    packet: packet_ref(e).to_string(),
+                    packet_id: e.packet_id,
+                    amount_cents: e.amount_cents,
+                })
                 .collect(),
             next_before_seq: r.next_before_seq,
         }
     }
+}
+
+fn packet_ref(e: &PacketHistoryEntry) -> hongbao_client::PacketRef {
+    hongbao_client::PacketRef { id: e.packet_id, key: e.packet_key }
 }
 
 /// 發出的紅包 / 收到的紅包: the year's totals, then the page.
@@ -180,9 +192,9 @@ pub fn print_history(r: &PacketHistoryReply, sent: bool) {
     } else {
         println!("user {} received {} packets in {}, {} in all", r.user, y.received_count, y.year, yuan(y.received_cents));
     }
-    println!("{:<6} {:<14} {:>20} {:>12}", "seq", "time_ms", "packet", "amount");
+    println!("{:<6} {:<14} {:>37} {:>12}", "seq", "time_ms", "packet", "amount");
     for e in &r.entries {
-        println!("{:<6} {:<14} {:>20} {:>12}", e.seq, e.time_ms, e.packet_id, yuan(e.amount_cents));
+        println!("{:<6} {:<14} {:>37} {:>12}", e.seq, e.time_ms, packet_ref(e).to_string(), yuan(e.amount_cents));
     }
     if r.next_before_seq != 0 {
         println!("older packets: --before {}", r.next_before_seq);
@@ -191,14 +203,23 @@ pub fn print_history(r: &PacketHistoryReply, sent: bool) {
 
 #[derive(Serialize)]
 pub struct Sent {
+    /// `<id>.<key>`: what grabbers need (post it to the chat).
+    packet: String,
     packet_id: u64,
+    packet_key: u64,
     expires_at_ms: u64,
     balance_cents: u64,
 }
 
 impl From<&SendPacketReply> for Sent {
     fn from(r: &SendPacketReply) -> Sent {
-        Sent { packet_id: r.packet_id, expires_at_ms: r.expires_at_ms, balance_cents: r.balance_cents }
+        Sent {
+            packet: hongbao_client::PacketRef::from(r).to_string(),
+            packet_id: r.packet_id,
+            packet_key: r.packet_key,
+            expires_at_ms: r.expires_at_ms,
+            balance_cents: r.balance_cents,
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! | `p`    | `p packet`                   | Packet           |
 //! | `c`    | `c packet index`             | Claim            |
 //! | `g`    | `g packet grabber`           | claim index (u32)|
+//! | `f`    | `f packet grabber`           | u32: wrong phrases this grabber sent (password packets) |
 //! | `x`    | `x expires_ms packet`        | () expiry index  |
 //! | `o`    | `o dest seq`                 | CreditEntry      |
 //! | `s`    | `s dest`                     | PairState (sent) |
@@ -70,6 +71,12 @@ pub fn claims_of(p: PacketId) -> (Vec<u8>, Vec<u8>) {
 }
 pub fn grabbed(p: PacketId, u: UserId) -> Vec<u8> {
     k(b'g', &[&p.0.to_be_bytes(), &u.to_be_bytes()])
+}
+pub fn phrase_tries(p: PacketId, u: UserId) -> Vec<u8> {
+    k(b'f', &[&p.0.to_be_bytes(), &u.to_be_bytes()])
+}
+pub fn phrase_tries_of(p: PacketId) -> (Vec<u8>, Vec<u8>) {
+    (k(b'f', &[&p.0.to_be_bytes()]), k(b'f', &[&(p.0 + 1).to_be_bytes()]))
 }
 pub fn expiry(expires_ms: u64, p: PacketId) -> Vec<u8> {
     k(b'x', &[&expires_ms.to_be_bytes(), &p.0.to_be_bytes()])

@@ -45,6 +45,8 @@ pub const MAX_CLUSTER_MAP_BYTES: usize = 256 << 10;
 
 /// Most wallets one MoveSlotOut sends.
 pub const MAX_MOVE_USERS: u32 = 1024;
+/// Wrong phrases one grabber may send to one password packet; then it is closed to them.
+pub const PHRASE_MAX_TRIES: u32 = 5;
 /// Account records one MoveSlotOut looks at (a slot's users are spread over the whole table).
 pub const MOVE_SCAN_ROWS: usize = 4096;
 /// One MoveSlotOut stops adding wallets past this many bytes of bundles (at least one goes).
@@ -226,6 +228,13 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             self.db.delete(k);
             claims.push(c);
         }
+        // A late wrong phrase is answered from the archive (as any late grab), so the counts go.
+        let (a, b) = keys::phrase_tries_of(id);
+        let tries = self.db.scan(&a, &b, p.phrase_missers as usize + 1);
+        assert_eq!(tries.len() as u32, p.phrase_missers, "one count per grabber who sent a wrong phrase");
+        for (k, _) in tries {
+            self.db.delete(k);
+        }
         self.db.delete(keys::packet(id));
         self.put(keys::archived(id), &ArchivedPacket { packet: p, claims });
         self.totals.archived_packets += 1;
@@ -251,11 +260,11 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             Command::Transfer { from, to, to_shard, amount, device, verification, pin } => {
                 self.transfer(req, now, *from, *to, *to_shard, *amount, device, verification.as_ref(), *pin)
             }
-            Command::SendPacket { sender, kind, device, verification, greeting, pin } => {
-                self.send_packet(req, now, *sender, kind, device, verification.as_ref(), greeting, *pin)
+            Command::SendPacket { sender, kind, device, verification, greeting, pin, key } => {
+                self.send_packet(req, now, *sender, kind, device, verification.as_ref(), greeting, *pin, *key)
             }
-            Command::Grab { packet, grabber, grabber_shard, password } => {
-                self.grab(req, now, *packet, *grabber, *grabber_shard, password.as_deref())
+            Command::Grab { packet, key, grabber, grabber_shard, phrase } => {
+                self.grab(req, now, *packet, *key, *grabber, *grabber_shard, phrase.as_ref())
             }
             Command::Credit { source, entries } => self.credit(req, now, *source, entries),
             Command::MarkDelivered { dest, up_to_seq } => self.mark_delivered(*dest, *up_to_seq),
@@ -679,9 +688,12 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
                 count_ok(*count)?;
                 (*total, *count)
             }
-            PacketKind::Password { total, count, phrase } => {
+            PacketKind::Password { total, count, phrase_hash } => {
                 count_ok(*count)?;
-                self.valid_string(phrase, false)?;
+                // The node checked the phrase itself (non-empty, its length) before hashing it.
+                if *phrase_hash == [0; 32] {
+                    return Err(Code::InvalidArgument);
+                }
                 (*total, *count)
             }
             PacketKind::Fixed { per_share, count } => {
@@ -725,7 +737,11 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         v: Option<&Verification>,
         greeting: &str,
         pin: PinCheck,
+        key: u64,
     ) -> Check<Outcome> {
+        if key == 0 {
+            return Err(Code::InvalidArgument);
+        }
         self.valid_string(device, true)?;
         self.valid_string(greeting, true)?;
         let (total, count) = self.check_kind(sender, kind, now)?;
@@ -766,6 +782,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         self.put(keys::account(sender), &acct);
         let p = Packet {
             id,
+            key,
             sender,
             kind: kind.clone(),
             total,
@@ -777,20 +794,23 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             expires_ms,
             refunded: None,
             greeting: greeting.to_string(),
+            phrase_missers: 0,
         };
         self.put(keys::packet(id), &p);
         self.db.put(keys::expiry(expires_ms, id), vec![]);
-        Ok(Outcome::ok(Reply::Sent { packet: id, expires_ms, balance: acct.balance }))
+        Ok(Outcome::ok(Reply::Sent { packet: id, key, expires_ms, balance: acct.balance }))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn grab(
         &mut self,
         req: &Request,
         now: u64,
         packet: PacketId,
+        key: u64,
         grabber: UserId,
         grabber_shard: ShardId,
-        password: Option<&str>,
+        phrase: Option<&[u8; 32]>,
     ) -> Check<Outcome> {
         if packet.shard() != self.shard {
             return Err(Code::WrongShard);
@@ -798,8 +818,10 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         if grabber == 0 || grabber_shard == 0 {
             return Err(Code::InvalidArgument);
         }
-        let Some(mut p) = self.get::<Packet>(&keys::packet(packet)) else {
-            return Err(self.archived(packet).map(|a| a.refusal(grabber, now)).unwrap_or(Code::UnknownPacket));
+        // A wrong key is answered as no packet at all: nothing about the id is learnt.
+        let Some(mut p) = self.get::<Packet>(&keys::packet(packet)).filter(|p| p.key == key) else {
+            let archived = self.archived(packet).filter(|a| a.packet.key == key);
+            return Err(archived.map(|a| a.refusal(grabber, now)).unwrap_or(Code::UnknownPacket));
         };
         if self.db.get(&keys::grabbed(packet, grabber)).is_some() {
             return Err(Code::AlreadyGrabbed);
@@ -812,7 +834,22 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         }
         match &p.kind {
             PacketKind::Exclusive { recipient, .. } if *recipient != grabber => return Err(Code::NotRecipient),
-            PacketKind::Password { phrase, .. } if password != Some(phrase.as_str()) => return Err(Code::WrongPassword),
+            PacketKind::Password { phrase_hash, .. } => {
+                // Counted per grabber: after the last try even the right phrase is refused, so
+                // the answer stops telling right from wrong.
+                let tries: u32 = self.get(&keys::phrase_tries(packet, grabber)).unwrap_or(0);
+                if tries >= PHRASE_MAX_TRIES {
+                    return Err(Code::PhraseTriesExhausted);
+                }
+                if phrase != Some(phrase_hash) {
+                    if tries == 0 {
+                        p.phrase_missers += 1;
+                        self.put(keys::packet(packet), &p);
+                    }
+                    self.put(keys::phrase_tries(packet, grabber), &(tries + 1));
+                    return Ok(Outcome::err(Code::WrongPassword));
+                }
+            }
             _ => {}
         }
         let (mut wallet, grabber_shard) = self.payee(grabber, grabber_shard)?;

@@ -33,7 +33,7 @@ pub mod view;
 
 pub use challenge::challenge_code;
 pub use config::LedgerConfig;
-pub use ledger::{Ledger, MAX_CLUSTER_MAP_BYTES, MAX_MOVED_REQUESTS, MAX_MOVE_USERS};
+pub use ledger::{Ledger, MAX_CLUSTER_MAP_BYTES, MAX_MOVED_REQUESTS, MAX_MOVE_USERS, PHRASE_MAX_TRIES};
 pub use money::Cents;
 pub use state::{
     Account, ArchivedPacket, Challenge, Claim, Notification, Packet, PacketYear, PairState, PinRecord, SlotState, SlotTable,

@@ -81,6 +81,8 @@ pub struct PinRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Packet {
     pub id: PacketId,
+    /// The grab key (`Command::SendPacket`): a grab or a look must name it.
+    pub key: u64,
     pub sender: UserId,
     pub kind: PacketKind,
     pub total: Cents,
@@ -93,6 +95,9 @@ pub struct Packet {
     /// Set once the remainder went back to the sender.
     pub refunded: Option<Cents>,
     pub greeting: String,
+    /// Password packets: grabbers with a wrong-phrase count (`keys::phrase_tries` rows), so
+    /// the archive deletes exactly those.
+    pub phrase_missers: u32,
 }
 
 impl Packet {

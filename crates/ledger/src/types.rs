@@ -135,8 +135,20 @@ pub enum PacketKind {
     Fixed { per_share: Cents, count: u32 },
     /// One named recipient takes it all.
     Exclusive { amount: Cents, recipient: UserId, recipient_shard: ShardId },
-    /// Lucky split; the grabber must send `phrase`.
-    Password { total: Cents, count: u32, phrase: String },
+    /// Lucky split; the grabber must send the phrase. Only its hash salted with the packet's
+    /// key (`phrase_hash`) is ever in a command or in state: never the phrase.
+    Password { total: Cents, count: u32, phrase_hash: [u8; 32] },
+}
+
+/// A password packet's phrase as commands and state hold it: salted with the packet's key (so
+/// one table of common phrases does not open every packet) and hashed, never in clear.
+pub fn phrase_hash(key: u64, phrase: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"hongbao/packet-phrase/v1\0");
+    h.update(key.to_be_bytes());
+    h.update(phrase.as_bytes());
+    h.finalize().into()
 }
 
 /// Why money arrives from another shard.
@@ -223,6 +235,8 @@ pub enum Command {
         verification: Option<Verification>,
         pin: PinCheck,
     },
+    /// `key` is the packet's grab key, drawn at random (non-zero) by the leader: a grab or a
+    /// look at the packet must name it, so packet ids cannot be counted through.
     SendPacket {
         sender: UserId,
         kind: PacketKind,
@@ -230,12 +244,16 @@ pub enum Command {
         verification: Option<Verification>,
         greeting: String,
         pin: PinCheck,
+        key: u64,
     },
+    /// `key` as the grabber was given it with the packet; `phrase` is `phrase_hash(key, ..)` of
+    /// the phrase the grabber sent (password packets).
     Grab {
         packet: PacketId,
+        key: u64,
         grabber: UserId,
         grabber_shard: ShardId,
-        password: Option<String>,
+        phrase: Option<[u8; 32]>,
     },
     /// Money from another shard's outbox (the relay); idempotent by sequence number.
     Credit {
@@ -350,8 +368,11 @@ impl Command {
         let plain = match self {
             Command::Transfer { to_shard, pin, .. } => *to_shard == 0 && *pin == PinCheck::Verified,
             Command::Grab { grabber_shard, .. } => *grabber_shard == 0,
-            Command::SendPacket { kind, pin, .. } => {
-                *pin == PinCheck::Verified && !matches!(kind, PacketKind::Exclusive { recipient_shard, .. } if *recipient_shard != 0)
+            Command::SendPacket { kind, pin, key, .. } => {
+                *pin == PinCheck::Verified
+                    && *key == 0
+                    && !matches!(kind, PacketKind::Exclusive { recipient_shard, .. } if *recipient_shard != 0)
+                    && !matches!(kind, PacketKind::Password { phrase_hash, .. } if *phrase_hash != [0; 32])
             }
             Command::Withdraw { pin, .. } => *pin == PinCheck::Verified,
             Command::SetPin { hash, .. } => *hash == [0; 32],
@@ -367,10 +388,15 @@ impl Command {
                 *pin = PinCheck::Verified;
             }
             Command::Grab { grabber_shard, .. } => *grabber_shard = 0,
-            Command::SendPacket { kind, pin, .. } => {
+            Command::SendPacket { kind, pin, key, .. } => {
                 *pin = PinCheck::Verified;
-                if let PacketKind::Exclusive { recipient_shard, .. } = kind {
-                    *recipient_shard = 0;
+                // Drawn anew by whichever leader proposes the re-send; the phrase's hash is
+                // salted with it. A replay answers the first packet, key and all.
+                *key = 0;
+                match kind {
+                    PacketKind::Exclusive { recipient_shard, .. } => *recipient_shard = 0,
+                    PacketKind::Password { phrase_hash, .. } => *phrase_hash = [0; 32],
+                    _ => {}
                 }
             }
             Command::Withdraw { pin, .. } => *pin = PinCheck::Verified,
@@ -499,6 +525,8 @@ pub enum Code {
     /// (`MAX_MOVED_REQUESTS`): nothing of that page was sent. Move the slot once older requests
     /// have expired (24 h), or wait: the source's leader tries again.
     MoveTooLarge = 35,
+    /// Five wrong phrases from this user for this password packet: no more tries.
+    PhraseTriesExhausted = 36,
 }
 
 impl Code {
@@ -540,6 +568,7 @@ impl Code {
             Code::SlotMoving => "SLOT_MOVING",
             Code::SlotMoved => "SLOT_MOVED",
             Code::MoveTooLarge => "MOVE_TOO_LARGE",
+            Code::PhraseTriesExhausted => "PHRASE_TRIES_EXHAUSTED",
         }
     }
 
@@ -581,6 +610,7 @@ pub enum Reply {
     },
     Sent {
         packet: PacketId,
+        key: u64,
         expires_ms: u64,
         balance: Cents,
     },
@@ -648,9 +678,10 @@ mod tests {
     fn shared_ids_keep_their_bincode_encoding() {
         let p = PacketId::new(3, 12_345);
         assert_eq!(bincode::serialize(&p).unwrap(), ((3u64 << 48) | 12_345).to_le_bytes());
-        let cmd = Command::Grab { packet: p, grabber: 7, grabber_shard: 2, password: None };
+        let cmd = Command::Grab { packet: p, key: 9, grabber: 7, grabber_shard: 2, phrase: None };
         let mut want = 5u32.to_le_bytes().to_vec(); // variant index of Grab
         want.extend(p.0.to_le_bytes());
+        want.extend(9u64.to_le_bytes());
         want.extend(7u64.to_le_bytes());
         want.extend(2u32.to_le_bytes());
         want.push(0); // None

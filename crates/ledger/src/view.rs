@@ -184,22 +184,43 @@ pub fn packet(store: &(impl Store + ?Sized), id: PacketId) -> Option<PacketView>
     Some(PacketView { packet: p, claims, best_luck })
 }
 
-/// What a grab would surely be refused with, judged from applied state alone: a grabbed marker,
-/// a refund and an exhausted packet are final, so no command not yet applied can undo them. The
-/// leader answers these without proposing (the storm's late grabbers cost no Raft round). None:
-/// propose it. A request id already seen is never refused here: its replay must answer the first
+/// A packet's grab key, hot or archived.
+pub fn packet_key(store: &(impl Store + ?Sized), id: PacketId) -> Option<u64> {
+    match store.get(&keys::packet(id)) {
+        Some(b) => Some(dec::<Packet>(&b).key),
+        None => store.get(&keys::archived(id)).map(|b| dec::<ArchivedPacket>(&b).packet.key),
+    }
+}
+
+/// What a grab would surely be refused with, judged from applied state alone: a wrong key, a
+/// grabbed marker, a refund, an exhausted packet and a grabber out of phrase tries are final, so
+/// no command not yet applied can undo them. The leader answers these without proposing (the
+/// storm's late grabbers and a bot's guessed ids cost no Raft entry). None: propose it. A wrong phrase is proposed: it must
+/// be counted. A request id already seen is never refused here: its replay must answer the first
 /// outcome.
 /// `now_ms` is asked only for an exhausted packet, where expiry decides the code.
 pub fn grab_refusal(
     store: &(impl Store + ?Sized),
     id: &RequestId,
     packet: PacketId,
+    key: u64,
     grabber: UserId,
     now_ms: impl FnOnce() -> u64,
 ) -> Option<Code> {
     let refusal = match store.get(&keys::packet(packet)) {
-        Some(b) => hot_refusal(store, dec(&b), grabber, now_ms)?,
-        None => store.get(&keys::archived(packet)).map(|b| dec::<ArchivedPacket>(&b))?.refusal(grabber, now_ms()),
+        Some(b) => {
+            let p: Packet = dec(&b);
+            if p.key == key {
+                hot_refusal(store, p, grabber, now_ms)?
+            } else {
+                Code::UnknownPacket
+            }
+        }
+        None => match store.get(&keys::archived(packet)).map(|b| dec::<ArchivedPacket>(&b)) {
+            Some(a) if a.packet.key == key => a.refusal(grabber, now_ms()),
+            Some(_) => Code::UnknownPacket,
+            None => return None,
+        },
     };
     // Only now the request id (the common grab, on an open packet, is proposed without this
     // read): a replay must answer its first outcome, never this refusal. Request ids are
@@ -210,8 +231,19 @@ pub fn grab_refusal(
     Some(refusal)
 }
 
+/// Whether this shard had given out `packet`'s id by the state applied here (a packet leaves hot
+/// state only for the archive). An id not yet issued, read after a linearizable read barrier,
+/// is no packet: the leader refuses it without a log entry.
+pub fn packet_issued(store: &(impl Store + ?Sized), packet: PacketId) -> bool {
+    (1..=totals(store).next_packet_seq).contains(&packet.seq())
+}
+
 fn hot_refusal(store: &(impl Store + ?Sized), p: Packet, grabber: UserId, now_ms: impl FnOnce() -> u64) -> Option<Code> {
     let packet = p.id;
+    let out_of_tries = || {
+        matches!(p.kind, PacketKind::Password { .. })
+            && store.get(&keys::phrase_tries(packet, grabber)).is_some_and(|v| dec::<u32>(&v) >= crate::ledger::PHRASE_MAX_TRIES)
+    };
     let refusal = if store.get(&keys::grabbed(packet, grabber)).is_some() {
         Code::AlreadyGrabbed
     } else if p.refunded.is_some() {
@@ -222,6 +254,8 @@ fn hot_refusal(store: &(impl Store + ?Sized), p: Packet, grabber: UserId, now_ms
         } else {
             Code::PacketExhausted
         }
+    } else if out_of_tries() {
+        Code::PhraseTriesExhausted
     } else {
         return None;
     };

@@ -9,6 +9,9 @@ use hongbao_ledger::state::EntryKind;
 use hongbao_ledger::*;
 use proptest::prelude::*;
 
+/// Every test packet's grab key (the leader draws a random one).
+const KEY: u64 = 0x6b65_7921;
+
 const A: ShardId = 1;
 const B: ShardId = 2;
 const T0: u64 = 1_800_000_000_000;
@@ -209,6 +212,7 @@ fn a_share_grabbed_by_nobody_goes_back_to_the_packet_sender_exactly_once() {
     let o = c.run(
         A,
         Command::SendPacket {
+            key: KEY,
             sender: 1,
             kind: PacketKind::Fixed { per_share: Cents(10_00), count: 3 },
             device: "phone".into(),
@@ -218,7 +222,7 @@ fn a_share_grabbed_by_nobody_goes_back_to_the_packet_sender_exactly_once() {
         },
     );
     let Reply::Sent { packet, .. } = o.reply else { panic!("{o:?}") };
-    assert!(c.run(A, Command::Grab { packet, grabber: NOBODY, grabber_shard: B, password: None }).is_ok());
+    assert!(c.run(A, Command::Grab { key: KEY, packet, grabber: NOBODY, grabber_shard: B, phrase: None }).is_ok());
     c.drain(true);
     c.redeliver_everything();
     assert_eq!(view::account(&c.shard(B).store, NOBODY), None);
@@ -241,6 +245,7 @@ fn a_share_returned_after_its_packet_was_archived_still_reaches_the_sender_once(
     let o = c.run(
         A,
         Command::SendPacket {
+            key: KEY,
             sender: 1,
             kind: PacketKind::Fixed { per_share: Cents(10_00), count: 1 },
             device: "phone".into(),
@@ -250,7 +255,7 @@ fn a_share_returned_after_its_packet_was_archived_still_reaches_the_sender_once(
         },
     );
     let Reply::Sent { packet, .. } = o.reply else { panic!("{o:?}") };
-    assert!(c.run(A, Command::Grab { packet, grabber: NOBODY, grabber_shard: B, password: None }).is_ok());
+    assert!(c.run(A, Command::Grab { key: KEY, packet, grabber: NOBODY, grabber_shard: B, phrase: None }).is_ok());
     // Deliver to B only: B queues the return, A has not seen it yet.
     c.relay(A, B, false);
     c.now += 2_000;

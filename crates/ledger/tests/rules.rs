@@ -7,6 +7,9 @@
 use hongbao_ledger::*;
 use proptest::prelude::*;
 
+/// Every test packet's grab key (the leader draws a random one).
+const KEY: u64 = 0x6b65_7921;
+
 const SHARD: ShardId = 1;
 const OTHER: ShardId = 2;
 const T0: u64 = 1_800_000_000_000; // 2027-01-15, an ordinary day
@@ -73,6 +76,7 @@ impl World {
 
     fn send(&mut self, sender: UserId, kind: PacketKind) -> PacketId {
         let o = self.run(Command::SendPacket {
+            key: KEY,
             sender,
             kind,
             device: "phone".into(),
@@ -87,7 +91,7 @@ impl World {
     }
 
     fn grab(&mut self, packet: PacketId, grabber: UserId) -> Outcome {
-        self.run(Command::Grab { packet, grabber, grabber_shard: SHARD, password: None })
+        self.run(Command::Grab { key: KEY, packet, grabber, grabber_shard: SHARD, phrase: None })
     }
 }
 
@@ -125,6 +129,7 @@ fn zero_amounts_are_rejected_with_amount_zero() {
     );
     assert_eq!(
         w.code(Command::SendPacket {
+            key: KEY,
             sender: 1,
             kind: lucky(0, 1),
             device: "phone".into(),
@@ -145,6 +150,7 @@ fn overflowing_amounts_are_rejected_with_amount_overflow() {
     let fixed = PacketKind::Fixed { per_share: Cents(u64::MAX / 2), count: 3 };
     assert_eq!(
         w.code(Command::SendPacket {
+            key: KEY,
             sender: 1,
             kind: fixed,
             device: "phone".into(),
@@ -167,6 +173,7 @@ fn spending_more_than_the_balance_is_insufficient_funds() {
     );
     assert_eq!(
         w.code(Command::SendPacket {
+            key: KEY,
             sender: 1,
             kind: lucky(600, 2),
             device: "phone".into(),
@@ -244,13 +251,15 @@ fn a_wrong_phrase_on_a_password_packet_is_wrong_password() {
     let mut w = World::new();
     w.open(1, 1000);
     w.open(2, 0);
-    let p = w.send(1, PacketKind::Password { total: Cents(100), count: 2, phrase: "恭喜發財".into() });
+    let p = w.send(1, PacketKind::Password { total: Cents(100), count: 2, phrase_hash: phrase_hash(KEY, "恭喜發財") });
     assert_eq!(
-        w.run(Command::Grab { packet: p, grabber: 2, grabber_shard: SHARD, password: Some("wrong".into()) }).code,
+        w.run(Command::Grab { key: KEY, packet: p, grabber: 2, grabber_shard: SHARD, phrase: Some(phrase_hash(KEY, "wrong")) }).code,
         Code::WrongPassword
     );
-    assert_eq!(w.run(Command::Grab { packet: p, grabber: 2, grabber_shard: SHARD, password: None }).code, Code::WrongPassword);
-    assert!(w.run(Command::Grab { packet: p, grabber: 2, grabber_shard: SHARD, password: Some("恭喜發財".into()) }).is_ok());
+    assert_eq!(w.run(Command::Grab { key: KEY, packet: p, grabber: 2, grabber_shard: SHARD, phrase: None }).code, Code::WrongPassword);
+    assert!(w
+        .run(Command::Grab { key: KEY, packet: p, grabber: 2, grabber_shard: SHARD, phrase: Some(phrase_hash(KEY, "恭喜發財")) })
+        .is_ok());
 }
 
 #[test]
@@ -271,6 +280,7 @@ fn packet_limits_total_count_and_share_have_their_codes() {
     w.open(1, 100_000);
     let send = |w: &mut World, kind| {
         w.code(Command::SendPacket {
+            key: KEY,
             sender: 1,
             kind,
             device: "phone".into(),
@@ -286,7 +296,7 @@ fn packet_limits_total_count_and_share_have_their_codes() {
     assert_eq!(send(&mut w, lucky(5, 10)), Code::ShareTooSmall);
     assert_eq!(send(&mut w, PacketKind::Fixed { per_share: Cents(0), count: 3 }), Code::AmountZero);
     assert_eq!(send(&mut w, PacketKind::Exclusive { amount: Cents(10), recipient: 1, recipient_shard: SHARD }), Code::SelfTransfer);
-    assert_eq!(send(&mut w, PacketKind::Password { total: Cents(10), count: 1, phrase: String::new() }), Code::InvalidArgument);
+    assert_eq!(send(&mut w, PacketKind::Password { total: Cents(10), count: 1, phrase_hash: [0; 32] }), Code::InvalidArgument);
 }
 
 #[test]
@@ -296,6 +306,7 @@ fn may_20th_raises_the_packet_limit_to_520() {
     w.open(1, 100_000);
     assert_eq!(
         w.code(Command::SendPacket {
+            key: KEY,
             sender: 1,
             kind: lucky(520_00, 1),
             device: "phone".into(),
@@ -315,6 +326,7 @@ fn a_frozen_account_can_neither_send_nor_withdraw_but_can_receive() {
     assert!(w.run(Command::SetRisk { user: 1, frozen: true, grade: RiskGrade::Normal }).is_ok());
     assert_eq!(
         w.code(Command::SendPacket {
+            key: KEY,
             sender: 1,
             kind: lucky(100, 1),
             device: "phone".into(),
@@ -362,6 +374,7 @@ fn the_daily_send_limit_depends_on_the_risk_grade_and_resets_each_day() {
     w.open(2, 0);
     let send = |w: &mut World, c| {
         w.code(Command::SendPacket {
+            key: KEY,
             sender: 1,
             kind: lucky(c, 1),
             device: "phone".into(),
@@ -558,7 +571,7 @@ fn a_cross_shard_grab_goes_through_the_outbox_and_mark_delivered_settles_it() {
     let mut w = World::new();
     w.open(1, 1000);
     let p = w.send(1, lucky(500, 2));
-    let o = w.run(Command::Grab { packet: p, grabber: 42, grabber_shard: OTHER, password: None });
+    let o = w.run(Command::Grab { key: KEY, packet: p, grabber: 42, grabber_shard: OTHER, phrase: None });
     let Reply::Grabbed { amount, credit_in_flight: true, .. } = o.reply else { panic!("{o:?}") };
     let out = view::outbox(&w.store, OTHER, 0, 10);
     assert_eq!(out.len(), 1);
@@ -740,9 +753,10 @@ fn run_ops(ops: &[Op]) -> (World, Vec<Request>) {
                     0 => PacketKind::Lucky { total: Cents(a), count: c },
                     1 => PacketKind::Fixed { per_share: Cents(a / 100), count: c },
                     2 => PacketKind::Exclusive { amount: Cents(a), recipient: user((u + 1) % 8), recipient_shard: SHARD },
-                    _ => PacketKind::Password { total: Cents(a), count: c, phrase: "kw".into() },
+                    _ => PacketKind::Password { total: Cents(a), count: c, phrase_hash: phrase_hash(KEY, "kw") },
                 };
                 Command::SendPacket {
+                    key: KEY,
                     sender: user(u),
                     kind,
                     device: "phone".into(),
@@ -754,10 +768,11 @@ fn run_ops(ops: &[Op]) -> (World, Vec<Request>) {
             Op::Grab(p, g, cross, pw) => {
                 let packet = packets.get(p as usize).copied().unwrap_or(PacketId::new(SHARD, 1_000 + p as u64));
                 Command::Grab {
+                    key: KEY,
                     packet,
                     grabber: user(g),
                     grabber_shard: if cross { OTHER } else { SHARD },
-                    password: pw.then(|| "kw".to_string()),
+                    phrase: pw.then(|| phrase_hash(KEY, "kw")),
                 }
             }
             Op::Credit(n, skip) => {
@@ -797,7 +812,15 @@ fn run_ops(ops: &[Op]) -> (World, Vec<Request>) {
                         verification,
                         pin,
                     },
-                    _ => Command::SendPacket { sender: user(u), kind: lucky(100, 2), device, verification, greeting: String::new(), pin },
+                    _ => Command::SendPacket {
+                        key: KEY,
+                        sender: user(u),
+                        kind: lucky(100, 2),
+                        device,
+                        verification,
+                        greeting: String::new(),
+                        pin,
+                    },
                 }
             }
             Op::Ack(k) => {
@@ -988,26 +1011,29 @@ fn the_leaders_fast_grab_refusal_agrees_with_the_ledger_and_never_refuses_a_repl
     w.open(2, 0);
     w.open(3, 0);
     let p = w.send(1, lucky(200, 2));
-    let first =
-        Request { id: w.fresh_id(), time_ms: w.now, cmd: Command::Grab { packet: p, grabber: 2, grabber_shard: SHARD, password: None } };
-    assert_eq!(view::grab_refusal(&w.store, &first.id, p, 2, || w.now), None, "an open packet goes to Raft");
+    let first = Request {
+        id: w.fresh_id(),
+        time_ms: w.now,
+        cmd: Command::Grab { key: KEY, packet: p, grabber: 2, grabber_shard: SHARD, phrase: None },
+    };
+    assert_eq!(view::grab_refusal(&w.store, &first.id, p, KEY, 2, || w.now), None, "an open packet goes to Raft");
     let granted = w.apply_req(&first);
     assert!(granted.is_ok());
     // A replay of the same request id is never refused: it must answer the first outcome.
-    assert_eq!(view::grab_refusal(&w.store, &first.id, p, 2, || w.now), None);
+    assert_eq!(view::grab_refusal(&w.store, &first.id, p, KEY, 2, || w.now), None);
     assert_eq!(w.apply_req(&first), granted);
     // A second grab by the same user, with a new id: refused as the ledger would.
     let again = w.fresh_id();
-    assert_eq!(view::grab_refusal(&w.store, &again, p, 2, || w.now), Some(Code::AlreadyGrabbed));
+    assert_eq!(view::grab_refusal(&w.store, &again, p, KEY, 2, || w.now), Some(Code::AlreadyGrabbed));
     assert_eq!(w.grab(p, 2).code, Code::AlreadyGrabbed);
     assert!(w.grab(p, 3).is_ok());
     let late = w.fresh_id();
-    assert_eq!(view::grab_refusal(&w.store, &late, p, 1, || w.now), Some(Code::PacketExhausted));
+    assert_eq!(view::grab_refusal(&w.store, &late, p, KEY, 1, || w.now), Some(Code::PacketExhausted));
     assert_eq!(w.grab(p, 1).code, Code::PacketExhausted);
     w.now += w.config.packet_ttl_ms;
-    assert_eq!(view::grab_refusal(&w.store, &late, p, 1, || w.now), Some(Code::PacketExpired));
+    assert_eq!(view::grab_refusal(&w.store, &late, p, KEY, 1, || w.now), Some(Code::PacketExpired));
     assert_eq!(w.grab(p, 1).code, Code::PacketExpired);
-    assert_eq!(view::grab_refusal(&w.store, &late, PacketId(p.0 + 1), 1, || w.now), None, "unknown packets go to the ledger");
+    assert_eq!(view::grab_refusal(&w.store, &late, PacketId(p.0 + 1), KEY, 1, || w.now), None, "unknown packets go to the ledger");
 }
 
 /// A leader whose clock leapt two days cannot move ledger time two days: one command moves it
@@ -1036,7 +1062,7 @@ fn a_stamp_two_days_ahead_moves_ledger_time_one_step_and_forgets_no_request_id()
     let again = w.apply_req(&Request { id, time_ms: w.now, cmd: topup });
     assert_eq!(again.code, Code::Ok);
     assert_eq!(w.balance(1), 15_00 - 3_00, "the retry paid once");
-    let grab = Command::Grab { packet, grabber: 2, grabber_shard: SHARD, password: None };
+    let grab = Command::Grab { key: KEY, packet, grabber: 2, grabber_shard: SHARD, phrase: None };
     let grab = Request { id: RequestId::new(T0 + 60_000, [0xce; 10]), time_ms: w.now, cmd: grab };
     assert_eq!(w.apply_req(&grab).code, Code::Ok, "the packet is still open");
 }
@@ -1104,7 +1130,7 @@ fn late_grabs_and_expiries_of_an_archived_packet_answer_as_before_and_move_nothi
     for (i, (p, g, want)) in cases.iter().enumerate() {
         assert_eq!(hot[i], *want);
         let id = w.fresh_id();
-        assert_eq!(view::grab_refusal(&w.store, &id, *p, *g, || w.now), Some(*want), "fast path, case {i}");
+        assert_eq!(view::grab_refusal(&w.store, &id, *p, KEY, *g, || w.now), Some(*want), "fast path, case {i}");
         assert_eq!(w.grab(*p, *g).code, *want, "ledger, case {i}");
     }
     assert_eq!(w.run(Command::ExpirePacket { packet: refunded }).reply, Reply::Expired { refunded: Cents(0) });

@@ -7,6 +7,9 @@
 
 use hongbao_ledger::*;
 
+/// Every test packet's grab key (the leader draws a random one).
+const KEY: u64 = 0x6b65_7921;
+
 const SHARD: ShardId = 1;
 const T0: u64 = 1_800_000_000_000; // 2027-01-15, an ordinary day
 
@@ -93,7 +96,7 @@ fn transfer(from: UserId, to: UserId, amount: u64, device: &str, verification: O
 }
 
 fn send(sender: UserId, kind: PacketKind, device: &str, verification: Option<Verification>, pin: PinCheck) -> Command {
-    Command::SendPacket { sender, kind, device: device.into(), verification, greeting: String::new(), pin }
+    Command::SendPacket { key: KEY, sender, kind, device: device.into(), verification, greeting: String::new(), pin }
 }
 
 fn lucky(total: u64, count: u32) -> PacketKind {
@@ -115,7 +118,7 @@ fn commands_name_their_actor_and_system_commands_have_none() {
     assert_eq!(set_pin(7).actor(), Some(7));
     assert_eq!(transfer(3, 4, 1, "p", None, V).actor(), Some(3));
     assert_eq!(send(5, lucky(1, 1), "p", None, V).actor(), Some(5));
-    assert_eq!(Command::Grab { packet: PacketId::new(1, 1), grabber: 9, grabber_shard: 1, password: None }.actor(), Some(9));
+    assert_eq!(Command::Grab { key: KEY, packet: PacketId::new(1, 1), grabber: 9, grabber_shard: 1, phrase: None }.actor(), Some(9));
     let ack = Command::AckNotifications { up_to_seq: 1 };
     assert!(ack.is_system());
     assert_eq!(ack.actor(), None);
@@ -155,13 +158,20 @@ fn the_fast_grab_refusal_looks_up_the_grabbers_own_request_id() {
     };
     let id = w.fresh_id();
     assert!(w
-        .apply_req(&Request { id, time_ms: w.now, cmd: Command::Grab { packet: p, grabber: 2, grabber_shard: SHARD, password: None } })
+        .apply_req(&Request {
+            id,
+            time_ms: w.now,
+            cmd: Command::Grab { key: KEY, packet: p, grabber: 2, grabber_shard: SHARD, phrase: None }
+        })
         .is_ok());
     // 2's replay is never refused early; 3 reusing 2's id is a new request and is refused.
-    assert_eq!(view::grab_refusal(&w.store, &id, p, 2, || w.now), None);
-    assert_eq!(view::grab_refusal(&w.store, &id, p, 3, || w.now), Some(Code::PacketExhausted));
-    let o =
-        w.apply_req(&Request { id, time_ms: w.now, cmd: Command::Grab { packet: p, grabber: 3, grabber_shard: SHARD, password: None } });
+    assert_eq!(view::grab_refusal(&w.store, &id, p, KEY, 2, || w.now), None);
+    assert_eq!(view::grab_refusal(&w.store, &id, p, KEY, 3, || w.now), Some(Code::PacketExhausted));
+    let o = w.apply_req(&Request {
+        id,
+        time_ms: w.now,
+        cmd: Command::Grab { key: KEY, packet: p, grabber: 3, grabber_shard: SHARD, phrase: None },
+    });
     assert_eq!(o.code, Code::PacketExhausted, "3 never sees 2's outcome");
 }
 
@@ -673,4 +683,137 @@ fn payments_from_another_device_are_summed_for_the_challenge_so_ten_of_99_99_do_
     let op = ChallengeOp { kind: ChallengeKind::Transfer, amount: Cents(50_00), counterparty: 2 };
     let v = Verification { challenge_id: id, code: w.code_for(id, 1, op) };
     assert_eq!(w.code(transfer(1, 2, 50_00, "new-phone", Some(v), V)), Code::Ok);
+}
+
+// ------------------------------------------------------------------ packet keys and phrases
+
+fn grab(packet: PacketId, key: u64, grabber: UserId, phrase: Option<&str>) -> Command {
+    Command::Grab { packet, key, grabber, grabber_shard: SHARD, phrase: phrase.map(|p| phrase_hash(key, p)) }
+}
+
+fn sent(o: &Outcome) -> (PacketId, u64) {
+    let Reply::Sent { packet, key, .. } = o.reply else { panic!("packet expected: {o:?}") };
+    (packet, key)
+}
+
+/// Every row of the store, to show that a refusal wrote nothing that matters.
+fn rows(w: &World) -> Vec<(Vec<u8>, Vec<u8>)> {
+    w.store.scan(&[0], &[0xff], usize::MAX)
+}
+
+/// Packet ids count up: only the key makes one reachable. A wrong key is answered exactly as an
+/// id that was never issued (the ledger and the leader's fast path), hot or archived, and moves
+/// nothing.
+#[test]
+fn a_grab_with_a_wrong_key_is_answered_as_no_packet_hot_or_archived_and_moves_nothing() {
+    let mut w = World::new();
+    w.open(1, 100_00);
+    w.open(2, 0);
+    let o = w.run(send(1, lucky(2_00, 2), "phone", None, V));
+    let (p, key) = sent(&o);
+    assert_eq!(key, KEY, "the reply hands the sender the packet's key");
+    let never_issued = PacketId::new(SHARD, p.seq() + 1);
+    for (packet, k) in [(p, KEY ^ 1), (p, 0), (never_issued, KEY), (PacketId::new(SHARD, 0), KEY)] {
+        let before = rows(&w);
+        let id = w.fresh_id();
+        let fast = view::grab_refusal(&w.store, &id, packet, k, 2, || w.now);
+        assert_eq!(w.code(grab(packet, k, 2, None)), Code::UnknownPacket, "{packet:?} key {k:x}");
+        if packet == p {
+            assert_eq!(fast, Some(Code::UnknownPacket), "the leader refuses a wrong key without a log entry");
+        } else {
+            assert_eq!(fast, None, "an id not yet issued here goes to the leader's read barrier");
+            assert!(!view::packet_issued(&w.store, packet));
+        }
+        let after = rows(&w);
+        let changed: Vec<_> = after.iter().filter(|r| !before.contains(r)).map(|(k, _)| k[0] as char).collect();
+        assert!(changed.iter().all(|c| matches!(c, 't' | 'q' | 'd')), "only the clock and the request id: {changed:?}");
+    }
+    assert_eq!(view::packet(&w.store, p).unwrap().packet.remaining, Cents(2_00));
+    assert_eq!(w.balance(2), 0);
+    // The right key grabs; then settled and archived, a wrong key still says no packet.
+    assert!(w.run(grab(p, KEY, 2, None)).is_ok());
+    w.open(3, 0);
+    assert!(w.run(grab(p, KEY, 3, None)).is_ok());
+    w.now += w.config.packet_retention_ms + 1;
+    w.run(Command::TopUp { user: 1, amount: Cents(1) });
+    assert_eq!(view::totals(&w.store).archived_packets, 1);
+    let id = w.fresh_id();
+    assert_eq!(view::grab_refusal(&w.store, &id, p, KEY ^ 1, 2, || w.now), Some(Code::UnknownPacket));
+    assert_eq!(view::grab_refusal(&w.store, &id, p, KEY, 2, || w.now), Some(Code::AlreadyGrabbed));
+    assert_eq!(w.code(grab(p, KEY ^ 1, 2, None)), Code::UnknownPacket);
+}
+
+/// A password packet's phrase is never in a command or in state: only its hash salted with
+/// the packet's key, which differs from packet to packet.
+#[test]
+fn a_password_packet_keeps_only_a_hash_of_its_phrase_salted_with_its_key() {
+    let phrase = "恭喜發財";
+    assert_ne!(phrase_hash(1, phrase), phrase_hash(2, phrase), "salted");
+    let mut w = World::new();
+    w.open(1, 100_00);
+    w.open(2, 0);
+    let kind = PacketKind::Password { total: Cents(1_00), count: 1, phrase_hash: phrase_hash(KEY, phrase) };
+    let (p, _) = sent(&w.run(send(1, kind, "phone", None, V)));
+    assert!(w.run(grab(p, KEY, 2, Some(phrase))).is_ok());
+    let needle = phrase.as_bytes();
+    for (k, v) in rows(&w) {
+        assert!(!v.windows(needle.len()).any(|x| x == needle), "row {:?} holds the phrase", k[0] as char);
+    }
+}
+
+/// Five wrong phrases from one grabber close the packet to that grabber, then even the right
+/// phrase is refused (so the answer stops telling right from wrong), on the leader's fast path
+/// too; other grabbers are not affected; the counts leave with the archive.
+#[test]
+fn five_wrong_phrases_close_a_password_packet_to_that_grabber_even_for_the_right_phrase() {
+    let mut w = World::new();
+    w.open(1, 100_00);
+    for u in 2..=4 {
+        w.open(u, 0);
+    }
+    let kind = PacketKind::Password { total: Cents(2_00), count: 2, phrase_hash: phrase_hash(KEY, "open sesame") };
+    let (p, _) = sent(&w.run(send(1, kind, "phone", None, V)));
+    for i in 0..PHRASE_MAX_TRIES {
+        let id = w.fresh_id();
+        assert_eq!(view::grab_refusal(&w.store, &id, p, KEY, 2, || w.now), None, "a wrong phrase must be counted: try {i}");
+        assert_eq!(w.code(grab(p, KEY, 2, Some(&format!("guess {i}")))), Code::WrongPassword);
+    }
+    assert_eq!(w.code(grab(p, KEY, 2, Some("open sesame"))), Code::PhraseTriesExhausted);
+    assert_eq!(w.code(grab(p, KEY, 2, None)), Code::PhraseTriesExhausted);
+    let id = w.fresh_id();
+    assert_eq!(view::grab_refusal(&w.store, &id, p, KEY, 2, || w.now), Some(Code::PhraseTriesExhausted));
+    assert_eq!(w.balance(2), 0);
+    // Another grabber: one wrong try, then the right phrase.
+    assert_eq!(w.code(grab(p, KEY, 3, Some("sesame"))), Code::WrongPassword);
+    assert!(w.run(grab(p, KEY, 3, Some("open sesame"))).is_ok());
+    assert!(w.run(grab(p, KEY, 4, Some("open sesame"))).is_ok());
+    assert_eq!(w.balance(3) + w.balance(4), 2_00);
+    w.now += w.config.packet_retention_ms + 1;
+    w.run(Command::TopUp { user: 1, amount: Cents(1) });
+    assert_eq!(view::totals(&w.store).archived_packets, 1);
+    let (a, b) = keys::phrase_tries_of(p);
+    assert!(w.store.scan(&a, &b, 10).is_empty(), "the counts went with the archive");
+}
+
+/// The key is drawn by whichever leader proposes a send, and the phrase's hash is salted with
+/// it: a re-sent request id answers the first packet and its key, and sends nothing more.
+#[test]
+fn a_resent_packet_request_id_answers_the_first_packet_and_key_whatever_key_the_new_leader_drew() {
+    let mut w = World::new();
+    w.open(1, 100_00);
+    let id = w.fresh_id();
+    let cmd = |key: u64| Command::SendPacket {
+        key,
+        sender: 1,
+        kind: PacketKind::Password { total: Cents(1_00), count: 1, phrase_hash: phrase_hash(key, "kw") },
+        device: "phone".into(),
+        verification: None,
+        greeting: String::new(),
+        pin: V,
+    };
+    let first = w.apply_req(&Request { id, time_ms: w.now, cmd: cmd(KEY) });
+    let again = w.apply_req(&Request { id, time_ms: w.now, cmd: cmd(KEY + 1) });
+    assert_eq!(again, first);
+    assert_eq!(sent(&first).1, KEY);
+    assert_eq!(w.balance(1), 99_00, "one packet sent");
 }

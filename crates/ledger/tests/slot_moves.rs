@@ -11,6 +11,9 @@ use hongbao_ledger::state::EntryKind;
 use hongbao_ledger::*;
 use proptest::prelude::*;
 
+/// Every test packet's grab key (the leader draws a random one).
+const KEY: u64 = 0x6b65_7921;
+
 const A: ShardId = 1;
 const B: ShardId = 2;
 const C: ShardId = 3;
@@ -88,6 +91,7 @@ impl Cluster {
 
     fn send_packet(&mut self, sender: UserId, cents: u64, count: u32) -> PacketId {
         let cmd = Command::SendPacket {
+            key: KEY,
             sender,
             kind: PacketKind::Lucky { total: Cents(cents), count },
             device: "phone".into(),
@@ -101,7 +105,7 @@ impl Cluster {
     }
 
     fn grab(&mut self, packet: PacketId, grabber: UserId, grabber_shard: ShardId) -> Outcome {
-        self.run(packet.shard(), Command::Grab { packet, grabber, grabber_shard, password: None })
+        self.run(packet.shard(), Command::Grab { key: KEY, packet, grabber, grabber_shard, phrase: None })
     }
 
     fn balance(&self, on: ShardId, user: UserId) -> Option<u64> {
@@ -418,7 +422,7 @@ proptest! {
                 }
                 Op::Packet { sender, cents } => {
                     let sender = sender as u64 + 1;
-                    let cmd = Command::SendPacket {
+                    let cmd = Command::SendPacket { key: KEY,
                         sender,
                         kind: PacketKind::Lucky { total: Cents(cents as u64), count: 3 },
                         device: "phone".into(),

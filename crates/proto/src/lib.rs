@@ -97,6 +97,7 @@ pub fn retry_step(code: ErrorCode) -> RetryStep {
         | E::RequestAhead
         | E::ClusterMapStale
         | E::MoveTooLarge
+        | E::PhraseTriesExhausted
         // The caller's credentials decide these: re-sending the same request changes nothing.
         | E::PermissionDenied
         | E::Unauthenticated => RetryStep::Final,
@@ -148,6 +149,7 @@ pub fn grpc_code_for(code: ErrorCode) -> tonic::Code {
         | E::RequestAhead
         | E::ClusterMapStale
         | E::MoveTooLarge
+        | E::PhraseTriesExhausted
         | E::PinNotSet
         | E::PinLocked
         | E::CreditOutOfOrder => tonic::Code::FailedPrecondition,

@@ -88,7 +88,7 @@ impl Acked {
                 *self.balances.entry(from).or_default() -= amount as i128;
                 *self.balances.entry(to).or_default() += amount as i128;
             }
-            (Op::Send { sender, total, .. }, Ack::Sent { packet }) => {
+            (Op::Send { sender, total, .. }, Ack::Sent { packet, .. }) => {
                 *self.balances.entry(sender).or_default() -= total as i128;
                 if self.senders.insert(packet, (sender, total)).is_some() {
                     v.push(format!("packet {packet} acknowledged to two sends"));
@@ -206,8 +206,8 @@ mod tests {
         vec![
             ev(Op::TopUp { user: 1, amount: 100 }, Outcome::Ok(Ack::Wallet { fee: 0 })),
             ev(Op::TopUp { user: 2, amount: 7 }, Outcome::Fail(ErrorCode::UnknownUser)),
-            ev(Op::Send { sender: 1, total: 10, count: 2, size: Size::Normal }, Outcome::Ok(Ack::Sent { packet: 9 })),
-            ev(Op::Grab { packet: 9, grabber: 2, phrase: false }, Outcome::Ok(Ack::Grabbed { amount: 4 })),
+            ev(Op::Send { sender: 1, total: 10, count: 2, size: Size::Normal }, Outcome::Ok(Ack::Sent { packet: 9, key: 1 })),
+            ev(Op::Grab { packet: 9, key: 1, grabber: 2, phrase: false }, Outcome::Ok(Ack::Grabbed { amount: 4 })),
             ev(Op::Transfer { from: 1, to: 2, amount: 5 }, Outcome::Ok(Ack::Wallet { fee: 0 })),
         ]
     }

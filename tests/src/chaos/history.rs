@@ -13,7 +13,7 @@ pub enum Op {
     Withdraw { user: u64, amount: u64 },
     Transfer { from: u64, to: u64, amount: u64 },
     Send { sender: u64, total: u64, count: u32, size: Size },
-    Grab { packet: u64, grabber: u64, phrase: bool },
+    Grab { packet: u64, key: u64, grabber: u64, phrase: bool },
 }
 
 /// How big a send's strings are (big-entries mixes the larger ones in).
@@ -46,7 +46,7 @@ impl Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ack {
     Wallet { fee: u64 },
-    Sent { packet: u64 },
+    Sent { packet: u64, key: u64 },
     Grabbed { amount: u64 },
 }
 

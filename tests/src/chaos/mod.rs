@@ -1320,7 +1320,7 @@ async fn quiesce(client: &Client, history: &[Event], users: &[u64]) -> anyhow::R
     let packets: Vec<u64> = history
         .iter()
         .filter_map(|e| match e.ack() {
-            Some(history::Ack::Sent { packet }) => Some(packet),
+            Some(history::Ack::Sent { packet, .. }) => Some(packet),
             _ => None,
         })
         .collect();
@@ -1403,7 +1403,7 @@ fn big_entries_held(history: &[Event], fin: &Final, report: &mut Report) {
         match size {
             Size::Normal => {}
             Size::Max => {
-                if let Outcome::Ok(history::Ack::Sent { packet }) = e.outcome {
+                if let Outcome::Ok(history::Ack::Sent { packet, .. }) = e.outcome {
                     max_ok += 1;
                     if let Some(v) = fin.packets.get(&packet) {
                         if v.greeting != workload::greeting(Size::Max) {

@@ -7,7 +7,7 @@
 
 use super::history::{Ack, Event, Op, Outcome, Size};
 use crate::TEST_PIN;
-use hongbao_client::{new_request_id, settle, Client, ClientError};
+use hongbao_client::{new_request_id, settle, Client, ClientError, PacketRef};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest, WithdrawRequest};
 use hongbao_proto::ErrorCode;
 use hongbao_topology::{PacketId, Topology};
@@ -61,7 +61,8 @@ pub struct Shared {
     pub users: Vec<u64>,
     pub start: Instant,
     pub history: Mutex<Vec<Event>>,
-    packets: Mutex<Vec<u64>>,
+    /// Packets sent, with their keys: what a grab may name.
+    packets: Mutex<Vec<(u64, u64)>>,
     pub stop: AtomicBool,
     /// Mix maximum-size and oversize requests in (the big-entries schedule).
     pub big: bool,
@@ -90,9 +91,9 @@ impl Shared {
     }
 
     pub fn record(&self, e: Event) {
-        if let Some(Ack::Sent { packet }) = e.ack() {
+        if let Some(Ack::Sent { packet, key }) = e.ack() {
             let mut p = self.packets.lock().expect("packets lock");
-            p.push(packet);
+            p.push((packet, key));
             if p.len() > PACKET_POOL {
                 p.remove(0);
             }
@@ -100,7 +101,7 @@ impl Shared {
         self.history.lock().expect("history lock").push(e);
     }
 
-    fn random_packet(&self, rng: &mut impl Rng) -> Option<u64> {
+    fn random_packet(&self, rng: &mut impl Rng) -> Option<(u64, u64)> {
         let p = self.packets.lock().expect("packets lock");
         if p.is_empty() {
             None
@@ -165,11 +166,11 @@ pub async fn send(client: &Client, rid: &[u8], op: &Op) -> Result<Ack, ClientErr
                 phrase,
                 ..Default::default()
             };
-            client.send_packet(req).await.map(|r| Ack::Sent { packet: r.packet_id })
+            client.send_packet(req).await.map(|r| Ack::Sent { packet: r.packet_id, key: r.packet_key })
         }
-        Op::Grab { packet, grabber, phrase: p } => {
+        Op::Grab { packet, key, grabber, phrase: p } => {
             let password = if p { phrase() } else { String::new() };
-            client.grab(rid, packet, grabber, &password).await.map(|r| Ack::Grabbed { amount: r.amount_cents })
+            client.grab(rid, PacketRef { id: packet, key }, grabber, &password).await.map(|r| Ack::Grabbed { amount: r.amount_cents })
         }
     }
 }
@@ -221,7 +222,7 @@ fn pick_op(shared: &Shared, rng: &mut impl Rng) -> Op {
             Op::Send { sender: user, total: rng.gen_range(count as u64..=2_000), count, size }
         }
         _ => match shared.random_packet(rng) {
-            Some(packet) => Op::Grab { packet, grabber: user, phrase: shared.big },
+            Some((packet, key)) => Op::Grab { packet, key, grabber: user, phrase: shared.big },
             None => Op::TopUp { user, amount: 100 },
         },
     }

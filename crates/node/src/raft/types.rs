@@ -63,31 +63,35 @@ mod tests {
     use hongbao_ledger::{Cents, Command, PacketKind, PinCheck, Request, RequestId};
 
     #[test]
-    fn a_batch_printed_for_a_log_shows_no_pin_hash_or_phrase() {
+    fn a_batch_printed_for_a_log_shows_no_pin_hash_phrase_hash_or_packet_key() {
         let req = |cmd| Request { id: RequestId([7; 16]), time_ms: 1, cmd };
-        let phrase = "open sesame";
+        let key = 0x1234_5678_9abc_def0u64;
         let batch = Batch(
             vec![
                 req(Command::SetPin { user: 1, salt: [0x11; 16], hash: [0x5a; 32] }),
                 req(Command::SendPacket {
                     sender: 1,
-                    kind: PacketKind::Password { total: Cents(100), count: 1, phrase: phrase.into() },
+                    kind: PacketKind::Password { total: Cents(100), count: 1, phrase_hash: [0x33; 32] },
                     device: "phone".into(),
                     verification: None,
                     greeting: String::new(),
                     pin: PinCheck::Verified,
+                    key,
                 }),
                 req(Command::Grab {
                     packet: hongbao_ledger::PacketId::new(1, 1),
+                    key,
                     grabber: 2,
                     grabber_shard: 1,
-                    password: Some(phrase.into()),
+                    phrase: Some([0x33; 32]),
                 }),
             ],
             9,
         );
         let printed = format!("{batch:?}");
         assert!(printed.contains("SetPin") && printed.contains("SendPacket") && printed.contains("Grab"), "{printed}");
-        assert!(!printed.contains(phrase) && !printed.contains("90, 90") && !printed.contains("17, 17"), "{printed}");
+        for secret in ["51, 51", "90, 90", "17, 17", &key.to_string(), "1234"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
     }
 }

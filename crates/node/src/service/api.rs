@@ -6,7 +6,9 @@
 use crate::host::{Host, ReadPermit};
 use crate::service::convert::{bounded, claim, detail, invalid, kind_of, refused, request_id, statement_entry, verification, About};
 use hongbao_ledger::state::EntryKind;
-use hongbao_ledger::{view, Cents, Code, Command, Outcome, PacketId, PacketKind, PinCheck, Reply, RequestId, RiskGrade, ShardId, UserId};
+use hongbao_ledger::{
+    phrase_hash, view, Cents, Code, Command, Outcome, PacketId, PacketKind, PinCheck, Reply, RequestId, RiskGrade, ShardId, Store, UserId,
+};
 use hongbao_proto::v1::coalesced_server::Coalesced;
 use hongbao_proto::v1::packets_server::Packets;
 use hongbao_proto::v1::wallet_server::Wallet;
@@ -110,6 +112,39 @@ impl ApiService {
 
     /// One grab: fast refusal on the leader when the outcome is already final, else a proposal.
     /// Shared by the single `Grab` RPC and the router's coalesced `Grabs`.
+    /// A grab the leader refuses without a log entry (`view::grab_refusal`): none here unless
+    /// this node leads the shard. An id the shard has not issued by its applied state is asked
+    /// again after a linearizable read barrier (a packet sent a moment ago may not be applied
+    /// here yet), and refused if still not issued: a bot counting through ids costs a read, no
+    /// log entry and no request-id row.
+    async fn grab_refusal(
+        &self,
+        shard: ShardId,
+        id: &RequestId,
+        packet: PacketId,
+        key: u64,
+        grabber: UserId,
+    ) -> Result<Option<Code>, Status> {
+        let Ok(s) = self.host.replica(shard) else { return Ok(None) };
+        if !self.host.is_leader(&s) {
+            return Ok(None);
+        }
+        let now = || self.host.ledger_time_ms(shard);
+        if let Some(code) = view::grab_refusal(&self.host.store(shard), id, packet, key, grabber, now) {
+            return Ok(Some(code));
+        }
+        if view::packet_issued(&self.host.store(shard), packet) {
+            return Ok(None);
+        }
+        let _read = self.read_gate(shard, false).await?;
+        let store = self.host.store(shard);
+        if let Some(code) = view::grab_refusal(&store, id, packet, key, grabber, now) {
+            return Ok(Some(code));
+        }
+        let seen = store.get(&hongbao_ledger::keys::dedup(grabber, id)).is_some();
+        Ok((!view::packet_issued(&store, packet) && !seen).then_some(Code::UnknownPacket))
+    }
+
     async fn grab_one(&self, r: GrabRequest) -> Result<GrabReply, Status> {
         let packet = PacketId(r.packet_id);
         let shard = packet.shard();
@@ -118,17 +153,15 @@ impl ApiService {
         }
         let grabber_shard = self.user_shard(r.grabber)?;
         self.text("password", &r.password)?;
-        let password = if r.password.is_empty() { None } else { Some(r.password) };
+        let key = r.packet_key;
+        // The phrase is hashed here, salted with the key the grabber names: a wrong key finds
+        // no packet anyway, and the phrase never reaches the log.
+        let phrase = if r.password.is_empty() { None } else { Some(phrase_hash(key, &r.password)) };
         let id = request_id(&r.request_id)?;
-        let cmd = Command::Grab { packet, grabber: r.grabber, grabber_shard, password };
-        if let Ok(s) = self.host.replica(shard) {
-            if self.host.is_leader(&s) {
-                let now = || self.host.ledger_time_ms(shard);
-                if let Some(code) = hongbao_ledger::view::grab_refusal(&self.host.store(shard), &id, packet, r.grabber, now) {
-                    metrics::counter!(crate::metrics::GRABS_FAST_REJECTED).increment(1);
-                    return Err(refused(&Outcome::err(code), shard, &About::of(&cmd)));
-                }
-            }
+        let cmd = Command::Grab { packet, key, grabber: r.grabber, grabber_shard, phrase };
+        if let Some(code) = self.grab_refusal(shard, &id, packet, key, r.grabber).await? {
+            metrics::counter!(crate::metrics::GRABS_FAST_REJECTED).increment(1);
+            return Err(refused(&Outcome::err(code), shard, &About::of(&cmd)));
         }
         let o = self.write(shard, id, cmd).await?;
         metrics::counter!(crate::metrics::GRABS).increment(1);
@@ -271,6 +304,14 @@ impl Packets for ApiService {
         self.text("greeting", &r.greeting)?;
         self.text("phrase", &r.phrase)?;
         let id = request_id(&r.request_id)?;
+        // The grab key: random and never zero. A re-send drawn another key by another leader is
+        // answered the first packet's (the fingerprint leaves the key out).
+        let key = loop {
+            let k: u64 = rand::random();
+            if k != 0 {
+                break k;
+            }
+        };
         let kind = match r.kind() {
             hongbao_proto::v1::PacketKind::Lucky => PacketKind::Lucky { total: Cents(r.total_cents), count: r.count },
             hongbao_proto::v1::PacketKind::Fixed => PacketKind::Fixed { per_share: Cents(r.per_share_cents), count: r.count },
@@ -280,7 +321,11 @@ impl Packets for ApiService {
                 recipient_shard: self.user_shard(r.recipient)?,
             },
             hongbao_proto::v1::PacketKind::Password => {
-                PacketKind::Password { total: Cents(r.total_cents), count: r.count, phrase: r.phrase.clone() }
+                if r.phrase.is_empty() {
+                    return Err(invalid("a password packet needs a phrase"));
+                }
+                // Only the salted hash goes into the log and the state, never the phrase.
+                PacketKind::Password { total: Cents(r.total_cents), count: r.count, phrase_hash: phrase_hash(key, &r.phrase) }
             }
             hongbao_proto::v1::PacketKind::Unspecified => return Err(invalid("packet kind is required")),
         };
@@ -292,12 +337,16 @@ impl Packets for ApiService {
             verification: verification(&r.verification),
             greeting: r.greeting,
             pin,
+            key,
         };
         let o = self.write(shard, id, cmd).await?;
         match o.reply {
-            Reply::Sent { packet, expires_ms, balance } => {
-                Ok(Response::new(SendPacketReply { packet_id: packet.0, expires_at_ms: expires_ms, balance_cents: balance.0 }))
-            }
+            Reply::Sent { packet, key, expires_ms, balance } => Ok(Response::new(SendPacketReply {
+                packet_id: packet.0,
+                expires_at_ms: expires_ms,
+                balance_cents: balance.0,
+                packet_key: key,
+            })),
             other => Err(Status::internal(format!("unexpected ledger reply {other:?}"))),
         }
     }
@@ -323,10 +372,13 @@ impl Packets for ApiService {
             .iter()
             .map(|(seq, e)| {
                 let packet = match e.kind {
-                    EntryKind::PacketSend { packet } | EntryKind::PacketGrab { packet } => packet.0,
+                    EntryKind::PacketSend { packet } | EntryKind::PacketGrab { packet } => packet,
                     _ => unreachable!("packets_page lists only sends and grabs"),
                 };
-                PacketHistoryEntry { seq: *seq, time_ms: e.time_ms, packet_id: packet, amount_cents: e.delta.unsigned_abs() }
+                // The user sent or grabbed it, so they hold its key already. A packet grabbed
+                // from another shard lives there: its key is not here (0).
+                let packet_key = view::packet_key(&store, packet).unwrap_or(0);
+                PacketHistoryEntry { seq: *seq, time_ms: e.time_ms, packet_id: packet.0, amount_cents: e.delta.unsigned_abs(), packet_key }
             })
             .collect();
         // The year as of ledger time: the counters roll over by it.
@@ -349,7 +401,10 @@ impl Packets for ApiService {
             return Err(status(detail(ErrorCode::UnknownPacket, format!("packet {} names no shard", r.packet_id), shard)));
         }
         let _read = self.read_gate(shard, r.allow_stale).await?;
+        // Without the key (or a router's inspect flag for risk and admin), the same answer as an
+        // id never issued.
         let v = view::packet(&self.host.store(shard), id)
+            .filter(|v| r.inspect || v.packet.key == r.packet_key)
             .ok_or_else(|| status(detail(ErrorCode::UnknownPacket, format!("no packet {}", r.packet_id), shard)))?;
         let p = &v.packet;
         Ok(Response::new(PacketView {

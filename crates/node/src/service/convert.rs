@@ -45,6 +45,7 @@ pub fn ledger_code(code: Code) -> ErrorCode {
         Code::SlotMoving => ErrorCode::SlotMoving,
         Code::SlotMoved => ErrorCode::SlotMoved,
         Code::MoveTooLarge => ErrorCode::MoveTooLarge,
+        Code::PhraseTriesExhausted => ErrorCode::PhraseTriesExhausted,
     }
 }
 
@@ -217,6 +218,9 @@ pub fn explain(code: Code, a: &About) -> String {
             "a user in the slot remembers more than {} requests, more than one move carries: the slot stays until older ones expire",
             hongbao_ledger::MAX_MOVED_REQUESTS
         ),
+        Code::PhraseTriesExhausted => {
+            format!("user {u} sent {} wrong phrases for packet {p}: it is closed to them", hongbao_ledger::PHRASE_MAX_TRIES)
+        }
     }
 }
 
@@ -263,7 +267,7 @@ mod tests {
 
     #[test]
     fn every_refusal_is_explained_in_words_naming_who_and_what() {
-        let grab = Command::Grab { packet: hongbao_ledger::PacketId(2814), grabber: 1002, grabber_shard: 1, password: None };
+        let grab = Command::Grab { packet: hongbao_ledger::PacketId(2814), key: 1, grabber: 1002, grabber_shard: 1, phrase: None };
         assert_eq!(explain(Code::AlreadyGrabbed, &About::of(&grab)), "user 1002 already grabbed packet 2814");
         let send = Command::SendPacket {
             sender: 7,
@@ -272,6 +276,7 @@ mod tests {
             verification: None,
             greeting: String::new(),
             pin: hongbao_ledger::PinCheck::Verified,
+            key: 1,
         };
         assert_eq!(explain(Code::InsufficientFunds, &About::of(&send)), "user 7 has less than ¥6.00 (with any fee) in the wallet");
         for code in ALL.iter().skip(1) {
@@ -282,7 +287,7 @@ mod tests {
 
     /// Every ledger code, in number order (the exhaustive match in `ledger_code` makes a new code
     /// a compile error there; this list makes it a test failure here until it is added).
-    const ALL: [Code; 36] = [
+    const ALL: [Code; 37] = [
         Code::Ok,
         Code::AmountZero,
         Code::AmountOverflow,
@@ -319,6 +324,7 @@ mod tests {
         Code::SlotMoving,
         Code::SlotMoved,
         Code::MoveTooLarge,
+        Code::PhraseTriesExhausted,
     ];
 
     #[test]
