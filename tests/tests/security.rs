@@ -1296,3 +1296,67 @@ async fn five_wrong_phrases_close_a_password_packet_to_one_grabber_and_the_phras
     assert!(control_found, "the greeting sent beside the phrase is in some node's files (where the phrase would be)");
     assert!(got.amount_cents > 0);
 }
+
+/// #28, item 6 (fairness): one token that sends without waiting for answers could hold every
+/// in-flight place a router gives a shard, and every other user got OVERLOADED. Now one user
+/// holds at most `MAX_INFLIGHT_PER_USER` (32) of them. With the router's bound at 40 and shard
+/// 1's commits slowed (its leader's messages delayed 250 ms), a bot's 60 grabs at once: 32 wait in
+/// flight, the rest are refused RATE_LIMITED for being in flight (not for the rate), and a grab
+/// by another user sent meanwhile is served. The bot's grabs of one packet take one share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_holds_at_most_32_of_a_routers_in_flight_places_and_another_user_is_still_served() {
+    use hongbao_proto::v1::packets_client::PacketsClient;
+    let c = Cluster::start(Spec { routers: true, router_max_inflight: Some(40), ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let bot = c.topology.user_in_shard(2, 110);
+    let honest = c.topology.user_in_shard(3, 111);
+    let sender = c.topology.user_in_shard(1, 112);
+    c.funded(&app, bot, 0).await;
+    c.funded(&app, honest, 0).await;
+    c.funded(&app, sender, 10_000).await;
+    let p = packet(&app, sender, 1_000, 10).await;
+    let leader = c.leaders().await[&1];
+    // 250 ms: commits wait that long, and heartbeats still come within the election timeout.
+    c.set_faults(leader, Faults { delay_ms: 250, ..Faults::default() }).await.expect("slow shard 1's commits");
+
+    let router = as_identity(&c, &c.topology.routers[0].addr, &Identity::Service(Role::App));
+    let signer = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("signer");
+    let grab = |user: u64| {
+        let token = signer.mint(user, TEST_DEVICE, 600);
+        let g = GrabRequest { request_id: new_request_id(), packet_id: p.id, packet_key: p.key, grabber: user, password: String::new() };
+        let mut pc = PacketsClient::new(router.clone());
+        async move { pc.grab(with_token(g, &token)).await }
+    };
+    let flood = futures::future::join_all((0..60).map(|_| grab(bot)));
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(80)).await; // the bot's grabs are in flight
+        grab(honest).await
+    };
+    let (flood, late) = tokio::join!(flood, late);
+    c.set_faults(leader, Faults::default()).await.expect("heal");
+    let in_flight_refusals = flood
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .filter(|s| hongbao_proto::detail_of(s).code() == ErrorCode::RateLimited && s.message().contains("in flight"))
+        .count();
+    assert!(in_flight_refusals >= 60 - 32, "{in_flight_refusals} of the bot's 60 grabs refused for being in flight");
+    let late = late.expect("another user's grab is served while the bot's are in flight").into_inner();
+    assert!(late.amount_cents > 0);
+    let bot_shares = flood.iter().filter(|r| r.is_ok()).count();
+    assert!(bot_shares <= 1, "one user takes one share of a packet: {bot_shares}");
+    // Exactly the claimed shares reach the grabbers' shards (by the relay), nothing else moved.
+    let view = c.node_client().show_packet(p.id).await.expect("the packet");
+    let claimed: u64 = view.claims.iter().map(|cl| cl.amount_cents).sum();
+    assert_eq!(view.claims.len(), 1 + bot_shares, "{view:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = money(&c, &[bot, honest, sender]).await;
+        if after.3 && after.0[0] + after.0[1] == claimed {
+            assert_eq!((after.0[1], after.0[2]), (late.amount_cents, 9_000), "the sender paid the packet, once");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the shares never arrived: {after:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -17,7 +17,9 @@
 
 use hongbao_auth::{Claims, DevKey, Identity, RateLimiter, Role, TokenKeys, TokenVerifier, DEV_KID};
 use hongbao_proto::{denied, error, unauthenticated, ErrorCode};
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use tonic::{Request, Status};
 
 /// Per-user limits at the boundary (token buckets), so one user cannot flood reads or have
@@ -32,6 +34,12 @@ pub struct Limits {
 /// Users tracked by each rate limiter at most.
 const MAX_LIMITED_USERS: usize = 200_000;
 
+/// Requests one user may have in flight through one router at once. A shard takes at most
+/// `--max-inflight-per-shard` through a router; without a share per user, one token sending
+/// without waiting for answers could hold all of them and every other user would get
+/// OVERLOADED (#28, item 6). A person's app has a few calls in flight, not dozens.
+pub const MAX_INFLIGHT_PER_USER: usize = 32;
+
 pub struct Gate {
     tokens: TokenVerifier,
     token_dir: PathBuf,
@@ -40,6 +48,29 @@ pub struct Gate {
     reads: RateLimiter<u64>,
     spends: RateLimiter<u64>,
     grabs: RateLimiter<u64>,
+    /// Requests in flight per user (only users with one or more: bounded by the in-flight
+    /// bounds of the shards).
+    in_flight: Mutex<HashMap<u64, usize>>,
+}
+
+/// One of a user's in-flight places (`Gate::read_allowed` and the like): held while the call is
+/// forwarded, given back when dropped.
+#[must_use = "the user's in-flight place is held until this is dropped: keep it while forwarding"]
+pub struct InFlight<'a> {
+    gate: &'a Gate,
+    user: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut all = self.gate.in_flight.lock().expect("in-flight lock");
+        let n = all.get_mut(&self.user).expect("a held place is counted");
+        assert!(*n > 0, "in-flight count of user {} underflows", self.user);
+        *n -= 1;
+        if *n == 0 {
+            all.remove(&self.user);
+        }
+    }
 }
 
 /// Interceptor: every call through a router comes from a service whose certificate names it.
@@ -91,7 +122,24 @@ impl Gate {
             reads: RateLimiter::new(limits.reads_per_s, limits.reads_per_s * 2.0, MAX_LIMITED_USERS),
             spends: RateLimiter::new(limits.spends_per_s, limits.spends_per_s * 2.0, MAX_LIMITED_USERS),
             grabs: RateLimiter::new(limits.grabs_per_s, limits.grabs_per_s * 2.0, MAX_LIMITED_USERS),
+            in_flight: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// One of `user`'s `MAX_INFLIGHT_PER_USER` places, or RATE_LIMITED when all are taken.
+    fn place(&self, user: u64) -> Result<InFlight<'_>, Status> {
+        let mut all = self.in_flight.lock().expect("in-flight lock");
+        let n = all.entry(user).or_insert(0);
+        if *n >= MAX_INFLIGHT_PER_USER {
+            drop(all);
+            metrics::counter!(crate::metrics::RATE_LIMITED, "kind" => "in_flight").increment(1);
+            return Err(error(
+                ErrorCode::RateLimited,
+                format!("user {user}: {MAX_INFLIGHT_PER_USER} requests in flight already; wait for their answers"),
+            ));
+        }
+        *n += 1;
+        Ok(InFlight { gate: self, user })
     }
 
     /// Re-reads the trusted token keys (rotation: add the new key, then remove the old one).
@@ -153,9 +201,9 @@ impl Gate {
         unauthenticated(format!("user token refused: {e}"))
     }
 
-    pub fn read_allowed(&self, user: u64) -> Result<(), Status> {
+    pub fn read_allowed(&self, user: u64) -> Result<InFlight<'_>, Status> {
         if self.reads.allow(&user) {
-            return Ok(());
+            return self.place(user);
         }
         metrics::counter!(crate::metrics::RATE_LIMITED, "kind" => "read").increment(1);
         Err(error(ErrorCode::RateLimited, format!("user {user}: too many reads; back off")))
@@ -163,17 +211,17 @@ impl Gate {
 
     /// Grabs have a bucket of their own: a storm has every member grab at once, and a bot that
     /// counts through packet ids with one token must not flood the shards' logs (#28).
-    pub fn grab_allowed(&self, user: u64) -> Result<(), Status> {
+    pub fn grab_allowed(&self, user: u64) -> Result<InFlight<'_>, Status> {
         if self.grabs.allow(&user) {
-            return Ok(());
+            return self.place(user);
         }
         metrics::counter!(crate::metrics::RATE_LIMITED, "kind" => "grab").increment(1);
         Err(error(ErrorCode::RateLimited, format!("user {user}: too many grabs; back off")))
     }
 
-    pub fn spend_allowed(&self, user: u64) -> Result<(), Status> {
+    pub fn spend_allowed(&self, user: u64) -> Result<InFlight<'_>, Status> {
         if self.spends.allow(&user) {
-            return Ok(());
+            return self.place(user);
         }
         metrics::counter!(crate::metrics::RATE_LIMITED, "kind" => "spend").increment(1);
         Err(error(ErrorCode::RateLimited, format!("user {user}: too many payments; back off")))

@@ -590,7 +590,7 @@ macro_rules! to_wallet {
 impl Wallet for RouterService {
     async fn open_account(&self, req: Request<OpenAccountRequest>) -> Res<WalletReply> {
         let claims = self.gate.user(&req, req.get_ref().user, "open an account")?;
-        self.gate.spend_allowed(req.get_ref().user)?;
+        let _in_flight = self.gate.spend_allowed(req.get_ref().user)?;
         let (t, mut r) = trace::split(req);
         r.device = claims.dev;
         to_wallet!(self, t, r, r.user, open_account)
@@ -602,33 +602,33 @@ impl Wallet for RouterService {
     }
     async fn withdraw(&self, req: Request<WithdrawRequest>) -> Res<WalletReply> {
         let claims = self.gate.user(&req, req.get_ref().user, "withdraw")?;
-        self.gate.spend_allowed(req.get_ref().user)?;
+        let _in_flight = self.gate.spend_allowed(req.get_ref().user)?;
         let (t, mut r) = trace::split(req);
         r.device = claims.dev;
         to_wallet!(self, t, r, r.user, withdraw)
     }
     async fn transfer(&self, req: Request<TransferRequest>) -> Res<WalletReply> {
         let claims = self.gate.user(&req, req.get_ref().from_user, "transfer")?;
-        self.gate.spend_allowed(req.get_ref().from_user)?;
+        let _in_flight = self.gate.spend_allowed(req.get_ref().from_user)?;
         let (t, mut r) = trace::split(req);
         r.device = claims.dev;
         to_wallet!(self, t, r, r.from_user, transfer)
     }
     async fn balance(&self, req: Request<BalanceRequest>) -> Res<BalanceReply> {
         self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the wallet")?;
-        self.gate.read_allowed(req.get_ref().user)?;
+        let _in_flight = self.gate.read_allowed(req.get_ref().user)?;
         let (t, r) = trace::split(req);
         to_wallet!(self, t, r, r.user, balance)
     }
     async fn statement(&self, req: Request<StatementRequest>) -> Res<StatementReply> {
         self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the statement")?;
-        self.gate.read_allowed(req.get_ref().user)?;
+        let _in_flight = self.gate.read_allowed(req.get_ref().user)?;
         let (t, r) = trace::split(req);
         to_wallet!(self, t, r, r.user, statement)
     }
     async fn set_pin(&self, req: Request<SetPinRequest>) -> Res<WalletReply> {
         self.gate.user(&req, req.get_ref().user, "set the payment PIN")?;
-        self.gate.spend_allowed(req.get_ref().user)?;
+        let _in_flight = self.gate.spend_allowed(req.get_ref().user)?;
         let (t, r) = trace::split(req);
         to_wallet!(self, t, r, r.user, set_pin)
     }
@@ -643,7 +643,7 @@ impl Wallet for RouterService {
 impl Packets for RouterService {
     async fn send(&self, req: Request<SendPacketRequest>) -> Res<SendPacketReply> {
         let claims = self.gate.user(&req, req.get_ref().sender, "send a packet")?;
-        self.gate.spend_allowed(req.get_ref().sender)?;
+        let _in_flight = self.gate.spend_allowed(req.get_ref().sender)?;
         let (t, mut r) = trace::split(req);
         r.device = claims.dev;
         let shard = self.user(r.sender);
@@ -651,7 +651,7 @@ impl Packets for RouterService {
     }
     async fn grab(&self, req: Request<GrabRequest>) -> Res<GrabReply> {
         self.gate.user(&req, req.get_ref().grabber, "grab")?;
-        self.gate.grab_allowed(req.get_ref().grabber)?;
+        let _in_flight = self.gate.grab_allowed(req.get_ref().grabber)?;
         let (t, r) = trace::split(req);
         let shard = PacketId(r.packet_id).shard();
         match self.router.coalescer.clone() {
@@ -670,10 +670,10 @@ impl Packets for RouterService {
         // Any signed-in user holding the packet's key may look at it (it is shown to a whole
         // group chat, with its key).
         let role = self.gate.roles(&req, &[Role::App, Role::Risk, Role::Admin], "show a packet")?;
-        if role == Role::App {
-            let user = self.gate.signed_in(&req, "show a packet")?;
-            self.gate.read_allowed(user)?;
-        }
+        let _in_flight = match role {
+            Role::App => Some(self.gate.read_allowed(self.gate.signed_in(&req, "show a packet")?)?),
+            _ => None,
+        };
         let (t, mut r) = trace::split(req);
         // A user names the packet's key like a grab; risk and admin look at any packet.
         r.inspect = role != Role::App;
@@ -682,7 +682,7 @@ impl Packets for RouterService {
     }
     async fn history(&self, req: Request<PacketHistoryRequest>) -> Res<PacketHistoryReply> {
         self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the packet history")?;
-        self.gate.read_allowed(req.get_ref().user)?;
+        let _in_flight = self.gate.read_allowed(req.get_ref().user)?;
         let (t, r) = trace::split(req);
         let shard = self.user(r.user);
         self.router.forward(shard, &t, r, |_, ch, r| async move { PacketsClient::new(ch).history(r).await }).await
