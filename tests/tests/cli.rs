@@ -186,14 +186,17 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
     shape("account open", &v, WALLET);
     assert_eq!((v["user"].as_u64(), v["balance_cents"].as_u64(), v["shard"].as_u64()), (Some(b), Some(0), Some(2)));
     cli.ok(&["account", "open", &sd]);
+    // The first PIN before the money: on a wallet holding money it also needs a code.
+    let out = cli.ok(&["account", "set-pin", &sa, pin[0], pin[1]]);
+    assert!(out.stdout.starts_with(&format!("user {a}  balance 0.00")), "{}", out.stdout);
     let out = cli.ok(&["account", "topup", &sa, "500.00"]);
     assert_eq!(words(&out.stdout), ["user", &sa, "balance", "500.00", "(shard", "1)"], "{}", out.stdout);
     let v = cli.json(&["account", "topup", &sb, "50.00"]);
     shape("account topup", &v, WALLET);
     assert_eq!(v["balance_cents"].as_u64(), Some(5_000));
-    let out = cli.ok(&["account", "set-pin", &sa, pin[0], pin[1]]);
-    assert!(out.stdout.starts_with(&format!("user {a}  balance 500.00")), "{}", out.stdout);
-    let v = cli.json(&["account", "set-pin", &sb, pin[0], pin[1]]);
+    let out = cli.run(&["account", "set-pin", &sb, pin[0], pin[1]]);
+    assert!(out.code == 1 && out.stderr.contains("(CHALLENGE_REQUIRED)"), "a funded wallet's first PIN needs a code: {}", out.stderr);
+    let v = cli.json(&["account", "set-pin", &sd, pin[0], pin[1]]);
     shape("account set-pin", &v, WALLET);
     let out = cli.ok(&["account", "balance", &sa]);
     assert_eq!(words(&out.stdout), ["user", &sa, "balance", "500.00", "shard", "1", "grade", "normal"], "{}", out.stdout);

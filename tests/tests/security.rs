@@ -1360,3 +1360,64 @@ async fn one_user_holds_at_most_32_of_a_routers_in_flight_places_and_another_use
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// #28, item 9: a token alone set the first PIN of a wallet that already held money, so a stolen
+/// session chose the PIN that spends it. Now the first PIN of a funded wallet needs the code sent
+/// to its known device: the token alone is refused CHALLENGE_REQUIRED and no PIN is set (a
+/// transfer with the PIN the thief chose finds PIN_NOT_SET), the notifier sees the challenge for
+/// the known device, and the code sets the PIN. Not one cent moved meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_pin_of_a_funded_wallet_needs_the_code_sent_to_its_known_device() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let owner = c.topology.user_in_shard(1, 120);
+    let thief_to = c.topology.user_in_shard(1, owner + 1);
+    app.open_account(owner, TEST_DEVICE).await.expect("open");
+    c.funded(&app, thief_to, 0).await;
+    app.top_up(new_request_id(), owner, 30_000).await.expect("a wallet holding money, without a PIN");
+    let before = money(&c, &[owner, thief_to]).await;
+
+    let err = app.set_pin(new_request_id(), owner, "246802").await.expect_err("a token alone");
+    assert_eq!(err.code(), ErrorCode::ChallengeRequired, "{err}");
+    let challenge = err.detail.challenge_id;
+    let pay = TransferRequest {
+        request_id: new_request_id(),
+        from_user: owner,
+        to_user: thief_to,
+        amount_cents: 30_000,
+        device: TEST_DEVICE.into(),
+        pin: "246802".into(),
+        ..Default::default()
+    };
+    assert_eq!(code(app.transfer(pay).await), ErrorCode::PinNotSet, "the PIN the token tried to set is not set");
+    nothing_moved(&c, &[owner, thief_to], &before).await;
+
+    let notifier = c.router_client("shenzhen");
+    let mut note = None;
+    for _ in 0..50 {
+        let notes = notifier.poll_notifications(1, 0, 256).await.expect("notifier polls");
+        note = notes.notifications.into_iter().find(|n| n.challenge_id == challenge);
+        if note.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let note = note.expect("a notification for the challenge");
+    assert_eq!((note.user, note.device.as_str(), note.operation.as_str()), (owner, TEST_DEVICE, "set_pin"));
+    let wrong = Verification { challenge_id: challenge, code: (note.code + 1) % 1_000_000 };
+    assert_eq!(code(app.set_pin_verified(new_request_id(), owner, TEST_PIN, Some(wrong)).await), ErrorCode::ChallengeInvalid);
+    let right = Verification { challenge_id: challenge, code: note.code };
+    app.set_pin_verified(new_request_id(), owner, TEST_PIN, Some(right)).await.expect("the code from the known device sets the PIN");
+    nothing_moved(&c, &[owner, thief_to], &before).await;
+    let pay = TransferRequest {
+        request_id: new_request_id(),
+        from_user: owner,
+        to_user: thief_to,
+        amount_cents: 1_00,
+        device: TEST_DEVICE.into(),
+        pin: TEST_PIN.into(),
+        ..Default::default()
+    };
+    app.transfer(pay).await.expect("the owner pays with the PIN they set");
+}

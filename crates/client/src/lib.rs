@@ -415,9 +415,21 @@ impl Client {
         .await
     }
 
-    /// Sets the payment PIN (once; 6 digits).
+    /// Sets the payment PIN (once; 6 digits), on a wallet without money yet.
     pub async fn set_pin(&self, request_id: Vec<u8>, user: u64, pin: &str) -> Result<WalletReply> {
-        let req = SetPinRequest { request_id, user, pin: pin.into() };
+        self.set_pin_verified(request_id, user, pin, None).await
+    }
+
+    /// Sets the payment PIN; a wallet that holds money needs the code sent to its known device
+    /// (`verification`, from the CHALLENGE_REQUIRED answer of a first try without).
+    pub async fn set_pin_verified(
+        &self,
+        request_id: Vec<u8>,
+        user: u64,
+        pin: &str,
+        verification: Option<Verification>,
+    ) -> Result<WalletReply> {
+        let req = SetPinRequest { request_id, user, pin: pin.into(), verification };
         self.as_user(user, None, |ch, a| {
             let r = a.req(req.clone());
             async move { WalletClient::new(ch).set_pin(r).await }

@@ -186,10 +186,14 @@ enum AccountCmd {
         user: u64,
     },
     /// Set USER's payment PIN (once); needed to send, transfer and withdraw.
+    /// A wallet that holds money needs --challenge and --code too (from the first try's answer
+    /// and the known device).
     SetPin {
         user: u64,
         #[command(flatten)]
         pin: PinArg,
+        #[command(flatten)]
+        verify: VerifyArgs,
     },
     Topup {
         user: u64,
@@ -754,7 +758,7 @@ async fn transfer(
 async fn account(client: &Client, cmd: AccountCmd, json: bool) -> anyhow::Result<()> {
     let r = match cmd {
         AccountCmd::Open { user } => client.open_account(user, "").await?,
-        AccountCmd::SetPin { user, pin } => client.set_pin(request_id(), user, &pin.pin).await?,
+        AccountCmd::SetPin { user, pin, verify } => client.set_pin_verified(request_id(), user, &pin.pin, verify.get()).await?,
         AccountCmd::Topup { user, amount: a } => client.top_up(request_id(), user, amount(&a)?).await?,
         AccountCmd::Withdraw { user, amount: a, pin, verify } => {
             let req = WithdrawRequest {

@@ -270,7 +270,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             Command::MarkDelivered { dest, up_to_seq } => self.mark_delivered(*dest, *up_to_seq),
             Command::ExpirePacket { packet } => self.expire(req, now, *packet),
             Command::SetRisk { user, frozen, grade } => self.set_risk(*user, *frozen, *grade),
-            Command::SetPin { user, salt, hash } => self.set_pin(*user, *salt, *hash),
+            Command::SetPin { user, salt, hash, verification } => self.set_pin(now, *user, *salt, *hash, verification.as_ref()),
             Command::AckNotifications { up_to_seq } => self.ack_notifications(*up_to_seq),
             Command::SetDrained { region, drained } => self.set_drained(region, *drained),
             Command::ConfigCheck { .. } => Err(Code::InvalidArgument),
@@ -418,6 +418,14 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         if today.checked_add(op.amount).is_some_and(|sum| sum < self.config.challenge_threshold) {
             return Ok(None);
         }
+        self.challenge(now, acct, op, v)
+    }
+
+    /// The second check itself: without a verification, a new challenge (its code goes to the
+    /// account's known device through the notification outbox) and CHALLENGE_REQUIRED; with
+    /// one, the challenge it names, if its code fits `op` (Some(id): use it once the operation
+    /// succeeds).
+    fn challenge(&mut self, now: u64, acct: &Account, op: ChallengeOp, v: Option<&Verification>) -> Result<Option<u64>, Outcome> {
         let Some(v) = v else {
             // Ids start at 1: 0 means "no challenge" in replies and on the wire.
             self.totals.next_challenge += 1;
@@ -1195,12 +1203,24 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
 
     /// The PIN is set once; changing it needs a flow of its own (old PIN or identity check),
     /// not a replay of this command.
-    fn set_pin(&mut self, user: UserId, salt: [u8; 16], hash: [u8; 32]) -> Check<Outcome> {
+    fn set_pin(&mut self, now: u64, user: UserId, salt: [u8; 16], hash: [u8; 32], v: Option<&Verification>) -> Check<Outcome> {
         let mut acct = self.account(user)?;
         if acct.pin.is_some() {
             return Err(Code::PinAlreadySet);
         }
+        // A wallet that already holds money gets its first PIN only with the code sent to its
+        // known device: a stolen token alone must not choose the PIN that spends the money.
+        let op = ChallengeOp { kind: ChallengeKind::SetPin, amount: Cents(0), counterparty: 0 };
+        let challenge = if acct.balance.is_zero() {
+            None
+        } else {
+            match self.challenge(now, &acct, op, v) {
+                Ok(c) => c,
+                Err(o) => return Ok(o),
+            }
+        };
         // After this point the command must succeed.
+        self.use_challenge(challenge);
         acct.pin = Some(PinRecord { salt, hash });
         acct.pin_failures = 0;
         self.put(keys::account(user), &acct);

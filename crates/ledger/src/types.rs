@@ -71,12 +71,13 @@ pub enum PinCheck {
     Wrong,
 }
 
-/// Which kind of spend a challenge was issued for.
+/// Which kind of spend a challenge was issued for (or the first PIN of a wallet holding money).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChallengeKind {
     Withdraw,
     Transfer,
     SendPacket,
+    SetPin,
 }
 
 impl ChallengeKind {
@@ -86,6 +87,7 @@ impl ChallengeKind {
             ChallengeKind::Withdraw => 1,
             ChallengeKind::Transfer => 2,
             ChallengeKind::SendPacket => 3,
+            ChallengeKind::SetPin => 4,
         }
     }
 }
@@ -275,11 +277,13 @@ pub enum Command {
         frozen: bool,
         grade: RiskGrade,
     },
-    /// Sets the payment PIN, once. Carries only the leader's slow salted hash of it.
+    /// Sets the payment PIN, once. Carries only the leader's slow salted hash of it. On a
+    /// wallet that holds money, only with the code sent to its known device (`verification`).
     SetPin {
         user: UserId,
         salt: [u8; 16],
         hash: [u8; 32],
+        verification: Option<Verification>,
     },
     /// The notifier has pushed every challenge notification up to `up_to_seq`; drop them.
     AckNotifications {

@@ -19,7 +19,7 @@ fn run(store: &mut MemStore, config: &LedgerConfig, n: u8, cmd: Command) -> Outc
 fn two_in_the_outbox() -> (MemStore, LedgerConfig) {
     let (mut s, c) = (MemStore::default(), LedgerConfig::default());
     assert!(run(&mut s, &c, 1, Command::OpenAccount { user: 1, device: "phone".into() }).is_ok());
-    assert!(run(&mut s, &c, 2, Command::SetPin { user: 1, salt: [0; 16], hash: [0; 32] }).is_ok());
+    assert!(run(&mut s, &c, 2, Command::SetPin { user: 1, salt: [0; 16], hash: [0; 32], verification: None }).is_ok());
     assert!(run(&mut s, &c, 3, Command::TopUp { user: 1, amount: Cents(1000) }).is_ok());
     for (n, cents) in [(4, 100), (5, 200)] {
         let t = Command::Transfer {

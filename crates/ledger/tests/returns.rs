@@ -63,7 +63,7 @@ impl Cluster {
 
     fn open(&mut self, on: ShardId, user: UserId, cents: u64) {
         assert!(self.run(on, Command::OpenAccount { user, device: "phone".into() }).is_ok());
-        assert!(self.run(on, Command::SetPin { user, salt: [1; 16], hash: [2; 32] }).is_ok());
+        assert!(self.run(on, Command::SetPin { user, salt: [1; 16], hash: [2; 32], verification: None }).is_ok());
         if cents > 0 {
             assert!(self.run(on, Command::TopUp { user, amount: Cents(cents) }).is_ok());
         }

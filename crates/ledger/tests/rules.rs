@@ -97,7 +97,7 @@ impl World {
 
 /// What the leader would put in SetPin: a salt and a slow hash of the PIN (here just bytes).
 fn set_pin(user: UserId) -> Command {
-    Command::SetPin { user, salt: [user as u8; 16], hash: [0x5a; 32] }
+    Command::SetPin { user, salt: [user as u8; 16], hash: [0x5a; 32], verification: None }
 }
 
 fn lucky(total: u64, count: u32) -> PacketKind {

@@ -54,8 +54,11 @@ impl World {
 
     /// Opens a wallet on "phone", sets its PIN, tops it up.
     fn open(&mut self, user: UserId, cents: u64) {
-        self.open_without_pin(user, cents);
+        self.open_without_pin(user, 0);
         assert_eq!(self.code(set_pin(user)), Code::Ok);
+        if cents > 0 {
+            assert_eq!(self.code(Command::TopUp { user, amount: Cents(cents) }), Code::Ok);
+        }
     }
 
     fn open_without_pin(&mut self, user: UserId, cents: u64) {
@@ -84,7 +87,7 @@ impl World {
 }
 
 fn set_pin(user: UserId) -> Command {
-    Command::SetPin { user, salt: [user as u8; 16], hash: [0x5a; 32] }
+    Command::SetPin { user, salt: [user as u8; 16], hash: [0x5a; 32], verification: None }
 }
 
 fn withdraw(user: UserId, amount: u64, device: &str, verification: Option<Verification>, pin: PinCheck) -> Command {
@@ -197,12 +200,12 @@ fn scoped_request_ids_are_still_collected_after_the_retention() {
 fn a_pin_is_set_once_and_a_second_set_pin_is_pin_already_set() {
     let mut w = World::new();
     assert_eq!(w.code(set_pin(1)), Code::UnknownUser);
-    w.open_without_pin(1, 250);
+    w.open_without_pin(1, 0);
     assert_eq!(w.pin(1), view::PinState { pin: None, failures: 0, locked_until_ms: 0 });
     let o = w.run(set_pin(1));
-    assert_eq!(o, Outcome::ok(Reply::Wallet { user: 1, balance: Cents(250), fee: Cents(0), credit_in_flight: false }));
+    assert_eq!(o, Outcome::ok(Reply::Wallet { user: 1, balance: Cents(0), fee: Cents(0), credit_in_flight: false }));
     assert_eq!(w.pin(1).pin, Some(PinRecord { salt: [1; 16], hash: [0x5a; 32] }));
-    let other = Command::SetPin { user: 1, salt: [9; 16], hash: [9; 32] };
+    let other = Command::SetPin { user: 1, salt: [9; 16], hash: [9; 32], verification: None };
     assert_eq!(w.code(other), Code::PinAlreadySet);
     assert_eq!(w.pin(1).pin, Some(PinRecord { salt: [1; 16], hash: [0x5a; 32] }), "the first PIN stays");
 }
@@ -321,7 +324,7 @@ fn a_replayed_set_pin_answers_its_first_outcome_whatever_pin_it_carries() {
     let mut w = World::new();
     w.open_without_pin(1, 0);
     let id = w.fresh_id();
-    let set = |hash| Request { id, time_ms: T0, cmd: Command::SetPin { user: 1, salt: [1; 16], hash } };
+    let set = |hash| Request { id, time_ms: T0, cmd: Command::SetPin { user: 1, salt: [1; 16], hash, verification: None } };
     assert_eq!(w.apply_req(&set([0x5a; 32])).code, Code::Ok);
     // Another PIN's hash under the same id is not REQUEST_ID_REUSED (that would confirm a guess
     // of the PIN the owner set), and changes nothing.
@@ -816,4 +819,41 @@ fn a_resent_packet_request_id_answers_the_first_packet_and_key_whatever_key_the_
     assert_eq!(again, first);
     assert_eq!(sent(&first).1, KEY);
     assert_eq!(w.balance(1), 99_00, "one packet sent");
+}
+
+/// A token alone set the first PIN of a wallet that already held money, and so chose the PIN
+/// that spends it. Now that takes the code sent to the wallet's known device: without it
+/// CHALLENGE_REQUIRED and no PIN; a wrong code is counted; the right one sets the PIN, once. An
+/// empty wallet's first PIN needs no code (nothing to take yet).
+#[test]
+fn the_first_pin_of_a_wallet_holding_money_needs_the_code_sent_to_its_known_device() {
+    let mut w = World::new();
+    w.open_without_pin(1, 50_00);
+    let o = w.run(set_pin(1));
+    let id = challenge_id(&o);
+    assert_eq!(w.pin(1).pin, None, "no PIN without the code");
+    let op = ChallengeOp { kind: ChallengeKind::SetPin, amount: Cents(0), counterparty: 0 };
+    let code = w.code_for(id, 1, op);
+    let with = |code: u32| Command::SetPin {
+        user: 1,
+        salt: [1; 16],
+        hash: [0x5a; 32],
+        verification: Some(Verification { challenge_id: id, code }),
+    };
+    assert_eq!(w.code(with(code ^ 1)), Code::ChallengeInvalid);
+    assert_eq!(w.challenge(id).attempts, 1, "a wrong code is counted");
+    assert_eq!(w.pin(1).pin, None);
+    assert_eq!(w.code(with(code)), Code::Ok);
+    assert!(w.pin(1).pin.is_some() && w.challenge(id).used);
+    assert_eq!(w.code(with(code)), Code::PinAlreadySet);
+    // A code for another operation does not set a PIN.
+    w.open_without_pin(2, 50_00);
+    let other = challenge_id(&w.run(set_pin(2)));
+    let transfer_code = w.code_for(other, 2, ChallengeOp { kind: ChallengeKind::Transfer, amount: Cents(0), counterparty: 0 });
+    let v = Some(Verification { challenge_id: other, code: transfer_code });
+    assert_eq!(w.code(Command::SetPin { user: 2, salt: [2; 16], hash: [0x5a; 32], verification: v }), Code::ChallengeInvalid);
+    // An empty wallet: no code needed.
+    w.open_without_pin(3, 0);
+    assert_eq!(w.code(set_pin(3)), Code::Ok);
+    assert_eq!(w.balance(1) + w.balance(2), 100_00, "not one cent moved");
 }

@@ -304,7 +304,7 @@ mod tests {
             for sh in 1..=SHARDS {
                 for k in 1..=3 {
                     assert!(s.run(sh, Command::OpenAccount { user: user(sh, k), device: "phone".into() }).is_ok());
-                    assert!(s.run(sh, Command::SetPin { user: user(sh, k), salt: [0; 16], hash: [0; 32] }).is_ok());
+                    assert!(s.run(sh, Command::SetPin { user: user(sh, k), salt: [0; 16], hash: [0; 32], verification: None }).is_ok());
                     assert!(s.run(sh, Command::TopUp { user: user(sh, k), amount: Cents(10_000) }).is_ok());
                 }
             }

@@ -68,7 +68,7 @@ mod tests {
         let key = 0x1234_5678_9abc_def0u64;
         let batch = Batch(
             vec![
-                req(Command::SetPin { user: 1, salt: [0x11; 16], hash: [0x5a; 32] }),
+                req(Command::SetPin { user: 1, salt: [0x11; 16], hash: [0x5a; 32], verification: None }),
                 req(Command::SendPacket {
                     sender: 1,
                     kind: PacketKind::Password { total: Cents(100), count: 1, phrase_hash: [0x33; 32] },

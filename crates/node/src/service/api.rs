@@ -282,7 +282,8 @@ impl Wallet for ApiService {
             return Err(invalid("a payment PIN is exactly 6 digits"));
         }
         let (salt, hash) = crate::pin::new_record(self.host.config.challenge_key, shard, r.user, id.0, r.pin).await?;
-        let o = self.write(shard, id, Command::SetPin { user: r.user, salt, hash }).await?;
+        let cmd = Command::SetPin { user: r.user, salt, hash, verification: verification(&r.verification) };
+        let o = self.write(shard, id, cmd).await?;
         self.wallet_reply(o, shard)
     }
 

@@ -26,6 +26,7 @@ fn operation(kind: ChallengeKind) -> &'static str {
         ChallengeKind::Withdraw => "withdraw",
         ChallengeKind::Transfer => "transfer",
         ChallengeKind::SendPacket => "send_packet",
+        ChallengeKind::SetPin => "set_pin",
     }
 }
 
