@@ -477,25 +477,27 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
         );
     }
 
-    // ---- cluster map: the seed, version 0, as a topology file (the membership commands that
-    // change it run in tests/tests/membership.rs and the chaos schedule reshape)
+    // ---- cluster map: version 2 (the drain and the undrain above were map changes), as a
+    // topology file that drains nothing (the membership commands that change it run in
+    // tests/tests/membership.rs and the chaos schedule reshape)
     let out = cli.ok(&["cluster", "map"]);
-    assert!(out.stdout.starts_with("# cluster map version 0"), "{}", out.stdout);
+    assert!(out.stdout.starts_with("# cluster map version 2"), "{}", out.stdout);
     let v = cli.json(&["cluster", "map"]);
     shape("cluster map", &v, "version:u toml:s");
     let seed = hongbao_topology::Topology::parse(v["toml"].as_str().unwrap()).expect("the map is a topology file");
-    assert_eq!((seed.version, seed.nodes.len(), seed.shards.len()), (0, 3, 3));
+    assert_eq!((seed.version, seed.nodes.len(), seed.shards.len(), seed.drained.len()), (2, 3, 3, 0));
 
     // ---- cluster move-slot: user a's slot goes to shard 2 with a's wallet, then back
     let slot = t.slot_of(a).to_string();
     let before = cli.json(&["account", "balance", &sa])["balance_cents"].as_u64().unwrap();
+    // Two map versions per move: the meta shard records the move, then flips the slot.
     let out = cli.ok(&["cluster", "move-slot", &slot, "--to-shard", "2"]);
-    assert!(out.stdout.contains(&format!("slot {slot}: on shard 2 now (version 1)")), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("slot {slot}: on shard 2 now (version 4)")), "{}", out.stdout);
     let v = cli.json(&["account", "balance", &sa]);
     assert_eq!((v["balance_cents"].as_u64(), v["shard"].as_u64()), (Some(before), Some(2)), "the wallet moved whole: {v}");
     let v = cli.json(&["cluster", "move-slot", &slot, "--to-shard", "1"]);
     shape("cluster move-slot", &v, "slot:u from_shard:u to_shard:u map_version:u");
-    assert_eq!((v["from_shard"].as_u64(), v["to_shard"].as_u64(), v["map_version"].as_u64()), (Some(2), Some(1), Some(2)), "{v}");
+    assert_eq!((v["from_shard"].as_u64(), v["to_shard"].as_u64(), v["map_version"].as_u64()), (Some(2), Some(1), Some(6)), "{v}");
     assert_eq!(cli.json(&["account", "balance", &sa])["balance_cents"].as_u64(), Some(before));
     let out = cli.run(&["cluster", "move-slot", "99999", "--to-shard", "1"]);
     assert_ne!(out.code, 0, "no such slot: {}", out.stdout);

@@ -526,13 +526,14 @@ async fn a_call_that_cannot_finish_ends_at_its_deadline_with_an_unknown_outcome(
         assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(1_000), "{what}: answered after {took:?}");
     };
 
-    // A drain mark forwarded by another node (an undrain of a region never drained: a no-op if
-    // it is ever applied).
+    // A credit forwarded by another node, a replica of its source shard (with no entries: the
+    // ledger refuses it and changes nothing if it is ever applied).
     let as_node = channel_as(&c, leader, &Identity::Node(others[0]));
+    assert!(c.topology.shard(2).expect("shard 2").replicas.contains(&others[0]), "the sender replicates the credit's source");
     let mark = hongbao_ledger::Request {
         id: hongbao_ledger::RequestId([0x5d; 16]),
         time_ms: 0,
-        cmd: hongbao_ledger::Command::SetDrained { region: c.topology.regions[0].name.clone(), drained: false },
+        cmd: hongbao_ledger::Command::Credit { source: 2, entries: vec![] },
     };
     let forwarded = RaftMessage { shard: 1, from_node: others[0], payload: bincode::serialize(&mark).expect("encode"), sent_ms: 0 };
     let (rid, rid2) = (new_request_id(), new_request_id());

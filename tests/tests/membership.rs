@@ -189,30 +189,35 @@ async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x
 }
 
 /// A slot move whose driver went away half-way (one `MoveSlot` call, as from a `move-slot` that
-/// was killed) is finished by the source shard's leader on its own. The relay from shard 1 to
-/// shard 2 is cut, so the call that node 3 drives freezes and sends the slot but cannot finish
-/// it: proved by its answer (not done, delivering), the map (still shard 1) and a refused
-/// top-up. Once the cut heals nobody calls again, yet the map flips, the wallet is served by
-/// shard 2 whole, and the audit balances.
+/// was killed) is finished by the meta shard's leader on its own: the move is recorded in the
+/// map, whose changes are that leader's alone. The relay from shard 2 to shard 3 is cut, so the
+/// call, taken by the meta leader (shard 1's, outside both), freezes and sends the slot but
+/// cannot finish it: proved by its answer (not done, delivering), the map (still shard 2) and a
+/// refused top-up. Once the cut heals nobody calls again, yet the map flips, the wallet is
+/// served by shard 3 whole, and the audit balances.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slot_move_left_half_way_is_finished_by_the_source_leader_with_no_cent_lost_on_3x3() {
+async fn a_slot_move_left_half_way_is_finished_by_the_meta_leader_with_no_cent_lost_on_3x3() {
     let mut c = three_by_three();
     c.wait_ready(Duration::from_secs(60)).await;
     let client = c.router_client("shanghai");
-    let user = c.topology.user_in_shard(1, 100);
+    let user = c.topology.user_in_shard(2, 100);
     c.funded(&client, user, 5_000).await;
     let slot = c.topology.slot_of(user);
-    let (shard1, shard2) = (c.topology.shard(1).unwrap().replicas.clone(), c.topology.shard(2).unwrap().replicas.clone());
-    assert!(!shard1.contains(&3) && !shard2.contains(&3), "node 3 drives the move from outside both shards");
+    let (shard2, shard3) = (c.topology.shard(2).unwrap().replicas.clone(), c.topology.shard(3).unwrap().replicas.clone());
+    let meta = c.topology.meta_shard();
+    assert_eq!(meta, 1, "shard 1 holds the map, outside the move");
     let cut = |to: &[u64]| hongbao_proto::v1::Faults { cut_off: to.to_vec(), ..Default::default() };
-    for n in &shard1 {
-        c.set_faults(*n, cut(&shard2)).await.expect("cut shard 1 off from shard 2");
+    for n in &shard2 {
+        c.set_faults(*n, cut(&shard3)).await.expect("cut shard 2 off from shard 3");
     }
 
-    let driver = hongbao_client::Client::new(vec![c.node_addr(3)], std::sync::Arc::new(c.credentials()));
-    let r = driver.move_slot(slot, 2).await.expect("one MoveSlot call answers where the move stands");
+    let meta_leader = c.leaders().await[&meta];
+    let driver = hongbao_client::Client::new(vec![c.node_addr(meta_leader)], std::sync::Arc::new(c.credentials()));
+    let r = driver.move_slot(slot, 3).await.expect("one MoveSlot call answers where the move stands");
     assert!(!r.done && r.phase == "delivering", "the call froze and sent the slot but could not finish: {r:?}");
-    assert_eq!(c.sync_map().owner_of_slot(slot), Some(1), "the map did not flip");
+    let map = c.sync_map();
+    assert_eq!(map.owner_of_slot(slot), Some(2), "the map did not flip");
+    assert!(map.moving(slot).is_some_and(|m| m.from == 2 && m.to == 3), "the map records the move under way");
     let short = c.router_client("shanghai").with_deadline(Duration::from_secs(1));
     let mut codes = vec![];
     while !codes.iter().any(|c| matches!(c, hongbao_proto::ErrorCode::SlotMoving | hongbao_proto::ErrorCode::SlotMoved)) {
@@ -221,22 +226,24 @@ async fn a_slot_move_left_half_way_is_finished_by_the_source_leader_with_no_cent
         codes.push(e.expect_err("the half-moved slot serves no top-up").code());
     }
 
-    for n in &shard1 {
+    for n in &shard2 {
         c.set_faults(*n, cut(&[])).await.expect("heal the cut");
     }
     let t = Instant::now();
-    // The leader waits RESUME_AFTER (10 s) from when it first saw the slot half-moved.
+    // The leader waits RESUME_AFTER (10 s) from when it first saw the move unfinished.
     let deadline = t + Duration::from_secs(50);
-    while c.sync_map().owner_of_slot(slot) != Some(2) {
+    while c.sync_map().owner_of_slot(slot) != Some(3) {
         assert!(Instant::now() < deadline, "nobody finished the move of slot {slot}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    println!("the source's leader finished the move {:?} after the cut healed", t.elapsed());
+    println!("the meta leader finished the move {:?} after the cut healed", t.elapsed());
+    assert_eq!(c.topology.moving(slot), None, "the flip ended the move's record");
     let b = client.balance(user).await.expect("balance after the move");
-    assert_eq!((b.shard, b.balance_cents), (2, 5_000), "the wallet is served by shard 2, whole");
+    assert_eq!((b.shard, b.balance_cents), (3, 5_000), "the wallet is served by shard 3, whole");
+    let meta_nodes = c.topology.shard(meta).unwrap().replicas.clone();
     let logs: String =
-        shard1.iter().map(|n| std::fs::read_to_string(c.dir.path().join(format!("node-{n}.log"))).unwrap_or_default()).collect();
-    assert!(logs.contains("slot move left half-way finished"), "a leader of shard 1 finished it (its log says so)");
+        meta_nodes.iter().map(|n| std::fs::read_to_string(c.dir.path().join(format!("node-{n}.log"))).unwrap_or_default()).collect();
+    assert!(logs.contains("slot move left half-way finished"), "a leader of the meta shard finished it (its log says so)");
     let audit = client.audit().await.expect("audit");
     assert!(audit.balanced, "{:?}", audit.problems);
     assert_eq!(audit.total_topups_cents, 5_000, "the refused top-up moved nothing");

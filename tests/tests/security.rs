@@ -1421,3 +1421,239 @@ async fn the_first_pin_of_a_funded_wallet_needs_the_code_sent_to_its_known_devic
     };
     app.transfer(pay).await.expect("the owner pays with the PIN they set");
 }
+
+/// A forwarded proposal of `cmd` on `shard`, sent to node `at` with node `from`'s own key and
+/// name: what one node's key can send any node. Returns the refusal.
+async fn forged_proposal(c: &Cluster, at: u64, from: u64, shard: u32, cmd: hongbao_ledger::Command) -> tonic::Status {
+    let req = hongbao_ledger::Request { id: hongbao_ledger::RequestId([0xa5; 16]), time_ms: 0, cmd };
+    let m = RaftMessage { shard, from_node: from, payload: bincode::serialize(&req).expect("encode"), sent_ms: 0 };
+    let ch = as_identity(c, &c.node_addr(at), &Identity::Node(from));
+    RaftTransportClient::new(ch).propose(m).await.expect_err("a forged proposal must be refused")
+}
+
+/// #28, item 3 (slot moves): any node's key could forward a slot move's steps to any shard's
+/// leader; one forged `MoveSlotOut` froze a slot, and 10 s later the source leader's finisher
+/// moved it wherever the forgery said. On 3 × 3, node 3 (a replica of shard 3, which would gain
+/// the slot) forges each step of a move of a shard-2 slot to shard 3 at the leaders of shards 2
+/// and 3: each is refused PERMISSION_DENIED by the slot-move rule (the map records no such
+/// move). After the finisher's wait the slot still serves (an account opens in it), the wallet
+/// is still shard 2's, the map is unchanged and not one cent moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_key_cannot_forge_a_slot_moves_steps_so_the_slot_neither_freezes_nor_moves_on_3x3() {
+    use hongbao_ledger::Command;
+    let c = Cluster::start(Spec { routers: true, nodes_per_region: 3, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(60)).await;
+    let app = c.router_client("shenzhen");
+    let users: Vec<u64> = c.topology.shards.iter().map(|s| c.topology.user_in_shard(s.id, 400)).collect();
+    for u in &users {
+        c.funded(&app, *u, 10_000).await;
+    }
+    let before = money(&c, &users).await;
+    let admin = router_client_with(&c, c.credentials().only(Role::Admin));
+    let map_before = admin.get_map().await.expect("map").version;
+    let victim = users[1];
+    let slot = c.topology.slot_of(victim);
+    assert_eq!(c.topology.owner_of_slot(slot), Some(2), "the victim's slot is shard 2's");
+    let leaders = c.leaders().await;
+    let attacker = 3;
+    assert!(c.topology.shard(3).unwrap().replicas.contains(&attacker) && !c.topology.shard(2).unwrap().replicas.contains(&attacker));
+    let slots = c.topology.slots;
+    for (at, shard, cmd) in [
+        (leaders[&2], 2, Command::MoveSlotOut { slot, slots, to: 3, max_users: 256 }),
+        (leaders[&3], 3, Command::MoveSlotIn { slot, slots, from: 2 }),
+        (leaders[&3], 3, Command::FinishSlotIn { slot, from: 2, through_seq: 0 }),
+    ] {
+        let s = forged_proposal(&c, at, attacker, shard, cmd.clone()).await;
+        assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{cmd:?}: {s:?}");
+        assert!(s.message().contains("records no such move"), "refused by the slot-move rule at the shard's leader: {s:?}");
+    }
+    // A frozen slot was finished by the source's leader after RESUME_AFTER (10 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let newcomer = victim + slots as u64 * 7;
+    assert_eq!(c.topology.slot_of(newcomer), slot);
+    app.open_account(newcomer, TEST_DEVICE).await.expect("the slot is not frozen: an account opens in it");
+    let b = app.balance(victim).await.expect("balance");
+    assert_eq!((b.shard, b.balance_cents), (2, 10_000), "the wallet is still shard 2's, whole");
+    let map = admin.get_map().await.expect("map");
+    assert_eq!(map.version, map_before, "the map did not change");
+    let t = hongbao_topology::Topology::parse(&map.toml).expect("map");
+    assert_eq!((t.owner_of_slot(slot), t.moving(slot)), (Some(2), None), "the slot is shard 2's and moves nowhere");
+    nothing_moved(&c, &users, &before).await;
+}
+
+/// #28, item 3 (drain marks and maps): any node's key could forward `SetDrained` to any shard's
+/// leader and `SetClusterMap` to the meta shard's. On 3 × 3, node 3 (no meta replica) and a
+/// follower of the meta shard forge a drain of Shanghai at every shard's leader and a next map
+/// version that gives every slot to shard 3 at the meta leader: each is refused
+/// PERMISSION_DENIED by the proposal rule. No region is drained, every leader stays, the map is
+/// unchanged and not one cent moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_key_cannot_forward_a_drain_mark_or_a_cluster_map_and_nothing_changes_on_3x3() {
+    use hongbao_ledger::Command;
+    let c = Cluster::start(Spec { routers: true, nodes_per_region: 3, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(60)).await;
+    let app = c.router_client("shenzhen");
+    let users: Vec<u64> = c.topology.shards.iter().map(|s| c.topology.user_in_shard(s.id, 500)).collect();
+    for u in &users {
+        c.funded(&app, *u, 10_000).await;
+    }
+    let before = money(&c, &users).await;
+    let admin = router_client_with(&c, c.credentials().only(Role::Admin));
+    let map_before = admin.get_map().await.expect("map");
+    let leaders = c.leaders().await;
+    let meta = c.topology.meta_shard();
+    let meta_follower = *c.topology.shard(meta).unwrap().replicas.iter().find(|n| **n != leaders[&meta]).expect("a meta follower");
+    assert!(!c.topology.shard(meta).unwrap().replicas.contains(&3), "node 3 holds no meta replica");
+    let mut forged_map = hongbao_topology::Topology::parse(&map_before.toml).expect("map");
+    forged_map.version += 1;
+    for s in forged_map.shards.iter_mut() {
+        s.slots = if s.id == 3 { vec![[0, forged_map.slots]] } else { vec![] };
+    }
+    let forged_map = hongbao_topology::Topology::parse(&forged_map.to_toml()).expect("the forged map is a valid map");
+    for attacker in [3, meta_follower] {
+        for s in &c.topology.shards {
+            let drain = Command::SetDrained { region: "shanghai".into(), drained: true };
+            let r = forged_proposal(&c, leaders[&s.id], attacker, s.id, drain).await;
+            assert_eq!(hongbao_proto::detail_of(&r).code(), ErrorCode::PermissionDenied, "{r:?}");
+            assert!(r.message().contains("may not propose SetDrained"), "refused by the proposal rule: {r:?}");
+        }
+        let map = Command::SetClusterMap { version: forged_map.version, map: forged_map.to_toml().into_bytes() };
+        let r = forged_proposal(&c, leaders[&meta], attacker, meta, map).await;
+        assert_eq!(hongbao_proto::detail_of(&r).code(), ErrorCode::PermissionDenied, "{r:?}");
+        assert!(r.message().contains("may not propose SetClusterMap"), "refused by the proposal rule: {r:?}");
+    }
+    // Placement acts on a drain within a second or two.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let st = admin.status().await.expect("status");
+    assert!(st.regions.iter().all(|r| !r.drained), "no region is drained: {:?}", st.regions);
+    assert_eq!(c.leaders().await, leaders, "every leader stayed");
+    let map = admin.get_map().await.expect("map");
+    assert_eq!((map.version, &map.toml), (map_before.version, &map_before.toml), "the map did not change");
+    for (u, s) in users.iter().zip(&c.topology.shards) {
+        assert_eq!(app.balance(*u).await.expect("balance").shard, s.id, "user {u} is still served by shard {}", s.id);
+    }
+    nothing_moved(&c, &users, &before).await;
+}
+
+/// A Cluster service that answers `GetMap` with one map (counting the calls) and nothing else.
+struct RogueMap {
+    map: ClusterMap,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+type Res<T> = Result<tonic::Response<T>, tonic::Status>;
+fn nope<T>() -> Res<T> {
+    Err(tonic::Status::unimplemented("rogue"))
+}
+
+#[tonic::async_trait]
+impl hongbao_proto::v1::cluster_server::Cluster for RogueMap {
+    async fn get_map(&self, _: tonic::Request<GetMapRequest>) -> Res<ClusterMap> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(tonic::Response::new(self.map.clone()))
+    }
+    async fn status(&self, _: tonic::Request<StatusRequest>) -> Res<StatusReply> {
+        nope()
+    }
+    async fn audit(&self, _: tonic::Request<AuditRequest>) -> Res<AuditReply> {
+        nope()
+    }
+    async fn shard_totals_of(&self, _: tonic::Request<ShardTotalsRequest>) -> Res<ShardTotals> {
+        nope()
+    }
+    async fn transfer_leader(&self, _: tonic::Request<TransferLeaderRequest>) -> Res<TransferLeaderReply> {
+        nope()
+    }
+    async fn drain(&self, _: tonic::Request<DrainRequest>) -> Res<DrainReply> {
+        nope()
+    }
+    async fn undrain(&self, _: tonic::Request<DrainRequest>) -> Res<DrainReply> {
+        nope()
+    }
+    async fn add_node(&self, _: tonic::Request<AddNodeRequest>) -> Res<MembershipReply> {
+        nope()
+    }
+    async fn remove_node(&self, _: tonic::Request<RemoveNodeRequest>) -> Res<MembershipReply> {
+        nope()
+    }
+    async fn add_replica(&self, _: tonic::Request<ReplicaChangeRequest>) -> Res<MembershipReply> {
+        nope()
+    }
+    async fn remove_replica(&self, _: tonic::Request<ReplicaChangeRequest>) -> Res<MembershipReply> {
+        nope()
+    }
+    async fn add_shard(&self, _: tonic::Request<AddShardRequest>) -> Res<MembershipReply> {
+        nope()
+    }
+    async fn move_slot(&self, _: tonic::Request<MoveSlotRequest>) -> Res<MoveSlotReply> {
+        nope()
+    }
+    async fn slot_load(&self, _: tonic::Request<SlotLoadRequest>) -> Res<SlotLoadReply> {
+        nope()
+    }
+}
+
+/// #28, item 3 (maps by version): nodes and routers installed the highest-versioned map any node
+/// answered, so a process with one node's key at that node's address could hand them a map of
+/// its own. On 3 × 3, node 3 (no meta replica) is replaced by a rogue server with node 3's key
+/// that answers `GetMap` with a valid map at version 10⁹ giving every slot to shard 3. Node 2
+/// and the Shenzhen router restart (both read the map at start) and run for several map rounds:
+/// node 2 follows the real map version, the router still sends every user to the shard holding
+/// the wallet, no node or router even asks the rogue for a map (it is no meta replica), and not
+/// one cent moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_node_answering_map_fetches_with_a_huge_version_is_installed_by_no_node_or_router_on_3x3() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut c = Cluster::start(Spec { routers: true, nodes_per_region: 3, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(60)).await;
+    let app = c.router_client("shenzhen");
+    let users: Vec<u64> = c.topology.shards.iter().map(|s| c.topology.user_in_shard(s.id, 600)).collect();
+    for u in &users {
+        c.funded(&app, *u, 10_000).await;
+    }
+    let before = money(&c, &users).await;
+    let admin = router_client_with(&c, c.credentials().only(Role::Admin));
+    let real = admin.get_map().await.expect("map").version;
+    assert!(!c.topology.shard(c.topology.meta_shard()).unwrap().replicas.contains(&3), "node 3 holds no meta replica");
+
+    let mut forged = c.topology.clone();
+    forged.version = 1_000_000_000;
+    for s in forged.shards.iter_mut() {
+        s.slots = if s.id == 3 { vec![[0, forged.slots]] } else { vec![] };
+    }
+    let forged = hongbao_topology::Topology::parse(&forged.to_toml()).expect("the forged map is a valid map");
+    let asked = Arc::new(AtomicUsize::new(0));
+    let rogue = RogueMap { map: ClusterMap { version: forged.version, toml: forged.to_toml() }, asked: asked.clone() };
+    let addr = c.node_addr(3);
+    c.kill(3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tls = SecurityDir::new(c.security_dir()).server_tls(&Identity::Node(3)).expect("node 3's server tls");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .expect("tls")
+        .add_service(hongbao_proto::v1::cluster_server::ClusterServer::new(rogue))
+        .serve_with_shutdown(addr.parse().expect("addr"), async {
+            let _ = stopped.await;
+        });
+    let task = tokio::spawn(server);
+    // Both read the map at start, and then every round.
+    c.kill(2);
+    c.start_node(2);
+    c.kill_router("shenzhen");
+    c.start_router("shenzhen");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    let shenzhen = Client::new(vec![c.topology.routers[0].addr.clone()], Arc::new(c.credentials())).with_deadline(Duration::from_secs(5));
+    assert_eq!(c.topology.routers[0].region, "shenzhen");
+    for (u, s) in users.iter().zip(&c.topology.shards) {
+        let b = shenzhen.balance(*u).await.unwrap_or_else(|e| panic!("balance of {u} through the restarted router: {e}"));
+        assert_eq!((b.shard, b.balance_cents), (s.id, 10_000), "the router sends user {u} to shard {}, whole", s.id);
+    }
+    let version = c.node_metric(2, "hongbao_cluster_map_version").await.expect("node 2's metrics");
+    assert_eq!(version as u64, real, "node 2 follows the real map version, not the rogue's");
+    assert_eq!(asked.load(Ordering::Relaxed), 0, "no node or router asked the rogue (no meta replica) for a map");
+    let _ = stop.send(());
+    let _ = task.await;
+    nothing_moved(&c, &users, &before).await;
+}

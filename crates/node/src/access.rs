@@ -2,8 +2,8 @@
 //! its certificate (`hongbao_auth::Identity`), never from a field of the message.
 //!
 //! - Raft transport: only nodes, and per shard only that shard's replicas (`raft_peer`); the
-//!   proposals a node may forward are a credit from a replica of its source shard and a region's
-//!   drain mark (which a node proposes only for an admin's Drain / Undrain).
+//!   proposals a node may forward are a credit from a replica of its source shard and the steps
+//!   of a slot move the cluster map records (`forwarded_proposal`).
 //! - Public API and notifications: routers only (which checked the end user's token and the
 //!   caller's role against the one role table, `crates/router/src/gate.rs`). No service reaches
 //!   a node's public API directly, the admin identity included: at a node it would skip the
@@ -84,9 +84,11 @@ pub fn raft_peer(topology: &Topology, id: &Identity, shard: ShardId, from_node: 
 }
 
 /// What another node may propose on `shard` here: the cross-shard relay's credit, sent by a
-/// replica of the credit's source shard, and a drain mark, sent by a node of the cluster (the
-/// one an admin's Drain reached: it must reach every shard's leader, wherever that is).
-/// Everything else a node proposes, it proposes locally.
+/// replica of the credit's source shard, and the steps of a slot move the cluster map records
+/// (`Topology::moves`: the meta shard committed it on an admin's call). Nothing else: drain
+/// marks, map changes and moves nobody recorded come from no node (#28), so one node's key
+/// cannot freeze a slot, send it elsewhere, drain a region or rewrite the map. Everything else
+/// a node proposes, it proposes locally, as leader of the shard.
 pub fn forwarded_proposal(topology: &Topology, from: u64, shard: ShardId, cmd: &Command) -> Result<(), Status> {
     match cmd {
         Command::Credit { source, .. } => {
@@ -97,11 +99,9 @@ pub fn forwarded_proposal(topology: &Topology, from: u64, shard: ShardId, cmd: &
             }
             Ok(())
         }
-        Command::SetDrained { .. } if topology.node(from).is_some() => Ok(()),
-        // A map change an admin asked some node for, which proposes it on the meta shard.
-        Command::SetClusterMap { .. } if topology.node(from).is_some() && shard == topology.meta_shard() => Ok(()),
-        // A slot move's steps, which an admin asked some node for (the same trust as map changes).
-        Command::MoveSlotIn { .. } | Command::MoveSlotOut { .. } | Command::FinishSlotIn { .. } if topology.node(from).is_some() => Ok(()),
+        Command::MoveSlotIn { slot, slots, from: source } => recorded_move(topology, from, *slot, *slots, *source, shard),
+        Command::FinishSlotIn { slot, from: source, .. } => recorded_move(topology, from, *slot, topology.slots, *source, shard),
+        Command::MoveSlotOut { slot, slots, to, .. } => recorded_move(topology, from, *slot, *slots, shard, *to),
         // Answered here and never proposed: whether this node's ledger config is the asker's.
         Command::ConfigCheck { fingerprint } => {
             let mine = CONFIG_FINGERPRINT.load(Ordering::Relaxed);
@@ -113,6 +113,86 @@ pub fn forwarded_proposal(topology: &Topology, from: u64, shard: ShardId, cmd: &
                 Err(Status::failed_precondition(format!("ledger config fingerprint {mine:016x} here, not {fingerprint:016x}")))
             }
         }
-        _ => Err(denied("only cross-shard credits, drain marks, cluster-map changes and slot moves may be forwarded between nodes")),
+        _ => Err(denied(format!(
+            "node {from} may not propose {} on shard {shard}: nodes forward only credits and the steps of a slot move the cluster map records",
+            command_name(cmd)
+        ))),
+    }
+}
+
+/// The command's name alone (its fields may hold secrets: PIN hashes, phrases).
+fn command_name(cmd: &Command) -> String {
+    let debug = format!("{cmd:?}");
+    debug.split([' ', '{', '(']).next().unwrap_or("").to_string()
+}
+
+/// Whether a slot move's step is checked against the cluster map (so a node that refused it
+/// may read the map again first: the map naming the move may not have reached it yet).
+pub fn checked_against_map(cmd: &Command) -> bool {
+    matches!(cmd, Command::MoveSlotIn { .. } | Command::MoveSlotOut { .. } | Command::FinishSlotIn { .. })
+}
+
+/// A step of the move of `slot` from shard `source` to shard `to`: the map must record that
+/// move (`slots` its slot count).
+fn recorded_move(topology: &Topology, caller: u64, slot: u32, slots: u32, source: ShardId, to: ShardId) -> Result<(), Status> {
+    let recorded = topology.moving(slot).is_some_and(|m| m.from == source && m.to == to) && slots == topology.slots;
+    if recorded {
+        return Ok(());
+    }
+    metrics::counter!(crate::metrics::ACCESS_DENIED, "what" => "slot move step").increment(1);
+    tracing::warn!(
+        caller,
+        slot,
+        source,
+        to,
+        map_version = topology.version,
+        "refused: a slot move step the cluster map records no move for"
+    );
+    Err(denied(format!(
+        "node {caller} may not move slot {slot} from shard {source} to shard {to}: the cluster map (version {}) records no such move",
+        topology.version
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> Topology {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local-3x1.toml");
+        Topology::load(&path).expect("shipped topology")
+    }
+
+    #[test]
+    fn a_node_forwards_only_credits_of_its_shards_and_the_steps_of_the_move_the_map_records() {
+        let t = map();
+        let slot = (0..t.slots).find(|s| t.owner_of_slot(*s) == Some(2)).unwrap();
+        let slots = t.slots;
+        let steps = |to: ShardId| {
+            [
+                (2, Command::MoveSlotOut { slot, slots, to, max_users: 10 }),
+                (to, Command::MoveSlotIn { slot, slots, from: 2 }),
+                (to, Command::FinishSlotIn { slot, from: 2, through_seq: 0 }),
+            ]
+        };
+        for (shard, cmd) in steps(3) {
+            assert!(forwarded_proposal(&t, 1, shard, &cmd).is_err(), "no move recorded: {cmd:?}");
+        }
+        let moving = t.begin_move(slot, 3).unwrap();
+        for (shard, cmd) in steps(3) {
+            assert!(forwarded_proposal(&moving, 1, shard, &cmd).is_ok(), "the recorded move: {cmd:?}");
+        }
+        for (shard, cmd) in steps(1) {
+            assert!(forwarded_proposal(&moving, 1, shard, &cmd).is_err(), "another destination: {cmd:?}");
+        }
+        let wrong_slots = Command::MoveSlotIn { slot, slots: slots + 1, from: 2 };
+        assert!(forwarded_proposal(&moving, 1, 3, &wrong_slots).is_err(), "another slot count");
+        for (shard, cmd) in [
+            (1, Command::SetDrained { region: "shenzhen".into(), drained: true }),
+            (t.meta_shard(), Command::SetClusterMap { version: 1, map: t.to_toml().into_bytes() }),
+        ] {
+            let s = forwarded_proposal(&moving, 1, shard, &cmd).expect_err("never forwarded");
+            assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+        }
     }
 }

@@ -1,21 +1,28 @@
 //! The cluster map as this node knows it: the topology file seeds it (version 0); every later
-//! version is replicated in the meta shard (`Command::SetClusterMap`), and this node keeps the
-//! highest version it has seen. `follow` refreshes it (from the meta shard's applied state when
-//! a replica of it is here, else from the other nodes' `GetMap`) and makes the node match it:
-//! peer addresses, and the replicas it hosts (`Host::reconcile`).
+//! version is replicated in the meta shard (`Command::SetClusterMap`). `follow` refreshes it and
+//! makes the node match it: peer addresses, and the replicas it hosts (`Host::reconcile`).
+//!
+//! A map is believed only as the meta shard committed it, never for its version number (#28):
+//! it comes from this node's own replica of the meta shard, or from the meta shard's leader,
+//! which answers `GetMap` only after a linearizable read (ReadIndex). Only nodes that the map
+//! held here names as meta-shard replicas are asked, so another node's key cannot hand this node
+//! (or a router) a map of its own making. A node that is away while every meta replica it knows
+//! of is replaced needs a topology file naming a live one (`hongbao cluster map`).
 
 use crate::host::Host;
 use hongbao_proto::v1::cluster_client::ClusterClient;
 use hongbao_proto::v1::GetMapRequest;
 use hongbao_topology::{NodeId, Topology};
+use openraft::async_runtime::WatchReceiver;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// How often a node looks for a newer map.
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(500);
-/// Bound on one GetMap call to another node.
-const GET_MAP_TIMEOUT: Duration = Duration::from_millis(500);
+/// Bound on one GetMap call to another node (the leader's answer waits for a ReadIndex).
+const GET_MAP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a node that is not in its topology file (added online) waits at start for another
 /// node to tell it the map that names it.
 pub const JOIN_DEADLINE: Duration = Duration::from_secs(60);
@@ -35,7 +42,8 @@ impl Directory {
         self.map.borrow().clone()
     }
 
-    /// Keeps `map` if it is newer than the one held; says whether it was.
+    /// Keeps `map` if it is newer than the one held; says whether it was. Callers hand it only
+    /// maps the meta shard committed (`refresh`, `at_start`, a change made here).
     pub fn install(&self, map: Topology) -> bool {
         let version = map.version;
         let newer = self.map.send_if_modified(|cur| {
@@ -80,26 +88,44 @@ pub fn local_map(host: &Host) -> Option<Topology> {
     parse(version, &toml)
 }
 
-/// How many of `nodes` answered, and the newest map they answered with if newer than `than`
-/// (answers no newer are not parsed: most rounds bring the same map).
-pub async fn fetch(peers: &crate::peers::Peers, nodes: &[NodeId], than: u64) -> (usize, Option<Topology>) {
-    let calls = nodes.iter().filter(|n| **n != peers.self_id).filter_map(|n| peers.channel(*n)).map(|ch| async move {
-        let r = tokio::time::timeout(GET_MAP_TIMEOUT, ClusterClient::new(ch).get_map(GetMapRequest {})).await.ok()?.ok()?;
-        let m = r.into_inner();
-        Some(if m.version > than { parse(m.version, m.toml.as_bytes()) } else { None })
-    });
-    let answers: Vec<Option<Topology>> = futures::future::join_all(calls).await.into_iter().flatten().collect();
-    (answers.len(), answers.into_iter().flatten().max_by_key(|t| t.version))
+/// The map as the meta shard committed it, from its leader: the meta replicas `map` names are
+/// asked (`first` first, the leader known here); a follower answers NotLeader with its leader,
+/// asked next if `map` names it a meta replica too. None: no leader answered. A map no newer
+/// than `than` is not parsed (most rounds bring the same map) and answers None.
+pub async fn fetch(peers: &crate::peers::Peers, map: &Topology, first: Option<NodeId>, than: u64) -> Option<Topology> {
+    let meta: Vec<NodeId> = map.shard(map.meta_shard()).map(|s| s.replicas.clone()).unwrap_or_default();
+    let mut queue: VecDeque<NodeId> = first.filter(|n| meta.contains(n)).into_iter().chain(meta.iter().copied()).collect();
+    let mut asked = BTreeSet::new();
+    while let Some(n) = queue.pop_front() {
+        if n == peers.self_id || !asked.insert(n) {
+            continue;
+        }
+        let Some(ch) = peers.channel(n) else { continue };
+        match tokio::time::timeout(GET_MAP_TIMEOUT, ClusterClient::new(ch).get_map(GetMapRequest {})).await {
+            Ok(Ok(r)) => {
+                let m = r.into_inner();
+                return if m.version > than { parse(m.version, m.toml.as_bytes()) } else { None };
+            }
+            Ok(Err(s)) => {
+                let hint = hongbao_proto::detail_of(&s).leader_hint_node;
+                if meta.contains(&hint) {
+                    queue.push_front(hint);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    None
 }
 
-/// The map a starting node begins with: the newest of the seed and what the seed's nodes
-/// answer. A node the seed does not name (added online) waits for a map that names it.
+/// The map a starting node begins with: the seed, or the newer one the meta shard's leader
+/// answers (asked among the meta replicas the seed names). A node the seed does not name (added
+/// online) waits for a map that names it.
 pub async fn at_start(seed: Topology, peers: &crate::peers::Peers, node_id: NodeId) -> anyhow::Result<Topology> {
-    let nodes: Vec<NodeId> = seed.nodes.iter().map(|n| n.id).collect();
     let deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
     let mut best = seed;
     loop {
-        if let (_, Some(t)) = fetch(peers, &nodes, best.version).await {
+        if let Some(t) = fetch(peers, &best, None, best.version).await {
             best = t;
         }
         if best.node(node_id).is_some() {
@@ -117,19 +143,17 @@ pub async fn at_start(seed: Topology, peers: &crate::peers::Peers, node_id: Node
     }
 }
 
-/// Installs the newest map this node can find: the meta shard's applied state if a replica of
-/// it is here, and what the meta shard's replicas answer. Both: a replica removed from the meta
-/// shard stops hearing of new versions (the change that removed it may be the last it got).
-/// Only if none of those answers, every node of the map is asked (the meta replicas this node
-/// knows of may all have been replaced while it was away).
+/// Installs the newest map the meta shard committed: from this node's replica of it if that
+/// leads (its applied state is the committed map), else from the meta shard's leader. Both when
+/// a replica is here but does not lead: one removed from the meta shard stops hearing of new
+/// versions (the change that removed it may be the last it got).
 pub async fn refresh(host: &Host) {
     let t = host.topology();
-    let meta: Vec<NodeId> = t.shard(t.meta_shard()).map(|s| s.replicas.clone()).unwrap_or_default();
-    let (answered, mut asked) = fetch(&host.peers, &meta, t.version).await;
-    if answered == 0 {
-        let all: Vec<NodeId> = t.nodes.iter().map(|n| n.id).collect();
-        asked = fetch(&host.peers, &all, t.version).await.1;
-    }
+    let meta = t.meta_shard();
+    let here = host.replica(meta).ok();
+    let leads = here.as_ref().is_some_and(|r| host.is_leader(r));
+    let known = here.as_ref().and_then(|r| r.raft.metrics().borrow_watched().current_leader);
+    let asked = if leads { None } else { fetch(&host.peers, &t, known, t.version).await };
     let newest = [local_map(host), asked].into_iter().flatten().max_by_key(|m| m.version);
     if let Some(m) = newest.filter(|m| m.version > host.topology().version) {
         host.install_map(m);

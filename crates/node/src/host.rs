@@ -119,7 +119,7 @@ impl Host {
         let host = Arc::new(Host {
             node_id,
             region: me.region.clone(),
-            placement: Placement::new(map.clone(), db.clone(), node_id),
+            placement: Placement::new(map.clone()),
             map,
             peers,
             db,

@@ -11,7 +11,9 @@
 //!   group changes: no shard below three voters, none with a majority in one region.
 //!
 //! The map itself changes by compare-and-set on the meta shard (`change_map`), so two admins'
-//! changes never overwrite each other.
+//! changes never overwrite each other, and only on the meta shard's leader, for an admin's call
+//! (no node forwards a map change: #28); a step that needs both the map and a shard's Raft group
+//! answers NotLeader at the one it is not, and the admin's router re-sends it there.
 
 use crate::host::Host;
 use crate::placement::caught_up;
@@ -19,7 +21,7 @@ use crate::replica::Replica;
 use crate::service::convert::detail;
 use hongbao_ledger::{Code, Command, ShardId};
 use hongbao_proto::v1::cluster_client::ClusterClient;
-use hongbao_proto::v1::MembershipReply;
+use hongbao_proto::v1::{MembershipReply, ReplicaRole};
 use hongbao_proto::{status, ErrorCode};
 use hongbao_topology::{Edit, NodeId, Topology};
 use openraft::async_runtime::WatchReceiver;
@@ -35,7 +37,6 @@ pub const CATCH_UP_WAIT: Duration = Duration::from_secs(20);
 /// Attempts of one map change that lost a race (CLUSTER_MAP_STALE) before the admin hears it.
 const MAP_ATTEMPTS: usize = 10;
 const MAP_RETRY: Duration = Duration::from_millis(300);
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on one map change, all attempts included (inside the caller's deadline).
 const MAP_DEADLINE: Duration = Duration::from_secs(15);
 /// Bound on one Raft membership change (a learner's entry, a promotion, a removal) to commit.
@@ -72,17 +73,24 @@ pub async fn change_map(host: &Arc<Host>, edit: impl Fn(&Topology) -> Result<Top
             Err(Edit::Refused(m)) => return Err(refused(m)),
         };
         let meta = cur.meta_shard();
+        // Only the meta shard's leader proposes a map change, for an admin's call that reached
+        // it; no node forwards one (one node's key must not rewrite the map, #28). Elsewhere
+        // the call answers NotLeader with that leader, where the admin's router re-sends it.
+        if leading(host, meta).is_none() {
+            return Err(not_leading(host, meta).await);
+        }
         let version = next.version;
         let cmd = Command::SetClusterMap { version, map: next.to_toml().into_bytes() };
         let id = crate::tasks::system_id(b'v', meta, host.node_id, version);
-        match host.propose_on_leader(meta, id, cmd, CALL_TIMEOUT).await {
+        match host.propose(meta, id, cmd).await {
             Ok(o) if o.code == Code::Ok => {
                 host.install_map(next);
                 return Ok(reply(version, format!("cluster map version {version}")));
             }
             Ok(o) if o.code == Code::ClusterMapStale => last = format!("map version {version} was taken by another change"),
             Ok(o) => return Err(refused(format!("the meta shard refused map version {version}: {:?}", o.code))),
-            Err(e) => last = e,
+            Err(e) if e.kind == crate::error::ErrorKind::NotLeader => return Err(e.into()),
+            Err(e) => last = e.to_string(),
         }
         tracing::info!(version, %last, "cluster map change not taken; reading the map again");
         tokio::time::sleep(MAP_RETRY).await;
@@ -111,7 +119,13 @@ pub async fn remove_replica(host: &Arc<Host>, shard: ShardId, node: NodeId) -> R
         return Err(refused(m));
     }
     let Some(r) = leading(host, shard) else {
-        return Err(not_leading(host, shard).await);
+        // The Raft step is the shard leader's, the map step the meta leader's: here (not the
+        // shard's leader) only the map step, once the shard's leader says `node` left the group.
+        if still_member(host, shard, node).await != Some(false) {
+            return Err(not_leading(host, shard).await);
+        }
+        let mapped = change_map(host, |t| t.remove_replica(shard, node)).await?;
+        return Ok(reply(mapped.map_version, format!("node {node} is no replica of shard {shard} any more")));
     };
     if r.is_member(node) {
         if node == host.node_id {
@@ -187,6 +201,17 @@ async fn leader_of(host: &Host, shard: ShardId) -> Option<NodeId> {
         }
     }
     None
+}
+
+/// Whether `node` is in `shard`'s Raft group, as the shard's leader (elsewhere) answers (None:
+/// no leader answered).
+async fn still_member(host: &Host, shard: ShardId, node: NodeId) -> Option<bool> {
+    let leader = leader_of(host, shard).await.filter(|l| *l != host.node_id)?;
+    let ch = host.peers.channel(leader)?;
+    let req = hongbao_proto::v1::StatusRequest { local_only: true };
+    let st = tokio::time::timeout(Duration::from_millis(500), ClusterClient::new(ch).status(req)).await.ok()?.ok()?.into_inner();
+    let row = st.nodes.iter().flat_map(|n| n.shards.iter()).find(|s| s.shard == shard && s.role == ReplicaRole::Leader as i32)?;
+    Some(row.members.contains(&node))
 }
 
 /// On the leader: `node` as a learner, then a voter once within CAUGHT_UP_SLACK of the log.

@@ -1,18 +1,18 @@
 //! Where each shard's leadership belongs: in its home region when a home replica is up and
 //! caught up (failback), out of regions an operator drained. `Placement` reads the drained
-//! regions from the replicas' applied state and holds the policy; `run` is the per-shard loop
-//! on the leader that acts on it, by leader transfer, so client requests see at most a
-//! NotLeader that routers retry.
+//! regions from the cluster map and holds the policy; `run` is the per-shard loop on the leader
+//! that acts on it, by leader transfer, so client requests see at most a NotLeader that routers
+//! retry.
 //!
-//! Drain marks are replicated (`Command::SetDrained`, proposed on every shard by
-//! `replicate_drain`), so a restarted node still knows them. While a mark is on its way, the
-//! shards hosted here may disagree: a region is drained if ANY of them says so. That errs on
-//! the side of keeping leadership out (an undrain takes effect once every shard applied it).
+//! Drain marks are part of the cluster map (`Topology::drained`), which the meta shard commits
+//! on an admin's Drain / Undrain (`replicate_drain`): every node reads them from the map it
+//! follows, and a restarted node from the map it reads at start. No node proposes a mark on
+//! another's shard (#28). The ledger's older per-shard marks (`Command::SetDrained`) are no
+//! longer written or read.
 
 use crate::directory::Directory;
 use crate::host::Host;
-use crate::storage::{Db, ShardStore};
-use hongbao_ledger::{Code, Command, ShardId};
+use hongbao_ledger::{Command, ShardId};
 use hongbao_proto::v1::{ReplicaRole, StatusReply};
 use hongbao_topology::NodeId;
 use openraft::async_runtime::WatchReceiver;
@@ -26,11 +26,6 @@ pub const CAUGHT_UP_SLACK: u64 = 100;
 /// How often a leader checks whether its leadership belongs elsewhere.
 const PLACEMENT_EVERY: Duration = Duration::from_millis(1000);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a drain or undrain keeps trying to get its mark applied on every shard (elections
-/// included) before it reports the shards that did not take it.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
-const DRAIN_RETRY: Duration = Duration::from_millis(200);
-const DRAIN_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Whether a replica that applied up to `applied` may take over from a leader at `leader_last`.
 pub fn caught_up(applied: u64, leader_last: u64) -> bool {
@@ -39,20 +34,16 @@ pub fn caught_up(applied: u64, leader_last: u64) -> bool {
 
 pub struct Placement {
     map: Directory,
-    db: Arc<Db>,
-    node_id: NodeId,
 }
 
 impl Placement {
-    pub fn new(map: Directory, db: Arc<Db>, node_id: NodeId) -> Placement {
-        Placement { map, db, node_id }
+    pub fn new(map: Directory) -> Placement {
+        Placement { map }
     }
 
-    /// Regions an operator drained (no leadership is moved into them): marked so by the
-    /// applied state of ANY shard the map places here.
+    /// Regions an operator drained (no leadership is moved into them), as the cluster map says.
     pub fn drained_regions(&self) -> BTreeSet<String> {
-        let map = self.map.get();
-        map.shards_on(self.node_id).iter().flat_map(|s| hongbao_ledger::view::drained_regions(&ShardStore::live(&self.db, s.id))).collect()
+        self.map.get().drained.iter().cloned().collect()
     }
 
     /// The failback policy: the shard's home-region replicas, unless its home is drained.
@@ -225,44 +216,9 @@ pub async fn config_agrees(peers: &crate::peers::Peers, node: NodeId, shard: Sha
     }
 }
 
-/// Proposes `SetDrained` on every shard, through its leader, and returns once every shard's
-/// leader applied it; then waits (briefly) until the replicas here see it too, so the caller's
-/// next placement decision uses it. The error names the shards that did not take the mark
-/// (those that did keep it: the admin re-sends, which is idempotent).
-pub async fn replicate_drain(host: &Host, region: &str, drained: bool) -> Result<(), String> {
-    let cmd = Command::SetDrained { region: region.to_string(), drained };
-    let map = host.topology();
-    let calls = map.shards.iter().map(|s| {
-        let cmd = cmd.clone();
-        async move { (s.id, propose_until_applied(host, s.id, cmd).await) }
-    });
-    let failed: Vec<String> =
-        futures::future::join_all(calls).await.into_iter().filter_map(|(id, r)| r.err().map(|e| format!("shard {id}: {e}"))).collect();
-    if !failed.is_empty() {
-        return Err(failed.join("; "));
-    }
-    let deadline = tokio::time::Instant::now() + DRAIN_CALL_TIMEOUT;
-    while host.placement.drained_regions().contains(region) != drained && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
-/// One admin command on `shard`'s leader (`Host::propose_on_leader`), retried (elections,
-/// NotLeader) until DRAIN_DEADLINE.
-async fn propose_until_applied(host: &Host, shard: ShardId, cmd: Command) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
-    let id = crate::tasks::system_id(b'z', shard, host.node_id, host.clock.now_ms());
-    loop {
-        let err = match host.propose_on_leader(shard, id, cmd.clone(), DRAIN_CALL_TIMEOUT).await {
-            Ok(o) if o.code == Code::Ok => return Ok(()),
-            Ok(o) => format!("refused by shard {shard}: {:?}", o.code),
-            Err(e) => e,
-        };
-        if tokio::time::Instant::now() + DRAIN_RETRY >= deadline {
-            return Err(err);
-        }
-        tracing::debug!(shard, %err, "drain mark not applied yet; retrying");
-        tokio::time::sleep(DRAIN_RETRY).await;
-    }
+/// Marks `region` drained (or not) in the cluster map: a map change, so on the meta shard's
+/// leader only (elsewhere NotLeader with that leader, where the admin's router re-sends it).
+/// Every node follows the map within a round (`directory::FOLLOW_EVERY`).
+pub async fn replicate_drain(host: &Arc<Host>, region: &str, drained: bool) -> Result<(), tonic::Status> {
+    crate::membership::change_map(host, |t| t.set_drained(region, drained)).await.map(|_| ())
 }

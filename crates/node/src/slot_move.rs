@@ -12,10 +12,17 @@
 //! 4. The map flips (`Topology::move_slot`): routers and nodes send the slot's users to the
 //!    destination; the source answers stragglers SLOT_MOVED, which clients retry.
 //!
+//! Before step 1 the meta shard records the move in the map (`Topology::begin_move`); the flip
+//! drops the record. Steps 1–3 go to the shards' leaders as forwarded proposals, which a leader
+//! takes only for the move the map records (`access::forwarded_proposal`): one node's key can
+//! neither freeze a slot nor send it anywhere (#28). Map changes are the meta leader's alone, so
+//! a `MoveSlot` call is driven there (elsewhere it answers NotLeader and the router re-sends it).
+//!
 //! Every step is idempotent, so one `MoveSlot` call does a bounded part and says where it
 //! stands; the caller calls again until done. A move left half-way (the operator's CLI or the
-//! node driving it died) is finished by the source shard's leader (`resume`) once the slot has
-//! stayed frozen or unflipped for `RESUME_AFTER`, so its users are not refused for long.
+//! node driving it died) is finished by the meta shard's leader (`resume`) once the map has
+//! recorded it unfinished for `RESUME_AFTER`, so its users are not refused for long; a
+//! destination whose slot arrived after the flip finishes its own last step.
 
 use crate::host::Host;
 use crate::service::convert::detail;
@@ -80,6 +87,10 @@ pub async fn move_slot(host: &Arc<Host>, slot: u32, to: ShardId) -> Result<MoveS
         return Ok(reply);
     }
     tracing::info!(slot, from, to, "slot move step");
+    // The move's record in the map, committed by the meta shard (on its leader: elsewhere
+    // NotLeader, and the admin's router re-sends the call there): the shards take the steps
+    // below only for a move the map records (`access::forwarded_proposal`).
+    crate::membership::change_map(host, |t| t.begin_move(slot, to)).await?;
     let deadline = Instant::now() + STEP_BUDGET;
     let slots = map.slots;
     let o = propose(host, to, slot, Command::MoveSlotIn { slot, slots, from }).await?;
@@ -127,11 +138,10 @@ pub async fn move_slot(host: &Arc<Host>, slot: u32, to: ShardId) -> Result<MoveS
     Ok(reply)
 }
 
-/// A slot move this shard's ledger and the map show unfinished.
+/// A slot move left unfinished, as the map and a shard's ledger show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HalfMoved {
-    /// Frozen here (leaving, or gone) while the map still routes the slot here: the move never
-    /// flipped.
+    /// The map records the move and has not flipped it: the meta shard's leader drives it on.
     Out { to: ShardId },
     /// Expected here while the map already routes the slot here: a driver that read the map
     /// just before the flip expected the slot again after the move had finished. Everything from
@@ -139,18 +149,16 @@ enum HalfMoved {
     In { from: ShardId },
 }
 
-/// The moves `shard`'s slot table and `map` show unfinished: slot states of slots the map
-/// routes to this shard (a slot routed elsewhere is gone for good, or still on its way here).
+/// The moves left unfinished that `shard`'s leader finishes: on the meta shard, every move the
+/// map records; on any shard, slots expected here that the map routes here already.
 fn half_moved(table: &SlotTable, map: &Topology, shard: ShardId) -> Vec<(u32, HalfMoved)> {
-    table
-        .states
-        .iter()
-        .filter(|(slot, _)| map.owner_of_slot(**slot) == Some(shard))
-        .map(|(slot, state)| match state {
-            SlotState::Leaving { to, .. } | SlotState::Gone { to } => (*slot, HalfMoved::Out { to: *to }),
-            SlotState::Arriving { from } => (*slot, HalfMoved::In { from: *from }),
-        })
-        .collect()
+    let recorded = map.moves.iter().filter(|_| shard == map.meta_shard()).map(|m| (m.slot, HalfMoved::Out { to: m.to }));
+    let arrived =
+        table.states.iter().filter(|(slot, _)| map.owner_of_slot(**slot) == Some(shard)).filter_map(|(slot, state)| match state {
+            SlotState::Arriving { from } => Some((*slot, HalfMoved::In { from: *from })),
+            _ => None,
+        });
+    recorded.chain(arrived).collect()
 }
 
 /// Leader task of every shard: finishes the moves left half-way (see `HalfMoved`) once one has
@@ -200,23 +208,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_slots_the_map_still_routes_here_are_half_moved() {
+    fn the_meta_leader_finishes_recorded_moves_and_a_destination_its_arrived_slots() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local-3x1.toml");
         let map = Topology::load(&path).expect("shipped topology");
         let (on1, on2) = (
             (0..map.slots).find(|s| map.owner_of_slot(*s) == Some(1)).unwrap(),
             (0..map.slots).find(|s| map.owner_of_slot(*s) == Some(2)).unwrap(),
         );
+        assert_eq!(map.meta_shard(), 1);
+        let moving = map.begin_move(on2, 3).unwrap();
         let mut t = SlotTable { slots: map.slots, ..Default::default() };
-        t.states.insert(on1, SlotState::Gone { to: 2 });
-        assert_eq!(half_moved(&t, &map, 1), vec![(on1, HalfMoved::Out { to: 2 })], "sent, never flipped");
+        assert_eq!(half_moved(&t, &moving, 1), vec![(on2, HalfMoved::Out { to: 3 })], "the meta leader drives the recorded move");
+        assert!(half_moved(&t, &moving, 2).is_empty(), "the source does not: a frozen slot says nothing without the map");
         t.states.insert(on1, SlotState::Leaving { to: 3, after: 7 });
-        assert_eq!(half_moved(&t, &map, 1), vec![(on1, HalfMoved::Out { to: 3 })], "frozen half-way");
-        assert!(half_moved(&t, &map, 2).is_empty(), "another shard's table says nothing of shard 1's slots");
+        assert!(half_moved(&t, &map, 1).is_empty(), "a slot frozen with no move recorded is no move to finish");
         let mut t2 = SlotTable { slots: map.slots, ..Default::default() };
-        t2.states.insert(on2, SlotState::Gone { to: 1 });
         t2.states.insert(on1, SlotState::Arriving { from: 1 });
-        assert!(half_moved(&t2, &map, 3).is_empty(), "moved away and flipped; arriving from a live move: both routed elsewhere");
+        assert!(half_moved(&t2, &map, 3).is_empty(), "arriving from a live move: routed elsewhere");
         t2.states.insert(on2, SlotState::Arriving { from: 1 });
         assert_eq!(half_moved(&t2, &map, 2), vec![(on2, HalfMoved::In { from: 1 })], "expected again after the flip");
     }

@@ -43,7 +43,8 @@ const HEALTH_EVERY: Duration = Duration::from_millis(150);
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(400);
 /// How often the router asks the nodes for the cluster map, and how long one node may take.
 const MAP_EVERY: Duration = Duration::from_secs(1);
-const MAP_TIMEOUT: Duration = Duration::from_millis(400);
+/// The meta leader answers after a ReadIndex (a round trip to a majority, over WAN links).
+const MAP_TIMEOUT: Duration = Duration::from_secs(1);
 /// One admin call forwarded to one node (`any_node`).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A membership step (AddReplica waits for the learner to catch up) may take a node ~60 s
@@ -60,8 +61,8 @@ struct Health {
 }
 
 pub struct Router {
-    /// The cluster map in force: the topology file at start, then each higher version the
-    /// nodes answer `GetMap` with (`refresh_map`, #16). Read it with `topology()`.
+    /// The cluster map in force: the topology file at start, then each higher version the meta
+    /// shard's leader answers `GetMap` with (`refresh_map`, #16, #28). Read it with `topology()`.
     map: RwLock<Arc<Topology>>,
     pub region: String,
     /// This router's certificate, for channels to nodes that join later.
@@ -127,8 +128,9 @@ impl Router {
         self.map.read().expect("map lock").clone()
     }
 
-    /// Puts `new` in force if its version is higher than the map's (maps come from several
-    /// nodes, some behind: an older or equal version is ignored); returns whether it did. Nodes
+    /// Puts `new` in force if its version is higher than the map's (a meta leader may answer
+    /// before it applied a change another answered with: an older or equal version is ignored);
+    /// returns whether it did. Only a map the meta shard committed comes here (`refresh_map`). Nodes
     /// that left the map, or moved to another address, lose their channel, coalescer queue,
     /// health entry and any shard routed to them; nodes that joined are assumed up until the
     /// health loop says otherwise. Channels and semaphores for new nodes and shards are made on
@@ -165,11 +167,10 @@ impl Router {
         true
     }
 
-    /// Asks the nodes (best first) for the cluster map and installs it when it is newer.
+    /// Reads the cluster map from the meta shard's leader and installs it when it is newer.
     pub async fn refresh_map(&self) {
-        let res = self.any_node_core(MAP_TIMEOUT, Duration::MAX, |mut c, _| async move { c.get_map(GetMapRequest {}).await }).await;
-        let m = match res {
-            Ok(r) => r.into_inner(),
+        let m = match self.committed_map().await {
+            Ok(m) => m.into_inner(),
             Err(s) => {
                 tracing::debug!("cluster map not read: {}", detail_of(&s).message);
                 return;
@@ -183,8 +184,43 @@ impl Router {
             Ok(t) => {
                 self.install(t);
             }
-            Err(e) => tracing::warn!(version = m.version, "cluster map from a node does not parse, kept the old one: {e}"),
+            Err(e) => tracing::warn!(version = m.version, "cluster map from the meta leader does not parse, kept the old one: {e}"),
         }
+    }
+
+    /// The cluster map as the meta shard committed it: asked of the meta shard's replicas that
+    /// this router's map names (its leader first when known), following a NotLeader hint only
+    /// to another of them. Only the leader answers, after a linearizable read, so a map is
+    /// believed because the meta shard committed it, never for its version; a node that is no
+    /// meta replica is never asked (its key could answer any map: #28).
+    pub async fn committed_map(&self) -> Result<Response<ClusterMap>, Status> {
+        let t = self.topology();
+        let meta_shard = t.meta_shard();
+        let mut meta: Vec<NodeId> = t.shard(meta_shard).map(|s| s.replicas.clone()).unwrap_or_default();
+        meta.sort_by_key(|n| (!self.is_up(*n), t.region_of(*n) != Some(self.region.as_str())));
+        let known = self.leaders.read().expect("leaders lock").get(&meta_shard).copied();
+        let mut queue: std::collections::VecDeque<NodeId> =
+            known.filter(|n| meta.contains(n)).into_iter().chain(meta.iter().copied()).collect();
+        let mut asked = std::collections::BTreeSet::new();
+        let mut last = error(ErrorCode::Unavailable, format!("no replica of the meta shard (shard {meta_shard}) answered"));
+        while let Some(n) = queue.pop_front() {
+            if !asked.insert(n) {
+                continue;
+            }
+            let Some(ch) = self.channel(n) else { continue };
+            match tokio::time::timeout(MAP_TIMEOUT, ClusterClient::new(ch).get_map(GetMapRequest {})).await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(s)) => {
+                    let hint = detail_of(&s).leader_hint_node;
+                    if meta.contains(&hint) {
+                        queue.push_front(hint);
+                    }
+                    last = s;
+                }
+                Err(_) => last = error(ErrorCode::Timeout, format!("node {n}: cluster map not read in {MAP_TIMEOUT:?}")),
+            }
+        }
+        Err(last)
     }
 
     /// The channel to `node`, made on first use; None when the node is not in the map (or its
@@ -754,8 +790,8 @@ impl Cluster for RouterService {
     }
     async fn get_map(&self, req: Request<GetMapRequest>) -> Res<ClusterMap> {
         self.gate.roles(&req, &[Role::Admin], "read the cluster map")?;
-        // A node's map, not this router's: the replicated one, which may be newer.
-        self.router.any_node(|mut c| async move { c.get_map(GetMapRequest {}).await }).await
+        // The meta shard's committed map, not this router's, which may be a round behind.
+        self.router.committed_map().await
     }
     async fn add_node(&self, req: Request<AddNodeRequest>) -> Res<MembershipReply> {
         self.gate.roles(&req, &[Role::Admin], "add a node")?;

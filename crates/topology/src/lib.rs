@@ -34,9 +34,18 @@ pub struct Topology {
     pub development: bool,
     /// Number of slots users are hashed into (`user_id % slots`).
     pub slots: u32,
+    /// Regions an admin drained (`hongbao cluster drain`): no shard's leadership stays in or
+    /// moves into them. Part of the map, so every node reads it as the meta shard committed it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drained: Vec<String>,
     pub regions: Vec<Region>,
     pub nodes: Vec<Node>,
     pub shards: Vec<Shard>,
+    /// Slot moves an admin started and that have not flipped yet (`hongbao cluster move-slot`).
+    /// The shards' leaders take a move's steps (`MoveSlotIn`, `MoveSlotOut`, `FinishSlotIn`)
+    /// only for a move recorded here: what the meta shard committed, not what a node says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<SlotMove>,
     #[serde(default)]
     pub routers: Vec<Router>,
     /// Simulated WAN latency between region pairs, applied by the Raft transport filter.
@@ -81,6 +90,16 @@ pub struct Shard {
     /// first home-region replica founds its Raft group (`Topology::add_shard`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub founded: u64,
+}
+
+/// A slot on its way from one shard to another (`Topology::begin_move`); the move's last step
+/// (`Topology::move_slot`) gives the slot to `to` and drops the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotMove {
+    pub slot: u32,
+    pub from: ShardId,
+    pub to: ShardId,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -228,6 +247,21 @@ impl Topology {
         for l in &self.links {
             if !regions.contains(l.a.as_str()) || !regions.contains(l.b.as_str()) {
                 return Err(format!("link {}-{} names an unknown region", l.a, l.b));
+            }
+        }
+        let mut drained = BTreeSet::new();
+        for r in &self.drained {
+            if !regions.contains(r.as_str()) || !drained.insert(r.as_str()) {
+                return Err(format!("drained region {r} is unknown or listed twice"));
+            }
+        }
+        let mut moving = BTreeSet::new();
+        for m in &self.moves {
+            if !moving.insert(m.slot) || m.slot >= self.slots || m.from == m.to {
+                return Err(format!("slot move {m:?}: slot out of range, listed twice, or to its own shard"));
+            }
+            if owner[m.slot as usize] != Some(m.from) || !shard_ids.contains(&m.to) {
+                return Err(format!("slot move {m:?}: slot {} is not on shard {} or shard {} is unknown", m.slot, m.from, m.to));
             }
         }
         if self.raft.election_timeout_min_ms <= self.raft.heartbeat_ms
@@ -401,6 +435,7 @@ impl Topology {
             return Err(Edit::Unchanged(format!("slot {slot} is on shard {to} already")));
         }
         self.next(|t| {
+            t.moves.retain(|m| m.slot != slot);
             for s in t.shards.iter_mut() {
                 let mut owned: BTreeSet<u32> = s.slots.iter().flat_map(|[f, t]| *f..*t).collect();
                 if s.id == from {
@@ -411,6 +446,45 @@ impl Topology {
                     continue;
                 }
                 s.slots = ranges(&owned);
+            }
+        })
+    }
+
+    /// Records that `slot` moves from its owner to shard `to` (the map's side of a slot move,
+    /// its first step): until the move flips, the shards take its steps, and only its steps.
+    /// The same move again is Unchanged; another move of the slot under way is refused.
+    pub fn begin_move(&self, slot: u32, to: ShardId) -> Result<Topology, Edit> {
+        let from = self.owner_of_slot(slot).ok_or_else(|| Edit::Refused(format!("no slot {slot}: the map has {} slots", self.slots)))?;
+        if self.shard(to).is_none() {
+            return Err(Edit::Refused(format!("no shard {to}")));
+        }
+        match self.moving(slot) {
+            Some(m) if m.to == to => return Err(Edit::Unchanged(format!("slot {slot} is moving to shard {to} already"))),
+            Some(m) => return Err(Edit::Refused(format!("slot {slot} is moving to shard {} already: finish that first", m.to))),
+            None if from == to => return Err(Edit::Unchanged(format!("slot {slot} is on shard {to} already"))),
+            None => {}
+        }
+        self.next(|t| t.moves.push(SlotMove { slot, from, to }))
+    }
+
+    /// The move of `slot` under way, if the map records one.
+    pub fn moving(&self, slot: u32) -> Option<SlotMove> {
+        self.moves.iter().find(|m| m.slot == slot).copied()
+    }
+
+    /// Marks `region` drained (or not): leadership leaves it and does not come back until the
+    /// mark is cleared.
+    pub fn set_drained(&self, region: &str, drained: bool) -> Result<Topology, Edit> {
+        if !self.regions.iter().any(|r| r.name == region) {
+            return Err(Edit::Refused(format!("no region {region}")));
+        }
+        if self.drained.iter().any(|r| r == region) == drained {
+            return Err(Edit::Unchanged(format!("region {region} is {}drained already", if drained { "" } else { "un" })));
+        }
+        self.next(|t| {
+            t.drained.retain(|r| r != region);
+            if drained {
+                t.drained.push(region.to_string());
             }
         })
     }
@@ -650,5 +724,24 @@ mod tests {
         assert!(matches!(t.remove_replica(1, 3), Err(Edit::Refused(m)) if m.contains("shanghai")));
         assert!(t.remove_replica(1, 2).is_ok(), "Shenzhen, Tianjin and Shanghai keep one each");
         assert!(matches!(t.add_replica(1, 9), Err(Edit::Refused(_))), "an unknown node is refused");
+    }
+
+    #[test]
+    fn a_slot_move_and_a_drain_are_recorded_in_the_map_and_survive_its_toml() {
+        let t = default_topology();
+        let slot = (0..t.slots).find(|s| t.owner_of_slot(*s) == Some(1)).unwrap();
+        let m = t.begin_move(slot, 2).unwrap();
+        assert_eq!(m.moving(slot), Some(SlotMove { slot, from: 1, to: 2 }));
+        assert_eq!(m.begin_move(slot, 2).unwrap_err(), Edit::Unchanged(format!("slot {slot} is moving to shard 2 already")));
+        assert!(matches!(m.begin_move(slot, 3), Err(Edit::Refused(_))), "one move of a slot at a time");
+        let d = m.set_drained("shenzhen", true).unwrap();
+        assert!(matches!(d.set_drained("shenzhen", true), Err(Edit::Unchanged(_))));
+        assert!(matches!(d.set_drained("atlantis", true), Err(Edit::Refused(_))));
+        let back = Topology::parse(&d.to_toml()).unwrap();
+        assert_eq!((back.moving(slot), back.drained.clone()), (Some(SlotMove { slot, from: 1, to: 2 }), vec!["shenzhen".to_string()]));
+        let flipped = back.move_slot(slot, 2).unwrap();
+        assert_eq!((flipped.owner_of_slot(slot), flipped.moving(slot)), (Some(2), None), "the flip ends the move");
+        assert!(flipped.set_drained("shenzhen", false).unwrap().drained.is_empty());
+        assert!(!t.to_toml().contains("drained") && !t.to_toml().contains("moves"), "a map without them does not mention them");
     }
 }

@@ -56,6 +56,10 @@ impl ClusterService {
                 lag,
                 home_region: s.home_region.clone(),
                 catching_up: h.rejoin.is_rejoining(s.id),
+                members: {
+                    let members = m.membership_config.membership();
+                    members.voter_ids().chain(members.learner_ids()).collect()
+                },
             });
         }
         let addr = h.topology().node(h.node_id).map(|n| n.addr.clone()).unwrap_or_default();
@@ -180,7 +184,8 @@ impl ClusterService {
     }
 
     /// Drain and undrain start only from an admin (directly or through a router, which checked
-    /// the admin role); a node never starts one, and a mark reaches other nodes through the log.
+    /// the admin role); a node never starts one. The mark is a map change (`placement::
+    /// replicate_drain`): taken on the meta shard's leader, NotLeader elsewhere.
     async fn replicate_drain<T>(&self, req: &Request<T>, region: &str, drained: bool) -> Result<(), Status> {
         let who = crate::access::caller(req)?;
         if matches!(who, hongbao_auth::Identity::Node(_)) {
@@ -189,10 +194,7 @@ impl ClusterService {
         if !self.host.topology().regions.iter().any(|r| r.name == region) {
             return Err(Status::not_found(format!("no region {region}")));
         }
-        crate::placement::replicate_drain(&self.host, region, drained).await.map_err(|e| {
-            let what = if drained { "drain" } else { "undrain" };
-            status(detail(ErrorCode::Unavailable, format!("{what} of {region} not applied on every shard (re-send it): {e}"), 0))
-        })
+        crate::placement::replicate_drain(&self.host, region, drained).await
     }
 }
 
@@ -242,8 +244,13 @@ impl Cluster for ClusterService {
         }
         if let hongbao_auth::Identity::Node(from) = who {
             // Another node may only ask for a move placement would make by itself (the leader
-            // moves of a drain or undrain an admin started there).
-            if !self.host.placement.would_move(r.shard, &self.host.region, r.to_node) {
+            // moves of a drain or undrain an admin started there). The drain that asks may be
+            // newer than the map here: read the committed map once before refusing.
+            let would = |host: &Host| host.placement.would_move(r.shard, &host.region, r.to_node);
+            if !would(&self.host) {
+                crate::directory::refresh(&self.host).await;
+            }
+            if !would(&self.host) {
                 metrics::counter!(crate::metrics::ACCESS_DENIED, "what" => "leader transfer").increment(1);
                 tracing::warn!(
                     from,
@@ -287,23 +294,14 @@ impl Cluster for ClusterService {
         Ok(Response::new(DrainReply { moved }))
     }
 
-    async fn get_map(&self, req: Request<GetMapRequest>) -> Result<Response<ClusterMap>, Status> {
-        // The meta shard's applied map if a replica of it is here (it may be ahead of the one
-        // this node installed). Else, for an admin or a router, what the meta shard's replicas
-        // say: this node's installed map may be a follow round (500 ms) behind a change just
-        // made. Another node asking gets this node's own answer (no fan-out of fan-outs).
-        let mut t = self.host.topology();
-        let newer = match crate::directory::local_map(&self.host) {
-            Some(local) => Some(local),
-            None if !matches!(crate::access::caller(&req)?, hongbao_auth::Identity::Node(_)) => {
-                let meta = t.shard(t.meta_shard()).map(|s| s.replicas.clone()).unwrap_or_default();
-                crate::directory::fetch(&self.host.peers, &meta, t.version).await.1
-            }
-            None => None,
-        };
-        if let Some(m) = newer.filter(|m| m.version > t.version) {
-            t = Arc::new(m);
-        }
+    async fn get_map(&self, _req: Request<GetMapRequest>) -> Result<Response<ClusterMap>, Status> {
+        // Answered only by the meta shard's leader, after a linearizable read (ReadIndex): the
+        // map its replica has applied then is the one the meta shard committed. Elsewhere
+        // NotLeader with the leader (or UNKNOWN_SHARD on a node with no meta replica), so a
+        // node or router that believes an answer believes the meta shard, not this node (#28).
+        let meta = self.host.topology().meta_shard();
+        self.host.linearizable(meta).await?;
+        let t = crate::directory::local_map(&self.host).map(Arc::new).unwrap_or_else(|| self.host.topology());
         Ok(Response::new(ClusterMap { version: t.version, toml: t.to_toml() }))
     }
 

@@ -1,5 +1,6 @@
 //! Raft transport, server side: hands openraft messages to the right shard's Raft, and accepts
-//! proposals forwarded by other nodes (the cross-shard relay). The client side is
+//! proposals forwarded by other nodes (the cross-shard relay, the steps of a slot move the map
+//! records: `access::forwarded_proposal`). The client side is
 //! `transport::client`.
 
 use crate::access;
@@ -201,7 +202,15 @@ impl RaftTransport for RaftService {
         }
         self.heard_from(from)?;
         let r: hongbao_ledger::Request = decode(&m.payload).map_err(bad)?;
-        access::forwarded_proposal(&self.host.topology(), from, m.shard, &r.cmd)?;
+        if let Err(refused) = access::forwarded_proposal(&self.host.topology(), from, m.shard, &r.cmd) {
+            // A slot move's step is checked against the map: the change that recorded the move
+            // may not have reached this node yet, so it reads the committed map once more.
+            if !access::checked_against_map(&r.cmd) {
+                return Err(refused);
+            }
+            crate::directory::refresh(&self.host).await;
+            access::forwarded_proposal(&self.host.topology(), from, m.shard, &r.cmd)?;
+        }
         match self.host.propose(m.shard, r.id, r.cmd).await {
             Ok(outcome) => self.reply(&outcome),
             Err(e) => Err(e.into()),
