@@ -1657,3 +1657,61 @@ async fn a_rogue_node_answering_map_fetches_with_a_huge_version_is_installed_by_
     let _ = task.await;
     nothing_moved(&c, &users, &before).await;
 }
+
+/// #28, item 9 (revocation): a user's token stayed good until it expired, so a stolen session
+/// could not be ended. Now risk or admin revokes every token the user was issued until now: the
+/// old token is refused UNAUTHENTICATED by the nodes of the user's shard for reads and payments
+/// (through any router), a token issued afterwards works, and not one cent moved with the old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_for_reads_and_payments_and_a_new_one_works() {
+    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    let u = c.topology.user_in_shard(2, 130);
+    let v = c.topology.user_in_shard(2, u + 1);
+    c.funded(&app, u, 50_000).await;
+    c.funded(&app, v, 0).await;
+    let signer = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("signer");
+    let stolen = signer.mint(u, TEST_DEVICE, 3600);
+    let balance = |router: usize, token: String| {
+        let ch = as_identity(&c, &c.topology.routers[router].addr, &Identity::Service(Role::App));
+        async move {
+            let req = BalanceRequest { user: u, allow_stale: false, token_issued_s: 0 };
+            WalletClient::new(ch).balance(with_token(req, &token)).await
+        }
+    };
+    let pay = |token: String| {
+        let ch = as_identity(&c, &c.topology.routers[1].addr, &Identity::Service(Role::App));
+        async move {
+            let t = TransferRequest {
+                request_id: new_request_id(),
+                from_user: u,
+                to_user: v,
+                amount_cents: 10_000,
+                device: TEST_DEVICE.into(),
+                pin: TEST_PIN.into(),
+                ..Default::default()
+            };
+            WalletClient::new(ch).transfer(with_token(t, &token)).await
+        }
+    };
+    balance(0, stolen.clone()).await.expect("the token works before the revocation");
+    tokio::time::sleep(Duration::from_millis(1_100)).await; // token times are whole seconds
+    let risk = c.router_client("shanghai");
+    risk.revoke_tokens(u).await.expect("risk revokes the user's tokens");
+    let before = money(&c, &[u, v]).await;
+    let revoked = |s: &tonic::Status| hongbao_proto::detail_of(s).code() == ErrorCode::Unauthenticated && s.message().contains("revoked");
+    for router in 0..3 {
+        let s = balance(router, stolen.clone()).await.expect_err("a revoked token reads nothing");
+        assert!(revoked(&s), "router {router}: {s:?}");
+    }
+    let s = pay(stolen.clone()).await.expect_err("a revoked token pays nothing");
+    assert!(revoked(&s), "{s:?}");
+    nothing_moved(&c, &[u, v], &before).await;
+    // The app's own sign-in, as routers and nodes see it: a token issued after the revocation.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let fresh = signer.mint(u, TEST_DEVICE, 3600);
+    assert_eq!(balance(2, fresh.clone()).await.expect("a new token reads").into_inner().balance_cents, 50_000);
+    pay(fresh).await.expect("a new token pays");
+    assert_eq!(money(&c, &[u, v]).await.0, vec![40_000, 10_000]);
+}

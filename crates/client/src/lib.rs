@@ -472,6 +472,16 @@ impl Client {
         .await
     }
 
+    /// Voids every token of `user` issued until now: the risk role's call (a stolen session).
+    pub async fn revoke_tokens(&self, user: u64) -> Result<BalanceReply> {
+        let req = RevokeTokensRequest { request_id: new_request_id(), user, issued_before_s: 0 };
+        self.as_role(Role::Risk, |ch, a| {
+            let r = a.req(req.clone());
+            async move { WalletClient::new(ch).revoke_tokens(r).await }
+        })
+        .await
+    }
+
     // ---------------- packets ----------------
 
     /// One page of the packets `user` sent or received, with this year's totals.

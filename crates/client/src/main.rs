@@ -226,6 +226,11 @@ enum AccountCmd {
         #[arg(long, default_value = "normal")]
         grade: String,
     },
+    /// Voids every token of USER issued until now (a stolen session): as the risk role. The
+    /// user signs in again for a new one.
+    RevokeTokens {
+        user: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -773,6 +778,15 @@ async fn account(client: &Client, cmd: AccountCmd, json: bool) -> anyhow::Result
         }
         AccountCmd::Balance { user } => return balance(client, user, json).await,
         AccountCmd::Statement { user, limit, before } => return statement(client, user, limit, before, json).await,
+        AccountCmd::RevokeTokens { user } => {
+            let b = client.revoke_tokens(user).await?;
+            if json {
+                print_json(&output::Balance::from(&b));
+            } else {
+                println!("user {}: every token issued until now is revoked", b.user);
+            }
+            return Ok(());
+        }
         AccountCmd::Risk { user, freeze, grade } => {
             let b = client.set_risk(user, freeze, &grade).await?;
             if json {

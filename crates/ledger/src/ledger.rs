@@ -270,6 +270,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             Command::MarkDelivered { dest, up_to_seq } => self.mark_delivered(*dest, *up_to_seq),
             Command::ExpirePacket { packet } => self.expire(req, now, *packet),
             Command::SetRisk { user, frozen, grade } => self.set_risk(*user, *frozen, *grade),
+            Command::RevokeTokens { user, before_s } => self.revoke_tokens(*user, *before_s),
             Command::SetPin { user, salt, hash, verification } => self.set_pin(now, *user, *salt, *hash, verification.as_ref()),
             Command::AckNotifications { up_to_seq } => self.ack_notifications(*up_to_seq),
             Command::SetDrained { region, drained } => self.set_drained(region, *drained),
@@ -493,6 +494,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             packets_year: PacketYear::default(),
             other_devices_day: 0,
             other_devices_today: Cents(0),
+            tokens_void_before_s: 0,
         }
     }
 
@@ -1199,6 +1201,15 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         acct.grade = grade;
         self.put(keys::account(user), &acct);
         Ok(Outcome::ok(Reply::Risk { user, frozen, grade }))
+    }
+
+    /// Voids the user's tokens issued before `before_s`. A later mark replaces an earlier one;
+    /// an earlier one changes nothing (a revocation is never undone by a late duplicate).
+    fn revoke_tokens(&mut self, user: UserId, before_s: u64) -> Check<Outcome> {
+        let mut acct = self.account(user)?;
+        acct.tokens_void_before_s = acct.tokens_void_before_s.max(before_s);
+        self.put(keys::account(user), &acct);
+        Ok(Outcome::ok(Reply::Risk { user, frozen: acct.frozen, grade: acct.grade }))
     }
 
     /// The PIN is set once; changing it needs a flow of its own (old PIN or identity check),

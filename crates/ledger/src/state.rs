@@ -35,6 +35,9 @@ pub struct Account {
     /// challenge compares this running sum (not each payment alone) with its threshold, so ten
     /// payments of 99.99 from a new device do not pass where one of 999.90 would not (#28).
     pub other_devices_today: Cents,
+    /// The user's tokens issued before this (Unix seconds) are void (`Command::RevokeTokens`):
+    /// a node refuses a request carrying one. Only ever moves forward.
+    pub tokens_void_before_s: u64,
 }
 
 /// Red packets of one user in one China year: sent (whole packets, their totals) and received

@@ -277,6 +277,12 @@ pub enum Command {
         frozen: bool,
         grade: RiskGrade,
     },
+    /// Risk or admin: the user's tokens issued before `before_s` (Unix seconds) are void, at
+    /// every node of the user's shard (a stolen session ends before its token expires).
+    RevokeTokens {
+        user: UserId,
+        before_s: u64,
+    },
     /// Sets the payment PIN, once. Carries only the leader's slow salted hash of it. On a
     /// wallet that holds money, only with the code sent to its known device (`verification`).
     SetPin {
@@ -418,6 +424,7 @@ impl Command {
             | Command::TopUp { user, .. }
             | Command::Withdraw { user, .. }
             | Command::SetRisk { user, .. }
+            | Command::RevokeTokens { user, .. }
             | Command::SetPin { user, .. } => Some(*user),
             Command::Transfer { from, .. } => Some(*from),
             Command::SendPacket { sender, .. } => Some(*sender),

@@ -857,3 +857,18 @@ fn the_first_pin_of_a_wallet_holding_money_needs_the_code_sent_to_its_known_devi
     assert_eq!(w.code(set_pin(3)), Code::Ok);
     assert_eq!(w.balance(1) + w.balance(2), 100_00, "not one cent moved");
 }
+
+/// A revocation mark only moves forward: a late or repeated RevokeTokens with an earlier time
+/// never brings a revoked token back, and it moves no money.
+#[test]
+fn a_token_revocation_only_moves_forward_and_moves_no_money() {
+    let mut w = World::new();
+    w.open(1, 10_00);
+    assert_eq!(w.code(Command::RevokeTokens { user: 2, before_s: 5 }), Code::UnknownUser);
+    assert!(w.run(Command::RevokeTokens { user: 1, before_s: 2_000 }).is_ok());
+    assert!(w.run(Command::RevokeTokens { user: 1, before_s: 1_000 }).is_ok());
+    assert_eq!(view::account(&w.store, 1).unwrap().tokens_void_before_s, 2_000);
+    assert!(w.run(Command::RevokeTokens { user: 1, before_s: 3_000 }).is_ok());
+    assert_eq!(view::account(&w.store, 1).unwrap().tokens_void_before_s, 3_000);
+    assert_eq!(w.balance(1), 10_00);
+}

@@ -38,6 +38,8 @@ pub const SLOT_MOVE_WALLETS: &str = "hongbao_slot_move_wallets_total";
 pub const SLOT_MOVES_RESUMED: &str = "hongbao_slot_moves_resumed_total";
 /// Proposals refused with OVERLOADED (in-flight limit reached).
 pub const OVERLOADED: &str = "hongbao_overloaded_total";
+/// Requests refused because the user's tokens were revoked past their token's issue time.
+pub const TOKENS_REVOKED: &str = "hongbao_tokens_revoked_refusals_total";
 /// Expired packets refunded by the sweeper.
 pub const PACKETS_EXPIRED: &str = "hongbao_packets_expired_total";
 /// Ledger commands proposed on this node.
@@ -113,6 +115,7 @@ pub const ROCKSDB_BACKGROUND_ERRORS: &str = "hongbao_rocksdb_background_errors_t
 /// Registers every metric's description with the installed recorder.
 pub fn describe() {
     metrics::describe_counter!(ACCESS_DENIED, "Calls refused because the caller's certificate may not make them, by service");
+    metrics::describe_counter!(TOKENS_REVOKED, "Requests refused because the user's tokens were revoked past the token's issue time");
     metrics::describe_counter!(WRONG_PINS, "Wrong payment PINs typed (verdicts of this node as leader)");
     metrics::describe_counter!(CLOCK_LEAPS, "Leaps of the wall clock noticed when stamping (the node stops stamping until peers agree)");
     metrics::describe_counter!(CLOCK_REFUSED, "Proposals refused because this node's clock is not trusted");

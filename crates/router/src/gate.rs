@@ -188,11 +188,13 @@ impl Gate {
     }
 
     /// For the user themself (app role with their token), or for any user by one of `roles`.
-    pub fn user_or<T>(&self, req: &Request<T>, acting: u64, roles: &[Role], what: &str) -> Result<(), Status> {
+    /// The call acts for `acting` (as `user`), or comes from one of `roles` with no user token.
+    /// The token's issue time (Unix s; 0: no token), which the node checks against revocations.
+    pub fn user_or<T>(&self, req: &Request<T>, acting: u64, roles: &[Role], what: &str) -> Result<u64, Status> {
         if roles.contains(&role_of(req)?) {
-            return Ok(());
+            return Ok(0);
         }
-        self.user(req, acting, what).map(|_| ())
+        self.user(req, acting, what).map(|c| c.iat.max(1))
     }
 
     fn refused_token(&self, e: hongbao_auth::TokenError) -> Status {

@@ -641,6 +641,7 @@ impl Wallet for RouterService {
         let _in_flight = self.gate.spend_allowed(req.get_ref().user)?;
         let (t, mut r) = trace::split(req);
         r.device = claims.dev;
+        r.token_issued_s = claims.iat.max(1);
         to_wallet!(self, t, r, r.user, withdraw)
     }
     async fn transfer(&self, req: Request<TransferRequest>) -> Res<WalletReply> {
@@ -648,30 +649,43 @@ impl Wallet for RouterService {
         let _in_flight = self.gate.spend_allowed(req.get_ref().from_user)?;
         let (t, mut r) = trace::split(req);
         r.device = claims.dev;
+        r.token_issued_s = claims.iat.max(1);
         to_wallet!(self, t, r, r.from_user, transfer)
     }
     async fn balance(&self, req: Request<BalanceRequest>) -> Res<BalanceReply> {
-        self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the wallet")?;
+        let issued = self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the wallet")?;
         let _in_flight = self.gate.read_allowed(req.get_ref().user)?;
-        let (t, r) = trace::split(req);
+        let (t, mut r) = trace::split(req);
+        r.token_issued_s = issued;
         to_wallet!(self, t, r, r.user, balance)
     }
     async fn statement(&self, req: Request<StatementRequest>) -> Res<StatementReply> {
-        self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the statement")?;
+        let issued = self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the statement")?;
         let _in_flight = self.gate.read_allowed(req.get_ref().user)?;
-        let (t, r) = trace::split(req);
+        let (t, mut r) = trace::split(req);
+        r.token_issued_s = issued;
         to_wallet!(self, t, r, r.user, statement)
     }
     async fn set_pin(&self, req: Request<SetPinRequest>) -> Res<WalletReply> {
-        self.gate.user(&req, req.get_ref().user, "set the payment PIN")?;
+        let claims = self.gate.user(&req, req.get_ref().user, "set the payment PIN")?;
         let _in_flight = self.gate.spend_allowed(req.get_ref().user)?;
-        let (t, r) = trace::split(req);
+        let (t, mut r) = trace::split(req);
+        r.token_issued_s = claims.iat.max(1);
         to_wallet!(self, t, r, r.user, set_pin)
     }
     async fn set_risk(&self, req: Request<SetRiskRequest>) -> Res<BalanceReply> {
         self.gate.roles(&req, &[Role::Risk, Role::Admin], "set risk")?;
         let (t, r) = trace::split(req);
         to_wallet!(self, t, r, r.user, set_risk)
+    }
+    async fn revoke_tokens(&self, req: Request<RevokeTokensRequest>) -> Res<BalanceReply> {
+        self.gate.roles(&req, &[Role::Risk, Role::Admin], "revoke a user's tokens")?;
+        let (t, mut r) = trace::split(req);
+        if r.issued_before_s == 0 {
+            // "Now" by this router's clock; the tokens it verified were checked by it too.
+            r.issued_before_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 1;
+        }
+        to_wallet!(self, t, r, r.user, revoke_tokens)
     }
 }
 
@@ -682,6 +696,7 @@ impl Packets for RouterService {
         let _in_flight = self.gate.spend_allowed(req.get_ref().sender)?;
         let (t, mut r) = trace::split(req);
         r.device = claims.dev;
+        r.token_issued_s = claims.iat.max(1);
         let shard = self.user(r.sender);
         self.router.forward(shard, &t, r, |_, ch, r| async move { PacketsClient::new(ch).send(r).await }).await
     }
@@ -717,9 +732,10 @@ impl Packets for RouterService {
         self.router.forward(shard, &t, r, |_, ch, r| async move { PacketsClient::new(ch).show(r).await }).await
     }
     async fn history(&self, req: Request<PacketHistoryRequest>) -> Res<PacketHistoryReply> {
-        self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the packet history")?;
+        let issued = self.gate.user_or(&req, req.get_ref().user, ANY_WALLET, "read the packet history")?;
         let _in_flight = self.gate.read_allowed(req.get_ref().user)?;
-        let (t, r) = trace::split(req);
+        let (t, mut r) = trace::split(req);
+        r.token_issued_s = issued;
         let shard = self.user(r.user);
         self.router.forward(shard, &t, r, |_, ch, r| async move { PacketsClient::new(ch).history(r).await }).await
     }

@@ -76,6 +76,23 @@ impl ApiService {
         Ok(self.host.begin_read(shard, allow_stale).await?)
     }
 
+    /// Refuses a request whose user token (issued at `issued_s`, as the router read it; 0: no
+    /// user token) was revoked: issued before the account's `tokens_void_before_s`. Read from
+    /// this node's applied state, before proposing or answering.
+    fn token_live(&self, shard: ShardId, user: UserId, issued_s: u64) -> Result<(), Status> {
+        if issued_s == 0 {
+            return Ok(());
+        }
+        let void_before = view::account(&self.host.store(shard), user).map(|a| a.tokens_void_before_s).unwrap_or(0);
+        if issued_s < void_before {
+            metrics::counter!(crate::metrics::TOKENS_REVOKED).increment(1);
+            return Err(hongbao_proto::unauthenticated(format!(
+                "user {user}'s tokens issued before {void_before} (Unix s) are revoked: sign in again"
+            )));
+        }
+        Ok(())
+    }
+
     /// One request of `user` served here, for the per-slot load.
     fn count(&self, user: UserId) {
         self.host.slot_load.hit(self.host.topology().slot_of(user));
@@ -223,6 +240,7 @@ impl Wallet for ApiService {
     async fn withdraw(&self, req: Request<WithdrawRequest>) -> Res<WalletReply> {
         let r = req.into_inner();
         let shard = self.user_shard(r.user)?;
+        self.token_live(shard, r.user, r.token_issued_s)?;
         self.text("device", &r.device)?;
         let id = request_id(&r.request_id)?;
         let pin = self.pin_check(shard, r.user, &r.pin).await?;
@@ -241,6 +259,7 @@ impl Wallet for ApiService {
         let r = req.into_inner();
         let shard = self.user_shard(r.from_user)?;
         let to_shard = self.user_shard(r.to_user)?;
+        self.token_live(shard, r.from_user, r.token_issued_s)?;
         self.text("device", &r.device)?;
         let id = request_id(&r.request_id)?;
         let pin = self.pin_check(shard, r.from_user, &r.pin).await?;
@@ -260,12 +279,14 @@ impl Wallet for ApiService {
     async fn balance(&self, req: Request<BalanceRequest>) -> Res<BalanceReply> {
         let r = req.into_inner();
         let (shard, _read) = self.read_user(r.user, r.allow_stale).await?;
+        self.token_live(shard, r.user, r.token_issued_s)?;
         self.balance_reply(r.user, shard)
     }
 
     async fn statement(&self, req: Request<StatementRequest>) -> Res<StatementReply> {
         let r = req.into_inner();
         let (shard, _read) = self.read_user(r.user, r.allow_stale).await?;
+        self.token_live(shard, r.user, r.token_issued_s)?;
         let page = view::statement_page(&self.host.store(shard), r.user, cursor(r.before_seq), page_limit(r.limit));
         if page.entries.is_empty() {
             self.wallet_here(shard, r.user)?;
@@ -277,6 +298,7 @@ impl Wallet for ApiService {
     async fn set_pin(&self, req: Request<SetPinRequest>) -> Res<WalletReply> {
         let r = req.into_inner();
         let shard = self.user_shard(r.user)?;
+        self.token_live(shard, r.user, r.token_issued_s)?;
         let id = request_id(&r.request_id)?;
         if !hongbao_auth::valid_pin(&r.pin) {
             return Err(invalid("a payment PIN is exactly 6 digits"));
@@ -294,6 +316,17 @@ impl Wallet for ApiService {
         self.write(shard, request_id(&r.request_id)?, Command::SetRisk { user: r.user, frozen: r.frozen, grade }).await?;
         self.balance_reply(r.user, shard)
     }
+
+    async fn revoke_tokens(&self, req: Request<RevokeTokensRequest>) -> Res<BalanceReply> {
+        let r = req.into_inner();
+        let shard = self.user_shard(r.user)?;
+        if r.issued_before_s == 0 {
+            return Err(invalid("issued_before_s is required (a router fills in now)"));
+        }
+        let cmd = Command::RevokeTokens { user: r.user, before_s: r.issued_before_s };
+        self.write(shard, request_id(&r.request_id)?, cmd).await?;
+        self.balance_reply(r.user, shard)
+    }
 }
 
 #[tonic::async_trait]
@@ -301,6 +334,7 @@ impl Packets for ApiService {
     async fn send(&self, req: Request<SendPacketRequest>) -> Res<SendPacketReply> {
         let r = req.into_inner();
         let shard = self.user_shard(r.sender)?;
+        self.token_live(shard, r.sender, r.token_issued_s)?;
         self.text("device", &r.device)?;
         self.text("greeting", &r.greeting)?;
         self.text("phrase", &r.phrase)?;
@@ -363,6 +397,7 @@ impl Packets for ApiService {
             PacketSide::Unspecified => return Err(invalid("side must be SENT or RECEIVED")),
         };
         let (shard, _read) = self.read_user(r.user, r.allow_stale).await?;
+        self.token_live(shard, r.user, r.token_issued_s)?;
         let store = self.host.store(shard);
         let page = view::packets_page(&store, r.user, side, cursor(r.before_seq), page_limit(r.limit));
         if page.entries.is_empty() {

@@ -140,7 +140,10 @@ impl About {
 
     pub fn of(cmd: &Command) -> About {
         match cmd {
-            Command::OpenAccount { user, .. } | Command::SetRisk { user, .. } | Command::SetPin { user, .. } => About::user(*user),
+            Command::OpenAccount { user, .. }
+            | Command::SetRisk { user, .. }
+            | Command::RevokeTokens { user, .. }
+            | Command::SetPin { user, .. } => About::user(*user),
             Command::TopUp { user, amount } | Command::Withdraw { user, amount, .. } => {
                 About { user: *user, amount: *amount, ..About::default() }
             }
