@@ -527,10 +527,11 @@ impl Cluster {
         let mut out = BTreeMap::new();
         for &u in users {
             let mut w = WalletClient::new(ch.clone());
-            let r = tokio::time::timeout(Duration::from_secs(2), w.balance(BalanceRequest { user: u, allow_stale: true }))
-                .await
-                .map_err(|_| format!("node {id}: balance of {u} timed out"))?
-                .map_err(|s| format!("node {id}: balance of {u}: {}", s.message()))?;
+            let r =
+                tokio::time::timeout(Duration::from_secs(2), w.balance(BalanceRequest { user: u, allow_stale: true, token_issued_s: 0 }))
+                    .await
+                    .map_err(|_| format!("node {id}: balance of {u} timed out"))?
+                    .map_err(|s| format!("node {id}: balance of {u}: {}", s.message()))?;
             out.insert(u, r.into_inner().balance_cents);
         }
         Ok(out)

@@ -531,6 +531,14 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     load.await.expect("reader");
 
+    // ---- revoke-tokens: the user's saved token is refused afterwards (sign in again)
+    let out = cli.ok(&["account", "revoke-tokens", &sb]);
+    assert_eq!(out.stdout.trim(), format!("user {b}: every token issued until now is revoked"));
+    let v = cli.json(&["account", "revoke-tokens", &sb]);
+    shape("account revoke-tokens", &v, BALANCE);
+    let out = cli.run(&["packet", "history", &sb]);
+    assert!(out.code == 1 && out.stderr.contains("revoked"), "the revoked token reads nothing: {}", out.stderr);
+
     // ---- every command `hongbao --help` lists was run (demo: tests/tests/demo.rs runs it, and
     // it kills a region; completions: the test below; add-node, remove-node, replace-node,
     // add-shard: tests/tests/membership.rs and the chaos schedule reshape)

@@ -32,7 +32,7 @@ async fn local_balance(c: &Cluster, node: u64, user: u64) -> Option<u64> {
     let (_, tls) = c.node_credentials().tls(Role::Admin).ok()?;
     let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}")).ok()?.tls_config(tls).ok()?.connect().await.ok()?;
     let mut w = hongbao_proto::v1::wallet_client::WalletClient::new(channel);
-    w.balance(BalanceRequest { user, allow_stale: true }).await.ok().map(|r| r.into_inner().balance_cents)
+    w.balance(BalanceRequest { user, allow_stale: true, token_issued_s: 0 }).await.ok().map(|r| r.into_inner().balance_cents)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,7 +539,7 @@ async fn a_call_that_cannot_finish_ends_at_its_deadline_with_an_unknown_outcome(
     let (rid, rid2) = (new_request_id(), new_request_id());
     let top_up = TopUpRequest { request_id: rid.clone(), user, amount_cents: 700 };
     let top_up2 = TopUpRequest { request_id: rid2.clone(), user, amount_cents: 300 };
-    let read = BalanceRequest { user, allow_stale: false };
+    let read = BalanceRequest { user, allow_stale: false, token_issued_s: 0 };
     for n in &others {
         c.kill(*n);
     }
@@ -603,7 +603,7 @@ async fn reads_past_the_nodes_limit_are_shed_at_once_and_served_again_after() {
     let others: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).filter(|n| *n != leader).collect();
     let admin = channel_as(&c, leader, &c.harness_identity());
     // Connected before the flood, so the flood measures the node, not a TLS handshake.
-    WalletClient::new(admin.clone()).balance(BalanceRequest { user, allow_stale: true }).await.expect("stale read");
+    WalletClient::new(admin.clone()).balance(BalanceRequest { user, allow_stale: true, token_issued_s: 0 }).await.expect("stale read");
 
     for n in &others {
         c.signal(*n, "STOP");
@@ -614,7 +614,7 @@ async fn reads_past_the_nodes_limit_are_shed_at_once_and_served_again_after() {
             let started = Instant::now();
             let r = tokio::time::timeout(
                 Duration::from_secs(10),
-                w.balance(with_deadline(BalanceRequest { user, allow_stale: false }, Duration::from_secs(3))),
+                w.balance(with_deadline(BalanceRequest { user, allow_stale: false, token_issued_s: 0 }, Duration::from_secs(3))),
             )
             .await
             .expect("every read answers");
@@ -656,7 +656,7 @@ async fn reads_past_the_nodes_limit_are_shed_at_once_and_served_again_after() {
         let l = c.leaders().await.get(&1).copied();
         if let Some(l) = l {
             let ch = channel_as(&c, l, &c.harness_identity());
-            if WalletClient::new(ch).balance(BalanceRequest { user, allow_stale: false }).await.is_ok() {
+            if WalletClient::new(ch).balance(BalanceRequest { user, allow_stale: false, token_issued_s: 0 }).await.is_ok() {
                 break l;
             }
         }
@@ -666,7 +666,7 @@ async fn reads_past_the_nodes_limit_are_shed_at_once_and_served_again_after() {
     let ch = channel_as(&c, leader, &c.harness_identity());
     let reads = (0..LIMIT).map(|_| {
         let mut w = WalletClient::new(ch.clone());
-        async move { w.balance(BalanceRequest { user, allow_stale: false }).await }
+        async move { w.balance(BalanceRequest { user, allow_stale: false, token_issued_s: 0 }).await }
     });
     for r in futures::future::join_all(reads).await {
         r.expect("a read within the limit is served");

@@ -101,6 +101,7 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
                     device: TEST_DEVICE.into(),
                     verification: None,
                     pin: TEST_PIN.into(),
+                    token_issued_s: 0,
                 };
                 if settle(|| client.transfer(req.clone()), u32::MAX, SETTLE_WITHIN).await.is_ok() {
                     let mut h = hist.lock().unwrap();
@@ -197,6 +198,7 @@ async fn a_cross_shard_transfer_to_a_user_never_opened_comes_back_to_the_sender_
         device: TEST_DEVICE.into(),
         verification: None,
         pin: TEST_PIN.into(),
+        token_issued_s: 0,
     };
     let r = settle(|| client.transfer(req.clone()), u32::MAX, SETTLE_WITHIN).await.expect("transfer");
     assert!(r.credit_in_flight);

@@ -363,8 +363,9 @@ async fn a_generic_grpc_client_reads_code_detail_and_reason_of_failed_calls_thro
     let reader = channel(&c, &router, Role::App);
     let mut limited = None;
     for _ in 0..300 {
-        let r =
-            WalletClient::new(reader.clone()).balance(with_token(v1::BalanceRequest { user: grabber, allow_stale: true }, &token)).await;
+        let r = WalletClient::new(reader.clone())
+            .balance(with_token(v1::BalanceRequest { user: grabber, allow_stale: true, token_issued_s: 0 }, &token))
+            .await;
         if let Err(s) = r {
             limited = Some(s);
             break;

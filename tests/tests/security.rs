@@ -76,16 +76,21 @@ async fn a_client_without_a_certificate_or_with_one_from_another_ca_is_refused_a
     for addr in &targets {
         // TLS to the right CA, but no client certificate.
         let no_cert = channel(addr, ClientTlsConfig::new().ca_certificate(ca.clone()));
-        let r = WalletClient::new(no_cert).balance(BalanceRequest { user: 7, allow_stale: true }).await;
+        let r = WalletClient::new(no_cert).balance(BalanceRequest { user: 7, allow_stale: true, token_issued_s: 0 }).await;
         let s = r.expect_err("a client without a certificate gets no answer");
         assert!(s.details().is_empty(), "{addr}: refused by the server's code, not at the handshake: {s:?}");
         // A certificate from another CA, even one naming the admin.
-        let r = WalletClient::new(channel(addr, foreign_tls.clone())).balance(BalanceRequest { user: 7, allow_stale: true }).await;
+        let r = WalletClient::new(channel(addr, foreign_tls.clone()))
+            .balance(BalanceRequest { user: 7, allow_stale: true, token_issued_s: 0 })
+            .await;
         let s = r.expect_err("a certificate of another CA gets no answer");
         assert!(s.details().is_empty(), "{addr}: refused by the server's code, not at the handshake: {s:?}");
         // Cleartext.
         let plain = Endpoint::from_shared(format!("http://{addr}")).expect("addr").connect_timeout(Duration::from_secs(2)).connect_lazy();
-        assert!(WalletClient::new(plain).balance(BalanceRequest { user: 7, allow_stale: true }).await.is_err(), "{addr}: cleartext");
+        assert!(
+            WalletClient::new(plain).balance(BalanceRequest { user: 7, allow_stale: true, token_issued_s: 0 }).await.is_err(),
+            "{addr}: cleartext"
+        );
     }
     // The same call with a certificate of the cluster's CA is answered (so the refusals above
     // were the certificates, not a dead server): UNKNOWN_USER from the ledger.
@@ -747,6 +752,7 @@ async fn no_call_with_the_users_own_credentials_reveals_a_challenge_code_and_gue
         device: "new-phone".into(),
         pin: TEST_PIN.into(),
         verification,
+        token_issued_s: 0,
     };
     let err = app.transfer(new_phone(15_000, None)).await.expect_err("a new device pays 150.00");
     assert_eq!(err.code(), ErrorCode::ChallengeRequired);
@@ -851,7 +857,10 @@ async fn limits_at_the_boundary_refuse_floods_of_reads_and_oversized_strings_bef
     // Reads: 50/s with bursts of 100 per user; 300 at once must meet the limit.
     let mut limited = 0;
     for _ in 0..300 {
-        if let Err(s) = WalletClient::new(router.clone()).balance(with_token(BalanceRequest { user: u, allow_stale: true }, &token)).await {
+        if let Err(s) = WalletClient::new(router.clone())
+            .balance(with_token(BalanceRequest { user: u, allow_stale: true, token_issued_s: 0 }, &token))
+            .await
+        {
             assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::RateLimited, "{s:?}");
             limited += 1;
         }
@@ -916,7 +925,7 @@ async fn a_new_token_key_is_trusted_after_a_sighup_without_a_restart() {
     let router = as_identity(&c, &c.topology.routers[0].addr, &Identity::Service(Role::App));
     let read = || {
         let mut w = WalletClient::new(router.clone());
-        let r = with_token(BalanceRequest { user: u, allow_stale: true }, &token);
+        let r = with_token(BalanceRequest { user: u, allow_stale: true, token_issued_s: 0 }, &token);
         async move { w.balance(r).await }
     };
     let s = read().await.expect_err("an unknown key");
@@ -1105,7 +1114,9 @@ async fn a_router_of_a_non_development_topology_refuses_dev_key_tokens_and_token
             WithdrawRequest { request_id: new_request_id(), user: u, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
         let s = WalletClient::new(router.clone()).withdraw(with_token(withdraw, token)).await.expect_err("refused");
         assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::Unauthenticated, "{s:?}");
-        let s = WalletClient::new(router.clone()).balance(with_token(BalanceRequest { user: u, allow_stale: true }, token)).await;
+        let s = WalletClient::new(router.clone())
+            .balance(with_token(BalanceRequest { user: u, allow_stale: true, token_issued_s: 0 }, token))
+            .await;
         assert_eq!(hongbao_proto::detail_of(&s.expect_err("refused")).code(), ErrorCode::Unauthenticated, "nor read the wallet");
     }
     // The refusals were the router's token check (it logged them), and the same calls with the
@@ -1139,6 +1150,7 @@ async fn the_notifier_writes_live_codes_to_a_file_only_its_owner_can_read_and_ti
         device: "new-phone".into(),
         pin: TEST_PIN.into(),
         verification: None,
+        token_issued_s: 0,
     };
     let err = app.transfer(transfer).await.expect_err("a challenge");
     assert_eq!(err.code(), ErrorCode::ChallengeRequired);

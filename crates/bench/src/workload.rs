@@ -398,6 +398,7 @@ async fn mix_op(ctx: Arc<Ctx>, intended: Instant) {
                 device: DEVICE.into(),
                 verification: None,
                 pin: PIN.into(),
+                token_issued_s: 0,
             };
             let client = ctx.clients.client_for(from);
             let res = settle(|| client.transfer(req.clone()), MAX_RESENDS, SETTLE_WITHIN).await;

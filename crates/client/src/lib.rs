@@ -429,7 +429,7 @@ impl Client {
         pin: &str,
         verification: Option<Verification>,
     ) -> Result<WalletReply> {
-        let req = SetPinRequest { request_id, user, pin: pin.into(), verification };
+        let req = SetPinRequest { request_id, user, pin: pin.into(), verification, token_issued_s: 0 };
         self.as_user(user, None, |ch, a| {
             let r = a.req(req.clone());
             async move { WalletClient::new(ch).set_pin(r).await }
@@ -438,7 +438,7 @@ impl Client {
     }
 
     pub async fn balance(&self, user: u64) -> Result<BalanceReply> {
-        let req = BalanceRequest { user, allow_stale: false };
+        let req = BalanceRequest { user, allow_stale: false, token_issued_s: 0 };
         self.as_reader(user, |ch, a| {
             let r = a.req(req);
             async move { WalletClient::new(ch).balance(r).await }
@@ -454,7 +454,7 @@ impl Client {
     /// One page of the statement: entries older than `before_seq` (0: from the newest); the
     /// reply's `next_before_seq` asks for the next page, 0 when there is none.
     pub async fn statement_page(&self, user: u64, limit: u32, before_seq: u64) -> Result<StatementReply> {
-        let req = StatementRequest { user, limit, allow_stale: false, before_seq };
+        let req = StatementRequest { user, limit, allow_stale: false, before_seq, token_issued_s: 0 };
         self.as_reader(user, |ch, a| {
             let r = a.req(req);
             async move { WalletClient::new(ch).statement(r).await }
@@ -486,7 +486,7 @@ impl Client {
 
     /// One page of the packets `user` sent or received, with this year's totals.
     pub async fn packet_history(&self, user: u64, side: PacketSide, limit: u32, before_seq: u64) -> Result<PacketHistoryReply> {
-        let req = PacketHistoryRequest { user, side: side as i32, before_seq, limit, allow_stale: false };
+        let req = PacketHistoryRequest { user, side: side as i32, before_seq, limit, allow_stale: false, token_issued_s: 0 };
         self.as_reader(user, |ch, a| {
             let r = a.req(req);
             async move { PacketsClient::new(ch).history(r).await }

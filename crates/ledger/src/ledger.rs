@@ -55,7 +55,9 @@ pub const MOVE_PAGE_BYTES: usize = 512 << 10;
 /// the move of its slot (AmountOverflow) until the oldest expire.
 pub const MAX_MOVED_REQUESTS: usize = 20_000;
 
-/// Where a user's wallet is, seen from this shard.
+/// Where a user's wallet is, seen from this shard. Lives on the stack for one command; boxing
+/// the account would allocate on every payment.
+#[allow(clippy::large_enum_variant)]
 enum Wallet {
     Here(Account),
     /// It moved with its slot to this shard: money for it goes there.

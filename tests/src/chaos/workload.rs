@@ -134,6 +134,7 @@ pub async fn send(client: &Client, rid: &[u8], op: &Op) -> Result<Ack, ClientErr
                 device: DEVICE.into(),
                 verification: None,
                 pin: TEST_PIN.into(),
+                token_issued_s: 0,
             };
             client.withdraw(req).await.map(|r| Ack::Wallet { fee: r.fee_cents })
         }
@@ -146,6 +147,7 @@ pub async fn send(client: &Client, rid: &[u8], op: &Op) -> Result<Ack, ClientErr
                 device: DEVICE.into(),
                 verification: None,
                 pin: TEST_PIN.into(),
+                token_issued_s: 0,
             };
             client.transfer(req).await.map(|r| Ack::Wallet { fee: r.fee_cents })
         }
