@@ -1,11 +1,8 @@
 //! Ledger and Raft settings, from the topology file.
 
+use crate::limits::MAX_ENTRIES_PER_APPEND;
 use hongbao_ledger::LedgerConfig;
 use hongbao_topology::Topology;
-
-/// Most entries in one AppendEntries; the log store's replication read also stops at
-/// `log_store::MAX_APPEND_BYTES`, which is what bounds one message in bytes.
-const MAX_ENTRIES_PER_APPEND: u64 = 256;
 
 /// `challenge_key` is the replicas' shared secret (security folder's `challenge.key`): part of
 /// the replicated behaviour, so every replica of a shard must be given the same one.

@@ -16,6 +16,12 @@ pub enum ErrorKind {
     Overloaded,
     /// Not committed (or not confirmed) in time; the outcome is unknown.
     Timeout,
+    /// The request cannot be done as asked (a map rule, an unknown slot or shard): sending it
+    /// again changes nothing.
+    InvalidArgument,
+    /// The ledger refused a command this node proposed for the caller (a slot move's step),
+    /// with its own code.
+    Ledger(hongbao_ledger::Code),
     Internal,
 }
 
@@ -31,6 +37,22 @@ pub struct HostError {
 impl HostError {
     pub fn new(kind: ErrorKind, shard: ShardId, message: impl Into<String>) -> HostError {
         HostError { kind, shard, message: message.into(), leader: None }
+    }
+}
+
+/// Shorthands for the errors of the cluster steps (membership, slot moves), which answer an
+/// admin's call.
+impl HostError {
+    pub fn invalid(message: impl Into<String>) -> HostError {
+        HostError::new(ErrorKind::InvalidArgument, 0, message)
+    }
+
+    pub fn unavailable(shard: ShardId, message: impl Into<String>) -> HostError {
+        HostError::new(ErrorKind::Unavailable, shard, message)
+    }
+
+    pub fn timeout(shard: ShardId, message: impl Into<String>) -> HostError {
+        HostError::new(ErrorKind::Timeout, shard, message)
     }
 }
 

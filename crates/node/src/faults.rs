@@ -37,16 +37,27 @@ pub struct Rules {
     pub clock_offset_ms: i64,
 }
 
+/// A rule out of its bounds, in words (the injection is refused whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleOutOfBounds(pub String);
+
+impl std::fmt::Display for RuleOutOfBounds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl Rules {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), RuleOutOfBounds> {
+        let out = |m: String| Err(RuleOutOfBounds(m));
         if self.delay_ms > MAX_DELAY_MS {
-            return Err(format!("delay_ms {} above the limit {MAX_DELAY_MS}", self.delay_ms));
+            return out(format!("delay_ms {} above the limit {MAX_DELAY_MS}", self.delay_ms));
         }
         if self.drop_percent > 100 {
-            return Err(format!("drop_percent {} above 100", self.drop_percent));
+            return out(format!("drop_percent {} above 100", self.drop_percent));
         }
         if self.clock_offset_ms.abs() > MAX_CLOCK_OFFSET_MS {
-            return Err(format!("clock_offset_ms {} beyond ±{MAX_CLOCK_OFFSET_MS}", self.clock_offset_ms));
+            return out(format!("clock_offset_ms {} beyond ±{MAX_CLOCK_OFFSET_MS}", self.clock_offset_ms));
         }
         Ok(())
     }
@@ -65,7 +76,7 @@ impl Faults {
         Faults { wan, rules: RwLock::new(Rules::default()) }
     }
 
-    pub fn set(&self, rules: Rules) -> Result<(), String> {
+    pub fn set(&self, rules: Rules) -> Result<(), RuleOutOfBounds> {
         rules.validate()?;
         let mut r = self.rules.write().expect("faults lock");
         if *r != rules {
@@ -88,6 +99,7 @@ impl Faults {
         let wan = self.wan.get(&node).copied().unwrap_or_default();
         let r = self.rules.read().expect("faults lock");
         if r.delay_ms > 0 && (r.delay_to.is_empty() || r.delay_to.contains(&node)) {
+            metrics::counter!(crate::metrics::FAULT_DELAYED, "to" => node.to_string()).increment(1);
             wan + Duration::from_millis(r.delay_ms as u64)
         } else {
             wan
@@ -97,7 +109,11 @@ impl Faults {
     /// Whether this message is lost (cut off, or unlucky under random loss).
     pub fn drops(&self, node: NodeId) -> bool {
         let r = self.rules.read().expect("faults lock");
-        r.cut_off.contains(&node) || (r.drop_percent > 0 && rand::random::<u32>() % 100 < r.drop_percent)
+        let dropped = r.cut_off.contains(&node) || (r.drop_percent > 0 && rand::random::<u32>() % 100 < r.drop_percent);
+        if dropped {
+            metrics::counter!(crate::metrics::FAULT_DROPPED, "to" => node.to_string()).increment(1);
+        }
+        dropped
     }
 
     pub fn clock_offset_ms(&self) -> i64 {

@@ -3,18 +3,23 @@
 //! leader hint), overload and timeouts become explicit errors (`HostError`).
 
 use crate::clock::Clock;
+use crate::cluster::map::Directory;
+use crate::cluster::placement::Placement;
+use crate::cluster::slot_load::SlotLoad;
 use crate::config::{ledger_config, raft_config};
-use crate::directory::Directory;
 use crate::error::{ErrorKind, HostError};
 use crate::faults::Faults;
-use crate::peers::Peers;
-use crate::placement::Placement;
+use crate::limits::MAX_INFLIGHT_PER_SHARD;
+use crate::limits::PROPOSE_TIMEOUT;
 use crate::raft::log_store::LogStore;
+use crate::raft::rejoin::Rejoin;
 use crate::raft::state_machine::StateMachine;
-use crate::raft::types::{NodeId, Raft};
-use crate::replica::{ConfigDoor, Failed, Proposal, Replica, MAX_INFLIGHT_PER_SHARD};
+use crate::raft::types::NodeId;
+use crate::raft::Raft;
+use crate::replica::{ConfigDoor, Failed, Proposal, Replica};
 use crate::storage::{Db, ShardStore};
 use crate::transport::client::NetworkFactory;
+use crate::transport::peers::Peers;
 use hongbao_ledger::{Command, LedgerConfig, Outcome, Request, RequestId, ShardId};
 use hongbao_topology::Topology;
 use openraft::async_runtime::WatchReceiver;
@@ -28,14 +33,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-/// A proposal or read that takes longer than this answers TIMEOUT (outcome unknown: retry with
-/// the same request id).
-pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a leader transfer may take before the caller hears TIMEOUT.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Reads in flight on this node (all shards, linearizable or stale) before new ones get
-/// OVERLOADED instead of piling up behind a slow quorum (default of `--max-reads-in-flight`).
-pub const MAX_READS_IN_FLIGHT: usize = 4096;
 
 pub struct Host {
     pub node_id: NodeId,
@@ -53,17 +52,17 @@ pub struct Host {
     raft_config: Arc<openraft::Config>,
     /// The topology file's shards on this node: the only replicas this node may bootstrap.
     seeded: Vec<ShardId>,
-    /// Ends the per-shard tasks (`tasks`) of every replica, those opened online included.
+    /// Ends the per-shard tasks (`leader`) of every replica, those opened online included.
     stop: watch::Sender<bool>,
+    /// Bumped whenever a replica opens or closes here (`leader::supervise` starts its tasks).
+    replicas_changed: watch::Sender<u64>,
     pub data_dir: PathBuf,
     pub placement: Placement,
     pub clock: Arc<Clock>,
     /// Shards this replica started empty for, still catching up (no votes, no campaign).
-    pub rejoin: crate::rejoin::Rejoin,
-    /// Slow PIN hashes already verified on this leader (memory only; see `pin`).
-    pub pins: crate::pin::PinCache,
+    pub rejoin: Rejoin,
     /// User requests served here as leader, per slot (rebalancing by load).
-    pub slot_load: crate::slot_load::SlotLoad,
+    pub slot_load: SlotLoad,
     /// Permits for reads in flight on this node (`read_permit`).
     reads: Arc<Semaphore>,
     max_reads: usize,
@@ -108,13 +107,13 @@ impl Host {
         let config = Arc::new(ledger_config(&seed, secrets.challenge_key));
         let raft_config = Arc::new(raft_config(&seed).validate()?);
         // The newest map the other nodes know (a node added online is in no topology file).
-        let topology = crate::directory::at_start(seed, &peers, node_id).await?;
+        let topology = crate::cluster::map::at_start(seed, &peers, node_id).await?;
         peers.set_addrs(&topology);
         let me = topology.node(node_id).expect("at_start returns a map naming this node").clone();
         // Every entry carries it; replicas refuse entries with another (see `ConfigDoor`).
         let fingerprint = config.fingerprint();
         tracing::info!(fingerprint = %format!("{fingerprint:016x}"), map_version = topology.version, "ledger config fingerprint");
-        crate::access::set_config_fingerprint(fingerprint);
+        crate::service::access::set_config_fingerprint(fingerprint);
         let map = Directory::new(topology);
         let host = Arc::new(Host {
             node_id,
@@ -129,11 +128,11 @@ impl Host {
             raft_config,
             seeded,
             stop: watch::Sender::new(false),
+            replicas_changed: watch::Sender::new(0),
             data_dir: data_dir.to_path_buf(),
             clock,
-            rejoin: crate::rejoin::Rejoin::default(),
-            pins: crate::pin::PinCache::new(),
-            slot_load: crate::slot_load::SlotLoad::default(),
+            rejoin: Rejoin::default(),
+            slot_load: SlotLoad::default(),
             reads: Arc::new(Semaphore::new(max_reads)),
             max_reads,
         });
@@ -159,7 +158,7 @@ impl Host {
         newer
     }
 
-    /// Opens the Raft replica of `s` here and starts its per-shard tasks. A shard of this node's
+    /// Opens the Raft replica of `s` here (`leader::supervise` starts its tasks). A shard of this node's
     /// topology file (a new cluster) or one added online may be founded here (by its first
     /// home-region replica, when no peer has its history); a replica added to an existing shard
     /// never is: it waits, empty and without a vote, for its leader to add it as a learner.
@@ -174,7 +173,7 @@ impl Host {
         let door = ConfigDoor::new(self.node_id, s.id, self.peers.clone(), self.config.fingerprint());
         let replica = Arc::new(Replica::new(s.id, raft, s.home.clone(), door));
         self.replicas.write().expect("replicas lock").insert(s.id, replica.clone());
-        crate::tasks::spawn_shard(self.clone(), s.id, self.stop.subscribe());
+        self.replicas_changed.send_modify(|n| *n += 1);
         tracing::info!(shard = s.id, "replica opened");
         Ok(replica)
     }
@@ -200,13 +199,19 @@ impl Host {
             }
             tracing::warn!(shard = r.id, "replica removed from its shard: closing it");
             self.replicas.write().expect("replicas lock").remove(&r.id);
+            self.replicas_changed.send_modify(|n| *n += 1);
             if let Err(e) = r.raft.shutdown().await {
                 tracing::warn!(shard = r.id, "raft shutdown: {e}");
             }
         }
     }
 
-    /// Ends every per-shard task (`tasks`).
+    /// A receiver that sees every replica opened or closed here.
+    pub fn replicas_changed(&self) -> watch::Receiver<u64> {
+        self.replicas_changed.subscribe()
+    }
+
+    /// Ends every per-shard task (`leader`).
     pub fn stop_tasks(&self) {
         let _ = self.stop.send(true);
     }
@@ -299,11 +304,18 @@ impl Host {
     /// the shard, else over the Raft transport's Propose on the leader its replica knows of, then
     /// on every other replica in turn (a follower answers NotLeader). Each remote call waits at
     /// most `call_timeout` (and carries it as its deadline). One pass over the candidates: the
-    /// caller retries as its own policy says. The error says why no outcome came, for the log.
-    pub async fn propose_on_leader(&self, shard: ShardId, id: RequestId, cmd: Command, call_timeout: Duration) -> Result<Outcome, String> {
+    /// caller retries as its own policy says. The error (UNAVAILABLE when no replica answered
+    /// with an outcome) says why no outcome came, for the log.
+    pub async fn propose_on_leader(
+        &self,
+        shard: ShardId,
+        id: RequestId,
+        cmd: Command,
+        call_timeout: Duration,
+    ) -> Result<Outcome, HostError> {
         if let Ok(r) = self.replica(shard) {
             if self.is_leader(&r) {
-                return self.propose(shard, id, cmd).await.map_err(|e| e.to_string());
+                return self.propose(shard, id, cmd).await;
             }
         }
         let known = self.replica(shard).ok().and_then(|r| r.raft.metrics().borrow_watched().current_leader);
@@ -319,7 +331,7 @@ impl Host {
                 Err(s) => last = format!("node {node}: {:?}: {}", s.code(), s.message()),
             }
         }
-        Err(last)
+        Err(HostError::new(ErrorKind::Unavailable, shard, last))
     }
 
     /// A permit for one read on this node (of `shard`, named in the error), held until the read
@@ -418,7 +430,7 @@ async fn bootstrap_if_new(
     s: &hongbao_topology::Shard,
     node_id: NodeId,
     peers: &Peers,
-    rejoin: &crate::rejoin::Rejoin,
+    rejoin: &Rejoin,
     may_bootstrap: bool,
 ) -> anyhow::Result<()> {
     if raft.is_initialized().await? {
@@ -443,13 +455,21 @@ async fn bootstrap_if_new(
 /// empty replica here lost its data. Peers that do not answer in time say nothing (a new
 /// cluster's nodes start together).
 async fn peers_have_history(peers: &Peers, s: &hongbao_topology::Shard, node_id: NodeId) -> bool {
-    let probes = s.replicas.iter().copied().filter(|r| *r != node_id).filter_map(|r| peers.channel(r)).map(|ch| async move {
-        let mut c = hongbao_proto::v1::cluster_client::ClusterClient::new(ch);
-        let req = hongbao_proto::v1::StatusRequest { local_only: true };
-        match tokio::time::timeout(Duration::from_millis(500), c.status(req)).await {
-            Ok(Ok(r)) => r.into_inner().nodes.iter().flat_map(|n| n.shards.iter()).any(|x| x.shard == s.id && x.last_log_index > 0),
-            _ => false,
-        }
+    let probes = s.replicas.iter().copied().filter(|r| *r != node_id).map(|r| async move {
+        let st = peers.status(r, Duration::from_millis(500)).await;
+        st.is_some_and(|st| st.nodes.iter().flat_map(|n| n.shards.iter()).any(|x| x.shard == s.id && x.last_log_index > 0))
     });
     futures::future::join_all(probes).await.into_iter().any(|h| h)
+}
+
+/// A request id for a system command, derived from what it does (these commands are idempotent
+/// by their own sequence numbers / state, so the id only has to be well-formed and stable).
+pub fn system_id(tag: u8, shard: ShardId, a: u64, b: u64) -> RequestId {
+    let mut id = [0u8; 16];
+    id[0] = 0xff;
+    id[1] = tag;
+    id[2..4].copy_from_slice(&(shard as u16).to_be_bytes());
+    id[4..10].copy_from_slice(&a.to_be_bytes()[2..]);
+    id[10..16].copy_from_slice(&b.to_be_bytes()[2..]);
+    RequestId(id)
 }

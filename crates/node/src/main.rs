@@ -11,9 +11,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use hongbao_auth::{Identity, SecurityDir};
-use hongbao_node::access;
 use hongbao_node::host::Host;
+use hongbao_node::leader;
 use hongbao_node::service;
+use hongbao_node::service::access;
 use hongbao_proto::v1::{
     cluster_server::ClusterServer, coalesced_server::CoalescedServer, notifier_server::NotifierServer, packets_server::PacketsServer,
     raft_transport_server::RaftTransportServer, wallet_server::WalletServer,
@@ -52,7 +53,7 @@ struct Args {
     #[arg(long)]
     log_json: bool,
     /// Reads in flight on this node (all shards) before more are refused with OVERLOADED.
-    #[arg(long, default_value_t = hongbao_node::host::MAX_READS_IN_FLIGHT)]
+    #[arg(long, default_value_t = hongbao_node::limits::MAX_READS_IN_FLIGHT)]
     max_reads_in_flight: usize,
     /// Export the spans of sampled traces over OTLP/gRPC to this collector (http://host:4317);
     /// unset: no export (docs/operations.md, "Tracing").
@@ -69,7 +70,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let seed = Topology::load(&args.topology).map_err(anyhow::Error::msg)?;
     // A node added online is in no topology file: it learns its place from the other nodes
-    // (`directory::at_start`); its region comes with `--region` until then.
+    // (`cluster::map::at_start`); its region comes with `--region` until then.
     let seed_region = seed.region_of(args.node_id).map(str::to_string);
     // Inside the runtime: an OTLP exporter's channel runs on it.
     let service = hongbao_telemetry::tracing_init::Service {
@@ -113,17 +114,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let stop_rx = host.stop_signal();
     let tasks = vec![
-        hongbao_node::gauges::spawn(host.clone(), stop_rx.clone()),
-        tokio::spawn(hongbao_node::directory::follow(host.clone(), stop_rx.clone())),
+        hongbao_node::ops::gauges::spawn(host.clone(), stop_rx.clone()),
+        tokio::spawn(hongbao_node::cluster::directory::follow(host.clone(), stop_rx.clone())),
+        // Every shard leader's own work, for each replica hosted here (`leader`).
+        tokio::spawn(leader::supervise(host.clone(), &leader::Task::ALL, stop_rx.clone())),
     ];
 
     let addr: std::net::SocketAddr = match args.listen {
         Some(a) => a,
         None => me.addr.parse().map_err(|e| bind_error("addr", &me.addr, e))?,
     };
-    let max = hongbao_node::transport::MAX_RAFT_MESSAGE;
-    let api_max = service::api::MAX_REQUEST_BYTES;
-    let api = service::api::ApiService { host: host.clone() };
+    let max = hongbao_node::limits::MAX_RAFT_MESSAGE;
+    let api_max = hongbao_node::limits::MAX_REQUEST_BYTES;
+    let api = service::api::ApiService::new(host.clone());
     let mut server = tonic::transport::Server::builder()
         .tls_config(server_tls)?
         .tcp_nodelay(true)
@@ -187,7 +190,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     // grpc.health.v1 (kept current by a task of its own) and reflection, for operators' tools:
     // any caller with a certificate of the cluster's CA (`health`).
-    let (health, reflection, reflection_alpha) = hongbao_node::health::start(host.clone()).await?;
+    let (health, reflection, reflection_alpha) = hongbao_node::service::health::start(host.clone()).await?;
     let routes = routes.add_service(health).add_service(reflection).add_service(reflection_alpha);
     let server = routes.serve_with_shutdown(addr, shutdown_signal());
     server.await?;

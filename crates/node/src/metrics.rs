@@ -96,6 +96,10 @@ pub const RELAY_BACKLOG_RECORDS: &str = "hongbao_relay_backlog_records";
 pub const SNAPSHOTS_SENT: &str = "hongbao_snapshots_sent_total";
 /// Snapshot streams received from a leader, by shard and result (ok: installed or stale; failed).
 pub const SNAPSHOTS_RECEIVED: &str = "hongbao_snapshots_received_total";
+/// Raft messages held back by an injected delay (chaos: proves the delay happened), by target node.
+pub const FAULT_DELAYED: &str = "hongbao_fault_delayed_messages_total";
+/// Raft messages lost to an injected cut or loss (chaos), by target node.
+pub const FAULT_DROPPED: &str = "hongbao_fault_dropped_messages_total";
 
 /// RocksDB, per column family (`cf`: default = ledger, votes and meta; raft_log = every shard's log).
 pub const ROCKSDB_SST_BYTES: &str = "hongbao_rocksdb_sst_bytes";
@@ -163,6 +167,8 @@ pub fn describe() {
     metrics::describe_gauge!(RELAY_BACKLOG_RECORDS, "Outbox records waiting for delivery, per source shard and destination");
     metrics::describe_counter!(SNAPSHOTS_SENT, "Snapshot streams sent to a follower, by shard and result");
     metrics::describe_counter!(SNAPSHOTS_RECEIVED, "Snapshot streams received from a leader, by shard and result");
+    metrics::describe_counter!(FAULT_DELAYED, "Raft messages held back by an injected delay (chaos), by target node");
+    metrics::describe_counter!(FAULT_DROPPED, "Raft messages lost to an injected cut or loss (chaos), by target node");
     metrics::describe_gauge!(ROCKSDB_SST_BYTES, "RocksDB: bytes of SST files, per column family");
     metrics::describe_gauge!(ROCKSDB_LIVE_DATA_BYTES, "RocksDB: estimated live data, bytes, per column family");
     metrics::describe_gauge!(ROCKSDB_MEMTABLE_BYTES, "RocksDB: bytes in memtables, per column family");

@@ -1,8 +1,10 @@
 //! One shard's replica on this node: its Raft, its place in the topology, and the leader-side
 //! proposer that batches queued requests into Raft entries.
 
-use crate::peers::Peers;
-use crate::raft::types::{AppResponse, Batch, NodeId, Raft};
+use crate::limits::{MAX_BATCH, MAX_ENTRIES_IN_FLIGHT, MAX_ENTRY_BYTES, MAX_INFLIGHT_PER_SHARD};
+use crate::raft::types::{AppResponse, Batch, NodeId};
+use crate::raft::Raft;
+use crate::transport::peers::Peers;
 use hongbao_ledger::{Outcome, Request, ShardId};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
@@ -10,19 +12,6 @@ use openraft::ServerState;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Semaphore};
-
-/// Proposals in flight per shard before new ones get OVERLOADED instead of queueing without end.
-pub const MAX_INFLIGHT_PER_SHARD: usize = 20_000;
-/// Most requests in one Raft entry.
-pub const MAX_BATCH: usize = 256;
-/// An entry closes once its requests' encoded size reaches this, so it stays far below what one
-/// AppendEntries may carry (`log_store::MAX_APPEND_BYTES`) whatever the requests' sizes: the
-/// last request may overshoot by its own size, which the API bounds (`MAX_REQUEST_BYTES`).
-pub const MAX_ENTRY_BYTES: usize = 1 << 20;
-const _: () = assert!(MAX_ENTRY_BYTES * 4 <= crate::raft::log_store::MAX_APPEND_BYTES);
-/// Entries one shard's leader has proposed and not yet seen applied. While they are in flight,
-/// new requests wait in the queue and go out together in the next entry: that is the batching.
-pub const MAX_ENTRIES_IN_FLIGHT: usize = 8;
 
 pub struct Replica {
     pub id: ShardId,
@@ -67,6 +56,8 @@ pub fn voters(raft: &Raft) -> Vec<NodeId> {
 
 /// How soon a leader asks its peers again after they did not confirm its ledger config.
 const DOOR_RETRY: Duration = Duration::from_secs(1);
+/// Bound on one peer's answer to a config check (the same as a placement probe's).
+const CONFIG_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The leader's check before it proposes in a term: a majority of the shard's replicas (itself
 /// included) has its ledger-config fingerprint. Every entry carries the fingerprint and replicas
@@ -89,7 +80,7 @@ impl ConfigDoor {
 
     /// Ok if a majority of `voters` (the shard's, this node among them) agrees with this node's
     /// config in `term` (asked once per term).
-    pub async fn admits(&self, term: u64, voters: &[NodeId]) -> Result<(), String> {
+    pub async fn admits(&self, term: u64, voters: &[NodeId]) -> Result<(), ConfigRefused> {
         let cached = *self.verdict.lock().expect("door lock");
         if let Some((t, ok, at)) = cached {
             if t == term && (ok || at.elapsed() < DOOR_RETRY) {
@@ -97,7 +88,7 @@ impl ConfigDoor {
             }
         }
         let others: Vec<NodeId> = voters.iter().copied().filter(|r| *r != self.node_id).collect();
-        let asks = others.iter().map(|n| crate::placement::config_agrees(&self.peers, *n, self.shard, self.fingerprint));
+        let asks = others.iter().map(|n| self.peers.config_agrees(*n, self.shard, self.fingerprint, CONFIG_CHECK_TIMEOUT));
         let answers = futures::future::join_all(asks).await;
         let agree = 1 + answers.iter().filter(|a| **a == Some(true)).count();
         let differ: Vec<NodeId> = others.iter().zip(&answers).filter(|(_, a)| **a == Some(false)).map(|(n, _)| *n).collect();
@@ -123,12 +114,23 @@ impl ConfigDoor {
         matches!(*self.verdict.lock().expect("door lock"), Some((_, false, _)))
     }
 
-    fn refusal(&self, differ: &[NodeId]) -> String {
-        format!(
+    fn refusal(&self, differ: &[NodeId]) -> ConfigRefused {
+        ConfigRefused(format!(
             "shard {}: node {} proposes nothing: no majority of replicas confirms its ledger config fingerprint {:016x} \
              (replicas that differ: {differ:?}); restart it with the cluster's topology file",
             self.shard, self.node_id, self.fingerprint
-        )
+        ))
+    }
+}
+
+/// Why a leader proposes nothing: no majority of its shard's replicas confirms its ledger
+/// config (the message says which replicas differ and what to do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigRefused(pub String);
+
+impl std::fmt::Display for ConfigRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -163,7 +165,7 @@ async fn proposer(raft: Raft, mut queue: mpsc::Receiver<Proposal>, door: Arc<Con
         if leads {
             if let Err(why) = door.admits(term, &voters(&raft)).await {
                 for p in batch {
-                    let _ = p.done.send(Err(Failed::Unavailable(why.clone())));
+                    let _ = p.done.send(Err(Failed::Unavailable(why.0.clone())));
                 }
                 continue;
             }

@@ -5,6 +5,7 @@
 //! kill -9. RocksDB groups concurrent synced writers into one fsync (group commit), which is what
 //! lets many shards and many proposals share the cost of a disk flush.
 
+use crate::limits::MAX_APPEND_BYTES;
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
 use crate::storage::{keys, Db};
 use hongbao_ledger::ShardId;
@@ -15,12 +16,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
-/// Replication reads (`limited_get_log_entries`) stop after this many bytes of entries, so one
-/// AppendEntries stays far below the transport's message limit (`MAX_RAFT_MESSAGE`) whatever
-/// the entries' sizes: a follower far behind is fed in bounded pieces. Reads for apply
-/// (`try_get_log_entries`) must return the whole range and are not bounded.
-pub const MAX_APPEND_BYTES: usize = 8 << 20;
-const _: () = assert!(MAX_APPEND_BYTES * 2 <= crate::transport::MAX_RAFT_MESSAGE);
+const _: () = assert!(MAX_APPEND_BYTES * 2 <= crate::limits::MAX_RAFT_MESSAGE);
 
 #[derive(Clone)]
 pub struct LogStore {

@@ -39,7 +39,7 @@
 //! never renames its file over one being installed.
 
 use crate::codec::{decode, encode};
-use crate::raft::state_machine::SmMeta;
+use crate::raft::types::SmMeta;
 use crate::raft::types::{SnapshotMeta, TypeConfig};
 use crate::storage::{keys, sync_dir, Db};
 use hongbao_ledger::ShardId;

@@ -8,7 +8,7 @@
 
 use crate::codec::{decode, encode};
 use crate::raft::snapshot::{self, ShardLock, SnapshotBuilder, SnapshotFile};
-use crate::raft::types::{AppResponse, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::raft::types::{AppResponse, LogId, SmMeta, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::storage::{keys, Db, ShardStore};
 use futures::StreamExt;
 use hongbao_ledger::{Ledger, LedgerConfig, ShardId};
@@ -17,13 +17,6 @@ use openraft::EntryPayload;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// Persisted alongside the ledger data in every apply batch.
-#[derive(serde::Serialize, serde::Deserialize, Default, Clone)]
-pub(crate) struct SmMeta {
-    pub applied: Option<LogId>,
-    pub membership: StoredMembership,
-}
 
 pub struct StateMachine {
     db: Arc<Db>,

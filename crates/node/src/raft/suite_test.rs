@@ -28,7 +28,8 @@ async fn openraft_storage_suite_passes_on_the_rocksdb_store() {
 
 mod log_reads {
     use crate::codec::encode;
-    use crate::raft::log_store::{LogStore, MAX_APPEND_BYTES};
+    use crate::limits::MAX_APPEND_BYTES;
+    use crate::raft::log_store::LogStore;
     use crate::raft::types::{Batch, Entry, TypeConfig};
     use crate::storage::{keys, Db};
     use hongbao_ledger::{Command, Request, RequestId};

@@ -54,8 +54,14 @@ pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
-pub type Raft = openraft::Raft<TypeConfig, crate::raft::state_machine::StateMachine>;
 pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, crate::raft::snapshot::SnapshotFile>;
+
+/// Persisted alongside the ledger data in every apply batch.
+#[derive(serde::Serialize, serde::Deserialize, Default, Clone)]
+pub struct SmMeta {
+    pub applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,7 @@
 //! reads are linearizable (ReadIndex) unless the caller opts into a stale local read.
 
 use crate::host::{Host, ReadPermit};
+use crate::limits::{MAX_REQUEST_BYTES, MAX_STATEMENT};
 use crate::service::convert::{bounded, claim, detail, invalid, kind_of, refused, request_id, statement_entry, verification, About};
 use hongbao_ledger::state::EntryKind;
 use hongbao_ledger::{
@@ -17,16 +18,20 @@ use hongbao_proto::{detail_of, status, ErrorCode, MAX_GRAB_BATCH};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-/// Largest accepted API request; strings inside are further bounded by the ledger.
-pub const MAX_REQUEST_BYTES: usize = hongbao_proto::MAX_REQUEST_BYTES;
-/// Most statement entries one call returns.
-pub const MAX_STATEMENT: u32 = 200;
 /// Entries in a statement or packet-history page when the request names no limit.
 const DEFAULT_PAGE: usize = 50;
 
 #[derive(Clone)]
 pub struct ApiService {
     pub host: Arc<Host>,
+    /// Slow PIN hashes already verified on this leader (memory only; see `pin`).
+    pub pins: Arc<crate::service::pin::PinCache>,
+}
+
+impl ApiService {
+    pub fn new(host: Arc<Host>) -> ApiService {
+        ApiService { host, pins: Arc::new(crate::service::pin::PinCache::new()) }
+    }
 }
 
 type Res<T> = Result<Response<T>, Status>;
@@ -67,7 +72,9 @@ impl ApiService {
         if !self.host.is_leader(&replica) {
             return Err(self.host.not_leader(&replica, None).into());
         }
-        crate::pin::verdict(&self.host, shard, user, pin).await?.map_err(|code| refused(&Outcome::err(code), shard, &About::user(user)))
+        crate::service::pin::verdict(&self.host, &self.pins, shard, user, pin)
+            .await?
+            .map_err(|code| refused(&Outcome::err(code), shard, &About::user(user)))
     }
 
     /// Gate for reads: linearizable unless the caller allows a stale local read. Hold the permit
@@ -79,6 +86,24 @@ impl ApiService {
     /// Refuses a request whose user token (issued at `issued_s`, as the router read it; 0: no
     /// user token) was revoked: issued before the account's `tokens_void_before_s`. Read from
     /// this node's applied state, before proposing or answering.
+    /// What every spend from a wallet checks before it is proposed, in this order: the user's
+    /// token is not revoked, the device string is bounded, the request id is well formed, and
+    /// the typed PIN's verdict (the only part of the PIN that enters the command).
+    async fn spend_checks(
+        &self,
+        shard: ShardId,
+        user: UserId,
+        token_issued_s: u64,
+        device: &str,
+        request_id_bytes: &[u8],
+        pin: &str,
+    ) -> Result<(RequestId, PinCheck), Status> {
+        self.token_live(shard, user, token_issued_s)?;
+        self.text("device", device)?;
+        let id = request_id(request_id_bytes)?;
+        Ok((id, self.pin_check(shard, user, pin).await?))
+    }
+
     fn token_live(&self, shard: ShardId, user: UserId, issued_s: u64) -> Result<(), Status> {
         if issued_s == 0 {
             return Ok(());
@@ -240,10 +265,7 @@ impl Wallet for ApiService {
     async fn withdraw(&self, req: Request<WithdrawRequest>) -> Res<WalletReply> {
         let r = req.into_inner();
         let shard = self.user_shard(r.user)?;
-        self.token_live(shard, r.user, r.token_issued_s)?;
-        self.text("device", &r.device)?;
-        let id = request_id(&r.request_id)?;
-        let pin = self.pin_check(shard, r.user, &r.pin).await?;
+        let (id, pin) = self.spend_checks(shard, r.user, r.token_issued_s, &r.device, &r.request_id, &r.pin).await?;
         let cmd = Command::Withdraw {
             user: r.user,
             amount: Cents(r.amount_cents),
@@ -259,10 +281,7 @@ impl Wallet for ApiService {
         let r = req.into_inner();
         let shard = self.user_shard(r.from_user)?;
         let to_shard = self.user_shard(r.to_user)?;
-        self.token_live(shard, r.from_user, r.token_issued_s)?;
-        self.text("device", &r.device)?;
-        let id = request_id(&r.request_id)?;
-        let pin = self.pin_check(shard, r.from_user, &r.pin).await?;
+        let (id, pin) = self.spend_checks(shard, r.from_user, r.token_issued_s, &r.device, &r.request_id, &r.pin).await?;
         let cmd = Command::Transfer {
             from: r.from_user,
             to: r.to_user,
@@ -303,7 +322,7 @@ impl Wallet for ApiService {
         if !hongbao_auth::valid_pin(&r.pin) {
             return Err(invalid("a payment PIN is exactly 6 digits"));
         }
-        let (salt, hash) = crate::pin::new_record(self.host.config.challenge_key, shard, r.user, id.0, r.pin).await?;
+        let (salt, hash) = crate::service::pin::new_record(self.host.config.challenge_key, shard, r.user, id.0, r.pin).await?;
         let cmd = Command::SetPin { user: r.user, salt, hash, verification: verification(&r.verification) };
         let o = self.write(shard, id, cmd).await?;
         self.wallet_reply(o, shard)

@@ -2,7 +2,7 @@
 //! leader transfer, drain / undrain of a region.
 
 use crate::host::Host;
-use crate::service::convert::detail;
+use crate::service::convert::{self, detail};
 use hongbao_proto::v1::cluster_client::ClusterClient;
 use hongbao_proto::v1::cluster_server::Cluster;
 use hongbao_proto::v1::*;
@@ -145,7 +145,7 @@ impl ClusterService {
         let host = self.host.clone();
         tokio::task::spawn_blocking(move || {
             let _read = read;
-            crate::audit::totals_of(shard, &crate::storage::ShardStore::frozen(&host.db, shard))
+            crate::ops::audit::totals_of(shard, &crate::storage::ShardStore::frozen(&host.db, shard))
         })
         .await
         .map_err(|e| Status::internal(format!("shard {shard}: totals task: {e}")))
@@ -174,7 +174,7 @@ impl ClusterService {
     /// and the router re-sends it to the leader), so one node's key cannot make itself a
     /// replica of another shard, or remove one (#28).
     fn admin_only<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
-        let who = crate::access::caller(req)?;
+        let who = crate::service::access::caller(req)?;
         if matches!(who, hongbao_auth::Identity::Node(_)) {
             metrics::counter!(crate::metrics::ACCESS_DENIED, "what" => what.to_string()).increment(1);
             tracing::warn!(caller = %who, what, "refused: a node asked for an admin's change");
@@ -184,17 +184,17 @@ impl ClusterService {
     }
 
     /// Drain and undrain start only from an admin (directly or through a router, which checked
-    /// the admin role); a node never starts one. The mark is a map change (`placement::
-    /// replicate_drain`): taken on the meta shard's leader, NotLeader elsewhere.
+    /// the admin role); a node never starts one. The mark is a map change (`membership::
+    /// set_drained`): taken on the meta shard's leader, NotLeader elsewhere.
     async fn replicate_drain<T>(&self, req: &Request<T>, region: &str, drained: bool) -> Result<(), Status> {
-        let who = crate::access::caller(req)?;
+        let who = crate::service::access::caller(req)?;
         if matches!(who, hongbao_auth::Identity::Node(_)) {
             return Err(hongbao_proto::denied(format!("{who} may not drain or undrain a region")));
         }
         if !self.host.topology().regions.iter().any(|r| r.name == region) {
             return Err(Status::not_found(format!("no region {region}")));
         }
-        crate::placement::replicate_drain(&self.host, region, drained).await
+        crate::cluster::membership::set_drained(&self.host, region, drained).await.map(|_| ()).map_err(Status::from)
     }
 }
 
@@ -225,11 +225,11 @@ impl Cluster for ClusterService {
         for id in &ids {
             second.push(self.shard_totals(*id).await?);
         }
-        Ok(Response::new(crate::audit::check(&first, &second)))
+        Ok(Response::new(crate::ops::audit::check(&first, &second)))
     }
 
     async fn transfer_leader(&self, req: Request<TransferLeaderRequest>) -> Result<Response<TransferLeaderReply>, Status> {
-        let who = crate::access::caller(&req)?;
+        let who = crate::service::access::caller(&req)?;
         let r = req.into_inner();
         let map = self.host.topology();
         let shard = map.shard(r.shard).ok_or_else(|| Status::not_found(format!("no shard {}", r.shard)))?;
@@ -248,7 +248,7 @@ impl Cluster for ClusterService {
             // newer than the map here: read the committed map once before refusing.
             let would = |host: &Host| host.placement.would_move(r.shard, &host.region, r.to_node);
             if !would(&self.host) {
-                crate::directory::refresh(&self.host).await;
+                crate::cluster::directory::refresh(&self.host).await;
             }
             if !would(&self.host) {
                 metrics::counter!(crate::metrics::ACCESS_DENIED, "what" => "leader transfer").increment(1);
@@ -301,7 +301,7 @@ impl Cluster for ClusterService {
         // node or router that believes an answer believes the meta shard, not this node (#28).
         let meta = self.host.topology().meta_shard();
         self.host.linearizable(meta).await?;
-        let t = crate::directory::local_map(&self.host).map(Arc::new).unwrap_or_else(|| self.host.topology());
+        let t = crate::cluster::directory::local_map(&self.host).map(Arc::new).unwrap_or_else(|| self.host.topology());
         Ok(Response::new(ClusterMap { version: t.version, toml: t.to_toml() }))
     }
 
@@ -309,31 +309,46 @@ impl Cluster for ClusterService {
         self.admin_only(&req, "add a node")?;
         let n = req.into_inner().node.ok_or_else(|| crate::service::convert::invalid("no node given"))?;
         let spec = hongbao_topology::NodeSpec { id: n.id, region: n.region, addr: n.addr, metrics_addr: n.metrics_addr };
-        crate::membership::change_map(&self.host, |t| t.add_node(&spec)).await.map(Response::new)
+        crate::cluster::membership::change_map(&self.host, |t| t.add_node(&spec))
+            .await
+            .map(|d| Response::new(convert::membership(d)))
+            .map_err(Status::from)
     }
 
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipReply>, Status> {
         self.admin_only(&req, "remove a node")?;
         let id = req.get_ref().node;
-        crate::membership::change_map(&self.host, |t| t.remove_node(id)).await.map(Response::new)
+        crate::cluster::membership::change_map(&self.host, |t| t.remove_node(id))
+            .await
+            .map(|d| Response::new(convert::membership(d)))
+            .map_err(Status::from)
     }
 
     async fn add_replica(&self, req: Request<ReplicaChangeRequest>) -> Result<Response<MembershipReply>, Status> {
         self.admin_only(&req, "add a replica")?;
         let ReplicaChangeRequest { shard, node } = req.into_inner();
-        crate::membership::add_replica(&self.host, shard, node).await.map(Response::new)
+        crate::cluster::membership::add_replica(&self.host, shard, node)
+            .await
+            .map(|d| Response::new(convert::membership(d)))
+            .map_err(Status::from)
     }
 
     async fn remove_replica(&self, req: Request<ReplicaChangeRequest>) -> Result<Response<MembershipReply>, Status> {
         self.admin_only(&req, "remove a replica")?;
         let ReplicaChangeRequest { shard, node } = req.into_inner();
-        crate::membership::remove_replica(&self.host, shard, node).await.map(Response::new)
+        crate::cluster::membership::remove_replica(&self.host, shard, node)
+            .await
+            .map(|d| Response::new(convert::membership(d)))
+            .map_err(Status::from)
     }
 
     async fn add_shard(&self, req: Request<AddShardRequest>) -> Result<Response<MembershipReply>, Status> {
         self.admin_only(&req, "add a shard")?;
         let AddShardRequest { shard, home, replicas } = req.into_inner();
-        crate::membership::add_shard(&self.host, shard, &home, &replicas).await.map(Response::new)
+        crate::cluster::membership::add_shard(&self.host, shard, &home, &replicas)
+            .await
+            .map(|d| Response::new(convert::membership(d)))
+            .map_err(Status::from)
     }
 
     async fn slot_load(&self, req: Request<SlotLoadRequest>) -> Result<Response<SlotLoadReply>, Status> {
@@ -373,7 +388,10 @@ impl Cluster for ClusterService {
     async fn move_slot(&self, req: Request<MoveSlotRequest>) -> Result<Response<MoveSlotReply>, Status> {
         self.admin_only(&req, "move a slot")?;
         let MoveSlotRequest { slot, to_shard } = req.into_inner();
-        crate::slot_move::move_slot(&self.host, slot, to_shard).await.map(Response::new)
+        crate::cluster::slot_move::move_slot(&self.host, slot, to_shard)
+            .await
+            .map(|p| Response::new(convert::slot_move(p)))
+            .map_err(Status::from)
     }
 
     async fn undrain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {

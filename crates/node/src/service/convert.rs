@@ -57,6 +57,8 @@ pub fn host_code(kind: ErrorKind) -> ErrorCode {
         ErrorKind::Unavailable => ErrorCode::Unavailable,
         ErrorKind::Overloaded => ErrorCode::Overloaded,
         ErrorKind::Timeout => ErrorCode::Timeout,
+        ErrorKind::InvalidArgument => ErrorCode::InvalidArgument,
+        ErrorKind::Ledger(code) => ledger_code(code),
         ErrorKind::Internal => ErrorCode::Internal,
     }
 }
@@ -261,6 +263,24 @@ pub fn statement_entry(seq: u64, e: &hongbao_ledger::StatementEntry) -> hongbao_
         counterparty_shard: cp_shard,
         request_id: e.request.0.to_vec(),
         seq,
+    }
+}
+
+/// A membership step's result as its reply.
+pub fn membership(d: crate::cluster::membership::Done) -> hongbao_proto::v1::MembershipReply {
+    hongbao_proto::v1::MembershipReply { map_version: d.map_version, done: d.done }
+}
+
+/// Where a slot move stands, as the MoveSlot reply.
+pub fn slot_move(p: crate::cluster::slot_move::Progress) -> hongbao_proto::v1::MoveSlotReply {
+    hongbao_proto::v1::MoveSlotReply {
+        slot: p.slot,
+        from_shard: p.from_shard,
+        to_shard: p.to_shard,
+        phase: p.phase.to_string(),
+        wallets_sent: p.wallets_sent,
+        done: p.done,
+        map_version: p.map_version,
     }
 }
 

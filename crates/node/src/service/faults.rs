@@ -22,7 +22,7 @@ impl FaultInjection for FaultService {
             drop_percent: f.drop_percent,
             clock_offset_ms: f.clock_offset_ms,
         };
-        self.host.peers.faults.set(rules).map_err(Status::invalid_argument)?;
+        self.host.peers.faults.set(rules).map_err(|e| Status::invalid_argument(e.0))?;
         tracing::warn!(node = self.host.node_id, faults = ?f, "injected faults replaced");
         Ok(Response::new(FaultsReply { node: self.host.node_id, faults: Some(f) }))
     }

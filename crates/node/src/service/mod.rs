@@ -1,9 +1,18 @@
+//! The gRPC services this node serves, and the only room that builds proto replies: the public
+//! API (`api`, `notifier`), cluster admin (`cluster`), health and reflection (`health`), fault
+//! injection in test builds (`faults`); who may call what (`access`), the payment PIN's verdict
+//! (`pin`), every mapping between domain types and proto (`convert`), request tracing
+//! (`trace`), and the per-call deadlines below.
+
+pub mod access;
 pub mod api;
 pub mod cluster;
 pub mod convert;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
+pub mod health;
 pub mod notifier;
+pub mod pin;
 pub mod trace;
 
 use hongbao_proto::ErrorCode;

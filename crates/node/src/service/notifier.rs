@@ -5,6 +5,7 @@
 //! the replicas' shared key, computed here when the notifier reads it.
 
 use crate::host::Host;
+use crate::limits::MAX_POLL;
 use crate::service::convert::{invalid, rejected};
 use hongbao_ledger::{challenge_code, view, ChallengeKind, Code, Command, Reply, ShardId};
 use hongbao_proto::v1::notifier_server::Notifier;
@@ -12,8 +13,6 @@ use hongbao_proto::v1::*;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-/// Most notifications one poll returns.
-pub const MAX_POLL: u32 = 256;
 /// Ack commands one Ack call proposes at most (each deletes a bounded number of records).
 const MAX_ACK_ROUNDS: u64 = 16;
 
@@ -63,7 +62,7 @@ impl Notifier for NotifierService {
         }
         // One command deletes a bounded number of records; repeat until all are gone.
         for round in 0..MAX_ACK_ROUNDS {
-            let id = crate::tasks::system_id(b'n', r.shard, round, r.up_to_seq);
+            let id = crate::host::system_id(b'n', r.shard, round, r.up_to_seq);
             let o = self.host.propose(r.shard, id, Command::AckNotifications { up_to_seq: r.up_to_seq }).await?;
             match o.reply {
                 _ if o.code != Code::Ok => return Err(rejected(&o, r.shard)),

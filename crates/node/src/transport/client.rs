@@ -6,10 +6,11 @@
 //! chunks read from the snapshot file, never loaded whole.
 
 use crate::codec::{decode, encode};
-use crate::peers::Peers;
+use crate::limits::MAX_RAFT_MESSAGE;
+use crate::limits::SNAPSHOT_CHUNK;
 use crate::raft::snapshot::SnapshotFile;
 use crate::raft::types::{NodeId, TypeConfig, Vote};
-use crate::transport::MAX_RAFT_MESSAGE;
+use crate::transport::peers::Peers;
 use hongbao_ledger::ShardId;
 use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
 use hongbao_proto::v1::{RaftMessage, RaftReply, SnapshotChunk};
@@ -25,8 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 
-/// Snapshot chunk size: bounded so a chunk never dominates memory or a gRPC frame.
-pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// Time a follower gets to append a batch of entries.
 pub const APPEND_TIMEOUT: Duration = Duration::from_secs(1);
 

@@ -3,11 +3,12 @@
 //! records: `access::forwarded_proposal`). The client side is
 //! `transport::client`.
 
-use crate::access;
 use crate::codec::{decode, encode};
 use crate::host::Host;
+use crate::limits::MAX_SNAPSHOT_BYTES;
 use crate::raft::snapshot::ReceivingFile;
 use crate::raft::types::{SnapshotMeta, TypeConfig, Vote};
+use crate::service::access;
 use hongbao_auth::Identity;
 use hongbao_proto::v1::raft_transport_server::RaftTransport;
 use hongbao_proto::v1::{RaftMessage, RaftReply, SnapshotChunk};
@@ -18,8 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status, Streaming};
 
-/// A snapshot larger than this is refused rather than filling the disk.
-const MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
 /// A snapshot stream that sends no chunk for this long is abandoned (its file deleted). The
 /// stream as a whole has no deadline (`service::RAFT_STREAMS`): a large snapshot may take
 /// minutes, but each 1 MiB chunk arrives within seconds while the sender is alive.
@@ -37,6 +36,20 @@ impl RaftService {
 
     /// A replica that started empty grants no vote to a candidate with history until it has
     /// caught up (`rejoin`): its forgotten vote could elect a leader without committed entries.
+    /// A vote or pre-vote as it arrives: from a node that hosts the shard, not from a candidate
+    /// whose clock runs ahead, and not to a replica still rejoining (unless the candidate's log
+    /// is empty).
+    fn vote_request(&self, req: Request<RaftMessage>) -> Result<(Arc<crate::replica::Replica>, VoteRequest<TypeConfig>), Status> {
+        let caller = access::caller(&req)?;
+        let m = req.into_inner();
+        let shard = self.shard(&caller, m.shard, m.from_node)?;
+        self.host.clock.observe_message(m.from_node, m.sent_ms);
+        self.refuse_fast_candidate(&m)?;
+        let rpc: VoteRequest<TypeConfig> = decode(&m.payload).map_err(bad)?;
+        self.refuse_while_rejoining(m.shard, &rpc)?;
+        Ok((shard, rpc))
+    }
+
     fn refuse_while_rejoining(&self, shard: u32, rpc: &VoteRequest<TypeConfig>) -> Result<(), Status> {
         if self.host.rejoin.may_vote(shard, rpc.last_log_id.map(|l| l.index)) {
             return Ok(());
@@ -112,25 +125,13 @@ impl RaftTransport for RaftService {
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
-        let caller = access::caller(&req)?;
-        let m = req.into_inner();
-        let shard = self.shard(&caller, m.shard, m.from_node)?;
-        self.host.clock.observe_message(m.from_node, m.sent_ms);
-        self.refuse_fast_candidate(&m)?;
-        let rpc: VoteRequest<TypeConfig> = decode(&m.payload).map_err(bad)?;
-        self.refuse_while_rejoining(m.shard, &rpc)?;
+        let (shard, rpc) = self.vote_request(req)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.vote(rpc).await;
         self.reply(&res)
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
-        let caller = access::caller(&req)?;
-        let m = req.into_inner();
-        let shard = self.shard(&caller, m.shard, m.from_node)?;
-        self.host.clock.observe_message(m.from_node, m.sent_ms);
-        self.refuse_fast_candidate(&m)?;
-        let rpc: VoteRequest<TypeConfig> = decode(&m.payload).map_err(bad)?;
-        self.refuse_while_rejoining(m.shard, &rpc)?;
+        let (shard, rpc) = self.vote_request(req)?;
         let res: Result<_, RaftError<TypeConfig>> = shard.raft.pre_vote(rpc).await;
         self.reply(&res)
     }
@@ -208,7 +209,7 @@ impl RaftTransport for RaftService {
             if !access::checked_against_map(&r.cmd) {
                 return Err(refused);
             }
-            crate::directory::refresh(&self.host).await;
+            crate::cluster::directory::refresh(&self.host).await;
             access::forwarded_proposal(&self.host.topology(), from, m.shard, &r.cmd)?;
         }
         match self.host.propose(m.shard, r.id, r.cmd).await {

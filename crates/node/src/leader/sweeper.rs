@@ -1,7 +1,7 @@
 //! The expiry sweeper: on each shard's leader, refunds what is left of expired packets.
 
+use crate::host::system_id;
 use crate::host::Host;
-use crate::tasks::system_id;
 use hongbao_ledger::{Command, ShardId};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +9,12 @@ use tokio::sync::watch;
 
 /// Expired packets refunded per sweep and shard: proposed together, so the shard's proposer
 /// carries them in one Raft entry (one round for all of them, not one round each).
-const SWEEP_BATCH: usize = crate::replica::MAX_BATCH;
+const SWEEP_BATCH: usize = crate::limits::MAX_BATCH;
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
 pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<bool>) {
     let mut period = SWEEP_EVERY;
-    while let Some(leads) = crate::tasks::next_turn(&host, shard_id, period, &mut stop).await {
+    while let Some(leads) = super::next_turn(&host, shard_id, period, &mut stop).await {
         period = SWEEP_EVERY;
         if !leads {
             continue;

@@ -15,21 +15,18 @@
 //! (no node forwards a map change: #28); a step that needs both the map and a shard's Raft group
 //! answers NotLeader at the one it is not, and the admin's router re-sends it there.
 
-use crate::host::Host;
-use crate::placement::caught_up;
+use crate::cluster::placement::caught_up;
+use crate::error::{ErrorKind, HostError};
+use crate::host::{system_id, Host};
 use crate::replica::Replica;
-use crate::service::convert::detail;
 use hongbao_ledger::{Code, Command, ShardId};
-use hongbao_proto::v1::cluster_client::ClusterClient;
-use hongbao_proto::v1::{MembershipReply, ReplicaRole};
-use hongbao_proto::{status, ErrorCode};
+use hongbao_proto::v1::ReplicaRole;
 use hongbao_topology::{Edit, NodeId, Topology};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::Status;
 
 /// How long one AddReplica call waits for the learner to catch up before it answers TIMEOUT
 /// (the admin re-sends; the learner keeps catching up meanwhile). Inside ADMIN_DEADLINES.
@@ -42,30 +39,39 @@ const MAP_DEADLINE: Duration = Duration::from_secs(15);
 /// Bound on one Raft membership change (a learner's entry, a promotion, a removal) to commit.
 const RAFT_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(100);
+/// Bound on one status probe of another replica (who leads, who is a member).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-fn refused(msg: impl Into<String>) -> Status {
-    status(detail(ErrorCode::InvalidArgument, msg, 0))
+/// What one membership step did: the map version it left, and in words what is true now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Done {
+    pub map_version: u64,
+    pub done: String,
 }
 
-fn unavailable(shard: ShardId, msg: impl Into<String>) -> Status {
-    status(detail(ErrorCode::Unavailable, msg, shard))
+fn refused(msg: impl Into<String>) -> HostError {
+    HostError::invalid(msg)
 }
 
-fn reply(map_version: u64, done: impl Into<String>) -> MembershipReply {
-    MembershipReply { map_version, done: done.into() }
+fn unavailable(shard: ShardId, msg: impl Into<String>) -> HostError {
+    HostError::unavailable(shard, msg)
+}
+
+fn reply(map_version: u64, done: impl Into<String>) -> Done {
+    Done { map_version, done: done.into() }
 }
 
 /// Changes the cluster map: `edit` builds the next version from the newest, which the meta
 /// shard stores if no other change came first (else this reads the map again and redoes it).
 /// Unchanged (the map says so already) is a success: the step was done before.
-pub async fn change_map(host: &Arc<Host>, edit: impl Fn(&Topology) -> Result<Topology, Edit>) -> Result<MembershipReply, Status> {
+pub async fn change_map(host: &Arc<Host>, edit: impl Fn(&Topology) -> Result<Topology, Edit>) -> Result<Done, HostError> {
     let mut last = String::new();
     let deadline = tokio::time::Instant::now() + MAP_DEADLINE;
     for _ in 0..MAP_ATTEMPTS {
         if tokio::time::Instant::now() >= deadline {
             break;
         }
-        crate::directory::refresh(host).await;
+        crate::cluster::directory::refresh(host).await;
         let cur = host.topology();
         let next = match edit(&cur) {
             Ok(t) => t,
@@ -81,7 +87,7 @@ pub async fn change_map(host: &Arc<Host>, edit: impl Fn(&Topology) -> Result<Top
         }
         let version = next.version;
         let cmd = Command::SetClusterMap { version, map: next.to_toml().into_bytes() };
-        let id = crate::tasks::system_id(b'v', meta, host.node_id, version);
+        let id = system_id(b'v', meta, host.node_id, version);
         match host.propose(meta, id, cmd).await {
             Ok(o) if o.code == Code::Ok => {
                 host.install_map(next);
@@ -89,7 +95,7 @@ pub async fn change_map(host: &Arc<Host>, edit: impl Fn(&Topology) -> Result<Top
             }
             Ok(o) if o.code == Code::ClusterMapStale => last = format!("map version {version} was taken by another change"),
             Ok(o) => return Err(refused(format!("the meta shard refused map version {version}: {:?}", o.code))),
-            Err(e) if e.kind == crate::error::ErrorKind::NotLeader => return Err(e.into()),
+            Err(e) if e.kind == ErrorKind::NotLeader => return Err(e),
             Err(e) => last = e.to_string(),
         }
         tracing::info!(version, %last, "cluster map change not taken; reading the map again");
@@ -101,7 +107,7 @@ pub async fn change_map(host: &Arc<Host>, edit: impl Fn(&Topology) -> Result<Top
 /// AddReplica: `node` into `shard`'s replicas in the map, then, on the shard's leader, a
 /// learner that becomes a voter once caught up. Elsewhere the step answers NotLeader with the
 /// leader, where the admin's router re-sends it (a node never forwards it: #28).
-pub async fn add_replica(host: &Arc<Host>, shard: ShardId, node: NodeId) -> Result<MembershipReply, Status> {
+pub async fn add_replica(host: &Arc<Host>, shard: ShardId, node: NodeId) -> Result<Done, HostError> {
     tracing::info!(shard, node, "add replica");
     let mapped = change_map(host, |t| t.add_replica(shard, node)).await?;
     let Some(r) = leading(host, shard) else {
@@ -112,9 +118,9 @@ pub async fn add_replica(host: &Arc<Host>, shard: ShardId, node: NodeId) -> Resu
 }
 
 /// RemoveReplica: `node` out of `shard`'s Raft group (on its leader), then out of the map.
-pub async fn remove_replica(host: &Arc<Host>, shard: ShardId, node: NodeId) -> Result<MembershipReply, Status> {
+pub async fn remove_replica(host: &Arc<Host>, shard: ShardId, node: NodeId) -> Result<Done, HostError> {
     tracing::info!(shard, node, "remove replica");
-    crate::directory::refresh(host).await;
+    crate::cluster::directory::refresh(host).await;
     if let Err(Edit::Refused(m)) = host.topology().remove_replica(shard, node) {
         return Err(refused(m));
     }
@@ -148,7 +154,7 @@ pub async fn remove_replica(host: &Arc<Host>, shard: ShardId, node: NodeId) -> R
 
 /// AddShard: the shard into the map (every replica's node opens it; its first home-region
 /// replica founds the Raft group), then a wait for its first leader.
-pub async fn add_shard(host: &Arc<Host>, shard: ShardId, home: &str, replicas: &[NodeId]) -> Result<MembershipReply, Status> {
+pub async fn add_shard(host: &Arc<Host>, shard: ShardId, home: &str, replicas: &[NodeId]) -> Result<Done, HostError> {
     tracing::info!(shard, home, ?replicas, "add shard");
     let mapped = change_map(host, |t| t.add_shard(shard, home, replicas)).await?;
     let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
@@ -158,7 +164,7 @@ pub async fn add_shard(host: &Arc<Host>, shard: ShardId, home: &str, replicas: &
         }
         if tokio::time::Instant::now() >= deadline {
             let msg = format!("shard {shard} is in the map but has no leader yet: re-send to wait on");
-            return Err(status(detail(ErrorCode::Timeout, msg, shard)));
+            return Err(HostError::timeout(shard, msg));
         }
         tokio::time::sleep(POLL * 2).await;
     }
@@ -171,15 +177,14 @@ fn leading(host: &Host, shard: ShardId) -> Option<Arc<Replica>> {
 
 /// NotLeader for a step that only `shard`'s leader takes, pointing at the leader known here or
 /// to the shard's replicas (UNAVAILABLE when none is): the caller re-sends it there.
-async fn not_leading(host: &Host, shard: ShardId) -> Status {
+async fn not_leading(host: &Host, shard: ShardId) -> HostError {
     match leader_of(host, shard).await.filter(|l| *l != host.node_id) {
-        Some(l) => crate::error::HostError {
-            kind: crate::error::ErrorKind::NotLeader,
+        Some(l) => HostError {
+            kind: ErrorKind::NotLeader,
             shard,
             message: format!("node {} does not lead shard {shard}: the step goes to its leader, node {l}", host.node_id),
             leader: Some((l, host.peers.addr(l).unwrap_or_default().to_string())),
-        }
-        .into(),
+        },
         None => unavailable(shard, format!("shard {shard} has no leader now: re-send")),
     }
 }
@@ -193,10 +198,8 @@ async fn leader_of(host: &Host, shard: ShardId) -> Option<NodeId> {
     }
     let map = host.topology();
     for n in map.shard(shard)?.replicas.iter().filter(|n| **n != host.node_id) {
-        let Some(ch) = host.peers.channel(*n) else { continue };
-        let req = hongbao_proto::v1::StatusRequest { local_only: true };
-        let Ok(Ok(st)) = tokio::time::timeout(Duration::from_millis(500), ClusterClient::new(ch).status(req)).await else { continue };
-        if let Some(l) = st.into_inner().nodes.iter().flat_map(|x| x.shards.iter()).find(|s| s.shard == shard && s.leader != 0) {
+        let Some(st) = host.peers.status(*n, PROBE_TIMEOUT).await else { continue };
+        if let Some(l) = st.nodes.iter().flat_map(|x| x.shards.iter()).find(|s| s.shard == shard && s.leader != 0) {
             return Some(l.leader);
         }
     }
@@ -207,15 +210,13 @@ async fn leader_of(host: &Host, shard: ShardId) -> Option<NodeId> {
 /// no leader answered).
 async fn still_member(host: &Host, shard: ShardId, node: NodeId) -> Option<bool> {
     let leader = leader_of(host, shard).await.filter(|l| *l != host.node_id)?;
-    let ch = host.peers.channel(leader)?;
-    let req = hongbao_proto::v1::StatusRequest { local_only: true };
-    let st = tokio::time::timeout(Duration::from_millis(500), ClusterClient::new(ch).status(req)).await.ok()?.ok()?.into_inner();
+    let st = host.peers.status(leader, PROBE_TIMEOUT).await?;
     let row = st.nodes.iter().flat_map(|n| n.shards.iter()).find(|s| s.shard == shard && s.role == ReplicaRole::Leader as i32)?;
     Some(row.members.contains(&node))
 }
 
 /// On the leader: `node` as a learner, then a voter once within CAUGHT_UP_SLACK of the log.
-async fn promote(host: &Host, r: &Replica, node: NodeId) -> Result<String, Status> {
+async fn promote(host: &Host, r: &Replica, node: NodeId) -> Result<String, HostError> {
     let shard = r.id;
     if r.voters().contains(&node) {
         return Ok(format!("node {node} is a voter of shard {shard}"));
@@ -243,7 +244,7 @@ async fn promote(host: &Host, r: &Replica, node: NodeId) -> Result<String, Statu
         if tokio::time::Instant::now() >= deadline {
             let msg =
                 format!("shard {shard}: node {node} is still catching up ({} of {last} entries): re-send to go on", matched.unwrap_or(0));
-            return Err(status(detail(ErrorCode::Timeout, msg, shard)));
+            return Err(HostError::timeout(shard, msg));
         }
         tokio::time::sleep(POLL).await;
     }
@@ -261,14 +262,17 @@ async fn bounded<T, E: std::fmt::Display>(
     what: &str,
     node: NodeId,
     change: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, Status> {
+) -> Result<T, HostError> {
     match tokio::time::timeout(RAFT_CHANGE_TIMEOUT, change).await {
         Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) => Err(unavailable(shard, format!("shard {shard}: {what} {node}: {e}"))),
-        Err(_) => Err(status(detail(
-            ErrorCode::Timeout,
-            format!("shard {shard}: {what} {node} not committed in {RAFT_CHANGE_TIMEOUT:?}: re-send"),
-            shard,
-        ))),
+        Err(_) => Err(HostError::timeout(shard, format!("shard {shard}: {what} {node} not committed in {RAFT_CHANGE_TIMEOUT:?}: re-send"))),
     }
+}
+
+/// Marks `region` drained (or not) in the cluster map: a map change, so on the meta shard's
+/// leader only (elsewhere NotLeader with that leader, where the admin's router re-sends it).
+/// Every node follows the map within a round (`directory::FOLLOW_EVERY`).
+pub async fn set_drained(host: &Arc<Host>, region: &str, drained: bool) -> Result<Done, HostError> {
+    change_map(host, |t| t.set_drained(region, drained)).await
 }

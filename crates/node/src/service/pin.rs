@@ -8,6 +8,7 @@
 
 use crate::error::{ErrorKind, HostError};
 use crate::host::Host;
+use crate::limits::MAX_HASHES_IN_FLIGHT;
 use hongbao_ledger::{view, Code, PinCheck, ShardId, UserId};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -63,10 +64,6 @@ impl PinCache {
     }
 }
 
-/// Slow PIN hashes running or queued on the blocking pool, per node. Past it a spend is refused
-/// at once as OVERLOADED (retry later, same request id) rather than queued without bound: the
-/// blocking pool's own queue has no limit, and a hash costs tens of milliseconds of a core.
-pub const MAX_HASHES_IN_FLIGHT: usize = 64;
 static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_HASHES_IN_FLIGHT);
 
 fn hash_slot(shard: ShardId) -> Result<tokio::sync::SemaphorePermit<'static>, HostError> {
@@ -79,7 +76,7 @@ fn hash_slot(shard: ShardId) -> Result<tokio::sync::SemaphorePermit<'static>, Ho
 /// The leader's verdict on a typed PIN, or the refusal that needs no proposal (locked, not set,
 /// no such user). The ledger checks the lock again when it applies the spend. The outer error:
 /// too many PIN checks in flight (no verdict; retry).
-pub async fn verdict(host: &Host, shard: ShardId, user: UserId, pin: &str) -> Result<Result<PinCheck, Code>, HostError> {
+pub async fn verdict(host: &Host, pins: &PinCache, shard: ShardId, user: UserId, pin: &str) -> Result<Result<PinCheck, Code>, HostError> {
     let Some(state) = view::pin_state(&host.store(shard), user) else {
         // No wallet here: moved away with its slot (retryable), or none at all.
         return Ok(Err(view::moved(&host.store(shard), user).map(|(code, _)| code).unwrap_or(Code::UnknownUser)));
@@ -91,8 +88,8 @@ pub async fn verdict(host: &Host, shard: ShardId, user: UserId, pin: &str) -> Re
     if !hongbao_auth::valid_pin(pin) {
         return Ok(Ok(PinCheck::Wrong));
     }
-    let d = host.pins.digest(pin, &record.hash);
-    if host.pins.remembers(user, d) {
+    let d = pins.digest(pin, &record.hash);
+    if pins.remembers(user, d) {
         return Ok(Ok(PinCheck::Verified));
     }
     let typed = pin.to_string();
@@ -103,10 +100,10 @@ pub async fn verdict(host: &Host, shard: ShardId, user: UserId, pin: &str) -> Re
         .expect("pin hash task does not panic");
     drop(slot);
     if ok {
-        host.pins.remember(user, d);
+        pins.remember(user, d);
         Ok(Ok(PinCheck::Verified))
     } else {
-        host.pins.forget(user);
+        pins.forget(user);
         metrics::counter!(crate::metrics::WRONG_PINS).increment(1);
         Ok(Ok(PinCheck::Wrong))
     }

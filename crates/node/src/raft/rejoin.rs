@@ -11,14 +11,12 @@
 //! shard's first election) still get its vote, so a fresh cluster starts as before.
 //!
 //! The bootstrapper of a shard that starts empty asks its peers first: if any of them has the
-//! shard's history, it rejoins like this instead of initializing a second, empty history.
+//! shard's history, it rejoins like this instead of initializing a second, empty history. The
+//! replica's watch (`leader::rejoin`) ends the rejoin once it has applied enough.
 
-use crate::host::Host;
 use hongbao_ledger::ShardId;
-use openraft::async_runtime::WatchReceiver;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use tokio::sync::watch;
+use std::sync::Mutex;
 
 #[derive(Default)]
 pub struct Rejoin {
@@ -64,31 +62,6 @@ impl Rejoin {
                 true
             }
             _ => false,
-        }
-    }
-}
-
-/// Ends a shard's rejoin as soon as its applied index reaches the target, whatever delivered
-/// the entries: the check in the append handler runs before they are applied, so if the leader
-/// then goes quiet (or dies) no later append would ever make it again, and the replica would
-/// refuse its vote to every candidate, leaving the shard with no majority to elect.
-pub async fn watch(host: Arc<Host>, shard: ShardId, mut stop: watch::Receiver<bool>) {
-    let Ok(replica) = host.replica(shard) else { return };
-    let mut metrics = replica.raft.metrics();
-    loop {
-        if !host.rejoin.is_rejoining(shard) {
-            return;
-        }
-        let applied = metrics.borrow_and_update().last_applied.map(|l| l.index).unwrap_or(0);
-        if host.rejoin.caught_up(shard, applied) {
-            replica.raft.runtime_config().elect(true);
-            return;
-        }
-        tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
-            // The target is set by an append, which changes no metric when it carries nothing.
-            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {},
-            _ = stop.changed() => return,
         }
     }
 }

@@ -6,15 +6,19 @@
 use crate::clock::Clock;
 use crate::codec::{decode, encode};
 use crate::faults::Faults;
-use hongbao_ledger::{Outcome, Request, ShardId};
+use hongbao_ledger::{Command, Outcome, Request, ShardId};
+use hongbao_proto::v1::cluster_client::ClusterClient;
 use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
-use hongbao_proto::v1::RaftMessage;
-use hongbao_topology::NodeId;
-use std::collections::HashMap;
+use hongbao_proto::v1::{GetMapRequest, RaftMessage, StatusReply, StatusRequest};
+use hongbao_topology::{NodeId, Topology};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Status;
+
+/// Bound on one GetMap call to another node (the leader's answer waits for a ReadIndex).
+const GET_MAP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Channels to the other nodes, opened lazily and kept.
 pub struct Peers {
@@ -86,6 +90,56 @@ impl Peers {
             Ok(Ok(r)) => decode(&r.into_inner().payload).map_err(|e| Status::internal(format!("undecodable outcome: {e}"))),
             Ok(Err(s)) => Err(s),
             Err(_) => Err(Status::deadline_exceeded(format!("no answer in {ttl:?}"))),
+        }
+    }
+
+    /// `node`'s own status (`Status` with `local_only`), if it answers within `ttl`: the one
+    /// probe placement, membership and start-up ask another node with.
+    pub async fn status(&self, node: NodeId, ttl: Duration) -> Option<StatusReply> {
+        let ch = self.channel(node)?;
+        let req = StatusRequest { local_only: true };
+        Some(tokio::time::timeout(ttl, ClusterClient::new(ch).status(req)).await.ok()?.ok()?.into_inner())
+    }
+
+    /// The map as the meta shard committed it, from its leader: the meta replicas `map` names
+    /// are asked (`first` first, the leader known here); a follower answers NotLeader with its
+    /// leader, asked next if `map` names it a meta replica too. None: no leader answered. A map
+    /// no newer than `than` is not parsed (most rounds bring the same map) and answers None.
+    pub async fn fetch_map(&self, map: &Topology, first: Option<NodeId>, than: u64) -> Option<Topology> {
+        let meta: Vec<NodeId> = map.shard(map.meta_shard()).map(|s| s.replicas.clone()).unwrap_or_default();
+        let mut queue: VecDeque<NodeId> = first.filter(|n| meta.contains(n)).into_iter().chain(meta.iter().copied()).collect();
+        let mut asked = BTreeSet::new();
+        while let Some(n) = queue.pop_front() {
+            if n == self.self_id || !asked.insert(n) {
+                continue;
+            }
+            let Some(ch) = self.channel(n) else { continue };
+            match tokio::time::timeout(GET_MAP_TIMEOUT, ClusterClient::new(ch).get_map(GetMapRequest {})).await {
+                Ok(Ok(r)) => {
+                    let m = r.into_inner();
+                    return if m.version > than { crate::cluster::map::parse(m.version, m.toml.as_bytes()) } else { None };
+                }
+                Ok(Err(s)) => {
+                    let hint = hongbao_proto::detail_of(&s).leader_hint_node;
+                    if meta.contains(&hint) {
+                        queue.push_front(hint);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        None
+    }
+
+    /// Whether `node` runs the ledger config with this fingerprint (None: no answer in `ttl`).
+    /// Asked with a `ConfigCheck` through the nodes' Propose door, which answers it there and
+    /// proposes nothing.
+    pub async fn config_agrees(&self, node: NodeId, shard: ShardId, fingerprint: u64, ttl: Duration) -> Option<bool> {
+        let req = Request { id: hongbao_ledger::RequestId([0; 16]), time_ms: 0, cmd: Command::ConfigCheck { fingerprint } };
+        match self.propose_at(node, shard, &req, ttl).await {
+            Err(s) if s.code() == crate::service::access::CONFIG_AGREES => Some(true),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => Some(false),
+            _ => None,
         }
     }
 }

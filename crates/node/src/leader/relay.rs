@@ -2,25 +2,22 @@
 //! shards exactly once (the destination skips sequence numbers it has applied), then marks them
 //! delivered at the source.
 
+use crate::error::{ErrorKind, HostError};
+use crate::host::system_id;
 use crate::host::Host;
-use crate::tasks::system_id;
+use crate::limits::{RELAY_BATCH, RELAY_BATCH_BYTES};
 use hongbao_ledger::{Code, Command, RequestId, ShardId};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Credits sent to one destination in one relay batch.
-pub const RELAY_BATCH: usize = 256;
-/// Bytes of one relay batch: a moving wallet carries its statement and remembered requests,
-/// so a batch stops here (at least one entry goes, however large).
-pub const RELAY_BATCH_BYTES: usize = 1 << 20;
 const RELAY_EVERY: Duration = Duration::from_millis(10);
 const RELAY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const RELAY_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<bool>) {
     let mut backoff = RELAY_EVERY;
-    while let Some(leads) = crate::tasks::next_turn(&host, shard_id, backoff, &mut stop).await {
+    while let Some(leads) = super::next_turn(&host, shard_id, backoff, &mut stop).await {
         if !leads {
             backoff = RELAY_EVERY * 10;
             continue;
@@ -60,8 +57,8 @@ pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<b
                         metrics::counter!(crate::metrics::RELAY_DELIVERED).increment(1);
                     }
                 }
-                Err(msg) => {
-                    tracing::debug!(shard = shard_id, dest, %msg, "credit delivery failed; will retry");
+                Err(e) => {
+                    tracing::debug!(shard = shard_id, dest, msg = %e.message, "credit delivery failed; will retry");
                     failed = true;
                 }
             }
@@ -73,11 +70,11 @@ pub async fn run(host: Arc<Host>, shard_id: ShardId, mut stop: watch::Receiver<b
 
 /// Proposes a credit on the destination shard's leader, wherever it is (`propose_on_leader`).
 /// The error says why, for the log; the relay retries either way.
-async fn deliver(host: &Host, dest: ShardId, id: RequestId, cmd: Command) -> Result<(), String> {
+async fn deliver(host: &Host, dest: ShardId, id: RequestId, cmd: Command) -> Result<(), HostError> {
     let o = host.propose_on_leader(dest, id, cmd, RELAY_CALL_TIMEOUT).await?;
     if o.code == Code::Ok {
         Ok(())
     } else {
-        Err(format!("credit rejected by shard {dest}: {:?}", o.code))
+        Err(HostError::new(ErrorKind::Ledger(o.code), dest, format!("credit rejected by shard {dest}: {:?}", o.code)))
     }
 }

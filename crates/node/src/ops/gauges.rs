@@ -14,9 +14,9 @@
 //! reports its own applied view; a shard's freshest is its leader's (`max by (shard)`).
 
 use crate::host::Host;
+use crate::limits::MAX_INFLIGHT_PER_SHARD;
 use crate::metrics as m;
 use crate::raft::types::NodeId;
-use crate::replica::MAX_INFLIGHT_PER_SHARD;
 use crate::storage::{Db, COLUMN_FAMILIES};
 use hongbao_ledger::ShardId;
 use metrics::{Counter, Gauge};
