@@ -176,9 +176,10 @@ impl World {
         }
     }
 
-    /// Every shard's audit holds, and the world holds exactly what came in: Σ balances + escrow
-    /// + outboxes + fees = Σ top-ups − withdrawals, to the cent. `relay` marks what it delivered
-    /// in the same step, so no credit is counted both in its outbox and at its destination.
+    /// Every shard's audit holds, and the world holds exactly what came in:
+    /// `Σ balances + escrow + outboxes + fees = Σ top-ups − withdrawals`, to the cent. `relay`
+    /// marks what it delivered in the same step, so no credit is counted both in its outbox and
+    /// at its destination.
     pub fn assert_books_balance(&self) {
         let (mut held, mut came_in) = (0u128, 0u128);
         for (i, store) in self.stores.iter().enumerate() {
