@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod membership;
 pub mod money;
 pub mod rebalance;
+pub mod when;
 
 pub use credentials::Credentials;
 use hongbao_auth::Role;
