@@ -12,6 +12,7 @@
 //! `TRACEPARENT` environment variable): then its trace id and flags with a new parent id per
 //! call. Routers and nodes log a sampled trace's id at info, one line per call (#15).
 
+pub mod audit;
 pub mod credentials;
 pub mod membership;
 pub mod money;

@@ -928,7 +928,7 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
         ClusterCmd::Audit => {
             let a = client.audit().await?;
             if json {
-                print_json(&output::Audit::from(&a));
+                print_json(&hongbao_client::audit::Audit::from(&a));
             } else {
                 output::print_audit(&a);
             }

@@ -6,7 +6,7 @@ use hongbao_client::money::{yuan, yuan_signed};
 use hongbao_client::when::utc;
 use hongbao_proto::v1::{
     AuditReply, BalanceReply, Claim, ErrorDetail, Faults, GrabReply, NodeStatus, PacketHistoryEntry, PacketHistoryReply, PacketKind,
-    PacketView, RouterView, SendPacketReply, ShardStatus, ShardTotals, StatementEntry, StatusReply, WalletReply,
+    PacketView, RouterView, SendPacketReply, ShardStatus, StatementEntry, StatusReply, WalletReply,
 };
 use serde::Serialize;
 
@@ -472,66 +472,6 @@ pub fn print_status(s: &StatusReply) {
 }
 
 // ---------------- cluster audit ----------------
-
-#[derive(Serialize)]
-pub struct Audit<'a> {
-    balanced: bool,
-    problems: &'a [String],
-    total_topups_cents: u64,
-    total_withdrawals_cents: u64,
-    total_balances_cents: u64,
-    total_escrow_cents: u64,
-    total_in_flight_cents: u64,
-    total_fees_cents: u64,
-    shards: Vec<AuditShard>,
-}
-
-#[derive(Serialize)]
-struct AuditShard {
-    shard: u32,
-    balances_cents: u64,
-    escrow_cents: u64,
-    outbox_pending_cents: u64,
-    fees_cents: u64,
-    topups_cents: u64,
-    withdrawals_cents: u64,
-    credits_in_cents: u64,
-    credits_out_delivered_cents: u64,
-    identity_holds: bool,
-}
-
-impl From<&ShardTotals> for AuditShard {
-    fn from(s: &ShardTotals) -> AuditShard {
-        AuditShard {
-            shard: s.shard,
-            balances_cents: s.balances_cents,
-            escrow_cents: s.escrow_cents,
-            outbox_pending_cents: s.outbox_pending_cents,
-            fees_cents: s.fees_cents,
-            topups_cents: s.topups_cents,
-            withdrawals_cents: s.withdrawals_cents,
-            credits_in_cents: s.credits_in_cents,
-            credits_out_delivered_cents: s.credits_out_delivered_cents,
-            identity_holds: s.identity_holds,
-        }
-    }
-}
-
-impl<'a> From<&'a AuditReply> for Audit<'a> {
-    fn from(a: &'a AuditReply) -> Audit<'a> {
-        Audit {
-            balanced: a.balanced,
-            problems: &a.problems,
-            total_topups_cents: a.total_topups_cents,
-            total_withdrawals_cents: a.total_withdrawals_cents,
-            total_balances_cents: a.total_balances_cents,
-            total_escrow_cents: a.total_escrow_cents,
-            total_in_flight_cents: a.total_in_flight_cents,
-            total_fees_cents: a.total_fees_cents,
-            shards: a.shards.iter().map(AuditShard::from).collect(),
-        }
-    }
-}
 
 pub fn print_audit(a: &AuditReply) {
     println!(
