@@ -25,12 +25,14 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod check;
+mod limits;
 mod region_kill;
 mod report;
 mod stats;
 mod svg;
 mod workload;
 
+use crate::limits::{AUDIT_POLLS, SETUP_PARALLEL};
 use anyhow::Context;
 use clap::Parser;
 use hongbao_client::credentials::local_security_dir;
@@ -112,10 +114,6 @@ const SENDER_TOPUP: u64 = 5_000_00;
 /// evening-mix: users per shard and their starting balance.
 const USERS_PER_SHARD: usize = 150;
 const USER_TOPUP: u64 = 2_000_00;
-/// Setup calls in flight at once.
-const SETUP_PARALLEL: usize = 48;
-/// Audit polls while waiting for credits in flight to land.
-const AUDIT_POLLS: usize = 40;
 
 fn topology_path(given: &Option<PathBuf>) -> PathBuf {
     hongbao_client::local_topology_path(given.as_deref())

@@ -6,11 +6,12 @@
 //! certificate and a development signing key, so the CLI, the demo, the bench and the tests can
 //! act as any role and mint tokens for any user: a development convenience, never production.
 
+use crate::limits::{DEV_TOKEN_RENEW, DEV_TOKEN_TTL, MAX_DEV_TOKENS};
 use hongbao_auth::{DevSigner, Role, SecurityDir};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tonic::transport::ClientTlsConfig;
 
 /// Gives the token of a user for a call. `device`: the device the call names, if any.
@@ -18,13 +19,8 @@ pub trait TokenSource: Send + Sync {
     fn token(&self, user: u64, device: Option<&str>) -> Result<String, String>;
 }
 
-/// Lifetime of a development token, and how long before its end a new one is minted.
-const DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
-const DEV_TOKEN_RENEW: Duration = Duration::from_secs(600);
 /// Device of a user's development token when no call has named one yet.
 pub const DEFAULT_DEVICE: &str = "dev-device";
-/// Users whose development tokens are kept at most (then the memory starts over).
-const MAX_DEV_TOKENS: usize = 1_000_000;
 
 /// Mints tokens with the security folder's development key, for the device a call names (or the
 /// last one named for that user). Tokens are kept until near their end, so a storm does not sign

@@ -14,6 +14,7 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod limits;
 pub mod membership;
 pub mod money;
 pub mod rebalance;
@@ -33,16 +34,7 @@ use std::time::{Duration, Instant};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-/// Bounds on retrying: a call gives up at its deadline or after this many attempts.
-pub const MAX_ATTEMPTS: u32 = 64;
-const BACKOFF_START: Duration = Duration::from_millis(20);
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
-/// One attempt may take at most this long, so a stuck node does not eat the whole deadline.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
-/// One attempt of a membership step (#16): a node works on a step up to ~60 s (adding a replica
-/// waits for the learner to catch up) and a router gives it 65 s; a little more here, so the
-/// answer that the step is still under way arrives rather than a timeout of our own.
-pub const MEMBERSHIP_ATTEMPT: Duration = Duration::from_secs(70);
+use limits::{ATTEMPT_TIMEOUT, BACKOFF_MAX, BACKOFF_START, MAX_ATTEMPTS, MEMBERSHIP_ATTEMPT, RESEND_PAUSE};
 
 /// A failed call: the domain detail (code, message, leader hint, challenge id).
 #[derive(Debug, Clone)]
@@ -84,10 +76,6 @@ pub fn local_topology_path(given: Option<&std::path::Path>) -> std::path::PathBu
     candidates.push(PathBuf::from(".cluster/topology.toml"));
     candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| PathBuf::from("deploy/local-3x1.toml"))
 }
-
-/// Pause before each re-send in [`settle`], so an answer that comes back at once (e.g. a
-/// NotLeader bounced between two nodes) does not turn into a busy loop.
-pub const RESEND_PAUSE: Duration = Duration::from_millis(100);
 
 /// Runs a mutating call and re-sends it while its outcome is unknown (timeout, unavailable,
 /// not leader, overloaded: [`ClientError::outcome_unknown`]), at most `max_resends` times and
