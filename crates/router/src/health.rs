@@ -23,7 +23,7 @@ impl Judge for RouterJudge {
     async fn judge(&mut self) -> Vec<Verdict> {
         let client = match self.0.readiness() {
             Ok(()) => Verdict::Serving,
-            Err(why) => Verdict::NotServing(why),
+            Err(why) => Verdict::NotServing(why.to_string()),
         };
         vec![client, Verdict::from_bool(self.0.any_node_up(), "no node answers")]
     }

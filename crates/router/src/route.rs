@@ -55,7 +55,7 @@ pub struct Router {
     coalescer: Option<Arc<Coalescer>>,
     /// Whether the last health round reached a leader of every shard (`unreached_shards`), and
     /// if not, why: what this router's grpc.health.v1 status says.
-    ready: RwLock<Result<(), String>>,
+    ready: RwLock<Result<(), NotReady>>,
     /// Every node's answer about its own replicas in the last health round (the status page).
     last_round: RwLock<Vec<ShardStatus>>,
     /// Count and latency of forwarded calls, per second (the status page's chart).
@@ -92,7 +92,7 @@ impl Router {
             inflight: RwLock::new(HashMap::new()),
             max_inflight,
             coalescer,
-            ready: RwLock::new(Err("no health check yet".into())),
+            ready: RwLock::new(Err(NotReady::NoRoundYet)),
             last_round: RwLock::new(Vec::new()),
             traffic: crate::status_page::Traffic::default(),
         })
@@ -259,7 +259,7 @@ impl Router {
 
     /// Ok when the last health round reached, for every shard, a leader that a majority of the
     /// shard's replicas follows; else which shards it did not.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         self.ready.read().expect("ready lock").clone()
     }
 
@@ -544,11 +544,20 @@ pub async fn health_loop(router: Arc<Router>) {
             }
         }
         let unreached = unreached_shards(&t, &answers);
-        *router.ready.write().expect("ready lock") =
-            if unreached.is_empty() { Ok(()) } else { Err(format!("no reachable leader followed by a majority for shards {unreached:?}")) };
+        *router.ready.write().expect("ready lock") = if unreached.is_empty() { Ok(()) } else { Err(NotReady::Unreached(unreached)) };
         *router.last_round.write().expect("round lock") = answers;
         tokio::time::sleep(HEALTH_EVERY).await;
     }
+}
+
+/// Why the router does not route client calls now (its grpc.health.v1 status says
+/// NOT_SERVING with these words).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("no health check yet")]
+    NoRoundYet,
+    #[error("no reachable leader followed by a majority for shards {0:?}")]
+    Unreached(Vec<ShardId>),
 }
 
 /// Shards for which no answer of one health round (each node's own replicas) shows a leader

@@ -120,10 +120,20 @@ fn p99(s: &Second) -> f64 {
     bucket_ms(i.unwrap_or(BUCKETS - 1))
 }
 
+/// Why the page's last audit has no verdict.
+#[derive(Debug, Clone, thiserror::Error)]
+enum AuditFailed {
+    /// The cluster answered with an error: its message.
+    #[error("{0}")]
+    Refused(String),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+}
+
 /// The last audit the page's task ran, and whether one is running.
 #[derive(Default)]
 struct Audits {
-    last: Option<(SystemTime, Result<AuditReply, String>)>,
+    last: Option<(SystemTime, Result<AuditReply, AuditFailed>)>,
     running: bool,
 }
 
@@ -180,8 +190,8 @@ async fn audit_loop(page: Arc<Page>) {
         let call = page.router.any_node(|mut c| async move { c.audit(AuditRequest {}).await });
         let verdict = match tokio::time::timeout(AUDIT_TIMEOUT, call).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(hongbao_proto::detail_of(&s).message),
-            Err(_) => Err(format!("no answer within {AUDIT_TIMEOUT:?}")),
+            Ok(Err(s)) => Err(AuditFailed::Refused(hongbao_proto::detail_of(&s).message)),
+            Err(_) => Err(AuditFailed::NoAnswer(AUDIT_TIMEOUT)),
         };
         *page.audits.lock().expect("audit lock") = Audits { last: Some((SystemTime::now(), verdict)), running: false };
         tokio::time::sleep_until(next).await;
@@ -489,7 +499,7 @@ impl Page {
                             h,
                             "<p id=\"audit\" data-audit=\"failed\" data-audit-at-ms=\"{at_ms}\" data-audit-age-s=\"{ago}\"><span class=\"badge down\">audit failed</span> at {}: {}</p>",
                             esc(&when),
-                            esc(e),
+                            esc(&e.to_string()),
                         );
                     }
                 }
