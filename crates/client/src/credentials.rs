@@ -133,15 +133,27 @@ impl Credentials {
     }
 
     /// The role a call is made as, and its TLS settings.
-    pub fn tls(&self, role: Role) -> Result<(Role, ClientTlsConfig), String> {
+    pub fn tls(&self, role: Role) -> Result<(Role, ClientTlsConfig), NoCertificate> {
         let role = self.only.unwrap_or(role);
         if let Some(tls) = &self.presented {
             return Ok((role, tls.clone()));
         }
-        self.tls
-            .get(&role)
-            .map(|t| (role, t.clone()))
-            .ok_or_else(|| format!("no certificate for role {} under {}/certs", role.name(), self.dir.root.display()))
+        self.tls.get(&role).map(|t| (role, t.clone())).ok_or_else(|| NoCertificate { role, certs: self.dir.root.join("certs") })
+    }
+}
+
+/// The security folder holds no certificate for the role a call is made as.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no certificate for role {} under {}", role.name(), certs.display())]
+pub struct NoCertificate {
+    pub role: Role,
+    pub certs: PathBuf,
+}
+
+/// For callers that collect errors as words (`?` in a function returning `Result<_, String>`).
+impl From<NoCertificate> for String {
+    fn from(e: NoCertificate) -> String {
+        e.to_string()
     }
 }
 

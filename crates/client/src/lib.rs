@@ -127,17 +127,30 @@ impl std::fmt::Display for PacketRef {
     }
 }
 
+/// Why a string is not a packet reference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadPacketRef {
+    #[error("{0:?} is not a packet id: a packet is written <id>.<key>, as `packet send` prints it")]
+    Id(String),
+    #[error("{0:?} is not a packet key (16 hex digits)")]
+    Key(String),
+}
+
 impl std::str::FromStr for PacketRef {
-    type Err = String;
+    type Err = BadPacketRef;
     /// `<id>.<key>`, or `<id>` alone (key 0: for the admin role, who needs none).
-    fn from_str(s: &str) -> std::result::Result<PacketRef, String> {
+    fn from_str(s: &str) -> std::result::Result<PacketRef, BadPacketRef> {
         let (id, key) = s.split_once('.').unwrap_or((s, "0"));
-        let id =
-            id.parse().map_err(|_| format!("{id:?} is not a packet id: a packet is written <id>.<key>, as `packet send` prints it"))?;
-        let key = u64::from_str_radix(key, 16).map_err(|_| format!("{key:?} is not a packet key (16 hex digits)"))?;
+        let id = id.parse().map_err(|_| BadPacketRef::Id(id.to_string()))?;
+        let key = u64::from_str_radix(key, 16).map_err(|_| BadPacketRef::Key(key.to_string()))?;
         Ok(PacketRef { id, key })
     }
 }
+
+/// A `traceparent` that is not a W3C one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a W3C traceparent: {0:?}")]
+pub struct BadTraceparent(pub String);
 
 pub fn new_request_id() -> Vec<u8> {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
@@ -210,8 +223,8 @@ impl Client {
 
     /// Every call continues this trace (a W3C `traceparent`: its trace id and flags; flags 01,
     /// sampled, makes routers and nodes log each call at info).
-    pub fn with_traceparent(mut self, traceparent: &str) -> std::result::Result<Client, String> {
-        self.trace = Some(parse_traceparent(traceparent).ok_or_else(|| format!("not a W3C traceparent: {traceparent:?}"))?);
+    pub fn with_traceparent(mut self, traceparent: &str) -> std::result::Result<Client, BadTraceparent> {
+        self.trace = Some(parse_traceparent(traceparent).ok_or_else(|| BadTraceparent(traceparent.to_string()))?);
         Ok(self)
     }
 
@@ -236,7 +249,7 @@ impl Client {
     }
 
     fn channel(&self, role: Role, addr: &str) -> Result<Channel> {
-        let (role, tls) = self.creds.tls(role).map_err(|m| refused(ErrorCode::PermissionDenied, m))?;
+        let (role, tls) = self.creds.tls(role).map_err(|e| refused(ErrorCode::PermissionDenied, e.to_string()))?;
         let mut map = self.channels.lock().expect("channel map lock");
         let key = (role, addr.to_string());
         if let Some(ch) = map.get(&key) {
