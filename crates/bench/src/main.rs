@@ -25,12 +25,14 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod check;
+mod limits;
 mod region_kill;
 mod report;
 mod stats;
 mod svg;
 mod workload;
 
+use crate::limits::{AUDIT_POLLS, SETUP_PARALLEL};
 use anyhow::Context;
 use clap::Parser;
 use hongbao_client::credentials::local_security_dir;
@@ -112,29 +114,17 @@ const SENDER_TOPUP: u64 = 5_000_00;
 /// evening-mix: users per shard and their starting balance.
 const USERS_PER_SHARD: usize = 150;
 const USER_TOPUP: u64 = 2_000_00;
-/// Setup calls in flight at once.
-const SETUP_PARALLEL: usize = 48;
-/// Audit polls while waiting for credits in flight to land.
-const AUDIT_POLLS: usize = 40;
 
 fn topology_path(given: &Option<PathBuf>) -> PathBuf {
     hongbao_client::local_topology_path(given.as_deref())
 }
 
-/// `YYYYMMDD-HHMMSS` in UTC (Howard Hinnant's civil_from_days; no date crate needed).
+/// `YYYYMMDD-HHMMSS` in UTC.
 fn utc_stamp(unix_secs: u64) -> String {
-    let days = (unix_secs / 86_400) as i64;
-    let rem = unix_secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+    let secs = i64::try_from(unix_secs).unwrap_or(i64::MAX);
+    let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let (y, m, d) = (t.year(), u8::from(t.month()), t.day());
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", t.hour(), t.minute(), t.second())
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -52,38 +52,19 @@ pub struct Checks {
     pub problems: Vec<String>,
 }
 
-/// The cluster audit at the end: its totals, or why it could not be read.
+/// The cluster audit at the end: its totals (the shape `hongbao cluster audit --json` prints,
+/// without the shards), or why it could not be read.
 #[derive(Serialize)]
 #[serde(untagged)]
 pub enum Audit {
-    Totals {
-        balanced: bool,
-        problems: Vec<String>,
-        total_topups_cents: u64,
-        total_withdrawals_cents: u64,
-        total_balances_cents: u64,
-        total_escrow_cents: u64,
-        total_in_flight_cents: u64,
-        total_fees_cents: u64,
-    },
-    Failed {
-        error: String,
-    },
+    Totals(hongbao_client::audit::Totals),
+    Failed { error: String },
 }
 
 impl Audit {
     pub fn of(r: &Result<AuditReply, ClientError>) -> Audit {
         match r {
-            Ok(a) => Audit::Totals {
-                balanced: a.balanced,
-                problems: a.problems.clone(),
-                total_topups_cents: a.total_topups_cents,
-                total_withdrawals_cents: a.total_withdrawals_cents,
-                total_balances_cents: a.total_balances_cents,
-                total_escrow_cents: a.total_escrow_cents,
-                total_in_flight_cents: a.total_in_flight_cents,
-                total_fees_cents: a.total_fees_cents,
-            },
+            Ok(a) => Audit::Totals(a.into()),
             Err(e) => Audit::Failed { error: e.to_string() },
         }
     }

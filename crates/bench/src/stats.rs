@@ -2,17 +2,12 @@
 //! small histogram per second of the headline ops for the time series. Pure (no I/O), so it is
 //! unit-tested.
 
+use crate::limits::{MAX_LATENCY_US, MAX_SECONDS};
 use hdrhistogram::Histogram;
 use hongbao_proto::ErrorCode;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-/// Highest latency a histogram holds (µs). Longer than any op can take (client deadline times
-/// re-sends); a longer value is clamped, never dropped.
-pub const MAX_LATENCY_US: u64 = 120_000_000;
-/// The time series stops growing here (seconds), so a runaway run cannot eat memory.
-pub const MAX_SECONDS: usize = 3_600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {

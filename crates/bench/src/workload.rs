@@ -11,6 +11,7 @@
 //! on [`DEVICE`] and gets the payment PIN [`PIN`], which every send and transfer carries.
 
 use crate::check::{Ack, Tracker};
+use crate::limits::{CALL_DEADLINE, CLIENTS_PER_REGION, MAX_RESENDS, MAX_SHARES, POOL_MAX, SETTLE_WITHIN};
 use crate::stats::{Kind, Outcome, Recorder};
 use hongbao_client::{new_request_id, settle, Client, ClientError, Credentials, PacketRef};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest};
@@ -30,17 +31,6 @@ use tokio::task::JoinSet;
 pub const DEVICE: &str = "bench-phone";
 /// The payment PIN every bench account sets once at setup; every send and transfer carries it.
 pub const PIN: &str = "135790";
-/// Re-sends (same request id) after an outcome-unknown error, on top of the client's own retries
-/// within its deadline.
-pub const MAX_RESENDS: u32 = 2;
-/// Time bound of `hongbao_client::settle` here. Never the binding one: MAX_RESENDS + 1 calls of
-/// at most CALL_DEADLINE each end well before it.
-const SETTLE_WITHIN: Duration = Duration::from_secs(60);
-/// Most shares a packet may have (the ledger's `max_count`).
-pub const MAX_SHARES: usize = 100;
-/// evening-mix keeps at most this many packets open for grabbing; older ones are forgotten
-/// (left to expire and be refunded), so the pool is bounded.
-pub const POOL_MAX: usize = 512;
 /// evening-mix weights, in percent: send, grab, balance read, cross-shard transfer.
 pub const MIX: [(Kind, u32); 4] = [(Kind::Send, 10), (Kind::Grab, 45), (Kind::Balance, 30), (Kind::Transfer, 15)];
 
@@ -66,11 +56,6 @@ pub struct Clients {
     home_of_shard: HashMap<ShardId, usize>,
     pub topology: Topology,
 }
-
-/// Clients per region: each is one connection per router.
-const CLIENTS_PER_REGION: usize = 4;
-/// Per-call deadline of the client (its own retries and failover happen inside it).
-const CALL_DEADLINE: Duration = Duration::from_secs(5);
 
 impl Clients {
     /// `routers` from the command line, or (when empty) the topology's routers by region.

@@ -6,11 +6,12 @@
 //! certificate and a development signing key, so the CLI, the demo, the bench and the tests can
 //! act as any role and mint tokens for any user: a development convenience, never production.
 
+use crate::limits::{DEV_TOKEN_RENEW, DEV_TOKEN_TTL, MAX_DEV_TOKENS};
 use hongbao_auth::{DevSigner, Role, SecurityDir};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tonic::transport::ClientTlsConfig;
 
 /// Gives the token of a user for a call. `device`: the device the call names, if any.
@@ -18,13 +19,8 @@ pub trait TokenSource: Send + Sync {
     fn token(&self, user: u64, device: Option<&str>) -> Result<String, String>;
 }
 
-/// Lifetime of a development token, and how long before its end a new one is minted.
-const DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
-const DEV_TOKEN_RENEW: Duration = Duration::from_secs(600);
 /// Device of a user's development token when no call has named one yet.
 pub const DEFAULT_DEVICE: &str = "dev-device";
-/// Users whose development tokens are kept at most (then the memory starts over).
-const MAX_DEV_TOKENS: usize = 1_000_000;
 
 /// Mints tokens with the security folder's development key, for the device a call names (or the
 /// last one named for that user). Tokens are kept until near their end, so a storm does not sign
@@ -137,15 +133,27 @@ impl Credentials {
     }
 
     /// The role a call is made as, and its TLS settings.
-    pub fn tls(&self, role: Role) -> Result<(Role, ClientTlsConfig), String> {
+    pub fn tls(&self, role: Role) -> Result<(Role, ClientTlsConfig), NoCertificate> {
         let role = self.only.unwrap_or(role);
         if let Some(tls) = &self.presented {
             return Ok((role, tls.clone()));
         }
-        self.tls
-            .get(&role)
-            .map(|t| (role, t.clone()))
-            .ok_or_else(|| format!("no certificate for role {} under {}/certs", role.name(), self.dir.root.display()))
+        self.tls.get(&role).map(|t| (role, t.clone())).ok_or_else(|| NoCertificate { role, certs: self.dir.root.join("certs") })
+    }
+}
+
+/// The security folder holds no certificate for the role a call is made as.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no certificate for role {} under {}", role.name(), certs.display())]
+pub struct NoCertificate {
+    pub role: Role,
+    pub certs: PathBuf,
+}
+
+/// For callers that collect errors as words (`?` in a function returning `Result<_, String>`).
+impl From<NoCertificate> for String {
+    fn from(e: NoCertificate) -> String {
+        e.to_string()
     }
 }
 

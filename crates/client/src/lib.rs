@@ -12,10 +12,13 @@
 //! `TRACEPARENT` environment variable): then its trace id and flags with a new parent id per
 //! call. Routers and nodes log a sampled trace's id at info, one line per call (#15).
 
+pub mod audit;
 pub mod credentials;
+pub mod limits;
 pub mod membership;
 pub mod money;
 pub mod rebalance;
+pub mod when;
 
 pub use credentials::Credentials;
 use hongbao_auth::Role;
@@ -31,16 +34,7 @@ use std::time::{Duration, Instant};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-/// Bounds on retrying: a call gives up at its deadline or after this many attempts.
-pub const MAX_ATTEMPTS: u32 = 64;
-const BACKOFF_START: Duration = Duration::from_millis(20);
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
-/// One attempt may take at most this long, so a stuck node does not eat the whole deadline.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
-/// One attempt of a membership step (#16): a node works on a step up to ~60 s (adding a replica
-/// waits for the learner to catch up) and a router gives it 65 s; a little more here, so the
-/// answer that the step is still under way arrives rather than a timeout of our own.
-pub const MEMBERSHIP_ATTEMPT: Duration = Duration::from_secs(70);
+use limits::{ATTEMPT_TIMEOUT, BACKOFF_MAX, BACKOFF_START, MAX_ATTEMPTS, MEMBERSHIP_ATTEMPT, RESEND_PAUSE};
 
 /// A failed call: the domain detail (code, message, leader hint, challenge id).
 #[derive(Debug, Clone)]
@@ -82,10 +76,6 @@ pub fn local_topology_path(given: Option<&std::path::Path>) -> std::path::PathBu
     candidates.push(PathBuf::from(".cluster/topology.toml"));
     candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| PathBuf::from("deploy/local-3x1.toml"))
 }
-
-/// Pause before each re-send in [`settle`], so an answer that comes back at once (e.g. a
-/// NotLeader bounced between two nodes) does not turn into a busy loop.
-pub const RESEND_PAUSE: Duration = Duration::from_millis(100);
 
 /// Runs a mutating call and re-sends it while its outcome is unknown (timeout, unavailable,
 /// not leader, overloaded: [`ClientError::outcome_unknown`]), at most `max_resends` times and
@@ -137,17 +127,30 @@ impl std::fmt::Display for PacketRef {
     }
 }
 
+/// Why a string is not a packet reference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadPacketRef {
+    #[error("{0:?} is not a packet id: a packet is written <id>.<key>, as `packet send` prints it")]
+    Id(String),
+    #[error("{0:?} is not a packet key (16 hex digits)")]
+    Key(String),
+}
+
 impl std::str::FromStr for PacketRef {
-    type Err = String;
+    type Err = BadPacketRef;
     /// `<id>.<key>`, or `<id>` alone (key 0: for the admin role, who needs none).
-    fn from_str(s: &str) -> std::result::Result<PacketRef, String> {
+    fn from_str(s: &str) -> std::result::Result<PacketRef, BadPacketRef> {
         let (id, key) = s.split_once('.').unwrap_or((s, "0"));
-        let id =
-            id.parse().map_err(|_| format!("{id:?} is not a packet id: a packet is written <id>.<key>, as `packet send` prints it"))?;
-        let key = u64::from_str_radix(key, 16).map_err(|_| format!("{key:?} is not a packet key (16 hex digits)"))?;
+        let id = id.parse().map_err(|_| BadPacketRef::Id(id.to_string()))?;
+        let key = u64::from_str_radix(key, 16).map_err(|_| BadPacketRef::Key(key.to_string()))?;
         Ok(PacketRef { id, key })
     }
 }
+
+/// A `traceparent` that is not a W3C one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a W3C traceparent: {0:?}")]
+pub struct BadTraceparent(pub String);
 
 pub fn new_request_id() -> Vec<u8> {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
@@ -220,8 +223,8 @@ impl Client {
 
     /// Every call continues this trace (a W3C `traceparent`: its trace id and flags; flags 01,
     /// sampled, makes routers and nodes log each call at info).
-    pub fn with_traceparent(mut self, traceparent: &str) -> std::result::Result<Client, String> {
-        self.trace = Some(parse_traceparent(traceparent).ok_or_else(|| format!("not a W3C traceparent: {traceparent:?}"))?);
+    pub fn with_traceparent(mut self, traceparent: &str) -> std::result::Result<Client, BadTraceparent> {
+        self.trace = Some(parse_traceparent(traceparent).ok_or_else(|| BadTraceparent(traceparent.to_string()))?);
         Ok(self)
     }
 
@@ -246,7 +249,7 @@ impl Client {
     }
 
     fn channel(&self, role: Role, addr: &str) -> Result<Channel> {
-        let (role, tls) = self.creds.tls(role).map_err(|m| refused(ErrorCode::PermissionDenied, m))?;
+        let (role, tls) = self.creds.tls(role).map_err(|e| refused(ErrorCode::PermissionDenied, e.to_string()))?;
         let mut map = self.channels.lock().expect("channel map lock");
         let key = (role, addr.to_string());
         if let Some(ch) = map.get(&key) {

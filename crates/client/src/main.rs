@@ -837,7 +837,11 @@ async fn packet(client: &Client, cmd: PacketCmd, json: bool) -> anyhow::Result<(
                 print_json(&output::Sent::from(&r));
             } else {
                 let p = PacketRef::from(&r);
-                println!("packet {p} sent; expires at {} ms; sender balance {}", r.expires_at_ms, yuan(r.balance_cents));
+                println!(
+                    "packet {p} sent; expires at {}; sender balance {}",
+                    hongbao_client::when::utc(r.expires_at_ms),
+                    yuan(r.balance_cents)
+                );
             }
         }
         PacketCmd::Grab { packet, user, password } => {
@@ -924,7 +928,7 @@ async fn cluster(client: &Client, cmd: ClusterCmd, json: bool) -> anyhow::Result
         ClusterCmd::Audit => {
             let a = client.audit().await?;
             if json {
-                print_json(&output::Audit::from(&a));
+                print_json(&hongbao_client::audit::Audit::from(&a));
             } else {
                 output::print_audit(&a);
             }

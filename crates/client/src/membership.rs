@@ -11,9 +11,7 @@ use hongbao_topology::Topology;
 use std::future::Future;
 use std::time::Duration;
 
-/// Re-sends of one step at most, each after `STEP_PAUSE`.
-pub const MAX_STEP_RESENDS: u32 = 20;
-pub const STEP_PAUSE: Duration = Duration::from_secs(1);
+use crate::limits::{MAX_MOVE_CALLS, MAX_STEP_RESENDS, STEP_PAUSE};
 
 /// One membership step.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,9 +177,6 @@ pub async fn run(client: &Client, steps: Vec<Step>, mut progress: impl FnMut(&st
     }
     Ok(out)
 }
-
-/// Calls of one slot move at most (each does up to about 15 s of it).
-pub const MAX_MOVE_CALLS: u32 = 40;
 
 /// Moves `slot` to shard `to`: calls `MoveSlot` until the map routes the slot there, each call
 /// re-sent while under way; `progress` gets a line per call (phase, wallets sent so far).

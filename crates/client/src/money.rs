@@ -1,8 +1,17 @@
 //! Yuan strings <-> integer cents, strictly: "12.34" -> 1234. No floats anywhere.
 
+/// Why a string is not an amount in yuan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadAmount {
+    #[error("not an amount in yuan with at most 2 decimals: {0:?}")]
+    NotYuan(String),
+    #[error("amount too large: {0}")]
+    TooLarge(String),
+}
+
 /// Parses "12", "12.3" or "12.34" (yuan) into cents. Rejects signs, more than two decimals,
 /// and anything that would overflow.
-pub fn parse_yuan(s: &str) -> Result<u64, String> {
+pub fn parse_yuan(s: &str) -> Result<u64, BadAmount> {
     let s = s.trim();
     let (whole, frac) = match s.split_once('.') {
         Some((w, f)) => (w, f),
@@ -10,15 +19,16 @@ pub fn parse_yuan(s: &str) -> Result<u64, String> {
     };
     let digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
     if !digits(whole) || (!frac.is_empty() && !digits(frac)) || frac.len() > 2 || (s.contains('.') && frac.is_empty()) {
-        return Err(format!("not an amount in yuan with at most 2 decimals: {s:?}"));
+        return Err(BadAmount::NotYuan(s.to_string()));
     }
-    let whole: u64 = whole.parse().map_err(|_| format!("amount too large: {s}"))?;
+    let too_large = || BadAmount::TooLarge(s.to_string());
+    let whole: u64 = whole.parse().map_err(|_| too_large())?;
     let frac_cents: u64 = match frac.len() {
         0 => 0,
         1 => frac.parse::<u64>().expect("digit") * 10,
         _ => frac.parse::<u64>().expect("digits"),
     };
-    whole.checked_mul(100).and_then(|c| c.checked_add(frac_cents)).ok_or_else(|| format!("amount too large: {s}"))
+    whole.checked_mul(100).and_then(|c| c.checked_add(frac_cents)).ok_or_else(too_large)
 }
 
 /// Formats cents as yuan with two decimals.

@@ -3,9 +3,10 @@
 
 use hongbao_client::membership::StepDone;
 use hongbao_client::money::{yuan, yuan_signed};
+use hongbao_client::when::utc;
 use hongbao_proto::v1::{
-    AuditReply, BalanceReply, Claim, ErrorDetail, Faults, GrabReply, NodeStatus, PacketHistoryEntry, PacketHistoryReply, PacketView,
-    RouterView, SendPacketReply, ShardStatus, ShardTotals, StatementEntry, StatusReply, WalletReply,
+    AuditReply, BalanceReply, Claim, ErrorDetail, Faults, GrabReply, NodeStatus, PacketHistoryEntry, PacketHistoryReply, PacketKind,
+    PacketView, RouterView, SendPacketReply, ShardStatus, StatementEntry, StatusReply, WalletReply,
 };
 use serde::Serialize;
 
@@ -102,7 +103,7 @@ impl<'a> From<&'a StatementEntry> for StatementRow<'a> {
 }
 
 pub fn print_statement(entries: &[StatementEntry], next_before_seq: u64) {
-    println!("{:<6} {:<14} {:<17} {:>12} {:>12}  counterparty", "seq", "time_ms", "kind", "delta", "balance");
+    println!("{:<6} {:<24} {:<17} {:>12} {:>12}  counterparty", "seq", "time", "kind", "delta", "balance");
     for e in entries {
         let user = format!("user {} (shard {})", e.counterparty_user, e.counterparty_shard);
         let cp = match (e.packet_id != 0, e.counterparty_user != 0) {
@@ -113,9 +114,9 @@ pub fn print_statement(entries: &[StatementEntry], next_before_seq: u64) {
             (false, false) => String::new(),
         };
         println!(
-            "{:<6} {:<14} {:<17} {:>12} {:>12}  {}",
+            "{:<6} {:<24} {:<17} {:>12} {:>12}  {}",
             e.seq,
-            e.time_ms,
+            utc(e.time_ms),
             e.kind,
             yuan_signed(e.delta_cents),
             yuan(e.balance_after_cents),
@@ -192,9 +193,9 @@ pub fn print_history(r: &PacketHistoryReply, sent: bool) {
     } else {
         println!("user {} received {} packets in {}, {} in all", r.user, y.received_count, y.year, yuan(y.received_cents));
     }
-    println!("{:<6} {:<14} {:>37} {:>12}", "seq", "time_ms", "packet", "amount");
+    println!("{:<6} {:<24} {:>37} {:>12}", "seq", "time", "packet", "amount");
     for e in &r.entries {
-        println!("{:<6} {:<14} {:>37} {:>12}", e.seq, e.time_ms, packet_ref(e).to_string(), yuan(e.amount_cents));
+        println!("{:<6} {:<24} {:>37} {:>12}", e.seq, utc(e.time_ms), packet_ref(e).to_string(), yuan(e.amount_cents));
     }
     if r.next_before_seq != 0 {
         println!("older packets: --before {}", r.next_before_seq);
@@ -296,11 +297,23 @@ impl From<&PacketView> for Packet {
     }
 }
 
+/// The packet kind as people say it ("lucky"); `--json` keeps the proto name.
+pub fn kind_word(k: PacketKind) -> &'static str {
+    match k {
+        PacketKind::Unspecified => "unknown",
+        PacketKind::Lucky => "lucky",
+        PacketKind::Fixed => "fixed",
+        PacketKind::Exclusive => "exclusive",
+        PacketKind::Password => "password",
+    }
+}
+
 pub fn print_packet(p: &PacketView) {
-    println!("packet {} from user {} ({}) \"{}\"", p.packet_id, p.sender, p.kind().as_str_name(), p.greeting);
+    println!("packet {} from user {} ({}) \"{}\"", p.packet_id, p.sender, kind_word(p.kind()), p.greeting);
     let refunded = if p.refunded { format!("  refunded {}", yuan(p.refunded_cents)) } else { String::new() };
     let (total, left) = (yuan(p.total_cents), yuan(p.remaining_cents));
-    println!("total {total}  shares {}  left {left} in {} shares{refunded}", p.count, p.remaining_count);
+    let expires = utc(p.expires_at_ms);
+    println!("total {total}  shares {}  left {left} in {} shares{refunded}  expires {expires}", p.count, p.remaining_count);
     let best = p.best_luck.as_ref().filter(|_| p.has_best_luck).map(|b| b.index);
     for c in &p.claims {
         let mark = if Some(c.index) == best { "  手氣最佳 best luck" } else { "" };
@@ -459,66 +472,6 @@ pub fn print_status(s: &StatusReply) {
 }
 
 // ---------------- cluster audit ----------------
-
-#[derive(Serialize)]
-pub struct Audit<'a> {
-    balanced: bool,
-    problems: &'a [String],
-    total_topups_cents: u64,
-    total_withdrawals_cents: u64,
-    total_balances_cents: u64,
-    total_escrow_cents: u64,
-    total_in_flight_cents: u64,
-    total_fees_cents: u64,
-    shards: Vec<AuditShard>,
-}
-
-#[derive(Serialize)]
-struct AuditShard {
-    shard: u32,
-    balances_cents: u64,
-    escrow_cents: u64,
-    outbox_pending_cents: u64,
-    fees_cents: u64,
-    topups_cents: u64,
-    withdrawals_cents: u64,
-    credits_in_cents: u64,
-    credits_out_delivered_cents: u64,
-    identity_holds: bool,
-}
-
-impl From<&ShardTotals> for AuditShard {
-    fn from(s: &ShardTotals) -> AuditShard {
-        AuditShard {
-            shard: s.shard,
-            balances_cents: s.balances_cents,
-            escrow_cents: s.escrow_cents,
-            outbox_pending_cents: s.outbox_pending_cents,
-            fees_cents: s.fees_cents,
-            topups_cents: s.topups_cents,
-            withdrawals_cents: s.withdrawals_cents,
-            credits_in_cents: s.credits_in_cents,
-            credits_out_delivered_cents: s.credits_out_delivered_cents,
-            identity_holds: s.identity_holds,
-        }
-    }
-}
-
-impl<'a> From<&'a AuditReply> for Audit<'a> {
-    fn from(a: &'a AuditReply) -> Audit<'a> {
-        Audit {
-            balanced: a.balanced,
-            problems: &a.problems,
-            total_topups_cents: a.total_topups_cents,
-            total_withdrawals_cents: a.total_withdrawals_cents,
-            total_balances_cents: a.total_balances_cents,
-            total_escrow_cents: a.total_escrow_cents,
-            total_in_flight_cents: a.total_in_flight_cents,
-            total_fees_cents: a.total_fees_cents,
-            shards: a.shards.iter().map(AuditShard::from).collect(),
-        }
-    }
-}
 
 pub fn print_audit(a: &AuditReply) {
     println!(

@@ -239,7 +239,7 @@ pub fn china_day(time_ms: u64) -> u64 {
     (time_ms + 8 * 3600 * 1000) / 86_400_000
 }
 
-/// (month, day) of a day number (proleptic Gregorian; Howard Hinnant's civil_from_days).
+/// (month, day) of a day number since 1970-01-01 (proleptic Gregorian).
 pub fn month_day(days: u64) -> (u32, u32) {
     let (_, m, d) = civil(days);
     (m, d)
@@ -250,19 +250,19 @@ pub fn china_year(time_ms: u64) -> u32 {
     civil(china_day(time_ms)).0
 }
 
-/// (year, month, day) of a day number since 1970-01-01.
+/// (year, month, day) of a day number since 1970-01-01. Past the year 9999, which no clock
+/// reads, the last representable day stands in: the ledger never panics on a stamp.
 fn civil(days: u64) -> (u32, u32, u32) {
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = (yoe + era * 400 + if m <= 2 { 1 } else { 0 }) as u32;
-    (y, m, d)
+    let date = i32::try_from(days)
+        .ok()
+        .and_then(|d| UNIX_EPOCH_JULIAN_DAY.checked_add(d))
+        .and_then(|julian| time::Date::from_julian_day(julian).ok())
+        .unwrap_or(time::Date::MAX);
+    (date.year() as u32, u8::from(date.month()) as u32, date.day() as u32)
 }
+
+/// The Julian day number of 1970-01-01.
+const UNIX_EPOCH_JULIAN_DAY: i32 = 2_440_588;
 
 impl LedgerConfig {
     pub fn packet_limit(&self, time_ms: u64) -> Cents {
@@ -305,6 +305,13 @@ mod tests {
         let c = LedgerConfig::default();
         assert_eq!(c.packet_limit(t), Cents(520_00));
         assert_eq!(c.packet_limit(t - 3600 * 1000), Cents(200_00), "May 19th 23:30 in China");
+    }
+
+    #[test]
+    fn leap_days_and_far_stamps_have_calendar_dates() {
+        assert_eq!(month_day(19_782), (2, 29), "2024-02-29");
+        assert_eq!(month_day(19_783), (3, 1));
+        assert_eq!(civil(u64::MAX), (9999, 12, 31), "a stamp past the calendar gets its last day, no panic");
     }
 
     #[test]

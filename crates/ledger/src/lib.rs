@@ -13,6 +13,8 @@
 //! - `store`: the tiny storage trait (`get`, `scan`) and the `WriteSet` a batch produces.
 //! - `challenge`: the one-time code of a new-device challenge (HMAC over the operation).
 //! - `keys`, `state`: key layout and records.
+//! - `testing` (feature `testing`): the in-memory world of shards the tests of this crate and
+//!   the node share.
 //!
 //! Conservation, per shard, asserted after every command and recomputed by `view::audit`:
 //! `Σ balances + escrow + outbox pending + fees = top-ups − withdrawals + credits in − credits out`.
@@ -28,6 +30,8 @@ pub mod money;
 pub mod split;
 pub mod state;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod types;
 pub mod view;
 

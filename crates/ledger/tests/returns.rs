@@ -6,67 +6,38 @@
 #![allow(clippy::inconsistent_digit_grouping)]
 
 use hongbao_ledger::state::EntryKind;
+use hongbao_ledger::testing::{World, KEY};
 use hongbao_ledger::*;
 use proptest::prelude::*;
 
-/// Every test packet's grab key (the leader draws a random one).
-const KEY: u64 = 0x6b65_7921;
-
 const A: ShardId = 1;
 const B: ShardId = 2;
-const T0: u64 = 1_800_000_000_000;
 /// Never opened on shard B.
 const NOBODY: UserId = 9_999;
 
-struct Shard {
-    id: ShardId,
-    store: MemStore,
+/// Two shards, and every credit batch ever delivered, to redeliver at will.
+struct Cluster {
+    world: World,
+    delivered: Vec<(ShardId, Command)>,
 }
 
-struct Cluster {
-    shards: [Shard; 2],
-    config: LedgerConfig,
-    now: u64,
-    next_id: u64,
-    /// Every credit batch ever delivered, to redeliver at will.
-    delivered: Vec<(ShardId, Command)>,
+impl std::ops::Deref for Cluster {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.world
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut World {
+        &mut self.world
+    }
 }
 
 impl Cluster {
     fn new() -> Cluster {
         let config = LedgerConfig { packet_ttl_ms: 60_000, ..LedgerConfig::default() };
-        Cluster {
-            shards: [Shard { id: A, store: MemStore::default() }, Shard { id: B, store: MemStore::default() }],
-            config,
-            now: T0,
-            next_id: 0,
-            delivered: vec![],
-        }
-    }
-
-    fn shard(&self, id: ShardId) -> &Shard {
-        &self.shards[id as usize - 1]
-    }
-
-    fn run(&mut self, on: ShardId, cmd: Command) -> Outcome {
-        self.next_id += 1;
-        let mut unique = [0; 10];
-        unique[2..].copy_from_slice(&self.next_id.to_be_bytes());
-        let req = Request { id: RequestId::new(self.now, unique), time_ms: self.now, cmd };
-        let s = &mut self.shards[on as usize - 1];
-        let mut l = Ledger::new(s.id, &self.config, &s.store);
-        let o = l.apply(&req);
-        let w = l.into_writes();
-        s.store.apply(w);
-        o
-    }
-
-    fn open(&mut self, on: ShardId, user: UserId, cents: u64) {
-        assert!(self.run(on, Command::OpenAccount { user, device: "phone".into() }).is_ok());
-        assert!(self.run(on, Command::SetPin { user, salt: [1; 16], hash: [2; 32], verification: None }).is_ok());
-        if cents > 0 {
-            assert!(self.run(on, Command::TopUp { user, amount: Cents(cents) }).is_ok());
-        }
+        Cluster { world: World::new(2, config), delivered: vec![] }
     }
 
     fn transfer(&mut self, on: ShardId, from: UserId, to: UserId, to_shard: ShardId, cents: u64) -> Outcome {
@@ -82,19 +53,11 @@ impl Cluster {
         self.run(on, cmd)
     }
 
-    fn balance(&self, on: ShardId, user: UserId) -> Option<u64> {
-        view::account(&self.shard(on).store, user).map(|a| a.balance.0)
-    }
-
     /// One relay step `from` → `to`: deliver what is undelivered (and, if asked, deliver it
     /// again before marking it delivered, as a relay does after a lost answer). True if it moved
     /// anything.
     fn relay(&mut self, from: ShardId, to: ShardId, twice: bool) -> bool {
-        let src = &self.shard(from).store;
-        let after = view::delivered(src, to);
-        let batch = view::outbox(src, to, after, 256);
-        let Some(last) = batch.last().map(|e| e.seq) else { return false };
-        let credit = Command::Credit { source: from, entries: batch };
+        let Some((credit, last)) = self.next_credit(from, to, 256) else { return false };
         for _ in 0..if twice { 2 } else { 1 } {
             let o = self.run(to, credit.clone());
             assert!(o.is_ok(), "{o:?}");
@@ -118,26 +81,8 @@ impl Cluster {
         }
     }
 
-    /// Both shards' audits hold, and the cluster holds exactly what came in: Σ balances +
-    /// escrow + outboxes + fees = Σ top-ups − withdrawals, to the cent.
-    fn assert_books_balance(&self) {
-        let (mut held, mut net_in) = (0u128, 0u128);
-        for s in &self.shards {
-            let a = view::audit(&s.store);
-            assert!(a.ok, "shard {} audit: {a:?}", s.id);
-            let t = a.totals;
-            held += t.balances.0 as u128 + t.escrow.0 as u128 + t.outbox_pending.0 as u128 + t.fees.0 as u128;
-            net_in += t.topups.0 as u128 - t.withdrawals.0 as u128;
-        }
-        // Money on the wire between `MarkDelivered`s is in a source outbox and, once applied, in
-        // the destination too: compare only when drained.
-        if self.shards.iter().all(|s| view::totals(&s.store).outbox_records == 0) {
-            assert_eq!(held, net_in, "every cent is somewhere, once");
-        }
-    }
-
     fn kinds(&self, on: ShardId, user: UserId) -> Vec<EntryKind> {
-        let mut v: Vec<EntryKind> = view::statement(&self.shard(on).store, user, 100).into_iter().map(|e| e.kind).collect();
+        let mut v: Vec<EntryKind> = view::statement(self.store(on), user, 100).into_iter().map(|e| e.kind).collect();
         v.reverse();
         v
     }
@@ -149,12 +94,12 @@ fn a_credit_for_a_user_with_no_account_opens_no_wallet_and_the_owner_can_still_o
     c.open(A, 1, 1_000_00);
     assert!(c.transfer(A, 1, NOBODY, B, 300_00).is_ok());
     c.relay(A, B, false);
-    assert_eq!(view::account(&c.shard(B).store, NOBODY), None, "no ghost wallet on the destination");
-    assert_eq!(view::totals(&c.shard(B).store).accounts, 0);
+    assert_eq!(view::account(c.store(B), NOBODY), None, "no ghost wallet on the destination");
+    assert_eq!(view::totals(c.store(B)).accounts, 0);
     // The real owner opens their account with their own device, and a spend from another device
     // above the threshold needs a challenge (an empty device would have skipped it).
     assert!(c.run(B, Command::OpenAccount { user: NOBODY, device: "own-phone".into() }).is_ok());
-    assert_eq!(view::account(&c.shard(B).store, NOBODY).unwrap().device, "own-phone");
+    assert_eq!(view::account(c.store(B), NOBODY).unwrap().device, "own-phone");
     assert_eq!(c.balance(B, NOBODY), Some(0), "the refused money is not in the new wallet");
     c.assert_books_balance();
 }
@@ -176,12 +121,12 @@ fn a_transfer_to_nobody_comes_back_to_the_sender_exactly_once_though_every_batch
         vec![EntryKind::TopUp, EntryKind::TransferOut { to: NOBODY, to_shard: B }, EntryKind::TransferReturned { to: NOBODY, to_shard: B }]
     );
     // On B the money came in and went out again, through its outbox.
-    let tb = view::totals(&c.shard(B).store);
+    let tb = view::totals(c.store(B));
     assert_eq!(
         (tb.credits_in, tb.credits_out_delivered, tb.balances, tb.outbox_pending),
         (Cents(300_00), Cents(300_00), Cents(0), Cents(0))
     );
-    let ta = view::totals(&c.shard(A).store);
+    let ta = view::totals(c.store(A));
     assert_eq!((ta.credits_in, ta.credits_out_delivered, ta.balances), (Cents(300_00), Cents(300_00), Cents(1_000_00)));
     c.assert_books_balance();
 }
@@ -194,9 +139,9 @@ fn the_return_is_queued_in_the_same_command_as_the_credit_so_the_destination_ide
     assert!(c.transfer(A, 1, NOBODY, B, 300_00).is_ok());
     assert!(c.transfer(A, 1, 2, B, 5_00).is_ok());
     c.relay(A, B, false);
-    let tb = view::totals(&c.shard(B).store);
+    let tb = view::totals(c.store(B));
     assert_eq!((tb.credits_in, tb.outbox_pending, tb.outbox_records, tb.balances), (Cents(305_00), Cents(300_00), 1, Cents(5_00)));
-    let back = view::outbox(&c.shard(B).store, A, 0, 10);
+    let back = view::outbox(c.store(B), A, 0, 10);
     assert_eq!(back.len(), 1);
     assert_eq!((back[0].user, back[0].amount, back[0].origin), (NOBODY, Cents(300_00), Origin::TransferReturned { from: 1 }));
     c.assert_books_balance();
@@ -225,7 +170,7 @@ fn a_share_grabbed_by_nobody_goes_back_to_the_packet_sender_exactly_once() {
     assert!(c.run(A, Command::Grab { key: KEY, packet, grabber: NOBODY, grabber_shard: B, phrase: None }).is_ok());
     c.drain(true);
     c.redeliver_everything();
-    assert_eq!(view::account(&c.shard(B).store, NOBODY), None);
+    assert_eq!(view::account(c.store(B), NOBODY), None);
     assert_eq!(c.balance(A, 1), Some(1_000_00 - 30_00 + 10_00));
     assert_eq!(c.kinds(A, 1).last(), Some(&EntryKind::GrabReturned { packet, grabber: NOBODY, grabber_shard: B }));
     // The rest expires and is refunded: the sender ends where they started.
@@ -260,8 +205,8 @@ fn a_share_returned_after_its_packet_was_archived_still_reaches_the_sender_once(
     c.relay(A, B, false);
     c.now += 2_000;
     c.open(A, 2, 0); // any command archives what is due
-    assert!(c.shard(A).store.get(&keys::packet(packet)).is_none(), "the packet left hot state");
-    assert!(c.shard(A).store.get(&keys::archived(packet)).is_some(), "into the archive");
+    assert!(c.store(A).get(&keys::packet(packet)).is_none(), "the packet left hot state");
+    assert!(c.store(A).get(&keys::archived(packet)).is_some(), "into the archive");
     c.drain(true);
     c.redeliver_everything();
     assert_eq!(c.balance(A, 1), Some(1_000_00), "the share came back once");
@@ -273,17 +218,17 @@ fn a_share_returned_after_its_packet_was_archived_still_reaches_the_sender_once(
 fn a_return_whose_payer_is_missing_is_refused_never_bounced_and_moves_nothing() {
     let mut c = Cluster::new();
     c.open(A, 1, 100);
-    let before = c.shard(A).store.clone();
+    let before = c.store(A).clone();
     let forged =
         |seq, origin| Command::Credit { source: B, entries: vec![CreditEntry { seq, user: 5, amount: Cents(7), origin, bundle: None }] };
     assert_eq!(c.run(A, forged(1, Origin::TransferReturned { from: 404 })).code, Code::UnknownUser);
     assert_eq!(c.run(A, forged(1, Origin::GrabReturned { packet: PacketId::new(A, 77) })).code, Code::UnknownPacket);
     assert_eq!(c.run(A, forged(1, Origin::GrabReturned { packet: PacketId::new(B, 1) })).code, Code::WrongShard);
     // Nothing moved, nothing queued back (the batch waits in the sender's outbox instead).
-    let (t0, t1) = (view::totals(&before), view::totals(&c.shard(A).store));
+    let (t0, t1) = (view::totals(&before), view::totals(c.store(A)));
     assert_eq!((t1.balances, t1.credits_in, t1.outbox_records, t1.accounts), (t0.balances, t0.credits_in, t0.outbox_records, t0.accounts));
-    assert!(view::received(&c.shard(A).store).is_empty());
-    assert!(view::audit(&c.shard(A).store).ok);
+    assert!(view::received(c.store(A)).is_empty());
+    assert!(view::audit(c.store(A)).ok);
 }
 
 #[derive(Debug, Clone)]

@@ -8,25 +8,33 @@
 #![allow(clippy::inconsistent_digit_grouping)]
 
 use hongbao_ledger::state::EntryKind;
+use hongbao_ledger::testing::{lucky, World, KEY};
 use hongbao_ledger::*;
 use proptest::prelude::*;
-
-/// Every test packet's grab key (the leader draws a random one).
-const KEY: u64 = 0x6b65_7921;
 
 const A: ShardId = 1;
 const B: ShardId = 2;
 const C: ShardId = 3;
 const SLOTS: u32 = 4;
-const T0: u64 = 1_800_000_000_000;
 
+/// Three shards, each command a millisecond after the last, and the slot table.
 struct Cluster {
-    stores: Vec<MemStore>,
-    config: LedgerConfig,
+    world: World,
     /// Slot -> shard: the map routers and nodes route by.
     owner: [ShardId; SLOTS as usize],
-    now: u64,
-    next_id: u64,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.world
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut World {
+        &mut self.world
+    }
 }
 
 fn slot(u: UserId) -> u32 {
@@ -36,45 +44,23 @@ fn slot(u: UserId) -> u32 {
 impl Cluster {
     fn new() -> Cluster {
         let config = LedgerConfig { packet_ttl_ms: 60_000, ..LedgerConfig::default() };
-        Cluster { stores: (0..3).map(|_| MemStore::default()).collect(), config, owner: [A, B, C, A], now: T0, next_id: 0 }
-    }
-
-    fn store(&self, s: ShardId) -> &MemStore {
-        &self.stores[s as usize - 1]
+        Cluster { world: World::new(3, config).ticking(1), owner: [A, B, C, A] }
     }
 
     fn home(&self, u: UserId) -> ShardId {
         self.owner[slot(u) as usize]
     }
 
-    fn new_id(&mut self) -> RequestId {
-        self.next_id += 1;
-        let mut unique = [0; 10];
-        unique[2..].copy_from_slice(&self.next_id.to_be_bytes());
-        RequestId::new(self.now, unique)
-    }
-
-    fn run_as(&mut self, on: ShardId, id: RequestId, cmd: Command) -> Outcome {
-        self.now += 1;
-        let req = Request { id, time_ms: self.now, cmd };
-        let store = &mut self.stores[on as usize - 1];
-        let mut l = Ledger::new(on, &self.config, store);
-        let o = l.apply(&req);
-        let w = l.into_writes();
-        store.apply(w);
-        o
-    }
-
-    fn run(&mut self, on: ShardId, cmd: Command) -> Outcome {
-        let id = self.new_id();
-        self.run_as(on, id, cmd)
-    }
-
+    /// Opens `user`'s wallet on its home shard with `cents`.
     fn open(&mut self, user: UserId, cents: u64) {
         let on = self.home(user);
-        assert!(self.run(on, Command::OpenAccount { user, device: "phone".into() }).is_ok());
-        assert!(self.run(on, Command::SetPin { user, salt: [1; 16], hash: [2; 32], verification: None }).is_ok());
-        assert!(self.run(on, Command::TopUp { user, amount: Cents(cents) }).is_ok());
+        self.world.open(on, user, cents);
+    }
+
+    /// `sender` sends a lucky packet of `cents` in `count` shares from its home shard.
+    fn send_packet(&mut self, sender: UserId, cents: u64, count: u32) -> PacketId {
+        let on = self.home(sender);
+        self.world.send(on, sender, lucky(cents, count))
     }
 
     fn transfer_cmd(&self, from: UserId, to: UserId, cents: u64) -> Command {
@@ -86,57 +72,6 @@ impl Cluster {
             device: "phone".into(),
             verification: None,
             pin: PinCheck::Verified,
-        }
-    }
-
-    fn send_packet(&mut self, sender: UserId, cents: u64, count: u32) -> PacketId {
-        let cmd = Command::SendPacket {
-            key: KEY,
-            sender,
-            kind: PacketKind::Lucky { total: Cents(cents), count },
-            device: "phone".into(),
-            verification: None,
-            greeting: String::new(),
-            pin: PinCheck::Verified,
-        };
-        let o = self.run(self.home(sender), cmd);
-        let Reply::Sent { packet, .. } = o.reply else { panic!("{o:?}") };
-        packet
-    }
-
-    fn grab(&mut self, packet: PacketId, grabber: UserId, grabber_shard: ShardId) -> Outcome {
-        self.run(packet.shard(), Command::Grab { key: KEY, packet, grabber, grabber_shard, phrase: None })
-    }
-
-    fn balance(&self, on: ShardId, user: UserId) -> Option<u64> {
-        view::account(self.store(on), user).map(|a| a.balance.0)
-    }
-
-    /// One relay step `from` → `to`; true if it moved anything.
-    fn relay(&mut self, from: ShardId, to: ShardId) -> bool {
-        let src = self.store(from);
-        let after = view::delivered(src, to);
-        let batch = view::outbox(src, to, after, 64);
-        let Some(last) = batch.last().map(|e| e.seq) else { return false };
-        let o = self.run(to, Command::Credit { source: from, entries: batch });
-        assert!(o.is_ok(), "credit {from}->{to}: {o:?}");
-        assert!(self.run(from, Command::MarkDelivered { dest: to, up_to_seq: last }).is_ok());
-        true
-    }
-
-    fn drain(&mut self) {
-        loop {
-            let mut moved = false;
-            for from in [A, B, C] {
-                for to in [A, B, C] {
-                    if from != to {
-                        moved |= self.relay(from, to);
-                    }
-                }
-            }
-            if !moved {
-                return;
-            }
         }
     }
 
@@ -166,21 +101,8 @@ impl Cluster {
 
     fn move_slot(&mut self, s: u32, to: ShardId) {
         let through = self.move_out(s, to, 2);
-        self.drain();
+        self.drain(64);
         assert!(self.finish(s, to, through).is_ok());
-    }
-
-    /// Every shard's audit holds, and the cluster holds exactly what came in.
-    fn assert_books_balance(&self) {
-        let (mut held, mut came_in) = (0u128, 0u128);
-        for s in [A, B, C] {
-            let a = view::audit(self.store(s));
-            assert!(a.ok, "shard {s} audit: {a:?}");
-            let t = a.totals;
-            held += t.balances.0 as u128 + t.escrow.0 as u128 + t.outbox_pending.0 as u128 + t.fees.0 as u128;
-            came_in += t.topups.0 as u128 - t.withdrawals.0 as u128;
-        }
-        assert_eq!(held, came_in, "money was made or lost");
     }
 
     /// Where each of `users` has a wallet: exactly one shard, the one the map names.
@@ -198,7 +120,7 @@ fn a_moved_wallet_keeps_its_balance_statement_daily_limit_pin_and_request_histor
     let (x, y) = (4, 8); // slot 0, on A
     c.open(x, 500_00);
     c.open(y, 10_00);
-    let paid = c.new_id();
+    let paid = c.fresh_id();
     let pay = c.transfer_cmd(x, y, 120_00);
     let first = c.run_as(A, paid, pay.clone());
     assert!(first.is_ok());
@@ -223,7 +145,7 @@ fn a_moved_wallet_keeps_its_balance_statement_daily_limit_pin_and_request_histor
     assert_eq!(c.run_as(B, paid, rerouted), first);
     // A refuses x's commands as moved (retryable, not remembered); B serves them.
     let topup = Command::TopUp { user: x, amount: Cents(1_00) };
-    let late = c.new_id();
+    let late = c.fresh_id();
     assert_eq!(c.run_as(A, late, topup.clone()).code, Code::SlotMoved);
     assert!(c.run_as(B, late, topup).is_ok(), "the refusal on A was not remembered");
     assert_eq!(c.balance(B, x), Some(381_00));
@@ -243,7 +165,7 @@ fn a_frozen_slot_refuses_its_users_until_the_destination_has_everything() {
     assert_eq!(c.run(A, topup.clone()).code, Code::SlotMoved, "gone from A");
     assert_eq!(c.run(B, topup.clone()).code, Code::SlotMoving, "not served on B before it finished");
     assert_eq!(c.finish(0, B, through).code, Code::SlotMoving, "the wallet is still in A's outbox");
-    assert!(c.relay(A, B));
+    assert!(c.relay(A, B, 64));
     assert!(c.finish(0, B, through).is_ok());
     assert!(c.run(B, topup).is_ok());
     assert!(c.finish(0, B, through).is_ok(), "a re-sent finish is a no-op");
@@ -262,7 +184,7 @@ fn a_move_that_never_went_on_leaves_no_mark_that_blocks_the_next() {
     let through = c.move_out(0, C, 4);
     let o = c.run(A, Command::MoveSlotOut { slot: 0, slots: SLOTS, to: B, max_users: 4 });
     assert_eq!(o.code, Code::InvalidArgument, "the slot is leaving for C");
-    c.drain();
+    c.drain(64);
     assert!(c.finish(0, C, through).is_ok());
     // Later the slot goes from C to B, whose mark still says it comes from A.
     c.move_slot(0, B);
@@ -288,7 +210,7 @@ fn money_for_a_moved_wallet_follows_it_exactly_once() {
     let returned = c.send_packet(x, 20_00, 2);
     let zs = c.send_packet(z, 10_00, 1);
     // A grab of x's packet by a user with no wallet anywhere: C will send the share back to A.
-    assert!(c.grab(returned, nobody, C).is_ok());
+    assert!(c.grab(returned.shard(), returned, nobody, C).is_ok());
     // A transfer from z to x routed with the old map (x on A), still in C's outbox.
     let stale = c.transfer_cmd(z, x, 7_00);
     assert!(c.run(C, stale).is_ok());
@@ -297,7 +219,7 @@ fn money_for_a_moved_wallet_follows_it_exactly_once() {
     let x_after_move = c.balance(B, x).unwrap();
 
     // A grab on C by x, the grabber's shard from an old map: A is named, the money goes to B.
-    assert!(c.grab(zs, x, A).is_ok());
+    assert!(c.grab(zs.shard(), zs, x, A).is_ok());
     // A transfer on C to x with the old map, after the move.
     let stale = c.transfer_cmd(z, x, 3_00);
     let Command::Transfer { to_shard, .. } = stale else { unreachable!() };
@@ -312,12 +234,12 @@ fn money_for_a_moved_wallet_follows_it_exactly_once() {
         pin: PinCheck::Verified,
     };
     assert!(c.run(C, old_map).is_ok());
-    c.drain();
+    c.drain(64);
     // x's packet on A expires: its refund goes to x's wallet on B.
     c.now += 61_000;
     let o = c.run(A, Command::ExpirePacket { packet: expiring });
     assert_eq!(o.reply, Reply::Expired { refunded: Cents(30_00) });
-    c.drain();
+    c.drain(64);
 
     let x_now = c.balance(B, x).unwrap();
     assert_eq!(x_now, x_after_move + 10_00 + 2_00 + 30_00, "the grab, the old-map transfer and the refund, once each");
@@ -418,7 +340,8 @@ proptest! {
                             *to_shard = old_owner[slot(to) as usize];
                         }
                     }
-                    c.run(c.home(from), cmd);
+                    let on = c.home(from);
+                    c.run(on, cmd);
                 }
                 Op::Packet { sender, cents } => {
                     let sender = sender as u64 + 1;
@@ -430,7 +353,8 @@ proptest! {
                         greeting: String::new(),
                         pin: PinCheck::Verified,
                     };
-                    if let Reply::Sent { packet, .. } = c.run(c.home(sender), cmd).reply {
+                    let on = c.home(sender);
+                    if let Reply::Sent { packet, .. } = c.run(on, cmd).reply {
                         packets.push(packet);
                     }
                 }
@@ -438,12 +362,12 @@ proptest! {
                     if let Some(p) = packets.get(packet as usize % packets.len().max(1)).copied() {
                         let grabber = grabber as u64 + 1 + (grabber % 4 == 3) as u64 * 4;
                         let shard = if stale { old_owner[slot(grabber) as usize] } else { c.home(grabber) };
-                        c.grab(p, grabber, shard);
+                        c.grab(p.shard(), p, grabber, shard);
                     }
                 }
                 Op::Relay { from, to } => {
                     if from != to {
-                        c.relay(from as ShardId + 1, to as ShardId + 1);
+                        c.relay(from as ShardId + 1, to as ShardId + 1, 64);
                     }
                 }
                 Op::Expire => {
@@ -470,11 +394,11 @@ proptest! {
                 }
             }
         }
-        c.drain();
+        c.drain(64);
         if let Some((s, to, through)) = moving {
             prop_assert!(c.finish(s, to, through).is_ok());
         }
-        c.drain();
+        c.drain(64);
         c.assert_one_wallet_each(&users);
         c.assert_books_balance();
         for s in [A, B, C] {

@@ -19,10 +19,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-/// Coalesced calls in flight per node. While they are all busy, new grabs queue and go together.
-pub const MAX_BATCHES_IN_FLIGHT: usize = 8;
-/// Grabs waiting per node; beyond it, OVERLOADED at once.
-pub const MAX_QUEUED_PER_NODE: usize = 20_000;
+use crate::limits::{MAX_BATCHES_IN_FLIGHT, MAX_QUEUED_PER_NODE};
 
 type Answer = oneshot::Sender<Result<GrabReply, Status>>;
 /// A grab waiting to go, with `<trace id>-<parent id>` when its trace is sampled.

@@ -15,6 +15,7 @@
 //! `development = true` (`hongbao_auth::DevKey`); elsewhere they are UNAUTHENTICATED, and a
 //! `dev.pub.pem` among the trusted keys is named in the log at start and at every reload.
 
+use crate::limits::{MAX_INFLIGHT_PER_USER, MAX_LIMITED_USERS};
 use hongbao_auth::{Claims, DevKey, Identity, RateLimiter, Role, TokenKeys, TokenVerifier, DEV_KID};
 use hongbao_proto::{denied, error, unauthenticated, ErrorCode};
 use std::collections::HashMap;
@@ -30,15 +31,6 @@ pub struct Limits {
     pub spends_per_s: f64,
     pub grabs_per_s: f64,
 }
-
-/// Users tracked by each rate limiter at most.
-const MAX_LIMITED_USERS: usize = 200_000;
-
-/// Requests one user may have in flight through one router at once. A shard takes at most
-/// `--max-inflight-per-shard` through a router; without a share per user, one token sending
-/// without waiting for answers could hold all of them and every other user would get
-/// OVERLOADED (#28, item 6). A person's app has a few calls in flight, not dozens.
-pub const MAX_INFLIGHT_PER_USER: usize = 32;
 
 pub struct Gate {
     tokens: TokenVerifier,

@@ -18,6 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod coalesce;
 mod gate;
 mod health;
+mod limits;
 mod metrics;
 mod route;
 mod status_page;
@@ -51,7 +52,7 @@ struct Args {
     #[command(flatten)]
     metrics_http: hongbao_telemetry::http::HttpArgs,
     /// Requests in flight per shard through this router; beyond it, RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = route::MAX_INFLIGHT_PER_SHARD)]
+    #[arg(long, default_value_t = limits::MAX_ROUTED_PER_SHARD)]
     max_inflight_per_shard: usize,
     /// Send each grab to its node in its own call instead of coalescing many per call.
     #[arg(long)]
@@ -138,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
     // grpc.health.v1 (kept current by a task of its own) and reflection, for operators' tools.
     let (grpc_health, reflection, reflection_alpha) = health::start(router.clone()).await?;
     let svc = route::RouterService { router: router.clone(), gate };
-    let max = route::MAX_REQUEST_BYTES;
+    let max = limits::MAX_API_REQUEST_BYTES;
     tonic::transport::Server::builder()
         .tls_config(security.server_tls(&me)?)?
         .tcp_nodelay(true)

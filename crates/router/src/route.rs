@@ -24,35 +24,10 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-/// The public API's one request size limit (`hongbao_proto::MAX_REQUEST_BYTES`), the node's too.
-pub const MAX_REQUEST_BYTES: usize = hongbao_proto::MAX_REQUEST_BYTES;
-/// A routed request gives up after this long (below the client's per-attempt timeout, so the
-/// client hears a clear UNAVAILABLE and can try another router with the same request id).
-/// An election (400–800 ms of silence, then a vote) fits well inside it: the router waits for
-/// the new leader rather than answering an error its caller would only retry.
-const ROUTE_DEADLINE: Duration = Duration::from_millis(2500);
-const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
-/// Bounds the attempts; the deadline is what ends a wait (backoff reaches it in ~20 attempts).
-const MAX_ATTEMPTS: usize = 64;
-/// NotLeader hints an admin call follows before it tries the next node in turn.
-const MAX_LEADER_HOPS: usize = 4;
-/// Pause before asking again when no node could answer (no leader yet, node gone), doubling.
-const WAIT_START: Duration = Duration::from_millis(25);
-const WAIT_MAX: Duration = Duration::from_millis(200);
-const HEALTH_EVERY: Duration = Duration::from_millis(150);
-const HEALTH_TIMEOUT: Duration = Duration::from_millis(400);
-/// How often the router asks the nodes for the cluster map, and how long one node may take.
-const MAP_EVERY: Duration = Duration::from_secs(1);
-/// The meta leader answers after a ReadIndex (a round trip to a majority, over WAN links).
-const MAP_TIMEOUT: Duration = Duration::from_secs(1);
-/// One admin call forwarded to one node (`any_node`).
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// A membership step (AddReplica waits for the learner to catch up) may take a node ~60 s
-/// before it answers; all nodes tried together get this long.
-pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(65);
-/// Requests in flight per shard through this router (default of --max-inflight-per-shard);
-/// beyond it, RESOURCE_EXHAUSTED at once instead of an unbounded queue.
-pub const MAX_INFLIGHT_PER_SHARD: usize = 10_000;
+use crate::limits::{
+    ADMIN_TIMEOUT, ATTEMPT_TIMEOUT, HEALTH_EVERY, HEALTH_TIMEOUT, MAP_EVERY, MAP_TIMEOUT, MAX_ATTEMPTS, MAX_LEADER_HOPS,
+    MEMBERSHIP_TIMEOUT, ROUTE_DEADLINE, WAIT_MAX, WAIT_START,
+};
 
 #[derive(Default, Clone, Copy)]
 struct Health {
@@ -80,7 +55,7 @@ pub struct Router {
     coalescer: Option<Arc<Coalescer>>,
     /// Whether the last health round reached a leader of every shard (`unreached_shards`), and
     /// if not, why: what this router's grpc.health.v1 status says.
-    ready: RwLock<Result<(), String>>,
+    ready: RwLock<Result<(), NotReady>>,
     /// Every node's answer about its own replicas in the last health round (the status page).
     last_round: RwLock<Vec<ShardStatus>>,
     /// Count and latency of forwarded calls, per second (the status page's chart).
@@ -117,7 +92,7 @@ impl Router {
             inflight: RwLock::new(HashMap::new()),
             max_inflight,
             coalescer,
-            ready: RwLock::new(Err("no health check yet".into())),
+            ready: RwLock::new(Err(NotReady::NoRoundYet)),
             last_round: RwLock::new(Vec::new()),
             traffic: crate::status_page::Traffic::default(),
         })
@@ -284,7 +259,7 @@ impl Router {
 
     /// Ok when the last health round reached, for every shard, a leader that a majority of the
     /// shard's replicas follows; else which shards it did not.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         self.ready.read().expect("ready lock").clone()
     }
 
@@ -569,11 +544,20 @@ pub async fn health_loop(router: Arc<Router>) {
             }
         }
         let unreached = unreached_shards(&t, &answers);
-        *router.ready.write().expect("ready lock") =
-            if unreached.is_empty() { Ok(()) } else { Err(format!("no reachable leader followed by a majority for shards {unreached:?}")) };
+        *router.ready.write().expect("ready lock") = if unreached.is_empty() { Ok(()) } else { Err(NotReady::Unreached(unreached)) };
         *router.last_round.write().expect("round lock") = answers;
         tokio::time::sleep(HEALTH_EVERY).await;
     }
+}
+
+/// Why the router does not route client calls now (its grpc.health.v1 status says
+/// NOT_SERVING with these words).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("no health check yet")]
+    NoRoundYet,
+    #[error("no reachable leader followed by a majority for shards {0:?}")]
+    Unreached(Vec<ShardId>),
 }
 
 /// Shards for which no answer of one health round (each node's own replicas) shows a leader

@@ -120,10 +120,20 @@ fn p99(s: &Second) -> f64 {
     bucket_ms(i.unwrap_or(BUCKETS - 1))
 }
 
+/// Why the page's last audit has no verdict.
+#[derive(Debug, Clone, thiserror::Error)]
+enum AuditFailed {
+    /// The cluster answered with an error: its message.
+    #[error("{0}")]
+    Refused(String),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+}
+
 /// The last audit the page's task ran, and whether one is running.
 #[derive(Default)]
 struct Audits {
-    last: Option<(SystemTime, Result<AuditReply, String>)>,
+    last: Option<(SystemTime, Result<AuditReply, AuditFailed>)>,
     running: bool,
 }
 
@@ -180,8 +190,8 @@ async fn audit_loop(page: Arc<Page>) {
         let call = page.router.any_node(|mut c| async move { c.audit(AuditRequest {}).await });
         let verdict = match tokio::time::timeout(AUDIT_TIMEOUT, call).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(hongbao_proto::detail_of(&s).message),
-            Err(_) => Err(format!("no answer within {AUDIT_TIMEOUT:?}")),
+            Ok(Err(s)) => Err(AuditFailed::Refused(hongbao_proto::detail_of(&s).message)),
+            Err(_) => Err(AuditFailed::NoAnswer(AUDIT_TIMEOUT)),
         };
         *page.audits.lock().expect("audit lock") = Audits { last: Some((SystemTime::now(), verdict)), running: false };
         tokio::time::sleep_until(next).await;
@@ -243,20 +253,12 @@ fn yuan(cents: u64) -> String {
     format!("{}.{:02}", cents / 100, cents % 100)
 }
 
-/// `t` as `YYYY-MM-DD HH:MM:SS UTC` (the civil date from days since 1970, Hinnant's method).
+/// `t` as `YYYY-MM-DD HH:MM:SS UTC`.
 fn utc(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let (y, m, d) = (t.year(), u8::from(t.month()), t.day());
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", t.hour(), t.minute(), t.second())
 }
 
 fn role_name(r: ReplicaRole) -> &'static str {
@@ -497,7 +499,7 @@ impl Page {
                             h,
                             "<p id=\"audit\" data-audit=\"failed\" data-audit-at-ms=\"{at_ms}\" data-audit-age-s=\"{ago}\"><span class=\"badge down\">audit failed</span> at {}: {}</p>",
                             esc(&when),
-                            esc(e),
+                            esc(&e.to_string()),
                         );
                     }
                 }

@@ -6,12 +6,14 @@
 //! - `http`: the endpoint that serves them (and a router's status page): loopback plain HTTP,
 //!   any other address only with TLS and a bearer token.
 //!
-//! And `tracing_init`: log lines, plus trace spans over OTLP when a collector is configured.
+//! And `tracing_init`: log lines, plus trace spans over OTLP when a collector is configured;
+//! `health`: the gRPC health loop (statuses from a server's own verdicts) and reflection.
 //!
 //! Each process names its own RED metrics (a node's `hongbao_rpc_*`, a router's
 //! `hongbao_router_rpc_*`) and builds its recorder with [`builder`], which renders the given
 //! latency metrics as histograms (buckets), so `histogram_quantile` works across instances.
 
+pub mod health;
 pub mod http;
 pub mod process;
 pub mod red;

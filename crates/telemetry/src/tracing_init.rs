@@ -61,7 +61,7 @@ pub struct Tracing {
 /// With an endpoint this must run inside a tokio runtime: the exporter's gRPC channel lives on
 /// it. Only `http://` endpoints: the exporter is built without TLS (a collector on the host or in
 /// the pod, forwarding with TLS if it must).
-pub fn init(default_filter: &str, json: bool, endpoint: Option<&str>, service: Service) -> Result<Tracing, String> {
+pub fn init(default_filter: &str, json: bool, endpoint: Option<&str>, service: Service) -> Result<Tracing, OtlpError> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let text = (!json).then(|| tracing_subscriber::fmt::layer().with_ansi(false));
@@ -82,19 +82,28 @@ pub fn init(default_filter: &str, json: bool, endpoint: Option<&str>, service: S
     Ok(Tracing { provider: Some(provider) })
 }
 
-fn provider(endpoint: &str, service: &Service) -> Result<SdkTracerProvider, String> {
+/// Why spans cannot be exported as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpError {
+    #[error(
+        "OTLP endpoint {0:?}: give an http:// URL of a collector's gRPC port (e.g. http://127.0.0.1:4317); \
+         TLS to a collector is not built in"
+    )]
+    NotHttp(String),
+    #[error("OTLP exporter for {endpoint}: {source}")]
+    Exporter { endpoint: String, source: opentelemetry_otlp::ExporterBuildError },
+}
+
+fn provider(endpoint: &str, service: &Service) -> Result<SdkTracerProvider, OtlpError> {
     if !endpoint.starts_with("http://") {
-        return Err(format!(
-            "OTLP endpoint {endpoint:?}: give an http:// URL of a collector's gRPC port (e.g. http://127.0.0.1:4317); \
-             TLS to a collector is not built in"
-        ));
+        return Err(OtlpError::NotHttp(endpoint.to_string()));
     }
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
         .with_timeout(EXPORT_TIMEOUT)
         .build()
-        .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
+        .map_err(|source| OtlpError::Exporter { endpoint: endpoint.to_string(), source })?;
     let batches = BatchConfigBuilder::default()
         .with_max_queue_size(MAX_QUEUED_SPANS)
         .with_max_export_batch_size(MAX_EXPORT_BATCH)
@@ -155,4 +164,21 @@ pub fn span_id(span: &tracing::Span) -> Option<String> {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     (sc.is_valid() && sc.is_sampled()).then(|| sc.span_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_otlp_endpoint_that_is_not_plain_http_is_refused_with_the_fix_in_words() {
+        let service = Service { name: "hongbao-test", instance: "test-1".into(), attributes: vec![] };
+        let Err(e) = provider("https://collector:4317", &service) else { panic!("an https endpoint was taken") };
+        assert!(matches!(&e, OtlpError::NotHttp(url) if url == "https://collector:4317"), "{e:?}");
+        let words = e.to_string();
+        assert!(
+            words.starts_with("OTLP endpoint \"https://collector:4317\": give an http:// URL") && words.ends_with("not built in"),
+            "{words}"
+        );
+    }
 }

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use hongbao_ids::{NodeId, PacketId, ShardId, UserId};
 
@@ -167,39 +167,39 @@ impl Default for RaftSettings {
 }
 
 impl Topology {
-    pub fn load(path: &Path) -> Result<Topology, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
-        Topology::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Topology, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read { path: path.to_owned(), source })?;
+        Topology::parse(&text).map_err(|e| TopologyError::InFile { path: path.to_owned(), error: Box::new(e) })
     }
 
-    pub fn parse(text: &str) -> Result<Topology, String> {
-        let t: Topology = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Topology, TopologyError> {
+        let t: Topology = toml::from_str(text).map_err(|e| TopologyError::Syntax(e.to_string()))?;
         t.validate()?;
         Ok(t)
     }
 
     /// Checks everything the rest of the system assumes, so a bad file fails at start-up.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), TopologyError> {
         if self.slots == 0 || self.slots > MAX_SLOTS {
-            return Err(format!("slots must be 1..={MAX_SLOTS}"));
+            return Err(invalid(format!("slots must be 1..={MAX_SLOTS}")));
         }
         if self.nodes.is_empty() || self.nodes.len() > MAX_NODES {
-            return Err(format!("need 1..={MAX_NODES} nodes"));
+            return Err(invalid(format!("need 1..={MAX_NODES} nodes")));
         }
         if self.shards.is_empty() || self.shards.len() > MAX_SHARDS {
-            return Err(format!("need 1..={MAX_SHARDS} shards"));
+            return Err(invalid(format!("need 1..={MAX_SHARDS} shards")));
         }
         let regions: BTreeSet<&str> = self.regions.iter().map(|r| r.name.as_str()).collect();
         if regions.len() != self.regions.len() {
-            return Err("duplicate region name".into());
+            return Err(invalid("duplicate region name"));
         }
         let mut ids = BTreeSet::new();
         for n in &self.nodes {
             if n.id == 0 || !ids.insert(n.id) {
-                return Err(format!("node id {} is zero or duplicated", n.id));
+                return Err(invalid(format!("node id {} is zero or duplicated", n.id)));
             }
             if !regions.contains(n.region.as_str()) {
-                return Err(format!("node {} names unknown region {}", n.id, n.region));
+                return Err(invalid(format!("node {} names unknown region {}", n.id, n.region)));
             }
         }
         let mut owner: Vec<Option<ShardId>> = vec![None; self.slots as usize];
@@ -207,67 +207,67 @@ impl Topology {
         for s in &self.shards {
             // Shard ids go into the high bits of packet ids.
             if s.id == 0 || s.id > PacketId::MAX_SHARD || !shard_ids.insert(s.id) {
-                return Err(format!("shard id {} is zero, too large or duplicated", s.id));
+                return Err(invalid(format!("shard id {} is zero, too large or duplicated", s.id)));
             }
             if !regions.contains(s.home.as_str()) {
-                return Err(format!("shard {} has unknown home region {}", s.id, s.home));
+                return Err(invalid(format!("shard {} has unknown home region {}", s.id, s.home)));
             }
             if s.replicas.is_empty() {
-                return Err(format!("shard {} has no replicas", s.id));
+                return Err(invalid(format!("shard {} has no replicas", s.id)));
             }
             let uniq: BTreeSet<_> = s.replicas.iter().collect();
             if uniq.len() != s.replicas.len() {
-                return Err(format!("shard {} lists a replica twice", s.id));
+                return Err(invalid(format!("shard {} lists a replica twice", s.id)));
             }
             for r in &s.replicas {
                 if !ids.contains(r) {
-                    return Err(format!("shard {} names unknown node {}", s.id, r));
+                    return Err(invalid(format!("shard {} names unknown node {}", s.id, r)));
                 }
             }
             for [from, to] in &s.slots {
                 if from >= to || *to > self.slots {
-                    return Err(format!("shard {} has bad slot range [{from},{to})", s.id));
+                    return Err(invalid(format!("shard {} has bad slot range [{from},{to})", s.id)));
                 }
                 for slot in *from..*to {
                     if let Some(other) = owner[slot as usize] {
-                        return Err(format!("slot {slot} owned by shards {other} and {}", s.id));
+                        return Err(invalid(format!("slot {slot} owned by shards {other} and {}", s.id)));
                     }
                     owner[slot as usize] = Some(s.id);
                 }
             }
         }
         if let Some(slot) = owner.iter().position(|o| o.is_none()) {
-            return Err(format!("slot {slot} is owned by no shard"));
+            return Err(invalid(format!("slot {slot} is owned by no shard")));
         }
         for r in &self.routers {
             if !regions.contains(r.region.as_str()) {
-                return Err(format!("router {} names unknown region {}", r.addr, r.region));
+                return Err(invalid(format!("router {} names unknown region {}", r.addr, r.region)));
             }
         }
         for l in &self.links {
             if !regions.contains(l.a.as_str()) || !regions.contains(l.b.as_str()) {
-                return Err(format!("link {}-{} names an unknown region", l.a, l.b));
+                return Err(invalid(format!("link {}-{} names an unknown region", l.a, l.b)));
             }
         }
         let mut drained = BTreeSet::new();
         for r in &self.drained {
             if !regions.contains(r.as_str()) || !drained.insert(r.as_str()) {
-                return Err(format!("drained region {r} is unknown or listed twice"));
+                return Err(invalid(format!("drained region {r} is unknown or listed twice")));
             }
         }
         let mut moving = BTreeSet::new();
         for m in &self.moves {
             if !moving.insert(m.slot) || m.slot >= self.slots || m.from == m.to {
-                return Err(format!("slot move {m:?}: slot out of range, listed twice, or to its own shard"));
+                return Err(invalid(format!("slot move {m:?}: slot out of range, listed twice, or to its own shard")));
             }
             if owner[m.slot as usize] != Some(m.from) || !shard_ids.contains(&m.to) {
-                return Err(format!("slot move {m:?}: slot {} is not on shard {} or shard {} is unknown", m.slot, m.from, m.to));
+                return Err(invalid(format!("slot move {m:?}: slot {} is not on shard {} or shard {} is unknown", m.slot, m.from, m.to)));
             }
         }
         if self.raft.election_timeout_min_ms <= self.raft.heartbeat_ms
             || self.raft.election_timeout_max_ms <= self.raft.election_timeout_min_ms
         {
-            return Err("raft: need heartbeat < election_timeout_min < election_timeout_max".into());
+            return Err(invalid("raft: need heartbeat < election_timeout_min < election_timeout_max"));
         }
         Ok(())
     }
@@ -326,6 +326,26 @@ impl Topology {
     }
 }
 
+/// Why a topology file or cluster map was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// What was wrong with the file at `path`.
+    #[error("{}: {error}", path.display())]
+    InFile { path: PathBuf, error: Box<TopologyError> },
+    /// Not TOML of a topology's shape.
+    #[error("{0}")]
+    Syntax(String),
+    /// Parsed, but breaks a rule the rest of the system assumes.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(why: impl Into<String>) -> TopologyError {
+    TopologyError::Invalid(why.into())
+}
+
 /// Sorted slots as `[from, to)` ranges, adjacent ones merged.
 fn ranges(slots: &BTreeSet<u32>) -> Vec<[u32; 2]> {
     let mut out: Vec<[u32; 2]> = Vec::new();
@@ -378,7 +398,7 @@ impl Topology {
         let mut t = self.clone();
         change(&mut t);
         t.version = self.version + 1;
-        t.validate().map_err(Edit::Refused)?;
+        t.validate().map_err(|e| Edit::Refused(e.to_string()))?;
         Ok(t)
     }
 
@@ -617,7 +637,7 @@ mod tests {
     fn a_shard_id_too_large_for_a_packet_id_is_rejected() {
         let base = std::fs::read_to_string(deploy_dir().join("local-3x1.toml")).unwrap();
         let big = base.replacen("id = 3\n", &format!("id = {}\n", PacketId::MAX_SHARD + 1), 1);
-        assert!(Topology::parse(&big).unwrap_err().contains("too large"));
+        assert!(Topology::parse(&big).unwrap_err().to_string().contains("too large"));
         let max = base.replacen("id = 3\n", &format!("id = {}\n", PacketId::MAX_SHARD), 1);
         let t = Topology::parse(&max).unwrap();
         assert_eq!(PacketId::new(PacketId::MAX_SHARD, 1).shard(), t.shards[2].id);
@@ -651,9 +671,9 @@ mod tests {
     fn overlapping_or_missing_slots_are_rejected() {
         let base = std::fs::read_to_string(deploy_dir().join("local-3x1.toml")).unwrap();
         let overlap = base.replacen("slots = [[0, 34]]", "slots = [[0, 40]]", 1);
-        assert!(Topology::parse(&overlap).unwrap_err().contains("owned by shards"));
+        assert!(Topology::parse(&overlap).unwrap_err().to_string().contains("owned by shards"));
         let gap = base.replacen("slots = [[0, 34]]", "slots = [[0, 30]]", 1);
-        assert!(Topology::parse(&gap).unwrap_err().contains("owned by no shard"));
+        assert!(Topology::parse(&gap).unwrap_err().to_string().contains("owned by no shard"));
     }
 
     fn spec(id: NodeId, region: &str) -> NodeSpec {

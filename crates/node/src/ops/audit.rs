@@ -205,7 +205,8 @@ pub fn totals_of(shard: ShardId, store: &(impl Store + ?Sized)) -> ShardTotals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hongbao_ledger::{Cents, Code, Command, LedgerConfig, MemStore, Outcome, PinCheck, Request, RequestId, UserId};
+    use hongbao_ledger::testing::World;
+    use hongbao_ledger::{Cents, Code, Command, LedgerConfig, Outcome, PinCheck, UserId};
     use hongbao_proto::v1::PairTotals;
     use rand::{Rng, SeedableRng};
     use std::collections::BTreeMap;
@@ -276,12 +277,11 @@ mod tests {
         assert!(r.problems.iter().any(|p| p.contains("shard 1 -> shard 2: outbox holds 1 records")), "{:?}", r.problems);
     }
 
-    /// Three real ledgers on `MemStore` and a relay that delivers and marks in separate steps.
+    /// Three real ledgers (the ledger's test world, a millisecond per command) and a relay that
+    /// delivers and marks in separate steps.
     struct Sim {
-        stores: Vec<MemStore>,
-        config: LedgerConfig,
+        world: World,
         rng: rand_chacha::ChaCha8Rng,
-        n: u64,
         /// (source, dest) -> seq delivered but not yet marked at the source.
         unmarked: BTreeMap<(u32, u32), u64>,
     }
@@ -295,33 +295,20 @@ mod tests {
     impl Sim {
         fn new(seed: u64) -> Sim {
             let mut s = Sim {
-                stores: vec![MemStore::default(); SHARDS as usize],
-                config: LedgerConfig::default(),
+                world: World::new(SHARDS, LedgerConfig::default()).ticking(1),
                 rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
-                n: 0,
                 unmarked: BTreeMap::new(),
             };
             for sh in 1..=SHARDS {
                 for k in 1..=3 {
-                    assert!(s.run(sh, Command::OpenAccount { user: user(sh, k), device: "phone".into() }).is_ok());
-                    assert!(s.run(sh, Command::SetPin { user: user(sh, k), salt: [0; 16], hash: [0; 32], verification: None }).is_ok());
-                    assert!(s.run(sh, Command::TopUp { user: user(sh, k), amount: Cents(10_000) }).is_ok());
+                    s.world.open(sh, user(sh, k), 10_000);
                 }
             }
             s
         }
 
         fn run(&mut self, shard: u32, cmd: Command) -> Outcome {
-            self.n += 1;
-            let mut unique = [0u8; 10];
-            unique[2..].copy_from_slice(&self.n.to_be_bytes());
-            let store = &mut self.stores[shard as usize - 1];
-            let mut l = hongbao_ledger::Ledger::new(shard, &self.config, &*store);
-            let now = 1_800_000_000_000 + self.n;
-            let o = l.apply(&Request { id: RequestId::new(now, unique), time_ms: now, cmd });
-            let w = l.into_writes();
-            store.apply(w);
-            o
+            self.world.run(shard, cmd)
         }
 
         fn transfer(&mut self, from_shard: u32, to_shard: u32, to: UserId, cents: u64) -> Outcome {
@@ -353,11 +340,9 @@ mod tests {
                     assert!(self.run(src, Command::TopUp { user: u, amount: Cents(77) }).is_ok());
                 }
                 5..=7 if src != dst => {
-                    let store = &self.stores[src as usize - 1];
-                    let batch = view::outbox(store, dst, view::delivered(store, dst), 4);
-                    if let Some(last) = batch.last().map(|e| e.seq) {
+                    if let Some((credit, last)) = self.world.next_credit(src, dst, 4) {
                         // Out of order only after the test drops a credit on purpose.
-                        match self.run(dst, Command::Credit { source: src, entries: batch }).code {
+                        match self.run(dst, credit).code {
                             Code::Ok => drop(self.unmarked.insert((src, dst), last)),
                             c => assert_eq!(c, Code::CreditOutOfOrder),
                         }
@@ -372,7 +357,7 @@ mod tests {
         }
 
         fn read(&self, shard: u32) -> ShardTotals {
-            totals_of(shard, &self.stores[shard as usize - 1])
+            totals_of(shard, self.world.store(shard))
         }
 
         /// The two-pass audit, each shard read at its own moment with traffic in between.
@@ -394,25 +379,11 @@ mod tests {
             check(&first, &second)
         }
 
+        /// Relays until every outbox is empty; what was delivered but unmarked is delivered
+        /// again (and skipped) before its mark.
         fn drain(&mut self) {
-            loop {
-                let mut moved = false;
-                for src in 1..=SHARDS {
-                    for dst in (1..=SHARDS).filter(|d| *d != src) {
-                        let store = &self.stores[src as usize - 1];
-                        let batch = view::outbox(store, dst, view::delivered(store, dst), 64);
-                        if let Some(last) = batch.last().map(|e| e.seq) {
-                            assert!(self.run(dst, Command::Credit { source: src, entries: batch }).is_ok());
-                            assert!(self.run(src, Command::MarkDelivered { dest: dst, up_to_seq: last }).is_ok());
-                            moved = true;
-                        }
-                    }
-                }
-                if !moved {
-                    self.unmarked.clear();
-                    return;
-                }
-            }
+            self.world.drain(64);
+            self.unmarked.clear();
         }
     }
 
@@ -438,7 +409,7 @@ mod tests {
             // A credit lost in the relay: queued at 1, marked delivered at 1, never applied at 2.
             let o = sim.transfer(1, 2, user(2, 1), 123);
             assert!(o.is_ok(), "{o:?}");
-            let sent = view::sent(&sim.stores[0]).into_iter().find(|(d, _)| *d == 2).expect("sent to 2").1;
+            let sent = view::sent(sim.world.store(1)).into_iter().find(|(d, _)| *d == 2).expect("sent to 2").1;
             assert!(sim.run(1, Command::MarkDelivered { dest: 2, up_to_seq: sent.seq }).is_ok());
             for busy in [false, true] {
                 let r = sim.audit(busy);

@@ -10,23 +10,19 @@
 //! leader, so the name alone says nothing). RaftTransport and Cluster (admin: status, undrain)
 //! stay SERVING until shutdown: elections and operators need them most when shards have no
 //! leader. At shutdown every status turns NOT_SERVING and is then removed (Watch streams end).
-//! `run` re-evaluates every `PERIOD` and reports only changes (Watch streams see each
-//! change once).
+//! The loop itself (every `PERIOD`, only changes reported) is `hongbao_telemetry::health`'s.
 
 use crate::host::Host;
 use hongbao_ledger::ShardId;
 use hongbao_proto::v1;
+use hongbao_telemetry::health::{Judge, Verdict};
 use openraft::async_runtime::WatchReceiver;
 use openraft::Instant as _;
 use openraft::ServerState;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic_health::server::HealthReporter;
-use tonic_health::ServingStatus;
 
-/// How often the status is re-evaluated.
-pub const PERIOD: Duration = Duration::from_millis(250);
 /// A raft core that does not say when it last heard its leader within this is asked again next
 /// round (the status stays as it was).
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
@@ -48,14 +44,6 @@ pub fn process_services() -> Vec<&'static str> {
     if cfg!(feature = "fault-injection") {
         s.push(v1::fault_injection_server::SERVICE_NAME);
     }
-    s
-}
-
-/// What this node serves, for reflection: ours, health and reflection itself.
-pub fn reflected_services() -> Vec<&'static str> {
-    let mut s: Vec<&str> = api_services().into_iter().filter(|n| !n.is_empty()).collect();
-    s.extend(process_services());
-    s.extend(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]);
     s
 }
 
@@ -118,91 +106,37 @@ impl Readiness {
     }
 }
 
+/// The node's verdicts: the API services by `Readiness`, the process services serving from
+/// the first round until shutdown.
+struct NodeJudge {
+    host: Arc<Host>,
+    readiness: Readiness,
+}
+
+impl Judge for NodeJudge {
+    async fn judge(&mut self) -> Vec<Verdict> {
+        let api = match self.readiness.check(&self.host).await {
+            None => Verdict::Unknown,
+            Some(Ok(())) => Verdict::Serving,
+            Some(Err(why)) => Verdict::NotServing(why),
+        };
+        vec![api, Verdict::Serving]
+    }
+}
+
 /// Builds the health and reflection services, with every status NOT_SERVING until the first
-/// evaluation, and spawns the task that keeps them current until shutdown.
+/// evaluation, and spawns the task that keeps them current until shutdown
+/// (`hongbao_telemetry::health`).
 pub async fn start(
     host: Arc<Host>,
-) -> anyhow::Result<(
-    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
-    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
-)> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    for s in api_services().into_iter().chain(process_services()) {
-        reporter.set_service_status(s, ServingStatus::NotServing).await;
-    }
-    let (v1, v1alpha) = reflection(&reflected_services())?;
-    tokio::spawn(run(host, reporter));
-    Ok((health, v1, v1alpha))
-}
-
-/// Reflection over hongbao's protos, google.rpc's error types and the health service's, listing
-/// `services`.
-#[allow(clippy::type_complexity)]
-pub fn reflection(
-    services: &[&str],
-) -> anyhow::Result<(
-    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
-    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
-)> {
-    let builder = || {
-        services.iter().fold(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(hongbao_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(hongbao_proto::GOOGLE_RPC_FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
-            |b, s| b.with_service_name(*s),
-        )
-    };
-    Ok((builder().build_v1()?, builder().build_v1alpha()?))
-}
-
-async fn run(host: Arc<Host>, reporter: HealthReporter) {
-    use tokio::signal::unix::{signal, SignalKind};
-    // The server's own shutdown listens to the same signals: tokio delivers each to both.
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("health: no signal handlers; the status will not turn NOT_SERVING at shutdown");
-        return;
-    };
-    let mut last: Option<bool> = None;
-    let mut process_serving = false;
-    let mut readiness = Readiness::default();
-    loop {
-        if let Some(verdict) = readiness.check(&host).await {
-            let ready = verdict.is_ok();
-            if last != Some(ready) {
-                match &verdict {
-                    Ok(()) => tracing::info!("health: SERVING"),
-                    Err(why) => tracing::warn!("health: NOT_SERVING: {why}"),
-                }
-                set(&reporter, &api_services(), ready).await;
-                last = Some(ready);
-            }
-        }
-        if !process_serving {
-            set(&reporter, &process_services(), true).await;
-            process_serving = true;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(PERIOD) => {}
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-    tracing::info!("health: NOT_SERVING: shutting down");
-    let all: Vec<&str> = api_services().into_iter().chain(process_services()).collect();
-    set(&reporter, &all, false).await;
-    // Then forget them: each Watch stream ends after its NOT_SERVING, so none holds the server's
-    // graceful shutdown open (a Check from here on answers NOT_FOUND).
-    let mut reporter = reporter;
-    for s in all {
-        reporter.clear_service_status(s).await;
-    }
-}
-
-async fn set(reporter: &HealthReporter, services: &[&str], serving: bool) {
-    let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
-    for s in services {
-        reporter.set_service_status(s, status).await;
-    }
+) -> anyhow::Result<
+    hongbao_telemetry::health::Services<
+        impl tonic_health::pb::health_server::Health,
+        impl tonic_reflection::server::v1::ServerReflection,
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+> {
+    let reflected: Vec<&str> = api_services().into_iter().filter(|n| !n.is_empty()).chain(process_services()).collect();
+    let judge = NodeJudge { host, readiness: Readiness::default() };
+    hongbao_telemetry::health::start(vec![api_services(), process_services()], &reflected, judge).await
 }
