@@ -2,8 +2,10 @@
 //! compile time: what a request, an entry, a batch or a message may hold, and how much may be
 //! in flight. Timeouts and periods live with the code that waits.
 //!
-//! Names shared with the router (`MAX_REQUEST_BYTES`) mean the same bound; the router's own
-//! in-flight bounds are its own (`hongbao-router`'s `limits`).
+//! `MAX_REQUEST_BYTES` is the contract's (`hongbao_proto`), the same at routers and nodes. A
+//! shard's proposals in flight here (`MAX_INFLIGHT_PER_SHARD`, 20k) are more than one router
+//! sends a shard (its `MAX_ROUTED_PER_SHARD`, 10k): a shard's leader is shared by the routers of
+//! every region, and each router bounds only its own share.
 
 use std::time::Duration;
 
