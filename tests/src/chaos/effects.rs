@@ -9,9 +9,13 @@ use std::time::Duration;
 pub(crate) struct Effects {
     pub(crate) proved: Vec<String>,
     pub(crate) missed: Vec<String>,
-    /// Counters across cycles (snapshot installs seen, snapshot files corrupted).
+    /// Counters across cycles: fault cycles begun, snapshot installs seen, snapshot files
+    /// corrupted, nodes replaced, slot moves whose driver was killed half-way.
+    pub(crate) cycles: usize,
     pub(crate) installs: f64,
     pub(crate) corrupted: usize,
+    pub(crate) replaced: usize,
+    pub(crate) killed_mid_move: usize,
 }
 
 /// The run's fault log: what was done, and when (since the workload started), and the effects.

@@ -15,6 +15,22 @@ pub(crate) async fn random_leader(c: &Cluster, rng: &mut impl Rng) -> Option<(u3
     leaders.choose(rng).copied()
 }
 
+/// A node that leads some shard in its own view, at random, with the shards it leads; waits up
+/// to `within` for one (None: no node said it leads anything).
+pub(crate) async fn a_leader(c: &Cluster, rng: &mut impl Rng, within: Duration) -> Option<(u64, Vec<u32>)> {
+    let mut found = None;
+    eventually!(within, {
+        if let Some((_, n)) = random_leader(c, rng).await {
+            let led = led_by(c, n).await.unwrap_or_default();
+            if !led.is_empty() {
+                found = Some((n, led));
+            }
+        }
+        found.is_some()
+    });
+    found
+}
+
 pub(crate) async fn leader_of_random_shard(c: &Cluster, rng: &mut impl Rng) -> u64 {
     match random_leader(c, rng).await {
         Some((_, l)) => l,
@@ -126,6 +142,73 @@ pub(crate) async fn metric_sum(c: &Cluster, name: &str) -> f64 {
 
 pub(crate) const SNAPSHOTS_INSTALLED: &str = "hongbao_snapshots_installed_total";
 pub(crate) const SNAPSHOTS_BUILT: &str = "hongbao_snapshots_built_total";
+/// Snapshot streams a node received, by shard and result (ok, failed: refused or broken off).
+pub(crate) const SNAPSHOTS_RECEIVED: &str = "hongbao_snapshots_received_total";
+/// Snapshot streams a leader sent, by shard and result.
+pub(crate) const SNAPSHOTS_SENT: &str = "hongbao_snapshots_sent_total";
+/// Time from proposal to applied outcome on a leader (a histogram: its `_sum` and `_count`).
+pub(crate) const COMMIT_SECONDS_SUM: &str = "hongbao_commit_seconds_sum";
+pub(crate) const COMMIT_SECONDS_COUNT: &str = "hongbao_commit_seconds_count";
+/// Slot-move steps the node drove as the meta shard's leader (arriving, sent, delivered, flipped).
+pub(crate) const SLOT_MOVE_STEPS: &str = "hongbao_slot_move_steps_total";
+
+/// The sum of the series of metric `name` on node `n` whose labels include every one of
+/// `labels` (`key="value"`); None when the node does not answer.
+pub(crate) async fn node_metric_where(c: &Cluster, n: u64, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let addr = c.topology.node(n)?.metrics_addr.clone();
+    let body = c.scraper().metrics(&addr).await?;
+    let mut sum = 0.0;
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let Some(series) = rest.strip_prefix('{') else { continue };
+        let Some((inside, value)) = series.split_once('}') else { continue };
+        let have: Vec<&str> = inside.split(',').map(str::trim).collect();
+        if labels.iter().all(|(k, v)| have.contains(&format!("{k}=\"{v}\"").as_str())) {
+            sum += value.trim().parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    Some(sum)
+}
+
+/// The pid of node `n`'s process (None: not running here).
+pub(crate) fn pid_of(c: &Cluster, n: u64) -> Option<u32> {
+    let name = format!("node-{n}");
+    c.pids().into_iter().find(|(p, _)| *p == name).map(|(_, pid)| pid)
+}
+
+/// Sends `sig` (STOP, CONT, ...) to node `n`'s process with kill(1): Ok(pid) once kill exits 0.
+pub(crate) fn signal(c: &Cluster, n: u64, sig: &str) -> Result<u32, String> {
+    let pid = pid_of(c, n).ok_or_else(|| format!("node {n} has no process to send SIG{sig}"))?;
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .map_err(|e| format!("kill -{sig} {pid} (node {n}) did not run: {e}"))?;
+    if !status.success() {
+        return Err(format!("kill -{sig} {pid} (node {n}) failed: {status}"));
+    }
+    Ok(pid)
+}
+
+/// The state letter of a process in /proc/<pid>/stat (R, S, D, T for stopped, Z, ...).
+pub(crate) fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": comm may hold spaces and parentheses, the state follows the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Waits up to `within` for process `pid` to be in (`stopped`) or out of state T.
+pub(crate) async fn stopped_within(pid: u32, stopped: bool, within: Duration) -> Result<char, String> {
+    let mut state;
+    let ok = eventually!(within, {
+        state = process_state(pid);
+        state.is_some_and(|s| (s == 'T') == stopped)
+    });
+    match (ok, state) {
+        (true, Some(s)) => Ok(s),
+        (_, s) => Err(format!("process {pid} is in state {s:?} after {within:?}, want {}", if stopped { "T" } else { "not T" })),
+    }
+}
 
 pub(crate) async fn sleep(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;

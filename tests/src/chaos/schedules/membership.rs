@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 
 /// reshape: membership changes online under the workload. A new node replaces one region's
 /// node in every shard it holds (`hongbao cluster replace-node`: learner, caught up, voter, then
-/// the old one out of the Raft group and the map), while the leader of a random shard is killed
-/// and restarted in the middle of it.
+/// the old one out of the Raft group and the map), while a shard's leader is killed and
+/// restarted in the middle of it: the kill must land while the command still runs.
 pub(crate) async fn reshape(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
     let region = c.topology.regions.choose(rng).expect("regions").name.clone();
     let Some(old) = c.topology.nodes_in(&region).iter().map(|n| n.id).find(|n| !c.topology.shards_on(*n).is_empty()) else {
+        log.missed(format!("region {region} has no node holding a shard to replace"));
+        sleep(1_000).await;
         return;
     };
     let new = c.next_node_id();
@@ -38,14 +40,31 @@ pub(crate) async fn reshape(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'
         "--metrics-addr",
         &spec.metrics_addr,
     ];
-    let child = c.cli_spawn(&args);
-    kill_a_leader_meanwhile(c, rng, 800, "the replacement runs", log).await;
+    let mut child = c.cli_spawn(&args);
+    sleep(800).await;
+    match a_leader(c, rng, Duration::from_secs(2)).await {
+        Some((victim, led)) => {
+            log.note(format!("kill -9 node {victim} (leader of {led:?}) while the replacement runs"));
+            c.kill(victim);
+            // Asked after the kill returned: a command still running then was running at the kill.
+            match child.try_wait() {
+                Ok(None) => log.proved(format!("node {victim}, leader of {led:?}, died while replace-node {old} -> {new} was running")),
+                Ok(Some(s)) => log.missed(format!("replace-node {old} -> {new} had already ended ({s}) when node {victim} was killed")),
+                Err(e) => log.missed(format!("replace-node {old} -> {new}: {e}")),
+            }
+            sleep(1_500).await;
+            log.note(format!("restart node {victim}"));
+            c.start_node(victim);
+        }
+        None => log.missed(format!("no node led a shard 0.8 s into replace-node {old} -> {new}, so none was killed")),
+    }
     if finished(c, child, &format!("replace-node {old} -> {new}"), log).await.is_none() {
         return;
     }
     let map = c.sync_map();
     let moved = map.node(old).is_none() && map.shards.iter().all(|s| !s.replicas.contains(&old)) && !map.shards_on(new).is_empty();
     if moved {
+        log.effects.replaced += 1;
         log.proved(format!(
             "node {new} replaced node {old} in shards {:?} in {} ms, with a leader killed meanwhile (map version {})",
             map.shards_on(new).iter().map(|s| s.id).collect::<Vec<_>>(),
@@ -67,9 +86,11 @@ pub(crate) async fn reshape(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'
 }
 
 /// Moves `count` random slots to other shards and back, one move at a time, under the bank
-/// workload, with a leader killed during the first move and restarted. Each move must end with
-/// the served map routing the slot to its destination; the checker and the replicas' final
-/// balances prove no money was lost or doubled.
+/// workload. Until one kill has landed in this cycle, each move kills the node driving it (the
+/// meta shard's leader) as soon as it has done a step and restarts it 1.5 s later; the kill
+/// counts only when the move was half-way (fewer than its 4 steps done) and the command still
+/// running. Each move must end with the served map routing the slot to its destination; the
+/// checker and the replicas' final balances prove no money was lost or doubled.
 pub(crate) async fn move_slots(c: &mut Cluster, rng: &mut impl Rng, count: usize, log: &mut Log<'_>) {
     let shards: Vec<u32> = c.topology.shards.iter().map(|s| s.id).collect();
     // Slots holding the workload's wallets, so every move carries money that is in use.
@@ -81,15 +102,19 @@ pub(crate) async fn move_slots(c: &mut Cluster, rng: &mut impl Rng, count: usize
         .iter()
         .map(|(s, from)| (*s, *shards.iter().filter(|x| *x != from).collect::<Vec<_>>().choose(rng).copied().expect("2+ shards")))
         .collect();
-    let mut first = true;
+    let mut landed = false;
     for (slot, to) in away.into_iter().chain(home) {
         log.note(format!("move slot {slot} to shard {to}, online"));
         let t = Instant::now();
         let (s, d) = (slot.to_string(), to.to_string());
-        let child = c.cli_spawn(&["cluster", "move-slot", &s, "--to-shard", &d]);
-        if first {
-            first = false;
-            kill_a_leader_meanwhile(c, rng, 300, &format!("slot {slot} moves"), log).await;
+        let driver = if landed { None } else { c.leaders().await.get(&c.topology.meta_shard()).copied() };
+        let steps_before = match driver {
+            Some(n) => c.node_metric(n, SLOT_MOVE_STEPS).await,
+            None => None,
+        };
+        let mut child = c.cli_spawn(&["cluster", "move-slot", &s, "--to-shard", &d]);
+        if let (Some(driver), Some(before)) = (driver, steps_before) {
+            landed = kill_mid_move(c, &mut child, driver, before, slot, log).await;
         }
         let Some(stdout) = finished(c, child, &format!("move-slot {slot} -> {to}"), log).await else { continue };
         let map = c.sync_map();
@@ -106,16 +131,42 @@ pub(crate) async fn move_slots(c: &mut Cluster, rng: &mut impl Rng, count: usize
     }
 }
 
-/// `after_ms` into a membership command, kills the leader of a random shard and restarts it
-/// 1.5 s later.
-pub(crate) async fn kill_a_leader_meanwhile(c: &mut Cluster, rng: &mut impl Rng, after_ms: u64, during: &str, log: &mut Log<'_>) {
-    sleep(after_ms).await;
-    let victim = leader_of_random_shard(c, rng).await;
-    log.note(format!("kill -9 node {victim} (a leader) while {during}"));
-    c.kill(victim);
+/// Every 5 ms, until the move-slot command ends: once `driver` has done a step of the move
+/// (its `hongbao_slot_move_steps_total` past `before`), kill it, and restart it 1.5 s later.
+/// Whether the kill landed half-way through the move, the command still running.
+async fn kill_mid_move(c: &mut Cluster, child: &mut std::process::Child, driver: u64, before: f64, slot: u32, log: &mut Log<'_>) -> bool {
+    let t = Instant::now();
+    let steps = loop {
+        if !matches!(child.try_wait(), Ok(None)) || t.elapsed() > Duration::from_secs(10) {
+            log.note(format!("move of slot {slot} ended before node {driver} was seen driving it; no kill this time"));
+            return false;
+        }
+        let now = c.node_metric(driver, SLOT_MOVE_STEPS).await.unwrap_or(before);
+        if now > before {
+            break now - before;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    if steps >= 4.0 {
+        log.note(format!("node {driver} had done all {steps} steps of slot {slot}'s move when seen; no kill this time"));
+        return false;
+    }
+    c.kill(driver);
+    let running = matches!(child.try_wait(), Ok(None));
+    log.note(format!("kill -9 node {driver} (the meta shard's leader, driving the move), seen after {steps} of the move's 4 steps"));
+    let landed = running;
+    if landed {
+        log.effects.killed_mid_move += 1;
+        log.proved(format!(
+            "node {driver}, driving the move of slot {slot}, died with the command running, at least {steps} of the move's 4 steps done"
+        ));
+    } else {
+        log.note(format!("move-slot of slot {slot} had ended by the time node {driver} was dead"));
+    }
     sleep(1_500).await;
-    log.note(format!("restart node {victim}"));
-    c.start_node(victim);
+    log.note(format!("restart node {driver}"));
+    c.start_node(driver);
+    landed
 }
 
 /// The output of a CLI command the schedule spawned, once it exited 0 (the map versions it made

@@ -32,6 +32,8 @@ pub(crate) async fn inject(
     log: &mut Vec<(Duration, String)>,
     effects: &mut Effects,
 ) {
+    let cycle = effects.cycles;
+    effects.cycles += 1;
     let mut log = Log { shared, entries: log, effects };
     match schedule {
         Schedule::KillLeader | Schedule::BigEntries => kill_leader(c, rng, &mut log).await,
@@ -47,9 +49,9 @@ pub(crate) async fn inject(
         Schedule::ClockLeap => clock_leap(c, rng, &mut log).await,
         Schedule::CorruptSnapshot => corrupt_snapshot(c, rng, &mut log).await,
         Schedule::NetnsPartition => netns_partition(c, net.expect("netns-partition runs on a netns cluster"), rng, &mut log).await,
-        // Membership and slot moves, at random.
-        Schedule::Reshape if rng.gen_bool(0.5) => move_slots(c, rng, 1, &mut log).await,
-        Schedule::Reshape => reshape(c, rng, &mut log).await,
+        // Membership and slot moves in turn, a replacement first: a short run replaces a node.
+        Schedule::Reshape if cycle.is_multiple_of(2) => reshape(c, rng, &mut log).await,
+        Schedule::Reshape => move_slots(c, rng, 1, &mut log).await,
         Schedule::MoveSlots => move_slots(c, rng, 5, &mut log).await,
     }
 }
@@ -71,6 +73,10 @@ pub(crate) async fn finish(schedule: Schedule, c: &Cluster, log: &mut Log<'_>) {
             }
             let n = metric_sum(c, SNAPSHOTS_INSTALLED).await;
             log.note(format!("{n} snapshot installs in all"));
+        }
+        Schedule::Reshape if log.effects.replaced == 0 => log.missed("no node was replaced in the whole run"),
+        Schedule::MoveSlots if log.effects.killed_mid_move == 0 => {
+            log.missed("no slot move had its driving leader killed half-way in the whole run")
         }
         _ => {}
     }

@@ -99,8 +99,15 @@ pub(crate) async fn netns_partition(c: &mut Cluster, net: &netns::Net, rng: &mut
     sleep(1_000).await;
 }
 
+/// Every link +20..120 ms each way and 5 % loss for 5 s. The delay must show where it acts: a
+/// commit needs a round trip to a follower, so the leaders' mean time from proposal to applied
+/// outcome (`hongbao_commit_seconds`) must grow by at least the one-way delay over the mean of
+/// the 1.5 s just before.
 pub(crate) async fn slow_links(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
     let delay = rng.gen_range(20..=120);
+    let before = commit_totals(c).await;
+    sleep(1_500).await;
+    let normal = commit_totals(c).await;
     log.note(format!("every link: +{delay} ms each way, 5 % loss"));
     let mut took = Vec::new();
     for n in c.topology.nodes.clone() {
@@ -108,13 +115,36 @@ pub(crate) async fn slow_links(c: &mut Cluster, rng: &mut impl Rng, log: &mut Lo
             took.push(n.id);
         }
     }
-    if took.len() == c.topology.nodes.len() {
-        log.proved(format!("every node ({took:?}) took +{delay} ms and 5 % loss"));
-    } else {
+    if took.len() != c.topology.nodes.len() {
         log.missed(format!("only nodes {took:?} took the slow links"));
     }
-    sleep(5_000).await;
+    // Proposals made before the faults may still be committing: measure from 0.5 s on.
+    sleep(500).await;
+    let slowed = commit_totals(c).await;
+    sleep(4_500).await;
+    let after = commit_totals(c).await;
     log.note("links back to normal");
     clear_faults(c).await;
+    match (mean_ms(before, normal), mean_ms(slowed, after)) {
+        (Some(was), Some(now)) if now >= was + delay as f64 => log.proved(format!(
+            "+{delay} ms links slowed commits: mean {now:.1} ms over {} commits, {was:.1} ms over {} just before",
+            after.1 - slowed.1,
+            normal.1 - before.1
+        )),
+        (was, now) => {
+            log.missed(format!("+{delay} ms links did not slow commits by {delay} ms: mean {now:?} ms while slow, {was:?} ms just before"))
+        }
+    }
     sleep(2_000).await;
+}
+
+/// Every node's (seconds, count) of `hongbao_commit_seconds` so far, summed.
+async fn commit_totals(c: &Cluster) -> (f64, f64) {
+    (metric_sum(c, COMMIT_SECONDS_SUM).await, metric_sum(c, COMMIT_SECONDS_COUNT).await)
+}
+
+/// The mean commit time in ms between two readings (None: no commit in between).
+fn mean_ms(from: (f64, f64), to: (f64, f64)) -> Option<f64> {
+    let n = to.1 - from.1;
+    (n > 0.0).then(|| (to.0 - from.0) / n * 1000.0)
 }

@@ -43,26 +43,46 @@ pub(crate) async fn kill_region(c: &mut Cluster, rng: &mut impl Rng, log: &mut L
     sleep(1_000).await;
 }
 
+/// SIGSTOP on a leader: kill must succeed and /proc must show the process stopped (state T); its
+/// shards must get leaders among the others and the others must commit past what it applied.
+/// SIGCONT: it must run again and catch up.
 pub(crate) async fn pause_node(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
-    let n = leader_of_random_shard(c, rng).await;
+    let Some((n, led)) = a_leader(c, rng, Duration::from_secs(5)).await else {
+        log.missed("no node led any shard within 5 s, so there was no leader to pause");
+        sleep(1_000).await;
+        return;
+    };
     let before = applied(c, n).await.unwrap_or_default();
-    log.note(format!("SIGSTOP node {n} (a leader; applied {before:?})"));
+    log.note(format!("SIGSTOP node {n} (leader of {led:?}; applied {before:?})"));
     let t = Instant::now();
-    c.signal(n, "STOP");
+    match signal(c, n, "STOP") {
+        Ok(pid) => match stopped_within(pid, true, Duration::from_secs(1)).await {
+            Ok(s) => log.proved(format!("node {n} (pid {pid}) is stopped: state {s} in /proc/{pid}/stat")),
+            Err(e) => log.missed(format!("SIGSTOP of node {n} did not land: {e}")),
+        },
+        Err(e) => log.missed(e),
+    }
+    log.check(leaders_moved(c, &[n], &led, Duration::from_secs(8), &format!("paused node {n}")).await);
     let rest = others(c, &[n]);
     let mut seen;
-    let behind = eventually!(Duration::from_millis(2_800), {
+    let behind = eventually!(Duration::from_millis(3_000).saturating_sub(t.elapsed()).max(Duration::from_millis(500)), {
         seen = committed(c, &rest).await;
         seen.iter().any(|(s, ci)| *ci > before.get(s).copied().unwrap_or(u64::MAX))
     });
     if behind {
         log.proved(format!("paused node {n} fell behind: the others committed {seen:?}, it had applied {before:?}"));
     } else {
-        log.missed(format!("paused node {n} never fell behind within 3 s: the others committed {seen:?}, it had applied {before:?}"));
+        log.missed(format!("paused node {n} never fell behind: the others committed {seen:?}, it had applied {before:?}"));
     }
     sleep_rest(t, 3_000).await;
     log.note(format!("SIGCONT node {n}"));
-    c.signal(n, "CONT");
+    match signal(c, n, "CONT") {
+        Ok(pid) => match stopped_within(pid, false, Duration::from_secs(1)).await {
+            Ok(s) => log.proved(format!("node {n} (pid {pid}) runs again: state {s}")),
+            Err(e) => log.missed(format!("SIGCONT of node {n} did not land: {e}")),
+        },
+        Err(e) => log.missed(e),
+    }
     log.check(catch_up(c, n, Duration::from_secs(10)).await.map(|d| format!("resumed node {n} caught up in {} ms", d.as_millis())));
     sleep_rest(t, 6_000).await;
 }

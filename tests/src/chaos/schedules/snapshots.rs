@@ -47,9 +47,12 @@ pub(crate) fn truncate_half(p: &std::path::Path) -> Option<(u64, u64)> {
     Some((len, len / 2))
 }
 
-/// A follower left behind the purged log, and the leader's snapshot file of that shard
-/// truncated on disk just before and just after the follower comes back: the follower must
-/// refuse any torn copy and end with exactly the leader's data (checked after the run).
+/// A follower left behind the purged log, and the leader's snapshot file of that shard torn
+/// (truncated to half) on disk again and again from just before the follower comes back until
+/// the follower has refused a torn copy: the refusal must show in the follower's
+/// `hongbao_snapshots_received_total{result="failed"}` for that shard. Then the tearing stops,
+/// and the follower must catch up on a whole snapshot (and, checked after the run, end with
+/// exactly the leader's data).
 pub(crate) async fn corrupt_snapshot(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
     let Some((s, l)) = random_leader(c, rng).await else {
         log.note("no leader to take a snapshot from; waiting");
@@ -67,27 +70,46 @@ pub(crate) async fn corrupt_snapshot(c: &mut Cluster, rng: &mut impl Rng, log: &
     if !snapped {
         log.note(format!("node {l} built fewer than 3 snapshots in 10 s"));
     }
-    let file = c.node_dir(l).join("snapshots").join(format!("shard-{s}.snap"));
-    match truncate_half(&file) {
-        Some((a, b)) => {
-            log.effects.corrupted += 1;
-            log.note(format!("truncated {} from {a} to {b} bytes", file.display()));
-        }
-        None => log.missed(format!("node {l} has no snapshot file {} to corrupt", file.display())),
-    }
+    let shard = s.to_string();
+    let failed = [("shard", shard.as_str()), ("result", "failed")];
+    let refused_before = node_metric_where(c, f, SNAPSHOTS_RECEIVED, &failed).await.unwrap_or(0.0);
+    let sent_failed_before = node_metric_where(c, l, SNAPSHOTS_SENT, &failed).await.unwrap_or(0.0);
     let installed = c.node_metric(f, SNAPSHOTS_INSTALLED).await.unwrap_or(0.0);
-    log.note(format!("heal node {f}"));
+    let file = c.node_dir(l).join("snapshots").join(format!("shard-{s}.snap"));
+    let mut left = None;
+    let mut torn = tear(&file, &mut left, log);
+    log.note(format!("heal node {f}; tear {} again every 100 ms until node {f} refuses a torn copy", file.display()));
     clear_faults(c).await;
-    sleep(150).await;
-    if let Some((a, b)) = truncate_half(&file) {
-        log.effects.corrupted += 1;
-        log.note(format!("truncated {} again, from {a} to {b} bytes, while node {f} catches up", file.display()));
+    // The leader builds a new snapshot every SMALL_SNAPSHOT_EVERY entries (renamed over the torn
+    // file), so tear whatever file is current until a torn one was sent and refused.
+    let mut refused = refused_before;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        sleep(100).await;
+        refused = node_metric_where(c, f, SNAPSHOTS_RECEIVED, &failed).await.unwrap_or(refused);
+        if refused > refused_before {
+            break;
+        }
+        torn += tear(&file, &mut left, log);
+    }
+    log.effects.corrupted += torn;
+    let sent_failed = node_metric_where(c, l, SNAPSHOTS_SENT, &failed).await.unwrap_or(0.0);
+    if refused > refused_before {
+        log.proved(format!(
+            "node {f} refused {} torn snapshot stream(s) of shard {s} after {torn} tear(s) ({} stream(s) of node {l} failed)",
+            refused - refused_before,
+            sent_failed - sent_failed_before
+        ));
+    } else {
+        log.missed(format!(
+            "node {f} refused no snapshot of shard {s} in 10 s of tearing node {l}'s file {torn} times ({SNAPSHOTS_RECEIVED}{{result=\"failed\"}} stayed {refused})"
+        ));
     }
     match catch_up(c, f, Duration::from_secs(20)).await {
         Ok(d) => {
             let now = c.node_metric(f, SNAPSHOTS_INSTALLED).await.unwrap_or(0.0);
             log.proved(format!(
-                "node {f} caught up in {} ms past a torn snapshot ({} snapshot install(s) meanwhile)",
+                "node {f} caught up in {} ms past the torn snapshots ({} snapshot install(s) meanwhile)",
                 d.as_millis(),
                 now - installed
             ));
@@ -95,4 +117,20 @@ pub(crate) async fn corrupt_snapshot(c: &mut Cluster, rng: &mut impl Rng, log: &
         Err(e) => log.missed(e),
     }
     sleep(1_000).await;
+}
+
+/// Truncates the snapshot file to half its length unless it is still the length this left it
+/// at (`left`): 1 when it tore a file, 0 otherwise.
+fn tear(file: &std::path::Path, left: &mut Option<u64>, log: &mut Log<'_>) -> usize {
+    if std::fs::metadata(file).ok().map(|m| m.len()) == *left {
+        return 0;
+    }
+    match truncate_half(file) {
+        Some((a, b)) => {
+            log.note(format!("truncated {} from {a} to {b} bytes", file.display()));
+            *left = Some(b);
+            1
+        }
+        None => 0,
+    }
 }
