@@ -5,7 +5,8 @@
 //! Where things are: `runner` (cluster, workload, fault window), `schedule` (the schedules by
 //! name), `schedules/` (each family's fault cycles), `probes` (what the cycles ask of the
 //! cluster), `effects` (the fault log and the effects proved or missed), `verify` (after the
-//! run: settling, quiescence, replicas), `checker` (the bank checker, pure), `report`.
+//! run: settling, quiescence, replicas), `replay` (acknowledged operations sent again),
+//! `checker` (the bank checker, pure), `report`.
 
 /// Evaluates `$cond` (it may await) every 200 ms until it holds or `$within` passes; whether it
 /// held.
@@ -29,6 +30,7 @@ mod effects;
 pub mod history;
 pub mod netns;
 mod probes;
+mod replay;
 mod report;
 mod runner;
 mod schedule;

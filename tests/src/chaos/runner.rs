@@ -60,6 +60,10 @@ pub(crate) const RESOLVE_SENDS: u32 = 6;
 /// Time bound of that settling, per operation. Never the binding one: RESOLVE_SENDS calls of
 /// at most the settling client's 10 s deadline end before it.
 pub(crate) const RESOLVE_WITHIN: Duration = Duration::from_secs(120);
+/// How long one background audit may go unanswered (asked again meanwhile) before the run fails:
+/// longer than any failover the schedules cause, far shorter than their faults would take to
+/// hide a shard that never answers.
+pub(crate) const AUDIT_WITHIN: Duration = Duration::from_secs(10);
 /// How long the cluster gets to settle after the faults stop (relay drained, packets refunded).
 pub(crate) const QUIESCE: Duration = Duration::from_secs(60);
 
@@ -110,7 +114,8 @@ pub async fn run(schedule: Schedule, opts: &Options) -> anyhow::Result<Report> {
         logs: c.keep_on_failure().display().to_string(),
         ..Report::default()
     };
-    verify(&c, &shared, &settle, &users, &audits, &mut report).await;
+    report.violations.extend(audits.failed);
+    verify(&c, &shared, &settle, &users, &audits.answered, &mut report).await;
     if !report.violations.is_empty() {
         if c.is_containers() {
             report.logs = c.save_container_logs().map(|p| p.display().to_string()).unwrap_or_else(|| "(not saved)".into());
@@ -156,7 +161,15 @@ pub(crate) async fn start_cluster(schedule: Schedule, opts: &Options, net: Optio
 pub(crate) struct Load {
     workers: Vec<JoinHandle<()>>,
     auditor: JoinHandle<()>,
-    audits: Arc<Mutex<Vec<AuditReply>>>,
+    audits: Arc<Mutex<Audits>>,
+}
+
+/// The background audits of a run: those answered, and those that found no answer within
+/// AUDIT_WITHIN (each fails the run).
+#[derive(Default)]
+pub(crate) struct Audits {
+    pub(crate) answered: Vec<AuditReply>,
+    pub(crate) failed: Vec<String>,
 }
 
 impl Load {
@@ -165,14 +178,20 @@ impl Load {
         for w in 0..opts.workers {
             workers.push(tokio::spawn(workload::worker(shared.clone(), clients[w % clients.len()].clone(), opts.seed * 1000 + w as u64)));
         }
-        let audits: Arc<Mutex<Vec<AuditReply>>> = Arc::default();
+        let audits: Arc<Mutex<Audits>> = Arc::default();
         let auditor = {
             let (shared, client, audits) = (shared.clone(), clients[1 % clients.len()].clone(), audits.clone());
             tokio::spawn(async move {
                 while !shared.stop.load(Ordering::Relaxed) {
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    if let Ok(a) = client.audit().await {
-                        audits.lock().expect("audits lock").push(a);
+                    let asked = shared.start.elapsed();
+                    let answer = audit_within(&client, AUDIT_WITHIN).await;
+                    let mut a = audits.lock().expect("audits lock");
+                    match answer {
+                        Ok(r) => a.answered.push(r),
+                        Err(e) => a
+                            .failed
+                            .push(format!("the audit asked at {:.1} s had no answer within {AUDIT_WITHIN:?}: {e}", asked.as_secs_f64())),
                     }
                 }
             })
@@ -180,8 +199,8 @@ impl Load {
         Load { workers, auditor, audits }
     }
 
-    /// Stops the workload and waits for every operation in flight; the audits answered meanwhile.
-    async fn stop(self, shared: &Shared) -> anyhow::Result<Vec<AuditReply>> {
+    /// Stops the workload and waits for every operation in flight; the audits made meanwhile.
+    async fn stop(self, shared: &Shared) -> anyhow::Result<Audits> {
         shared.stop.store(true, Ordering::Relaxed);
         for t in self.workers {
             t.await?;
@@ -189,6 +208,19 @@ impl Load {
         self.auditor.await?;
         let audits = std::mem::take(&mut *self.audits.lock().expect("audits lock"));
         Ok(audits)
+    }
+}
+
+/// Asks for an audit until one answers or `within` passes (a failover makes calls fail for a
+/// moment; an audit is a read, so asking again is harmless): the answer or the last error.
+async fn audit_within(client: &Client, within: Duration) -> Result<AuditReply, hongbao_client::ClientError> {
+    let t = Instant::now();
+    loop {
+        match client.audit().await {
+            Ok(a) => return Ok(a),
+            Err(e) if t.elapsed() >= within => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
 }
 

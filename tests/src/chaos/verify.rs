@@ -4,6 +4,7 @@
 
 use super::checker::{self, Final};
 use super::history::{self, Event, Outcome};
+use super::replay;
 use super::report::Report;
 use super::runner::{QUIESCE, RESOLVE_SENDS, RESOLVE_WITHIN};
 use super::workload::{self, Shared};
@@ -22,10 +23,17 @@ pub(crate) async fn verify(c: &Cluster, shared: &Shared, client: &Client, users:
     summarize(&history, report, shared.start.elapsed());
     let fin = quiesce(client, &history, users).await;
     report.audits_during = audits.len();
+    if audits.is_empty() {
+        report.violations.push("no background audit answered during the run".into());
+    }
     match fin {
         Ok(fin) => {
             report.violations.extend(checker::check(&history, audits, &fin));
             replicas_agree(c, &fin, report).await;
+            match replay::replay_acknowledged(client, &history, &fin).await {
+                Ok(proved) => report.effects.push(proved),
+                Err(v) => report.violations.extend(v),
+            }
             if shared.big {
                 let proved = checker::big_entries_held(&history, &fin, &mut report.violations);
                 report.effects.extend(proved);
