@@ -1,9 +1,11 @@
 //! A short run of every chaos schedule (scripts/chaos runs them long): real nodes and routers,
 //! a recorded workload through the routers, faults, then the bank checker on the quiesced
 //! cluster. Each test fails on any violation of the money rules, when a fault did not have the
-//! effect it exists for (a partition that moved no leader, a paused node that never fell behind,
-//! a snapshot storm without a snapshot install, ...), or when a node's own replicas do not end
-//! with exactly the final balances.
+//! effect it exists for (a partition that moved no leader, a paused node that never stopped or
+//! kept its leaderships, slow links that did not slow commits, a torn snapshot never refused, a
+//! snapshot storm without a snapshot install, ...), when a background audit found no answer,
+//! when an acknowledged operation sent again answers differently or moves money, or when a
+//! node's own replicas do not end with exactly the final balances.
 
 use hongbao_tests::chaos::{run, Options, Schedule};
 use std::time::Duration;

@@ -6,10 +6,13 @@
 //!   fees), transfers, sends, grabs and expiry refunds, each counted once;
 //! - each packet: no grabber twice, no share below 1 cent, shares plus refund equal the total,
 //!   and its claims are exactly the acknowledged grabs (a grab the client saw fail did not land);
-//! - no operation is left with an unknown outcome.
+//! - no operation is left with an unknown outcome;
+//! - big-entries: maximum-size sends kept their strings, oversize ones were refused.
 
-use super::history::{Ack, Event, Op, Outcome};
+use super::history::{self, Ack, Event, Op, Outcome, Size};
+use super::workload;
 use hongbao_proto::v1::{AuditReply, PacketView};
+use hongbao_proto::ErrorCode;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub struct Final {
@@ -175,6 +178,52 @@ fn check_audit_totals(acked: &Acked, a: &AuditReply, v: &mut Vec<String>) {
     }
     if a.total_fees_cents != acked.fees {
         v.push(format!("audit counts {} cents of fees, the history acknowledges {}", a.total_fees_cents, acked.fees));
+    }
+}
+
+/// big-entries: maximum-size sends went through and kept their strings; every oversize one was
+/// refused with INVALID_ARGUMENT (and so, by the checker, moved nothing).
+/// Returns what it proved; pushes what it found wrong onto `v`.
+pub fn big_entries_held(history: &[Event], fin: &Final, v: &mut Vec<String>) -> Option<String> {
+    let (mut max_ok, mut over, mut huge) = (0, 0, 0);
+    for e in history {
+        let Op::Send { size, .. } = e.op else { continue };
+        match size {
+            Size::Normal => {}
+            Size::Max => {
+                if let Outcome::Ok(history::Ack::Sent { packet, .. }) = e.outcome {
+                    max_ok += 1;
+                    if let Some(view) = fin.packets.get(&packet) {
+                        if view.greeting != workload::greeting(Size::Max) {
+                            v.push(format!(
+                                "packet {packet}: its {}-byte greeting came back as {} bytes",
+                                workload::MAX_STRING,
+                                view.greeting.len()
+                            ));
+                        }
+                    }
+                }
+            }
+            Size::Over | Size::Huge => {
+                if size == Size::Over {
+                    over += 1;
+                } else {
+                    huge += 1;
+                }
+                if e.outcome != Outcome::Fail(ErrorCode::InvalidArgument) {
+                    v.push(format!("an oversize send ({size:?}) ended {:?}, not refused with INVALID_ARGUMENT", e.outcome));
+                }
+            }
+        }
+    }
+    if max_ok == 0 || over == 0 {
+        v.push(format!("big-entries mixed in too few: {max_ok} maximum-size sends acknowledged, {over} one byte over, {huge} of 20 KiB"));
+        None
+    } else {
+        Some(format!(
+            "{max_ok} maximum-size sends ({}-byte greeting and phrase) acknowledged, greetings intact; {over} one-byte-over and {huge} 20 KiB sends refused with INVALID_ARGUMENT",
+            workload::MAX_STRING
+        ))
     }
 }
 
