@@ -376,6 +376,11 @@ impl Cluster {
         Some(scrape::sum(&self.scraper().metrics(addr).await?, name, label))
     }
 
+    /// One user's balance read from node `id`'s own replica; None when it does not answer.
+    pub async fn stale_balance(&self, id: u64, user: u64) -> Option<u64> {
+        self.stale_balances(id, &[user]).await.ok()?.get(&user).copied()
+    }
+
     /// Balances read from one node's own replicas (allow_stale: no leader involved), as admin.
     pub async fn stale_balances(&self, id: u64, users: &[u64]) -> Result<BTreeMap<u64, u64>, String> {
         use hongbao_proto::v1::{wallet_client::WalletClient, BalanceRequest};
