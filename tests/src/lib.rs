@@ -65,6 +65,12 @@ impl Ports {
     }
 }
 
+/// `n` distinct loopback ports the OS reports free (each held until all are chosen).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let mut ports = Ports(vec![]);
+    (0..n).map(|_| ports.next()).collect()
+}
+
 /// The standard OTLP endpoint variable nodes and routers read (`--otlp-endpoint`).
 pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 
