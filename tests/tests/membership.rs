@@ -5,7 +5,7 @@
 //! `scripts/chaos reshape --nodes-per-region 3`).
 
 use hongbao_proto::v1::ReplicaRole;
-use hongbao_tests::{Cluster, Spec};
+use hongbao_tests::{eventually, Cluster, Spec};
 use std::time::{Duration, Instant};
 
 fn three_by_three() -> Cluster {
@@ -142,16 +142,12 @@ async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x
     assert_eq!(c.sync_map().version, map.version, "a re-send changes nothing");
 
     // The routers learn it from the map (no restart): their view names its leader.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = client.status().await.expect("status");
-        let view = st.router.expect("a router's own view");
-        if view.leaders.iter().any(|l| l.shard == 4 && l.node != 0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the router never routed shard 4: {view:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut view;
+    let routed = eventually!(Duration::from_secs(10), {
+        view = client.status().await.expect("status").router.expect("a router's own view");
+        view.leaders.iter().any(|l| l.shard == 4 && l.node != 0)
+    });
+    assert!(routed, "the router never routed shard 4: {view:?}");
     let audit = client.audit().await.expect("audit");
     assert_eq!(audit.shards.len(), 4, "the audit covers the new shard");
     assert!(audit.balanced, "{:?}", audit.problems);
@@ -175,17 +171,12 @@ async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x
     // from the map its peers give it, and follows its leader again.
     c.kill(3);
     c.start_node_on(3, &first_file);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(st) = c.node_client().status_of(&c.node_addr(3)).await {
-            let r = st.nodes.iter().flat_map(|n| n.shards.iter()).find(|s| s.shard == 4).map(|s| s.role());
-            if matches!(r, Some(ReplicaRole::Follower | ReplicaRole::Leader)) {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "restarted node 3 did not reopen shard 4");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let reopened = eventually!(Duration::from_secs(20), {
+        let st = c.node_client().status_of(&c.node_addr(3)).await;
+        let role = st.ok().and_then(|st| st.nodes.iter().flat_map(|n| n.shards.iter()).find(|s| s.shard == 4).map(|s| s.role()));
+        matches!(role, Some(ReplicaRole::Follower | ReplicaRole::Leader))
+    });
+    assert!(reopened, "restarted node 3 did not reopen shard 4");
 }
 
 /// A slot move whose driver went away half-way (one `MoveSlot` call, as from a `move-slot` that
@@ -231,11 +222,8 @@ async fn a_slot_move_left_half_way_is_finished_by_the_meta_leader_with_no_cent_l
     }
     let t = Instant::now();
     // The leader waits RESUME_AFTER (10 s) from when it first saw the move unfinished.
-    let deadline = t + Duration::from_secs(50);
-    while c.sync_map().owner_of_slot(slot) != Some(3) {
-        assert!(Instant::now() < deadline, "nobody finished the move of slot {slot}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let finished = eventually!(Duration::from_secs(50), c.sync_map().owner_of_slot(slot) == Some(3));
+    assert!(finished, "nobody finished the move of slot {slot}");
     println!("the meta leader finished the move {:?} after the cut healed", t.elapsed());
     assert_eq!(c.topology.moving(slot), None, "the flip ended the move's record");
     let b = client.balance(user).await.expect("balance after the move");

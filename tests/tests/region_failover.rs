@@ -3,7 +3,8 @@
 
 use hongbao_auth::Role;
 use hongbao_client::{new_request_id, Client};
-use hongbao_tests::{Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::grpc::with_token;
+use hongbao_tests::{eventually, Cluster, Spec, TEST_DEVICE, TEST_PIN};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -86,30 +87,22 @@ async fn check_money(client: &Client, acked: &BTreeMap<u64, u64>) {
     assert_eq!(a.total_topups_cents, acked.values().sum::<u64>());
 }
 
-/// A raw gRPC channel to `addr` with the certificate of `role` (no client retries, no failover).
-async fn raw_channel(c: &Cluster, addr: &str, role: Role) -> tonic::transport::Channel {
-    let (_, tls) = c.credentials().tls(role).expect("the cluster's security folder has every role");
-    tonic::transport::Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
-}
-
 /// `msg` with `user`'s token, as an app forwards it for that user.
 fn as_user<T>(client: &Client, user: u64, msg: T) -> tonic::Request<T> {
     let tokens = client.credentials().tokens.as_ref().expect("test credentials mint user tokens");
     let token = tokens.token(user, None).expect("a development token");
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
+    with_token(msg, &token)
 }
 
 async fn wait_leader(c: &Cluster, shard: u32, node: u64, within: Duration) -> Duration {
     let start = Instant::now();
-    loop {
-        if c.leaders().await.get(&shard) == Some(&node) {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < within, "shard {shard} leadership did not reach node {node} within {within:?}: {:?}", c.leaders().await);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut leaders;
+    let reached = eventually!(within, {
+        leaders = c.leaders().await;
+        leaders.get(&shard) == Some(&node)
+    });
+    assert!(reached, "shard {shard} leadership did not reach node {node} within {within:?}: {leaders:?}");
+    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +221,7 @@ async fn beyond_its_in_flight_bound_a_router_answers_resource_exhausted_and_appl
     client.open_account(user, "phone").await.unwrap();
     let addr = c.topology.routers.iter().find(|r| r.region == "shanghai").unwrap().addr.clone();
     // Top-ups are the payment gateway's calls.
-    let channel = raw_channel(&c, &addr, Role::PaymentGateway).await;
+    let channel = c.channel_as_role(&addr, Role::PaymentGateway);
     // 200 top-ups at once, raw gRPC (no client retries), far above the bound of 4 per shard.
     let calls = (1..=200u64).map(|amount| {
         let mut w = WalletClient::new(channel.clone());
@@ -250,16 +243,6 @@ async fn beyond_its_in_flight_bound_a_router_answers_resource_exhausted_and_appl
     assert!(rejected < 200, "some requests must get through");
     // Rejected requests were never forwarded: the balance is exactly the accepted ones.
     assert_eq!(client.balance(user).await.unwrap().balance_cents, ok_sum);
-}
-
-/// Scrapes one counter-like value (a summary's `_count`, a counter) from a node's metrics page.
-async fn metric(addr: &str, name: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,15 +278,15 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
         .unwrap();
     let leader = c.leaders().await[&hongbao_topology::PacketId(p.packet_id).shard()];
     let leader_metrics = c.topology.node(leader).unwrap().metrics_addr.clone();
-    let batches_before = metric(&leader_metrics, "hongbao_coalesced_grabs_count").await;
-    let entries_before = metric(&leader_metrics, "hongbao_batch_requests_count").await;
-    let proposed_before = metric(&leader_metrics, "hongbao_batch_requests_sum").await;
+    let batches_before = c.metric(&leader_metrics, "hongbao_coalesced_grabs_count", "").await.expect("the leader\'s metrics");
+    let entries_before = c.metric(&leader_metrics, "hongbao_batch_requests_count", "").await.expect("the leader\'s metrics");
+    let proposed_before = c.metric(&leader_metrics, "hongbao_batch_requests_sum", "").await.expect("the leader\'s metrics");
 
     // All at once, raw gRPC on one connection: the router holds many grabs for the same node at
     // the same moment, which is when it coalesces them. Five carry a malformed request id. Each
     // grab goes as the app would send it: the app's certificate, the grabber's token.
     let addr = c.topology.routers.iter().find(|r| r.region == "shenzhen").unwrap().addr.clone();
-    let channel = raw_channel(&c, &addr, Role::App).await;
+    let channel = c.channel_as_role(&addr, Role::App);
     let requests: Vec<GrabRequest> = grabbers
         .iter()
         .enumerate()
@@ -347,17 +330,17 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
     assert_eq!(won.len(), 100, "every share is grabbed once");
     assert_eq!(exhausted, 150 - 5 - 100);
     assert_eq!(sum, total, "the shares add up to the packet");
-    let batches = metric(&leader_metrics, "hongbao_coalesced_grabs_count").await - batches_before;
+    let batches = c.metric(&leader_metrics, "hongbao_coalesced_grabs_count", "").await.expect("the leader\'s metrics") - batches_before;
     println!("150 grabs reached the leader in {batches} coalesced calls");
     assert!(batches > 0.0 && batches < 150.0, "grabs through the router went coalesced: {batches} calls for 150 grabs");
     // And on the leader, the proposals went into Raft several to an entry (leader batching).
-    let entries = metric(&leader_metrics, "hongbao_batch_requests_count").await - entries_before;
-    let proposed = metric(&leader_metrics, "hongbao_batch_requests_sum").await - proposed_before;
+    let entries = c.metric(&leader_metrics, "hongbao_batch_requests_count", "").await.expect("the leader\'s metrics") - entries_before;
+    let proposed = c.metric(&leader_metrics, "hongbao_batch_requests_sum", "").await.expect("the leader\'s metrics") - proposed_before;
     println!("{proposed} proposals in {entries} Raft entries");
     assert!(entries > 0.0 && proposed > entries, "{proposed} proposals in {entries} entries: no batching");
 
     // Grabs on the now exhausted packet are refused by the leader without a Raft round.
-    let fast_before = metric(&leader_metrics, "hongbao_grabs_fast_rejected_total").await;
+    let fast_before = c.metric(&leader_metrics, "hongbao_grabs_fast_rejected_total", "").await.expect("the leader\'s metrics");
     let mut pc = PacketsClient::new(channel.clone());
     for g in grabbers.iter().filter(|g| !won.iter().any(|(w, _)| w.grabber == **g)).take(5) {
         let late = GrabRequest {
@@ -370,7 +353,7 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
         let s = pc.grab(as_user(&client, *g, late)).await.unwrap_err();
         assert_eq!(detail_of(&s).code(), ErrorCode::PacketExhausted, "{s:?}");
     }
-    let fast = metric(&leader_metrics, "hongbao_grabs_fast_rejected_total").await - fast_before;
+    let fast = c.metric(&leader_metrics, "hongbao_grabs_fast_rejected_total", "").await.expect("the leader\'s metrics") - fast_before;
     assert_eq!(fast, 5.0, "late grabs on an exhausted packet are refused before proposing");
 
     // A re-sent grab (same request id) gets its first answer again, not a second share.
@@ -454,7 +437,7 @@ async fn a_plain_grpc_call_through_a_router_rides_out_a_leader_election_without_
     c.funded(&app, u, 0).await;
     let addr = c.topology.routers.iter().find(|r| r.region == "tianjin").expect("router").addr.clone();
     // Top-ups come from the payment gateway (its certificate, no user token).
-    let ch = raw_channel(&c, &addr, Role::PaymentGateway).await;
+    let ch = c.channel_as_role(&addr, Role::PaymentGateway);
     let leader = c.leaders().await[&1];
     assert_ne!(c.topology.region_of(leader), Some("tianjin"), "the router under test survives");
     c.kill(leader);
@@ -502,16 +485,12 @@ async fn a_drain_survives_a_restart_of_every_node_and_undrain_then_fails_back() 
     }
     c.wait_ready(Duration::from_secs(30)).await;
     // Fresh elections may pick a shenzhen replica; the placement loop must move it out.
-    let start = Instant::now();
-    loop {
-        let leaders = c.leaders().await;
-        let settled = leaders.len() == c.topology.shards.len() && leaders.values().all(|n| c.topology.region_of(*n) != Some("shenzhen"));
-        if settled {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(15), "leadership not out of drained shenzhen after restart: {leaders:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut leaders;
+    let settled = eventually!(Duration::from_secs(15), {
+        leaders = c.leaders().await;
+        leaders.len() == c.topology.shards.len() && leaders.values().all(|n| c.topology.region_of(*n) != Some("shenzhen"))
+    });
+    assert!(settled, "leadership not out of drained shenzhen after restart: {leaders:?}");
     // Several placement periods: failback must not pull leadership home into the drained region.
     let watch = Instant::now();
     while watch.elapsed() < Duration::from_secs(6) {

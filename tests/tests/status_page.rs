@@ -17,7 +17,7 @@
 
 use hongbao_client::{new_request_id, Client, PacketRef};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest};
-use hongbao_tests::{Cluster, Spec, OTLP_ENDPOINT_ENV, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::{eventually, poll, Cluster, Spec, OTLP_ENDPOINT_ENV, TEST_DEVICE, TEST_PIN};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
@@ -56,17 +56,10 @@ fn run_chromium(profile: &Path, url: &str, args: &[&str]) -> String {
         let _ = std::io::Read::read_to_string(&mut out, &mut s);
         s
     });
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait for chromium").is_some() {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium did not finish loading {url} within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !poll::until(Duration::from_secs(60), || child.try_wait().expect("wait for chromium").is_some()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("chromium did not finish loading {url} within 60 s");
     }
     reader.join().expect("chromium's output")
 }
@@ -96,14 +89,13 @@ fn attr(dom: &str, marker: &str, name: &str) -> Option<String> {
 /// Polls the page until `ok` holds for its DOM, or panics after `within` with the last DOM.
 fn wait_for_page(profile: &Path, url: &str, within: Duration, what: &str, ok: impl Fn(&str) -> bool) -> (String, Duration) {
     let start = Instant::now();
-    loop {
-        let dom = dump_dom(profile, url);
-        if ok(&dom) {
-            return (dom, start.elapsed());
-        }
-        assert!(start.elapsed() < within, "the status page did not show {what} within {within:?}; last DOM:\n{dom}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let mut dom = String::new();
+    let shown = poll::until(within, || {
+        dom = dump_dom(profile, url);
+        ok(&dom)
+    });
+    assert!(shown, "the status page did not show {what} within {within:?}; last DOM:\n{dom}");
+    (dom, start.elapsed())
 }
 
 /// Top-ups through the routers until stopped, each re-sent with its id until settled.
@@ -241,15 +233,6 @@ async fn the_status_page_shows_a_killed_region_down_and_its_shards_led_elsewhere
     );
 }
 
-/// The sum of every series of `name` whose line contains `label` (e.g. a method), on an endpoint.
-async fn metric_with(c: &Cluster, addr: &str, name: &str, label: &str) -> f64 {
-    let text = c.scraper().metrics(addr).await.unwrap_or_else(|| panic!("no metrics on {addr}"));
-    text.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loading_the_status_page_many_times_runs_no_audit_per_visit() {
     const AUDITS: &str = "hongbao_router_status_audits_total";
@@ -261,13 +244,13 @@ async fn loading_the_status_page_many_times_runs_no_audit_per_visit() {
     async fn node_audits(c: &Cluster) -> f64 {
         let mut sum = 0.0;
         for n in &c.topology.nodes {
-            sum += metric_with(c, &n.metrics_addr, "hongbao_rpc_requests_total", AUDIT_CALL).await;
+            sum += c.metric(&n.metrics_addr, "hongbao_rpc_requests_total", AUDIT_CALL).await.expect("metrics");
         }
         sum
     }
     // Nobody has looked at the page yet: no audit at all.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(metric_with(&c, &page, AUDITS, "").await, 0.0, "audits before any visit");
+    assert_eq!(c.metric(&page, AUDITS, "").await.expect("metrics"), 0.0, "audits before any visit");
     assert_eq!(node_audits(&c).await, 0.0, "audits reached the nodes before any visit");
 
     // A hundred loads, four at a time, then loads until the page shows a verdict.
@@ -291,24 +274,27 @@ async fn loading_the_status_page_many_times_runs_no_audit_per_visit() {
     // one: the task's refresh, about AUDIT_EVERY (10 s) later.
     let audit_at = |body: &str| attr(body, "id=\"audit\"", "data-audit-at-ms").and_then(|a| a.parse::<u128>().ok());
     let mut shown: Option<u128> = None;
-    let body = loop {
+    let mut body;
+    let refreshed = eventually!(Duration::from_secs(30).saturating_sub(first.elapsed()), {
         let a = c.scraper().get(&page, "/").await.expect("the page answers");
         assert_eq!(a.status, 200, "{a:?}");
         loads += 1;
         let balanced = attr(&a.body, "id=\"audit\"", "data-audit").as_deref() == Some("balanced");
+        let mut next = false;
         match (shown, audit_at(&a.body)) {
             (None, Some(at)) if balanced => shown = Some(at),
             (Some(first_at), Some(at)) if balanced && at != first_at => {
                 assert!(at >= first_at + 9_000, "the audit was refreshed {} ms after the one before", at - first_at);
-                break a.body;
+                next = true;
             }
             _ => {}
         }
-        assert!(first.elapsed() < Duration::from_secs(30), "no two balanced audits on the page within 30 s: {:.2000}", a.body);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+        body = a.body;
+        next
+    });
+    assert!(refreshed, "no two balanced audits on the page within 30 s: {body:.2000}");
     let watched = first.elapsed();
-    let ran = metric_with(&c, &page, AUDITS, "").await;
+    let ran = c.metric(&page, AUDITS, "").await.expect("metrics");
     let reached = node_audits(&c).await;
     // One audit at the first visit, then one per 10 s at most (plus one starting as we read).
     let most = 2.0 + (watched.as_secs_f64() / 10.0).floor();
@@ -493,15 +479,14 @@ impl Collector {
 
     /// The spans of `trace_id` once both a router and a node have sent theirs (within 15 s).
     async fn wait_for(&self, trace_id: &str) -> Vec<Got> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let spans = self.spans(trace_id);
+        let mut spans;
+        // Not asserted here: the caller says what it wanted of them.
+        eventually!(Duration::from_secs(15), {
+            spans = self.spans(trace_id);
             let from = |service: &str| spans.iter().any(|g| g.service == service);
-            if (from("hongbao-router") && from("hongbao-node")) || Instant::now() > deadline {
-                return spans;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            from("hongbao-router") && from("hongbao-node")
+        });
+        spans
     }
 }
 
@@ -566,11 +551,8 @@ async fn a_traced_grab_is_exported_over_otlp_by_the_router_and_the_node_in_the_c
         "the last call's spans arrive: {spans:#?}"
     );
     let router_log = || std::fs::read_to_string(c.dir.path().join("router-shenzhen.log")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !router_log().contains("trace export flushed") && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(router_log().contains("trace export flushed"), "the router flushed its exporter on SIGTERM");
+    let flushed = eventually!(Duration::from_secs(10), router_log().contains("trace export flushed"));
+    assert!(flushed, "the router flushed its exporter on SIGTERM");
     for id in nodes {
         assert!(c.node_log(id).contains("trace export flushed"), "node {id} flushed its exporter on SIGTERM");
     }
