@@ -7,7 +7,7 @@
 use backend::process::Processes;
 use backend::Backend;
 use hongbao_auth::{Role, SecurityDir};
-use hongbao_client::{Client, Credentials};
+use hongbao_client::{Client, Credentials, PacketRef};
 use hongbao_topology::Topology;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -337,6 +337,24 @@ impl Cluster {
         if cents > 0 {
             c.top_up(hongbao_client::new_request_id(), user, cents).await.unwrap_or_else(|e| panic!("top up {user}: {e}"));
         }
+    }
+
+    /// Through `client`: `sender` given `funds` cents (`funded`), `grabber`'s wallet opened, and
+    /// a lucky packet of `total_cents` in two shares sent by `sender`; the packet.
+    pub async fn packet_to_grab(&self, client: &Client, sender: u64, grabber: u64, funds: u64, total_cents: u64) -> PacketRef {
+        self.funded(client, sender, funds).await;
+        client.open_account(grabber, TEST_DEVICE).await.unwrap_or_else(|e| panic!("open {grabber}: {e}"));
+        let req = hongbao_proto::v1::SendPacketRequest {
+            request_id: hongbao_client::new_request_id(),
+            sender,
+            kind: hongbao_proto::v1::PacketKind::Lucky as i32,
+            total_cents,
+            count: 2,
+            device: TEST_DEVICE.into(),
+            pin: TEST_PIN.into(),
+            ..Default::default()
+        };
+        PacketRef::from(&client.send_packet(req).await.unwrap_or_else(|e| panic!("send a packet from {sender}: {e}")))
     }
 
     /// Keep the temp dir (logs, data) for a failed test to be inspected.

@@ -4,7 +4,7 @@
 use hongbao_client::{new_request_id, settle, Client, PacketRef};
 use hongbao_proto::v1::BalanceRequest;
 use hongbao_proto::ErrorCode;
-use hongbao_tests::{eventually, Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::{eventually, Cluster, Spec, TEST_PIN};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -183,20 +183,8 @@ async fn every_router_serves_its_metrics_over_http_after_routing_requests() {
         let client = c.router_client(&r.region);
         let sender = c.topology.user_in_shard(1, 2_000 + 100 * i);
         let grabber = c.topology.user_in_shard(2, 3_000 + 100 * i);
-        c.funded(&client, sender, 1_000).await;
-        client.open_account(grabber, TEST_DEVICE).await.unwrap();
-        let req = hongbao_proto::v1::SendPacketRequest {
-            request_id: new_request_id(),
-            sender,
-            kind: hongbao_proto::v1::PacketKind::Lucky as i32,
-            total_cents: 100,
-            count: 2,
-            device: TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        };
-        let p = client.send_packet(req).await.unwrap();
-        client.grab(new_request_id(), PacketRef::from(&p), grabber, "").await.unwrap();
+        let p = c.packet_to_grab(&client, sender, grabber, 1_000, 100).await;
+        client.grab(new_request_id(), p, grabber, "").await.unwrap();
     }
     for r in &c.topology.routers {
         let addr = r.metrics_addr.clone().expect("test topologies give routers a metrics port");

@@ -8,10 +8,10 @@
 //! address a node or router refuses to start without TLS and a credential file, and with them a
 //! request without the bearer token is answered 401.
 
-use hongbao_client::{new_request_id, PacketRef};
+use hongbao_client::new_request_id;
 use hongbao_proto::ErrorCode;
 use hongbao_tests::scrape::{self, Scraper};
-use hongbao_tests::{bin, eventually, poll, repo_root, Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::{bin, eventually, poll, repo_root, Cluster, Spec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -266,22 +266,10 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported_by_a_running_clu
         let client = c.router_client(&r.region);
         let sender = c.topology.user_in_shard(1, 2_000 + 100 * i);
         let grabber = c.topology.user_in_shard(2, 3_000 + 100 * i);
-        c.funded(&client, sender, 1_000).await;
-        client.open_account(grabber, TEST_DEVICE).await.unwrap();
-        let req = hongbao_proto::v1::SendPacketRequest {
-            request_id: new_request_id(),
-            sender,
-            kind: hongbao_proto::v1::PacketKind::Lucky as i32,
-            total_cents: 300,
-            count: 2,
-            device: TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        };
-        let p = client.send_packet(req).await.unwrap();
-        let g = client.grab(new_request_id(), PacketRef::from(&p), grabber, "").await.unwrap();
+        let p = c.packet_to_grab(&client, sender, grabber, 1_000, 300).await;
+        let g = client.grab(new_request_id(), p, grabber, "").await.unwrap();
         escrow_left += g.remaining_cents;
-        let again = client.grab(new_request_id(), PacketRef::from(&p), grabber, "").await.expect_err("a second grab is refused");
+        let again = client.grab(new_request_id(), p, grabber, "").await.expect_err("a second grab is refused");
         assert_eq!(again.code(), ErrorCode::AlreadyGrabbed);
         let nobody = c.topology.user_in_shard(3, 9_000 + i);
         assert_eq!(client.balance(nobody).await.expect_err("no wallet").code(), ErrorCode::UnknownUser);

@@ -16,8 +16,7 @@
 //!   of the router's; a clean stop flushes the exporter.
 
 use hongbao_client::{new_request_id, Client, PacketRef};
-use hongbao_proto::v1::{PacketKind, SendPacketRequest};
-use hongbao_tests::{eventually, poll, Cluster, Spec, OTLP_ENDPOINT_ENV, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::{eventually, poll, Cluster, Spec, OTLP_ENDPOINT_ENV};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
@@ -324,40 +323,33 @@ async fn sender_grabber_and_packet(c: &Cluster) -> (u64, u64, PacketRef) {
     let setup = c.router_client("shenzhen");
     let sender = c.topology.user_in_shard(1, 900);
     let grabber = c.topology.user_in_shard(2, 900);
-    c.funded(&setup, sender, 10_000).await;
-    setup.open_account(grabber, TEST_DEVICE).await.unwrap();
-    let p = setup
-        .send_packet(SendPacketRequest {
-            request_id: new_request_id(),
-            sender,
-            kind: PacketKind::Lucky as i32,
-            total_cents: 500,
-            count: 2,
-            device: TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    (sender, grabber, PacketRef::from(&p))
+    (sender, grabber, c.packet_to_grab(&setup, sender, grabber, 10_000, 500).await)
+}
+
+/// Through the Shenzhen router, each call continuing a trace of its own: a grab (coalesced at
+/// the router: the trace id rides in the batch) and a top-up (one call per request) in sampled
+/// traces, a balance read in an unsampled one. (The client library sends each call with a
+/// parent id of its own.) The sender, and the three trace ids.
+async fn traced_calls(c: &Cluster) -> (u64, String, String, String) {
+    let (sender, grabber, packet_id) = sender_grabber_and_packet(c).await;
+    let (grab_id, topup_id, quiet_id) = (trace_id(), trace_id(), trace_id());
+    let g = traced(c, &grab_id, "01").grab(new_request_id(), packet_id, grabber, "").await.unwrap();
+    assert!(g.amount_cents > 0);
+    traced(c, &topup_id, "01").top_up(new_request_id(), sender, 100).await.unwrap();
+    traced(c, &quiet_id, "00").balance(sender).await.unwrap();
+    (sender, grab_id, topup_id, quiet_id)
+}
+
+/// A client of the Shenzhen router whose calls continue trace `id` (flags "01": sampled).
+fn traced(c: &Cluster, id: &str, flags: &str) -> Client {
+    c.router_client("shenzhen").with_traceparent(&format!("00-{id}-00f067aa0ba902b7-{flags}")).expect("a valid traceparent")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grab_with_a_traceparent_leaves_its_trace_id_in_the_router_and_node_logs() {
     let c = Cluster::start(Spec { routers: true, ..Spec::default() });
     c.wait_ready(Duration::from_secs(30)).await;
-    let (sender, grabber, packet_id) = sender_grabber_and_packet(&c).await;
-
-    // A grab (coalesced at the router: the trace id rides in the batch) and a top-up (one call
-    // per request), each continuing a sampled trace; a balance read in an unsampled one.
-    let (grab_id, topup_id, quiet_id) = (trace_id(), trace_id(), trace_id());
-    let traced = |id: &str, flags: &str| {
-        c.router_client("shenzhen").with_traceparent(&format!("00-{id}-00f067aa0ba902b7-{flags}")).expect("a valid traceparent")
-    };
-    let g = traced(&grab_id, "01").grab(new_request_id(), packet_id, grabber, "").await.unwrap();
-    assert!(g.amount_cents > 0);
-    traced(&topup_id, "01").top_up(new_request_id(), sender, 100).await.unwrap();
-    traced(&quiet_id, "00").balance(sender).await.unwrap();
+    let (_, grab_id, topup_id, quiet_id) = traced_calls(&c).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let router_log = std::fs::read_to_string(c.dir.path().join("router-shenzhen.log")).unwrap();
@@ -499,18 +491,7 @@ async fn a_traced_grab_is_exported_over_otlp_by_the_router_and_the_node_in_the_c
     for (name, pid) in c.pids() {
         assert_eq!(exporter_threads(pid), 1, "{name} runs one OTLP exporter with {OTLP_ENDPOINT_ENV}={endpoint}");
     }
-    let (sender, grabber, packet_id) = sender_grabber_and_packet(&c).await;
-
-    // A grab (coalesced at the router) and a top-up (one call) in sampled traces, a balance read
-    // in an unsampled one. (The client library sends each call with a parent id of its own.)
-    let (grab_id, topup_id, quiet_id) = (trace_id(), trace_id(), trace_id());
-    let traced = |id: &str, flags: &str| {
-        c.router_client("shenzhen").with_traceparent(&format!("00-{id}-00f067aa0ba902b7-{flags}")).expect("a valid traceparent")
-    };
-    let g = traced(&grab_id, "01").grab(new_request_id(), packet_id, grabber, "").await.unwrap();
-    assert!(g.amount_cents > 0);
-    traced(&topup_id, "01").top_up(new_request_id(), sender, 100).await.unwrap();
-    traced(&quiet_id, "00").balance(sender).await.unwrap();
+    let (sender, grab_id, topup_id, quiet_id) = traced_calls(&c).await;
 
     for (id, router_name, node_name) in [
         (&grab_id, "router GrabRequest", "hongbao.v1.Coalesced/Grabs (one grab)"),
@@ -539,7 +520,7 @@ async fn a_traced_grab_is_exported_over_otlp_by_the_router_and_the_node_in_the_c
     // included: the blocking flush must not stall the channel it sends on), and the last
     // sampled call's spans arrive.
     let last_id = trace_id();
-    traced(&last_id, "01").balance(sender).await.unwrap();
+    traced(&c, &last_id, "01").balance(sender).await.unwrap();
     c.signal_router("shenzhen", "TERM");
     let nodes: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
     for id in &nodes {
