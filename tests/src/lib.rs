@@ -344,17 +344,16 @@ impl Cluster {
     pub async fn packet_to_grab(&self, client: &Client, sender: u64, grabber: u64, funds: u64, total_cents: u64) -> PacketRef {
         self.funded(client, sender, funds).await;
         client.open_account(grabber, TEST_DEVICE).await.unwrap_or_else(|e| panic!("open {grabber}: {e}"));
-        let req = hongbao_proto::v1::SendPacketRequest {
-            request_id: hongbao_client::new_request_id(),
-            sender,
-            kind: hongbao_proto::v1::PacketKind::Lucky as i32,
-            total_cents,
-            count: 2,
-            device: TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        };
-        PacketRef::from(&client.send_packet(req).await.unwrap_or_else(|e| panic!("send a packet from {sender}: {e}")))
+        PacketRef::from(
+            &client.send_packet(lucky_packet(sender, total_cents, 2)).await.unwrap_or_else(|e| panic!("send a packet from {sender}: {e}")),
+        )
+    }
+
+    /// A user of `shard` (the first at or after `from`), with a wallet, the test PIN and `cents`.
+    pub async fn funded_user(&self, client: &Client, shard: u32, from: u64, cents: u64) -> u64 {
+        let user = self.topology.user_in_shard(shard, from);
+        self.funded(client, user, cents).await;
+        user
     }
 
     /// Keep the temp dir (logs, data) for a failed test to be inspected.
@@ -469,6 +468,33 @@ impl Cluster {
     /// The text node `id` has logged so far.
     pub fn node_log(&self, id: u64) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+}
+
+/// Asserts that a run of `hongbao demo` (on `what`) passed and did what it says: a region
+/// killed (`killed` is how its output says so), the late grabbers served while it was down, the
+/// audit balanced. Prints the demo's output first.
+pub fn assert_demo_passed(out: &std::process::Output, what: &str, killed: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "hongbao demo on {what} failed: {}", out.status);
+    assert!(stdout.contains(killed), "no region was killed ({killed:?})");
+    assert!(stdout.matches("after the region died").count() >= 3, "late grabbers were not all served");
+    assert!(stdout.contains("BALANCED"), "the audit did not balance");
+}
+
+/// A lucky packet of `total_cents` in `count` shares from `sender`, from the test device with
+/// the test PIN, under a new request id.
+pub fn lucky_packet(sender: u64, total_cents: u64, count: u32) -> hongbao_proto::v1::SendPacketRequest {
+    hongbao_proto::v1::SendPacketRequest {
+        request_id: hongbao_client::new_request_id(),
+        sender,
+        kind: hongbao_proto::v1::PacketKind::Lucky as i32,
+        total_cents,
+        count,
+        device: TEST_DEVICE.into(),
+        pin: TEST_PIN.into(),
+        ..Default::default()
     }
 }
 

@@ -295,14 +295,13 @@ async fn a_voter_that_lost_its_disk_cannot_elect_a_leader_that_lacks_acknowledge
     assert_eq!(leaders.get(&1), None, "the wiped replica helped elect a leader lacking the top-ups: {leaders:?}");
     // The replica with the entries comes back: a leader is elected and every top-up is there.
     c.start_node(leader);
-    let start = Instant::now();
-    let balance = loop {
-        match client.balance(user).await {
-            Ok(b) => break b.balance_cents,
-            Err(e) => assert!(start.elapsed() < Duration::from_secs(20), "no leader after the full replica returned: {e}"),
-        }
-    };
-    assert_eq!(balance, 500, "every acknowledged top-up survived");
+    let mut read;
+    let led = eventually!(Duration::from_secs(20), {
+        read = client.balance(user).await;
+        read.is_ok()
+    });
+    assert!(led, "no leader after the full replica returned: {read:?}");
+    assert_eq!(read.expect("a balance").balance_cents, 500, "every acknowledged top-up survived");
     // The wiped replica caught up and votes again: it now holds the top-ups too.
     let caught_up = eventually!(Duration::from_secs(20), c.stale_balance(wiped, user).await == Some(500));
     assert!(caught_up, "the wiped replica did not catch up");
@@ -318,8 +317,7 @@ async fn six_hundred_expired_packets_are_refunded_within_seconds_not_minutes() {
     let mut c = Cluster::start(Spec { routers: true, packet_ttl_ms: Some(20_000), ..Spec::default() });
     c.wait_ready(READY).await;
     let app = std::sync::Arc::new(c.router_client("shenzhen"));
-    let sender = c.topology.user_in_shard(1, 800);
-    c.funded(&app, sender, 100_000).await;
+    let sender = c.funded_user(&app, 1, 800, 100_000).await;
     const PACKETS: usize = 600;
     let send = |app: std::sync::Arc<Client>| async move {
         let req = SendPacketRequest {

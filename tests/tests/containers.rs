@@ -9,7 +9,7 @@
 
 use hongbao_tests::chaos::{run, Options, Schedule};
 use hongbao_tests::containers::image_or_skip;
-use hongbao_tests::{bin, poll, repo_root, Cluster, Spec};
+use hongbao_tests::{assert_demo_passed, bin, poll, repo_root, Cluster, Spec};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -68,12 +68,8 @@ fn containers_run_the_demo_with_healthy_non_root_processes() {
         .env("CARGO_TARGET_DIR", bin("hongbao").parent().and_then(|p| p.parent()).expect("target dir"))
         .output()
         .expect("run hongbao demo");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "hongbao demo on containers failed: {}", out.status);
-    assert!(stdout.contains("docker kill"), "the region was killed with docker kill");
-    assert!(stdout.matches("after the region died").count() >= 3, "late grabbers were not all served");
-    assert!(stdout.contains("BALANCED"), "the audit did not balance");
+    // The region is killed with docker kill.
+    assert_demo_passed(&out, "containers", "docker kill");
 
     // The CLI as README shows it, and a router's status page on its published metrics port.
     let status = Command::new(bin("hongbao")).arg("--topology").arg(&c.topology_path).args(["cluster", "audit"]).output().expect("audit");

@@ -7,8 +7,8 @@
 #![allow(clippy::inconsistent_digit_grouping)]
 
 use hongbao_client::{new_request_id, settle, PacketRef};
-use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest};
-use hongbao_tests::{eventually, Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use hongbao_proto::v1::TransferRequest;
+use hongbao_tests::{eventually, lucky_packet, Cluster, Spec, TEST_DEVICE, TEST_PIN};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,16 +62,7 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
                 round += 1;
                 // A group packet: half the rounds it is left partly unclaimed, to expire.
                 let total = 100 + ((w * 31 + round * 7) % 400) as u64;
-                let req = SendPacketRequest {
-                    request_id: new_request_id(),
-                    sender,
-                    kind: PacketKind::Lucky as i32,
-                    total_cents: total,
-                    count: 5,
-                    device: TEST_DEVICE.into(),
-                    pin: TEST_PIN.into(),
-                    ..Default::default()
-                };
+                let req = lucky_packet(sender, total, 5);
                 let sent = settle(|| client.send_packet(req.clone()), u32::MAX, SETTLE_WITHIN).await;
                 if let Ok(p) = sent {
                     {
@@ -249,16 +240,7 @@ async fn packet_history_lists_sent_and_received_across_shards_with_the_year_tota
     let mut packets = vec![];
     let mut received: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new(); // grabber -> (packet, amount)
     for i in 0..7u64 {
-        let req = SendPacketRequest {
-            request_id: new_request_id(),
-            sender,
-            kind: PacketKind::Lucky as i32,
-            total_cents: 3_00 + i,
-            count: 3,
-            device: TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        };
+        let req = lucky_packet(sender, 3_00 + i, 3);
         let p = settle(|| client.send_packet(req.clone()), u32::MAX, SETTLE_WITHIN).await.expect("send");
         packets.push((PacketRef::from(&p), 3_00 + i));
         for g in &grabbers {

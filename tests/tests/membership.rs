@@ -22,8 +22,7 @@ async fn a_node_whose_disk_died_is_replaced_online_and_the_new_one_carries_the_q
     let shard3 = c.topology.shard(3).expect("shard 3").replicas.clone();
     assert_eq!(shard3, vec![3, 6, 9], "the test topology places shard 3 on the third node of each region");
     let client = c.router_client("shanghai");
-    let user = c.topology.user_in_shard(3, 100);
-    c.funded(&client, user, 10_000).await;
+    let user = c.funded_user(&client, 3, 100, 10_000).await;
 
     c.kill(9);
     c.wipe_node(9);
@@ -72,8 +71,7 @@ async fn a_membership_change_that_would_weaken_a_shard_is_refused_and_changes_no
     let mut c = three_by_three();
     c.wait_ready(Duration::from_secs(60)).await;
     let client = c.router_client("shenzhen");
-    let user = c.topology.user_in_shard(1, 100);
-    c.funded(&client, user, 5_000).await;
+    let user = c.funded_user(&client, 1, 100, 5_000).await;
     let before = c.sync_map();
 
     let out = c.cli(&["cluster", "remove-node", "--id", "4"]);
@@ -127,8 +125,7 @@ async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x
     let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
     c.wait_ready(Duration::from_secs(60)).await;
     let client = c.router_client("shanghai");
-    let user = c.topology.user_in_shard(2, 100);
-    c.funded(&client, user, 3_000).await;
+    let user = c.funded_user(&client, 2, 100, 3_000).await;
     let first_file = c.dir.path().join("first-topology.toml");
     std::fs::copy(&c.topology_path, &first_file).expect("keep the first topology file");
 
@@ -191,8 +188,7 @@ async fn a_slot_move_left_half_way_is_finished_by_the_meta_leader_with_no_cent_l
     let mut c = three_by_three();
     c.wait_ready(Duration::from_secs(60)).await;
     let client = c.router_client("shanghai");
-    let user = c.topology.user_in_shard(2, 100);
-    c.funded(&client, user, 5_000).await;
+    let user = c.funded_user(&client, 2, 100, 5_000).await;
     let slot = c.topology.slot_of(user);
     let (shard2, shard3) = (c.topology.shard(2).unwrap().replicas.clone(), c.topology.shard(3).unwrap().replicas.clone());
     let meta = c.topology.meta_shard();

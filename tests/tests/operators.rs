@@ -8,7 +8,7 @@ use hongbao_auth::Role;
 use hongbao_client::{new_request_id, PacketRef};
 use hongbao_proto::v1;
 use hongbao_tests::grpc::with_token;
-use hongbao_tests::{eventually, Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::{eventually, lucky_packet, Cluster, Spec, TEST_DEVICE};
 use prost::Message;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -312,16 +312,7 @@ async fn a_generic_grpc_client_reads_code_detail_and_reason_of_failed_calls_thro
     assert_eq!((detail.code(), info.reason.as_str()), (v1::ErrorCode::UnknownUser, "UNKNOWN_USER"));
 
     // A second grab of one packet: ALREADY_EXISTS (the router answers it from a coalesced batch).
-    let send = v1::SendPacketRequest {
-        request_id: new_request_id(),
-        sender,
-        kind: v1::PacketKind::Lucky as i32,
-        total_cents: 100,
-        count: 3,
-        device: TEST_DEVICE.into(),
-        pin: TEST_PIN.into(),
-        ..Default::default()
-    };
+    let send = lucky_packet(sender, 100, 3);
     let packet = PacketRef::from(&app.send_packet(send).await.expect("send"));
     app.grab(new_request_id(), packet, grabber, "").await.expect("first grab");
     let token = c.credentials().tokens.expect("dev tokens").token(grabber, None).expect("a token");

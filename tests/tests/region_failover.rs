@@ -4,7 +4,7 @@
 use hongbao_auth::Role;
 use hongbao_client::{new_request_id, Client};
 use hongbao_tests::grpc::with_token;
-use hongbao_tests::{eventually, Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::{eventually, lucky_packet, Cluster, Spec, TEST_DEVICE, TEST_PIN};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -247,13 +247,12 @@ async fn beyond_its_in_flight_bound_a_router_answers_resource_exhausted_and_appl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
-    use hongbao_proto::v1::{packets_client::PacketsClient, GrabRequest, PacketKind, SendPacketRequest};
+    use hongbao_proto::v1::{packets_client::PacketsClient, GrabRequest};
     use hongbao_proto::{detail_of, ErrorCode};
     let c = Cluster::start(Spec { routers: true, ..Spec::default() });
     c.wait_ready(Duration::from_secs(30)).await;
     let client = c.router_client("shenzhen").with_deadline(Duration::from_secs(10));
-    let sender = c.topology.user_in_shard(1, 900);
-    c.funded(&client, sender, 100_000).await;
+    let sender = c.funded_user(&client, 1, 900, 100_000).await;
     // 150 grabbers on every shard (some credits cross shards), for a packet of 100 shares.
     let mut grabbers = vec![];
     let mut u = 1_000;
@@ -263,19 +262,7 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
         grabbers.push(u);
     }
     let total = 12_345u64;
-    let p = client
-        .send_packet(SendPacketRequest {
-            request_id: new_request_id(),
-            sender,
-            kind: PacketKind::Lucky as i32,
-            total_cents: total,
-            count: 100,
-            device: TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let p = client.send_packet(lucky_packet(sender, total, 100)).await.unwrap();
     let leader = c.leaders().await[&hongbao_topology::PacketId(p.packet_id).shard()];
     let leader_metrics = c.topology.node(leader).unwrap().metrics_addr.clone();
     let batches_before = c.metric(&leader_metrics, "hongbao_coalesced_grabs_count", "").await.expect("the leader\'s metrics");
@@ -433,8 +420,7 @@ async fn a_plain_grpc_call_through_a_router_rides_out_a_leader_election_without_
     let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
     c.wait_ready(Duration::from_secs(30)).await;
     let app = c.router_client("tianjin");
-    let u = c.topology.user_in_shard(1, 950);
-    c.funded(&app, u, 0).await;
+    let u = c.funded_user(&app, 1, 950, 0).await;
     let addr = c.topology.routers.iter().find(|r| r.region == "tianjin").expect("router").addr.clone();
     // Top-ups come from the payment gateway (its certificate, no user token).
     let ch = c.channel_as_role(&addr, Role::PaymentGateway);
