@@ -349,6 +349,13 @@ impl Cluster {
         )
     }
 
+    /// `start`, then `wait_ready(within)`: a cluster every shard of which is led and caught up.
+    pub async fn ready(spec: Spec, within: Duration) -> Cluster {
+        let c = Cluster::start(spec);
+        c.wait_ready(within).await;
+        c
+    }
+
     /// A user of `shard` (the first at or after `from`), with a wallet, the test PIN and `cents`.
     pub async fn funded_user(&self, client: &Client, shard: u32, from: u64, cents: u64) -> u64 {
         let user = self.topology.user_in_shard(shard, from);

@@ -4,7 +4,7 @@
 use hongbao_client::{new_request_id, settle, Client, PacketRef};
 use hongbao_proto::v1::BalanceRequest;
 use hongbao_proto::ErrorCode;
-use hongbao_tests::{eventually, Cluster, Spec, TEST_PIN};
+use hongbao_tests::{eventually, lucky_packet, Cluster, Spec, TEST_PIN};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -26,8 +26,7 @@ async fn open_users(c: &Cluster, client: &Client, per_shard: u64) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_replicate_and_a_new_leader_serves_within_bounded_time_after_leader_kill() {
-    let mut c = Cluster::start(Spec::default());
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec::default(), READY).await;
     let client = c.node_client();
     let users = open_users(&c, &client, 2).await;
     for u in &users {
@@ -63,8 +62,7 @@ async fn writes_replicate_and_a_new_leader_serves_within_bounded_time_after_lead
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_missed_purged_log_catches_up_by_snapshot() {
-    let mut c = Cluster::start(Spec { snapshot_every: 100, keep_behind_snapshot: 20, ..Spec::default() });
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec { snapshot_every: 100, keep_behind_snapshot: 20, ..Spec::default() }, READY).await;
     let client = c.node_client();
     let users = open_users(&c, &client, 1).await;
     let leaders = c.leaders().await;
@@ -89,8 +87,7 @@ async fn a_node_that_missed_purged_log_catches_up_by_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_with_the_same_request_id_across_a_leader_change_moves_money_once() {
-    let mut c = Cluster::start(Spec::default());
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec::default(), READY).await;
     let client = c.node_client();
     let user = c.topology.user_in_shard(2, 100);
     client.open_account(user, "phone").await.unwrap();
@@ -112,8 +109,7 @@ async fn a_retry_with_the_same_request_id_across_a_leader_change_moves_money_onc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9_of_nodes_and_the_money_adds_up() {
-    let mut c = Cluster::start(Spec { snapshot_every: 300, keep_behind_snapshot: 50, ..Spec::default() });
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec { snapshot_every: 300, keep_behind_snapshot: 50, ..Spec::default() }, READY).await;
     let client = std::sync::Arc::new(c.node_client().with_deadline(Duration::from_secs(15)));
     let users = open_users(&c, &client, 3).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -176,8 +172,7 @@ async fn acknowledged_writes_survive_kill_9_of_nodes_and_the_money_adds_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_router_serves_its_metrics_over_http_after_routing_requests() {
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(READY).await;
+    let c = Cluster::ready(Spec { routers: true, ..Spec::default() }, READY).await;
     for (i, r) in (0u64..).zip(&c.topology.routers) {
         // One client per router (its region first): a top-up, a packet and a grab through it.
         let client = c.router_client(&r.region);
@@ -203,32 +198,15 @@ async fn every_router_serves_its_metrics_over_http_after_routing_requests() {
 /// and is not elected again while its peers say its clock is off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_two_days_fast_loses_leadership_and_forgets_no_request_id_nor_expires_a_packet() {
-    use hongbao_proto::v1::{wallet_client::WalletClient, Faults, PacketKind, SendPacketRequest, TransferRequest};
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(READY).await;
+    use hongbao_proto::v1::{wallet_client::WalletClient, Faults, TransferRequest};
+    let c = Cluster::ready(Spec { routers: true, ..Spec::default() }, READY).await;
     let app = c.router_client("shenzhen");
-    let (from, to) = (c.topology.user_in_shard(1, 500), c.topology.user_in_shard(1, 600));
-    c.funded(&app, from, 10_000).await;
-    c.funded(&app, to, 0).await;
-    let transfer = TransferRequest {
-        request_id: new_request_id(),
-        from_user: from,
-        to_user: to,
-        amount_cents: 100,
-        pin: TEST_PIN.into(),
-        ..Default::default()
-    };
+    let (from, to) = (c.funded_user(&app, 1, 500, 10_000).await, c.funded_user(&app, 1, 600, 0).await);
+    let rid = new_request_id();
+    let transfer =
+        TransferRequest { request_id: rid, from_user: from, to_user: to, amount_cents: 100, pin: TEST_PIN.into(), ..Default::default() };
     assert_eq!(app.transfer(transfer.clone()).await.expect("transfer").balance_cents, 9_900);
-    let send = SendPacketRequest {
-        request_id: new_request_id(),
-        sender: from,
-        kind: PacketKind::Lucky as i32,
-        total_cents: 1_000,
-        count: 2,
-        pin: TEST_PIN.into(),
-        ..Default::default()
-    };
-    let packet = PacketRef::from(&app.send_packet(send).await.expect("packet"));
+    let packet = PacketRef::from(&app.send_packet(lucky_packet(from, 1_000, 2)).await.expect("packet"));
 
     let leader = c.leaders().await[&1];
     let two_days = 2 * 24 * 3600 * 1000;
@@ -270,8 +248,7 @@ async fn a_leader_two_days_fast_loses_leadership_and_forgets_no_request_id_nor_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_voter_that_lost_its_disk_cannot_elect_a_leader_that_lacks_acknowledged_money() {
     use hongbao_proto::v1::Faults;
-    let mut c = Cluster::start(Spec::default());
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec::default(), READY).await;
     let client = c.node_client().with_deadline(Duration::from_secs(5));
     let user = c.topology.user_in_shard(1, 700);
     client.open_account(user, "phone").await.unwrap();
@@ -314,8 +291,7 @@ async fn a_voter_that_lost_its_disk_cannot_elect_a_leader_that_lacks_acknowledge
 async fn six_hundred_expired_packets_are_refunded_within_seconds_not_minutes() {
     use hongbao_proto::v1::{PacketKind, SendPacketRequest};
     // Long enough that every packet is sent before the first expires.
-    let mut c = Cluster::start(Spec { routers: true, packet_ttl_ms: Some(20_000), ..Spec::default() });
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec { routers: true, packet_ttl_ms: Some(20_000), ..Spec::default() }, READY).await;
     let app = std::sync::Arc::new(c.router_client("shenzhen"));
     let sender = c.funded_user(&app, 1, 800, 100_000).await;
     const PACKETS: usize = 600;
@@ -380,8 +356,7 @@ async fn applied_by_node(c: &Cluster) -> BTreeMap<u64, BTreeMap<u32, (u64, i32)>
 /// read from them adds up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_ledger_config_differs_stops_applying_and_the_majority_keeps_serving() {
-    let mut c = Cluster::start(Spec::default());
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec::default(), READY).await;
     let client = c.node_client().with_deadline(Duration::from_secs(10));
     let users = open_users(&c, &client, 2).await;
     let mut want: BTreeMap<u64, u64> = BTreeMap::new();
@@ -427,6 +402,12 @@ async fn a_node_whose_ledger_config_differs_stops_applying_and_the_majority_keep
     assert!(a.balanced, "{:?}", a.problems);
 }
 
+/// Who leads `shard`, and every other node.
+async fn leader_and_others(c: &Cluster, shard: u32) -> (u64, Vec<u64>) {
+    let leader = c.leaders().await[&shard];
+    (leader, c.topology.nodes.iter().map(|n| n.id).filter(|n| *n != leader).collect())
+}
+
 /// `msg` as a request whose caller gives it `deadline` (sent as `grpc-timeout`).
 fn with_deadline<T>(msg: T, deadline: Duration) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
@@ -459,13 +440,11 @@ async fn a_call_that_cannot_finish_ends_at_its_deadline_with_an_unknown_outcome(
     use hongbao_proto::v1::{AuditRequest, RaftMessage, TopUpRequest};
     use hongbao_proto::{detail_of, retry_step, RetryStep};
 
-    let mut c = Cluster::start(Spec::default());
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec::default(), READY).await;
     let client = c.node_client();
     let user = c.topology.user_in_shard(1, 4242);
     client.open_account(user, "phone").await.expect("open");
-    let leader = c.leaders().await[&1];
-    let others: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).filter(|n| *n != leader).collect();
+    let (leader, others) = leader_and_others(&c, 1).await;
     let admin = c.node_channel(leader);
     let deadline = Duration::from_millis(300);
     let unknown = |what: &str, took: Duration, s: &tonic::Status| {
@@ -545,13 +524,11 @@ async fn reads_past_the_nodes_limit_are_shed_at_once_and_served_again_after() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).expect("chmod wrapper");
 
-    let c = Cluster::start(Spec { node_binary: Some(node), ..Spec::default() });
-    c.wait_ready(READY).await;
+    let c = Cluster::ready(Spec { node_binary: Some(node), ..Spec::default() }, READY).await;
     let client = c.node_client();
     let user = c.topology.user_in_shard(1, 4343);
     client.open_account(user, "phone").await.expect("open");
-    let leader = c.leaders().await[&1];
-    let others: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).filter(|n| *n != leader).collect();
+    let (leader, others) = leader_and_others(&c, 1).await;
     let admin = c.node_channel(leader);
     // Connected before the flood, so the flood measures the node, not a TLS handshake.
     WalletClient::new(admin.clone()).balance(BalanceRequest { user, allow_stale: true, token_issued_s: 0 }).await.expect("stale read");

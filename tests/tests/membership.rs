@@ -8,8 +8,9 @@ use hongbao_proto::v1::ReplicaRole;
 use hongbao_tests::{eventually, Cluster, Spec};
 use std::time::{Duration, Instant};
 
-fn three_by_three() -> Cluster {
-    Cluster::start(Spec { nodes_per_region: 3, routers: true, ..Spec::default() })
+/// Nine nodes (three a region) with routers, ready.
+async fn three_by_three() -> Cluster {
+    Cluster::ready(Spec { nodes_per_region: 3, routers: true, ..Spec::default() }, Duration::from_secs(60)).await
 }
 
 /// Node 9 (Tianjin's replica of shard 3) loses its disk; node 10, new in Tianjin, takes its
@@ -17,8 +18,7 @@ fn three_by_three() -> Cluster {
 /// still committing with node 3 killed, when only nodes 6 and 10 are left to form its quorum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_died_is_replaced_online_and_the_new_one_carries_the_quorum_on_3x3() {
-    let mut c = three_by_three();
-    c.wait_ready(Duration::from_secs(60)).await;
+    let mut c = three_by_three().await;
     let shard3 = c.topology.shard(3).expect("shard 3").replicas.clone();
     assert_eq!(shard3, vec![3, 6, 9], "the test topology places shard 3 on the third node of each region");
     let client = c.router_client("shanghai");
@@ -68,8 +68,7 @@ async fn a_node_whose_disk_died_is_replaced_online_and_the_new_one_carries_the_q
 /// Each refusal leaves the map's version and every balance as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_membership_change_that_would_weaken_a_shard_is_refused_and_changes_nothing_on_3x3() {
-    let mut c = three_by_three();
-    c.wait_ready(Duration::from_secs(60)).await;
+    let mut c = three_by_three().await;
     let client = c.router_client("shenzhen");
     let user = c.funded_user(&client, 1, 100, 5_000).await;
     let before = c.sync_map();
@@ -122,8 +121,7 @@ async fn a_membership_change_that_would_weaken_a_shard_is_refused_and_changes_no
 /// audit, given a slot with a funded wallet (served there, whole), and reopened by a node restarted on its old topology file (which does not name it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x1() {
-    let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(60)).await;
+    let mut c = Cluster::ready(Spec { routers: true, ..Spec::default() }, Duration::from_secs(60)).await;
     let client = c.router_client("shanghai");
     let user = c.funded_user(&client, 2, 100, 3_000).await;
     let first_file = c.dir.path().join("first-topology.toml");
@@ -185,8 +183,7 @@ async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x
 /// served by shard 3 whole, and the audit balances.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_move_left_half_way_is_finished_by_the_meta_leader_with_no_cent_lost_on_3x3() {
-    let mut c = three_by_three();
-    c.wait_ready(Duration::from_secs(60)).await;
+    let mut c = three_by_three().await;
     let client = c.router_client("shanghai");
     let user = c.funded_user(&client, 2, 100, 5_000).await;
     let slot = c.topology.slot_of(user);

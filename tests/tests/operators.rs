@@ -262,9 +262,10 @@ mod google_rpc {
     }
 }
 
-/// Reads a failed call's trailer as a generic client does; returns the rpc status, the
-/// ErrorDetail inside its Any, and its ErrorInfo.
-fn generic_read(s: &tonic::Status) -> (google_rpc::Status, v1::ErrorDetail, google_rpc::ErrorInfo) {
+/// Reads a failed call's trailer as a generic client does and asserts it says `grpc`, with the
+/// ErrorDetail `code` and the ErrorInfo `reason`; returns the rpc status.
+fn generic_read(s: &tonic::Status, grpc: tonic::Code, code: v1::ErrorCode, reason: &str) -> google_rpc::Status {
+    assert_eq!(s.code(), grpc, "{s:?}");
     let rpc = google_rpc::Status::decode(s.details()).unwrap_or_else(|e| panic!("trailer is no google.rpc.Status ({e}): {s:?}"));
     assert_eq!(rpc.code, s.code() as i32, "the trailer's code is the call's: {s:?}");
     assert_eq!(rpc.message, s.message(), "the trailer's message is the call's");
@@ -274,7 +275,8 @@ fn generic_read(s: &tonic::Status) -> (google_rpc::Status, v1::ErrorDetail, goog
     let info = any("type.googleapis.com/google.rpc.ErrorInfo").unwrap_or_else(|| panic!("no ErrorInfo in {rpc:?}"));
     let info = google_rpc::ErrorInfo::decode(info.as_slice()).expect("an ErrorInfo");
     assert_eq!(info.domain, "hongbao");
-    (rpc, detail, info)
+    assert_eq!((detail.code(), info.reason.as_str()), (code, reason), "{s:?}");
+    rpc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,10 +298,7 @@ async fn a_generic_grpc_client_reads_code_detail_and_reason_of_failed_calls_thro
         .top_up(v1::TopUpRequest { request_id: new_request_id(), user: sender, amount_cents: 0 })
         .await
         .expect_err("a zero top-up is refused");
-    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
-    let (_, detail, info) = generic_read(&s);
-    assert_eq!(detail.code(), v1::ErrorCode::AmountZero);
-    assert_eq!(info.reason, "AMOUNT_ZERO");
+    generic_read(&s, tonic::Code::InvalidArgument, v1::ErrorCode::AmountZero, "AMOUNT_ZERO");
 
     // An unknown user: NOT_FOUND, not DEADLINE_EXCEEDED.
     let nobody = c.topology.user_in_shard(3, 900);
@@ -307,9 +306,7 @@ async fn a_generic_grpc_client_reads_code_detail_and_reason_of_failed_calls_thro
         .top_up(v1::TopUpRequest { request_id: new_request_id(), user: nobody, amount_cents: 100 })
         .await
         .expect_err("no such wallet");
-    assert_eq!(s.code(), tonic::Code::NotFound, "{s:?}");
-    let (_, detail, info) = generic_read(&s);
-    assert_eq!((detail.code(), info.reason.as_str()), (v1::ErrorCode::UnknownUser, "UNKNOWN_USER"));
+    generic_read(&s, tonic::Code::NotFound, v1::ErrorCode::UnknownUser, "UNKNOWN_USER");
 
     // A second grab of one packet: ALREADY_EXISTS (the router answers it from a coalesced batch).
     let send = lucky_packet(sender, 100, 3);
@@ -329,10 +326,7 @@ async fn a_generic_grpc_client_reads_code_detail_and_reason_of_failed_calls_thro
         ))
         .await
         .expect_err("a second grab is refused");
-    assert_eq!(s.code(), tonic::Code::AlreadyExists, "{s:?}");
-    let (rpc, detail, info) = generic_read(&s);
-    assert_eq!(detail.code(), v1::ErrorCode::AlreadyGrabbed);
-    assert_eq!(info.reason, "ALREADY_GRABBED");
+    let rpc = generic_read(&s, tonic::Code::AlreadyExists, v1::ErrorCode::AlreadyGrabbed, "ALREADY_GRABBED");
     assert!(!rpc.details.iter().any(|a| a.type_url.ends_with("google.rpc.RetryInfo")), "a final answer asks for no retry");
     // And hongbao's own reader agrees.
     assert_eq!(hongbao_proto::detail_of(&s).code(), v1::ErrorCode::AlreadyGrabbed);
@@ -350,9 +344,7 @@ async fn a_generic_grpc_client_reads_code_detail_and_reason_of_failed_calls_thro
         }
     }
     let s = limited.expect("300 reads at once meet the per-user limit");
-    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
-    let (rpc, detail, info) = generic_read(&s);
-    assert_eq!((detail.code(), info.reason.as_str()), (v1::ErrorCode::RateLimited, "RATE_LIMITED"));
+    let rpc = generic_read(&s, tonic::Code::ResourceExhausted, v1::ErrorCode::RateLimited, "RATE_LIMITED");
     let retry = rpc.details.iter().find(|a| a.type_url == "type.googleapis.com/google.rpc.RetryInfo").expect("a RetryInfo");
     let delay = google_rpc::RetryInfo::decode(retry.value.as_slice()).expect("RetryInfo").retry_delay.expect("a delay");
     assert!(delay.seconds > 0 || delay.nanos > 0, "{delay:?}");

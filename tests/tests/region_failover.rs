@@ -65,17 +65,21 @@ impl Workload {
     }
 }
 
-async fn users(c: &Cluster, client: &Client) -> Vec<u64> {
-    let mut out = vec![];
+/// Two users a shard, and the workload on them through `client`, once Shenzhen's node leads
+/// shard 1 (its home); that node's id.
+async fn load_with_shard_1_home(c: &Cluster, client: &Arc<Client>, settle_unknown: bool) -> (Workload, u64) {
+    let mut users = vec![];
     for s in &c.topology.shards {
         let mut u = 500;
         for _ in 0..2 {
             u = c.topology.user_in_shard(s.id, u + 1);
             client.open_account(u, "phone").await.unwrap();
-            out.push(u);
+            users.push(u);
         }
     }
-    out
+    let home = c.nodes_in("shenzhen")[0];
+    wait_leader(c, 1, home, Duration::from_secs(15)).await;
+    (Workload::start(client.clone(), &users, settle_unknown), home)
 }
 
 async fn check_money(client: &Client, acked: &BTreeMap<u64, u64>) {
@@ -122,8 +126,7 @@ async fn on_three_by_three_with_wan_latency_a_lost_region_is_served_again_within
 /// must go on to a replica of the right shard (issue 17: the demo once stopped on it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_hosts_no_replica_of_the_shard_never_ends_a_call() {
-    let c = Cluster::start(Spec { nodes_per_region: 3, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
+    let c = Cluster::ready(Spec { nodes_per_region: 3, ..Spec::default() }, Duration::from_secs(30)).await;
     let u = c.topology.user_in_shard(2, 700);
     assert!(!c.topology.shard(2).unwrap().replicas.contains(&1), "node 1 holds no replica of shard 2");
     // The cause: node 1 alone can only say it hosts no replica of shard 2.
@@ -143,13 +146,9 @@ async fn a_node_that_hosts_no_replica_of_the_shard_never_ends_a_call() {
 /// workload through the routers, measures how soon shard 1's users are served again, restarts
 /// the region, waits for failback, and checks that every acknowledged top-up is there once.
 async fn lost_region_is_served_again_and_fails_back(spec: Spec) {
-    let mut c = Cluster::start(spec);
-    c.wait_ready(Duration::from_secs(30)).await;
+    let mut c = Cluster::ready(spec, Duration::from_secs(30)).await;
     let client = Arc::new(c.router_client("shanghai").with_deadline(Duration::from_secs(10)));
-    let us = users(&c, &client).await;
-    let home = c.nodes_in("shenzhen")[0];
-    wait_leader(&c, 1, home, Duration::from_secs(15)).await;
-    let w = Workload::start(client.clone(), &us, true);
+    let (w, home) = load_with_shard_1_home(&c, &client, true).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Shenzhen is lost: its node (leader of shard 1) and its router, kill -9.
@@ -184,13 +183,9 @@ async fn lost_region_is_served_again_and_fails_back(spec: Spec) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_and_undraining_a_region_under_load_fails_no_request() {
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
+    let c = Cluster::ready(Spec { routers: true, ..Spec::default() }, Duration::from_secs(30)).await;
     let client = Arc::new(c.router_client("tianjin").with_deadline(Duration::from_secs(10)));
-    let us = users(&c, &client).await;
-    let home = c.nodes_in("shenzhen")[0];
-    wait_leader(&c, 1, home, Duration::from_secs(15)).await;
-    let w = Workload::start(client.clone(), &us, false);
+    let (w, home) = load_with_shard_1_home(&c, &client, false).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let moved = client.drain("shenzhen").await.unwrap();
@@ -214,8 +209,7 @@ async fn draining_and_undraining_a_region_under_load_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_its_in_flight_bound_a_router_answers_resource_exhausted_and_applies_nothing_rejected() {
     use hongbao_proto::v1::{wallet_client::WalletClient, TopUpRequest};
-    let c = Cluster::start(Spec { routers: true, router_max_inflight: Some(4), ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
+    let c = Cluster::ready(Spec { routers: true, router_max_inflight: Some(4), ..Spec::default() }, Duration::from_secs(30)).await;
     let client = c.router_client("shanghai").with_deadline(Duration::from_secs(10));
     let user = c.topology.user_in_shard(2, 700);
     client.open_account(user, "phone").await.unwrap();
@@ -249,8 +243,7 @@ async fn beyond_its_in_flight_bound_a_router_answers_resource_exhausted_and_appl
 async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
     use hongbao_proto::v1::{packets_client::PacketsClient, GrabRequest};
     use hongbao_proto::{detail_of, ErrorCode};
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
+    let c = Cluster::ready(Spec { routers: true, ..Spec::default() }, Duration::from_secs(30)).await;
     let client = c.router_client("shenzhen").with_deadline(Duration::from_secs(10));
     let sender = c.funded_user(&client, 1, 900, 100_000).await;
     // 150 grabbers on every shard (some credits cross shards), for a packet of 100 shares.
@@ -375,8 +368,7 @@ fn cli(c: &Cluster, args: &[&str]) -> (i32, String, String) {
 /// request id; re-sending that id once the routers are back moves the money exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_reports_an_unreachable_transfer_as_unknown_and_resending_its_id_moves_money_once() {
-    let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
+    let mut c = Cluster::ready(Spec { routers: true, ..Spec::default() }, Duration::from_secs(30)).await;
     let app = c.router_client("shenzhen");
     let (from, to) = (c.topology.user_in_shard(1, 300), c.topology.user_in_shard(2, 300));
     c.funded(&app, from, 10_000).await;
@@ -417,8 +409,7 @@ async fn the_cli_reports_an_unreachable_transfer_as_unknown_and_resending_its_id
 async fn a_plain_grpc_call_through_a_router_rides_out_a_leader_election_without_an_error() {
     use hongbao_proto::v1::wallet_client::WalletClient;
     use hongbao_proto::v1::TopUpRequest;
-    let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
+    let mut c = Cluster::ready(Spec { routers: true, ..Spec::default() }, Duration::from_secs(30)).await;
     let app = c.router_client("tianjin");
     let u = c.funded_user(&app, 1, 950, 0).await;
     let addr = c.topology.routers.iter().find(|r| r.region == "tianjin").expect("router").addr.clone();
@@ -452,8 +443,7 @@ async fn assert_no_leader_in(c: &Cluster, region: &str, when: &str) {
 /// the cluster still reports it drained, and an undrain brings leadership home again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_survives_a_restart_of_every_node_and_undrain_then_fails_back() {
-    let mut c = Cluster::start(Spec::default());
-    c.wait_ready(Duration::from_secs(30)).await;
+    let mut c = Cluster::ready(Spec::default(), Duration::from_secs(30)).await;
     let client = c.node_client().with_deadline(Duration::from_secs(20));
     let home = c.nodes_in("shenzhen")[0];
     wait_leader(&c, 1, home, Duration::from_secs(15)).await;
