@@ -23,7 +23,7 @@ pub struct MetricsAccess {
 
 /// The lifecycle operations of a cluster's processes. Operations a backend cannot do panic with
 /// the reason (a test that asks for them is wrong for that backend).
-pub trait Backend: Send {
+pub trait Backend: Send + Sync {
     fn start_node(&mut self, id: u64);
     /// kill -9: no chance to flush anything that was not already synced.
     fn kill_node(&mut self, id: u64);
