@@ -1,20 +1,32 @@
-//! Test harness: real `hongbao-node` and `hongbao-router` processes on loopback, each with its
-//! own RocksDB in a temp dir, talking real gRPC over mutual TLS (a development CA made per
-//! cluster in `<dir>/security`). Used by the multi-process tests in `tests/`.
+//! Test harness: real `hongbao-node` and `hongbao-router` processes, each with its own RocksDB,
+//! talking real gRPC over mutual TLS (a development CA made per cluster in `<dir>/security`).
+//! One `Cluster`, run by a backend (`backend`: processes on loopback, the same in network
+//! namespaces, or containers), and the helpers every test shares: `grpc` (raw channels),
+//! `scrape` (metrics endpoints), `poll` (`eventually!`). Used by the tests in `tests/`.
 
+use backend::process::Processes;
+use backend::Backend;
 use hongbao_auth::{Role, SecurityDir};
-use hongbao_client::{Client, Credentials};
+use hongbao_client::{Client, Credentials, PacketRef};
 use hongbao_topology::Topology;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+// First: `eventually!` is used by the modules below.
+#[macro_use]
+pub mod poll;
+pub mod backend;
 pub mod chaos;
-pub mod containers;
+pub mod grpc;
 pub mod scrape;
+mod topology;
+
+/// The container backend keeps its old path: `hongbao_tests::containers::build_image`.
+pub use backend::containers;
 
 /// The payment PIN and device every test user is given by `Cluster::funded`.
 pub const TEST_PIN: &str = "246810";
@@ -34,18 +46,29 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The repository's root folder (scripts, deploy files, examples).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repository").to_path_buf()
+}
+
 /// Hands out ports the OS reports free. Every listener is held until the cluster has all its
 /// ports, so no two processes of one cluster are given the same port (a port released at once
 /// could be handed out again by the next bind: a router once got a node's port).
-struct Ports(Vec<TcpListener>);
+pub(crate) struct Ports(pub(crate) Vec<TcpListener>);
 
 impl Ports {
-    fn next(&mut self) -> u16 {
+    pub(crate) fn next(&mut self) -> u16 {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
         let port = l.local_addr().expect("addr").port();
         self.0.push(l);
         port
     }
+}
+
+/// `n` distinct loopback ports the OS reports free (each held until all are chosen).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let mut ports = Ports(vec![]);
+    (0..n).map(|_| ports.next()).collect()
 }
 
 /// The standard OTLP endpoint variable nodes and routers read (`--otlp-endpoint`).
@@ -95,81 +118,12 @@ impl Default for Spec {
     }
 }
 
-/// The topology of a `Spec`: 3 shards (one homed per region, one replica per region), the
-/// ledger and Raft settings, WAN latency as `links`. `node(id)` and `router(i, region)` give each
-/// process's (addr, metrics_addr).
-fn topology_toml(
-    spec: &Spec,
-    node: &mut dyn FnMut(u64) -> (String, String),
-    router: &mut dyn FnMut(usize, &str) -> (String, String),
-) -> String {
-    let mut t = String::from("slots = 100\n");
-    if spec.development {
-        t += "development = true\n";
-    }
-    t += &format!("regions = [{}]\n", spec.regions.iter().map(|r| format!("{{ name = \"{r}\" }}")).collect::<Vec<_>>().join(", "));
-    t += "nodes = [\n";
-    let mut id = 0u64;
-    let mut by_region: Vec<Vec<u64>> = vec![];
-    for r in &spec.regions {
-        let mut ids = vec![];
-        for _ in 0..spec.nodes_per_region {
-            id += 1;
-            let (a, m) = node(id);
-            t += &format!("  {{ id = {id}, region = \"{r}\", addr = \"{a}\", metrics_addr = \"{m}\" }},\n");
-            ids.push(id);
-        }
-        by_region.push(ids);
-    }
-    t += "]\n";
-    if spec.routers {
-        t += "routers = [\n";
-        for (i, r) in spec.regions.iter().enumerate() {
-            let (a, m) = router(i, r);
-            t += &format!("  {{ region = \"{r}\", addr = \"{a}\", metrics_addr = \"{m}\" }},\n");
-        }
-        t += "]\n";
-    }
-    if spec.wan_latency_ms > 0 {
-        t += "links = [\n";
-        for (i, a) in spec.regions.iter().enumerate() {
-            for b in &spec.regions[i + 1..] {
-                t += &format!("  {{ a = \"{a}\", b = \"{b}\", latency_ms = {} }},\n", spec.wan_latency_ms);
-            }
-        }
-        t += "]\n";
-    }
-    let n = spec.regions.len() as u32;
-    for (i, r) in spec.regions.iter().enumerate() {
-        let i32_ = i as u32;
-        let from = i32_ * 100 / n;
-        let to = (i32_ + 1) * 100 / n;
-        // One replica per region: the k-th node of each region for shard k (mod nodes).
-        let reps: Vec<String> = by_region.iter().map(|ids| ids[i % ids.len()].to_string()).collect();
-        t += &format!("[[shards]]\nid = {}\nhome = \"{r}\"\nreplicas = [{}]\nslots = [[{from}, {to}]]\n", i + 1, reps.join(", "));
-    }
-    t += "[ledger]\n";
-    if let Some(ttl) = spec.packet_ttl_ms {
-        t += &format!("packet_ttl_ms = {ttl}\n");
-    }
-    if let Some(r) = spec.packet_retention_ms {
-        t += &format!("packet_retention_ms = {r}\n");
-    }
-    t += &format!("[raft]\nsnapshot_every = {}\nkeep_behind_snapshot = {}\n", spec.snapshot_every, spec.keep_behind_snapshot);
-    t
-}
-
 pub struct Cluster {
+    /// What runs the processes; declared before `dir` so that they end before it is deleted.
+    backend: Box<dyn Backend>,
     pub dir: tempfile::TempDir,
     pub topology_path: PathBuf,
     pub topology: Topology,
-    nodes: BTreeMap<u64, Child>,
-    routers: BTreeMap<String, Child>,
-    router_max_inflight: Option<usize>,
-    node_binary: PathBuf,
-    env: Vec<(&'static str, String)>,
-    /// Set when the processes are containers (`Cluster::start_containers`).
-    containers: Option<containers::Containers>,
     /// Nodes the cluster map no longer names (removed online), still addressable here.
     gone: BTreeMap<u64, hongbao_topology::Node>,
     /// The highest map version a membership command said it made (`sync_map` waits for it).
@@ -177,141 +131,93 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Writes a topology (3 shards, one homed per region, one replica per region) and starts
-    /// every node (and router).
+    /// Writes a topology (3 shards, one homed per region, one replica per region) on free
+    /// loopback ports and starts every node (and router) as a process.
     pub fn start(spec: Spec) -> Cluster {
         let dir = tempfile::Builder::new().prefix("hongbao-test-").tempdir().expect("temp dir");
         let ports = std::cell::RefCell::new(Ports(vec![]));
         let addr = || format!("127.0.0.1:{}", ports.borrow_mut().next());
-        let t = topology_toml(&spec, &mut |_| (addr(), addr()), &mut |_, _| (addr(), addr()));
-        let topology = Topology::parse(&t).unwrap_or_else(|e| panic!("test topology invalid: {e}\n{t}"));
-        let topology_path = dir.path().join("topology.toml");
-        std::fs::write(&topology_path, &t).expect("write topology");
-        hongbao_auth::ensure_dev_pki(&SecurityDir::new(dir.path().join("security")), &topology).expect("development CA and keys");
+        let t = topology::topology_toml(&spec, &mut |_| (addr(), addr()), &mut |_, _| (addr(), addr()));
+        let (topology_path, topology) = topology::write_with_pki(dir.path(), &t);
         drop(ports); // release them for the processes
-        let mut c = Cluster {
-            dir,
-            topology_path,
-            topology,
-            nodes: BTreeMap::new(),
-            routers: BTreeMap::new(),
-            router_max_inflight: spec.router_max_inflight,
-            node_binary: spec.node_binary.unwrap_or_else(|| bin("hongbao-node")),
-            env: spec.env,
-            containers: None,
-            gone: BTreeMap::new(),
-            made_version: Default::default(),
-        };
-        let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
-        for id in ids {
+        let node_binary = spec.node_binary.unwrap_or_else(|| bin("hongbao-node"));
+        let processes = Processes::new(dir.path(), node_binary, spec.env, spec.router_max_inflight);
+        Cluster::launch(dir, topology_path, topology, processes)
+    }
+
+    /// A cluster of `backend` in `dir`, with nothing started.
+    pub(crate) fn new(dir: tempfile::TempDir, topology_path: PathBuf, topology: Topology, backend: Box<dyn Backend>) -> Cluster {
+        Cluster { backend, dir, topology_path, topology, gone: BTreeMap::new(), made_version: Default::default() }
+    }
+
+    /// A cluster of `processes`, every node and router of `topology` started.
+    pub(crate) fn launch(dir: tempfile::TempDir, topology_path: PathBuf, topology: Topology, processes: Processes) -> Cluster {
+        let mut c = Cluster::new(dir, topology_path, topology, Box::new(processes));
+        for id in c.topology.nodes.iter().map(|n| n.id).collect::<Vec<_>>() {
             c.start_node(id);
         }
-        let regions: Vec<String> = c.topology.routers.iter().map(|r| r.region.clone()).collect();
-        for r in regions {
+        for r in c.topology.routers.iter().map(|r| r.region.clone()).collect::<Vec<_>>() {
             c.start_router(&r);
         }
         c
     }
 
-    fn log(&self, name: &str) -> std::fs::File {
-        std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(format!("{name}.log"))).expect("log file")
+    /// The processes backend, for what only processes can do; panics naming `what` otherwise.
+    fn processes(&mut self, what: &str) -> &mut Processes {
+        self.backend.as_processes().unwrap_or_else(|| panic!("{what}: only for a cluster of processes"))
+    }
+
+    /// The containers backend; panics on a cluster of processes.
+    pub(crate) fn containers(&self) -> &backend::containers::Containers {
+        self.backend.as_containers().expect("a cluster of containers")
+    }
+
+    pub(crate) fn containers_mut(&mut self) -> &mut backend::containers::Containers {
+        self.backend.as_containers_mut().expect("a cluster of containers")
+    }
+
+    pub fn is_containers(&self) -> bool {
+        self.backend.as_containers().is_some()
     }
 
     pub fn start_node(&mut self, id: u64) {
-        if self.is_containers() {
-            return self.container_start(id);
-        }
-        let topology = self.topology_path.clone();
-        self.start_node_on(id, &topology);
+        self.backend.start_node(id);
     }
 
     pub fn start_router(&mut self, region: &str) {
-        assert!(!self.is_containers(), "start_router: a router container starts with its region (start_region)");
-        let mut cmd = Command::new(bin("hongbao-router"));
-        cmd.env_remove(OTLP_ENDPOINT_ENV).envs(self.env.iter().map(|(k, v)| (k, v)));
-        if let Some(n) = self.router_max_inflight {
-            cmd.arg("--max-inflight-per-shard").arg(n.to_string());
-        }
-        let child = cmd
-            .arg("--topology")
-            .arg(&self.topology_path)
-            .arg("--region")
-            .arg(region)
-            .arg("--security-dir")
-            .arg(self.security_dir())
-            .stdout(Stdio::from(self.log(&format!("router-{region}"))))
-            .stderr(Stdio::from(self.log(&format!("router-{region}"))))
-            .spawn()
-            .expect("start hongbao-router");
-        self.routers.insert(region.to_string(), child);
+        self.backend.start_router(region);
     }
 
     /// kill -9: no chance to flush anything that was not already synced.
     pub fn kill(&mut self, id: u64) {
-        if self.is_containers() {
-            return self.container_kill(id);
-        }
-        if let Some(mut c) = self.nodes.remove(&id) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.backend.kill_node(id);
     }
 
-    /// Sends a signal to a region's router (e.g. HUP: re-read the trusted token keys).
+    /// Sends a signal to a region's router (e.g. HUP: re-read the trusted token keys); panics
+    /// when it could not be delivered.
     pub fn signal_router(&self, region: &str, sig: &str) {
-        if let Some(c) = self.routers.get(region) {
-            let _ = Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status();
-        }
+        self.backend.signal_router(region, sig);
     }
 
     pub fn kill_router(&mut self, region: &str) {
-        assert!(!self.is_containers(), "kill_router: a router container is killed with its region (kill_region)");
-        if let Some(mut c) = self.routers.remove(region) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.backend.kill_router(region);
     }
 
     /// kill -9 of every node (and the router) of a region: a data center lost.
     pub fn kill_region(&mut self, region: &str) {
-        if self.is_containers() {
-            return self.container_kill_region(region);
-        }
-        for id in self.nodes_in(region) {
-            self.kill(id);
-        }
-        self.kill_router(region);
+        let nodes = self.nodes_in(region);
+        self.backend.kill_region(region, &nodes);
     }
 
     pub fn start_region(&mut self, region: &str) {
-        if self.is_containers() {
-            return self.container_start_region(region);
-        }
-        for id in self.nodes_in(region) {
-            if !self.is_running(id) {
-                self.start_node(id);
-            }
-        }
-        if self.topology.routers.iter().any(|r| r.region == region) && !self.routers.contains_key(region) {
-            self.start_router(region);
-        }
+        let nodes = self.nodes_in(region);
+        let router = self.topology.routers.iter().any(|r| r.region == region);
+        self.backend.start_region(region, &nodes, router);
     }
 
     /// SIGTERM and wait: a graceful stop, as in a rolling restart.
     pub fn stop(&mut self, id: u64) {
-        assert!(!self.is_containers(), "stop: not for containers (docker stop is not wired into the harness)");
-        if let Some(mut c) = self.nodes.remove(&id) {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.backend.stop_node(id);
     }
 
     pub fn node_addr(&self, id: u64) -> String {
@@ -332,17 +238,13 @@ impl Cluster {
     }
 
     pub fn is_running(&self, id: u64) -> bool {
-        if self.is_containers() {
-            return self.container_is_running(id);
-        }
-        self.nodes.contains_key(&id)
+        self.backend.is_running(id)
     }
 
+    /// Sends `sig` (e.g. STOP, CONT, TERM) to a running node; panics when it could not be
+    /// delivered, so a test never goes on believing a node paused that was not.
     pub fn signal(&self, id: u64, sig: &str) {
-        assert!(!self.is_containers(), "signal: not for containers");
-        if let Some(c) = self.nodes.get(&id) {
-            let _ = Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status();
-        }
+        self.backend.signal_node(id, sig);
     }
 
     pub fn nodes_in(&self, region: &str) -> Vec<u64> {
@@ -351,8 +253,7 @@ impl Cluster {
 
     /// Every running process: (`node-<id>` or `router-<region>`, pid).
     pub fn pids(&self) -> Vec<(String, u32)> {
-        let nodes = self.nodes.iter().map(|(id, c)| (format!("node-{id}"), c.id()));
-        nodes.chain(self.routers.iter().map(|(r, c)| (format!("router-{r}"), c.id()))).collect()
+        self.backend.pids()
     }
 
     /// The cluster's security folder: CA, every identity's certificate, dev keys.
@@ -401,48 +302,32 @@ impl Cluster {
     /// replica is still catching up after an empty start.
     pub async fn wait_ready(&self, timeout: Duration) {
         let c = self.node_client().with_deadline(Duration::from_secs(2));
-        let start = Instant::now();
-        loop {
+        let ready = eventually!(timeout, {
             let mut ok = true;
             for s in &self.topology.shards {
                 let user = self.topology.user_in_shard(s.id, 1);
-                if c.balance(user)
-                    .await
-                    .map_err(|e| e.code())
-                    .err()
-                    .map(|code| code != hongbao_proto::ErrorCode::UnknownUser)
-                    .unwrap_or(false)
-                {
-                    ok = false;
-                }
+                // UnknownUser is an answer: the leader read its state.
+                ok &= c.balance(user).await.err().is_none_or(|e| e.code() == hongbao_proto::ErrorCode::UnknownUser);
             }
             // Every running replica has caught up after its empty start: until then it votes for
             // no candidate with history, so a test that kills a leader sooner could leave a shard
             // with no electable majority (a fresh cluster's followers start empty too).
-            if ok {
-                let st = c.status().await;
-                ok = st.as_ref().is_ok_and(|st| st.nodes.iter().filter(|n| n.up).flat_map(|n| n.shards.iter()).all(|s| !s.catching_up));
-            }
-            if ok {
-                return;
-            }
-            assert!(start.elapsed() < timeout, "cluster not ready after {timeout:?}; logs in {}", self.dir.path().display());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            ok && c.status().await.is_ok_and(|st| st.nodes.iter().filter(|n| n.up).flat_map(|n| n.shards.iter()).all(|s| !s.catching_up))
+        });
+        assert!(ready, "cluster not ready after {timeout:?}; logs in {}", self.dir.path().display());
     }
 
-    /// Who leads each shard right now (from any node that answers).
+    /// Who leads each shard right now, from any node that answers; panics when none answers, so
+    /// that a test asserting "no leader" never passes on an error (`try_leaders` to handle it).
     pub async fn leaders(&self) -> BTreeMap<u32, u64> {
+        self.try_leaders().await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Who leads each shard right now, from any node that answers; Err when none answers.
+    pub async fn try_leaders(&self) -> Result<BTreeMap<u32, u64>, String> {
         let c = self.node_client().with_deadline(Duration::from_secs(3));
-        let mut out = BTreeMap::new();
-        if let Ok(st) = c.status().await {
-            for s in &self.topology.shards {
-                if let Some(l) = st.leader_of(s.id) {
-                    out.insert(s.id, l.node);
-                }
-            }
-        }
-        out
+        let st = c.status().await.map_err(|e| format!("no node answered a status call: {e}"))?;
+        Ok(self.topology.shards.iter().filter_map(|s| Some((s.id, st.leader_of(s.id)?.node))).collect())
     }
 
     /// Opens `user`'s wallet, sets the test PIN and tops it up with `cents` (0: no top-up).
@@ -452,6 +337,30 @@ impl Cluster {
         if cents > 0 {
             c.top_up(hongbao_client::new_request_id(), user, cents).await.unwrap_or_else(|e| panic!("top up {user}: {e}"));
         }
+    }
+
+    /// Through `client`: `sender` given `funds` cents (`funded`), `grabber`'s wallet opened, and
+    /// a lucky packet of `total_cents` in two shares sent by `sender`; the packet.
+    pub async fn packet_to_grab(&self, client: &Client, sender: u64, grabber: u64, funds: u64, total_cents: u64) -> PacketRef {
+        self.funded(client, sender, funds).await;
+        client.open_account(grabber, TEST_DEVICE).await.unwrap_or_else(|e| panic!("open {grabber}: {e}"));
+        PacketRef::from(
+            &client.send_packet(lucky_packet(sender, total_cents, 2)).await.unwrap_or_else(|e| panic!("send a packet from {sender}: {e}")),
+        )
+    }
+
+    /// `start`, then `wait_ready(within)`: a cluster every shard of which is led and caught up.
+    pub async fn ready(spec: Spec, within: Duration) -> Cluster {
+        let c = Cluster::start(spec);
+        c.wait_ready(within).await;
+        c
+    }
+
+    /// A user of `shard` (the first at or after `from`), with a wallet, the test PIN and `cents`.
+    pub async fn funded_user(&self, client: &Client, shard: u32, from: u64, cents: u64) -> u64 {
+        let user = self.topology.user_in_shard(shard, from);
+        self.funded(client, user, cents).await;
+        user
     }
 
     /// Keep the temp dir (logs, data) for a failed test to be inspected.
@@ -466,29 +375,16 @@ impl Cluster {
 
     /// Deletes a stopped node's whole data directory: the disk lost.
     pub fn wipe_node(&mut self, id: u64) {
-        assert!(!self.is_containers(), "wipe_node: a container's data is in its volume");
-        assert!(!self.is_running(id), "wipe_node: node {id} is still running");
-        let dir = self.node_dir(id);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("wipe {}: {e}", dir.display()));
-        }
+        self.processes("wipe_node (a container's data is in its volume)").wipe_node(id);
     }
 
     /// How this cluster's metrics endpoints are reached: HTTPS with the cluster's CA when its
     /// processes serve TLS (`scrape::TLS_ENV` in the spec's env; always in containers), with the
     /// bearer token of the credential file they were given.
     pub fn scraper(&self) -> scrape::Scraper {
-        let env = |k: &str| self.env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
-        let (tls, token_file) = if self.is_containers() {
-            (true, Some(self.security_dir().join(containers::METRICS_TOKEN)))
-        } else {
-            (
-                env(scrape::TLS_ENV).is_some_and(|v| !matches!(v.as_str(), "" | "0" | "false")),
-                env(scrape::CREDENTIAL_ENV).map(PathBuf::from),
-            )
-        };
-        let scraper = if tls { scrape::Scraper::tls(&self.security_dir().join("ca.crt")) } else { scrape::Scraper::plain() };
-        match token_file {
+        let access = self.backend.metrics_access();
+        let scraper = if access.tls { scrape::Scraper::tls(&self.security_dir().join("ca.crt")) } else { scrape::Scraper::plain() };
+        match access.token_file {
             Some(f) => {
                 let token = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("metrics credential {}: {e}", f.display()));
                 scraper.with_token(token.trim())
@@ -501,29 +397,24 @@ impl Cluster {
     /// node answers without it; None when it does not answer).
     pub async fn node_metric(&self, id: u64, name: &str) -> Option<f64> {
         let addr = self.topology.node(id).or_else(|| self.gone.get(&id))?.metrics_addr.clone();
-        let body = self.scraper().metrics(&addr).await?;
-        let mut sum = 0.0;
-        for l in body.lines() {
-            if let Some(rest) = l.strip_prefix(name) {
-                if rest.starts_with(' ') || rest.starts_with('{') {
-                    sum += l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-                }
-            }
-        }
-        Some(sum)
+        self.metric(&addr, name, "").await
+    }
+
+    /// The sum of every series of `name` whose line contains `label` ("": every series) on the
+    /// metrics endpoint at `addr` (0 when it answers without one; None when it does not answer).
+    pub async fn metric(&self, addr: &str, name: &str, label: &str) -> Option<f64> {
+        Some(scrape::sum(&self.scraper().metrics(addr).await?, name, label))
+    }
+
+    /// One user's balance read from node `id`'s own replica; None when it does not answer.
+    pub async fn stale_balance(&self, id: u64, user: u64) -> Option<u64> {
+        self.stale_balances(id, &[user]).await.ok()?.get(&user).copied()
     }
 
     /// Balances read from one node's own replicas (allow_stale: no leader involved), as admin.
     pub async fn stale_balances(&self, id: u64, users: &[u64]) -> Result<BTreeMap<u64, u64>, String> {
         use hongbao_proto::v1::{wallet_client::WalletClient, BalanceRequest};
-        let creds = self.node_credentials();
-        let (_, tls) = creds.tls(Role::Admin)?;
-        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", self.node_addr(id)))
-            .map_err(|e| e.to_string())?
-            .tls_config(tls)
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_millis(500))
-            .connect_lazy();
+        let ch = self.node_channel(id);
         let mut out = BTreeMap::new();
         for &u in users {
             let mut w = WalletClient::new(ch.clone());
@@ -540,25 +431,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if self.is_containers() {
-            if std::thread::panicking() {
-                match self.save_container_logs() {
-                    Some(p) => eprintln!("containers' logs kept in {}", p.display()),
-                    None => eprintln!("could not save the containers' logs"),
-                }
-            }
-            self.remove_containers();
-            return;
-        }
-        for (_, mut c) in std::mem::take(&mut self.nodes) {
-            let _ = Command::new("kill").arg("-CONT").arg(c.id().to_string()).status();
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for (_, mut c) in std::mem::take(&mut self.routers) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.backend.shutdown();
         if std::thread::panicking() {
             let kept = self.dir.path().to_path_buf();
             // Leak the temp dir so its logs survive for the failure report.
@@ -582,26 +455,8 @@ impl Drop for Cluster {
 
 impl Cluster {
     /// Starts node `id` on the topology file at `topology` instead of the cluster's own.
-    pub fn start_node_on(&mut self, id: u64, topology: &std::path::Path) {
-        assert!(!self.is_containers(), "start_node_on: a container's topology is the compose deployment's");
-        assert!(!self.nodes.contains_key(&id), "node {id} already running");
-        let child = Command::new(&self.node_binary)
-            .arg("--topology")
-            .arg(topology)
-            .arg("--node-id")
-            .arg(id.to_string())
-            .arg("--data-dir")
-            .arg(self.dir.path().join(format!("node-{id}")))
-            .arg("--security-dir")
-            .arg(self.security_dir())
-            .env("RUST_LOG", "info,openraft=warn")
-            .env_remove(OTLP_ENDPOINT_ENV)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::from(self.log(&format!("node-{id}"))))
-            .stderr(Stdio::from(self.log(&format!("node-{id}"))))
-            .spawn()
-            .expect("start hongbao-node");
-        self.nodes.insert(id, child);
+    pub fn start_node_on(&mut self, id: u64, topology: &Path) {
+        self.processes("start_node_on (a container's topology is the compose deployment's)").start_node_on(id, topology);
     }
 
     /// kill -9 of node `id`, then a start on a copy of the topology whose `[ledger]` section also
@@ -620,6 +475,33 @@ impl Cluster {
     /// The text node `id` has logged so far.
     pub fn node_log(&self, id: u64) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+}
+
+/// Asserts that a run of `hongbao demo` (on `what`) passed and did what it says: a region
+/// killed (`killed` is how its output says so), the late grabbers served while it was down, the
+/// audit balanced. Prints the demo's output first.
+pub fn assert_demo_passed(out: &std::process::Output, what: &str, killed: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "hongbao demo on {what} failed: {}", out.status);
+    assert!(stdout.contains(killed), "no region was killed ({killed:?})");
+    assert!(stdout.matches("after the region died").count() >= 3, "late grabbers were not all served");
+    assert!(stdout.contains("BALANCED"), "the audit did not balance");
+}
+
+/// A lucky packet of `total_cents` in `count` shares from `sender`, from the test device with
+/// the test PIN, under a new request id.
+pub fn lucky_packet(sender: u64, total_cents: u64, count: u32) -> hongbao_proto::v1::SendPacketRequest {
+    hongbao_proto::v1::SendPacketRequest {
+        request_id: hongbao_client::new_request_id(),
+        sender,
+        kind: hongbao_proto::v1::PacketKind::Lucky as i32,
+        total_cents,
+        count,
+        device: TEST_DEVICE.into(),
+        pin: TEST_PIN.into(),
+        ..Default::default()
     }
 }
 
@@ -707,17 +589,14 @@ impl Cluster {
     /// and not added yet) stay addressable (`gone`).
     pub fn sync_map(&mut self) -> Topology {
         let want = self.made_version.load(std::sync::atomic::Ordering::Relaxed);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let t = loop {
+        let mut t = self.topology.clone();
+        let served = poll::until(Duration::from_secs(10), || {
             let out = self.cli_ok(&["--json", "cluster", "map"]);
             let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("cluster map --json: {e}: {out}"));
-            let t = Topology::parse(v["toml"].as_str().expect("the map's toml")).expect("the served map validates");
-            if t.version >= want {
-                break t;
-            }
-            assert!(Instant::now() < deadline, "the served map stays at version {} < {want}", t.version);
-            std::thread::sleep(Duration::from_millis(100));
-        };
+            t = Topology::parse(v["toml"].as_str().expect("the map's toml")).expect("the served map validates");
+            t.version >= want
+        });
+        assert!(served, "the served map stays at version {} < {want}", t.version);
         for n in &self.topology.nodes {
             if t.node(n.id).is_none() {
                 self.gone.insert(n.id, n.clone());

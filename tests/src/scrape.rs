@@ -87,6 +87,15 @@ impl Scraper {
     }
 }
 
+/// The sum of every series of metric `name` in a Prometheus text page whose line contains
+/// `label` ("": every series); 0 when there is none.
+pub fn sum(page: &str, name: &str, label: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 async fn exchange(mut s: impl AsyncRead + AsyncWrite + Unpin, request: &str) -> Option<Answer> {
     s.write_all(request.as_bytes()).await.ok()?;
     let mut raw = Vec::new();

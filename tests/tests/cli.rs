@@ -6,7 +6,7 @@
 //! exit statuses (1 refused, 75 outcome unknown, 2 usage). The walk checks that it ran every
 //! command `hongbao --help` lists, so a new command without a check here fails.
 
-use hongbao_tests::{bin, Cluster, Spec};
+use hongbao_tests::{bin, eventually, Cluster, Spec};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -158,16 +158,13 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
     let v = cli.json(&["dev-ca"]);
     shape("dev-ca", &v, "security_dir:s");
     assert!(v["security_dir"].as_str().unwrap().ends_with("security"), "{v}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = cli.run(&["cluster", "wait-ready"]);
-        if out.code == 0 {
-            assert_eq!(out.stdout.trim(), "ready");
-            break;
-        }
-        assert!(Instant::now() < deadline, "routers not ready: {}{}", out.stdout, out.stderr);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut out;
+    let ready = eventually!(Duration::from_secs(30), {
+        out = cli.run(&["cluster", "wait-ready"]);
+        out.code == 0
+    });
+    assert!(ready, "routers not ready: {}{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.trim(), "ready");
     let v = cli.json(&["cluster", "wait-ready"]);
     shape("cluster wait-ready", &v, "ready:b shards:u");
     assert_eq!((v["ready"].as_bool(), v["shards"].as_u64()), (Some(true), Some(3)));
@@ -279,14 +276,12 @@ async fn every_cli_command_prints_its_table_and_its_json_shape() {
     let newest = words(l[2]);
     assert_eq!((newest[2], newest[3]), (fixed.as_str(), "2.00"), "newest first: {}", out.stdout);
     // b's shares reach b's shard by the relay: wait for both to be counted.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let v = loop {
-        let v = cli.json(&["packet", "history", &sb, "--received", "--limit", "1"]);
-        if v["received_count"] == 2 || Instant::now() > deadline {
-            break v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut v;
+    // Not asserted here: the shape and count checks below say what is missing.
+    eventually!(Duration::from_secs(10), {
+        v = cli.json(&["packet", "history", &sb, "--received", "--limit", "1"]);
+        v["received_count"] == 2
+    });
     shape(
         "packet history",
         &v,

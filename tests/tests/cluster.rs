@@ -1,11 +1,10 @@
 //! Multi-process tests of the replicated node: real processes, real RocksDB, real gRPC over
 //! mutual TLS. Run by `scripts/test` (serially: each test runs its own cluster).
 
-use hongbao_auth::Role;
 use hongbao_client::{new_request_id, settle, Client, PacketRef};
 use hongbao_proto::v1::BalanceRequest;
 use hongbao_proto::ErrorCode;
-use hongbao_tests::{Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::{eventually, lucky_packet, Cluster, Spec, TEST_PIN};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -25,36 +24,19 @@ async fn open_users(c: &Cluster, client: &Client, per_shard: u64) -> Vec<u64> {
     users
 }
 
-/// A stale (local replica) balance read from one specific node, as the harness's router identity
-/// (nodes serve their API to routers only).
-async fn local_balance(c: &Cluster, node: u64, user: u64) -> Option<u64> {
-    let addr = c.topology.node(node)?.addr.clone();
-    let (_, tls) = c.node_credentials().tls(Role::Admin).ok()?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}")).ok()?.tls_config(tls).ok()?.connect().await.ok()?;
-    let mut w = hongbao_proto::v1::wallet_client::WalletClient::new(channel);
-    w.balance(BalanceRequest { user, allow_stale: true, token_issued_s: 0 }).await.ok().map(|r| r.into_inner().balance_cents)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_replicate_and_a_new_leader_serves_within_bounded_time_after_leader_kill() {
-    let mut c = Cluster::start(Spec::default());
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec::default(), READY).await;
     let client = c.node_client();
     let users = open_users(&c, &client, 2).await;
     for u in &users {
         client.top_up(new_request_id(), *u, 10_000).await.expect("top up");
     }
     // Every replica applies every write.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for n in c.topology.nodes.iter().map(|n| n.id).collect::<Vec<_>>() {
+    for n in &c.topology.nodes {
         for u in &users {
-            loop {
-                if local_balance(&c, n, *u).await == Some(10_000) {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "node {n} never applied the top-up of {u}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let applied = eventually!(Duration::from_secs(10), c.stale_balance(n.id, *u).await == Some(10_000));
+            assert!(applied, "node {} never applied the top-up of {u}", n.id);
         }
     }
 
@@ -74,17 +56,13 @@ async fn writes_replicate_and_a_new_leader_serves_within_bounded_time_after_lead
     // The restarted node catches up by log.
     client.top_up(new_request_id(), user, 777).await.expect("top up after failover");
     c.start_node(victim);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while local_balance(&c, victim, user).await != Some(777) {
-        assert!(Instant::now() < deadline, "restarted node {victim} did not catch up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let caught_up = eventually!(Duration::from_secs(20), c.stale_balance(victim, user).await == Some(777));
+    assert!(caught_up, "restarted node {victim} did not catch up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_missed_purged_log_catches_up_by_snapshot() {
-    let mut c = Cluster::start(Spec { snapshot_every: 100, keep_behind_snapshot: 20, ..Spec::default() });
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec { snapshot_every: 100, keep_behind_snapshot: 20, ..Spec::default() }, READY).await;
     let client = c.node_client();
     let users = open_users(&c, &client, 1).await;
     let leaders = c.leaders().await;
@@ -100,10 +78,8 @@ async fn a_node_that_missed_purged_log_catches_up_by_snapshot() {
     c.start_node(lagger);
     let deadline = Instant::now() + Duration::from_secs(30);
     for (u, want) in &expected {
-        while local_balance(&c, lagger, *u).await != Some(*want) {
-            assert!(Instant::now() < deadline, "node {lagger} did not catch up on user {u}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let caught_up = eventually!(deadline.saturating_duration_since(Instant::now()), c.stale_balance(lagger, *u).await == Some(*want));
+        assert!(caught_up, "node {lagger} did not catch up on user {u}");
     }
     let log = std::fs::read_to_string(c.dir.path().join(format!("node-{lagger}.log"))).unwrap();
     assert!(log.contains("snapshot installed"), "node {lagger} should have caught up by snapshot (log was purged)");
@@ -111,8 +87,7 @@ async fn a_node_that_missed_purged_log_catches_up_by_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_with_the_same_request_id_across_a_leader_change_moves_money_once() {
-    let mut c = Cluster::start(Spec::default());
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec::default(), READY).await;
     let client = c.node_client();
     let user = c.topology.user_in_shard(2, 100);
     client.open_account(user, "phone").await.unwrap();
@@ -134,8 +109,7 @@ async fn a_retry_with_the_same_request_id_across_a_leader_change_moves_money_onc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9_of_nodes_and_the_money_adds_up() {
-    let mut c = Cluster::start(Spec { snapshot_every: 300, keep_behind_snapshot: 50, ..Spec::default() });
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec { snapshot_every: 300, keep_behind_snapshot: 50, ..Spec::default() }, READY).await;
     let client = std::sync::Arc::new(c.node_client().with_deadline(Duration::from_secs(15)));
     let users = open_users(&c, &client, 3).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -160,13 +134,25 @@ async fn acknowledged_writes_survive_kill_9_of_nodes_and_the_money_adds_up() {
             (u, acked)
         }));
     }
-    let ids: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
+    // Each round kills the leader of a shard being written to (every shard has writers), so
+    // acknowledged writes must survive the loss of the node that acknowledged them.
+    let shards: Vec<u32> = c.topology.shards.iter().map(|s| s.id).collect();
     for round in 0..6 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let victim = ids[round % ids.len()];
+        let shard = shards[round % shards.len()];
+        let victim = *c.leaders().await.get(&shard).unwrap_or_else(|| panic!("round {round}: shard {shard} has no leader to kill"));
         c.kill(victim);
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut now;
+        let moved = eventually!(Duration::from_secs(10), {
+            now = c.try_leaders().await.ok().and_then(|l| l.get(&shard).copied());
+            now.is_some_and(|l| l != victim)
+        });
+        assert!(moved, "round {round}: shard {shard} still led by {now:?} after its leader, node {victim}, was killed");
+        println!("round {round}: killed node {victim}, leader of shard {shard}; node {now:?} leads it now");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         c.start_node(victim);
+        // Caught up before the next kill: a replica still catching up votes for no candidate.
+        c.wait_ready(READY).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -184,45 +170,20 @@ async fn acknowledged_writes_survive_kill_9_of_nodes_and_the_money_adds_up() {
     assert_eq!(audit.total_balances_cents, total);
 }
 
-/// `GET /metrics` from a Prometheus endpoint with a plain TCP stream: the whole HTTP response.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("metrics endpoint {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).unwrap();
-    let mut page = String::new();
-    s.read_to_string(&mut page).unwrap();
-    page
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_router_serves_its_metrics_over_http_after_routing_requests() {
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(READY).await;
+    let c = Cluster::ready(Spec { routers: true, ..Spec::default() }, READY).await;
     for (i, r) in (0u64..).zip(&c.topology.routers) {
         // One client per router (its region first): a top-up, a packet and a grab through it.
         let client = c.router_client(&r.region);
         let sender = c.topology.user_in_shard(1, 2_000 + 100 * i);
         let grabber = c.topology.user_in_shard(2, 3_000 + 100 * i);
-        c.funded(&client, sender, 1_000).await;
-        client.open_account(grabber, TEST_DEVICE).await.unwrap();
-        let req = hongbao_proto::v1::SendPacketRequest {
-            request_id: new_request_id(),
-            sender,
-            kind: hongbao_proto::v1::PacketKind::Lucky as i32,
-            total_cents: 100,
-            count: 2,
-            device: TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        };
-        let p = client.send_packet(req).await.unwrap();
-        client.grab(new_request_id(), PacketRef::from(&p), grabber, "").await.unwrap();
+        let p = c.packet_to_grab(&client, sender, grabber, 1_000, 100).await;
+        client.grab(new_request_id(), p, grabber, "").await.unwrap();
     }
     for r in &c.topology.routers {
         let addr = r.metrics_addr.clone().expect("test topologies give routers a metrics port");
-        let page = tokio::task::block_in_place(|| scrape(&addr));
-        assert!(page.starts_with("HTTP/1.") && page.lines().next().unwrap_or("").contains(" 200"), "router {}: {page}", r.region);
+        let page = c.scraper().metrics(&addr).await.unwrap_or_else(|| panic!("router {}: no metrics over HTTP", r.region));
         // Leaders were learned (counted from none) and the grab went out in a coalesced call.
         for name in ["hongbao_router_leader_changes_total", "hongbao_router_coalesced_grabs"] {
             assert!(page.contains(&format!("\n{name}")), "router {} does not report {name}:\n{page}", r.region);
@@ -237,44 +198,30 @@ async fn every_router_serves_its_metrics_over_http_after_routing_requests() {
 /// and is not elected again while its peers say its clock is off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_two_days_fast_loses_leadership_and_forgets_no_request_id_nor_expires_a_packet() {
-    use hongbao_proto::v1::{Faults, PacketKind, SendPacketRequest, TransferRequest};
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(READY).await;
+    use hongbao_proto::v1::{wallet_client::WalletClient, Faults, TransferRequest};
+    let c = Cluster::ready(Spec { routers: true, ..Spec::default() }, READY).await;
     let app = c.router_client("shenzhen");
-    let (from, to) = (c.topology.user_in_shard(1, 500), c.topology.user_in_shard(1, 600));
-    c.funded(&app, from, 10_000).await;
-    c.funded(&app, to, 0).await;
-    let transfer = TransferRequest {
-        request_id: new_request_id(),
-        from_user: from,
-        to_user: to,
-        amount_cents: 100,
-        pin: TEST_PIN.into(),
-        ..Default::default()
-    };
+    let (from, to) = (c.funded_user(&app, 1, 500, 10_000).await, c.funded_user(&app, 1, 600, 0).await);
+    let rid = new_request_id();
+    let transfer =
+        TransferRequest { request_id: rid, from_user: from, to_user: to, amount_cents: 100, pin: TEST_PIN.into(), ..Default::default() };
     assert_eq!(app.transfer(transfer.clone()).await.expect("transfer").balance_cents, 9_900);
-    let send = SendPacketRequest {
-        request_id: new_request_id(),
-        sender: from,
-        kind: PacketKind::Lucky as i32,
-        total_cents: 1_000,
-        count: 2,
-        pin: TEST_PIN.into(),
-        ..Default::default()
-    };
-    let packet = PacketRef::from(&app.send_packet(send).await.expect("packet"));
+    let packet = PacketRef::from(&app.send_packet(lucky_packet(from, 1_000, 2)).await.expect("packet"));
 
     let leader = c.leaders().await[&1];
     let two_days = 2 * 24 * 3600 * 1000;
     c.set_faults(leader, Faults { clock_offset_ms: two_days, ..Faults::default() }).await.expect("clock leap");
-    // Traffic meets the leap: the leader must refuse to stamp it, not apply it.
-    let _ = app.top_up(new_request_id(), to, 1).await;
+    // Traffic meets the leap: the leader must refuse to stamp it, not apply it. Sent straight to
+    // it (no client retry elsewhere), so the answer seen is the leader's own.
+    let top_up = hongbao_proto::v1::TopUpRequest { request_id: new_request_id(), user: to, amount_cents: 1 };
+    let refused = WalletClient::new(c.node_channel(leader)).top_up(top_up).await.expect_err("a leader with a leapt clock stamps nothing");
+    assert_eq!(hongbao_proto::detail_of(&refused).code(), ErrorCode::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("stamps nothing"), "refused for its clock: {refused:?}");
     let start = Instant::now();
-    while c.leaders().await.get(&1) == Some(&leader) {
-        assert!(start.elapsed() < Duration::from_secs(15), "node {leader} still leads shard 1 with a clock two days fast");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let moved = eventually!(Duration::from_secs(15), c.leaders().await.get(&1) != Some(&leader));
+    assert!(moved, "node {leader} still leads shard 1 with a clock two days fast");
     println!("leadership left node {leader} after {:?}", start.elapsed());
+    assert_eq!(app.balance(to).await.expect("balance").balance_cents, 100, "the refused top-up moved no money");
 
     // The client retries its transfer after the failover: answered from the request-id table.
     let again = app.transfer(transfer).await.expect("the retry");
@@ -301,8 +248,7 @@ async fn a_leader_two_days_fast_loses_leadership_and_forgets_no_request_id_nor_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_voter_that_lost_its_disk_cannot_elect_a_leader_that_lacks_acknowledged_money() {
     use hongbao_proto::v1::Faults;
-    let mut c = Cluster::start(Spec::default());
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec::default(), READY).await;
     let client = c.node_client().with_deadline(Duration::from_secs(5));
     let user = c.topology.user_in_shard(1, 700);
     client.open_account(user, "phone").await.unwrap();
@@ -326,20 +272,16 @@ async fn a_voter_that_lost_its_disk_cannot_elect_a_leader_that_lacks_acknowledge
     assert_eq!(leaders.get(&1), None, "the wiped replica helped elect a leader lacking the top-ups: {leaders:?}");
     // The replica with the entries comes back: a leader is elected and every top-up is there.
     c.start_node(leader);
-    let start = Instant::now();
-    let balance = loop {
-        match client.balance(user).await {
-            Ok(b) => break b.balance_cents,
-            Err(e) => assert!(start.elapsed() < Duration::from_secs(20), "no leader after the full replica returned: {e}"),
-        }
-    };
-    assert_eq!(balance, 500, "every acknowledged top-up survived");
+    let mut read;
+    let led = eventually!(Duration::from_secs(20), {
+        read = client.balance(user).await;
+        read.is_ok()
+    });
+    assert!(led, "no leader after the full replica returned: {read:?}");
+    assert_eq!(read.expect("a balance").balance_cents, 500, "every acknowledged top-up survived");
     // The wiped replica caught up and votes again: it now holds the top-ups too.
-    let start = Instant::now();
-    while local_balance(&c, wiped, user).await != Some(500) {
-        assert!(start.elapsed() < Duration::from_secs(20), "the wiped replica did not catch up");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let caught_up = eventually!(Duration::from_secs(20), c.stale_balance(wiped, user).await == Some(500));
+    assert!(caught_up, "the wiped replica did not catch up");
 }
 
 /// After a storm, expired packets must go back to their senders in bulk: the sweeper used to
@@ -349,11 +291,9 @@ async fn a_voter_that_lost_its_disk_cannot_elect_a_leader_that_lacks_acknowledge
 async fn six_hundred_expired_packets_are_refunded_within_seconds_not_minutes() {
     use hongbao_proto::v1::{PacketKind, SendPacketRequest};
     // Long enough that every packet is sent before the first expires.
-    let mut c = Cluster::start(Spec { routers: true, packet_ttl_ms: Some(20_000), ..Spec::default() });
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec { routers: true, packet_ttl_ms: Some(20_000), ..Spec::default() }, READY).await;
     let app = std::sync::Arc::new(c.router_client("shenzhen"));
-    let sender = c.topology.user_in_shard(1, 800);
-    c.funded(&app, sender, 100_000).await;
+    let sender = c.funded_user(&app, 1, 800, 100_000).await;
     const PACKETS: usize = 600;
     let send = |app: std::sync::Arc<Client>| async move {
         let req = SendPacketRequest {
@@ -388,10 +328,8 @@ async fn six_hundred_expired_packets_are_refunded_within_seconds_not_minutes() {
     }
     c.wait_ready(READY).await;
     let expired_at = Instant::now();
-    while app.balance(sender).await.expect("balance").balance_cents < 100_000 {
-        assert!(expired_at.elapsed() < Duration::from_secs(4), "{PACKETS} refunds took longer than 4 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refunded = eventually!(Duration::from_secs(4), app.balance(sender).await.expect("balance").balance_cents >= 100_000);
+    assert!(refunded, "{PACKETS} refunds took longer than 4 s");
     println!("{PACKETS} expired packets refunded {:?} after the cluster was back", expired_at.elapsed());
     let audit = c.node_client().audit().await.expect("audit");
     assert!(audit.balanced && audit.total_escrow_cents == 0, "{:?}", audit.problems);
@@ -418,8 +356,7 @@ async fn applied_by_node(c: &Cluster) -> BTreeMap<u64, BTreeMap<u32, (u64, i32)>
 /// read from them adds up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_ledger_config_differs_stops_applying_and_the_majority_keeps_serving() {
-    let mut c = Cluster::start(Spec::default());
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec::default(), READY).await;
     let client = c.node_client().with_deadline(Duration::from_secs(10));
     let users = open_users(&c, &client, 2).await;
     let mut want: BTreeMap<u64, u64> = BTreeMap::new();
@@ -465,15 +402,10 @@ async fn a_node_whose_ledger_config_differs_stops_applying_and_the_majority_keep
     assert!(a.balanced, "{:?}", a.problems);
 }
 
-/// A channel to one node as `id` (a certificate from the cluster's own CA), connected lazily.
-fn channel_as(c: &Cluster, node: u64, id: &hongbao_auth::Identity) -> tonic::transport::Channel {
-    let tls = hongbao_auth::SecurityDir::new(c.security_dir()).client_tls(id).expect("identity in the security folder");
-    tonic::transport::Endpoint::from_shared(format!("https://{}", c.node_addr(node)))
-        .expect("address")
-        .tls_config(tls)
-        .expect("tls config")
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy()
+/// Who leads `shard`, and every other node.
+async fn leader_and_others(c: &Cluster, shard: u32) -> (u64, Vec<u64>) {
+    let leader = c.leaders().await[&shard];
+    (leader, c.topology.nodes.iter().map(|n| n.id).filter(|n| *n != leader).collect())
 }
 
 /// `msg` as a request whose caller gives it `deadline` (sent as `grpc-timeout`).
@@ -508,14 +440,12 @@ async fn a_call_that_cannot_finish_ends_at_its_deadline_with_an_unknown_outcome(
     use hongbao_proto::v1::{AuditRequest, RaftMessage, TopUpRequest};
     use hongbao_proto::{detail_of, retry_step, RetryStep};
 
-    let mut c = Cluster::start(Spec::default());
-    c.wait_ready(READY).await;
+    let mut c = Cluster::ready(Spec::default(), READY).await;
     let client = c.node_client();
     let user = c.topology.user_in_shard(1, 4242);
     client.open_account(user, "phone").await.expect("open");
-    let leader = c.leaders().await[&1];
-    let others: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).filter(|n| *n != leader).collect();
-    let admin = channel_as(&c, leader, &c.harness_identity());
+    let (leader, others) = leader_and_others(&c, 1).await;
+    let admin = c.node_channel(leader);
     let deadline = Duration::from_millis(300);
     let unknown = |what: &str, took: Duration, s: &tonic::Status| {
         println!("{what}: {:?} after {took:?}: {}", s.code(), s.message());
@@ -528,7 +458,7 @@ async fn a_call_that_cannot_finish_ends_at_its_deadline_with_an_unknown_outcome(
 
     // A credit forwarded by another node, a replica of its source shard (with no entries: the
     // ledger refuses it and changes nothing if it is ever applied).
-    let as_node = channel_as(&c, leader, &Identity::Node(others[0]));
+    let as_node = c.channel_as(&c.node_addr(leader), &Identity::Node(others[0]));
     assert!(c.topology.shard(2).expect("shard 2").replicas.contains(&others[0]), "the sender replicates the credit's source");
     let mark = hongbao_ledger::Request {
         id: hongbao_ledger::RequestId([0x5d; 16]),
@@ -594,14 +524,12 @@ async fn reads_past_the_nodes_limit_are_shed_at_once_and_served_again_after() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).expect("chmod wrapper");
 
-    let c = Cluster::start(Spec { node_binary: Some(node), ..Spec::default() });
-    c.wait_ready(READY).await;
+    let c = Cluster::ready(Spec { node_binary: Some(node), ..Spec::default() }, READY).await;
     let client = c.node_client();
     let user = c.topology.user_in_shard(1, 4343);
     client.open_account(user, "phone").await.expect("open");
-    let leader = c.leaders().await[&1];
-    let others: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).filter(|n| *n != leader).collect();
-    let admin = channel_as(&c, leader, &c.harness_identity());
+    let (leader, others) = leader_and_others(&c, 1).await;
+    let admin = c.node_channel(leader);
     // Connected before the flood, so the flood measures the node, not a TLS handshake.
     WalletClient::new(admin.clone()).balance(BalanceRequest { user, allow_stale: true, token_issued_s: 0 }).await.expect("stale read");
 
@@ -651,19 +579,17 @@ async fn reads_past_the_nodes_limit_are_shed_at_once_and_served_again_after() {
 
     // Back to normal: as many reads at once as the limit are all served (on whichever node
     // leads shard 1 now).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let leader = loop {
-        let l = c.leaders().await.get(&1).copied();
-        if let Some(l) = l {
-            let ch = channel_as(&c, l, &c.harness_identity());
-            if WalletClient::new(ch).balance(BalanceRequest { user, allow_stale: false, token_issued_s: 0 }).await.is_ok() {
-                break l;
-            }
+    let mut leader;
+    let served = eventually!(Duration::from_secs(20), {
+        leader = c.try_leaders().await.ok().and_then(|l| l.get(&1).copied());
+        let read = BalanceRequest { user, allow_stale: false, token_issued_s: 0 };
+        match leader {
+            Some(l) => WalletClient::new(c.node_channel(l)).balance(read).await.is_ok(),
+            None => false,
         }
-        assert!(Instant::now() < deadline, "reads are not served again after the majority came back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let ch = channel_as(&c, leader, &c.harness_identity());
+    });
+    assert!(served, "reads are not served again after the majority came back (shard 1 led by {leader:?})");
+    let ch = c.node_channel(leader.expect("a leader"));
     let reads = (0..LIMIT).map(|_| {
         let mut w = WalletClient::new(ch.clone());
         async move { w.balance(BalanceRequest { user, allow_stale: false, token_issued_s: 0 }).await }

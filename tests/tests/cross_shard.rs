@@ -7,8 +7,8 @@
 #![allow(clippy::inconsistent_digit_grouping)]
 
 use hongbao_client::{new_request_id, settle, PacketRef};
-use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest};
-use hongbao_tests::{Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use hongbao_proto::v1::TransferRequest;
+use hongbao_tests::{eventually, lucky_packet, Cluster, Spec, TEST_DEVICE, TEST_PIN};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,16 +62,7 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
                 round += 1;
                 // A group packet: half the rounds it is left partly unclaimed, to expire.
                 let total = 100 + ((w * 31 + round * 7) % 400) as u64;
-                let req = SendPacketRequest {
-                    request_id: new_request_id(),
-                    sender,
-                    kind: PacketKind::Lucky as i32,
-                    total_cents: total,
-                    count: 5,
-                    device: TEST_DEVICE.into(),
-                    pin: TEST_PIN.into(),
-                    ..Default::default()
-                };
+                let req = lucky_packet(sender, total, 5);
                 let sent = settle(|| client.send_packet(req.clone()), u32::MAX, SETTLE_WITHIN).await;
                 if let Ok(p) = sent {
                     {
@@ -130,16 +121,12 @@ async fn cross_shard_grabs_transfers_and_expiries_add_up_while_leaders_die() {
     }
 
     // Quiescence: every packet expired and refunded, every outbox drained.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let audit = loop {
-        let a = client.audit().await.unwrap();
-        let quiet = a.shards.iter().all(|s| s.outbox_records == 0 && s.open_packets == 0);
-        if a.balanced && quiet {
-            break a;
-        }
-        assert!(Instant::now() < deadline, "never quiesced: {:?}", a);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let mut audit;
+    let quiet = eventually!(Duration::from_secs(60), {
+        audit = client.audit().await.unwrap();
+        audit.balanced && audit.shards.iter().all(|s| s.outbox_records == 0 && s.open_packets == 0)
+    });
+    assert!(quiet, "never quiesced: {audit:?}");
     assert_eq!(audit.total_in_flight_cents, 0);
     assert_eq!(audit.total_escrow_cents, 0);
     assert_eq!(audit.total_topups_cents, START_BALANCE * users.len() as u64);
@@ -205,16 +192,13 @@ async fn a_cross_shard_transfer_to_a_user_never_opened_comes_back_to_the_sender_
     assert_eq!(r.balance_cents, START_BALANCE - amount);
 
     // Back on the sender, then quiet: every outbox drained and the audit balanced.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let a = client.audit().await.unwrap();
+    let mut a;
+    let back = eventually!(Duration::from_secs(30), {
+        a = client.audit().await.unwrap();
         let back = client.balance(sender).await.unwrap().balance_cents == START_BALANCE;
-        if back && a.balanced && a.shards.iter().all(|s| s.outbox_records == 0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the money never came back: {a:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        back && a.balanced && a.shards.iter().all(|s| s.outbox_records == 0)
+    });
+    assert!(back, "the money never came back: {a:?}");
     // Give a second return every chance to land (relays run every 10 ms): it must not.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(client.balance(sender).await.unwrap().balance_cents, START_BALANCE, "came back exactly once");
@@ -256,16 +240,7 @@ async fn packet_history_lists_sent_and_received_across_shards_with_the_year_tota
     let mut packets = vec![];
     let mut received: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new(); // grabber -> (packet, amount)
     for i in 0..7u64 {
-        let req = SendPacketRequest {
-            request_id: new_request_id(),
-            sender,
-            kind: PacketKind::Lucky as i32,
-            total_cents: 3_00 + i,
-            count: 3,
-            device: TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        };
+        let req = lucky_packet(sender, 3_00 + i, 3);
         let p = settle(|| client.send_packet(req.clone()), u32::MAX, SETTLE_WITHIN).await.expect("send");
         packets.push((PacketRef::from(&p), 3_00 + i));
         for g in &grabbers {
@@ -298,17 +273,15 @@ async fn packet_history_lists_sent_and_received_across_shards_with_the_year_tota
     let deadline = Instant::now() + Duration::from_secs(30);
     for g in &grabbers {
         let want: Vec<(u64, u64)> = received[g].iter().rev().copied().collect();
-        loop {
-            let page = client.packet_history(*g, PacketSide::Received, 50, 0).await.expect("history");
-            let got: Vec<(u64, u64)> = page.entries.iter().map(|e| (e.packet_id, e.amount_cents)).collect();
-            if got == want {
-                let y = page.year.expect("year");
-                assert_eq!((y.received_count, y.received_cents), (7, want.iter().map(|w| w.1).sum::<u64>()));
-                break;
-            }
-            assert!(Instant::now() < deadline, "user {g}: received {got:?}, want {want:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let (mut page, mut got);
+        let credited = eventually!(deadline.saturating_duration_since(Instant::now()), {
+            page = client.packet_history(*g, PacketSide::Received, 50, 0).await.expect("history");
+            got = page.entries.iter().map(|e| (e.packet_id, e.amount_cents)).collect::<Vec<(u64, u64)>>();
+            got == want
+        });
+        assert!(credited, "user {g}: received {got:?}, want {want:?}");
+        let y = page.year.expect("year");
+        assert_eq!((y.received_count, y.received_cents), (7, want.iter().map(|w| w.1).sum::<u64>()));
     }
     // The sender's statement, two entries a page: the top-up and seven sends, each once.
     let (mut seqs, mut before) = (vec![], 0);

@@ -5,11 +5,12 @@
 //! `scripts/chaos reshape --nodes-per-region 3`).
 
 use hongbao_proto::v1::ReplicaRole;
-use hongbao_tests::{Cluster, Spec};
+use hongbao_tests::{eventually, Cluster, Spec};
 use std::time::{Duration, Instant};
 
-fn three_by_three() -> Cluster {
-    Cluster::start(Spec { nodes_per_region: 3, routers: true, ..Spec::default() })
+/// Nine nodes (three a region) with routers, ready.
+async fn three_by_three() -> Cluster {
+    Cluster::ready(Spec { nodes_per_region: 3, routers: true, ..Spec::default() }, Duration::from_secs(60)).await
 }
 
 /// Node 9 (Tianjin's replica of shard 3) loses its disk; node 10, new in Tianjin, takes its
@@ -17,13 +18,11 @@ fn three_by_three() -> Cluster {
 /// still committing with node 3 killed, when only nodes 6 and 10 are left to form its quorum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_died_is_replaced_online_and_the_new_one_carries_the_quorum_on_3x3() {
-    let mut c = three_by_three();
-    c.wait_ready(Duration::from_secs(60)).await;
+    let mut c = three_by_three().await;
     let shard3 = c.topology.shard(3).expect("shard 3").replicas.clone();
     assert_eq!(shard3, vec![3, 6, 9], "the test topology places shard 3 on the third node of each region");
     let client = c.router_client("shanghai");
-    let user = c.topology.user_in_shard(3, 100);
-    c.funded(&client, user, 10_000).await;
+    let user = c.funded_user(&client, 3, 100, 10_000).await;
 
     c.kill(9);
     c.wipe_node(9);
@@ -69,11 +68,9 @@ async fn a_node_whose_disk_died_is_replaced_online_and_the_new_one_carries_the_q
 /// Each refusal leaves the map's version and every balance as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_membership_change_that_would_weaken_a_shard_is_refused_and_changes_nothing_on_3x3() {
-    let mut c = three_by_three();
-    c.wait_ready(Duration::from_secs(60)).await;
+    let mut c = three_by_three().await;
     let client = c.router_client("shenzhen");
-    let user = c.topology.user_in_shard(1, 100);
-    c.funded(&client, user, 5_000).await;
+    let user = c.funded_user(&client, 1, 100, 5_000).await;
     let before = c.sync_map();
 
     let out = c.cli(&["cluster", "remove-node", "--id", "4"]);
@@ -124,11 +121,9 @@ async fn a_membership_change_that_would_weaken_a_shard_is_refused_and_changes_no
 /// audit, given a slot with a funded wallet (served there, whole), and reopened by a node restarted on its old topology file (which does not name it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x1() {
-    let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(60)).await;
+    let mut c = Cluster::ready(Spec { routers: true, ..Spec::default() }, Duration::from_secs(60)).await;
     let client = c.router_client("shanghai");
-    let user = c.topology.user_in_shard(2, 100);
-    c.funded(&client, user, 3_000).await;
+    let user = c.funded_user(&client, 2, 100, 3_000).await;
     let first_file = c.dir.path().join("first-topology.toml");
     std::fs::copy(&c.topology_path, &first_file).expect("keep the first topology file");
 
@@ -142,16 +137,12 @@ async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x
     assert_eq!(c.sync_map().version, map.version, "a re-send changes nothing");
 
     // The routers learn it from the map (no restart): their view names its leader.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = client.status().await.expect("status");
-        let view = st.router.expect("a router's own view");
-        if view.leaders.iter().any(|l| l.shard == 4 && l.node != 0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the router never routed shard 4: {view:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut view;
+    let routed = eventually!(Duration::from_secs(10), {
+        view = client.status().await.expect("status").router.expect("a router's own view");
+        view.leaders.iter().any(|l| l.shard == 4 && l.node != 0)
+    });
+    assert!(routed, "the router never routed shard 4: {view:?}");
     let audit = client.audit().await.expect("audit");
     assert_eq!(audit.shards.len(), 4, "the audit covers the new shard");
     assert!(audit.balanced, "{:?}", audit.problems);
@@ -175,17 +166,12 @@ async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x
     // from the map its peers give it, and follows its leader again.
     c.kill(3);
     c.start_node_on(3, &first_file);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(st) = c.node_client().status_of(&c.node_addr(3)).await {
-            let r = st.nodes.iter().flat_map(|n| n.shards.iter()).find(|s| s.shard == 4).map(|s| s.role());
-            if matches!(r, Some(ReplicaRole::Follower | ReplicaRole::Leader)) {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "restarted node 3 did not reopen shard 4");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let reopened = eventually!(Duration::from_secs(20), {
+        let st = c.node_client().status_of(&c.node_addr(3)).await;
+        let role = st.ok().and_then(|st| st.nodes.iter().flat_map(|n| n.shards.iter()).find(|s| s.shard == 4).map(|s| s.role()));
+        matches!(role, Some(ReplicaRole::Follower | ReplicaRole::Leader))
+    });
+    assert!(reopened, "restarted node 3 did not reopen shard 4");
 }
 
 /// A slot move whose driver went away half-way (one `MoveSlot` call, as from a `move-slot` that
@@ -197,11 +183,9 @@ async fn a_shard_added_online_is_led_routed_audited_and_survives_a_restart_on_3x
 /// served by shard 3 whole, and the audit balances.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_move_left_half_way_is_finished_by_the_meta_leader_with_no_cent_lost_on_3x3() {
-    let mut c = three_by_three();
-    c.wait_ready(Duration::from_secs(60)).await;
+    let mut c = three_by_three().await;
     let client = c.router_client("shanghai");
-    let user = c.topology.user_in_shard(2, 100);
-    c.funded(&client, user, 5_000).await;
+    let user = c.funded_user(&client, 2, 100, 5_000).await;
     let slot = c.topology.slot_of(user);
     let (shard2, shard3) = (c.topology.shard(2).unwrap().replicas.clone(), c.topology.shard(3).unwrap().replicas.clone());
     let meta = c.topology.meta_shard();
@@ -231,11 +215,8 @@ async fn a_slot_move_left_half_way_is_finished_by_the_meta_leader_with_no_cent_l
     }
     let t = Instant::now();
     // The leader waits RESUME_AFTER (10 s) from when it first saw the move unfinished.
-    let deadline = t + Duration::from_secs(50);
-    while c.sync_map().owner_of_slot(slot) != Some(3) {
-        assert!(Instant::now() < deadline, "nobody finished the move of slot {slot}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let finished = eventually!(Duration::from_secs(50), c.sync_map().owner_of_slot(slot) == Some(3));
+    assert!(finished, "nobody finished the move of slot {slot}");
     println!("the meta leader finished the move {:?} after the cut healed", t.elapsed());
     assert_eq!(c.topology.moving(slot), None, "the flip ended the move's record");
     let b = client.balance(user).await.expect("balance after the move");

@@ -8,18 +8,18 @@
 //! address a node or router refuses to start without TLS and a credential file, and with them a
 //! request without the bearer token is answered 401.
 
-use hongbao_client::{new_request_id, PacketRef};
+use hongbao_client::new_request_id;
 use hongbao_proto::ErrorCode;
 use hongbao_tests::scrape::{self, Scraper};
-use hongbao_tests::{bin, Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::{bin, eventually, poll, repo_root, Cluster, Spec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const READY: Duration = Duration::from_secs(30);
 
 fn dashboard() -> serde_json::Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/hongbao.json");
+    let path = repo_root().join("deploy/grafana/hongbao.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: not JSON: {e}", path.display()))
 }
@@ -197,21 +197,6 @@ fn the_dashboard_is_well_formed() {
     assert!(vars.iter().any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus"));
 }
 
-/// `GET /metrics` on a node's or router's `metrics_addr`: the body, or None if it did not answer 200.
-async fn scrape(addr: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.ok()?;
-        let mut page = String::new();
-        s.read_to_string(&mut page).await.ok()?;
-        Some(page)
-    };
-    let page = tokio::time::timeout(Duration::from_secs(5), fetch).await.ok()??;
-    let ok = page.lines().next().is_some_and(|l| l.starts_with("HTTP/1.") && l.contains(" 200"));
-    ok.then(|| page.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
-}
-
 /// One scraped page: series names and the names described by a HELP line.
 struct Page {
     series: BTreeSet<String>,
@@ -281,22 +266,10 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported_by_a_running_clu
         let client = c.router_client(&r.region);
         let sender = c.topology.user_in_shard(1, 2_000 + 100 * i);
         let grabber = c.topology.user_in_shard(2, 3_000 + 100 * i);
-        c.funded(&client, sender, 1_000).await;
-        client.open_account(grabber, TEST_DEVICE).await.unwrap();
-        let req = hongbao_proto::v1::SendPacketRequest {
-            request_id: new_request_id(),
-            sender,
-            kind: hongbao_proto::v1::PacketKind::Lucky as i32,
-            total_cents: 300,
-            count: 2,
-            device: TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        };
-        let p = client.send_packet(req).await.unwrap();
-        let g = client.grab(new_request_id(), PacketRef::from(&p), grabber, "").await.unwrap();
+        let p = c.packet_to_grab(&client, sender, grabber, 1_000, 300).await;
+        let g = client.grab(new_request_id(), p, grabber, "").await.unwrap();
         escrow_left += g.remaining_cents;
-        let again = client.grab(new_request_id(), PacketRef::from(&p), grabber, "").await.expect_err("a second grab is refused");
+        let again = client.grab(new_request_id(), p, grabber, "").await.expect_err("a second grab is refused");
         assert_eq!(again.code(), ErrorCode::AlreadyGrabbed);
         let nobody = c.topology.user_in_shard(3, 9_000 + i);
         assert_eq!(client.balance(nobody).await.expect_err("no wallet").code(), ErrorCode::UnknownUser);
@@ -304,18 +277,17 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported_by_a_running_clu
     c.node_client().status().await.unwrap();
 
     // Gauges are sampled every second, the process every two: scrape until all are there.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut pages: Vec<(String, Kind, Page)>;
+    let mut pages: Vec<(String, Kind, Page)> = vec![];
     let mut missing: Vec<String>;
-    loop {
+    let all_there = eventually!(Duration::from_secs(20), {
         pages = vec![];
         for n in &c.topology.nodes {
-            let page = scrape(&n.metrics_addr).await.unwrap_or_else(|| panic!("node {} serves no metrics", n.id));
+            let page = c.scraper().metrics(&n.metrics_addr).await.unwrap_or_else(|| panic!("node {} serves no metrics", n.id));
             pages.push((format!("node {}", n.id), Kind::Node, Page::parse(page)));
         }
         for r in &c.topology.routers {
             let addr = r.metrics_addr.clone().expect("test topologies give routers a metrics port");
-            let page = scrape(&addr).await.unwrap_or_else(|| panic!("router {} serves no metrics", r.region));
+            let page = c.scraper().metrics(&addr).await.unwrap_or_else(|| panic!("router {} serves no metrics", r.region));
             pages.push((format!("router {}", r.region), Kind::Router, Page::parse(page)));
         }
         missing = vec![];
@@ -360,12 +332,9 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported_by_a_running_clu
                 }
             }
         }
-        if missing.is_empty() || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(missing.is_empty(), "{} problems:\n{}", missing.len(), missing.join("\n"));
+        missing.is_empty()
+    });
+    assert!(all_there, "{} problems:\n{}", missing.len(), missing.join("\n"));
 
     // The RED counters count what the clients saw, by method and code.
     let routers: Vec<&Page> = pages.iter().filter(|(_, k, _)| *k == Kind::Router).map(|(_, _, p)| p).collect();
@@ -405,14 +374,13 @@ impl Drop for Extra {
 /// Runs `cmd` until it exits (at most 30 s); its exit status and stderr.
 fn run_to_exit(mut cmd: Command) -> (std::process::ExitStatus, String) {
     let mut child = Extra(cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start the process"));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "the process is still running after 30 s: it did not refuse to start");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut status = None;
+    let exited = poll::until(Duration::from_secs(30), || {
+        status = child.0.try_wait().expect("wait");
+        status.is_some()
+    });
+    assert!(exited, "the process is still running after 30 s: it did not refuse to start");
+    let status = status.expect("exited");
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.0.stderr.take().expect("stderr"), &mut err).expect("read stderr");
     (status, err)
@@ -508,14 +476,13 @@ async fn with_tls_and_a_credential_a_scrape_without_the_bearer_token_is_401_and_
 
     for (who, addr) in &endpoints {
         // Up to 15 s for the extra router to start; the others are up already.
-        let start = Instant::now();
-        let ok = loop {
-            match tls.clone().with_token(&token).get(addr, "/metrics").await {
-                Some(a) if a.status == 200 => break a,
-                other => assert!(start.elapsed() < Duration::from_secs(15), "{who} at {addr}: no 200 with the token: {other:?}"),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let mut answer;
+        let served = eventually!(Duration::from_secs(15), {
+            answer = tls.clone().with_token(&token).get(addr, "/metrics").await;
+            answer.as_ref().is_some_and(|a| a.status == 200)
+        });
+        assert!(served, "{who} at {addr}: no 200 with the token: {answer:?}");
+        let ok = answer.expect("an answer");
         assert!(ok.body.contains("# HELP process_resident_memory_bytes"), "{who}: the metrics, with the token: {:.300}", ok.body);
         for (how, scraper) in [("no token", tls.clone()), ("a wrong token", tls.clone().with_token(&format!("{token}0")))] {
             let refused = scraper.get(addr, "/metrics").await.unwrap_or_else(|| panic!("{who}: no answer with {how}"));

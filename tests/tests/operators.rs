@@ -7,26 +7,16 @@
 use hongbao_auth::Role;
 use hongbao_client::{new_request_id, PacketRef};
 use hongbao_proto::v1;
-use hongbao_tests::{Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::grpc::with_token;
+use hongbao_tests::{eventually, lucky_packet, Cluster, Spec, TEST_DEVICE};
 use prost::Message;
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 const READY: Duration = Duration::from_secs(30);
-
-/// A channel to `addr` with `role`'s certificate (every port is mutual TLS).
-fn channel(c: &Cluster, addr: &str, role: Role) -> Channel {
-    let (_, tls) = c.credentials().tls(role).expect("the role's certificate");
-    Endpoint::from_shared(format!("https://{addr}"))
-        .expect("address")
-        .tls_config(tls)
-        .expect("TLS settings")
-        .connect_timeout(Duration::from_millis(500))
-        .connect_lazy()
-}
 
 /// One `Health.Check` of `service` ("" = the whole server).
 async fn check(ch: &Channel, service: &str) -> Result<ServingStatus, tonic::Status> {
@@ -39,16 +29,15 @@ async fn check(ch: &Channel, service: &str) -> Result<ServingStatus, tonic::Stat
 
 /// Polls `service` on `addr` until it reports `want`; panics with the last answer after `within`.
 async fn wait_status(c: &Cluster, addr: &str, service: &str, want: ServingStatus, within: Duration) -> Duration {
-    let ch = channel(c, addr, Role::Admin);
+    let ch = c.channel_as_role(addr, Role::Admin);
     let start = Instant::now();
-    loop {
-        let got = check(&ch, service).await;
-        if matches!(&got, Ok(s) if *s == want) {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < within, "{addr} {service:?}: wanted {want:?} within {within:?}, last {got:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut got;
+    let reached = eventually!(within, {
+        got = check(&ch, service).await;
+        matches!(&got, Ok(s) if *s == want)
+    });
+    assert!(reached, "{addr} {service:?}: wanted {want:?} within {within:?}, last {got:?}");
+    start.elapsed()
 }
 
 const NODE_API: [&str; 4] = [
@@ -66,7 +55,7 @@ async fn every_node_and_router_of_a_running_cluster_reports_serving_per_service(
     let serving = ServingStatus::Serving;
     for n in &c.topology.nodes {
         wait_status(&c, &n.addr, "", serving, Duration::from_secs(10)).await;
-        let ch = channel(&c, &n.addr, Role::Admin);
+        let ch = c.channel_as_role(&n.addr, Role::Admin);
         for s in NODE_API.iter().chain(&[v1::raft_transport_server::SERVICE_NAME, v1::cluster_server::SERVICE_NAME]) {
             assert_eq!(check(&ch, s).await.expect("a registered service"), serving, "node {} {s}", n.id);
         }
@@ -76,7 +65,7 @@ async fn every_node_and_router_of_a_running_cluster_reports_serving_per_service(
     for r in &c.topology.routers {
         wait_status(&c, &r.addr, "", serving, Duration::from_secs(10)).await;
         // Any service certificate may ask (a load balancer's probe has one of its own).
-        let ch = channel(&c, &r.addr, Role::App);
+        let ch = c.channel_as_role(&r.addr, Role::App);
         for s in ROUTER_API.iter().chain(&[v1::cluster_server::SERVICE_NAME]) {
             assert_eq!(check(&ch, s).await.expect("a registered service"), serving, "router {} {s}", r.region);
         }
@@ -98,7 +87,7 @@ async fn a_node_is_not_serving_while_its_region_is_drained_and_serving_again_aft
     admin.drain(&drained.region).await.expect("drain");
     let took = wait_status(&c, &drained.addr, "", ServingStatus::NotServing, Duration::from_secs(3)).await;
     println!("node {} NOT_SERVING {took:?} after its region's drain", drained.id);
-    let ch = channel(&c, &drained.addr, Role::Admin);
+    let ch = c.channel_as_role(&drained.addr, Role::Admin);
     for s in NODE_API {
         assert_eq!(check(&ch, s).await.expect("registered"), ServingStatus::NotServing, "{s} while drained");
     }
@@ -106,7 +95,11 @@ async fn a_node_is_not_serving_while_its_region_is_drained_and_serving_again_aft
     for s in [v1::raft_transport_server::SERVICE_NAME, v1::cluster_server::SERVICE_NAME] {
         assert_eq!(check(&ch, s).await.expect("registered"), ServingStatus::Serving, "{s} while drained");
     }
-    assert_eq!(check(&channel(&c, &other, Role::Admin), "").await.expect("registered"), ServingStatus::Serving, "other regions serve on");
+    assert_eq!(
+        check(&c.channel_as_role(&other, Role::Admin), "").await.expect("registered"),
+        ServingStatus::Serving,
+        "other regions serve on"
+    );
 
     admin.undrain(&drained.region).await.expect("undrain");
     let took = wait_status(&c, &drained.addr, "", ServingStatus::Serving, Duration::from_secs(3)).await;
@@ -129,11 +122,11 @@ async fn without_a_majority_the_survivor_and_every_router_turn_not_serving_and_r
     let took = wait_status(&c, &survivor, "", ServingStatus::NotServing, Duration::from_secs(6)).await;
     println!("survivor NOT_SERVING {took:?} after losing its majority");
     wait_status(&c, &router, "", ServingStatus::NotServing, Duration::from_secs(6)).await;
-    let ch = channel(&c, &survivor, Role::Admin);
+    let ch = c.channel_as_role(&survivor, Role::Admin);
     assert_eq!(check(&ch, v1::wallet_server::SERVICE_NAME).await.expect("registered"), ServingStatus::NotServing);
     assert_eq!(check(&ch, v1::raft_transport_server::SERVICE_NAME).await.expect("registered"), ServingStatus::Serving, "elections need it");
     // The router's admin service still reaches a node.
-    let rch = channel(&c, &router, Role::Admin);
+    let rch = c.channel_as_role(&router, Role::Admin);
     assert_eq!(check(&rch, v1::cluster_server::SERVICE_NAME).await.expect("registered"), ServingStatus::Serving);
 
     c.start_node(2);
@@ -151,7 +144,7 @@ async fn a_node_asked_to_stop_reports_not_serving_to_its_watchers_first() {
     c.wait_ready(READY).await;
     let addr = c.node_addr(3);
     wait_status(&c, &addr, "", ServingStatus::Serving, Duration::from_secs(10)).await;
-    let ch = channel(&c, &addr, Role::Admin);
+    let ch = c.channel_as_role(&addr, Role::Admin);
     let mut watch = HealthClient::new(ch).watch(HealthCheckRequest { service: String::new() }).await.expect("watch").into_inner();
     let first = watch.message().await.expect("a status").expect("the current status");
     assert_eq!(first.status(), ServingStatus::Serving);
@@ -213,13 +206,13 @@ async fn reflection_lists_exactly_the_services_each_process_serves() {
     c.wait_ready(READY).await;
     let common = ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", v1::cluster_server::SERVICE_NAME];
     for n in &c.topology.nodes {
-        let listed = list_services(channel(&c, &n.addr, Role::Admin)).await;
+        let listed = list_services(c.channel_as_role(&n.addr, Role::Admin)).await;
         for s in NODE_API.iter().chain(&common).chain(&[v1::raft_transport_server::SERVICE_NAME]) {
             assert!(listed.iter().any(|l| l == s), "node {} does not list {s}: {listed:?}", n.id);
         }
     }
     for r in &c.topology.routers {
-        let listed = list_services(channel(&c, &r.addr, Role::App)).await;
+        let listed = list_services(c.channel_as_role(&r.addr, Role::App)).await;
         for s in ROUTER_API.iter().chain(&common) {
             assert!(listed.iter().any(|l| l == s), "router {} does not list {s}: {listed:?}", r.region);
         }
@@ -228,12 +221,12 @@ async fn reflection_lists_exactly_the_services_each_process_serves() {
         }
     }
     // What `grpcurl describe hongbao.v1.Packets` needs: the file with the service and its methods.
-    let file = file_of_symbol_v1alpha(channel(&c, &c.topology.routers[0].addr, Role::App), v1::packets_server::SERVICE_NAME).await;
+    let file = file_of_symbol_v1alpha(c.channel_as_role(&c.topology.routers[0].addr, Role::App), v1::packets_server::SERVICE_NAME).await;
     assert_eq!(file.name(), "hongbao/v1/api.proto");
     let packets = file.service.iter().find(|s| s.name() == "Packets").expect("the Packets service");
     assert!(packets.method.iter().any(|m| m.name() == "Grab"), "{packets:?}");
     // And the types inside an error's details, so grpcurl can print them.
-    let node = channel(&c, &c.node_addr(1), Role::Admin);
+    let node = c.channel_as_role(&c.node_addr(1), Role::Admin);
     let file = file_of_symbol_v1alpha(node.clone(), "google.rpc.ErrorInfo").await;
     assert!(file.message_type.iter().any(|m| m.name() == "RetryInfo"), "{:?}", file.name());
     let file = file_of_symbol_v1alpha(node, "hongbao.v1.ErrorDetail").await;
@@ -269,9 +262,10 @@ mod google_rpc {
     }
 }
 
-/// Reads a failed call's trailer as a generic client does; returns the rpc status, the
-/// ErrorDetail inside its Any, and its ErrorInfo.
-fn generic_read(s: &tonic::Status) -> (google_rpc::Status, v1::ErrorDetail, google_rpc::ErrorInfo) {
+/// Reads a failed call's trailer as a generic client does and asserts it says `grpc`, with the
+/// ErrorDetail `code` and the ErrorInfo `reason`; returns the rpc status.
+fn generic_read(s: &tonic::Status, grpc: tonic::Code, code: v1::ErrorCode, reason: &str) -> google_rpc::Status {
+    assert_eq!(s.code(), grpc, "{s:?}");
     let rpc = google_rpc::Status::decode(s.details()).unwrap_or_else(|e| panic!("trailer is no google.rpc.Status ({e}): {s:?}"));
     assert_eq!(rpc.code, s.code() as i32, "the trailer's code is the call's: {s:?}");
     assert_eq!(rpc.message, s.message(), "the trailer's message is the call's");
@@ -281,13 +275,8 @@ fn generic_read(s: &tonic::Status) -> (google_rpc::Status, v1::ErrorDetail, goog
     let info = any("type.googleapis.com/google.rpc.ErrorInfo").unwrap_or_else(|| panic!("no ErrorInfo in {rpc:?}"));
     let info = google_rpc::ErrorInfo::decode(info.as_slice()).expect("an ErrorInfo");
     assert_eq!(info.domain, "hongbao");
-    (rpc, detail, info)
-}
-
-fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
-    r
+    assert_eq!((detail.code(), info.reason.as_str()), (code, reason), "{s:?}");
+    rpc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,15 +293,12 @@ async fn a_generic_grpc_client_reads_code_detail_and_reason_of_failed_calls_thro
     let router = c.topology.routers[0].addr.clone();
 
     // A zero top-up: the node's refusal, forwarded by the router as it came.
-    let gw = channel(&c, &router, Role::PaymentGateway);
+    let gw = c.channel_as_role(&router, Role::PaymentGateway);
     let s = WalletClient::new(gw.clone())
         .top_up(v1::TopUpRequest { request_id: new_request_id(), user: sender, amount_cents: 0 })
         .await
         .expect_err("a zero top-up is refused");
-    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
-    let (_, detail, info) = generic_read(&s);
-    assert_eq!(detail.code(), v1::ErrorCode::AmountZero);
-    assert_eq!(info.reason, "AMOUNT_ZERO");
+    generic_read(&s, tonic::Code::InvalidArgument, v1::ErrorCode::AmountZero, "AMOUNT_ZERO");
 
     // An unknown user: NOT_FOUND, not DEADLINE_EXCEEDED.
     let nobody = c.topology.user_in_shard(3, 900);
@@ -320,25 +306,14 @@ async fn a_generic_grpc_client_reads_code_detail_and_reason_of_failed_calls_thro
         .top_up(v1::TopUpRequest { request_id: new_request_id(), user: nobody, amount_cents: 100 })
         .await
         .expect_err("no such wallet");
-    assert_eq!(s.code(), tonic::Code::NotFound, "{s:?}");
-    let (_, detail, info) = generic_read(&s);
-    assert_eq!((detail.code(), info.reason.as_str()), (v1::ErrorCode::UnknownUser, "UNKNOWN_USER"));
+    generic_read(&s, tonic::Code::NotFound, v1::ErrorCode::UnknownUser, "UNKNOWN_USER");
 
     // A second grab of one packet: ALREADY_EXISTS (the router answers it from a coalesced batch).
-    let send = v1::SendPacketRequest {
-        request_id: new_request_id(),
-        sender,
-        kind: v1::PacketKind::Lucky as i32,
-        total_cents: 100,
-        count: 3,
-        device: TEST_DEVICE.into(),
-        pin: TEST_PIN.into(),
-        ..Default::default()
-    };
+    let send = lucky_packet(sender, 100, 3);
     let packet = PacketRef::from(&app.send_packet(send).await.expect("send"));
     app.grab(new_request_id(), packet, grabber, "").await.expect("first grab");
     let token = c.credentials().tokens.expect("dev tokens").token(grabber, None).expect("a token");
-    let s = PacketsClient::new(channel(&c, &router, Role::App))
+    let s = PacketsClient::new(c.channel_as_role(&router, Role::App))
         .grab(with_token(
             v1::GrabRequest {
                 request_id: new_request_id(),
@@ -351,16 +326,13 @@ async fn a_generic_grpc_client_reads_code_detail_and_reason_of_failed_calls_thro
         ))
         .await
         .expect_err("a second grab is refused");
-    assert_eq!(s.code(), tonic::Code::AlreadyExists, "{s:?}");
-    let (rpc, detail, info) = generic_read(&s);
-    assert_eq!(detail.code(), v1::ErrorCode::AlreadyGrabbed);
-    assert_eq!(info.reason, "ALREADY_GRABBED");
+    let rpc = generic_read(&s, tonic::Code::AlreadyExists, v1::ErrorCode::AlreadyGrabbed, "ALREADY_GRABBED");
     assert!(!rpc.details.iter().any(|a| a.type_url.ends_with("google.rpc.RetryInfo")), "a final answer asks for no retry");
     // And hongbao's own reader agrees.
     assert_eq!(hongbao_proto::detail_of(&s).code(), v1::ErrorCode::AlreadyGrabbed);
 
     // A flood of one user's reads meets the router's limit: RESOURCE_EXHAUSTED with a RetryInfo.
-    let reader = channel(&c, &router, Role::App);
+    let reader = c.channel_as_role(&router, Role::App);
     let mut limited = None;
     for _ in 0..300 {
         let r = WalletClient::new(reader.clone())
@@ -372,9 +344,7 @@ async fn a_generic_grpc_client_reads_code_detail_and_reason_of_failed_calls_thro
         }
     }
     let s = limited.expect("300 reads at once meet the per-user limit");
-    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
-    let (rpc, detail, info) = generic_read(&s);
-    assert_eq!((detail.code(), info.reason.as_str()), (v1::ErrorCode::RateLimited, "RATE_LIMITED"));
+    let rpc = generic_read(&s, tonic::Code::ResourceExhausted, v1::ErrorCode::RateLimited, "RATE_LIMITED");
     let retry = rpc.details.iter().find(|a| a.type_url == "type.googleapis.com/google.rpc.RetryInfo").expect("a RetryInfo");
     let delay = google_rpc::RetryInfo::decode(retry.value.as_slice()).expect("RetryInfo").retry_delay.expect("a delay");
     assert!(delay.seconds > 0 || delay.nanos > 0, "{delay:?}");

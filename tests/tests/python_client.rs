@@ -9,14 +9,10 @@
 //! Needs the example's Python packages: `scripts/test` installs them (`ensure_python_deps` in
 //! scripts/env.sh, a venv at ~/.cache/hongbao/venv, `$HONGBAO_PYTHON`).
 
-use hongbao_tests::{bin, Cluster, Spec};
-use std::path::{Path, PathBuf};
+use hongbao_tests::{bin, repo_root, Cluster, Spec};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repository").to_path_buf()
-}
 
 /// The venv's interpreter that scripts/env.sh `ensure_python_deps` made.
 fn python() -> PathBuf {

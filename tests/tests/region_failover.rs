@@ -3,7 +3,8 @@
 
 use hongbao_auth::Role;
 use hongbao_client::{new_request_id, Client};
-use hongbao_tests::{Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::grpc::with_token;
+use hongbao_tests::{eventually, lucky_packet, Cluster, Spec, TEST_DEVICE, TEST_PIN};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,17 +65,21 @@ impl Workload {
     }
 }
 
-async fn users(c: &Cluster, client: &Client) -> Vec<u64> {
-    let mut out = vec![];
+/// Two users a shard, and the workload on them through `client`, once Shenzhen's node leads
+/// shard 1 (its home); that node's id.
+async fn load_with_shard_1_home(c: &Cluster, client: &Arc<Client>, settle_unknown: bool) -> (Workload, u64) {
+    let mut users = vec![];
     for s in &c.topology.shards {
         let mut u = 500;
         for _ in 0..2 {
             u = c.topology.user_in_shard(s.id, u + 1);
             client.open_account(u, "phone").await.unwrap();
-            out.push(u);
+            users.push(u);
         }
     }
-    out
+    let home = c.nodes_in("shenzhen")[0];
+    wait_leader(c, 1, home, Duration::from_secs(15)).await;
+    (Workload::start(client.clone(), &users, settle_unknown), home)
 }
 
 async fn check_money(client: &Client, acked: &BTreeMap<u64, u64>) {
@@ -86,30 +91,22 @@ async fn check_money(client: &Client, acked: &BTreeMap<u64, u64>) {
     assert_eq!(a.total_topups_cents, acked.values().sum::<u64>());
 }
 
-/// A raw gRPC channel to `addr` with the certificate of `role` (no client retries, no failover).
-async fn raw_channel(c: &Cluster, addr: &str, role: Role) -> tonic::transport::Channel {
-    let (_, tls) = c.credentials().tls(role).expect("the cluster's security folder has every role");
-    tonic::transport::Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
-}
-
 /// `msg` with `user`'s token, as an app forwards it for that user.
 fn as_user<T>(client: &Client, user: u64, msg: T) -> tonic::Request<T> {
     let tokens = client.credentials().tokens.as_ref().expect("test credentials mint user tokens");
     let token = tokens.token(user, None).expect("a development token");
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
+    with_token(msg, &token)
 }
 
 async fn wait_leader(c: &Cluster, shard: u32, node: u64, within: Duration) -> Duration {
     let start = Instant::now();
-    loop {
-        if c.leaders().await.get(&shard) == Some(&node) {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < within, "shard {shard} leadership did not reach node {node} within {within:?}: {:?}", c.leaders().await);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut leaders;
+    let reached = eventually!(within, {
+        leaders = c.leaders().await;
+        leaders.get(&shard) == Some(&node)
+    });
+    assert!(reached, "shard {shard} leadership did not reach node {node} within {within:?}: {leaders:?}");
+    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,8 +126,7 @@ async fn on_three_by_three_with_wan_latency_a_lost_region_is_served_again_within
 /// must go on to a replica of the right shard (issue 17: the demo once stopped on it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_hosts_no_replica_of_the_shard_never_ends_a_call() {
-    let c = Cluster::start(Spec { nodes_per_region: 3, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
+    let c = Cluster::ready(Spec { nodes_per_region: 3, ..Spec::default() }, Duration::from_secs(30)).await;
     let u = c.topology.user_in_shard(2, 700);
     assert!(!c.topology.shard(2).unwrap().replicas.contains(&1), "node 1 holds no replica of shard 2");
     // The cause: node 1 alone can only say it hosts no replica of shard 2.
@@ -150,13 +146,9 @@ async fn a_node_that_hosts_no_replica_of_the_shard_never_ends_a_call() {
 /// workload through the routers, measures how soon shard 1's users are served again, restarts
 /// the region, waits for failback, and checks that every acknowledged top-up is there once.
 async fn lost_region_is_served_again_and_fails_back(spec: Spec) {
-    let mut c = Cluster::start(spec);
-    c.wait_ready(Duration::from_secs(30)).await;
+    let mut c = Cluster::ready(spec, Duration::from_secs(30)).await;
     let client = Arc::new(c.router_client("shanghai").with_deadline(Duration::from_secs(10)));
-    let us = users(&c, &client).await;
-    let home = c.nodes_in("shenzhen")[0];
-    wait_leader(&c, 1, home, Duration::from_secs(15)).await;
-    let w = Workload::start(client.clone(), &us, true);
+    let (w, home) = load_with_shard_1_home(&c, &client, true).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Shenzhen is lost: its node (leader of shard 1) and its router, kill -9.
@@ -191,13 +183,9 @@ async fn lost_region_is_served_again_and_fails_back(spec: Spec) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_and_undraining_a_region_under_load_fails_no_request() {
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
+    let c = Cluster::ready(Spec { routers: true, ..Spec::default() }, Duration::from_secs(30)).await;
     let client = Arc::new(c.router_client("tianjin").with_deadline(Duration::from_secs(10)));
-    let us = users(&c, &client).await;
-    let home = c.nodes_in("shenzhen")[0];
-    wait_leader(&c, 1, home, Duration::from_secs(15)).await;
-    let w = Workload::start(client.clone(), &us, false);
+    let (w, home) = load_with_shard_1_home(&c, &client, false).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let moved = client.drain("shenzhen").await.unwrap();
@@ -221,14 +209,13 @@ async fn draining_and_undraining_a_region_under_load_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_its_in_flight_bound_a_router_answers_resource_exhausted_and_applies_nothing_rejected() {
     use hongbao_proto::v1::{wallet_client::WalletClient, TopUpRequest};
-    let c = Cluster::start(Spec { routers: true, router_max_inflight: Some(4), ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
+    let c = Cluster::ready(Spec { routers: true, router_max_inflight: Some(4), ..Spec::default() }, Duration::from_secs(30)).await;
     let client = c.router_client("shanghai").with_deadline(Duration::from_secs(10));
     let user = c.topology.user_in_shard(2, 700);
     client.open_account(user, "phone").await.unwrap();
     let addr = c.topology.routers.iter().find(|r| r.region == "shanghai").unwrap().addr.clone();
     // Top-ups are the payment gateway's calls.
-    let channel = raw_channel(&c, &addr, Role::PaymentGateway).await;
+    let channel = c.channel_as_role(&addr, Role::PaymentGateway);
     // 200 top-ups at once, raw gRPC (no client retries), far above the bound of 4 per shard.
     let calls = (1..=200u64).map(|amount| {
         let mut w = WalletClient::new(channel.clone());
@@ -252,25 +239,13 @@ async fn beyond_its_in_flight_bound_a_router_answers_resource_exhausted_and_appl
     assert_eq!(client.balance(user).await.unwrap().balance_cents, ok_sum);
 }
 
-/// Scrapes one counter-like value (a summary's `_count`, a counter) from a node's metrics page.
-async fn metric(addr: &str, name: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
-    use hongbao_proto::v1::{packets_client::PacketsClient, GrabRequest, PacketKind, SendPacketRequest};
+    use hongbao_proto::v1::{packets_client::PacketsClient, GrabRequest};
     use hongbao_proto::{detail_of, ErrorCode};
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
+    let c = Cluster::ready(Spec { routers: true, ..Spec::default() }, Duration::from_secs(30)).await;
     let client = c.router_client("shenzhen").with_deadline(Duration::from_secs(10));
-    let sender = c.topology.user_in_shard(1, 900);
-    c.funded(&client, sender, 100_000).await;
+    let sender = c.funded_user(&client, 1, 900, 100_000).await;
     // 150 grabbers on every shard (some credits cross shards), for a packet of 100 shares.
     let mut grabbers = vec![];
     let mut u = 1_000;
@@ -280,30 +255,18 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
         grabbers.push(u);
     }
     let total = 12_345u64;
-    let p = client
-        .send_packet(SendPacketRequest {
-            request_id: new_request_id(),
-            sender,
-            kind: PacketKind::Lucky as i32,
-            total_cents: total,
-            count: 100,
-            device: TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let p = client.send_packet(lucky_packet(sender, total, 100)).await.unwrap();
     let leader = c.leaders().await[&hongbao_topology::PacketId(p.packet_id).shard()];
     let leader_metrics = c.topology.node(leader).unwrap().metrics_addr.clone();
-    let batches_before = metric(&leader_metrics, "hongbao_coalesced_grabs_count").await;
-    let entries_before = metric(&leader_metrics, "hongbao_batch_requests_count").await;
-    let proposed_before = metric(&leader_metrics, "hongbao_batch_requests_sum").await;
+    let batches_before = c.metric(&leader_metrics, "hongbao_coalesced_grabs_count", "").await.expect("the leader\'s metrics");
+    let entries_before = c.metric(&leader_metrics, "hongbao_batch_requests_count", "").await.expect("the leader\'s metrics");
+    let proposed_before = c.metric(&leader_metrics, "hongbao_batch_requests_sum", "").await.expect("the leader\'s metrics");
 
     // All at once, raw gRPC on one connection: the router holds many grabs for the same node at
     // the same moment, which is when it coalesces them. Five carry a malformed request id. Each
     // grab goes as the app would send it: the app's certificate, the grabber's token.
     let addr = c.topology.routers.iter().find(|r| r.region == "shenzhen").unwrap().addr.clone();
-    let channel = raw_channel(&c, &addr, Role::App).await;
+    let channel = c.channel_as_role(&addr, Role::App);
     let requests: Vec<GrabRequest> = grabbers
         .iter()
         .enumerate()
@@ -347,17 +310,17 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
     assert_eq!(won.len(), 100, "every share is grabbed once");
     assert_eq!(exhausted, 150 - 5 - 100);
     assert_eq!(sum, total, "the shares add up to the packet");
-    let batches = metric(&leader_metrics, "hongbao_coalesced_grabs_count").await - batches_before;
+    let batches = c.metric(&leader_metrics, "hongbao_coalesced_grabs_count", "").await.expect("the leader\'s metrics") - batches_before;
     println!("150 grabs reached the leader in {batches} coalesced calls");
     assert!(batches > 0.0 && batches < 150.0, "grabs through the router went coalesced: {batches} calls for 150 grabs");
     // And on the leader, the proposals went into Raft several to an entry (leader batching).
-    let entries = metric(&leader_metrics, "hongbao_batch_requests_count").await - entries_before;
-    let proposed = metric(&leader_metrics, "hongbao_batch_requests_sum").await - proposed_before;
+    let entries = c.metric(&leader_metrics, "hongbao_batch_requests_count", "").await.expect("the leader\'s metrics") - entries_before;
+    let proposed = c.metric(&leader_metrics, "hongbao_batch_requests_sum", "").await.expect("the leader\'s metrics") - proposed_before;
     println!("{proposed} proposals in {entries} Raft entries");
     assert!(entries > 0.0 && proposed > entries, "{proposed} proposals in {entries} entries: no batching");
 
     // Grabs on the now exhausted packet are refused by the leader without a Raft round.
-    let fast_before = metric(&leader_metrics, "hongbao_grabs_fast_rejected_total").await;
+    let fast_before = c.metric(&leader_metrics, "hongbao_grabs_fast_rejected_total", "").await.expect("the leader\'s metrics");
     let mut pc = PacketsClient::new(channel.clone());
     for g in grabbers.iter().filter(|g| !won.iter().any(|(w, _)| w.grabber == **g)).take(5) {
         let late = GrabRequest {
@@ -370,7 +333,7 @@ async fn a_router_coalesces_a_grab_storm_and_each_grab_gets_its_own_outcome() {
         let s = pc.grab(as_user(&client, *g, late)).await.unwrap_err();
         assert_eq!(detail_of(&s).code(), ErrorCode::PacketExhausted, "{s:?}");
     }
-    let fast = metric(&leader_metrics, "hongbao_grabs_fast_rejected_total").await - fast_before;
+    let fast = c.metric(&leader_metrics, "hongbao_grabs_fast_rejected_total", "").await.expect("the leader\'s metrics") - fast_before;
     assert_eq!(fast, 5.0, "late grabs on an exhausted packet are refused before proposing");
 
     // A re-sent grab (same request id) gets its first answer again, not a second share.
@@ -405,8 +368,7 @@ fn cli(c: &Cluster, args: &[&str]) -> (i32, String, String) {
 /// request id; re-sending that id once the routers are back moves the money exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_reports_an_unreachable_transfer_as_unknown_and_resending_its_id_moves_money_once() {
-    let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
+    let mut c = Cluster::ready(Spec { routers: true, ..Spec::default() }, Duration::from_secs(30)).await;
     let app = c.router_client("shenzhen");
     let (from, to) = (c.topology.user_in_shard(1, 300), c.topology.user_in_shard(2, 300));
     c.funded(&app, from, 10_000).await;
@@ -447,14 +409,12 @@ async fn the_cli_reports_an_unreachable_transfer_as_unknown_and_resending_its_id
 async fn a_plain_grpc_call_through_a_router_rides_out_a_leader_election_without_an_error() {
     use hongbao_proto::v1::wallet_client::WalletClient;
     use hongbao_proto::v1::TopUpRequest;
-    let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
+    let mut c = Cluster::ready(Spec { routers: true, ..Spec::default() }, Duration::from_secs(30)).await;
     let app = c.router_client("tianjin");
-    let u = c.topology.user_in_shard(1, 950);
-    c.funded(&app, u, 0).await;
+    let u = c.funded_user(&app, 1, 950, 0).await;
     let addr = c.topology.routers.iter().find(|r| r.region == "tianjin").expect("router").addr.clone();
     // Top-ups come from the payment gateway (its certificate, no user token).
-    let ch = raw_channel(&c, &addr, Role::PaymentGateway).await;
+    let ch = c.channel_as_role(&addr, Role::PaymentGateway);
     let leader = c.leaders().await[&1];
     assert_ne!(c.topology.region_of(leader), Some("tianjin"), "the router under test survives");
     c.kill(leader);
@@ -483,8 +443,7 @@ async fn assert_no_leader_in(c: &Cluster, region: &str, when: &str) {
 /// the cluster still reports it drained, and an undrain brings leadership home again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_survives_a_restart_of_every_node_and_undrain_then_fails_back() {
-    let mut c = Cluster::start(Spec::default());
-    c.wait_ready(Duration::from_secs(30)).await;
+    let mut c = Cluster::ready(Spec::default(), Duration::from_secs(30)).await;
     let client = c.node_client().with_deadline(Duration::from_secs(20));
     let home = c.nodes_in("shenzhen")[0];
     wait_leader(&c, 1, home, Duration::from_secs(15)).await;
@@ -502,16 +461,12 @@ async fn a_drain_survives_a_restart_of_every_node_and_undrain_then_fails_back() 
     }
     c.wait_ready(Duration::from_secs(30)).await;
     // Fresh elections may pick a shenzhen replica; the placement loop must move it out.
-    let start = Instant::now();
-    loop {
-        let leaders = c.leaders().await;
-        let settled = leaders.len() == c.topology.shards.len() && leaders.values().all(|n| c.topology.region_of(*n) != Some("shenzhen"));
-        if settled {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(15), "leadership not out of drained shenzhen after restart: {leaders:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut leaders;
+    let settled = eventually!(Duration::from_secs(15), {
+        leaders = c.leaders().await;
+        leaders.len() == c.topology.shards.len() && leaders.values().all(|n| c.topology.region_of(*n) != Some("shenzhen"))
+    });
+    assert!(settled, "leadership not out of drained shenzhen after restart: {leaders:?}");
     // Several placement periods: failback must not pull leadership home into the drained region.
     let watch = Instant::now();
     while watch.elapsed() < Duration::from_secs(6) {

@@ -16,8 +16,7 @@
 //!   of the router's; a clean stop flushes the exporter.
 
 use hongbao_client::{new_request_id, Client, PacketRef};
-use hongbao_proto::v1::{PacketKind, SendPacketRequest};
-use hongbao_tests::{Cluster, Spec, OTLP_ENDPOINT_ENV, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::{eventually, poll, Cluster, Spec, OTLP_ENDPOINT_ENV};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
@@ -56,17 +55,10 @@ fn run_chromium(profile: &Path, url: &str, args: &[&str]) -> String {
         let _ = std::io::Read::read_to_string(&mut out, &mut s);
         s
     });
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait for chromium").is_some() {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium did not finish loading {url} within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !poll::until(Duration::from_secs(60), || child.try_wait().expect("wait for chromium").is_some()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("chromium did not finish loading {url} within 60 s");
     }
     reader.join().expect("chromium's output")
 }
@@ -96,14 +88,13 @@ fn attr(dom: &str, marker: &str, name: &str) -> Option<String> {
 /// Polls the page until `ok` holds for its DOM, or panics after `within` with the last DOM.
 fn wait_for_page(profile: &Path, url: &str, within: Duration, what: &str, ok: impl Fn(&str) -> bool) -> (String, Duration) {
     let start = Instant::now();
-    loop {
-        let dom = dump_dom(profile, url);
-        if ok(&dom) {
-            return (dom, start.elapsed());
-        }
-        assert!(start.elapsed() < within, "the status page did not show {what} within {within:?}; last DOM:\n{dom}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let mut dom = String::new();
+    let shown = poll::until(within, || {
+        dom = dump_dom(profile, url);
+        ok(&dom)
+    });
+    assert!(shown, "the status page did not show {what} within {within:?}; last DOM:\n{dom}");
+    (dom, start.elapsed())
 }
 
 /// Top-ups through the routers until stopped, each re-sent with its id until settled.
@@ -241,15 +232,6 @@ async fn the_status_page_shows_a_killed_region_down_and_its_shards_led_elsewhere
     );
 }
 
-/// The sum of every series of `name` whose line contains `label` (e.g. a method), on an endpoint.
-async fn metric_with(c: &Cluster, addr: &str, name: &str, label: &str) -> f64 {
-    let text = c.scraper().metrics(addr).await.unwrap_or_else(|| panic!("no metrics on {addr}"));
-    text.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loading_the_status_page_many_times_runs_no_audit_per_visit() {
     const AUDITS: &str = "hongbao_router_status_audits_total";
@@ -261,13 +243,13 @@ async fn loading_the_status_page_many_times_runs_no_audit_per_visit() {
     async fn node_audits(c: &Cluster) -> f64 {
         let mut sum = 0.0;
         for n in &c.topology.nodes {
-            sum += metric_with(c, &n.metrics_addr, "hongbao_rpc_requests_total", AUDIT_CALL).await;
+            sum += c.metric(&n.metrics_addr, "hongbao_rpc_requests_total", AUDIT_CALL).await.expect("metrics");
         }
         sum
     }
     // Nobody has looked at the page yet: no audit at all.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(metric_with(&c, &page, AUDITS, "").await, 0.0, "audits before any visit");
+    assert_eq!(c.metric(&page, AUDITS, "").await.expect("metrics"), 0.0, "audits before any visit");
     assert_eq!(node_audits(&c).await, 0.0, "audits reached the nodes before any visit");
 
     // A hundred loads, four at a time, then loads until the page shows a verdict.
@@ -291,24 +273,27 @@ async fn loading_the_status_page_many_times_runs_no_audit_per_visit() {
     // one: the task's refresh, about AUDIT_EVERY (10 s) later.
     let audit_at = |body: &str| attr(body, "id=\"audit\"", "data-audit-at-ms").and_then(|a| a.parse::<u128>().ok());
     let mut shown: Option<u128> = None;
-    let body = loop {
+    let mut body;
+    let refreshed = eventually!(Duration::from_secs(30).saturating_sub(first.elapsed()), {
         let a = c.scraper().get(&page, "/").await.expect("the page answers");
         assert_eq!(a.status, 200, "{a:?}");
         loads += 1;
         let balanced = attr(&a.body, "id=\"audit\"", "data-audit").as_deref() == Some("balanced");
+        let mut next = false;
         match (shown, audit_at(&a.body)) {
             (None, Some(at)) if balanced => shown = Some(at),
             (Some(first_at), Some(at)) if balanced && at != first_at => {
                 assert!(at >= first_at + 9_000, "the audit was refreshed {} ms after the one before", at - first_at);
-                break a.body;
+                next = true;
             }
             _ => {}
         }
-        assert!(first.elapsed() < Duration::from_secs(30), "no two balanced audits on the page within 30 s: {:.2000}", a.body);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+        body = a.body;
+        next
+    });
+    assert!(refreshed, "no two balanced audits on the page within 30 s: {body:.2000}");
     let watched = first.elapsed();
-    let ran = metric_with(&c, &page, AUDITS, "").await;
+    let ran = c.metric(&page, AUDITS, "").await.expect("metrics");
     let reached = node_audits(&c).await;
     // One audit at the first visit, then one per 10 s at most (plus one starting as we read).
     let most = 2.0 + (watched.as_secs_f64() / 10.0).floor();
@@ -338,40 +323,33 @@ async fn sender_grabber_and_packet(c: &Cluster) -> (u64, u64, PacketRef) {
     let setup = c.router_client("shenzhen");
     let sender = c.topology.user_in_shard(1, 900);
     let grabber = c.topology.user_in_shard(2, 900);
-    c.funded(&setup, sender, 10_000).await;
-    setup.open_account(grabber, TEST_DEVICE).await.unwrap();
-    let p = setup
-        .send_packet(SendPacketRequest {
-            request_id: new_request_id(),
-            sender,
-            kind: PacketKind::Lucky as i32,
-            total_cents: 500,
-            count: 2,
-            device: TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    (sender, grabber, PacketRef::from(&p))
+    (sender, grabber, c.packet_to_grab(&setup, sender, grabber, 10_000, 500).await)
+}
+
+/// Through the Shenzhen router, each call continuing a trace of its own: a grab (coalesced at
+/// the router: the trace id rides in the batch) and a top-up (one call per request) in sampled
+/// traces, a balance read in an unsampled one. (The client library sends each call with a
+/// parent id of its own.) The sender, and the three trace ids.
+async fn traced_calls(c: &Cluster) -> (u64, String, String, String) {
+    let (sender, grabber, packet_id) = sender_grabber_and_packet(c).await;
+    let (grab_id, topup_id, quiet_id) = (trace_id(), trace_id(), trace_id());
+    let g = traced(c, &grab_id, "01").grab(new_request_id(), packet_id, grabber, "").await.unwrap();
+    assert!(g.amount_cents > 0);
+    traced(c, &topup_id, "01").top_up(new_request_id(), sender, 100).await.unwrap();
+    traced(c, &quiet_id, "00").balance(sender).await.unwrap();
+    (sender, grab_id, topup_id, quiet_id)
+}
+
+/// A client of the Shenzhen router whose calls continue trace `id` (flags "01": sampled).
+fn traced(c: &Cluster, id: &str, flags: &str) -> Client {
+    c.router_client("shenzhen").with_traceparent(&format!("00-{id}-00f067aa0ba902b7-{flags}")).expect("a valid traceparent")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grab_with_a_traceparent_leaves_its_trace_id_in_the_router_and_node_logs() {
     let c = Cluster::start(Spec { routers: true, ..Spec::default() });
     c.wait_ready(Duration::from_secs(30)).await;
-    let (sender, grabber, packet_id) = sender_grabber_and_packet(&c).await;
-
-    // A grab (coalesced at the router: the trace id rides in the batch) and a top-up (one call
-    // per request), each continuing a sampled trace; a balance read in an unsampled one.
-    let (grab_id, topup_id, quiet_id) = (trace_id(), trace_id(), trace_id());
-    let traced = |id: &str, flags: &str| {
-        c.router_client("shenzhen").with_traceparent(&format!("00-{id}-00f067aa0ba902b7-{flags}")).expect("a valid traceparent")
-    };
-    let g = traced(&grab_id, "01").grab(new_request_id(), packet_id, grabber, "").await.unwrap();
-    assert!(g.amount_cents > 0);
-    traced(&topup_id, "01").top_up(new_request_id(), sender, 100).await.unwrap();
-    traced(&quiet_id, "00").balance(sender).await.unwrap();
+    let (_, grab_id, topup_id, quiet_id) = traced_calls(&c).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let router_log = std::fs::read_to_string(c.dir.path().join("router-shenzhen.log")).unwrap();
@@ -493,15 +471,14 @@ impl Collector {
 
     /// The spans of `trace_id` once both a router and a node have sent theirs (within 15 s).
     async fn wait_for(&self, trace_id: &str) -> Vec<Got> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let spans = self.spans(trace_id);
+        let mut spans;
+        // Not asserted here: the caller says what it wanted of them.
+        eventually!(Duration::from_secs(15), {
+            spans = self.spans(trace_id);
             let from = |service: &str| spans.iter().any(|g| g.service == service);
-            if (from("hongbao-router") && from("hongbao-node")) || Instant::now() > deadline {
-                return spans;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            from("hongbao-router") && from("hongbao-node")
+        });
+        spans
     }
 }
 
@@ -514,18 +491,7 @@ async fn a_traced_grab_is_exported_over_otlp_by_the_router_and_the_node_in_the_c
     for (name, pid) in c.pids() {
         assert_eq!(exporter_threads(pid), 1, "{name} runs one OTLP exporter with {OTLP_ENDPOINT_ENV}={endpoint}");
     }
-    let (sender, grabber, packet_id) = sender_grabber_and_packet(&c).await;
-
-    // A grab (coalesced at the router) and a top-up (one call) in sampled traces, a balance read
-    // in an unsampled one. (The client library sends each call with a parent id of its own.)
-    let (grab_id, topup_id, quiet_id) = (trace_id(), trace_id(), trace_id());
-    let traced = |id: &str, flags: &str| {
-        c.router_client("shenzhen").with_traceparent(&format!("00-{id}-00f067aa0ba902b7-{flags}")).expect("a valid traceparent")
-    };
-    let g = traced(&grab_id, "01").grab(new_request_id(), packet_id, grabber, "").await.unwrap();
-    assert!(g.amount_cents > 0);
-    traced(&topup_id, "01").top_up(new_request_id(), sender, 100).await.unwrap();
-    traced(&quiet_id, "00").balance(sender).await.unwrap();
+    let (sender, grab_id, topup_id, quiet_id) = traced_calls(&c).await;
 
     for (id, router_name, node_name) in [
         (&grab_id, "router GrabRequest", "hongbao.v1.Coalesced/Grabs (one grab)"),
@@ -554,7 +520,7 @@ async fn a_traced_grab_is_exported_over_otlp_by_the_router_and_the_node_in_the_c
     // included: the blocking flush must not stall the channel it sends on), and the last
     // sampled call's spans arrive.
     let last_id = trace_id();
-    traced(&last_id, "01").balance(sender).await.unwrap();
+    traced(&c, &last_id, "01").balance(sender).await.unwrap();
     c.signal_router("shenzhen", "TERM");
     let nodes: Vec<u64> = c.topology.nodes.iter().map(|n| n.id).collect();
     for id in &nodes {
@@ -566,11 +532,8 @@ async fn a_traced_grab_is_exported_over_otlp_by_the_router_and_the_node_in_the_c
         "the last call's spans arrive: {spans:#?}"
     );
     let router_log = || std::fs::read_to_string(c.dir.path().join("router-shenzhen.log")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !router_log().contains("trace export flushed") && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(router_log().contains("trace export flushed"), "the router flushed its exporter on SIGTERM");
+    let flushed = eventually!(Duration::from_secs(10), router_log().contains("trace export flushed"));
+    assert!(flushed, "the router flushed its exporter on SIGTERM");
     for id in nodes {
         assert!(c.node_log(id).contains("trace export flushed"), "node {id} flushed its exporter on SIGTERM");
     }

@@ -9,14 +9,16 @@
 //! obstacle), with the host-side `topology.toml` the script writes; their metrics over TLS with
 //! the script's bearer token (`METRICS_TOKEN`, `Cluster::scraper`).
 
-use crate::{bin, topology_toml, Cluster, Spec};
+use super::{Backend, MetricsAccess};
+use crate::topology::topology_toml;
+use crate::{bin, repo_root, Cluster, Spec};
 use hongbao_topology::Topology;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The docker engine cannot run on this machine (scripts exit 3): the container tests skip.
+/// The docker engine cannot run on this machine (scripts exit 3).
 #[derive(Debug)]
 pub struct DockerUnavailable(pub String);
 
@@ -28,9 +30,9 @@ impl fmt::Display for DockerUnavailable {
 
 impl std::error::Error for DockerUnavailable {}
 
-/// What a cluster of containers keeps beside the `Cluster`: its HONGBAO_HOME (apart from
-/// `Cluster::dir`, which a failed chaos run may swap out), and what the harness took down.
-pub(crate) struct Containers {
+/// The backend of a cluster of containers: its HONGBAO_HOME (apart from `Cluster::dir`, which a
+/// failed chaos run may swap out), and what the harness took down.
+pub struct Containers {
     home: PathBuf,
     down_nodes: BTreeSet<u64>,
     partitioned: BTreeSet<String>,
@@ -42,10 +44,6 @@ pub const METRICS_TOKEN: &str = "metrics.token";
 
 /// Bounds every script call: docker commands that hang must not hang the test.
 const SCRIPT_TIMEOUT_S: &str = "300";
-
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repository").to_path_buf()
-}
 
 /// Runs a script of the repository with the binaries this test was built with; its output.
 fn run_script(script: &str, home: Option<&Path>, envs: &[(&str, String)], args: &[&str]) -> std::process::Output {
@@ -94,6 +92,27 @@ pub fn build_image() -> anyhow::Result<()> {
     }
 }
 
+/// Set to 1 to let the container tests skip where docker cannot run. Unset, a machine without
+/// docker fails them: a skip nobody asked for would pass a run that tested nothing.
+pub const SKIP_ENV: &str = "HONGBAO_SKIP_CONTAINERS";
+
+/// Builds the image (`build_image`) for `test`; false, after saying why, only where docker
+/// cannot run here and `SKIP_ENV` asks to skip. Any other failure panics.
+pub fn image_or_skip(test: &str) -> bool {
+    match build_image() {
+        Ok(()) => true,
+        Err(e) if e.downcast_ref::<DockerUnavailable>().is_some() && std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") => {
+            println!("SKIPPED {test} ({SKIP_ENV}=1): {e}");
+            eprintln!("SKIPPED {test} ({SKIP_ENV}=1): {e}");
+            false
+        }
+        Err(e) if e.downcast_ref::<DockerUnavailable>().is_some() => {
+            panic!("{test}: {e}\n(set {SKIP_ENV}=1 to skip the container tests on a machine without docker)")
+        }
+        Err(e) => panic!("{e:#}"),
+    }
+}
+
 impl Cluster {
     /// The cluster of `spec` as containers: 3 regions x 1 node with routers, the compose
     /// services' names and ports, the spec's ledger, Raft and WAN settings. Ready when it
@@ -116,20 +135,9 @@ impl Cluster {
         let home = dir.path().to_path_buf();
         let input = input.display().to_string();
         let out = run_script("cluster", Some(&home), &[], &["up", "--containers", "--free-ports", "--topology", &input]);
-        let mut c = Cluster {
-            topology_path: home.join("topology.toml"),
-            topology: Topology::parse(&t).map_err(anyhow::Error::msg)?,
-            dir,
-            nodes: Default::default(),
-            routers: Default::default(),
-            router_max_inflight: None,
-            node_binary: PathBuf::new(),
-            env: Vec::new(),
-            containers: Some(Containers { home, down_nodes: BTreeSet::new(), partitioned: BTreeSet::new() }),
-            gone: Default::default(),
-            made_version: Default::default(),
-        };
+        let backend = Containers { home: home.clone(), down_nodes: BTreeSet::new(), partitioned: BTreeSet::new() };
         // From here on, dropping `c` removes whatever the script created.
+        let mut c = Cluster::new(dir, home.join("topology.toml"), Topology::parse(&t).map_err(anyhow::Error::msg)?, Box::new(backend));
         match out.status.code() {
             Some(0) => {}
             Some(3) => return Err(DockerUnavailable(output_text(&out).trim().to_string()).into()),
@@ -140,93 +148,141 @@ impl Cluster {
         Ok(c)
     }
 
-    pub fn is_containers(&self) -> bool {
-        self.containers.is_some()
-    }
-
-    fn containers(&mut self) -> &mut Containers {
-        self.containers.as_mut().expect("a cluster of containers")
-    }
-
     /// `scripts/cluster ARGS` on this cluster of containers; panics when it fails.
     pub fn cluster_script(&self, args: &[&str]) -> String {
-        let home = &self.containers.as_ref().expect("a cluster of containers").home;
-        let out = run_script("cluster", Some(home), &[], args);
-        let text = output_text(&out);
-        assert!(out.status.success(), "scripts/cluster {}: {}\n{text}", args.join(" "), out.status);
-        text
-    }
-
-    pub(crate) fn container_kill(&mut self, id: u64) {
-        self.cluster_script(&["kill", &id.to_string()]);
-        self.containers().down_nodes.insert(id);
-    }
-
-    pub(crate) fn container_start(&mut self, id: u64) {
-        self.cluster_script(&["start", &id.to_string()]);
-        self.containers().down_nodes.remove(&id);
-    }
-
-    pub(crate) fn container_is_running(&self, id: u64) -> bool {
-        !self.containers.as_ref().expect("a cluster of containers").down_nodes.contains(&id)
-    }
-
-    pub(crate) fn container_kill_region(&mut self, region: &str) {
-        self.cluster_script(&["kill-region", region]);
-        for id in self.nodes_in(region) {
-            self.containers().down_nodes.insert(id);
-        }
-    }
-
-    pub(crate) fn container_start_region(&mut self, region: &str) {
-        self.cluster_script(&["start-region", region]);
-        for id in self.nodes_in(region) {
-            self.containers().down_nodes.remove(&id);
-        }
+        self.containers().script(args)
     }
 
     /// Cuts `region` off from the others at the network layer: its containers leave the links
     /// to the other regions' networks.
     pub fn partition_region(&mut self, region: &str) {
         self.cluster_script(&["partition-region", region]);
-        self.containers().partitioned.insert(region.to_string());
+        self.containers_mut().partitioned.insert(region.to_string());
     }
 
     pub fn heal_region(&mut self, region: &str) {
         self.cluster_script(&["heal-region", region]);
-        self.containers().partitioned.remove(region);
+        self.containers_mut().partitioned.remove(region);
     }
 
     /// Every partitioned region healed, every killed container started.
     pub fn heal_containers(&mut self) {
-        for r in std::mem::take(&mut self.containers().partitioned) {
+        for r in std::mem::take(&mut self.containers_mut().partitioned) {
             self.heal_region(&r);
         }
         for r in self.topology.regions.iter().map(|r| r.name.clone()).collect::<Vec<_>>() {
-            self.container_start_region(&r);
+            self.start_region(&r);
         }
     }
 
     /// The containers' logs, copied to a folder that outlives the cluster; its path.
     pub fn save_container_logs(&self) -> Option<PathBuf> {
-        let home = &self.containers.as_ref()?.home;
-        let out = run_script("cluster", Some(home), &[], &["logs"]);
-        let log = home.join("logs/containers.log");
+        self.containers().save_logs()
+    }
+}
+
+impl Containers {
+    /// `scripts/cluster ARGS` on these containers; panics when it fails.
+    fn script(&self, args: &[&str]) -> String {
+        let out = run_script("cluster", Some(&self.home), &[], args);
+        let text = output_text(&out);
+        assert!(out.status.success(), "scripts/cluster {}: {}\n{text}", args.join(" "), out.status);
+        text
+    }
+
+    fn save_logs(&self) -> Option<PathBuf> {
+        let out = run_script("cluster", Some(&self.home), &[], &["logs"]);
+        let log = self.home.join("logs/containers.log");
         if !out.status.success() || !log.exists() {
             return None;
         }
         let keep = tempfile::Builder::new().prefix("hongbao-containers-logs-").tempdir().ok()?.keep();
         std::fs::copy(&log, keep.join("containers.log")).ok()?;
-        let _ = std::fs::copy(home.join("topology.toml"), keep.join("topology.toml"));
+        let _ = std::fs::copy(self.home.join("topology.toml"), keep.join("topology.toml"));
         Some(keep)
     }
 
-    /// Removes the containers, their networks and volumes, and the folder (from Drop).
-    pub(crate) fn remove_containers(&mut self) {
-        let Some(c) = self.containers.take() else { return };
-        let out = run_script("cluster", Some(&c.home), &[], &["wipe"]);
-        if !out.status.success() {
-            eprintln!("scripts/cluster wipe of {} failed: {}\n{}", c.home.display(), out.status, output_text(&out));
+    fn not_wired(what: &str) -> ! {
+        panic!("{what}: not for containers (the compose deployment is driven by scripts/cluster's commands)")
+    }
+}
+
+impl Backend for Containers {
+    fn start_node(&mut self, id: u64) {
+        self.script(&["start", &id.to_string()]);
+        self.down_nodes.remove(&id);
+    }
+
+    fn kill_node(&mut self, id: u64) {
+        self.script(&["kill", &id.to_string()]);
+        self.down_nodes.insert(id);
+    }
+
+    fn is_running(&self, id: u64) -> bool {
+        !self.down_nodes.contains(&id)
+    }
+
+    fn stop_node(&mut self, _: u64) {
+        Containers::not_wired("stop (docker stop)")
+    }
+
+    fn signal_node(&self, _: u64, sig: &str) {
+        Containers::not_wired(&format!("SIG{sig} to a node"))
+    }
+
+    fn start_router(&mut self, _: &str) {
+        Containers::not_wired("start_router (a router container starts with its region: start_region)")
+    }
+
+    fn kill_router(&mut self, _: &str) {
+        Containers::not_wired("kill_router (a router container is killed with its region: kill_region)")
+    }
+
+    fn signal_router(&self, _: &str, sig: &str) {
+        Containers::not_wired(&format!("SIG{sig} to a router"))
+    }
+
+    fn kill_region(&mut self, region: &str, nodes: &[u64]) {
+        self.script(&["kill-region", region]);
+        self.down_nodes.extend(nodes);
+    }
+
+    fn start_region(&mut self, region: &str, nodes: &[u64], _router: bool) {
+        self.script(&["start-region", region]);
+        for id in nodes {
+            self.down_nodes.remove(id);
         }
+    }
+
+    fn pids(&self) -> Vec<(String, u32)> {
+        Vec::new()
+    }
+
+    /// The containers serve metrics on 0.0.0.0: over TLS, with the token the script mounted.
+    fn metrics_access(&self) -> MetricsAccess {
+        MetricsAccess { tls: true, token_file: Some(self.home.join("security").join(METRICS_TOKEN)) }
+    }
+
+    /// Removes the containers, their networks and volumes, and the folder; their logs first
+    /// while a test panics.
+    fn shutdown(&mut self) {
+        if std::thread::panicking() {
+            match self.save_logs() {
+                Some(p) => eprintln!("containers' logs kept in {}", p.display()),
+                None => eprintln!("could not save the containers' logs"),
+            }
+        }
+        let out = run_script("cluster", Some(&self.home), &[], &["wipe"]);
+        if !out.status.success() {
+            eprintln!("scripts/cluster wipe of {} failed: {}\n{}", self.home.display(), out.status, output_text(&out));
+        }
+    }
+
+    fn as_containers(&self) -> Option<&Containers> {
+        Some(self)
+    }
+
+    fn as_containers_mut(&mut self) -> Option<&mut Containers> {
+        Some(self)
     }
 }
