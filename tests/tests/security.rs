@@ -10,24 +10,11 @@ use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
 use hongbao_proto::v1::wallet_client::WalletClient;
 use hongbao_proto::v1::*;
 use hongbao_proto::ErrorCode;
+use hongbao_tests::grpc::{channel, with_token};
 use hongbao_tests::{bin, Cluster, Spec, TEST_DEVICE, TEST_PIN};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-
-fn channel(addr: &str, tls: ClientTlsConfig) -> Channel {
-    Endpoint::from_shared(format!("https://{addr}"))
-        .expect("address")
-        .tls_config(tls)
-        .expect("tls config")
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy()
-}
-
-/// A channel to `addr` as `id`, with a certificate from the cluster's own CA.
-fn as_identity(c: &Cluster, addr: &str, id: &Identity) -> Channel {
-    channel(addr, SecurityDir::new(c.security_dir()).client_tls(id).expect("identity in the security folder"))
-}
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 /// The money, as the admin sees it: every listed balance and the audit's totals.
 async fn money(c: &Cluster, users: &[u64]) -> (Vec<u64>, u64, u64, bool) {
@@ -152,7 +139,7 @@ async fn a_rogue_process_cannot_append_vote_install_a_snapshot_or_deliver_a_cred
     refused_at_handshake(&target, "a node certificate of another CA", s);
 
     // A service certificate of the cluster (even admin) is no node.
-    let admin = as_identity(&c, &target, &Identity::Service(Role::Admin));
+    let admin = c.channel_as(&target, &Identity::Service(Role::Admin));
     for s in [
         RaftTransportClient::new(admin.clone()).append(junk(shard.id, other_member)).await.expect_err("admin append"),
         RaftTransportClient::new(admin.clone()).vote(junk(shard.id, other_member)).await.expect_err("admin vote"),
@@ -161,7 +148,7 @@ async fn a_rogue_process_cannot_append_vote_install_a_snapshot_or_deliver_a_cred
         assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{s:?}");
     }
     // A node that is no replica of the shard may not append, vote or send a snapshot for it.
-    let out = as_identity(&c, &target, &Identity::Node(outsider));
+    let out = c.channel_as(&target, &Identity::Node(outsider));
     for s in [
         RaftTransportClient::new(out.clone()).append(junk(shard.id, outsider)).await.expect_err("outsider append"),
         RaftTransportClient::new(out.clone()).vote(junk(shard.id, outsider)).await.expect_err("outsider vote"),
@@ -201,7 +188,7 @@ async fn a_rogue_process_cannot_append_vote_install_a_snapshot_or_deliver_a_cred
         assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{:?}: {s:?}", req.cmd);
     }
     // Node 2's certificate cannot speak as node 3: a member whose message names another sender.
-    let m2 = as_identity(&c, &target, &Identity::Node(other_member));
+    let m2 = c.channel_as(&target, &Identity::Node(other_member));
     let s = RaftTransportClient::new(m2.clone()).append(junk(shard.id, shard.replicas[2])).await.expect_err("impersonation");
     assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{s:?}");
     // ... while speaking as itself it reaches Raft (the junk payload is what is refused), which
@@ -291,7 +278,7 @@ async fn user_a_cannot_act_as_user_b_and_bad_tokens_are_unauthenticated_and_noth
     }
     // No token at all: a raw grab as the app role without an authorization header (the client
     // library would refuse to send it), refused by the router's token check.
-    let router = as_identity(&c, &c.topology.routers[0].addr, &Identity::Service(Role::App));
+    let router = c.channel_as(&c.topology.routers[0].addr, &Identity::Service(Role::App));
     let denied_before = router_denied(&c, 0, "token").await;
     let g =
         GrabRequest { request_id: new_request_id(), packet_id: p.packet_id, packet_key: p.packet_key, grabber: b, password: String::new() };
@@ -595,7 +582,7 @@ async fn a_coalesced_batch_refuses_only_its_oversized_member_and_serves_the_othe
     let grab =
         |g: u64, password: String| GrabRequest { request_id: new_request_id(), packet_id: id.id, packet_key: id.key, grabber: g, password };
     let batch = GrabBatchRequest { grabs: vec![grab(g1, String::new()), grab(g2, "y".repeat(17 << 10)), grab(g3, String::new())] };
-    let router = as_identity(&c, &c.node_addr(leader), &c.harness_identity());
+    let router = c.channel_as(&c.node_addr(leader), &c.harness_identity());
     let reply = CoalescedClient::new(router).grabs(batch).await.expect("the batch is answered").into_inner();
     assert_eq!(reply.results.len(), 3);
     let oversized = reply.results[1].error.as_ref().expect("the oversized member is refused");
@@ -628,7 +615,7 @@ async fn one_nodes_key_cannot_choose_a_shards_leader_or_add_or_remove_its_replic
     let leader = c.leaders().await[&shard.id];
     let member = *shard.replicas.iter().find(|n| **n != leader).expect("another replica");
     let outsider = c.topology.nodes.iter().map(|n| n.id).find(|n| !shard.replicas.contains(n)).expect("a node without shard 1");
-    let at_leader = |id: u64| ClusterClient::new(as_identity(&c, &c.node_addr(leader), &Identity::Node(id)));
+    let at_leader = |id: u64| ClusterClient::new(c.channel_as(&c.node_addr(leader), &Identity::Node(id)));
     for attacker in [member, outsider] {
         let s = at_leader(attacker)
             .transfer_leader(TransferLeaderRequest { shard: shard.id, to_node: member })
@@ -680,7 +667,7 @@ async fn a_flood_of_grabs_and_opens_from_one_token_is_rate_limited_and_others_st
     c.funded(&app, sender, 10_000).await;
     let before = money(&c, &[bot, honest, sender]).await;
     let token = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("signer").mint(bot, hongbao_tests::TEST_DEVICE, 600);
-    let router = as_identity(&c, &c.topology.routers[0].addr, &Identity::Service(Role::App));
+    let router = c.channel_as(&c.topology.routers[0].addr, &Identity::Service(Role::App));
     let status = c.node_client().status().await.expect("status");
     let applied = |st: &StatusReply| st.leader_of(1).map(|s| s.applied).unwrap_or(0);
     let shard1 = (1u64 << 48) | 0xffff; // shard 1's id space, far past any packet sent here
@@ -817,14 +804,11 @@ async fn no_call_with_the_users_own_credentials_reveals_a_challenge_code_and_gue
     assert_eq!(err.code(), ErrorCode::ChallengeRequired, "{err}");
     let fresh = err.detail.challenge_id;
     let code_of = |notes: &PollNotificationsReply| notes.notifications.iter().find(|n| n.challenge_id == fresh).map(|n| n.code);
-    let mut right = None;
-    for _ in 0..50 {
+    let mut right;
+    hongbao_tests::eventually!(Duration::from_secs(3), {
         right = code_of(&c.router_client("shenzhen").poll_notifications(1, 0, 256).await.expect("poll"));
-        if right.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        right.is_some()
+    });
     let right = right.expect("the fresh challenge's notification");
     let r = app.transfer(new_phone(19_999, Some(Verification { challenge_id: fresh, code: right }))).await;
     assert_eq!(code(r), ErrorCode::ChallengeInvalid, "the code is for 200.00, not 199.99");
@@ -857,14 +841,14 @@ async fn a_default_build_has_no_fault_injection_rpc() {
     let default_node = bin("default-build/hongbao-node");
     let c = Cluster::start(Spec { node_binary: Some(default_node), ..Spec::default() });
     c.wait_ready(Duration::from_secs(30)).await;
-    let admin = as_identity(&c, &c.node_addr(1), &Identity::Service(Role::Admin));
+    let admin = c.channel_as(&c.node_addr(1), &Identity::Service(Role::Admin));
     let s =
         FaultInjectionClient::new(admin).set_faults(Faults { cut_off: vec![2, 3], ..Default::default() }).await.expect_err("no such RPC");
     assert_eq!(s.code(), tonic::Code::Unimplemented, "{s:?}");
     // The test build beside it has the service (so the check above tells the builds apart).
     let t = Cluster::start(Spec::default());
     t.wait_ready(Duration::from_secs(30)).await;
-    let admin = as_identity(&t, &t.node_addr(1), &Identity::Service(Role::Admin));
+    let admin = t.channel_as(&t.node_addr(1), &Identity::Service(Role::Admin));
     FaultInjectionClient::new(admin).set_faults(Faults::default()).await.expect("the test build injects faults");
 }
 
@@ -875,26 +859,18 @@ async fn a_default_build_has_no_fault_injection_rpc() {
 /// failback after start makes (hence the wait for the home leader). So "no entry was added" is
 /// this position unchanged, exactly.
 async fn log_position(c: &Cluster, shard: u32) -> (u64, u64, u64, u64) {
-    let mut last = None;
-    for _ in 0..100 {
+    let (mut last, mut settled) = (None, None);
+    hongbao_tests::eventually!(Duration::from_secs(10), {
         let st = c.node_client().status().await.expect("status");
         if let Some(s) = st.leader_of(shard) {
             last = Some(format!("{s:?}"));
             if s.region == s.home_region && s.applied == s.last_log_index {
-                return (s.node, s.term, s.last_log_index, s.applied);
+                settled = Some((s.node, s.term, s.last_log_index, s.applied));
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("shard {shard} had no settled leader in its home region within 10 s: {last:?}");
-}
-
-/// A raw request as the app role with `token`, straight to one router (no client retries, so a
-/// refusal is seen as it is).
-fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
-    r
+        settled.is_some()
+    });
+    settled.unwrap_or_else(|| panic!("shard {shard} had no settled leader in its home region within 10 s: {last:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -905,7 +881,7 @@ async fn limits_at_the_boundary_refuse_floods_of_reads_and_oversized_strings_bef
     let u = c.topology.user_in_shard(1, 60);
     c.funded(&app, u, 10_000).await;
     let token = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("signer").mint(u, hongbao_tests::TEST_DEVICE, 600);
-    let router = as_identity(&c, &c.topology.routers[0].addr, &Identity::Service(Role::App));
+    let router = c.channel_as(&c.topology.routers[0].addr, &Identity::Service(Role::App));
     // Reads: 50/s with bursts of 100 per user; 300 at once must meet the limit.
     let mut limited = 0;
     for _ in 0..300 {
@@ -971,7 +947,7 @@ async fn a_new_token_key_is_trusted_after_a_sighup_without_a_restart() {
     let pem = std::fs::read(other.dev_signing_key()).expect("new private key");
     let signer = DevSigner::from_pem(&pem, "rotated").expect("signer");
     let token = signer.mint(u, hongbao_tests::TEST_DEVICE, 600);
-    let router = as_identity(&c, &c.topology.routers[0].addr, &Identity::Service(Role::App));
+    let router = c.channel_as(&c.topology.routers[0].addr, &Identity::Service(Role::App));
     let read = || {
         let mut w = WalletClient::new(router.clone());
         let r = with_token(BalanceRequest { user: u, allow_stale: true, token_issued_s: 0 }, &token);
@@ -982,14 +958,7 @@ async fn a_new_token_key_is_trusted_after_a_sighup_without_a_restart() {
     let keys = SecurityDir::new(c.security_dir()).token_keys();
     std::fs::copy(other.token_keys().join("dev.pub.pem"), keys.join("rotated.pub.pem")).expect("install the new public key");
     c.signal_router("shenzhen", "HUP");
-    let mut ok = false;
-    for _ in 0..50 {
-        if read().await.is_ok() {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ok = hongbao_tests::eventually!(Duration::from_secs(5), read().await.is_ok());
     assert!(ok, "after SIGHUP the router trusts the new key");
     // The old key still works (both trusted during the rotation), and the router never restarted.
     assert!(app.balance(u).await.is_ok());
@@ -1031,7 +1000,7 @@ fn dev_ca(topology: &std::path::Path, dir: &std::path::Path) -> (i32, String, St
 #[test]
 fn dev_ca_refuses_a_folder_it_did_not_create_and_adds_nothing_to_it_while_it_keeps_filling_its_own() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let topology = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local-3x1.toml");
+    let topology = hongbao_tests::repo_root().join("deploy/local-3x1.toml");
     // Its own folder: created, marked, and filled again on a second run.
     let dev = SecurityDir::new(tmp.path().join("dev"));
     let (code, out, err) = dev_ca(&topology, &dev.root);
@@ -1096,14 +1065,10 @@ async fn a_router_of_a_non_development_topology_refuses_dev_key_tokens_and_token
     let sec = SecurityDir::new(c.security_dir());
     let router_log = || std::fs::read_to_string(c.dir.path().join("router-shenzhen.log")).unwrap_or_default();
     // The harness's folder trusts dev.pub.pem: the router says at start that it refuses it.
-    let mut warned = false;
-    for _ in 0..100 {
-        warned = router_log().contains("dev.pub.pem is the development token key, but this is not a development cluster");
-        if warned {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let warned = hongbao_tests::eventually!(
+        Duration::from_secs(10),
+        router_log().contains("dev.pub.pem is the development token key, but this is not a development cluster")
+    );
     assert!(warned, "a start-up warning names the dev key:\n{}", router_log());
 
     // The login service's own key, installed and trusted after a SIGHUP.
@@ -1116,15 +1081,11 @@ async fn a_router_of_a_non_development_topology_refuses_dev_key_tokens_and_token
     let creds = || Credentials::load(&c.security_dir()).expect("certificates");
     let app = router_client_with(&c, creds().with_tokens(Arc::new(LoginService(login_signer()))));
     let (u, v) = (c.topology.user_in_shard(1, 80), c.topology.user_in_shard(1, 81));
-    let mut trusted = false;
-    for _ in 0..50 {
-        // UNKNOWN_USER once the token is accepted (the account is not open yet).
-        if app.balance(u).await.map_err(|e| e.code()).err() == Some(ErrorCode::UnknownUser) {
-            trusted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // UNKNOWN_USER once the token is accepted (the account is not open yet).
+    let trusted = hongbao_tests::eventually!(
+        Duration::from_secs(5),
+        app.balance(u).await.map_err(|e| e.code()).err() == Some(ErrorCode::UnknownUser)
+    );
     assert!(trusted, "the login service's key is trusted after SIGHUP");
     c.funded(&app, u, 50_000).await;
     c.funded(&app, v, 0).await;
@@ -1146,7 +1107,7 @@ async fn a_router_of_a_non_development_topology_refuses_dev_key_tokens_and_token
         iss: hongbao_auth::ISSUER.into(),
         aud: hongbao_auth::AUDIENCE.into(),
     });
-    let router = as_identity(&c, &c.topology.routers[0].addr, &Identity::Service(Role::App));
+    let router = c.channel_as(&c.topology.routers[0].addr, &Identity::Service(Role::App));
     for (token, why) in [(&dev_token, "signed with the development key"), (&later, "token not yet valid")] {
         let transfer = TransferRequest {
             request_id: new_request_id(),
@@ -1250,7 +1211,7 @@ async fn a_packet_is_reached_only_with_its_key_and_counting_ids_adds_no_log_entr
 
     // The stranger's raw calls, as the app sends them: the app's certificate, the stranger's token.
     let token = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("signer").mint(stranger, TEST_DEVICE, 600);
-    let router = as_identity(&c, &c.topology.routers[0].addr, &Identity::Service(Role::App));
+    let router = c.channel_as(&c.topology.routers[0].addr, &Identity::Service(Role::App));
     let first = p.id - hongbao_topology::PacketId(p.id).seq(); // seq 0: never issued
     let mut refused = 0;
     for (id, key) in (first..first + 40).map(|id| (id, 0)).chain([(p.id, p.key ^ 1), (p.id, p.key.rotate_left(7))]) {
@@ -1268,7 +1229,7 @@ async fn a_packet_is_reached_only_with_its_key_and_counting_ids_adds_no_log_entr
     nothing_moved(&c, &[sender, member, stranger], &before).await;
 
     // Risk and admin look by id alone; the member looks and grabs with the key.
-    let risk = as_identity(&c, &c.topology.routers[1].addr, &Identity::Service(Role::Risk));
+    let risk = c.channel_as(&c.topology.routers[1].addr, &Identity::Service(Role::Risk));
     let show = ShowPacketRequest { packet_id: p.id, packet_key: 0, allow_stale: false, inspect: false };
     let seen = PacketsClient::new(risk).show(show).await.expect("risk looks by id alone").into_inner();
     assert_eq!((seen.sender, seen.remaining_count), (sender, 2));
@@ -1374,7 +1335,7 @@ async fn one_user_holds_at_most_32_of_a_routers_in_flight_places_and_another_use
     // 250 ms: commits wait that long, and heartbeats still come within the election timeout.
     c.set_faults(leader, Faults { delay_ms: 250, ..Faults::default() }).await.expect("slow shard 1's commits");
 
-    let router = as_identity(&c, &c.topology.routers[0].addr, &Identity::Service(Role::App));
+    let router = c.channel_as(&c.topology.routers[0].addr, &Identity::Service(Role::App));
     let signer = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("signer");
     let grab = |user: u64| {
         let token = signer.mint(user, TEST_DEVICE, 600);
@@ -1403,16 +1364,13 @@ async fn one_user_holds_at_most_32_of_a_routers_in_flight_places_and_another_use
     let view = c.node_client().show_packet(p.id).await.expect("the packet");
     let claimed: u64 = view.claims.iter().map(|cl| cl.amount_cents).sum();
     assert_eq!(view.claims.len(), 1 + bot_shares, "{view:?}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let after = money(&c, &[bot, honest, sender]).await;
-        if after.3 && after.0[0] + after.0[1] == claimed {
-            assert_eq!((after.0[1], after.0[2]), (late.amount_cents, 9_000), "the sender paid the packet, once");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the shares never arrived: {after:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut after;
+    let arrived = hongbao_tests::eventually!(Duration::from_secs(10), {
+        after = money(&c, &[bot, honest, sender]).await;
+        after.3 && after.0[0] + after.0[1] == claimed
+    });
+    assert!(arrived, "the shares never arrived: {after:?}");
+    assert_eq!((after.0[1], after.0[2]), (late.amount_cents, 9_000), "the sender paid the packet, once");
 }
 
 /// #28, item 9: a token alone set the first PIN of a wallet that already held money, so a stolen
@@ -1448,15 +1406,12 @@ async fn the_first_pin_of_a_funded_wallet_needs_the_code_sent_to_its_known_devic
     nothing_moved(&c, &[owner, thief_to], &before).await;
 
     let notifier = c.router_client("shenzhen");
-    let mut note = None;
-    for _ in 0..50 {
+    let mut note;
+    hongbao_tests::eventually!(Duration::from_secs(3), {
         let notes = notifier.poll_notifications(1, 0, 256).await.expect("notifier polls");
         note = notes.notifications.into_iter().find(|n| n.challenge_id == challenge);
-        if note.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        note.is_some()
+    });
     let note = note.expect("a notification for the challenge");
     assert_eq!((note.user, note.device.as_str(), note.operation.as_str()), (owner, TEST_DEVICE, "set_pin"));
     let wrong = Verification { challenge_id: challenge, code: (note.code + 1) % 1_000_000 };
@@ -1481,7 +1436,7 @@ async fn the_first_pin_of_a_funded_wallet_needs_the_code_sent_to_its_known_devic
 async fn forged_proposal(c: &Cluster, at: u64, from: u64, shard: u32, cmd: hongbao_ledger::Command) -> tonic::Status {
     let req = hongbao_ledger::Request { id: hongbao_ledger::RequestId([0xa5; 16]), time_ms: 0, cmd };
     let m = RaftMessage { shard, from_node: from, payload: bincode::serialize(&req).expect("encode"), sent_ms: 0 };
-    let ch = as_identity(c, &c.node_addr(at), &Identity::Node(from));
+    let ch = c.channel_as(&c.node_addr(at), &Identity::Node(from));
     RaftTransportClient::new(ch).propose(m).await.expect_err("a forged proposal must be refused")
 }
 
@@ -1728,14 +1683,14 @@ async fn a_revoked_token_is_refused_for_reads_and_payments_and_a_new_one_works()
     let signer = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("signer");
     let stolen = signer.mint(u, TEST_DEVICE, 3600);
     let balance = |router: usize, token: String| {
-        let ch = as_identity(&c, &c.topology.routers[router].addr, &Identity::Service(Role::App));
+        let ch = c.channel_as(&c.topology.routers[router].addr, &Identity::Service(Role::App));
         async move {
             let req = BalanceRequest { user: u, allow_stale: false, token_issued_s: 0 };
             WalletClient::new(ch).balance(with_token(req, &token)).await
         }
     };
     let pay = |token: String| {
-        let ch = as_identity(&c, &c.topology.routers[1].addr, &Identity::Service(Role::App));
+        let ch = c.channel_as(&c.topology.routers[1].addr, &Identity::Service(Role::App));
         async move {
             let t = TransferRequest {
                 request_id: new_request_id(),

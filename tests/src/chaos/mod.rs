@@ -8,27 +8,10 @@
 //! run: settling, quiescence, replicas), `replay` (acknowledged operations sent again),
 //! `checker` (the bank checker, pure), `report`.
 
-/// Evaluates `$cond` (it may await) every 200 ms until it holds or `$within` passes; whether it
-/// held.
-macro_rules! eventually {
-    ($within:expr, $cond:expr) => {{
-        let end = std::time::Instant::now() + $within;
-        loop {
-            if $cond {
-                break true;
-            }
-            if std::time::Instant::now() > end {
-                break false;
-            }
-            $crate::chaos::probes::sleep(200).await;
-        }
-    }};
-}
-
 pub mod checker;
 mod effects;
 pub mod history;
-pub mod netns;
+pub use crate::backend::netns;
 mod probes;
 mod replay;
 mod report;

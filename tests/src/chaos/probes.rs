@@ -9,9 +9,10 @@ use rand::Rng;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// A shard and the node leading it, at random (None when no shard has a leader right now).
+/// A shard and the node leading it, at random (None when no shard has a leader right now, or no
+/// node answered: faults are under way).
 pub(crate) async fn random_leader(c: &Cluster, rng: &mut impl Rng) -> Option<(u32, u64)> {
-    let leaders: Vec<(u32, u64)> = c.leaders().await.into_iter().collect();
+    let leaders: Vec<(u32, u64)> = c.try_leaders().await.unwrap_or_default().into_iter().collect();
     leaders.choose(rng).copied()
 }
 
@@ -245,9 +246,10 @@ pub(crate) async fn leaders_moved(c: &Cluster, group: &[u64], led: &[u32], withi
     }
 }
 
-/// The shards led by any node of `group`, by the cluster's view.
+/// The shards led by any node of `group`, by the cluster's view (none when no node answered:
+/// the fault that follows then records a miss, "led no shard", never a pass).
 pub(crate) async fn led_by_group(c: &Cluster, group: &[u64]) -> Vec<u32> {
-    c.leaders().await.into_iter().filter(|(_, l)| group.contains(l)).map(|(s, _)| s).collect()
+    c.try_leaders().await.unwrap_or_default().into_iter().filter(|(_, l)| group.contains(l)).map(|(s, _)| s).collect()
 }
 
 /// Whether every replica node `n` holds is a follower or a leader (not a learner, not catching

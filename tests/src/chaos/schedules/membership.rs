@@ -107,7 +107,7 @@ pub(crate) async fn move_slots(c: &mut Cluster, rng: &mut impl Rng, count: usize
         log.note(format!("move slot {slot} to shard {to}, online"));
         let t = Instant::now();
         let (s, d) = (slot.to_string(), to.to_string());
-        let driver = if landed { None } else { c.leaders().await.get(&c.topology.meta_shard()).copied() };
+        let driver = if landed { None } else { c.try_leaders().await.ok().and_then(|l| l.get(&c.topology.meta_shard()).copied()) };
         let steps_before = match driver {
             Some(n) => c.node_metric(n, SLOT_MOVE_STEPS).await,
             None => None,
