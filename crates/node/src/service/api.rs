@@ -36,6 +36,13 @@ impl ApiService {
 
 type Res<T> = Result<Response<T>, Status>;
 
+/// What a spend's command takes from the checks (`ApiService::spend`).
+struct Spend {
+    device: String,
+    verification: Option<hongbao_ledger::Verification>,
+    pin: PinCheck,
+}
+
 impl ApiService {
     fn user_shard(&self, user: u64) -> Result<ShardId, Status> {
         if user == 0 {
@@ -86,22 +93,28 @@ impl ApiService {
     /// Refuses a request whose user token (issued at `issued_s`, as the router read it; 0: no
     /// user token) was revoked: issued before the account's `tokens_void_before_s`. Read from
     /// this node's applied state, before proposing or answering.
-    /// What every spend from a wallet checks before it is proposed, in this order: the user's
+    /// A spend from `user`'s wallet (withdraw, transfer): checks, in this order, that the user's
     /// token is not revoked, the device string is bounded, the request id is well formed, and
-    /// the typed PIN's verdict (the only part of the PIN that enters the command).
-    async fn spend_checks(
+    /// the typed PIN's verdict (the only part of the PIN that enters the command); then proposes
+    /// the command `cmd` builds from them and answers with the wallet.
+    #[allow(clippy::too_many_arguments)]
+    async fn spend(
         &self,
         shard: ShardId,
         user: UserId,
         token_issued_s: u64,
-        device: &str,
         request_id_bytes: &[u8],
         pin: &str,
-    ) -> Result<(RequestId, PinCheck), Status> {
+        device: String,
+        verification: &Option<hongbao_proto::v1::Verification>,
+        cmd: impl FnOnce(Spend) -> Command,
+    ) -> Res<WalletReply> {
         self.token_live(shard, user, token_issued_s)?;
-        self.text("device", device)?;
+        self.text("device", &device)?;
         let id = request_id(request_id_bytes)?;
-        Ok((id, self.pin_check(shard, user, pin).await?))
+        let pin = self.pin_check(shard, user, pin).await?;
+        let o = self.write(shard, id, cmd(Spend { device, verification: verification(verification), pin })).await?;
+        self.wallet_reply(o, shard)
     }
 
     fn token_live(&self, shard: ShardId, user: UserId, issued_s: u64) -> Result<(), Status> {
@@ -265,34 +278,32 @@ impl Wallet for ApiService {
     async fn withdraw(&self, req: Request<WithdrawRequest>) -> Res<WalletReply> {
         let r = req.into_inner();
         let shard = self.user_shard(r.user)?;
-        let (id, pin) = self.spend_checks(shard, r.user, r.token_issued_s, &r.device, &r.request_id, &r.pin).await?;
-        let cmd = Command::Withdraw {
-            user: r.user,
-            amount: Cents(r.amount_cents),
-            device: r.device,
-            verification: verification(&r.verification),
-            pin,
-        };
-        let o = self.write(shard, id, cmd).await?;
-        self.wallet_reply(o, shard)
+        let (user, amount) = (r.user, Cents(r.amount_cents));
+        self.spend(shard, user, r.token_issued_s, &r.request_id, &r.pin, r.device, &r.verification, |s| Command::Withdraw {
+            user,
+            amount,
+            device: s.device,
+            verification: s.verification,
+            pin: s.pin,
+        })
+        .await
     }
 
     async fn transfer(&self, req: Request<TransferRequest>) -> Res<WalletReply> {
         let r = req.into_inner();
         let shard = self.user_shard(r.from_user)?;
         let to_shard = self.user_shard(r.to_user)?;
-        let (id, pin) = self.spend_checks(shard, r.from_user, r.token_issued_s, &r.device, &r.request_id, &r.pin).await?;
-        let cmd = Command::Transfer {
-            from: r.from_user,
-            to: r.to_user,
+        let (from, to, amount) = (r.from_user, r.to_user, Cents(r.amount_cents));
+        self.spend(shard, from, r.token_issued_s, &r.request_id, &r.pin, r.device, &r.verification, |s| Command::Transfer {
+            from,
+            to,
             to_shard,
-            amount: Cents(r.amount_cents),
-            device: r.device,
-            verification: verification(&r.verification),
-            pin,
-        };
-        let o = self.write(shard, id, cmd).await?;
-        self.wallet_reply(o, shard)
+            amount,
+            device: s.device,
+            verification: s.verification,
+            pin: s.pin,
+        })
+        .await
     }
 
     async fn balance(&self, req: Request<BalanceRequest>) -> Res<BalanceReply> {

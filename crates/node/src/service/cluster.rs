@@ -309,46 +309,31 @@ impl Cluster for ClusterService {
         self.admin_only(&req, "add a node")?;
         let n = req.into_inner().node.ok_or_else(|| crate::service::convert::invalid("no node given"))?;
         let spec = hongbao_topology::NodeSpec { id: n.id, region: n.region, addr: n.addr, metrics_addr: n.metrics_addr };
-        crate::cluster::membership::change_map(&self.host, |t| t.add_node(&spec))
-            .await
-            .map(|d| Response::new(convert::membership(d)))
-            .map_err(Status::from)
+        convert::membership_reply(crate::cluster::membership::change_map(&self.host, |t| t.add_node(&spec)).await)
     }
 
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipReply>, Status> {
         self.admin_only(&req, "remove a node")?;
         let id = req.get_ref().node;
-        crate::cluster::membership::change_map(&self.host, |t| t.remove_node(id))
-            .await
-            .map(|d| Response::new(convert::membership(d)))
-            .map_err(Status::from)
+        convert::membership_reply(crate::cluster::membership::change_map(&self.host, |t| t.remove_node(id)).await)
     }
 
     async fn add_replica(&self, req: Request<ReplicaChangeRequest>) -> Result<Response<MembershipReply>, Status> {
         self.admin_only(&req, "add a replica")?;
         let ReplicaChangeRequest { shard, node } = req.into_inner();
-        crate::cluster::membership::add_replica(&self.host, shard, node)
-            .await
-            .map(|d| Response::new(convert::membership(d)))
-            .map_err(Status::from)
+        convert::membership_reply(crate::cluster::membership::add_replica(&self.host, shard, node).await)
     }
 
     async fn remove_replica(&self, req: Request<ReplicaChangeRequest>) -> Result<Response<MembershipReply>, Status> {
         self.admin_only(&req, "remove a replica")?;
         let ReplicaChangeRequest { shard, node } = req.into_inner();
-        crate::cluster::membership::remove_replica(&self.host, shard, node)
-            .await
-            .map(|d| Response::new(convert::membership(d)))
-            .map_err(Status::from)
+        convert::membership_reply(crate::cluster::membership::remove_replica(&self.host, shard, node).await)
     }
 
     async fn add_shard(&self, req: Request<AddShardRequest>) -> Result<Response<MembershipReply>, Status> {
         self.admin_only(&req, "add a shard")?;
         let AddShardRequest { shard, home, replicas } = req.into_inner();
-        crate::cluster::membership::add_shard(&self.host, shard, &home, &replicas)
-            .await
-            .map(|d| Response::new(convert::membership(d)))
-            .map_err(Status::from)
+        convert::membership_reply(crate::cluster::membership::add_shard(&self.host, shard, &home, &replicas).await)
     }
 
     async fn slot_load(&self, req: Request<SlotLoadRequest>) -> Result<Response<SlotLoadReply>, Status> {
@@ -388,10 +373,7 @@ impl Cluster for ClusterService {
     async fn move_slot(&self, req: Request<MoveSlotRequest>) -> Result<Response<MoveSlotReply>, Status> {
         self.admin_only(&req, "move a slot")?;
         let MoveSlotRequest { slot, to_shard } = req.into_inner();
-        crate::cluster::slot_move::move_slot(&self.host, slot, to_shard)
-            .await
-            .map(|p| Response::new(convert::slot_move(p)))
-            .map_err(Status::from)
+        convert::slot_move_reply(crate::cluster::slot_move::move_slot(&self.host, slot, to_shard).await)
     }
 
     async fn undrain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {

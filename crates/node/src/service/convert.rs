@@ -266,14 +266,20 @@ pub fn statement_entry(seq: u64, e: &hongbao_ledger::StatementEntry) -> hongbao_
     }
 }
 
-/// A membership step's result as its reply.
-pub fn membership(d: crate::cluster::membership::Done) -> hongbao_proto::v1::MembershipReply {
-    hongbao_proto::v1::MembershipReply { map_version: d.map_version, done: d.done }
+/// A membership step's result as its answer.
+pub fn membership_reply(
+    r: Result<crate::cluster::membership::Done, HostError>,
+) -> Result<tonic::Response<hongbao_proto::v1::MembershipReply>, Status> {
+    let d = r?;
+    Ok(tonic::Response::new(hongbao_proto::v1::MembershipReply { map_version: d.map_version, done: d.done }))
 }
 
-/// Where a slot move stands, as the MoveSlot reply.
-pub fn slot_move(p: crate::cluster::slot_move::Progress) -> hongbao_proto::v1::MoveSlotReply {
-    hongbao_proto::v1::MoveSlotReply {
+/// Where a slot move stands, as the MoveSlot answer.
+pub fn slot_move_reply(
+    r: Result<crate::cluster::slot_move::Progress, HostError>,
+) -> Result<tonic::Response<hongbao_proto::v1::MoveSlotReply>, Status> {
+    let p = r?;
+    Ok(tonic::Response::new(hongbao_proto::v1::MoveSlotReply {
         slot: p.slot,
         from_shard: p.from_shard,
         to_shard: p.to_shard,
@@ -281,7 +287,7 @@ pub fn slot_move(p: crate::cluster::slot_move::Progress) -> hongbao_proto::v1::M
         wallets_sent: p.wallets_sent,
         done: p.done,
         map_version: p.map_version,
-    }
+    }))
 }
 
 #[cfg(test)]
