@@ -11,7 +11,7 @@ use hongbao_proto::v1::wallet_client::WalletClient;
 use hongbao_proto::v1::*;
 use hongbao_proto::ErrorCode;
 use hongbao_tests::grpc::{channel, with_token};
-use hongbao_tests::{bin, Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::{bin, lucky_packet, Cluster, Spec, TEST_DEVICE, TEST_PIN};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -55,18 +55,10 @@ fn pays(from: u64, to: u64, cents: u64, pin: &str) -> TransferRequest {
     }
 }
 
-/// A lucky packet of 1 000 cents in 2 shares from `sender`, with the test PIN, under a fresh
-/// request id.
-fn lucky_packet(sender: u64) -> SendPacketRequest {
-    SendPacketRequest {
-        request_id: new_request_id(),
-        sender,
-        kind: PacketKind::Lucky as i32,
-        total_cents: 1_000,
-        count: 2,
-        pin: TEST_PIN.into(),
-        ..Default::default()
-    }
+/// The harness's lucky packet of 1 000 cents in 2 shares from `sender` with the test PIN, under a
+/// fresh request id, but naming no device.
+fn lucky_packet_from_no_device(sender: u64) -> SendPacketRequest {
+    SendPacketRequest { device: String::new(), ..lucky_packet(sender, 1_000, 2) }
 }
 
 /// `N` users of `shard`: the first at or after `start`, each next one the first after the one
@@ -79,6 +71,21 @@ fn users_in_shard<const N: usize>(c: &Cluster, shard: u32, start: u64) -> [u64; 
         next = *u + 1;
     }
     users
+}
+
+/// Funds each `(user, cents)` in turn through `app` (`Cluster::funded`: the wallet opened on
+/// TEST_DEVICE, the test PIN set, and the cents topped up).
+async fn fund(c: &Cluster, app: &Client, users: &[(u64, u64)]) {
+    for &(user, cents) in users {
+        c.funded(app, user, cents).await;
+    }
+}
+
+/// Opens a wallet on TEST_DEVICE for each of `users` in turn through `app` (no PIN, no cents).
+async fn open(app: &Client, users: &[u64]) {
+    for &user in users {
+        app.open_account(user, TEST_DEVICE).await.expect("open");
+    }
 }
 
 /// A 3 × 3 cluster with routers, ready, and one user per shard funded with 10 000 cents.
@@ -283,21 +290,8 @@ async fn a_rogue_process_cannot_append_vote_install_a_snapshot_or_deliver_a_cred
 async fn user_a_cannot_act_as_user_b_and_bad_tokens_are_unauthenticated_and_nothing_moves() {
     let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
     let (a, b) = (c.topology.user_in_shard(1, 10), c.topology.user_in_shard(2, 10));
-    c.funded(&app, a, 50_000).await;
-    c.funded(&app, b, 50_000).await;
-    let p = app
-        .send_packet(SendPacketRequest {
-            request_id: new_request_id(),
-            sender: b,
-            kind: PacketKind::Lucky as i32,
-            total_cents: 1_000,
-            count: 2,
-            device: hongbao_tests::TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("b sends a packet");
+    fund(&c, &app, &[(a, 50_000), (b, 50_000)]).await;
+    let p = app.send_packet(lucky_packet(b, 1_000, 2)).await.expect("b sends a packet");
     let before = money(&c, &[a, b]).await;
 
     let sec = SecurityDir::new(c.security_dir());
@@ -393,8 +387,7 @@ async fn the_app_role_cannot_top_up_freeze_drain_or_audit_and_admin_can() {
 async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_then_waits_for_the_lock() {
     let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
     let [u, v, w] = users_in_shard(&c, 1, 30);
-    c.funded(&app, u, 50_000).await;
-    c.funded(&app, v, 0).await;
+    fund(&c, &app, &[(u, 50_000), (v, 0)]).await;
     let transfer = |pin: &str| pays(u, v, 1_000, pin);
     // The PIN is set once.
     assert_eq!(code(app.set_pin(new_request_id(), u, "111111").await), ErrorCode::PinAlreadySet);
@@ -411,7 +404,7 @@ async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_
     c.node_client().transfer_leader(1, to).await.expect("leader transfer");
     assert_eq!(c.leaders().await[&1], to, "the leader moved");
     assert_eq!(code(app.transfer(transfer(TEST_PIN)).await), ErrorCode::PinLocked, "still locked on the new leader");
-    let send = lucky_packet(u);
+    let send = lucky_packet_from_no_device(u);
     assert_eq!(code(app.send_packet(send).await), ErrorCode::PinLocked, "sending is locked too");
     let withdraw =
         WithdrawRequest { request_id: new_request_id(), user: u, amount_cents: 1_000, pin: TEST_PIN.into(), ..Default::default() };
@@ -431,8 +424,7 @@ async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_
 async fn replaying_a_refused_request_id_with_pin_guesses_tells_nothing_and_fresh_wrong_guesses_still_lock() {
     let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
     let [u, v] = users_in_shard(&c, 1, 40);
-    c.funded(&app, u, 50_000).await;
-    c.funded(&app, v, 0).await;
+    fund(&c, &app, &[(u, 50_000), (v, 0)]).await;
     let before = money(&c, &[u, v]).await;
     let to_self = |id: &Vec<u8>, pin: &str| TransferRequest { request_id: id.clone(), ..pays(u, u, 1_000, pin) };
     let zero = |id: &Vec<u8>, pin: &str| WithdrawRequest {
@@ -490,8 +482,7 @@ async fn replaying_a_refused_request_id_with_pin_guesses_tells_nothing_and_fresh
 async fn the_admin_certificate_at_a_node_cannot_mint_read_codes_set_a_pin_or_pay_and_nothing_moves() {
     let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
     let [u, v, no_pin] = users_in_shard(&c, 1, 50);
-    c.funded(&app, u, 20_000).await;
-    c.funded(&app, v, 0).await;
+    fund(&c, &app, &[(u, 20_000), (v, 0)]).await;
     app.open_account(no_pin, TEST_DEVICE).await.expect("a wallet without a PIN");
     let before = money(&c, &[u, v, no_pin]).await;
     let refused_at_node = |what: &str, r: Result<(), hongbao_client::ClientError>| {
@@ -515,19 +506,7 @@ async fn the_admin_certificate_at_a_node_cannot_mint_read_codes_set_a_pin_or_pay
 
 /// A lucky packet of `count` shares of `total` cents sent by `sender` (funded), for grab tests.
 async fn packet(app: &Client, sender: u64, total: u64, count: u32) -> PacketRef {
-    let p = app
-        .send_packet(SendPacketRequest {
-            request_id: new_request_id(),
-            sender,
-            kind: PacketKind::Lucky as i32,
-            total_cents: total,
-            count,
-            device: hongbao_tests::TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("a packet");
+    let p = app.send_packet(lucky_packet(sender, total, count)).await.expect("a packet");
     PacketRef::from(&p)
 }
 
@@ -650,9 +629,7 @@ async fn a_flood_of_grabs_and_opens_from_one_token_is_rate_limited_and_others_st
     use hongbao_proto::v1::packets_client::PacketsClient;
     let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
     let [bot, honest, sender] = users_in_shard(&c, 1, 80);
-    c.funded(&app, bot, 0).await;
-    c.funded(&app, honest, 0).await;
-    c.funded(&app, sender, 10_000).await;
+    fund(&c, &app, &[(bot, 0), (honest, 0), (sender, 10_000)]).await;
     let before = money(&c, &[bot, honest, sender]).await;
     let token = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("signer").mint(bot, hongbao_tests::TEST_DEVICE, 600);
     let router = c.channel_as(&c.topology.routers[0].addr, &Identity::Service(Role::App));
@@ -741,8 +718,8 @@ async fn a_server_with_another_nodes_key_at_a_nodes_address_receives_no_message(
 async fn no_call_with_the_users_own_credentials_reveals_a_challenge_code_and_guesses_fail_after_the_attempt_limit() {
     let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
     let (u, v) = (c.topology.user_in_shard(1, 40), c.topology.user_in_shard(2, 40));
-    c.funded(&app, u, 100_000).await; // opened on TEST_DEVICE
-    c.funded(&app, v, 0).await;
+    // u's wallet is opened on TEST_DEVICE.
+    fund(&c, &app, &[(u, 100_000), (v, 0)]).await;
     let before = money(&c, &[u, v]).await;
     // The user signs in on a new phone and pays 150.00: a challenge.
     let new_phone = |amount: u64, verification: Option<Verification>| TransferRequest {
@@ -806,8 +783,7 @@ async fn no_call_with_the_users_own_credentials_reveals_a_challenge_code_and_gue
 async fn request_ids_are_scoped_by_user_so_one_user_cannot_take_anothers_id() {
     let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
     let [a, b] = users_in_shard(&c, 1, 50);
-    c.funded(&app, a, 0).await;
-    c.funded(&app, b, 0).await;
+    fund(&c, &app, &[(a, 0), (b, 0)]).await;
     let id = new_request_id();
     assert_eq!(app.top_up(id.clone(), a, 1_000).await.expect("a's top-up").balance_cents, 1_000);
     // B's request with A's id is B's own: applied, not answered with A's outcome or REUSED.
@@ -880,13 +856,13 @@ async fn limits_at_the_boundary_refuse_floods_of_reads_and_oversized_strings_bef
 
     // Strings past the ledger's limit never reach the log: refused before proposing.
     let before = log_position(&c, 1).await;
-    let send = SendPacketRequest { greeting: "恭".repeat(100), ..lucky_packet(u) };
+    let send = SendPacketRequest { greeting: "恭".repeat(100), ..lucky_packet_from_no_device(u) };
     assert_eq!(code(app.send_packet(send).await), ErrorCode::InvalidArgument, "a 300-byte greeting");
     assert_eq!(log_position(&c, 1).await, before, "not one entry was appended for it");
     assert_eq!(app.balance(u).await.expect("balance").balance_cents, 10_000, "not one cent moved");
 
     // A grab's password is bounded at the boundary too (the ledger never looked at its size).
-    let send = SendPacketRequest { kind: PacketKind::Password as i32, phrase: "open sesame".into(), ..lucky_packet(u) };
+    let send = SendPacketRequest { kind: PacketKind::Password as i32, phrase: "open sesame".into(), ..lucky_packet_from_no_device(u) };
     let packet = PacketRef::from(&app.send_packet(send).await.expect("a packet"));
     let before = log_position(&c, 1).await;
     let grab = app.grab(new_request_id(), packet, other, &"x".repeat(10_000)).await;
@@ -1046,8 +1022,7 @@ async fn a_router_of_a_non_development_topology_refuses_dev_key_tokens_and_token
         app.balance(u).await.map_err(|e| e.code()).err() == Some(ErrorCode::UnknownUser)
     );
     assert!(trusted, "the login service's key is trusted after SIGHUP");
-    c.funded(&app, u, 50_000).await;
-    c.funded(&app, v, 0).await;
+    fund(&c, &app, &[(u, 50_000), (v, 0)]).await;
     let before = money(&c, &[u, v]).await;
     assert!(before.3, "the audit balances before");
 
@@ -1094,8 +1069,7 @@ async fn the_notifier_writes_live_codes_to_a_file_only_its_owner_can_read_and_ti
     use std::os::unix::fs::PermissionsExt;
     let (c, app) = started(Spec { routers: true, regions: vec!["shenzhen"], ..Spec::default() }).await;
     let (u, v) = (c.topology.user_in_shard(1, 90), c.topology.user_in_shard(1, 91));
-    c.funded(&app, u, 100_000).await;
-    c.funded(&app, v, 0).await;
+    fund(&c, &app, &[(u, 100_000), (v, 0)]).await;
     let before = money(&c, &[u, v]).await;
     // A file an earlier notifier left, readable by everyone.
     let log = c.dir.path().join("notifications.log");
@@ -1149,8 +1123,7 @@ async fn a_packet_is_reached_only_with_its_key_and_counting_ids_adds_no_log_entr
     let member = c.topology.user_in_shard(2, 91);
     let stranger = c.topology.user_in_shard(3, 92);
     c.funded(&app, sender, 10_000).await;
-    app.open_account(member, TEST_DEVICE).await.expect("open");
-    app.open_account(stranger, TEST_DEVICE).await.expect("open");
+    open(&app, &[member, stranger]).await;
     let p = packet(&app, sender, 1_000, 2).await;
     assert_ne!(p.key, 0, "a packet has a key");
     let shard = hongbao_topology::PacketId(p.id).shard();
@@ -1204,8 +1177,7 @@ async fn five_wrong_phrases_close_a_password_packet_to_one_grabber_and_the_phras
     let guesser = c.topology.user_in_shard(2, 96);
     let member = c.topology.user_in_shard(3, 97);
     c.funded(&app, sender, 10_000).await;
-    app.open_account(guesser, TEST_DEVICE).await.expect("open");
-    app.open_account(member, TEST_DEVICE).await.expect("open");
+    open(&app, &[guesser, member]).await;
     let phrase = format!("sesame-{:x}", rand::random::<u64>());
     let greeting = format!("greeting-{:x}", rand::random::<u64>());
     let sent = app
@@ -1271,9 +1243,7 @@ async fn one_user_holds_at_most_32_of_a_routers_in_flight_places_and_another_use
     let bot = c.topology.user_in_shard(2, 110);
     let honest = c.topology.user_in_shard(3, 111);
     let sender = c.topology.user_in_shard(1, 112);
-    c.funded(&app, bot, 0).await;
-    c.funded(&app, honest, 0).await;
-    c.funded(&app, sender, 10_000).await;
+    fund(&c, &app, &[(bot, 0), (honest, 0), (sender, 10_000)]).await;
     let p = packet(&app, sender, 1_000, 10).await;
     let leader = c.leaders().await[&1];
     // 250 ms: commits wait that long, and heartbeats still come within the election timeout.
@@ -1584,8 +1554,7 @@ async fn a_rogue_node_answering_map_fetches_with_a_huge_version_is_installed_by_
 async fn a_revoked_token_is_refused_for_reads_and_payments_and_a_new_one_works() {
     let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
     let [u, v] = users_in_shard(&c, 2, 130);
-    c.funded(&app, u, 50_000).await;
-    c.funded(&app, v, 0).await;
+    fund(&c, &app, &[(u, 50_000), (v, 0)]).await;
     let signer = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("signer");
     let stolen = signer.mint(u, TEST_DEVICE, 3600);
     let balance = |router: usize, token: String| {
