@@ -11,7 +11,7 @@ use hongbao_proto::v1::wallet_client::WalletClient;
 use hongbao_proto::v1::*;
 use hongbao_proto::ErrorCode;
 use hongbao_tests::grpc::{channel, with_token};
-use hongbao_tests::{bin, Cluster, Spec, TEST_DEVICE, TEST_PIN};
+use hongbao_tests::{bin, lucky_packet, Cluster, Spec, TEST_DEVICE, TEST_PIN};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -32,6 +32,100 @@ async fn nothing_moved(c: &Cluster, users: &[u64], before: &(Vec<u64>, u64, u64,
     let after = money(c, users).await;
     assert_eq!(&after, before, "not one cent moved");
     assert!(after.3, "the audit balances");
+}
+
+/// Starts a cluster as `spec` says, waits up to 30 s for it to be ready, and connects a client
+/// to the Shenzhen router (the test's app).
+async fn started(spec: Spec) -> (Cluster, Client) {
+    let c = Cluster::start(spec);
+    c.wait_ready(Duration::from_secs(30)).await;
+    let app = c.router_client("shenzhen");
+    (c, app)
+}
+
+/// A transfer of `cents` from `from` to `to` with `pin`, under a fresh request id.
+fn pays(from: u64, to: u64, cents: u64, pin: &str) -> TransferRequest {
+    TransferRequest {
+        request_id: new_request_id(),
+        from_user: from,
+        to_user: to,
+        amount_cents: cents,
+        pin: pin.into(),
+        ..Default::default()
+    }
+}
+
+/// The harness's lucky packet of 1 000 cents in 2 shares from `sender` with the test PIN, under a
+/// fresh request id, but naming no device.
+fn lucky_packet_from_no_device(sender: u64) -> SendPacketRequest {
+    SendPacketRequest { device: String::new(), ..lucky_packet(sender, 1_000, 2) }
+}
+
+/// `N` users of `shard`: the first at or after `start`, each next one the first after the one
+/// before it.
+fn users_in_shard<const N: usize>(c: &Cluster, shard: u32, start: u64) -> [u64; N] {
+    let mut users = [0; N];
+    let mut next = start;
+    for u in users.iter_mut() {
+        *u = c.topology.user_in_shard(shard, next);
+        next = *u + 1;
+    }
+    users
+}
+
+/// Funds each `(user, cents)` in turn through `app` (`Cluster::funded`: the wallet opened on
+/// TEST_DEVICE, the test PIN set, and the cents topped up).
+async fn fund(c: &Cluster, app: &Client, users: &[(u64, u64)]) {
+    for &(user, cents) in users {
+        c.funded(app, user, cents).await;
+    }
+}
+
+/// Opens a wallet on TEST_DEVICE for each of `users` in turn through `app` (no PIN, no cents).
+async fn open(app: &Client, users: &[u64]) {
+    for &user in users {
+        app.open_account(user, TEST_DEVICE).await.expect("open");
+    }
+}
+
+/// A 3 × 3 cluster with routers, ready, and one user per shard funded with 10 000 cents.
+struct Funded3x3 {
+    c: Cluster,
+    /// The Shenzhen router's client, which opened and funded the users.
+    app: Client,
+    /// One user per shard, in the topology's shard order.
+    users: Vec<u64>,
+    /// `money(&c, &users)` once every user is funded.
+    before: (Vec<u64>, u64, u64, bool),
+}
+
+/// Starts a 3 × 3 cluster with routers, waits up to 60 s for it, funds with 10 000 cents, through
+/// the Shenzhen router, one user per shard (the first at or after `start` in that shard), and
+/// takes the money before anything else happens.
+async fn funded_3x3(start: u64) -> Funded3x3 {
+    let c = Cluster::start(Spec { routers: true, nodes_per_region: 3, ..Spec::default() });
+    c.wait_ready(Duration::from_secs(60)).await;
+    let app = c.router_client("shenzhen");
+    let users: Vec<u64> = c.topology.shards.iter().map(|s| c.topology.user_in_shard(s.id, start)).collect();
+    for u in &users {
+        c.funded(&app, *u, 10_000).await;
+    }
+    let before = money(&c, &users).await;
+    Funded3x3 { c, app, users, before }
+}
+
+/// A client with only the admin's credentials over every router, and the cluster map it reads.
+async fn admin_and_map(c: &Cluster) -> (Client, ClusterMap) {
+    let admin = router_client_with(c, c.credentials().only(Role::Admin));
+    let map = admin.get_map().await.expect("map");
+    (admin, map)
+}
+
+/// Reads the map through `admin`, asserts its version is still `version`, and returns it parsed.
+async fn map_unchanged(admin: &Client, version: u64) -> hongbao_topology::Topology {
+    let map = admin.get_map().await.expect("map");
+    assert_eq!(map.version, version, "the map did not change");
+    hongbao_topology::Topology::parse(&map.toml).expect("map")
 }
 
 fn code<T: std::fmt::Debug>(r: Result<T, hongbao_client::ClientError>) -> ErrorCode {
@@ -117,14 +211,7 @@ fn junk(shard: u32, from_node: u64) -> RaftMessage {
 async fn a_rogue_process_cannot_append_vote_install_a_snapshot_or_deliver_a_credit_and_node_2_cannot_speak_as_node_3() {
     // 3 regions x 3 nodes: node k of each region replicates shard k, so some nodes are no
     // replica of a shard.
-    let c = Cluster::start(Spec { routers: true, nodes_per_region: 3, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(60)).await;
-    let app = c.router_client("shenzhen");
-    let users: Vec<u64> = c.topology.shards.iter().map(|s| c.topology.user_in_shard(s.id, 100)).collect();
-    for u in &users {
-        c.funded(&app, *u, 10_000).await;
-    }
-    let before = money(&c, &users).await;
+    let Funded3x3 { c, app: _app, users, before } = funded_3x3(100).await;
     let shard = c.topology.shards[0].clone();
     let member = shard.replicas[0];
     let other_member = shard.replicas[1];
@@ -201,25 +288,10 @@ async fn a_rogue_process_cannot_append_vote_install_a_snapshot_or_deliver_a_cred
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_a_cannot_act_as_user_b_and_bad_tokens_are_unauthenticated_and_nothing_moves() {
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
+    let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
     let (a, b) = (c.topology.user_in_shard(1, 10), c.topology.user_in_shard(2, 10));
-    c.funded(&app, a, 50_000).await;
-    c.funded(&app, b, 50_000).await;
-    let p = app
-        .send_packet(SendPacketRequest {
-            request_id: new_request_id(),
-            sender: b,
-            kind: PacketKind::Lucky as i32,
-            total_cents: 1_000,
-            count: 2,
-            device: hongbao_tests::TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("b sends a packet");
+    fund(&c, &app, &[(a, 50_000), (b, 50_000)]).await;
+    let p = app.send_packet(lucky_packet(b, 1_000, 2)).await.expect("b sends a packet");
     let before = money(&c, &[a, b]).await;
 
     let sec = SecurityDir::new(c.security_dir());
@@ -227,14 +299,7 @@ async fn user_a_cannot_act_as_user_b_and_bad_tokens_are_unauthenticated_and_noth
     let a_token = signer.mint(a, hongbao_tests::TEST_DEVICE, 600);
     let as_a = router_client_with(&c, Credentials::load(&c.security_dir()).expect("creds").with_tokens(Arc::new(Fixed(a_token))));
     // A's valid token, acting as B: refused, every way money could leave B.
-    let transfer = TransferRequest {
-        request_id: new_request_id(),
-        from_user: b,
-        to_user: a,
-        amount_cents: 10_000,
-        pin: TEST_PIN.into(),
-        ..Default::default()
-    };
+    let transfer = pays(b, a, 10_000, TEST_PIN);
     assert_eq!(code(as_a.transfer(transfer).await), ErrorCode::PermissionDenied);
     let withdraw =
         WithdrawRequest { request_id: new_request_id(), user: b, amount_cents: 10_000, pin: TEST_PIN.into(), ..Default::default() };
@@ -265,14 +330,7 @@ async fn user_a_cannot_act_as_user_b_and_bad_tokens_are_unauthenticated_and_noth
     let wrong_key = DevSigner::load(&other).expect("other signer").mint(b, hongbao_tests::TEST_DEVICE, 600);
     for (name, token) in [("forged", forged), ("expired", expired), ("wrong key", wrong_key), ("garbage", "not-a-jwt".into())] {
         let cl = router_client_with(&c, Credentials::load(&c.security_dir()).expect("creds").with_tokens(Arc::new(Fixed(token))));
-        let transfer = TransferRequest {
-            request_id: new_request_id(),
-            from_user: b,
-            to_user: a,
-            amount_cents: 10_000,
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        };
+        let transfer = pays(b, a, 10_000, TEST_PIN);
         assert_eq!(code(cl.transfer(transfer).await), ErrorCode::Unauthenticated, "{name} token");
         assert_eq!(code(cl.grab(new_request_id(), PacketRef::from(&p), b, "").await), ErrorCode::Unauthenticated, "{name} token");
     }
@@ -327,22 +385,10 @@ async fn the_app_role_cannot_top_up_freeze_drain_or_audit_and_admin_can() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_then_waits_for_the_lock() {
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
-    let u = c.topology.user_in_shard(1, 30);
-    let v = c.topology.user_in_shard(1, u + 1);
-    let w = c.topology.user_in_shard(1, v + 1);
-    c.funded(&app, u, 50_000).await;
-    c.funded(&app, v, 0).await;
-    let transfer = |pin: &str| TransferRequest {
-        request_id: new_request_id(),
-        from_user: u,
-        to_user: v,
-        amount_cents: 1_000,
-        pin: pin.into(),
-        ..Default::default()
-    };
+    let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
+    let [u, v, w] = users_in_shard(&c, 1, 30);
+    fund(&c, &app, &[(u, 50_000), (v, 0)]).await;
+    let transfer = |pin: &str| pays(u, v, 1_000, pin);
     // The PIN is set once.
     assert_eq!(code(app.set_pin(new_request_id(), u, "111111").await), ErrorCode::PinAlreadySet);
     let before = money(&c, &[u, v]).await;
@@ -358,15 +404,7 @@ async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_
     c.node_client().transfer_leader(1, to).await.expect("leader transfer");
     assert_eq!(c.leaders().await[&1], to, "the leader moved");
     assert_eq!(code(app.transfer(transfer(TEST_PIN)).await), ErrorCode::PinLocked, "still locked on the new leader");
-    let send = SendPacketRequest {
-        request_id: new_request_id(),
-        sender: u,
-        kind: PacketKind::Lucky as i32,
-        total_cents: 1_000,
-        count: 2,
-        pin: TEST_PIN.into(),
-        ..Default::default()
-    };
+    let send = lucky_packet_from_no_device(u);
     assert_eq!(code(app.send_packet(send).await), ErrorCode::PinLocked, "sending is locked too");
     let withdraw =
         WithdrawRequest { request_id: new_request_id(), user: u, amount_cents: 1_000, pin: TEST_PIN.into(), ..Default::default() };
@@ -374,14 +412,7 @@ async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_
     assert_eq!(money(&c, &[u, v]).await, before, "not one cent moved");
     // Another user of the same shard spends as usual: the lock is per user.
     c.funded(&app, w, 5_000).await;
-    let other = TransferRequest {
-        request_id: new_request_id(),
-        from_user: w,
-        to_user: v,
-        amount_cents: 1_000,
-        pin: TEST_PIN.into(),
-        ..Default::default()
-    };
+    let other = pays(w, v, 1_000, TEST_PIN);
     assert!(app.transfer(other).await.is_ok());
 }
 
@@ -391,22 +422,11 @@ async fn five_wrong_pins_lock_spending_across_a_leader_change_and_the_right_pin_
 /// locked. Fresh wrong guesses still lock after five, and nothing moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_a_refused_request_id_with_pin_guesses_tells_nothing_and_fresh_wrong_guesses_still_lock() {
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
-    let u = c.topology.user_in_shard(1, 40);
-    let v = c.topology.user_in_shard(1, u + 1);
-    c.funded(&app, u, 50_000).await;
-    c.funded(&app, v, 0).await;
+    let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
+    let [u, v] = users_in_shard(&c, 1, 40);
+    fund(&c, &app, &[(u, 50_000), (v, 0)]).await;
     let before = money(&c, &[u, v]).await;
-    let to_self = |id: &Vec<u8>, pin: &str| TransferRequest {
-        request_id: id.clone(),
-        from_user: u,
-        to_user: u,
-        amount_cents: 1_000,
-        pin: pin.into(),
-        ..Default::default()
-    };
+    let to_self = |id: &Vec<u8>, pin: &str| TransferRequest { request_id: id.clone(), ..pays(u, u, 1_000, pin) };
     let zero = |id: &Vec<u8>, pin: &str| WithdrawRequest {
         request_id: id.clone(),
         user: u,
@@ -445,14 +465,7 @@ async fn replaying_a_refused_request_id_with_pin_guesses_tells_nothing_and_fresh
         assert_eq!(code(app.send_packet(no_shares(&id, pin)).await), first, "replayed packet with a guess");
     }
     // Guessing on fresh ids is counted: the fifth wrong one locks, and then the right PIN waits.
-    let pay = |pin: &str| TransferRequest {
-        request_id: new_request_id(),
-        from_user: u,
-        to_user: v,
-        amount_cents: 1_000,
-        pin: pin.into(),
-        ..Default::default()
-    };
+    let pay = |pin: &str| pays(u, v, 1_000, pin);
     for i in 1..=4 {
         assert_eq!(code(app.transfer(pay("999999")).await), ErrorCode::WrongPin, "wrong PIN #{i}");
     }
@@ -467,14 +480,9 @@ async fn replaying_a_refused_request_id_with_pin_guesses_tells_nothing_and_fresh
 /// refused there as the admin identity's, and not one cent moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_certificate_at_a_node_cannot_mint_read_codes_set_a_pin_or_pay_and_nothing_moves() {
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
-    let u = c.topology.user_in_shard(1, 50);
-    let v = c.topology.user_in_shard(1, u + 1);
-    let no_pin = c.topology.user_in_shard(1, v + 1);
-    c.funded(&app, u, 20_000).await;
-    c.funded(&app, v, 0).await;
+    let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
+    let [u, v, no_pin] = users_in_shard(&c, 1, 50);
+    fund(&c, &app, &[(u, 20_000), (v, 0)]).await;
     app.open_account(no_pin, TEST_DEVICE).await.expect("a wallet without a PIN");
     let before = money(&c, &[u, v, no_pin]).await;
     let refused_at_node = |what: &str, r: Result<(), hongbao_client::ClientError>| {
@@ -488,15 +496,7 @@ async fn the_admin_certificate_at_a_node_cannot_mint_read_codes_set_a_pin_or_pay
         refused_at_node("mint", admin_at_node.top_up(new_request_id(), u, 5_000_000).await.map(|_| ()));
         refused_at_node("read codes", admin_at_node.poll_notifications(1, 0, 10).await.map(|_| ()));
         refused_at_node("set a PIN", admin_at_node.set_pin(new_request_id(), no_pin, "135790").await.map(|_| ()));
-        let pay = TransferRequest {
-            request_id: new_request_id(),
-            from_user: u,
-            to_user: v,
-            amount_cents: 15_000,
-            device: "attacker-laptop".into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        };
+        let pay = TransferRequest { device: "attacker-laptop".into(), ..pays(u, v, 15_000, TEST_PIN) };
         refused_at_node("pay from any device", admin_at_node.transfer(pay).await.map(|_| ()));
     }
     nothing_moved(&c, &[u, v, no_pin], &before).await;
@@ -506,19 +506,7 @@ async fn the_admin_certificate_at_a_node_cannot_mint_read_codes_set_a_pin_or_pay
 
 /// A lucky packet of `count` shares of `total` cents sent by `sender` (funded), for grab tests.
 async fn packet(app: &Client, sender: u64, total: u64, count: u32) -> PacketRef {
-    let p = app
-        .send_packet(SendPacketRequest {
-            request_id: new_request_id(),
-            sender,
-            kind: PacketKind::Lucky as i32,
-            total_cents: total,
-            count,
-            device: hongbao_tests::TEST_DEVICE.into(),
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("a packet");
+    let p = app.send_packet(lucky_packet(sender, total, count)).await.expect("a packet");
     PacketRef::from(&p)
 }
 
@@ -527,9 +515,7 @@ async fn packet(app: &Client, sender: u64, total: u64, count: u32) -> PacketRef 
 /// limit is checked at the router, and grabs sent together with oversized ones all succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_grab_is_refused_at_the_router_and_fails_no_other_users_grab() {
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
+    let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
     let sender = c.topology.user_in_shard(1, 60);
     c.funded(&app, sender, 100_000).await;
     let grabbers: Vec<u64> = (0..24).map(|i| 5_000 + i).collect();
@@ -568,9 +554,7 @@ async fn an_oversized_grab_is_refused_at_the_router_and_fails_no_other_users_gra
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coalesced_batch_refuses_only_its_oversized_member_and_serves_the_others() {
     use hongbao_proto::v1::coalesced_client::CoalescedClient;
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
+    let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
     let sender = c.topology.user_in_shard(1, 70);
     c.funded(&app, sender, 100_000).await;
     let (g1, g2, g3) = (6_001, 6_002, 6_003);
@@ -593,6 +577,14 @@ async fn a_coalesced_batch_refuses_only_its_oversized_member_and_serves_the_othe
     assert!(money(&c, &[sender]).await.3, "the audit balances");
 }
 
+/// Asserts that a node's call was refused (`what` names the call that must fail) with
+/// PERMISSION_DENIED and a message containing `rule`, the leader's rule.
+fn refused_by_the_leader<T: std::fmt::Debug>(r: Result<T, tonic::Status>, what: &str, rule: &str) {
+    let s = r.expect_err(what);
+    assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{s:?}");
+    assert!(s.message().contains(rule), "refused by the leader's rule: {s:?}");
+}
+
 /// #28, item 3 (leadership and replicas): one node's key asked a shard's leader for a leader
 /// transfer to itself and was obeyed, and could make itself a voter of any shard. On 3 × 3 a
 /// node outside shard 1 and a node inside it each try, at shard 1's leader: every call reaches
@@ -601,46 +593,25 @@ async fn a_coalesced_batch_refuses_only_its_oversized_member_and_serves_the_othe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_nodes_key_cannot_choose_a_shards_leader_or_add_or_remove_its_replicas_on_3x3() {
     use hongbao_proto::v1::cluster_client::ClusterClient;
-    let c = Cluster::start(Spec { routers: true, nodes_per_region: 3, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(60)).await;
-    let app = c.router_client("shenzhen");
-    let users: Vec<u64> = c.topology.shards.iter().map(|s| c.topology.user_in_shard(s.id, 300)).collect();
-    for u in &users {
-        c.funded(&app, *u, 10_000).await;
-    }
-    let before = money(&c, &users).await;
-    let admin = router_client_with(&c, c.credentials().only(Role::Admin));
-    let map_before = admin.get_map().await.expect("map").version;
+    let Funded3x3 { c, app: _app, users, before } = funded_3x3(300).await;
+    let (admin, map_before) = admin_and_map(&c).await;
+    let map_before = map_before.version;
     let shard = c.topology.shards[0].clone();
     let leader = c.leaders().await[&shard.id];
     let member = *shard.replicas.iter().find(|n| **n != leader).expect("another replica");
     let outsider = c.topology.nodes.iter().map(|n| n.id).find(|n| !shard.replicas.contains(n)).expect("a node without shard 1");
     let at_leader = |id: u64| ClusterClient::new(c.channel_as(&c.node_addr(leader), &Identity::Node(id)));
     for attacker in [member, outsider] {
-        let s = at_leader(attacker)
-            .transfer_leader(TransferLeaderRequest { shard: shard.id, to_node: member })
-            .await
-            .expect_err("a node chooses a leader");
-        assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{s:?}");
-        assert!(s.message().contains("only an admin may choose a leader"), "refused by the leader's rule: {s:?}");
-        let s = at_leader(attacker)
-            .add_replica(ReplicaChangeRequest { shard: shard.id, node: outsider })
-            .await
-            .expect_err("a node adds a replica");
-        assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{s:?}");
-        assert!(s.message().contains("may not add a replica"), "{s:?}");
-        let s = at_leader(attacker)
-            .remove_replica(ReplicaChangeRequest { shard: shard.id, node: member })
-            .await
-            .expect_err("a node removes a replica");
-        assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{s:?}");
-        assert!(s.message().contains("may not remove a replica"), "{s:?}");
+        let r = at_leader(attacker).transfer_leader(TransferLeaderRequest { shard: shard.id, to_node: member }).await;
+        refused_by_the_leader(r, "a node chooses a leader", "only an admin may choose a leader");
+        let r = at_leader(attacker).add_replica(ReplicaChangeRequest { shard: shard.id, node: outsider }).await;
+        refused_by_the_leader(r, "a node adds a replica", "may not add a replica");
+        let r = at_leader(attacker).remove_replica(ReplicaChangeRequest { shard: shard.id, node: member }).await;
+        refused_by_the_leader(r, "a node removes a replica", "may not remove a replica");
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(c.leaders().await[&shard.id], leader, "the leader stayed");
-    let map = admin.get_map().await.expect("map");
-    assert_eq!(map.version, map_before, "the map did not change");
-    let t = hongbao_topology::Topology::parse(&map.toml).expect("map");
+    let t = map_unchanged(&admin, map_before).await;
     assert_eq!(t.shard(shard.id).expect("shard 1").replicas, shard.replicas, "shard 1's replicas stayed");
     nothing_moved(&c, &users, &before).await;
     // The admin's own transfer, through a router that re-sends it to the leader, still works.
@@ -656,15 +627,9 @@ async fn one_nodes_key_cannot_choose_a_shards_leader_or_add_or_remove_its_replic
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_grabs_and_opens_from_one_token_is_rate_limited_and_others_still_grab() {
     use hongbao_proto::v1::packets_client::PacketsClient;
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
-    let bot = c.topology.user_in_shard(1, 80);
-    let honest = c.topology.user_in_shard(1, bot + 1);
-    let sender = c.topology.user_in_shard(1, honest + 1);
-    c.funded(&app, bot, 0).await;
-    c.funded(&app, honest, 0).await;
-    c.funded(&app, sender, 10_000).await;
+    let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
+    let [bot, honest, sender] = users_in_shard(&c, 1, 80);
+    fund(&c, &app, &[(bot, 0), (honest, 0), (sender, 10_000)]).await;
     let before = money(&c, &[bot, honest, sender]).await;
     let token = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("signer").mint(bot, hongbao_tests::TEST_DEVICE, 600);
     let router = c.channel_as(&c.topology.routers[0].addr, &Identity::Service(Role::App));
@@ -735,9 +700,7 @@ async fn rogue_at(c: &Cluster, addr: &str, id: &Identity, secs: u64) -> usize {
 /// handshake and not one request reaches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_another_nodes_key_at_a_nodes_address_receives_no_message() {
-    let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
+    let (mut c, app) = started(Spec { routers: true, ..Spec::default() }).await;
     let u = c.topology.user_in_shard(1, 90);
     c.funded(&app, u, 10_000).await;
     let before = money(&c, &[u]).await;
@@ -753,12 +716,10 @@ async fn a_server_with_another_nodes_key_at_a_nodes_address_receives_no_message(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_call_with_the_users_own_credentials_reveals_a_challenge_code_and_guesses_fail_after_the_attempt_limit() {
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
+    let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
     let (u, v) = (c.topology.user_in_shard(1, 40), c.topology.user_in_shard(2, 40));
-    c.funded(&app, u, 100_000).await; // opened on TEST_DEVICE
-    c.funded(&app, v, 0).await;
+    // u's wallet is opened on TEST_DEVICE.
+    fund(&c, &app, &[(u, 100_000), (v, 0)]).await;
     let before = money(&c, &[u, v]).await;
     // The user signs in on a new phone and pays 150.00: a challenge.
     let new_phone = |amount: u64, verification: Option<Verification>| TransferRequest {
@@ -820,13 +781,9 @@ async fn no_call_with_the_users_own_credentials_reveals_a_challenge_code_and_gue
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_scoped_by_user_so_one_user_cannot_take_anothers_id() {
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
-    let a = c.topology.user_in_shard(1, 50);
-    let b = c.topology.user_in_shard(1, a + 1);
-    c.funded(&app, a, 0).await;
-    c.funded(&app, b, 0).await;
+    let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
+    let [a, b] = users_in_shard(&c, 1, 50);
+    fund(&c, &app, &[(a, 0), (b, 0)]).await;
     let id = new_request_id();
     assert_eq!(app.top_up(id.clone(), a, 1_000).await.expect("a's top-up").balance_cents, 1_000);
     // B's request with A's id is B's own: applied, not answered with A's outcome or REUSED.
@@ -875,9 +832,7 @@ async fn log_position(c: &Cluster, shard: u32) -> (u64, u64, u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_at_the_boundary_refuse_floods_of_reads_and_oversized_strings_before_the_log() {
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
+    let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
     let u = c.topology.user_in_shard(1, 60);
     c.funded(&app, u, 10_000).await;
     let token = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("signer").mint(u, hongbao_tests::TEST_DEVICE, 600);
@@ -901,31 +856,13 @@ async fn limits_at_the_boundary_refuse_floods_of_reads_and_oversized_strings_bef
 
     // Strings past the ledger's limit never reach the log: refused before proposing.
     let before = log_position(&c, 1).await;
-    let send = SendPacketRequest {
-        request_id: new_request_id(),
-        sender: u,
-        kind: PacketKind::Lucky as i32,
-        total_cents: 1_000,
-        count: 2,
-        greeting: "恭".repeat(100),
-        pin: TEST_PIN.into(),
-        ..Default::default()
-    };
+    let send = SendPacketRequest { greeting: "恭".repeat(100), ..lucky_packet_from_no_device(u) };
     assert_eq!(code(app.send_packet(send).await), ErrorCode::InvalidArgument, "a 300-byte greeting");
     assert_eq!(log_position(&c, 1).await, before, "not one entry was appended for it");
     assert_eq!(app.balance(u).await.expect("balance").balance_cents, 10_000, "not one cent moved");
 
     // A grab's password is bounded at the boundary too (the ledger never looked at its size).
-    let send = SendPacketRequest {
-        request_id: new_request_id(),
-        sender: u,
-        kind: PacketKind::Password as i32,
-        total_cents: 1_000,
-        count: 2,
-        phrase: "open sesame".into(),
-        pin: TEST_PIN.into(),
-        ..Default::default()
-    };
+    let send = SendPacketRequest { kind: PacketKind::Password as i32, phrase: "open sesame".into(), ..lucky_packet_from_no_device(u) };
     let packet = PacketRef::from(&app.send_packet(send).await.expect("a packet"));
     let before = log_position(&c, 1).await;
     let grab = app.grab(new_request_id(), packet, other, &"x".repeat(10_000)).await;
@@ -936,9 +873,7 @@ async fn limits_at_the_boundary_refuse_floods_of_reads_and_oversized_strings_bef
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_token_key_is_trusted_after_a_sighup_without_a_restart() {
-    let c = Cluster::start(Spec { routers: true, regions: vec!["shenzhen"], ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
+    let (c, app) = started(Spec { routers: true, regions: vec!["shenzhen"], ..Spec::default() }).await;
     let u = c.topology.user_in_shard(1, 70);
     c.funded(&app, u, 1_000).await;
     // A login service's new key: refused until the routers are told of it.
@@ -1087,8 +1022,7 @@ async fn a_router_of_a_non_development_topology_refuses_dev_key_tokens_and_token
         app.balance(u).await.map_err(|e| e.code()).err() == Some(ErrorCode::UnknownUser)
     );
     assert!(trusted, "the login service's key is trusted after SIGHUP");
-    c.funded(&app, u, 50_000).await;
-    c.funded(&app, v, 0).await;
+    fund(&c, &app, &[(u, 50_000), (v, 0)]).await;
     let before = money(&c, &[u, v]).await;
     assert!(before.3, "the audit balances before");
 
@@ -1109,14 +1043,7 @@ async fn a_router_of_a_non_development_topology_refuses_dev_key_tokens_and_token
     });
     let router = c.channel_as(&c.topology.routers[0].addr, &Identity::Service(Role::App));
     for (token, why) in [(&dev_token, "signed with the development key"), (&later, "token not yet valid")] {
-        let transfer = TransferRequest {
-            request_id: new_request_id(),
-            from_user: u,
-            to_user: v,
-            amount_cents: 10_000,
-            pin: TEST_PIN.into(),
-            ..Default::default()
-        };
+        let transfer = pays(u, v, 10_000, TEST_PIN);
         let s = WalletClient::new(router.clone()).transfer(with_token(transfer, token)).await.expect_err("refused");
         assert_eq!((s.code(), hongbao_proto::detail_of(&s).code()), (tonic::Code::Unauthenticated, ErrorCode::Unauthenticated), "{s:?}");
         assert!(s.message().contains(why) && !s.message().contains(token.as_str()), "says why, never the token: {}", s.message());
@@ -1140,12 +1067,9 @@ async fn a_router_of_a_non_development_topology_refuses_dev_key_tokens_and_token
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_notifier_writes_live_codes_to_a_file_only_its_owner_can_read_and_tightens_an_older_one() {
     use std::os::unix::fs::PermissionsExt;
-    let c = Cluster::start(Spec { routers: true, regions: vec!["shenzhen"], ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
+    let (c, app) = started(Spec { routers: true, regions: vec!["shenzhen"], ..Spec::default() }).await;
     let (u, v) = (c.topology.user_in_shard(1, 90), c.topology.user_in_shard(1, 91));
-    c.funded(&app, u, 100_000).await;
-    c.funded(&app, v, 0).await;
+    fund(&c, &app, &[(u, 100_000), (v, 0)]).await;
     let before = money(&c, &[u, v]).await;
     // A file an earlier notifier left, readable by everyone.
     let log = c.dir.path().join("notifications.log");
@@ -1194,15 +1118,12 @@ async fn the_notifier_writes_live_codes_to_a_file_only_its_owner_can_read_and_ti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_packet_is_reached_only_with_its_key_and_counting_ids_adds_no_log_entry_on_3x3() {
     use hongbao_proto::v1::packets_client::PacketsClient;
-    let c = Cluster::start(Spec { nodes_per_region: 3, routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
+    let (c, app) = started(Spec { nodes_per_region: 3, routers: true, ..Spec::default() }).await;
     let sender = c.topology.user_in_shard(1, 90);
     let member = c.topology.user_in_shard(2, 91);
     let stranger = c.topology.user_in_shard(3, 92);
     c.funded(&app, sender, 10_000).await;
-    app.open_account(member, TEST_DEVICE).await.expect("open");
-    app.open_account(stranger, TEST_DEVICE).await.expect("open");
+    open(&app, &[member, stranger]).await;
     let p = packet(&app, sender, 1_000, 2).await;
     assert_ne!(p.key, 0, "a packet has a key");
     let shard = hongbao_topology::PacketId(p.id).shard();
@@ -1251,15 +1172,12 @@ async fn a_packet_is_reached_only_with_its_key_and_counting_ids_adds_no_log_entr
 /// request, is found there: the search looks where the phrase would be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_wrong_phrases_close_a_password_packet_to_one_grabber_and_the_phrase_is_in_no_nodes_files() {
-    let mut c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
+    let (mut c, app) = started(Spec { routers: true, ..Spec::default() }).await;
     let sender = c.topology.user_in_shard(1, 95);
     let guesser = c.topology.user_in_shard(2, 96);
     let member = c.topology.user_in_shard(3, 97);
     c.funded(&app, sender, 10_000).await;
-    app.open_account(guesser, TEST_DEVICE).await.expect("open");
-    app.open_account(member, TEST_DEVICE).await.expect("open");
+    open(&app, &[guesser, member]).await;
     let phrase = format!("sesame-{:x}", rand::random::<u64>());
     let greeting = format!("greeting-{:x}", rand::random::<u64>());
     let sent = app
@@ -1321,15 +1239,11 @@ async fn five_wrong_phrases_close_a_password_packet_to_one_grabber_and_the_phras
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_holds_at_most_32_of_a_routers_in_flight_places_and_another_user_is_still_served() {
     use hongbao_proto::v1::packets_client::PacketsClient;
-    let c = Cluster::start(Spec { routers: true, router_max_inflight: Some(40), ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
+    let (c, app) = started(Spec { routers: true, router_max_inflight: Some(40), ..Spec::default() }).await;
     let bot = c.topology.user_in_shard(2, 110);
     let honest = c.topology.user_in_shard(3, 111);
     let sender = c.topology.user_in_shard(1, 112);
-    c.funded(&app, bot, 0).await;
-    c.funded(&app, honest, 0).await;
-    c.funded(&app, sender, 10_000).await;
+    fund(&c, &app, &[(bot, 0), (honest, 0), (sender, 10_000)]).await;
     let p = packet(&app, sender, 1_000, 10).await;
     let leader = c.leaders().await[&1];
     // 250 ms: commits wait that long, and heartbeats still come within the election timeout.
@@ -1380,11 +1294,8 @@ async fn one_user_holds_at_most_32_of_a_routers_in_flight_places_and_another_use
 /// the known device, and the code sets the PIN. Not one cent moved meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_pin_of_a_funded_wallet_needs_the_code_sent_to_its_known_device() {
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
-    let owner = c.topology.user_in_shard(1, 120);
-    let thief_to = c.topology.user_in_shard(1, owner + 1);
+    let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
+    let [owner, thief_to] = users_in_shard(&c, 1, 120);
     app.open_account(owner, TEST_DEVICE).await.expect("open");
     c.funded(&app, thief_to, 0).await;
     app.top_up(new_request_id(), owner, 30_000).await.expect("a wallet holding money, without a PIN");
@@ -1419,15 +1330,7 @@ async fn the_first_pin_of_a_funded_wallet_needs_the_code_sent_to_its_known_devic
     let right = Verification { challenge_id: challenge, code: note.code };
     app.set_pin_verified(new_request_id(), owner, TEST_PIN, Some(right)).await.expect("the code from the known device sets the PIN");
     nothing_moved(&c, &[owner, thief_to], &before).await;
-    let pay = TransferRequest {
-        request_id: new_request_id(),
-        from_user: owner,
-        to_user: thief_to,
-        amount_cents: 1_00,
-        device: TEST_DEVICE.into(),
-        pin: TEST_PIN.into(),
-        ..Default::default()
-    };
+    let pay = TransferRequest { device: TEST_DEVICE.into(), ..pays(owner, thief_to, 1_00, TEST_PIN) };
     app.transfer(pay).await.expect("the owner pays with the PIN they set");
 }
 
@@ -1450,16 +1353,9 @@ async fn forged_proposal(c: &Cluster, at: u64, from: u64, shard: u32, cmd: hongb
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_key_cannot_forge_a_slot_moves_steps_so_the_slot_neither_freezes_nor_moves_on_3x3() {
     use hongbao_ledger::Command;
-    let c = Cluster::start(Spec { routers: true, nodes_per_region: 3, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(60)).await;
-    let app = c.router_client("shenzhen");
-    let users: Vec<u64> = c.topology.shards.iter().map(|s| c.topology.user_in_shard(s.id, 400)).collect();
-    for u in &users {
-        c.funded(&app, *u, 10_000).await;
-    }
-    let before = money(&c, &users).await;
-    let admin = router_client_with(&c, c.credentials().only(Role::Admin));
-    let map_before = admin.get_map().await.expect("map").version;
+    let Funded3x3 { c, app, users, before } = funded_3x3(400).await;
+    let (admin, map_before) = admin_and_map(&c).await;
+    let map_before = map_before.version;
     let victim = users[1];
     let slot = c.topology.slot_of(victim);
     assert_eq!(c.topology.owner_of_slot(slot), Some(2), "the victim's slot is shard 2's");
@@ -1483,9 +1379,7 @@ async fn a_node_key_cannot_forge_a_slot_moves_steps_so_the_slot_neither_freezes_
     app.open_account(newcomer, TEST_DEVICE).await.expect("the slot is not frozen: an account opens in it");
     let b = app.balance(victim).await.expect("balance");
     assert_eq!((b.shard, b.balance_cents), (2, 10_000), "the wallet is still shard 2's, whole");
-    let map = admin.get_map().await.expect("map");
-    assert_eq!(map.version, map_before, "the map did not change");
-    let t = hongbao_topology::Topology::parse(&map.toml).expect("map");
+    let t = map_unchanged(&admin, map_before).await;
     assert_eq!((t.owner_of_slot(slot), t.moving(slot)), (Some(2), None), "the slot is shard 2's and moves nowhere");
     nothing_moved(&c, &users, &before).await;
 }
@@ -1499,16 +1393,8 @@ async fn a_node_key_cannot_forge_a_slot_moves_steps_so_the_slot_neither_freezes_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_key_cannot_forward_a_drain_mark_or_a_cluster_map_and_nothing_changes_on_3x3() {
     use hongbao_ledger::Command;
-    let c = Cluster::start(Spec { routers: true, nodes_per_region: 3, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(60)).await;
-    let app = c.router_client("shenzhen");
-    let users: Vec<u64> = c.topology.shards.iter().map(|s| c.topology.user_in_shard(s.id, 500)).collect();
-    for u in &users {
-        c.funded(&app, *u, 10_000).await;
-    }
-    let before = money(&c, &users).await;
-    let admin = router_client_with(&c, c.credentials().only(Role::Admin));
-    let map_before = admin.get_map().await.expect("map");
+    let Funded3x3 { c, app, users, before } = funded_3x3(500).await;
+    let (admin, map_before) = admin_and_map(&c).await;
     let leaders = c.leaders().await;
     let meta = c.topology.meta_shard();
     let meta_follower = *c.topology.shard(meta).unwrap().replicas.iter().find(|n| **n != leaders[&meta]).expect("a meta follower");
@@ -1613,16 +1499,9 @@ impl hongbao_proto::v1::cluster_server::Cluster for RogueMap {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rogue_node_answering_map_fetches_with_a_huge_version_is_installed_by_no_node_or_router_on_3x3() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let mut c = Cluster::start(Spec { routers: true, nodes_per_region: 3, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(60)).await;
-    let app = c.router_client("shenzhen");
-    let users: Vec<u64> = c.topology.shards.iter().map(|s| c.topology.user_in_shard(s.id, 600)).collect();
-    for u in &users {
-        c.funded(&app, *u, 10_000).await;
-    }
-    let before = money(&c, &users).await;
-    let admin = router_client_with(&c, c.credentials().only(Role::Admin));
-    let real = admin.get_map().await.expect("map").version;
+    let Funded3x3 { mut c, app: _app, users, before } = funded_3x3(600).await;
+    let (_admin, real) = admin_and_map(&c).await;
+    let real = real.version;
     assert!(!c.topology.shard(c.topology.meta_shard()).unwrap().replicas.contains(&3), "node 3 holds no meta replica");
 
     let mut forged = c.topology.clone();
@@ -1673,13 +1552,9 @@ async fn a_rogue_node_answering_map_fetches_with_a_huge_version_is_installed_by_
 /// (through any router), a token issued afterwards works, and not one cent moved with the old.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_is_refused_for_reads_and_payments_and_a_new_one_works() {
-    let c = Cluster::start(Spec { routers: true, ..Spec::default() });
-    c.wait_ready(Duration::from_secs(30)).await;
-    let app = c.router_client("shenzhen");
-    let u = c.topology.user_in_shard(2, 130);
-    let v = c.topology.user_in_shard(2, u + 1);
-    c.funded(&app, u, 50_000).await;
-    c.funded(&app, v, 0).await;
+    let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
+    let [u, v] = users_in_shard(&c, 2, 130);
+    fund(&c, &app, &[(u, 50_000), (v, 0)]).await;
     let signer = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("signer");
     let stolen = signer.mint(u, TEST_DEVICE, 3600);
     let balance = |router: usize, token: String| {
@@ -1692,15 +1567,7 @@ async fn a_revoked_token_is_refused_for_reads_and_payments_and_a_new_one_works()
     let pay = |token: String| {
         let ch = c.channel_as(&c.topology.routers[1].addr, &Identity::Service(Role::App));
         async move {
-            let t = TransferRequest {
-                request_id: new_request_id(),
-                from_user: u,
-                to_user: v,
-                amount_cents: 10_000,
-                device: TEST_DEVICE.into(),
-                pin: TEST_PIN.into(),
-                ..Default::default()
-            };
+            let t = TransferRequest { device: TEST_DEVICE.into(), ..pays(u, v, 10_000, TEST_PIN) };
             WalletClient::new(ch).transfer(with_token(t, &token)).await
         }
     };

@@ -113,6 +113,18 @@ pub(crate) async fn applied(c: &Cluster, n: u64) -> Option<BTreeMap<u32, u64>> {
     Some(local(c, n).await?.shards.iter().map(|s| (s.shard, s.applied)).collect())
 }
 
+/// Waits up to `within` until, for some shard, what the nodes `rest` committed is past what
+/// `before` holds for it (a shard missing from `before` never counts). Returns whether it was,
+/// and the commit indexes seen last.
+pub(crate) async fn committed_past(c: &Cluster, rest: &[u64], before: &BTreeMap<u32, u64>, within: Duration) -> (bool, BTreeMap<u32, u64>) {
+    let mut seen;
+    let behind = eventually!(within, {
+        seen = committed(c, rest).await;
+        seen.iter().any(|(s, ci)| *ci > before.get(s).copied().unwrap_or(u64::MAX))
+    });
+    (behind, seen)
+}
+
 /// Waits until `n` has applied, on every shard, what the other nodes had committed when the
 /// wait began. Ok(time it took, the target) or Err(what was missing).
 pub(crate) async fn catch_up(c: &Cluster, n: u64, within: Duration) -> Result<Duration, String> {

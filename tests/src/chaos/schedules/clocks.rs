@@ -27,18 +27,7 @@ pub(crate) async fn clock_jump(c: &mut Cluster, rng: &mut impl Rng, log: &mut Lo
         None => log.missed(format!("node {n}'s clock jumped {:+} s and its status still says trusted", jump / 1000)),
     }
     sleep_rest(t, 5_000).await;
-    log.note(format!("node {n}: clock back"));
-    set(c, n, Faults::default()).await;
-    let t = Instant::now();
-    // Coming back is a leap too (backwards): give the node time to notice it before asking
-    // whether it trusts its clock again, or the answer predates the leap.
-    sleep(1_500).await;
-    log.check(
-        trusted(c, n, Duration::from_secs(10))
-            .await
-            .map(|()| format!("node {n} trusts its clock again {} ms after the heal", t.elapsed().as_millis())),
-    );
-    sleep_rest(t, 3_000).await;
+    clock_back(c, n, log).await;
 }
 
 /// Two days ahead on a leader: it must stamp nothing, hand every leadership away, say why, and
@@ -70,6 +59,13 @@ pub(crate) async fn clock_leap(c: &mut Cluster, rng: &mut impl Rng, log: &mut Lo
     if !now.is_empty() {
         log.missed(format!("node {n} leads {now:?} again while still two days fast"));
     }
+    clock_back(c, n, log).await;
+}
+
+/// Sets node `n`'s clock back to true, then checks that it trusts its clock again within 10 s
+/// (asking only after 1.5 s, so the answer postdates the backward leap), and waits out 3 s from
+/// the heal.
+async fn clock_back(c: &mut Cluster, n: u64, log: &mut Log<'_>) {
     log.note(format!("node {n}: clock back"));
     set(c, n, Faults::default()).await;
     let t = Instant::now();

@@ -79,11 +79,7 @@ pub(crate) async fn netns_partition(c: &mut Cluster, net: &netns::Net, rng: &mut
     // The others go on without it, so the catch-up after the heal has something to catch up
     // (a precondition of that check, not a proof of the cut: the two checks above are).
     let rest = others(c, &[n]);
-    let mut seen;
-    let behind = eventually!(Duration::from_millis(4_000).saturating_sub(t.elapsed()), {
-        seen = committed(c, &rest).await;
-        seen.iter().any(|(s, ci)| *ci > before.get(s).copied().unwrap_or(u64::MAX))
-    });
+    let (behind, seen) = committed_past(c, &rest, &before, Duration::from_millis(4_000).saturating_sub(t.elapsed())).await;
     if behind {
         log.proved(format!("while node {n} was cut the others committed {seen:?}, past its {before:?} when cut"));
     } else {

@@ -64,11 +64,8 @@ pub(crate) async fn pause_node(c: &mut Cluster, rng: &mut impl Rng, log: &mut Lo
     }
     log.check(leaders_moved(c, &[n], &led, Duration::from_secs(8), &format!("paused node {n}")).await);
     let rest = others(c, &[n]);
-    let mut seen;
-    let behind = eventually!(Duration::from_millis(3_000).saturating_sub(t.elapsed()).max(Duration::from_millis(500)), {
-        seen = committed(c, &rest).await;
-        seen.iter().any(|(s, ci)| *ci > before.get(s).copied().unwrap_or(u64::MAX))
-    });
+    let (behind, seen) =
+        committed_past(c, &rest, &before, Duration::from_millis(3_000).saturating_sub(t.elapsed()).max(Duration::from_millis(500))).await;
     if behind {
         log.proved(format!("paused node {n} fell behind: the others committed {seen:?}, it had applied {before:?}"));
     } else {
