@@ -183,6 +183,18 @@ impl ClusterService {
         Ok(())
     }
 
+    /// The start of a drain or undrain: the region's mark in the map, then every node's status
+    /// (to pick the leaders to move). None for a `local_only` call, the in-memory broadcast of
+    /// older nodes (marks travel in the log now), which does nothing.
+    async fn mark_drained(&self, req: &Request<DrainRequest>, drained: bool) -> Result<Option<(String, StatusReply)>, Status> {
+        let DrainRequest { region, local_only } = req.get_ref().clone();
+        if local_only {
+            return Ok(None);
+        }
+        self.replicate_drain(req, &region, drained).await?;
+        Ok(Some((region, self.all_status().await)))
+    }
+
     /// Drain and undrain start only from an admin (directly or through a router, which checked
     /// the admin role); a node never starts one. The mark is a map change (`membership::
     /// set_drained`): taken on the meta shard's leader, NotLeader elsewhere.
@@ -271,13 +283,9 @@ impl Cluster for ClusterService {
     }
 
     async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
-        let DrainRequest { region, local_only } = req.get_ref().clone();
-        if local_only {
-            // The in-memory broadcast of older nodes: marks travel in the log now.
+        let Some((region, st)) = self.mark_drained(&req, true).await? else {
             return Ok(Response::new(DrainReply { moved: vec![] }));
-        }
-        self.replicate_drain(&req, &region, true).await?;
-        let st = self.all_status().await;
+        };
         let mut moved = Vec::new();
         for s in &self.host.topology().shards {
             let leader = st.leader_of(s.id).map(|x| x.node);
@@ -377,13 +385,9 @@ impl Cluster for ClusterService {
     }
 
     async fn undrain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
-        let DrainRequest { region, local_only } = req.get_ref().clone();
-        if local_only {
-            // The in-memory broadcast of older nodes: marks travel in the log now.
+        let Some((region, st)) = self.mark_drained(&req, false).await? else {
             return Ok(Response::new(DrainReply { moved: vec![] }));
-        }
-        self.replicate_drain(&req, &region, false).await?;
-        let st = self.all_status().await;
+        };
         let mut moved = Vec::new();
         for s in self.host.topology().shards.iter().filter(|s| s.home == region) {
             if let Some(to) = self.host.placement.home_replica(s.id, &st) {
