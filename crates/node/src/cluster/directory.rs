@@ -10,6 +10,7 @@
 
 use crate::cluster::map::parse;
 use crate::host::Host;
+use crate::transport::peers::MapAnswer;
 use hongbao_topology::Topology;
 use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
@@ -29,20 +30,31 @@ pub fn local_map(host: &Host) -> Option<Topology> {
 }
 
 /// Installs the newest map the meta shard committed: from this node's replica of it if that
-/// leads (its applied state is the committed map), else from the meta shard's leader. Both when
-/// a replica is here but does not lead: one removed from the meta shard stops hearing of new
-/// versions (the change that removed it may be the last it got).
-pub async fn refresh(host: &Host) {
+/// leads (its applied state, after a ReadIndex, is the committed map), else from the meta
+/// shard's leader. Both when a replica is here but does not lead: one removed from the meta
+/// shard stops hearing of new versions (the change that removed it may be the last it got).
+/// Whether the map held now is confirmed as the newest (false: no meta leader answered, so a
+/// refusal judged on it must not be final).
+pub async fn refresh(host: &Host) -> bool {
     let t = host.topology();
     let meta = t.meta_shard();
     let here = host.replica(meta).ok();
     let leads = here.as_ref().is_some_and(|r| host.is_leader(r));
     let known = here.as_ref().and_then(|r| r.raft.metrics().borrow_watched().current_leader);
-    let asked = if leads { None } else { host.peers.fetch_map(&t, known, t.version).await };
+    let (asked, confirmed) = if leads {
+        (None, host.linearizable(meta).await.is_ok())
+    } else {
+        match host.peers.fetch_map(&t, known, t.version).await {
+            MapAnswer::Newer(m) => (Some(m), true),
+            MapAnswer::NotNewer => (None, true),
+            MapAnswer::NoAnswer => (None, false),
+        }
+    };
     let newest = [local_map(host), asked].into_iter().flatten().max_by_key(|m| m.version);
     if let Some(m) = newest.filter(|m| m.version > host.topology().version) {
         host.install_map(m);
     }
+    confirmed
 }
 
 /// Keeps this node on the newest map until `stop`: reads it, installs it, reconciles.

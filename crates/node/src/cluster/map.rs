@@ -77,7 +77,7 @@ pub async fn at_start(seed: Topology, peers: &Peers, node_id: NodeId) -> anyhow:
     let deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
     let mut best = seed;
     loop {
-        if let Some(t) = peers.fetch_map(&best, None, best.version).await {
+        if let Some(t) = peers.fetch_map(&best, None, best.version).await.newer() {
             best = t;
         }
         if best.node(node_id).is_some() {

@@ -71,20 +71,26 @@ pub async fn change_map(host: &Arc<Host>, edit: impl Fn(&Topology) -> Result<Top
         if tokio::time::Instant::now() >= deadline {
             break;
         }
-        crate::cluster::directory::refresh(host).await;
+        // Only the meta shard's leader proposes a map change, for an admin's call that reached
+        // it; no node forwards one (one node's key must not rewrite the map, #28). Elsewhere
+        // the call answers NotLeader with that leader, where the admin's router re-sends it.
+        // The edit is judged on the map that leader confirmed (ReadIndex), never on a stale one
+        // (a restarted node's), so a refusal is final and "unchanged" is true.
+        let meta = host.topology().meta_shard();
+        if leading(host, meta).is_none() {
+            return Err(not_leading(host, meta).await);
+        }
+        if !crate::cluster::directory::refresh(host).await {
+            last = format!("node {} could not confirm the map it leads (read index)", host.node_id);
+            tokio::time::sleep(MAP_RETRY).await;
+            continue;
+        }
         let cur = host.topology();
         let next = match edit(&cur) {
             Ok(t) => t,
             Err(Edit::Unchanged(m)) => return Ok(reply(cur.version, m)),
             Err(Edit::Refused(m)) => return Err(refused(m)),
         };
-        let meta = cur.meta_shard();
-        // Only the meta shard's leader proposes a map change, for an admin's call that reached
-        // it; no node forwards one (one node's key must not rewrite the map, #28). Elsewhere
-        // the call answers NotLeader with that leader, where the admin's router re-sends it.
-        if leading(host, meta).is_none() {
-            return Err(not_leading(host, meta).await);
-        }
         let version = next.version;
         let cmd = Command::SetClusterMap { version, map: next.to_toml().into_bytes() };
         let id = system_id(b'v', meta, host.node_id, version);
@@ -120,8 +126,13 @@ pub async fn add_replica(host: &Arc<Host>, shard: ShardId, node: NodeId) -> Resu
 /// RemoveReplica: `node` out of `shard`'s Raft group (on its leader), then out of the map.
 pub async fn remove_replica(host: &Arc<Host>, shard: ShardId, node: NodeId) -> Result<Done, HostError> {
     tracing::info!(shard, node, "remove replica");
-    crate::cluster::directory::refresh(host).await;
+    let confirmed = crate::cluster::directory::refresh(host).await;
     if let Err(Edit::Refused(m)) = host.topology().remove_replica(shard, node) {
+        // Judged on a map no meta leader confirmed (this node just restarted, or the meta shard
+        // is electing): the admin re-sends rather than stops on a stale map's verdict.
+        if !confirmed {
+            return Err(unavailable(shard, format!("the cluster map here is not confirmed by the meta shard's leader: re-send ({m})")));
+        }
         return Err(refused(m));
     }
     let Some(r) = leading(host, shard) else {

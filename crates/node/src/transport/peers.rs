@@ -20,6 +20,26 @@ use tonic::Status;
 /// Bound on one GetMap call to another node (the leader's answer waits for a ReadIndex).
 const GET_MAP_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What the meta shard's leader said of the map (`Peers::fetch_map`).
+#[derive(Debug)]
+pub enum MapAnswer {
+    /// A newer map than the one held, as the meta shard committed it.
+    Newer(Topology),
+    /// The map held is the newest.
+    NotNewer,
+    /// No leader answered (or its map did not validate): the map held may be stale.
+    NoAnswer,
+}
+
+impl MapAnswer {
+    pub fn newer(self) -> Option<Topology> {
+        match self {
+            MapAnswer::Newer(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
 /// Channels to the other nodes, opened lazily and kept.
 pub struct Peers {
     pub self_id: NodeId,
@@ -103,9 +123,9 @@ impl Peers {
 
     /// The map as the meta shard committed it, from its leader: the meta replicas `map` names
     /// are asked (`first` first, the leader known here); a follower answers NotLeader with its
-    /// leader, asked next if `map` names it a meta replica too. None: no leader answered. A map
-    /// no newer than `than` is not parsed (most rounds bring the same map) and answers None.
-    pub async fn fetch_map(&self, map: &Topology, first: Option<NodeId>, than: u64) -> Option<Topology> {
+    /// leader, asked next if `map` names it a meta replica too. A map no newer than `than` is not
+    /// parsed (most rounds bring the same map).
+    pub async fn fetch_map(&self, map: &Topology, first: Option<NodeId>, than: u64) -> MapAnswer {
         let meta: Vec<NodeId> = map.shard(map.meta_shard()).map(|s| s.replicas.clone()).unwrap_or_default();
         let mut queue: VecDeque<NodeId> = first.filter(|n| meta.contains(n)).into_iter().chain(meta.iter().copied()).collect();
         let mut asked = BTreeSet::new();
@@ -117,7 +137,10 @@ impl Peers {
             match tokio::time::timeout(GET_MAP_TIMEOUT, ClusterClient::new(ch).get_map(GetMapRequest {})).await {
                 Ok(Ok(r)) => {
                     let m = r.into_inner();
-                    return if m.version > than { crate::cluster::map::parse(m.version, m.toml.as_bytes()) } else { None };
+                    if m.version <= than {
+                        return MapAnswer::NotNewer;
+                    }
+                    return crate::cluster::map::parse(m.version, m.toml.as_bytes()).map_or(MapAnswer::NoAnswer, MapAnswer::Newer);
                 }
                 Ok(Err(s)) => {
                     let hint = hongbao_proto::detail_of(&s).leader_hint_node;
@@ -128,7 +151,7 @@ impl Peers {
                 Err(_) => {}
             }
         }
-        None
+        MapAnswer::NoAnswer
     }
 
     /// Whether `node` runs the ledger config with this fingerprint (None: no answer in `ttl`).
