@@ -71,26 +71,31 @@ pub async fn change_map(host: &Arc<Host>, edit: impl Fn(&Topology) -> Result<Top
         if tokio::time::Instant::now() >= deadline {
             break;
         }
+        // The edit is judged on a map the meta shard's leader confirmed (its own after a
+        // ReadIndex, or its answer), never on a stale one (a restarted node's): then a refusal
+        // is final and "unchanged" is true wherever this runs.
+        let confirmed = crate::cluster::directory::refresh(host).await;
+        let cur = host.topology();
+        let meta = cur.meta_shard();
+        let next = match edit(&cur) {
+            Err(Edit::Unchanged(m)) if confirmed => return Ok(reply(cur.version, m)),
+            Err(Edit::Refused(m)) if confirmed => return Err(refused(m)),
+            Ok(next) if confirmed => next,
+            _ => {
+                if leading(host, meta).is_none() {
+                    return Err(not_leading(host, meta).await);
+                }
+                last = format!("node {} could not confirm the map it leads (read index)", host.node_id);
+                tokio::time::sleep(MAP_RETRY).await;
+                continue;
+            }
+        };
         // Only the meta shard's leader proposes a map change, for an admin's call that reached
         // it; no node forwards one (one node's key must not rewrite the map, #28). Elsewhere
         // the call answers NotLeader with that leader, where the admin's router re-sends it.
-        // The edit is judged on the map that leader confirmed (ReadIndex), never on a stale one
-        // (a restarted node's), so a refusal is final and "unchanged" is true.
-        let meta = host.topology().meta_shard();
         if leading(host, meta).is_none() {
             return Err(not_leading(host, meta).await);
         }
-        if !crate::cluster::directory::refresh(host).await {
-            last = format!("node {} could not confirm the map it leads (read index)", host.node_id);
-            tokio::time::sleep(MAP_RETRY).await;
-            continue;
-        }
-        let cur = host.topology();
-        let next = match edit(&cur) {
-            Ok(t) => t,
-            Err(Edit::Unchanged(m)) => return Ok(reply(cur.version, m)),
-            Err(Edit::Refused(m)) => return Err(refused(m)),
-        };
         let version = next.version;
         let cmd = Command::SetClusterMap { version, map: next.to_toml().into_bytes() };
         let id = system_id(b'v', meta, host.node_id, version);

@@ -113,7 +113,8 @@ impl ApiService {
         self.text("device", &device)?;
         let id = request_id(request_id_bytes)?;
         let pin = self.pin_check(shard, user, pin).await?;
-        let o = self.write(shard, id, cmd(Spend { device, verification: crate::service::convert::verification(verification), pin })).await?;
+        let o =
+            self.write(shard, id, cmd(Spend { device, verification: crate::service::convert::verification(verification), pin })).await?;
         self.wallet_reply(o, shard)
     }
 
