@@ -45,7 +45,7 @@ pub async fn refresh(host: &Host) -> bool {
         (None, host.linearizable(meta).await.is_ok())
     } else {
         match host.peers.fetch_map(&t, known, t.version).await {
-            MapAnswer::Newer(m) => (Some(m), true),
+            MapAnswer::Newer(m) => (Some(*m), true),
             MapAnswer::NotNewer => (None, true),
             MapAnswer::NoAnswer => (None, false),
         }

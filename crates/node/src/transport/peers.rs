@@ -24,7 +24,7 @@ const GET_MAP_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub enum MapAnswer {
     /// A newer map than the one held, as the meta shard committed it.
-    Newer(Topology),
+    Newer(Box<Topology>),
     /// The map held is the newest.
     NotNewer,
     /// No leader answered (or its map did not validate): the map held may be stale.
@@ -34,7 +34,7 @@ pub enum MapAnswer {
 impl MapAnswer {
     pub fn newer(self) -> Option<Topology> {
         match self {
-            MapAnswer::Newer(t) => Some(t),
+            MapAnswer::Newer(t) => Some(*t),
             _ => None,
         }
     }
@@ -140,7 +140,8 @@ impl Peers {
                     if m.version <= than {
                         return MapAnswer::NotNewer;
                     }
-                    return crate::cluster::map::parse(m.version, m.toml.as_bytes()).map_or(MapAnswer::NoAnswer, MapAnswer::Newer);
+                    return crate::cluster::map::parse(m.version, m.toml.as_bytes())
+                        .map_or(MapAnswer::NoAnswer, |t| MapAnswer::Newer(Box::new(t)));
                 }
                 Ok(Err(s)) => {
                     let hint = hongbao_proto::detail_of(&s).leader_hint_node;
