@@ -64,6 +64,9 @@ pub struct Shared {
     /// Packets sent, with their keys: what a grab may name.
     packets: Mutex<Vec<(u64, u64)>>,
     pub stop: AtomicBool,
+    /// While set, workers start no new operation (those in flight finish): a schedule that needs
+    /// the shards' logs still for a while (no new snapshot built) sets it.
+    pub hold: AtomicBool,
     /// Mix maximum-size and oversize requests in (the big-entries schedule).
     pub big: bool,
 }
@@ -78,6 +81,7 @@ impl Shared {
             history: Mutex::new(Vec::new()),
             packets: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
+            hold: AtomicBool::new(false),
         })
     }
 
@@ -236,6 +240,13 @@ pub async fn worker(shared: Arc<Shared>, client: Arc<Client>, seed: u64) {
     let slots = Arc::new(Semaphore::new(INFLIGHT_PER_WORKER));
     let mut ops = JoinSet::new();
     while !shared.stop.load(Ordering::Relaxed) {
+        if shared.hold.load(Ordering::Relaxed) {
+            while let Some(done) = ops.try_join_next() {
+                done.expect("operation task");
+            }
+            tokio::time::sleep(THINK).await;
+            continue;
+        }
         let permit = slots.clone().acquire_owned().await.expect("semaphore open");
         let op = pick_op(&shared, &mut rng);
         let (shared, client) = (shared.clone(), client.clone());

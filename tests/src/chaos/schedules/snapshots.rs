@@ -6,6 +6,7 @@ use crate::chaos::probes::*;
 use crate::Cluster;
 use rand::seq::SliceRandom;
 use rand::Rng;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Cut a node off while the others write and move leaders about; heal; it must catch up, by
@@ -48,11 +49,13 @@ pub(crate) fn truncate_half(p: &std::path::Path) -> Option<(u64, u64)> {
 }
 
 /// A follower left behind the purged log, and the leader's snapshot file of that shard torn
-/// (truncated to half) on disk again and again from just before the follower comes back until
-/// the follower has refused a torn copy: the refusal must show in the follower's
-/// `hongbao_snapshots_received_total{result="failed"}` for that shard. Then the tearing stops,
-/// and the follower must catch up on a whole snapshot (and, checked after the run, end with
-/// exactly the leader's data).
+/// (truncated to half) on disk while the follower needs it: the refusal must show in the
+/// follower's `hongbao_snapshots_received_total{result="failed"}` for that shard. The workload
+/// holds still meanwhile, so the leader builds no whole snapshot over the torn one before it is
+/// sent (with writes flowing it builds one every SMALL_SNAPSHOT_EVERY entries, and a send could
+/// read each new file before the tear). Then the workload goes on, the leader builds a whole
+/// snapshot, and the follower must catch up on it (and, checked after the run, end with exactly
+/// the leader's data).
 pub(crate) async fn corrupt_snapshot(c: &mut Cluster, rng: &mut impl Rng, log: &mut Log<'_>) {
     let Some((s, l)) = random_leader(c, rng).await else {
         log.note("no leader to take a snapshot from; waiting");
@@ -70,18 +73,55 @@ pub(crate) async fn corrupt_snapshot(c: &mut Cluster, rng: &mut impl Rng, log: &
     if !snapped {
         log.note(format!("node {l} built fewer than 3 snapshots in 10 s"));
     }
+    log.shared.hold.store(true, Ordering::Relaxed);
+    let still = builds_stop(c, l).await;
+    log.note(format!("workload held; node {l} built no snapshot for 1.5 s: {still}"));
+    tear_until_refused(c, s, l, f, log).await;
+    log.shared.hold.store(false, Ordering::Relaxed);
+    log.note("workload goes on; the leader builds a whole snapshot");
+    let installed = c.node_metric(f, SNAPSHOTS_INSTALLED).await.unwrap_or(0.0);
+    match catch_up(c, f, Duration::from_secs(20)).await {
+        Ok(d) => {
+            let now = c.node_metric(f, SNAPSHOTS_INSTALLED).await.unwrap_or(0.0);
+            log.proved(format!(
+                "node {f} caught up in {} ms past the torn snapshots ({} snapshot install(s) meanwhile)",
+                d.as_millis(),
+                now - installed
+            ));
+        }
+        Err(e) => log.missed(e),
+    }
+    sleep(1_000).await;
+}
+
+/// Waits (up to 15 s) until node `l` has built no snapshot for 1.5 s; whether it did.
+async fn builds_stop(c: &Cluster, l: u64) -> bool {
+    let t = Instant::now();
+    let mut last = (c.node_metric(l, SNAPSHOTS_BUILT).await.unwrap_or(0.0), Instant::now());
+    while t.elapsed() < Duration::from_secs(15) {
+        sleep(250).await;
+        let now = c.node_metric(l, SNAPSHOTS_BUILT).await.unwrap_or(0.0);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() >= Duration::from_millis(1_500) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Tears node `l`'s snapshot file of shard `s`, heals follower `f` and waits (up to 10 s) for `f`
+/// to refuse a torn copy, tearing again any newer file the leader built meanwhile.
+async fn tear_until_refused(c: &Cluster, s: u32, l: u64, f: u64, log: &mut Log<'_>) {
     let shard = s.to_string();
     let failed = [("shard", shard.as_str()), ("result", "failed")];
     let refused_before = node_metric_where(c, f, SNAPSHOTS_RECEIVED, &failed).await.unwrap_or(0.0);
     let sent_failed_before = node_metric_where(c, l, SNAPSHOTS_SENT, &failed).await.unwrap_or(0.0);
-    let installed = c.node_metric(f, SNAPSHOTS_INSTALLED).await.unwrap_or(0.0);
     let file = c.node_dir(l).join("snapshots").join(format!("shard-{s}.snap"));
     let mut left = None;
     let mut torn = tear(&file, &mut left, log);
-    log.note(format!("heal node {f}; tear {} again every 100 ms until node {f} refuses a torn copy", file.display()));
+    log.note(format!("heal node {f}; wait for it to refuse a torn copy of {}", file.display()));
     clear_faults(c).await;
-    // The leader builds a new snapshot every SMALL_SNAPSHOT_EVERY entries (renamed over the torn
-    // file), so tear whatever file is current until a torn one was sent and refused.
     let mut refused = refused_before;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(10) {
@@ -105,18 +145,6 @@ pub(crate) async fn corrupt_snapshot(c: &mut Cluster, rng: &mut impl Rng, log: &
             "node {f} refused no snapshot of shard {s} in 10 s of tearing node {l}'s file {torn} times ({SNAPSHOTS_RECEIVED}{{result=\"failed\"}} stayed {refused})"
         ));
     }
-    match catch_up(c, f, Duration::from_secs(20)).await {
-        Ok(d) => {
-            let now = c.node_metric(f, SNAPSHOTS_INSTALLED).await.unwrap_or(0.0);
-            log.proved(format!(
-                "node {f} caught up in {} ms past the torn snapshots ({} snapshot install(s) meanwhile)",
-                d.as_millis(),
-                now - installed
-            ));
-        }
-        Err(e) => log.missed(e),
-    }
-    sleep(1_000).await;
 }
 
 /// Truncates the snapshot file to half its length unless it is still the length this left it
