@@ -31,6 +31,12 @@ pub fn raft_config(t: &Topology) -> openraft::Config {
         max_in_snapshot_log_to_keep: r.keep_behind_snapshot,
         max_payload_entries: MAX_ENTRIES_PER_APPEND,
         enable_pre_vote: Some(true),
+        // A restarted leader must win an election (and commit a blank entry of its new term)
+        // before it serves: the committed index and the applied state are written unsynced, so
+        // after a power loss it may restart knowing less than was committed, and restoring its
+        // leadership without a vote would let it answer reads from that older state (#30).
+        // The cost is one election timeout after a leader restarts.
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
 }

@@ -163,7 +163,7 @@ impl Host {
     /// home-region replica, when no peer has its history); a replica added to an existing shard
     /// never is: it waits, empty and without a vote, for its leader to add it as a learner.
     async fn open_replica(self: &Arc<Self>, s: &hongbao_topology::Shard) -> anyhow::Result<Arc<Replica>> {
-        let log = LogStore::new(self.db.clone(), s.id);
+        let log = LogStore::open(self.db.clone(), s.id)?;
         let sm = StateMachine::open(self.db.clone(), s.id, self.config.clone(), &self.data_dir.join("snapshots"))?;
         let net = NetworkFactory { shard: s.id, peers: self.peers.clone() };
         let raft = Raft::new(self.node_id, self.raft_config.clone(), net, log, sm).await?;
@@ -371,6 +371,27 @@ impl Host {
         let _permit = self.read_permit(shard_id)?;
         self.confirm_read_index(&replica).await?;
         Ok(replica)
+    }
+
+    /// Waits until this replica, leading its shard, may answer from its own applied state
+    /// without a Raft round (PIN verdicts, revoked tokens, fast grab refusals). It may once it
+    /// has applied an entry of its own term: a new leader's first entry is the blank one it
+    /// commits after every entry of earlier terms, so its state then holds everything committed
+    /// before it led, even if it restarted knowing less (the committed index and the applied
+    /// state are written unsynced). Before that, one ReadIndex round waits for it.
+    pub async fn fence_local_read(&self, replica: &Replica) -> Result<(), HostError> {
+        if Self::applied_own_term(replica) {
+            return Ok(());
+        }
+        metrics::counter!(crate::metrics::FENCED_LOCAL_READS).increment(1);
+        let _permit = self.read_permit(replica.id)?;
+        self.confirm_read_index(replica).await
+    }
+
+    fn applied_own_term(replica: &Replica) -> bool {
+        let m = replica.raft.metrics();
+        let m = m.borrow_watched();
+        m.last_applied.as_ref().is_some_and(|l| l.leader_id.term == m.current_term)
     }
 
     async fn confirm_read_index(&self, replica: &Replica) -> Result<(), HostError> {

@@ -115,6 +115,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let stop_rx = host.stop_signal();
     let tasks = vec![
         hongbao_node::ops::gauges::spawn(host.clone(), stop_rx.clone()),
+        hongbao_node::storage::checkpoint::spawn(host.db.clone(), stop_rx.clone()),
         tokio::spawn(hongbao_node::cluster::directory::follow(host.clone(), stop_rx.clone())),
         // Every shard leader's own work, for each replica hosted here (`leader`).
         tokio::spawn(leader::supervise(host.clone(), &leader::Task::ALL, stop_rx.clone())),
@@ -200,6 +201,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
     }
     host.shutdown().await;
+    // A clean stop leaves nothing for the next start to re-apply.
+    if let Err(e) = host.db.checkpoint() {
+        tracing::error!(error = %e, "final checkpoint failed; the next start re-applies the log");
+    }
     tracing.shutdown().await;
     tracing::info!("bye");
     Ok(())

@@ -36,6 +36,12 @@ pub const SLOT_MOVE_STEPS: &str = "hongbao_slot_move_steps_total";
 pub const SLOT_MOVE_WALLETS: &str = "hongbao_slot_move_wallets_total";
 /// Half-way slot moves a shard leader took up to finish (their driver had gone).
 pub const SLOT_MOVES_RESUMED: &str = "hongbao_slot_moves_resumed_total";
+/// Checkpoints of the state column family (`storage::checkpoint`), and how long each took.
+pub const CHECKPOINTS: &str = "hongbao_checkpoints_total";
+pub const CHECKPOINT_SECONDS: &str = "hongbao_checkpoint_seconds";
+/// Answers from a leader's own state that first waited for a ReadIndex round: the leader had
+/// not yet applied an entry of its term (just elected, or restarted).
+pub const FENCED_LOCAL_READS: &str = "hongbao_fenced_local_reads_total";
 /// Proposals refused with OVERLOADED (in-flight limit reached).
 pub const OVERLOADED: &str = "hongbao_overloaded_total";
 /// Requests refused because the user's tokens were revoked past their token's issue time.
@@ -136,6 +142,12 @@ pub fn describe() {
     metrics::describe_counter!(SLOT_MOVE_STEPS, "Slot-move steps this node drove (arriving, sent, delivered, flipped)");
     metrics::describe_counter!(SLOT_MOVE_WALLETS, "Wallets sent by the slot moves this node drove");
     metrics::describe_counter!(SLOT_MOVES_RESUMED, "Attempts of this node's shard leaders to finish slot moves left half-way");
+    metrics::describe_counter!(CHECKPOINTS, "Checkpoints of the ledger state (flushes of the state column family)");
+    metrics::describe_histogram!(CHECKPOINT_SECONDS, "Time one checkpoint took");
+    metrics::describe_counter!(
+        FENCED_LOCAL_READS,
+        "Answers from a leader's own state that first waited for a ReadIndex round (no entry of its term applied yet)"
+    );
     metrics::describe_counter!(OVERLOADED, "Proposals refused with OVERLOADED (in-flight limit reached)");
     metrics::describe_counter!(PACKETS_EXPIRED, "Expired packets refunded by the sweeper");
     metrics::describe_counter!(PROPOSALS, "Ledger commands proposed on this node");
@@ -198,6 +210,8 @@ pub fn install() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle
         GRABS,
         GRABS_FAST_REJECTED,
         LEADER_TRANSFERS,
+        FENCED_LOCAL_READS,
+        CHECKPOINTS,
         OVERLOADED,
         PACKETS_EXPIRED,
         PROPOSALS,

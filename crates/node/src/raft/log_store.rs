@@ -1,13 +1,14 @@
 //! Raft log and vote of one shard, in the node's RocksDB (keys from `storage::keys`).
 //!
-//! Durability: every write here uses a synced WAL write, and openraft is told an append is
-//! durable only after that write returns, so an acknowledged entry or a granted vote survives
-//! kill -9. RocksDB groups concurrent synced writers into one fsync (group commit), which is what
+//! Durability: these records live in the log column family, the only one written through the
+//! WAL (`storage`). Every write here but the committed id is a synced WAL write, and openraft is
+//! told an append is durable only after that write returns, so an acknowledged entry or a
+//! granted vote survives kill -9 and power loss. RocksDB groups concurrent synced writers into one fsync (group commit), which is what
 //! lets many shards and many proposals share the cost of a disk flush.
 
 use crate::limits::MAX_APPEND_BYTES;
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
-use crate::storage::{keys, Db};
+use crate::storage::{keys, Db, Durability};
 use hongbao_ledger::ShardId;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::RaftLogReader;
@@ -27,6 +28,20 @@ pub struct LogStore {
 impl LogStore {
     pub fn new(db: Arc<Db>, shard: ShardId) -> LogStore {
         LogStore { db, shard }
+    }
+
+    /// `new`, after moving this shard's vote, committed and purged ids to the log column family
+    /// if an older node left them in the state one (`Db::adopt_legacy_record`).
+    pub fn open(db: Arc<Db>, shard: ShardId) -> io::Result<LogStore> {
+        let mut moved = false;
+        for k in [keys::vote(shard), keys::committed(shard), keys::purged(shard)] {
+            moved |= db.adopt_legacy_record(&k)?;
+        }
+        if moved {
+            db.checkpoint()?;
+            tracing::info!(shard, "moved the vote, committed and purged ids to the log column family");
+        }
+        Ok(LogStore { db, shard })
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -119,7 +134,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Synced: a vote granted and then forgotten by a crash could elect two leaders in a term.
         let mut b = self.db.batch();
         b.put(&keys::vote(self.shard), &crate::codec::encode(vote));
-        self.db.write_off_runtime(b, true).await
+        self.db.write_off_runtime(b, Durability::Synced).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
@@ -147,7 +162,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // One synced write for the whole batch: the entries are durable (and readable) when it
         // returns. Off the async workers: the fsync must not stall the node's other work.
-        let res = self.db.write_off_runtime(b, true).await;
+        let res = self.db.write_off_runtime(b, Durability::Synced).await;
         let ok = res.is_ok();
         callback.io_completed(res.map_err(|e| io::Error::new(e.kind(), e.to_string())));
         if ok {
@@ -161,7 +176,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
         let mut b = self.db.batch();
         b.delete_range(&keys::log(self.shard, from), &keys::log_range(self.shard).1);
-        self.db.write_off_runtime(b, true).await
+        self.db.write_off_runtime(b, Durability::Synced).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -171,6 +186,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut b = self.db.batch();
         b.put(&keys::purged(self.shard), &crate::codec::encode(&log_id));
         b.delete_range(&keys::log(self.shard, 0), &keys::log(self.shard, log_id.index + 1));
-        self.db.write_off_runtime(b, true).await
+        self.db.write_off_runtime(b, Durability::Synced).await
     }
 }

@@ -360,7 +360,10 @@ fn build_snapshot_file(db: &Db, shard: ShardId, dir: &Path, lock: &Mutex<()>) ->
     sync_dir(dir)?;
     let mut b = db.batch();
     b.put(&keys::snapshot_meta(shard), &encode(&snapshot_meta));
-    db.write_synced(b)?;
+    db.write_state(b)?;
+    // openraft purges the log behind a snapshot once it has it: first make the state durable up
+    // to at least the snapshot's last entry, so a crash never needs a purged entry to re-apply.
+    db.checkpoint()?;
     tracing::info!(shard, keys = count, last = ?snapshot_meta.last_log_id, "snapshot built");
     metrics::counter!(crate::metrics::SNAPSHOTS_BUILT).increment(1);
     Ok(Snapshot { meta: snapshot_meta, snapshot: SnapshotFile { path } })

@@ -39,13 +39,14 @@ fn seed(db: &Db, n: u64, tag: &str, applied: u64, value_len: usize) {
             v.resize(value_len.max(v.len()), b'.');
             b.put(&keys::data(SHARD, &key_of(i)), &v);
         }
-        db.write_unsynced(b).unwrap();
+        db.write_state(b).unwrap();
         done = (done + 10_000).min(n);
     }
     let mut b = db.batch();
     b.put(&keys::sm_meta(SHARD), &encode(&SmMeta { applied: Some(log_id(applied)), membership: Default::default() }));
     b.put(&keys::data(SHARD + 1, b"neighbour"), b"untouched");
-    db.write_synced(b).unwrap();
+    db.write_state(b).unwrap();
+    db.checkpoint().unwrap();
 }
 
 fn key_of(i: u64) -> Vec<u8> {
@@ -132,7 +133,7 @@ async fn installing_200k_keys_leaves_exactly_the_snapshots_keys_and_meta() {
     // Old keys beyond the snapshot's, that must go.
     let mut extra = b.db.batch();
     extra.put(&keys::data(SHARD, b"zzz-only-on-the-target"), b"stale");
-    b.db.write_synced(extra).unwrap();
+    b.db.write_state(extra).unwrap();
     b.sm.install_snapshot(&snap.meta, snap.snapshot.clone()).await.expect("install");
     let want = shard_data(&a.db, SHARD);
     assert_eq!(want.len(), 200_000);
@@ -290,7 +291,7 @@ async fn install_in_small_sst_pieces_replaces_the_data_range_exactly() {
     let mut more = b.db.batch();
     more.put(&keys::data(SHARD, &key_of(7)), b"in the memtable");
     more.put(&keys::data(SHARD, b"zzz-memtable-only"), b"stale");
-    b.db.write_unsynced(more).unwrap();
+    b.db.write_state(more).unwrap();
     let lock = ShardLock::default();
     let sm = install(&b.db, SHARD, &snap.meta, &snap.snapshot, &b.snap_dir, &lock, 1 << 20).unwrap();
     assert_eq!(sm.applied, Some(log_id(10)));

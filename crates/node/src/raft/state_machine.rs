@@ -9,7 +9,7 @@
 use crate::codec::{decode, encode};
 use crate::raft::snapshot::{self, ShardLock, SnapshotBuilder, SnapshotFile};
 use crate::raft::types::{AppResponse, LogId, SmMeta, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::storage::{keys, Db, ShardStore};
+use crate::storage::{keys, Db, Durability, ShardStore};
 use futures::StreamExt;
 use hongbao_ledger::{Ledger, LedgerConfig, ShardId};
 use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
@@ -100,9 +100,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         b.put(&keys::sm_meta(self.shard), &encode(&meta));
-        // Unsynced: the log entries are already durable; after a crash openraft re-applies
-        // from the last applied id that made it to disk.
-        self.db.write_off_runtime(b, false).await?;
+        // Without the WAL (the Raft log is the only one): durable at the next checkpoint, with
+        // the applied id beside it; after a crash openraft re-applies the log from there.
+        self.db.write_off_runtime(b, Durability::Checkpointed).await?;
         self.meta = meta;
         for (responder, reply) in replies {
             if let Some(r) = responder {

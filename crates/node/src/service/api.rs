@@ -75,13 +75,21 @@ impl ApiService {
     /// The leader's verdict on the PIN typed for a spend; refusals that need no Raft round
     /// (locked, no PIN set) answer at once. Only the verdict enters the command.
     async fn pin_check(&self, shard: ShardId, user: UserId, pin: &str) -> Result<PinCheck, Status> {
+        self.leading(shard).await?;
+        crate::service::pin::verdict(&self.host, &self.pins, shard, user, pin)
+            .await?
+            .map_err(|code| refused(&Outcome::err(code), shard, &About::user(user)))
+    }
+
+    /// This node leads `shard`, and its applied state holds every entry committed before its
+    /// term (`Host::fence_local_read`): the gate before answering from the leader's own state
+    /// without a Raft round (revoked tokens on writes, PIN verdicts). NotLeader elsewhere.
+    async fn leading(&self, shard: ShardId) -> Result<(), Status> {
         let replica = self.host.replica(shard)?;
         if !self.host.is_leader(&replica) {
             return Err(self.host.not_leader(&replica, None).into());
         }
-        crate::service::pin::verdict(&self.host, &self.pins, shard, user, pin)
-            .await?
-            .map_err(|code| refused(&Outcome::err(code), shard, &About::user(user)))
+        Ok(self.host.fence_local_read(&replica).await?)
     }
 
     /// Gate for reads: linearizable unless the caller allows a stale local read. Hold the permit
@@ -90,9 +98,6 @@ impl ApiService {
         Ok(self.host.begin_read(shard, allow_stale).await?)
     }
 
-    /// Refuses a request whose user token (issued at `issued_s`, as the router read it; 0: no
-    /// user token) was revoked: issued before the account's `tokens_void_before_s`. Read from
-    /// this node's applied state, before proposing or answering.
     /// A spend from `user`'s wallet (withdraw, transfer): checks, in this order, that the user's
     /// token is not revoked, the device string is bounded, the request id is well formed, and
     /// the typed PIN's verdict (the only part of the PIN that enters the command); then proposes
@@ -109,6 +114,7 @@ impl ApiService {
         verification: &Option<hongbao_proto::v1::Verification>,
         cmd: impl FnOnce(Spend) -> Command,
     ) -> Res<WalletReply> {
+        self.leading(shard).await?;
         self.token_live(shard, user, token_issued_s)?;
         self.text("device", &device)?;
         let id = request_id(request_id_bytes)?;
@@ -118,6 +124,9 @@ impl ApiService {
         self.wallet_reply(o, shard)
     }
 
+    /// Refuses a request whose user token (issued at `issued_s`, as the router read it; 0: no
+    /// user token) was revoked: issued before the account's `tokens_void_before_s`. Read from
+    /// this node's applied state: after the read gate on reads, after `leading` on writes.
     fn token_live(&self, shard: ShardId, user: UserId, issued_s: u64) -> Result<(), Status> {
         if issued_s == 0 {
             return Ok(());
@@ -185,6 +194,7 @@ impl ApiService {
         if !self.host.is_leader(&s) {
             return Ok(None);
         }
+        self.host.fence_local_read(&s).await?;
         let now = || self.host.ledger_time_ms(shard);
         if let Some(code) = view::grab_refusal(&self.host.store(shard), id, packet, key, grabber, now) {
             return Ok(Some(code));
@@ -329,6 +339,7 @@ impl Wallet for ApiService {
     async fn set_pin(&self, req: Request<SetPinRequest>) -> Res<WalletReply> {
         let r = req.into_inner();
         let shard = self.user_shard(r.user)?;
+        self.leading(shard).await?;
         self.token_live(shard, r.user, r.token_issued_s)?;
         let id = request_id(&r.request_id)?;
         if !hongbao_auth::valid_pin(&r.pin) {
@@ -365,6 +376,7 @@ impl Packets for ApiService {
     async fn send(&self, req: Request<SendPacketRequest>) -> Res<SendPacketReply> {
         let r = req.into_inner();
         let shard = self.user_shard(r.sender)?;
+        self.leading(shard).await?;
         self.token_live(shard, r.sender, r.token_issued_s)?;
         self.text("device", &r.device)?;
         self.text("greeting", &r.greeting)?;

@@ -13,8 +13,10 @@
 //! | `s`   | `s`                         | meta of the last snapshot built/installed |
 //! | `D`   | `D <ledger key>`            | ledger state (the ledger owns its keys)  |
 //!
-//! Big-endian numbers keep log entries in index order for range scans. Log keys (`L`) live in
-//! their own column family (see `storage::Db`); every other table is in the default one.
+//! Big-endian numbers keep log entries in index order for range scans. Raft's own tables (`L`,
+//! `v`, `c`, `p`) live in the log column family, the only one written through the WAL; the
+//! state tables (`m`, `s`, `D`) are in the default one, written without it and made durable by
+//! checkpoints (see `storage::Db`).
 
 use hongbao_ledger::ShardId;
 
@@ -45,6 +47,16 @@ pub fn is_log(k: &[u8]) -> bool {
 
 const LOG_TABLE: u8 = b'L';
 
+/// Whether a key (or the start of a range) belongs to one of Raft's own tables: the log, the
+/// vote, the committed and the purged log id. Those live in the log column family.
+pub fn in_log_cf(k: &[u8]) -> bool {
+    k.len() >= 6 && k[0] == SHARD_PREFIX && matches!(k[5], LOG_TABLE | VOTE_TABLE | COMMITTED_TABLE | PURGED_TABLE)
+}
+
+const VOTE_TABLE: u8 = b'v';
+const COMMITTED_TABLE: u8 = b'c';
+const PURGED_TABLE: u8 = b'p';
+
 /// Index of a log key, the inverse of [`log`].
 pub fn log_index(k: &[u8]) -> u64 {
     assert_eq!(k.len(), 14, "log key has prefix(5) + table(1) + index(8)");
@@ -52,13 +64,13 @@ pub fn log_index(k: &[u8]) -> u64 {
 }
 
 pub fn vote(shard: ShardId) -> Vec<u8> {
-    key(shard, b'v', &[])
+    key(shard, VOTE_TABLE, &[])
 }
 pub fn committed(shard: ShardId) -> Vec<u8> {
-    key(shard, b'c', &[])
+    key(shard, COMMITTED_TABLE, &[])
 }
 pub fn purged(shard: ShardId) -> Vec<u8> {
-    key(shard, b'p', &[])
+    key(shard, PURGED_TABLE, &[])
 }
 pub fn sm_meta(shard: ShardId) -> Vec<u8> {
     key(shard, b'm', &[])
@@ -92,6 +104,22 @@ mod tests {
         let (a, b) = data_range(1);
         assert!(a <= data(1, b"\xff\xff") && data(1, b"\xff\xff") < b);
         assert!(vote(1) < a || vote(1) >= b);
+    }
+
+    #[test]
+    fn raft_records_go_to_the_log_column_family_and_state_records_do_not() {
+        for k in [log(3, 0), log_range(3).0, vote(3), committed(3), purged(3)] {
+            assert!(in_log_cf(&k), "{k:?}");
+        }
+        for k in [sm_meta(3), snapshot_meta(3), data(3, b"v"), data(3, b""), data_range(3).1] {
+            assert!(!in_log_cf(&k), "{k:?}");
+        }
+        // A log range's end key names the next table, still inside the log column family's
+        // order but never one of Raft's other records.
+        let (a, b) = log_range(3);
+        for k in [vote(3), committed(3), purged(3)] {
+            assert!(k < a || k >= b, "{k:?}");
+        }
     }
 
     #[test]

@@ -1,7 +1,17 @@
 //! The node's one RocksDB: every shard's Raft log, vote and ledger state, in shard-prefixed
 //! keys (see `keys`). A thin wrapper that turns RocksDB errors into `io::Error` (what openraft's
-//! storage traits speak) and makes the sync choice explicit at every write.
+//! storage traits speak) and makes the durability of every write explicit (`Durability`).
+//!
+//! The Raft log is the only write-ahead log. Raft's records (log entries, vote, committed and
+//! purged ids) live in the log column family and go through RocksDB's WAL. The ledger state and
+//! the applied index (the state column family, RocksDB's default one) never do: each applied
+//! batch goes to the memtable alone and becomes durable at the next `checkpoint` (a flush).
+//! RocksDB flushes whole write batches, in order, so what is durable is always the state after
+//! some whole applied batch, with its own applied index beside it; after a crash openraft
+//! re-applies the log from that index. The log is never purged past it: snapshots, after
+//! which openraft purges, checkpoint before they are handed over (docs/design.md, "Storage").
 
+pub mod checkpoint;
 pub mod keys;
 pub mod shard_store;
 
@@ -111,7 +121,21 @@ impl Db {
     }
 
     pub fn open_with_statistics(path: &Path, statistics: bool) -> io::Result<Db> {
+        Db::open_inner(path, statistics, false)
+    }
+
+    /// `open`, but closing this `Db` drops the memtables' WAL-less state instead of flushing it:
+    /// what a crash does (`raft/crash_tests.rs`).
+    #[cfg(test)]
+    pub fn open_losing_memtables_on_close(path: &Path) -> io::Result<Db> {
+        Db::open_inner(path, false, true)
+    }
+
+    fn open_inner(path: &Path, statistics: bool, lose_memtables_on_close: bool) -> io::Result<Db> {
         let mut opts = Options::default();
+        if lose_memtables_on_close {
+            opts = opts.get_options_from_string("avoid_flush_during_shutdown=true").map_err(io_err)?;
+        }
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // Several shards append concurrently: let their synced writes share one WAL fsync.
@@ -149,9 +173,9 @@ impl Db {
         self.db.cf_handle(LOG_CF).expect("the log column family is created at open")
     }
 
-    /// The column family a key lives in: the Raft log apart, everything else in the default one.
+    /// The column family a key lives in: Raft's records in the log's, the state in the default.
     fn cf_of(&self, key: &[u8]) -> &ColumnFamily {
-        if keys::is_log(key) {
+        if keys::in_log_cf(key) {
             self.log_cf()
         } else {
             self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).expect("default column family")
@@ -217,32 +241,83 @@ impl Db {
     }
 
     pub fn batch(&self) -> Batch<'_> {
-        Batch { wb: WriteBatch::default(), db: self }
+        Batch { wb: WriteBatch::default(), db: self, log_ops: 0, state_ops: 0 }
     }
 
-    fn write(&self, wb: WriteBatch, sync: bool) -> io::Result<()> {
+    /// Writes a batch as `how` says. A batch is all Raft records (through the WAL) or all state
+    /// (without it), never both: a state write in the WAL would come back after a crash without
+    /// the earlier state it was applied on top of.
+    fn write(&self, b: Batch<'_>, how: Durability) -> io::Result<()> {
+        self.write_parts(b.wb, b.log_ops, b.state_ops, how)
+    }
+
+    fn write_parts(&self, wb: WriteBatch, log_ops: usize, state_ops: usize, how: Durability) -> io::Result<()> {
         let mut wo = WriteOptions::default();
-        wo.set_sync(sync);
+        match how {
+            Durability::Synced | Durability::Unsynced => {
+                assert_eq!(state_ops, 0, "state keys never go through the WAL");
+                wo.set_sync(how == Durability::Synced);
+            }
+            Durability::Checkpointed => {
+                assert_eq!(log_ops, 0, "Raft records always go through the WAL");
+                wo.disable_wal(true);
+            }
+        }
         self.db.write_opt(wb, &wo).map_err(io_err)
     }
 
-    /// Durable when it returns: the WAL is fsynced (and with it every earlier write).
+    /// Raft records, durable when it returns: the WAL is fsynced (and with it every earlier write).
     pub fn write_synced(&self, b: Batch<'_>) -> io::Result<()> {
-        self.write(b.wb, true)
+        self.write(b, Durability::Synced)
     }
 
-    /// In the WAL but not yet fsynced: used where a loss is repaired by replaying the Raft log.
+    /// Raft records in the WAL but not yet fsynced: where a loss is re-learned from the leader.
     pub fn write_unsynced(&self, b: Batch<'_>) -> io::Result<()> {
-        self.write(b.wb, false)
+        self.write(b, Durability::Unsynced)
     }
 
-    /// `write_synced` / `write_unsynced` on the blocking pool. A synced write waits for an fsync,
-    /// and an unsynced one can wait in the same RocksDB write group for another's fsync; on the
-    /// async workers that would stall every other request of the node meanwhile.
-    pub async fn write_off_runtime(self: &std::sync::Arc<Self>, b: Batch<'_>, sync: bool) -> io::Result<()> {
+    /// State, without the WAL: durable at the next `checkpoint`.
+    pub fn write_state(&self, b: Batch<'_>) -> io::Result<()> {
+        self.write(b, Durability::Checkpointed)
+    }
+
+    /// `write` on the blocking pool. A synced write waits for an fsync, and any other can wait in
+    /// the same RocksDB write group for one; on the async workers that would stall every other
+    /// request of the node meanwhile.
+    pub async fn write_off_runtime(self: &std::sync::Arc<Self>, b: Batch<'_>, how: Durability) -> io::Result<()> {
         let db = self.clone();
-        let wb = b.wb;
-        tokio::task::spawn_blocking(move || db.write(wb, sync)).await.map_err(|e| io::Error::other(format!("write task: {e}")))?
+        let (wb, log_ops, state_ops) = (b.wb, b.log_ops, b.state_ops);
+        tokio::task::spawn_blocking(move || db.write_parts(wb, log_ops, state_ops, how))
+            .await
+            .map_err(|e| io::Error::other(format!("write task: {e}")))?
+    }
+
+    /// Moves `key` (one of Raft's records) from the state column family, where nodes before the
+    /// Raft log became the only WAL kept it, into the log's: written there synced first, then
+    /// dropped from the state (durable at the next checkpoint; a copy a crash leaves meanwhile
+    /// is dropped the next time). Whether there was one to move.
+    pub fn adopt_legacy_record(&self, key: &[u8]) -> io::Result<bool> {
+        assert!(keys::in_log_cf(key), "only Raft's records move to the log column family");
+        let state = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).expect("default column family");
+        let Some(old) = self.db.get_cf(state, key).map_err(io_err)? else { return Ok(false) };
+        if self.db.get_cf(self.log_cf(), key).map_err(io_err)?.is_none() {
+            let mut wb = WriteBatch::default();
+            wb.put_cf(self.log_cf(), key, &old);
+            self.write_parts(wb, 1, 0, Durability::Synced)?;
+        }
+        let mut wb = WriteBatch::default();
+        wb.delete_cf(state, key);
+        self.write_parts(wb, 0, 1, Durability::Checkpointed)?;
+        Ok(true)
+    }
+
+    /// Makes every state write made so far durable: flushes the state column family's memtables
+    /// (whole batches, in order) and waits for the flush. The checkpoint of `docs/design.md`.
+    pub fn checkpoint(&self) -> io::Result<()> {
+        let cf = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).expect("default column family");
+        let mut o = rocksdb::FlushOptions::default();
+        o.set_wait(true);
+        self.db.flush_cf_opt(cf, &o).map_err(io_err)
     }
 
     /// A consistent point-in-time view (for snapshots and reads that must not tear). Reads through
@@ -310,22 +385,45 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// One atomic write. Each operation goes to its key's column family; RocksDB applies a batch
-/// across column families atomically.
+/// How a write reaches the disk (`Db::write`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Durability {
+    /// Raft records through the WAL, fsynced before the write returns.
+    Synced,
+    /// Raft records through the WAL, not yet fsynced.
+    Unsynced,
+    /// State without the WAL: durable at the next checkpoint.
+    Checkpointed,
+}
+
+/// One atomic write. Each operation goes to its key's column family, and counts which kind it is
+/// (`Db::write` refuses a batch of both).
 pub struct Batch<'a> {
     wb: WriteBatch,
     db: &'a Db,
+    log_ops: usize,
+    state_ops: usize,
 }
 
 impl Batch<'_> {
+    fn count(&mut self, k: &[u8]) {
+        if keys::in_log_cf(k) {
+            self.log_ops += 1;
+        } else {
+            self.state_ops += 1;
+        }
+    }
     pub fn put(&mut self, k: &[u8], v: &[u8]) {
+        self.count(k);
         self.wb.put_cf(self.db.cf_of(k), k, v);
     }
     pub fn delete(&mut self, k: &[u8]) {
+        self.count(k);
         self.wb.delete_cf(self.db.cf_of(k), k);
     }
     /// `[from, to)`, within one column family (`to` may be the first key after a table).
     pub fn delete_range(&mut self, from: &[u8], to: &[u8]) {
+        self.count(from);
         self.wb.delete_range_cf(self.db.cf_of(from), from, to);
     }
     pub fn len(&self) -> usize {
