@@ -38,5 +38,9 @@ async fn the_bench_drives_both_scenarios_through_the_routers_and_passes_its_audi
         assert!(headline["ops"].as_u64().unwrap_or(0) > 0, "{args:?} answered nothing: {headline}");
         assert!(r["summary"]["series"].as_array().is_some_and(|s| !s.is_empty()), "{args:?}: no time series");
         assert_eq!(r["audit"]["balanced"], true, "{args:?}: {}", r["audit"]);
+        // The cluster's 3 nodes and 3 routers were found and worked: each grab cost some CPU.
+        let cpu = &r["cpu"];
+        assert!(cpu["node_processes"].as_u64() >= Some(3) && cpu["router_processes"].as_u64() >= Some(3), "{args:?}: {cpu}");
+        assert!(cpu["nodes_us_per_op"].as_f64().is_some_and(|us| us > 0.0), "{args:?}: {cpu}");
     }
 }

@@ -25,6 +25,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod check;
+mod cpu;
 mod limits;
 mod region_kill;
 mod report;
@@ -172,19 +173,29 @@ struct Load {
     events: Vec<Event>,
     warnings: Vec<String>,
     failures: Vec<String>,
+    /// `/proc` samples of the cluster's processes when measuring started and when it ended.
+    cpu: Option<(cpu::Sample, cpu::Sample)>,
 }
 
 async fn run(args: Args) -> anyhow::Result<i32> {
     let plan = plan(args)?;
     let clients = Arc::new(Clients::new(plan.topology.clone(), &plan.args.routers, plan.credentials.clone()));
     let users = setup(&plan, &clients).await?;
-    let Load { ctx, mode, slots, events, warnings, mut failures } = load(&plan, clients.clone(), users).await;
+    let Load { ctx, mode, slots, events, warnings, mut failures, cpu } = load(&plan, clients.clone(), users).await;
 
     // Results of the measured window. Ops still in flight at stop_at are counted when they
     // finish; ops/s divides by the scheduled window.
     let summary = ctx.recorder.lock().expect("recorder lock").summary(Duration::from_secs(plan.args.duration));
     let title = format!("hongbao-bench {}: {}", plan.args.scenario.name(), mode);
     report::print_table(&title, &summary);
+    let cpu = cpu.and_then(|(a, b)| cpu::between(&a, &b, summary.headline.ops));
+    match &cpu {
+        Some(u) => println!(
+            "cluster CPU per op: {:.1} µs ({} nodes {:.1} µs, {} routers {:.1} µs; /proc, the bench not counted)",
+            u.cluster_us_per_op, u.node_processes, u.nodes_us_per_op, u.router_processes, u.routers_us_per_op
+        ),
+        None => println!("cluster CPU per op: not measured (no hongbao-node process found in /proc)"),
+    }
     if summary.headline.ops == 0 {
         failures.push("no op was answered in the measured window".into());
     }
@@ -203,6 +214,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         events: &events,
         checks,
         audit,
+        cpu,
         warnings: &warnings,
         failures: &failures,
         passed: failures.is_empty(),
@@ -329,12 +341,19 @@ async fn load(plan: &Plan, clients: Arc<Clients>, users: Users) -> Load {
         _ => None,
     };
     let progress_task = tokio::spawn(progress(ctx.clone(), measure_start));
+    let cpu_task = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_start.into()).await;
+        let a = cpu::sample();
+        tokio::time::sleep_until(stop_at.into()).await;
+        (a, cpu::sample())
+    });
     match rounds_per_sec {
         Some(per_sec) => workload::open_loop(ctx.clone(), per_sec, slots).await,
         None => workload::closed_loop(ctx.clone(), slots).await,
     }
     progress_task.abort();
     let load_end = Instant::now();
+    let cpu = cpu_task.await.ok();
     let (mut failures, mut warnings) = (Vec::new(), Vec::new());
     if let Some(t) = kill_task {
         match t.await {
@@ -348,7 +367,7 @@ async fn load(plan: &Plan, clients: Arc<Clients>, users: Users) -> Load {
         load_end.saturating_duration_since(stop_at).as_secs_f64()
     );
     let events = events.lock().expect("events lock").clone();
-    Load { ctx, mode, slots, events, warnings, failures }
+    Load { ctx, mode, slots, events, warnings, failures, cpu }
 }
 
 /// One progress line a second: the last complete second's headline ops.

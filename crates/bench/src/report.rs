@@ -19,6 +19,8 @@ pub struct RunResult<'a> {
     pub events: &'a [Event],
     pub checks: Checks,
     pub audit: Audit,
+    /// The cluster's CPU in the measured window (`cpu`), when it could be read.
+    pub cpu: Option<crate::cpu::Usage>,
     pub warnings: &'a [String],
     pub failures: &'a [String],
     pub passed: bool,
