@@ -34,12 +34,19 @@ pub const MAX_APPEND_BYTES: usize = 8 << 20;
 /// Most entries in one AppendEntries; the log store's replication read also stops at
 /// `log_store::MAX_APPEND_BYTES`, which is what bounds one message in bytes.
 pub const MAX_ENTRIES_PER_APPEND: u64 = 256;
+/// The recent entries a shard's log store keeps decoded in memory (`log_store::Recent`), so that
+/// apply and replication read them without RocksDB: at most this many, and about this many bytes
+/// of encoded entries (the entry that crosses it stays). A few seconds of a storm's entries.
+pub const RECENT_ENTRIES: usize = 4_096;
+pub const RECENT_ENTRY_BYTES: usize = 32 << 20;
 /// gRPC message limit for Raft traffic (a batch of entries plus framing).
 pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
 /// Snapshot chunk size: bounded so a chunk never dominates memory or a gRPC frame.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// A snapshot larger than this is refused rather than filling the disk.
 pub const MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
+
+const _: () = assert!(RECENT_ENTRY_BYTES >= MAX_APPEND_BYTES, "one replication read fits in the recent entries");
 
 // Reads and the public API.
 /// Reads in flight on this node (all shards, linearizable or stale) before new ones get

@@ -6,16 +6,17 @@
 //! granted vote survives kill -9 and power loss. RocksDB groups concurrent synced writers into one fsync (group commit), which is what
 //! lets many shards and many proposals share the cost of a disk flush.
 
-use crate::limits::MAX_APPEND_BYTES;
+use crate::limits::{MAX_APPEND_BYTES, RECENT_ENTRIES, RECENT_ENTRY_BYTES};
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
 use crate::storage::{keys, Db, Durability};
 use hongbao_ledger::ShardId;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::RaftLogReader;
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 const _: () = assert!(MAX_APPEND_BYTES * 2 <= crate::limits::MAX_RAFT_MESSAGE);
 
@@ -23,11 +24,97 @@ const _: () = assert!(MAX_APPEND_BYTES * 2 <= crate::limits::MAX_RAFT_MESSAGE);
 pub struct LogStore {
     db: Arc<Db>,
     shard: ShardId,
+    /// Shared with this store's readers (clones): the same log.
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// The shard's most recent entries, decoded, as they were appended and made durable: apply
+/// (every replica) and replication (the leader) read committed entries right after they were
+/// appended, and serving those from here spares a RocksDB read and a decode of each. Always a
+/// run of consecutive indexes that ends at the log's last entry, or empty; a read it cannot
+/// answer whole goes to RocksDB. Bounded by `RECENT_ENTRIES` and `RECENT_ENTRY_BYTES`.
+#[derive(Default)]
+struct Recent {
+    /// Each entry with its encoded size.
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn last_index(&self) -> Option<u64> {
+        self.entries.back().map(|(e, _)| e.log_id.index)
+    }
+
+    /// Entries just made durable; a gap (a truncation or purge this missed, a restart) starts
+    /// the run afresh.
+    fn appended(&mut self, new: Vec<(Entry, usize)>) {
+        let Some((first, _)) = new.first() else { return };
+        if self.last_index().is_some_and(|l| l + 1 != first.log_id.index) {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        for (e, n) in new {
+            self.bytes += n;
+            self.entries.push_back((e, n));
+        }
+        while self.entries.len() > RECENT_ENTRIES || (self.bytes > RECENT_ENTRY_BYTES && self.entries.len() > 1) {
+            let (_, n) = self.entries.pop_front().expect("not empty");
+            self.bytes -= n;
+        }
+    }
+
+    /// Entries after `index` are gone from the log.
+    fn truncated_after(&mut self, index: Option<u64>) {
+        while self.last_index().is_some_and(|l| index.is_none_or(|i| l > i)) {
+            let (_, n) = self.entries.pop_back().expect("not empty");
+            self.bytes -= n;
+        }
+    }
+
+    /// Entries up to `index` are gone from the log.
+    fn purged_up_to(&mut self, index: u64) {
+        while self.first_index().is_some_and(|f| f <= index) {
+            let (_, n) = self.entries.pop_front().expect("not empty");
+            self.bytes -= n;
+        }
+    }
+
+    /// Entries `[start, end)`, stopping once `max_bytes` of them are taken (but never before the
+    /// first); None unless this holds every entry of the range.
+    fn read(&self, start: u64, end: u64, max_bytes: usize) -> Option<Vec<Entry>> {
+        let (first, last) = (self.first_index()?, self.last_index()?);
+        if start >= end || start < first || end > last + 1 {
+            return None;
+        }
+        let from = usize::try_from(start - first).expect("a recent index fits in usize");
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for (e, n) in self.entries.range(from..) {
+            if e.log_id.index >= end {
+                break;
+            }
+            debug_assert_eq!(e.log_id.index, start + out.len() as u64, "recent entries are consecutive");
+            bytes += n;
+            out.push(e.clone());
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Some(out)
+    }
 }
 
 impl LogStore {
     pub fn new(db: Arc<Db>, shard: ShardId) -> LogStore {
-        LogStore { db, shard }
+        LogStore { db, shard, recent: Arc::default() }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().expect("recent entries lock")
     }
 
     /// `new`, after moving this shard's vote, committed and purged ids to the log column family
@@ -41,7 +128,7 @@ impl LogStore {
             db.checkpoint()?;
             tracing::info!(shard, "moved the vote, committed and purged ids to the log column family");
         }
-        Ok(LogStore { db, shard })
+        Ok(LogStore::new(db, shard))
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -99,16 +186,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let end_key = match range.end_bound() {
-            Bound::Included(x) => keys::log(self.shard, x.saturating_add(1)),
-            Bound::Excluded(x) => keys::log(self.shard, *x),
-            Bound::Unbounded => keys::log_range(self.shard).1,
+        let end = match range.end_bound() {
+            Bound::Included(x) => Some(x.saturating_add(1)),
+            Bound::Excluded(x) => Some(*x),
+            Bound::Unbounded => None,
+        };
+        if let Some(found) = end.and_then(|end| self.recent().read(start, end, usize::MAX)) {
+            return Ok(found);
+        }
+        let end_key = match end {
+            Some(end) => keys::log(self.shard, end),
+            None => keys::log_range(self.shard).1,
         };
         self.read_entries(start, &end_key, usize::MAX)
     }
 
     /// Replication's read: at least one entry, at most about `MAX_APPEND_BYTES`.
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        if let Some(found) = self.recent().read(start, end, MAX_APPEND_BYTES) {
+            return Ok(found);
+        }
         self.read_entries(start, &keys::log(self.shard, end), MAX_APPEND_BYTES)
     }
 
@@ -157,13 +254,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut b = self.db.batch();
+        let mut recent = Vec::new();
         for e in entries {
-            b.put(&keys::log(self.shard, e.log_id.index), &crate::codec::encode(&e));
+            let bytes = crate::codec::encode(&e);
+            b.put(&keys::log(self.shard, e.log_id.index), &bytes);
+            recent.push((e, bytes.len()));
         }
         // One synced write for the whole batch: the entries are durable (and readable) when it
         // returns. Off the async workers: the fsync must not stall the node's other work.
         let res = self.db.write_off_runtime(b, Durability::Synced).await;
         let ok = res.is_ok();
+        if ok {
+            // Before openraft hears of it, so that applying them finds them here.
+            self.recent().appended(recent);
+        }
         callback.io_completed(res.map_err(|e| io::Error::new(e.kind(), e.to_string())));
         if ok {
             Ok(())
@@ -174,6 +278,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
+        // Out of memory first: no read may find an entry the log is losing.
+        self.recent().truncated_after(last_log_id.map(|l| l.index));
         let mut b = self.db.batch();
         b.delete_range(&keys::log(self.shard, from), &keys::log_range(self.shard).1);
         self.db.write_off_runtime(b, Durability::Synced).await
@@ -181,11 +287,52 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // Record the purge point first, in the same batch: a crash never leaves a hole that the
-        // log state would not explain. Synced, because it also makes durable the applied state
-        // written before it (the WAL is ordered), and purged entries can't be replayed any more.
+        // log state would not explain. Synced: purged entries can't be replayed any more. The
+        // state they built is durable already: openraft purges only behind a snapshot, and the
+        // snapshot builder checkpoints before handing one over (`storage`).
+        self.recent().purged_up_to(log_id.index);
         let mut b = self.db.batch();
         b.put(&keys::purged(self.shard), &crate::codec::encode(&log_id));
         b.delete_range(&keys::log(self.shard, 0), &keys::log(self.shard, log_id.index + 1));
         self.db.write_off_runtime(b, Durability::Synced).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::Batch;
+    use openraft::entry::RaftEntry;
+    use openraft::testing::log_id;
+
+    fn entry(index: u64) -> (Entry, usize) {
+        (Entry::new_normal(log_id::<crate::raft::types::TypeConfig>(1, 1, index), Batch(vec![], 0)), 100)
+    }
+
+    fn indexes(v: &[Entry]) -> Vec<u64> {
+        v.iter().map(|e| e.log_id.index).collect()
+    }
+
+    /// The recent entries answer only ranges they hold whole; appends after a gap, truncations
+    /// and purges keep them one consecutive run ending at the log's last entry.
+    #[test]
+    fn recent_entries_answer_only_whole_ranges_and_follow_truncations_and_purges() {
+        let mut r = Recent::default();
+        r.appended((5..=9).map(entry).collect());
+        assert_eq!(indexes(&r.read(6, 9, usize::MAX).expect("held")), vec![6, 7, 8]);
+        assert!(r.read(4, 7, usize::MAX).is_none(), "4 is not held");
+        assert!(r.read(8, 11, usize::MAX).is_none(), "10 is not held");
+        assert_eq!(indexes(&r.read(5, 10, 250).expect("held")), vec![5, 6, 7], "stops once 250 bytes are taken");
+        r.truncated_after(Some(7));
+        assert_eq!(r.last_index(), Some(7));
+        r.appended(vec![entry(8)]);
+        assert_eq!(indexes(&r.read(5, 9, usize::MAX).expect("held")), vec![5, 6, 7, 8]);
+        r.appended(vec![entry(20)]);
+        assert_eq!((r.first_index(), r.last_index()), (Some(20), Some(20)), "a gap starts afresh");
+        r.purged_up_to(20);
+        assert!(r.read(20, 21, usize::MAX).is_none() && r.bytes == 0);
+        r.appended((1..=(RECENT_ENTRIES as u64 + 10)).map(entry).collect());
+        assert_eq!(r.entries.len(), RECENT_ENTRIES, "bounded");
+        assert_eq!(r.first_index(), Some(11));
     }
 }
