@@ -266,14 +266,20 @@ async fn acknowledged_writes_survive_kill_9_of_every_replica_at_once(nodes_per_r
     assert_eq!(audit.total_topups_cents, total);
 }
 
+/// Rounds of the kill test: `default`, or `HONGBAO_KILL_ALL_ROUNDS` (the soak,
+/// `scripts/soak-kill-all`).
+fn kill_rounds(default: u64) -> u64 {
+    std::env::var("HONGBAO_KILL_ALL_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9_of_every_replica_at_once_twenty_times_on_3x1() {
-    acknowledged_writes_survive_kill_9_of_every_replica_at_once(1, 20).await;
+    acknowledged_writes_survive_kill_9_of_every_replica_at_once(1, kill_rounds(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9_of_every_replica_at_once_ten_times_on_3x3() {
-    acknowledged_writes_survive_kill_9_of_every_replica_at_once(3, 10).await;
+    acknowledged_writes_survive_kill_9_of_every_replica_at_once(3, kill_rounds(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
