@@ -37,8 +37,8 @@ pub const MAX_ENTRIES_PER_APPEND: u64 = 256;
 /// The recent entries a shard's log store keeps decoded in memory (`log_store::Recent`), so that
 /// apply and replication read them without RocksDB: at most this many, and about this many bytes
 /// of encoded entries (the entry that crosses it stays). A few seconds of a storm's entries.
-pub const RECENT_ENTRIES: usize = 4_096;
-pub const RECENT_ENTRY_BYTES: usize = 32 << 20;
+pub const RECENT_ENTRIES: usize = 1_024;
+pub const RECENT_ENTRY_BYTES: usize = 16 << 20;
 /// gRPC message limit for Raft traffic (a batch of entries plus framing).
 pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
 /// Snapshot chunk size: bounded so a chunk never dominates memory or a gRPC frame.
