@@ -160,8 +160,11 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             self.totals.dedup_oldest_ms = next;
         }
         // A challenge is dead once `now >= expires_ms` (`check_device`); gone, it is refused alike.
+        // A challenge added later expires after `now`, not at it, so an empty index's bound is
+        // "never" (`challenge` lowers it on insert); with `now` every command would scan it.
         let oldest = self.totals.challenges_oldest_ms;
-        if let Some((due, next)) = self.due(keys::challenge_expiry_all(), now.checked_add(1), oldest, now) {
+        let index = keys::challenge_expiry_all();
+        if let Some((due, next)) = self.due_limited(index, now.checked_add(1), oldest, u64::MAX, self.config.dedup_gc_per_apply) {
             for k in due {
                 self.db.delete(keys::challenge(keys::challenge_expiry_id(&k)));
                 self.db.delete(k);
@@ -184,15 +187,16 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
     }
 
     /// The rows of a time index (keys `prefix time ...`) with time before `until`, at most
-    /// `limit`, and the index's new lower bound: the first row left, or `now` when none is (every
-    /// row added later has a time at or after `now`). None when the bound says nothing is due,
-    /// so most commands cost no scan.
+    /// `limit`, and the index's new lower bound: the first row left, or `empty` when none is (no
+    /// row added later has a time before `empty`; `now` for the indexes whose rows are stamped
+    /// with the apply time or later). None when the bound says nothing is due, so most commands
+    /// cost no scan.
     fn due_limited(
         &self,
         index: (Vec<u8>, Vec<u8>),
         until: Option<u64>,
         oldest: u64,
-        now: u64,
+        empty: u64,
         limit: usize,
     ) -> Option<(Vec<Vec<u8>>, u64)> {
         let until = until?;
@@ -201,7 +205,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
         }
         let rows = self.db.scan(&index.0, &index.1, limit.saturating_add(1));
         let mut due = Vec::with_capacity(rows.len());
-        let mut next = now;
+        let mut next = empty;
         for (k, _) in rows {
             let t = keys::index_time(&k);
             if t < until && due.len() < limit {
@@ -436,6 +440,7 @@ impl<'a, S: Store + ?Sized> Ledger<'a, S> {
             let expires_ms = now + self.config.challenge_ttl_ms;
             self.put(keys::challenge(id), &Challenge { user: acct.user, op, expires_ms, used: false, attempts: 0 });
             self.db.put(keys::challenge_expiry(expires_ms, id), vec![]);
+            self.totals.challenges_oldest_ms = self.totals.challenges_oldest_ms.min(expires_ms);
             let seq = self.totals.next_notification.max(1);
             self.totals.next_notification = seq + 1;
             let n = Notification { seq, user: acct.user, device: acct.device.clone(), challenge_id: id, op, expires_ms };

@@ -173,7 +173,8 @@ pub struct Totals {
     /// dedup collection has nothing to do and skips its scan (which would cost every command a
     /// RocksDB seek).
     pub dedup_oldest_ms: u64,
-    /// The same bound for the challenge expiry index: no challenge expires before this.
+    /// The same bound for the challenge expiry index: no challenge expires before this
+    /// (`u64::MAX` while none is live; issuing one lowers it).
     pub challenges_oldest_ms: u64,
     /// The same bound for the archive index: no packet still hot settled before this.
     pub settled_oldest_ms: u64,

@@ -476,6 +476,51 @@ fn an_expired_challenge_is_deleted_and_its_code_is_invalid() {
     assert_eq!(w.cents(SHARD, 1), 1_000_00, "nothing moved");
 }
 
+/// Counts the scans the ledger makes (the housekeeping bounds exist so most commands make none).
+struct CountingStore<'a> {
+    inner: &'a MemStore,
+    scans: std::cell::Cell<usize>,
+}
+
+impl Store for CountingStore<'_> {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.inner.get(key)
+    }
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.scans.set(self.scans.get() + 1);
+        self.inner.scan(start, end, limit)
+    }
+}
+
+/// Scans made by applying `cmd` on `w`'s shard at `w.now` (its writes are committed).
+fn scans_of(w: &mut World, cmd: Command) -> usize {
+    w.now += 1;
+    let req = Request { id: w.fresh_id(), time_ms: w.now, cmd };
+    let counting = CountingStore { inner: &w.stores[0], scans: Default::default() };
+    let mut ledger = Ledger::new(SHARD, &w.config, &counting);
+    assert!(ledger.apply(&req).is_ok(), "{req}");
+    let scans = counting.scans.get();
+    let writes = ledger.into_writes();
+    w.stores[0].apply(writes);
+    scans
+}
+
+#[test]
+fn with_no_live_challenge_a_command_scans_no_challenge_index_and_a_live_one_bounds_it_until_it_expires() {
+    let mut w = world();
+    w.open(SHARD, 1, 1_000_00);
+    let top_up = Command::TopUp { user: 1, amount: Cents(1) };
+    assert_eq!(scans_of(&mut w, top_up.clone()), 0, "an empty challenge index is never scanned");
+    assert_eq!(scans_of(&mut w, top_up.clone()), 0);
+    let id = challenge_id(&w.run(SHARD, withdraw(1, 200_00, "new-phone", None, V)));
+    let expires = challenge(&w, id).expires_ms;
+    assert_eq!(scans_of(&mut w, top_up.clone()), 0, "a live challenge is not due before it expires");
+    w.now = expires;
+    assert_eq!(scans_of(&mut w, top_up.clone()), 1, "at its expiry the index is scanned once");
+    assert!(w.store(SHARD).get(&keys::challenge(id)).is_none(), "and the dead challenge deleted");
+    assert_eq!(scans_of(&mut w, top_up), 0, "then the index is empty and never scanned again");
+}
+
 #[test]
 fn the_pin_is_checked_before_the_challenge_so_a_wrong_pin_spends_no_attempt() {
     let mut w = world();
