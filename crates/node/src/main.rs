@@ -115,7 +115,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let stop_rx = host.stop_signal();
     let tasks = vec![
         hongbao_node::ops::gauges::spawn(host.clone(), stop_rx.clone()),
-        hongbao_node::storage::checkpoint::spawn(host.db.clone(), stop_rx.clone()),
+        hongbao_node::storage::checkpoint::spawn(host.db.clone(), args.node_id, stop_rx.clone()),
         tokio::spawn(hongbao_node::cluster::directory::follow(host.clone(), stop_rx.clone())),
         // Every shard leader's own work, for each replica hosted here (`leader`).
         tokio::spawn(leader::supervise(host.clone(), &leader::Task::ALL, stop_rx.clone())),
