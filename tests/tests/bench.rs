@@ -30,6 +30,7 @@ async fn the_bench_drives_both_scenarios_through_the_routers_and_passes_its_audi
     let runs = [
         vec!["--scenario", "hot-packets", "--duration", "3", "--warmup", "1"],
         vec!["--scenario", "evening-mix", "--rate", "300", "--duration", "3", "--warmup", "1"],
+        vec!["--scenario", "hot-packets", "--duration", "3", "--warmup", "1", "--batch-grabs"],
     ];
     for args in runs {
         let r = tokio::task::block_in_place(|| bench(&c, &args));
@@ -42,5 +43,13 @@ async fn the_bench_drives_both_scenarios_through_the_routers_and_passes_its_audi
         let cpu = &r["cpu"];
         assert!(cpu["node_processes"].as_u64() >= Some(3) && cpu["router_processes"].as_u64() >= Some(3), "{args:?}: {cpu}");
         assert!(cpu["nodes_us_per_op"].as_f64().is_some_and(|us| us > 0.0), "{args:?}: {cpu}");
+        assert_eq!(r["config"]["batch_grabs"], args.contains(&"--batch-grabs"), "{args:?}: {}", r["config"]);
     }
+    // The batched run's grabs reached the routers in GrabGateway.Grabs calls.
+    let mut batched = 0.0;
+    for router in &c.topology.routers {
+        let page = c.scraper().metrics(router.metrics_addr.as_deref().expect("metrics")).await.expect("router metrics");
+        batched += hongbao_tests::scrape::sum(&page, "hongbao_router_gateway_batch_grabs_sum", "");
+    }
+    assert!(batched > 100.0, "the --batch-grabs run sent its grabs in batches: {batched} batched grabs counted");
 }

@@ -577,6 +577,80 @@ async fn a_coalesced_batch_refuses_only_its_oversized_member_and_serves_the_othe
     assert!(money(&c, &[sender]).await.3, "the audit balances");
 }
 
+/// #30: the client-to-router grab batch (`GrabGateway.Grabs`). Each entry is its own user's by
+/// its own token: a batch mixing honest grabs with one made as another user, one with a forged
+/// token, one with no token and one with no grab is answered entry by entry, and only the honest
+/// entries take money. A caller whose certificate is not `app` is refused the whole call, and so
+/// is a batch over 256 entries. Sending the batch again replays the honest answers and moves
+/// nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grab_batch_pays_only_entries_with_their_own_users_token_and_only_the_app_role_may_send_one() {
+    use hongbao_proto::v1::grab_gateway_client::GrabGatewayClient;
+    let (c, app) = started(Spec { routers: true, ..Spec::default() }).await;
+    let sender = c.topology.user_in_shard(1, 80);
+    c.funded(&app, sender, 100_000).await;
+    let (g1, g2, victim) = (7_001, 7_002, 7_003);
+    for g in [g1, g2, victim] {
+        app.open_account(g, TEST_DEVICE).await.expect("open");
+    }
+    let id = packet(&app, sender, 3_000, 3).await;
+    let before = money(&c, &[sender, g1, g2, victim]).await;
+    let signer = DevSigner::load(&SecurityDir::new(c.security_dir())).expect("dev signer");
+    let token = |u: u64| signer.mint(u, TEST_DEVICE, 600);
+    let mut forged = token(victim);
+    forged.truncate(forged.rfind('.').expect("jwt") + 1);
+    forged.push_str(&"A".repeat(86));
+    let grab = |g: u64| GrabRequest { request_id: new_request_id(), packet_id: id.id, packet_key: id.key, grabber: g, password: String::new() };
+    let batch = UserGrabBatchRequest {
+        grabs: vec![
+            UserGrab { grab: Some(grab(g1)), token: token(g1) },
+            UserGrab { grab: Some(grab(victim)), token: token(g2) },
+            UserGrab { grab: Some(grab(victim)), token: forged },
+            UserGrab { grab: Some(grab(victim)), token: String::new() },
+            UserGrab { grab: None, token: token(g2) },
+            UserGrab { grab: Some(grab(g2)), token: token(g2) },
+        ],
+    };
+    let router = &c.topology.routers[0].addr;
+
+    // Other roles may not send a batch at all: refused whole, nothing applied.
+    for role in [Role::PaymentGateway, Role::Risk, Role::Admin, Role::Notifier] {
+        let s = GrabGatewayClient::new(c.channel_as_role(router, role)).grabs(batch.clone()).await.expect_err("not the app role");
+        assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::PermissionDenied, "{role:?}: {s:?}");
+    }
+    let too_many = UserGrabBatchRequest { grabs: vec![batch.grabs[0].clone(); hongbao_proto::MAX_GRAB_BATCH + 1] };
+    let s = GrabGatewayClient::new(c.channel_as_role(router, Role::App)).grabs(too_many).await.expect_err("too many");
+    assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::InvalidArgument, "{s:?}");
+    assert_eq!(money(&c, &[sender, g1, g2, victim]).await, before, "refused calls moved not one cent");
+
+    let codes = |r: &GrabBatchReply| -> Vec<ErrorCode> {
+        r.results.iter().map(|x| x.error.as_ref().map_or(ErrorCode::Ok, |e| e.code())).collect()
+    };
+    let expected = vec![
+        ErrorCode::Ok,
+        ErrorCode::PermissionDenied,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Unauthenticated,
+        ErrorCode::InvalidArgument,
+        ErrorCode::Ok,
+    ];
+    let first = GrabGatewayClient::new(c.channel_as_role(router, Role::App)).grabs(batch.clone()).await.expect("answered").into_inner();
+    assert_eq!(codes(&first), expected, "{first:?}");
+    let again = GrabGatewayClient::new(c.channel_as_role(router, Role::App)).grabs(batch).await.expect("answered").into_inner();
+    assert_eq!(codes(&again), expected, "{again:?}");
+    let amounts = |r: &GrabBatchReply| [0, 5].map(|i| r.results[i].reply.as_ref().expect("an honest grab is paid").amount_cents);
+    assert_eq!(amounts(&again), amounts(&first), "the re-sent batch replays the first answers");
+
+    let [a1, a2] = amounts(&first);
+    let after = money(&c, &[sender, g1, g2, victim]).await;
+    assert!(after.3, "the audit balances");
+    assert_eq!(after.0, vec![before.0[0], a1, a2, 0], "g1 and g2 got their shares once; the victim's wallet took nothing");
+    let view = c.node_client().show_packet(id.id).await.expect("packet");
+    let mut claimed: Vec<u64> = view.claims.iter().map(|x| x.grabber).collect();
+    claimed.sort();
+    assert_eq!(claimed, vec![g1, g2], "only the honest entries claimed a share");
+}
+
 /// Asserts that a node's call was refused (`what` names the call that must fail) with
 /// PERMISSION_DENIED and a message containing `rule`, the leader's rule.
 fn refused_by_the_leader<T: std::fmt::Debug>(r: Result<T, tonic::Status>, what: &str, rule: &str) {

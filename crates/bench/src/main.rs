@@ -106,6 +106,10 @@ struct Args {
     /// Packets fetched with `show` after the run to check acknowledged grabs against claims.
     #[arg(long, default_value_t = 50)]
     check_sample: usize,
+    /// Grabs go to routers in `GrabGateway.Grabs` batches (each with its grabber's token), as a
+    /// gateway holding many users' grabs would send them, instead of one call each.
+    #[arg(long)]
+    batch_grabs: bool,
 }
 
 /// Senders per shard in hot-packets. The daily send limit is 5,000.00 per user and a packet is
@@ -179,7 +183,7 @@ struct Load {
 
 async fn run(args: Args) -> anyhow::Result<i32> {
     let plan = plan(args)?;
-    let clients = Arc::new(Clients::new(plan.topology.clone(), &plan.args.routers, plan.credentials.clone()));
+    let clients = Arc::new(Clients::new(plan.topology.clone(), &plan.args.routers, plan.credentials.clone(), plan.args.batch_grabs));
     let users = setup(&plan, &clients).await?;
     let Load { ctx, mode, slots, events, warnings, mut failures, cpu } = load(&plan, clients.clone(), users).await;
 
@@ -463,6 +467,7 @@ fn config(plan: &Plan, slots: usize) -> report::Config {
         kill_region: args.kill_region.clone(),
         kill_at_s: args.kill_at,
         restart_at_s: args.restart_at,
+        batch_grabs: args.batch_grabs,
     }
 }
 

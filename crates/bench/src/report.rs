@@ -43,6 +43,8 @@ pub struct Config {
     pub kill_region: Option<String>,
     pub kill_at_s: Option<u64>,
     pub restart_at_s: Option<u64>,
+    /// Grabs sent in `GrabGateway.Grabs` batches (`--batch-grabs`), not one call each.
+    pub batch_grabs: bool,
 }
 
 /// Acknowledged grabs checked against the packets.

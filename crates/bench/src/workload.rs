@@ -13,6 +13,7 @@
 use crate::check::{Ack, Tracker};
 use crate::limits::{CALL_DEADLINE, CLIENTS_PER_REGION, MAX_RESENDS, MAX_SHARES, POOL_MAX, SETTLE_WITHIN};
 use crate::stats::{Kind, Outcome, Recorder};
+use hongbao_client::grab_batch::GrabBatcher;
 use hongbao_client::{new_request_id, settle, Client, ClientError, Credentials, PacketRef};
 use hongbao_proto::v1::{PacketKind, SendPacketRequest, TransferRequest};
 use hongbao_proto::ErrorCode;
@@ -53,6 +54,8 @@ impl Scenario {
 /// spread over several HTTP/2 connections per router.
 pub struct Clients {
     lists: Vec<Vec<Arc<Client>>>,
+    /// With `--batch-grabs`: one grab batcher per list, over its first client.
+    batchers: Option<Vec<Arc<GrabBatcher>>>,
     home_of_shard: HashMap<ShardId, usize>,
     pub topology: Topology,
 }
@@ -60,7 +63,7 @@ pub struct Clients {
 impl Clients {
     /// `routers` from the command line, or (when empty) the topology's routers by region.
     /// `credentials`: every role's certificate and development tokens for the bench's users.
-    pub fn new(topology: Topology, routers: &[String], credentials: Arc<Credentials>) -> Clients {
+    pub fn new(topology: Topology, routers: &[String], credentials: Arc<Credentials>, batch_grabs: bool) -> Clients {
         let mut orders: Vec<Vec<String>> = Vec::new();
         let mut home_of_shard = HashMap::new();
         if routers.is_empty() {
@@ -93,8 +96,16 @@ impl Clients {
                     .map(|_| Arc::new(Client::new(order.clone(), credentials.clone()).with_deadline(CALL_DEADLINE)))
                     .collect()
             })
-            .collect();
-        Clients { lists, home_of_shard, topology }
+            .collect::<Vec<Vec<Arc<Client>>>>();
+        let batchers = batch_grabs.then(|| lists.iter().map(|l| GrabBatcher::new(l[0].clone())).collect());
+        Clients { lists, batchers, home_of_shard, topology }
+    }
+
+    /// The grab batcher whose first router is in the user's home region (`--batch-grabs`).
+    pub fn batcher_for(&self, user: u64) -> Option<Arc<GrabBatcher>> {
+        let batchers = self.batchers.as_ref()?;
+        let shard = self.topology.shard_of_user(user);
+        Some(batchers[self.home_of_shard.get(&shard).copied().unwrap_or(0) % batchers.len()].clone())
     }
 
     /// A client whose first router is in the user's home region.
@@ -265,7 +276,10 @@ async fn grab(ctx: Arc<Ctx>, packet: PacketRef, grabber: u64, lag: Duration) -> 
     let intended = start.checked_sub(lag).unwrap_or(start);
     let client = ctx.clients.client_for(grabber);
     let id = new_request_id();
-    let res = settle(|| client.grab(id.clone(), packet, grabber, ""), MAX_RESENDS, SETTLE_WITHIN).await;
+    let res = match ctx.clients.batcher_for(grabber) {
+        Some(b) => settle(|| b.grab(id.clone(), packet, grabber, ""), MAX_RESENDS, SETTLE_WITHIN).await,
+        None => settle(|| client.grab(id.clone(), packet, grabber, ""), MAX_RESENDS, SETTLE_WITHIN).await,
+    };
     let done = Instant::now();
     let left = match &res {
         Ok(r) => {

@@ -14,6 +14,7 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod grab_batch;
 pub mod limits;
 pub mod membership;
 pub mod money;

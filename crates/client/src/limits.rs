@@ -42,3 +42,13 @@ pub const DEV_TOKEN_RENEW: Duration = Duration::from_secs(600);
 const _: () = assert!(DEV_TOKEN_RENEW.as_secs() < DEV_TOKEN_TTL.as_secs(), "a token is renewed before it ends");
 /// Users whose development tokens are kept at most (then the memory starts over).
 pub const MAX_DEV_TOKENS: usize = 1_000_000;
+
+// ---------------- grab batches (`grab_batch`)
+
+/// `GrabGateway.Grabs` calls one batcher keeps in flight; grabs that arrive meanwhile wait and
+/// leave together in the next.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 8;
+/// Grabs waiting in one batcher at most; one more is refused at once with OVERLOADED (and
+/// re-sent after a pause, like a router's OVERLOADED).
+pub const MAX_QUEUED_GRABS: usize = 16_384;
+const _: () = assert!(MAX_BATCHES_IN_FLIGHT * 256 <= MAX_QUEUED_GRABS, "the queue holds every batch in flight (256: MAX_GRAB_BATCH)");

@@ -11,6 +11,9 @@ use std::time::Duration;
 /// refused above 16 KiB, so a request the router accepted could fail later, inside a coalesced
 /// batch; one constant for both keeps that from coming back.
 pub const MAX_API_REQUEST_BYTES: usize = hongbao_proto::MAX_REQUEST_BYTES;
+/// Largest `GrabGateway.Grabs` call: `MAX_GRAB_BATCH` grabs, each at most a single call's size
+/// with its token (about 5 MiB).
+pub const MAX_GATEWAY_BATCH_BYTES: usize = hongbao_proto::MAX_GRAB_BATCH * (MAX_API_REQUEST_BYTES + hongbao_auth::MAX_TOKEN_BYTES);
 
 // ---------------- load
 

@@ -27,7 +27,7 @@ mod trace;
 use clap::Parser;
 use hongbao_auth::{DevKey, Identity, SecurityDir, TokenKeys};
 use hongbao_proto::v1::{
-    cluster_server::ClusterServer, notifier_server::NotifierServer, packets_server::PacketsServer, wallet_server::WalletServer,
+    cluster_server::ClusterServer, grab_gateway_server::GrabGatewayServer, notifier_server::NotifierServer, packets_server::PacketsServer, wallet_server::WalletServer,
 };
 use hongbao_topology::Topology;
 use std::path::PathBuf;
@@ -147,6 +147,11 @@ async fn main() -> anyhow::Result<()> {
         .layer(metrics::red())
         .add_service(InterceptedService::new(WalletServer::new(svc.clone()).max_decoding_message_size(max), gate::services_only))
         .add_service(InterceptedService::new(PacketsServer::new(svc.clone()).max_decoding_message_size(max), gate::services_only))
+        // A batch carries up to MAX_GRAB_BATCH grabs, each of a single call's size with its token.
+        .add_service(InterceptedService::new(
+            GrabGatewayServer::new(svc.clone()).max_decoding_message_size(limits::MAX_GATEWAY_BATCH_BYTES),
+            gate::services_only,
+        ))
         .add_service(InterceptedService::new(NotifierServer::new(svc.clone()).max_decoding_message_size(max), gate::services_only))
         .add_service(InterceptedService::new(ClusterServer::new(svc).max_decoding_message_size(max), gate::services_only))
         .add_service(grpc_health)

@@ -9,6 +9,8 @@ pub const DENIED: &str = "hongbao_router_denied_total";
 pub const RATE_LIMITED: &str = "hongbao_router_rate_limited_total";
 /// Grabs in one router-to-node Coalesced.Grabs call.
 pub const COALESCED_GRABS: &str = "hongbao_router_coalesced_grabs";
+/// Grabs in one client-to-router GrabGateway.Grabs call.
+pub const GATEWAY_BATCH_GRABS: &str = "hongbao_router_gateway_batch_grabs";
 /// Requests given up after the route deadline or the last attempt (the client hears UNAVAILABLE).
 pub const GAVE_UP: &str = "hongbao_router_gave_up_total";
 /// Times the node this router sends a shard to changed (hint, health poll or failover).
@@ -30,6 +32,7 @@ pub fn describe() {
     metrics::describe_counter!(DENIED, "Calls refused at the router for their credentials, by reason");
     metrics::describe_counter!(RATE_LIMITED, "Calls refused by a per-user rate limit, by kind");
     metrics::describe_histogram!(COALESCED_GRABS, "Grabs in one router-to-node Coalesced.Grabs call");
+    metrics::describe_histogram!(GATEWAY_BATCH_GRABS, "Grabs in one client-to-router GrabGateway.Grabs call");
     metrics::describe_counter!(GAVE_UP, "Requests given up after the route deadline or the last attempt");
     metrics::describe_counter!(LEADER_CHANGES, "Times the node this router sends a shard to changed");
     metrics::describe_counter!(OVERLOADED, "Requests refused with OVERLOADED (shard in-flight limit or node grab queue full)");

@@ -6,6 +6,7 @@ use crate::trace::{self, Trace};
 use hongbao_auth::Role;
 use hongbao_proto::v1::cluster_client::ClusterClient;
 use hongbao_proto::v1::cluster_server::Cluster;
+use hongbao_proto::v1::grab_gateway_server::GrabGateway;
 use hongbao_proto::v1::notifier_client::NotifierClient;
 use hongbao_proto::v1::notifier_server::Notifier;
 use hongbao_proto::v1::packets_client::PacketsClient;
@@ -673,6 +674,58 @@ impl Wallet for RouterService {
     }
 }
 
+impl RouterService {
+    /// A grab the gate let through, to its packet's shard: coalesced with others for the same
+    /// node unless the router runs with `--no-coalesce`.
+    async fn forward_grab(&self, t: &Trace, r: GrabRequest) -> Res<GrabReply> {
+        let shard = PacketId(r.packet_id).shard();
+        match self.router.coalescer.clone() {
+            Some(coalescer) => {
+                self.router
+                    .forward(shard, t, r, |node, ch, r| {
+                        let coalescer = coalescer.clone();
+                        async move { coalescer.grab(node, &ch, r).await.map(Response::new) }
+                    })
+                    .await
+            }
+            None => self.router.forward(shard, t, r, |_, ch, r| async move { PacketsClient::new(ch).grab(r).await }).await,
+        }
+    }
+
+    /// One grab of a `GrabGateway.Grabs` batch: the same checks as a single `Packets.Grab`, with
+    /// the grab's own token in place of the call's `authorization`.
+    async fn batch_grab(&self, t: &Trace, g: UserGrab) -> GrabResult {
+        let res = async {
+            let grab = g.grab.ok_or_else(|| error(ErrorCode::InvalidArgument, "a batch entry without its grab"))?;
+            self.gate.user_token(&g.token, grab.grabber, "grab")?;
+            let _in_flight = self.gate.grab_allowed(grab.grabber)?;
+            self.forward_grab(t, grab).await
+        }
+        .await;
+        match res {
+            Ok(r) => GrabResult { reply: Some(r.into_inner()), error: None },
+            Err(s) => GrabResult { reply: None, error: Some(detail_of(&s)) },
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl GrabGateway for RouterService {
+    /// Many users' grabs in one call (a gateway's, a load generator's). The caller's certificate
+    /// must name the `app` role; each grab is then its own user's, by its own token.
+    async fn grabs(&self, req: Request<UserGrabBatchRequest>) -> Res<GrabBatchReply> {
+        self.gate.roles(&req, &[Role::App], "send a batch of grabs")?;
+        let n = req.get_ref().grabs.len();
+        if n > hongbao_proto::MAX_GRAB_BATCH {
+            return Err(error(ErrorCode::InvalidArgument, format!("{n} grabs in one batch; at most {}", hongbao_proto::MAX_GRAB_BATCH)));
+        }
+        metrics::histogram!(crate::metrics::GATEWAY_BATCH_GRABS).record(n as f64);
+        let (t, r) = trace::split(req);
+        let results = futures::future::join_all(r.grabs.into_iter().map(|g| self.batch_grab(&t, g))).await;
+        Ok(Response::new(GrabBatchReply { results }))
+    }
+}
+
 #[tonic::async_trait]
 impl Packets for RouterService {
     async fn send(&self, req: Request<SendPacketRequest>) -> Res<SendPacketReply> {
@@ -688,18 +741,7 @@ impl Packets for RouterService {
         self.gate.user(&req, req.get_ref().grabber, "grab")?;
         let _in_flight = self.gate.grab_allowed(req.get_ref().grabber)?;
         let (t, r) = trace::split(req);
-        let shard = PacketId(r.packet_id).shard();
-        match self.router.coalescer.clone() {
-            Some(coalescer) => {
-                self.router
-                    .forward(shard, &t, r, |node, ch, r| {
-                        let coalescer = coalescer.clone();
-                        async move { coalescer.grab(node, &ch, r).await.map(Response::new) }
-                    })
-                    .await
-            }
-            None => self.router.forward(shard, &t, r, |_, ch, r| async move { PacketsClient::new(ch).grab(r).await }).await,
-        }
+        self.forward_grab(&t, r).await
     }
     async fn show(&self, req: Request<ShowPacketRequest>) -> Res<PacketView> {
         // Any signed-in user holding the packet's key may look at it (it is shown to a whole
