@@ -600,7 +600,8 @@ async fn a_grab_batch_pays_only_entries_with_their_own_users_token_and_only_the_
     let mut forged = token(victim);
     forged.truncate(forged.rfind('.').expect("jwt") + 1);
     forged.push_str(&"A".repeat(86));
-    let grab = |g: u64| GrabRequest { request_id: new_request_id(), packet_id: id.id, packet_key: id.key, grabber: g, password: String::new() };
+    let grab =
+        |g: u64| GrabRequest { request_id: new_request_id(), packet_id: id.id, packet_key: id.key, grabber: g, password: String::new() };
     let batch = UserGrabBatchRequest {
         grabs: vec![
             UserGrab { grab: Some(grab(g1)), token: token(g1) },
@@ -623,9 +624,8 @@ async fn a_grab_batch_pays_only_entries_with_their_own_users_token_and_only_the_
     assert_eq!(hongbao_proto::detail_of(&s).code(), ErrorCode::InvalidArgument, "{s:?}");
     assert_eq!(money(&c, &[sender, g1, g2, victim]).await, before, "refused calls moved not one cent");
 
-    let codes = |r: &GrabBatchReply| -> Vec<ErrorCode> {
-        r.results.iter().map(|x| x.error.as_ref().map_or(ErrorCode::Ok, |e| e.code())).collect()
-    };
+    let codes =
+        |r: &GrabBatchReply| -> Vec<ErrorCode> { r.results.iter().map(|x| x.error.as_ref().map_or(ErrorCode::Ok, |e| e.code())).collect() };
     let expected = vec![
         ErrorCode::Ok,
         ErrorCode::PermissionDenied,

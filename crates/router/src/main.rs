@@ -27,7 +27,8 @@ mod trace;
 use clap::Parser;
 use hongbao_auth::{DevKey, Identity, SecurityDir, TokenKeys};
 use hongbao_proto::v1::{
-    cluster_server::ClusterServer, grab_gateway_server::GrabGatewayServer, notifier_server::NotifierServer, packets_server::PacketsServer, wallet_server::WalletServer,
+    cluster_server::ClusterServer, grab_gateway_server::GrabGatewayServer, notifier_server::NotifierServer, packets_server::PacketsServer,
+    wallet_server::WalletServer,
 };
 use hongbao_topology::Topology;
 use std::path::PathBuf;
