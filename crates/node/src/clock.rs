@@ -19,7 +19,9 @@ use hongbao_topology::NodeId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+// tokio's, so a simulation's paused time drives this clock's checks too (hongbao-sim).
+use tokio::time::Instant;
 
 /// Most a node's clock may differ from its peers' before it stops stamping and leading.
 pub const MAX_OFFSET_MS: i64 = 500;
@@ -29,8 +31,17 @@ const SAMPLE_FRESH: Duration = Duration::from_secs(5);
 /// bounds the offset seen from a message's send stamp alone.
 const MAX_ONE_WAY_MS: i64 = 5_000;
 
+/// Where a node's wall-clock time comes from: the machine's, or a simulation's (each simulated
+/// node its own, with its drift and jumps: hongbao-sim), in ms since the epoch.
+#[derive(Clone)]
+pub enum TimeSource {
+    Wall,
+    Simulated(Arc<dyn Fn() -> u64 + Send + Sync>),
+}
+
 pub struct Clock {
     faults: Arc<Faults>,
+    source: TimeSource,
     /// Last time stamped into a proposal.
     last_stamp: AtomicU64,
     state: Mutex<State>,
@@ -76,13 +87,20 @@ pub struct Untrusted(pub String);
 
 impl Clock {
     pub fn new(faults: Arc<Faults>, peer_count: usize) -> Clock {
+        Clock::with_source(faults, peer_count, TimeSource::Wall)
+    }
+
+    pub fn with_source(faults: Arc<Faults>, peer_count: usize, source: TimeSource) -> Clock {
         let state = State { peer_count, ..State::default() };
-        Clock { faults, last_stamp: AtomicU64::new(0), state: Mutex::new(state) }
+        Clock { faults, source, last_stamp: AtomicU64::new(0), state: Mutex::new(state) }
     }
 
     /// Wall-clock milliseconds, shifted by an injected clock jump.
     pub fn now_ms(&self) -> u64 {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as i64;
+        let wall = match &self.source {
+            TimeSource::Wall => SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as i64,
+            TimeSource::Simulated(now) => now() as i64,
+        };
         wall.saturating_add(self.faults.clock_offset_ms()).max(0) as u64
     }
 

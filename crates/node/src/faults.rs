@@ -109,7 +109,7 @@ impl Faults {
     /// Whether this message is lost (cut off, or unlucky under random loss).
     pub fn drops(&self, node: NodeId) -> bool {
         let r = self.rules.read().expect("faults lock");
-        let dropped = r.cut_off.contains(&node) || (r.drop_percent > 0 && rand::random::<u32>() % 100 < r.drop_percent);
+        let dropped = r.cut_off.contains(&node) || (r.drop_percent > 0 && ((crate::runtime::random_u64() % 100) as u32) < r.drop_percent);
         if dropped {
             metrics::counter!(crate::metrics::FAULT_DROPPED, "to" => node.to_string()).increment(1);
         }

@@ -73,11 +73,27 @@ pub struct ReadPermit {
     _permit: OwnedSemaphorePermit,
 }
 
-/// What a node needs from its security folder: the TLS settings of its calls to other nodes and
-/// the secret the replicas share for challenge codes and PIN salts.
+/// What a node needs from its security folder: how it reaches the other nodes (mutual TLS with
+/// its own certificate, or a simulation's links) and the secret the replicas share for challenge
+/// codes and PIN salts.
 pub struct NodeSecrets {
-    pub peer_tls: tonic::transport::ClientTlsConfig,
+    pub dial: crate::transport::peers::Dial,
     pub challenge_key: [u8; 32],
+}
+
+/// What differs between a node on a machine and one inside `hongbao-sim`: where its wall clock
+/// comes from, and whether closing its RocksDB drops what was not made durable (a crash) rather
+/// than flushing it.
+#[derive(Clone)]
+pub struct NodeEnv {
+    pub time: crate::clock::TimeSource,
+    pub close_as_crash: bool,
+}
+
+impl Default for NodeEnv {
+    fn default() -> Self {
+        NodeEnv { time: crate::clock::TimeSource::Wall, close_as_crash: false }
+    }
 }
 
 impl Host {
@@ -92,8 +108,21 @@ impl Host {
         secrets: NodeSecrets,
         max_reads: usize,
     ) -> anyhow::Result<Arc<Host>> {
+        Host::start_in(seed, node_id, data_dir, secrets, max_reads, NodeEnv::default()).await
+    }
+
+    /// `start`, in `env` (a simulation's clock and crash model: hongbao-sim).
+    pub async fn start_in(
+        seed: Topology,
+        node_id: NodeId,
+        data_dir: &Path,
+        secrets: NodeSecrets,
+        max_reads: usize,
+        env: NodeEnv,
+    ) -> anyhow::Result<Arc<Host>> {
         std::fs::create_dir_all(data_dir)?;
-        let db = Arc::new(Db::open(&data_dir.join("db"))?);
+        let path = data_dir.join("db");
+        let db = Arc::new(if env.close_as_crash { Db::open_losing_memtables_on_close(&path)? } else { Db::open(&path)? });
         let seeded: Vec<ShardId> = seed.shards_on(node_id).iter().map(|s| s.id).collect();
         let faults = Arc::new(Faults::new(&seed, node_id));
         // The nodes this one exchanges Raft messages with: whose clocks it is judged against.
@@ -101,8 +130,8 @@ impl Host {
             seed.shards_on(node_id).into_iter().flat_map(|s| s.replicas.iter().copied()).filter(|n| *n != node_id).collect();
         // A node added online has no shard in the file: its peers will be the other two
         // replicas of a three-replica shard.
-        let clock = Arc::new(Clock::new(faults.clone(), raft_peers.len().max(2)));
-        let peers = Arc::new(Peers::new(node_id, faults, clock.clone(), secrets.peer_tls));
+        let clock = Arc::new(Clock::with_source(faults.clone(), raft_peers.len().max(2), env.time));
+        let peers = Arc::new(Peers::new(node_id, faults, clock.clone(), secrets.dial));
         peers.set_addrs(&seed);
         let config = Arc::new(ledger_config(&seed, secrets.challenge_key));
         let raft_config = Arc::new(raft_config(&seed).validate()?);
@@ -425,9 +454,15 @@ impl Host {
                 metrics::counter!(crate::metrics::LEADER_TRANSFERS).increment(1);
                 return Ok(());
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
-                let msg = format!("shard {shard_id}: node {to} did not take over in {TRANSFER_TIMEOUT:?}");
-                return Err(HostError::new(ErrorKind::Timeout, shard_id, msg));
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                // The replica's Raft stopped (the node is shutting down): waiting on would spin on
+                // a closed channel until the deadline (hongbao-sim found it, #31).
+                Ok(Err(_)) => return Err(HostError::unavailable(shard_id, format!("shard {shard_id}: raft stopped during the transfer"))),
+                Err(_) => {
+                    let msg = format!("shard {shard_id}: node {to} did not take over in {TRANSFER_TIMEOUT:?}");
+                    return Err(HostError::new(ErrorKind::Timeout, shard_id, msg));
+                }
             }
         }
     }

@@ -14,6 +14,7 @@
 //!   only room that builds proto replies (`service::convert`).
 //! - `ops`: the money audit and the gauges sampled for Prometheus.
 //! - `config`, `clock`, `faults`, `metrics`, `limits`: used by every room.
+//! - `runtime`: where randomness and blocking work come from (the machine's, or `hongbao-sim`'s).
 
 pub mod clock;
 pub mod cluster;
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod ops;
 pub mod raft;
 pub mod replica;
+pub mod runtime;
 pub mod service;
 pub mod storage;
 pub mod transport;

@@ -95,7 +95,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let server_tls = security.server_tls(&me_id)?;
-    let secrets = hongbao_node::host::NodeSecrets { peer_tls: security.client_tls(&me_id)?, challenge_key: security.load_challenge_key()? };
+    let secrets = hongbao_node::host::NodeSecrets {
+        dial: hongbao_node::transport::peers::Dial::Tls(security.client_tls(&me_id)?),
+        challenge_key: security.load_challenge_key()?,
+    };
     anyhow::ensure!(args.max_reads_in_flight >= 1, "--max-reads-in-flight must be at least 1");
     let host = Host::start(seed, args.node_id, &args.data_dir, secrets, args.max_reads_in_flight).await?;
     let me = host.topology().node(args.node_id).expect("the host's map names this node").clone();
@@ -115,7 +118,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let stop_rx = host.stop_signal();
     let tasks = vec![
         hongbao_node::ops::gauges::spawn(host.clone(), stop_rx.clone()),
-        hongbao_node::storage::checkpoint::spawn(host.db.clone(), args.node_id, stop_rx.clone()),
+        hongbao_node::storage::checkpoint::spawn(host.db.clone(), args.node_id, host.clock.clone(), stop_rx.clone()),
         tokio::spawn(hongbao_node::cluster::directory::follow(host.clone(), stop_rx.clone())),
         // Every shard leader's own work, for each replica hosted here (`leader`).
         tokio::spawn(leader::supervise(host.clone(), &leader::Task::ALL, stop_rx.clone())),

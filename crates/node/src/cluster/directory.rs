@@ -61,6 +61,7 @@ pub async fn refresh(host: &Host) -> bool {
 pub async fn follow(host: Arc<Host>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
+            biased; // a fixed order, which a seeded simulation can replay (`runtime`)
             _ = tokio::time::sleep(FOLLOW_EVERY) => {},
             _ = stop.changed() => return,
         }

@@ -74,6 +74,7 @@ pub async fn supervise(host: Arc<Host>, tasks: &'static [Task], mut stop: watch:
             }
         }
         tokio::select! {
+            biased; // a fixed order, which a seeded simulation can replay (`runtime`)
             changed = opened.changed() => if changed.is_err() { return },
             _ = stop.changed() => return,
         }
@@ -84,6 +85,7 @@ pub async fn supervise(host: Arc<Host>, tasks: &'static [Task], mut stop: watch:
 /// None ends the task: the node is stopping, or it hosts no replica of the shard.
 pub async fn next_turn(host: &Host, shard: ShardId, period: Duration, stop: &mut watch::Receiver<bool>) -> Option<bool> {
     tokio::select! {
+        biased; // a fixed order, which a seeded simulation can replay (`runtime`)
         _ = tokio::time::sleep(period) => {},
         _ = stop.changed() => return None,
     }

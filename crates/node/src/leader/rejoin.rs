@@ -25,6 +25,7 @@ pub async fn watch(host: Arc<Host>, shard: ShardId, mut stop: watch::Receiver<bo
             return;
         }
         tokio::select! {
+            biased; // a fixed order, which a seeded simulation can replay (`runtime`)
             changed = metrics.changed() => if changed.is_err() { return },
             // The target is set by an append, which changes no metric when it carries nothing.
             _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {},

@@ -38,6 +38,7 @@ pub fn spawn(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> JoinHandle<()>
             let (h, g) = (host.clone(), gauges.clone());
             let _ = tokio::task::spawn_blocking(move || g.sample(&h)).await;
             tokio::select! {
+                biased; // a fixed order, which a seeded simulation can replay (`runtime`)
                 _ = tokio::time::sleep(SAMPLE_EVERY) => {},
                 _ = stop.changed() => return,
             }

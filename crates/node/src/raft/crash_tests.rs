@@ -64,7 +64,7 @@ async fn start(dir: &Path, config: &Arc<LedgerConfig>, first: bool) -> Running {
     let topo = crate::faults::tests::topo();
     let faults = Arc::new(Faults::new(&topo, NODE));
     let clock = Arc::new(crate::clock::Clock::new(faults.clone(), 2));
-    let peers = Arc::new(Peers::new(NODE, faults, clock, tonic::transport::ClientTlsConfig::new()));
+    let peers = Arc::new(Peers::new(NODE, faults, clock, crate::transport::peers::Dial::Tls(tonic::transport::ClientTlsConfig::new())));
     let raft = within(Raft::new(NODE, raft_config(), NetworkFactory { shard: SHARD, peers }, log, sm), "raft start").await.expect("raft");
     if first {
         within(raft.initialize(BTreeMap::from([(NODE, BasicNode::new("127.0.0.1:1"))])), "initialize").await.expect("initialize");

@@ -37,7 +37,9 @@ impl Rejoin {
     /// Whether this replica may grant a (pre-)vote to a candidate whose last log index is
     /// `candidate_last` (None: an empty log).
     pub fn may_vote(&self, shard: ShardId, candidate_last: Option<u64>) -> bool {
-        candidate_last.is_none_or(|i| i == 0) || !self.is_rejoining(shard)
+        candidate_last.is_none_or(|i| i == 0)
+            || !self.is_rejoining(shard)
+            || crate::runtime::planted(crate::runtime::Bug::EmptyReplicaVotesAtOnce)
     }
 
     /// An AppendEntries from a leader: the first one sets the index to catch up to.

@@ -85,7 +85,7 @@ fn corrupt(what: impl Into<String>) -> io::Error {
 /// earlier one can be (files are created with `create_new`).
 fn unique() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}-{:08x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), rand::random::<u32>())
+    format!("{}-{}-{:08x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), crate::runtime::random_u64() as u32)
 }
 
 /// The shard's current snapshot: the last one built or installed.
@@ -315,9 +315,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let dir = self.dir.clone();
         let lock = self.lock.clone();
         // Blocking RocksDB iteration and file writes: keep them off the async workers.
-        tokio::task::spawn_blocking(move || build_snapshot_file(&db, shard, &dir, &lock))
-            .await
-            .map_err(|e| io::Error::other(format!("snapshot task: {e}")))?
+        crate::runtime::blocking(move || build_snapshot_file(&db, shard, &dir, &lock)).await?
     }
 }
 

@@ -103,6 +103,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Without the WAL (the Raft log is the only one): durable at the next checkpoint, with
         // the applied id beside it; after a crash openraft re-applies the log from there.
         self.db.write_off_runtime(b, Durability::Checkpointed).await?;
+        if crate::runtime::planted(crate::runtime::Bug::AppliedIndexAheadOfState) {
+            self.db.planted_synced_state_put(&keys::sm_meta(self.shard), &encode(&meta))?;
+        }
         self.meta = meta;
         for (responder, reply) in replies {
             if let Some(r) = responder {
@@ -125,9 +128,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let lock = self.snapshot_lock.clone();
         let meta2 = meta.clone();
         let sm_meta =
-            tokio::task::spawn_blocking(move || snapshot::install(&db, shard, &meta2, &snapshot, &dir, &lock, snapshot::SST_TARGET_BYTES))
-                .await
-                .map_err(|e| io::Error::other(format!("install task: {e}")))??;
+            crate::runtime::blocking(move || snapshot::install(&db, shard, &meta2, &snapshot, &dir, &lock, snapshot::SST_TARGET_BYTES))
+                .await??;
         self.meta = sm_meta;
         metrics::counter!(crate::metrics::SNAPSHOTS_INSTALLED).increment(1);
         Ok(())
@@ -137,9 +139,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // The file says what it is (its meta is inside), so file and meta cannot disagree.
         let path = snapshot::current_path(&self.dir, self.shard);
         let read = path.clone();
-        let header = tokio::task::spawn_blocking(move || snapshot::read_header(&read))
-            .await
-            .map_err(|e| io::Error::other(format!("snapshot header task: {e}")))?;
+        let header = crate::runtime::blocking(move || snapshot::read_header(&read)).await?;
         let (shard, meta) = match header {
             Ok(h) => h,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),

@@ -46,6 +46,7 @@ openraft::declare_raft_types!(
         R = AppResponse,
         NodeId = u64,
         Node = openraft::BasicNode,
+        AsyncRuntime = crate::runtime::NodeRuntime,
 );
 
 pub type NodeId = u64;

@@ -67,7 +67,7 @@ impl ClusterService {
         NodeStatus { node: h.node_id, region: h.region.clone(), addr, up: true, shards, error: String::new(), clock_untrusted }
     }
 
-    fn client(&self, node: u64) -> Option<ClusterClient<tonic::transport::Channel>> {
+    fn client(&self, node: u64) -> Option<ClusterClient<crate::transport::peers::PeerChannel>> {
         self.host.peers.channel(node).map(ClusterClient::new)
     }
 

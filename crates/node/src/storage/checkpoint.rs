@@ -34,17 +34,19 @@ fn until_next(node: u64, now_ms: u64) -> Duration {
     Duration::from_millis(period - into)
 }
 
-pub fn spawn(db: Arc<Db>, node: u64, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+/// Checkpoints `db` at node `node`'s phase of every period of `clock` (the node's wall clock).
+pub fn spawn(db: Arc<Db>, node: u64, clock: Arc<crate::clock::Clock>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let now_ms = clock.now_ms();
             tokio::select! {
+                biased; // a fixed order, which a seeded simulation can replay (`runtime`)
                 _ = tokio::time::sleep(until_next(node, now_ms)) => {},
                 _ = stop.changed() => return,
             }
-            let started = std::time::Instant::now();
+            let started = tokio::time::Instant::now();
             let d = db.clone();
-            match tokio::task::spawn_blocking(move || d.checkpoint()).await {
+            match crate::runtime::blocking(move || d.checkpoint()).await {
                 Ok(Ok(())) => {
                     metrics::counter!(crate::metrics::CHECKPOINTS).increment(1);
                     metrics::histogram!(crate::metrics::CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());

@@ -125,8 +125,7 @@ impl Db {
     }
 
     /// `open`, but closing this `Db` drops the memtables' WAL-less state instead of flushing it:
-    /// what a crash does (`raft/crash_tests.rs`).
-    #[cfg(test)]
+    /// what a crash does (`raft/crash_tests.rs`, hongbao-sim).
     pub fn open_losing_memtables_on_close(path: &Path) -> io::Result<Db> {
         Db::open_inner(path, false, true)
     }
@@ -281,15 +280,22 @@ impl Db {
         self.write(b, Durability::Checkpointed)
     }
 
+    /// `Bug::AppliedIndexAheadOfState`, planted by a simulation only: one state key written
+    /// through the WAL, synced, which is exactly what `write_parts` refuses.
+    pub(crate) fn planted_synced_state_put(&self, k: &[u8], v: &[u8]) -> io::Result<()> {
+        assert!(crate::runtime::planted(crate::runtime::Bug::AppliedIndexAheadOfState));
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(self.cf_of(k), k, v, &wo).map_err(io_err)
+    }
+
     /// `write` on the blocking pool. A synced write waits for an fsync, and any other can wait in
     /// the same RocksDB write group for one; on the async workers that would stall every other
     /// request of the node meanwhile.
     pub async fn write_off_runtime(self: &std::sync::Arc<Self>, b: Batch<'_>, how: Durability) -> io::Result<()> {
         let db = self.clone();
         let (wb, log_ops, state_ops) = (b.wb, b.log_ops, b.state_ops);
-        tokio::task::spawn_blocking(move || db.write_parts(wb, log_ops, state_ops, how))
-            .await
-            .map_err(|e| io::Error::other(format!("write task: {e}")))?
+        crate::runtime::blocking(move || db.write_parts(wb, log_ops, state_ops, how)).await?
     }
 
     /// Moves `key` (one of Raft's records) from the state column family, where nodes before the

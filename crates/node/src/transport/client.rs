@@ -10,6 +10,7 @@ use crate::limits::MAX_RAFT_MESSAGE;
 use crate::limits::SNAPSHOT_CHUNK;
 use crate::raft::snapshot::SnapshotFile;
 use crate::raft::types::{NodeId, TypeConfig, Vote};
+use crate::transport::peers::PeerChannel as Channel;
 use crate::transport::peers::Peers;
 use hongbao_ledger::ShardId;
 use hongbao_proto::v1::raft_transport_client::RaftTransportClient;
@@ -24,7 +25,6 @@ use std::future::Future;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Channel;
 
 /// Time a follower gets to append a batch of entries.
 pub const APPEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -107,6 +107,21 @@ impl Network {
     }
 }
 
+/// The next chunk of a snapshot file (shorter than `SNAPSHOT_CHUNK` only at its end).
+fn read_chunk(mut f: std::fs::File) -> (std::fs::File, std::io::Result<Vec<u8>>) {
+    let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return (f, Err(e)),
+        }
+    }
+    buf.truncate(n);
+    (f, Ok(buf))
+}
+
 impl RaftNetworkV2<TypeConfig> for Network {
     type SnapshotData = SnapshotFile;
 
@@ -158,21 +173,16 @@ impl RaftNetworkV2<TypeConfig> for Network {
         let path = snapshot.snapshot.path.clone();
         let meta = encode(&snapshot.meta);
         let vote = encode(&vote);
-        // Reads the file chunk by chunk on a blocking thread; the channel bounds memory.
-        let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut f = std::fs::File::open(&path)?;
+        // Reads the file chunk by chunk, each read off the async workers (`runtime::blocking`);
+        // the channel bounds memory.
+        let reader = tokio::spawn(async move {
+            let mut f = crate::runtime::blocking(move || std::fs::File::open(&path)).await??;
             let mut first = true;
             loop {
-                let mut buf = vec![0u8; SNAPSHOT_CHUNK];
-                let mut n = 0;
-                while n < buf.len() {
-                    let k = f.read(&mut buf[n..])?;
-                    if k == 0 {
-                        break;
-                    }
-                    n += k;
-                }
-                buf.truncate(n);
+                let (file, buf) = crate::runtime::blocking(move || read_chunk(f)).await?;
+                f = file;
+                let buf = buf?;
+                let n = buf.len();
                 let done = n < SNAPSHOT_CHUNK;
                 let chunk = SnapshotChunk {
                     shard,
@@ -183,13 +193,14 @@ impl RaftNetworkV2<TypeConfig> for Network {
                     done,
                 };
                 first = false;
-                if tx.blocking_send(chunk).is_err() || done {
-                    return Ok(());
+                if tx.send(chunk).await.is_err() || done {
+                    return Ok::<(), std::io::Error>(());
                 }
             }
         });
         let send = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
         let reply = tokio::select! {
+            biased; // a fixed order, which a seeded simulation can replay (`runtime`)
             closed = cancel => return Err(StreamingError::Closed(closed)),
             r = send => r,
         };

@@ -14,7 +14,7 @@ use hongbao_topology::{NodeId, Topology};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic::Status;
 
 /// Bound on one GetMap call to another node (the leader's answer waits for a ReadIndex).
@@ -40,21 +40,40 @@ impl MapAnswer {
     }
 }
 
+/// A channel to another node: tonic's (HTTP/2 with mutual TLS), or a simulated link. Every
+/// client in this crate is built on it.
+pub type PeerChannel = tower::util::BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    // A concrete error type: a boxed trait object here trips tonic's `Into<StdError>` bound in
+    // every `Send` future that calls through it (a higher-ranked lifetime error).
+    std::io::Error,
+>;
+
+/// How this node reaches another: over the network with mutual TLS (this node's certificate),
+/// or through the link a simulation hands out for (from, to) (hongbao-sim), which delivers to
+/// the other node's services in the same process as if over the wire.
+#[derive(Clone)]
+pub enum Dial {
+    Tls(ClientTlsConfig),
+    Simulated(Arc<dyn Fn(NodeId, NodeId) -> PeerChannel + Send + Sync>),
+}
+
 /// Channels to the other nodes, opened lazily and kept.
 pub struct Peers {
     pub self_id: NodeId,
     /// Every node's address, from the cluster map (`set_addrs` when a newer map arrives).
     addrs: RwLock<HashMap<NodeId, String>>,
-    channels: Mutex<HashMap<NodeId, Channel>>,
+    channels: Mutex<HashMap<NodeId, PeerChannel>>,
     pub faults: Arc<Faults>,
     /// This node's clock: stamps every outgoing Raft message, learns peers' from replies.
     pub clock: Arc<Clock>,
-    tls: ClientTlsConfig,
+    dial: Dial,
 }
 
 impl Peers {
-    pub fn new(self_id: NodeId, faults: Arc<Faults>, clock: Arc<Clock>, tls: ClientTlsConfig) -> Peers {
-        Peers { self_id, addrs: RwLock::new(HashMap::new()), channels: Mutex::new(HashMap::new()), faults, clock, tls }
+    pub fn new(self_id: NodeId, faults: Arc<Faults>, clock: Arc<Clock>, dial: Dial) -> Peers {
+        Peers { self_id, addrs: RwLock::new(HashMap::new()), channels: Mutex::new(HashMap::new()), faults, clock, dial }
     }
 
     /// Takes every node's address from `map`; a node whose address changed or that left the
@@ -71,7 +90,7 @@ impl Peers {
     }
 
     /// The channel to `node`; None when the node is unknown or an injected fault cuts it off.
-    pub fn channel(&self, node: NodeId) -> Option<Channel> {
+    pub fn channel(&self, node: NodeId) -> Option<PeerChannel> {
         if self.faults.is_cut_off(node) {
             return None;
         }
@@ -79,17 +98,21 @@ impl Peers {
         let mut map = self.channels.lock().expect("channels lock");
         Some(
             map.entry(node)
-                .or_insert_with(|| {
-                    Endpoint::from_shared(format!("https://{addr}"))
-                        .expect("topology addresses are valid")
-                        // Node `node`'s own certificate only, not any of the CA's (#28).
-                        .tls_config(self.tls.clone().domain_name(hongbao_auth::node_dns_name(node)))
-                        .expect("TLS settings were loaded at start-up")
-                        .connect_timeout(Duration::from_millis(300))
-                        .tcp_nodelay(true)
-                        .http2_keep_alive_interval(Duration::from_secs(1))
-                        .keep_alive_timeout(Duration::from_secs(2))
-                        .connect_lazy()
+                .or_insert_with(|| match &self.dial {
+                    Dial::Tls(tls) => {
+                        let ch = Endpoint::from_shared(format!("https://{addr}"))
+                            .expect("topology addresses are valid")
+                            // Node `node`'s own certificate only, not any of the CA's (#28).
+                            .tls_config(tls.clone().domain_name(hongbao_auth::node_dns_name(node)))
+                            .expect("TLS settings were loaded at start-up")
+                            .connect_timeout(Duration::from_millis(300))
+                            .tcp_nodelay(true)
+                            .http2_keep_alive_interval(Duration::from_secs(1))
+                            .keep_alive_timeout(Duration::from_secs(2))
+                            .connect_lazy();
+                        PeerChannel::new(tower::ServiceExt::map_err(ch, std::io::Error::other))
+                    }
+                    Dial::Simulated(link) => link(self.self_id, node),
                 })
                 .clone(),
         )

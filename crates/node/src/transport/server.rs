@@ -156,16 +156,26 @@ impl RaftTransport for RaftService {
         // This stream's own file (concurrent streams for the shard never share one), deleted
         // when the handler is done with it, however it ends.
         let dir = self.host.data_dir.join("snapshots");
-        let mut file =
-            tokio::task::block_in_place(|| ReceivingFile::create(&dir, shard.id)).map_err(|e| Status::internal(e.to_string()))?;
+        let id = shard.id;
+        let mut file = crate::runtime::blocking(move || ReceivingFile::create(&dir, id))
+            .await
+            .and_then(|f| f)
+            .map_err(|e| Status::internal(e.to_string()))?;
         let mut chunk = Some(first);
         while let Some(c) = chunk {
             if file.bytes() + c.data.len() as u64 > MAX_SNAPSHOT_BYTES {
                 return Err(Status::resource_exhausted("snapshot too large"));
             }
             // A file write may block on the disk: not on an async worker that Raft shares.
-            tokio::task::block_in_place(|| file.write(&c.data)).map_err(|e| Status::internal(e.to_string()))?;
-            if c.done {
+            let (f, wrote) = crate::runtime::blocking(move || {
+                let wrote = file.write(&c.data);
+                (file, wrote.map(|()| c.done))
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+            file = f;
+            let done = wrote.map_err(|e| Status::internal(e.to_string()))?;
+            if done {
                 break;
             }
             chunk = next_chunk(&mut stream).await?;
@@ -175,7 +185,7 @@ impl RaftTransport for RaftService {
         }
         // Fsynced and read back whole: complete, intact, and the snapshot the stream announced.
         let (shard_id, announced) = (shard.id, meta.clone());
-        let (file, verified) = tokio::task::spawn_blocking(move || {
+        let (file, verified) = crate::runtime::blocking(move || {
             let verified = file.finish(shard_id, &announced);
             (file, verified)
         })
@@ -190,7 +200,7 @@ impl RaftTransport for RaftService {
         if res.is_ok() {
             counted.ok();
         }
-        tokio::task::block_in_place(|| drop(file)); // deletes it: off the async workers too
+        let _ = crate::runtime::blocking(move || drop(file)).await; // deletes it: off the async workers too
         self.reply(&res)
     }
 
