@@ -199,6 +199,19 @@ impl Host {
         // A shard of the topology file in a new cluster, or one added online (`founded`).
         let may_bootstrap = s.founded > 0 || (self.seeded.contains(&s.id) && self.topology().version == 0);
         bootstrap_if_new(&raft, &self.topology(), s, self.node_id, &self.peers, &self.rejoin, may_bootstrap).await?;
+        // The rejoin outlives a crash: a replica that started empty and crashed again before it
+        // caught up restarts with part of the log, but still without the votes it forgot. Were it
+        // to vote again, it could elect a leader missing committed entries (hongbao-sim seed 52
+        // found exactly that: a linearizable read of an older balance, #31).
+        let marker = crate::storage::keys::rejoining(s.id);
+        if self.rejoin.is_rejoining(s.id) {
+            let mut b = self.db.batch();
+            b.put(&marker, &[1]);
+            self.db.write_synced(b)?;
+        } else if self.db.get(&marker)?.is_some() {
+            self.rejoin.start(s.id);
+            raft.runtime_config().elect(false);
+        }
         let door = ConfigDoor::new(self.node_id, s.id, self.peers.clone(), self.config.fingerprint());
         let replica = Arc::new(Replica::new(s.id, raft, s.home.clone(), door));
         self.replicas.write().expect("replicas lock").insert(s.id, replica.clone());
@@ -464,6 +477,16 @@ impl Host {
                     return Err(HostError::new(ErrorKind::Timeout, shard_id, msg));
                 }
             }
+        }
+    }
+
+    /// `shard`'s replica caught up after an empty start: it votes again, across restarts too.
+    pub fn rejoined(&self, shard: ShardId) {
+        let mut b = self.db.batch();
+        b.delete(&crate::storage::keys::rejoining(shard));
+        if let Err(e) = self.db.write_synced(b) {
+            // The replica stays a non-voter after its next restart, until it catches up again.
+            tracing::error!(shard, error = %e, "could not record that the replica caught up");
         }
     }
 

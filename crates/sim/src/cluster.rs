@@ -114,6 +114,12 @@ impl Cluster {
         self.hosts.lock().expect("hosts lock").get(&id).cloned()
     }
 
+    /// Whether node `id` is up but still catching up after starting with an empty disk: until
+    /// it has, it holds no durable copy of its shards' history and gives no vote.
+    pub fn rejoining(&self, id: NodeId) -> bool {
+        self.host(id).is_some_and(|h| h.replica_list().iter().any(|r| h.rejoin.is_rejoining(r.id)))
+    }
+
     pub fn clock(&self, id: NodeId) -> &SimClock {
         &self.nodes[&id].clock
     }

@@ -73,6 +73,17 @@ pub struct Failure {
     pub trace_tail: Vec<String>,
 }
 
+/// How a failed check that is about progress (no leader, a relay that never drains, a request
+/// never answered once faults stopped) begins; every other failed check is about the money or
+/// the answers (a broken rule).
+pub const LIVENESS: &str = "liveness: ";
+
+impl Failure {
+    pub fn is_liveness(&self) -> bool {
+        self.check.starts_with(LIVENESS)
+    }
+}
+
 /// The topology a simulation runs: the file's nodes and shards, with snapshots taken and sent
 /// often (so restarts and lagging replicas install them) and short packet lifetimes (so the
 /// sweeper refunds within a run).
@@ -230,7 +241,7 @@ async fn open_wallets(client: &Arc<Client>, topology: &Topology) -> Result<(), S
         ] {
             let op = workload::Op { shard: u.shard, actor: i, id: client.fresh_id(), cmd, credits: None };
             let Some(o) = client.call(&op, Duration::from_secs(60)).await else {
-                return Err(format!("user {}'s wallet could not be opened", u.id));
+                return Err(format!("{LIVENESS}user {}'s wallet could not be opened", u.id));
             };
             if !o.is_ok() {
                 return Err(format!("user {}: {:?} answered {:?}", u.id, op.cmd, o.code));
@@ -249,7 +260,7 @@ async fn steps(
     rng: &mut ChaCha8Rng,
     trace: &Trace,
 ) -> Result<(), String> {
-    wait_for_leaders(cluster, ELECT_WITHIN).await.map_err(|e| format!("liveness at start: {e}"))?;
+    wait_for_leaders(cluster, ELECT_WITHIN).await.map_err(|e| format!("{e} (at start)"))?;
     open_wallets(client, &cluster.topology).await?;
     let mut in_flight: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     for step in 0..cfg.steps {
@@ -301,7 +312,7 @@ async fn wait_for_leaders(cluster: &Cluster, within: Duration) -> Result<(), Str
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!("shards {leaderless:?} have no leader {within:?} after faults stopped"));
+            return Err(format!("{LIVENESS}shards {leaderless:?} have no leader {within:?} after faults stopped"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -373,7 +384,7 @@ async fn packet_refunds(client: &Client) -> Result<Vec<i128>, String> {
         let view = client
             .read(p.shard, |store| hongbao_ledger::view::packet(store, p.id))
             .await
-            .ok_or_else(|| format!("no leader of shard {} answered a read", p.shard))?
+            .ok_or_else(|| format!("{LIVENESS}no leader of shard {} answered a read", p.shard))?
             .ok_or_else(|| format!("packet {:?}, answered as sent, does not exist", p.id))?;
         let mut claimed: Vec<(u64, u64)> = view.claims.iter().map(|c| (c.grabber, c.amount.0)).collect();
         let mut answered: Vec<(u64, u64)> = grabs.iter().filter(|g| g.0 == p.id).map(|g| (users[g.1].id, g.2)).collect();
@@ -399,7 +410,7 @@ async fn balances(client: &Client) -> Result<Vec<u64>, String> {
     let mut out = Vec::new();
     for u in &users {
         match client.read_balance(u.shard, u.id).await {
-            None => return Err(format!("no leader of shard {} answered a read", u.shard)),
+            None => return Err(format!("{LIVENESS}no leader of shard {} answered a read", u.shard)),
             Some(None) => return Err(format!("user {}'s wallet is missing", u.id)),
             Some(Some(b)) => out.push(b),
         }
@@ -420,7 +431,7 @@ async fn drain(cluster: &Cluster, within: Duration) -> Result<hongbao_proto::v1:
             Err(e) => last = e,
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!("relays did not drain within {within:?} after faults stopped: {last}"));
+            return Err(format!("{LIVENESS}relays did not drain within {within:?} after faults stopped: {last}"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

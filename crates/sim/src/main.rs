@@ -60,7 +60,11 @@ fn line(r: &Report) -> String {
         "seed {} {}: {} steps, {:.1} s simulated, {} ops ({} ok, {} refused, {} unanswered, {} reads, {} replays), {} messages, \
          faults: {} crashes, {} disks lost, {} partitions, {} weather, {} clock jumps, {} leader transfers; trace {}",
         r.seed,
-        if r.failure.is_some() { "FAILED" } else { "ok" },
+        match &r.failure {
+            None => "ok",
+            Some(f) if f.is_liveness() => "FAILED (liveness)",
+            Some(_) => "FAILED (a broken rule)",
+        },
         r.steps,
         r.sim_ms as f64 / 1000.0,
         r.ops.sent,
@@ -98,6 +102,7 @@ fn main() -> anyhow::Result<()> {
     let single = seeds.end - seeds.start == 1;
     let started = Instant::now();
     let (mut failed, mut total, mut sim_ms) = (Vec::new(), hongbao_sim::schedule::FaultCounts::default(), 0u64);
+    let mut broken_rules = 0u64;
     let mut ran = 0u64;
     for seed in seeds {
         let cfg = SimConfig {
@@ -122,14 +127,16 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             failed.push(seed);
+            broken_rules += u64::from(!f.is_liveness());
             if args.stop_at_first {
                 break;
             }
         }
     }
     println!(
-        "{ran} seeds, {} failed, {:.1} simulated hours, {} faults ({} crashes, {} disks lost, {} partitions, {} clock jumps), {:.0} s wall",
+        "{ran} seeds, {} failed ({broken_rules} on a broken rule, {} on liveness), {:.1} simulated hours, {} faults ({} crashes, {} disks lost, {} partitions, {} clock jumps), {:.0} s wall",
         failed.len(),
+        failed.len() as u64 - broken_rules,
         sim_ms as f64 / 3_600_000.0,
         total.total(),
         total.crashes,

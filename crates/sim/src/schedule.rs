@@ -72,10 +72,13 @@ impl Schedule {
         self.down.iter().copied().collect()
     }
 
-    /// Whether taking `n` down keeps a majority of every shard's replicas up.
+    /// Whether taking `n` down keeps a majority of every shard's replicas up with their data. A
+    /// replica rejoining after a lost disk counts as down: with two of three replicas' disks lost
+    /// before the first caught up, no majority holds the committed history any more, and no
+    /// system can recover that (the fault model is a minority of failures).
     fn may_take_down(&self, c: &Cluster, n: NodeId) -> bool {
         c.topology.shards.iter().all(|s| {
-            let down = s.replicas.iter().filter(|r| self.down.contains(r) || **r == n).count();
+            let down = s.replicas.iter().filter(|r| self.down.contains(r) || **r == n || c.rejoining(**r)).count();
             down <= (s.replicas.len() - 1) / 2
         })
     }

@@ -265,7 +265,7 @@ impl Client {
         let ops: Vec<Op> = std::mem::take(&mut self.model.lock().expect("model lock").unanswered);
         for op in ops {
             let Some(o) = self.call(&op, RESOLVE_WITHIN).await else {
-                return Err(format!("request {:?} on shard {} still unanswered after faults stopped", op.cmd, op.shard));
+                return Err(format!("{}request {:?} on shard {} still unanswered after faults stopped", crate::LIVENESS, op.cmd, op.shard));
             };
             let mut m = self.model.lock().expect("model lock");
             if let Some((to, most)) = op.credits {

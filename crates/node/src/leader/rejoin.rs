@@ -21,6 +21,7 @@ pub async fn watch(host: Arc<Host>, shard: ShardId, mut stop: watch::Receiver<bo
         }
         let applied = metrics.borrow_and_update().last_applied.map(|l| l.index).unwrap_or(0);
         if host.rejoin.caught_up(shard, applied) {
+            host.rejoined(shard);
             replica.raft.runtime_config().elect(true);
             return;
         }

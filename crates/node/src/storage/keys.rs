@@ -50,12 +50,15 @@ const LOG_TABLE: u8 = b'L';
 /// Whether a key (or the start of a range) belongs to one of Raft's own tables: the log, the
 /// vote, the committed and the purged log id. Those live in the log column family.
 pub fn in_log_cf(k: &[u8]) -> bool {
-    k.len() >= 6 && k[0] == SHARD_PREFIX && matches!(k[5], LOG_TABLE | VOTE_TABLE | COMMITTED_TABLE | PURGED_TABLE)
+    k.len() >= 6 && k[0] == SHARD_PREFIX && matches!(k[5], LOG_TABLE | VOTE_TABLE | COMMITTED_TABLE | PURGED_TABLE | REJOIN_TABLE)
 }
 
 const VOTE_TABLE: u8 = b'v';
 const COMMITTED_TABLE: u8 = b'c';
 const PURGED_TABLE: u8 = b'p';
+/// A replica still rejoining after an empty start (`raft::rejoin`): durable, so a crash before it
+/// caught up does not give it its vote back.
+const REJOIN_TABLE: u8 = b'j';
 
 /// Index of a log key, the inverse of [`log`].
 pub fn log_index(k: &[u8]) -> u64 {
@@ -71,6 +74,9 @@ pub fn committed(shard: ShardId) -> Vec<u8> {
 }
 pub fn purged(shard: ShardId) -> Vec<u8> {
     key(shard, PURGED_TABLE, &[])
+}
+pub fn rejoining(shard: ShardId) -> Vec<u8> {
+    key(shard, REJOIN_TABLE, &[])
 }
 pub fn sm_meta(shard: ShardId) -> Vec<u8> {
     key(shard, b'm', &[])

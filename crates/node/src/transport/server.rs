@@ -118,6 +118,7 @@ impl RaftTransport for RaftService {
         if rejoining {
             let applied = shard.raft.metrics().borrow_watched().last_applied.map(|l| l.index).unwrap_or(0);
             if self.host.rejoin.caught_up(m.shard, applied) {
+                self.host.rejoined(m.shard);
                 shard.raft.runtime_config().elect(true);
             }
         }
